@@ -1,0 +1,142 @@
+# The DMA subsystem: host tests, per-arch libdma and test kernels, QEMU runs, benchmarks.
+#
+#   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
+#   make test           host suite, then every arch under QEMU; ends with "N passed, N failed"
+#   make test-host      host suite only (GoogleTest, ASan + UBSan)
+#   make test-qemu      one arch's in-VM suite (ARCH=...)
+#   make lib            libdma.a for ARCH
+#   make bench          benchmarks (build/bench/summary.txt)
+#   make format / lint  clang-format / clang-tidy
+#
+# Every target that needs tools runs scripts/setup.sh first; it installs only what is missing.
+
+ARCH ?= aarch64
+BUILD ?= build
+QEMU_MEM ?= 1G
+QEMU_SMP ?= 1
+QEMU_EXTRA ?=
+QEMU_TIMEOUT ?= 120
+LLVM_VER ?= 19
+
+HOST_CXX := clang++-$(LLVM_VER)
+CROSS_CXX := clang++-$(LLVM_VER)
+LD := ld.lld-$(LLVM_VER)
+AR := llvm-ar-$(LLVM_VER)
+OBJDUMP := llvm-objdump-$(LLVM_VER)
+CLANG_FORMAT := clang-format-$(LLVM_VER)
+CLANG_TIDY := clang-tidy-$(LLVM_VER)
+
+SETUP_STAMP := $(BUILD)/.setup-done
+
+WARNINGS := -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Wthread-safety \
+            -Wno-unused-parameter -Werror
+COMMON_CXXFLAGS := -std=c++20 -I. $(WARNINGS) -fno-exceptions -fno-rtti -g
+
+# The subsystem proper: what libdma.a contains on every arch and what the host tests exercise.
+LIBDMA_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc)
+
+# ---------------------------------------------------------------------------------------------
+# Host: GoogleTest suite under ASan + UBSan, with the cache-model backend.
+
+HOST_DIR := $(BUILD)/host
+HOST_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_FAULT_INJECTION=1 \
+                 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+HOST_LDFLAGS := -fsanitize=address,undefined -lgtest -lpthread
+HOST_BACKEND_SRCS := $(wildcard arch/host/*.cc)
+HOST_TEST_SRCS := $(wildcard tests/host/*.cc) $(wildcard tests/host/*/*.cc)
+HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
+HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
+HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests
+
+.PHONY: all setup test test-host test-qemu test-qemu-all run lib kernel bench fuzz format \
+        format-check lint clean
+
+all: $(HOST_TEST_BIN)
+
+setup: $(SETUP_STAMP)
+$(SETUP_STAMP): scripts/setup.sh
+	@bash scripts/setup.sh
+	@mkdir -p $(dir $@) && touch $@
+
+$(HOST_DIR)/obj/%.o: %.cc | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(HOST_CXX) $(HOST_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(HOST_TEST_BIN): $(HOST_OBJS)
+	$(HOST_CXX) $^ $(HOST_LDFLAGS) -o $@
+
+test-host: $(HOST_TEST_BIN)
+	@$(HOST_TEST_BIN) --gtest_brief=1 2>&1 | tee $(HOST_DIR)/test.log | tail -n 40; \
+	  exit $${PIPESTATUS[0]}
+
+# ---------------------------------------------------------------------------------------------
+# Kernel builds: one arch at a time. arch/<arch>/arch.mk sets TRIPLE, ARCH_CXXFLAGS,
+# ARCH_LDFLAGS, ARCH_SRCS, ARCH_ASM_SRCS, LINKER_SCRIPT, QEMU and QEMU_ARGS.
+
+KDIR := $(BUILD)/$(ARCH)
+-include arch/$(ARCH)/arch.mk
+
+KERNEL_CXXFLAGS := $(COMMON_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib -nostdinc++ \
+                   -fno-stack-protector -fno-pic -fno-threadsafe-statics -fno-use-cxa-atexit \
+                   -O2 -DDMA_DEBUG=1 $(ARCH_CXXFLAGS)
+KERNEL_COMMON_SRCS := $(wildcard kernel/*.cc) $(wildcard tests/qemu/*.cc) \
+                      $(wildcard drivers/*/*.cc)
+KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
+KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \
+               $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
+LIBDMA := $(KDIR)/libdma.a
+KERNEL_ELF := $(KDIR)/kernel.elf
+
+$(KDIR)/obj/%.o: %.cc | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(KDIR)/obj/%.o: %.S | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(CROSS_CXX) --target=$(TRIPLE) $(ARCH_ASFLAGS) -I. -MMD -MP -c $< -o $@
+
+$(LIBDMA): $(KLIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(KERNEL_ELF): $(KERNEL_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
+	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(LIBDMA)
+
+lib: $(LIBDMA)
+kernel: $(KERNEL_ELF)
+
+# Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.
+run: $(KERNEL_ELF)
+	@python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) --mode demo \
+	  --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) --extra "$(QEMU_EXTRA)"
+
+# Boots the test kernel and runs the in-VM suite; fails on panic, timeout or a clamping line.
+test-qemu: $(KERNEL_ELF)
+	@python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) --mode test \
+	  --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) --extra "$(QEMU_EXTRA)" \
+	  --objdump $(OBJDUMP)
+
+# Everything: host suite, then each arch; one closing "N passed, N failed" line for the whole.
+test: | $(SETUP_STAMP)
+	@bash scripts/test_all.sh
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks (issue "Performance"): -O2, no sanitizers.
+
+bench: | $(SETUP_STAMP)
+	@bash bench/run_bench.sh
+
+# ---------------------------------------------------------------------------------------------
+
+FORMAT_FILES := $(shell git ls-files '*.h' '*.cc' 2>/dev/null)
+format: | $(SETUP_STAMP)
+	$(CLANG_FORMAT) -i $(FORMAT_FILES)
+format-check: | $(SETUP_STAMP)
+	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
+lint: | $(SETUP_STAMP)
+	$(CLANG_TIDY) --quiet $(LIBDMA_SRCS) -- $(COMMON_CXXFLAGS) -DDMA_DEBUG=1
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(HOST_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d)

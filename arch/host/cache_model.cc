@@ -1,0 +1,91 @@
+#include "arch/host/cache_model.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+
+#include "support/assert.h"
+
+namespace {
+
+uint8_t* zero_pages(size_t size) {
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  KASSERT(m != MAP_FAILED, "mmap for the cache model failed");
+  return static_cast<uint8_t*>(m);
+}
+
+}  // namespace
+
+CacheModel::CacheModel(uint8_t* cpu, size_t size, size_t line)
+    : cpu_(cpu), size_(size), line_(line), memory_(zero_pages(size)), synced_(zero_pages(size)) {
+  KASSERT(line != 0 && (line & (line - 1)) == 0, "line size must be a power of two");
+  KASSERT(size % line == 0, "region must be whole lines");
+}
+
+CacheModel::~CacheModel() {
+  munmap(memory_, size_);
+  munmap(synced_, size_);
+}
+
+template <typename F>
+void CacheModel::for_lines(size_t off, size_t len, F f) {
+  if (len == 0) return;
+  KASSERT(off < size_ && len <= size_ - off, "cache operation outside the modelled memory");
+  size_t first = off & ~(line_ - 1);
+  size_t end = off + len;
+  for (size_t l = first; l < end; l += line_) f(l);
+}
+
+void CacheModel::clean_line(size_t l) {
+  if (std::memcmp(cpu_ + l, synced_ + l, line_) != 0) {
+    std::memcpy(memory_ + l, cpu_ + l, line_);
+  }
+  std::memcpy(synced_ + l, cpu_ + l, line_);
+}
+
+void CacheModel::invalidate_line(size_t l) {
+  std::memcpy(cpu_ + l, memory_ + l, line_);
+  std::memcpy(synced_ + l, memory_ + l, line_);
+}
+
+void CacheModel::clean(size_t off, size_t len) {
+  for_lines(off, len, [this](size_t l) {
+    clean_line(l);
+    ++counters_.cleans;
+  });
+}
+
+void CacheModel::invalidate(size_t off, size_t len) {
+  for_lines(off, len, [this](size_t l) {
+    invalidate_line(l);
+    ++counters_.invalidates;
+  });
+}
+
+void CacheModel::clean_invalidate(size_t off, size_t len) {
+  for_lines(off, len, [this](size_t l) {
+    clean_line(l);
+    invalidate_line(l);
+    ++counters_.clean_invalidates;
+  });
+}
+
+void CacheModel::evict_all() {
+  for (size_t l = 0; l < size_; l += line_) clean_line(l);
+}
+
+void CacheModel::device_read(size_t off, void* dst, size_t len, bool coherent) const {
+  KASSERT(off < size_ && len <= size_ - off, "device read outside the modelled memory");
+  std::memcpy(dst, (coherent ? cpu_ : memory_) + off, len);
+}
+
+void CacheModel::device_write(size_t off, const void* src, size_t len, bool coherent) {
+  KASSERT(off < size_ && len <= size_ - off, "device write outside the modelled memory");
+  std::memcpy(memory_ + off, src, len);
+  if (coherent) {
+    // A snooping write updates (or invalidates) the cached copy: the CPU sees it at once.
+    std::memcpy(cpu_ + off, src, len);
+    std::memcpy(synced_ + off, src, len);
+  }
+}

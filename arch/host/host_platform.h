@@ -1,0 +1,122 @@
+// HostPlatform: a simulated machine for the host tests and benchmarks. It owns a block of host
+// memory standing for physical RAM (with holes between ranges if asked), a CacheModel over it,
+// a PageFrameAllocator and bounce pools carved from it, and a HostDmaOp: the KernelDmaOp subclass
+// whose cache maintenance drives the model. A HostDevice does DMA against the model by DMA
+// address, the way a real device would.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "arch/host/cache_model.h"
+#include "dma/kernel_dma_op.h"
+
+class HostDmaOp final : public KernelDmaOp {
+ public:
+  HostDmaOp(const Config& cfg, CacheModel* model, uint8_t* arena)
+      : KernelDmaOp(cfg), model_(model), arena_(arena) {}
+
+  // Cleans every line overlapping the range.
+  void flush(const void* addr, size_t size) override;
+  // Invalidates whole lines inside the range; lines only partly inside are cleaned first.
+  void invalidate(const void* addr, size_t size) override;
+  // Cleans and invalidates every line overlapping the range.
+  void flush_invalidate(const void* addr, size_t size) override;
+
+ private:
+  size_t offset_of(const void* addr) const;
+  CacheModel* model_;
+  uint8_t* arena_;
+};
+
+class HostPlatform;
+
+// A simulated bus-master device: reads and writes memory by DMA address, within its mask.
+class HostDevice {
+ public:
+  HostDevice(HostPlatform* platform, uint64_t dma_mask, bool coherent, uint64_t bus_offset = 0)
+      : platform_(platform), mask_(dma_mask), coherent_(coherent), bus_offset_(bus_offset) {}
+  // Both abort the test (KASSERT) if the device would touch an address above its mask or outside
+  // RAM: a real device would corrupt memory there.
+  void read(DmaAddr addr, void* dst, size_t len) const;
+  void write(DmaAddr addr, const void* src, size_t len);
+  // Fills [addr, addr+len) with a byte value.
+  void fill(DmaAddr addr, uint8_t value, size_t len);
+  bool coherent() const { return coherent_; }
+
+ private:
+  size_t offset_of(DmaAddr addr, size_t len) const;
+  HostPlatform* platform_;
+  uint64_t mask_;
+  bool coherent_;
+  uint64_t bus_offset_;
+};
+
+class HostPlatform {
+ public:
+  struct PoolSpec {
+    size_t bytes;     // Pool size.
+    uint64_t limit;   // Highest physical address the pool may touch.
+    size_t slot_size = BouncePool::kDefaultSlotSize;
+  };
+  struct Options {
+    std::vector<PhysRange> ram;       // Physical RAM ranges (page aligned), holes allowed.
+    std::vector<PhysRange> reserved;  // Pieces never given to the allocator.
+    std::vector<PoolSpec> pools;      // Carved from the top of RAM under each limit.
+    size_t line_size = 64;
+    bool platform_coherent = false;
+  };
+
+  // Default: 64 MiB of RAM at 0x4000'0000, one 4 MiB bounce pool below 4 GiB.
+  static Options default_options();
+  explicit HostPlatform(const Options& opts);
+  ~HostPlatform();
+  HostPlatform(const HostPlatform&) = delete;
+  HostPlatform& operator=(const HostPlatform&) = delete;
+
+  HostDmaOp& op() { return *op_; }
+  PageFrameAllocator& pfa() { return pfa_; }
+  BouncePool& pool(size_t i) { return *pools_[i]; }
+  size_t num_pools() const { return pools_.size(); }
+  CacheModel& model() { return *model_; }
+  uintptr_t direct_map_offset() const { return direct_map_offset_; }
+  // CPU pointer for a physical address inside RAM.
+  uint8_t* phys_to_virt(uint64_t phys) const {
+    return reinterpret_cast<uint8_t*>(phys + direct_map_offset_);
+  }
+  uint64_t arena_phys() const { return arena_phys_; }
+  size_t arena_size() const { return arena_size_; }
+  bool in_ram(uint64_t phys, size_t len) const;
+
+  // A buffer of `bytes` bytes in simulated RAM at or above `min_phys` (for tests that need a
+  // buffer above a mask): a page-frame allocation, freed by release_buffer.
+  uint8_t* buffer_above(uint64_t min_phys, size_t bytes);
+  void release_buffer(uint8_t* p);
+
+ private:
+  // Unmaps simulated RAM last, after every object that may still touch it is gone.
+  struct ArenaMapping {
+    void* base = nullptr;
+    size_t size = 0;
+    ~ArenaMapping();
+  };
+  ArenaMapping arena_mapping_;
+  Options opts_;
+  uint64_t arena_phys_ = 0;
+  size_t arena_size_ = 0;
+  uint8_t* arena_ = nullptr;
+  uintptr_t direct_map_offset_ = 0;
+  std::unique_ptr<CacheModel> model_;
+  std::vector<uint8_t> pfa_meta_;
+  PageFrameAllocator pfa_;
+  std::vector<std::vector<uint8_t>> pool_meta_;  // Before pools_: outlives them.
+  std::vector<std::unique_ptr<BouncePool>> pools_;
+  std::unique_ptr<HostDmaOp> op_;
+  struct Held {
+    uint8_t* ptr;
+    std::vector<std::pair<uint64_t, unsigned>> blocks;  // Taken to push allocations upward.
+  };
+  std::vector<Held> held_;
+};

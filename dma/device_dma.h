@@ -1,0 +1,183 @@
+// DeviceDma and its move-only RAII types: what drivers use (the dma-api crate's DeviceDma, DBox,
+// DArray, buffer pool and single-mapping guard, in C++).
+//
+// A DeviceDma names one device's constraints (mask, coherence, bus offset) and the platform's
+// DmaOp. Every object it hands out gives its resources back in its destructor:
+//   StreamingMapping -- a map_single; unmaps when destroyed (or at unmap()).
+//   DBox<T>          -- one T in coherent memory.
+//   DArray<T>        -- n Ts in coherent memory.
+//   DmaBufferPool    -- a fixed set of equal coherent buffers, lent out as PooledBuffer.
+// Ownership moves: the CPU owns a streaming buffer before map and after unmap; in between the
+// device does, except across sync_for_cpu (CPU may read) / sync_for_device (device may read again).
+#pragma once
+
+#include "dma/dma_op.h"
+#include "support/result.h"
+#include "support/utility.h"
+
+class DeviceDma;
+
+// A live streaming mapping. Move-only; the destructor unmaps.
+class StreamingMapping {
+ public:
+  StreamingMapping() = default;
+  StreamingMapping(DmaOp* op, const DmaMapHandle& h) : op_(op), h_(h) {}
+  StreamingMapping(StreamingMapping&& o) : op_(support::exchange(o.op_, nullptr)), h_(o.h_) {}
+  StreamingMapping& operator=(StreamingMapping&& o) {
+    if (this != &o) {
+      unmap();
+      op_ = support::exchange(o.op_, nullptr);
+      h_ = o.h_;
+    }
+    return *this;
+  }
+  StreamingMapping(const StreamingMapping&) = delete;
+  StreamingMapping& operator=(const StreamingMapping&) = delete;
+  ~StreamingMapping() { unmap(); }
+
+  // Address to program into the device. Precondition: valid().
+  DmaAddr dma_addr() const { return h_.dma_addr; }
+  size_t size() const { return h_.size; }
+  DmaDirection direction() const { return h_.direction; }
+  bool bounced() const { return h_.bounced(); }
+  bool valid() const { return op_ != nullptr; }
+  const DmaMapHandle& handle() const { return h_; }
+
+  // The device wrote [offset, offset + size): make it visible to the CPU (DmaOp::prepare_read).
+  // Errors: kOutOfRange, kInvalidArgument (not valid()).
+  Result<void> sync_for_cpu(size_t offset, size_t size) {
+    if (op_ == nullptr) return ErrorCode::kInvalidArgument;
+    return op_->prepare_read(h_, offset, size, h_.direction);
+  }
+  Result<void> sync_for_cpu() { return sync_for_cpu(0, h_.size); }
+  // The CPU wrote [offset, offset + size): make it visible to the device (DmaOp::confirm_write).
+  // Errors: kOutOfRange, kInvalidArgument (not valid()).
+  Result<void> sync_for_device(size_t offset, size_t size) {
+    if (op_ == nullptr) return ErrorCode::kInvalidArgument;
+    return op_->confirm_write(h_, offset, size, h_.direction);
+  }
+  Result<void> sync_for_device() { return sync_for_device(0, h_.size); }
+
+  // Ends the mapping now (the CPU owns the buffer again). Idempotent.
+  void unmap() {
+    if (op_ != nullptr) {
+      op_->unmap_single(h_);
+      op_ = nullptr;
+    }
+  }
+
+ private:
+  DmaOp* op_ = nullptr;
+  DmaMapHandle h_;
+};
+
+// Coherent memory holding `count` objects of T (T must be trivially copyable: the device writes
+// it behind the compiler's back). Move-only; the destructor frees.
+template <typename T>
+class DArray {
+ public:
+  DArray() = default;
+  DArray(DmaOp* op, const DmaHandle& h, size_t count) : op_(op), h_(h), count_(count) {}
+  DArray(DArray&& o) : op_(support::exchange(o.op_, nullptr)), h_(o.h_), count_(o.count_) {}
+  DArray& operator=(DArray&& o) {
+    if (this != &o) {
+      reset();
+      op_ = support::exchange(o.op_, nullptr);
+      h_ = o.h_;
+      count_ = o.count_;
+    }
+    return *this;
+  }
+  DArray(const DArray&) = delete;
+  DArray& operator=(const DArray&) = delete;
+  ~DArray() { reset(); }
+
+  T* data() const { return static_cast<T*>(h_.cpu_addr); }
+  size_t size() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+  // Precondition: i < size() (checked in debug builds).
+  T& operator[](size_t i) const {
+    KDEBUG_ASSERT(i < count_, "DArray index out of range");
+    return data()[i];
+  }
+  // Device address of element i.
+  DmaAddr dma_addr(size_t i = 0) const { return h_.dma_addr + i * sizeof(T); }
+  bool valid() const { return op_ != nullptr; }
+  const DmaHandle& handle() const { return h_; }
+
+  // Frees the memory now. Idempotent.
+  void reset() {
+    if (op_ != nullptr) {
+      op_->dealloc_coherent(h_);
+      op_ = nullptr;
+    }
+  }
+
+ private:
+  DmaOp* op_ = nullptr;
+  DmaHandle h_;
+  size_t count_ = 0;
+};
+
+// One T in coherent memory. Move-only; the destructor frees.
+template <typename T>
+class DBox {
+ public:
+  DBox() = default;
+  explicit DBox(DArray<T>&& a) : a_(support::move(a)) {}
+  T* get() const { return a_.data(); }
+  T& operator*() const { return *a_.data(); }
+  T* operator->() const { return a_.data(); }
+  DmaAddr dma_addr() const { return a_.dma_addr(0); }
+  bool valid() const { return a_.valid(); }
+  void reset() { a_.reset(); }
+
+ private:
+  DArray<T> a_;
+};
+
+// The per-device handle: constraints plus the platform's DmaOp. Cheap to copy; it owns nothing.
+class DeviceDma {
+ public:
+  DeviceDma() = default;
+  DeviceDma(DmaOp* op, const DmaConstraints& c) : op_(op), c_(c) {}
+  // A device with the platform's default coherence and this mask.
+  DeviceDma(DmaOp* op, uint64_t dma_mask) : op_(op), c_(op->default_constraints()) {
+    c_.dma_mask = dma_mask;
+  }
+
+  DmaOp* op() const { return op_; }
+  const DmaConstraints& constraints() const { return c_; }
+  uint64_t dma_mask() const { return c_.dma_mask; }
+  // Overrides (a driver that knows better, or a test).
+  void set_coherent(bool coherent) { c_.coherent = coherent; }
+  void set_force_bounce(bool force) { c_.force_bounce = force; }
+  void set_min_align_mask(uint64_t m) { c_.min_align_mask = m; }
+  void set_dma_mask(uint64_t mask) { c_.dma_mask = mask; }
+
+  // Maps [addr, addr + size) for `dir`; see DmaOp::map_single for the contract and errors.
+  Result<StreamingMapping> map(void* addr, size_t size, DmaDirection dir, size_t align = 0) {
+    TRY_ASSIGN(DmaMapHandle h, op_->map_single(c_, addr, size, align, dir));
+    return StreamingMapping(op_, h);
+  }
+
+  // `count` zeroed objects of T in coherent memory; see DmaOp::alloc_coherent for the errors
+  // (plus kLayoutError when count * sizeof(T) overflows or count is 0).
+  template <typename T>
+  Result<DArray<T>> alloc_array(size_t count, size_t align = alignof(T)) {
+    if (count == 0 || count > ~size_t{0} / sizeof(T)) return ErrorCode::kLayoutError;
+    TRY_ASSIGN(DmaHandle h, op_->alloc_coherent(c_, Layout{count * sizeof(T), align}));
+    return DArray<T>(op_, h, count);
+  }
+
+  // One zeroed T in coherent memory.
+  template <typename T>
+  Result<DBox<T>> alloc_box() {
+    TRY_ASSIGN(DArray<T> a, alloc_array<T>(1));
+    return DBox<T>(support::move(a));
+  }
+
+ private:
+  DmaOp* op_ = nullptr;
+  DmaConstraints c_;
+};

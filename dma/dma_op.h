@@ -1,0 +1,93 @@
+// DmaOp: the DMA operations of the Rust `dma-api` crate, as a C++ virtual base.
+//
+// One object per platform implements it. `KernelDmaOp` (dma/kernel_dma_op.h) is the generic
+// implementation (direct mapping, mask checks, bounce buffers, coherent allocation); each
+// architecture derives from it and supplies only the cache-maintenance instructions.
+//
+// Threading: every method may be called concurrently from several CPUs. None sleeps; all may be
+// called with interrupts off, provided the kernel never calls them from an interrupt handler that
+// interrupted another call (the internal locks are spinlocks that do not mask interrupts).
+#pragma once
+
+#include "dma/dma_types.h"
+
+class DmaOp {
+ public:
+  virtual ~DmaOp() = default;
+
+  // The page granule of the mapping layer, in bytes (4096 on every supported platform).
+  virtual size_t page_size() const = 0;
+
+  // Maps the CPU buffer [addr, addr + size) for one DMA transfer in `dir`.
+  //
+  // Preconditions: the buffer is one virtually and physically contiguous piece of normal memory
+  // that stays allocated until unmap_single; the CPU does not touch it (except through
+  // prepare_read / confirm_write) until then.
+  // The DMA address honours `align` (a power of two, 0 or 1 for none) and c.dma_mask: the buffer
+  // is used directly when reachable and aligned, otherwise it is bounced through a slot below the
+  // mask (copied in now for kToDevice / kBidirectional). For a non-coherent device the caches are
+  // cleaned over the range.
+  // Ownership: the caller owns the returned handle and must pass it to unmap_single exactly once.
+  // Errors: kLayoutError (size 0, align not a power of two, range wraps, larger than any bounce
+  // slot), kInvalidArgument (mask 0, addr not translatable), kDmaMaskNotMatch (no bounce pool lies
+  // under the mask; addr/mask say which), kNoMemory (bounce pool exhausted right now).
+  virtual Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size,
+                                          size_t align, DmaDirection dir) = 0;
+
+  // The crate's signature: a device described by its mask alone, with the platform's default
+  // coherence and no bus offset. Same contract as above.
+  Result<DmaMapHandle> map_single(uint64_t dma_mask, void* addr, size_t size, size_t align,
+                                  DmaDirection dir) {
+    DmaConstraints c = default_constraints();
+    c.dma_mask = dma_mask;
+    return map_single(c, addr, size, align, dir);
+  }
+
+  // Ends a mapping: for kFromDevice / kBidirectional the CPU's view is made current (cache
+  // invalidate, or copy out of the bounce slot), then the bounce slot is freed.
+  // Precondition: `handle` came from map_single on this object and was not unmapped before (the
+  // debug build reports a violation and does nothing).
+  virtual void unmap_single(const DmaMapHandle& handle) = 0;
+
+  // Allocates zeroed, physically contiguous memory the device can reach under c.dma_mask, aligned
+  // to max(layout.align, page size).
+  // Ownership: the caller owns it until dealloc_coherent.
+  // Errors: kLayoutError (size 0, align not a power of two, larger than the largest contiguous
+  // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now).
+  virtual Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) = 0;
+
+  // The crate's signature; same contract.
+  Result<DmaHandle> alloc_coherent(uint64_t dma_mask, Layout layout) {
+    DmaConstraints c = default_constraints();
+    c.dma_mask = dma_mask;
+    return alloc_coherent(c, layout);
+  }
+
+  // Frees a coherent allocation. Precondition: `handle` came from alloc_coherent on this object
+  // and was not freed before (the debug build reports a violation and does nothing).
+  virtual void dealloc_coherent(const DmaHandle& handle) = 0;
+
+  // Cache maintenance over the CPU range [addr, addr + size), any alignment, size may be 0.
+  // flush: write dirty lines back to memory (clean). invalidate: discard the cached copies so the
+  // next read sees memory; lines only partly inside the range are cleaned first, so neighbouring
+  // data sharing them is not lost. flush_invalidate: both. Each completes (barrier included)
+  // before returning.
+  virtual void flush(const void* addr, size_t size) = 0;
+  virtual void invalidate(const void* addr, size_t size) = 0;
+  virtual void flush_invalidate(const void* addr, size_t size) = 0;
+
+  // Before the CPU reads bytes [offset, offset + size) of a live mapping that the device wrote:
+  // invalidates them (non-coherent) or copies them out of the bounce slot. Does nothing for
+  // kToDevice. Errors: kOutOfRange when the range is not inside the mapping.
+  virtual Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
+                                    DmaDirection dir) = 0;
+
+  // After the CPU wrote bytes [offset, offset + size) of a live mapping, before the device reads
+  // them: cleans them (non-coherent) or copies them into the bounce slot. Does nothing for
+  // kFromDevice. Errors: kOutOfRange when the range is not inside the mapping.
+  virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
+                                     DmaDirection dir) = 0;
+
+  // The constraints used by the mask-only entry points: the platform's default coherence.
+  virtual DmaConstraints default_constraints() const = 0;
+};

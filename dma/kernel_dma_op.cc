@@ -1,0 +1,247 @@
+// The generic DmaOp: see kernel_dma_op.h for the map decision.
+//
+// Cost: a direct mapping is a handful of comparisons plus the cache maintenance of the range (none
+// for a coherent device); a bounced one adds an O(1) bounce-pool allocation and one copy per
+// direction. alloc_coherent is one page-frame allocation (O(1) in the size of memory) plus zeroing.
+#include "dma/kernel_dma_op.h"
+
+#include "support/bitops.h"
+#include "support/fault_injection.h"
+#include "support/mem.h"
+
+namespace {
+
+bool copies_in(DmaDirection d) { return d != DmaDirection::kFromDevice; }
+bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
+
+template <typename T>
+void add_relaxed(T* counter, T v) {
+  __atomic_fetch_add(counter, v, __ATOMIC_RELAXED);
+}
+
+// Highest physical address a device with these constraints can reach, or an error when the mask
+// and bus offset leave nothing reachable.
+Result<uint64_t> phys_limit_of(const DmaConstraints& c) {
+  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  // DMA address = phys + bus_offset. Reachable phys: [-bus_offset, mask - bus_offset] (mod 2^64).
+  // With bus_offset above the mask nothing is reachable.
+  if (c.bus_offset > c.dma_mask) return Error(ErrorCode::kDmaMaskNotMatch, c.bus_offset, c.dma_mask);
+  return c.dma_mask - c.bus_offset;
+}
+
+}  // namespace
+
+KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
+  KASSERT(cfg_.pfa != nullptr, "KernelDmaOp needs a page-frame allocator");
+  KASSERT(cfg_.num_pools <= kMaxPools, "too many bounce pools");
+  for (size_t i = 0; i < cfg_.num_pools; ++i) {
+    KASSERT(cfg_.pools[i] != nullptr, "null bounce pool");
+  }
+  dm_lo_ = cfg_.pfa->lowest_address().value();
+  dm_hi_ = cfg_.pfa->highest_address().value();
+  // Bounce pools may lie outside the allocator's ranges (carved before it was built).
+  for (size_t i = 0; i < cfg_.num_pools; ++i) {
+    uint64_t base = cfg_.pools[i]->base().value();
+    if (dm_hi_ == dm_lo_) {
+      dm_lo_ = base;
+      dm_hi_ = base + cfg_.pools[i]->bytes();
+    }
+    dm_lo_ = support::min(dm_lo_, base);
+    dm_hi_ = support::max(dm_hi_, base + cfg_.pools[i]->bytes());
+  }
+}
+
+DmaConstraints KernelDmaOp::default_constraints() const {
+  DmaConstraints c;
+  c.coherent = cfg_.platform_coherent;
+  return c;
+}
+
+Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
+  auto v = reinterpret_cast<uintptr_t>(va);
+  uint64_t p = v - cfg_.direct_map_offset;
+  if (v < cfg_.direct_map_offset || p < dm_lo_ || p >= dm_hi_) return ErrorCode::kInvalidArgument;
+  return PhysAddr(p);
+}
+
+int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
+  int best = -1;
+  uint64_t best_base = 0;
+  for (size_t i = 0; i < cfg_.num_pools; ++i) {
+    const BouncePool* p = cfg_.pools[i];
+    uint64_t last = p->base().value() + p->bytes() - 1;
+    if (last <= phys_limit && (best < 0 || p->base().value() > best_base)) {
+      best = static_cast<int>(i);
+      best_base = p->base().value();
+    }
+  }
+  return best;
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr, size_t size,
+                                             size_t align, DmaDirection dir) {
+  auto fail = [this](Error e) -> Result<DmaMapHandle> {
+    add_relaxed(&stats_.map_errors, uint64_t{1});
+    return support::err(e);
+  };
+  if (size == 0 || addr == nullptr) return fail(ErrorCode::kLayoutError);
+  if (FAULT_POINT(kMapping)) return fail(ErrorCode::kNoMemory);
+  if (align > 1 && !support::is_pow2(align)) return fail(ErrorCode::kLayoutError);
+  auto va = reinterpret_cast<uintptr_t>(addr);
+  if (support::add_overflows(va, size)) return fail(ErrorCode::kLayoutError);
+  auto limit = phys_limit_of(c);
+  if (!limit.ok()) return fail(limit.error());
+  auto phys = virt_to_phys(addr);
+  if (!phys.ok()) return fail(phys.error());
+  // The whole buffer must be one contiguous piece of physical memory.
+  auto last = virt_to_phys(static_cast<uint8_t*>(addr) + (size - 1));
+  if (!last.ok() || last->value() - phys->value() != size - 1) {
+    return fail(ErrorCode::kInvalidArgument);
+  }
+
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.size = size;
+  h.direction = dir;
+  h.coherent_device = c.coherent;
+
+  uint64_t p = phys->value();
+  bool reachable = p + (size - 1) <= *limit;
+  bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
+  if (!c.force_bounce && reachable && aligned) {
+    h.dma_addr = DmaAddr(p + c.bus_offset);
+    if (!c.coherent) flush(addr, size);
+    add_relaxed(&stats_.maps, uint64_t{1});
+    add_relaxed(&stats_.direct_maps, uint64_t{1});
+    add_relaxed(&stats_.live_maps, uint64_t{1});
+    add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+    return h;
+  }
+
+  int pi = pick_pool(*limit);
+  if (pi < 0) return fail(Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
+  BouncePool* pool = cfg_.pools[pi];
+  if (size > pool->bytes()) return fail(ErrorCode::kLayoutError);
+  auto slot = pool->alloc(size, PhysAddr(p), c.min_align_mask, align);
+  if (!slot.ok()) return fail(slot.error());
+  h.bounce = *slot;
+  h.bounce_pool_index = static_cast<uint8_t>(pi);
+  h.bounce_cpu = pool->cpu_addr(slot->addr);
+  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
+  // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
+  support::copy_bytes(h.bounce_cpu, addr, size);
+  pool->note_bounced(size);
+  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+  if (!c.coherent) flush(h.bounce_cpu, size);
+  add_relaxed(&stats_.maps, uint64_t{1});
+  add_relaxed(&stats_.bounced_maps, uint64_t{1});
+  add_relaxed(&stats_.live_maps, uint64_t{1});
+  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  return h;
+}
+
+void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
+  support::copy_bytes(static_cast<uint8_t*>(h.bounce_cpu) + offset,
+                      static_cast<const uint8_t*>(h.cpu_addr) + offset, size);
+  cfg_.pools[h.bounce_pool_index]->note_bounced(size);
+  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+}
+
+void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
+  support::copy_bytes(static_cast<uint8_t*>(h.cpu_addr) + offset,
+                      static_cast<const uint8_t*>(h.bounce_cpu) + offset, size);
+  cfg_.pools[h.bounce_pool_index]->note_bounced(size);
+  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+}
+
+void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
+  KASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
+  if (h.bounced()) {
+    KASSERT(h.bounce_pool_index < cfg_.num_pools, "unmap_single: bad bounce pool index");
+    if (copies_out(h.direction)) {
+      if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
+      copy_from_bounce(h, 0, h.size);
+    }
+    auto r = cfg_.pools[h.bounce_pool_index]->free(h.bounce);
+    KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+  } else if (copies_out(h.direction) && !h.coherent_device) {
+    invalidate(h.cpu_addr, h.size);
+  }
+  __atomic_fetch_sub(&stats_.live_maps, uint64_t{1}, __ATOMIC_RELAXED);
+}
+
+Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, size_t size,
+                                       DmaDirection dir) {
+  if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
+  if (!copies_out(dir) || size == 0) return support::ok();
+  if (h.bounced()) {
+    if (!h.coherent_device) invalidate(static_cast<uint8_t*>(h.bounce_cpu) + offset, size);
+    copy_from_bounce(h, offset, size);
+  } else if (!h.coherent_device) {
+    invalidate(static_cast<uint8_t*>(h.cpu_addr) + offset, size);
+  }
+  return support::ok();
+}
+
+Result<void> KernelDmaOp::confirm_write(const DmaMapHandle& h, size_t offset, size_t size,
+                                        DmaDirection dir) {
+  if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
+  if (!copies_in(dir) || size == 0) return support::ok();
+  if (h.bounced()) {
+    copy_to_bounce(h, offset, size);
+    if (!h.coherent_device) flush(static_cast<uint8_t*>(h.bounce_cpu) + offset, size);
+  } else if (!h.coherent_device) {
+    flush(static_cast<uint8_t*>(h.cpu_addr) + offset, size);
+  }
+  return support::ok();
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout layout) {
+  if (layout.size == 0) return ErrorCode::kLayoutError;
+  if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
+  unsigned order = PageFrameAllocator::order_for(layout.size);
+  if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
+  TRY_ASSIGN(uint64_t limit, phys_limit_of(c));
+  uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
+  auto pa = cfg_.pfa->alloc(order, limit, align);
+  if (!pa.ok()) {
+    Error e = pa.error();
+    if (e.code == ErrorCode::kDmaMaskNotMatch) e.mask = c.dma_mask;
+    return e;
+  }
+  DmaHandle h;
+  h.phys = *pa;
+  h.dma_addr = DmaAddr(pa->value() + c.bus_offset);
+  h.cpu_addr = phys_to_virt(*pa);
+  h.layout = layout;
+  h.order = static_cast<uint8_t>(order);
+  h.coherent_device = c.coherent;
+  size_t bytes = PageFrameAllocator::kPageSize << order;
+  support::fill_bytes(h.cpu_addr, 0, bytes);
+  // The zeroes must reach memory and no dirty line may later overwrite what the device writes.
+  if (!c.coherent) flush_invalidate(h.cpu_addr, bytes);
+  add_relaxed(&stats_.coherent_allocs, uint64_t{1});
+  add_relaxed(&stats_.coherent_live, uint64_t{1});
+  return h;
+}
+
+void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
+  auto r = cfg_.pfa->free(h.phys, h.order);
+  KASSERT(r.ok(), "dealloc_coherent: not a live coherent allocation (double free?)");
+  __atomic_fetch_sub(&stats_.coherent_live, uint64_t{1}, __ATOMIC_RELAXED);
+}
+
+KernelDmaOp::Stats KernelDmaOp::stats() const {
+  Stats s;
+  s.maps = __atomic_load_n(&stats_.maps, __ATOMIC_RELAXED);
+  s.direct_maps = __atomic_load_n(&stats_.direct_maps, __ATOMIC_RELAXED);
+  s.bounced_maps = __atomic_load_n(&stats_.bounced_maps, __ATOMIC_RELAXED);
+  s.bytes_mapped = __atomic_load_n(&stats_.bytes_mapped, __ATOMIC_RELAXED);
+  s.bytes_bounced = __atomic_load_n(&stats_.bytes_bounced, __ATOMIC_RELAXED);
+  s.map_errors = __atomic_load_n(&stats_.map_errors, __ATOMIC_RELAXED);
+  s.coherent_allocs = __atomic_load_n(&stats_.coherent_allocs, __ATOMIC_RELAXED);
+  s.coherent_live = __atomic_load_n(&stats_.coherent_live, __ATOMIC_RELAXED);
+  s.live_maps = __atomic_load_n(&stats_.live_maps, __ATOMIC_RELAXED);
+  return s;
+}

@@ -1,0 +1,90 @@
+// KernelDmaOp: the architecture-independent DmaOp. Every platform's DmaOp derives from it and
+// supplies only the cache-maintenance methods (flush, invalidate, flush_invalidate).
+//
+// The map decision, in one place:
+//   1. check the request (size, alignment, wrap-around, mask);
+//   2. translate the buffer to a physical address, add the bus offset;
+//   3. bounce if forced, if the last byte lies above the mask, or if the address breaks `align`:
+//      take a slot from the first pool that lies wholly under the mask (kDmaMaskNotMatch if
+//      none does, kNoMemory if it is full) and copy in for kToDevice / kBidirectional;
+//   4. clean the caches over what the device will read or write, unless the device is coherent.
+// Unmap reverses it: invalidate (non-coherent), copy out for kFromDevice / kBidirectional, free
+// the slot.
+#pragma once
+
+#include "dma/dma_op.h"
+#include "mm/bounce_pool.h"
+#include "mm/page_frame_allocator.h"
+
+class KernelDmaOp : public DmaOp {
+ public:
+  static constexpr size_t kMaxPools = 4;
+
+  struct Config {
+    PageFrameAllocator* pfa = nullptr;  // Backs alloc_coherent. Required.
+    // Bounce pools, any order; a mapping uses the highest-placed pool that lies under its mask.
+    BouncePool* pools[kMaxPools] = {};
+    size_t num_pools = 0;
+    // CPU virtual address of physical address p is p + direct_map_offset, for all RAM.
+    uintptr_t direct_map_offset = 0;
+    // Whether devices snoop CPU caches unless told otherwise (default_constraints().coherent).
+    bool platform_coherent = false;
+  };
+
+  // Preconditions: cfg.pfa initialized; the pools initialized. Ownership: the allocator and pools
+  // stay owned by the caller and must outlive this object.
+  explicit KernelDmaOp(const Config& cfg);
+  KernelDmaOp(const KernelDmaOp&) = delete;
+  KernelDmaOp& operator=(const KernelDmaOp&) = delete;
+
+  size_t page_size() const override { return PageFrameAllocator::kPageSize; }
+  using DmaOp::alloc_coherent;
+  using DmaOp::map_single;
+  Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size, size_t align,
+                                  DmaDirection dir) override;
+  void unmap_single(const DmaMapHandle& handle) override;
+  Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) override;
+  void dealloc_coherent(const DmaHandle& handle) override;
+  Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
+                            DmaDirection dir) override;
+  Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
+                             DmaDirection dir) override;
+  DmaConstraints default_constraints() const override;
+
+  // Physical address of a CPU virtual address. The default handles the direct map; a kernel whose
+  // buffers may also live elsewhere (image, vmalloc) overrides it with a page-table walk.
+  // Errors: kInvalidArgument (not a translatable address).
+  virtual Result<PhysAddr> virt_to_phys(const void* va) const;
+  void* phys_to_virt(PhysAddr pa) const {
+    return reinterpret_cast<void*>(static_cast<uintptr_t>(pa.value()) + cfg_.direct_map_offset);
+  }
+
+  const Config& config() const { return cfg_; }
+
+  // Counters for reports and tests (relaxed atomics; never used for decisions).
+  struct Stats {
+    uint64_t maps = 0;
+    uint64_t direct_maps = 0;
+    uint64_t bounced_maps = 0;
+    uint64_t bytes_mapped = 0;
+    uint64_t bytes_bounced = 0;
+    uint64_t map_errors = 0;
+    uint64_t coherent_allocs = 0;
+    uint64_t coherent_live = 0;
+    uint64_t live_maps = 0;
+  };
+  Stats stats() const;
+
+ private:
+  // Index of the pool to bounce into for a device reaching physical addresses <= phys_limit,
+  // or -1.
+  int pick_pool(uint64_t phys_limit) const;
+  void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
+  void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
+
+  Config cfg_;
+  // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
+  uint64_t dm_lo_ = 0;
+  uint64_t dm_hi_ = 0;
+  mutable Stats stats_;
+};

@@ -1,0 +1,494 @@
+// PageFrameAllocator: a binary buddy allocator with address bands, for mask-constrained DMA.
+//
+// The scheme
+// ----------
+// Memory is a set of up to kMaxRanges page ranges (sorted, disjoint), each with one metadata byte
+// per page: kMetaFree|k heads a free block of 2^k pages, kMetaAllocated|k heads an allocated one,
+// kMetaInterior is any other page of a block, kMetaReserved a page that is not managed. Only block
+// heads carry a head marker, so splitting and merging rewrite one byte each, and free() can check
+// its argument exactly: the byte at addr must be kMetaAllocated|order.
+//
+// A block of 2^k pages is naturally aligned in physical address (pfn % 2^k == 0) and lies inside
+// one range; its buddy is pfn ^ 2^k and is merged only when it lies in the same range and its
+// byte says kMetaFree|k. Free blocks are kept in circular doubly linked lists whose nodes are the
+// first bytes of the free blocks themselves (through the direct map); the sentinels live in this
+// object. There is one list per (band, order), band being a power-of-two slice of physical
+// address space (band 0 = [0, 4 MiB), band b = [2^(21+b), 2^(22+b))). A block is at most 4 MiB
+// and aligned, so it never straddles two bands, and the buddies it merges with are in its band.
+// band_mask_[k] has bit b set when list (b, k) is not empty.
+//
+// alloc(order, limit, align): `need` = max(order, log2(align) - 12). The bands lying wholly at or
+// below `limit` form a bit mask computed in a few instructions; for each k from `need` up to
+// kMaxOrder, band_mask_[k] & that mask, if not zero, names the highest such band (high memory is
+// used first so that low memory stays for constrained devices); its first block is unlinked and
+// split down to `order`, keeping the lowest piece (which is therefore aligned to 2^need pages)
+// and pushing the upper halves onto their lists. A limit of the form 2^n - 1 (n >= 22) ends
+// exactly at a band boundary, so this is all there is. Any other limit leaves one band straddling
+// it; only when the bands wholly below the limit hold nothing large enough are that band's lists
+// (orders >= need) walked for the first block whose kept piece ends at or below the limit.
+//
+// free(addr, order): find the range (a scan of at most kMaxRanges sorted ranges), check the
+// metadata byte, then merge upwards while the buddy is a free block of the same order in the same
+// range, each merge unlinking the buddy in O(1).
+//
+// Costs: alloc O(kMaxOrder) bitmap tests plus O(kMaxOrder) splits (the straddling-band walk
+// aside, see above); free O(kMaxRanges + kMaxOrder); stats O(bands + ranges); init O(pages);
+// check_invariants and free_blocks O(pages). Metadata: one byte per page (1/4096 of memory).
+// Counters (free pages overall, per band, per range) are updated once per operation, not per
+// split or merge.
+#include "mm/page_frame_allocator.h"
+
+#include "support/assert.h"
+#include "support/bitops.h"
+#include "support/mem.h"
+#include "support/utility.h"
+
+namespace {
+
+constexpr uint8_t kMetaInterior = 0x00;
+constexpr uint8_t kMetaFree = 0x40;
+constexpr uint8_t kMetaAllocated = 0x80;
+constexpr uint8_t kMetaReserved = 0xff;
+constexpr uint8_t kMetaKindMask = 0xc0;
+constexpr uint8_t kMetaOrderMask = 0x3f;
+
+constexpr uint8_t meta_byte(uint8_t kind, unsigned order) {
+  return static_cast<uint8_t>(kind | order);
+}
+
+constexpr uint64_t kPageMask = PageFrameAllocator::kPageSize - 1;
+// One past the last page frame of the 64-bit address space.
+constexpr uint64_t kPfnLimit = 1ull << (64 - PageFrameAllocator::kPageShift);
+
+// Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
+// Returns false when the range wraps past 2^64.
+bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
+  uint64_t base = r.base.value();
+  if (support::add_overflows(base, r.size)) return false;
+  *start = (base >> PageFrameAllocator::kPageShift) + ((base & kPageMask) != 0 ? 1 : 0);
+  *end = (base + r.size) >> PageFrameAllocator::kPageShift;
+  if (*end < *start) *end = *start;
+  return true;
+}
+
+}  // namespace
+
+PageFrameAllocator::~PageFrameAllocator() {
+#if KDEBUG_ENABLED
+  support::Guard guard{&lock_};
+  KASSERT(free_pages_ == managed_pages_,
+          "PageFrameAllocator destroyed with pages still allocated");
+#endif
+}
+
+size_t PageFrameAllocator::metadata_size(support::Span<const PhysRange> ranges) {
+  uint64_t total = 0;
+  for (const PhysRange& r : ranges) {
+    uint64_t s = 0;
+    uint64_t e = 0;
+    if (trim_inward(r, &s, &e)) total += e - s;
+  }
+  return static_cast<size_t>(total);
+}
+
+unsigned PageFrameAllocator::order_for(uint64_t bytes) {
+  if (bytes == 0) return 0;
+  uint64_t pages = ((bytes - 1) >> kPageShift) + 1;
+  unsigned order = support::log2_ceil(pages);
+  return order > kMaxOrder ? kMaxOrder + 1 : order;
+}
+
+PhysRange PageFrameAllocator::range(size_t i) const {
+  KASSERT(i < num_ranges_, "range index out of bounds");
+  const Range& r = ranges_[i];
+  return PhysRange{PhysAddr(r.start_pfn << kPageShift), (r.end_pfn - r.start_pfn) << kPageShift};
+}
+
+Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
+                                      support::Span<const PhysRange> reserved,
+                                      uintptr_t direct_map_offset, void* metadata,
+                                      size_t metadata_bytes) {
+  support::Guard guard{&lock_};
+  if (initialized_) return ErrorCode::kInvalidArgument;
+  if (ranges.size() > kMaxRanges) return ErrorCode::kInvalidArgument;
+
+  // Validate everything before writing anything, so a failed call changes nothing.
+  PhysRange sorted[kMaxRanges];
+  size_t n = 0;
+  for (const PhysRange& r : ranges) {
+    if (r.size == 0) continue;
+    if (support::add_overflows(r.base.value(), r.size)) return ErrorCode::kInvalidArgument;
+    size_t i = n++;
+    while (i > 0 && sorted[i - 1].base > r.base) {
+      sorted[i] = sorted[i - 1];
+      --i;
+    }
+    sorted[i] = r;
+  }
+  for (size_t i = 0; i + 1 < n; ++i) {
+    if (sorted[i].end() > sorted[i + 1].base) return ErrorCode::kInvalidArgument;
+  }
+  size_t need = metadata_size(ranges);
+  if (metadata_bytes < need || (need > 0 && metadata == nullptr)) return ErrorCode::kNoMemory;
+
+  // Ranges, trimmed to pages, each with its slice of the metadata, all pages "interior".
+  uint8_t* meta = static_cast<uint8_t*>(metadata);
+  num_ranges_ = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t s = 0;
+    uint64_t e = 0;
+    trim_inward(sorted[i], &s, &e);
+    if (s == e) continue;
+    Range& r = ranges_[num_ranges_++];
+    r.start_pfn = s;
+    r.end_pfn = e;
+    r.meta = meta;
+    r.managed_pages = 0;
+    support::fill_bytes(meta, kMetaInterior, static_cast<size_t>(e - s));
+    meta += e - s;
+  }
+
+  // Reserved pieces, trimmed outward.
+  for (const PhysRange& res : reserved) {
+    if (res.size == 0) continue;
+    uint64_t base = res.base.value();
+    uint64_t rs = base >> kPageShift;
+    uint64_t re = kPfnLimit;
+    if (!support::add_overflows(base, res.size)) {
+      uint64_t end = base + res.size;
+      re = (end >> kPageShift) + ((end & kPageMask) != 0 ? 1 : 0);
+    }
+    for (size_t i = 0; i < num_ranges_; ++i) {
+      Range& r = ranges_[i];
+      uint64_t lo = support::max(rs, r.start_pfn);
+      uint64_t hi = support::min(re, r.end_pfn);
+      if (lo < hi) {
+        support::fill_bytes(r.meta + (lo - r.start_pfn), kMetaReserved,
+                            static_cast<size_t>(hi - lo));
+      }
+    }
+  }
+
+  direct_map_offset_ = direct_map_offset;
+  for (auto& band : heads_) {
+    for (Link& h : band) {
+      h.next = &h;
+      h.prev = &h;
+    }
+  }
+  for (uint64_t& m : band_mask_) m = 0;
+  for (uint64_t& f : free_per_band_) f = 0;
+  for (uint64_t& f : free_per_range_) f = 0;
+
+  // Each run of unreserved pages becomes the largest naturally aligned blocks that fit.
+  uint64_t lowest = 0;
+  uint64_t highest = 0;
+  uint64_t managed = 0;
+  for (size_t i = 0; i < num_ranges_; ++i) {
+    Range& r = ranges_[i];
+    uint64_t p = r.start_pfn;
+    while (p < r.end_pfn) {
+      if (r.meta[p - r.start_pfn] == kMetaReserved) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < r.end_pfn && r.meta[q - r.start_pfn] != kMetaReserved) ++q;
+      if (managed == 0) lowest = p;
+      highest = q;
+      managed += q - p;
+      r.managed_pages += q - p;
+      while (p < q) {
+        unsigned order = kMaxOrder;
+        if (p != 0) order = support::min(order, support::ctz(p));
+        order = support::min(order, support::log2_floor(q - p));
+        unsigned band = band_of_pfn(p);
+        r.meta[p - r.start_pfn] = meta_byte(kMetaFree, order);
+        push_free(p, order, band, static_cast<uint32_t>(i));
+        free_per_band_[band] += 1ull << order;
+        p += 1ull << order;
+      }
+    }
+    free_per_range_[i] = r.managed_pages;
+  }
+  managed_pages_ = managed;
+  free_pages_ = managed;
+  lowest_ = PhysAddr(lowest << kPageShift);
+  highest_ = PhysAddr(highest << kPageShift);
+  metadata_bytes_ = need;
+  initialized_ = true;
+  return support::ok();
+}
+
+inline void PageFrameAllocator::push_free(uint64_t pfn, unsigned order, unsigned band,
+                                          uint32_t range) {
+  // The block's first bytes become a list node; placement new starts the node's lifetime there.
+  FreeBlock* b = new (block_at(pfn)) FreeBlock;
+  Link* h = &heads_[band][order];
+  Link* first = h->next;
+  b->next = first;
+  b->prev = h;
+  b->range = range;
+  first->prev = b;
+  h->next = b;
+  band_mask_[order] |= 1ull << band;
+}
+
+inline void PageFrameAllocator::unlink_free(Link* b, unsigned order, unsigned band) {
+  Link* next = b->next;
+  Link* prev = b->prev;
+  prev->next = next;
+  next->prev = prev;
+  // Both neighbours are the same node only when that node is the sentinel: the list is empty.
+  if (next == prev) band_mask_[order] &= ~(1ull << band);
+}
+
+inline PhysAddr PageFrameAllocator::take(Link* b, unsigned have, unsigned order, unsigned band) {
+  unlink_free(b, have, band);
+  uint64_t pfn = pfn_of(b);
+  uint32_t ri = static_cast<FreeBlock*>(b)->range;
+  const Range& r = ranges_[ri];
+  uint8_t* meta = r.meta + (pfn - r.start_pfn);
+  while (have > order) {
+    --have;
+    uint64_t half = 1ull << have;
+    meta[half] = meta_byte(kMetaFree, have);
+    push_free(pfn + half, have, band, ri);
+  }
+  meta[0] = meta_byte(kMetaAllocated, order);
+  uint64_t pages = 1ull << order;
+  free_pages_ -= pages;
+  free_per_band_[band] -= pages;
+  free_per_range_[ri] -= pages;
+  return PhysAddr(pfn << kPageShift);
+}
+
+Result<PhysAddr> PageFrameAllocator::alloc(unsigned order, uint64_t limit, uint64_t align) {
+  if (order > kMaxOrder) return ErrorCode::kLayoutError;
+  if (!support::is_pow2(align) || align > (kPageSize << kMaxOrder)) {
+    return ErrorCode::kLayoutError;
+  }
+  unsigned need = order;
+  if (align > kPageSize) need = support::max(order, support::log2_floor(align) - kPageShift);
+
+  // Bands wholly at or below the limit, and the one band straddling it (kNumBands if none).
+  uint64_t allowed = ~0ull;
+  unsigned straddle = kNumBands;
+  if (limit != ~0ull) {
+    unsigned s = band_of_pfn(limit >> kPageShift);
+    allowed = (1ull << s) - 1;
+    if (((limit + 1) & limit) == 0 && limit >= (1ull << kBandShift) - 1) {
+      allowed |= 1ull << s;  // limit + 1 is the end of band s.
+    } else {
+      straddle = s;
+    }
+  }
+
+  support::Guard guard{&lock_};
+  for (unsigned o = need; o <= kMaxOrder; ++o) {
+    uint64_t m = band_mask_[o] & allowed;
+    if (m != 0) {
+      unsigned band = support::log2_floor(m);
+      return take(heads_[band][o].next, o, order, band);
+    }
+  }
+  return alloc_slow(order, need, limit, straddle);
+}
+
+Result<PhysAddr> PageFrameAllocator::alloc_slow(unsigned order, unsigned need, uint64_t limit,
+                                                unsigned straddle) {
+  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
+  if (straddle < kNumBands) {
+    for (unsigned o = need; o <= kMaxOrder; ++o) {
+      if ((band_mask_[o] & (1ull << straddle)) == 0) continue;
+      Link* h = &heads_[straddle][o];
+      for (Link* l = h->next; l != h; l = l->next) {
+        uint64_t start = pfn_of(l) << kPageShift;
+        if (start + last <= limit) return take(l, o, order, straddle);
+      }
+    }
+  }
+  // Nothing now. Could anything ever be had under this limit? Even the lowest managed memory,
+  // aligned for this request, would have to end at or below it.
+  if (managed_pages_ != 0) {
+    uint64_t earliest = support::align_up(lowest_.value(), kPageSize << need);
+    if (earliest < lowest_.value() || limit < earliest || limit - earliest < last) {
+      return Error(ErrorCode::kDmaMaskNotMatch, lowest_.value(), limit);
+    }
+  }
+  return ErrorCode::kNoMemory;
+}
+
+size_t PageFrameAllocator::range_index(uint64_t pfn) const {
+  for (size_t i = 0; i < num_ranges_; ++i) {
+    if (pfn < ranges_[i].end_pfn) return pfn >= ranges_[i].start_pfn ? i : kNoRange;
+  }
+  return kNoRange;
+}
+
+Result<void> PageFrameAllocator::free(PhysAddr addr, unsigned order) {
+  uint64_t a = addr.value();
+  if (order > kMaxOrder || (a & kPageMask) != 0) return ErrorCode::kNotFound;
+  uint64_t pfn = a >> kPageShift;
+  size_t ri = range_index(pfn);  // Ranges are immutable after init: no lock needed.
+  if (ri == kNoRange) return ErrorCode::kNotFound;
+  const Range& r = ranges_[ri];
+  uint8_t* meta = r.meta;
+  uint64_t start = r.start_pfn;
+  uint64_t size = r.end_pfn - start;
+
+  support::Guard guard{&lock_};
+  if (meta[pfn - start] != meta_byte(kMetaAllocated, order)) return ErrorCode::kNotFound;
+  unsigned band = band_of_pfn(pfn);
+  uint64_t pages = 1ull << order;
+  free_pages_ += pages;
+  free_per_band_[band] += pages;
+  free_per_range_[ri] += pages;
+  while (order < kMaxOrder) {
+    uint64_t bit = 1ull << order;
+    uint64_t buddy = pfn ^ bit;
+    uint64_t boff = buddy - start;  // Wraps to a huge value when the buddy lies below the range.
+    if (boff >= size || meta[boff] != meta_byte(kMetaFree, order)) break;
+    unlink_free(block_at(buddy), order, band);
+    meta[(pfn | bit) - start] = kMetaInterior;  // The upper of the two heads.
+    pfn &= ~bit;
+    ++order;
+  }
+  meta[pfn - start] = meta_byte(kMetaFree, order);
+  push_free(pfn, order, band, static_cast<uint32_t>(ri));
+  return support::ok();
+}
+
+PageFrameAllocator::Stats PageFrameAllocator::stats() const {
+  Stats s;
+  support::Guard guard{&lock_};
+  s.managed_pages = managed_pages_;
+  s.free_pages = free_pages_;
+  for (size_t i = 0; i < num_ranges_; ++i) {
+    s.free_pages_per_range[i] = free_per_range_[i];
+    s.managed_pages_per_range[i] = ranges_[i].managed_pages;
+  }
+  for (unsigned b = 0; b < kNumBands; ++b) s.free_pages_per_band[b] = free_per_band_[b];
+  s.num_ranges = num_ranges_;
+  s.metadata_bytes = metadata_bytes_;
+  return s;
+}
+
+uint64_t PageFrameAllocator::free_pages() const {
+  support::Guard guard{&lock_};
+  return free_pages_;
+}
+
+uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
+  if (order > kMaxOrder) return 0;
+  support::Guard guard{&lock_};
+  if (!initialized_) return 0;
+  uint64_t count = 0;
+  for (unsigned b = 0; b < kNumBands; ++b) {
+    const Link* h = &heads_[b][order];
+    for (const Link* l = h->next; l != h; l = l->next) ++count;
+  }
+  return count;
+}
+
+// Walks every list. Each node is validated (page aligned, inside a range, metadata says it heads
+// a free block of the list's order, right band) before it is dereferenced, so a corrupted link
+// is reported rather than followed.
+bool PageFrameAllocator::check_lists(uint64_t* per_band, uint64_t* per_range,
+                                     uint64_t* blocks) const {
+  for (unsigned b = 0; b < kNumBands; ++b) {
+    for (unsigned o = 0; o <= kMaxOrder; ++o) {
+      const Link* h = &heads_[b][o];
+      bool nonempty = h->next != h;
+      if (nonempty != (((band_mask_[o] >> b) & 1) != 0)) return false;
+      const Link* prev = h;
+      uint64_t steps = 0;
+      for (const Link* l = h->next; l != h; l = l->next) {
+        if (++steps > managed_pages_) return false;  // A cycle that misses the sentinel.
+        uintptr_t v = reinterpret_cast<uintptr_t>(l) - direct_map_offset_;
+        if ((v & kPageMask) != 0) return false;
+        uint64_t pfn = static_cast<uint64_t>(v) >> kPageShift;
+        size_t ri = range_index(pfn);
+        if (ri == kNoRange) return false;
+        const Range& r = ranges_[ri];
+        uint64_t pages = 1ull << o;
+        if ((pfn & (pages - 1)) != 0 || pfn + pages > r.end_pfn) return false;
+        if (band_of_pfn(pfn) != b) return false;
+        if (r.meta[pfn - r.start_pfn] != meta_byte(kMetaFree, o)) return false;
+        if (l->prev != prev) return false;
+        if (static_cast<const FreeBlock*>(l)->range != ri) return false;
+        per_band[b] += pages;
+        per_range[ri] += pages;
+        ++*blocks;
+        prev = l;
+      }
+      if (h->prev != prev) return false;
+    }
+  }
+  return true;
+}
+
+// Walks every range's metadata block by block: each page is reserved or belongs to exactly one
+// block, whose head is aligned and whose other pages are interior; no free block has a free
+// buddy of its order (everything is coalesced); the free heads are exactly the listed blocks.
+bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t blocks) const {
+  uint64_t free_heads = 0;
+  uint64_t managed = 0;
+  for (size_t i = 0; i < num_ranges_; ++i) {
+    const Range& r = ranges_[i];
+    uint64_t size = r.end_pfn - r.start_pfn;
+    uint64_t range_managed = 0;
+    uint64_t range_free = 0;
+    uint64_t p = 0;
+    while (p < size) {
+      uint8_t m = r.meta[p];
+      if (m == kMetaReserved) {
+        ++p;
+        continue;
+      }
+      uint8_t kind = m & kMetaKindMask;
+      unsigned o = m & kMetaOrderMask;
+      if ((kind != kMetaFree && kind != kMetaAllocated) || o > kMaxOrder) return false;
+      uint64_t pfn = r.start_pfn + p;
+      uint64_t pages = 1ull << o;
+      if ((pfn & (pages - 1)) != 0 || p + pages > size) return false;
+      for (uint64_t q = 1; q < pages; ++q) {
+        if (r.meta[p + q] != kMetaInterior) return false;
+      }
+      if (kind == kMetaFree) {
+        ++free_heads;
+        range_free += pages;
+        uint64_t boff = (pfn ^ pages) - r.start_pfn;
+        if (o < kMaxOrder && boff < size && r.meta[boff] == m) return false;
+      }
+      range_managed += pages;
+      p += pages;
+    }
+    if (range_managed != r.managed_pages || range_free != per_range[i]) return false;
+    if (free_per_range_[i] != range_free) return false;
+    managed += range_managed;
+  }
+  return managed == managed_pages_ && free_heads == blocks;
+}
+
+bool PageFrameAllocator::check_invariants() const {
+  support::Guard guard{&lock_};
+  if (!initialized_) {
+    if (free_pages_ != 0) return false;
+    for (uint64_t m : band_mask_) {
+      if (m != 0) return false;
+    }
+    return true;
+  }
+  uint64_t per_band[kNumBands] = {};
+  uint64_t per_range[kMaxRanges] = {};
+  uint64_t blocks = 0;
+  if (!check_lists(per_band, per_range, &blocks)) return false;
+  if (!check_metadata(per_range, blocks)) return false;
+  uint64_t total = 0;
+  for (unsigned b = 0; b < kNumBands; ++b) {
+    if (per_band[b] != free_per_band_[b]) return false;
+    total += per_band[b];
+  }
+  return total == free_pages_ && free_pages_ <= managed_pages_;
+}

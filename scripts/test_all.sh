@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make test`: the host suite, then every architecture under QEMU. Each part prints its own
+# "N passed, N failed" line; this adds them up and ends with one line for the whole run.
+# A part that crashes or prints no summary counts as one failure.
+set -uo pipefail
+
+ARCHES=${ARCHES:-"aarch64 riscv64 x86_64"}
+MAKE=${MAKE:-make}
+log_dir=${BUILD:-build}/test-logs
+mkdir -p "$log_dir"
+
+total_pass=0
+total_fail=0
+status=0
+
+run_part() {
+  local name=$1
+  shift
+  local log="$log_dir/$name.log"
+  echo "==> $name"
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E '^([A-Za-z]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+  if [ -z "$line" ]; then
+    echo "==> $name: no summary line (exit $rc)"
+    total_fail=$((total_fail + 1))
+    status=1
+    return
+  fi
+  local p f
+  p=$(echo "$line" | sed -E 's/^([A-Za-z]+: )?([0-9]+) passed.*/\2/')
+  f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "==> $name: exit status $rc"
+    total_fail=$((total_fail + 1))
+  fi
+  [ "$rc" -ne 0 ] && status=1
+  echo "==> $name: $p passed, $f failed"
+}
+
+run_part host $MAKE --no-print-directory test-host
+for a in $ARCHES; do
+  run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"
+done
+
+[ "$total_fail" -ne 0 ] && status=1
+echo "$total_pass passed, $total_fail failed"
+exit $status

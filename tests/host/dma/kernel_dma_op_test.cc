@@ -1,0 +1,585 @@
+// The generic mapping layer against the host cache model: direct and bounced maps in every
+// direction, the mask decision, every error path, and what a missing sync looks like.
+#include "dma/kernel_dma_op.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "arch/host/host_platform.h"
+#include "support/fault_injection.h"
+
+namespace {
+
+constexpr uint64_t kMask30 = (1ull << 30) - 1;
+constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
+constexpr uint64_t kMask64 = ~0ull;
+
+// 128 MiB of RAM straddling 1 GiB, a bounce pool placed under 1 GiB: a 30-bit device reaches the
+// lower half directly and needs bouncing for the upper half.
+HostPlatform::Options straddling_options() {
+  HostPlatform::Options o;
+  o.ram.push_back(PhysRange{PhysAddr(0x3C00'0000), 128ull << 20});
+  o.pools.push_back(HostPlatform::PoolSpec{4ull << 20, kMask30});
+  return o;
+}
+
+struct Snapshot {
+  uint64_t free_pages;
+  uint64_t used_slots;
+  uint64_t live_maps;
+};
+
+class KernelDmaOpTest : public testing::Test {
+ protected:
+  KernelDmaOpTest() : plat_(straddling_options()) {}
+  ~KernelDmaOpTest() override { support::FaultInjector::disarm_all(); }
+
+  KernelDmaOp& op() { return plat_.op(); }
+  DmaConstraints device(uint64_t mask, bool coherent = false) {
+    DmaConstraints c;
+    c.dma_mask = mask;
+    c.coherent = coherent;
+    return c;
+  }
+  // A buffer in RAM at or above 1 GiB (unreachable by a 30-bit device).
+  uint8_t* high_buffer(size_t bytes) { return plat_.buffer_above(1ull << 30, bytes); }
+  // A buffer entirely below 1 GiB.
+  uint8_t* low_buffer(size_t bytes) {
+    auto pa = plat_.pfa().alloc(PageFrameAllocator::order_for(bytes), kMask30);
+    EXPECT_TRUE(pa.ok());
+    low_.push_back({pa->value(), PageFrameAllocator::order_for(bytes)});
+    return plat_.phys_to_virt(pa->value());
+  }
+  uint64_t phys_of(const void* p) { return op().virt_to_phys(p)->value(); }
+  Snapshot snapshot() {
+    return {plat_.pfa().free_pages(), plat_.pool(0).stats().used_slots, op().stats().live_maps};
+  }
+  void expect_unchanged(const Snapshot& s) {
+    Snapshot now = snapshot();
+    EXPECT_EQ(now.free_pages, s.free_pages);
+    EXPECT_EQ(now.used_slots, s.used_slots);
+    EXPECT_EQ(now.live_maps, s.live_maps);
+  }
+  void TearDown() override {
+    for (auto& b : low_) ASSERT_TRUE(plat_.pfa().free(PhysAddr(b.first), b.second).ok());
+  }
+
+  HostPlatform plat_;
+  std::vector<std::pair<uint64_t, unsigned>> low_;
+};
+
+TEST_F(KernelDmaOpTest, PageSizeIs4K) { EXPECT_EQ(op().page_size(), 4096u); }
+
+TEST_F(KernelDmaOpTest, DefaultConstraintsFollowThePlatform) {
+  EXPECT_FALSE(op().default_constraints().coherent);
+  auto o = straddling_options();
+  o.platform_coherent = true;
+  HostPlatform coherent(o);
+  EXPECT_TRUE(coherent.op().default_constraints().coherent);
+}
+
+TEST_F(KernelDmaOpTest, ReachableBufferIsMappedDirectly) {
+  uint8_t* buf = low_buffer(8192);
+  auto m = op().map_single(device(kMask30), buf + 100, 5000, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->bounced());
+  EXPECT_EQ(m->dma_addr.value(), phys_of(buf) + 100);
+  EXPECT_EQ(op().stats().direct_maps, 1u);
+  EXPECT_EQ(op().stats().bounced_maps, 0u);
+  op().unmap_single(*m);
+  EXPECT_EQ(op().stats().live_maps, 0u);
+}
+
+TEST_F(KernelDmaOpTest, ToDeviceCleansSoTheDeviceSeesCpuWrites) {
+  uint8_t* buf = low_buffer(4096);
+  std::memset(buf, 0x5A, 4096);  // Dirty in the CPU cache, not yet in memory.
+  HostDevice dev(&plat_, kMask30, false);
+  std::vector<uint8_t> seen(4096);
+  dev.read(DmaAddr(phys_of(buf)), seen.data(), seen.size());
+  EXPECT_NE(seen[0], 0x5A) << "the model must show un-cleaned data as stale";
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  dev.read(m->dma_addr, seen.data(), seen.size());
+  EXPECT_EQ(seen, std::vector<uint8_t>(4096, 0x5A));
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, FromDeviceInvalidatesAtUnmap) {
+  uint8_t* buf = low_buffer(4096);
+  std::memset(buf, 0x11, 4096);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr, 0xC3, 4096);
+  op().unmap_single(*m);
+  for (size_t i = 0; i < 4096; ++i) ASSERT_EQ(buf[i], 0xC3) << i;
+}
+
+TEST_F(KernelDmaOpTest, MissingSyncIsSeenAsStaleData) {
+  uint8_t* buf = low_buffer(4096);
+  std::memset(buf, 0x11, 4096);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr, 0xC3, 4096);
+  // No prepare_read / unmap yet: the CPU still reads its cached copy.
+  EXPECT_EQ(buf[0], 0x11);
+  EXPECT_EQ(buf[4095], 0x11);
+  ASSERT_TRUE(op().prepare_read(*m, 0, 4096, DmaDirection::kFromDevice).ok());
+  EXPECT_EQ(buf[0], 0xC3);
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, MissingCleanIsSeenByTheDevice) {
+  uint8_t* buf = low_buffer(4096);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  std::memset(buf, 0x77, 64);  // Written after the map, without confirm_write.
+  HostDevice dev(&plat_, kMask30, false);
+  uint8_t b = 0;
+  dev.read(m->dma_addr, &b, 1);
+  EXPECT_NE(b, 0x77);
+  ASSERT_TRUE(op().confirm_write(*m, 0, 64, DmaDirection::kToDevice).ok());
+  dev.read(m->dma_addr, &b, 1);
+  EXPECT_EQ(b, 0x77);
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, BidirectionalRoundTrip) {
+  uint8_t* buf = low_buffer(4096);
+  for (size_t i = 0; i < 4096; ++i) buf[i] = static_cast<uint8_t>(i);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, false);
+  std::vector<uint8_t> data(4096);
+  dev.read(m->dma_addr, data.data(), data.size());
+  for (size_t i = 0; i < 4096; ++i) ASSERT_EQ(data[i], static_cast<uint8_t>(i));
+  for (auto& d : data) d = static_cast<uint8_t>(~d);
+  dev.write(m->dma_addr, data.data(), data.size());
+  op().unmap_single(*m);
+  for (size_t i = 0; i < 4096; ++i) ASSERT_EQ(buf[i], static_cast<uint8_t>(~i));
+}
+
+TEST_F(KernelDmaOpTest, UnalignedFromDeviceKeepsNeighboursInSharedLines) {
+  uint8_t* page = low_buffer(4096);
+  std::memset(page, 0xEE, 4096);
+  plat_.model().evict_all();
+  // The CPU writes the neighbours just before the map: dirty lines that share bytes with the
+  // buffer at both edges.
+  std::memset(page, 0xAB, 100);
+  std::memset(page + 900, 0xCD, 100);
+  uint8_t* buf = page + 100;  // [100, 900): partial lines at both ends.
+  auto m = op().map_single(device(kMask30), buf, 800, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr, 0x42, 800);
+  op().unmap_single(*m);
+  for (size_t i = 0; i < 100; ++i) ASSERT_EQ(page[i], 0xAB) << i;
+  for (size_t i = 100; i < 900; ++i) ASSERT_EQ(page[i], 0x42) << i;
+  for (size_t i = 900; i < 1000; ++i) ASSERT_EQ(page[i], 0xCD) << i;
+}
+
+TEST_F(KernelDmaOpTest, InvalidateOfPartialLinesKeepsDirtyNeighbours) {
+  uint8_t* page = low_buffer(4096);
+  plat_.model().evict_all();
+  std::memset(page, 0x99, 256);  // Dirty, never cleaned.
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(DmaAddr(phys_of(page) + 64), 0x31, 128);
+  // Invalidate [40, 200): lines 0 and 192 are partial and must be cleaned, not dropped.
+  op().invalidate(page + 40, 160);
+  for (size_t i = 0; i < 40; ++i) ASSERT_EQ(page[i], 0x99) << i;
+  for (size_t i = 200; i < 256; ++i) ASSERT_EQ(page[i], 0x99) << i;
+  // The whole interior line [64, 128) and [128, 192) come from memory.
+  for (size_t i = 64; i < 192; ++i) ASSERT_EQ(page[i], 0x31) << i;
+}
+
+TEST_F(KernelDmaOpTest, FlushAndFlushInvalidateReachMemory) {
+  uint8_t* page = low_buffer(4096);
+  HostDevice dev(&plat_, kMask30, false);
+  std::memset(page + 3, 0x61, 10);
+  op().flush(page + 3, 10);
+  uint8_t b = 0;
+  dev.read(DmaAddr(phys_of(page) + 5), &b, 1);
+  EXPECT_EQ(b, 0x61);
+  std::memset(page + 70, 0x62, 10);
+  op().flush_invalidate(page + 70, 10);
+  dev.read(DmaAddr(phys_of(page) + 75), &b, 1);
+  EXPECT_EQ(b, 0x62);
+  op().flush(page, 0);  // Size 0 is a no-op.
+  op().invalidate(page, 0);
+  op().flush_invalidate(page, 0);
+}
+
+TEST_F(KernelDmaOpTest, CoherentDeviceNeedsNoMaintenance) {
+  uint8_t* buf = low_buffer(4096);
+  std::memset(buf, 0x5A, 4096);
+  plat_.model().reset_counters();
+  auto m = op().map_single(device(kMask30, true), buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, true);
+  uint8_t b = 0;
+  dev.read(m->dma_addr, &b, 1);
+  EXPECT_EQ(b, 0x5A);
+  dev.fill(m->dma_addr, 0x21, 4096);
+  EXPECT_EQ(buf[10], 0x21);
+  op().unmap_single(*m);
+  EXPECT_EQ(plat_.model().counters().cleans, 0u);
+  EXPECT_EQ(plat_.model().counters().invalidates, 0u);
+  EXPECT_EQ(plat_.model().counters().clean_invalidates, 0u);
+}
+
+TEST_F(KernelDmaOpTest, BufferAboveMaskIsBouncedToDevice) {
+  uint8_t* buf = high_buffer(8192);
+  ASSERT_GE(phys_of(buf), 1ull << 30);
+  for (size_t i = 0; i < 8192; ++i) buf[i] = static_cast<uint8_t>(i * 7);
+  auto m = op().map_single(device(kMask30), buf, 8192, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->bounced());
+  EXPECT_LE(m->dma_addr.value() + 8191, kMask30);
+  HostDevice dev(&plat_, kMask30, false);
+  std::vector<uint8_t> seen(8192);
+  dev.read(m->dma_addr, seen.data(), seen.size());
+  for (size_t i = 0; i < 8192; ++i) ASSERT_EQ(seen[i], static_cast<uint8_t>(i * 7)) << i;
+  EXPECT_EQ(op().stats().bounced_maps, 1u);
+  EXPECT_GE(plat_.pool(0).stats().used_slots, 4u);
+  op().unmap_single(*m);
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, BufferAboveMaskIsBouncedFromDevice) {
+  uint8_t* buf = high_buffer(4096);
+  std::memset(buf, 0, 4096);
+  auto m = op().map_single(device(kMask30), buf + 10, 3000, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(m->bounced());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr, 0x9C, 3000);
+  op().unmap_single(*m);
+  EXPECT_EQ(buf[9], 0);
+  for (size_t i = 10; i < 3010; ++i) ASSERT_EQ(buf[i], 0x9C) << i;
+  EXPECT_EQ(buf[3010], 0);
+  EXPECT_EQ(op().stats().bytes_bounced, 6000u);  // In (hygiene) and out.
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, BounceSlotShowsOriginalBytesWhereDeviceWroteLess) {
+  uint8_t* buf = high_buffer(4096);
+  std::memset(buf, 0x3E, 4096);
+  // Leave stale data in the pool from an earlier mapping.
+  uint8_t* other = high_buffer(4096);
+  std::memset(other, 0xF0, 4096);
+  auto m1 = op().map_single(device(kMask30), other, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m1.ok());
+  op().unmap_single(*m1);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr, 0x01, 1000);  // Writes less than the whole buffer.
+  op().unmap_single(*m);
+  for (size_t i = 0; i < 1000; ++i) ASSERT_EQ(buf[i], 0x01) << i;
+  for (size_t i = 1000; i < 4096; ++i) ASSERT_EQ(buf[i], 0x3E) << i;
+  plat_.release_buffer(buf);
+  plat_.release_buffer(other);
+}
+
+TEST_F(KernelDmaOpTest, ForceBounceBouncesReachableBuffers) {
+  uint8_t* buf = low_buffer(4096);
+  DmaConstraints c = device(kMask30);
+  c.force_bounce = true;
+  auto m = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->bounced());
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, MinAlignMaskIsPreservedInTheBounceSlot) {
+  uint8_t* buf = high_buffer(16384);
+  DmaConstraints c = device(kMask30);
+  c.min_align_mask = 0xFFF;
+  for (size_t off : {0ul, 1ul, 0x234ul, 0xFFFul}) {
+    auto m = op().map_single(c, buf + off, 2000, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->bounced());
+    EXPECT_EQ(m->dma_addr.value() & 0xFFF, (phys_of(buf) + off) & 0xFFF);
+    op().unmap_single(*m);
+  }
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, MisalignedBufferIsBouncedToAnAlignedSlot) {
+  uint8_t* buf = low_buffer(8192);
+  auto m = op().map_single(device(kMask30), buf + 8, 512, 4096, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(m->bounced());
+  EXPECT_EQ(m->dma_addr.value() % 4096, 0u);
+  op().unmap_single(*m);
+  auto d = op().map_single(device(kMask30), buf, 512, 4096, DmaDirection::kToDevice);
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->bounced());
+  op().unmap_single(*d);
+}
+
+TEST_F(KernelDmaOpTest, BusOffsetIsAppliedAndChecked) {
+  uint8_t* buf = low_buffer(4096);
+  DmaConstraints c = device(kMask32);
+  c.bus_offset = 0x8000'0000;
+  auto m = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->bounced());
+  EXPECT_EQ(m->dma_addr.value(), phys_of(buf) + 0x8000'0000);
+  op().unmap_single(*m);
+  // With the offset, the high buffer (>= 1 GiB + 2 GiB = 3 GiB... still < 4 GiB) is reachable;
+  // a 31-bit mask is not: phys limit becomes 0x7FFF'FFFF - 0x8000'0000 < 0.
+  c.dma_mask = 0x7FFF'FFFF;
+  auto e = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.code(), ErrorCode::kDmaMaskNotMatch);
+}
+
+TEST_F(KernelDmaOpTest, MaskOnlyOverloadUsesPlatformDefaults) {
+  uint8_t* buf = low_buffer(4096);
+  auto m = op().map_single(kMask64, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->coherent_device);
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, BadLayoutsAreRejectedAndNothingChanges) {
+  uint8_t* buf = low_buffer(4096);
+  Snapshot s = snapshot();
+  EXPECT_EQ(op().map_single(device(kMask30), buf, 0, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(op().map_single(device(kMask30), buf, 16, 3, DmaDirection::kToDevice).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(op().map_single(device(kMask30), nullptr, 16, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kLayoutError);
+  auto* wrap = reinterpret_cast<uint8_t*>(~uintptr_t{0} - 10);
+  EXPECT_EQ(op().map_single(device(kMask30), wrap, 100, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kLayoutError);
+  expect_unchanged(s);
+  EXPECT_EQ(op().stats().map_errors, 4u);
+}
+
+TEST_F(KernelDmaOpTest, ZeroMaskIsInvalid) {
+  uint8_t* buf = low_buffer(4096);
+  EXPECT_EQ(op().map_single(device(0), buf, 16, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kInvalidArgument);
+}
+
+TEST_F(KernelDmaOpTest, AddressOutsideTheDirectMapIsInvalid) {
+  std::vector<uint8_t> heap(4096);
+  EXPECT_EQ(op().map_single(device(kMask64), heap.data(), 16, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kInvalidArgument);
+}
+
+TEST_F(KernelDmaOpTest, MaskUnderAllMemoryFailsWithAddressAndMask) {
+  uint8_t* buf = high_buffer(4096);
+  Snapshot s = snapshot();
+  auto m = op().map_single(device((1ull << 28) - 1), buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.code(), ErrorCode::kDmaMaskNotMatch);
+  EXPECT_EQ(m.error().mask, (1ull << 28) - 1);
+  EXPECT_EQ(m.error().addr, phys_of(buf) + 4095);
+  expect_unchanged(s);
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, MappingLargerThanThePoolIsALayoutError) {
+  // 5 MiB of RAM above the mask (the direct map makes it one contiguous piece): more than the
+  // 4 MiB pool can ever hold, which is a layout error, not a transient kNoMemory.
+  Snapshot s = snapshot();
+  auto m = op().map_single(device(kMask30), plat_.phys_to_virt(1ull << 30), 5ull << 20, 0,
+                           DmaDirection::kToDevice);
+  EXPECT_EQ(m.code(), ErrorCode::kLayoutError);
+  expect_unchanged(s);
+}
+
+TEST_F(KernelDmaOpTest, ExhaustedPoolReturnsNoMemoryThenRecovers) {
+  uint8_t* buf = high_buffer(256 * 1024);
+  std::vector<DmaMapHandle> live;
+  while (true) {
+    auto m = op().map_single(device(kMask30), buf, 256 * 1024, 0, DmaDirection::kToDevice);
+    if (!m.ok()) {
+      EXPECT_EQ(m.code(), ErrorCode::kNoMemory);
+      break;
+    }
+    live.push_back(*m);
+    ASSERT_LT(live.size(), 100u);
+  }
+  EXPECT_GE(live.size(), 10u);
+  Snapshot s = snapshot();
+  EXPECT_EQ(op().map_single(device(kMask30), buf, 256 * 1024, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kNoMemory);
+  expect_unchanged(s);
+  op().unmap_single(live.back());
+  live.pop_back();
+  auto again = op().map_single(device(kMask30), buf, 256 * 1024, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(again.ok());
+  live.push_back(*again);
+  for (auto& h : live) op().unmap_single(h);
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, SyncRangesAreChecked) {
+  uint8_t* buf = low_buffer(4096);
+  auto m = op().map_single(device(kMask30), buf, 1000, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  EXPECT_TRUE(op().prepare_read(*m, 0, 1000, DmaDirection::kBidirectional).ok());
+  EXPECT_TRUE(op().prepare_read(*m, 1000, 0, DmaDirection::kBidirectional).ok());
+  EXPECT_EQ(op().prepare_read(*m, 999, 2, DmaDirection::kBidirectional).code(),
+            ErrorCode::kOutOfRange);
+  EXPECT_EQ(op().confirm_write(*m, 1001, 0, DmaDirection::kBidirectional).code(),
+            ErrorCode::kOutOfRange);
+  EXPECT_EQ(op().confirm_write(*m, 1, ~size_t{0}, DmaDirection::kBidirectional).code(),
+            ErrorCode::kOutOfRange);
+  op().unmap_single(*m);
+}
+
+TEST_F(KernelDmaOpTest, PartialSyncOfABouncedMapping) {
+  uint8_t* buf = high_buffer(4096);
+  std::memset(buf, 0, 4096);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(m->bounced());
+  HostDevice dev(&plat_, kMask30, false);
+  dev.fill(m->dma_addr + 100, 0xAA, 50);
+  ASSERT_TRUE(op().prepare_read(*m, 100, 50, DmaDirection::kBidirectional).ok());
+  EXPECT_EQ(buf[100], 0xAA);
+  EXPECT_EQ(buf[149], 0xAA);
+  EXPECT_EQ(buf[150], 0);
+  std::memset(buf + 2000, 0xBB, 10);
+  ASSERT_TRUE(op().confirm_write(*m, 2000, 10, DmaDirection::kBidirectional).ok());
+  uint8_t b = 0;
+  dev.read(m->dma_addr + 2005, &b, 1);
+  EXPECT_EQ(b, 0xBB);
+  // The direction argument decides: a to-device sync never copies out.
+  dev.fill(m->dma_addr + 3000, 0xCC, 1);
+  ASSERT_TRUE(op().prepare_read(*m, 3000, 1, DmaDirection::kToDevice).ok());
+  EXPECT_EQ(buf[3000], 0);
+  op().unmap_single(*m);
+  plat_.release_buffer(buf);
+}
+
+TEST_F(KernelDmaOpTest, InjectedMappingFailureLeavesNothingBehind) {
+  uint8_t* buf = high_buffer(4096);
+  Snapshot s = snapshot();
+  support::FaultInjector::fail_nth(support::FaultSite::kMapping, 1);
+  auto m = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kToDevice);
+  EXPECT_EQ(m.code(), ErrorCode::kNoMemory);
+  expect_unchanged(s);
+  auto ok = op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(ok.ok());
+  op().unmap_single(*ok);
+  plat_.release_buffer(buf);
+}
+
+// ---- alloc_coherent ----
+
+TEST_F(KernelDmaOpTest, CoherentAllocationIsZeroedReachableAndAligned) {
+  uint64_t before = plat_.pfa().free_pages();
+  auto h = op().alloc_coherent(device(kMask30), Layout{10000, 16384});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->dma_addr.value(), h->phys.value());
+  EXPECT_LE(h->phys.value() + 10000 - 1, kMask30);
+  EXPECT_EQ(h->phys.value() % 16384, 0u);
+  auto* p = static_cast<uint8_t*>(h->cpu_addr);
+  for (size_t i = 0; i < 10000; ++i) ASSERT_EQ(p[i], 0) << i;
+  // The zeroes are in memory too: a device reads zeroes.
+  HostDevice dev(&plat_, kMask30, false);
+  uint8_t b = 1;
+  dev.read(h->dma_addr + 9999, &b, 1);
+  EXPECT_EQ(b, 0);
+  EXPECT_EQ(plat_.pfa().free_pages(), before - 4);
+  op().dealloc_coherent(*h);
+  EXPECT_EQ(plat_.pfa().free_pages(), before);
+}
+
+TEST_F(KernelDmaOpTest, CoherentAllocationReusedMemoryIsZeroed) {
+  auto h = op().alloc_coherent(device(kMask64), Layout{4096, 1});
+  ASSERT_TRUE(h.ok());
+  std::memset(h->cpu_addr, 0xFF, 4096);
+  PhysAddr first = h->phys;
+  op().dealloc_coherent(*h);
+  auto h2 = op().alloc_coherent(device(kMask64), Layout{4096, 1});
+  ASSERT_TRUE(h2.ok());
+  EXPECT_EQ(h2->phys, first);  // Reused block...
+  EXPECT_EQ(static_cast<uint8_t*>(h2->cpu_addr)[123], 0);  // ...comes back zeroed.
+  op().dealloc_coherent(*h2);
+}
+
+TEST_F(KernelDmaOpTest, CoherentAllocationErrors) {
+  uint64_t before = plat_.pfa().free_pages();
+  EXPECT_EQ(op().alloc_coherent(device(kMask64), Layout{0, 1}).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(op().alloc_coherent(device(kMask64), Layout{64, 24}).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(op().alloc_coherent(device(kMask64), Layout{64ull << 20, 1}).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(op().alloc_coherent(device(0), Layout{64, 1}).code(), ErrorCode::kInvalidArgument);
+  auto low = op().alloc_coherent(device((1ull << 28) - 1), Layout{64, 1});
+  ASSERT_FALSE(low.ok());
+  EXPECT_EQ(low.code(), ErrorCode::kDmaMaskNotMatch);
+  EXPECT_EQ(low.error().mask, (1ull << 28) - 1);
+  EXPECT_EQ(plat_.pfa().free_pages(), before);
+}
+
+TEST_F(KernelDmaOpTest, CoherentAllocationExhaustionIsNoMemory) {
+  std::vector<DmaHandle> hs;
+  while (true) {
+    auto h = op().alloc_coherent(device(kMask30), Layout{1u << 20, 1});
+    if (!h.ok()) {
+      EXPECT_EQ(h.code(), ErrorCode::kNoMemory);
+      break;
+    }
+    hs.push_back(*h);
+    ASSERT_LT(hs.size(), 200u);
+  }
+  EXPECT_GT(hs.size(), 10u);
+  for (auto& h : hs) op().dealloc_coherent(h);
+  EXPECT_EQ(op().stats().coherent_live, 0u);
+}
+
+TEST_F(KernelDmaOpTest, InjectedPageFailureInAllocCoherent) {
+  uint64_t before = plat_.pfa().free_pages();
+  support::FaultInjector::fail_nth(support::FaultSite::kPageAlloc, 1);
+  EXPECT_EQ(op().alloc_coherent(device(kMask64), Layout{4096, 1}).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(plat_.pfa().free_pages(), before);
+}
+
+TEST_F(KernelDmaOpTest, InjectedSlotFailureInMap) {
+  uint8_t* buf = high_buffer(4096);
+  Snapshot s = snapshot();
+  support::FaultInjector::fail_nth(support::FaultSite::kBounceSlot, 1);
+  EXPECT_EQ(op().map_single(device(kMask30), buf, 4096, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kNoMemory);
+  expect_unchanged(s);
+  plat_.release_buffer(buf);
+}
+
+TEST(KernelDmaOpPools, HighestPoolUnderTheMaskIsChosen) {
+  HostPlatform::Options o;
+  o.ram.push_back(PhysRange{PhysAddr(0x0), 64ull << 20});
+  o.ram.push_back(PhysRange{PhysAddr(0x1'0000'0000), 64ull << 20});
+  o.pools.push_back(HostPlatform::PoolSpec{2ull << 20, (1ull << 24) - 1});  // Under 16 MiB.
+  o.pools.push_back(HostPlatform::PoolSpec{2ull << 20, kMask32});
+  HostPlatform p(o);
+  uint8_t* buf = p.buffer_above(1ull << 32, 4096);
+  DmaConstraints c32;
+  c32.dma_mask = kMask32;
+  auto m = p.op().map_single(c32, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->bounce_pool_index, 1u);
+  DmaConstraints c24;
+  c24.dma_mask = (1ull << 24) - 1;
+  auto m2 = p.op().map_single(c24, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m2.ok());
+  EXPECT_EQ(m2->bounce_pool_index, 0u);
+  EXPECT_LE(m2->dma_addr.value() + 4095, (1ull << 24) - 1);
+  p.op().unmap_single(*m);
+  p.op().unmap_single(*m2);
+  p.release_buffer(buf);
+}
+
+}  // namespace
