@@ -76,8 +76,7 @@ bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
 PageFrameAllocator::~PageFrameAllocator() {
 #if KDEBUG_ENABLED
   support::Guard guard{&lock_};
-  KASSERT(free_pages_ == managed_pages_,
-          "PageFrameAllocator destroyed with pages still allocated");
+  KASSERT(free_pages_ == managed_pages_, "PageFrameAllocator destroyed with pages still allocated");
 #endif
 }
 

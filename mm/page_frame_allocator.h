@@ -146,16 +146,14 @@ class PageFrameAllocator {
                                         direct_map_offset_);
   }
   uint64_t pfn_of(const Link* l) const {
-    return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(l) - direct_map_offset_) >>
-           kPageShift;
+    return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(l) - direct_map_offset_) >> kPageShift;
   }
   void push_free(uint64_t pfn, unsigned order, unsigned band, uint32_t range) TA_REQ(lock_);
   void unlink_free(Link* b, unsigned order, unsigned band) TA_REQ(lock_);
   PhysAddr take(Link* b, unsigned have, unsigned order, unsigned band) TA_REQ(lock_);
   Result<PhysAddr> alloc_slow(unsigned order, unsigned need, uint64_t limit, unsigned straddle)
       TA_REQ(lock_);
-  bool check_lists(uint64_t* per_band, uint64_t* per_range, uint64_t* blocks) const
-      TA_REQ(lock_);
+  bool check_lists(uint64_t* per_band, uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
   bool check_metadata(const uint64_t* per_range, uint64_t blocks) const TA_REQ(lock_);
 
   mutable support::SpinLock lock_;

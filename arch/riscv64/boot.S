@@ -63,7 +63,9 @@ _start:
   // Direct-map gigapage over physical 0..1 GiB (the UART). No PBMT bits yet: whether Svpbmt
   // exists is only known from the device tree; the PMAs make it I/O on QEMU virt anyway.
   li t2, PTE_KERNEL_RWX_GAD
-  sd t2, (256 * 8)(t0)
+  li t3, 256 * 8
+  add t3, t0, t3
+  sd t2, 0(t3)
 
   srli t1, t0, 12
   li t2, SATP_MODE_SV39

@@ -46,7 +46,8 @@
 _pvh_start:
   cli
   cld
-  // %ebx (the start info) is kept untouched until it is handed to x86_64_main.
+  // The start info's address moves to %ebp (CPUID below clobbers %ebx) until x86_64_main gets it.
+  mov %ebx, %ebp
   lgdt PA(boot_gdt_ptr)
   mov $0x10, %eax
   mov %eax, %ds
@@ -141,8 +142,8 @@ long_mode_high:
   mov %eax, %fs
   mov %eax, %gs
   lea boot_stack_top(%rip), %rsp
-  xor %ebp, %ebp
-  mov %ebx, %edi            // Zero-extends: the start info's physical address.
+  mov %ebp, %edi            // Zero-extends: the start info's physical address.
+  xor %ebp, %ebp            // Terminates frame-pointer walks.
   call x86_64_main
   ud2
 

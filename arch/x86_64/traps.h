@@ -1,6 +1,6 @@
 // GDT (with a TSS for the interrupt stack table), IDT and the trap handler.
 //
-// Every one of the 256 vectors has a handler (traps.S). The kernel runs with interrupts masked,
+// Every one of the 256 vectors has a handler (trap_entry.S). The kernel runs with interrupts masked,
 // so any trap is a bug: the handler prints a readable panic (vector and name, error code decoded
 // for #PF, RIP, CR2 for page faults, all general registers) and leaves QEMU with a failure
 // status. #DF, NMI and #MC run on their own IST stacks so that a kernel stack overflow (which
@@ -16,7 +16,7 @@ constexpr uint16_t kKernelCode = 0x08;
 constexpr uint16_t kKernelData = 0x10;
 constexpr uint16_t kTss = 0x18;
 
-// The stack layout trap_common (traps.S) builds; lowest address first.
+// The stack layout trap_common (trap_entry.S) builds; lowest address first.
 struct TrapFrame {
   uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
   uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
@@ -24,7 +24,7 @@ struct TrapFrame {
   // Pushed by the CPU.
   uint64_t rip, cs, rflags, rsp, ss;
 };
-static_assert(sizeof(TrapFrame) == 22 * 8, "traps.S pushes 22 quadwords");
+static_assert(sizeof(TrapFrame) == 22 * 8, "trap_entry.S pushes 22 quadwords");
 
 // Loads the kernel GDT, the TSS and the IDT, and reloads the segment registers. Call once on the
 // boot CPU, interrupts off, while the kernel image is mapped at its link address (it always is).
@@ -41,5 +41,5 @@ IstStack ist_stack(int i);
 
 }  // namespace x86
 
-// Called by traps.S with the saved state; returns only for traps the kernel handles (none yet).
+// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (none yet).
 extern "C" void x86_trap_handler(x86::TrapFrame* frame);

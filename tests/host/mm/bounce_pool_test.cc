@@ -367,7 +367,7 @@ TEST(BouncePool, MinAlignMaskKeepsTheOffsetForManyOffsetsAndMasks) {
 }
 
 TEST(BouncePool, AlignmentIsHonoured) {
-  TestPool t(4 * kMiB, kSlot, kBase + 3 * kSlot);
+  TestPool t(8 * kMiB, kSlot, kBase + 3 * kSlot);
   BouncePool& p = t.pool;
   std::vector<BounceSlot> live;
   for (size_t align : {size_t{8}, size_t{512}, size_t{4096}, size_t{16 * kKiB}, size_t{64 * kKiB},

@@ -1,0 +1,16 @@
+# x86-64 on QEMU q35: `-kernel` ELF with a PVH note, entered in 32-bit protected mode.
+# Included by the top-level Makefile when ARCH=x86_64.
+TRIPLE := x86_64-unknown-none-elf
+# No SSE/x87/MMX in the kernel (their state is never set up or saved), no red zone (traps run on
+# the interrupted stack), kernel code model: the image is linked at 0xFFFFFFFF80200000.
+ARCH_CXXFLAGS := -mcmodel=kernel -mno-red-zone -mgeneral-regs-only -mno-sse -mno-mmx \
+                 -mno-80387 -fno-asynchronous-unwind-tables
+ARCH_ASFLAGS := -fno-asynchronous-unwind-tables
+ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 --no-relax
+ARCH_SRCS := arch/x86_64/x86_64_platform.cc arch/x86_64/serial.cc arch/x86_64/traps.cc \
+             arch/x86_64/cpu_features.cc arch/x86_64/pvh.cc arch/x86_64/paging.cc \
+             arch/x86_64/tsc_clock.cc arch/x86_64/acpi.cc
+ARCH_ASM_SRCS := arch/x86_64/boot.S arch/x86_64/trap_entry.S
+# The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH: part of libdma.a for this arch.
+ARCH_DMA_SRCS := arch/x86_64/x86_64_dma_op.cc
+LINKER_SCRIPT := linker/x86_64.ld

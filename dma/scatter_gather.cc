@@ -1,0 +1,110 @@
+#include "dma/scatter_gather.h"
+
+#include "support/bitops.h"
+#include "support/defer.h"
+
+SgMapping::SgMapping(SgMapping&& o)
+    : op_(support::exchange(o.op_, nullptr)),
+      handles_(o.handles_),
+      num_handles_(o.num_handles_),
+      segments_(o.segments_),
+      num_segments_(o.num_segments_),
+      dir_(o.dir_) {}
+
+SgMapping& SgMapping::operator=(SgMapping&& o) {
+  if (this != &o) {
+    unmap();
+    op_ = support::exchange(o.op_, nullptr);
+    handles_ = o.handles_;
+    num_handles_ = o.num_handles_;
+    segments_ = o.segments_;
+    num_segments_ = o.num_segments_;
+    dir_ = o.dir_;
+  }
+  return *this;
+}
+
+Result<SgMapping> SgMapping::map(const DeviceDma& dev, support::Span<const SgEntry> entries,
+                                 DmaDirection dir, const SgLimits& limits,
+                                 support::Span<DmaMapHandle> handles,
+                                 support::Span<DmaSegment> segments) {
+  if (entries.empty() || limits.max_segment_size == 0) return ErrorCode::kLayoutError;
+  uint64_t boundary = limits.segment_boundary_mask;
+  if (boundary != ~0ull && !support::is_pow2(boundary + 1)) return ErrorCode::kLayoutError;
+  if (handles.size() < entries.size()) return ErrorCode::kOutOfRange;
+  for (const SgEntry& e : entries) {
+    if (e.size == 0) return ErrorCode::kLayoutError;
+  }
+
+  DmaOp* op = dev.op();
+  size_t mapped = 0;
+  auto undo = support::defer([&] {
+    for (size_t i = 0; i < mapped; ++i) op->unmap_single(handles[i]);
+  });
+  for (const SgEntry& e : entries) {
+    TRY_ASSIGN(handles[mapped],
+               op->map_single(dev.constraints(), e.addr, e.size, limits.align, dir));
+    ++mapped;
+  }
+
+  // Emit segments: merge touching mappings, split at the size limit and at boundaries.
+  size_t n = 0;
+  for (size_t i = 0; i < mapped; ++i) {
+    uint64_t addr = handles[i].dma_addr.value();
+    uint64_t left = handles[i].size;
+    while (left > 0) {
+      bool merge = n > 0 && segments[n - 1].addr.value() + segments[n - 1].size == addr;
+      uint64_t start = merge ? segments[n - 1].addr.value() : addr;
+      uint64_t have = merge ? segments[n - 1].size : 0;
+      // Room left in the segment that starts at `start`: size limit and boundary.
+      uint64_t room = limits.max_segment_size - have;
+      if (boundary != ~0ull) {
+        uint64_t to_boundary = (start | boundary) - start + 1;  // Bytes up to the next boundary.
+        room = support::min(room, to_boundary - have);
+      }
+      if (merge && room == 0) merge = false;
+      if (!merge) {
+        if (n == segments.size()) return ErrorCode::kOutOfRange;
+        segments[n++] = DmaSegment{DmaAddr(addr), 0};
+        room = limits.max_segment_size;
+        if (boundary != ~0ull) room = support::min(room, (addr | boundary) - addr + 1);
+      }
+      uint64_t take = support::min(room, left);
+      segments[n - 1].size += take;
+      addr += take;
+      left -= take;
+    }
+  }
+
+  undo.cancel();
+  SgMapping m;
+  m.op_ = op;
+  m.handles_ = handles;
+  m.num_handles_ = mapped;
+  m.segments_ = segments;
+  m.num_segments_ = n;
+  m.dir_ = dir;
+  return m;
+}
+
+Result<void> SgMapping::sync_for_cpu() {
+  if (op_ == nullptr) return ErrorCode::kInvalidArgument;
+  for (size_t i = 0; i < num_handles_; ++i) {
+    TRY(op_->prepare_read(handles_[i], 0, handles_[i].size, dir_));
+  }
+  return support::ok();
+}
+
+Result<void> SgMapping::sync_for_device() {
+  if (op_ == nullptr) return ErrorCode::kInvalidArgument;
+  for (size_t i = 0; i < num_handles_; ++i) {
+    TRY(op_->confirm_write(handles_[i], 0, handles_[i].size, dir_));
+  }
+  return support::ok();
+}
+
+void SgMapping::unmap() {
+  if (op_ == nullptr) return;
+  for (size_t i = 0; i < num_handles_; ++i) op_->unmap_single(handles_[i]);
+  op_ = nullptr;
+}

@@ -1,0 +1,210 @@
+// Scatter-gather: merging, splitting at size limits and boundaries, bounced entries, and that an
+// error leaves nothing mapped.
+#include "dma/scatter_gather.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "arch/host/host_platform.h"
+#include "support/fault_injection.h"
+
+namespace {
+
+constexpr uint64_t kMask64 = ~0ull;
+constexpr uint64_t kMask30 = (1ull << 30) - 1;
+
+HostPlatform::Options options() {
+  HostPlatform::Options o;
+  o.ram.push_back(PhysRange{PhysAddr(0x3C00'0000), 128ull << 20});
+  o.pools.push_back(HostPlatform::PoolSpec{4ull << 20, kMask30});
+  return o;
+}
+
+class ScatterGatherTest : public testing::Test {
+ protected:
+  ScatterGatherTest() : plat_(options()), dev_(&plat_.op(), kMask64) {}
+  ~ScatterGatherTest() override { support::FaultInjector::disarm_all(); }
+  // A 64 KiB physically contiguous scratch area below 1 GiB.
+  uint8_t* low_area() {
+    if (low_ == nullptr) {
+      auto pa = plat_.pfa().alloc(4, kMask30);
+      EXPECT_TRUE(pa.ok());
+      low_phys_ = pa->value();
+      low_ = plat_.phys_to_virt(low_phys_);
+    }
+    return low_;
+  }
+  void TearDown() override {
+    if (low_ != nullptr) ASSERT_TRUE(plat_.pfa().free(PhysAddr(low_phys_), 4).ok());
+  }
+  HostPlatform plat_;
+  DeviceDma dev_;
+  uint8_t* low_ = nullptr;
+  uint64_t low_phys_ = 0;
+};
+
+TEST_F(ScatterGatherTest, TouchingBuffersMergeIntoOneSegment) {
+  uint8_t* a = low_area();
+  SgEntry e[] = {{a, 1000}, {a + 1000, 3000}, {a + 4000, 96}};
+  SgList<4> sg;
+  ASSERT_TRUE(sg.map(dev_, e, DmaDirection::kToDevice).ok());
+  ASSERT_EQ(sg.segments().size(), 1u);
+  EXPECT_EQ(sg.segments()[0].addr.value(), low_phys_);
+  EXPECT_EQ(sg.segments()[0].size, 4096u);
+  EXPECT_EQ(sg.mapping().num_buffers(), 3u);
+  EXPECT_EQ(plat_.op().stats().live_maps, 3u);
+}
+
+TEST_F(ScatterGatherTest, GapsMakeSeparateSegments) {
+  uint8_t* a = low_area();
+  SgEntry e[] = {{a, 100}, {a + 200, 100}, {a + 300, 100}};
+  SgList<4> sg;
+  ASSERT_TRUE(sg.map(dev_, e, DmaDirection::kToDevice).ok());
+  ASSERT_EQ(sg.segments().size(), 2u);
+  EXPECT_EQ(sg.segments()[0].size, 100u);
+  EXPECT_EQ(sg.segments()[1].addr.value(), low_phys_ + 200);
+  EXPECT_EQ(sg.segments()[1].size, 200u);
+}
+
+TEST_F(ScatterGatherTest, MaxSegmentSizeSplits) {
+  uint8_t* a = low_area();
+  SgEntry e[] = {{a, 10000}};
+  SgLimits lim;
+  lim.max_segment_size = 4096;
+  SgList<1, 4> sg;
+  ASSERT_TRUE(sg.map(dev_, e, DmaDirection::kToDevice, lim).ok());
+  ASSERT_EQ(sg.segments().size(), 3u);
+  EXPECT_EQ(sg.segments()[0].size, 4096u);
+  EXPECT_EQ(sg.segments()[1].size, 4096u);
+  EXPECT_EQ(sg.segments()[2].size, 10000u - 8192u);
+  EXPECT_EQ(sg.segments()[2].addr.value(), low_phys_ + 8192);
+}
+
+TEST_F(ScatterGatherTest, SegmentsNeverCrossTheBoundary) {
+  uint8_t* a = low_area();
+  SgEntry e[] = {{a + 100, 3000}, {a + 3100, 6000}};
+  SgLimits lim;
+  lim.segment_boundary_mask = 0xFFF;
+  SgList<2, 8> sg;
+  ASSERT_TRUE(sg.map(dev_, e, DmaDirection::kToDevice, lim).ok());
+  uint64_t total = 0;
+  for (const DmaSegment& s : sg.segments()) {
+    EXPECT_EQ(s.addr.value() / 4096, (s.addr.value() + s.size - 1) / 4096);
+    total += s.size;
+  }
+  EXPECT_EQ(total, 9000u);
+  EXPECT_EQ(sg.segments().size(), 3u);  // [100,4096) [4096,8192) [8192,9100)
+}
+
+TEST_F(ScatterGatherTest, BouncedEntriesCarryTheirData) {
+  uint8_t* hi1 = plat_.buffer_above(1ull << 30, 4096);
+  uint8_t* hi2 = plat_.buffer_above(1ull << 30, 4096);
+  std::memset(hi1, 0x11, 4096);
+  std::memset(hi2, 0x22, 4096);
+  DeviceDma dev30(&plat_.op(), kMask30);
+  SgEntry e[] = {{hi1, 4096}, {hi2 + 10, 2000}};
+  {
+    SgList<2> sg;
+    ASSERT_TRUE(sg.map(dev30, e, DmaDirection::kToDevice).ok());
+    HostDevice hw(&plat_, kMask30, false);
+    std::vector<uint8_t> got;
+    for (const DmaSegment& s : sg.segments()) {
+      std::vector<uint8_t> part(s.size);
+      hw.read(s.addr, part.data(), part.size());
+      got.insert(got.end(), part.begin(), part.end());
+    }
+    ASSERT_EQ(got.size(), 6096u);
+    EXPECT_EQ(got[0], 0x11);
+    EXPECT_EQ(got[4095], 0x11);
+    EXPECT_EQ(got[4096], 0x22);
+    EXPECT_EQ(plat_.op().stats().bounced_maps, 2u);
+  }
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
+  plat_.release_buffer(hi1);
+  plat_.release_buffer(hi2);
+}
+
+TEST_F(ScatterGatherTest, FromDeviceSyncAndUnmapBringDataBack) {
+  uint8_t* a = low_area();
+  std::memset(a, 0, 8192);
+  SgEntry e[] = {{a, 512}, {a + 4096, 512}};
+  SgList<2> sg;
+  ASSERT_TRUE(sg.map(dev_, e, DmaDirection::kFromDevice).ok());
+  HostDevice hw(&plat_, kMask64, false);
+  for (const DmaSegment& s : sg.segments()) hw.fill(s.addr, 0x5E, s.size);
+  ASSERT_TRUE(sg.mapping().sync_for_cpu().ok());
+  EXPECT_EQ(a[0], 0x5E);
+  EXPECT_EQ(a[4096 + 511], 0x5E);
+  EXPECT_EQ(a[512], 0);
+  ASSERT_TRUE(sg.mapping().sync_for_device().ok());
+  sg.mapping().unmap();
+  EXPECT_EQ(sg.mapping().sync_for_cpu().code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+}
+
+TEST_F(ScatterGatherTest, BadInputsAreRejected) {
+  uint8_t* a = low_area();
+  SgList<2> sg;
+  SgEntry zero[] = {{a, 0}};
+  EXPECT_EQ(sg.map(dev_, zero, DmaDirection::kToDevice).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(sg.map(dev_, support::Span<const SgEntry>(), DmaDirection::kToDevice).code(),
+            ErrorCode::kLayoutError);
+  SgEntry one[] = {{a, 10}};
+  SgLimits bad;
+  bad.segment_boundary_mask = 0x1234;
+  EXPECT_EQ(sg.map(dev_, one, DmaDirection::kToDevice, bad).code(), ErrorCode::kLayoutError);
+  SgLimits none;
+  none.max_segment_size = 0;
+  EXPECT_EQ(sg.map(dev_, one, DmaDirection::kToDevice, none).code(), ErrorCode::kLayoutError);
+  SgEntry three[] = {{a, 10}, {a + 20, 10}, {a + 40, 10}};
+  EXPECT_EQ(sg.map(dev_, three, DmaDirection::kToDevice).code(), ErrorCode::kOutOfRange);
+  EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+}
+
+TEST_F(ScatterGatherTest, TooFewSegmentsUnmapsEverything) {
+  uint8_t* a = low_area();
+  SgEntry e[] = {{a, 100}, {a + 200, 100}};
+  SgList<2, 1> sg;
+  EXPECT_EQ(sg.map(dev_, e, DmaDirection::kToDevice).code(), ErrorCode::kOutOfRange);
+  EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+}
+
+TEST_F(ScatterGatherTest, FailureAtEveryMappingLeavesNothingMapped) {
+  uint8_t* hi = plat_.buffer_above(1ull << 30, 16384);
+  DeviceDma dev30(&plat_.op(), kMask30);
+  SgEntry e[] = {{hi, 4096}, {hi + 4096, 4096}, {hi + 8192, 4096}, {hi + 12288, 4096}};
+  for (uint64_t n = 1; n <= 4; ++n) {
+    for (auto site : {support::FaultSite::kMapping, support::FaultSite::kBounceSlot}) {
+      support::FaultInjector::fail_nth(site, n);
+      SgList<4> sg;
+      EXPECT_EQ(sg.map(dev30, e, DmaDirection::kToDevice).code(), ErrorCode::kNoMemory);
+      EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+      EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
+      support::FaultInjector::disarm_all();
+    }
+  }
+  plat_.release_buffer(hi);
+}
+
+TEST_F(ScatterGatherTest, MoveKeepsOneOwner) {
+  uint8_t* a = low_area();
+  DmaMapHandle handles[1];
+  DmaSegment segs[1];
+  SgEntry e[] = {{a, 64}};
+  auto m = SgMapping::map(dev_, e, DmaDirection::kToDevice, SgLimits{},
+                          support::Span<DmaMapHandle>(handles, 1),
+                          support::Span<DmaSegment>(segs, 1));
+  ASSERT_TRUE(m.ok());
+  SgMapping owner = std::move(*m);
+  EXPECT_FALSE(m->valid());
+  EXPECT_TRUE(owner.valid());
+  SgMapping other;
+  other = std::move(owner);
+  EXPECT_EQ(plat_.op().stats().live_maps, 1u);
+  other.unmap();
+  EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+}
+
+}  // namespace

@@ -1,0 +1,1214 @@
+// Host tests of PageFrameAllocator over simulated physical memory.
+//
+// Each test builds a private allocator over a window of anonymous memory that pretends to be
+// physical memory at some base (direct_map_offset = window pointer - base). Windows that span
+// gigabytes are reserved with MAP_NORESERVE: only the pages the allocator or a test touches are
+// ever backed. An independent model (page states computed from the layout, live blocks in a
+// std::map) checks every answer, including that a kNoMemory really means that no suitable block
+// exists.
+#include "mm/page_frame_allocator.h"
+
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Pfa = PageFrameAllocator;
+constexpr uint64_t kPage = Pfa::kPageSize;
+constexpr uint64_t kKiB = 1ull << 10;
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kGiB = 1ull << 30;
+constexpr uint64_t kNoLimit = ~0ull;
+constexpr uint64_t kMaxBlock = kPage << Pfa::kMaxOrder;
+
+PhysRange R(uint64_t base, uint64_t size) {
+  return PhysRange{PhysAddr(base), size};
+}
+
+support::Span<const PhysRange> span_of(const std::vector<PhysRange>& v) {
+  return support::Span<const PhysRange>(v.data(), v.size());
+}
+
+uint64_t block_bytes(unsigned order) {
+  return kPage << order;
+}
+
+unsigned band_of(uint64_t addr) {
+  uint64_t x = addr >> Pfa::kBandShift;
+  return x == 0 ? 0u : 64u - static_cast<unsigned>(__builtin_clzll(x));
+}
+
+// Anonymous memory standing in for physical [base, base + size).
+class SimMemory {
+ public:
+  SimMemory(uint64_t base, uint64_t size) : base_(base), size_(size) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    EXPECT_NE(p, MAP_FAILED);
+    mem_ = static_cast<uint8_t*>(p == MAP_FAILED ? nullptr : p);
+  }
+  ~SimMemory() {
+    if (mem_ != nullptr) munmap(mem_, size_);
+  }
+  SimMemory(const SimMemory&) = delete;
+  SimMemory& operator=(const SimMemory&) = delete;
+
+  uintptr_t offset() const { return reinterpret_cast<uintptr_t>(mem_) - base_; }
+  uint8_t* virt(uint64_t phys) const { return mem_ + (phys - base_); }
+
+ private:
+  uint64_t base_;
+  uint64_t size_;
+  uint8_t* mem_ = nullptr;
+};
+
+struct Layout {
+  const char* name;
+  uint64_t window_base;
+  uint64_t window_size;
+  std::vector<PhysRange> ranges;
+  std::vector<PhysRange> reserved;
+};
+
+// Typical AArch64 virt: RAM at 1 GiB, device tree at its base, a kernel image inside.
+Layout single_range_layout() {
+  return {"single_1g",
+          1 * kGiB,
+          16 * kMiB,
+          {R(1 * kGiB, 16 * kMiB)},
+          {R(1 * kGiB, 0x1000), R(1 * kGiB + 0x80000, 0x14'3210)}};
+}
+
+// Low memory over bands 0..4 with holes, unaligned edges, a range crossing a band boundary.
+Layout low_multi_layout() {
+  return {"low_multi",
+          0,
+          64 * kMiB,
+          {R(0x3C0'0000, 4 * kMiB), R(0x1000, 0x17'F800), R(0x30'0000, 2 * kMiB),
+           R(0x9F'0000, 0x22'0000), R(0x1FF'0000, 0x21'0000)},
+          {R(0x3'0800, 0x100), R(0x31'0000, 0x8000), R(0xA0'0000, 0x1001), R(0x3FF'F000, 0x1000)}};
+}
+
+// Two touching ranges on either side of 4 GiB (they must not be merged).
+Layout across_4g_layout() {
+  return {"across_4g",
+          0xFF00'0000,
+          32 * kMiB,
+          {R(0xFF80'0000, 8 * kMiB), R(0x1'0000'0000, 8 * kMiB)},
+          {R(0xFFF0'0000, 0x2000)}};
+}
+
+// Sparse ranges gigabytes apart (RISC-V-like base at 2 GiB), bands 9, 10 and 12.
+Layout sparse_high_layout() {
+  return {
+      "sparse_high",
+      2 * kGiB,
+      8 * kGiB,
+      {R(0x2'7FC0'0000, 4 * kMiB), R(0x8020'0000, 4 * kMiB), R(0x1'3FF0'0800, 3 * kMiB + 0x800)},
+      {R(0x8020'0000, 0x1234), R(0x2'7FD0'0000, 0x3000)}};
+}
+
+std::vector<Layout> all_layouts() {
+  return {single_range_layout(), low_multi_layout(), across_4g_layout(), sparse_high_layout()};
+}
+
+// The test's own idea of the managed memory of a layout, computed without the allocator.
+struct ModelRange {
+  uint64_t start_pfn;
+  uint64_t end_pfn;
+  std::vector<uint8_t> state;  // kUnmanaged, kFree or kUsed, per page.
+  uint64_t managed = 0;
+  uint64_t free = 0;
+};
+constexpr uint8_t kUnmanaged = 0;
+constexpr uint8_t kFree = 1;
+constexpr uint8_t kUsed = 2;
+
+class Model {
+ public:
+  explicit Model(const Layout& l) {
+    std::vector<PhysRange> sorted = l.ranges;
+    std::sort(sorted.begin(), sorted.end(),
+              [](const PhysRange& a, const PhysRange& b) { return a.base < b.base; });
+    for (const PhysRange& r : sorted) {
+      uint64_t s = (r.base.value() + kPage - 1) / kPage;
+      uint64_t e = r.end().value() / kPage;
+      if (s >= e) continue;
+      ModelRange m{s, e, std::vector<uint8_t>(e - s, kFree)};
+      for (const PhysRange& res : l.reserved) {
+        uint64_t rs = res.base.value() / kPage;
+        uint64_t re = (res.end().value() + kPage - 1) / kPage;
+        for (uint64_t p = std::max(rs, s); p < std::min(re, e); ++p) m.state[p - s] = kUnmanaged;
+      }
+      for (uint8_t st : m.state) m.managed += st == kFree ? 1 : 0;
+      m.free = m.managed;
+      ranges_.push_back(std::move(m));
+    }
+    for (const ModelRange& m : ranges_) {
+      managed_ += m.managed;
+      free_ += m.free;
+      for (uint64_t p = m.start_pfn; p < m.end_pfn; ++p) {
+        if (m.state[p - m.start_pfn] == kFree) {
+          free_per_band_[band_of(p * kPage)]++;
+          if (lowest_ == 0 && !seen_) lowest_ = p * kPage;
+          seen_ = true;
+        }
+      }
+    }
+  }
+
+  const std::vector<ModelRange>& ranges() const { return ranges_; }
+  uint64_t managed() const { return managed_; }
+  uint64_t free() const { return free_; }
+  uint64_t lowest() const { return lowest_; }
+  const std::map<uint64_t, unsigned>& live() const { return live_; }
+  uint64_t free_in_band(unsigned b) const { return free_per_band_[b]; }
+
+  // Index of the range holding [addr, addr + bytes), or -1 when no single range does.
+  int range_holding(uint64_t addr, uint64_t bytes) const {
+    for (size_t i = 0; i < ranges_.size(); ++i) {
+      const ModelRange& m = ranges_[i];
+      if (addr >= m.start_pfn * kPage && addr + bytes <= m.end_pfn * kPage) {
+        return static_cast<int>(i);
+      }
+    }
+    return -1;
+  }
+
+  // Records an allocation; fails the test if it overlaps a live block or unmanaged memory.
+  void on_alloc(uint64_t addr, unsigned order) {
+    uint64_t bytes = block_bytes(order);
+    auto next = live_.lower_bound(addr);
+    if (next != live_.end()) ASSERT_GE(next->first, addr + bytes) << "overlaps a live block";
+    if (next != live_.begin()) {
+      auto prev = std::prev(next);
+      ASSERT_LE(prev->first + block_bytes(prev->second), addr) << "overlaps a live block";
+    }
+    int ri = range_holding(addr, bytes);
+    ASSERT_GE(ri, 0) << "block straddles ranges or lies outside them: 0x" << std::hex << addr;
+    ModelRange& m = ranges_[static_cast<size_t>(ri)];
+    for (uint64_t p = addr / kPage; p < (addr + bytes) / kPage; ++p) {
+      ASSERT_EQ(m.state[p - m.start_pfn], kFree) << "page 0x" << std::hex << p * kPage;
+      m.state[p - m.start_pfn] = kUsed;
+    }
+    m.free -= bytes / kPage;
+    free_ -= bytes / kPage;
+    free_per_band_[band_of(addr)] -= bytes / kPage;
+    live_[addr] = order;
+  }
+
+  void on_free(uint64_t addr) {
+    auto it = live_.find(addr);
+    ASSERT_NE(it, live_.end());
+    uint64_t bytes = block_bytes(it->second);
+    ModelRange& m = ranges_[static_cast<size_t>(range_holding(addr, bytes))];
+    for (uint64_t p = addr / kPage; p < (addr + bytes) / kPage; ++p) {
+      m.state[p - m.start_pfn] = kFree;
+    }
+    m.free += bytes / kPage;
+    free_ += bytes / kPage;
+    free_per_band_[band_of(addr)] += bytes / kPage;
+    live_.erase(it);
+  }
+
+  // True when an aligned chunk of 2^need pages, wholly free and inside one range, exists whose
+  // first 2^order pages end at or below `limit`: exactly when the allocator must succeed.
+  bool chunk_available(unsigned order, unsigned need, uint64_t limit) const {
+    uint64_t n = 1ull << need;
+    for (const ModelRange& m : ranges_) {
+      for (uint64_t c = (m.start_pfn + n - 1) / n * n; c + n <= m.end_pfn; c += n) {
+        if (c * kPage + block_bytes(order) - 1 > limit) break;
+        bool all_free = true;
+        for (uint64_t p = c; p < c + n && all_free; ++p)
+          all_free = m.state[p - m.start_pfn] == kFree;
+        if (all_free) return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  std::vector<ModelRange> ranges_;
+  std::map<uint64_t, unsigned> live_;
+  uint64_t managed_ = 0;
+  uint64_t free_ = 0;
+  uint64_t lowest_ = 0;
+  bool seen_ = false;
+  uint64_t free_per_band_[Pfa::kNumBands] = {};
+};
+
+// An allocator over a layout's simulated memory, with its metadata buffer.
+class Harness {
+ public:
+  explicit Harness(const Layout& l)
+      : layout_(l),
+        mem_(l.window_base, l.window_size),
+        meta_(Pfa::metadata_size(span_of(l.ranges))) {}
+
+  Result<void> init() {
+    return pfa_.init(span_of(layout_.ranges), span_of(layout_.reserved), mem_.offset(),
+                     meta_.data(), meta_.size());
+  }
+  Pfa& pfa() { return pfa_; }
+  SimMemory& mem() { return mem_; }
+  std::vector<uint8_t>& meta() { return meta_; }
+  const Layout& layout() const { return layout_; }
+
+ private:
+  Layout layout_;
+  SimMemory mem_;
+  std::vector<uint8_t> meta_;
+  Pfa pfa_;  // Last: destroyed first, while its memory and metadata still exist.
+};
+
+bool same_stats(const Pfa::Stats& a, const Pfa::Stats& b) {
+  return std::memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+std::vector<uint64_t> free_blocks_by_order(const Pfa& pfa) {
+  std::vector<uint64_t> v;
+  for (unsigned o = 0; o <= Pfa::kMaxOrder; ++o) v.push_back(pfa.free_blocks(o));
+  return v;
+}
+
+// Checks the allocator's statistics against the model.
+void expect_stats_match(const Pfa& pfa, const Model& m) {
+  Pfa::Stats s = pfa.stats();
+  EXPECT_EQ(s.managed_pages, m.managed());
+  EXPECT_EQ(s.free_pages, m.free());
+  EXPECT_EQ(pfa.free_pages(), m.free());
+  ASSERT_EQ(s.num_ranges, m.ranges().size());
+  for (size_t i = 0; i < s.num_ranges; ++i) {
+    EXPECT_EQ(s.managed_pages_per_range[i], m.ranges()[i].managed) << "range " << i;
+    EXPECT_EQ(s.free_pages_per_range[i], m.ranges()[i].free) << "range " << i;
+  }
+  for (unsigned b = 0; b < Pfa::kNumBands; ++b) {
+    EXPECT_EQ(s.free_pages_per_band[b], m.free_in_band(b)) << "band " << b;
+  }
+}
+
+// Frees every live block of the model.
+void free_all(Pfa& pfa, Model& m) {
+  while (!m.live().empty()) {
+    auto [addr, order] = *m.live().begin();
+    ASSERT_TRUE(pfa.free(PhysAddr(addr), order).ok());
+    m.on_free(addr);
+  }
+}
+
+uint64_t tag_of(uint64_t addr) {
+  return addr * 0x9E37'79B9'7F4A'7C15ull ^ 0x5A5A'5A5A'5A5A'5A5Aull;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static helpers.
+
+TEST(PageFrameAllocatorTest, OrderForRoundsUpToWholeBlocks) {
+  EXPECT_EQ(Pfa::order_for(1), 0u);
+  EXPECT_EQ(Pfa::order_for(kPage), 0u);
+  EXPECT_EQ(Pfa::order_for(kPage + 1), 1u);
+  EXPECT_EQ(Pfa::order_for(2 * kPage), 1u);
+  EXPECT_EQ(Pfa::order_for(3 * kPage), 2u);
+  EXPECT_EQ(Pfa::order_for(64 * kKiB), 4u);
+  EXPECT_EQ(Pfa::order_for(kMaxBlock), Pfa::kMaxOrder);
+  EXPECT_EQ(Pfa::order_for(kMaxBlock + 1), Pfa::kMaxOrder + 1);
+  EXPECT_EQ(Pfa::order_for(~0ull), Pfa::kMaxOrder + 1);
+}
+
+TEST(PageFrameAllocatorTest, MetadataSizeCountsWholePagesOfEachRange) {
+  std::vector<PhysRange> ranges = {R(0x1000, 0x3000), R(0x10'0800, 0x2000), R(0x20'0000, 0x800),
+                                   R(0x40'0000, 0)};
+  // 3 pages, then [0x100800, 0x102800) holds one whole page, then nothing, then nothing.
+  EXPECT_EQ(Pfa::metadata_size(span_of(ranges)), 4u);
+  EXPECT_EQ(Pfa::metadata_size(support::Span<const PhysRange>()), 0u);
+}
+
+TEST(PageFrameAllocatorTest, MetadataUnderOneThousandthOf16GiB) {
+  // An x86-like 16 GiB map: low memory, a PCI hole below 4 GiB, the rest above.
+  std::vector<PhysRange> ranges = {R(0, 0x9'F000), R(1 * kMiB, 3 * kGiB - 1 * kMiB),
+                                   R(4 * kGiB, 13 * kGiB)};
+  uint64_t managed = 0;
+  for (const PhysRange& r : ranges) managed += r.size;
+  size_t meta = Pfa::metadata_size(span_of(ranges));
+  EXPECT_LE(static_cast<double>(meta) / static_cast<double>(managed), 0.001);
+  EXPECT_EQ(meta, managed / kPage);  // One byte per page, nothing more.
+}
+
+// ---------------------------------------------------------------------------------------------
+// Before and during init.
+
+TEST(PageFrameAllocatorTest, BeforeInitNothingIsManaged) {
+  Pfa pfa;
+  EXPECT_EQ(pfa.alloc(0).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(pfa.free(PhysAddr(0x4000'0000), 0).code(), ErrorCode::kNotFound);
+  Pfa::Stats s = pfa.stats();
+  EXPECT_EQ(s.managed_pages, 0u);
+  EXPECT_EQ(s.free_pages, 0u);
+  EXPECT_EQ(s.num_ranges, 0u);
+  EXPECT_EQ(pfa.lowest_address(), PhysAddr(0));
+  EXPECT_EQ(pfa.highest_address(), PhysAddr(0));
+  EXPECT_EQ(pfa.free_blocks(0), 0u);
+  EXPECT_TRUE(pfa.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitSingleRangeBuildsMaximalBlocks) {
+  Layout l{"plain", 1 * kGiB, 16 * kMiB, {R(1 * kGiB, 16 * kMiB)}, {}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  Pfa& pfa = h.pfa();
+  EXPECT_TRUE(pfa.check_invariants());
+  Pfa::Stats s = pfa.stats();
+  EXPECT_EQ(s.managed_pages, 4096u);
+  EXPECT_EQ(s.free_pages, 4096u);
+  EXPECT_EQ(s.num_ranges, 1u);
+  EXPECT_EQ(s.managed_pages_per_range[0], 4096u);
+  EXPECT_EQ(s.free_pages_per_range[0], 4096u);
+  EXPECT_EQ(s.metadata_bytes, 4096u);
+  EXPECT_EQ(s.free_pages_per_band[band_of(1 * kGiB)], 4096u);
+  EXPECT_EQ(pfa.free_blocks(Pfa::kMaxOrder), 4u);
+  for (unsigned o = 0; o < Pfa::kMaxOrder; ++o) EXPECT_EQ(pfa.free_blocks(o), 0u);
+  EXPECT_EQ(pfa.free_blocks(Pfa::kMaxOrder + 1), 0u);
+  EXPECT_EQ(pfa.lowest_address(), PhysAddr(1 * kGiB));
+  EXPECT_EQ(pfa.highest_address(), PhysAddr(1 * kGiB + 16 * kMiB));
+  EXPECT_EQ(pfa.num_ranges(), 1u);
+  EXPECT_EQ(pfa.range(0).base, PhysAddr(1 * kGiB));
+  EXPECT_EQ(pfa.range(0).size, 16 * kMiB);
+  EXPECT_EQ(pfa.direct_map_offset(), h.mem().offset());
+  EXPECT_EQ(pfa.phys_to_virt(PhysAddr(1 * kGiB + 0x5000)), h.mem().virt(1 * kGiB + 0x5000));
+}
+
+TEST(PageFrameAllocatorTest, InitTrimsRangesInwardAndReservedOutward) {
+  // Range [0x1000800, 0x1009800) holds pages 0x1001000..0x1009000 (8 pages); the reserved piece
+  // [0x1003100, 0x1004100) covers pages 0x1003000 and 0x1004000.
+  Layout l{"trim", 0x100'0000, 1 * kMiB, {R(0x100'0800, 0x9000)}, {R(0x100'3100, 0x1000)}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  Pfa& pfa = h.pfa();
+  EXPECT_TRUE(pfa.check_invariants());
+  EXPECT_EQ(pfa.range(0).base, PhysAddr(0x100'1000));
+  EXPECT_EQ(pfa.range(0).size, 8 * kPage);
+  EXPECT_EQ(pfa.stats().managed_pages, 6u);
+  EXPECT_EQ(pfa.lowest_address(), PhysAddr(0x100'1000));
+  EXPECT_EQ(pfa.highest_address(), PhysAddr(0x100'9000));
+  std::vector<uint64_t> got;
+  for (;;) {
+    auto r = pfa.alloc(0);
+    if (!r.ok()) {
+      EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+      break;
+    }
+    got.push_back(r->value());
+  }
+  std::sort(got.begin(), got.end());
+  std::vector<uint64_t> want = {0x100'1000, 0x100'2000, 0x100'5000,
+                                0x100'6000, 0x100'7000, 0x100'8000};
+  EXPECT_EQ(got, want);
+  for (uint64_t a : got) ASSERT_TRUE(pfa.free(PhysAddr(a), 0).ok());
+  EXPECT_TRUE(pfa.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitTwiceFailsAndKeepsTheFirstState) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  std::vector<uint8_t> other_meta(16 * kKiB);
+  std::vector<PhysRange> other = {R(2 * kGiB, 1 * kMiB)};
+  auto r = h.pfa().init(span_of(other), {}, 0, other_meta.data(), other_meta.size());
+  EXPECT_EQ(r.code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  EXPECT_EQ(h.pfa().lowest_address(), PhysAddr(1 * kGiB + kPage));
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitRejectsTooManyRanges) {
+  std::vector<PhysRange> ranges;
+  for (uint64_t i = 0; i <= Pfa::kMaxRanges; ++i) ranges.push_back(R(i * 2 * kMiB, kMiB));
+  std::vector<uint8_t> meta(Pfa::metadata_size(span_of(ranges)));
+  Pfa pfa;
+  EXPECT_EQ(pfa.init(span_of(ranges), {}, 0, meta.data(), meta.size()).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(pfa.stats().managed_pages, 0u);
+  // Exactly kMaxRanges is fine.
+  ranges.pop_back();
+  SimMemory mem(0, 2 * kMiB * Pfa::kMaxRanges);
+  ASSERT_TRUE(pfa.init(span_of(ranges), {}, mem.offset(), meta.data(), meta.size()).ok());
+  EXPECT_EQ(pfa.num_ranges(), Pfa::kMaxRanges);
+  EXPECT_EQ(pfa.stats().managed_pages, Pfa::kMaxRanges * kMiB / kPage);
+  EXPECT_TRUE(pfa.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitRejectsOverlappingAndWrappingRanges) {
+  std::vector<uint8_t> meta(64 * kKiB);
+  Pfa pfa;
+  std::vector<PhysRange> overlap = {R(0x80'0000, kMiB), R(0x10'0000, kMiB),
+                                    R(0x40'0000, 0x40'0800)};  // Last two overlap by 0x800.
+  EXPECT_EQ(pfa.init(span_of(overlap), {}, 0, meta.data(), meta.size()).code(),
+            ErrorCode::kInvalidArgument);
+  std::vector<PhysRange> wrap = {R(~0ull - 0xFFFF, 0x2'0000)};
+  EXPECT_EQ(pfa.init(span_of(wrap), {}, 0, meta.data(), meta.size()).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(pfa.num_ranges(), 0u);
+  EXPECT_TRUE(pfa.check_invariants());
+  // Touching ranges are not overlapping.
+  std::vector<PhysRange> touching = {R(0x20'0000, kMiB), R(0x10'0000, kMiB)};
+  SimMemory mem(0, 4 * kMiB);
+  ASSERT_TRUE(pfa.init(span_of(touching), {}, mem.offset(), meta.data(), meta.size()).ok());
+  EXPECT_EQ(pfa.num_ranges(), 2u);
+  EXPECT_TRUE(pfa.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitFailsCleanlyWithTooLittleMetadataThenSucceeds) {
+  Harness h(low_multi_layout());
+  std::vector<uint8_t> small(h.meta().size() - 1);
+  Layout l = h.layout();
+  auto r = h.pfa().init(span_of(l.ranges), span_of(l.reserved), h.mem().offset(), small.data(),
+                        small.size());
+  EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(h.pfa().init(span_of(l.ranges), {}, h.mem().offset(), nullptr, h.meta().size()).code(),
+            ErrorCode::kNoMemory);
+  EXPECT_EQ(h.pfa().stats().managed_pages, 0u);
+  EXPECT_EQ(h.pfa().num_ranges(), 0u);
+  ASSERT_TRUE(h.init().ok());
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, InitSortsRangesAndDropsEmptyOnes) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  Pfa& pfa = h.pfa();
+  ASSERT_EQ(pfa.num_ranges(), m.ranges().size());
+  for (size_t i = 0; i < pfa.num_ranges(); ++i) {
+    EXPECT_EQ(pfa.range(i).base.value(), m.ranges()[i].start_pfn * kPage);
+    EXPECT_EQ(pfa.range(i).size, (m.ranges()[i].end_pfn - m.ranges()[i].start_pfn) * kPage);
+    if (i > 0) EXPECT_LT(pfa.range(i - 1).base, pfa.range(i).base);
+  }
+  expect_stats_match(pfa, m);
+  EXPECT_EQ(pfa.lowest_address().value(), m.lowest());
+  // A range smaller than a page disappears.
+  std::vector<PhysRange> ranges = {R(0x10'0100, 0x800), R(0x20'0000, 0x2000)};
+  std::vector<uint8_t> meta(Pfa::metadata_size(span_of(ranges)));
+  SimMemory mem(0, 4 * kMiB);
+  Pfa other;
+  ASSERT_TRUE(other.init(span_of(ranges), {}, mem.offset(), meta.data(), meta.size()).ok());
+  EXPECT_EQ(other.num_ranges(), 1u);
+  EXPECT_EQ(other.range(0).base, PhysAddr(0x20'0000));
+  EXPECT_TRUE(other.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, RangeStartingAtPhysicalZeroIsManaged) {
+  Layout l{"zero", 0, 8 * kMiB, {R(0, 8 * kMiB)}, {}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  EXPECT_TRUE(h.pfa().check_invariants());
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 2u);
+  EXPECT_EQ(h.pfa().lowest_address(), PhysAddr(0));
+  // Under a 4 MiB - 1 limit only the block at 0 qualifies.
+  auto r = h.pfa().alloc(Pfa::kMaxOrder, 4 * kMiB - 1);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, PhysAddr(0));
+  ASSERT_TRUE(h.pfa().free(*r, Pfa::kMaxOrder).ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// alloc.
+
+TEST(PageFrameAllocatorTest, AllocEveryOrderIsNaturallyAlignedAndCounted) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  for (unsigned o = 0; o <= Pfa::kMaxOrder; ++o) {
+    auto r = h.pfa().alloc(o);
+    ASSERT_TRUE(r.ok()) << "order " << o;
+    EXPECT_EQ(r->value() % block_bytes(o), 0u);
+    m.on_alloc(r->value(), o);
+    EXPECT_TRUE(h.pfa().check_invariants());
+    expect_stats_match(h.pfa(), m);
+  }
+  free_all(h.pfa(), m);
+  expect_stats_match(h.pfa(), m);
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, AllocRejectsBadOrderAndAlignment) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  EXPECT_EQ(h.pfa().alloc(Pfa::kMaxOrder + 1).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(100).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(0, kNoLimit, 0).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(0, kNoLimit, 3 * kPage).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(0, kNoLimit, kPage + 1).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(0, kNoLimit, 2 * kMaxBlock).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(h.pfa().alloc(0, kNoLimit, 1ull << 63).code(), ErrorCode::kLayoutError);
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  // Small alignments (below a page) are always met.
+  auto r = h.pfa().alloc(0, kNoLimit, 1);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(h.pfa().free(*r, 0).ok());
+  auto r64 = h.pfa().alloc(0, kNoLimit, 64);
+  ASSERT_TRUE(r64.ok());
+  ASSERT_TRUE(h.pfa().free(*r64, 0).ok());
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+}
+
+TEST(PageFrameAllocatorTest, AlignmentAboveBlockSizeGivesBackTheExcess) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  Pfa::Stats initial = h.pfa().stats();
+  for (uint64_t align = kPage; align <= kMaxBlock; align <<= 1) {
+    for (unsigned order : {0u, 1u, 3u}) {
+      auto r = h.pfa().alloc(order, kNoLimit, align);
+      if (block_bytes(order) > align || m.chunk_available(order, Pfa::order_for(align), kNoLimit)) {
+        ASSERT_TRUE(r.ok()) << "align " << align << " order " << order;
+      }
+      if (!r.ok()) continue;
+      EXPECT_EQ(r->value() % align, 0u) << "align " << align;
+      m.on_alloc(r->value(), order);
+      // Only the block itself left the free pool: the rest of the aligned chunk came back.
+      EXPECT_EQ(h.pfa().free_pages(), m.free());
+      ASSERT_TRUE(h.pfa().check_invariants());
+    }
+  }
+  free_all(h.pfa(), m);
+  EXPECT_TRUE(same_stats(initial, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, LimitBelowAllMemoryIsDmaMaskNotMatch) {
+  Harness h(single_range_layout());  // Managed memory starts at 1 GiB + 4 KiB.
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  const uint64_t lowest = 1 * kGiB + kPage;
+  for (uint64_t limit :
+       {uint64_t{0}, (uint64_t{1} << 28) - 1, 1 * kGiB - 1, lowest - 1, lowest + kPage - 2}) {
+    auto r = h.pfa().alloc(0, limit);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.code(), ErrorCode::kDmaMaskNotMatch) << std::hex << limit;
+    EXPECT_EQ(r.error().addr, lowest);
+    EXPECT_EQ(r.error().mask, limit);
+  }
+  // Some pages lie under the limit, but no block of order 3 ever could (the first 32 KiB-aligned
+  // block starts at 1 GiB + 32 KiB).
+  auto r = h.pfa().alloc(3, 1 * kGiB + 40 * kKiB);
+  EXPECT_EQ(r.code(), ErrorCode::kDmaMaskNotMatch);
+  // An alignment can push the earliest start above the limit too.
+  EXPECT_EQ(h.pfa().alloc(0, 1 * kGiB + 40 * kKiB, 64 * kKiB).code(), ErrorCode::kDmaMaskNotMatch);
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  // The first page that fits is handed out.
+  auto first = h.pfa().alloc(0, lowest + kPage - 1);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, PhysAddr(lowest));
+  ASSERT_TRUE(h.pfa().free(*first, 0).ok());
+}
+
+TEST(PageFrameAllocatorTest, ExhaustionIsNoMemoryAndChangesNothing) {
+  Harness h(across_4g_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  std::vector<uint64_t> got;
+  for (;;) {
+    auto r = h.pfa().alloc(2);
+    if (!r.ok()) {
+      EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+      break;
+    }
+    m.on_alloc(r->value(), 2);
+  }
+  EXPECT_FALSE(m.chunk_available(2, 2, kNoLimit));
+  Pfa::Stats full = h.pfa().stats();
+  for (unsigned o = 0; o <= Pfa::kMaxOrder; ++o) {
+    auto r = h.pfa().alloc(o, kNoLimit, kPage);
+    if (o < 2) {
+      // Pages cut off by the reserved piece may still be free.
+      if (r.ok()) m.on_alloc(r->value(), o);
+      continue;
+    }
+    EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+  }
+  full = h.pfa().stats();
+  EXPECT_EQ(h.pfa().alloc(0).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(h.pfa().alloc(0).code(), ErrorCode::kNoMemory);  // Keep going: still clean.
+  EXPECT_EQ(h.pfa().alloc(0, 0xFFFF'FFFF).code(), ErrorCode::kNoMemory);
+  EXPECT_TRUE(same_stats(full, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+  EXPECT_EQ(h.pfa().free_pages(), 0u);
+  // Freeing one block makes exactly that memory available again.
+  uint64_t one = m.live().begin()->first;
+  unsigned one_order = m.live().begin()->second;
+  ASSERT_TRUE(h.pfa().free(PhysAddr(one), one_order).ok());
+  m.on_free(one);
+  auto r = h.pfa().alloc(one_order);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->value(), one);
+  m.on_alloc(r->value(), one_order);
+  free_all(h.pfa(), m);
+  expect_stats_match(h.pfa(), m);
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 3u);  // 2 + 2 blocks minus one reserved-split.
+}
+
+TEST(PageFrameAllocatorTest, UnconstrainedAllocationPrefersHighMemory) {
+  Harness h(sparse_high_layout());
+  ASSERT_TRUE(h.init().ok());
+  auto r = h.pfa().alloc(0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(band_of(r->value()), band_of(0x2'7FC0'0000));
+  auto low = h.pfa().alloc(0, 0xFFFF'FFFF);
+  ASSERT_TRUE(low.ok());
+  EXPECT_EQ(band_of(low->value()), band_of(0x8020'0000));
+  auto mid = h.pfa().alloc(0, 0x1'FFFF'FFFF);
+  ASSERT_TRUE(mid.ok());
+  EXPECT_EQ(band_of(mid->value()), band_of(0x1'3FF0'0800));
+  for (auto* p : {&r, &low, &mid}) ASSERT_TRUE(h.pfa().free(**p, 0).ok());
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+// Allocates under `limit` until the allocator says no; checks every block and that nothing
+// suitable was left behind; frees everything and checks the state returned to `initial`.
+void exhaust_under_limit(Harness& h, uint64_t limit, unsigned order, uint64_t align,
+                         const Pfa::Stats& initial) {
+  Model m(h.layout());
+  unsigned need = std::max(order, Pfa::order_for(align));
+  for (;;) {
+    auto r = h.pfa().alloc(order, limit, align);
+    if (!r.ok()) {
+      if (r.code() == ErrorCode::kDmaMaskNotMatch) {
+        uint64_t earliest =
+            (m.lowest() + block_bytes(need) - 1) / block_bytes(need) * block_bytes(need);
+        EXPECT_GT(earliest + block_bytes(order) - 1, limit);
+        EXPECT_EQ(r.error().addr, m.lowest());
+        EXPECT_EQ(r.error().mask, limit);
+      } else {
+        EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+      }
+      EXPECT_FALSE(m.chunk_available(order, need, limit))
+          << "limit 0x" << std::hex << limit << " order " << std::dec << order;
+      break;
+    }
+    uint64_t a = r->value();
+    EXPECT_LE(a + block_bytes(order) - 1, limit) << std::hex << a;
+    EXPECT_EQ(a % std::max(align, block_bytes(order)), 0u);
+    m.on_alloc(a, order);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  expect_stats_match(h.pfa(), m);
+  EXPECT_TRUE(h.pfa().check_invariants());
+  free_all(h.pfa(), m);
+  EXPECT_TRUE(same_stats(initial, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, LimitsAreHonouredAndExhaustive) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats initial = h.pfa().stats();
+  std::vector<uint64_t> limits = {kNoLimit,         (1ull << 26) - 1, (1ull << 25) - 1,
+                                  (1ull << 24) - 1, (1ull << 23) - 1, (1ull << 22) - 1,
+                                  (1ull << 21) - 1, (1ull << 20) - 1, 0x3FF'FFFF - 0x1000,
+                                  0x3E0'0000,       0x200'0FFF,       0x20F'FFFF,
+                                  0xB0'0000,        0x40'0FFF,        0x31'7FFF,
+                                  0x2'0000,         0x1FFF,           0xFFF};
+  for (uint64_t limit : limits) {
+    for (unsigned order : {0u, 2u, 5u, 9u}) {
+      exhaust_under_limit(h, limit, order, kPage, initial);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(PageFrameAllocatorTest, LimitsAndAlignmentAcrossManyLayouts) {
+  std::mt19937_64 rng(7);
+  for (const Layout& l : all_layouts()) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    Pfa::Stats initial = h.pfa().stats();
+    uint64_t lo = h.pfa().lowest_address().value();
+    uint64_t hi = h.pfa().highest_address().value();
+    for (int i = 0; i < 12; ++i) {
+      uint64_t limit = lo + rng() % (hi - lo);
+      unsigned order = static_cast<unsigned>(rng() % 8);
+      uint64_t align = kPage << (rng() % 11);
+      exhaust_under_limit(h, limit, order, align, initial);
+      if (HasFatalFailure()) return;
+    }
+    exhaust_under_limit(h, 0xFFFF'FFFF, 0, kPage, initial);
+    exhaust_under_limit(h, kNoLimit, Pfa::kMaxOrder, kPage, initial);
+  }
+}
+
+TEST(PageFrameAllocatorTest, StraddlingBandIsSearchedWhenLowerBandsAreEmpty) {
+  // All memory in one band ([1 GiB, 2 GiB)); a limit in its middle is not of the form 2^n - 1.
+  Layout l{"straddle", 1 * kGiB, 32 * kMiB, {R(1 * kGiB, 32 * kMiB)}, {}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  const uint64_t limit = 1 * kGiB + 10 * kMiB + 0x1234;
+  // Fill the memory above the limit first so that the walk has non-fitting blocks to skip.
+  for (;;) {
+    auto r = h.pfa().alloc(0);
+    ASSERT_TRUE(r.ok());
+    if (r->value() < limit) {
+      ASSERT_TRUE(h.pfa().free(*r, 0).ok());
+      break;
+    }
+    m.on_alloc(r->value(), 0);
+  }
+  for (int i = 0; i < 100; ++i) {
+    auto r = h.pfa().alloc(i % 3 == 0 ? 4u : 0u, limit);
+    ASSERT_TRUE(r.ok());
+    EXPECT_LE(r->value() + block_bytes(i % 3 == 0 ? 4u : 0u) - 1, limit);
+    m.on_alloc(r->value(), i % 3 == 0 ? 4u : 0u);
+  }
+  EXPECT_TRUE(h.pfa().check_invariants());
+  free_all(h.pfa(), m);
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 8u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// free.
+
+TEST(PageFrameAllocatorTest, FreeOfNeverAllocatedIsNotFound) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  for (unsigned o = 0; o <= Pfa::kMaxOrder; ++o) {
+    EXPECT_EQ(h.pfa().free(PhysAddr(0x3C0'0000), o).code(), ErrorCode::kNotFound);  // Free head.
+    EXPECT_EQ(h.pfa().free(PhysAddr(0x3C0'1000), o).code(), ErrorCode::kNotFound);  // Interior.
+  }
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, DoubleFreeIsNotFound) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  auto a = h.pfa().alloc(3);
+  auto b = h.pfa().alloc(3);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(h.pfa().free(*a, 3).ok());
+  Pfa::Stats after_one = h.pfa().stats();
+  EXPECT_EQ(h.pfa().free(*a, 3).code(), ErrorCode::kNotFound);
+  EXPECT_TRUE(same_stats(after_one, h.pfa().stats()));
+  ASSERT_TRUE(h.pfa().free(*b, 3).ok());
+  Pfa::Stats all = h.pfa().stats();
+  EXPECT_EQ(h.pfa().free(*b, 3).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(h.pfa().free(*a, 3).code(), ErrorCode::kNotFound);
+  EXPECT_TRUE(same_stats(all, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, FreeWithWrongOrderOrInsideABlockIsNotFound) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  auto a = h.pfa().alloc(4);
+  ASSERT_TRUE(a.ok());
+  Pfa::Stats before = h.pfa().stats();
+  for (unsigned o : {0u, 3u, 5u, Pfa::kMaxOrder, Pfa::kMaxOrder + 1, 200u}) {
+    EXPECT_EQ(h.pfa().free(*a, o).code(), ErrorCode::kNotFound) << o;
+  }
+  EXPECT_EQ(h.pfa().free(*a + kPage, 0).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(h.pfa().free(*a + 8 * kPage, 3).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(h.pfa().free(*a + 8, 4).code(), ErrorCode::kNotFound);  // Not page aligned.
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  EXPECT_TRUE(h.pfa().check_invariants());
+  ASSERT_TRUE(h.pfa().free(*a, 4).ok());
+}
+
+TEST(PageFrameAllocatorTest, FreeOutsideManagedMemoryIsNotFound) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  for (uint64_t a : {0x0ull,         // Below the first range (page 0 is not managed).
+                     0x20'0000ull,   // A hole.
+                     0x3'0000ull,    // A reserved page inside a range.
+                     0x3FF'F000ull,  // The reserved last page.
+                     0x400'0000ull,  // Just past the end.
+                     0x1'0000'0000ull, ~0ull & ~(kPage - 1)}) {
+    EXPECT_EQ(h.pfa().free(PhysAddr(a), 0).code(), ErrorCode::kNotFound) << std::hex << a;
+  }
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coalescing and ranges.
+
+TEST(PageFrameAllocatorTest, FreeingEverythingCoalescesBackToTheInitialBlocks) {
+  for (const Layout& l : all_layouts()) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    Model m(h.layout());
+    Pfa::Stats initial = h.pfa().stats();
+    std::vector<uint64_t> initial_blocks = free_blocks_by_order(h.pfa());
+    std::vector<uint64_t> pages;
+    for (;;) {
+      auto r = h.pfa().alloc(0);
+      if (!r.ok()) break;
+      pages.push_back(r->value());
+      m.on_alloc(r->value(), 0);
+    }
+    ASSERT_EQ(pages.size(), m.managed());
+    EXPECT_EQ(h.pfa().free_pages(), 0u);
+    for (unsigned o = 0; o <= Pfa::kMaxOrder; ++o) EXPECT_EQ(h.pfa().free_blocks(o), 0u);
+    std::shuffle(pages.begin(), pages.end(), std::mt19937_64(42));
+    for (uint64_t a : pages) {
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), 0).ok());
+      m.on_free(a);
+    }
+    EXPECT_TRUE(h.pfa().check_invariants());
+    EXPECT_TRUE(same_stats(initial, h.pfa().stats()));
+    EXPECT_EQ(free_blocks_by_order(h.pfa()), initial_blocks);
+  }
+}
+
+TEST(PageFrameAllocatorTest, BuddiesInAdjacentRangesAreNeverMerged) {
+  // [0x800000, 0xA00000) and [0xA00000, 0xC00000) touch inside one 4 MiB-aligned block.
+  Layout l{"adjacent", 8 * kMiB, 4 * kMiB, {R(0xA0'0000, 2 * kMiB), R(0x80'0000, 2 * kMiB)}, {}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 0u);
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder - 1), 2u);
+  EXPECT_EQ(h.pfa().alloc(Pfa::kMaxOrder).code(), ErrorCode::kNoMemory);
+  auto a = h.pfa().alloc(9);
+  auto b = h.pfa().alloc(9);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(h.pfa().free(*a, 9).ok());
+  ASSERT_TRUE(h.pfa().free(*b, 9).ok());
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 0u);
+  EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder - 1), 2u);
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, BlocksNeverStraddleRangesAndStatsFollowEachRange) {
+  for (const Layout& l : all_layouts()) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    for (unsigned order = 0; order <= Pfa::kMaxOrder; ++order) {
+      Model m(h.layout());
+      for (;;) {
+        auto r = h.pfa().alloc(order);
+        if (!r.ok()) break;
+        m.on_alloc(r->value(), order);  // Fails if the block is not inside one range.
+        if (HasFatalFailure()) return;
+      }
+      EXPECT_FALSE(m.chunk_available(order, order, kNoLimit));
+      expect_stats_match(h.pfa(), m);
+      free_all(h.pfa(), m);
+    }
+    EXPECT_TRUE(h.pfa().check_invariants());
+  }
+}
+
+TEST(PageFrameAllocatorTest, ReservedPiecesAndHolesAreNeverTouched) {
+  Layout l = low_multi_layout();
+  Harness h(l);
+  Model m(l);
+  // Paint every byte of the window that is not a managed page.
+  auto unmanaged = [&](uint64_t page) {
+    for (const ModelRange& r : m.ranges()) {
+      if (page / kPage >= r.start_pfn && page / kPage < r.end_pfn) {
+        return r.state[page / kPage - r.start_pfn] == kUnmanaged;
+      }
+    }
+    return true;
+  };
+  for (uint64_t p = 0; p < l.window_size; p += kPage) {
+    if (unmanaged(p)) std::memset(h.mem().virt(p), 0xA5, kPage);
+  }
+  ASSERT_TRUE(h.init().ok());
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 3000; ++i) {
+    if (m.live().empty() || rng() % 2 == 0) {
+      unsigned order = static_cast<unsigned>(rng() % 6);
+      auto r = h.pfa().alloc(order);
+      if (r.ok()) {
+        m.on_alloc(r->value(), order);
+        ASSERT_FALSE(HasFatalFailure());
+        std::memset(h.mem().virt(r->value()), 0x3C, block_bytes(order));
+      }
+    } else {
+      auto it = m.live().begin();
+      std::advance(it, static_cast<long>(rng() % m.live().size()));
+      uint64_t a = it->first;
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), it->second).ok());
+      m.on_free(a);
+    }
+  }
+  free_all(h.pfa(), m);
+  for (uint64_t p = 0; p < l.window_size; p += kPage) {
+    if (!unmanaged(p)) continue;
+    const uint8_t* v = h.mem().virt(p);
+    for (uint64_t i = 0; i < kPage; ++i) ASSERT_EQ(v[i], 0xA5) << std::hex << p + i;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random operation sequences against the model.
+
+class PageFrameAllocatorRandomTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(PageFrameAllocatorRandomTest, RandomOperationsKeepEveryInvariant) {
+  Layout l = all_layouts()[static_cast<size_t>(GetParam())];
+  for (uint64_t seed : {1ull, 2ull}) {
+    SCOPED_TRACE(testing::Message() << l.name << " seed " << seed);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    Pfa& pfa = h.pfa();
+    Model m(l);
+    Pfa::Stats initial = pfa.stats();
+    std::vector<uint64_t> initial_blocks = free_blocks_by_order(pfa);
+    std::mt19937_64 rng(seed);
+    uint64_t lo = pfa.lowest_address().value();
+    uint64_t hi = pfa.highest_address().value();
+    int allocs = 0;
+    int no_memory = 0;
+    int mask_errors = 0;
+    for (int step = 0; step < 3000; ++step) {
+      uint64_t roll = rng() % 100;
+      if (m.live().empty() || roll < 55) {
+        uint64_t o = rng() % 100;
+        unsigned order = static_cast<unsigned>(o < 50 ? o % 3 : o < 85 ? 3 + o % 4 : 7 + o % 4);
+        uint64_t limit = kNoLimit;
+        uint64_t which = rng() % 100;
+        if (which < 25) {
+          limit = (1ull << (20 + rng() % 16)) - 1;
+        } else if (which < 50) {
+          limit = lo + rng() % (hi - lo);
+        } else if (which < 53) {
+          limit = lo == 0 ? 0 : rng() % lo;
+        }
+        uint64_t align = kPage;
+        uint64_t a_roll = rng() % 100;
+        if (a_roll < 15) align = kPage << (rng() % 11);
+        bool bad_align = a_roll >= 97;
+        if (bad_align) align = 3 * kPage;
+        Pfa::Stats before = pfa.stats();
+        auto r = pfa.alloc(order, limit, align);
+        unsigned need = std::max(order, Pfa::order_for(align));
+        if (bad_align) {
+          ASSERT_EQ(r.code(), ErrorCode::kLayoutError);
+        } else if (r.ok()) {
+          uint64_t a = r->value();
+          ASSERT_LE(a + block_bytes(order) - 1, limit);
+          ASSERT_EQ(a % std::max(align, block_bytes(order)), 0u);
+          m.on_alloc(a, order);
+          ASSERT_FALSE(HasFatalFailure());
+          uint64_t tag = tag_of(a);
+          std::memcpy(h.mem().virt(a), &tag, sizeof(tag));
+          std::memcpy(h.mem().virt(a + block_bytes(order) - sizeof(tag)), &tag, sizeof(tag));
+          ++allocs;
+        } else {
+          if (r.code() == ErrorCode::kDmaMaskNotMatch) {
+            ++mask_errors;
+            ASSERT_EQ(r.error().addr, m.lowest());
+            ASSERT_EQ(r.error().mask, limit);
+          } else {
+            ASSERT_EQ(r.code(), ErrorCode::kNoMemory);
+            ++no_memory;
+          }
+          ASSERT_FALSE(m.chunk_available(order, need, limit))
+              << "order " << order << " limit 0x" << std::hex << limit << " align " << align;
+          ASSERT_TRUE(same_stats(before, pfa.stats()));
+        }
+      } else {
+        auto it = m.live().begin();
+        std::advance(it, static_cast<long>(rng() % m.live().size()));
+        uint64_t a = it->first;
+        unsigned order = it->second;
+        if (rng() % 20 == 0) {
+          Pfa::Stats before = pfa.stats();
+          unsigned wrong = order == 0 ? 1 : order - 1;
+          ASSERT_EQ(pfa.free(PhysAddr(a), wrong).code(), ErrorCode::kNotFound);
+          if (order > 0) {
+            ASSERT_EQ(pfa.free(PhysAddr(a + kPage), 0).code(), ErrorCode::kNotFound);
+          }
+          ASSERT_TRUE(same_stats(before, pfa.stats()));
+        }
+        uint64_t tag = 0;
+        std::memcpy(&tag, h.mem().virt(a), sizeof(tag));
+        ASSERT_EQ(tag, tag_of(a));
+        std::memcpy(&tag, h.mem().virt(a + block_bytes(order) - sizeof(tag)), sizeof(tag));
+        ASSERT_EQ(tag, tag_of(a));
+        ASSERT_TRUE(pfa.free(PhysAddr(a), order).ok());
+        m.on_free(a);
+        if (rng() % 10 == 0) ASSERT_EQ(pfa.free(PhysAddr(a), order).code(), ErrorCode::kNotFound);
+      }
+      ASSERT_TRUE(pfa.check_invariants()) << "step " << step;
+      ASSERT_EQ(pfa.free_pages(), m.free());
+      if (step % 64 == 0) {
+        expect_stats_match(pfa, m);
+        ASSERT_FALSE(HasFailure());
+      }
+    }
+    EXPECT_GT(allocs, 500);
+    EXPECT_GT(no_memory + mask_errors, 0);
+    free_all(pfa, m);
+    EXPECT_TRUE(pfa.check_invariants());
+    EXPECT_TRUE(same_stats(initial, pfa.stats()));
+    EXPECT_EQ(free_blocks_by_order(pfa), initial_blocks);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, PageFrameAllocatorRandomTest, ::testing::Range(0, 4),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(all_layouts()[static_cast<size_t>(info.param)].name);
+                         });
+
+// ---------------------------------------------------------------------------------------------
+// Data integrity, concurrency, checker and destructor.
+
+// Host-only: the free-list links live in free pages only, so whole allocated blocks keep every
+// byte written into them across any number of other allocations and frees.
+TEST(PageFrameAllocatorTest, DataInAllocatedBlocksIsNeverClobbered) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  auto fill = [&](uint64_t a, unsigned order) {
+    uint64_t* p = reinterpret_cast<uint64_t*>(h.mem().virt(a));
+    for (uint64_t i = 0; i < block_bytes(order) / 8; ++i) p[i] = tag_of(a + i * 8);
+  };
+  auto intact = [&](uint64_t a, unsigned order) {
+    const uint64_t* p = reinterpret_cast<const uint64_t*>(h.mem().virt(a));
+    for (uint64_t i = 0; i < block_bytes(order) / 8; ++i) {
+      if (p[i] != tag_of(a + i * 8)) return false;
+    }
+    return true;
+  };
+  std::mt19937_64 rng(11);
+  for (int i = 0; i < 4000; ++i) {
+    if (m.live().size() < 8 || rng() % 2 == 0) {
+      unsigned order = static_cast<unsigned>(rng() % 7);
+      auto r = h.pfa().alloc(order);
+      if (!r.ok()) continue;
+      m.on_alloc(r->value(), order);
+      fill(r->value(), order);
+    } else {
+      auto it = m.live().begin();
+      std::advance(it, static_cast<long>(rng() % m.live().size()));
+      auto [a, order] = *it;
+      ASSERT_TRUE(intact(a, order)) << std::hex << a;
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), order).ok());
+      m.on_free(a);
+    }
+  }
+  for (auto [a, order] : m.live()) EXPECT_TRUE(intact(a, order)) << std::hex << a;
+  free_all(h.pfa(), m);
+}
+
+TEST(PageFrameAllocatorTest, ConcurrentAllocAndFreeStayConsistent) {
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa& pfa = h.pfa();
+  uint64_t initial = pfa.free_pages();
+  std::atomic<int> errors{0};
+  auto worker = [&](uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<std::pair<uint64_t, unsigned>> mine;
+    for (int i = 0; i < 4000; ++i) {
+      if (mine.size() < 32 && (mine.empty() || rng() % 2 == 0)) {
+        unsigned order = static_cast<unsigned>(rng() % 4);
+        auto r = pfa.alloc(order, rng() % 2 == 0 ? kNoLimit : (1ull << 24) - 1);
+        if (!r.ok()) continue;
+        uint64_t tag = tag_of(r->value()) ^ seed;
+        std::memcpy(h.mem().virt(r->value()), &tag, sizeof(tag));
+        mine.emplace_back(r->value(), order);
+      } else {
+        size_t k = static_cast<size_t>(rng() % mine.size());
+        auto [a, order] = mine[k];
+        uint64_t tag = 0;
+        std::memcpy(&tag, h.mem().virt(a), sizeof(tag));
+        if (tag != (tag_of(a) ^ seed)) errors++;  // Someone else was handed our block.
+        if (!pfa.free(PhysAddr(a), order).ok()) errors++;
+        mine[k] = mine.back();
+        mine.pop_back();
+      }
+    }
+    for (auto [a, order] : mine) {
+      if (!pfa.free(PhysAddr(a), order).ok()) errors++;
+    }
+  };
+  std::thread t1(worker, 100);
+  std::thread t2(worker, 200);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(pfa.free_pages(), initial);
+  EXPECT_TRUE(pfa.check_invariants());
+}
+
+TEST(PageFrameAllocatorTest, CheckInvariantsDetectsCorruption) {
+  Harness h(single_range_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa& pfa = h.pfa();
+  auto a = pfa.alloc(0);
+  auto b = pfa.alloc(2);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(pfa.check_invariants());
+  uint64_t first_pfn = pfa.range(0).base.value() / kPage;
+  std::vector<uint8_t>& meta = h.meta();
+  // An interior page of an allocated block claiming to head one.
+  size_t idx = static_cast<size_t>(b->value() / kPage + 1 - first_pfn);
+  uint8_t saved = meta[idx];
+  meta[idx] = meta[static_cast<size_t>(a->value() / kPage - first_pfn)];
+  EXPECT_FALSE(pfa.check_invariants());
+  meta[idx] = saved;
+  ASSERT_TRUE(pfa.check_invariants());
+  // A free block whose list link points into an allocated block.
+  auto c = pfa.alloc(0);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(pfa.free(*c, 0).ok());  // Now *c heads a free block (possibly merged).
+  uint64_t free_head = 0;
+  for (uint64_t p = pfa.lowest_address().value(); p < pfa.highest_address().value(); p += kPage) {
+    uint8_t mb = meta[static_cast<size_t>(p / kPage - first_pfn)];
+    if ((mb & 0xC0) == 0x40) {
+      free_head = p;
+      break;
+    }
+  }
+  ASSERT_NE(free_head, 0u);
+  void* saved_link = nullptr;
+  std::memcpy(&saved_link, h.mem().virt(free_head), sizeof(void*));
+  void* bogus = h.mem().virt(b->value());
+  std::memcpy(h.mem().virt(free_head), &bogus, sizeof(void*));
+  EXPECT_FALSE(pfa.check_invariants());
+  std::memcpy(h.mem().virt(free_head), &saved_link, sizeof(void*));
+  ASSERT_TRUE(pfa.check_invariants());
+  // A reserved page turned into an allocated head.
+  idx = 0;  // The device-tree page at the base is reserved.
+  saved = meta[idx];
+  meta[idx] = 0x80;
+  EXPECT_FALSE(pfa.check_invariants());
+  meta[idx] = saved;
+  EXPECT_TRUE(pfa.check_invariants());
+  ASSERT_TRUE(pfa.free(*a, 0).ok());
+  ASSERT_TRUE(pfa.free(*b, 2).ok());
+}
+
+#if KDEBUG_ENABLED
+TEST(PageFrameAllocatorDeathTest, DestructorAssertsWhenPagesAreStillAllocated) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        Harness h(single_range_layout());
+        if (!h.init().ok()) std::abort();
+        auto r = h.pfa().alloc(0);
+        if (!r.ok()) std::abort();
+      },
+      "destroyed with pages still allocated");
+}
+#endif
+
+}  // namespace
