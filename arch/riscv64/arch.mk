@@ -8,9 +8,11 @@ TRIPLE := riscv64-unknown-none-elf
 ARCH_CXXFLAGS := -march=rv64gc_zicbom -mabi=lp64 -mcmodel=medany -mno-relax
 ARCH_ASFLAGS := -march=rv64gc_zicbom -mabi=lp64 -mcmodel=medany -mno-relax
 ARCH_LDFLAGS := -nostdlib -static --no-relax -z max-page-size=4096
+# The port, and its own in-VM tests (tests/qemu/riscv64/, outside the common tests/qemu/*.cc).
 ARCH_SRCS := arch/riscv64/arch_riscv64.cc arch/riscv64/riscv64_platform.cc \
              arch/riscv64/sv39_page_table.cc arch/riscv64/trap.cc arch/riscv64/sbi.cc \
-             arch/riscv64/ns16550.cc
+             arch/riscv64/ns16550.cc \
+             tests/qemu/riscv64/riscv64_arch_test.cc
 ARCH_ASM_SRCS := arch/riscv64/boot.S
 # The DmaOp with the cache-block instructions: part of libdma.a for this arch.
 ARCH_DMA_SRCS := arch/riscv64/riscv64_dma_op.cc

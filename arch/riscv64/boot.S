@@ -193,8 +193,13 @@ riscv64_trap_entry:
 boot_root_table:
   .space 4096
 
+// The boot stack sits on top of a guard page that the kernel page table leaves unmapped, so an
+// overflow faults (and is reported from the separate trap stack) instead of corrupting .bss.
   .section .bss.stacks, "aw", %nobits
-  .balign 16
+  .balign 4096
+  .globl boot_stack_guard
+boot_stack_guard:
+  .space 4096
   .globl boot_stack_bottom
 boot_stack_bottom:
   .space 64 * 1024

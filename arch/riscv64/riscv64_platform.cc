@@ -14,6 +14,7 @@
 // Linker-script symbols (virtual addresses in the direct map).
 extern "C" char __kernel_start[];  // NOLINT: linker-script symbol.
 extern "C" char __kernel_end[];    // NOLINT: linker-script symbol.
+extern "C" char boot_stack_guard[];  // NOLINT: boot.S symbol, the page below the boot stack.
 
 namespace riscv {
 
@@ -176,9 +177,20 @@ void Riscv64Platform::map_or_panic(PhysAddr pa, uint64_t size, MemType type, con
 void Riscv64Platform::build_page_table() {
   page_table_.init(g_table_pool, kTablePoolPages, kDirectMapOffset, svpbmt_);
   uint64_t lowest_ram = ~0ull;
+  // All RAM, except the boot stack's guard page (inside the kernel image, so nobody else owns
+  // it). map() picks the largest leaves each side of the hole allows.
+  uint64_t guard = kernel_phys(boot_stack_guard);
   for (size_t i = 0; i < info_.num_ram; ++i) {
-    map_or_panic(info_.ram[i].base, info_.ram[i].size, MemType::kPma, "RAM");
-    lowest_ram = support::min(lowest_ram, info_.ram[i].base.value());
+    PhysRange r = page_cover(info_.ram[i]);
+    uint64_t base = r.base.value();
+    uint64_t end = base + r.size;
+    if (guard >= base && guard < end) {
+      map_or_panic(r.base, guard - base, MemType::kPma, "RAM");
+      map_or_panic(PhysAddr(guard + kPage), end - guard - kPage, MemType::kPma, "RAM");
+    } else {
+      map_or_panic(r.base, r.size, MemType::kPma, "RAM");
+    }
+    lowest_ram = support::min(lowest_ram, base);
   }
   // The generic device window: everything below the gigabyte that holds the start of RAM.
   uint64_t window = support::align_down(lowest_ram, kGiB);
@@ -262,8 +274,21 @@ void Riscv64Platform::print_summary() const {
           static_cast<unsigned long long>(v >> 24),
           static_cast<unsigned long long>(v & 0xFFFFFF),
           static_cast<unsigned long long>(hartid_), info_.num_cpus, started, stopped);
-  kprintf("riscv64: isa %s; Svpbmt %s; %s\n", isa_ != nullptr ? isa_ : "(riscv,isa-extensions)",
-          svpbmt_ ? "yes (MMIO mapped PBMT=IO)" : "no (PBMT=0 everywhere)", cache_features_);
+  // The full ISA string runs to hundreds of characters on QEMU; the base and what matters here.
+  char base[24] = "?";
+  const char* more = "";
+  if (isa_ != nullptr) {
+    size_t n = 0;
+    while (isa_[n] != '\0' && isa_[n] != '_' && n + 1 < sizeof(base)) {
+      base[n] = isa_[n];
+      ++n;
+    }
+    base[n] = '\0';
+    if (isa_[n] != '\0') more = "_...";
+  }
+  kprintf("riscv64: isa %s%s; Svpbmt %s; Zicbom %s; %s\n", base, more,
+          svpbmt_ ? "yes (MMIO mapped PBMT=IO)" : "no (PBMT=0 everywhere)",
+          zicbom_in_isa_ ? "yes" : "no", cache_features_);
   kprintf("riscv64: Sv39, direct map at 0x%llx (RAM and devices), %zu page-table pages; "
           "timebase %llu Hz\n",
           static_cast<unsigned long long>(kDirectMapOffset), page_table_.pages_used(),

@@ -9,7 +9,8 @@
 //                               boundary below RAM (UART, test finisher, PLIC, PCIe ECAM, PIO and
 //                               32-bit MMIO window on QEMU virt) and every window a PCIe host
 //                               bridge's "ranges" describes (the 64-bit MMIO window above RAM).
-//                               The kernel image is linked in it too (linker/riscv64.ld).
+//                               The kernel image is linked in it too (linker/riscv64.ld). One
+//                               page is left out: the guard page under the boot stack.
 //   lower half                  unmapped after boot (the identity map only lives in the boot page
 //                               table, for the instruction that turns paging on).
 // Sv39 reaches physical addresses below 256 GiB through this map; boot fails clearly otherwise.
@@ -45,6 +46,8 @@ class Riscv64Platform {
   [[noreturn]] void exit(bool success);
   uint64_t now_ns() const;
 
+  uint64_t boot_hart() const { return hartid_; }
+  uint64_t timebase_hz() const { return timebase_hz_; }
   const Riscv64DmaOp::CacheOps& cache_ops() const { return cache_ops_; }
   const char* cache_features() const { return cache_features_; }
   // PBMT memory type name of the leaf mapping `va` in the active page table, or null if unmapped.

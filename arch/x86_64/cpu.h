@@ -10,8 +10,12 @@ namespace x86 {
 constexpr uint32_t kMsrEfer = 0xC000'0080;
 constexpr uint32_t kMsrPat = 0x277;
 
-inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
-inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+inline void outb(uint16_t port, uint8_t v) {
+  __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port));
+}
+inline void outl(uint16_t port, uint32_t v) {
+  __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port));
+}
 inline uint8_t inb(uint16_t port) {
   uint8_t v;
   __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
@@ -44,20 +48,25 @@ inline uint64_t read_cr3() {
   __asm__ volatile("mov %%cr3, %0" : "=r"(v));
   return v;
 }
-inline void write_cr3(uint64_t v) { __asm__ volatile("mov %0, %%cr3" ::"r"(v) : "memory"); }
+inline void write_cr3(uint64_t v) {
+  __asm__ volatile("mov %0, %%cr3" ::"r"(v) : "memory");
+}
 inline uint64_t read_cr4() {
   uint64_t v;
   __asm__ volatile("mov %%cr4, %0" : "=r"(v));
   return v;
 }
-inline void write_cr4(uint64_t v) { __asm__ volatile("mov %0, %%cr4" ::"r"(v) : "memory"); }
+inline void write_cr4(uint64_t v) {
+  __asm__ volatile("mov %0, %%cr4" ::"r"(v) : "memory");
+}
 
 struct CpuidRegs {
   uint32_t eax, ebx, ecx, edx;
 };
 inline CpuidRegs cpuid(uint32_t leaf, uint32_t subleaf = 0) {
   CpuidRegs r;
-  __asm__ volatile("cpuid" : "=a"(r.eax), "=b"(r.ebx), "=c"(r.ecx), "=d"(r.edx)
+  __asm__ volatile("cpuid"
+                   : "=a"(r.eax), "=b"(r.ebx), "=c"(r.ecx), "=d"(r.edx)
                    : "a"(leaf), "c"(subleaf));
   return r;
 }

@@ -7,7 +7,9 @@ namespace {
 
 CpuFeatures g_features;
 
-bool bit(uint32_t v, unsigned b) { return ((v >> b) & 1u) != 0; }
+bool bit(uint32_t v, unsigned b) {
+  return ((v >> b) & 1u) != 0;
+}
 
 void store_vendor_word(char* dst, uint32_t w) {
   for (int i = 0; i < 4; ++i) {
@@ -67,6 +69,8 @@ void detect_cpu_features() {
   g_features = f;
 }
 
-const CpuFeatures& cpu_features() { return g_features; }
+const CpuFeatures& cpu_features() {
+  return g_features;
+}
 
 }  // namespace x86

@@ -6,12 +6,12 @@
 namespace x86 {
 
 struct CpuFeatures {
-  bool clflush = false;     // CPUID.1:EDX[19]
-  bool clflushopt = false;  // CPUID.(7,0):EBX[23]
-  bool clwb = false;        // CPUID.(7,0):EBX[24]
-  bool pat = false;         // CPUID.1:EDX[16]
-  bool nx = false;          // CPUID.80000001h:EDX[20]
-  bool page_1g = false;     // CPUID.80000001h:EDX[26]
+  bool clflush = false;        // CPUID.1:EDX[19]
+  bool clflushopt = false;     // CPUID.(7,0):EBX[23]
+  bool clwb = false;           // CPUID.(7,0):EBX[24]
+  bool pat = false;            // CPUID.1:EDX[16]
+  bool nx = false;             // CPUID.80000001h:EDX[20]
+  bool page_1g = false;        // CPUID.80000001h:EDX[26]
   bool invariant_tsc = false;  // CPUID.80000007h:EDX[8]
   // Bytes flushed by one CLFLUSH/CLFLUSHOPT/CLWB: CPUID.1:EBX[15:8] * 8 (64 when not reported).
   uint32_t clflush_line = 64;

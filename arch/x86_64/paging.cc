@@ -14,8 +14,8 @@
 #include "arch/x86_64/traps.h"
 #include "support/spinlock.h"
 
-extern "C" char __kernel_start[], __kernel_end[], __text_start[], __text_end[],
-    __rodata_start[], __rodata_end[], __data_start[];
+extern "C" char __kernel_start[], __kernel_end[], __text_start[], __text_end[], __rodata_start[],
+    __rodata_end[], __data_start[];
 extern "C" char boot_stack_guard[];
 
 namespace x86 {
@@ -28,8 +28,8 @@ constexpr Pte kPwt = 1ull << 3;
 constexpr Pte kPcd = 1ull << 4;
 constexpr Pte kAccessed = 1ull << 5;
 constexpr Pte kDirty = 1ull << 6;
-constexpr Pte kLarge = 1ull << 7;     // PS in a PDPT or PD entry.
-constexpr Pte kPatSmall = 1ull << 7;  // PAT in a 4 KiB PTE.
+constexpr Pte kLarge = 1ull << 7;      // PS in a PDPT or PD entry.
+constexpr Pte kPatSmall = 1ull << 7;   // PAT in a 4 KiB PTE.
 constexpr Pte kPatLarge = 1ull << 12;  // PAT in a 1 GiB / 2 MiB leaf.
 constexpr Pte kNoExec = 1ull << 63;
 constexpr Pte kAddrMask = 0x000F'FFFF'FFFF'F000;
@@ -75,17 +75,27 @@ Table* alloc_table() {
 
 // Page tables all live in the pool, inside the kernel image: reach them through the image
 // mapping, which exists both in the boot and in the final tables.
-Table* table_at(uint64_t phys) { return reinterpret_cast<Table*>(phys + kKernelVma); }
-uint64_t table_phys(const Table* t) { return kernel_virt_to_phys(t); }
+Table* table_at(uint64_t phys) {
+  return reinterpret_cast<Table*>(phys + kKernelVma);
+}
+uint64_t table_phys(const Table* t) {
+  return kernel_virt_to_phys(t);
+}
 
 unsigned pat_index(MemType t) {
   switch (t) {
-    case MemType::kWriteBack: return 0;
-    case MemType::kWriteThrough: return 1;
-    case MemType::kUncachedMinus: return 2;
-    case MemType::kUncached: return 3;
-    case MemType::kWriteCombining: return 4;
-    case MemType::kWriteProtect: return 5;
+    case MemType::kWriteBack:
+      return 0;
+    case MemType::kWriteThrough:
+      return 1;
+    case MemType::kUncachedMinus:
+      return 2;
+    case MemType::kUncached:
+      return 3;
+    case MemType::kWriteCombining:
+      return 4;
+    case MemType::kWriteProtect:
+      return 5;
   }
   return 3;
 }
@@ -99,8 +109,12 @@ Pte type_bits(MemType t, bool large) {
   return b;
 }
 
-unsigned index_of(uintptr_t va, int level) { return (va >> (12 + 9 * level)) & 0x1FF; }
-uint64_t level_size(int level) { return 1ull << (12 + 9 * level); }
+unsigned index_of(uintptr_t va, int level) {
+  return (va >> (12 + 9 * level)) & 0x1FF;
+}
+uint64_t level_size(int level) {
+  return 1ull << (12 + 9 * level);
+}
 
 // Entry for `va` at `level` (0 = PTE ... 3 = PML4E), creating missing tables when `create`. Stops
 // early at a large leaf above `level`: *found is the level of the returned entry. Null when a
@@ -127,12 +141,18 @@ Pte* walk(Table* root, uintptr_t va, int level, bool create, int* found) {
 
 MemType decode_pat(uint8_t v) {
   switch (v) {
-    case kPatWb: return MemType::kWriteBack;
-    case kPatWt: return MemType::kWriteThrough;
-    case kPatUcMinus: return MemType::kUncachedMinus;
-    case kPatWc: return MemType::kWriteCombining;
-    case kPatWp: return MemType::kWriteProtect;
-    default: return MemType::kUncached;  // kPatUc; 2 and 3 are reserved encodings.
+    case kPatWb:
+      return MemType::kWriteBack;
+    case kPatWt:
+      return MemType::kWriteThrough;
+    case kPatUcMinus:
+      return MemType::kUncachedMinus;
+    case kPatWc:
+      return MemType::kWriteCombining;
+    case kPatWp:
+      return MemType::kWriteProtect;
+    default:
+      return MemType::kUncached;  // kPatUc; 2 and 3 are reserved encodings.
   }
 }
 
@@ -168,24 +188,24 @@ Result<void> map_range(uintptr_t va, uint64_t pa, uint64_t size, MemType type, P
       if (e == nullptr) {
         return Error(ErrorCode::kNoMemory);
       }
-      if (found > level || (*e & kPresent) != 0) {
-        if (found == level && level > 0 && (*e & kLarge) == 0) {
-          // A table sits where a large leaf would go: map this piece with smaller pages.
+      if ((*e & kPresent) != 0) {
+        // A level-0 entry is always a leaf; above, PS tells a large leaf from a table.
+        const bool is_leaf = found == 0 || (*e & kLarge) != 0;
+        if (!is_leaf) {
+          // A table sits where a large leaf would go (found == level > 0): use smaller pages.
           --level;
           continue;
         }
-        if (found == 0 || found > level || (*e & kLarge) != 0) {
-          const uint64_t leaf_size = level_size(found);
-          const uint64_t off = va & (leaf_size - 1);
-          if (leaf_phys(*e, found) + off != pa || leaf_type(*e, found) != type) {
-            return Error(ErrorCode::kInvalidArgument);
-          }
-          const uint64_t step = leaf_size - off < size ? leaf_size - off : size;
-          va += step;
-          pa += step;
-          size -= step;
-          break;
+        const uint64_t leaf_size = level_size(found);
+        const uint64_t off = va & (leaf_size - 1);
+        if (leaf_phys(*e, found) + off != pa || leaf_type(*e, found) != type) {
+          return Error(ErrorCode::kInvalidArgument);
         }
+        const uint64_t step = leaf_size - off < size ? leaf_size - off : size;
+        va += step;
+        pa += step;
+        size -= step;
+        break;
       }
       Pte leaf = pa | kPresent | kAccessed | kDirty | type_bits(type, level > 0);
       if (level > 0) leaf |= kLarge;
@@ -201,8 +221,7 @@ Result<void> map_range(uintptr_t va, uint64_t pa, uint64_t size, MemType type, P
   return {};
 }
 
-void boot_map(uintptr_t va, uint64_t pa, uint64_t size, MemType type, Perms perms)
-    TA_REQ(g_lock) {
+void boot_map(uintptr_t va, uint64_t pa, uint64_t size, MemType type, Perms perms) TA_REQ(g_lock) {
   if (!map_range(va, pa, size, type, perms).ok()) {
     boot_panic("page-table pool exhausted or overlapping ranges while building the page tables");
   }
@@ -228,8 +247,7 @@ size_t direct_map_regions(const PvhInfo& pvh, Region* out, size_t cap) {
     const MemmapEntry& m = pvh.memmap[i];
     const uint64_t s = m.addr;
     const uint64_t e = m.addr + m.size < m.addr ? ~0ull : m.addr + m.size;
-    const bool wanted = m.type == kMemTypeRam || m.type == kMemTypeAcpi ||
-                        m.type == kMemTypeNvs ||
+    const bool wanted = m.type == kMemTypeRam || m.type == kMemTypeAcpi || m.type == kMemTypeNvs ||
                         (m.type == kMemTypeReserved && e <= kMmioWindowBase);
     if (!wanted) continue;
     if (s < kMmioWindowBase) add(s, e < kMmioWindowBase ? e : kMmioWindowBase);
@@ -304,9 +322,8 @@ void init_paging(const PvhInfo& pvh) {
   Region regions[PvhInfo::kMaxEntries + 2];
   const size_t n = direct_map_regions(pvh, regions, PvhInfo::kMaxEntries + 2);
   for (size_t i = 0; i < n; ++i) {
-    boot_map(kDirectMapBase + regions[i].start, regions[i].start,
-             regions[i].end - regions[i].start, MemType::kWriteBack,
-             Perms{.write = true, .exec = false});
+    boot_map(kDirectMapBase + regions[i].start, regions[i].start, regions[i].end - regions[i].start,
+             MemType::kWriteBack, Perms{.write = true, .exec = false});
   }
   boot_map(kDirectMapBase + kMmioWindowBase, kMmioWindowBase, kMmioWindowEnd - kMmioWindowBase,
            MemType::kUncached, Perms{.write = true, .exec = false});
@@ -352,12 +369,18 @@ bool translate(const void* va, Translation* out) {
 
 const char* mem_type_name(MemType t) {
   switch (t) {
-    case MemType::kWriteBack: return "wb";
-    case MemType::kWriteThrough: return "wt";
-    case MemType::kUncachedMinus: return "uc-";
-    case MemType::kUncached: return "uc";
-    case MemType::kWriteCombining: return "wc";
-    case MemType::kWriteProtect: return "wp";
+    case MemType::kWriteBack:
+      return "wb";
+    case MemType::kWriteThrough:
+      return "wt";
+    case MemType::kUncachedMinus:
+      return "uc-";
+    case MemType::kUncached:
+      return "uc";
+    case MemType::kWriteCombining:
+      return "wc";
+    case MemType::kWriteProtect:
+      return "wp";
   }
   return "?";
 }

@@ -34,7 +34,14 @@ constexpr uint64_t kMmioWindowBase = 0xB000'0000;
 constexpr uint64_t kMmioWindowEnd = 0x1'0000'0000;
 
 // Memory types selectable through the PAT index of a page-table entry.
-enum class MemType : uint8_t { kWriteBack, kWriteThrough, kUncachedMinus, kUncached, kWriteCombining, kWriteProtect };
+enum class MemType : uint8_t {
+  kWriteBack,
+  kWriteThrough,
+  kUncachedMinus,
+  kUncached,
+  kWriteCombining,
+  kWriteProtect
+};
 
 // Programs the PAT MSR (see above). Call once on the boot CPU before init_paging().
 void init_pat();
@@ -48,7 +55,9 @@ inline uint64_t kernel_virt_to_phys(const void* p) {
   return reinterpret_cast<uintptr_t>(p) - kKernelVma;
 }
 
-inline void* direct_map(uint64_t phys) { return reinterpret_cast<void*>(phys + kDirectMapBase); }
+inline void* direct_map(uint64_t phys) {
+  return reinterpret_cast<void*>(phys + kDirectMapBase);
+}
 
 // Maps [phys, phys + size) at direct_map(phys) with memory type `type`, no-execute (for device
 // memory outside the MMIO window, e.g. 64-bit PCI BARs). The range is widened to whole pages.

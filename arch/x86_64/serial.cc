@@ -8,8 +8,8 @@ namespace {
 
 constexpr uint16_t kCom1 = 0x3F8;
 // 16550 register offsets.
-constexpr uint16_t kData = 0;         // DLAB=0: transmit holding register.
-constexpr uint16_t kIntEnable = 1;    // DLAB=0: interrupt enable. DLAB=1: divisor high byte.
+constexpr uint16_t kData = 0;       // DLAB=0: transmit holding register.
+constexpr uint16_t kIntEnable = 1;  // DLAB=0: interrupt enable. DLAB=1: divisor high byte.
 constexpr uint16_t kFifoCtrl = 2;
 constexpr uint16_t kLineCtrl = 3;
 constexpr uint16_t kModemCtrl = 4;
@@ -80,6 +80,8 @@ void boot_panic(const char* msg) {
 
 namespace arch {
 
-void console_putc(char c) { x86::serial_putc(c); }
+void console_putc(char c) {
+  x86::serial_putc(c);
+}
 
 }  // namespace arch

@@ -6,6 +6,7 @@
 #include "arch/x86_64/serial.h"
 
 extern "C" const uint64_t trap_stub_table[256];
+extern "C" char boot_stack_guard[];
 
 namespace x86 {
 namespace {
@@ -97,6 +98,15 @@ const char* vector_name(uint64_t v) {
   return v < 32 ? kNames[v] : "unexpected interrupt";
 }
 
+bool in_guard_page(uint64_t addr) {
+  const uint64_t boot_guard = reinterpret_cast<uint64_t>(boot_stack_guard);
+  if (addr - boot_guard < kPageSize) return true;
+  for (const IstStackStorage& s : g_ist_stacks) {
+    if (addr - reinterpret_cast<uint64_t>(s.guard) < kPageSize) return true;
+  }
+  return false;
+}
+
 void print_reg(const char* name, uint64_t v) {
   serial_puts(name);
   serial_puts("=");
@@ -154,8 +164,7 @@ void init_traps() {
       "movl %%eax, %%fs\n"
       "movl %%eax, %%gs\n"
       "ltr %w3\n" ::"m"(gdtr),
-      "i"(static_cast<uint64_t>(kKernelCode)), "i"(static_cast<uint32_t>(kKernelData)),
-      "r"(kTss)
+      "i"(static_cast<uint64_t>(kKernelCode)), "i"(static_cast<uint32_t>(kKernelData)), "r"(kTss)
       : "rax", "memory");
 
   for (unsigned v = 0; v < 256; ++v) {
@@ -204,6 +213,12 @@ extern "C" void x86_trap_handler(TrapFrame* f) {
   if (f->vector == 14) {
     serial_puts(" faulting address cr2=");
     serial_hex(cr2);
+  }
+  if (f->vector == 8 && in_guard_page(cr2)) {
+    // A #PF on a stack guard page could not push its frame: the stack overflowed.
+    serial_puts(" kernel stack overflow (cr2 ");
+    serial_hex(cr2);
+    serial_puts(" is a stack guard page)");
   }
   serial_puts("\n  ");
   print_reg("cs", f->cs);

@@ -1,8 +1,8 @@
 // GDT (with a TSS for the interrupt stack table), IDT and the trap handler.
 //
-// Every one of the 256 vectors has a handler (trap_entry.S). The kernel runs with interrupts masked,
-// so any trap is a bug: the handler prints a readable panic (vector and name, error code decoded
-// for #PF, RIP, CR2 for page faults, all general registers) and leaves QEMU with a failure
+// Every one of the 256 vectors has a handler (trap_entry.S). The kernel runs with interrupts
+// masked, so any trap is a bug: the handler prints a readable panic (vector and name, error code
+// decoded for #PF, RIP, CR2 for page faults, all general registers) and leaves QEMU with a failure
 // status. #DF, NMI and #MC run on their own IST stacks so that a kernel stack overflow (which
 // hits the unmapped guard page below the boot stack) is still reported.
 #pragma once
@@ -41,5 +41,6 @@ IstStack ist_stack(int i);
 
 }  // namespace x86
 
-// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (none yet).
+// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (none
+// yet).
 extern "C" void x86_trap_handler(x86::TrapFrame* frame);

@@ -1,10 +1,10 @@
 // Monotonic time from the time-stamp counter.
 //
 // The TSC rate is measured against the legacy PIT (channel 2, 1.193182 MHz, gated through port
-// 0x61, no interrupts): three 10 ms intervals, keeping the smallest TSC delta (the one least
-// inflated by a late poll or a descheduled vCPU). The PIT measures the rate the guest actually
-// sees; CPUID leaf 0x15/0x16 (which a hypervisor may fill with numbers unrelated to the TSC it
-// exposes) is used only if the PIT never answers.
+// 0x61, no interrupts) over a ~20 ms interval, from latched counter reads bracketed by TSC reads
+// (tsc_clock.cc). The PIT measures the rate the guest actually sees; CPUID leaf 0x15/0x16 (which a
+// hypervisor may fill with numbers unrelated to the TSC it exposes) is used only if the PIT never
+// counts. Boot cost: about 20 ms, more only if the samples were disturbed and it retries.
 #pragma once
 
 #include "support/types.h"

@@ -14,8 +14,12 @@ inline void clflushopt(uintptr_t p) {
 inline void clflush(uintptr_t p) {
   __asm__ volatile("clflush (%0)" ::"r"(p) : "memory");
 }
-inline void sfence() { __asm__ volatile("sfence" ::: "memory"); }
-inline void mfence() { __asm__ volatile("mfence" ::: "memory"); }
+inline void sfence() {
+  __asm__ volatile("sfence" ::: "memory");
+}
+inline void mfence() {
+  __asm__ volatile("mfence" ::: "memory");
+}
 
 // Write back and invalidate every line touched by [addr, addr + size), fenced on both sides.
 // Inlined into both invalidate and flush_invalidate so each method's body holds the instructions.
@@ -36,8 +40,7 @@ inline void mfence() { __asm__ volatile("mfence" ::: "memory"); }
 
 }  // namespace
 
-X86DmaOp::X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn,
-                   InvalInsn inval_insn)
+X86DmaOp::X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn)
     : KernelDmaOp(cfg), line_size_(line_size), flush_insn_(flush_insn), inval_insn_(inval_insn) {
   KASSERT(line_size != 0 && (line_size & (line_size - 1)) == 0,
           "cache line size must be a power of two");

@@ -85,11 +85,34 @@ void describe_cache_features() {
   append(g_cache_features, cap, &n, " line ");
   char num[8];
   int k = 0;
-  for (uint32_t v = f.clflush_line; v != 0 && k < 7; v /= 10) num[k++] = static_cast<char>('0' + v % 10);
+  for (uint32_t v = f.clflush_line; v != 0 && k < 7; v /= 10)
+    num[k++] = static_cast<char>('0' + v % 10);
   while (k > 0) {
     const char c[2] = {num[--k], '\0'};
     append(g_cache_features, cap, &n, c);
   }
+}
+
+// One line of what only the arch knows, before kernel_main's report.
+void print_boot_line() {
+  const CpuFeatures& f = cpu_features();
+  serial_puts("x86_64: q35 PVH boot (start info v");
+  serial_dec(g_pvh.version);
+  serial_puts(", ");
+  serial_dec(g_pvh.num_memmap);
+  serial_puts(" memory-map entries); cpu ");
+  serial_puts(f.vendor);
+  serial_puts("; tsc ");
+  serial_dec(tsc_hz() / 1'000'000);
+  serial_puts(" MHz from ");
+  serial_puts(tsc_source());
+  serial_puts("; page tables: ");
+  serial_dec(page_table_pages_used());
+  serial_puts(" pages, ");
+  serial_puts(f.page_1g ? "1 GiB" : "2 MiB");
+  serial_puts(" direct-map pages, nx ");
+  serial_puts(f.nx ? "on" : "off");
+  serial_puts("\n");
 }
 
 }  // namespace
@@ -110,6 +133,23 @@ extern "C" [[noreturn]] void x86_64_main(uint32_t start_info_phys) {
   init_tsc_clock();
   describe_cache_features();
   fill_boot_info();
+  print_boot_line();
+  {
+    struct Case { uint64_t pa; uint64_t size; MemType t; };
+    Case cases[] = {{0xFED00000, 0x400, MemType::kUncached}, {0x8000000000, 0x5000, MemType::kUncached},
+                    {0x8000000000, 0x1000, MemType::kWriteCombining}, {0x1000000, 0x1000, MemType::kUncached},
+                    {0x9000000000, 0x40000000, MemType::kWriteCombining}, {0xFED00000, 0x400, MemType::kWriteBack},
+                    {0x8000003000, 0x3000, MemType::kUncached}};
+    for (const Case& c : cases) {
+      auto r = map_device(PhysAddr(c.pa), c.size, c.t);
+      serial_puts("TMP map_device "); serial_hex(c.pa); serial_puts(r.ok() ? " ok " : " err ");
+      if (r.ok()) { serial_puts(arch::mapping_attribute(*r)); serial_puts(" "); serial_puts(arch::mapping_attribute(static_cast<char*>(*r) + c.size - 1)); 
+        Translation t; translate(*r, &t); serial_hex(t.phys); serial_hex(t.page_size);
+        *static_cast<volatile uint32_t*>(*r); }
+      serial_puts("\n");
+    }
+    serial_puts("TMP pages "); serial_dec(page_table_pages_used()); serial_puts("\n");
+  }
   kernel_main(g_boot);
 }
 
@@ -121,7 +161,9 @@ void exit_qemu(bool success) {
   halt_forever();
 }
 
-uint64_t now_ns() { return tsc_now_ns(); }
+uint64_t now_ns() {
+  return tsc_now_ns();
+}
 
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   if (g_dma_op_created) boot_panic("create_dma_op called twice");
@@ -137,9 +179,13 @@ KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   return *new (g_dma_op_storage) X86DmaOp(c, f.clflush_line, flush, inval);
 }
 
-size_t cache_line_size() { return cpu_features().clflush_line; }
+size_t cache_line_size() {
+  return cpu_features().clflush_line;
+}
 
-const char* cache_features() { return g_cache_features; }
+const char* cache_features() {
+  return g_cache_features;
+}
 
 const char* mapping_attribute(const void* va) {
   Translation t;

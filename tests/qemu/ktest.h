@@ -134,12 +134,12 @@ const char* result_code_name(const R& r) {
       ktest_ctx.fail(__FILE__, __LINE__, "%s failed: %s", #expr,                                \
                      ::ktest::result_code_name(ktest_r));                                       \
   } while (0)
-#define KEXPECT_ERR(expr, code)                                                                 \
+#define KEXPECT_ERR(expr, want_code)                                                            \
   do {                                                                                          \
     const auto& ktest_r = (expr);                                                               \
-    if (ktest_r.code() != (code))                                                               \
+    if (ktest_r.code() != (want_code))                                                          \
       ktest_ctx.fail(__FILE__, __LINE__, "%s: expected error %s, got %s", #expr,                \
-                     error_code_name(code), ::ktest::result_code_name(ktest_r));                \
+                     error_code_name(want_code), ::ktest::result_code_name(ktest_r));           \
   } while (0)
 
 // Like the KEXPECT forms, but end the test at the first failure (for preconditions whose failure

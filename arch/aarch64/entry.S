@@ -10,7 +10,6 @@
 
 #define SPSR_EL1H_MASKED 0x3c5   // EL1h, D A I F masked
 #define HCR_EL2_RW (1 << 31)    // EL1 is AArch64
-#define SCR_EL3_NS_RW 0x501     // NS, HCE... no: NS (bit 0) | RW (bit 10) | RES1 bits 4,5 below
 #define SCTLR_EL1_RES1 0x30d00800
 
   .section .text.boot, "ax"
@@ -18,7 +17,8 @@
 _start:
   mov x19, x0                   // Possible DTB pointer from a boot loader.
   mrs x1, mpidr_el1
-  and x1, x1, #0xff00ffffff     // Aff3..Aff0
+  ldr x2, =0xff00ffffff         // Aff3..Aff0
+  and x1, x1, x2
   cbnz x1, park
 
   mrs x1, CurrentEL
@@ -144,3 +144,13 @@ trap_common:
 3:
   wfe
   b 3b
+
+// ---------------------------------------------------------------------------------------------
+// The boot CPU's stack (64 KiB), part of the kernel image and so of its reserved range.
+  .section .bss.boot_stack, "aw", %nobits
+  .balign 16
+  .global __boot_stack_bottom
+__boot_stack_bottom:
+  .space 65536
+  .global __boot_stack_top
+__boot_stack_top:

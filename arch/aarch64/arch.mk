@@ -1,0 +1,13 @@
+# AArch64 (QEMU virt) fragment of the Makefile: see arch/aarch64/*.h for the port.
+TRIPLE := aarch64-unknown-none-elf
+# No FP/SIMD registers in kernel code (no lazy FP state to manage); small code model (the image
+# and its data are within 4 GiB of each other).
+ARCH_CXXFLAGS := -mgeneral-regs-only -mcmodel=small -fno-asynchronous-unwind-tables
+ARCH_ASFLAGS := -D__ASSEMBLY__
+ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 -z norelro --no-dynamic-linker
+ARCH_SRCS := arch/aarch64/boot.cc arch/aarch64/mmu.cc arch/aarch64/platform.cc \
+             arch/aarch64/traps.cc arch/aarch64/arch_test.cc
+ARCH_ASM_SRCS := arch/aarch64/entry.S
+# The arch's DmaOp: linked into the kernel and into libdma.a.
+ARCH_DMA_SRCS := arch/aarch64/aarch64_dma_op.cc
+LINKER_SCRIPT := linker/aarch64.ld

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Boots a test kernel under QEMU, bounded in time, and judges the run.
+
+    run_qemu.py --arch aarch64 --kernel build/aarch64/kernel.elf --mode test \
+                [--mem 1G] [--smp 1] [--timeout 120] [--extra "-device edu"] \
+                [--objdump llvm-objdump-19] [--log path] [--append "more=args"]
+
+The run fails on:
+  - a line containing "PANIC" (the kernel's panic and trap reports),
+  - any output containing "EDU: clamping" (QEMU's edu device truncated a DMA address: a buffer
+    above the device's mask reached it unbounced; QEMU logs it as a guest error, so every run
+    passes "-d guest_errors"),
+  - an exit status that does not mean success for that arch (see ARCHES),
+  - in test mode, a missing or non-zero-failure "N passed, M failed" line from the guest,
+  - the time limit: QEMU is killed and the run fails with "TIMEOUT after N s".
+With --objdump, the kernel ELF is disassembled first and the arch's DmaOp cache-maintenance
+methods must contain the expected instructions; that check counts as one more test.
+In test mode the last line printed is the summary "N passed, M failed" (guest tests plus the
+disassembly check). QEMU's output is streamed to stdout and to a log file next to the kernel.
+Exit status: 0 if the run passed, 1 otherwise.
+"""
+
+import argparse
+import os
+import re
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+# ---------------------------------------------------------------------------------------------
+# One entry per architecture. Each arch's owner edits only its own entry.
+#   qemu      -- the QEMU binary.
+#   args      -- machine arguments (-m, -smp, -kernel, -append and --extra are added by run()).
+#   exit      -- how the guest reports pass/fail through QEMU's exit status:
+#                "semihosting": SYS_EXIT with ADP_Stopped_ApplicationExit, status = subcode,
+#                               the kernel passes 0 for success, 1 for failure.
+#                "sifive_test": the SiFive test finisher; 0x5555 (pass) makes QEMU exit 0,
+#                               0x3333 | code << 16 exits with `code` (the kernel uses 1).
+#                "isa_debug_exit": a write of v to the isa-debug-exit port makes QEMU exit with
+#                               (v << 1) | 1; the kernel writes 0 for success (status 1) and 1
+#                               for failure (status 3). Status 0 (a reset or shutdown without
+#                               the port, e.g. a triple fault with -no-reboot) is a failure.
+#   cache_ops -- disassembly check: {method symbol (demangled, without arguments): [required
+#                instructions]}. An entry "a|b" is satisfied by either mnemonic. The
+#                instructions must appear inside that method's own body.
+ARCHES = {
+    "aarch64": {
+        "qemu": "qemu-system-aarch64",
+        "args": ["-M", "virt", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
+        "exit": "semihosting",
+        "cache_ops": {
+            "AArch64DmaOp::flush": ["dc cvac"],
+            "AArch64DmaOp::invalidate": ["dc ivac", "dc civac"],
+            "AArch64DmaOp::flush_invalidate": ["dc civac"],
+        },
+    },
+    "riscv64": {
+        "qemu": "qemu-system-riscv64",
+        "args": ["-M", "virt", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
+                 "-bios", "default", "-nographic"],
+        "exit": "sifive_test",
+        "cache_ops": {
+            "Riscv64DmaOp::flush": ["cbo.clean"],
+            "Riscv64DmaOp::invalidate": ["cbo.inval"],
+            "Riscv64DmaOp::flush_invalidate": ["cbo.flush"],
+        },
+    },
+    "x86_64": {
+        "qemu": "qemu-system-x86_64",
+        "args": ["-M", "q35", "-nographic", "-no-reboot",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
+        "exit": "isa_debug_exit",
+        "cache_ops": {
+            "X86DmaOp::flush": ["clwb|clflushopt", "clflush"],
+            "X86DmaOp::invalidate": ["clflushopt", "clflush"],
+            "X86DmaOp::flush_invalidate": ["clflushopt", "clflush"],
+        },
+    },
+}
+# ---------------------------------------------------------------------------------------------
+
+SUMMARY_RE = re.compile(r"^(\d+) passed, (\d+) failed\s*$")
+PANIC_RE = re.compile(r"\bPANIC\b")
+CLAMP_TEXT = "EDU: clamping"
+
+
+def decode_exit(kind, status):
+    """Returns (passed, description) for QEMU's exit status under the arch's convention."""
+    if kind == "semihosting":
+        if status == 0:
+            return True, "semihosting exit 0 (pass)"
+        return False, "semihosting exit %d (failure)" % status
+    if kind == "sifive_test":
+        if status == 0:
+            return True, "test finisher: pass"
+        return False, "test finisher / QEMU exit status %d (failure)" % status
+    if kind == "isa_debug_exit":
+        if status == 1:
+            return True, "isa-debug-exit code 0 (pass)"
+        if status == 0:
+            return False, "QEMU exited with 0: the guest reset or shut down without isa-debug-exit"
+        if status & 1:
+            return False, "isa-debug-exit code %d (failure)" % (status >> 1)
+        return False, "QEMU exit status %d (failure)" % status
+    return False, "unknown exit convention %r" % kind
+
+
+def objdump_check(objdump, kernel, cache_ops):
+    """Disassembles `kernel`; returns (passed, message)."""
+    try:
+        out = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", kernel],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, "cannot run %s: %s" % (objdump, e)
+    if out.returncode != 0:
+        return False, "%s failed: %s" % (objdump, out.stderr.strip()[:200])
+    # Split into functions: "<addr> <Demangled::name(args)>:" headers.
+    bodies = {}
+    current = None
+    header = re.compile(r"^[0-9a-fA-F]+ <(.*)>:\s*$")
+    for line in out.stdout.splitlines():
+        m = header.match(line)
+        if m:
+            current = m.group(1)
+            bodies[current] = []
+        elif current is not None:
+            bodies[current].append(line.lower())
+    problems = []
+    for method, required in cache_ops.items():
+        names = [n for n in bodies if n == method or n.startswith(method + "(")]
+        if not names:
+            problems.append("%s: not found in the disassembly" % method)
+            continue
+        text = "\n".join(l for n in names for l in bodies[n])
+        for want in required:
+            alternatives = want.split("|")
+            if not any(re.search(r"\b" + re.escape(a) + r"\b", text) for a in alternatives):
+                problems.append("%s: no %s" % (method, " or ".join(alternatives)))
+    if problems:
+        return False, "; ".join(problems)
+    return True, ", ".join("%s: %s" % (m.split("::")[-1], "/".join(r))
+                           for m, r in cache_ops.items())
+
+
+def build_command(arch, kernel, mode, mem, smp, extra, append):
+    spec = ARCHES[arch]
+    cmd = [spec["qemu"]] + list(spec["args"])
+    cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
+    cmdline = "mode=%s" % mode
+    if append:
+        cmdline += " " + append
+    cmd += ["-append", cmdline]
+    cmd += shlex.split(extra or "")
+    return cmd
+
+
+def run(args):
+    spec = ARCHES[args.arch]
+    log_path = args.log or os.path.join(os.path.dirname(os.path.abspath(args.kernel)),
+                                        "qemu-%s.log" % args.mode)
+    extra_results = []  # (passed, name, message) of runner-side checks, counted as tests.
+
+    if args.objdump:
+        ok, msg = objdump_check(args.objdump, args.kernel, spec["cache_ops"])
+        line = ("[PASS] objdump_cache_instructions: " + msg if ok
+                else "[FAIL] objdump_cache_instructions: " + msg)
+        print(line, flush=True)
+        extra_results.append(ok)
+
+    cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
+                        args.append)
+    print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+
+    failures = []
+    summary = None
+    saw_panic = False
+    saw_clamp = False
+    start = time.monotonic()
+    timed_out = False
+    with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+        log.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            print("run_qemu: cannot start %s: %s" % (cmd[0], e), flush=True)
+            return 1
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        pending = b""
+        tail = ""  # Unterminated text, for matches that span reads.
+
+        def handle_line(raw):
+            nonlocal summary, saw_panic, saw_clamp
+            text = raw.decode("utf-8", errors="replace").replace("\r", "")
+            sys.stdout.write(text + "\n")
+            log.write(text + "\n")
+            if PANIC_RE.search(text):
+                saw_panic = True
+            m = SUMMARY_RE.match(text.strip())
+            if m:
+                summary = (int(m.group(1)), int(m.group(2)))
+
+        while True:
+            remaining = args.timeout - (time.monotonic() - start)
+            if remaining <= 0:
+                timed_out = True
+                break
+            events = sel.select(timeout=min(remaining, 1.0))
+            if not events:
+                if proc.poll() is not None:
+                    # Drain whatever is left.
+                    rest = proc.stdout.read() or b""
+                    pending += rest
+                    if not rest:
+                        break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            pending += chunk
+            # The clamping message has no newline of its own: look at the raw stream too.
+            window = tail + chunk.decode("utf-8", errors="replace")
+            if CLAMP_TEXT in window:
+                saw_clamp = True
+            tail = window[-len(CLAMP_TEXT):]
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                handle_line(line)
+        if pending:
+            if CLAMP_TEXT in pending.decode("utf-8", errors="replace"):
+                saw_clamp = True
+            handle_line(pending)
+        if timed_out:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        status = proc.wait()
+        sys.stdout.flush()
+
+        if timed_out:
+            failures.append("TIMEOUT after %d s (QEMU killed)" % args.timeout)
+        else:
+            ok, desc = decode_exit(spec["exit"], status)
+            if not ok:
+                failures.append(desc)
+        if saw_panic:
+            failures.append("the guest panicked")
+        if saw_clamp:
+            failures.append("QEMU printed '%s': a DMA address exceeded a device's mask" %
+                            CLAMP_TEXT)
+        if args.mode == "test":
+            if summary is None:
+                failures.append("the guest printed no 'N passed, M failed' line")
+            elif summary[1] != 0:
+                failures.append("%d in-VM test(s) failed" % summary[1])
+            elif summary[0] == 0:
+                failures.append("the guest ran no tests")
+        for ok in extra_results:
+            if not ok:
+                failures.append("the disassembly check failed")
+        log.write("run_qemu: %s\n" % ("; ".join(failures) if failures else "pass"))
+
+    for f in failures:
+        print("run_qemu: FAIL: " + f, flush=True)
+    print("run_qemu: log in %s" % log_path, flush=True)
+    if args.mode == "test":
+        passed = (summary[0] if summary else 0) + sum(1 for ok in extra_results if ok)
+        failed = (summary[1] if summary else 0) + sum(1 for ok in extra_results if not ok)
+        # A run that failed outside the guest's own tests (panic, timeout, exit status) counts
+        # as one more failure, so the summary never says "0 failed" for a failed run.
+        if failures and failed == 0:
+            failed = 1
+        print("%d passed, %d failed" % (passed, failed), flush=True)
+    elif not failures:
+        print("run_qemu: pass", flush=True)
+    return 1 if failures else 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", required=True, choices=sorted(ARCHES))
+    p.add_argument("--kernel", required=True)
+    p.add_argument("--mode", default="test", choices=["test", "demo"])
+    p.add_argument("--mem", default="1G")
+    p.add_argument("--smp", default="1")
+    p.add_argument("--timeout", type=int, default=120)
+    p.add_argument("--extra", default="", help="more QEMU arguments (split with shlex)")
+    p.add_argument("--append", default="", help="more kernel command-line words")
+    p.add_argument("--objdump", default="", help="objdump binary: check the cache instructions")
+    p.add_argument("--log", default="", help="log file (default: next to the kernel)")
+    args = p.parse_args()
+    if not os.path.isfile(args.kernel):
+        print("run_qemu: no kernel at %s" % args.kernel, flush=True)
+        if args.mode == "test":
+            print("0 passed, 1 failed", flush=True)
+        return 1
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
