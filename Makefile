@@ -70,8 +70,17 @@ test-host: $(HOST_TEST_BIN)
 	  exit $${PIPESTATUS[0]}
 
 # ---------------------------------------------------------------------------------------------
-# Kernel builds: one arch at a time. arch/<arch>/arch.mk sets TRIPLE, ARCH_CXXFLAGS,
-# ARCH_LDFLAGS, ARCH_SRCS, ARCH_ASM_SRCS, LINKER_SCRIPT, QEMU and QEMU_ARGS.
+# Kernel builds: one arch at a time. arch/<arch>/arch.mk sets
+#   TRIPLE         clang target triple
+#   ARCH_CXXFLAGS  extra C++ flags for the kernel and libdma objects of that arch
+#   ARCH_ASFLAGS   flags for the arch's .S files
+#   ARCH_LDFLAGS   linker flags
+#   ARCH_SRCS      the port (boot, traps, MMU, console, platform) and its own in-VM tests
+#   ARCH_ASM_SRCS  assembly sources
+#   ARCH_DMA_SRCS  the arch's DmaOp subclass: linked into the kernel and into libdma.a
+#   LINKER_SCRIPT  linker/<arch>.ld (must keep .ktest_registry and .init_array, see
+#                  tests/qemu/ktest.h)
+# The QEMU command line of each arch lives in tests/qemu/run_qemu.py (table ARCHES).
 
 KDIR := $(BUILD)/$(ARCH)
 -include arch/$(ARCH)/arch.mk
@@ -86,12 +95,19 @@ KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
 LIBDMA := $(KDIR)/libdma.a
 KERNEL_ELF := $(KDIR)/kernel.elf
+ARCH_MK := $(wildcard arch/$(ARCH)/arch.mk)
 
-$(KDIR)/obj/%.o: %.cc | $(SETUP_STAMP)
+# Extra kernel command-line words, e.g. QEMU_APPEND=ktest=bounce (run only matching tests).
+QEMU_APPEND ?=
+RUN_QEMU := python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) \
+            --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) \
+            --extra '$(QEMU_EXTRA)' --append '$(QEMU_APPEND)'
+
+$(KDIR)/obj/%.o: %.cc $(ARCH_MK) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
 
-$(KDIR)/obj/%.o: %.S | $(SETUP_STAMP)
+$(KDIR)/obj/%.o: %.S $(ARCH_MK) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) --target=$(TRIPLE) $(ARCH_ASFLAGS) -I. -MMD -MP -c $< -o $@
 
@@ -107,14 +123,12 @@ kernel: $(KERNEL_ELF)
 
 # Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.
 run: $(KERNEL_ELF)
-	@python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) --mode demo \
-	  --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) --extra "$(QEMU_EXTRA)"
+	@$(RUN_QEMU) --mode demo
 
-# Boots the test kernel and runs the in-VM suite; fails on panic, timeout or a clamping line.
+# Boots the test kernel and runs the in-VM suite, after checking the DmaOp's cache instructions
+# in the disassembly; fails on a panic, a timeout, a bad exit status or an "EDU: clamping" line.
 test-qemu: $(KERNEL_ELF)
-	@python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) --mode test \
-	  --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) --extra "$(QEMU_EXTRA)" \
-	  --objdump $(OBJDUMP)
+	@$(RUN_QEMU) --mode test --objdump $(OBJDUMP)
 
 # Everything: host suite, then each arch; one closing "N passed, N failed" line for the whole.
 test: | $(SETUP_STAMP)
@@ -124,7 +138,7 @@ test: | $(SETUP_STAMP)
 # Benchmarks (issue "Performance"): -O2, no sanitizers.
 
 bench: | $(SETUP_STAMP)
-	@bash bench/run_bench.sh
+	@BUILD=$(BUILD) bash bench/run_bench.sh
 
 # ---------------------------------------------------------------------------------------------
 

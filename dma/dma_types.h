@@ -40,6 +40,10 @@ struct DmaConstraints {
   bool force_bounce = false;
   // Name printed by diagnostics, may be null.
   const char* name = nullptr;
+  // Identity of the device for the misuse checker (dma/dma_debug.h): a fresh id per constructed
+  // DeviceDma, shared by its copies; 0 for an anonymous device (the mask-only entry points). The
+  // field exists in every build so that objects built with and without DMA_API_DEBUG link.
+  uint32_t device_id = 0;
 };
 
 // A coherent allocation (the crate's DmaHandle). Owned by the caller until dealloc_coherent.
@@ -50,6 +54,7 @@ struct DmaHandle {
   Layout layout;             // As requested.
   uint8_t order = 0;         // Page-frame allocator order backing it.
   bool coherent_device = false;
+  uint32_t device_id = 0;  // DmaConstraints::device_id of the allocating device.
 };
 
 // A streaming mapping (the crate's DmaMapHandle). Owned by the caller until unmap_single.
@@ -59,6 +64,7 @@ struct DmaMapHandle {
   size_t size = 0;
   DmaDirection direction = DmaDirection::kToDevice;
   bool coherent_device = false;
+  uint32_t device_id = 0;  // DmaConstraints::device_id of the mapping device.
   // Non-null when the mapping is bounced: the slot's CPU address and its pool bookkeeping.
   void* bounce_cpu = nullptr;
   BounceSlot bounce;

@@ -20,20 +20,26 @@
 // head of the highest non-empty list (the largest blocks) is tried for an exact fit, so a request
 // as large as the whole pool succeeds in an empty pool.
 //
+// An allocation takes the end of the block it is cut from, and a freed block merges into a free
+// block in front of it by growing that block: either way the free block's head stays put and it
+// changes lists only when its size class changes, which for a large block is rare. At low
+// occupancy an alloc+free pair therefore touches no list at all.
+//
 // Offset preservation and alignment: the returned address must agree with `orig` on the bits of
 // `min_align_mask` and be a multiple of `align`. Both are "addr & low == target" with `low` =
 // min_align_mask | (align - 1). The part of `target` below the slot size becomes the data's offset
 // in its first slot; the part above it fixes the first slot's index modulo a period P = (low + 1) /
 // slot_size. The allocator takes a block of n + P - 1 slots, which always contains a suitable
-// start, and gives the unused front (< P slots) and tail back to the free lists as separate
-// blocks. Those pieces never need merging: their outer neighbours are used (free blocks are
-// coalesced), their inner neighbour is the new allocation.
+// start, places the data at the last suitable start, keeps the front as the (shrunk) free block
+// and gives the slack behind the data (< P slots) back as a free block of its own. That piece
+// never needs merging: its next neighbour is used (free blocks are coalesced), its previous one
+// is the new allocation.
 //
-// Costs, with S slots: init O(S) (clears the records); alloc O(1): a few bit scans, one list
-// removal, at most two splits; free O(1): validation, at most two merges with physical
-// neighbours, one list insertion; stats O(1); check_invariants O(S); free_block_count O(free
-// blocks). No operation ever walks the slots or a free list on the alloc/free path, so the cost
-// does not depend on occupancy (Linux's swiotlb scans its slot array).
+// Costs, with S slots: init O(S) (clears the records); alloc O(1): a few bit scans, at most one
+// list move and one insertion; free O(1): validation, at most two merges with physical
+// neighbours, at most one removal and one list move or insertion; stats O(1); check_invariants
+// O(S); free_block_count O(free blocks). No operation ever walks the slots or a free list on the
+// alloc/free path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
 #include "mm/bounce_pool.h"
 
 #include "support/assert.h"
@@ -75,6 +81,72 @@ inline unsigned search_class(uint64_t n) {
 }  // namespace
 
 static_assert(sizeof(uint32_t) * 4 == 16, "SlotRecord is four 32-bit words");
+
+// The list helpers are forced inline: alloc and free each use them at a few sites, and a call
+// costs more than the helper's own handful of instructions.
+[[gnu::always_inline]] inline void BouncePool::insert_free(uint32_t head, uint32_t size) {
+  unsigned c = size_class(size);
+  unsigned fl = c / kSlCount;
+  unsigned sl = c % kSlCount;
+  uint32_t old = heads_[fl][sl];
+  SlotRecord& r = meta_[head];
+  r.link_next = old;
+  r.link_prev = kNone;
+  if (old != kNone) meta_[old].link_prev = head;
+  heads_[fl][sl] = head;
+  sl_bitmap_[fl] |= 1u << sl;
+  fl_bitmap_ |= 1u << fl;
+}
+
+[[gnu::always_inline]] inline void BouncePool::remove_free(uint32_t head, uint32_t size) {
+  const SlotRecord& r = meta_[head];
+  uint32_t next = r.link_next;
+  uint32_t prev = r.link_prev;
+  if (next != kNone) meta_[next].link_prev = prev;
+  if (prev != kNone) {
+    meta_[prev].link_next = next;
+    return;
+  }
+  unsigned c = size_class(size);
+  unsigned fl = c / kSlCount;
+  unsigned sl = c % kSlCount;
+  heads_[fl][sl] = next;
+  if (next == kNone) {
+    sl_bitmap_[fl] &= ~(1u << sl);
+    if (sl_bitmap_[fl] == 0) fl_bitmap_ &= ~(1u << fl);
+  }
+}
+
+// A free block keeps its head and changes size; it moves lists only if its class changes, which
+// a large block seldom does (cheap alloc/free at low occupancy).
+[[gnu::always_inline]] inline void BouncePool::resize_free(uint32_t head, uint32_t old_size,
+                                                           uint32_t new_size) {
+  meta_[head].size_free = new_size | kFreeBit;
+  if (size_class(old_size) != size_class(new_size)) {
+    remove_free(head, old_size);
+    insert_free(head, new_size);
+  }
+}
+
+[[gnu::always_inline]] inline void BouncePool::set_prev_of_next(uint32_t head, uint32_t size) {
+  uint32_t next = head + size;  // <= num_slots_ < 2^31: no overflow.
+  if (next < num_slots_) meta_[next].prev_phys = head;
+}
+
+[[gnu::always_inline]] inline uint32_t BouncePool::find_block(uint64_t need) const {
+  unsigned c = search_class(need);
+  unsigned fl = c / kSlCount;
+  unsigned sl = c % kSlCount;
+  uint32_t sl_map = sl_bitmap_[fl] & (~0u << sl);
+  if (sl_map == 0) {
+    // fl <= 28 because need < 2^31, so the shift stays below 32.
+    uint32_t fl_map = fl_bitmap_ & (~0u << (fl + 1));
+    if (fl_map == 0) return kNone;
+    fl = support::ctz(fl_map);
+    sl_map = sl_bitmap_[fl];
+  }
+  return heads_[fl][support::ctz(sl_map)];
+}
 
 BouncePool::~BouncePool() {
   // Taken only to read used_slots_ under the lock's rules; the pool must be idle by now anyway.
@@ -132,59 +204,6 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
   return support::ok();
 }
 
-void BouncePool::insert_free(uint32_t head, uint32_t size) {
-  unsigned c = size_class(size);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  uint32_t old = heads_[fl][sl];
-  SlotRecord& r = meta_[head];
-  r.link_next = old;
-  r.link_prev = kNone;
-  if (old != kNone) meta_[old].link_prev = head;
-  heads_[fl][sl] = head;
-  sl_bitmap_[fl] |= 1u << sl;
-  fl_bitmap_ |= 1u << fl;
-}
-
-void BouncePool::remove_free(uint32_t head, uint32_t size) {
-  const SlotRecord& r = meta_[head];
-  uint32_t next = r.link_next;
-  uint32_t prev = r.link_prev;
-  if (next != kNone) meta_[next].link_prev = prev;
-  if (prev != kNone) {
-    meta_[prev].link_next = next;
-    return;
-  }
-  unsigned c = size_class(size);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  heads_[fl][sl] = next;
-  if (next == kNone) {
-    sl_bitmap_[fl] &= ~(1u << sl);
-    if (sl_bitmap_[fl] == 0) fl_bitmap_ &= ~(1u << fl);
-  }
-}
-
-void BouncePool::set_prev_of_next(uint32_t head, uint32_t size) {
-  uint32_t next = head + size;  // <= num_slots_ < 2^31: no overflow.
-  if (next < num_slots_) meta_[next].prev_phys = head;
-}
-
-uint32_t BouncePool::find_block(uint64_t need) const {
-  unsigned c = search_class(need);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  uint32_t sl_map = sl_bitmap_[fl] & (~0u << sl);
-  if (sl_map == 0) {
-    // fl <= 28 because need < 2^31, so the shift stays below 32.
-    uint32_t fl_map = fl_bitmap_ & (~0u << (fl + 1));
-    if (fl_map == 0) return kNone;
-    fl = support::ctz(fl_map);
-    sl_map = sl_bitmap_[fl];
-  }
-  return heads_[fl][support::ctz(sl_map)];
-}
-
 Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_align_mask,
                                      size_t align) {
   if (size == 0 || size > max_allocation()) return ErrorCode::kLayoutError;
@@ -206,12 +225,7 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
 
   support::Guard<support::SpinLock> guard{&lock_};
   uint32_t block = need <= num_slots_ ? find_block(need) : kNone;
-  uint32_t start;
-  uint32_t block_size;
-  if (block != kNone) {
-    block_size = meta_[block].size_free & kSizeMask;
-    start = block + static_cast<uint32_t>((phase - block) & period_mask);
-  } else {
+  if (block == kNone) {
     // Good fit found nothing: try the first of the largest blocks for an exact fit.
     if (fl_bitmap_ == 0) {
       ++failures_;
@@ -219,24 +233,24 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
     }
     unsigned fl = support::log2_floor(fl_bitmap_);
     block = heads_[fl][support::log2_floor(sl_bitmap_[fl])];
-    block_size = meta_[block].size_free & kSizeMask;
-    uint64_t s = block + ((phase - block) & period_mask);
-    if (s + n > uint64_t{block} + block_size) {
-      ++failures_;
-      return ErrorCode::kNoMemory;
-    }
-    start = static_cast<uint32_t>(s);
+  }
+  uint32_t block_size = meta_[block].size_free & kSizeMask;
+  uint64_t block_end = uint64_t{block} + block_size;
+  // The last suitable start in the block: the allocation takes the block's end, so that the
+  // block's head, and usually its list, stay as they are.
+  uint64_t s = block_end - n - ((block_end - n - phase) & period_mask);
+  if (n > block_size || s < block) {  // Only possible on the exact-fit path.
+    ++failures_;
+    return ErrorCode::kNoMemory;
   }
 
-  remove_free(block, block_size);
+  auto start = static_cast<uint32_t>(s);
   auto slots = static_cast<uint32_t>(n);
   uint32_t end = start + slots;
-  uint32_t block_end = block + block_size;
-  if (start != block) {
-    // Front slack goes back as its own free block; its previous neighbour is used or absent.
-    uint32_t front = start - block;
-    meta_[block].size_free = front | kFreeBit;
-    insert_free(block, front);
+  if (start == block) {
+    remove_free(block, block_size);
+  } else {
+    resize_free(block, block_size, start - block);
     meta_[start].prev_phys = block;
   }
   SlotRecord& r = meta_[start];
@@ -244,8 +258,9 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
   r.link_next = static_cast<uint32_t>(offset);
   r.link_prev = static_cast<uint32_t>(size);
   if (end != block_end) {
-    // Tail goes back as its own free block; its next neighbour is used or absent.
-    uint32_t tail = block_end - end;
+    // Alignment slack behind the data (< P slots) goes back as its own free block; its next
+    // neighbour is used or absent, so it needs no merging.
+    uint32_t tail = static_cast<uint32_t>(block_end) - end;
     SlotRecord& t = meta_[end];
     t.size_free = tail | kFreeBit;
     t.prev_phys = start;
@@ -283,30 +298,34 @@ Result<void> BouncePool::free(const BounceSlot& slot) {
   }
 
   used_slots_ -= slots;
-  uint32_t head = first;
   uint32_t size = slots;
+  uint32_t end = first + slots;
+  if (end < num_slots_ && (meta_[end].size_free & kFreeBit) != 0) {
+    uint32_t next_size = meta_[end].size_free & kSizeMask;
+    remove_free(end, next_size);
+    meta_[end].size_free = 0;
+    size += next_size;
+    end += next_size;
+  }
+  uint32_t head = first;
   uint32_t prev = r.prev_phys;
   if (prev != kNone && (meta_[prev].size_free & kFreeBit) != 0) {
+    // Grow the free block in front: its head stays, and its list too unless the class changes.
     uint32_t prev_size = meta_[prev].size_free & kSizeMask;
-    remove_free(prev, prev_size);
     r.size_free = 0;
+    resize_free(prev, prev_size, prev_size + size);
     head = prev;
-    size += prev_size;
+  } else {
+    r.size_free = size | kFreeBit;
+    insert_free(first, size);
   }
-  uint32_t next = first + slots;
-  if (next < num_slots_ && (meta_[next].size_free & kFreeBit) != 0) {
-    uint32_t next_size = meta_[next].size_free & kSizeMask;
-    remove_free(next, next_size);
-    meta_[next].size_free = 0;
-    size += next_size;
-  }
-  meta_[head].size_free = size | kFreeBit;
-  insert_free(head, size);
-  set_prev_of_next(head, size);
+  if (end < num_slots_) meta_[end].prev_phys = head;
   return support::ok();
 }
 
-size_t BouncePool::max_allocation() const { return support::min<size_t>(bytes_, kMaxRequest); }
+size_t BouncePool::max_allocation() const {
+  return support::min<size_t>(bytes_, kMaxRequest);
+}
 
 BouncePool::Stats BouncePool::stats() const {
   Stats s;

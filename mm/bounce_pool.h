@@ -28,7 +28,7 @@ class BouncePool {
   static constexpr size_t kMinSlotSize = 64;
   static constexpr size_t kMaxSlotSize = size_t{1} << 30;
   static constexpr uint64_t kMaxSlots = (uint64_t{1} << 31) - 1;  // Most slots one pool manages.
-  static constexpr size_t kMaxMapping = 256 * 1024;  // Largest single allocation guaranteed.
+  static constexpr size_t kMaxMapping = 256 * 1024;    // Largest single allocation guaranteed.
   static constexpr size_t kMaxRequest = 0xFFFF'FFFFu;  // No single allocation is larger.
 
   struct Stats {
@@ -68,7 +68,8 @@ class BouncePool {
   // interrupts off (the caller masks them if it also calls from interrupt context).
   // Errors: kLayoutError (size 0, align not a power of two or contradicting min_align_mask,
   // min_align_mask not of the form 2^k - 1, size above max_allocation() or above what the pool
-  // can ever hold with these constraints, pool not initialised), kNoMemory (no room right now; only `failures` changes).
+  // can ever hold with these constraints, pool not initialised), kNoMemory (no room right now; only
+  // `failures` changes).
   Result<BounceSlot> alloc(size_t size, PhysAddr orig = PhysAddr(0), uint64_t min_align_mask = 0,
                            size_t align = 0) TA_EXCL(lock_);
 
@@ -80,7 +81,9 @@ class BouncePool {
   Result<void> free(const BounceSlot& slot) TA_EXCL(lock_);
 
   // Records bytes copied through the pool (statistics only). Lock-free.
-  void note_bounced(uint64_t bytes) { __atomic_fetch_add(&bytes_bounced_, bytes, __ATOMIC_RELAXED); }
+  void note_bounced(uint64_t bytes) {
+    __atomic_fetch_add(&bytes_bounced_, bytes, __ATOMIC_RELAXED);
+  }
 
   // CPU pointer to a physical address inside the pool. Precondition: contains(p).
   void* cpu_addr(PhysAddr p) const {
@@ -114,6 +117,7 @@ class BouncePool {
   uint32_t find_block(uint64_t need) const TA_REQ(lock_);
   void insert_free(uint32_t head, uint32_t size) TA_REQ(lock_);
   void remove_free(uint32_t head, uint32_t size) TA_REQ(lock_);
+  void resize_free(uint32_t head, uint32_t old_size, uint32_t new_size) TA_REQ(lock_);
   void set_prev_of_next(uint32_t head, uint32_t size) TA_REQ(lock_);
 
   mutable support::SpinLock lock_;

@@ -11,11 +11,12 @@
 // A block of 2^k pages is naturally aligned in physical address (pfn % 2^k == 0) and lies inside
 // one range; its buddy is pfn ^ 2^k and is merged only when it lies in the same range and its
 // byte says kMetaFree|k. Free blocks are kept in circular doubly linked lists whose nodes are the
-// first bytes of the free blocks themselves (through the direct map); the sentinels live in this
-// object. There is one list per (band, order), band being a power-of-two slice of physical
-// address space (band 0 = [0, 4 MiB), band b = [2^(21+b), 2^(22+b))). A block is at most 4 MiB
-// and aligned, so it never straddles two bands, and the buddies it merges with are in its band.
-// band_mask_[k] has bit b set when list (b, k) is not empty.
+// first bytes of the free blocks themselves (through the direct map; a node also records the
+// block's metadata byte and range); the sentinels live in this object. There is one list per
+// (order, band), a band being a power-of-two slice of physical address space (band 0 = [0, 4 MiB),
+// band b = [2^(21+b), 2^(22+b))). A block is at most 4 MiB and aligned, so it never straddles two
+// bands, and the buddies it merges with are in its band. band_mask_[k] has bit b set when list
+// (k, b) is not empty.
 //
 // alloc(order, limit, align): `need` = max(order, log2(align) - 12). The bands lying wholly at or
 // below `limit` form a bit mask computed in a few instructions; for each k from `need` up to
@@ -27,15 +28,17 @@
 // it; only when the bands wholly below the limit hold nothing large enough are that band's lists
 // (orders >= need) walked for the first block whose kept piece ends at or below the limit.
 //
-// free(addr, order): find the range (a scan of at most kMaxRanges sorted ranges), check the
-// metadata byte, then merge upwards while the buddy is a free block of the same order in the same
-// range, each merge unlinking the buddy in O(1).
+// free(addr, order): find the range (one unsigned compare per range, at most kMaxRanges), check
+// the metadata byte, then merge upwards while the buddy is a free block of the same order in the
+// same range, each merge unlinking the buddy in O(1).
 //
 // Costs: alloc O(kMaxOrder) bitmap tests plus O(kMaxOrder) splits (the straddling-band walk
-// aside, see above); free O(kMaxRanges + kMaxOrder); stats O(bands + ranges); init O(pages);
-// check_invariants and free_blocks O(pages). Metadata: one byte per page (1/4096 of memory).
-// Counters (free pages overall, per band, per range) are updated once per operation, not per
-// split or merge.
+// aside, see above); free O(kMaxRanges + kMaxOrder); stats and free_pages O(bands + ranges); init
+// O(pages); check_invariants and free_blocks O(pages). Metadata: one byte per page (1/4096 of
+// memory). Free-page counters (per band, per range) change once per operation, not per split or
+// merge. The common cases (an unconstrained page-aligned request served from a list of its own
+// order; a free whose buddy is not free) are straight-line code; splitting, merging, alignment and
+// limits are out of line, so the hot paths need few registers.
 #include "mm/page_frame_allocator.h"
 
 #include "support/assert.h"
@@ -76,7 +79,8 @@ bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
 PageFrameAllocator::~PageFrameAllocator() {
 #if KDEBUG_ENABLED
   support::Guard guard{&lock_};
-  KASSERT(free_pages_ == managed_pages_, "PageFrameAllocator destroyed with pages still allocated");
+  KASSERT(free_pages_locked() == managed_pages_,
+          "PageFrameAllocator destroyed with pages still allocated");
 #endif
 }
 
@@ -100,7 +104,7 @@ unsigned PageFrameAllocator::order_for(uint64_t bytes) {
 PhysRange PageFrameAllocator::range(size_t i) const {
   KASSERT(i < num_ranges_, "range index out of bounds");
   const Range& r = ranges_[i];
-  return PhysRange{PhysAddr(r.start_pfn << kPageShift), (r.end_pfn - r.start_pfn) << kPageShift};
+  return PhysRange{PhysAddr(r.start_pfn << kPageShift), r.pages << kPageShift};
 }
 
 Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
@@ -140,11 +144,11 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     if (s == e) continue;
     Range& r = ranges_[num_ranges_++];
     r.start_pfn = s;
-    r.end_pfn = e;
+    r.pages = e - s;
     r.meta = meta;
     r.managed_pages = 0;
-    support::fill_bytes(meta, kMetaInterior, static_cast<size_t>(e - s));
-    meta += e - s;
+    support::fill_bytes(meta, kMetaInterior, static_cast<size_t>(r.pages));
+    meta += r.pages;
   }
 
   // Reserved pieces, trimmed outward.
@@ -160,7 +164,7 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     for (size_t i = 0; i < num_ranges_; ++i) {
       Range& r = ranges_[i];
       uint64_t lo = support::max(rs, r.start_pfn);
-      uint64_t hi = support::min(re, r.end_pfn);
+      uint64_t hi = support::min(re, r.start_pfn + r.pages);
       if (lo < hi) {
         support::fill_bytes(r.meta + (lo - r.start_pfn), kMetaReserved,
                             static_cast<size_t>(hi - lo));
@@ -169,8 +173,8 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   }
 
   direct_map_offset_ = direct_map_offset;
-  for (auto& band : heads_) {
-    for (Link& h : band) {
+  for (auto& order_heads : heads_) {
+    for (Link& h : order_heads) {
       h.next = &h;
       h.prev = &h;
     }
@@ -186,13 +190,14 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   for (size_t i = 0; i < num_ranges_; ++i) {
     Range& r = ranges_[i];
     uint64_t p = r.start_pfn;
-    while (p < r.end_pfn) {
+    uint64_t end = r.start_pfn + r.pages;
+    while (p < end) {
       if (r.meta[p - r.start_pfn] == kMetaReserved) {
         ++p;
         continue;
       }
       uint64_t q = p;
-      while (q < r.end_pfn && r.meta[q - r.start_pfn] != kMetaReserved) ++q;
+      while (q < end && r.meta[q - r.start_pfn] != kMetaReserved) ++q;
       if (managed == 0) lowest = p;
       highest = q;
       managed += q - p;
@@ -202,8 +207,9 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
         if (p != 0) order = support::min(order, support::ctz(p));
         order = support::min(order, support::log2_floor(q - p));
         unsigned band = band_of_pfn(p);
-        r.meta[p - r.start_pfn] = meta_byte(kMetaFree, order);
-        push_free(p, order, band, static_cast<uint32_t>(i));
+        uint8_t* m = r.meta + (p - r.start_pfn);
+        *m = meta_byte(kMetaFree, order);
+        push_free(p, order, band, static_cast<uint32_t>(i), m);
         free_per_band_[band] += 1ull << order;
         p += 1ull << order;
       }
@@ -211,7 +217,6 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     free_per_range_[i] = r.managed_pages;
   }
   managed_pages_ = managed;
-  free_pages_ = managed;
   lowest_ = PhysAddr(lowest << kPageShift);
   highest_ = PhysAddr(highest << kPageShift);
   metadata_bytes_ = need;
@@ -220,13 +225,14 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
 }
 
 inline void PageFrameAllocator::push_free(uint64_t pfn, unsigned order, unsigned band,
-                                          uint32_t range) {
+                                          uint32_t range, uint8_t* meta) {
   // The block's first bytes become a list node; placement new starts the node's lifetime there.
   FreeBlock* b = new (block_at(pfn)) FreeBlock;
-  Link* h = &heads_[band][order];
+  Link* h = head(order, band);
   Link* first = h->next;
   b->next = first;
   b->prev = h;
+  b->meta = meta;
   b->range = range;
   first->prev = b;
   h->next = b;
@@ -242,68 +248,97 @@ inline void PageFrameAllocator::unlink_free(Link* b, unsigned order, unsigned ba
   if (next == prev) band_mask_[order] &= ~(1ull << band);
 }
 
-inline PhysAddr PageFrameAllocator::take(Link* b, unsigned have, unsigned order, unsigned band) {
+// Unlinks the free block `b` of 2^have pages from list (have, band), splits it down to 2^order
+// keeping the lowest piece (pushing the upper halves), and marks that piece allocated.
+PhysAddr PageFrameAllocator::take(Link* b, unsigned have, unsigned order, unsigned band) {
   unlink_free(b, have, band);
-  uint64_t pfn = pfn_of(b);
-  uint32_t ri = static_cast<FreeBlock*>(b)->range;
-  const Range& r = ranges_[ri];
-  uint8_t* meta = r.meta + (pfn - r.start_pfn);
+  FreeBlock* fb = static_cast<FreeBlock*>(b);
+  uint8_t* meta = fb->meta;
+  uint32_t ri = fb->range;
+  uint64_t phys = phys_of(b);
+  uint64_t pfn = phys >> kPageShift;
   while (have > order) {
     --have;
     uint64_t half = 1ull << have;
     meta[half] = meta_byte(kMetaFree, have);
-    push_free(pfn + half, have, band, ri);
+    push_free(pfn + half, have, band, ri, meta + half);
   }
-  meta[0] = meta_byte(kMetaAllocated, order);
+  *meta = meta_byte(kMetaAllocated, order);
   uint64_t pages = 1ull << order;
-  free_pages_ -= pages;
   free_per_band_[band] -= pages;
   free_per_range_[ri] -= pages;
-  return PhysAddr(pfn << kPageShift);
+  return PhysAddr(phys);
 }
 
 Result<PhysAddr> PageFrameAllocator::alloc(unsigned order, uint64_t limit, uint64_t align) {
+  if (__builtin_expect(order > kMaxOrder || align != kPageSize || limit != ~0ull, 0)) {
+    return alloc_constrained(order, limit, align);
+  }
+  support::Guard guard{&lock_};
+  uint64_t m = band_mask_[order];
+  if (__builtin_expect(m == 0, 0)) return alloc_split(order);
+  unsigned band = support::log2_floor(m);  // Highest band first.
+  Link* b = head(order, band)->next;
+  unlink_free(b, order, band);
+  FreeBlock* fb = static_cast<FreeBlock*>(b);
+  *fb->meta = meta_byte(kMetaAllocated, order);
+  uint64_t pages = 1ull << order;
+  free_per_band_[band] -= pages;
+  free_per_range_[fb->range] -= pages;
+  return PhysAddr(phys_of(b));
+}
+
+// Unconstrained request whose own list is empty: split the smallest larger block.
+[[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::alloc_split(unsigned order) {
+  unsigned o = order + 1;
+  while (o <= kMaxOrder && band_mask_[o] == 0) ++o;
+  if (o > kMaxOrder) return ErrorCode::kNoMemory;
+  unsigned band = support::log2_floor(band_mask_[o]);
+  return take(head(o, band)->next, o, order, band);
+}
+
+[[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::alloc_constrained(unsigned order,
+                                                                         uint64_t limit,
+                                                                         uint64_t align) {
   if (order > kMaxOrder) return ErrorCode::kLayoutError;
-  if (!support::is_pow2(align) || align > (kPageSize << kMaxOrder)) {
+  if (align == 0 || (align & (align - 1)) != 0 || align > (kPageSize << kMaxOrder)) {
     return ErrorCode::kLayoutError;
   }
+  // A larger alignment is met by taking a block of the alignment's size (blocks are naturally
+  // aligned) and keeping its lowest piece.
   unsigned need = order;
   if (align > kPageSize) need = support::max(order, support::log2_floor(align) - kPageShift);
 
-  // Bands wholly at or below the limit, and the one band straddling it (kNumBands if none).
+  // Bands wholly at or below the limit, and the one band straddling it (none when limit + 1 is
+  // the end of a band, as for every DMA mask 2^n - 1 with n >= 22, and for no limit at all).
   uint64_t allowed = ~0ull;
-  unsigned straddle = kNumBands;
+  unsigned s = 0;
+  bool straddles = false;
   if (limit != ~0ull) {
-    unsigned s = band_of_pfn(limit >> kPageShift);
+    s = band_of_pfn(limit >> kPageShift);
     allowed = (1ull << s) - 1;
     if (((limit + 1) & limit) == 0 && limit >= (1ull << kBandShift) - 1) {
-      allowed |= 1ull << s;  // limit + 1 is the end of band s.
+      allowed |= 1ull << s;
     } else {
-      straddle = s;
+      straddles = true;
     }
   }
+  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
 
   support::Guard guard{&lock_};
   for (unsigned o = need; o <= kMaxOrder; ++o) {
     uint64_t m = band_mask_[o] & allowed;
     if (m != 0) {
       unsigned band = support::log2_floor(m);
-      return take(heads_[band][o].next, o, order, band);
+      return take(head(o, band)->next, o, order, band);
     }
   }
-  return alloc_slow(order, need, limit, straddle);
-}
-
-Result<PhysAddr> PageFrameAllocator::alloc_slow(unsigned order, unsigned need, uint64_t limit,
-                                                unsigned straddle) {
-  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
-  if (straddle < kNumBands) {
+  if (straddles) {
     for (unsigned o = need; o <= kMaxOrder; ++o) {
-      if ((band_mask_[o] & (1ull << straddle)) == 0) continue;
-      Link* h = &heads_[straddle][o];
+      if ((band_mask_[o] & (1ull << s)) == 0) continue;
+      Link* h = head(o, s);
       for (Link* l = h->next; l != h; l = l->next) {
-        uint64_t start = pfn_of(l) << kPageShift;
-        if (start + last <= limit) return take(l, o, order, straddle);
+        if (phys_of(l) + last <= limit) return take(l, o, order, s);
       }
     }
   }
@@ -320,49 +355,75 @@ Result<PhysAddr> PageFrameAllocator::alloc_slow(unsigned order, unsigned need, u
 
 size_t PageFrameAllocator::range_index(uint64_t pfn) const {
   for (size_t i = 0; i < num_ranges_; ++i) {
-    if (pfn < ranges_[i].end_pfn) return pfn >= ranges_[i].start_pfn ? i : kNoRange;
+    if (pfn - ranges_[i].start_pfn < ranges_[i].pages) return i;
   }
   return kNoRange;
 }
 
 Result<void> PageFrameAllocator::free(PhysAddr addr, unsigned order) {
   uint64_t a = addr.value();
-  if (order > kMaxOrder || (a & kPageMask) != 0) return ErrorCode::kNotFound;
   uint64_t pfn = a >> kPageShift;
-  size_t ri = range_index(pfn);  // Ranges are immutable after init: no lock needed.
-  if (ri == kNoRange) return ErrorCode::kNotFound;
+  // Ranges are immutable after init: found without the lock. One unsigned compare per range.
+  const Range* r = ranges_;
+  const Range* end = ranges_ + num_ranges_;
+  uint64_t off = 0;
+  for (;; ++r) {
+    if (r == end) return ErrorCode::kNotFound;
+    off = pfn - r->start_pfn;
+    if (off < r->pages) break;
+  }
+  if (order > kMaxOrder || (a & kPageMask) != 0) return ErrorCode::kNotFound;
+  uint8_t* meta = r->meta;
+  uint32_t ri = static_cast<uint32_t>(r - ranges_);
+
+  support::Guard guard{&lock_};
+  if (meta[off] != meta_byte(kMetaAllocated, order)) return ErrorCode::kNotFound;
+  unsigned band = band_of_pfn(pfn);
+  uint64_t pages = 1ull << order;
+  free_per_band_[band] += pages;
+  free_per_range_[ri] += pages;
+  uint64_t boff = (pfn ^ pages) - r->start_pfn;  // Wraps to a huge value below the range.
+  if (boff < r->pages && meta[boff] == meta_byte(kMetaFree, order) && order < kMaxOrder) {
+    merge(pfn, order, band, ri);
+    return support::ok();
+  }
+  meta[off] = meta_byte(kMetaFree, order);
+  push_free(pfn, order, band, ri, meta + off);
+  return support::ok();
+}
+
+// Frees the block at pfn (its metadata still says allocated) whose buddy of the same order is
+// free: merges upwards while the buddy is a free block of the current order in the same range.
+[[gnu::noinline]] void PageFrameAllocator::merge(uint64_t pfn, unsigned order, unsigned band,
+                                                 uint32_t ri) {
   const Range& r = ranges_[ri];
   uint8_t* meta = r.meta;
   uint64_t start = r.start_pfn;
-  uint64_t size = r.end_pfn - start;
-
-  support::Guard guard{&lock_};
-  if (meta[pfn - start] != meta_byte(kMetaAllocated, order)) return ErrorCode::kNotFound;
-  unsigned band = band_of_pfn(pfn);
-  uint64_t pages = 1ull << order;
-  free_pages_ += pages;
-  free_per_band_[band] += pages;
-  free_per_range_[ri] += pages;
   while (order < kMaxOrder) {
     uint64_t bit = 1ull << order;
-    uint64_t buddy = pfn ^ bit;
-    uint64_t boff = buddy - start;  // Wraps to a huge value when the buddy lies below the range.
-    if (boff >= size || meta[boff] != meta_byte(kMetaFree, order)) break;
-    unlink_free(block_at(buddy), order, band);
+    uint64_t boff = (pfn ^ bit) - start;
+    if (boff >= r.pages || meta[boff] != meta_byte(kMetaFree, order)) break;
+    unlink_free(block_at(pfn ^ bit), order, band);
     meta[(pfn | bit) - start] = kMetaInterior;  // The upper of the two heads.
     pfn &= ~bit;
     ++order;
   }
-  meta[pfn - start] = meta_byte(kMetaFree, order);
-  push_free(pfn, order, band, static_cast<uint32_t>(ri));
-  return support::ok();
+  uint8_t* m = meta + (pfn - start);
+  *m = meta_byte(kMetaFree, order);
+  push_free(pfn, order, band, ri, m);
+}
+
+uint64_t PageFrameAllocator::free_pages_locked() const {
+  uint64_t total = 0;
+  for (uint64_t f : free_per_band_) total += f;
+  return total;
 }
 
 PageFrameAllocator::Stats PageFrameAllocator::stats() const {
   Stats s;
   support::Guard guard{&lock_};
   s.managed_pages = managed_pages_;
-  s.free_pages = free_pages_;
+  s.free_pages = free_pages_locked();
   for (size_t i = 0; i < num_ranges_; ++i) {
     s.free_pages_per_range[i] = free_per_range_[i];
     s.managed_pages_per_range[i] = ranges_[i].managed_pages;
@@ -375,7 +436,7 @@ PageFrameAllocator::Stats PageFrameAllocator::stats() const {
 
 uint64_t PageFrameAllocator::free_pages() const {
   support::Guard guard{&lock_};
-  return free_pages_;
+  return free_pages_locked();
 }
 
 uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
@@ -383,9 +444,8 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
   support::Guard guard{&lock_};
   if (!initialized_) return 0;
   uint64_t count = 0;
-  for (unsigned b = 0; b < kNumBands; ++b) {
-    const Link* h = &heads_[b][order];
-    for (const Link* l = h->next; l != h; l = l->next) ++count;
+  for (const Link& h : heads_[order]) {
+    for (const Link* l = h.next; l != &h; l = l->next) ++count;
   }
   return count;
 }
@@ -395,27 +455,29 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
 // is reported rather than followed.
 bool PageFrameAllocator::check_lists(uint64_t* per_band, uint64_t* per_range,
                                      uint64_t* blocks) const {
-  for (unsigned b = 0; b < kNumBands; ++b) {
-    for (unsigned o = 0; o <= kMaxOrder; ++o) {
-      const Link* h = &heads_[b][o];
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    for (unsigned b = 0; b < kBandSlots; ++b) {
+      const Link* h = &heads_[o][b];
       bool nonempty = h->next != h;
       if (nonempty != (((band_mask_[o] >> b) & 1) != 0)) return false;
+      if (nonempty && b >= kNumBands) return false;
       const Link* prev = h;
       uint64_t steps = 0;
       for (const Link* l = h->next; l != h; l = l->next) {
         if (++steps > managed_pages_) return false;  // A cycle that misses the sentinel.
-        uintptr_t v = reinterpret_cast<uintptr_t>(l) - direct_map_offset_;
-        if ((v & kPageMask) != 0) return false;
-        uint64_t pfn = static_cast<uint64_t>(v) >> kPageShift;
+        uint64_t phys = phys_of(l);
+        if ((phys & kPageMask) != 0) return false;
+        uint64_t pfn = phys >> kPageShift;
         size_t ri = range_index(pfn);
         if (ri == kNoRange) return false;
         const Range& r = ranges_[ri];
         uint64_t pages = 1ull << o;
-        if ((pfn & (pages - 1)) != 0 || pfn + pages > r.end_pfn) return false;
+        if ((pfn & (pages - 1)) != 0 || pfn + pages > r.start_pfn + r.pages) return false;
         if (band_of_pfn(pfn) != b) return false;
-        if (r.meta[pfn - r.start_pfn] != meta_byte(kMetaFree, o)) return false;
-        if (l->prev != prev) return false;
-        if (static_cast<const FreeBlock*>(l)->range != ri) return false;
+        uint8_t* m = r.meta + (pfn - r.start_pfn);
+        if (*m != meta_byte(kMetaFree, o)) return false;
+        const FreeBlock* fb = static_cast<const FreeBlock*>(l);
+        if (l->prev != prev || fb->meta != m || fb->range != ri) return false;
         per_band[b] += pages;
         per_range[ri] += pages;
         ++*blocks;
@@ -435,11 +497,10 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
   uint64_t managed = 0;
   for (size_t i = 0; i < num_ranges_; ++i) {
     const Range& r = ranges_[i];
-    uint64_t size = r.end_pfn - r.start_pfn;
     uint64_t range_managed = 0;
     uint64_t range_free = 0;
     uint64_t p = 0;
-    while (p < size) {
+    while (p < r.pages) {
       uint8_t m = r.meta[p];
       if (m == kMetaReserved) {
         ++p;
@@ -450,7 +511,7 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
       if ((kind != kMetaFree && kind != kMetaAllocated) || o > kMaxOrder) return false;
       uint64_t pfn = r.start_pfn + p;
       uint64_t pages = 1ull << o;
-      if ((pfn & (pages - 1)) != 0 || p + pages > size) return false;
+      if ((pfn & (pages - 1)) != 0 || p + pages > r.pages) return false;
       for (uint64_t q = 1; q < pages; ++q) {
         if (r.meta[p + q] != kMetaInterior) return false;
       }
@@ -458,7 +519,7 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
         ++free_heads;
         range_free += pages;
         uint64_t boff = (pfn ^ pages) - r.start_pfn;
-        if (o < kMaxOrder && boff < size && r.meta[boff] == m) return false;
+        if (o < kMaxOrder && boff < r.pages && r.meta[boff] == m) return false;
       }
       range_managed += pages;
       p += pages;
@@ -473,7 +534,7 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
 bool PageFrameAllocator::check_invariants() const {
   support::Guard guard{&lock_};
   if (!initialized_) {
-    if (free_pages_ != 0) return false;
+    if (free_pages_locked() != 0) return false;
     for (uint64_t m : band_mask_) {
       if (m != 0) return false;
     }
@@ -484,10 +545,8 @@ bool PageFrameAllocator::check_invariants() const {
   uint64_t blocks = 0;
   if (!check_lists(per_band, per_range, &blocks)) return false;
   if (!check_metadata(per_range, blocks)) return false;
-  uint64_t total = 0;
   for (unsigned b = 0; b < kNumBands; ++b) {
     if (per_band[b] != free_per_band_[b]) return false;
-    total += per_band[b];
   }
-  return total == free_pages_ && free_pages_ <= managed_pages_;
+  return free_pages_locked() <= managed_pages_;
 }

@@ -122,37 +122,46 @@ class PageFrameAllocator {
     Link* next;
     Link* prev;
   };
-  // Lives in the first bytes of every free block.
+  // Lives in the first bytes of every free block. The block's metadata byte and range are kept
+  // here so that taking a block from a list needs no address arithmetic or range lookup.
   struct FreeBlock : Link {
-    uint32_t range;  // Index into ranges_, so alloc needs no range lookup.
+    uint8_t* meta;   // The block's head byte in its range's metadata.
+    uint32_t range;  // Index into ranges_.
   };
-  // Immutable after init.
+  // Immutable after init. 32 bytes, so that indexing is a shift.
   struct Range {
     uint64_t start_pfn = 0;
-    uint64_t end_pfn = 0;
-    uint8_t* meta = nullptr;  // One byte per page of [start_pfn, end_pfn).
+    uint64_t pages = 0;
+    uint8_t* meta = nullptr;  // One byte per page of [start_pfn, start_pfn + pages).
     uint64_t managed_pages = 0;
   };
   static constexpr size_t kNoRange = kMaxRanges;
+  // Lists per order are padded to 64 bands so that a list head is found with shifts only.
+  static constexpr unsigned kBandSlots = 64;
+  static_assert(kNumBands <= kBandSlots, "band masks are 64 bits wide");
 
   // Band of a page: bands are at least 4 MiB wide and aligned, so a block never straddles two.
+  // It is the bit width of x = pfn >> 10, computed as log2(2x + 1) to need no branch for x == 0.
   static unsigned band_of_pfn(uint64_t pfn) {
-    uint64_t x = pfn >> (kBandShift - kPageShift);
-    return x == 0 ? 0u : 64u - static_cast<unsigned>(__builtin_clzll(x));
+    return 63u - static_cast<unsigned>(__builtin_clzll((pfn >> (kBandShift - kPageShift - 1)) | 1));
   }
   size_t range_index(uint64_t pfn) const;
   FreeBlock* block_at(uint64_t pfn) const {
     return reinterpret_cast<FreeBlock*>(static_cast<uintptr_t>(pfn << kPageShift) +
                                         direct_map_offset_);
   }
-  uint64_t pfn_of(const Link* l) const {
-    return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(l) - direct_map_offset_) >> kPageShift;
+  uint64_t phys_of(const Link* l) const {
+    return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(l) - direct_map_offset_);
   }
-  void push_free(uint64_t pfn, unsigned order, unsigned band, uint32_t range) TA_REQ(lock_);
+  Link* head(unsigned order, unsigned band) TA_REQ(lock_) { return &heads_[order][band]; }
+  void push_free(uint64_t pfn, unsigned order, unsigned band, uint32_t range, uint8_t* meta)
+      TA_REQ(lock_);
   void unlink_free(Link* b, unsigned order, unsigned band) TA_REQ(lock_);
   PhysAddr take(Link* b, unsigned have, unsigned order, unsigned band) TA_REQ(lock_);
-  Result<PhysAddr> alloc_slow(unsigned order, unsigned need, uint64_t limit, unsigned straddle)
-      TA_REQ(lock_);
+  Result<PhysAddr> alloc_split(unsigned order) TA_REQ(lock_);
+  Result<PhysAddr> alloc_constrained(unsigned order, uint64_t limit, uint64_t align) TA_EXCL(lock_);
+  void merge(uint64_t pfn, unsigned order, unsigned band, uint32_t ri) TA_REQ(lock_);
+  uint64_t free_pages_locked() const TA_REQ(lock_);
   bool check_lists(uint64_t* per_band, uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
   bool check_metadata(const uint64_t* per_range, uint64_t blocks) const TA_REQ(lock_);
 
@@ -165,11 +174,11 @@ class PageFrameAllocator {
   bool initialized_ = false;
   uint64_t managed_pages_ = 0;
   uint64_t metadata_bytes_ = 0;
-  // Free-list sentinels per band and order (set up by init).
-  Link heads_[kNumBands][kMaxOrder + 1] TA_GUARDED(lock_) = {};
-  // Bit b of band_mask_[o] set: band b has a free block of order o.
+  // Bit b of band_mask_[o] set: list (o, b) is not empty.
   uint64_t band_mask_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
-  uint64_t free_pages_ TA_GUARDED(lock_) = 0;
+  // Free pages per band and per range (the total is their sum: one counter less on hot paths).
   uint64_t free_per_band_[kNumBands] TA_GUARDED(lock_) = {};
   uint64_t free_per_range_[kMaxRanges] TA_GUARDED(lock_) = {};
+  // Free-list sentinels per order and band (set up by init).
+  Link heads_[kMaxOrder + 1][kBandSlots] TA_GUARDED(lock_) = {};
 };

@@ -16,9 +16,10 @@ size_t AArch64DmaOp::hardware_line_size() {
 
 void AArch64DmaOp::flush(const void* addr, size_t size) {
   if (size == 0) return;
+  const size_t line = line_;  // A local: the asm's memory clobber would reload the member.
   uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   uintptr_t end = start + size;
-  for (uintptr_t a = start & ~(line_ - 1); a < end; a += line_) {
+  for (uintptr_t a = start & ~(line - 1); a < end; a += line) {
     __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
   }
   __asm__ volatile("dsb sy" : : : "memory");
@@ -26,7 +27,8 @@ void AArch64DmaOp::flush(const void* addr, size_t size) {
 
 void AArch64DmaOp::invalidate(const void* addr, size_t size) {
   if (size == 0) return;
-  const uintptr_t mask = line_ - 1;
+  const size_t line = line_;
+  const uintptr_t mask = line - 1;
   uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   uintptr_t end = start + size;
   uintptr_t first = start & ~mask;     // First line touched.
@@ -39,7 +41,7 @@ void AArch64DmaOp::invalidate(const void* addr, size_t size) {
       __asm__ volatile("dsb sy" : : : "memory");
       return;
     }
-    first += line_;
+    first += line;
   }
   if ((end & mask) != 0) {
     __asm__ volatile("dc civac, %0" : : "r"(last) : "memory");
@@ -47,10 +49,10 @@ void AArch64DmaOp::invalidate(const void* addr, size_t size) {
       __asm__ volatile("dsb sy" : : : "memory");
       return;
     }
-    last -= line_;
+    last -= line;
   }
   // Whole lines: plain invalidate.
-  for (uintptr_t a = first;; a += line_) {
+  for (uintptr_t a = first;; a += line) {
     __asm__ volatile("dc ivac, %0" : : "r"(a) : "memory");
     if (a == last) break;
   }
@@ -59,9 +61,10 @@ void AArch64DmaOp::invalidate(const void* addr, size_t size) {
 
 void AArch64DmaOp::flush_invalidate(const void* addr, size_t size) {
   if (size == 0) return;
+  const size_t line = line_;  // A local: the asm's memory clobber would reload the member.
   uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   uintptr_t end = start + size;
-  for (uintptr_t a = start & ~(line_ - 1); a < end; a += line_) {
+  for (uintptr_t a = start & ~(line - 1); a < end; a += line) {
     __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
   }
   __asm__ volatile("dsb sy" : : : "memory");

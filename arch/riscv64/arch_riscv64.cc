@@ -13,11 +13,17 @@ alignas(Riscv64DmaOp) unsigned char g_dma_op_storage[sizeof(Riscv64DmaOp)];
 bool g_dma_op_created = false;
 }  // namespace
 
-void console_putc(char c) { riscv::platform().console_putc(c); }
+void console_putc(char c) {
+  riscv::platform().console_putc(c);
+}
 
-void exit_qemu(bool success) { riscv::platform().exit(success); }
+void exit_qemu(bool success) {
+  riscv::platform().exit(success);
+}
 
-uint64_t now_ns() { return riscv::platform().now_ns(); }
+uint64_t now_ns() {
+  return riscv::platform().now_ns();
+}
 
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KASSERT(!g_dma_op_created, "arch::create_dma_op called twice");
@@ -25,10 +31,16 @@ KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   return *new (g_dma_op_storage) Riscv64DmaOp(cfg, riscv::platform().cache_ops());
 }
 
-size_t cache_line_size() { return riscv::platform().cache_ops().block_size; }
+size_t cache_line_size() {
+  return riscv::platform().cache_ops().block_size;
+}
 
-const char* cache_features() { return riscv::platform().cache_features(); }
+const char* cache_features() {
+  return riscv::platform().cache_features();
+}
 
-const char* mapping_attribute(const void* va) { return riscv::platform().mapping_attribute(va); }
+const char* mapping_attribute(const void* va) {
+  return riscv::platform().mapping_attribute(va);
+}
 
 }  // namespace arch

@@ -4,9 +4,9 @@
 namespace riscv {
 
 namespace {
-constexpr unsigned kThr = 0;  // Transmit holding register (write).
-constexpr unsigned kIer = 1;  // Interrupt enable.
-constexpr unsigned kLsr = 5;  // Line status.
+constexpr unsigned kThr = 0;           // Transmit holding register (write).
+constexpr unsigned kIer = 1;           // Interrupt enable.
+constexpr unsigned kLsr = 5;           // Line status.
 constexpr uint8_t kLsrThre = 1u << 5;  // Transmit holding register empty.
 }  // namespace
 

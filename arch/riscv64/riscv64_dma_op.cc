@@ -11,7 +11,9 @@
 
 namespace {
 
-inline void fence_rw_rw() { __asm__ volatile("fence rw, rw" : : : "memory"); }
+inline void fence_rw_rw() {
+  __asm__ volatile("fence rw, rw" : : : "memory");
+}
 
 }  // namespace
 

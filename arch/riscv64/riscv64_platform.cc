@@ -12,8 +12,8 @@
 #include "support/bitops.h"
 
 // Linker-script symbols (virtual addresses in the direct map).
-extern "C" char __kernel_start[];  // NOLINT: linker-script symbol.
-extern "C" char __kernel_end[];    // NOLINT: linker-script symbol.
+extern "C" char __kernel_start[];    // NOLINT: linker-script symbol.
+extern "C" char __kernel_end[];      // NOLINT: linker-script symbol.
 extern "C" char boot_stack_guard[];  // NOLINT: boot.S symbol, the page below the boot stack.
 
 namespace riscv {
@@ -49,11 +49,15 @@ PhysRange page_cover(PhysRange r) {
   return PhysRange{PhysAddr(base), end - base};
 }
 
-const char* code_name(Error e) { return error_code_name(e.code); }
+const char* code_name(Error e) {
+  return error_code_name(e.code);
+}
 
 }  // namespace
 
-Riscv64Platform& platform() { return g_platform; }
+Riscv64Platform& platform() {
+  return g_platform;
+}
 
 void Riscv64Platform::boot(uint64_t hartid, uint64_t dtb_phys) {
   boot_ticks_ = read_time();
@@ -174,23 +178,53 @@ void Riscv64Platform::map_or_panic(PhysAddr pa, uint64_t size, MemType type, con
   }
 }
 
+size_t Riscv64Platform::collect_holes(PhysRange* holes) const {
+  size_t n = 0;
+  // The boot stack's guard page (inside the kernel image, so nobody else owns it).
+  holes[n++] = PhysRange{PhysAddr(kernel_phys(boot_stack_guard)), kPage};
+  // Reserved memory marked "no-map": the OS must not map it as part of its map of RAM (Devicetree
+  // specification, 3.5.4). OpenSBI's own regions are such: PMP denies S-mode any access.
+  FdtNode rm = fdt_.find_path("/reserved-memory");
+  for (FdtNode c = fdt_.first_child(rm); c.valid(); c = fdt_.next_sibling(c)) {
+    if (!fdt_.is_enabled(c) || !fdt_.has_prop(c, "no-map")) continue;
+    auto count = fdt_.reg_count(c);
+    for (size_t i = 0; count.ok() && i < *count; ++i) {
+      auto r = fdt_.reg(c, i);
+      if (!r.ok() || r->size == 0) continue;
+      if (n == kMaxHoles) kpanic("riscv64: more than %zu no-map reserved ranges", kMaxHoles - 1);
+      holes[n++] = page_cover(*r);
+    }
+  }
+  // Sorted by base (insertion sort: a handful of entries).
+  for (size_t i = 1; i < n; ++i) {
+    for (size_t j = i; j > 0 && holes[j].base < holes[j - 1].base; --j) {
+      PhysRange t = holes[j];
+      holes[j] = holes[j - 1];
+      holes[j - 1] = t;
+    }
+  }
+  return n;
+}
+
 void Riscv64Platform::build_page_table() {
   page_table_.init(g_table_pool, kTablePoolPages, kDirectMapOffset, svpbmt_);
   uint64_t lowest_ram = ~0ull;
-  // All RAM, except the boot stack's guard page (inside the kernel image, so nobody else owns
-  // it). map() picks the largest leaves each side of the hole allows.
-  uint64_t guard = kernel_phys(boot_stack_guard);
+  // All RAM except the holes, each gap with the largest leaves its alignment allows.
+  PhysRange holes[kMaxHoles];
+  size_t num_holes = collect_holes(holes);
   for (size_t i = 0; i < info_.num_ram; ++i) {
     PhysRange r = page_cover(info_.ram[i]);
-    uint64_t base = r.base.value();
-    uint64_t end = base + r.size;
-    if (guard >= base && guard < end) {
-      map_or_panic(r.base, guard - base, MemType::kPma, "RAM");
-      map_or_panic(PhysAddr(guard + kPage), end - guard - kPage, MemType::kPma, "RAM");
-    } else {
-      map_or_panic(r.base, r.size, MemType::kPma, "RAM");
+    uint64_t cursor = r.base.value();
+    uint64_t end = cursor + r.size;
+    for (size_t h = 0; h < num_holes && cursor < end; ++h) {
+      uint64_t hb = holes[h].base.value();
+      uint64_t he = hb + holes[h].size;
+      if (he <= cursor || hb >= end) continue;
+      if (hb > cursor) map_or_panic(PhysAddr(cursor), hb - cursor, MemType::kPma, "RAM");
+      cursor = support::min(he, end);
     }
-    lowest_ram = support::min(lowest_ram, base);
+    if (cursor < end) map_or_panic(PhysAddr(cursor), end - cursor, MemType::kPma, "RAM");
+    lowest_ram = support::min(lowest_ram, r.base.value());
   }
   // The generic device window: everything below the gigabyte that holds the start of RAM.
   uint64_t window = support::align_down(lowest_ram, kGiB);
@@ -235,26 +269,27 @@ void Riscv64Platform::fill_boot_info(uint64_t dtb_phys) {
 void Riscv64Platform::probe_cache_ops() {
   cache_ops_.zicbom = false;
   cache_ops_.inval_usable = false;
+  const char* note;
   if (!zicbom_in_isa_) {
-    cbo_note_ = "no Zicbom in the ISA string: DMA declared coherent, cache ops only fence";
+    note = "not in the ISA string; DMA declared coherent, cache ops only fence";
   } else if (cbo_traps(CboProbe::kClean, g_probe_block) ||
              cbo_traps(CboProbe::kFlush, g_probe_block)) {
     // The firmware left menvcfg.CBCFE off: nothing can be written back from S-mode.
-    cbo_note_ = "Zicbom listed but cbo.clean/cbo.flush trap (menvcfg.CBCFE off): DMA declared "
-                "coherent";
+    note = "cbo.clean/cbo.flush trap (menvcfg.CBCFE off); DMA declared coherent";
   } else {
     cache_ops_.zicbom = true;
+    // OpenSBI sets menvcfg.CBIE for S-mode when the hart has Zicbom; if a firmware does not,
+    // cbo.inval traps and invalidate falls back to cbo.flush (see riscv64_dma_op.h).
     cache_ops_.inval_usable = !cbo_traps(CboProbe::kInval, g_probe_block);
-    cbo_note_ = cache_ops_.inval_usable
-                    ? "cbo.clean/cbo.inval/cbo.flush"
-                    : "cbo.inval traps (menvcfg.CBIE off): invalidate uses cbo.flush";
+    note = cache_ops_.inval_usable
+               ? "cbo.clean/cbo.inval/cbo.flush"
+               : "cbo.inval traps (menvcfg.CBIE off): invalidate uses cbo.flush";
   }
   if (cache_ops_.zicbom) {
     ksnprintf(cache_features_, sizeof(cache_features_), "zicbom block %u (%s)",
-              cache_ops_.block_size, cbo_note_);
+              cache_ops_.block_size, note);
   } else {
-    ksnprintf(cache_features_, sizeof(cache_features_), "no zicbom: coherent DMA (%s)",
-              zicbom_in_isa_ ? "cbo.clean traps" : "not in ISA string");
+    ksnprintf(cache_features_, sizeof(cache_features_), "no zicbom: %s", note);
   }
 }
 
@@ -269,11 +304,11 @@ void Riscv64Platform::print_summary() const {
     if (s == sbi::kHartStopped) ++stopped;
     if (s == sbi::kHartStarted) ++started;
   }
-  kprintf("riscv64: OpenSBI, SBI v%llu.%llu; boot hart %llu; %u harts in the device tree "
-          "(%u started, %u stopped in SBI HSM)\n",
-          static_cast<unsigned long long>(v >> 24),
-          static_cast<unsigned long long>(v & 0xFFFFFF),
-          static_cast<unsigned long long>(hartid_), info_.num_cpus, started, stopped);
+  kprintf(
+      "riscv64: OpenSBI, SBI v%llu.%llu; boot hart %llu; %u harts in the device tree "
+      "(%u started, %u stopped in SBI HSM)\n",
+      static_cast<unsigned long long>(v >> 24), static_cast<unsigned long long>(v & 0xFFFFFF),
+      static_cast<unsigned long long>(hartid_), info_.num_cpus, started, stopped);
   // The full ISA string runs to hundreds of characters on QEMU; the base and what matters here.
   char base[24] = "?";
   const char* more = "";
@@ -286,13 +321,13 @@ void Riscv64Platform::print_summary() const {
     base[n] = '\0';
     if (isa_[n] != '\0') more = "_...";
   }
-  kprintf("riscv64: isa %s%s; Svpbmt %s; Zicbom %s; %s\n", base, more,
-          svpbmt_ ? "yes (MMIO mapped PBMT=IO)" : "no (PBMT=0 everywhere)",
-          zicbom_in_isa_ ? "yes" : "no", cache_features_);
-  kprintf("riscv64: Sv39, direct map at 0x%llx (RAM and devices), %zu page-table pages; "
-          "timebase %llu Hz\n",
-          static_cast<unsigned long long>(kDirectMapOffset), page_table_.pages_used(),
-          static_cast<unsigned long long>(timebase_hz_));
+  kprintf("riscv64: isa %s%s; Svpbmt %s; %s\n", base, more,
+          svpbmt_ ? "yes (MMIO mapped PBMT=IO)" : "no (PBMT=0 everywhere)", cache_features_);
+  kprintf(
+      "riscv64: Sv39, direct map at 0x%llx (RAM and devices), %zu page-table pages; "
+      "timebase %llu Hz\n",
+      static_cast<unsigned long long>(kDirectMapOffset), page_table_.pages_used(),
+      static_cast<unsigned long long>(timebase_hz_));
 }
 
 void Riscv64Platform::exit(bool success) {

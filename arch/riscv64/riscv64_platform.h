@@ -9,8 +9,10 @@
 //                               boundary below RAM (UART, test finisher, PLIC, PCIe ECAM, PIO and
 //                               32-bit MMIO window on QEMU virt) and every window a PCIe host
 //                               bridge's "ranges" describes (the 64-bit MMIO window above RAM).
-//                               The kernel image is linked in it too (linker/riscv64.ld). One
-//                               page is left out: the guard page under the boot stack.
+//                               The kernel image is linked in it too (linker/riscv64.ld).
+//                               Left out: reserved-memory marked "no-map" (OpenSBI's regions,
+//                               which PMP closes to S-mode anyway) and the guard page under the
+//                               boot stack.
 //   lower half                  unmapped after boot (the identity map only lives in the boot page
 //                               table, for the instruction that turns paging on).
 // Sv39 reaches physical addresses below 256 GiB through this map; boot fails clearly otherwise.
@@ -30,6 +32,8 @@ class Riscv64Platform {
   // Physical addresses the direct map can hold: the upper half of Sv39, 256 GiB.
   static constexpr uint64_t kDirectMapSpan = 1ull << 38;
   static constexpr size_t kTablePoolPages = 32;
+  // Unmapped pieces of RAM: the boot stack's guard page and the no-map reserved ranges.
+  static constexpr size_t kMaxHoles = 16;
 
   constexpr Riscv64Platform() = default;
   Riscv64Platform(const Riscv64Platform&) = delete;
@@ -56,6 +60,9 @@ class Riscv64Platform {
  private:
   void read_cpu_features();
   void find_devices();
+  // Fills `holes` (kMaxHoles entries) with the page-rounded ranges of RAM the direct map leaves
+  // out, sorted by base; returns how many.
+  size_t collect_holes(PhysRange* holes) const;
   void build_page_table();
   void map_or_panic(PhysAddr pa, uint64_t size, MemType type, const char* what);
   void probe_cache_ops();
@@ -71,14 +78,13 @@ class Riscv64Platform {
   bool svpbmt_ = false;
   bool zicbom_in_isa_ = false;
   const char* isa_ = nullptr;
-  const char* cbo_note_ = "";
   Riscv64DmaOp::CacheOps cache_ops_;
   PhysRange uart_regs_;
   unsigned uart_reg_shift_ = 0;
   PhysRange finisher_regs_;
   Sv39PageTable page_table_;
   arch::BootInfo info_;
-  char cache_features_[96] = {};
+  char cache_features_[128] = {};
 };
 
 // The one instance (static storage, constant-initialized).

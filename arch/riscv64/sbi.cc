@@ -9,10 +9,7 @@ SbiRet call(uint64_t ext, uint64_t fid, uint64_t a0, uint64_t a1, uint64_t a2) {
   register uint64_t r_a2 __asm__("a2") = a2;
   register uint64_t r_a6 __asm__("a6") = fid;
   register uint64_t r_a7 __asm__("a7") = ext;
-  __asm__ volatile("ecall"
-                   : "+r"(r_a0), "+r"(r_a1)
-                   : "r"(r_a2), "r"(r_a6), "r"(r_a7)
-                   : "memory");
+  __asm__ volatile("ecall" : "+r"(r_a0), "+r"(r_a1) : "r"(r_a2), "r"(r_a6), "r"(r_a7) : "memory");
   return SbiRet{static_cast<long>(r_a0), static_cast<long>(r_a1)};
 }
 

@@ -8,7 +8,7 @@ namespace riscv::sbi {
 
 // Extension ids.
 constexpr uint64_t kExtBase = 0x10;
-constexpr uint64_t kExtHsm = 0x48534D;   // "HSM"
+constexpr uint64_t kExtHsm = 0x48534D;     // "HSM"
 constexpr uint64_t kExtSrst = 0x53525354;  // "SRST"
 
 // HSM hart states (sbi_hart_get_status).

@@ -12,7 +12,9 @@ constexpr uint64_t kPteLeafMask = kPteR | kPteW | kPteX;
 constexpr uint64_t kSatpModeMask = 0xFull << 60;
 constexpr uint64_t kSatpPpnMask = (1ull << 44) - 1;
 
-constexpr uint64_t level_size(unsigned level) { return 1ull << (12 + 9 * level); }
+constexpr uint64_t level_size(unsigned level) {
+  return 1ull << (12 + 9 * level);
+}
 constexpr unsigned index_at(uint64_t va, unsigned level) {
   return static_cast<unsigned>((va >> (12 + 9 * level)) & 511);
 }
@@ -164,6 +166,8 @@ Result<Sv39PageTable::Leaf> Sv39PageTable::walk_active(uint64_t va, uintptr_t vi
   return walk_root(root, va, virt_offset);
 }
 
-uint64_t Sv39PageTable::satp() const { return kSatpModeSv39 | (root_phys().value() >> 12); }
+uint64_t Sv39PageTable::satp() const {
+  return kSatpModeSv39 | (root_phys().value() >> 12);
+}
 
 }  // namespace riscv

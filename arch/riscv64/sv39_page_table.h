@@ -35,9 +35,9 @@ constexpr uint64_t kPtePpnMask = ((1ull << 44) - 1) << kPtePpnShift;
 
 // Svpbmt memory types (PBMT field values).
 enum class MemType : uint8_t {
-  kPma = 0,          // Whatever the physical memory attributes say: cacheable RAM here.
-  kNonCacheable = 1, // NC: non-cacheable, idempotent, weakly ordered main memory.
-  kIo = 2,           // IO: non-cacheable, non-idempotent, strongly ordered I/O.
+  kPma = 0,           // Whatever the physical memory attributes say: cacheable RAM here.
+  kNonCacheable = 1,  // NC: non-cacheable, idempotent, weakly ordered main memory.
+  kIo = 2,            // IO: non-cacheable, non-idempotent, strongly ordered I/O.
 };
 
 // Short name of a memory type for reports and tests: "pma", "nc", "io".
@@ -59,8 +59,8 @@ class Sv39PageTable {
 
   // What walk() found for one virtual address.
   struct Leaf {
-    PhysAddr pa;      // Physical address the VA translates to.
-    uint64_t pte = 0; // The raw leaf entry.
+    PhysAddr pa;         // Physical address the VA translates to.
+    uint64_t pte = 0;    // The raw leaf entry.
     unsigned level = 0;  // 2: gigapage, 1: megapage, 0: 4 KiB page.
     MemType type() const { return static_cast<MemType>((pte & kPtePbmtMask) >> kPtePbmtShift); }
   };

@@ -6,6 +6,8 @@
 #include "kernel/kprintf.h"
 #include "kernel/panic.h"
 
+extern "C" char boot_stack_guard[];  // NOLINT: boot.S symbol, one unmapped page.
+
 namespace riscv {
 
 namespace {
@@ -17,9 +19,9 @@ constexpr uint64_t kCauseIllegalInstruction = 2;
 volatile uint64_t g_probe_pc = 0;
 volatile bool g_probe_trapped = false;
 
-const char* const kRegNames[32] = {"zero", "ra", "sp", "gp", "tp",  "t0",  "t1", "t2",
-                                   "s0",   "s1", "a0", "a1", "a2",  "a3",  "a4", "a5",
-                                   "a6",   "a7", "s2", "s3", "s4",  "s5",  "s6", "s7",
+const char* const kRegNames[32] = {"zero", "ra", "sp",  "gp",  "tp", "t0", "t1", "t2",
+                                   "s0",   "s1", "a0",  "a1",  "a2", "a3", "a4", "a5",
+                                   "a6",   "a7", "s2",  "s3",  "s4", "s5", "s6", "s7",
                                    "s8",   "s9", "s10", "s11", "t3", "t4", "t5", "t6"};
 
 }  // namespace
@@ -82,25 +84,22 @@ bool cbo_traps(CboProbe op, void* addr) {
   // The label sits on the cache-block instruction itself, so the handler can match sepc to it.
   switch (op) {
     case CboProbe::kClean:
-      __asm__ volatile(
-          "lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.clean (%2)"
-          : "=&r"(pc_slot)
-          : "r"(&g_probe_pc), "r"(addr)
-          : "memory");
+      __asm__ volatile("lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.clean (%2)"
+                       : "=&r"(pc_slot)
+                       : "r"(&g_probe_pc), "r"(addr)
+                       : "memory");
       break;
     case CboProbe::kFlush:
-      __asm__ volatile(
-          "lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.flush (%2)"
-          : "=&r"(pc_slot)
-          : "r"(&g_probe_pc), "r"(addr)
-          : "memory");
+      __asm__ volatile("lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.flush (%2)"
+                       : "=&r"(pc_slot)
+                       : "r"(&g_probe_pc), "r"(addr)
+                       : "memory");
       break;
     case CboProbe::kInval:
-      __asm__ volatile(
-          "lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.inval (%2)"
-          : "=&r"(pc_slot)
-          : "r"(&g_probe_pc), "r"(addr)
-          : "memory");
+      __asm__ volatile("lla %0, 1f\n\tsd %0, 0(%1)\n1:\n\tcbo.inval (%2)"
+                       : "=&r"(pc_slot)
+                       : "r"(&g_probe_pc), "r"(addr)
+                       : "memory");
       break;
   }
   g_probe_pc = 0;
@@ -122,6 +121,10 @@ extern "C" void riscv64_trap(riscv::TrapFrame* f) {
   kprintf("\nPANIC: unexpected trap: %s\n", riscv::trap_cause_name(f->scause));
   kprintf("  scause  0x%016llx  stval   0x%016llx\n", static_cast<unsigned long long>(f->scause),
           static_cast<unsigned long long>(f->stval));
+  auto guard = reinterpret_cast<uintptr_t>(boot_stack_guard);
+  if ((f->scause & riscv::kScauseInterrupt) == 0 && f->stval >= guard && f->stval - guard < 4096) {
+    kprintf("  (stval is in the boot stack's guard page: kernel stack overflow)\n");
+  }
   kprintf("  sepc    0x%016llx  sstatus 0x%016llx (%s, SIE %d, SPIE %d)\n",
           static_cast<unsigned long long>(f->sepc), static_cast<unsigned long long>(f->sstatus),
           (f->sstatus & riscv::kSstatusSpp) != 0 ? "from S-mode" : "from U-mode",

@@ -16,9 +16,22 @@ inline void outb(uint16_t port, uint8_t v) {
 inline void outl(uint16_t port, uint32_t v) {
   __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port));
 }
+inline void outw(uint16_t port, uint16_t v) {
+  __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port));
+}
 inline uint8_t inb(uint16_t port) {
   uint8_t v;
   __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+inline uint16_t inw(uint16_t port) {
+  uint16_t v;
+  __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+inline uint32_t inl(uint16_t port) {
+  uint32_t v;
+  __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
   return v;
 }
 

@@ -15,7 +15,7 @@ namespace {
 constexpr uint64_t kPitHz = 1'193'182;
 constexpr uint16_t kPitChannel2 = 0x42;
 constexpr uint16_t kPitCommand = 0x43;
-constexpr uint16_t kPortB = 0x61;  // bit 0: channel 2 gate, bit 1: speaker enable.
+constexpr uint16_t kPortB = 0x61;            // bit 0: channel 2 gate, bit 1: speaker enable.
 constexpr uint32_t kIntervalTicks = 23'864;  // 20 ms of PIT time; the counter starts at 0xFFFF.
 constexpr int kSamplesPerEnd = 8;
 constexpr int kAttempts = 5;
@@ -109,7 +109,11 @@ uint64_t tsc_now_ns() {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(delta) * g_mult) >> 32);
 }
 
-uint64_t tsc_hz() { return g_hz; }
-const char* tsc_source() { return g_source; }
+uint64_t tsc_hz() {
+  return g_hz;
+}
+const char* tsc_source() {
+  return g_source;
+}
 
 }  // namespace x86

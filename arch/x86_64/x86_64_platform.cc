@@ -5,6 +5,7 @@
 // (read through the boot identity map), PAT, final page tables (the identity map goes away),
 // TSC clock, ACPI CPU count, then kernel_main with a BootInfo whose RAM comes only from the PVH
 // memory map (type 1) and whose reserved list names everything the allocator must not touch.
+#include "arch/x86_64/x86_64_platform.h"
 #include "arch/arch.h"
 #include "arch/x86_64/acpi.h"
 #include "arch/x86_64/cpu.h"
@@ -116,6 +117,11 @@ void print_boot_line() {
 }
 
 }  // namespace
+
+const PvhInfo& pvh_info() {
+  return g_pvh;
+}
+
 }  // namespace x86
 
 using namespace x86;
@@ -134,22 +140,6 @@ extern "C" [[noreturn]] void x86_64_main(uint32_t start_info_phys) {
   describe_cache_features();
   fill_boot_info();
   print_boot_line();
-  {
-    struct Case { uint64_t pa; uint64_t size; MemType t; };
-    Case cases[] = {{0xFED00000, 0x400, MemType::kUncached}, {0x8000000000, 0x5000, MemType::kUncached},
-                    {0x8000000000, 0x1000, MemType::kWriteCombining}, {0x1000000, 0x1000, MemType::kUncached},
-                    {0x9000000000, 0x40000000, MemType::kWriteCombining}, {0xFED00000, 0x400, MemType::kWriteBack},
-                    {0x8000003000, 0x3000, MemType::kUncached}};
-    for (const Case& c : cases) {
-      auto r = map_device(PhysAddr(c.pa), c.size, c.t);
-      serial_puts("TMP map_device "); serial_hex(c.pa); serial_puts(r.ok() ? " ok " : " err ");
-      if (r.ok()) { serial_puts(arch::mapping_attribute(*r)); serial_puts(" "); serial_puts(arch::mapping_attribute(static_cast<char*>(*r) + c.size - 1)); 
-        Translation t; translate(*r, &t); serial_hex(t.phys); serial_hex(t.page_size);
-        *static_cast<volatile uint32_t*>(*r); }
-      serial_puts("\n");
-    }
-    serial_puts("TMP pages "); serial_dec(page_table_pages_used()); serial_puts("\n");
-  }
   kernel_main(g_boot);
 }
 

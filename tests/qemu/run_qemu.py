@@ -64,13 +64,14 @@ ARCHES = {
         "exit": "sifive_test",
         "cache_ops": {
             "Riscv64DmaOp::flush": ["cbo.clean"],
-            "Riscv64DmaOp::invalidate": ["cbo.inval"],
+            "Riscv64DmaOp::invalidate": ["cbo.inval", "cbo.flush"],
             "Riscv64DmaOp::flush_invalidate": ["cbo.flush"],
         },
     },
     "x86_64": {
         "qemu": "qemu-system-x86_64",
-        "args": ["-M", "q35", "-nographic", "-no-reboot",
+        # -cpu max: TCG's model with CLFLUSHOPT and CLWB (and 1 GiB pages, NX).
+        "args": ["-M", "q35", "-cpu", "max", "-nographic", "-no-reboot",
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
         "exit": "isa_debug_exit",
         "cache_ops": {
@@ -128,7 +129,8 @@ def objdump_check(objdump, kernel, cache_ops):
             current = m.group(1)
             bodies[current] = []
         elif current is not None:
-            bodies[current].append(line.lower())
+            # "dc\tcvac, x9" -> "dc cvac, x9": compare with single spaces.
+            bodies[current].append(" ".join(line.lower().split()))
     problems = []
     for method, required in cache_ops.items():
         names = [n for n in bodies if n == method or n.startswith(method + "(")]

@@ -10,6 +10,7 @@
 #include "kernel/fdt.h"
 #include "kernel/kernel_env.h"
 #include "kernel/kstring.h"
+#include "support/bitops.h"
 #include "tests/qemu/ktest.h"
 
 namespace {
@@ -33,7 +34,9 @@ Fdt boot_fdt() {
   return f.ok() ? *f : Fdt();
 }
 
-uint64_t dm(PhysAddr p) { return p.value() + kernel_env().direct_map_offset; }
+uint64_t dm(PhysAddr p) {
+  return p.value() + kernel_env().direct_map_offset;
+}
 
 }  // namespace
 
@@ -67,8 +70,10 @@ KTEST(riscv64_sv39_map_uses_largest_leaves) {
 KTEST(riscv64_sv39_map_rejects_bad_requests) {
   Sv39PageTable pt;
   pt.init(g_pool, 3, Riscv64Platform::kDirectMapOffset, true);
-  KEXPECT_ERR(pt.map(kTestVa + 8, PhysAddr(kTestPa), kPage, MemType::kPma), ErrorCode::kLayoutError);
-  KEXPECT_ERR(pt.map(kTestVa, PhysAddr(kTestPa + 8), kPage, MemType::kPma), ErrorCode::kLayoutError);
+  KEXPECT_ERR(pt.map(kTestVa + 8, PhysAddr(kTestPa), kPage, MemType::kPma),
+              ErrorCode::kLayoutError);
+  KEXPECT_ERR(pt.map(kTestVa, PhysAddr(kTestPa + 8), kPage, MemType::kPma),
+              ErrorCode::kLayoutError);
   KEXPECT_ERR(pt.map(kTestVa, PhysAddr(kTestPa), 0, MemType::kPma), ErrorCode::kLayoutError);
   // Non-canonical, and a range running from the lower half into the hole.
   KEXPECT_ERR(pt.map(0x0000'0040'0000'0000ull, PhysAddr(kTestPa), kPage, MemType::kPma),
@@ -76,8 +81,7 @@ KTEST(riscv64_sv39_map_rejects_bad_requests) {
   KEXPECT_ERR(pt.map(0x0000'003F'FFFF'F000ull, PhysAddr(kTestPa), 2 * kPage, MemType::kPma),
               ErrorCode::kLayoutError);
   // Physical addresses beyond 56 bits.
-  KEXPECT_ERR(pt.map(kTestVa, PhysAddr(1ull << 56), kPage, MemType::kPma),
-              ErrorCode::kLayoutError);
+  KEXPECT_ERR(pt.map(kTestVa, PhysAddr(1ull << 56), kPage, MemType::kPma), ErrorCode::kLayoutError);
 
   KREQUIRE_OK(pt.map(kTestVa, PhysAddr(kTestPa), kPage, MemType::kIo));
   // The same mapping again is fine; another target or another type is a conflict.
@@ -93,8 +97,7 @@ KTEST(riscv64_sv39_map_rejects_bad_requests) {
   // The pool (3 pages) is used up by root + level 1 + level 0: a 4 KiB page in another
   // gigabyte needs two more tables.
   KEXPECT_EQ(pt.pages_used(), 3u);
-  KEXPECT_ERR(pt.map(kTestVa + kGiB, PhysAddr(kTestPa), kPage, MemType::kIo),
-              ErrorCode::kNoMemory);
+  KEXPECT_ERR(pt.map(kTestVa + kGiB, PhysAddr(kTestPa), kPage, MemType::kIo), ErrorCode::kNoMemory);
 }
 
 KTEST(riscv64_sv39_large_leaf_over_existing_small_ones) {
@@ -118,21 +121,37 @@ KTEST(riscv64_sv39_large_leaf_over_existing_small_ones) {
               ErrorCode::kInvalidArgument);
 }
 
+// Whether physical address p lies in reserved memory the device tree marks "no-map".
+bool in_no_map(const Fdt& fdt, PhysAddr p) {
+  FdtNode rm = fdt.find_path("/reserved-memory");
+  for (FdtNode c = fdt.first_child(rm); c.valid(); c = fdt.next_sibling(c)) {
+    if (!fdt.has_prop(c, "no-map")) continue;
+    auto r = fdt.reg(c, 0);
+    if (r.ok() && p >= r->base && p < r->end()) return true;
+  }
+  return false;
+}
+
 KTEST(riscv64_direct_map_covers_ram_and_nothing_else_is_normal) {
   const KernelEnv& env = kernel_env();
+  Fdt fdt = boot_fdt();
   KEXPECT_EQ(env.direct_map_offset, Riscv64Platform::kDirectMapOffset);
   for (size_t i = 0; i < env.boot->num_ram; ++i) {
     const PhysRange& r = env.boot->ram[i];
     const PhysAddr probes[] = {r.base, r.base + (r.size / 2 & ~(kPage - 1)), r.end() - 1};
     for (PhysAddr p : probes) {
+      const char* attr = arch::mapping_attribute(reinterpret_cast<void*>(dm(p)));
+      // No identity map once boot is over.
+      KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(p.value())) == nullptr);
+      if (in_no_map(fdt, p)) {
+        KEXPECT_TRUE(attr == nullptr);
+        continue;
+      }
       auto l = Sv39PageTable::walk_active(dm(p), env.direct_map_offset);
       KREQUIRE_OK(l);
       KEXPECT_EQ(l->pa, p);
       KEXPECT_EQ(l->type(), MemType::kPma);
-      const char* attr = arch::mapping_attribute(reinterpret_cast<void*>(dm(p)));
       KEXPECT_TRUE(attr != nullptr && kstr::equal(attr, "pma"));
-      // No identity map once boot is over.
-      KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(p.value())) == nullptr);
     }
     // Just past the range there is either nothing or device memory, never normal memory.
     const char* after = arch::mapping_attribute(reinterpret_cast<void*>(dm(r.end())));
@@ -146,6 +165,26 @@ KTEST(riscv64_direct_map_covers_ram_and_nothing_else_is_normal) {
   auto l = Sv39PageTable::walk_active(va, env.direct_map_offset);
   KREQUIRE_OK(l);
   KEXPECT_EQ(l->pa.value(), va - env.direct_map_offset);
+}
+
+KTEST(riscv64_no_map_reserved_memory_left_unmapped) {
+  // Every "no-map" region (OpenSBI's, on QEMU) is absent from the direct map and reserved in the
+  // boot information; the pages right around it, where RAM, are mapped.
+  const KernelEnv& env = kernel_env();
+  Fdt fdt = boot_fdt();
+  FdtNode rm = fdt.find_path("/reserved-memory");
+  for (FdtNode c = fdt.first_child(rm); c.valid(); c = fdt.next_sibling(c)) {
+    if (!fdt.has_prop(c, "no-map")) continue;
+    auto r = fdt.reg(c, 0);
+    KREQUIRE_OK(r);
+    KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(dm(r->base))) == nullptr);
+    KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(dm(r->end() - 1))) == nullptr);
+    KEXPECT_TRUE(env.overlaps_reserved(r->base, r->size));
+    PhysAddr after = PhysAddr(support::align_up(r->end().value(), kPage));
+    if (env.in_ram(after, kPage) && !in_no_map(fdt, after)) {
+      KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(dm(after))) != nullptr);
+    }
+  }
 }
 
 extern "C" char boot_stack_guard[];  // NOLINT: boot.S symbol.
@@ -217,7 +256,7 @@ KTEST(riscv64_dma_op_unaligned_ranges_keep_neighbours) {
     size_t off;
     size_t size;
   };
-  const Case cases[] = {{0, 0},   {1, 1},     {63, 2},   {64, 64},   {65, 62},
+  const Case cases[] = {{0, 0},   {1, 1},      {63, 2},     {64, 64},        {65, 62},
                         {5, 200}, {100, 4000}, {0, kBytes}, {kBytes - 1, 1}, {3, kBytes - 6}};
   for (const Case& c : cases) {
     for (size_t i = 0; i < kBytes; ++i) buf[i] = static_cast<uint8_t>(i * 7 + 1);

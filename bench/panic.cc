@@ -1,0 +1,11 @@
+// support_panic for the benchmark programs: a failed invariant stops the measurement loudly.
+#include <cstdio>
+#include <cstdlib>
+
+#include "support/assert.h"
+
+extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg) {
+  std::fprintf(stderr, "PANIC at %s:%d: %s\n", file, line, msg);
+  std::fflush(stderr);
+  std::abort();
+}

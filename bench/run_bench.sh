@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `make bench`: builds the benchmark programs into $BUILD/bench (from scratch if needed), counts
+# instructions per operation under callgrind, times the bounce copies with Google Benchmark, and
+# writes:
+#   $BUILD/bench/summary.txt     one "name value" line per figure (the issue's names first)
+#   $BUILD/bench/targets.txt     "name value target within|MISSED" for the figures with a target
+#   $BUILD/bench/occupancy.png   cost against occupancy (gnuplot), from occupancy.dat
+#   $BUILD/bench/ir.txt          per-scenario callgrind breakdown (bench/callgrind_ir.py)
+#   $BUILD/bench/timing.txt      Google Benchmark's report of every scenario (time, not a figure)
+# Runs in about two minutes on two cores. Missed targets are reported, not turned into a failure:
+# these are measurements, not tests.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+OUT=$BUILD/bench
+JOBS=${JOBS:-2}
+mkdir -p "$OUT"
+
+echo "bench: building into $OUT"
+make --no-print-directory -s -f bench/bench.mk BUILD="$BUILD" -j"$JOBS"
+
+# ---- Instruction counts (callgrind) -------------------------------------------------------------
+# Set-up runs uninstrumented (--instr-atstart=no); dma_ir switches instrumentation and collection
+# on around each measured loop only and dumps one profile per scenario. Two valgrind processes
+# share the scenarios between the two cores.
+CG=$OUT/callgrind
+rm -rf "$CG"
+mkdir -p "$CG"
+run_callgrind() {
+  local tag=$1
+  shift
+  valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no --compress-strings=no \
+    --compress-pos=no --callgrind-out-file="$CG/$tag.out" "$OUT/dma_ir" "$@" \
+    >"$CG/$tag.state" 2>"$CG/$tag.log" || {
+    echo "bench: callgrind run '$tag' failed:" >&2
+    tail -n 20 "$CG/$tag.log" >&2
+    return 1
+  }
+}
+echo "bench: counting instructions under callgrind"
+run_callgrind pfa pfa_ &
+pid_pfa=$!
+run_callgrind map bounce_ direct_ &
+pid_map=$!
+status=0
+wait $pid_pfa || status=1
+wait $pid_map || status=1
+[ $status -eq 0 ] || exit 1
+{
+  python3 bench/callgrind_ir.py "$CG/pfa.out"
+  python3 bench/callgrind_ir.py "$CG/map.out"
+} >"$OUT/ir.txt"
+cat "$CG/pfa.state" "$CG/map.state" >"$OUT/ir_state.txt"
+"$OUT/dma_ir" --metadata >"$OUT/metadata.txt"
+
+# ---- Time (Google Benchmark) --------------------------------------------------------------------
+# The bounce-copy ratio: the bounced map+unmap and the two plain memcpys, interleaved in random
+# order over many short repetitions of the same process, so that load from other processes falls
+# on both alike.
+echo "bench: timing the bounce copies against memcpy (Google Benchmark)"
+"$OUT/dma_bench" --benchmark_filter='BM_(BounceCopy|MemcpyThroughPool)/' \
+  --benchmark_repetitions=21 --benchmark_enable_random_interleaving=true \
+  --benchmark_min_time=0.05 --benchmark_out="$OUT/copy.json" --benchmark_out_format=json \
+  >"$OUT/copy.txt" 2>&1
+echo "bench: timing every scenario (Google Benchmark)"
+"$OUT/dma_bench" --benchmark_filter='-BM_(BounceCopy|MemcpyThroughPool)/' \
+  --benchmark_min_time=0.2 --benchmark_out="$OUT/timing.json" --benchmark_out_format=json \
+  >"$OUT/timing.txt" 2>&1
+
+# ---- Summary and plot ---------------------------------------------------------------------------
+python3 bench/summarize.py "$OUT"
+gnuplot -e "datafile='$OUT/occupancy.dat'; outfile='$OUT/occupancy.png'" bench/occupancy.gp
+echo "bench: wrote $OUT/summary.txt, $OUT/targets.txt and $OUT/occupancy.png"
+cat "$OUT/targets.txt"

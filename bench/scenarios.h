@@ -1,0 +1,214 @@
+// The measured situations of the benchmarks (issue "Performance"), shared by the Google Benchmark
+// program (bench/dma_bench.cc, time) and the callgrind driver (bench/ir_count.cc, instructions).
+//
+// Each scenario builds a HostPlatform (simulated RAM, the real PageFrameAllocator, BouncePool and
+// KernelDmaOp compiled from the kernel's sources), brings it into the state the issue describes
+// in its constructor (not measured), and then runs the measured operation `run(n)` times. A
+// scenario's state is a steady state: running it any number of times leaves the occupancy as it
+// was, so the two programs can call run() in batches of any size.
+//
+// Every random choice comes from a fixed-seed generator, so each run of `make bench` measures the
+// same sequence of operations.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "arch/host/host_platform.h"
+
+namespace bench {
+
+inline constexpr uint64_t kKiB = 1024;
+inline constexpr uint64_t kMiB = 1024 * kKiB;
+inline constexpr uint64_t kGiB = 1024 * kMiB;
+
+// splitmix64: small, fast, and good enough to scatter allocations.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed) {}
+  uint64_t next() {
+    uint64_t z = (s_ += 0x9E37'79B9'7F4A'7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58'476D'1CE4'E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D0'49BB'1331'11EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n), n > 0.
+  uint64_t below(uint64_t n) {
+    return static_cast<uint64_t>((static_cast<unsigned __int128>(next()) * n) >> 64);
+  }
+
+ private:
+  uint64_t s_;
+};
+
+// Fisher-Yates shuffle with a fixed seed.
+template <typename T>
+void shuffle(std::vector<T>& v, Rng& rng) {
+  for (size_t i = v.size(); i > 1; --i) {
+    size_t j = static_cast<size_t>(rng.below(i));
+    T tmp = v[i - 1];
+    v[i - 1] = v[j];
+    v[j] = tmp;
+  }
+}
+
+// Order-0 pairs: a fraction of `ram_bytes` allocated as single pages scattered at random (every
+// page taken one by one, then a random selection given back), part of it being a ring of 4096
+// pages. run(n): n times, allocate one page and free the oldest page of the ring (FIFO).
+// set_occupancy() lowers the occupancy by giving back more of the scattered pages at random, so
+// one fill serves every occupancy (the pages still held are a random subset either way).
+class PfaOrder0Ring {
+ public:
+  static constexpr size_t kRing = 4096;
+  PfaOrder0Ring(uint64_t ram_bytes, uint64_t seed);
+  ~PfaOrder0Ring();
+  // Precondition: `occupancy` at most the current one (ring included), and at least the ring's.
+  void set_occupancy(double occupancy);
+  void run(uint64_t pairs);
+  double occupancy() const;
+
+ private:
+  std::unique_ptr<HostPlatform> plat_;
+  PageFrameAllocator* pfa_;
+  uint64_t total_pages_ = 0;
+  std::vector<PhysAddr> held_;  // The scattered background, in random order.
+  std::vector<PhysAddr> ring_;
+  size_t head_ = 0;
+};
+
+// Mixed operations: blocks of random order 0-9, allocated or freed at random, memory kept around
+// `target` full. run(n): n operations, each one alloc or one free. Whether an operation allocates
+// is random (even odds) while occupancy is within 2% of the target, and corrective outside.
+class PfaMixed {
+ public:
+  PfaMixed(double target, uint64_t ram_bytes, uint64_t seed);
+  ~PfaMixed();
+  void run(uint64_t ops);
+  double occupancy() const;
+  uint64_t allocs() const { return allocs_; }
+  uint64_t frees() const { return frees_; }
+  uint64_t failures() const { return failures_; }
+
+ private:
+  struct Block {
+    PhysAddr addr;
+    unsigned order;
+  };
+  std::unique_ptr<HostPlatform> plat_;
+  PageFrameAllocator* pfa_;
+  Rng rng_;
+  std::vector<Block> live_;
+  uint64_t used_pages_ = 0;
+  uint64_t target_pages_ = 0;
+  uint64_t slack_pages_ = 0;
+  uint64_t allocs_ = 0;
+  uint64_t frees_ = 0;
+  uint64_t failures_ = 0;
+};
+
+// Order-9 pairs over a fragmented memory: filled with single pages, then 1 in 8 of the 4 MiB
+// regions (chosen at random) freed whole and every other region half freed (512 random pages of
+// its 1024). run(n): n times, allocate an order-9 block and free the oldest of a ring of 16.
+class PfaOrder9Frag {
+ public:
+  static constexpr size_t kRing = 16;
+  PfaOrder9Frag(uint64_t ram_bytes, uint64_t seed);
+  ~PfaOrder9Frag();
+  void run(uint64_t pairs);
+  double occupancy() const;
+
+ private:
+  std::unique_ptr<HostPlatform> plat_;
+  PageFrameAllocator* pfa_;
+  std::vector<PhysAddr> held_;
+  std::vector<PhysAddr> ring_;
+  size_t head_ = 0;
+};
+
+// Order-9 allocations with or without a 4 GiB limit, on RAM [3.75 GiB, 6.25 GiB): 256 MiB below
+// the limit and 2.25 GiB (90% of the free memory) above it. run(n): n times, allocate an order-9
+// block (under the limit when `masked`) and free the oldest of a ring of 16.
+class PfaOrder9Masked {
+ public:
+  static constexpr size_t kRing = 16;
+  static constexpr uint64_t kLimit = 0xFFFF'FFFFull;
+  explicit PfaOrder9Masked(bool masked);
+  ~PfaOrder9Masked();
+  void run(uint64_t pairs);
+  // Fraction of free memory above the limit, measured.
+  double free_above_limit() const;
+
+ private:
+  std::unique_ptr<HostPlatform> plat_;
+  PageFrameAllocator* pfa_;
+  uint64_t limit_;
+  std::vector<PhysAddr> ring_;
+  size_t head_ = 0;
+};
+
+// Streaming mappings bounced through a 64 MiB pool (2 KiB slots), for a coherent device with a
+// 28-bit mask (QEMU's edu device has that default) and buffers above 256 MiB. The pool is first occupied to `occupancy` by
+// mappings of random size (uniform in 2-64 KiB) and aged (each of them unmapped once and replaced
+// by a new random one), then a ring of 4 mappings of `size` bytes is set up. run(n): n times,
+// unmap the oldest mapping of the ring and map its buffer again (map_single + unmap_single of the
+// mapping layer, through the DmaOp interface as a driver calls it).
+class BounceRing {
+ public:
+  static constexpr size_t kRing = 4;
+  static constexpr size_t kPoolBytes = 64 * kMiB;
+  static constexpr uint64_t kDeviceLimit = 256 * kMiB - 1;
+  BounceRing(double occupancy, size_t size, DmaDirection dir, uint64_t seed);
+  ~BounceRing();
+  void run(uint64_t ops);
+  // Runs n operations like run(), appending for each the CPU buffer mapped and the CPU address of
+  // its new bounce slot.
+  struct Placement {
+    uint8_t* source;
+    uint8_t* slot;
+  };
+  void record(uint64_t ops, std::vector<Placement>* out);
+  // The CPU buffer of ring entry i (what run() maps).
+  uint8_t* source(size_t i) const { return sources_[i % kRing]; }
+  size_t size() const { return size_; }
+  double occupancy() const;  // Fraction of the pool's slots in use, ring included.
+  double background_occupancy() const { return background_occupancy_; }
+  size_t background_mappings() const { return background_.size(); }
+
+ private:
+  DmaMapHandle map_or_die(uint8_t* buf, size_t size);
+  std::unique_ptr<HostPlatform> plat_;
+  DmaOp* op_;
+  BouncePool* pool_;
+  DmaConstraints dev_;
+  DmaDirection dir_;
+  size_t size_;
+  uint8_t* background_src_;
+  std::vector<DmaMapHandle> background_;
+  std::vector<uint8_t*> sources_;
+  std::vector<DmaMapHandle> ring_;
+  double background_occupancy_ = 0;
+  size_t head_ = 0;
+};
+
+// Direct mappings: a coherent device whose mask covers all RAM maps a 4 KiB buffer and unmaps it.
+class DirectMap {
+ public:
+  DirectMap();
+  ~DirectMap();
+  void run(uint64_t ops);
+
+ private:
+  std::unique_ptr<HostPlatform> plat_;
+  DmaOp* op_;
+  DmaConstraints dev_;
+  uint8_t* buf_;
+};
+
+// Allocator metadata for 16 GiB of RAM: metadata_size() plus the allocator object itself, divided
+// by the managed bytes. Also initialises an allocator over 16 GiB of lazily mapped simulated RAM
+// and checks that it reports the same metadata size (returns a negative value if not).
+double pfa_metadata_fraction_16g(uint64_t* metadata_bytes, uint64_t* managed_bytes);
+
+}  // namespace bench

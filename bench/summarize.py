@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements of bench/run_bench.sh into the figures of the issue.
+
+Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
+the state each scenario reached), metadata.txt (dma_ir --metadata), copy.json and timing.json
+(Google Benchmark). Writes summary.txt ("name value"), targets.txt ("name value target verdict")
+and occupancy.dat (the plot's data).
+
+How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
+inclusive callgrind cost of the API entry points, per operation:
+  pfa_*                  PageFrameAllocator::alloc + ::free
+  pfa_masked_*_ratio     PageFrameAllocator::alloc under the 4 GiB limit / without a limit
+  bounce_map_unmap_ir_*  KernelDmaOp::map_single + ::unmap_single minus the memcpy inside them
+  direct_map_unmap_ir    KernelDmaOp::map_single + ::unmap_single
+"""
+import json
+import os
+import statistics
+import sys
+
+OCCUPANCIES = [1, 10, 25, 50, 75, 90, 95]
+
+# name -> (target, "max")
+TARGETS = {
+    "pfa_order0_pair_ir_10": 150,
+    "pfa_order0_pair_ir_95": 150,
+    "pfa_mixed_op_ir_50": 200,
+    "pfa_order9_pair_ir_frag": 300,
+    "pfa_masked_order9_ratio": 2,
+    "bounce_map_unmap_ir_4k_1": 400,
+    "bounce_map_unmap_ir_4k_95": 400,
+    "bounce_map_unmap_ir_64k_1": 400,
+    "bounce_map_unmap_ir_64k_95": 400,
+    "bounce_copy_64k_ratio": 1.11,
+    "bounce_copy_4k_ratio": 1.15,
+    "direct_map_unmap_ir": 50,
+    "pfa_metadata_fraction": 0.001,
+}
+
+
+def read_kv_lines(path):
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            row = {}
+            for p in parts[1:]:
+                k, _, v = p.partition("=")
+                row[k] = float(v)
+            rows[parts[0]] = row
+    return rows
+
+
+def bench_times(path):
+    """name -> list of per-repetition CPU times (ns) of the iteration runs."""
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "iteration":
+            continue
+        scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        out.setdefault(b["run_name"], []).append(b["cpu_time"] * scale)
+    return out
+
+
+def main():
+    out = sys.argv[1]
+    ir = read_kv_lines(os.path.join(out, "ir.txt"))
+    state = read_kv_lines(os.path.join(out, "ir_state.txt"))
+    figures = []  # (name, value, fmt)
+
+    def add(name, value, fmt="%.2f"):
+        figures.append((name, value, fmt))
+
+    def pfa_pair(s):
+        return ir[s]["pfa_alloc"] + ir[s]["pfa_free"]
+
+    def bounce(s):
+        r = ir[s]
+        return r["map"] + r["unmap"] - r["memcpy"]
+
+    # The issue's figures, in its order.
+    add("pfa_order0_pair_ir_10", pfa_pair("pfa_order0_pair_10"))
+    add("pfa_order0_pair_ir_95", pfa_pair("pfa_order0_pair_95"))
+    add("pfa_mixed_op_ir_50", pfa_pair("pfa_mixed_op_50"))
+    add("pfa_order9_pair_ir_frag", pfa_pair("pfa_order9_pair_frag"))
+    masked = ir["pfa_order9_masked"]["pfa_alloc"]
+    unmasked = ir["pfa_order9_unmasked"]["pfa_alloc"]
+    add("pfa_masked_order9_ratio", masked / unmasked, "%.3f")
+    for size in ("4k", "64k"):
+        for occ in (1, 95):
+            add("bounce_map_unmap_ir_%s_%d" % (size, occ), bounce("bounce_%s_%d" % (size, occ)))
+
+    times = bench_times(os.path.join(out, "copy.json"))
+    ratios = {}
+    for size, label in ((65536, "64k"), (4096, "4k")):
+        bounced = times["BM_BounceCopy/%d" % size]
+        plain = times["BM_MemcpyThroughPool/%d" % size]
+        ratios[label] = (statistics.median(bounced), statistics.median(plain), min(bounced),
+                         min(plain))
+        add("bounce_copy_%s_ratio" % label, ratios[label][0] / ratios[label][1], "%.3f")
+
+    add("direct_map_unmap_ir", ir["direct_map_unmap"]["map"] + ir["direct_map_unmap"]["unmap"])
+    meta = read_kv_lines(os.path.join(out, "metadata.txt"))
+    with open(os.path.join(out, "metadata.txt")) as f:
+        meta_value = float(f.read().split()[1])
+    add("pfa_metadata_fraction", meta_value, "%.6f")
+
+    # More detail, same format.
+    for occ in OCCUPANCIES:
+        if occ not in (10, 95):
+            add("pfa_order0_pair_ir_%d" % occ, pfa_pair("pfa_order0_pair_%d" % occ))
+    for occ in OCCUPANCIES:
+        if occ != 50:
+            add("pfa_mixed_op_ir_%d" % occ, pfa_pair("pfa_mixed_op_%d" % occ))
+    for size in ("4k", "64k"):
+        for occ in OCCUPANCIES:
+            if occ not in (1, 95):
+                add("bounce_map_unmap_ir_%s_%d" % (size, occ), bounce("bounce_%s_%d" % (size, occ)))
+    for size in ("4k", "64k"):
+        for occ in (1, 95):
+            r = ir["bounce_%s_%d" % (size, occ)]
+            add("bounce_map_unmap_with_copy_ir_%s_%d" % (size, occ), r["map"] + r["unmap"])
+            add("bounce_pool_alloc_free_ir_%s_%d" % (size, occ), r["pool_alloc"] + r["pool_free"])
+    add("pfa_order9_alloc_ir_masked", masked)
+    add("pfa_order9_alloc_ir_unmasked", unmasked)
+    add("pfa_masked_order9_pair_ratio",
+        pfa_pair("pfa_order9_masked") / pfa_pair("pfa_order9_unmasked"), "%.3f")
+    # The same loops with the benchmark's own bookkeeping counted too (the callgrind total).
+    for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "pfa_order9_pair_frag",
+              "bounce_4k_1", "bounce_4k_95", "bounce_64k_1", "bounce_64k_95", "direct_map_unmap"):
+        add("loop_total_ir_" + s, ir[s]["total"])
+    for label in ("64k", "4k"):
+        med_b, med_p, min_b, min_p = ratios[label]
+        add("bounce_copy_%s_ns" % label, med_b, "%.1f")
+        add("memcpy_through_pool_%s_ns" % label, med_p, "%.1f")
+        add("bounce_copy_%s_ratio_of_minima" % label, min_b / min_p, "%.3f")
+    add("pfa_metadata_bytes_16g", meta["pfa_metadata_fraction"]["metadata_bytes"], "%d")
+    for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "bounce_4k_1",
+              "bounce_4k_95", "bounce_64k_1", "bounce_64k_95"):
+        add("occupancy_reached_" + s, state[s]["occupancy"], "%.4f")
+    add("free_above_4g_in_masked", state["pfa_order9_masked"]["free_above_4g"], "%.4f")
+    add("pfa_mixed_op_50_failures", state["pfa_mixed_op_50"]["failures"], "%d")
+
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        for name, value, fmt in figures:
+            f.write(("%s " + fmt + "\n") % (name, value))
+    met = 0
+    with open(os.path.join(out, "targets.txt"), "w") as f:
+        f.write("%-28s %12s %10s  %s\n" % ("# name", "value", "target", "verdict"))
+        for name, value, fmt in figures:
+            if name not in TARGETS:
+                continue
+            ok = value <= TARGETS[name]
+            met += ok
+            f.write(("%-28s %12" + fmt[1:] + " %10s  %s\n") %
+                    (name, value, "<= %g" % TARGETS[name], "within" if ok else "MISSED"))
+        f.write("# %d of %d figures within target\n" % (met, len(TARGETS)))
+    with open(os.path.join(out, "occupancy.dat"), "w") as f:
+        f.write("# occupancy pfa_order0_pair pfa_mixed_op bounce_4k bounce_64k (instructions/op)\n")
+        for occ in OCCUPANCIES:
+            f.write("%d %.2f %.2f %.2f %.2f\n" % (
+                occ, pfa_pair("pfa_order0_pair_%d" % occ), pfa_pair("pfa_mixed_op_%d" % occ),
+                bounce("bounce_4k_%d" % occ), bounce("bounce_64k_%d" % occ)))
+
+
+if __name__ == "__main__":
+    main()

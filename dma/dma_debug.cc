@@ -1,0 +1,557 @@
+// The DMA-API misuse checker: see dma_debug.h for the scheme, the kinds and the costs.
+#include "dma/dma_debug.h"
+
+#include "support/spinlock.h"
+
+const char* dma_debug_kind_name(DmaDebugKind kind) {
+  switch (kind) {
+    case DmaDebugKind::kNotMapped:
+      return "not-mapped";
+    case DmaDebugKind::kSizeMismatch:
+      return "size-mismatch";
+    case DmaDebugKind::kDirectionMismatch:
+      return "direction-mismatch";
+    case DmaDebugKind::kSyncOutOfRange:
+      return "sync-out-of-range";
+    case DmaDebugKind::kLeakAtTeardown:
+      return "leak-at-teardown";
+    case DmaDebugKind::kWrongFreeType:
+      return "wrong-free-type";
+    case DmaDebugKind::kErrorIgnored:
+      return "error-ignored";
+    case DmaDebugKind::kTableFull:
+      return "table-full";
+    case DmaDebugKind::kCount:
+      break;
+  }
+  return "unknown";
+}
+
+#if DMA_API_DEBUG_ENABLED
+
+namespace {
+
+enum class EntryType : uint8_t { kFree = 0, kStreaming, kCoherent };
+
+// One live mapping or allocation. Plain data: the table is zero-initialised static storage.
+struct Entry {
+  const void* op;
+  uint64_t dma;
+  const void* cpu;
+  uint64_t size;
+  const char* name;
+  const void* caller;  // Return address of map_single / alloc_coherent.
+  const char* file;    // Driver call site (DeviceDma), or null.
+  uint32_t line;
+  uint32_t device_id;
+  uint16_t next;  // Next entry of the bucket chain or of the free list: index + 1, 0 for none.
+  EntryType type;
+  DmaDirection dir;
+};
+
+constexpr size_t kBuckets = 1024;
+constexpr size_t kNumKinds = static_cast<size_t>(DmaDebugKind::kCount);
+
+// Everything the checker keeps. Zero-initialised, so it needs no constructor at boot: index 0
+// means "none" in every link, and entries above `used` have never been handed out.
+struct Table {
+  support::SpinLock lock;
+  Entry entries[DmaDebug::kMaxEntries] TA_GUARDED(lock) = {};
+  uint16_t buckets[kBuckets] TA_GUARDED(lock) = {};
+  uint16_t free_head TA_GUARDED(lock) = 0;  // Released entries, index + 1.
+  size_t used TA_GUARDED(lock) = 0;  // Entries [0, used) have been handed out at least once.
+  size_t live TA_GUARDED(lock) = 0;
+  bool stopped TA_GUARDED(lock) = false;  // The table overflowed: nothing is checked any more.
+};
+
+constinit Table g_table;
+uint64_t g_counts[kNumKinds];
+uint32_t g_next_device_id;
+DmaDebug::Sink g_sink;
+void* g_sink_ctx;
+
+size_t bucket_of(const void* op, uint64_t dma) {
+  uint64_t k = dma ^ (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(op)) << 7);
+  k *= 0x9E37'79B9'7F4A'7C15ull;
+  return static_cast<size_t>(k >> 54) % kBuckets;  // 10 bits: kBuckets == 1024.
+}
+
+// One report line, built without a hosted library.
+class Line {
+ public:
+  Line() { buf_[0] = '\0'; }
+  Line& str(const char* s) {
+    if (s == nullptr) s = "(null)";
+    while (*s != '\0' && n_ + 1 < sizeof(buf_)) buf_[n_++] = *s++;
+    buf_[n_] = '\0';
+    return *this;
+  }
+  Line& dec(uint64_t v) {
+    char tmp[24];
+    size_t i = 0;
+    do {
+      tmp[i++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v != 0);
+    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
+    buf_[n_] = '\0';
+    return *this;
+  }
+  Line& hex(uint64_t v) {
+    str("0x");
+    char tmp[16];
+    size_t i = 0;
+    do {
+      tmp[i++] = "0123456789abcdef"[v & 0xF];
+      v >>= 4;
+    } while (v != 0);
+    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
+    buf_[n_] = '\0';
+    return *this;
+  }
+  Line& ptr(const void* p) { return hex(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))); }
+  // "dma-debug: <kind>: device 'name' (#id)"
+  Line& head(DmaDebugKind kind, const char* name, uint32_t device_id) {
+    str("dma-debug: ").str(dma_debug_kind_name(kind)).str(": ");
+    return device(name, device_id);
+  }
+  Line& device(const char* name, uint32_t device_id) {
+    if (name != nullptr) {
+      str("device '").str(name).str("'");
+      if (device_id != 0) str(" (#").dec(device_id).str(")");
+    } else if (device_id != 0) {
+      str("device #").dec(device_id);
+    } else {
+      str("anonymous device");
+    }
+    return *this;
+  }
+  const char* c_str() const { return buf_; }
+
+ private:
+  char buf_[256];
+  size_t n_ = 0;
+};
+
+void emit(DmaDebugKind kind, const Line& line) {
+  __atomic_fetch_add(&g_counts[static_cast<size_t>(kind)], uint64_t{1}, __ATOMIC_RELAXED);
+  DmaDebug::Sink sink = __atomic_load_n(&g_sink, __ATOMIC_ACQUIRE);
+  void* ctx = __atomic_load_n(&g_sink_ctx, __ATOMIC_ACQUIRE);
+  if (sink != nullptr) sink(ctx, line.c_str());
+}
+
+Entry& at(uint16_t link) TA_REQ(g_table.lock) { return g_table.entries[link - 1]; }
+
+// A free entry, or null when the table is full.
+Entry* take_entry() TA_REQ(g_table.lock) {
+  uint16_t link;
+  if (g_table.free_head != 0) {
+    link = g_table.free_head;
+    g_table.free_head = at(link).next;
+  } else if (g_table.used < DmaDebug::kMaxEntries) {
+    link = static_cast<uint16_t>(++g_table.used);
+  } else {
+    return nullptr;
+  }
+  return &at(link);
+}
+
+uint16_t link_of(const Entry* e) TA_REQ(g_table.lock) {
+  return static_cast<uint16_t>(e - g_table.entries + 1);
+}
+
+void insert(Entry* e) TA_REQ(g_table.lock) {
+  size_t b = bucket_of(e->op, e->dma);
+  e->next = g_table.buckets[b];
+  g_table.buckets[b] = link_of(e);
+  ++g_table.live;
+}
+
+void remove(Entry* e) TA_REQ(g_table.lock) {
+  uint16_t* p = &g_table.buckets[bucket_of(e->op, e->dma)];
+  uint16_t me = link_of(e);
+  while (*p != me) {
+    KASSERT(*p != 0, "dma-debug: entry missing from its bucket");
+    p = &at(*p).next;
+  }
+  *p = e->next;
+  e->type = EntryType::kFree;
+  e->next = g_table.free_head;
+  g_table.free_head = me;
+  --g_table.live;
+}
+
+// The best entry of `type` at (op, dma): one of `device_id` matching `exact` first, then one of
+// that device, then (any_device) one of any device. Newest first within each class.
+template <typename Exact>
+Entry* find(const void* op, uint64_t dma, EntryType type, uint32_t device_id, bool any_device,
+            Exact exact) TA_REQ(g_table.lock) {
+  Entry* same_device = nullptr;
+  Entry* other = nullptr;
+  for (uint16_t l = g_table.buckets[bucket_of(op, dma)]; l != 0; l = at(l).next) {
+    Entry& e = at(l);
+    if (e.op != op || e.dma != dma || e.type != type) continue;
+    if (e.device_id == device_id) {
+      if (exact(e)) return &e;
+      if (same_device == nullptr) same_device = &e;
+    } else if (other == nullptr) {
+      other = &e;
+    }
+  }
+  if (same_device != nullptr) return same_device;
+  return any_device ? other : nullptr;
+}
+
+Entry* find_mapping(const void* op, const DmaMapHandle& h) TA_REQ(g_table.lock) {
+  return find(op, h.dma_addr.value(), EntryType::kStreaming, h.device_id, false,
+              [&h](const Entry& e) {
+                return e.cpu == h.cpu_addr && e.size == h.size && e.dir == h.direction;
+              });
+}
+
+bool is_exact(const Entry& e, const DmaMapHandle& h) {
+  return e.cpu == h.cpu_addr && e.size == h.size && e.dir == h.direction;
+}
+
+// "<what> of dma X size N <dir>"
+void describe_request(Line& l, const char* what, const DmaMapHandle& h) {
+  l.str(": ").str(what).str(" of dma ").hex(h.dma_addr.value()).str(" size ").dec(h.size);
+  l.str(" ").str(dma_direction_name(h.direction));
+}
+
+// Explains why a found mapping `e` does not match the handle `h`; returns the kind.
+DmaDebugKind mismatch(Line& l, const char* what, const Entry& e, const DmaMapHandle& h) {
+  if (e.size != h.size) {
+    l.head(DmaDebugKind::kSizeMismatch, e.name, e.device_id);
+    describe_request(l, what, h);
+    l.str(": expected the mapped size ").dec(e.size);
+    return DmaDebugKind::kSizeMismatch;
+  }
+  if (e.dir != h.direction) {
+    l.head(DmaDebugKind::kDirectionMismatch, e.name, e.device_id);
+    describe_request(l, what, h);
+    l.str(": expected the mapped direction ").str(dma_direction_name(e.dir));
+    return DmaDebugKind::kDirectionMismatch;
+  }
+  l.head(DmaDebugKind::kNotMapped, e.name, e.device_id);
+  describe_request(l, what, h);
+  l.str(" of cpu ").ptr(h.cpu_addr).str(": no such mapping (already unmapped?); expected cpu ");
+  l.ptr(e.cpu).str(", the buffer mapped at this address");
+  return DmaDebugKind::kNotMapped;
+}
+
+void describe_origin(Line& l, const Entry& e) {
+  l.str(", made at ");
+  if (e.file != nullptr) {
+    l.str(e.file).str(":").dec(e.line).str(" (caller ").ptr(e.caller).str(")");
+  } else {
+    l.str("caller ").ptr(e.caller);
+  }
+}
+
+// `event` says what happened ("torn down"), `before` what should have come first.
+void describe_leak(Line& l, const Entry& e, const char* event, const char* before) {
+  l.head(DmaDebugKind::kLeakAtTeardown, e.name, e.device_id).str(" ").str(event);
+  if (e.type == EntryType::kStreaming) {
+    l.str(" with a live streaming mapping: dma ").hex(e.dma).str(" size ").dec(e.size);
+    l.str(" ").str(dma_direction_name(e.dir));
+  } else {
+    l.str(" with a live coherent allocation: dma ").hex(e.dma).str(" size ").dec(e.size);
+  }
+  describe_origin(l, e);
+  l.str(e.type == EntryType::kStreaming ? "; expected unmap_single before "
+                                        : "; expected dealloc_coherent before ");
+  l.str(before);
+}
+
+void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDirection dir,
+            const DmaConstraints& c, const void* caller, EntryType type) {
+  Line l;
+  {
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    if (g_table.stopped) return;
+    Entry* e = take_entry();
+    if (e != nullptr) {
+      *e = Entry{op,      dma,    cpu, size,        c.name, caller, nullptr,
+                 0,       c.device_id, 0, type,     dir};
+      insert(e);
+      return;
+    }
+    g_table.stopped = true;
+    l.head(DmaDebugKind::kTableFull, c.name, c.device_id);
+    l.str(": ").str(type == EntryType::kStreaming ? "map_single" : "alloc_coherent");
+    l.str(" of dma ").hex(dma).str(" size ").dec(size).str(" not tracked: table full (");
+    l.dec(DmaDebug::kMaxEntries).str(" live entries); checking is off from now on; expected at most ");
+    l.dec(DmaDebug::kMaxEntries).str(" live mappings and allocations (raise DMA_API_DEBUG_ENTRIES)");
+  }
+  emit(DmaDebugKind::kTableFull, l);
+}
+
+// Reports (and with `forget`, drops) every entry for which pred(e) holds, one line each, never
+// holding the lock while the sink runs. Returns how many there were.
+// Once tracking stopped, the table no longer says what is live: nothing is reported, and
+// `forget` drops the entries silently.
+template <typename Pred>
+size_t report_leaks(Pred pred, const char* event, const char* before, bool forget) {
+  size_t n = 0;
+  size_t next = 0;
+  while (true) {
+    Line l;
+    {
+      support::Guard<support::SpinLock> guard{&g_table.lock};
+      size_t i = next;
+      while (i < g_table.used &&
+             (g_table.entries[i].type == EntryType::kFree || !pred(g_table.entries[i]))) {
+        ++i;
+      }
+      if (i >= g_table.used) return n;
+      Entry& e = g_table.entries[i];
+      next = i + 1;
+      if (g_table.stopped) {
+        if (forget) remove(&e);
+        continue;
+      }
+      describe_leak(l, e, event, before);
+      if (forget) remove(&e);
+    }
+    ++n;
+    emit(DmaDebugKind::kLeakAtTeardown, l);
+  }
+}
+
+}  // namespace
+
+void DmaDebug::set_sink(Sink sink, void* ctx, Sink* old_sink, void** old_ctx) {
+  if (old_sink != nullptr) *old_sink = __atomic_load_n(&g_sink, __ATOMIC_ACQUIRE);
+  if (old_ctx != nullptr) *old_ctx = __atomic_load_n(&g_sink_ctx, __ATOMIC_ACQUIRE);
+  __atomic_store_n(&g_sink_ctx, ctx, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_sink, sink, __ATOMIC_RELEASE);
+}
+
+uint64_t DmaDebug::count(DmaDebugKind kind) {
+  if (kind >= DmaDebugKind::kCount) return 0;
+  return __atomic_load_n(&g_counts[static_cast<size_t>(kind)], __ATOMIC_RELAXED);
+}
+
+uint64_t DmaDebug::total() {
+  uint64_t t = 0;
+  for (size_t i = 0; i < kNumKinds; ++i) t += __atomic_load_n(&g_counts[i], __ATOMIC_RELAXED);
+  return t;
+}
+
+size_t DmaDebug::live_entries() {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  return g_table.live;
+}
+
+size_t DmaDebug::live_entries(uint32_t device_id) {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  size_t n = 0;
+  for (size_t i = 0; i < g_table.used; ++i) {
+    const Entry& e = g_table.entries[i];
+    if (e.type != EntryType::kFree && e.device_id == device_id) ++n;
+  }
+  return n;
+}
+
+bool DmaDebug::tracking() {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  return !g_table.stopped;
+}
+
+void DmaDebug::reset() {
+  {
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    for (size_t i = 0; i < g_table.used; ++i) g_table.entries[i] = Entry{};
+    for (uint16_t& b : g_table.buckets) b = 0;
+    g_table.free_head = 0;
+    g_table.used = 0;
+    g_table.live = 0;
+    g_table.stopped = false;
+  }
+  for (uint64_t& c : g_counts) __atomic_store_n(&c, uint64_t{0}, __ATOMIC_RELAXED);
+}
+
+uint32_t DmaDebug::new_device_id() {
+  uint32_t id;
+  do {
+    id = __atomic_add_fetch(&g_next_device_id, 1u, __ATOMIC_RELAXED);
+  } while (id == 0);
+  return id;
+}
+
+void DmaDebug::on_map(const void* op, const DmaConstraints& c, const DmaMapHandle& h,
+                      const void* caller) {
+  record(op, h.dma_addr.value(), h.cpu_addr, h.size, h.direction, c, caller,
+         EntryType::kStreaming);
+}
+
+void DmaDebug::on_alloc_coherent(const void* op, const DmaConstraints& c, const DmaHandle& h,
+                                 const void* caller) {
+  record(op, h.dma_addr.value(), h.cpu_addr, h.layout.size, DmaDirection::kBidirectional, c,
+         caller, EntryType::kCoherent);
+}
+
+bool DmaDebug::on_unmap(const void* op, const DmaMapHandle& h) {
+  Line l;
+  DmaDebugKind kind;
+  {
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    if (g_table.stopped) return true;
+    Entry* e = find_mapping(op, h);
+    if (e != nullptr && is_exact(*e, h)) {
+      remove(e);
+      return true;
+    }
+    if (e != nullptr) {
+      kind = mismatch(l, "unmap_single", *e, h);
+    } else {
+      Entry* coh = find(op, h.dma_addr.value(), EntryType::kCoherent, h.device_id, true,
+                        [](const Entry&) { return true; });
+      if (coh != nullptr) {
+        kind = DmaDebugKind::kWrongFreeType;
+        l.head(kind, coh->name, coh->device_id);
+        describe_request(l, "unmap_single", h);
+        l.str(": this is a coherent allocation of size ").dec(coh->size);
+        l.str("; expected dealloc_coherent");
+      } else {
+        kind = DmaDebugKind::kNotMapped;
+        l.head(kind, nullptr, h.device_id);
+        describe_request(l, "unmap_single", h);
+        l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
+              "mapping");
+      }
+    }
+  }
+  emit(kind, l);
+  return false;
+}
+
+ErrorCode DmaDebug::on_sync(const void* op, const DmaMapHandle& h, size_t offset, size_t size,
+                            DmaDirection dir, DmaSyncCall call) {
+  const char* what = call == DmaSyncCall::kPrepareRead ? "prepare_read" : "confirm_write";
+  Line l;
+  DmaDebugKind kind;
+  ErrorCode refuse;
+  {
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    if (g_table.stopped) return ErrorCode::kOk;
+    Entry* e = find_mapping(op, h);
+    if (e != nullptr && is_exact(*e, h)) {
+      if (offset > e->size || size > e->size - offset) {
+        kind = DmaDebugKind::kSyncOutOfRange;
+        refuse = ErrorCode::kOutOfRange;
+        l.head(kind, e->name, e->device_id);
+        l.str(": ").str(what).str(" of dma ").hex(e->dma).str(" range [offset ").dec(offset);
+        l.str(", size ").dec(size).str(") is outside the mapping of size ").dec(e->size);
+        l.str("; expected offset + size <= ").dec(e->size);
+      } else if (e->dir != DmaDirection::kBidirectional && dir != e->dir) {
+        kind = DmaDebugKind::kDirectionMismatch;
+        refuse = ErrorCode::kInvalidArgument;
+        l.head(kind, e->name, e->device_id);
+        l.str(": ").str(what).str(" of dma ").hex(e->dma).str(" size ").dec(size);
+        l.str(" with direction ").str(dma_direction_name(dir)).str(" on a ");
+        l.str(dma_direction_name(e->dir)).str(" mapping; expected ");
+        l.str(dma_direction_name(e->dir)).str(" (or a bidirectional mapping)");
+      } else {
+        return ErrorCode::kOk;
+      }
+    } else if (e != nullptr) {
+      kind = mismatch(l, what, *e, h);
+      refuse = kind == DmaDebugKind::kNotMapped ? ErrorCode::kNotFound
+                                                : ErrorCode::kInvalidArgument;
+    } else {
+      kind = DmaDebugKind::kNotMapped;
+      refuse = ErrorCode::kNotFound;
+      l.head(kind, nullptr, h.device_id);
+      describe_request(l, what, h);
+      l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
+            "mapping");
+    }
+  }
+  emit(kind, l);
+  return refuse;
+}
+
+bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
+  Line l;
+  DmaDebugKind kind;
+  {
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    if (g_table.stopped) return true;
+    uint64_t dma = h.dma_addr.value();
+    Entry* e = find(op, dma, EntryType::kCoherent, h.device_id, false, [&h](const Entry& x) {
+      return x.cpu == h.cpu_addr && x.size == h.layout.size;
+    });
+    if (e != nullptr && e->cpu == h.cpu_addr && e->size == h.layout.size) {
+      remove(e);
+      return true;
+    }
+    if (e != nullptr) {
+      kind = e->size != h.layout.size ? DmaDebugKind::kSizeMismatch : DmaDebugKind::kNotMapped;
+      l.head(kind, e->name, e->device_id);
+      l.str(": dealloc_coherent of dma ").hex(dma).str(" size ").dec(h.layout.size);
+      if (kind == DmaDebugKind::kSizeMismatch) {
+        l.str(": expected the allocated size ").dec(e->size);
+      } else {
+        l.str(" cpu ").ptr(h.cpu_addr).str(": no such allocation; expected cpu ").ptr(e->cpu);
+        l.str(", the memory allocated at this address");
+      }
+    } else {
+      Entry* s = find(op, dma, EntryType::kStreaming, h.device_id, true,
+                      [](const Entry&) { return true; });
+      if (s != nullptr) {
+        kind = DmaDebugKind::kWrongFreeType;
+        l.head(kind, s->name, s->device_id);
+        l.str(": dealloc_coherent of dma ").hex(dma).str(" size ").dec(h.layout.size);
+        l.str(": this is a live ").str(dma_direction_name(s->dir));
+        l.str(" streaming mapping of size ").dec(s->size).str("; expected unmap_single");
+      } else {
+        kind = DmaDebugKind::kNotMapped;
+        l.head(kind, nullptr, h.device_id);
+        l.str(": dealloc_coherent of dma ").hex(dma).str(" size ").dec(h.layout.size);
+        l.str(": no such allocation (never allocated, or already freed); expected a live "
+              "coherent allocation");
+      }
+    }
+  }
+  emit(kind, l);
+  return false;
+}
+
+void DmaDebug::note_call_site(const void* op, DmaAddr dma, uint32_t device_id, DmaCallSite site) {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  if (g_table.stopped) return;
+  for (uint16_t l = g_table.buckets[bucket_of(op, dma.value())]; l != 0; l = at(l).next) {
+    Entry& e = at(l);
+    if (e.op == op && e.dma == dma.value() && e.device_id == device_id && e.file == nullptr) {
+      e.file = site.file;
+      e.line = site.line;
+      return;
+    }
+  }
+}
+
+size_t DmaDebug::check_device_teardown(const DmaConstraints& c) {
+  uint32_t id = c.device_id;
+  if (id == 0) return 0;  // Anonymous devices share no identity to account against.
+  return report_leaks([id](const Entry& e) { return e.device_id == id; }, "torn down",
+                      "the teardown", false);
+}
+
+void DmaDebug::on_op_destroyed(const void* op) {
+  (void)report_leaks([op](const Entry& e) { return e.op == op; }, "outlived by its DmaOp:",
+                     "the DmaOp is destroyed", true);
+}
+
+void DmaDebug::on_error_ignored(const char* name, uint32_t device_id, const void* addr,
+                                size_t size, DmaDirection dir, Error e) {
+  Line l;
+  l.head(DmaDebugKind::kErrorIgnored, name, device_id);
+  l.str(": map of cpu ").ptr(addr).str(" size ").dec(size).str(" ").str(dma_direction_name(dir));
+  l.str(" failed (").str(error_code_name(e.code)).str(") and the result was dropped unchecked");
+  l.str("; expected ok(), code() or error() to be called on it");
+  emit(DmaDebugKind::kErrorIgnored, l);
+}
+
+#endif  // DMA_API_DEBUG_ENABLED

@@ -1,0 +1,265 @@
+// DmaDebug: the DMA-API misuse checker, in the spirit of Linux's CONFIG_DMA_API_DEBUG.
+//
+// Compiled in when DMA_API_DEBUG is 1 (the host tests, the fuzzers and the test kernels). When it
+// is 0 every hook below is an empty inline function and DmaMapResult<T> is plain Result<T>: the
+// checker costs nothing. Struct layouts (the device_id fields of DmaConstraints and the handles)
+// do not depend on the option, so objects built with and without it link together.
+//
+// Scheme: every live streaming mapping and coherent allocation made through KernelDmaOp is one
+// entry of a fixed table in static storage (kMaxEntries entries, no heap), chained into hash
+// buckets keyed by (DmaOp, DMA address), with unused entries on a free list. Inserting (map,
+// alloc_coherent) is O(1); unmap, dealloc and sync find their entry in O(length of one bucket
+// chain), normally one or two entries, and check the request against what was recorded. The
+// device teardown check and a DmaOp's destruction walk the whole table, O(kMaxEntries). One
+// spinlock guards the table (it does not mask interrupts, like every lock of the subsystem); a
+// report is formatted into a stack buffer under it and handed to the sink after it is released.
+//
+// Each misuse prints exactly one line through the sink and bumps that kind's counter:
+//   kNotMapped          unmap_single / dealloc_coherent / a sync of something not live (never
+//                       mapped, or already unmapped or freed).         Refused: nothing happens.
+//   kSizeMismatch       unmap, sync or dealloc with a size other than the mapping's.    Refused.
+//   kDirectionMismatch  unmap with another direction than the mapping's, or a sync whose
+//                       direction the mapping does not allow (a bidirectional mapping allows
+//                       any: the sync calls take a direction precisely to narrow it).  Refused.
+//   kSyncOutOfRange     prepare_read / confirm_write of a range not inside the mapping.
+//                       Refused with kOutOfRange (as without the checker).
+//   kLeakAtTeardown     a mapping or allocation still live when its device is torn down
+//                       (DeviceDma::check_no_mappings) or its DmaOp destroyed, with the place it
+//                       was made (file:line of the DeviceDma call, and the caller's address).
+//   kWrongFreeType      unmap_single of a coherent allocation, dealloc_coherent of a streaming
+//                       mapping.                                                      Refused.
+//   kErrorIgnored       a failed DeviceDma::map whose result was dropped without ok(), code(),
+//                       error() or a conversion ever looking at it.
+//   kTableFull          no room left to track a new mapping: reported once, and the checker
+//                       stops checking (a mapping it never saw would look like a bogus unmap)
+//                       until reset(). Nothing else changes: the mapping itself succeeds.
+// A refused operation changes no accounting: the mapping or allocation stays live (and is
+// reported again at teardown if it is never released correctly).
+#pragma once
+
+#include "dma/dma_types.h"
+#include "support/result.h"
+#include "support/types.h"
+#include "support/utility.h"
+
+#if defined(DMA_API_DEBUG) && DMA_API_DEBUG
+#define DMA_API_DEBUG_ENABLED 1
+#else
+#define DMA_API_DEBUG_ENABLED 0
+#endif
+
+#ifndef DMA_API_DEBUG_ENTRIES
+#define DMA_API_DEBUG_ENTRIES 4096
+#endif
+
+class DmaOp;
+
+// The kinds of misuse, for counters and tests.
+enum class DmaDebugKind : uint8_t {
+  kNotMapped = 0,
+  kSizeMismatch,
+  kDirectionMismatch,
+  kSyncOutOfRange,
+  kLeakAtTeardown,
+  kWrongFreeType,
+  kErrorIgnored,
+  kTableFull,
+  kCount,
+};
+
+// Short name of a kind ("not-mapped", ...), as printed at the start of its report lines.
+const char* dma_debug_kind_name(DmaDebugKind kind);
+
+// Where a mapping or allocation was requested: captured by default arguments of the DeviceDma
+// calls, so a leak report names the driver's line. Empty (and free) when the checker is off.
+struct DmaCallSite {
+#if DMA_API_DEBUG_ENABLED
+  const char* file = nullptr;
+  uint32_t line = 0;
+  static constexpr DmaCallSite current(const char* file = __builtin_FILE(),
+                                       uint32_t line = __builtin_LINE()) {
+    return DmaCallSite{file, line};
+  }
+#else
+  static constexpr DmaCallSite current() { return DmaCallSite{}; }
+#endif
+};
+
+// Which call a sync hook checks.
+enum class DmaSyncCall : uint8_t { kPrepareRead, kConfirmWrite };
+
+class DmaDebug {
+ public:
+  static constexpr bool kEnabled = DMA_API_DEBUG_ENABLED;
+  static constexpr size_t kMaxEntries = DMA_API_DEBUG_ENTRIES;
+  static_assert(kMaxEntries > 0 && kMaxEntries < 65535, "entries are linked by 16-bit indices");
+
+  // Receives one report line (no trailing newline; at most 255 characters). Called with no lock of
+  // the checker held, from whatever context made the faulty call.
+  using Sink = void (*)(void* ctx, const char* line);
+
+#if DMA_API_DEBUG_ENABLED
+  // ---- Configuration and queries. ----
+
+  // Sets where report lines go (null: nowhere; they are still counted). The kernel points it at
+  // its console; the host tests capture the lines. Returns the previous sink and its context
+  // through the out-parameters when they are non-null. Not synchronised with reports in flight:
+  // set it before devices start, or from a single thread (tests).
+  static void set_sink(Sink sink, void* ctx, Sink* old_sink = nullptr, void** old_ctx = nullptr);
+  // Reports of one kind, and of all kinds, since start or the last reset().
+  static uint64_t count(DmaDebugKind kind);
+  static uint64_t total();
+  // Mappings and coherent allocations currently tracked: all of them, or one device's.
+  static size_t live_entries();
+  static size_t live_entries(uint32_t device_id);
+  // False once the table overflowed (checking is off until reset()).
+  static bool tracking();
+  // Forgets every tracked entry, zeroes the counters and turns tracking back on. For tests: must
+  // not race with any DMA-API call.
+  static void reset();
+  // A fresh device identity (never 0). Lock-free; may be called with interrupts off.
+  static uint32_t new_device_id();
+
+  // ---- Hooks, called by KernelDmaOp and DeviceDma (one call per event). All may be called with
+  // interrupts off. `op` is the DmaOp the mapping belongs to. ----
+
+  // A streaming mapping was made. `caller`: the return address of map_single.
+  static void on_map(const void* op, const DmaConstraints& c, const DmaMapHandle& h,
+                     const void* caller);
+  // An unmap is requested: true when it matches a live mapping exactly (which is then
+  // forgotten), false when it must be refused (reported).
+  static bool on_unmap(const void* op, const DmaMapHandle& h);
+  // A sync is requested: kOk to go ahead, otherwise the error to return (reported).
+  static ErrorCode on_sync(const void* op, const DmaMapHandle& h, size_t offset, size_t size,
+                           DmaDirection dir, DmaSyncCall call);
+  // A coherent allocation was made.
+  static void on_alloc_coherent(const void* op, const DmaConstraints& c, const DmaHandle& h,
+                                const void* caller);
+  // A coherent free is requested: true when it matches a live allocation exactly (then
+  // forgotten), false when it must be refused (reported).
+  static bool on_dealloc_coherent(const void* op, const DmaHandle& h);
+  // Records the driver's call site on the newest live entry of (op, dma, device) that has none.
+  static void note_call_site(const void* op, DmaAddr dma, uint32_t device_id, DmaCallSite site);
+  // A device is being torn down: reports every live entry of `c.device_id` (one line each) and
+  // returns how many there are. Entries stay tracked: they are still live.
+  static size_t check_device_teardown(const DmaConstraints& c);
+  // A DmaOp is being destroyed: reports its live entries and forgets them.
+  static void on_op_destroyed(const void* op);
+  // A failed map's result was dropped unchecked.
+  static void on_error_ignored(const char* name, uint32_t device_id, const void* addr,
+                               size_t size, DmaDirection dir, Error e);
+#else
+  static void set_sink(Sink, void*, Sink* old_sink = nullptr, void** old_ctx = nullptr) {
+    if (old_sink != nullptr) *old_sink = nullptr;
+    if (old_ctx != nullptr) *old_ctx = nullptr;
+  }
+  static uint64_t count(DmaDebugKind) { return 0; }
+  static uint64_t total() { return 0; }
+  static size_t live_entries() { return 0; }
+  static size_t live_entries(uint32_t) { return 0; }
+  static bool tracking() { return false; }
+  static void reset() {}
+  static uint32_t new_device_id() { return 0; }
+  static void on_map(const void*, const DmaConstraints&, const DmaMapHandle&, const void*) {}
+  static bool on_unmap(const void*, const DmaMapHandle&) { return true; }
+  static ErrorCode on_sync(const void*, const DmaMapHandle&, size_t, size_t, DmaDirection,
+                           DmaSyncCall) {
+    return ErrorCode::kOk;
+  }
+  static void on_alloc_coherent(const void*, const DmaConstraints&, const DmaHandle&,
+                                const void*) {}
+  static bool on_dealloc_coherent(const void*, const DmaHandle&) { return true; }
+  static void note_call_site(const void*, DmaAddr, uint32_t, DmaCallSite) {}
+  static size_t check_device_teardown(const DmaConstraints&) { return 0; }
+  static void on_op_destroyed(const void*) {}
+#endif
+};
+
+#if DMA_API_DEBUG_ENABLED
+
+// The result of DeviceDma::map in the debug build: a Result<T> that remembers whether the caller
+// ever looked at it. Destroying a failed one that nobody checked (ok(), is_error(), operator
+// bool, code(), error(), or converting it to a Result<T>) is reported as kErrorIgnored. Its
+// interface is Result<T>'s, so code (TRY, TRY_ASSIGN, tests) is written the same either way.
+// Cost: a flag and the request's description, in the debug build only.
+template <typename T>
+class [[nodiscard]] DmaMapResult {
+ public:
+  DmaMapResult(T&& v) : r_(support::move(v)) {}  // NOLINT(google-explicit-constructor)
+  // A failure of a map of [addr, addr + size) in `dir` for the device `c`.
+  DmaMapResult(Error e, const DmaConstraints& c, const void* addr, size_t size, DmaDirection dir)
+      : r_(e),
+        unchecked_(true),
+        name_(c.name),
+        device_id_(c.device_id),
+        addr_(addr),
+        size_(size),
+        dir_(dir) {}
+  DmaMapResult(DmaMapResult&& o)
+      : r_(support::move(o.r_)),
+        unchecked_(support::exchange(o.unchecked_, false)),
+        name_(o.name_),
+        device_id_(o.device_id_),
+        addr_(o.addr_),
+        size_(o.size_),
+        dir_(o.dir_) {}
+  DmaMapResult(const DmaMapResult&) = delete;
+  DmaMapResult& operator=(const DmaMapResult&) = delete;
+  DmaMapResult& operator=(DmaMapResult&&) = delete;
+  ~DmaMapResult() {
+    if (unchecked_) DmaDebug::on_error_ignored(name_, device_id_, addr_, size_, dir_, r_.error());
+  }
+
+  bool ok() const { return checked().ok(); }
+  bool is_error() const { return checked().is_error(); }
+  explicit operator bool() const { return checked().ok(); }
+  Error error() const { return checked().error(); }
+  ErrorCode code() const { return checked().code(); }
+  // Preconditions: ok() (checked by Result: a failed map cannot be used by mistake).
+  T& value() & { return r_.value(); }
+  const T& value() const& { return r_.value(); }
+  T&& value() && { return support::move(r_).value(); }
+  T* operator->() { return &r_.value(); }
+  const T* operator->() const { return &r_.value(); }
+  T& operator*() & { return r_.value(); }
+  const T& operator*() const& { return r_.value(); }
+  T&& operator*() && { return support::move(r_).value(); }
+  // Hands the outcome on as a plain Result: whoever receives it is responsible for it now.
+  operator Result<T>() && {  // NOLINT(google-explicit-constructor)
+    unchecked_ = false;
+    return support::move(r_);
+  }
+
+ private:
+  const Result<T>& checked() const {
+    unchecked_ = false;
+    return r_;
+  }
+
+  Result<T> r_;
+  mutable bool unchecked_ = false;
+  const char* name_ = nullptr;
+  uint32_t device_id_ = 0;
+  const void* addr_ = nullptr;
+  size_t size_ = 0;
+  DmaDirection dir_ = DmaDirection::kToDevice;
+};
+
+template <typename T>
+DmaMapResult<T> dma_map_failure(Error e, const DmaConstraints& c, const void* addr, size_t size,
+                                DmaDirection dir) {
+  return DmaMapResult<T>(e, c, addr, size, dir);
+}
+
+#else
+
+template <typename T>
+using DmaMapResult = Result<T>;
+
+template <typename T>
+DmaMapResult<T> dma_map_failure(Error e, const DmaConstraints&, const void*, size_t,
+                                DmaDirection) {
+  return DmaMapResult<T>(e);
+}
+
+#endif
