@@ -39,7 +39,7 @@ LIBDMA_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc)
 # Host: GoogleTest suite under ASan + UBSan, with the cache-model backend.
 
 HOST_DIR := $(BUILD)/host
-HOST_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_FAULT_INJECTION=1 \
+HOST_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 -DDMA_FAULT_INJECTION=1 \
                  -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 HOST_LDFLAGS := -fsanitize=address,undefined -lgtest -lpthread
 HOST_BACKEND_SRCS := $(wildcard arch/host/*.cc)
@@ -87,7 +87,7 @@ KDIR := $(BUILD)/$(ARCH)
 
 KERNEL_CXXFLAGS := $(COMMON_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib -nostdinc++ \
                    -fno-stack-protector -fno-pic -fno-threadsafe-statics -fno-use-cxa-atexit \
-                   -O2 -DDMA_DEBUG=1 $(ARCH_CXXFLAGS)
+                   -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS)
 KERNEL_COMMON_SRCS := $(wildcard kernel/*.cc) $(wildcard tests/qemu/*.cc) \
                       $(wildcard drivers/*/*.cc)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))

@@ -11,6 +11,7 @@
 // device does, except across sync_for_cpu (CPU may read) / sync_for_device (device may read again).
 #pragma once
 
+#include "dma/dma_debug.h"
 #include "dma/dma_op.h"
 #include "support/result.h"
 #include "support/utility.h"
@@ -137,13 +138,19 @@ class DBox {
 };
 
 // The per-device handle: constraints plus the platform's DmaOp. Cheap to copy; it owns nothing.
+// Each constructed DeviceDma is one device for the misuse checker (dma/dma_debug.h): it gets a
+// fresh DmaConstraints::device_id, which its copies share. A driver calls check_no_mappings() when
+// it tears its device down.
 class DeviceDma {
  public:
   DeviceDma() = default;
-  DeviceDma(DmaOp* op, const DmaConstraints& c) : op_(op), c_(c) {}
+  DeviceDma(DmaOp* op, const DmaConstraints& c) : op_(op), c_(c) {
+    c_.device_id = DmaDebug::new_device_id();
+  }
   // A device with the platform's default coherence and this mask.
   DeviceDma(DmaOp* op, uint64_t dma_mask) : op_(op), c_(op->default_constraints()) {
     c_.dma_mask = dma_mask;
+    c_.device_id = DmaDebug::new_device_id();
   }
 
   DmaOp* op() const { return op_; }
@@ -154,28 +161,45 @@ class DeviceDma {
   void set_force_bounce(bool force) { c_.force_bounce = force; }
   void set_min_align_mask(uint64_t m) { c_.min_align_mask = m; }
   void set_dma_mask(uint64_t mask) { c_.dma_mask = mask; }
+  // The name diagnostics print (a string that outlives the device), may be null.
+  void set_name(const char* name) { c_.name = name; }
+  const char* name() const { return c_.name; }
 
   // Maps [addr, addr + size) for `dir`; see DmaOp::map_single for the contract and errors.
-  Result<StreamingMapping> map(void* addr, size_t size, DmaDirection dir, size_t align = 0) {
-    TRY_ASSIGN(DmaMapHandle h, op_->map_single(c_, addr, size, align, dir));
-    return StreamingMapping(op_, h);
+  // `site` records the caller's file:line for the checker's leak reports (leave it defaulted).
+  // In the debug build the result reports itself (kErrorIgnored) if it holds an error that the
+  // caller never looked at; otherwise it is a plain Result.
+  DmaMapResult<StreamingMapping> map(void* addr, size_t size, DmaDirection dir, size_t align = 0,
+                                     DmaCallSite site = DmaCallSite::current()) {
+    auto h = op_->map_single(c_, addr, size, align, dir);
+    if (!h.ok()) return dma_map_failure<StreamingMapping>(h.error(), c_, addr, size, dir);
+    DmaDebug::note_call_site(op_, h->dma_addr, c_.device_id, site);
+    return StreamingMapping(op_, *h);
   }
 
   // `count` zeroed objects of T in coherent memory; see DmaOp::alloc_coherent for the errors
   // (plus kLayoutError when count * sizeof(T) overflows or count is 0).
   template <typename T>
-  Result<DArray<T>> alloc_array(size_t count, size_t align = alignof(T)) {
+  Result<DArray<T>> alloc_array(size_t count, size_t align = alignof(T),
+                                DmaCallSite site = DmaCallSite::current()) {
     if (count == 0 || count > ~size_t{0} / sizeof(T)) return ErrorCode::kLayoutError;
     TRY_ASSIGN(DmaHandle h, op_->alloc_coherent(c_, Layout{count * sizeof(T), align}));
+    DmaDebug::note_call_site(op_, h.dma_addr, c_.device_id, site);
     return DArray<T>(op_, h, count);
   }
 
   // One zeroed T in coherent memory.
   template <typename T>
-  Result<DBox<T>> alloc_box() {
-    TRY_ASSIGN(DArray<T> a, alloc_array<T>(1));
+  Result<DBox<T>> alloc_box(DmaCallSite site = DmaCallSite::current()) {
+    TRY_ASSIGN(DArray<T> a, alloc_array<T>(1, alignof(T), site));
     return DBox<T>(support::move(a));
   }
+
+  // Teardown check: with the misuse checker, reports (kLeakAtTeardown, one line each, with where
+  // each was made) every streaming mapping and coherent allocation of this device that is still
+  // live, and returns how many there are; they stay live. Returns 0 without the checker, or for
+  // a default-constructed device. May be called with interrupts off; O(checker table size).
+  size_t check_no_mappings() const { return DmaDebug::check_device_teardown(c_); }
 
  private:
   DmaOp* op_ = nullptr;

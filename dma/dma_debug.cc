@@ -64,7 +64,16 @@ struct Table {
   bool stopped TA_GUARDED(lock) = false;  // The table overflowed: nothing is checked any more.
 };
 
+// The last name seen for each device id (direct-mapped by id), so that a report about something
+// no longer in the table (a double unmap) can still name its device.
+struct DeviceName {
+  uint32_t id;
+  const char* name;
+};
+constexpr size_t kNames = 256;
+
 constinit Table g_table;
+DeviceName g_names[kNames] TA_GUARDED(g_table.lock);
 uint64_t g_counts[kNumKinds];
 uint32_t g_next_device_id;
 DmaDebug::Sink g_sink;
@@ -141,6 +150,15 @@ void emit(DmaDebugKind kind, const Line& line) {
 }
 
 Entry& at(uint16_t link) TA_REQ(g_table.lock) { return g_table.entries[link - 1]; }
+
+void remember_name(uint32_t id, const char* name) TA_REQ(g_table.lock) {
+  if (id != 0 && name != nullptr) g_names[id % kNames] = DeviceName{id, name};
+}
+
+const char* name_of(uint32_t id) TA_REQ(g_table.lock) {
+  const DeviceName& n = g_names[id % kNames];
+  return id != 0 && n.id == id ? n.name : nullptr;
+}
 
 // A free entry, or null when the table is full.
 Entry* take_entry() TA_REQ(g_table.lock) {
@@ -249,9 +267,9 @@ void describe_origin(Line& l, const Entry& e) {
   }
 }
 
-// `event` says what happened ("torn down"), `before` what should have come first.
+// `event` says what happened (" torn down"), `before` what should have come first.
 void describe_leak(Line& l, const Entry& e, const char* event, const char* before) {
-  l.head(DmaDebugKind::kLeakAtTeardown, e.name, e.device_id).str(" ").str(event);
+  l.head(DmaDebugKind::kLeakAtTeardown, e.name, e.device_id).str(event);
   if (e.type == EntryType::kStreaming) {
     l.str(" with a live streaming mapping: dma ").hex(e.dma).str(" size ").dec(e.size);
     l.str(" ").str(dma_direction_name(e.dir));
@@ -270,6 +288,7 @@ void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDir
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
     if (g_table.stopped) return;
+    remember_name(c.device_id, c.name);
     Entry* e = take_entry();
     if (e != nullptr) {
       *e = Entry{op,      dma,    cpu, size,        c.name, caller, nullptr,
@@ -364,6 +383,7 @@ void DmaDebug::reset() {
     support::Guard<support::SpinLock> guard{&g_table.lock};
     for (size_t i = 0; i < g_table.used; ++i) g_table.entries[i] = Entry{};
     for (uint16_t& b : g_table.buckets) b = 0;
+    for (DeviceName& n : g_names) n = DeviceName{};
     g_table.free_head = 0;
     g_table.used = 0;
     g_table.live = 0;
@@ -416,7 +436,7 @@ bool DmaDebug::on_unmap(const void* op, const DmaMapHandle& h) {
         l.str("; expected dealloc_coherent");
       } else {
         kind = DmaDebugKind::kNotMapped;
-        l.head(kind, nullptr, h.device_id);
+        l.head(kind, name_of(h.device_id), h.device_id);
         describe_request(l, "unmap_single", h);
         l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
               "mapping");
@@ -463,7 +483,7 @@ ErrorCode DmaDebug::on_sync(const void* op, const DmaMapHandle& h, size_t offset
     } else {
       kind = DmaDebugKind::kNotMapped;
       refuse = ErrorCode::kNotFound;
-      l.head(kind, nullptr, h.device_id);
+      l.head(kind, name_of(h.device_id), h.device_id);
       describe_request(l, what, h);
       l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
             "mapping");
@@ -508,7 +528,7 @@ bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
         l.str(" streaming mapping of size ").dec(s->size).str("; expected unmap_single");
       } else {
         kind = DmaDebugKind::kNotMapped;
-        l.head(kind, nullptr, h.device_id);
+        l.head(kind, name_of(h.device_id), h.device_id);
         l.str(": dealloc_coherent of dma ").hex(dma).str(" size ").dec(h.layout.size);
         l.str(": no such allocation (never allocated, or already freed); expected a live "
               "coherent allocation");
@@ -535,12 +555,12 @@ void DmaDebug::note_call_site(const void* op, DmaAddr dma, uint32_t device_id, D
 size_t DmaDebug::check_device_teardown(const DmaConstraints& c) {
   uint32_t id = c.device_id;
   if (id == 0) return 0;  // Anonymous devices share no identity to account against.
-  return report_leaks([id](const Entry& e) { return e.device_id == id; }, "torn down",
+  return report_leaks([id](const Entry& e) { return e.device_id == id; }, " torn down",
                       "the teardown", false);
 }
 
 void DmaDebug::on_op_destroyed(const void* op) {
-  (void)report_leaks([op](const Entry& e) { return e.op == op; }, "outlived by its DmaOp:",
+  (void)report_leaks([op](const Entry& e) { return e.op == op; }, ": DmaOp destroyed",
                      "the DmaOp is destroyed", true);
 }
 

@@ -5,6 +5,7 @@
 // direction. alloc_coherent is one page-frame allocation (O(1) in the size of memory) plus zeroing.
 #include "dma/kernel_dma_op.h"
 
+#include "dma/dma_debug.h"
 #include "support/bitops.h"
 #include "support/fault_injection.h"
 #include "support/mem.h"
@@ -50,6 +51,8 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
     dm_hi_ = support::max(dm_hi_, base + cfg_.pools[i]->bytes());
   }
 }
+
+KernelDmaOp::~KernelDmaOp() { DmaDebug::on_op_destroyed(this); }
 
 DmaConstraints KernelDmaOp::default_constraints() const {
   DmaConstraints c;
@@ -104,6 +107,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   h.size = size;
   h.direction = dir;
   h.coherent_device = c.coherent;
+  h.device_id = c.device_id;
 
   uint64_t p = phys->value();
   bool reachable = p + (size - 1) <= *limit;
@@ -111,33 +115,32 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   if (!c.force_bounce && reachable && aligned) {
     h.dma_addr = DmaAddr(p + c.bus_offset);
     if (!c.coherent) flush(addr, size);
-    add_relaxed(&stats_.maps, uint64_t{1});
     add_relaxed(&stats_.direct_maps, uint64_t{1});
-    add_relaxed(&stats_.live_maps, uint64_t{1});
-    add_relaxed(&stats_.bytes_mapped, uint64_t{size});
-    return h;
+  } else {
+    int pi = pick_pool(*limit);
+    if (pi < 0) {
+      return fail(Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
+    }
+    BouncePool* pool = cfg_.pools[pi];
+    if (size > pool->bytes()) return fail(ErrorCode::kLayoutError);
+    auto slot = pool->alloc(size, PhysAddr(p), c.min_align_mask, align);
+    if (!slot.ok()) return fail(slot.error());
+    h.bounce = *slot;
+    h.bounce_pool_index = static_cast<uint8_t>(pi);
+    h.bounce_cpu = pool->cpu_addr(slot->addr);
+    h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+    // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
+    // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
+    support::copy_bytes(h.bounce_cpu, addr, size);
+    pool->note_bounced(size);
+    add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+    if (!c.coherent) flush(h.bounce_cpu, size);
+    add_relaxed(&stats_.bounced_maps, uint64_t{1});
   }
-
-  int pi = pick_pool(*limit);
-  if (pi < 0) return fail(Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
-  BouncePool* pool = cfg_.pools[pi];
-  if (size > pool->bytes()) return fail(ErrorCode::kLayoutError);
-  auto slot = pool->alloc(size, PhysAddr(p), c.min_align_mask, align);
-  if (!slot.ok()) return fail(slot.error());
-  h.bounce = *slot;
-  h.bounce_pool_index = static_cast<uint8_t>(pi);
-  h.bounce_cpu = pool->cpu_addr(slot->addr);
-  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
-  // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
-  // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
-  support::copy_bytes(h.bounce_cpu, addr, size);
-  pool->note_bounced(size);
-  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
-  if (!c.coherent) flush(h.bounce_cpu, size);
   add_relaxed(&stats_.maps, uint64_t{1});
-  add_relaxed(&stats_.bounced_maps, uint64_t{1});
   add_relaxed(&stats_.live_maps, uint64_t{1});
   add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
 
@@ -156,6 +159,7 @@ void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t 
 }
 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
+  if (!DmaDebug::on_unmap(this, h)) return;  // Misuse, reported: refused.
   KASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
   if (h.bounced()) {
     KASSERT(h.bounce_pool_index < cfg_.num_pools, "unmap_single: bad bounce pool index");
@@ -173,6 +177,8 @@ void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
 
 Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, size_t size,
                                        DmaDirection dir) {
+  ErrorCode misuse = DmaDebug::on_sync(this, h, offset, size, dir, DmaSyncCall::kPrepareRead);
+  if (misuse != ErrorCode::kOk) return misuse;  // Reported.
   if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
   if (!copies_out(dir) || size == 0) return support::ok();
   if (h.bounced()) {
@@ -186,6 +192,8 @@ Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, siz
 
 Result<void> KernelDmaOp::confirm_write(const DmaMapHandle& h, size_t offset, size_t size,
                                         DmaDirection dir) {
+  ErrorCode misuse = DmaDebug::on_sync(this, h, offset, size, dir, DmaSyncCall::kConfirmWrite);
+  if (misuse != ErrorCode::kOk) return misuse;  // Reported.
   if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
   if (!copies_in(dir) || size == 0) return support::ok();
   if (h.bounced()) {
@@ -217,16 +225,19 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   h.layout = layout;
   h.order = static_cast<uint8_t>(order);
   h.coherent_device = c.coherent;
+  h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
   // The zeroes must reach memory and no dirty line may later overwrite what the device writes.
   if (!c.coherent) flush_invalidate(h.cpu_addr, bytes);
   add_relaxed(&stats_.coherent_allocs, uint64_t{1});
   add_relaxed(&stats_.coherent_live, uint64_t{1});
+  DmaDebug::on_alloc_coherent(this, c, h, __builtin_return_address(0));
   return h;
 }
 
 void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
+  if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
   auto r = cfg_.pfa->free(h.phys, h.order);
   KASSERT(r.ok(), "dealloc_coherent: not a live coherent allocation (double free?)");
   __atomic_fetch_sub(&stats_.coherent_live, uint64_t{1}, __ATOMIC_RELAXED);

@@ -36,6 +36,8 @@ class KernelDmaOp : public DmaOp {
   explicit KernelDmaOp(const Config& cfg);
   KernelDmaOp(const KernelDmaOp&) = delete;
   KernelDmaOp& operator=(const KernelDmaOp&) = delete;
+  // With the misuse checker (DMA_API_DEBUG), reports every mapping and allocation still live.
+  ~KernelDmaOp() override;
 
   size_t page_size() const override { return PageFrameAllocator::kPageSize; }
   using DmaOp::alloc_coherent;

@@ -15,12 +15,18 @@ using InitFn = void (*)();
 extern InitFn __init_array_start[];  // NOLINT: linker-script symbol.
 extern InitFn __init_array_end[];    // NOLINT: linker-script symbol.
 
-void __cxa_pure_virtual() { kpanic("pure virtual function called"); }
-
-int atexit(void (*)()) { return 0; }
+void __cxa_pure_virtual() {
+  kpanic("pure virtual function called");
 }
 
-void operator delete(void*) noexcept { kpanic("operator delete called: the kernel has no heap"); }
+int atexit(void (*)()) {
+  return 0;
+}
+}
+
+void operator delete(void*) noexcept {
+  kpanic("operator delete called: the kernel has no heap");
+}
 void operator delete(void*, size_t) noexcept {
   kpanic("operator delete called: the kernel has no heap");
 }

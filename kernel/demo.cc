@@ -16,14 +16,15 @@ uint8_t* device_view(const KernelEnv& env, DmaAddr a) {
 
 void print_stats(const KernelEnv& env) {
   KernelDmaOp::Stats s = env.dma->stats();
-  kprintf("  stats: maps %llu (direct %llu, bounced %llu), bytes mapped %llu, bounced %llu, "
-          "live maps %llu, coherent live %llu\n",
-          static_cast<unsigned long long>(s.maps), static_cast<unsigned long long>(s.direct_maps),
-          static_cast<unsigned long long>(s.bounced_maps),
-          static_cast<unsigned long long>(s.bytes_mapped),
-          static_cast<unsigned long long>(s.bytes_bounced),
-          static_cast<unsigned long long>(s.live_maps),
-          static_cast<unsigned long long>(s.coherent_live));
+  kprintf(
+      "  stats: maps %llu (direct %llu, bounced %llu), bytes mapped %llu, bounced %llu, "
+      "live maps %llu, coherent live %llu\n",
+      static_cast<unsigned long long>(s.maps), static_cast<unsigned long long>(s.direct_maps),
+      static_cast<unsigned long long>(s.bounced_maps),
+      static_cast<unsigned long long>(s.bytes_mapped),
+      static_cast<unsigned long long>(s.bytes_bounced),
+      static_cast<unsigned long long>(s.live_maps),
+      static_cast<unsigned long long>(s.coherent_live));
   for (size_t i = 0; i < env.num_pools; ++i) {
     BouncePool::Stats p = env.pools[i]->stats();
     kprintf("  pool %s: %llu/%llu slots in use, high water %llu\n", env.pool_names[i],

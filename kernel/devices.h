@@ -54,6 +54,7 @@ class Devices {
 
  private:
   friend Result<Devices*> devices_init(const KernelEnv& env);
+  Result<void> init(const KernelEnv& env);
 
   PciHostBridge pci_;
   const char* source_ = "";
@@ -63,6 +64,29 @@ class Devices {
   size_t num_edu_ = 0;
   PciDevice* virtio_blk_ = nullptr;
 };
+
+// The disk image the QEMU runner attaches (tests/qemu/run_qemu.py builds it before each boot and
+// checks it afterwards, with the same formulas): kSectors sectors of 512 bytes, sector s holding
+// host_byte(s, 0..511). The guest writes guest_byte(s, j) to the sectors it announces with a line
+// "virtio-blk: guest pattern in sectors <first>..<last>", and the runner checks that exactly those
+// sectors changed.
+namespace disk_pattern {
+constexpr uint64_t kSectors = 1024;
+constexpr uint64_t kSectorSize = 512;
+// Ranges the test suite and the demo write (first sector, count).
+constexpr uint64_t kTestSgFirst = 64;
+constexpr uint64_t kTestSgCount = 18;
+constexpr uint64_t kTestBounceFirst = 128;
+constexpr uint64_t kTestBounceCount = 16;
+constexpr uint64_t kDemoFirst = 256;
+constexpr uint64_t kDemoCount = 8;
+inline uint8_t host_byte(uint64_t sector, uint64_t j) {
+  return static_cast<uint8_t>((sector * 131 + j * 7 + 0x3C) & 0xFF);
+}
+inline uint8_t guest_byte(uint64_t sector, uint64_t j) {
+  return static_cast<uint8_t>(((sector * 17) ^ (j * 29) ^ 0xA5) & 0xFF);
+}
+}  // namespace disk_pattern
 
 // Finds and enumerates the PCI host bridge and the devices above (once; later calls return the
 // same object or the same error).

@@ -26,7 +26,9 @@ constexpr uint32_t kHdrSizeStruct = 36;
 constexpr uint32_t kMaxMemreserve = 64;
 constexpr int kMaxDepth = 32;
 
-constexpr uint32_t align4(uint32_t x) { return (x + 3u) & ~3u; }
+constexpr uint32_t align4(uint32_t x) {
+  return (x + 3u) & ~3u;
+}
 
 uint64_t be64(const uint8_t* p) {
   return (static_cast<uint64_t>(Fdt::be32(p)) << 32) | Fdt::be32(p + 4);
@@ -471,7 +473,9 @@ unsigned Fdt::cpu_count() const {
 
 // --- RISC-V --------------------------------------------------------------------------------------
 
-const char* Fdt::riscv_isa(FdtNode cpu) const { return prop_string(cpu, "riscv,isa"); }
+const char* Fdt::riscv_isa(FdtNode cpu) const {
+  return prop_string(cpu, "riscv,isa");
+}
 
 bool Fdt::riscv_has_extension(FdtNode cpu, const char* ext) const {
   size_t elen = kstr::length(ext);

@@ -6,7 +6,9 @@
 //   3. builds the allocator over RAM minus everything reserved, the bounce pools, and the arch's
 //      DmaOp,
 //   4. prints a report, then runs the in-VM tests ("mode=test" on the command line) or the demo
-//      ("mode=demo", the default), and leaves QEMU with a pass/fail status.
+//      ("mode=demo", the default), and leaves QEMU with a pass/fail status. "mode=fault" reads an
+//      unmapped address on purpose, to show the arch's trap report (the run fails).
+//      "ktest=<text>" runs only the tests whose name contains <text>.
 //
 // Bounce pools:
 //   "dma32": below 4 GiB, 16 MiB (less when RAM is small: at most 1/16 of the free RAM there),
@@ -87,14 +89,15 @@ void setup_memory(const arch::BootInfo& info) {
   g_env.direct_map_offset = info.direct_map_offset;
   if (info.direct_map_offset == 0) kpanic("boot: the direct map must be at a non-zero offset");
 
-  auto r = g_mem.init({info.ram, info.num_ram}, {info.reserved, info.num_reserved}, "firmware/boot");
+  auto r =
+      g_mem.init({info.ram, info.num_ram}, {info.reserved, info.num_reserved}, "firmware/boot");
   if (!r.ok()) fail_boot("memory map", r.code());
   g_env.ram_bytes = g_mem.ram_bytes();
 
   // Allocator metadata first (its size depends only on the RAM ranges).
   size_t pfa_meta = PageFrameAllocator::metadata_size({info.ram, info.num_ram});
-  auto pfa_meta_base = g_mem.carve(pfa_meta, kPage, 0, ~0ull, BootMemory::Placement::kHighest,
-                                   "allocator metadata");
+  auto pfa_meta_base =
+      g_mem.carve(pfa_meta, kPage, 0, ~0ull, BootMemory::Placement::kHighest, "allocator metadata");
   if (!pfa_meta_base.ok()) fail_boot("allocator metadata", pfa_meta_base.code());
 
   // Bounce pools, sized from what is free in their windows.
@@ -146,10 +149,11 @@ void print_report(const arch::BootInfo& info, const char* mode) {
           static_cast<unsigned long long>(st.managed_pages),
           format_size(sz, sizeof(sz), st.managed_pages * kPage),
           static_cast<unsigned long long>(st.free_pages));
-  kprintf("allocator metadata: %llu bytes (%llu ppm of managed memory)\n",
-          static_cast<unsigned long long>(st.metadata_bytes),
-          static_cast<unsigned long long>(
-              st.managed_pages == 0 ? 0 : st.metadata_bytes * 1000000 / (st.managed_pages * kPage)));
+  kprintf(
+      "allocator metadata: %llu bytes (%llu ppm of managed memory)\n",
+      static_cast<unsigned long long>(st.metadata_bytes),
+      static_cast<unsigned long long>(
+          st.managed_pages == 0 ? 0 : st.metadata_bytes * 1000000 / (st.managed_pages * kPage)));
   for (size_t i = 0; i < g_env.num_pools; ++i) {
     const BouncePool* p = g_env.pools[i];
     kprintf("bounce pool %s: [0x%llx, 0x%llx) %s, %zu-byte slots, %llu slots\n",
@@ -169,7 +173,9 @@ void print_report(const arch::BootInfo& info, const char* mode) {
 
 }  // namespace
 
-const KernelEnv& kernel_env() { return g_env; }
+const KernelEnv& kernel_env() {
+  return g_env;
+}
 
 extern "C" void kernel_main(const arch::BootInfo& info) {
   run_global_constructors();
@@ -195,5 +201,16 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
     kprintf("demo: %s\n", ok ? "done" : "FAILED");
     arch::exit_qemu(ok);
   }
-  kpanic("unknown mode \"%s\" (expected mode=test or mode=demo)", mode);
+  if (kstr::equal(mode, "fault")) {
+    // Shows the trap report: a read of an address the page tables do not map. The run must end
+    // in a panic (the runner then fails it).
+    auto* p = reinterpret_cast<volatile const uint64_t*>(info.direct_map_offset - 4096 * 3);
+    kprintf("fault: reading %p, mapped as %s\n", const_cast<const uint64_t*>(p),
+            arch::mapping_attribute(const_cast<const uint64_t*>(p)) != nullptr ? "memory"
+                                                                                 : "nothing");
+    kprintf("fault: read returned 0x%llx (no fault happened)\n",
+            static_cast<unsigned long long>(*p));
+    kpanic("mode=fault: the read of an unmapped address did not fault");
+  }
+  kpanic("unknown mode \"%s\" (expected mode=test, mode=demo or mode=fault)", mode);
 }

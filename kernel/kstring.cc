@@ -3,8 +3,12 @@
 namespace kstr {
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 }  // namespace
 
@@ -48,6 +52,8 @@ bool equal_nocase_n(const char* a, const char* b, size_t n) {
 bool cmdline_value(const char* cmdline, const char* key, char* out, size_t out_size) {
   size_t klen = length(key);
   const char* p = cmdline;
+  bool found = false;
+  // The last occurrence wins, so words appended later override earlier ones.
   while (*p != '\0') {
     while (is_space(*p)) ++p;
     const char* word = p;
@@ -60,10 +66,10 @@ bool cmdline_value(const char* cmdline, const char* key, char* out, size_t out_s
         ++n;
       }
       if (out_size > 0) out[n] = '\0';
-      return true;
+      found = true;
     }
   }
-  return false;
+  return found;
 }
 
 bool has_word(const char* s, const char* word) {

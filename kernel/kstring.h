@@ -16,8 +16,8 @@ bool contains(const char* s, const char* needle);
 // Case-insensitive ASCII comparison of exactly n characters (a NUL in either stops with false
 // unless both end there).
 bool equal_nocase_n(const char* a, const char* b, size_t n);
-// Looks for a whitespace-separated `key=value` word in a command line. On success copies the
-// value (NUL-terminated, truncated to out_size - 1 bytes) and returns true.
+// Looks for a whitespace-separated `key=value` word in a command line (the last one wins). On
+// success copies the value (NUL-terminated, truncated to out_size - 1 bytes) and returns true.
 bool cmdline_value(const char* cmdline, const char* key, char* out, size_t out_size);
 // True if the whitespace-separated word `word` appears in `s`.
 bool has_word(const char* s, const char* word);

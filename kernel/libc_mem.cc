@@ -14,7 +14,9 @@ namespace {
 
 constexpr size_t kWord = sizeof(uint64_t);
 
-inline bool word_aligned(uintptr_t x) { return (x & (kWord - 1)) == 0; }
+inline bool word_aligned(uintptr_t x) {
+  return (x & (kWord - 1)) == 0;
+}
 
 }  // namespace
 

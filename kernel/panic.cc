@@ -8,7 +8,9 @@ namespace {
 int g_panicking = 0;
 }  // namespace
 
-bool kpanic_begin() { return __atomic_exchange_n(&g_panicking, 1, __ATOMIC_ACQ_REL) == 0; }
+bool kpanic_begin() {
+  return __atomic_exchange_n(&g_panicking, 1, __ATOMIC_ACQ_REL) == 0;
+}
 
 void kpanic_finish() {
   kputs("PANIC: stopping the machine (failure)\n");

@@ -10,7 +10,8 @@
 //   - when used: the data's offset inside the first slot and the requested size, so free() can
 //     check that a BounceSlot is exactly what alloc() returned.
 // The next physical block is at head + size. Free blocks are always coalesced: no two free blocks
-// are neighbours.
+// are neighbours. One more record, at index S (the number of slots), is a sentinel that is never
+// free; S also stands for "no slot" in links, so neighbour and list updates need no bounds checks.
 //
 // Free blocks sit on one of 32 x 16 lists by size class: the first level is the size's highest set
 // bit, the second level the next four bits below it (sizes below 32 slots get a list each). Two
@@ -35,117 +36,225 @@
 // never needs merging: its next neighbour is used (free blocks are coalesced), its previous one
 // is the new allocation.
 //
-// Costs, with S slots: init O(S) (clears the records); alloc O(1): a few bit scans, at most one
-// list move and one insertion; free O(1): validation, at most two merges with physical
-// neighbours, at most one removal and one list move or insertion; stats O(1); check_invariants
-// O(S); free_block_count O(free blocks). No operation ever walks the slots or a free list on the
-// alloc/free path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
+// The cache: in front of all this sits a stack of recently freed blocks per exact slot count
+// (fewer than kQuickSlots slots, at most kQuickDepth per count, at most 1/32 of the pool in all),
+// linked through their records and marked kCachedBit: to their neighbours they still look used,
+// so they are not merged. free() pushes a block there when it fits the limits; alloc() pops one
+// when the size matches and the block's first slot has the required phase. That is the common
+// case of a driver mapping and unmapping buffers of the same sizes, and it costs a fraction of a
+// TLSF split and merge. When the free lists cannot satisfy a request, alloc gives the whole cache
+// back to them (merging each block) and tries again, so the cache never causes a kNoMemory.
+//
+// Costs, with S slots: init O(S) (clears the records); alloc O(1): a cache pop, or a few bit scans
+// and at most one list move and one insertion (plus, only before a kNoMemory, one drain of at most
+// kQuickSlots * kQuickDepth blocks); free O(1): validation, then a cache push, or at most two
+// merges with physical neighbours, one removal and one list move or insertion; drain_cache and
+// stats O(1); check_invariants O(S); free_block_count O(free blocks). No operation walks the
+// slots or a free list on the alloc/free path, so the cost does not depend on occupancy (Linux's
+// swiotlb scans its slot array).
 #include "mm/bounce_pool.h"
 
 #include "support/assert.h"
 #include "support/bitops.h"
 
 struct BouncePool::SlotRecord {
-  // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit.
+  // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit
+  // (on the free lists) or kCachedBit (in the cache).
   uint32_t size_free;
-  // Head of the physically previous block; kNone for the block at slot 0.
+  // Head of the physically previous block; the sentinel index for the block at slot 0.
   uint32_t prev_phys;
-  // Free: next block on the same free list (kNone at the end). Used: the data's offset in bytes
-  // from the start of the first slot.
+  // Free: next block on the same free list (the sentinel index at the end). Cached: next block on
+  // the same cache stack. Used: the data's offset in bytes from the start of the first slot.
   uint32_t link_next;
-  // Free: previous block on the same free list (kNone at the head). Used: the requested size
-  // (at most kMaxRequest).
+  // Free: previous block on the same free list (the sentinel index at the head). Used: the
+  // requested size (at most kMaxRequest).
   uint32_t link_prev;
 };
 
 namespace {
 
-constexpr uint32_t kNone = 0xFFFF'FFFFu;
 constexpr uint32_t kFreeBit = 0x8000'0000u;
-constexpr uint32_t kSizeMask = ~kFreeBit;
-constexpr unsigned kSlCount = 16;  // 1 << kSlBits
+constexpr uint32_t kCachedBit = 0x4000'0000u;
+constexpr uint32_t kSizeMask = kCachedBit - 1;
+constexpr unsigned kSlMask = 15;  // (1 << kSlBits) - 1
 
-// Size class of a block of n >= 1 slots (the list it lives on), as fl * kSlCount + sl. Sizes
-// below 32 map to themselves; above, each power-of-two range is split into 16 equal classes.
-inline unsigned size_class(uint64_t n) {
-  unsigned shift = support::log2_floor(n | 16u) - 4u;
-  return shift * kSlCount + static_cast<unsigned>(n >> shift);
+inline unsigned log2_32(uint32_t x) {
+  return 31u - static_cast<unsigned>(__builtin_clz(x));
 }
 
-// Smallest class whose every block has at least n slots.
-inline unsigned search_class(uint64_t n) {
-  unsigned shift = support::log2_floor(n | 16u) - 4u;
-  return size_class(n + (uint64_t{1} << shift) - 1u);
+// Size class of a block of n >= 1 slots (the list it lives on), as fl * 16 + sl. Sizes below 32
+// map to themselves; above, each power-of-two range is split into 16 equal classes.
+inline unsigned size_class(uint32_t n) {
+  unsigned shift = log2_32(n | 16u) - 4u;
+  return (shift << 4) + (n >> shift);
+}
+
+// Smallest class whose every block has at least n slots; n < 2^30, so the sum cannot overflow.
+inline unsigned search_class(uint32_t n) {
+  unsigned shift = log2_32(n | 16u) - 4u;
+  return size_class(n + (1u << shift) - 1u);
 }
 
 }  // namespace
 
 static_assert(sizeof(uint32_t) * 4 == 16, "SlotRecord is four 32-bit words");
+static_assert(BouncePool::kMaxSlots <= kSizeMask,
+              "slot indices and the sentinel fit the size field");
+static_assert(BouncePool::kQuickDepth < 256, "cache counts are bytes");
 
-// The list helpers are forced inline: alloc and free each use them at a few sites, and a call
-// costs more than the helper's own handful of instructions.
-[[gnu::always_inline]] inline void BouncePool::insert_free(uint32_t head, uint32_t size) {
-  unsigned c = size_class(size);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  uint32_t old = heads_[fl][sl];
+// The list helpers are forced inline: alloc and free use them at a few sites each, and a call
+// costs more than a helper's own handful of instructions.
+[[gnu::always_inline]] inline void BouncePool::insert_free(uint32_t head, unsigned cls) {
+  uint32_t old = heads_[cls];
   SlotRecord& r = meta_[head];
   r.link_next = old;
-  r.link_prev = kNone;
-  if (old != kNone) meta_[old].link_prev = head;
-  heads_[fl][sl] = head;
-  sl_bitmap_[fl] |= 1u << sl;
-  fl_bitmap_ |= 1u << fl;
+  r.link_prev = num_slots_;
+  meta_[old].link_prev = head;  // The sentinel's links are scratch.
+  heads_[cls] = head;
+  sl_bitmap_[cls >> kSlBits] |= 1u << (cls & kSlMask);
+  fl_bitmap_ |= 1u << (cls >> kSlBits);
 }
 
-[[gnu::always_inline]] inline void BouncePool::remove_free(uint32_t head, uint32_t size) {
+[[gnu::always_inline]] inline void BouncePool::remove_free(uint32_t head, unsigned cls) {
   const SlotRecord& r = meta_[head];
   uint32_t next = r.link_next;
   uint32_t prev = r.link_prev;
-  if (next != kNone) meta_[next].link_prev = prev;
-  if (prev != kNone) {
+  meta_[next].link_prev = prev;  // The sentinel's links are scratch.
+  if (prev != num_slots_) {
     meta_[prev].link_next = next;
     return;
   }
-  unsigned c = size_class(size);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  heads_[fl][sl] = next;
-  if (next == kNone) {
-    sl_bitmap_[fl] &= ~(1u << sl);
+  heads_[cls] = next;
+  if (next == num_slots_) {
+    unsigned fl = cls >> kSlBits;
+    sl_bitmap_[fl] &= ~(1u << (cls & kSlMask));
     if (sl_bitmap_[fl] == 0) fl_bitmap_ &= ~(1u << fl);
   }
 }
 
 // A free block keeps its head and changes size; it moves lists only if its class changes, which
-// a large block seldom does (cheap alloc/free at low occupancy).
+// a large block seldom does.
 [[gnu::always_inline]] inline void BouncePool::resize_free(uint32_t head, uint32_t old_size,
                                                            uint32_t new_size) {
   meta_[head].size_free = new_size | kFreeBit;
-  if (size_class(old_size) != size_class(new_size)) {
-    remove_free(head, old_size);
-    insert_free(head, new_size);
+  unsigned old_cls = size_class(old_size);
+  unsigned new_cls = size_class(new_size);
+  if (old_cls != new_cls) {
+    remove_free(head, old_cls);
+    insert_free(head, new_cls);
   }
 }
 
-[[gnu::always_inline]] inline void BouncePool::set_prev_of_next(uint32_t head, uint32_t size) {
-  uint32_t next = head + size;  // <= num_slots_ < 2^31: no overflow.
-  if (next < num_slots_) meta_[next].prev_phys = head;
-}
-
-[[gnu::always_inline]] inline uint32_t BouncePool::find_block(uint64_t need) const {
-  unsigned c = search_class(need);
-  unsigned fl = c / kSlCount;
-  unsigned sl = c % kSlCount;
-  uint32_t sl_map = sl_bitmap_[fl] & (~0u << sl);
+// Head of a block of at least `need` slots (need <= num_slots_) and its class, or the sentinel.
+[[gnu::always_inline]] inline uint32_t BouncePool::find_block(uint64_t need, unsigned* cls) const {
+  unsigned c = search_class(static_cast<uint32_t>(need));
+  unsigned fl = c >> kSlBits;
+  uint32_t sl_map = sl_bitmap_[fl] & (~0u << (c & kSlMask));
   if (sl_map == 0) {
-    // fl <= 28 because need < 2^31, so the shift stays below 32.
+    // fl <= 27 because need < 2^30, so the shift stays below 32.
     uint32_t fl_map = fl_bitmap_ & (~0u << (fl + 1));
-    if (fl_map == 0) return kNone;
+    if (fl_map == 0) return num_slots_;
     fl = support::ctz(fl_map);
     sl_map = sl_bitmap_[fl];
   }
-  return heads_[fl][support::ctz(sl_map)];
+  c = (fl << kSlBits) + support::ctz(sl_map);
+  *cls = c;
+  return heads_[c];
+}
+
+// Takes n slots from the free lists, the first at an index congruent to `phase` modulo
+// period_mask + 1, and marks them a used block of n slots. Returns the first slot, or the
+// sentinel index when no free block can hold them.
+[[gnu::noinline]] uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_mask) {
+  uint64_t need = n + period_mask;
+  unsigned cls = 0;
+  uint32_t block = need <= num_slots_ ? find_block(need, &cls) : num_slots_;
+  if (block == num_slots_) {
+    // Good fit found nothing: try the first of the largest blocks for an exact fit.
+    if (fl_bitmap_ == 0) return num_slots_;
+    unsigned fl = log2_32(fl_bitmap_);
+    cls = (fl << kSlBits) + log2_32(sl_bitmap_[fl]);
+    block = heads_[cls];
+  }
+  uint32_t block_size = meta_[block].size_free & kSizeMask;
+  uint64_t block_end = uint64_t{block} + block_size;
+  // The last suitable start in the block: the allocation takes the block's end, so that the
+  // block's head, and usually its list, stay as they are.
+  uint64_t s = block_end - n - ((block_end - n - phase) & period_mask);
+  if (n > block_size || s < block) return num_slots_;  // Only possible on the exact-fit path.
+
+  auto start = static_cast<uint32_t>(s);
+  auto slots = static_cast<uint32_t>(n);
+  uint32_t end = start + slots;
+  if (start == block) {
+    remove_free(block, cls);
+  } else {
+    uint32_t front = start - block;
+    meta_[block].size_free = front | kFreeBit;
+    unsigned front_cls = size_class(front);
+    if (front_cls != cls) {
+      remove_free(block, cls);
+      insert_free(block, front_cls);
+    }
+    meta_[start].prev_phys = block;
+  }
+  meta_[start].size_free = slots;
+  if (end != block_end) {
+    // Alignment slack behind the data (< P slots) goes back as its own free block; its next
+    // neighbour is used (or the sentinel), so it needs no merging.
+    uint32_t tail = static_cast<uint32_t>(block_end) - end;
+    SlotRecord& t = meta_[end];
+    t.size_free = tail | kFreeBit;
+    t.prev_phys = start;
+    insert_free(end, size_class(tail));
+    meta_[end + tail].prev_phys = end;
+  } else {
+    meta_[end].prev_phys = start;
+  }
+  return start;
+}
+
+// Puts the used block [first, first + slots) on the free lists, merged with free neighbours.
+[[gnu::noinline]] void BouncePool::release(uint32_t first, uint32_t slots) {
+  SlotRecord& r = meta_[first];
+  uint32_t size = slots;
+  uint32_t end = first + slots;  // <= num_slots_: the sentinel at worst, which is never free.
+  SlotRecord& next = meta_[end];
+  if ((next.size_free & kFreeBit) != 0) {
+    uint32_t next_size = next.size_free & kSizeMask;
+    remove_free(end, size_class(next_size));
+    next.size_free = 0;
+    size += next_size;
+    end += next_size;
+  }
+  uint32_t head = first;
+  uint32_t prev = r.prev_phys;  // The sentinel for slot 0.
+  if ((meta_[prev].size_free & kFreeBit) != 0) {
+    // Grow the free block in front: its head stays, and its list too unless the class changes.
+    uint32_t prev_size = meta_[prev].size_free & kSizeMask;
+    r.size_free = 0;
+    resize_free(prev, prev_size, prev_size + size);
+    head = prev;
+  } else {
+    r.size_free = size | kFreeBit;
+    insert_free(first, size_class(size));
+  }
+  meta_[end].prev_phys = head;
+}
+
+void BouncePool::drain_locked() {
+  for (uint32_t n = 1; n < kQuickSlots; ++n) {
+    uint32_t b = cache_head_[n];
+    while (b != num_slots_) {
+      uint32_t next = meta_[b].link_next;
+      release(b, n);
+      b = next;
+    }
+    cache_head_[n] = num_slots_;
+    cache_count_[n] = 0;
+  }
+  cached_slots_ = 0;
+  cached_blocks_ = 0;
 }
 
 BouncePool::~BouncePool() {
@@ -158,7 +267,7 @@ size_t BouncePool::metadata_size(size_t bytes, size_t slot_size) {
   if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
     return 0;
   }
-  return (bytes / slot_size) * sizeof(SlotRecord);
+  return (bytes / slot_size + 1) * sizeof(SlotRecord);
 }
 
 Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
@@ -178,24 +287,30 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
       reinterpret_cast<uintptr_t>(metadata) % alignof(SlotRecord) != 0) {
     return ErrorCode::kInvalidArgument;
   }
-  if (metadata_bytes < slots * sizeof(SlotRecord)) return ErrorCode::kNoMemory;
+  if (metadata_bytes < (slots + 1) * sizeof(SlotRecord)) return ErrorCode::kNoMemory;
 
   support::Guard<support::SpinLock> guard{&lock_};
   base_ = base;
   bytes_ = bytes;
   cpu_base_ = cpu_base;
   slot_size_ = slot_size;
+  max_request_ = support::min<size_t>(bytes, kMaxRequest);
   slot_shift_ = support::log2_floor(slot_size);
   num_slots_ = static_cast<uint32_t>(slots);
+  cache_budget_ = num_slots_ / 32;
   meta_ = static_cast<SlotRecord*>(metadata);
-  for (uint32_t i = 0; i < num_slots_; ++i) meta_[i] = SlotRecord{0, kNone, kNone, kNone};
+  uint32_t none = num_slots_;
+  for (uint32_t i = 0; i <= num_slots_; ++i) meta_[i] = SlotRecord{0, none, none, none};
   fl_bitmap_ = 0;
-  for (unsigned fl = 0; fl < kFlBits; ++fl) {
-    sl_bitmap_[fl] = 0;
-    for (unsigned sl = 0; sl < kSlCount; ++sl) heads_[fl][sl] = kNone;
-  }
+  for (uint32_t& m : sl_bitmap_) m = 0;
+  for (uint32_t& h : heads_) h = none;
+  for (uint32_t& h : cache_head_) h = none;
+  for (uint8_t& c : cache_count_) c = 0;
+  cached_slots_ = 0;
+  cached_blocks_ = 0;
   meta_[0].size_free = num_slots_ | kFreeBit;
-  insert_free(0, num_slots_);
+  insert_free(0, size_class(num_slots_));
+  meta_[num_slots_].prev_phys = 0;
   used_slots_ = 0;
   high_water_ = 0;
   allocations_ = 0;
@@ -206,78 +321,60 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
 
 Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_align_mask,
                                      size_t align) {
-  if (size == 0 || size > max_allocation()) return ErrorCode::kLayoutError;
-  if (align == 0) align = 1;
-  if (!support::is_pow2(align)) return ErrorCode::kLayoutError;
-  if ((min_align_mask & (min_align_mask + 1)) != 0) return ErrorCode::kLayoutError;
+  // size - 1 wraps for 0; max_request_ is 0 before init.
+  if (size - 1 >= max_request_) return ErrorCode::kLayoutError;
+  uint64_t align_mask = align == 0 ? 0 : align - 1;
   uint64_t target = orig.value() & min_align_mask;
-  if ((target & (align - 1)) != 0) return ErrorCode::kLayoutError;
+  // align a power of two, min_align_mask of the form 2^k - 1, and the two compatible.
+  if (((align & align_mask) | (min_align_mask & (min_align_mask + 1)) | (target & align_mask)) !=
+      0) {
+    return ErrorCode::kLayoutError;
+  }
 
   // The address must satisfy addr & low == target.
-  uint64_t low = min_align_mask | (align - 1);
-  uint64_t offset = target & (slot_size_ - 1);
-  uint64_t n = (offset + size + slot_size_ - 1) >> slot_shift_;
+  uint64_t low = min_align_mask | align_mask;
+  uint64_t slot_mask = slot_size_ - 1;
+  uint64_t offset = target & slot_mask;
+  uint64_t n = (offset + size + slot_mask) >> slot_shift_;
   // The first slot's index must be congruent to `phase` modulo period_mask + 1.
   uint64_t period_mask = low >> slot_shift_;
   uint64_t phase = ((target - base_.value()) & low) >> slot_shift_;
   if (phase + n > num_slots_) return ErrorCode::kLayoutError;
-  uint64_t need = n + period_mask;
 
   support::Guard<support::SpinLock> guard{&lock_};
-  uint32_t block = need <= num_slots_ ? find_block(need) : kNone;
-  if (block == kNone) {
-    // Good fit found nothing: try the first of the largest blocks for an exact fit.
-    if (fl_bitmap_ == 0) {
+  uint32_t start = num_slots_;
+  if (n < kQuickSlots) {
+    uint32_t c = cache_head_[n];
+    if (c != num_slots_ && ((c - phase) & period_mask) == 0) {
+      cache_head_[n] = meta_[c].link_next;
+      --cache_count_[n];
+      cached_slots_ -= static_cast<uint32_t>(n);
+      --cached_blocks_;
+      meta_[c].size_free = static_cast<uint32_t>(n);
+      start = c;
+    }
+  }
+  while (start == num_slots_) {
+    start = carve(n, phase, period_mask);
+    if (start != num_slots_) break;
+    if (cached_blocks_ == 0) {
       ++failures_;
       return ErrorCode::kNoMemory;
     }
-    unsigned fl = support::log2_floor(fl_bitmap_);
-    block = heads_[fl][support::log2_floor(sl_bitmap_[fl])];
-  }
-  uint32_t block_size = meta_[block].size_free & kSizeMask;
-  uint64_t block_end = uint64_t{block} + block_size;
-  // The last suitable start in the block: the allocation takes the block's end, so that the
-  // block's head, and usually its list, stay as they are.
-  uint64_t s = block_end - n - ((block_end - n - phase) & period_mask);
-  if (n > block_size || s < block) {  // Only possible on the exact-fit path.
-    ++failures_;
-    return ErrorCode::kNoMemory;
+    drain_locked();  // The cached blocks may merge into room; runs at most once.
   }
 
-  auto start = static_cast<uint32_t>(s);
-  auto slots = static_cast<uint32_t>(n);
-  uint32_t end = start + slots;
-  if (start == block) {
-    remove_free(block, block_size);
-  } else {
-    resize_free(block, block_size, start - block);
-    meta_[start].prev_phys = block;
-  }
   SlotRecord& r = meta_[start];
-  r.size_free = slots;
   r.link_next = static_cast<uint32_t>(offset);
   r.link_prev = static_cast<uint32_t>(size);
-  if (end != block_end) {
-    // Alignment slack behind the data (< P slots) goes back as its own free block; its next
-    // neighbour is used or absent, so it needs no merging.
-    uint32_t tail = static_cast<uint32_t>(block_end) - end;
-    SlotRecord& t = meta_[end];
-    t.size_free = tail | kFreeBit;
-    t.prev_phys = start;
-    insert_free(end, tail);
-    set_prev_of_next(end, tail);
-  } else {
-    set_prev_of_next(start, slots);
-  }
-
-  used_slots_ += slots;
+  used_slots_ += n;
   if (used_slots_ > high_water_) high_water_ = used_slots_;
   ++allocations_;
 
   BounceSlot out;
   out.addr = base_ + ((uint64_t{start} << slot_shift_) + offset);
   out.first_slot = start;
-  out.num_slots = slots;
+  out.num_slots = static_cast<uint32_t>(n);
   out.size = size;
   return out;
 }
@@ -290,41 +387,32 @@ Result<void> BouncePool::free(const BounceSlot& slot) {
     return ErrorCode::kNotFound;
   }
   SlotRecord& r = meta_[first];
-  // A used head of exactly this size: a free head carries kFreeBit, any other slot has size 0.
-  if (r.size_free != slots) return ErrorCode::kNotFound;
-  if (slot.addr.value() != base_.value() + (uint64_t{first} << slot_shift_) + r.link_next ||
+  // A used head of exactly this size: a free or cached head carries a flag, any other slot has
+  // size 0.
+  if (r.size_free != slots ||
+      slot.addr.value() != base_.value() + (uint64_t{first} << slot_shift_) + r.link_next ||
       uint64_t{r.link_prev} != slot.size) {
     return ErrorCode::kNotFound;
   }
 
   used_slots_ -= slots;
-  uint32_t size = slots;
-  uint32_t end = first + slots;
-  if (end < num_slots_ && (meta_[end].size_free & kFreeBit) != 0) {
-    uint32_t next_size = meta_[end].size_free & kSizeMask;
-    remove_free(end, next_size);
-    meta_[end].size_free = 0;
-    size += next_size;
-    end += next_size;
+  if (slots < kQuickSlots && cache_count_[slots] < kQuickDepth &&
+      cached_slots_ + slots <= cache_budget_) {
+    r.size_free = slots | kCachedBit;
+    r.link_next = cache_head_[slots];
+    cache_head_[slots] = first;
+    ++cache_count_[slots];
+    cached_slots_ += slots;
+    ++cached_blocks_;
+    return support::ok();
   }
-  uint32_t head = first;
-  uint32_t prev = r.prev_phys;
-  if (prev != kNone && (meta_[prev].size_free & kFreeBit) != 0) {
-    // Grow the free block in front: its head stays, and its list too unless the class changes.
-    uint32_t prev_size = meta_[prev].size_free & kSizeMask;
-    r.size_free = 0;
-    resize_free(prev, prev_size, prev_size + size);
-    head = prev;
-  } else {
-    r.size_free = size | kFreeBit;
-    insert_free(first, size);
-  }
-  if (end < num_slots_) meta_[end].prev_phys = head;
+  release(first, slots);
   return support::ok();
 }
 
-size_t BouncePool::max_allocation() const {
-  return support::min<size_t>(bytes_, kMaxRequest);
+void BouncePool::drain_cache() {
+  support::Guard<support::SpinLock> guard{&lock_};
+  if (initialized_) drain_locked();
 }
 
 BouncePool::Stats BouncePool::stats() const {
@@ -336,6 +424,7 @@ BouncePool::Stats BouncePool::stats() const {
     s.high_water_slots = high_water_;
     s.allocations = allocations_;
     s.failures = failures_;
+    s.cached_slots = cached_slots_;
   }
   s.bytes_bounced = __atomic_load_n(&bytes_bounced_, __ATOMIC_RELAXED);
   return s;
@@ -344,11 +433,14 @@ BouncePool::Stats BouncePool::stats() const {
 bool BouncePool::check_invariants() const {
   support::Guard<support::SpinLock> guard{&lock_};
   if (!initialized_) return num_slots_ == 0 && fl_bitmap_ == 0 && used_slots_ == 0;
+  const uint32_t none = num_slots_;
 
   // The physical chain: blocks tile the pool, back links agree, free blocks are coalesced.
   uint64_t used = 0;
+  uint64_t cached = 0;
+  uint64_t cached_blocks = 0;
   uint64_t free_blocks = 0;
-  uint32_t prev = kNone;
+  uint32_t prev = none;
   bool prev_free = false;
   for (uint64_t i = 0; i < num_slots_;) {
     const SlotRecord& r = meta_[i];
@@ -358,36 +450,61 @@ bool BouncePool::check_invariants() const {
       if (meta_[j].size_free != 0) return false;
     }
     bool is_free = (r.size_free & kFreeBit) != 0;
+    bool is_cached = (r.size_free & kCachedBit) != 0;
+    if (is_free && is_cached) return false;
     if (is_free) {
       if (prev_free) return false;
       ++free_blocks;
+    } else if (is_cached) {
+      if (size >= kQuickSlots) return false;
+      cached += size;
+      ++cached_blocks;
     } else {
       used += size;
-      if (r.link_next >= slot_size_) return false;
       // The block is exactly as many slots as the data (offset + size) needs.
+      if (r.link_next >= slot_size_ || r.link_prev == 0) return false;
       uint64_t data_end = uint64_t{r.link_next} + r.link_prev;
-      if (r.link_prev == 0 || ((data_end + slot_size_ - 1) >> slot_shift_) != size) return false;
+      if (((data_end + slot_size_ - 1) >> slot_shift_) != size) return false;
     }
     prev = static_cast<uint32_t>(i);
     prev_free = is_free;
     i += size;
   }
+  if (meta_[none].size_free != 0) return false;  // The sentinel is never free.
   if (used != used_slots_ || high_water_ < used_slots_) return false;
+  if (cached != cached_slots_ || cached_blocks != cached_blocks_ || cached > cache_budget_) {
+    return false;
+  }
+
+  // The cache: each stack holds blocks of its size only, as many as its count says.
+  uint64_t stacked = 0;
+  for (uint32_t n = 0; n < kQuickSlots; ++n) {
+    uint32_t depth = 0;
+    for (uint32_t b = cache_head_[n]; b != none; b = meta_[b].link_next) {
+      if (b > num_slots_ || ++depth > kQuickDepth || meta_[b].size_free != (n | kCachedBit)) {
+        return false;
+      }
+    }
+    if (depth != cache_count_[n]) return false;
+    stacked += depth;
+  }
+  if (stacked != cached_blocks_) return false;
 
   // The lists: each free block exactly once, on its class's list, links and bitmaps consistent.
   uint64_t listed = 0;
   for (unsigned fl = 0; fl < kFlBits; ++fl) {
     if (((fl_bitmap_ >> fl) & 1u) != (sl_bitmap_[fl] != 0 ? 1u : 0u)) return false;
-    for (unsigned sl = 0; sl < kSlCount; ++sl) {
-      uint32_t b = heads_[fl][sl];
-      if ((b != kNone) != (((sl_bitmap_[fl] >> sl) & 1u) != 0)) return false;
-      uint32_t back = kNone;
-      while (b != kNone) {
-        if (b >= num_slots_ || ++listed > free_blocks) return false;
+    for (unsigned sl = 0; sl <= kSlMask; ++sl) {
+      unsigned c = (fl << kSlBits) + sl;
+      uint32_t b = heads_[c];
+      if ((b != none) != (((sl_bitmap_[fl] >> sl) & 1u) != 0)) return false;
+      uint32_t back = none;
+      while (b != none) {
+        if (b > num_slots_ || ++listed > free_blocks) return false;
         const SlotRecord& r = meta_[b];
-        if ((r.size_free & kFreeBit) == 0) return false;
         uint32_t size = r.size_free & kSizeMask;
-        if (size == 0 || size_class(size) != fl * kSlCount + sl || r.link_prev != back) {
+        if ((r.size_free & kFreeBit) == 0 || size == 0 || size_class(size) != c ||
+            r.link_prev != back) {
           return false;
         }
         back = b;
@@ -402,11 +519,9 @@ size_t BouncePool::free_block_count() const {
   support::Guard<support::SpinLock> guard{&lock_};
   if (!initialized_) return 0;
   size_t count = 0;
-  for (unsigned fl = 0; fl < kFlBits; ++fl) {
-    for (unsigned sl = 0; sl < kSlCount; ++sl) {
-      for (uint32_t b = heads_[fl][sl]; b != kNone && count <= num_slots_; b = meta_[b].link_next) {
-        ++count;
-      }
+  for (uint32_t head : heads_) {
+    for (uint32_t b = head; b < num_slots_ && count <= num_slots_; b = meta_[b].link_next) {
+      ++count;
     }
   }
   return count;

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "support/addr.h"
+#include "support/fault_injection.h"
 #include "support/result.h"
 #include "support/span.h"
 #include "support/spinlock.h"
@@ -71,22 +72,38 @@ class PageFrameAllocator {
   // an align at or below the block size costs nothing; a larger one takes a block of the align's
   // size and gives back the rest at once). The caller owns the block until free(); its contents
   // are undefined. Prefers high memory, keeping low memory for constrained devices.
-  // Cost: O(kMaxOrder) bitmap tests, independent of how full memory is. Only a limit that is not
-  // of the form 2^n - 1 (n >= 22) can cost more, and only when no block lies wholly in a band
-  // below the limit: then the free lists of the one band holding `limit` are walked.
+  // Cost: at most kMaxOrder + 1 bitmap tests, independent of how full memory is (an unconstrained
+  // page-aligned request served from its own order is straight-line code). Only a limit that is
+  // not of the form 2^n - 1 (n >= 22) can cost more, and only when no block lies wholly in a band
+  // below the limit: then the free lists of the one band holding `limit` are walked (for a limit
+  // under 4 MiB, that band holds at most 1024 pages).
   // Errors: kLayoutError (order > kMaxOrder, align not a power of two or above 2^kMaxOrder pages),
   // kDmaMaskNotMatch (no block of this order and alignment could lie under `limit` even with all
   // memory free: addr = lowest managed address, mask = limit), kNoMemory (nothing free under the
-  // limit right now). On error the allocator is unchanged.
+  // limit right now). On error the allocator is unchanged. With DMA_FAULT_INJECTION, the site
+  // FaultSite::kPageAlloc makes a valid request fail with kNoMemory.
   Result<PhysAddr> alloc(unsigned order, uint64_t limit = ~0ull, uint64_t align = kPageSize)
-      TA_EXCL(lock_);
+      TA_EXCL(lock_) {
+    // Inline so that the common case returns its address in a register and the caller builds
+    // the Result; everything else is out of line.
+    if (__builtin_expect(order <= kMaxOrder && align == kPageSize && limit == ~0ull, 1)) {
+      if (FAULT_POINT(kPageAlloc)) return ErrorCode::kNoMemory;
+      uint64_t a = alloc_unconstrained(order);
+      if (__builtin_expect(a != kAllocFailed, 1)) return PhysAddr(a);
+      return ErrorCode::kNoMemory;
+    }
+    return alloc_constrained(order, limit, align);
+  }
 
   // Returns a block from alloc with the same order. Coalesces with free buddies (never across
   // ranges). Cost: O(kMaxOrder) plus a scan of the (at most kMaxRanges) ranges.
   // Errors: kNotFound (addr is not the head of an allocated block of that order: never allocated,
   // already freed, wrong order, inside a block, outside every range); the allocator is unchanged
   // then. Checked in every build.
-  Result<void> free(PhysAddr addr, unsigned order) TA_EXCL(lock_);
+  Result<void> free(PhysAddr addr, unsigned order) TA_EXCL(lock_) {
+    if (__builtin_expect(free_block(addr.value(), order), 1)) return support::ok();
+    return ErrorCode::kNotFound;
+  }
 
   // Smallest order whose block holds `bytes` (bytes > 0); kMaxOrder + 1 if none does.
   static unsigned order_for(uint64_t bytes);
@@ -104,7 +121,9 @@ class PageFrameAllocator {
   size_t num_ranges() const { return num_ranges_; }
   PhysRange range(size_t i) const;
 
+  // A snapshot of the counters. O(bands + ranges).
   Stats stats() const TA_EXCL(lock_);
+  // Free pages overall (the sum of the per-band counters). O(bands).
   uint64_t free_pages() const TA_EXCL(lock_);
 
   // Number of free blocks of exactly `order` (0 if order > kMaxOrder). Walks the free lists:
@@ -133,7 +152,7 @@ class PageFrameAllocator {
     uint64_t start_pfn = 0;
     uint64_t pages = 0;
     uint8_t* meta = nullptr;  // One byte per page of [start_pfn, start_pfn + pages).
-    uint64_t managed_pages = 0;
+    uint32_t index = 0;       // Its own index in ranges_ (cheaper than pointer arithmetic).
   };
   static constexpr size_t kNoRange = kMaxRanges;
   // Lists per order are padded to 64 bands so that a list head is found with shifts only.
@@ -157,10 +176,14 @@ class PageFrameAllocator {
   void push_free(uint64_t pfn, unsigned order, unsigned band, uint32_t range, uint8_t* meta)
       TA_REQ(lock_);
   void unlink_free(Link* b, unsigned order, unsigned band) TA_REQ(lock_);
+  // Returned by alloc_unconstrained when nothing is free (no address is odd).
+  static constexpr uint64_t kAllocFailed = 1;
+  uint64_t alloc_unconstrained(unsigned order) TA_EXCL(lock_);
+  uint64_t alloc_split_and_unlock(unsigned order) TA_REL(lock_);
+  bool free_block(uint64_t addr, unsigned order) TA_EXCL(lock_);
+  bool merge_and_unlock(uint64_t pfn, unsigned order, unsigned band, uint32_t ri) TA_REL(lock_);
   PhysAddr take(Link* b, unsigned have, unsigned order, unsigned band) TA_REQ(lock_);
-  Result<PhysAddr> alloc_split(unsigned order) TA_REQ(lock_);
   Result<PhysAddr> alloc_constrained(unsigned order, uint64_t limit, uint64_t align) TA_EXCL(lock_);
-  void merge(uint64_t pfn, unsigned order, unsigned band, uint32_t ri) TA_REQ(lock_);
   uint64_t free_pages_locked() const TA_REQ(lock_);
   bool check_lists(uint64_t* per_band, uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
   bool check_metadata(const uint64_t* per_range, uint64_t blocks) const TA_REQ(lock_);
@@ -173,6 +196,7 @@ class PageFrameAllocator {
   PhysAddr highest_;
   bool initialized_ = false;
   uint64_t managed_pages_ = 0;
+  uint64_t managed_per_range_[kMaxRanges] = {};
   uint64_t metadata_bytes_ = 0;
   // Bit b of band_mask_[o] set: list (o, b) is not empty.
   uint64_t band_mask_[kMaxOrder + 1] TA_GUARDED(lock_) = {};

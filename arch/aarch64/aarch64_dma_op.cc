@@ -4,7 +4,8 @@
 #include "support/assert.h"
 #include "support/bitops.h"
 
-AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size) : KernelDmaOp(cfg), line_(line_size) {
+AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size)
+    : KernelDmaOp(cfg), line_(line_size) {
   KASSERT(support::is_pow2(line_size) && line_size >= 16, "bad cache line size");
 }
 

@@ -24,7 +24,8 @@ Result<volatile void*> mmio_map(PhysAddr base, uint64_t size) {
     if (aarch64::mmu_lookup(p, &attr, &pa)) {
       // Already identity-mapped: must be device memory (the kernel image and the device tree
       // blob are the only Normal memory in the identity map).
-      if (pa != p || (attr != aarch64::MemAttr::kDevice && attr != aarch64::MemAttr::kDeviceStrict)) {
+      if (pa != p ||
+          (attr != aarch64::MemAttr::kDevice && attr != aarch64::MemAttr::kDeviceStrict)) {
         return ErrorCode::kInvalidArgument;
       }
       continue;
@@ -41,13 +42,25 @@ Result<volatile void*> mmio_map(PhysAddr base, uint64_t size) {
 }
 
 // dsb rather than dmb: the observers are devices, outside the inner-shareable domain.
-void io_wmb() { __asm__ volatile("dsb st" ::: "memory"); }
-void io_rmb() { __asm__ volatile("dsb ld" ::: "memory"); }
-void io_mb() { __asm__ volatile("dsb sy" ::: "memory"); }
+void io_wmb() {
+  __asm__ volatile("dsb st" ::: "memory");
+}
+void io_rmb() {
+  __asm__ volatile("dsb ld" ::: "memory");
+}
+void io_mb() {
+  __asm__ volatile("dsb sy" ::: "memory");
+}
 
-Result<uint32_t> port_in(uint16_t, unsigned) { return ErrorCode::kNotSupported; }
-Result<void> port_out(uint16_t, uint32_t, unsigned) { return ErrorCode::kNotSupported; }
+Result<uint32_t> port_in(uint16_t, unsigned) {
+  return ErrorCode::kNotSupported;
+}
+Result<void> port_out(uint16_t, uint32_t, unsigned) {
+  return ErrorCode::kNotSupported;
+}
 
-Result<PciHostDesc> pci_host_fallback() { return ErrorCode::kNotSupported; }
+Result<PciHostDesc> pci_host_fallback() {
+  return ErrorCode::kNotSupported;
+}
 
 }  // namespace arch

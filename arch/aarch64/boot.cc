@@ -41,8 +41,12 @@ constexpr size_t kMaxRam = arch::kMaxMemRanges;
 
 arch::BootInfo g_boot;
 
-uint64_t image_start() { return reinterpret_cast<uintptr_t>(__image_start); }
-uint64_t image_end() { return reinterpret_cast<uintptr_t>(__image_end); }
+uint64_t image_start() {
+  return reinterpret_cast<uintptr_t>(__image_start);
+}
+uint64_t image_end() {
+  return reinterpret_cast<uintptr_t>(__image_end);
+}
 
 [[noreturn]] void boot_fail(const char* what, ErrorCode code) {
   kpanic("aarch64 boot: %s: %s", what, error_code_name(code));
@@ -180,12 +184,12 @@ void map_devices(const Fdt& fdt, const PhysRange* ram, size_t nram) {
   g_boot.direct_map_offset = aarch64::kDirectMapBase;
 
   uint64_t el = (aarch64::read_currentel() >> 2) & 3;
-  kprintf("aarch64: EL%llu, MMU and caches on (SCTLR_EL1 0x%llx), D-cache line %zu bytes, "
-          "page tables %zu/%zu pages\n",
-          static_cast<unsigned long long>(el),
-          static_cast<unsigned long long>(aarch64::read_sctlr_el1()),
-          aarch64::dcache_line_size(), aarch64::mmu_tables_used(),
-          aarch64::mmu_tables_capacity());
+  kprintf(
+      "aarch64: EL%llu, MMU and caches on (SCTLR_EL1 0x%llx), D-cache line %zu bytes, "
+      "page tables %zu/%zu pages\n",
+      static_cast<unsigned long long>(el),
+      static_cast<unsigned long long>(aarch64::read_sctlr_el1()), aarch64::dcache_line_size(),
+      aarch64::mmu_tables_used(), aarch64::mmu_tables_capacity());
   kprintf("aarch64: device tree at 0x%llx (%u bytes); kernel image [0x%llx, 0x%llx)\n",
           static_cast<unsigned long long>(dtb), fdt->total_size(),
           static_cast<unsigned long long>(image_start()),
@@ -198,7 +202,8 @@ void map_devices(const Fdt& fdt, const PhysRange* ram, size_t nram) {
 extern "C" [[noreturn]] void aarch64_boot(uint64_t x0) {
   aarch64::console_init();
   uint64_t dtb = locate_dtb(x0);
-  if (dtb == 0) kpanic("aarch64 boot: no device tree (x0 = 0x%llx)", static_cast<unsigned long long>(x0));
+  if (dtb == 0)
+    kpanic("aarch64 boot: no device tree (x0 = 0x%llx)", static_cast<unsigned long long>(x0));
   early_mmu(dtb, Fdt::peek_total_size(reinterpret_cast<const void*>(dtb)));
   late_boot(dtb);
 }

@@ -31,8 +31,12 @@ size_t g_used = 0;
 
 // With the MMU on, tables are reached through the identity map of the kernel image (the pool is
 // part of it), so a table's physical address is also its virtual address.
-Table* table_at(uint64_t pa) { return reinterpret_cast<Table*>(static_cast<uintptr_t>(pa)); }
-uint64_t pa_of(const Table* t) { return reinterpret_cast<uintptr_t>(t); }
+Table* table_at(uint64_t pa) {
+  return reinterpret_cast<Table*>(static_cast<uintptr_t>(pa));
+}
+uint64_t pa_of(const Table* t) {
+  return reinterpret_cast<uintptr_t>(t);
+}
 
 Table* alloc_table() {
   if (g_used == kPoolPages) return nullptr;
@@ -41,7 +45,9 @@ Table* alloc_table() {
   return t;
 }
 
-unsigned shift_of(int level) { return static_cast<unsigned>(39 - 9 * level); }
+unsigned shift_of(int level) {
+  return static_cast<unsigned>(39 - 9 * level);
+}
 
 uint64_t leaf_bits(MemAttr attr, bool exec) {
   uint64_t d = kAf | (static_cast<uint64_t>(attr) << kAttrShift);
@@ -109,17 +115,17 @@ void mmu_enable() {
   // TCR_EL1: 48-bit VA in both halves (T0SZ = T1SZ = 16), 4 KiB granules, walks through
   // write-back cacheable, inner-shareable memory, physical size from ID_AA64MMFR0_EL1.PARange.
   uint64_t parange = read_id_aa64mmfr0_el1() & 0xf;
-  if (parange > 5) parange = 5;  // 48 bits is enough; 52-bit output needs other descriptors.
-  uint64_t tcr = (16ull << 0)      // T0SZ
-                 | (1ull << 8)     // IRGN0 = WB RA WA
-                 | (1ull << 10)    // ORGN0 = WB RA WA
-                 | (3ull << 12)    // SH0 = inner shareable
-                 | (0ull << 14)    // TG0 = 4 KiB
-                 | (16ull << 16)   // T1SZ
-                 | (1ull << 24)    // IRGN1
-                 | (1ull << 26)    // ORGN1
-                 | (3ull << 28)    // SH1
-                 | (2ull << 30)    // TG1 = 4 KiB
+  if (parange > 5) parange = 5;      // 48 bits is enough; 52-bit output needs other descriptors.
+  uint64_t tcr = (16ull << 0)        // T0SZ
+                 | (1ull << 8)       // IRGN0 = WB RA WA
+                 | (1ull << 10)      // ORGN0 = WB RA WA
+                 | (3ull << 12)      // SH0 = inner shareable
+                 | (0ull << 14)      // TG0 = 4 KiB
+                 | (16ull << 16)     // T1SZ
+                 | (1ull << 24)      // IRGN1
+                 | (1ull << 26)      // ORGN1
+                 | (3ull << 28)      // SH1
+                 | (2ull << 30)      // TG1 = 4 KiB
                  | (parange << 32);  // IPS
   write_mair_el1(kMairValue);
   write_tcr_el1(tcr);
@@ -181,7 +187,11 @@ bool mmu_lookup(uint64_t va, MemAttr* attr, uint64_t* pa) {
   return false;
 }
 
-size_t mmu_tables_used() { return g_used + 2; }
-size_t mmu_tables_capacity() { return kPoolPages + 2; }
+size_t mmu_tables_used() {
+  return g_used + 2;
+}
+size_t mmu_tables_capacity() {
+  return kPoolPages + 2;
+}
 
 }  // namespace aarch64

@@ -26,10 +26,10 @@ namespace aarch64 {
 constexpr uint64_t kDirectMapBase = 0xFFFF'8000'0000'0000ull;
 
 enum class MemAttr : uint8_t {
-  kDevice = 0,       // Device-nGnRE
-  kNormalWb = 1,     // Normal, inner/outer write-back, read/write-allocate, inner shareable
-  kNormalNc = 2,     // Normal, non-cacheable
-  kDeviceStrict = 3, // Device-nGnRnE
+  kDevice = 0,        // Device-nGnRE
+  kNormalWb = 1,      // Normal, inner/outer write-back, read/write-allocate, inner shareable
+  kNormalNc = 2,      // Normal, non-cacheable
+  kDeviceStrict = 3,  // Device-nGnRnE
 };
 
 // MAIR_EL1 value matching MemAttr.

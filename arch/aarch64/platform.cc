@@ -1,8 +1,8 @@
 // The arch:: contract (arch/arch.h) for AArch64 QEMU virt: PL011 console, semihosting exit,
 // generic-timer clock, the AArch64DmaOp, and page-table queries.
+#include "arch/aarch64/platform.h"
 #include "arch/aarch64/aarch64_dma_op.h"
 #include "arch/aarch64/mmu.h"
-#include "arch/aarch64/platform.h"
 #include "arch/aarch64/sysreg.h"
 #include "arch/arch.h"
 #include "kernel/kprintf.h"
@@ -14,9 +14,9 @@ constexpr uint64_t kUartDr = 0x00;
 constexpr uint64_t kUartFr = 0x18;
 constexpr uint64_t kUartLcrH = 0x2c;
 constexpr uint64_t kUartCr = 0x30;
-constexpr uint32_t kUartLcrH8N1Fifo = (3u << 5) | (1u << 4);  // WLEN = 8 bits, FEN.
+constexpr uint32_t kUartLcrH8N1Fifo = (3u << 5) | (1u << 4);           // WLEN = 8 bits, FEN.
 constexpr uint32_t kUartCrEnable = (1u << 0) | (1u << 8) | (1u << 9);  // UARTEN, TXE, RXE.
-constexpr uint32_t kUartFrTxff = 1u << 5;  // Transmit FIFO full.
+constexpr uint32_t kUartFrTxff = 1u << 5;                              // Transmit FIFO full.
 
 // Semihosting (Arm "Semihosting for AArch32 and AArch64"): SYS_EXIT with the extended
 // parameter block {reason, subcode}; QEMU exits with status `subcode` for

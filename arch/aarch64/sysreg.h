@@ -5,13 +5,13 @@
 
 namespace aarch64 {
 
-#define AARCH64_SYSREG_RW(name)                               \
-  inline uint64_t read_##name() {                             \
-    uint64_t v;                                               \
-    __asm__ volatile("mrs %0, " #name : "=r"(v));             \
-    return v;                                                 \
-  }                                                           \
-  inline void write_##name(uint64_t v) {                      \
+#define AARCH64_SYSREG_RW(name)                                  \
+  inline uint64_t read_##name() {                                \
+    uint64_t v;                                                  \
+    __asm__ volatile("mrs %0, " #name : "=r"(v));                \
+    return v;                                                    \
+  }                                                              \
+  inline void write_##name(uint64_t v) {                         \
     __asm__ volatile("msr " #name ", %0" : : "r"(v) : "memory"); \
   }
 #define AARCH64_SYSREG_RO(name)                   \
@@ -47,11 +47,21 @@ inline uint64_t read_cntvct_el0() {
   return v;
 }
 
-inline void isb() { __asm__ volatile("isb" : : : "memory"); }
-inline void dsb_sy() { __asm__ volatile("dsb sy" : : : "memory"); }
-inline void dsb_ish() { __asm__ volatile("dsb ish" : : : "memory"); }
-inline void dsb_ishst() { __asm__ volatile("dsb ishst" : : : "memory"); }
-inline void tlbi_vmalle1() { __asm__ volatile("tlbi vmalle1" : : : "memory"); }
+inline void isb() {
+  __asm__ volatile("isb" : : : "memory");
+}
+inline void dsb_sy() {
+  __asm__ volatile("dsb sy" : : : "memory");
+}
+inline void dsb_ish() {
+  __asm__ volatile("dsb ish" : : : "memory");
+}
+inline void dsb_ishst() {
+  __asm__ volatile("dsb ishst" : : : "memory");
+}
+inline void tlbi_vmalle1() {
+  __asm__ volatile("tlbi vmalle1" : : : "memory");
+}
 
 // SCTLR_EL1 bits.
 constexpr uint64_t kSctlrM = 1ull << 0;   // Stage 1 MMU enable.

@@ -27,6 +27,10 @@ inline void write_satp(uint64_t v) {
                    : "r"(v)
                    : "memory");
 }
+// Drops every cached translation (after new page-table entries are written).
+inline void sfence_vma_all() {
+  __asm__ volatile("sfence.vma zero, zero" : : : "memory");
+}
 inline uint64_t read_stvec() {
   uint64_t v;
   __asm__ volatile("csrr %0, stvec" : "=r"(v));

@@ -347,6 +347,23 @@ uint64_t Riscv64Platform::now_ns() const {
   return (ticks / timebase_hz_) * kNsPerSec + (ticks % timebase_hz_) * kNsPerSec / timebase_hz_;
 }
 
+Result<volatile void*> Riscv64Platform::mmio_map(PhysAddr base, uint64_t size) {
+  uint64_t b = base.value();
+  if (size == 0 || b + size < b) return ErrorCode::kInvalidArgument;
+  PhysRange r = page_cover(PhysRange{base, size});
+  if (r.base.value() + r.size > kDirectMapSpan || r.base.value() + r.size < r.base.value()) {
+    return ErrorCode::kNotSupported;
+  }
+  // Never RAM (including its unmapped holes): a device mapping there would alias normal memory.
+  for (size_t i = 0; i < info_.num_ram; ++i) {
+    const PhysRange& ram = info_.ram[i];
+    if (r.base < ram.end() && ram.base < r.end()) return ErrorCode::kInvalidArgument;
+  }
+  TRY(page_table_.map(r.base.value() + kDirectMapOffset, r.base, r.size, MemType::kIo));
+  sfence_vma_all();
+  return reinterpret_cast<volatile void*>(b + kDirectMapOffset);
+}
+
 const char* Riscv64Platform::mapping_attribute(const void* va) const {
   auto leaf = Sv39PageTable::walk_active(reinterpret_cast<uintptr_t>(va), kDirectMapOffset);
   if (!leaf.ok()) return nullptr;

@@ -57,6 +57,12 @@ class Riscv64Platform {
   // PBMT memory type name of the leaf mapping `va` in the active page table, or null if unmapped.
   const char* mapping_attribute(const void* va) const;
 
+  // arch::mmio_map for RISC-V: device memory is reached through the direct map (physical p at
+  // p + kDirectMapOffset) with PBMT=IO; a range the boot code did not map is mapped now.
+  // Errors: kInvalidArgument (size 0, wraps, overlaps RAM), kNotSupported (beyond the 256 GiB
+  // direct map), kNoMemory (table pool exhausted). Boot hart only; not from interrupt context.
+  Result<volatile void*> mmio_map(PhysAddr base, uint64_t size);
+
  private:
   void read_cpu_features();
   void find_devices();

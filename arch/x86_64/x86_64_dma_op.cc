@@ -1,6 +1,5 @@
 #include "arch/x86_64/x86_64_dma_op.h"
 
-namespace x86 {
 namespace {
 
 // The instructions, one line each. The "memory" clobber keeps the compiler from moving the
@@ -74,5 +73,3 @@ void X86DmaOp::invalidate(const void* addr, size_t size) {
 void X86DmaOp::flush_invalidate(const void* addr, size_t size) {
   flush_invalidate_lines(addr, size, line_size_, inval_insn_);
 }
-
-}  // namespace x86

@@ -22,8 +22,6 @@
 
 #include "dma/kernel_dma_op.h"
 
-namespace x86 {
-
 class X86DmaOp final : public KernelDmaOp {
  public:
   // Which flush instructions to use.
@@ -48,5 +46,3 @@ class X86DmaOp final : public KernelDmaOp {
   FlushInsn flush_insn_;
   InvalInsn inval_insn_;
 };
-
-}  // namespace x86

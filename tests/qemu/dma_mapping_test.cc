@@ -22,14 +22,16 @@ constexpr uint32_t kDevSeed = 77;
 
 size_t live_slots() {
   size_t n = 0;
-  for (size_t i = 0; i < kernel_env().num_pools; ++i) n += kernel_env().pools[i]->stats().used_slots;
+  for (size_t i = 0; i < kernel_env().num_pools; ++i)
+    n += kernel_env().pools[i]->stats().used_slots;
   return n;
 }
 
 bool in_some_pool(DmaAddr a, size_t size) {
   for (size_t i = 0; i < kernel_env().num_pools; ++i) {
     const BouncePool* p = kernel_env().pools[i];
-    if (p->contains(PhysAddr(a.value())) && p->contains(PhysAddr(a.value() + size - 1))) return true;
+    if (p->contains(PhysAddr(a.value())) && p->contains(PhysAddr(a.value() + size - 1)))
+      return true;
   }
   return false;
 }
@@ -119,25 +121,9 @@ KTEST(dma_map_mask_decides_bounce) {
   uint64_t mask = pool->base().value() + pool->bytes() - 1;
   DmaConstraints c = kernel_env().dma->default_constraints();
   c.dma_mask = mask;
-  // The allocator prefers high address bands but not the highest block inside a band: take
-  // blocks until one lies above the pool (nearly all RAM does), then give the others back.
-  static PhysAddr tried[64];
-  size_t n = 0;
-  PhysAddr high;
-  bool found = false;
-  while (n < 64 && !found) {
-    auto r = kernel_env().pfa->alloc(1);
-    if (!r.ok()) break;
-    tried[n++] = *r;
-    if (r->value() > mask) {
-      high = *r;
-      found = true;
-    }
-  }
-  for (size_t i = 0; i < n; ++i) {
-    if (!(found && tried[i] == high)) KEXPECT_OK(kernel_env().pfa->free(tried[i], 1));
-  }
-  KREQUIRE_TRUE(found);
+  auto above = ktest_util::alloc_above(1, mask);
+  KREQUIRE_OK(above);  // Nearly all RAM lies above the pool.
+  PhysAddr high = *above;
   auto* buf = static_cast<uint8_t*>(kernel_env().phys_to_virt(high));
   for (DmaDirection d : kDirs) {
     bool bounced = false;
@@ -160,15 +146,17 @@ KTEST(dma_map_mask_decides_bounce) {
 KTEST(dma_map_32bit_device) {
   DmaConstraints c = kernel_env().dma->default_constraints();
   c.dma_mask = 0xFFFF'FFFFull;
-  Pages pages(0);  // The highest free page.
-  KREQUIRE_TRUE(pages.ok());
-  bool above = pages.phys().value() + 4096 - 1 > c.dma_mask;
-  KEXPECT_EQ(above, ktest_util::ram_top() > (1ull << 32));
+  bool ram_above = ktest_util::ram_top() > (1ull << 32);
+  // Above 4 GiB when RAM is there, else any page.
+  auto pa = ktest_util::alloc_above(0, ram_above ? c.dma_mask : 0);
+  KREQUIRE_OK(pa);
+  auto* buf = static_cast<uint8_t*>(kernel_env().phys_to_virt(*pa));
   for (DmaDirection d : kDirs) {
-    bool bounced = !above;
-    transfer(ktest_ctx, c, pages.va(), 4096, d, &bounced);
-    KEXPECT_EQ(bounced, above);
+    bool bounced = !ram_above;
+    transfer(ktest_ctx, c, buf, 4096, d, &bounced);
+    KEXPECT_EQ(bounced, ram_above);
   }
+  KEXPECT_OK(kernel_env().pfa->free(*pa, 0));
 }
 
 // A 28-bit device (QEMU edu's default mask): bounced through a pool below 256 MiB if one exists,
@@ -176,24 +164,25 @@ KTEST(dma_map_32bit_device) {
 KTEST(dma_map_28bit_device) {
   DmaConstraints c = kernel_env().dma->default_constraints();
   c.dma_mask = 0x0FFF'FFFFull;
-  Pages pages(0);
-  KREQUIRE_TRUE(pages.ok());
-  KREQUIRE_TRUE(pages.phys().value() > c.dma_mask);
+  auto pa = ktest_util::alloc_above(0, c.dma_mask);
+  KREQUIRE_OK(pa);
+  auto* buf = static_cast<uint8_t*>(kernel_env().phys_to_virt(*pa));
   BouncePool* low = ktest_util::pool_named("dma28");
   size_t live = live_slots();
   if (low != nullptr) {
     bool bounced = false;
-    transfer(ktest_ctx, c, pages.va(), 3000, DmaDirection::kBidirectional, &bounced);
+    transfer(ktest_ctx, c, buf, 3000, DmaDirection::kBidirectional, &bounced);
     KEXPECT_TRUE(bounced);
   } else {
-    auto h = kernel_env().dma->map_single(c, pages.va(), 3000, 0, DmaDirection::kToDevice);
+    auto h = kernel_env().dma->map_single(c, buf, 3000, 0, DmaDirection::kToDevice);
     KEXPECT_ERR(h, ErrorCode::kDmaMaskNotMatch);
     if (!h.ok()) {
       KEXPECT_EQ(h.error().mask, c.dma_mask);
-      KEXPECT_EQ(h.error().addr, pages.phys().value() + 3000 - 1);
+      KEXPECT_EQ(h.error().addr, pa->value() + 3000 - 1);
     }
   }
   KEXPECT_EQ(live_slots(), live);
+  KEXPECT_OK(kernel_env().pfa->free(*pa, 0));
 }
 
 KTEST(dma_map_bad_requests_change_nothing) {
@@ -203,7 +192,8 @@ KTEST(dma_map_bad_requests_change_nothing) {
   DmaConstraints c = op->default_constraints();
   KernelDmaOp::Stats before = op->stats();
   size_t live = live_slots();
-  KEXPECT_ERR(op->map_single(c, pages.va(), 0, 0, DmaDirection::kToDevice), ErrorCode::kLayoutError);
+  KEXPECT_ERR(op->map_single(c, pages.va(), 0, 0, DmaDirection::kToDevice),
+              ErrorCode::kLayoutError);
   KEXPECT_ERR(op->map_single(c, pages.va(), 64, 3, DmaDirection::kToDevice),
               ErrorCode::kLayoutError);
   DmaConstraints zero = c;
@@ -243,8 +233,7 @@ KTEST(dma_map_sync_calls) {
   KEXPECT_EQ(ktest_util::check_pattern(buf, 4096, kDevSeed), 4096u);
   KEXPECT_ERR(op->prepare_read(*h, 4096, 4097, DmaDirection::kBidirectional),
               ErrorCode::kOutOfRange);
-  KEXPECT_ERR(op->confirm_write(*h, 8193, 0, DmaDirection::kBidirectional),
-              ErrorCode::kOutOfRange);
+  KEXPECT_ERR(op->confirm_write(*h, 8193, 0, DmaDirection::kBidirectional), ErrorCode::kOutOfRange);
   op->unmap_single(*h);
 }
 

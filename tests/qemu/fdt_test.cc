@@ -227,8 +227,8 @@ KTEST(fdt_header_and_walk) {
   KEXPECT_TRUE(kstr::equal(f->name(root), ""));
   KEXPECT_TRUE(f->is_compatible(root, "riscv-virtio"));
   // Children of the root, in order.
-  const char* want[] = {"chosen", "memory@80000000", "memory@200000000", "reserved-memory",
-                        "cpus", "soc"};
+  const char* want[] = {"chosen", "memory@80000000", "memory@200000000", "reserved-memory", "cpus",
+                        "soc"};
   size_t i = 0;
   for (FdtNode c = f->first_child(root); c.valid(); c = f->next_sibling(c), ++i) {
     KREQUIRE_TRUE(i < 6);

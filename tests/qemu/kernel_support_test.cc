@@ -28,7 +28,9 @@ constexpr size_t kMoveLengths[] = {1, 9, 64, 200};
 uint8_t g_a[512];
 uint8_t g_b[512];
 
-bool formats(const char* want, const char* got) { return kstr::equal(want, got); }
+bool formats(const char* want, const char* got) {
+  return kstr::equal(want, got);
+}
 
 }  // namespace
 
@@ -123,6 +125,8 @@ KTEST(cmdline_helpers) {
   KEXPECT_TRUE(kstr::cmdline_value("mode=test ktest=pfa", "ktest", v, sizeof(v)));
   KEXPECT_TRUE(kstr::equal(v, "pfa"));
   KEXPECT_FALSE(kstr::cmdline_value("modex=1 xmode=2", "mode", v, sizeof(v)));
+  KEXPECT_TRUE(kstr::cmdline_value("mode=test ktest=a mode=demo", "mode", v, sizeof(v)));
+  KEXPECT_TRUE(kstr::equal(v, "demo"));  // The last one wins.
   KEXPECT_TRUE(kstr::cmdline_value("mode=averyveryverylongvalue", "mode", v, 5));
   KEXPECT_TRUE(kstr::equal(v, "aver"));
   KEXPECT_TRUE(kstr::has_word(" a  mode=test b", "mode=test"));
@@ -166,8 +170,7 @@ KTEST(boot_memory_planner) {
   KEXPECT_EQ(big->value(), 0x4110'0000u);
   auto again = mem.find(48 * kMiB, kMiB, 0, 1ull << 32, BootMemory::Placement::kLowest);
   KEXPECT_ERR(again, ErrorCode::kNoMemory);
-  KEXPECT_ERR(mem.find(0, kMiB, 0, ~0ull, BootMemory::Placement::kLowest),
-              ErrorCode::kLayoutError);
+  KEXPECT_ERR(mem.find(0, kMiB, 0, ~0ull, BootMemory::Placement::kLowest), ErrorCode::kLayoutError);
   KEXPECT_ERR(mem.find(kMiB, 3 * 4096, 0, ~0ull, BootMemory::Placement::kLowest),
               ErrorCode::kLayoutError);
   KEXPECT_ERR(mem.find(kMiB, kMiB, 0, 0x4000'0000, BootMemory::Placement::kLowest),

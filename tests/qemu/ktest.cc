@@ -26,7 +26,9 @@ void Context::fail(const char* file, int line, const char* fmt, ...) {
   va_end(ap);
 }
 
-size_t test_count() { return static_cast<size_t>(__ktest_end - __ktest_start); }
+size_t test_count() {
+  return static_cast<size_t>(__ktest_end - __ktest_start);
+}
 
 Summary run_all(const char* filter) {
   Summary s;

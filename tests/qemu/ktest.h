@@ -91,32 +91,33 @@ const char* result_code_name(const R& r) {
 #define KTEST_CONCAT_INNER(a, b) a##b
 #define KTEST_CONCAT(a, b) KTEST_CONCAT_INNER(a, b)
 
-#define KTEST(name)                                                                            \
-  static void KTEST_CONCAT(ktest_fn_, name)(::ktest::Context & ktest_ctx);                     \
-  [[gnu::used, gnu::section(".ktest_registry"), gnu::aligned(8)]] static const ::ktest::TestCase \
-      KTEST_CONCAT(ktest_case_, name) = {#name, &KTEST_CONCAT(ktest_fn_, name)};               \
+#define KTEST(name)                                                                      \
+  static void KTEST_CONCAT(ktest_fn_, name)(::ktest::Context & ktest_ctx);               \
+  [[gnu::used, gnu::section(".ktest_registry"),                                          \
+    gnu::aligned(8)]] static const ::ktest::TestCase KTEST_CONCAT(ktest_case_, name) = { \
+      #name, &KTEST_CONCAT(ktest_fn_, name)};                                            \
   static void KTEST_CONCAT(ktest_fn_, name)([[maybe_unused]] ::ktest::Context & ktest_ctx)
 
-#define KEXPECT_TRUE(cond)                                              \
-  do {                                                                  \
+#define KEXPECT_TRUE(cond)                                                 \
+  do {                                                                     \
     if (!(cond)) ktest_ctx.fail(__FILE__, __LINE__, "expected %s", #cond); \
   } while (0)
 
-#define KEXPECT_FALSE(cond)                                                   \
-  do {                                                                        \
-    if (cond) ktest_ctx.fail(__FILE__, __LINE__, "expected !(%s)", #cond);    \
+#define KEXPECT_FALSE(cond)                                                \
+  do {                                                                     \
+    if (cond) ktest_ctx.fail(__FILE__, __LINE__, "expected !(%s)", #cond); \
   } while (0)
 
 // Binary comparison; both sides are evaluated once.
-#define KTEST_CMP(a, b, op)                                                                     \
-  do {                                                                                          \
-    const auto& ktest_a = (a);                                                                  \
-    const auto& ktest_b = (b);                                                                  \
-    if (!(ktest_a op ktest_b)) {                                                                \
-      ktest_ctx.fail(__FILE__, __LINE__, "expected %s %s %s (0x%llx vs 0x%llx)", #a, #op, #b,   \
-                     static_cast<unsigned long long>(::ktest::as_u64(ktest_a)),                 \
-                     static_cast<unsigned long long>(::ktest::as_u64(ktest_b)));                \
-    }                                                                                           \
+#define KTEST_CMP(a, b, op)                                                                   \
+  do {                                                                                        \
+    const auto& ktest_a = (a);                                                                \
+    const auto& ktest_b = (b);                                                                \
+    if (!(ktest_a op ktest_b)) {                                                              \
+      ktest_ctx.fail(__FILE__, __LINE__, "expected %s %s %s (0x%llx vs 0x%llx)", #a, #op, #b, \
+                     static_cast<unsigned long long>(::ktest::as_u64(ktest_a)),               \
+                     static_cast<unsigned long long>(::ktest::as_u64(ktest_b)));              \
+    }                                                                                         \
   } while (0)
 
 #define KEXPECT_EQ(a, b) KTEST_CMP(a, b, ==)
@@ -127,36 +128,36 @@ const char* result_code_name(const R& r) {
 #define KEXPECT_GE(a, b) KTEST_CMP(a, b, >=)
 
 // A Result must be ok / must fail with a given code.
-#define KEXPECT_OK(expr)                                                                        \
-  do {                                                                                          \
-    const auto& ktest_r = (expr);                                                               \
-    if (!ktest_r.ok())                                                                          \
-      ktest_ctx.fail(__FILE__, __LINE__, "%s failed: %s", #expr,                                \
-                     ::ktest::result_code_name(ktest_r));                                       \
+#define KEXPECT_OK(expr)                                         \
+  do {                                                           \
+    const auto& ktest_r = (expr);                                \
+    if (!ktest_r.ok())                                           \
+      ktest_ctx.fail(__FILE__, __LINE__, "%s failed: %s", #expr, \
+                     ::ktest::result_code_name(ktest_r));        \
   } while (0)
-#define KEXPECT_ERR(expr, want_code)                                                            \
-  do {                                                                                          \
-    const auto& ktest_r = (expr);                                                               \
-    if (ktest_r.code() != (want_code))                                                          \
-      ktest_ctx.fail(__FILE__, __LINE__, "%s: expected error %s, got %s", #expr,                \
-                     error_code_name(want_code), ::ktest::result_code_name(ktest_r));           \
+#define KEXPECT_ERR(expr, want_code)                                                  \
+  do {                                                                                \
+    const auto& ktest_r = (expr);                                                     \
+    if (ktest_r.code() != (want_code))                                                \
+      ktest_ctx.fail(__FILE__, __LINE__, "%s: expected error %s, got %s", #expr,      \
+                     error_code_name(want_code), ::ktest::result_code_name(ktest_r)); \
   } while (0)
 
 // Like the KEXPECT forms, but end the test at the first failure (for preconditions whose failure
 // makes the rest meaningless).
-#define KREQUIRE_TRUE(cond)                                                    \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      ktest_ctx.fail(__FILE__, __LINE__, "required %s", #cond);                \
-      return;                                                                  \
-    }                                                                          \
+#define KREQUIRE_TRUE(cond)                                     \
+  do {                                                          \
+    if (!(cond)) {                                              \
+      ktest_ctx.fail(__FILE__, __LINE__, "required %s", #cond); \
+      return;                                                   \
+    }                                                           \
   } while (0)
-#define KREQUIRE_OK(expr)                                                                       \
-  do {                                                                                          \
-    const auto& ktest_r = (expr);                                                               \
-    if (!ktest_r.ok()) {                                                                        \
-      ktest_ctx.fail(__FILE__, __LINE__, "required %s: %s", #expr,                              \
-                     ::ktest::result_code_name(ktest_r));                                       \
-      return;                                                                                   \
-    }                                                                                           \
+#define KREQUIRE_OK(expr)                                          \
+  do {                                                             \
+    const auto& ktest_r = (expr);                                  \
+    if (!ktest_r.ok()) {                                           \
+      ktest_ctx.fail(__FILE__, __LINE__, "required %s: %s", #expr, \
+                     ::ktest::result_code_name(ktest_r));          \
+      return;                                                      \
+    }                                                              \
   } while (0)

@@ -182,9 +182,13 @@ KTEST(pfa_manages_ram_minus_reserved) {
   KEXPECT_TRUE(env.pfa->check_invariants());
 }
 
-KTEST(pfa_exhaust_everything) { exhaust_and_restore(ktest_ctx, ~0ull); }
+KTEST(pfa_exhaust_everything) {
+  exhaust_and_restore(ktest_ctx, ~0ull);
+}
 
-KTEST(pfa_exhaust_below_4g) { exhaust_and_restore(ktest_ctx, 0xFFFF'FFFFull); }
+KTEST(pfa_exhaust_below_4g) {
+  exhaust_and_restore(ktest_ctx, 0xFFFF'FFFFull);
+}
 
 // A limit that is not 2^n - 1 and ends inside RAM: the allocator's straddling-band path.
 KTEST(pfa_exhaust_below_mid_ram) {

@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <iterator>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -1205,6 +1207,51 @@ TEST(PageFrameAllocatorTest, CheckInvariantsDetectsCorruption) {
   ASSERT_TRUE(pfa.free(*a, 0).ok());
   ASSERT_TRUE(pfa.free(*b, 2).ok());
 }
+
+#if defined(DMA_FAULT_INJECTION) && DMA_FAULT_INJECTION
+// Every allocation of a sequence, in turn, made to fail: the error is kNoMemory, nothing changes,
+// and the sequence completes normally once the fault has passed.
+TEST(PageFrameAllocatorTest, InjectedFailureAtEveryAllocationOfASequence) {
+  struct Request {
+    unsigned order;
+    uint64_t limit;
+    uint64_t align;
+  };
+  const Request seq[] = {{0, kNoLimit, kPage},           {3, kNoLimit, kPage},
+                         {0, 0x3FF'FFFF, kPage},         {2, 0x200'0FFF, kPage},
+                         {0, kNoLimit, 64 * kKiB},       {9, kNoLimit, kPage},
+                         {1, (1ull << 24) - 1, 2 * kMiB}};
+  Harness h(low_multi_layout());
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats initial = h.pfa().stats();
+  support::FaultInjector::disarm_all();
+  for (uint64_t n = 1; n <= std::size(seq); ++n) {
+    SCOPED_TRACE(testing::Message() << "failing allocation " << n);
+    support::FaultInjector::fail_nth(support::FaultSite::kPageAlloc, n);
+    std::vector<std::pair<PhysAddr, unsigned>> got;
+    for (uint64_t i = 1; i <= std::size(seq); ++i) {
+      const Request& q = seq[i - 1];
+      Pfa::Stats before = h.pfa().stats();
+      auto r = h.pfa().alloc(q.order, q.limit, q.align);
+      if (i == n) {
+        EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+        EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+        continue;
+      }
+      ASSERT_TRUE(r.ok()) << "request " << i;
+      got.emplace_back(*r, q.order);
+    }
+    EXPECT_EQ(support::FaultInjector::hits(support::FaultSite::kPageAlloc), std::size(seq));
+    // Invalid requests fail for their own reason and are not counted as allocations.
+    EXPECT_EQ(h.pfa().alloc(Pfa::kMaxOrder + 1).code(), ErrorCode::kLayoutError);
+    EXPECT_EQ(support::FaultInjector::hits(support::FaultSite::kPageAlloc), std::size(seq));
+    for (auto [a, order] : got) ASSERT_TRUE(h.pfa().free(a, order).ok());
+    EXPECT_TRUE(same_stats(initial, h.pfa().stats()));
+    EXPECT_TRUE(h.pfa().check_invariants());
+  }
+  support::FaultInjector::disarm_all();
+}
+#endif
 
 #if KDEBUG_ENABLED
 TEST(PageFrameAllocatorDeathTest, DestructorAssertsWhenPagesAreStillAllocated) {

@@ -70,8 +70,8 @@ KTEST(aarch64_null_page_and_holes_unmapped) {
   for (size_t i = 0; i < env.boot->num_ram; ++i) {
     if (env.boot->ram[i].end().value() > top) top = env.boot->ram[i].end().value();
   }
-  KEXPECT_FALSE(hw_translate(reinterpret_cast<uintptr_t>(env.phys_to_virt(PhysAddr(top))), &pa,
-                             &attr));
+  KEXPECT_FALSE(
+      hw_translate(reinterpret_cast<uintptr_t>(env.phys_to_virt(PhysAddr(top))), &pa, &attr));
 }
 
 KTEST(aarch64_console_is_device_memory) {

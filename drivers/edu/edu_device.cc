@@ -1,0 +1,98 @@
+#include "drivers/edu/edu_device.h"
+
+#include "arch/arch.h"
+
+namespace {
+
+// The identification register: 0xRRrr00ed (RR major, rr minor version).
+constexpr uint32_t kIdMask = 0x0000'FFFF;
+constexpr uint32_t kIdValue = 0x0000'00ED;
+constexpr uint32_t kLivenessProbe = 0x5A5A'0F0F;
+
+}  // namespace
+
+Result<void> EduDevice::init(PciDevice* pci, const DeviceDma& dma) {
+  if (pci_ != nullptr || pci == nullptr || dma.op() == nullptr) {
+    return ErrorCode::kInvalidArgument;
+  }
+  // Decoding first: BAR0 reads as nothing until memory decoding is on.
+  TRY(pci->enable(/*bus_master=*/false));
+  TRY_ASSIGN(MmioRegion regs, pci->map_bar(0));
+  if (regs.size() < kRegDmaCmd + 8) return ErrorCode::kNotFound;
+  if ((regs.read32(kRegId) & kIdMask) != kIdValue) return ErrorCode::kNotFound;
+  regs.write32(kRegLiveness, kLivenessProbe);
+  if (regs.read32(kRegLiveness) != ~kLivenessProbe) return ErrorCode::kNotFound;
+  TRY(pci->enable(/*bus_master=*/true));
+  pci_ = pci;
+  regs_ = regs;
+  dma_ = dma;
+  broken_ = false;
+  return support::ok();
+}
+
+void EduDevice::shutdown() {
+  if (pci_ == nullptr) return;
+  pci_->disable();
+  pci_ = nullptr;
+  regs_ = MmioRegion();
+  // Every transfer unmaps before it returns: anything left is a bug the checker reports.
+  dma_.check_no_mappings();
+}
+
+Result<EduDevice::Transfer> EduDevice::copy_to_device(const void* buf, size_t size,
+                                                      uint32_t offset) {
+  if (pci_ == nullptr || broken_) return ErrorCode::kInvalidArgument;
+  if (size == 0) return ErrorCode::kLayoutError;
+  if (offset > kBufferSize || size > kBufferSize - offset) return ErrorCode::kOutOfRange;
+  // The device only reads the buffer: mapping it does not write through `buf`.
+  auto map = dma_.map(const_cast<void*>(buf), size, DmaDirection::kToDevice);
+  if (!map.ok()) {
+    ++stats_.map_failures;
+    return map.error();
+  }
+  return run(*map, /*to_ram=*/false, offset);
+}
+
+Result<EduDevice::Transfer> EduDevice::copy_from_device(void* buf, size_t size, uint32_t offset) {
+  if (pci_ == nullptr || broken_) return ErrorCode::kInvalidArgument;
+  if (size == 0) return ErrorCode::kLayoutError;
+  if (offset > kBufferSize || size > kBufferSize - offset) return ErrorCode::kOutOfRange;
+  auto map = dma_.map(buf, size, DmaDirection::kFromDevice);
+  if (!map.ok()) {
+    ++stats_.map_failures;
+    return map.error();
+  }
+  return run(*map, /*to_ram=*/true, offset);
+}
+
+Result<EduDevice::Transfer> EduDevice::run(StreamingMapping& map, bool to_ram, uint32_t offset) {
+  if ((regs_.read64(kRegDmaCmd) & kCmdStart) != 0) return ErrorCode::kBusy;
+  Transfer t;
+  t.dma_addr = map.dma_addr();
+  t.bounced = map.bounced();
+  uint64_t dev_addr = kBufferAddr + offset;
+  // 64-bit writes: the device ignores the upper halves (0x84, 0x8c) as registers of their own.
+  regs_.write64(kRegDmaSrc, to_ram ? dev_addr : map.dma_addr().value());
+  regs_.write64(kRegDmaDst, to_ram ? map.dma_addr().value() : dev_addr);
+  regs_.write64(kRegDmaCount, map.size());
+  // MmioRegion's write barrier orders the mapping's cache clean / bounce copy before the start.
+  uint64_t start = arch::now_ns();
+  regs_.write64(kRegDmaCmd, kCmdStart | (to_ram ? kCmdToRam : 0));
+  ++stats_.started;
+  if (t.bounced) ++stats_.bounced;
+  while ((regs_.read64(kRegDmaCmd) & kCmdStart) != 0) {
+    if (arch::now_ns() - start > timeout_ns_) {
+      // The device may still write into the mapping: cut it off the bus before the mapping (and
+      // any bounce slot) goes back to others.
+      pci_->disable();
+      broken_ = true;
+      return ErrorCode::kTimedOut;
+    }
+  }
+  t.elapsed_ns = arch::now_ns() - start;
+  // The device is done with the buffer: hand it back to the CPU (invalidate or copy out of the
+  // bounce slot for device -> RAM).
+  map.unmap();
+  ++stats_.completed;
+  return t;
+}

@@ -1,0 +1,108 @@
+// VirtioBlk: a virtio-blk driver (virtio 1.x over PCI, one request queue, polled).
+//
+// A request is a descriptor chain (virtio spec 5.2.6):
+//   header  {le32 type (0 read, 1 write), le32 reserved, le64 sector}   device reads
+//   data    one descriptor per DMA segment of the caller's buffers      device reads (write) or
+//                                                                        writes (read)
+//   status  one byte, 0 = OK                                            device writes
+// Header and status share one small block from a DmaPool (coherent memory: no cache maintenance);
+// the data buffers are the caller's, mapped for this request only with a scatter-gather mapping
+// (SgList: each buffer mapped directly or bounced as the device's DMA constraints decide,
+// neighbours merged, split at the device's size_max), and unmapped when the device is done --
+// which is where the data a read brought in becomes visible to the CPU. The virtqueue lives in
+// coherent memory (SplitVirtqueue).
+//
+// Features: VIRTIO_F_VERSION_1 is required; VIRTIO_F_ACCESS_PLATFORM (the device uses DMA
+// addresses, which is what this driver gives it anyway), VIRTIO_BLK_F_SIZE_MAX, _SEG_MAX and _RO
+// are accepted when offered.
+//
+// Threading: one request at a time (the caller serializes); each call polls the used ring until
+// the request completes, bounded by a timeout. Not for interrupt context.
+#pragma once
+
+#include "dma/device_dma.h"
+#include "dma/dma_pool.h"
+#include "dma/scatter_gather.h"
+#include "drivers/virtio/split_virtqueue.h"
+#include "drivers/virtio/virtio_pci.h"
+#include "support/result.h"
+#include "support/span.h"
+
+class VirtioBlk {
+ public:
+  static constexpr uint32_t kSectorSize = 512;
+  static constexpr size_t kMaxBuffers = 16;   // Caller buffers per request.
+  static constexpr size_t kMaxSegments = 32;  // DMA segments per request.
+  static constexpr uint64_t kDefaultTimeoutNs = 5'000'000'000;
+
+  // What one request did, for reports and tests.
+  struct Request {
+    size_t buffers = 0;
+    size_t segments = 0;  // Data descriptors after merging and splitting.
+    uint64_t elapsed_ns = 0;
+  };
+
+  VirtioBlk() = default;
+  VirtioBlk(const VirtioBlk&) = delete;
+  VirtioBlk& operator=(const VirtioBlk&) = delete;
+  ~VirtioBlk() { shutdown(); }
+
+  // Binds to a virtio-blk PCI function and brings it to DRIVER_OK: transport, reset, feature
+  // negotiation, the request queue (size min(device maximum, SplitVirtqueue::kMaxSize)), the
+  // header pool. `dma` (copied) gives the device's DMA constraints for the rings, the headers and
+  // the data mappings. `pci` must outlive this object.
+  // Errors: kInvalidArgument (already bound, null device), kNotSupported (no VIRTIO_F_VERSION_1,
+  // features refused), kNotFound (not a modern virtio device, no request queue), kTimedOut (reset
+  // never completed), coherent-allocation errors (kNoMemory, kDmaMaskNotMatch). On error the
+  // device is left reset (or FAILED) and unbound.
+  Result<void> init(PciDevice* pci, const DeviceDma& dma);
+
+  // Reads `bufs` (total a non-zero multiple of 512 bytes) from the disk at `sector`.
+  // Preconditions: each buffer is physically contiguous normal memory, untouched by the CPU during
+  // the call. Errors: kLayoutError (empty, an empty buffer, total not a multiple of 512 or above
+  // 4 GiB), kOutOfRange (beyond the disk, or more than kMaxBuffers buffers / kMaxSegments
+  // segments, or more segments than the device's seg_max), the mapping errors of SgMapping::map
+  // (kDmaMaskNotMatch, kNoMemory, ...; the device is not involved then), kNoMemory (no header
+  // block), kIoError (the device reported an error), kTimedOut (no completion: the device is reset
+  // and unbound before the buffers are released).
+  Result<Request> read(uint64_t sector, support::Span<const SgEntry> bufs);
+  // Writes `bufs` to the disk at `sector`. Same preconditions; errors as read(), plus
+  // kNotSupported (the disk is read-only).
+  Result<Request> write(uint64_t sector, support::Span<const SgEntry> bufs);
+
+  bool bound() const { return transport_.bound(); }
+  uint64_t capacity_sectors() const { return capacity_; }
+  uint64_t features() const { return features_; }
+  uint32_t seg_max() const { return seg_max_; }
+  uint32_t size_max() const { return size_max_; }
+  uint16_t queue_size() const { return vq_.size(); }
+  // The constraints the data mappings use; a test may make them stricter (a lower mask, forced
+  // bouncing) between requests.
+  DeviceDma& dma() { return dma_; }
+  // The header pool (null while unbound).
+  const DmaPool* header_pool() const { return pool_; }
+  PciDevice* pci() const { return transport_.pci(); }
+
+  // Resets the device (it stops using memory), frees the queue and the header pool, checks that no
+  // mapping or allocation of the device is left (DeviceDma::check_no_mappings reports any) and
+  // unbinds. Idempotent.
+  void shutdown();
+
+ private:
+  Result<Request> submit(bool write, uint64_t sector, support::Span<const SgEntry> bufs);
+  Result<void> bring_up();
+  uint64_t read_capacity();
+
+  VirtioPci transport_;
+  DeviceDma dma_;
+  SplitVirtqueue vq_;
+  // The header pool is built in place by init and destroyed by shutdown, so that a teardown
+  // gives every coherent chunk back before checking that the device leaked nothing.
+  alignas(DmaPool) unsigned char pool_storage_[sizeof(DmaPool)];
+  DmaPool* pool_ = nullptr;
+  uint64_t features_ = 0;
+  uint64_t capacity_ = 0;
+  uint32_t seg_max_ = 0;
+  uint32_t size_max_ = 0;
+  uint64_t timeout_ns_ = kDefaultTimeoutNs;
+};
