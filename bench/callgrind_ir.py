@@ -1,40 +1,62 @@
 #!/usr/bin/env python3
 """Reads the callgrind dumps written by dma_ir and prints instructions per operation.
 
-Each dump (callgrind.out.N, written by CALLGRIND_DUMP_STATS_AT) covers exactly one measured loop;
-its trigger line names the scenario and the number of operations: "<scenario> ops=<n>". The dumps
-must be written with --compress-strings=no --compress-pos=no.
+Each dump (<prefix>.N, written by CALLGRIND_DUMP_STATS_AT) covers exactly one measured loop; its
+trigger line names the scenario and the number of operations: "<scenario> ops=<n>". The dumps
+must be written with --compress-strings=no --compress-pos=no, from a binary with line tables
+(the bench build uses -gdwarf-4).
 
+Every instruction of a dump is attributed to the source file it was compiled from, inlined code
+included (callgrind's fl=/fi=/fe= records), so the split does not depend on what the compiler
+inlined into the benchmark's own loop:
+  subsys  the DMA subsystem and its platform: files under support/, mm/, dma/, arch/
+  copy    the C library's memcpy/memmove (the data copies of a bounced mapping)
+  harness everything else: the benchmark's loop and bookkeeping (bench/, the C++ library)
 For every dump this prints one line:
-  <scenario> ops=<n> total=<x> <entry>=<x> ...
-where every <x> is instructions per operation: `total` is everything executed in the loop (the
-benchmark's own bookkeeping included), each <entry> the inclusive cost of one API entry point
-(the function and everything it calls), and `memcpy` the instructions spent inside memcpy/memmove
-(the data copies), wherever called from.
+  <scenario> ops=<n> total=<x> subsys=<x> copy=<x> harness=<x> <entry>=<x> ...
+where every <x> is instructions per operation, and each <entry> is the inclusive cost (the
+function and everything it calls) of an out-of-line API function, for a finer breakdown; an
+entry the compiler inlined into the caller shows 0 there but is still counted in `subsys`.
 """
 import glob
+import os
 import re
 import sys
 from collections import defaultdict
 
 ENTRIES = {
-    "pfa_alloc": "PageFrameAllocator::alloc(",
-    "pfa_free": "PageFrameAllocator::free(",
     "map": "KernelDmaOp::map_single(",
     "unmap": "KernelDmaOp::unmap_single(",
     "pool_alloc": "BouncePool::alloc(",
     "pool_free": "BouncePool::free(",
 }
-COPY_RE = re.compile(r"^(__)?mem(cpy|move)")
+SUBSYSTEM_DIRS = ("support/", "mm/", "dma/", "arch/")
+COPY_FN = re.compile(r"^(__)?mem(cpy|move)")
+TRIGGER = "desc: Trigger: Client Request: "
 
 
-def parse(path):
+def classify(path, fn, root):
+    if fn and COPY_FN.match(fn):
+        return "copy"
+    if "memmove-vec" in path or "memcpy" in path:
+        return "copy"
+    p = os.path.normpath(path)
+    if os.path.isabs(p):
+        if not p.startswith(root + os.sep):
+            return "harness"
+        p = os.path.relpath(p, root)
+    return "subsys" if p.startswith(SUBSYSTEM_DIRS) else "harness"
+
+
+def parse(path, root):
     trigger = None
     summary = None
+    by_class = defaultdict(int)
     self_cost = defaultdict(int)
     call_cost = defaultdict(int)  # (caller, callee) -> inclusive cost of those calls
     fn = None
     cfn = None
+    cur_file = ""
     pending_call = False
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -50,17 +72,20 @@ def parse(path):
                     pending_call = False
                 else:
                     self_cost[fn] += cost
+                    by_class[classify(cur_file, fn, root)] += cost
+            elif line.startswith(("fl=", "fi=", "fe=")):
+                cur_file = line[3:]
             elif line.startswith("fn="):
                 fn = line[3:]
             elif line.startswith("cfn="):
                 cfn = line[4:]
             elif line.startswith("calls="):
                 pending_call = True
-            elif line.startswith("desc: Trigger: Client Request: "):
-                trigger = line[len("desc: Trigger: Client Request: "):]
+            elif line.startswith(TRIGGER):
+                trigger = line[len(TRIGGER):]
             elif line.startswith("summary:"):
                 summary = int(line.split()[1])
-    return trigger, summary, self_cost, call_cost
+    return trigger, summary, by_class, self_cost, call_cost
 
 
 def inclusive(name_prefix, self_cost, call_cost):
@@ -78,25 +103,29 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: callgrind_ir.py <callgrind.out prefix>")
     prefix = sys.argv[1]
-    paths = sorted(glob.glob(prefix + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    root = os.path.normpath(os.getcwd())
+    paths = [p for p in glob.glob(prefix + ".*") if p.rsplit(".", 1)[1].isdigit()]
+    paths.sort(key=lambda p: int(p.rsplit(".", 1)[1]))
     if not paths:
         sys.exit("callgrind_ir.py: no dumps at %s.*" % prefix)
     for path in paths:
-        trigger, summary, self_cost, call_cost = parse(path)
+        trigger, summary, by_class, self_cost, call_cost = parse(path, root)
         if trigger is None:
             continue
         m = re.match(r"^(\S+) ops=(\d+)$", trigger)
         if not m:
             sys.exit("callgrind_ir.py: unexpected trigger %r in %s" % (trigger, path))
         name, ops = m.group(1), int(m.group(2))
+        counted = sum(by_class.values())
+        if counted != summary:
+            sys.exit("callgrind_ir.py: %s: attributed %d of %d instructions" %
+                     (path, counted, summary))
         fields = ["%s ops=%d" % (name, ops), "total=%.2f" % (summary / ops)]
+        for cls in ("subsys", "copy", "harness"):
+            fields.append("%s=%.2f" % (cls, by_class[cls] / ops))
         for key, pfx in ENTRIES.items():
             fields.append("%s=%.2f" % (key, inclusive(pfx, self_cost, call_cost) / ops))
-        copy = sum(cost for (caller, callee), cost in call_cost.items()
-                   if callee and COPY_RE.match(callee) and not (caller and COPY_RE.match(caller)))
-        fields.append("memcpy=%.2f" % (copy / ops))
         print(" ".join(fields))
-        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -86,17 +86,33 @@ std::vector<Scenario> scenarios() {
                  return fmt("occupancy=%.4f", s.occupancy());
                }});
   for (bool masked : {false, true}) {
-    v.push_back({masked ? "pfa_order9_masked" : "pfa_order9_unmasked", 100'000,
-                 [masked](uint64_t ops, const Measure& m) {
+    std::string mode = masked ? "masked" : "unmasked";
+    v.push_back({"pfa_order9_pair_" + mode, 100'000, [masked](uint64_t ops, const Measure& m) {
                    bench::PfaOrder9Masked s(masked);
                    std::string before = fmt("free_above_4g=%.4f", s.free_above_limit());
                    m([&] { s.run(ops); });
                    return before;
                  }});
+    // Allocations alone: collection is switched off while each batch is freed.
+    v.push_back({"pfa_order9_alloc_" + mode, 100'000, [masked](uint64_t ops, const Measure& m) {
+                   constexpr size_t kBatch = 16;
+                   bench::PfaOrder9Masked s(masked);
+                   std::string before = fmt("free_above_4g=%.4f", s.free_above_limit());
+                   m([&] {
+                     for (uint64_t done = 0; done < ops; done += kBatch) {
+                       s.alloc_batch(kBatch);
+                       CALLGRIND_TOGGLE_COLLECT;
+                       s.free_batch();
+                       CALLGRIND_TOGGLE_COLLECT;
+                     }
+                   });
+                   return before;
+                 }});
   }
   for (size_t size : {4 * kKiB, 64 * kKiB}) {
     for (int occ : kOccupancies) {
-      v.push_back({"bounce_" + std::to_string(size / kKiB) + "k_" + std::to_string(occ), 100'000,
+      v.push_back({"bounce_" + std::to_string(size / kKiB) + "k_" + std::to_string(occ),
+                   size > 4 * kKiB ? uint64_t{5000} : uint64_t{20000},
                    [size, occ](uint64_t ops, const Measure& m) {
                      bench::BounceRing s(occ / 100.0, size, DmaDirection::kToDevice,
                                          kSeed + 300 + static_cast<uint64_t>(occ));

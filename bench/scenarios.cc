@@ -230,6 +230,7 @@ PfaOrder9Masked::PfaOrder9Masked(bool masked)
 }
 
 PfaOrder9Masked::~PfaOrder9Masked() {
+  free_batch();
   for (PhysAddr a : ring_) free_or_die(pfa_, a, 9);
 }
 
@@ -243,6 +244,19 @@ void PfaOrder9Masked::run(uint64_t pairs) {
     head_ = (head_ + 1) % kRing;
     if (!pfa_->free(oldest, 9).ok()) die("order-9 free failed");
   }
+}
+
+void PfaOrder9Masked::alloc_batch(size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    auto r = pfa_->alloc(9, limit_);
+    if (!r.ok()) die("order-9 alloc failed");
+    batch_.push_back(*r);
+  }
+}
+
+void PfaOrder9Masked::free_batch() {
+  for (PhysAddr a : batch_) free_or_die(pfa_, a, 9);
+  batch_.clear();
 }
 
 double PfaOrder9Masked::free_above_limit() const {

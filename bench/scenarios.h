@@ -129,7 +129,8 @@ class PfaOrder9Frag {
 
 // Order-9 allocations with or without a 4 GiB limit, on RAM [3.75 GiB, 6.25 GiB): 256 MiB below
 // the limit and 2.25 GiB (90% of the free memory) above it. run(n): n times, allocate an order-9
-// block (under the limit when `masked`) and free the oldest of a ring of 16.
+// block (under the limit when `masked`) and free the oldest of a ring of 16. A naive allocator
+// would walk past the 576 free 4 MiB blocks above the limit to find one below it.
 class PfaOrder9Masked {
  public:
   static constexpr size_t kRing = 16;
@@ -137,6 +138,10 @@ class PfaOrder9Masked {
   explicit PfaOrder9Masked(bool masked);
   ~PfaOrder9Masked();
   void run(uint64_t pairs);
+  // For the cost of an allocation alone: alloc_batch takes n order-9 blocks (same limit),
+  // free_batch gives them back.
+  void alloc_batch(size_t n);
+  void free_batch();
   // Fraction of free memory above the limit, measured.
   double free_above_limit() const;
 
@@ -145,6 +150,7 @@ class PfaOrder9Masked {
   PageFrameAllocator* pfa_;
   uint64_t limit_;
   std::vector<PhysAddr> ring_;
+  std::vector<PhysAddr> batch_;
   size_t head_ = 0;
 };
 

@@ -7,11 +7,9 @@ the state each scenario reached), metadata.txt (dma_ir --metadata), copy.json an
 and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
-inclusive callgrind cost of the API entry points, per operation:
-  pfa_*                  PageFrameAllocator::alloc + ::free
-  pfa_masked_*_ratio     PageFrameAllocator::alloc under the 4 GiB limit / without a limit
-  bounce_map_unmap_ir_*  KernelDmaOp::map_single + ::unmap_single minus the memcpy inside them
-  direct_map_unmap_ir    KernelDmaOp::map_single + ::unmap_single
+instructions executed in the subsystem's own source files (support/, mm/, dma/, arch/, inlined
+code included; bench/callgrind_ir.py's `subsys`) per operation of the measured loop. The bounce
+figures leave out the instructions inside memcpy (`copy`); *_with_copy figures add them back.
 """
 import json
 import os
@@ -76,19 +74,18 @@ def main():
         figures.append((name, value, fmt))
 
     def pfa_pair(s):
-        return ir[s]["pfa_alloc"] + ir[s]["pfa_free"]
+        return ir[s]["subsys"]
 
     def bounce(s):
-        r = ir[s]
-        return r["map"] + r["unmap"] - r["memcpy"]
+        return ir[s]["subsys"]
 
     # The issue's figures, in its order.
     add("pfa_order0_pair_ir_10", pfa_pair("pfa_order0_pair_10"))
     add("pfa_order0_pair_ir_95", pfa_pair("pfa_order0_pair_95"))
     add("pfa_mixed_op_ir_50", pfa_pair("pfa_mixed_op_50"))
     add("pfa_order9_pair_ir_frag", pfa_pair("pfa_order9_pair_frag"))
-    masked = ir["pfa_order9_masked"]["pfa_alloc"]
-    unmasked = ir["pfa_order9_unmasked"]["pfa_alloc"]
+    masked = ir["pfa_order9_alloc_masked"]["subsys"]
+    unmasked = ir["pfa_order9_alloc_unmasked"]["subsys"]
     add("pfa_masked_order9_ratio", masked / unmasked, "%.3f")
     for size in ("4k", "64k"):
         for occ in (1, 95):
@@ -103,7 +100,7 @@ def main():
                          min(plain))
         add("bounce_copy_%s_ratio" % label, ratios[label][0] / ratios[label][1], "%.3f")
 
-    add("direct_map_unmap_ir", ir["direct_map_unmap"]["map"] + ir["direct_map_unmap"]["unmap"])
+    add("direct_map_unmap_ir", ir["direct_map_unmap"]["subsys"])
     meta = read_kv_lines(os.path.join(out, "metadata.txt"))
     with open(os.path.join(out, "metadata.txt")) as f:
         meta_value = float(f.read().split()[1])
@@ -123,12 +120,12 @@ def main():
     for size in ("4k", "64k"):
         for occ in (1, 95):
             r = ir["bounce_%s_%d" % (size, occ)]
-            add("bounce_map_unmap_with_copy_ir_%s_%d" % (size, occ), r["map"] + r["unmap"])
+            add("bounce_map_unmap_with_copy_ir_%s_%d" % (size, occ), r["subsys"] + r["copy"])
             add("bounce_pool_alloc_free_ir_%s_%d" % (size, occ), r["pool_alloc"] + r["pool_free"])
     add("pfa_order9_alloc_ir_masked", masked)
     add("pfa_order9_alloc_ir_unmasked", unmasked)
     add("pfa_masked_order9_pair_ratio",
-        pfa_pair("pfa_order9_masked") / pfa_pair("pfa_order9_unmasked"), "%.3f")
+        pfa_pair("pfa_order9_pair_masked") / pfa_pair("pfa_order9_pair_unmasked"), "%.3f")
     # The same loops with the benchmark's own bookkeeping counted too (the callgrind total).
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "pfa_order9_pair_frag",
               "bounce_4k_1", "bounce_4k_95", "bounce_64k_1", "bounce_64k_95", "direct_map_unmap"):
@@ -142,7 +139,7 @@ def main():
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "bounce_4k_1",
               "bounce_4k_95", "bounce_64k_1", "bounce_64k_95"):
         add("occupancy_reached_" + s, state[s]["occupancy"], "%.4f")
-    add("free_above_4g_in_masked", state["pfa_order9_masked"]["free_above_4g"], "%.4f")
+    add("free_above_4g_in_masked", state["pfa_order9_alloc_masked"]["free_above_4g"], "%.4f")
     add("pfa_mixed_op_50_failures", state["pfa_mixed_op_50"]["failures"], "%d")
 
     with open(os.path.join(out, "summary.txt"), "w") as f:

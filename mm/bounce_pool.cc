@@ -165,7 +165,7 @@ static_assert(BouncePool::kQuickDepth < 256, "cache counts are bytes");
 // Takes n slots from the free lists, the first at an index congruent to `phase` modulo
 // period_mask + 1, and marks them a used block of n slots. Returns the first slot, or the
 // sentinel index when no free block can hold them.
-[[gnu::noinline]] uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_mask) {
+inline uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_mask) {
   uint64_t need = n + period_mask;
   unsigned cls = 0;
   uint32_t block = need <= num_slots_ ? find_block(need, &cls) : num_slots_;
@@ -180,8 +180,10 @@ static_assert(BouncePool::kQuickDepth < 256, "cache counts are bytes");
   uint64_t block_end = uint64_t{block} + block_size;
   // The last suitable start in the block: the allocation takes the block's end, so that the
   // block's head, and usually its list, stay as they are.
-  uint64_t s = block_end - n - ((block_end - n - phase) & period_mask);
-  if (n > block_size || s < block) return num_slots_;  // Only possible on the exact-fit path.
+  if (n > block_size) return num_slots_;  // Only possible on the exact-fit path.
+  uint64_t slack = (block_end - n - phase) & period_mask;
+  if (slack > block_size - n) return num_slots_;  // Likewise.
+  uint64_t s = block_end - n - slack;
 
   auto start = static_cast<uint32_t>(s);
   auto slots = static_cast<uint32_t>(n);
@@ -215,7 +217,7 @@ static_assert(BouncePool::kQuickDepth < 256, "cache counts are bytes");
 }
 
 // Puts the used block [first, first + slots) on the free lists, merged with free neighbours.
-[[gnu::noinline]] void BouncePool::release(uint32_t first, uint32_t slots) {
+[[gnu::always_inline]] inline void BouncePool::release(uint32_t first, uint32_t slots) {
   SlotRecord& r = meta_[first];
   uint32_t size = slots;
   uint32_t end = first + slots;  // <= num_slots_: the sentinel at worst, which is never free.
@@ -343,15 +345,24 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
 
   support::Guard<support::SpinLock> guard{&lock_};
   uint32_t start = num_slots_;
-  if (n < kQuickSlots) {
+  if (n < kQuickSlots && cache_head_[n] != num_slots_) {
+    // The top of the stack, or else the one below it, if its first slot has the right phase.
     uint32_t c = cache_head_[n];
-    if (c != num_slots_ && ((c - phase) & period_mask) == 0) {
+    if (((c - phase) & period_mask) == 0) {
       cache_head_[n] = meta_[c].link_next;
+      start = c;
+    } else {
+      uint32_t below = meta_[c].link_next;
+      if (below != num_slots_ && ((below - phase) & period_mask) == 0) {
+        meta_[c].link_next = meta_[below].link_next;
+        start = below;
+      }
+    }
+    if (start != num_slots_) {
       --cache_count_[n];
       cached_slots_ -= static_cast<uint32_t>(n);
       --cached_blocks_;
-      meta_[c].size_free = static_cast<uint32_t>(n);
-      start = c;
+      meta_[start].size_free = static_cast<uint32_t>(n);
     }
   }
   while (start == num_slots_) {

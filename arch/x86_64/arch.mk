@@ -9,7 +9,7 @@ ARCH_ASFLAGS := -fno-asynchronous-unwind-tables
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 --no-relax
 ARCH_SRCS := arch/x86_64/x86_64_platform.cc arch/x86_64/serial.cc arch/x86_64/traps.cc \
              arch/x86_64/cpu_features.cc arch/x86_64/pvh.cc arch/x86_64/paging.cc \
-             arch/x86_64/tsc_clock.cc arch/x86_64/acpi.cc
+             arch/x86_64/tsc_clock.cc arch/x86_64/acpi.cc tests/qemu/x86_64/x86_64_arch_test.cc
 ARCH_SRCS += arch/x86_64/arch_io.cc
 ARCH_ASM_SRCS := arch/x86_64/boot.S arch/x86_64/trap_entry.S
 # The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH: part of libdma.a for this arch.

@@ -7,6 +7,9 @@
 
 extern "C" const uint64_t trap_stub_table[256];
 extern "C" char boot_stack_guard[];
+// Labels inside probe_read64 / probe_write64: the probed instruction and where to resume.
+extern "C" char x86_probe_read_insn[], x86_probe_read_fixup[], x86_probe_write_insn[],
+    x86_probe_write_fixup[];
 
 namespace x86 {
 namespace {
@@ -56,6 +59,13 @@ alignas(16) Tss g_tss;
 // null, kernel code (64-bit), kernel data, TSS (two slots).
 alignas(16) uint64_t g_gdt[5];
 alignas(16) IdtEntry g_idt[256];
+
+// The probe in progress, if any.
+struct ProbeState {
+  bool active = false;
+  ProbeFault fault;
+};
+volatile ProbeState g_probe;
 
 // Set while a panic dump is printed: a fault inside the dump must not recurse.
 volatile bool g_in_trap = false;
@@ -178,9 +188,83 @@ void init_traps() {
   __asm__ volatile("lidt %0" ::"m"(idtr) : "memory");
 }
 
+// noinline: the asm defines global labels, which must exist exactly once.
+[[gnu::noinline]] bool probe_read64(uintptr_t addr, uint64_t* value, ProbeFault* fault) {
+  g_probe.active = true;
+  uint64_t v = 0;
+  uint32_t ok;
+  __asm__ volatile(
+      "movl $1, %[ok]\n"
+      ".global x86_probe_read_insn\n"
+      "x86_probe_read_insn: movq (%[addr]), %[v]\n"
+      "jmp 1f\n"
+      ".global x86_probe_read_fixup\n"
+      "x86_probe_read_fixup: xorl %[ok], %[ok]\n"
+      "1:\n"
+      : [v] "+r"(v), [ok] "=&r"(ok)
+      : [addr] "r"(addr)
+      : "memory");
+  g_probe.active = false;
+  if (ok == 0) {
+    fault->vector = g_probe.fault.vector;
+    fault->error = g_probe.fault.error;
+    fault->cr2 = g_probe.fault.cr2;
+    return false;
+  }
+  *value = v;
+  return true;
+}
+
+[[gnu::noinline]] bool probe_write64(uintptr_t addr, uint64_t value, ProbeFault* fault) {
+  g_probe.active = true;
+  uint32_t ok;
+  __asm__ volatile(
+      "movl $1, %[ok]\n"
+      ".global x86_probe_write_insn\n"
+      "x86_probe_write_insn: movq %[v], (%[addr])\n"
+      "jmp 1f\n"
+      ".global x86_probe_write_fixup\n"
+      "x86_probe_write_fixup: xorl %[ok], %[ok]\n"
+      "1:\n"
+      : [ok] "=&r"(ok)
+      : [addr] "r"(addr), [v] "r"(value)
+      : "memory");
+  g_probe.active = false;
+  if (ok == 0) {
+    fault->vector = g_probe.fault.vector;
+    fault->error = g_probe.fault.error;
+    fault->cr2 = g_probe.fault.cr2;
+    return false;
+  }
+  return true;
+}
+
 }  // namespace x86
 
 using namespace x86;
+
+namespace {
+
+// A trap at a probe's access: record it and resume at the probe's fixup. False if `f` is not one.
+bool handle_probe(TrapFrame* f, uint64_t cr2) {
+  if (!g_probe.active || f->vector >= 32) return false;
+  uint64_t fixup = 0;
+  if (f->rip == reinterpret_cast<uint64_t>(x86_probe_read_insn)) {
+    fixup = reinterpret_cast<uint64_t>(x86_probe_read_fixup);
+  } else if (f->rip == reinterpret_cast<uint64_t>(x86_probe_write_insn)) {
+    fixup = reinterpret_cast<uint64_t>(x86_probe_write_fixup);
+  } else {
+    return false;
+  }
+  g_probe.fault.vector = f->vector;
+  g_probe.fault.error = f->error;
+  g_probe.fault.cr2 = cr2;
+  g_probe.active = false;
+  f->rip = fixup;
+  return true;
+}
+
+}  // namespace
 
 extern "C" void x86_trap_handler(TrapFrame* f) {
   if (g_in_trap) {
@@ -191,8 +275,9 @@ extern "C" void x86_trap_handler(TrapFrame* f) {
     serial_puts("\n");
     arch::exit_qemu(false);
   }
-  g_in_trap = true;
   const uint64_t cr2 = read_cr2();
+  if (handle_probe(f, cr2)) return;
+  g_in_trap = true;
 
   serial_puts("\nPANIC: x86_64 exception ");
   serial_dec(f->vector);

@@ -3,8 +3,9 @@
 // Every one of the 256 vectors has a handler (trap_entry.S). The kernel runs with interrupts
 // masked, so any trap is a bug: the handler prints a readable panic (vector and name, error code
 // decoded for #PF, RIP, CR2 for page faults, all general registers) and leaves QEMU with a failure
-// status. #DF, NMI and #MC run on their own IST stacks so that a kernel stack overflow (which
-// hits the unmapped guard page below the boot stack) is still reported.
+// status; the one exception is a fault at a probe_read64/probe_write64 access, which is recorded
+// and resumed (for tests). #DF, NMI and #MC run on their own IST stacks so that a kernel stack
+// overflow (which hits the unmapped guard page below the boot stack) is still reported.
 #pragma once
 
 #include "support/types.h"
@@ -38,6 +39,20 @@ struct IstStack {
 // The IST stacks' guard pages, kNumIstStacks of them.
 constexpr int kNumIstStacks = 3;
 IstStack ist_stack(int i);
+
+// What a probe recorded when its access trapped.
+struct ProbeFault {
+  uint64_t vector = 0;
+  uint64_t error = 0;
+  uint64_t cr2 = 0;  // Meaningful for #PF (vector 14).
+};
+
+// Reads (or writes) 8 bytes at `addr` like an ordinary kernel access, but if the access traps,
+// the trap handler records the fault in *fault, resumes after the access, and the probe returns
+// false instead of the run ending in a panic. For tests of the page tables and of the trap path
+// itself. Boot CPU only (one probe at a time); interrupts may be on or off.
+bool probe_read64(uintptr_t addr, uint64_t* value, ProbeFault* fault);
+bool probe_write64(uintptr_t addr, uint64_t value, ProbeFault* fault);
 
 }  // namespace x86
 

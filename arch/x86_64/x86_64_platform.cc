@@ -97,7 +97,7 @@ void describe_cache_features() {
 // One line of what only the arch knows, before kernel_main's report.
 void print_boot_line() {
   const CpuFeatures& f = cpu_features();
-  serial_puts("x86_64: q35 PVH boot (start info v");
+  serial_puts("\nx86_64: q35 PVH boot (start info v");
   serial_dec(g_pvh.version);
   serial_puts(", ");
   serial_dec(g_pvh.num_memmap);

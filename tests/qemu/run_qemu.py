@@ -70,8 +70,9 @@ ARCHES = {
     },
     "x86_64": {
         "qemu": "qemu-system-x86_64",
-        # -cpu max: TCG's model with CLFLUSHOPT and CLWB (and 1 GiB pages, NX).
-        "args": ["-M", "q35", "-cpu", "max", "-nographic", "-no-reboot",
+        # -cpu max: TCG's model with CLFLUSHOPT and CLWB (and 1 GiB pages, NX). -nic none: no
+        # default e1000e, so SeaBIOS runs no iPXE ROM before the kernel.
+        "args": ["-M", "q35", "-cpu", "max", "-nographic", "-no-reboot", "-nic", "none",
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
         "exit": "isa_debug_exit",
         "cache_ops": {
@@ -86,6 +87,69 @@ ARCHES = {
 SUMMARY_RE = re.compile(r"^(\d+) passed, (\d+) failed\s*$")
 PANIC_RE = re.compile(r"\bPANIC\b")
 CLAMP_TEXT = "EDU: clamping"
+
+# ---------------------------------------------------------------------------------------------
+# Devices every VM gets (kernel/devices.h, drivers/): two QEMU edu DMA engines, one with a 32-bit
+# DMA mask and one with the device's 28-bit default (the guest cannot read a mask from the device,
+# so `edu_mask=` on the kernel command line says which slot has which), and a virtio-blk disk.
+EDU_DEVICES = [("10.0", 0xFFFFFFFF), ("11.0", 0x0FFFFFFF)]
+DISK_SLOT = "12.0"
+# The disk image, as kernel/devices.h (namespace disk_pattern) describes it: SECTORS sectors of
+# 512 bytes, sector s holding host_byte(s, j); the guest writes guest_byte(s, j) into the sectors
+# it announces with "virtio-blk: guest pattern in sectors A..B". Each run gets a fresh image.
+DISK_SECTORS = 1024
+SECTOR = 512
+GUEST_RANGE_RE = re.compile(r"virtio-blk: guest pattern in sectors (\d+)\.\.(\d+)")
+# Ranges an unfiltered run of each mode must have written (first, last).
+EXPECTED_GUEST_RANGES = {"test": [(64, 81), (128, 143)], "demo": [(256, 263)]}
+
+
+def host_sector(s):
+    return bytes((s * 131 + j * 7 + 0x3C) & 0xFF for j in range(SECTOR))
+
+
+def guest_sector(s):
+    return bytes(((s * 17) ^ (j * 29) ^ 0xA5) & 0xFF for j in range(SECTOR))
+
+
+def make_disk_image(path):
+    with open(path, "wb") as f:
+        for s in range(DISK_SECTORS):
+            f.write(host_sector(s))
+
+
+def check_disk_image(path, ranges):
+    """Returns (passed, message): `ranges` hold the guest pattern, every other sector the host's."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return False, "cannot read %s: %s" % (path, e)
+    if len(data) != DISK_SECTORS * SECTOR:
+        return False, "%s has %d bytes, expected %d" % (path, len(data), DISK_SECTORS * SECTOR)
+    guest = set()
+    for first, last in ranges:
+        guest.update(range(first, last + 1))
+    bad = []
+    for s in range(DISK_SECTORS):
+        want = guest_sector(s) if s in guest else host_sector(s)
+        if data[s * SECTOR:(s + 1) * SECTOR] != want:
+            bad.append(s)
+    if bad:
+        return False, "%d sector(s) differ from what the guest wrote/left, first %d (%s)" % (
+            len(bad), bad[0], "guest pattern expected" if bad[0] in guest else "host pattern")
+    return True, "%d guest sector(s) in %s as written, the other %d untouched" % (
+        len(guest), ", ".join("%d..%d" % r for r in ranges) or "none", DISK_SECTORS - len(guest))
+
+
+def device_args(disk):
+    args = []
+    for slot, mask in EDU_DEVICES:
+        args += ["-device", "edu,addr=%s,dma_mask=0x%x" % (slot, mask)]
+    args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk,
+             "-device", "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT]
+    masks = ",".join("%s:0x%x" % (slot.split(".")[0], mask) for slot, mask in EDU_DEVICES)
+    return args, "edu_mask=" + masks
 
 
 def decode_exit(kind, status):
@@ -148,11 +212,13 @@ def objdump_check(objdump, kernel, cache_ops):
                            for m, r in cache_ops.items())
 
 
-def build_command(arch, kernel, mode, mem, smp, extra, append):
+def build_command(arch, kernel, mode, mem, smp, extra, append, disk):
     spec = ARCHES[arch]
     cmd = [spec["qemu"]] + list(spec["args"])
     cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
-    cmdline = "mode=%s" % mode
+    dev_args, dev_cmdline = device_args(disk)
+    cmd += dev_args
+    cmdline = "mode=%s %s" % (mode, dev_cmdline)
     if append:
         cmdline += " " + append
     cmd += ["-append", cmdline]
@@ -173,8 +239,11 @@ def run(args):
         print(line, flush=True)
         extra_results.append(ok)
 
+    disk = os.path.join(os.path.dirname(os.path.abspath(args.kernel)), "disk-%s.img" % args.mode)
+    make_disk_image(disk)
+    guest_ranges = []
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
-                        args.append)
+                        args.append, disk)
     print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
 
     failures = []
@@ -206,6 +275,9 @@ def run(args):
             m = SUMMARY_RE.match(text.strip())
             if m:
                 summary = (int(m.group(1)), int(m.group(2)))
+            m = GUEST_RANGE_RE.search(text)
+            if m:
+                guest_ranges.append((int(m.group(1)), int(m.group(2))))
 
         while True:
             remaining = args.timeout - (time.monotonic() - start)
@@ -266,14 +338,30 @@ def run(args):
         for ok in extra_results:
             if not ok:
                 failures.append("the disassembly check failed")
+        # The disk, from the host side: what the guest said it wrote is there, nothing else moved,
+        # and an unfiltered run wrote everything it should have.
+        missing = [] if "ktest=" in (args.append or "") else [
+            r for r in EXPECTED_GUEST_RANGES[args.mode] if r not in guest_ranges]
+        disk_ok, disk_msg = check_disk_image(disk, guest_ranges)
+        if missing:
+            disk_ok = False
+            disk_msg = "the guest never reported writing sectors %s; %s" % (
+                ", ".join("%d..%d" % r for r in missing), disk_msg)
+        print("[%s] host_disk_image_check: %s" % ("PASS" if disk_ok else "FAIL", disk_msg),
+              flush=True)
+        log.write("disk image check: %s\n" % disk_msg)
+        extra_disk = [disk_ok]
+        if not disk_ok:
+            failures.append("the disk image does not hold what the guest wrote")
         log.write("run_qemu: %s\n" % ("; ".join(failures) if failures else "pass"))
 
     for f in failures:
         print("run_qemu: FAIL: " + f, flush=True)
     print("run_qemu: log in %s" % log_path, flush=True)
     if args.mode == "test":
-        passed = (summary[0] if summary else 0) + sum(1 for ok in extra_results if ok)
-        failed = (summary[1] if summary else 0) + sum(1 for ok in extra_results if not ok)
+        passed = (summary[0] if summary else 0) + sum(1 for ok in extra_results + extra_disk if ok)
+        failed = (summary[1] if summary else 0) + sum(
+            1 for ok in extra_results + extra_disk if not ok)
         # A run that failed outside the guest's own tests (panic, timeout, exit status) counts
         # as one more failure, so the summary never says "0 failed" for a failed run.
         if failures and failed == 0:

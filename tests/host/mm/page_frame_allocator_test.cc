@@ -11,12 +11,11 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
-#include <iterator>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <new>
@@ -1220,7 +1219,7 @@ TEST(PageFrameAllocatorTest, InjectedFailureAtEveryAllocationOfASequence) {
   const Request seq[] = {{0, kNoLimit, kPage},           {3, kNoLimit, kPage},
                          {0, 0x3FF'FFFF, kPage},         {2, 0x200'0FFF, kPage},
                          {0, kNoLimit, 64 * kKiB},       {9, kNoLimit, kPage},
-                         {1, (1ull << 24) - 1, 2 * kMiB}};
+                         {1, (1ull << 24) - 1, 1 * kMiB}};
   Harness h(low_multi_layout());
   ASSERT_TRUE(h.init().ok());
   Pfa::Stats initial = h.pfa().stats();

@@ -2,6 +2,7 @@
 // never activated), the live direct map and its memory types, the Zicbom DmaOp, the time source
 // and the parked secondary harts. Built only for ARCH=riscv64 (arch/riscv64/arch.mk).
 #include "arch/arch.h"
+#include "arch/arch_io.h"
 #include "arch/riscv64/csr.h"
 #include "arch/riscv64/riscv64_platform.h"
 #include "arch/riscv64/sbi.h"
@@ -323,4 +324,36 @@ KTEST(riscv64_secondary_harts_stay_stopped) {
     }
   }
   KEXPECT_EQ(started, 1u);
+}
+
+KTEST(riscv64_mmio_map_direct_map_and_on_demand) {
+  Fdt fdt = boot_fdt();
+  const char* io = fdt.riscv_all_cpus_have("svpbmt") ? "io" : "pma";
+  const KernelEnv& env = kernel_env();
+  // A device the boot code mapped: its direct-map address comes back.
+  auto uart = fdt.reg(fdt.find_compatible("ns16550a"), 0);
+  KREQUIRE_OK(uart);
+  auto v = arch::mmio_map(uart->base, uart->size);
+  KREQUIRE_OK(v);
+  KEXPECT_EQ(reinterpret_cast<uintptr_t>(*v), dm(uart->base));
+  // A range nothing mapped (just below the 256 GiB limit of the direct map; never accessed) is
+  // mapped on demand as device memory, and again without complaint.
+  PhysAddr far(Riscv64Platform::kDirectMapSpan - 4 * kPage);
+  KREQUIRE_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(dm(far))) == nullptr);
+  auto w = arch::mmio_map(far + 0x10, 2 * kPage);
+  KREQUIRE_OK(w);
+  KEXPECT_EQ(reinterpret_cast<uintptr_t>(*w), dm(far) + 0x10);
+  for (uint64_t off = 0; off < 3 * kPage; off += kPage) {
+    const char* attr = arch::mapping_attribute(reinterpret_cast<void*>(dm(far) + off));
+    KEXPECT_TRUE(attr != nullptr && kstr::equal(attr, io));
+  }
+  KEXPECT_TRUE(arch::mapping_attribute(reinterpret_cast<void*>(dm(far) + 3 * kPage)) == nullptr);
+  KEXPECT_OK(arch::mmio_map(far, kPage));
+  // Never RAM, never beyond the direct map, never empty.
+  KEXPECT_ERR(arch::mmio_map(env.boot->ram[0].base, kPage), ErrorCode::kInvalidArgument);
+  KEXPECT_ERR(arch::mmio_map(env.boot->ram[0].end() - 1, 2), ErrorCode::kInvalidArgument);
+  KEXPECT_ERR(arch::mmio_map(PhysAddr(Riscv64Platform::kDirectMapSpan - kPage), 2 * kPage),
+              ErrorCode::kNotSupported);
+  KEXPECT_ERR(arch::mmio_map(uart->base, 0), ErrorCode::kInvalidArgument);
+  KEXPECT_ERR(arch::port_in(0x3F8, 1), ErrorCode::kNotSupported);
 }
