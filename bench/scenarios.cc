@@ -307,6 +307,11 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
       background_.push_back(*h);
     }
   };
+  // The measured ring first, then the background up to the target (ring included), so that the
+  // ring's unmap-then-map always has room: a fragmented pool at 95% may have no free 64 KiB run
+  // for a newcomer, which is a failure to map, not a cost to measure.
+  for (size_t i = 0; i < kRing; ++i) ring_.push_back(map_or_die(sources_[i], size_));
+  uint64_t ring_slots = pool_->stats().used_slots;
   top_up();
   // Age the pool: as many random replacements as there are mappings.
   size_t n = background_.size();
@@ -317,11 +322,10 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
     background_.pop_back();
     top_up();
   }
-  background_occupancy_ = occupancy();
-  for (size_t i = 0; i < kRing; ++i) ring_.push_back(map_or_die(sources_[i], size_));
+  background_occupancy_ = static_cast<double>(pool_->stats().used_slots - ring_slots) /
+                          static_cast<double>(st.total_slots);
   run(16 * kRing);
 }
-
 
 BounceRing::~BounceRing() {
   for (const DmaMapHandle& h : ring_) op_->unmap_single(h);

@@ -155,11 +155,12 @@ class PfaOrder9Masked {
 };
 
 // Streaming mappings bounced through a 64 MiB pool (2 KiB slots), for a coherent device with a
-// 28-bit mask (QEMU's edu device has that default) and buffers above 256 MiB. The pool is first occupied to `occupancy` by
-// mappings of random size (uniform in 2-64 KiB) and aged (each of them unmapped once and replaced
-// by a new random one), then a ring of 4 mappings of `size` bytes is set up. run(n): n times,
-// unmap the oldest mapping of the ring and map its buffer again (map_single + unmap_single of the
-// mapping layer, through the DmaOp interface as a driver calls it).
+// 28-bit mask (QEMU's edu device has that default) and buffers above 256 MiB. A ring of 4
+// mappings of `size` bytes is set up first; then mappings of random size (uniform in 2-64 KiB)
+// fill the pool up to `occupancy` (ring included) and the pool is aged (as many random
+// unmap + map-a-new-random-size replacements as there are mappings). run(n): n times, unmap the
+// oldest mapping of the ring and map its buffer again (map_single + unmap_single of the mapping
+// layer, through the DmaOp interface, as a driver calls them).
 class BounceRing {
  public:
   static constexpr size_t kRing = 4;
@@ -179,6 +180,7 @@ class BounceRing {
   uint8_t* source(size_t i) const { return sources_[i % kRing]; }
   size_t size() const { return size_; }
   double occupancy() const;  // Fraction of the pool's slots in use, ring included.
+  // The random-size mappings' share of the pool's slots after ageing.
   double background_occupancy() const { return background_occupancy_; }
   size_t background_mappings() const { return background_.size(); }
 

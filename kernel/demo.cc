@@ -4,6 +4,7 @@
 // prints what it did and the statistics that moved. The drivers issue adds real devices.
 #include "kernel/demo.h"
 
+#include "kernel/demo_devices.h"
 #include "kernel/kprintf.h"
 #include "support/mem.h"
 
@@ -92,5 +93,6 @@ bool run_demo(const KernelEnv& env) {
 
   if (!env.pfa->free(*page, 2).ok()) ok = false;
   if (coherent.ok()) env.dma->dealloc_coherent(*coherent);
+  ok &= run_device_demo(env);
   return ok;
 }

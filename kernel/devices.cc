@@ -251,6 +251,11 @@ const Devices::Edu* Devices::edu_with_mask(uint64_t mask) const {
   return nullptr;
 }
 
+PciConfigAccess* Devices::port_config_access() const {
+  // Reading the address latch has no side effect; it fails where there are no I/O ports.
+  return arch::port_in(0xCF8, 4).ok() ? &g_port_access : nullptr;
+}
+
 void Devices::print_report() const {
   char sz[32];
   kprintf("pci: host bridge from %s; buses %u..%u", source_, pci_.bus_start(), pci_.bus_end());
@@ -270,9 +275,8 @@ void Devices::print_report() const {
   PciHostBridge::Stats s = pci_.stats();
   kprintf("  %zu functions, %zu BARs: %zu kept from the firmware, %zu assigned, %zu unassigned\n",
           s.functions, s.bars, s.firmware_bars, s.assigned_bars, s.unassigned_bars);
-  auto& pci = const_cast<PciHostBridge&>(pci_);
-  for (size_t i = 0; i < pci.num_devices(); ++i) {
-    const PciDevice& dev = pci.device(i);
+  for (size_t i = 0; i < pci_.num_devices(); ++i) {
+    const PciDevice& dev = pci_.device(i);
     char name[8];
     kprintf("  %s %04x:%04x class %06x%s\n", dev.name(name, sizeof(name)), dev.vendor_id(),
             dev.device_id(), dev.class_code(), dev.is_bridge() ? " (bridge)" : "");
@@ -312,14 +316,14 @@ Result<void> Devices::init(const KernelEnv& env) {
     access = &g_port_access;
   }
   TRY(pci_.init(access, host.bus_start, host.bus_end,
-                  support::Span<const PciWindow>(host.windows, host.num_windows)));
+                support::Span<const PciWindow>(host.windows, host.num_windows)));
   TRY(pci_.enumerate());
   source_ = host.source;
   ecam_ = host.ecam;
   dt_dma_coherent_ = host.dma_coherent;
 
-  const char* cmdline = env.boot != nullptr && env.boot->cmdline != nullptr ? env.boot->cmdline
-                                                                            : "";
+  const char* cmdline =
+      env.boot != nullptr && env.boot->cmdline != nullptr ? env.boot->cmdline : "";
   for (PciDevice* e = pci_.find(Devices::kEduVendor, Devices::kEduDevice); e != nullptr;
        e = pci_.find(Devices::kEduVendor, Devices::kEduDevice, e)) {
     if (num_edu_ == Devices::kMaxEdu) break;
@@ -338,7 +342,6 @@ Result<void> Devices::init(const KernelEnv& env) {
   }
   return support::ok();
 }
-
 
 Result<Devices*> devices_init(const KernelEnv& env) {
   if (!g_initialized) {

@@ -34,6 +34,7 @@ class Devices {
   };
 
   PciHostBridge& pci() { return pci_; }
+  const PciHostBridge& pci() const { return pci_; }
   // Where the host bridge description came from ("device tree", "q35 MCH PCIEXBAR", ...).
   const char* host_source() const { return source_; }
   PhysRange ecam() const { return ecam_; }
@@ -48,6 +49,11 @@ class Devices {
   const Edu* edu_with_mask(uint64_t mask) const;
   // The first virtio-blk function, or null.
   PciDevice* virtio_blk() const { return virtio_blk_; }
+
+  // The PC's legacy configuration mechanism (ports 0xCF8/0xCFC) when the architecture has I/O
+  // ports (x86_64), else null. The enumeration uses it only when there is no ECAM; tests compare
+  // the two.
+  PciConfigAccess* port_config_access() const;
 
   // Prints the host bridge, its windows and every function with its BARs.
   void print_report() const;

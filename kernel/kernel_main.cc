@@ -205,9 +205,9 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
     // Shows the trap report: a read of an address the page tables do not map. The run must end
     // in a panic (the runner then fails it).
     auto* p = reinterpret_cast<volatile const uint64_t*>(info.direct_map_offset - 4096 * 3);
-    kprintf("fault: reading %p, mapped as %s\n", const_cast<const uint64_t*>(p),
-            arch::mapping_attribute(const_cast<const uint64_t*>(p)) != nullptr ? "memory"
-                                                                                 : "nothing");
+    kprintf(
+        "fault: reading %p, mapped as %s\n", const_cast<const uint64_t*>(p),
+        arch::mapping_attribute(const_cast<const uint64_t*>(p)) != nullptr ? "memory" : "nothing");
     kprintf("fault: read returned 0x%llx (no fault happened)\n",
             static_cast<unsigned long long>(*p));
     kpanic("mode=fault: the read of an unmapped address did not fault");

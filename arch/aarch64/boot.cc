@@ -22,8 +22,9 @@
 #include "support/bitops.h"
 
 extern "C" {
-extern char __image_start[];  // NOLINT: linker-script symbols.
-extern char __image_end[];    // NOLINT
+extern char __image_start[];       // NOLINT: linker-script symbols.
+extern char __image_end[];         // NOLINT
+extern char __boot_stack_guard[];  // NOLINT: entry.S, a page-aligned page.
 }
 
 namespace {
@@ -35,7 +36,6 @@ using aarch64::Space;
 // metal programming"): a guest that is not a Linux kernel finds the flattened device tree at the
 // base of RAM, 0x4000'0000. The kernel is linked at 0x4020'0000 to leave room for it.
 constexpr uint64_t kQemuVirtDtbPhys = 0x4000'0000;
-constexpr uint64_t k2MiB = 2ull << 20;
 constexpr uint64_t kPage = 4096;
 constexpr size_t kMaxRam = arch::kMaxMemRanges;
 
@@ -69,13 +69,14 @@ void map_or_fail(Space s, uint64_t va, uint64_t pa, uint64_t size, MemAttr attr,
   if (!r.ok()) boot_fail(what, r.code());
 }
 
-// MMU off: identity-map the image (+ DTB) with 2 MiB blocks, and the console.
+// MMU off: identity-map exactly the image and the DTB (whole pages; 2 MiB blocks where aligned),
+// and the console. Nothing else of RAM is reachable at its physical address.
 void early_mmu(uint64_t dtb, uint32_t dtb_size) {
   aarch64::mmu_reset_tables();
-  uint64_t img_lo = support::align_down(image_start(), k2MiB);
-  uint64_t img_hi = support::align_up(image_end(), k2MiB);
-  uint64_t dtb_lo = support::align_down(dtb, k2MiB);
-  uint64_t dtb_hi = support::align_up(dtb + dtb_size, k2MiB);
+  uint64_t img_lo = support::align_down(image_start(), kPage);
+  uint64_t img_hi = support::align_up(image_end(), kPage);
+  uint64_t dtb_lo = support::align_down(dtb, kPage);
+  uint64_t dtb_hi = support::align_up(dtb + dtb_size, kPage);
   if (dtb_hi >= img_lo && dtb_lo <= img_hi) {
     // Overlapping or adjacent: one executable range covering both.
     img_lo = support::min(img_lo, dtb_lo);
@@ -84,8 +85,12 @@ void early_mmu(uint64_t dtb, uint32_t dtb_size) {
     map_or_fail(Space::kIdentity, dtb_lo, dtb_lo, dtb_hi - dtb_lo, MemAttr::kNormalWb, false,
                 "identity map of the device tree");
   }
-  map_or_fail(Space::kIdentity, img_lo, img_lo, img_hi - img_lo, MemAttr::kNormalWb, true,
+  // The image minus the boot stack's guard page.
+  uint64_t guard = reinterpret_cast<uintptr_t>(__boot_stack_guard);
+  map_or_fail(Space::kIdentity, img_lo, img_lo, guard - img_lo, MemAttr::kNormalWb, true,
               "identity map of the kernel image");
+  map_or_fail(Space::kIdentity, guard + kPage, guard + kPage, img_hi - guard - kPage,
+              MemAttr::kNormalWb, true, "identity map of the kernel image");
   uint64_t uart = aarch64::kPl011Phys;
   map_or_fail(Space::kIdentity, uart, uart, kPage, MemAttr::kDevice, false, "console mapping");
   aarch64::mmu_enable();

@@ -5,8 +5,9 @@
 // with a non-zero affinity is parked anyway. x0 may hold the device tree address when a boot
 // loader started us; QEMU's bare-metal ELF boot leaves it 0 and puts the DTB at the base of RAM.
 //
-// _start: drop to EL1 if needed, mask interrupts, set the boot stack, zero .bss, install the
-// exception vectors, then call aarch64_boot(x0) (arch/aarch64/boot.cc), which never returns.
+// _start: drop to EL1 if needed, mask interrupts, set the stacks (kernel code on SP_EL0,
+// exceptions on SP_EL1), zero .bss, install the exception vectors, then call aarch64_boot(x0)
+// (arch/aarch64/boot.cc), which never returns.
 
 #define SPSR_EL1H_MASKED 0x3c5   // EL1h, D A I F masked
 #define HCR_EL2_RW (1 << 31)    // EL1 is AArch64
@@ -58,6 +59,12 @@ from_el2:
 
 at_el1:
   msr daifset, #0xf
+  // Exceptions run on their own stack (SP_EL1); the kernel runs on SP_EL0, whose stack sits
+  // above an unmapped guard page. A stack overflow then faults into a handler with a good stack
+  // and is reported like any other fault.
+  ldr x1, =__exception_stack_top
+  mov sp, x1
+  msr spsel, #0
   ldr x1, =__boot_stack_top
   mov sp, x1
   // Zero .bss (8-byte aligned bounds; plain stores work with the MMU off).
@@ -131,7 +138,15 @@ trap_common:
   stp x24, x25, [sp, #192]
   stp x26, x27, [sp, #208]
   stp x28, x29, [sp, #224]
-  add x1, sp, #FRAME_SIZE       // The interrupted sp.
+  // The interrupted sp: SP_EL0 for the kernel's own code (vectors 0-3), else the SP_EL1 value
+  // before this frame (a fault inside a handler).
+  cmp x0, #4
+  b.hs 4f
+  mrs x1, sp_el0
+  b 5f
+4:
+  add x1, sp, #FRAME_SIZE
+5:
   stp x30, x1, [sp, #240]
   mrs x1, elr_el1
   mrs x2, spsr_el1
@@ -146,11 +161,19 @@ trap_common:
   b 3b
 
 // ---------------------------------------------------------------------------------------------
-// The boot CPU's stack (64 KiB), part of the kernel image and so of its reserved range.
+// Stacks, part of the kernel image and so of its reserved range. The guard page below the boot
+// stack is left out of the identity map (arch/aarch64/boot.cc).
   .section .bss.boot_stack, "aw", %nobits
-  .balign 16
+  .balign 4096
+  .global __boot_stack_guard
+__boot_stack_guard:
+  .space 4096
   .global __boot_stack_bottom
 __boot_stack_bottom:
   .space 65536
   .global __boot_stack_top
 __boot_stack_top:
+  .balign 16
+  .space 16384
+  .global __exception_stack_top
+__exception_stack_top:

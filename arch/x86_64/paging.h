@@ -2,9 +2,11 @@
 //
 //   0x0000'0000'0000'0000 .. : nothing. The boot identity map is gone once init_paging() returns,
 //                              so a physical address used as a pointer faults.
-//   kDirectMapBase + p       : the direct map. Every range of the PVH memory map of type RAM,
-//                              ACPI or NVS, plus firmware-reserved ranges and all of [0, 1 MiB),
-//                              write-back, no-execute; except the MMIO window below.
+//   kDirectMapBase + p       : the direct map. Every range of the PVH memory map of type RAM (1),
+//                              ACPI (3) or NVS (4), the reserved ranges (2) below the MMIO window
+//                              (firmware memory such as SeaBIOS's ACPI tables) and all of
+//                              [0, 1 MiB): write-back, no-execute. Nothing else: holes, reserved
+//                              ranges above 4 GiB and unusable memory stay unmapped.
 //   kDirectMapBase + p, p in [kMmioWindowBase, kMmioWindowEnd): the q35 32-bit PCI hole (ECAM at
 //                              0xB000'0000, PCI BARs, IOAPIC 0xFEC0'0000, HPET 0xFED0'0000, LAPIC
 //                              0xFEE0'0000), strong uncacheable (UC), no-execute, never WB.

@@ -6,6 +6,7 @@
 // TSC clock, ACPI CPU count, then kernel_main with a BootInfo whose RAM comes only from the PVH
 // memory map (type 1) and whose reserved list names everything the allocator must not touch.
 #include "arch/x86_64/x86_64_platform.h"
+
 #include "arch/arch.h"
 #include "arch/x86_64/acpi.h"
 #include "arch/x86_64/cpu.h"

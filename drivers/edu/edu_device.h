@@ -35,13 +35,13 @@ class EduDevice {
 
   // What one transfer did, for reports and tests.
   struct Transfer {
-    DmaAddr dma_addr;    // The RAM-side address programmed into the device.
+    DmaAddr dma_addr;  // The RAM-side address programmed into the device.
     bool bounced = false;
     uint64_t elapsed_ns = 0;
   };
 
   struct Stats {
-    uint64_t started = 0;      // Transfers the device was started for.
+    uint64_t started = 0;  // Transfers the device was started for.
     uint64_t completed = 0;
     uint64_t map_failures = 0;  // Transfers refused before touching the device.
     uint64_t bounced = 0;

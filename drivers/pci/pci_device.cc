@@ -6,7 +6,9 @@ namespace {
 
 constexpr unsigned kMaxCapabilities = 48;  // 192 bytes of capability space / 4-byte minimum.
 
-char hex_digit(unsigned v) { return static_cast<char>(v < 10 ? '0' + v : 'a' + (v - 10)); }
+char hex_digit(unsigned v) {
+  return static_cast<char>(v < 10 ? '0' + v : 'a' + (v - 10));
+}
 
 }  // namespace
 
@@ -19,7 +21,7 @@ uint8_t PciDevice::find_capability(uint8_t id, uint8_t after) const {
   if ((config_read16(pci::kStatus) & pci::kStatusCapList) == 0) return 0;
   uint8_t ptr = after == 0 ? config_read8(pci::kCapabilitiesPtr) : config_read8(after + 1u);
   for (unsigned n = 0; n < kMaxCapabilities; ++n) {
-    ptr &= 0xFC;  // The low two bits are reserved.
+    ptr &= 0xFC;               // The low two bits are reserved.
     if (ptr < 0x40) return 0;  // 0 ends the list; anything inside the header is corrupt.
     if (config_read8(ptr) == id) return ptr;
     ptr = config_read8(ptr + 1u);
@@ -33,8 +35,8 @@ Result<void> PciDevice::enable(bool bus_master) {
     const PciBar& b = bars_[i];
     if (b.size == 0) continue;
     if (!b.assigned()) return ErrorCode::kNotFound;
-    cmd = static_cast<uint16_t>(cmd | (b.kind == PciBar::Kind::kIo ? pci::kCommandIo
-                                                                   : pci::kCommandMemory));
+    cmd = static_cast<uint16_t>(
+        cmd | (b.kind == PciBar::Kind::kIo ? pci::kCommandIo : pci::kCommandMemory));
   }
   cmd = static_cast<uint16_t>(cmd | pci::kCommandIntxDisable);
   if (bus_master) cmd = static_cast<uint16_t>(cmd | pci::kCommandBusMaster);
@@ -44,8 +46,8 @@ Result<void> PciDevice::enable(bool bus_master) {
 
 void PciDevice::disable() {
   uint16_t cmd = command();
-  cmd = static_cast<uint16_t>(
-      cmd & ~(pci::kCommandBusMaster | pci::kCommandMemory | pci::kCommandIo));
+  cmd = static_cast<uint16_t>(cmd &
+                              ~(pci::kCommandBusMaster | pci::kCommandMemory | pci::kCommandIo));
   config_write16(pci::kCommand, cmd);
 }
 

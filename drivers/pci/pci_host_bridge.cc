@@ -9,7 +9,9 @@ constexpr uint64_t k4GiB = 1ull << 32;
 // I/O ports below this are legacy ISA devices; PCI I/O BARs never go there.
 constexpr uint64_t kIoFloor = 0x1000;
 
-bool is_io(const PciBar& b) { return b.kind == PciBar::Kind::kIo; }
+bool is_io(const PciBar& b) {
+  return b.kind == PciBar::Kind::kIo;
+}
 
 }  // namespace
 
@@ -43,6 +45,11 @@ Result<void> PciHostBridge::enumerate() {
 }
 
 PciDevice& PciHostBridge::device(size_t i) {
+  KASSERT(i < num_devices_, "PciHostBridge::device index out of range");
+  return devices_[i];
+}
+
+const PciDevice& PciHostBridge::device(size_t i) const {
   KASSERT(i < num_devices_, "PciHostBridge::device index out of range");
   return devices_[i];
 }

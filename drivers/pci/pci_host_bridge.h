@@ -44,13 +44,13 @@ class PciHostBridge {
   static constexpr size_t kMaxWindows = 8;
 
   struct Stats {
-    size_t functions = 0;         // Functions found.
-    size_t bars = 0;              // Implemented BARs.
-    size_t firmware_bars = 0;     // Of which the firmware had assigned.
-    size_t assigned_bars = 0;     // Of which enumerate() assigned.
-    size_t unassigned_bars = 0;   // That fit no window.
-    size_t skipped_bridges = 0;   // Bridges without a secondary bus number.
-    size_t dropped_functions = 0; // Beyond kMaxDevices.
+    size_t functions = 0;          // Functions found.
+    size_t bars = 0;               // Implemented BARs.
+    size_t firmware_bars = 0;      // Of which the firmware had assigned.
+    size_t assigned_bars = 0;      // Of which enumerate() assigned.
+    size_t unassigned_bars = 0;    // That fit no window.
+    size_t skipped_bridges = 0;    // Bridges without a secondary bus number.
+    size_t dropped_functions = 0;  // Beyond kMaxDevices.
   };
 
   PciHostBridge() = default;
@@ -70,6 +70,7 @@ class PciHostBridge {
   size_t num_devices() const { return num_devices_; }
   // Precondition: i < num_devices().
   PciDevice& device(size_t i);
+  const PciDevice& device(size_t i) const;
   // The first function after `after` (null: from the start) with these IDs, or null.
   PciDevice* find(uint16_t vendor, uint16_t device, const PciDevice* after = nullptr);
 

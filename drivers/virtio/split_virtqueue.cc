@@ -43,8 +43,8 @@ Result<uint16_t> SplitVirtqueue::add_chain(support::Span<const Buffer> buffers) 
     d.addr = buffers[i].addr.value();
     d.len = buffers[i].len;
     bool last = i + 1 == buffers.size();
-    d.flags = static_cast<uint16_t>((buffers[i].device_writes ? kDescWrite : 0) |
-                                    (last ? 0 : kDescNext));
+    d.flags =
+        static_cast<uint16_t>((buffers[i].device_writes ? kDescWrite : 0) | (last ? 0 : kDescNext));
     if (last) {
       free_head_ = next_free;
       d.next = 0;

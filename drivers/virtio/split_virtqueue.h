@@ -102,6 +102,6 @@ class SplitVirtqueue {
   uint16_t num_free_ = 0;
   uint16_t avail_idx_ = 0;    // Our copy of avail->idx.
   uint16_t last_used_ = 0;    // Used entries consumed so far (mod 2^16).
-  uint64_t outstanding_ = 0;   // Bit i: descriptor i heads a published, unreturned chain.
+  uint64_t outstanding_ = 0;  // Bit i: descriptor i heads a published, unreturned chain.
   static_assert(kMaxSize <= 64, "outstanding_ holds one bit per descriptor");
 };

@@ -50,10 +50,10 @@ Result<void> VirtioBlk::bring_up() {
   TRY(transport_.reset());
   transport_.add_status(virtio::kStatusAcknowledge);
   transport_.add_status(virtio::kStatusDriver);
-  TRY_ASSIGN(features_, transport_.negotiate(virtio::kFeatureVersion1 |
-                                                 virtio::kFeatureAccessPlatform | kBlkSizeMax |
-                                                 kBlkSegMax | kBlkRo,
-                                             virtio::kFeatureVersion1));
+  TRY_ASSIGN(features_,
+             transport_.negotiate(virtio::kFeatureVersion1 | virtio::kFeatureAccessPlatform |
+                                      kBlkSizeMax | kBlkSegMax | kBlkRo,
+                                  virtio::kFeatureVersion1));
   const MmioRegion& cfg = transport_.device_config();
   if (cfg.size() < kCfgSegMax + 4) return ErrorCode::kNotFound;
   capacity_ = read_capacity();

@@ -60,8 +60,7 @@ Result<void> VirtioPci::init(PciDevice* pci) {
     *found[type] = bars[bar].sub(offset, length);
     have[type] = true;
   }
-  if (!have[kCapCommon] || !have[kCapNotify] || !have[kCapDevice] ||
-      common_.size() < kCommonSize) {
+  if (!have[kCapCommon] || !have[kCapNotify] || !have[kCapDevice] || common_.size() < kCommonSize) {
     common_ = notify_ = isr_ = device_ = MmioRegion();
     return ErrorCode::kNotFound;
   }

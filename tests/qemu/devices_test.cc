@@ -6,9 +6,10 @@
 // dma_mask=0xffffffff, one with the 28-bit default, announced on the command line as
 // `edu_mask=...` (kernel/devices.h) -- and a virtio-blk disk holding disk_pattern::host_byte.
 // Every edu transfer takes about 100 ms of virtual time (the device's DMA timer).
+#include "kernel/devices.h"
+#include "arch/arch_io.h"
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
-#include "kernel/devices.h"
 #include "kernel/kernel_env.h"
 #include "kernel/kprintf.h"
 #include "support/bitops.h"
@@ -53,7 +54,9 @@ class PagesAbove {
   bool ok_ = false;
 };
 
-size_t used_slots(const BouncePool* p) { return static_cast<size_t>(p->stats().used_slots); }
+size_t used_slots(const BouncePool* p) {
+  return static_cast<size_t>(p->stats().used_slots);
+}
 
 // The pool a device with this mask bounces into: the highest-placed pool wholly under it.
 BouncePool* pool_for_mask(uint64_t mask) {
@@ -145,8 +148,8 @@ KTEST(pci_enumeration_assigns_every_bar_inside_a_window) {
       KEXPECT_TRUE(bar.assigned());
       KEXPECT_EQ(bar.bus_addr % bar.size, 0u);
       // The BAR holds what the enumeration recorded.
-      uint64_t v = dev.config_read32(pci::kBar0 + 4 * b) &
-                   (bar.kind == PciBar::Kind::kIo ? ~3u : ~0xFu);
+      uint64_t v =
+          dev.config_read32(pci::kBar0 + 4 * b) & (bar.kind == PciBar::Kind::kIo ? ~3u : ~0xFu);
       if (bar.kind == PciBar::Kind::kMem64) {
         v |= uint64_t{dev.config_read32(pci::kBar0 + 4 * b + 4)} << 32;
       }
@@ -168,7 +171,8 @@ KTEST(pci_enumeration_assigns_every_bar_inside_a_window) {
         for (unsigned c = 0; c < pci.device(j).num_bars(); ++c) {
           const PciBar& o = pci.device(j).bar(c);
           if ((j == i && c == b) || o.size == 0 || o.is_memory() != bar.is_memory()) continue;
-          KEXPECT_TRUE(o.bus_addr + o.size <= bar.bus_addr || bar.bus_addr + bar.size <= o.bus_addr);
+          KEXPECT_TRUE(o.bus_addr + o.size <= bar.bus_addr ||
+                       bar.bus_addr + bar.size <= o.bus_addr);
         }
       }
     }
@@ -195,6 +199,42 @@ KTEST(pci_driver_enables_decoding_and_bus_mastering) {
   KEXPECT_TRUE(dev->find_capability(0x05) != 0);  // edu implements MSI.
   edu.shutdown();
   KEXPECT_EQ(dev->command() & (pci::kCommandMemory | pci::kCommandBusMaster), 0);
+}
+
+KTEST(pci_legacy_config_ports_agree_with_the_ecam) {
+  Devices* d = devices();
+  KREQUIRE_TRUE(d != nullptr);
+  PciConfigAccess* ports = d->port_config_access();
+  if (ports == nullptr) {
+    // No I/O port space (aarch64, riscv64): the contract says so, and the ECAM is the only way.
+    KEXPECT_ERR(arch::port_in(0xCF8, 4), ErrorCode::kNotSupported);
+    KEXPECT_ERR(arch::port_out(0xCF8, 0, 4), ErrorCode::kNotSupported);
+    KEXPECT_NE(d->ecam().size, 0u);
+    return;
+  }
+  // Every function's header reads the same both ways, at every width.
+  PciHostBridge& pci = d->pci();
+  for (size_t i = 0; i < pci.num_devices(); ++i) {
+    const PciDevice& dev = pci.device(i);
+    for (uint32_t off = 0; off < 0x40; off += 4) {
+      KEXPECT_EQ(ports->read32(dev.address(), off), dev.config_read32(off));
+    }
+    KEXPECT_EQ(ports->read16(dev.address(), pci::kDeviceId), dev.device_id());
+    KEXPECT_EQ(ports->read8(dev.address(), pci::kRevision), dev.revision());
+  }
+  // A write through the ports is seen through the ECAM (the interrupt-line register is a plain
+  // read/write byte), and restored.
+  const Devices::Edu* e = d->edu_with_mask(kMask32);
+  KREQUIRE_TRUE(e != nullptr);
+  constexpr uint32_t kInterruptLine = 0x3C;
+  uint8_t old = e->dev->config_read8(kInterruptLine);
+  ports->write8(e->dev->address(), kInterruptLine, static_cast<uint8_t>(old ^ 0x5A));
+  KEXPECT_EQ(e->dev->config_read8(kInterruptLine), static_cast<uint8_t>(old ^ 0x5A));
+  e->dev->config_write8(kInterruptLine, old);
+  KEXPECT_EQ(ports->read8(e->dev->address(), kInterruptLine), old);
+  // Absent functions read as all ones.
+  KEXPECT_EQ(ports->read32(PciAddress{static_cast<uint8_t>(d->pci().bus_start()), 31, 7}, 0),
+             0xFFFF'FFFFu);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,8 +274,9 @@ KTEST(edu_dma_above_the_mask_is_bounced_and_arrives_intact) {
     far = high.va();
   } else {
     // No RAM above 4 GiB in this VM: the bounce path runs with bouncing forced instead.
-    kprintf("  note: no free RAM above 4 GiB (boot with QEMU_MEM=6G for the real case); "
-            "forcing the bounce\n");
+    kprintf(
+        "  note: no free RAM above 4 GiB (boot with QEMU_MEM=6G for the real case); "
+        "forcing the bounce\n");
     KREQUIRE_TRUE(any.ok());
     far = any.va();
     edu.dma().set_force_bounce(true);
@@ -389,8 +430,8 @@ Result<void> bind_blk(VirtioBlk* blk) {
 // Fills `n` bytes that start at byte `pos` of the disk with the guest pattern.
 void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
   for (size_t i = 0; i < n; ++i, ++pos) {
-    p[i] = disk_pattern::guest_byte(pos / disk_pattern::kSectorSize,
-                                    pos % disk_pattern::kSectorSize);
+    p[i] =
+        disk_pattern::guest_byte(pos / disk_pattern::kSectorSize, pos % disk_pattern::kSectorSize);
   }
 }
 // Offset of the first byte that is not the guest (or host) pattern, or n.
@@ -476,8 +517,7 @@ KTEST(virtio_blk_writes_and_reads_back_scatter_gather) {
   KEXPECT_EQ(r->buffers, 4u);
   KEXPECT_EQ(r->segments, 2u);
   KEXPECT_EQ(check_disk(in.va(), kPage + 512, pos, true), kPage + 512);
-  KEXPECT_EQ(check_disk(in.va() + 2 * kPage, kPage + 512, pos + kPage + 512, true),
-             kPage + 512);
+  KEXPECT_EQ(check_disk(in.va() + 2 * kPage, kPage + 512, pos + kPage + 512, true), kPage + 512);
   KernelDmaOp::Stats s1 = kernel_env().dma->stats();
   KEXPECT_EQ(s1.maps - s0.maps, 7u);
   KEXPECT_EQ(s1.live_maps, s0.live_maps);
@@ -507,8 +547,9 @@ KTEST(virtio_blk_bounced_data_reaches_the_disk_and_back) {
     out = high_out.va();
     in = high_in.va();
   } else {
-    kprintf("  note: no free RAM above 4 GiB (boot with QEMU_MEM=6G for the real case); "
-            "forcing the bounce\n");
+    kprintf(
+        "  note: no free RAM above 4 GiB (boot with QEMU_MEM=6G for the real case); "
+        "forcing the bounce\n");
     KREQUIRE_TRUE(low_out.ok() && low_in.ok());
     out = low_out.va();
     in = low_in.va();

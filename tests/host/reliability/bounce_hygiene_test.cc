@@ -173,7 +173,7 @@ TEST_P(BounceHygieneTest, ScatterGatherBouncedEntriesKeepTheOriginalsBytes) {
 
 TEST_P(BounceHygieneTest, DirectFromDeviceShortWriteLeavesTheOriginalsBytes) {
   uint8_t* buf = low_buffer(4096);
-  plat_.model().evict_all();
+  plat_.op().flush(buf, 4096);  // The original is in memory as well as in the cache.
   auto m = dev_.map(buf + 64, 2048, DmaDirection::kFromDevice);
   ASSERT_TRUE(m.ok());
   ASSERT_FALSE(m->bounced());
@@ -223,7 +223,10 @@ TEST_P(BounceHygieneTest, CoherentMemoryIsZeroedAfterReuse) {
   auto first = plat_.op().alloc_coherent(dev_.constraints(), Layout{8192, 1});
   ASSERT_TRUE(first.ok());
   auto* p = static_cast<uint8_t*>(first->cpu_addr);
-  std::memset(p, 0xFF, 8192);               // CPU writes (dirty lines, for a non-coherent CPU)...
+  std::memset(p, 0xFF, 8192);  // The CPU writes it...
+  // ...the cache writes it back (the host model cannot see a later write that puts back the
+  // last-synchronised value, so the old data must differ from what was last synchronised)...
+  plat_.op().flush(p, 8192);
   hw_.fill(first->dma_addr + 100, 0xEE, 100);  // ...and the device writes memory.
   PhysAddr where = first->phys;
   plat_.op().dealloc_coherent(*first);
@@ -242,7 +245,7 @@ TEST_P(BounceHygieneTest, CoherentMemoryIsZeroedWhenABlockIsReusedInPieces) {
   auto big = plat_.op().alloc_coherent(dev_.constraints(), Layout{64 * 1024, 64 * 1024});
   ASSERT_TRUE(big.ok());
   std::memset(big->cpu_addr, 0xA5, 64 * 1024);
-  plat_.model().evict_all();  // Memory holds it too.
+  plat_.op().flush(big->cpu_addr, 64 * 1024);  // Memory holds it too.
   uint64_t lo = big->phys.value();
   uint64_t hi = lo + 64 * 1024;
   plat_.op().dealloc_coherent(*big);

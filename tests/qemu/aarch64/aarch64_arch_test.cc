@@ -4,6 +4,7 @@
 #include "arch/aarch64/mmu.h"
 #include "arch/aarch64/sysreg.h"
 #include "arch/arch.h"
+#include "kernel/fdt.h"
 #include "kernel/kernel_env.h"
 #include "kernel/kstring.h"
 #include "tests/qemu/ktest.h"
@@ -72,6 +73,12 @@ KTEST(aarch64_null_page_and_holes_unmapped) {
   }
   KEXPECT_FALSE(
       hw_translate(reinterpret_cast<uintptr_t>(env.phys_to_virt(PhysAddr(top))), &pa, &attr));
+  // RAM outside the kernel image and the device tree has no identity mapping: the bounce pools
+  // and the allocator's pages are reached only through the direct map.
+  for (size_t i = 0; i < env.num_pools; ++i) {
+    KEXPECT_FALSE(hw_translate(env.pools[i]->base().value(), &pa, &attr));
+  }
+  KEXPECT_FALSE(hw_translate(env.pfa->highest_address().value() - 4096, &pa, &attr));
 }
 
 KTEST(aarch64_console_is_device_memory) {
@@ -88,4 +95,44 @@ KTEST(aarch64_dma_op_line_size_from_ctr) {
   KEXPECT_EQ(arch::cache_line_size(), aarch64::dcache_line_size());
   KEXPECT_EQ(AArch64DmaOp::hardware_line_size(), aarch64::dcache_line_size());
   KEXPECT_FALSE(kernel_env().dma->default_constraints().coherent);
+}
+
+// MMIO the device tree describes is identity-mapped as Device-nGnRE: the PCIe ECAM and the parent
+// side of every window in its "ranges" (QEMU virt's high ECAM and 64-bit window lie far above RAM).
+KTEST(aarch64_pcie_windows_device_mapped) {
+  const arch::BootInfo& b = *kernel_env().boot;
+  KREQUIRE_TRUE(b.fdt != nullptr);
+  auto f = Fdt::from(b.fdt);
+  KREQUIRE_OK(f);
+  FdtNode pci = f->find_compatible("pci-host-ecam-generic");
+  KREQUIRE_TRUE(pci.valid());
+  auto ecam = f->reg(pci, 0);
+  KREQUIRE_OK(ecam);
+  const uint64_t probes_ecam[] = {ecam->base.value(), ecam->end().value() - 4};
+  for (uint64_t pa : probes_ecam) {
+    const char* name = arch::mapping_attribute(reinterpret_cast<const void*>(pa));
+    KREQUIRE_TRUE(name != nullptr);
+    KEXPECT_TRUE(kstr::equal(name, "device-ngnre"));
+  }
+  FdtProp ranges = f->prop(pci, "ranges");
+  KREQUIRE_TRUE(ranges.found());
+  uint32_t child_ac = f->address_cells(pci);
+  uint32_t parent_ac = f->address_cells(f->parent(pci));
+  uint32_t sc = f->size_cells(pci);
+  uint32_t entry = 4 * (child_ac + parent_ac + sc);
+  size_t windows = 0;
+  for (uint32_t off = 0; off + entry <= ranges.len; off += entry) {
+    uint64_t base = Fdt::read_cells(ranges.data + off + 4 * child_ac, parent_ac);
+    uint64_t size = Fdt::read_cells(ranges.data + off + 4 * (child_ac + parent_ac), sc);
+    const uint64_t probes[] = {base, base + size - 1};
+    for (uint64_t pa : probes) {
+      uint64_t hw_pa = 0;
+      uint8_t attr = 0xff;
+      KREQUIRE_TRUE(hw_translate(pa, &hw_pa, &attr));
+      KEXPECT_EQ(hw_pa, pa);
+      KEXPECT_EQ(attr, 0x04u);
+    }
+    ++windows;
+  }
+  KEXPECT_GE(windows, 2u);
 }
