@@ -123,6 +123,16 @@ std::vector<Scenario> scenarios() {
                    }});
     }
   }
+  // Random-size churn: each operation unmaps one random mapping and maps a new random size.
+  for (int occ : kOccupancies) {
+    v.push_back({"bounce_churn_" + std::to_string(occ), 2000, [occ](uint64_t ops, const Measure& m) {
+                   bench::BounceRing s(occ / 100.0, 4 * kKiB, DmaDirection::kToDevice,
+                                       kSeed + 500 + static_cast<uint64_t>(occ));
+                   m([&] { s.run_churn(ops); });
+                   return fmt("occupancy=%.4f", s.occupancy()) +
+                          " misses=" + std::to_string(s.churn_misses());
+                 }});
+  }
   v.push_back({"direct_map_unmap", 200'000, [](uint64_t ops, const Measure& m) {
                  bench::DirectMap s;
                  m([&] { s.run(ops); });

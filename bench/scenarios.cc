@@ -271,8 +271,17 @@ double PfaOrder9Masked::free_above_limit() const {
 
 // ---- BounceRing ----
 
+namespace {
+constexpr size_t kMinMapping = 2 * kKiB;
+constexpr size_t kMaxMapping = 64 * kKiB;
+}  // namespace
+
+size_t BounceRing::random_size() {
+  return kMinMapping + static_cast<size_t>(rng_.below(kMaxMapping - kMinMapping + 1));
+}
+
 BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, uint64_t seed)
-    : dir_(dir), size_(size) {
+    : rng_(seed), dir_(dir), size_(size) {
   HostPlatform::Options o;
   // 512 MiB of RAM at physical 0; the pool takes the top 64 MiB under the device's 256 MiB
   // limit, the buffers come from above it. (RAM starts at 0 rather than near 4 GiB because
@@ -289,15 +298,9 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   dev_.coherent = true;
   dev_.name = "bench-28bit";
 
-  constexpr size_t kMinSize = 2 * kKiB;
-  constexpr size_t kMaxSize = 64 * kKiB;
-  background_src_ = plat_->buffer_above(kDeviceLimit + 1, kMaxSize);
+  background_src_ = plat_->buffer_above(kDeviceLimit + 1, kMaxMapping);
   for (size_t i = 0; i < kRing; ++i) sources_.push_back(plat_->buffer_above(kDeviceLimit + 1, size));
 
-  Rng rng(seed);
-  auto random_size = [&rng] {
-    return kMinSize + static_cast<size_t>(rng.below(kMaxSize - kMinSize + 1));
-  };
   BouncePool::Stats st = pool_->stats();
   auto target = static_cast<uint64_t>(std::llround(target_occupancy * static_cast<double>(st.total_slots)));
   auto top_up = [&] {
@@ -316,7 +319,7 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   // Age the pool: as many random replacements as there are mappings.
   size_t n = background_.size();
   for (size_t k = 0; k < n && !background_.empty(); ++k) {
-    size_t i = static_cast<size_t>(rng.below(background_.size()));
+    size_t i = static_cast<size_t>(rng_.below(background_.size()));
     op_->unmap_single(background_[i]);
     background_[i] = background_.back();
     background_.pop_back();
@@ -349,6 +352,23 @@ void BounceRing::run(uint64_t ops) {
     op_->unmap_single(ring_[head_]);
     ring_[head_] = map_or_die(sources_[head_], size_);
     head_ = (head_ + 1) % kRing;
+  }
+}
+
+void BounceRing::run_churn(uint64_t ops) {
+  for (uint64_t k = 0; k < ops; ++k) {
+    size_t i = static_cast<size_t>(rng_.below(background_.size()));
+    size_t old_size = background_[i].size;
+    op_->unmap_single(background_[i]);
+    auto h = op_->map_single(dev_, background_src_, random_size(), 0, DmaDirection::kToDevice);
+    if (h.ok()) {
+      background_[i] = *h;
+      continue;
+    }
+    ++churn_misses_;
+    auto again = op_->map_single(dev_, background_src_, old_size, 0, DmaDirection::kToDevice);
+    if (!again.ok()) die("churn: the size just unmapped did not fit again");
+    background_[i] = *again;
   }
 }
 

@@ -169,6 +169,11 @@ class BounceRing {
   BounceRing(double occupancy, size_t size, DmaDirection dir, uint64_t seed);
   ~BounceRing();
   void run(uint64_t ops);
+  // Random churn instead of the ring: n times, unmap a random one of the random-size mappings and
+  // map a new one of random size (2-64 KiB). When the new size finds no room (a fragmented pool
+  // at high occupancy), the size just unmapped is mapped instead and the miss is counted.
+  void run_churn(uint64_t ops);
+  uint64_t churn_misses() const { return churn_misses_; }
   // Runs n operations like run(), appending for each the CPU buffer mapped and the CPU address of
   // its new bounce slot.
   struct Placement {
@@ -186,7 +191,10 @@ class BounceRing {
 
  private:
   DmaMapHandle map_or_die(uint8_t* buf, size_t size);
+  size_t random_size();
   std::unique_ptr<HostPlatform> plat_;
+  Rng rng_;
+  uint64_t churn_misses_ = 0;
   DmaOp* op_;
   BouncePool* pool_;
   DmaConstraints dev_;

@@ -45,8 +45,9 @@ def read_kv_lines(path):
                 continue
             row = {}
             for p in parts[1:]:
-                k, _, v = p.partition("=")
-                row[k] = float(v)
+                k, eq, v = p.partition("=")
+                if eq:
+                    row[k] = float(v)
             rows[parts[0]] = row
     return rows
 
@@ -122,6 +123,9 @@ def main():
             r = ir["bounce_%s_%d" % (size, occ)]
             add("bounce_map_unmap_with_copy_ir_%s_%d" % (size, occ), r["subsys"] + r["copy"])
             add("bounce_pool_alloc_free_ir_%s_%d" % (size, occ), r["pool_alloc"] + r["pool_free"])
+    for occ in OCCUPANCIES:
+        add("bounce_churn_ir_%d" % occ, bounce("bounce_churn_%d" % occ))
+        add("bounce_churn_misses_%d" % occ, state["bounce_churn_%d" % occ]["misses"], "%d")
     add("pfa_order9_alloc_ir_masked", masked)
     add("pfa_order9_alloc_ir_unmasked", unmasked)
     add("pfa_masked_order9_pair_ratio",
@@ -157,11 +161,13 @@ def main():
                     (name, value, "<= %g" % TARGETS[name], "within" if ok else "MISSED"))
         f.write("# %d of %d figures within target\n" % (met, len(TARGETS)))
     with open(os.path.join(out, "occupancy.dat"), "w") as f:
-        f.write("# occupancy pfa_order0_pair pfa_mixed_op bounce_4k bounce_64k (instructions/op)\n")
+        f.write("# occupancy pfa_order0_pair pfa_mixed_op bounce_4k bounce_64k bounce_churn"
+                " (instructions/op)\n")
         for occ in OCCUPANCIES:
-            f.write("%d %.2f %.2f %.2f %.2f\n" % (
+            f.write("%d %.2f %.2f %.2f %.2f %.2f\n" % (
                 occ, pfa_pair("pfa_order0_pair_%d" % occ), pfa_pair("pfa_mixed_op_%d" % occ),
-                bounce("bounce_4k_%d" % occ), bounce("bounce_64k_%d" % occ)))
+                bounce("bounce_4k_%d" % occ), bounce("bounce_64k_%d" % occ),
+                bounce("bounce_churn_%d" % occ)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #include "drivers/edu/edu_device.h"
 
 #include "arch/arch.h"
+#include "support/defer.h"
 
 namespace {
 
@@ -15,14 +16,16 @@ Result<void> EduDevice::init(PciDevice* pci, const DeviceDma& dma) {
   if (pci_ != nullptr || pci == nullptr || dma.op() == nullptr) {
     return ErrorCode::kInvalidArgument;
   }
-  // Decoding first: BAR0 reads as nothing until memory decoding is on.
+  // Decoding first: BAR0 reads as nothing until memory decoding is on. Off again on failure.
   TRY(pci->enable(/*bus_master=*/false));
+  auto off = support::defer([pci] { pci->disable(); });
   TRY_ASSIGN(MmioRegion regs, pci->map_bar(0));
   if (regs.size() < kRegDmaCmd + 8) return ErrorCode::kNotFound;
   if ((regs.read32(kRegId) & kIdMask) != kIdValue) return ErrorCode::kNotFound;
   regs.write32(kRegLiveness, kLivenessProbe);
   if (regs.read32(kRegLiveness) != ~kLivenessProbe) return ErrorCode::kNotFound;
   TRY(pci->enable(/*bus_master=*/true));
+  off.cancel();
   pci_ = pci;
   regs_ = regs;
   dma_ = dma;

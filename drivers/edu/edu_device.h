@@ -64,7 +64,8 @@ class EduDevice {
   // Copies `size` bytes of the RAM buffer `buf` into the device buffer at `offset` (kToDevice).
   // Preconditions: `buf` is one physically contiguous piece of normal memory (the direct map)
   // that the caller does not touch during the call.
-  // Errors: kOutOfRange (offset + size beyond the 4 KiB device buffer), kLayoutError (size 0),
+  // Errors: kInvalidArgument (not bound, or unusable after a timeout), kOutOfRange (offset + size
+  // beyond the 4 KiB device buffer), kLayoutError (size 0),
   // kBusy (the device is still running an earlier transfer), kTimedOut (no completion within the
   // timeout: bus mastering is then turned off so a late transfer cannot reach memory that is
   // about to be reused, and the device stays unusable), and every DeviceDma::map error

@@ -13,8 +13,11 @@
 //      a 32-bit one, 32-bit BARs from windows below 4 GiB on the bus. Ranges the firmware's BARs
 //      occupy are skipped. A BAR that fits nowhere stays unassigned (counted in stats()).
 // Decoding and bus mastering are left to each driver (PciDevice::enable).
-// Costs: the scan is O(buses * 32 * functions) config reads (one read per absent device); the
-// assignment is O(BARs^2) (sorting and overlap checks over at most kMaxDevices * 6 BARs).
+// Costs: the scan is one config read per absent device and a few per function, over the root bus
+// and the numbered buses behind it. Sizing is four config accesses per BAR. Assignment sorts the
+// BARs (insertion sort, O(BARs^2)) and, per BAR, tries candidates that each start past a taken
+// BAR, each checked against all BARs: O(BARs^2) per BAR, O(BARs^3) in all -- at most
+// kMaxDevices * 6 BARs, a few dozen in practice.
 //
 // Threading: one CPU, at boot, before drivers run. Devices live as long as the bridge.
 #pragma once

@@ -1,6 +1,7 @@
 #include "drivers/virtio/virtio_pci.h"
 
 #include "arch/arch.h"
+#include "support/defer.h"
 
 namespace {
 
@@ -31,6 +32,7 @@ constexpr uint64_t kResetTimeoutNs = 1'000'000'000;
 Result<void> VirtioPci::init(PciDevice* pci) {
   if (pci_ != nullptr || pci == nullptr) return ErrorCode::kInvalidArgument;
   TRY(pci->enable(/*bus_master=*/false));
+  auto off = support::defer([pci] { pci->disable(); });  // Decoding off again on failure.
   MmioRegion bars[PciDevice::kMaxBars];
   MmioRegion* found[kCapDevice + 1] = {};
   found[kCapCommon] = &common_;
@@ -65,6 +67,7 @@ Result<void> VirtioPci::init(PciDevice* pci) {
     return ErrorCode::kNotFound;
   }
   TRY(pci->enable(/*bus_master=*/true));
+  off.cancel();
   pci_ = pci;
   return support::ok();
 }

@@ -12,7 +12,12 @@ The run fails on:
     passes "-d guest_errors"),
   - an exit status that does not mean success for that arch (see ARCHES),
   - in test mode, a missing or non-zero-failure "N passed, M failed" line from the guest,
-  - the time limit: QEMU is killed and the run fails with "TIMEOUT after N s".
+  - the time limit: QEMU is killed and the run fails with "TIMEOUT after N s",
+  - the disk image (see below) not holding exactly what the guest says it wrote.
+Every VM gets the devices of kernel/devices.h: two edu DMA engines (32-bit and 28-bit masks,
+announced to the guest as `edu_mask=` on its command line) and a virtio-blk disk whose image is
+made fresh next to the kernel before each boot (disk-<mode>.img, a known pattern) and checked from
+the host side afterwards; that check counts as one more test ("host_disk_image_check").
 With --objdump, the kernel ELF is disassembled first and the arch's DmaOp cache-maintenance
 methods must contain the expected instructions; that check counts as one more test.
 In test mode the last line printed is the summary "N passed, M failed" (guest tests plus the
