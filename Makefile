@@ -186,7 +186,7 @@ format: | $(SETUP_STAMP)
 format-check: | $(SETUP_STAMP)
 	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
 lint: | $(SETUP_STAMP)
-	$(CLANG_TIDY) --quiet $(LIBDMA_SRCS) -- $(COMMON_CXXFLAGS) -DDMA_DEBUG=1
+	$(CLANG_TIDY) --quiet $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) -- $(COMMON_CXXFLAGS) -DDMA_DEBUG=1
 
 clean:
 	rm -rf $(BUILD)

@@ -21,7 +21,7 @@ struct DmaPool::Chunk {
   uint32_t used = 0;
   uint64_t used_bits[DmaPool::kMaxBlocksPerChunk / 64] = {};
 
-  uint8_t* base() { return static_cast<uint8_t*>(handle.cpu_addr); }
+  uint8_t* base() const { return static_cast<uint8_t*>(handle.cpu_addr); }
 };
 
 DmaPool::~DmaPool() {

@@ -41,6 +41,7 @@ run_part() {
   echo "==> $name: $p passed, $f failed"
 }
 
+run_part style bash scripts/check_style.sh
 run_part host $MAKE --no-print-directory test-host
 for a in $ARCHES; do
   run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"

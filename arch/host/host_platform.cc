@@ -11,7 +11,7 @@
 // ---- HostDmaOp ----
 
 size_t HostDmaOp::offset_of(const void* addr) const {
-  auto p = reinterpret_cast<const uint8_t*>(addr);
+  const auto* p = reinterpret_cast<const uint8_t*>(addr);
   KASSERT(p >= arena_, "cache operation below simulated RAM");
   return static_cast<size_t>(p - arena_);
 }
@@ -180,7 +180,7 @@ uint8_t* HostPlatform::buffer_above(uint64_t min_phys, size_t bytes) {
   return held_.back().ptr;
 }
 
-void HostPlatform::release_buffer(uint8_t* p) {
+void HostPlatform::release_buffer(const uint8_t* p) {
   for (auto it = held_.begin(); it != held_.end(); ++it) {
     if (it->ptr == p) {
       for (auto& b : it->blocks) {

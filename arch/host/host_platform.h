@@ -93,7 +93,7 @@ class HostPlatform {
   // A buffer of `bytes` bytes in simulated RAM at or above `min_phys` (for tests that need a
   // buffer above a mask): a page-frame allocation, freed by release_buffer.
   uint8_t* buffer_above(uint64_t min_phys, size_t bytes);
-  void release_buffer(uint8_t* p);
+  void release_buffer(const uint8_t* p);
 
  private:
   // Unmaps simulated RAM last, after every object that may still touch it is gone.

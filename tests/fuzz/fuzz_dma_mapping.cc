@@ -73,14 +73,21 @@ World& world() {
     w->plat = std::make_unique<HostPlatform>(o);
     PageFrameAllocator& pfa = w->plat->pfa();
     unsigned order = PageFrameAllocator::order_for(kRegionBytes);
+    std::vector<uint64_t> rejected;  // Blocks in the wrong place, given back at the end.
     for (size_t i = 0; i < kRegions; ++i) {
       uint64_t limit = i < 3 ? kMask30 : i < 6 ? kMask32 : ~0ull;
-      auto pa = pfa.alloc(order, limit);
-      FUZZ_CHECK(pa.ok());
-      if (i >= 3 && i < 6) FUZZ_CHECK(pa->value() > kMask30);
-      if (i >= 6) FUZZ_CHECK(pa->value() > kMask32);
-      w->region[i] = w->plat->phys_to_virt(pa->value());
+      uint64_t floor = i < 3 ? 0 : i < 6 ? kMask30 + 1 : kMask32 + 1;
+      for (;;) {
+        auto pa = pfa.alloc(order, limit);
+        FUZZ_CHECK(pa.ok());
+        if (pa->value() >= floor) {
+          w->region[i] = w->plat->phys_to_virt(pa->value());
+          break;
+        }
+        rejected.push_back(pa->value());
+      }
     }
+    for (uint64_t pa : rejected) FUZZ_CHECK(pfa.free(PhysAddr(pa), order).ok());
     for (uint32_t& id : w->device_id) id = DmaDebug::new_device_id();
     w->baseline_free_pages = pfa.free_pages();
     DmaDebug::set_sink(print_sink, nullptr);
