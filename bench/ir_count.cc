@@ -4,8 +4,8 @@
 // For each scenario the set-up runs uninstrumented; then instrumentation starts, the statistics
 // are zeroed, collection is switched on around exactly the measured loop (`ops` operations) and
 // the profile is dumped under the name "<scenario> ops=<ops>". bench/callgrind_ir.py reads the
-// dumps and takes, per scenario, the inclusive cost of the API entry points (e.g.
-// PageFrameAllocator::alloc and ::free) as well as the total of the loop, harness included.
+// dumps and splits each one by source file: the subsystem's own code (support/, mm/, dma/, arch/,
+// wherever the compiler inlined it), memcpy, and this harness.
 //
 // Also prints one line per scenario on stdout: "<scenario> ops=<n> <key>=<value>..." with the
 // state actually reached (occupancy and so on), which the summary keeps next to the figures.
@@ -70,15 +70,14 @@ std::vector<Scenario> scenarios() {
                  }});
   }
   for (int occ : kOccupancies) {
-    v.push_back({"pfa_mixed_op_" + std::to_string(occ), 200'000,
-                 [occ](uint64_t ops, const Measure& m) {
-                   bench::PfaMixed s(occ / 100.0, kPfaRam, kSeed + 100 + static_cast<uint64_t>(occ));
-                   m([&] { s.run(ops); });
-                   return fmt("occupancy=%.4f", s.occupancy()) +
-                          " allocs=" + std::to_string(s.allocs()) +
-                          " frees=" + std::to_string(s.frees()) +
-                          " failures=" + std::to_string(s.failures());
-                 }});
+    v.push_back(
+        {"pfa_mixed_op_" + std::to_string(occ), 200'000, [occ](uint64_t ops, const Measure& m) {
+           bench::PfaMixed s(occ / 100.0, kPfaRam, kSeed + 100 + static_cast<uint64_t>(occ));
+           m([&] { s.run(ops); });
+           return fmt("occupancy=%.4f", s.occupancy()) + " allocs=" + std::to_string(s.allocs()) +
+                  " frees=" + std::to_string(s.frees()) +
+                  " failures=" + std::to_string(s.failures());
+         }});
   }
   v.push_back({"pfa_order9_pair_frag", 100'000, [](uint64_t ops, const Measure& m) {
                  bench::PfaOrder9Frag s(kPfaRam, kSeed + 200);
@@ -125,13 +124,14 @@ std::vector<Scenario> scenarios() {
   }
   // Random-size churn: each operation unmaps one random mapping and maps a new random size.
   for (int occ : kOccupancies) {
-    v.push_back({"bounce_churn_" + std::to_string(occ), 2000, [occ](uint64_t ops, const Measure& m) {
-                   bench::BounceRing s(occ / 100.0, 4 * kKiB, DmaDirection::kToDevice,
-                                       kSeed + 500 + static_cast<uint64_t>(occ));
-                   m([&] { s.run_churn(ops); });
-                   return fmt("occupancy=%.4f", s.occupancy()) +
-                          " misses=" + std::to_string(s.churn_misses());
-                 }});
+    v.push_back(
+        {"bounce_churn_" + std::to_string(occ), 2000, [occ](uint64_t ops, const Measure& m) {
+           bench::BounceRing s(occ / 100.0, 4 * kKiB, DmaDirection::kToDevice,
+                               kSeed + 500 + static_cast<uint64_t>(occ));
+           m([&] { s.run_churn(ops); });
+           return fmt("occupancy=%.4f", s.occupancy()) +
+                  " misses=" + std::to_string(s.churn_misses());
+         }});
   }
   v.push_back({"direct_map_unmap", 200'000, [](uint64_t ops, const Measure& m) {
                  bench::DirectMap s;
@@ -193,9 +193,8 @@ int main(int argc, char** argv) {
       continue;
     }
     std::string desc = s.name + " ops=" + std::to_string(s.ops);
-    std::string state = s.body(s.ops, [&](const std::function<void()>& run) {
-      measure_under_callgrind(desc, run);
-    });
+    std::string state = s.body(
+        s.ops, [&](const std::function<void()>& run) { measure_under_callgrind(desc, run); });
     std::printf("%s %s\n", desc.c_str(), state.c_str());
     std::fflush(stdout);
   }

@@ -97,7 +97,9 @@ void PfaOrder0Ring::run(uint64_t pairs) {
   }
 }
 
-double PfaOrder0Ring::occupancy() const { return used_fraction(*pfa_); }
+double PfaOrder0Ring::occupancy() const {
+  return used_fraction(*pfa_);
+}
 
 // ---- PfaMixed ----
 
@@ -154,7 +156,9 @@ void PfaMixed::run(uint64_t ops) {
   }
 }
 
-double PfaMixed::occupancy() const { return used_fraction(*pfa_); }
+double PfaMixed::occupancy() const {
+  return used_fraction(*pfa_);
+}
 
 // ---- PfaOrder9Frag ----
 
@@ -213,7 +217,9 @@ void PfaOrder9Frag::run(uint64_t pairs) {
   }
 }
 
-double PfaOrder9Frag::occupancy() const { return used_fraction(*pfa_); }
+double PfaOrder9Frag::occupancy() const {
+  return used_fraction(*pfa_);
+}
 
 // ---- PfaOrder9Masked ----
 
@@ -299,10 +305,13 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   dev_.name = "bench-28bit";
 
   background_src_ = plat_->buffer_above(kDeviceLimit + 1, kMaxMapping);
-  for (size_t i = 0; i < kRing; ++i) sources_.push_back(plat_->buffer_above(kDeviceLimit + 1, size));
+  for (size_t i = 0; i < kRing; ++i) {
+    sources_.push_back(plat_->buffer_above(kDeviceLimit + 1, size));
+  }
 
   BouncePool::Stats st = pool_->stats();
-  auto target = static_cast<uint64_t>(std::llround(target_occupancy * static_cast<double>(st.total_slots)));
+  auto target =
+      static_cast<uint64_t>(std::llround(target_occupancy * static_cast<double>(st.total_slots)));
   auto top_up = [&] {
     while (pool_->stats().used_slots < target) {
       auto h = op_->map_single(dev_, background_src_, random_size(), 0, DmaDirection::kToDevice);

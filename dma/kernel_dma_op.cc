@@ -123,7 +123,16 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
     }
     BouncePool* pool = cfg_.pools[pi];
     if (size > pool->bytes()) return fail(ErrorCode::kLayoutError);
-    auto slot = pool->alloc(size, PhysAddr(p), c.min_align_mask, align);
+    // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
+    // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
+    // the physical one, must be aligned). Where they overlap they must agree.
+    uint64_t keep = c.min_align_mask;
+    uint64_t align_mask = align > 1 ? align - 1 : 0;
+    uint64_t align_bits = (0 - c.bus_offset) & align_mask;
+    if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
+      return fail(ErrorCode::kLayoutError);
+    }
+    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
     if (!slot.ok()) return fail(slot.error());
     h.bounce = *slot;
     h.bounce_pool_index = static_cast<uint8_t>(pi);

@@ -100,7 +100,7 @@ inline unsigned search_class(uint32_t n) {
 static_assert(sizeof(uint32_t) * 4 == 16, "SlotRecord is four 32-bit words");
 static_assert(BouncePool::kMaxSlots <= kSizeMask,
               "slot indices and the sentinel fit the size field");
-static_assert(BouncePool::kQuickDepth < 256, "cache counts are bytes");
+static_assert(BouncePool::kQuickDepth <= 2, "alloc looks at the top two blocks of a cache stack");
 
 // The list helpers are forced inline: alloc and free use them at a few sites each, and a call
 // costs more than a helper's own handful of instructions.

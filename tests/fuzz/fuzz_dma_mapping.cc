@@ -172,10 +172,10 @@ class Harness {
 
   DmaConstraints constraints() {
     static constexpr uint64_t kMasks[] = {kMask28, kMask30, kMask32, ~0ull};
-    static constexpr uint64_t kOffsets[] = {0, 0, 0x1000'0000, 0x800, 0x4000'0000};
+    static constexpr uint64_t kOffsets[] = {0, 0, 0x1000'0000, 0x800, 0x40, 0x4000'0000};
     DmaConstraints c;
     c.dma_mask = kMasks[in_.pick(4)];
-    c.bus_offset = kOffsets[in_.pick(5)];
+    c.bus_offset = kOffsets[in_.pick(6)];
     c.coherent = in_.boolean();
     c.force_bounce = in_.range(0, 3) == 0;
     c.min_align_mask = in_.boolean() ? 0 : (uint64_t{1} << in_.range(1, 13)) - 1;
@@ -218,7 +218,7 @@ class Harness {
     DmaConstraints c = constraints();
     size_t off = in_.range(0, 4095);
     size_t size = in_.range(1, in_.boolean() ? 300 : 20000);
-    size_t align = in_.range(0, 3) == 0 ? size_t{1} << in_.range(0, 12) : 0;
+    size_t align = in_.boolean() ? size_t{1} << in_.range(0, 12) : 0;
     auto dir = static_cast<DmaDirection>(in_.pick(3));
     uint8_t* buf = w_.region[r] + off;
     uint8_t seed = in_.u8();

@@ -455,6 +455,27 @@ TEST(BouncePool, ExactFitFallbackHonoursThePhase) {
   expect_all_free(p);
 }
 
+TEST(BouncePool, GoodFitSkipsSmallerBlocksOfTheSameClass) {
+  TestPool t(256 * kSlot);  // Cache budget 8 slots: the blocks freed below are not cached.
+  BouncePool& p = t.pool;
+  BounceSlot x1 = must_alloc(p, 120 * kSlot);  // Slots 136-255.
+  BounceSlot x2 = must_alloc(p, 1);            // 135.
+  BounceSlot x3 = must_alloc(p, 32 * kSlot);   // 103-134.
+  BounceSlot x4 = must_alloc(p, 1);            // 102; slots 0-101 stay free.
+  ASSERT_EQ(x3.first_slot, 103u);
+  ASSERT_TRUE(p.free(x1).ok());
+  ASSERT_TRUE(p.free(x3).ok());
+  ASSERT_EQ(p.free_block_count(), 3u);  // 102, 32 and 120 slots.
+  // 33 slots share a size class with the 32-slot block, which must not be chosen (and the
+  // request must not fail for it).
+  BounceSlot s = must_alloc(p, 33 * kSlot);
+  EXPECT_TRUE(s.first_slot + 33 <= 102 || s.first_slot >= 136) << s.first_slot;
+  EXPECT_TRUE(p.check_invariants());
+  EXPECT_EQ(p.stats().failures, 0u);
+  for (const BounceSlot& b : {s, x2, x4}) ASSERT_TRUE(p.free(b).ok());
+  expect_all_free(p);
+}
+
 TEST(BouncePool, FullWidthMaskPinsTheExactAddress) {
   TestPool t(64 * kKiB);
   BouncePool& p = t.pool;
