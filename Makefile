@@ -41,6 +41,7 @@ LIBDMA_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc)
 
 HOST_DIR := $(BUILD)/host
 HOST_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 -DDMA_FAULT_INJECTION=1 \
+                 -DDMA_PAGE_POISON=1 \
                  -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 HOST_LDFLAGS := -fsanitize=address,undefined -lgtest -lpthread
 HOST_BACKEND_SRCS := $(wildcard arch/host/*.cc)
@@ -153,6 +154,7 @@ FUZZ_SECONDS ?= 10
 FUZZ_SMOKE_SECONDS ?= 3
 FUZZ_DIR := $(BUILD)/fuzz
 FUZZ_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 -DDMA_FAULT_INJECTION=1 \
+                 -DDMA_PAGE_POISON=1 \
                  -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
                  -fno-omit-frame-pointer
 FUZZ_LDFLAGS := -fsanitize=fuzzer,address,undefined

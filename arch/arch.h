@@ -54,6 +54,11 @@ const char* cache_features();
 // ("normal-wb", "nc", "uc-", ...), or null if unmapped.
 const char* mapping_attribute(const void* va);
 
+// For tests and reports: page-table pages currently spent on splitting large direct-map leaves so
+// that some pages can be mapped uncached (KernelDmaOp::set_memory_attribute; 0 once every such
+// page is cacheable again, when the large leaves are put back).
+size_t direct_map_split_tables();
+
 }  // namespace arch
 
 // Entered by each architecture's boot code once the MMU, traps and console are up, on the boot

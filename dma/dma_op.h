@@ -50,10 +50,13 @@ class DmaOp {
   virtual void unmap_single(const DmaMapHandle& handle) = 0;
 
   // Allocates zeroed, physically contiguous memory the device can reach under c.dma_mask, aligned
-  // to max(layout.align, page size).
+  // to max(layout.align, page size), that neither side needs cache maintenance for: for a device
+  // that is not coherent (c.coherent false) the CPU maps it non-cacheable until dealloc_coherent.
   // Ownership: the caller owns it until dealloc_coherent.
   // Errors: kLayoutError (size 0, align not a power of two, larger than the largest contiguous
-  // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now).
+  // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now, or
+  // no page-table memory to remap it uncached), kNotSupported (non-coherent device on a platform
+  // that cannot map memory uncached). On error nothing stays allocated or remapped.
   virtual Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) = 0;
 
   // The crate's signature; same contract.

@@ -54,6 +54,9 @@ struct DmaHandle {
   Layout layout;             // As requested.
   uint8_t order = 0;         // Page-frame allocator order backing it.
   bool coherent_device = false;
+  // The pages were remapped uncached for a non-coherent device (KernelDmaOp::alloc_coherent);
+  // dealloc_coherent restores them.
+  bool remapped = false;
   uint32_t device_id = 0;  // DmaConstraints::device_id of the allocating device.
 };
 

@@ -2,7 +2,10 @@
 //
 // Cost: a direct mapping is a handful of comparisons plus the cache maintenance of the range (none
 // for a coherent device); a bounced one adds an O(1) bounce-pool allocation and one copy per
-// direction. alloc_coherent is one page-frame allocation (O(1) in the size of memory) plus zeroing.
+// direction. alloc_coherent is one page-frame allocation (O(1) in the size of memory) plus zeroing;
+// for a non-coherent device add two clean+invalidate passes and the remap (set_memory_attribute:
+// one page-table update and TLB invalidation per page, see mm/direct_map_attributes.h), and the
+// same remap back in dealloc_coherent.
 #include "dma/kernel_dma_op.h"
 
 #include "dma/dma_debug.h"
@@ -58,6 +61,10 @@ DmaConstraints KernelDmaOp::default_constraints() const {
   DmaConstraints c;
   c.coherent = cfg_.platform_coherent;
   return c;
+}
+
+Result<void> KernelDmaOp::set_memory_attribute(void*, size_t, MemAttr) {
+  return ErrorCode::kNotSupported;
 }
 
 Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
@@ -237,8 +244,23 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
-  // The zeroes must reach memory and no dirty line may later overwrite what the device writes.
-  if (!c.coherent) flush_invalidate(h.cpu_addr, bytes);
+  if (!c.coherent) {
+    // A device that does not snoop gets memory the CPU maps non-cacheable. First the zeroes must
+    // reach memory and no dirty line may stay behind (one evicted later would overwrite what the
+    // device writes); then the pages change attribute; then lines the old cacheable mapping may
+    // have pulled in meanwhile (speculation) are dropped. A coherent device pays for none of it.
+    flush_invalidate(h.cpu_addr, bytes);
+    auto remap = set_memory_attribute(h.cpu_addr, bytes, MemAttr::kUncached);
+    if (!remap.ok()) {
+      auto undo = cfg_.pfa->free(*pa, order);
+      KASSERT(undo.ok(), "alloc_coherent: cannot give back the pages of a failed remap");
+      return remap.error();
+    }
+    flush_invalidate(h.cpu_addr, bytes);
+    h.remapped = true;
+    add_relaxed(&stats_.coherent_uncached, uint64_t{1});
+    add_relaxed(&stats_.coherent_uncached_live, uint64_t{1});
+  }
   add_relaxed(&stats_.coherent_allocs, uint64_t{1});
   add_relaxed(&stats_.coherent_live, uint64_t{1});
   DmaDebug::on_alloc_coherent(this, c, h, __builtin_return_address(0));
@@ -247,6 +269,14 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
 
 void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
+  if (h.remapped) {
+    // The pages go back cacheable: the next owner expects the direct map's normal attribute. No
+    // cache maintenance: while uncached, nothing could cache them.
+    auto restore =
+        set_memory_attribute(h.cpu_addr, PageFrameAllocator::kPageSize << h.order, MemAttr::kCached);
+    KASSERT(restore.ok(), "dealloc_coherent: cannot restore the cacheable attribute");
+    __atomic_fetch_sub(&stats_.coherent_uncached_live, uint64_t{1}, __ATOMIC_RELAXED);
+  }
   auto r = cfg_.pfa->free(h.phys, h.order);
   KASSERT(r.ok(), "dealloc_coherent: not a live coherent allocation (double free?)");
   __atomic_fetch_sub(&stats_.coherent_live, uint64_t{1}, __ATOMIC_RELAXED);
@@ -263,5 +293,7 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
   s.coherent_allocs = __atomic_load_n(&stats_.coherent_allocs, __ATOMIC_RELAXED);
   s.coherent_live = __atomic_load_n(&stats_.coherent_live, __ATOMIC_RELAXED);
   s.live_maps = __atomic_load_n(&stats_.live_maps, __ATOMIC_RELAXED);
+  s.coherent_uncached = __atomic_load_n(&stats_.coherent_uncached, __ATOMIC_RELAXED);
+  s.coherent_uncached_live = __atomic_load_n(&stats_.coherent_uncached_live, __ATOMIC_RELAXED);
   return s;
 }

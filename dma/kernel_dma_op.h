@@ -10,6 +10,13 @@
 //   4. clean the caches over what the device will read or write, unless the device is coherent.
 // Unmap reverses it: invalidate (non-coherent), copy out for kFromDevice / kBidirectional, free
 // the slot.
+//
+// Coherent memory: pages from the page-frame allocator under the mask, zeroed, reached through
+// the direct map. For a device that snoops the caches that is all. For one that does not, the
+// pages are cleaned and invalidated and their direct-map mapping becomes non-cacheable
+// (set_memory_attribute, the architecture's hook), so neither side ever needs cache maintenance;
+// DmaHandle::remapped records it and dealloc_coherent makes them cacheable again before they go
+// back to the allocator.
 #pragma once
 
 #include "dma/dma_op.h"
@@ -53,6 +60,25 @@ class KernelDmaOp : public DmaOp {
                              DmaDirection dir) override;
   DmaConstraints default_constraints() const override;
 
+  // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
+  enum class MemAttr : uint8_t {
+    kCached,    // Write-back cacheable: the direct map's normal attribute.
+    kUncached,  // Normal memory the CPU does not cache: its loads and stores go to memory.
+  };
+
+  // The hook alloc_coherent / dealloc_coherent use for a non-coherent device: gives the pages
+  // [va, va + bytes) of the direct map the attribute `attr`, with the TLB maintenance the
+  // architecture needs. Cache maintenance is the caller's (alloc_coherent cleans and invalidates
+  // the pages before and after making them uncached). Each architecture's DmaOp overrides it
+  // (AArch64 Normal Non-cacheable, RISC-V Svpbmt NC, x86-64 PAT UC-); the default cannot.
+  // Preconditions: va and bytes page aligned, va a direct-map address of RAM; the caller owns
+  // the pages and does not touch them during the call.
+  // Errors: kNotSupported (this platform cannot map memory uncached: the default), kNoMemory (no
+  // page-table memory for the change), kInvalidArgument / kLayoutError (not mapped RAM, or
+  // misaligned); on every error nothing changed. Restoring kCached over pages this object made
+  // kUncached never fails. Not from interrupt context (rewrites page tables under a spinlock).
+  virtual Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr);
+
   // Physical address of a CPU virtual address. The default handles the direct map; a kernel whose
   // buffers may also live elsewhere (image, vmalloc) overrides it with a page-table walk.
   // Errors: kInvalidArgument (not a translatable address).
@@ -74,6 +100,8 @@ class KernelDmaOp : public DmaOp {
     uint64_t coherent_allocs = 0;
     uint64_t coherent_live = 0;
     uint64_t live_maps = 0;
+    uint64_t coherent_uncached = 0;       // Coherent allocations remapped uncached, ever.
+    uint64_t coherent_uncached_live = 0;  // ... and still live.
   };
   Stats stats() const;
 

@@ -56,6 +56,8 @@
 
 #include "support/assert.h"
 #include "support/bitops.h"
+#include "support/fault_injection.h"
+#include "support/mem.h"
 
 struct BouncePool::SlotRecord {
   // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit
@@ -318,7 +320,16 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
   allocations_ = 0;
   failures_ = 0;
   initialized_ = true;
+  if (poison_) support::fill_bytes(cpu_base_, kSlotPoison, bytes);
   return support::ok();
+}
+
+void BouncePool::check_poison(uint32_t first, uint32_t slots) const {
+  const auto* p = static_cast<const uint8_t*>(slot_cpu(first));
+  size_t n = size_t{slots} << slot_shift_;
+  for (size_t i = 0; i < n; ++i) {
+    KASSERT(p[i] == kSlotPoison, "bounce slot written after it was freed (use after free)");
+  }
 }
 
 Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_align_mask,
@@ -342,6 +353,7 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
   uint64_t period_mask = low >> slot_shift_;
   uint64_t phase = ((target - base_.value()) & low) >> slot_shift_;
   if (phase + n > num_slots_) return ErrorCode::kLayoutError;
+  if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
 
   support::Guard<support::SpinLock> guard{&lock_};
   uint32_t start = num_slots_;
@@ -375,6 +387,7 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
     drain_locked();  // The cached blocks may merge into room; runs at most once.
   }
 
+  if (poison_) check_poison(start, static_cast<uint32_t>(n));
   SlotRecord& r = meta_[start];
   r.link_next = static_cast<uint32_t>(offset);
   r.link_prev = static_cast<uint32_t>(size);
@@ -407,6 +420,9 @@ Result<void> BouncePool::free(const BounceSlot& slot) {
   }
 
   used_slots_ -= slots;
+  // See set_poisoning. The mapping layer always fills a slot before a device sees it, so the
+  // poison never reaches a device.
+  if (poison_) support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
   if (slots < kQuickSlots && cache_count_[slots] < kQuickDepth &&
       cached_slots_ + slots <= cache_budget_) {
     r.size_free = slots | kCachedBit;

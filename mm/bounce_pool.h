@@ -68,6 +68,12 @@ class BouncePool {
   Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
                     size_t metadata_bytes, size_t slot_size = kDefaultSlotSize);
 
+  // Debug builds (KDEBUG_ENABLED) poison the pool's memory at init and every freed slot, and
+  // check the poison when a slot is handed out again, so that a CPU write after unmap is
+  // reported. Call before init with false for a pool whose memory must not be touched (e.g. a
+  // test standing in for a huge pool with a tiny buffer). No effect in release builds.
+  void set_poisoning(bool on) { poison_ = on && KDEBUG_ENABLED; }
+
   // Takes room for `size` bytes. The returned addr satisfies addr & min_align_mask ==
   // orig & min_align_mask, and addr % align == 0 (align a power of two; 0 or 1 for none; an align
   // that contradicts the preserved bits is a kLayoutError). min_align_mask must be 2^k - 1 (0 for
@@ -121,6 +127,12 @@ class BouncePool {
   size_t free_block_count() const TA_EXCL(lock_);
 
  private:
+  static constexpr uint8_t kSlotPoison = 0x5B;
+  bool poison_ = KDEBUG_ENABLED;
+  void* slot_cpu(uint32_t slot) const {
+    return static_cast<uint8_t*>(cpu_base_) + (size_t{slot} << slot_shift_);
+  }
+  void check_poison(uint32_t first, uint32_t slots) const;
   // Out-of-band record of one slot; meaningful only for the first slot of a block. Defined in
   // bounce_pool.cc.
   struct SlotRecord;

@@ -212,6 +212,10 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
         unsigned band = band_of_pfn(p);
         uint8_t* m = r.meta + (p - r.start_pfn);
         *m = meta_byte(kMetaFree, order);
+#if DMA_PAGE_POISON
+        support::fill_bytes(phys_to_virt(PhysAddr(p << kPageShift)), kPoisonByte,
+                            kPageSize << order);
+#endif
         push_free(p, order, band, static_cast<uint32_t>(i), m);
         free_per_band_[band] += 1ull << order;
         p += 1ull << order;
@@ -372,6 +376,20 @@ size_t PageFrameAllocator::range_index(uint64_t pfn) const {
 
 // The body of free (see the header): false when addr is not the head of an allocated block of
 // that order. Locks by hand, like alloc_unconstrained, so that merging is a tail call.
+#if DMA_PAGE_POISON
+void PageFrameAllocator::check_poison(PhysAddr addr, unsigned order) const {
+  static_assert(sizeof(FreeBlock) <= kPoisonSkip, "the skipped bytes must cover the link");
+  // Every byte but the free-list link that a free block head carries must still be poison. Link
+  // headers only ever sit at page boundaries (block heads), so those bytes are skipped per page.
+  const auto* p = static_cast<const uint8_t*>(phys_to_virt(addr));
+  for (uint64_t page = 0; page < (1ull << order); ++page, p += kPageSize) {
+    for (uint64_t i = kPoisonSkip; i < kPageSize; ++i) {
+      KASSERT(p[i] == kPoisonByte, "page written after it was freed (use after free)");
+    }
+  }
+}
+#endif
+
 bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   uint64_t pfn = a >> kPageShift;
   // Ranges are immutable after init: found without the lock, one unsigned compare per range,
@@ -393,6 +411,10 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
     lock_.unlock();
     return false;
   }
+#if DMA_PAGE_POISON
+  // The block is ours again: poison it so a write after free is seen at the next alloc.
+  support::fill_bytes(phys_to_virt(PhysAddr(a)), kPoisonByte, kPageSize << order);
+#endif
   unsigned band = band_of_pfn(pfn);
   uint64_t pages = 1ull << order;
   free_per_band_[band] += pages;

@@ -84,6 +84,15 @@ class PageFrameAllocator {
   // FaultSite::kPageAlloc makes a valid request fail with kNoMemory.
   Result<PhysAddr> alloc(unsigned order, uint64_t limit = ~0ull, uint64_t align = kPageSize)
       TA_EXCL(lock_) {
+#if DMA_PAGE_POISON
+    // Debug option (on in the host tests): freed blocks are poisoned, allocations verify it.
+    Result<PhysAddr> r = alloc_fast(order, limit, align);
+    if (r.ok()) check_poison(*r, order);
+    return r;
+  }
+
+  Result<PhysAddr> alloc_fast(unsigned order, uint64_t limit, uint64_t align) TA_EXCL(lock_) {
+#endif
     // Inline so that the common case returns its address in a register and the caller builds
     // the Result; everything else is out of line.
     if (__builtin_expect(order <= kMaxOrder && align == kPageSize && limit == ~0ull, 1)) {
@@ -181,6 +190,11 @@ class PageFrameAllocator {
   uint64_t alloc_unconstrained(unsigned order) TA_EXCL(lock_);
   uint64_t alloc_split_and_unlock(unsigned order) TA_REL(lock_);
   bool free_block(uint64_t addr, unsigned order) TA_EXCL(lock_);
+#if DMA_PAGE_POISON
+  static constexpr uint8_t kPoisonByte = 0x6B;
+  static constexpr uint64_t kPoisonSkip = 32;  // Bytes of a free block head's list link.
+  void check_poison(PhysAddr addr, unsigned order) const;
+#endif
   bool merge_and_unlock(uint64_t pfn, unsigned order, unsigned band, uint32_t ri) TA_REL(lock_);
   PhysAddr take(Link* b, unsigned have, unsigned order, unsigned band) TA_REQ(lock_);
   Result<PhysAddr> alloc_constrained(unsigned order, uint64_t limit, uint64_t align) TA_EXCL(lock_);

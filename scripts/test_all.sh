@@ -43,6 +43,7 @@ run_part() {
 
 run_part style bash scripts/check_style.sh
 run_part host $MAKE --no-print-directory test-host
+run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
   run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"
 done

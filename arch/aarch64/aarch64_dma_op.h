@@ -23,6 +23,10 @@ class AArch64DmaOp final : public KernelDmaOp {
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
+  // Direct-map pages to Normal Non-cacheable (kUncached) or Normal write-back (kCached) in place;
+  // see arch/aarch64/uncached.cc. Errors: KernelDmaOp's; kNotSupported if MAIR_EL1 does not hold
+  // the layout of mmu.h.
+  Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
 
   size_t line_size() const { return line_; }
 

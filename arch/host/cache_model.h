@@ -15,10 +15,25 @@
 // reads the CPU view (snoop) and writes both views (the line ends clean).
 // Everything is whole lines, as in hardware: a forgotten sync reads stale data, an invalidate
 // of a shared partial line without a clean loses the neighbour's bytes.
+//
+// Uncached pages (set_uncached: the CPU maps them non-cacheable, as KernelDmaOp::alloc_coherent
+// does for a non-coherent device): the CPU's loads and stores go straight to memory, so for them
+// cpu_ *is* memory: a device reads and writes cpu_ directly, coherent or not, and no sync is
+// needed either way. Making a page uncached shows what hardware does to the cache's contents:
+//   - the CPU now reads memory, so cpu_ takes memory_'s bytes: a dirty line that was not cleaned
+//     first is no longer visible to the CPU...
+//   - ...but it is still in the cache (kept here as a "stale" line), and a later clean or
+//     eviction writes it back over memory -- over what the CPU or the device wrote uncached
+//     since; an invalidate discards it.
+// Making the page cacheable again: memory_ takes the bytes written uncached, and a stale line
+// still in the cache becomes the CPU's (dirty) view again.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 class CacheModel {
  public:
@@ -38,6 +53,14 @@ class CacheModel {
 
   void device_read(size_t off, void* dst, size_t len, bool coherent) const;
   void device_write(size_t off, const void* src, size_t len, bool coherent);
+
+  // Uncached pages (see above). off and len must be multiples of kPageSize inside the region.
+  static constexpr size_t kPageSize = 4096;
+  void set_uncached(size_t off, size_t len, bool uncached);
+  bool uncached(size_t off) const { return uncached_pages_.count(off / kPageSize) != 0; }
+  size_t uncached_pages() const { return uncached_pages_.size(); }
+  // Dirty lines hidden in the cache behind an uncached mapping (see above).
+  size_t stale_lines() const { return stale_.size(); }
 
   // Counters of line operations, for tests that check maintenance was (not) done.
   struct Counters {
@@ -61,4 +84,6 @@ class CacheModel {
   uint8_t* memory_;
   uint8_t* synced_;
   Counters counters_;
+  std::unordered_set<size_t> uncached_pages_;               // Page indices.
+  std::unordered_map<size_t, std::vector<uint8_t>> stale_;  // Line offset -> its dirty bytes.
 };

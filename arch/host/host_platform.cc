@@ -40,6 +40,39 @@ void HostDmaOp::flush_invalidate(const void* addr, size_t size) {
   model_->clean_invalidate(offset_of(addr), size);
 }
 
+Result<void> HostDmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
+  if (!uncached_.supported) return ErrorCode::kNotSupported;
+  auto p = reinterpret_cast<uintptr_t>(va);
+  constexpr size_t kPage = CacheModel::kPageSize;
+  if (bytes == 0 || p % kPage != 0 || bytes % kPage != 0) return ErrorCode::kLayoutError;
+  auto base = reinterpret_cast<uintptr_t>(arena_);
+  if (p < base || p - base > arena_size_ || bytes > arena_size_ - (p - base)) {
+    return ErrorCode::kInvalidArgument;
+  }
+  const size_t off = p - base;
+  const bool uncached = attr == MemAttr::kUncached;
+  // The budget: regions that would newly hold an uncached page.
+  if (uncached) {
+    size_t fresh = 0;
+    for (size_t r = off / kRegion; r <= (off + bytes - 1) / kRegion; ++r) {
+      if (region_pages_.count(r) == 0) ++fresh;
+    }
+    if (region_pages_.size() + fresh > uncached_.region_budget) return ErrorCode::kNoMemory;
+  }
+  for (size_t page = off; page < off + bytes; page += kPage) {
+    if (model_->uncached(page) == uncached) continue;
+    size_t r = page / kRegion;
+    if (uncached) {
+      ++region_pages_[r];
+    } else if (--region_pages_[r] == 0) {
+      region_pages_.erase(r);
+    }
+  }
+  model_->set_uncached(off, bytes, uncached);
+  ++attribute_changes_;
+  return support::ok();
+}
+
 // ---- HostDevice ----
 
 size_t HostDevice::offset_of(DmaAddr addr, size_t len) const {
@@ -145,7 +178,7 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
     cfg.pools[cfg.num_pools++] = pool.get();
     pools_.push_back(std::move(pool));
   }
-  op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_);
+  op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_, arena_size_, opts_.uncached);
 }
 
 HostPlatform::~HostPlatform() {

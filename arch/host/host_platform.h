@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "arch/host/cache_model.h"
@@ -15,8 +16,23 @@
 
 class HostDmaOp final : public KernelDmaOp {
  public:
-  HostDmaOp(const Config& cfg, CacheModel* model, uint8_t* arena)
-      : KernelDmaOp(cfg), model_(model), arena_(arena) {}
+  // How the simulated machine maps memory uncached (set_memory_attribute).
+  struct UncachedOptions {
+    // False: a platform that cannot (set_memory_attribute fails with kNotSupported).
+    bool supported = true;
+    // The page-table pool of a real port, in the terms that bound it: how many distinct 2 MiB
+    // regions may hold uncached pages at once (a real port spends one split table per region,
+    // mm/direct_map_attributes.h). One more is kNoMemory, with nothing changed.
+    size_t region_budget = 64;
+  };
+
+  HostDmaOp(const Config& cfg, CacheModel* model, uint8_t* arena, size_t arena_size,
+            const UncachedOptions& uncached)
+      : KernelDmaOp(cfg),
+        model_(model),
+        arena_(arena),
+        arena_size_(arena_size),
+        uncached_(uncached) {}
 
   // Cleans every line overlapping the range.
   void flush(const void* addr, size_t size) override;
@@ -24,11 +40,25 @@ class HostDmaOp final : public KernelDmaOp {
   void invalidate(const void* addr, size_t size) override;
   // Cleans and invalidates every line overlapping the range.
   void flush_invalidate(const void* addr, size_t size) override;
+  // Marks the pages uncached (or cached again) in the cache model; see KernelDmaOp for the
+  // contract and CacheModel for what it does to the cache's contents. Errors as KernelDmaOp's:
+  // kNotSupported (UncachedOptions::supported false), kLayoutError (misaligned), kInvalidArgument
+  // (outside simulated RAM), kNoMemory (over the region budget); nothing changed on error.
+  Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
+
+  // 2 MiB regions holding uncached pages now (what a real port's split tables would cover).
+  size_t uncached_regions() const { return region_pages_.size(); }
+  uint64_t attribute_changes() const { return attribute_changes_; }
 
  private:
+  static constexpr uint64_t kRegion = 2ull << 20;
   size_t offset_of(const void* addr) const;
   CacheModel* model_;
   uint8_t* arena_;
+  size_t arena_size_;
+  UncachedOptions uncached_;
+  std::unordered_map<size_t, size_t> region_pages_;  // 2 MiB region index -> uncached pages.
+  uint64_t attribute_changes_ = 0;
 };
 
 class HostPlatform;
@@ -67,6 +97,7 @@ class HostPlatform {
     std::vector<PoolSpec> pools;      // Carved from the top of RAM under each limit.
     size_t line_size = 64;
     bool platform_coherent = false;
+    HostDmaOp::UncachedOptions uncached;
   };
 
   // Default: 64 MiB of RAM at 0x4000'0000, one 4 MiB bounce pool below 4 GiB.

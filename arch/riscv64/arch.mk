@@ -15,6 +15,7 @@ ARCH_SRCS := arch/riscv64/arch_riscv64.cc arch/riscv64/riscv64_platform.cc \
              tests/qemu/riscv64/riscv64_arch_test.cc
 ARCH_SRCS += arch/riscv64/arch_io.cc
 ARCH_ASM_SRCS := arch/riscv64/boot.S
-# The DmaOp with the cache-block instructions: part of libdma.a for this arch.
-ARCH_DMA_SRCS := arch/riscv64/riscv64_dma_op.cc
+# The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
+# libdma.a for this arch.
+ARCH_DMA_SRCS := arch/riscv64/riscv64_dma_op.cc arch/riscv64/riscv64_uncached.cc
 LINKER_SCRIPT := linker/riscv64.ld

@@ -19,7 +19,7 @@ inline void fence_rw_rw() {
 
 KernelDmaOp::Config Riscv64DmaOp::with_coherence(const Config& cfg, const CacheOps& ops) {
   Config c = cfg;
-  c.platform_coherent = !ops.zicbom;
+  c.platform_coherent = !(ops.zicbom && ops.svpbmt);
   return c;
 }
 

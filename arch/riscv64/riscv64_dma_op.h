@@ -9,6 +9,11 @@
 //
 // Without Zicbom (by the ISA string) there are no cache instructions to use: the platform is
 // declared coherent (Config::platform_coherent forced true) and the three methods only fence.
+// Without Svpbmt, coherent memory cannot be mapped non-cacheable for a non-coherent device
+// (arch/riscv64/riscv64_uncached.cc): the platform is declared coherent as well. Both are true on
+// QEMU, which models no caches; on real hardware lacking them, a device that does not snoop would
+// need memory the platform's PMAs make uncacheable, which this port does not support (a device
+// explicitly marked non-coherent then gets kNotSupported from alloc_coherent).
 // cbo.inval needs the M-mode firmware to set menvcfg.CBIE; if it traps (found by a boot-time
 // probe), `inval_usable` is false and invalidate uses cbo.flush on every block, which is a correct
 // (only slower) substitute: the written-back data is then discarded from the cache all the same.
@@ -24,16 +29,21 @@ class Riscv64DmaOp final : public KernelDmaOp {
     bool zicbom = false;        // Zicbom is in the ISA string and cbo.clean/cbo.flush work.
     bool inval_usable = false;  // cbo.inval does not trap (menvcfg.CBIE enabled by firmware).
     uint32_t block_size = 64;   // Cache-block size in bytes, a power of two.
+    bool svpbmt = false;        // Every hart has Svpbmt: PTEs can say NC (set_memory_attribute).
   };
 
   // Preconditions: as KernelDmaOp's; ops.block_size a power of two >= 16 when ops.zicbom.
-  // cfg.platform_coherent is replaced by !ops.zicbom.
+  // cfg.platform_coherent is replaced by !(ops.zicbom && ops.svpbmt).
   Riscv64DmaOp(const Config& cfg, const CacheOps& ops);
 
   // Any alignment, size may be 0; may be called with interrupts off. See DmaOp.
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
+  // Direct-map pages to Svpbmt NC (kUncached) or PBMT=PMA (kCached) in place; see
+  // arch/riscv64/riscv64_uncached.cc. Errors: KernelDmaOp's; kNotSupported without Zicbom or
+  // Svpbmt (or when satp is not Sv39).
+  Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
 
   const CacheOps& cache_ops() const { return ops_; }
 

@@ -269,6 +269,7 @@ void Riscv64Platform::fill_boot_info(uint64_t dtb_phys) {
 void Riscv64Platform::probe_cache_ops() {
   cache_ops_.zicbom = false;
   cache_ops_.inval_usable = false;
+  cache_ops_.svpbmt = svpbmt_;
   const char* note;
   if (!zicbom_in_isa_) {
     note = "not in the ISA string; DMA declared coherent, cache ops only fence";
@@ -322,7 +323,9 @@ void Riscv64Platform::print_summary() const {
     if (isa_[n] != '\0') more = "_...";
   }
   kprintf("riscv64: isa %s%s; Svpbmt %s; %s\n", base, more,
-          svpbmt_ ? "yes (MMIO mapped PBMT=IO)" : "no (PBMT=0 everywhere)", cache_features_);
+          svpbmt_ ? "yes (MMIO mapped PBMT=IO, coherent DMA memory of non-coherent devices NC)"
+                  : "no (PBMT=0 everywhere; DMA declared coherent: no uncached memory)",
+          cache_features_);
   kprintf(
       "riscv64: Sv39, direct map at 0x%llx (RAM and devices), %zu page-table pages; "
       "timebase %llu Hz\n",

@@ -12,6 +12,7 @@ ARCH_SRCS := arch/x86_64/x86_64_platform.cc arch/x86_64/serial.cc arch/x86_64/tr
              arch/x86_64/tsc_clock.cc arch/x86_64/acpi.cc tests/qemu/x86_64/x86_64_arch_test.cc
 ARCH_SRCS += arch/x86_64/arch_io.cc
 ARCH_ASM_SRCS := arch/x86_64/boot.S arch/x86_64/trap_entry.S
-# The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH: part of libdma.a for this arch.
-ARCH_DMA_SRCS := arch/x86_64/x86_64_dma_op.cc
+# The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH and its uncached remap (PAT UC-): part of libdma.a for
+# this arch.
+ARCH_DMA_SRCS := arch/x86_64/x86_64_dma_op.cc arch/x86_64/x86_64_uncached.cc
 LINKER_SCRIPT := linker/x86_64.ld

@@ -36,6 +36,10 @@ class X86DmaOp final : public KernelDmaOp {
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
+  // Direct-map pages to PAT UC- (kUncached) or write-back (kCached) in place; see
+  // arch/x86_64/x86_64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if the PAT MSR does not
+  // hold the port's layout (index 0 WB, index 2 UC-).
+  Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
 
   size_t line_size() const { return line_size_; }
   FlushInsn flush_insn() const { return flush_insn_; }

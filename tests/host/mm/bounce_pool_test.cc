@@ -544,6 +544,7 @@ TEST(BouncePool, HugePoolCapsASingleRequestAt4GiB) {
   size_t bytes = size_t{8} << 30;
   std::vector<uint64_t> meta(BouncePool::metadata_size(bytes, 1 * kMiB) / 8);
   BouncePool p;
+  p.set_poisoning(false);
   ASSERT_TRUE(
       p.init(PhysAddr(uint64_t{1} << 40), bytes, &byte, meta.data(), meta.size() * 8, 1 * kMiB)
           .ok());

@@ -231,7 +231,9 @@ KTEST(riscv64_cache_ops_follow_device_tree) {
     KEXPECT_EQ(arch::cache_line_size(), size_t{*bs});
     KEXPECT_TRUE(ops.zicbom);
     KEXPECT_TRUE(kstr::starts_with(arch::cache_features(), "zicbom block"));
-    KEXPECT_FALSE(env.dma->default_constraints().coherent);
+    // Coherent unless both the cache-block operations and Svpbmt's NC type are there.
+    KEXPECT_EQ(ops.svpbmt, fdt.riscv_all_cpus_have("svpbmt"));
+    KEXPECT_EQ(env.dma->default_constraints().coherent, !ops.svpbmt);
     // The boot-time probe and a fresh one agree on whether cbo.inval traps.
     auto page = env.pfa->alloc(0);
     KREQUIRE_OK(page);
