@@ -59,7 +59,7 @@ struct Table {
   Entry entries[DmaDebug::kMaxEntries] TA_GUARDED(lock) = {};
   uint16_t buckets[kBuckets] TA_GUARDED(lock) = {};
   uint16_t free_head TA_GUARDED(lock) = 0;  // Released entries, index + 1.
-  size_t used TA_GUARDED(lock) = 0;  // Entries [0, used) have been handed out at least once.
+  size_t used TA_GUARDED(lock) = 0;         // Entries [0, used) have been handed out at least once.
   size_t live TA_GUARDED(lock) = 0;
   bool stopped TA_GUARDED(lock) = false;  // The table overflowed: nothing is checked any more.
 };
@@ -149,7 +149,9 @@ void emit(DmaDebugKind kind, const Line& line) {
   if (sink != nullptr) sink(ctx, line.c_str());
 }
 
-Entry& at(uint16_t link) TA_REQ(g_table.lock) { return g_table.entries[link - 1]; }
+Entry& at(uint16_t link) TA_REQ(g_table.lock) {
+  return g_table.entries[link - 1];
+}
 
 void remember_name(uint32_t id, const char* name) TA_REQ(g_table.lock) {
   if (id != 0 && name != nullptr) g_names[id % kNames] = DeviceName{id, name};
@@ -291,8 +293,7 @@ void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDir
     remember_name(c.device_id, c.name);
     Entry* e = take_entry();
     if (e != nullptr) {
-      *e = Entry{op,      dma,    cpu, size,        c.name, caller, nullptr,
-                 0,       c.device_id, 0, type,     dir};
+      *e = Entry{op, dma, cpu, size, c.name, caller, nullptr, 0, c.device_id, 0, type, dir};
       insert(e);
       return;
     }
@@ -300,8 +301,10 @@ void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDir
     l.head(DmaDebugKind::kTableFull, c.name, c.device_id);
     l.str(": ").str(type == EntryType::kStreaming ? "map_single" : "alloc_coherent");
     l.str(" of dma ").hex(dma).str(" size ").dec(size).str(" not tracked: table full (");
-    l.dec(DmaDebug::kMaxEntries).str(" live entries); checking is off from now on; expected at most ");
-    l.dec(DmaDebug::kMaxEntries).str(" live mappings and allocations (raise DMA_API_DEBUG_ENTRIES)");
+    l.dec(DmaDebug::kMaxEntries)
+        .str(" live entries); checking is off from now on; expected at most ");
+    l.dec(DmaDebug::kMaxEntries)
+        .str(" live mappings and allocations (raise DMA_API_DEBUG_ENTRIES)");
   }
   emit(DmaDebugKind::kTableFull, l);
 }
@@ -402,14 +405,13 @@ uint32_t DmaDebug::new_device_id() {
 
 void DmaDebug::on_map(const void* op, const DmaConstraints& c, const DmaMapHandle& h,
                       const void* caller) {
-  record(op, h.dma_addr.value(), h.cpu_addr, h.size, h.direction, c, caller,
-         EntryType::kStreaming);
+  record(op, h.dma_addr.value(), h.cpu_addr, h.size, h.direction, c, caller, EntryType::kStreaming);
 }
 
 void DmaDebug::on_alloc_coherent(const void* op, const DmaConstraints& c, const DmaHandle& h,
                                  const void* caller) {
-  record(op, h.dma_addr.value(), h.cpu_addr, h.layout.size, DmaDirection::kBidirectional, c,
-         caller, EntryType::kCoherent);
+  record(op, h.dma_addr.value(), h.cpu_addr, h.layout.size, DmaDirection::kBidirectional, c, caller,
+         EntryType::kCoherent);
 }
 
 bool DmaDebug::on_unmap(const void* op, const DmaMapHandle& h) {
@@ -438,8 +440,9 @@ bool DmaDebug::on_unmap(const void* op, const DmaMapHandle& h) {
         kind = DmaDebugKind::kNotMapped;
         l.head(kind, name_of(h.device_id), h.device_id);
         describe_request(l, "unmap_single", h);
-        l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
-              "mapping");
+        l.str(
+            ": no such mapping (never mapped, or already unmapped); expected a live streaming "
+            "mapping");
       }
     }
   }
@@ -478,15 +481,16 @@ ErrorCode DmaDebug::on_sync(const void* op, const DmaMapHandle& h, size_t offset
       }
     } else if (e != nullptr) {
       kind = mismatch(l, what, *e, h);
-      refuse = kind == DmaDebugKind::kNotMapped ? ErrorCode::kNotFound
-                                                : ErrorCode::kInvalidArgument;
+      refuse =
+          kind == DmaDebugKind::kNotMapped ? ErrorCode::kNotFound : ErrorCode::kInvalidArgument;
     } else {
       kind = DmaDebugKind::kNotMapped;
       refuse = ErrorCode::kNotFound;
       l.head(kind, name_of(h.device_id), h.device_id);
       describe_request(l, what, h);
-      l.str(": no such mapping (never mapped, or already unmapped); expected a live streaming "
-            "mapping");
+      l.str(
+          ": no such mapping (never mapped, or already unmapped); expected a live streaming "
+          "mapping");
     }
   }
   emit(kind, l);
@@ -530,8 +534,9 @@ bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
         kind = DmaDebugKind::kNotMapped;
         l.head(kind, name_of(h.device_id), h.device_id);
         l.str(": dealloc_coherent of dma ").hex(dma).str(" size ").dec(h.layout.size);
-        l.str(": no such allocation (never allocated, or already freed); expected a live "
-              "coherent allocation");
+        l.str(
+            ": no such allocation (never allocated, or already freed); expected a live "
+            "coherent allocation");
       }
     }
   }
@@ -564,8 +569,8 @@ void DmaDebug::on_op_destroyed(const void* op) {
                      "the DmaOp is destroyed", true);
 }
 
-void DmaDebug::on_error_ignored(const char* name, uint32_t device_id, const void* addr,
-                                size_t size, DmaDirection dir, Error e) {
+void DmaDebug::on_error_ignored(const char* name, uint32_t device_id, const void* addr, size_t size,
+                                DmaDirection dir, Error e) {
   Line l;
   l.head(DmaDebugKind::kErrorIgnored, name, device_id);
   l.str(": map of cpu ").ptr(addr).str(" size ").dec(size).str(" ").str(dma_direction_name(dir));

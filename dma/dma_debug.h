@@ -146,8 +146,8 @@ class DmaDebug {
   // A DmaOp is being destroyed: reports its live entries and forgets them.
   static void on_op_destroyed(const void* op);
   // A failed map's result was dropped unchecked.
-  static void on_error_ignored(const char* name, uint32_t device_id, const void* addr,
-                               size_t size, DmaDirection dir, Error e);
+  static void on_error_ignored(const char* name, uint32_t device_id, const void* addr, size_t size,
+                               DmaDirection dir, Error e);
 #else
   static void set_sink(Sink, void*, Sink* old_sink = nullptr, void** old_ctx = nullptr) {
     if (old_sink != nullptr) *old_sink = nullptr;
@@ -166,8 +166,8 @@ class DmaDebug {
                            DmaSyncCall) {
     return ErrorCode::kOk;
   }
-  static void on_alloc_coherent(const void*, const DmaConstraints&, const DmaHandle&,
-                                const void*) {}
+  static void on_alloc_coherent(const void*, const DmaConstraints&, const DmaHandle&, const void*) {
+  }
   static bool on_dealloc_coherent(const void*, const DmaHandle&) { return true; }
   static void note_call_site(const void*, DmaAddr, uint32_t, DmaCallSite) {}
   static size_t check_device_teardown(const DmaConstraints&) { return 0; }
@@ -257,8 +257,7 @@ template <typename T>
 using DmaMapResult = Result<T>;
 
 template <typename T>
-DmaMapResult<T> dma_map_failure(Error e, const DmaConstraints&, const void*, size_t,
-                                DmaDirection) {
+DmaMapResult<T> dma_map_failure(Error e, const DmaConstraints&, const void*, size_t, DmaDirection) {
   return DmaMapResult<T>(e);
 }
 

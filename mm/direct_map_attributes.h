@@ -18,11 +18,13 @@
 // set(va, bytes, attr), under one spinlock:
 //   0. check: every page of the range is mapped by a leaf whose attribute is cacheable or
 //      non-cacheable (never device memory); otherwise kInvalidArgument, nothing changed;
-//   1. split: every large leaf covering a page whose attribute differs from `attr` is replaced by
-//      a table from the pool holding 512 leaves of the next size that translate exactly as the
-//      large leaf did (same addresses, attribute and permissions); repeated down to 4 KiB pages.
+//   1. split: every large leaf whose attribute differs from `attr` and which covers pages both
+//      inside and outside the range is replaced by a table from the pool holding 512 leaves of
+//      the next size that translate exactly as the large leaf did (same addresses, attribute and
+//      permissions); repeated until every leaf lies wholly inside or wholly outside the range.
 //      The pool page remembers the leaf it replaced;
-//   2. change each such 4 KiB leaf to `attr`;
+//   2. change each leaf inside the range (4 KiB pages, or a whole 2 MiB / 1 GiB leaf that the
+//      range covers) to `attr`;
 //   3. merge: for every 2 MiB, then 1 GiB, region the range touched whose table came from the
 //      pool, if all 512 entries are again exactly what the split wrote, put the original leaf
 //      back and return the table to the pool.
@@ -33,8 +35,9 @@
 // non-default pages need: pool use is bounded by the number of distinct 2 MiB (and 1 GiB)
 // regions that hold such pages, and goes back to zero when they are all restored.
 //
-// Cost: O(pages in the range) entry updates (one TLB invalidation each) plus, per split, 512
-// entry writes, and per touched region at most one 512-entry scan to merge.
+// Cost: O(leaves in the range) entry updates (one TLB invalidation each: one per 4 KiB page, or
+// one for a whole 2 MiB leaf) plus, per split, 512 entry writes, and per touched region at most
+// one 512-entry scan to merge.
 //
 // What `Arch` provides (all static; entries are uint64_t):
 //   kTopLevel                         level of the root table's entries (3 for 4-level paging)
@@ -174,12 +177,18 @@ class DirectMapAttributes {
     return support::ok();
   }
 
+  // Whether the level-sized leaf holding p lies wholly inside [va, end).
+  static bool inside(uintptr_t p, int level, uintptr_t va, uintptr_t end) {
+    uintptr_t base = support::align_down(p, level_size(level));
+    return base >= va && level_size(level) <= end - base;
+  }
+
   // Step 1.
   Result<void> split_range(uintptr_t va, uintptr_t end, PageAttr attr) TA_REQ(lock_) {
     for (uintptr_t p = va; p - va < end - va;) {
       int l = 0;
       Pte* slot = find(p, 0, &l);
-      if (l == 0 || Arch::attr_of(*slot, l) == attr) {
+      if (l == 0 || Arch::attr_of(*slot, l) == attr || inside(p, l, va, end)) {
         uintptr_t next = next_region(p, l);
         if (next == 0) break;
         p = next;
@@ -209,8 +218,9 @@ class DirectMapAttributes {
       int l = 0;
       Pte* slot = find(p, 0, &l);
       if (Arch::attr_of(*slot, l) != attr) {
-        KASSERT(l == 0, "DirectMapAttributes: a large leaf survived the split");
-        Arch::replace(slot, Arch::with_attr(*slot, 0, attr), p, 0);
+        KASSERT(inside(p, l, va, end), "DirectMapAttributes: a leaf crossing the range survived");
+        Arch::replace(slot, Arch::with_attr(*slot, l, attr), support::align_down(p, level_size(l)),
+                      l);
       }
       uintptr_t next = next_region(p, l);
       if (next == 0) break;

@@ -72,18 +72,20 @@ class PageFrameAllocator {
   // an align at or below the block size costs nothing; a larger one takes a block of the align's
   // size and gives back the rest at once). The caller owns the block until free(); its contents
   // are undefined. Prefers high memory, keeping low memory for constrained devices.
-  // Cost: at most kMaxOrder + 1 bitmap tests, independent of how full memory is (an unconstrained
-  // page-aligned request served from its own order is straight-line code). Only a limit that is
-  // not of the form 2^n - 1 (n >= 22) can cost more, and only when no block lies wholly in a band
-  // below the limit: then the free lists of the one band holding `limit` are walked (for a limit
-  // under 4 MiB, that band holds at most 1024 pages).
+  // Cost: at most kMaxOrder + 1 bitmap tests, independent of how full memory is. A page-aligned
+  // request with no limit, or with a limit of the form 2^n - 1 (n >= 22, i.e. every DMA mask of
+  // at least 22 bits), takes the inline fast path: served from its own order it is straight-line
+  // code, and such a limit adds a check, a shift and an AND. Only a limit of another form can
+  // cost more, and only when no block lies wholly in a band below the limit: then the free lists
+  // of the one band holding `limit` are walked (for a limit under 4 MiB, that band holds at most
+  // 1024 pages).
   // Errors: kLayoutError (order > kMaxOrder, align not a power of two or above 2^kMaxOrder pages),
   // kDmaMaskNotMatch (no block of this order and alignment could lie under `limit` even with all
   // memory free: addr = lowest managed address, mask = limit), kNoMemory (nothing free under the
   // limit right now). On error the allocator is unchanged. With DMA_FAULT_INJECTION, the site
   // FaultSite::kPageAlloc makes a valid request fail with kNoMemory.
-  Result<PhysAddr> alloc(unsigned order, uint64_t limit = ~0ull, uint64_t align = kPageSize)
-      TA_EXCL(lock_) {
+  [[gnu::always_inline]] Result<PhysAddr> alloc(unsigned order, uint64_t limit = ~0ull,
+                                                uint64_t align = kPageSize) TA_EXCL(lock_) {
 #if DMA_PAGE_POISON
     // Debug option (on in the host tests): freed blocks are poisoned, allocations verify it.
     Result<PhysAddr> r = alloc_fast(order, limit, align);
@@ -91,15 +93,27 @@ class PageFrameAllocator {
     return r;
   }
 
-  Result<PhysAddr> alloc_fast(unsigned order, uint64_t limit, uint64_t align) TA_EXCL(lock_) {
+  [[gnu::always_inline]] Result<PhysAddr> alloc_fast(unsigned order, uint64_t limit, uint64_t align)
+      TA_EXCL(lock_) {
 #endif
-    // Inline so that the common case returns its address in a register and the caller builds
-    // the Result; everything else is out of line.
-    if (__builtin_expect(order <= kMaxOrder && align == kPageSize && limit == ~0ull, 1)) {
-      if (FAULT_POINT(kPageAlloc)) return ErrorCode::kNoMemory;
-      uint64_t a = alloc_unconstrained(order);
-      if (__builtin_expect(a != kAllocFailed, 1)) return PhysAddr(a);
-      return ErrorCode::kNoMemory;
+    // Inline so that the common cases return their address in a register and the caller builds
+    // the Result; everything else is out of line. Forced: with a limit known only at run time,
+    // both fast paths stay and exceed the inliner's default budget, and a call returning the
+    // Result through memory would cost more than the mask does. With a constant limit (the
+    // default, say) the compiler keeps only one of them.
+    if (__builtin_expect(order <= kMaxOrder && align == kPageSize, 1)) {
+      if (__builtin_expect(limit == ~0ull, 1)) {
+        if (FAULT_POINT(kPageAlloc)) return ErrorCode::kNoMemory;
+        uint64_t a = alloc_unconstrained(order);
+        if (__builtin_expect(a != kAllocFailed, 1)) return PhysAddr(a);
+        return ErrorCode::kNoMemory;
+      }
+      if (ends_at_band_boundary(limit)) {
+        if (FAULT_POINT(kPageAlloc)) return ErrorCode::kNoMemory;
+        uint64_t a = alloc_in_bands(order, bands_below(limit));
+        if (__builtin_expect(a != kAllocFailed, 1)) return PhysAddr(a);
+        return exhausted(order, order, limit);
+      }
     }
     return alloc_constrained(order, limit, align);
   }
@@ -185,10 +199,31 @@ class PageFrameAllocator {
   void push_free(uint64_t pfn, unsigned order, unsigned band, uint32_t range, uint8_t* meta)
       TA_REQ(lock_);
   void unlink_free(Link* b, unsigned order, unsigned band) TA_REQ(lock_);
-  // Returned by alloc_unconstrained when nothing is free (no address is odd).
+  // True when limit + 1 is the end of a band: limit = 2^n - 1 with n >= kBandShift (including
+  // no limit, n = 64). Then the bands wholly at or below it are exactly bands_below(limit).
+  static constexpr bool ends_at_band_boundary(uint64_t limit) {
+    return ((limit + 1) & limit) == 0 && limit >= (1ull << kBandShift) - 1;
+  }
+  // Bit b set for each band b lying wholly at or below `limit`, for a limit with
+  // ends_at_band_boundary(limit): with limit = 2^n - 1 those are bands 0 .. n - 22, and
+  // limit >> 21 = 2^(n - 21) - 1 has exactly those bits set.
+  static constexpr uint64_t bands_below(uint64_t limit) { return limit >> (kBandShift - 1); }
+  // Returned by alloc_unconstrained and alloc_in_bands when nothing is free (no address is odd).
   static constexpr uint64_t kAllocFailed = 1;
   uint64_t alloc_unconstrained(unsigned order) TA_EXCL(lock_);
   uint64_t alloc_split_and_unlock(unsigned order) TA_REL(lock_);
+  // The same under a limit that ends at a band boundary, for the bands in `allowed`.
+  uint64_t alloc_in_bands(unsigned order, uint64_t allowed) TA_EXCL(lock_);
+  uint64_t alloc_split_in_bands_and_unlock(unsigned order, uint64_t allowed) TA_REL(lock_);
+  // The bodies both pairs share (defined and used in the .cc only), forced inline into each so
+  // that the unconstrained pair needs no mask at all.
+  template <bool kInBands>
+  inline uint64_t alloc_from(unsigned order, uint64_t allowed) TA_EXCL(lock_);
+  inline uint64_t split_from_and_unlock(unsigned order, uint64_t allowed) TA_REL(lock_);
+  // The error of a valid request under `limit` that found nothing: kDmaMaskNotMatch when no
+  // block of 2^order pages aligned to 2^need pages could ever lie under it, else kNoMemory.
+  // Returns the Result itself so that the inline caller passes its own return slot on.
+  Result<PhysAddr> exhausted(unsigned order, unsigned need, uint64_t limit) const;
   bool free_block(uint64_t addr, unsigned order) TA_EXCL(lock_);
 #if DMA_PAGE_POISON
   static constexpr uint8_t kPoisonByte = 0x6B;

@@ -52,8 +52,8 @@ class Harness {
     bytes_ = num_slots_ * slot_size_;
     base_ = (in_.range(0, (uint64_t{1} << 36) - 1) * slot_size_) & ((uint64_t{1} << 48) - 1);
     meta_.assign(BouncePool::metadata_size(bytes_, slot_size_) / 4 + 1, 0);
-    auto r = pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4,
-                        slot_size_);
+    auto r =
+        pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4, slot_size_);
     FUZZ_CHECK(r.ok());
     FUZZ_CHECK(pool_.max_allocation() == bytes_);
     owner_.assign(num_slots_, 0);

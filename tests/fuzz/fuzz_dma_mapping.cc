@@ -50,10 +50,16 @@ constexpr size_t kRegionBytes = 64 * 1024;
 constexpr size_t kMaxOps = 300;
 constexpr size_t kDevices = 4;
 
-bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
-bool copies_in(DmaDirection d) { return d != DmaDirection::kFromDevice; }
+bool copies_out(DmaDirection d) {
+  return d != DmaDirection::kToDevice;
+}
+bool copies_in(DmaDirection d) {
+  return d != DmaDirection::kFromDevice;
+}
 
-void print_sink(void*, const char* line) { std::fprintf(stderr, "%s\n", line); }
+void print_sink(void*, const char* line) {
+  std::fprintf(stderr, "%s\n", line);
+}
 
 struct World {
   std::unique_ptr<HostPlatform> plat;
@@ -66,7 +72,7 @@ World& world() {
   static World* w = [] {
     auto* w = new World;
     HostPlatform::Options o;
-    o.ram.push_back(PhysRange{PhysAddr(0x3C00'0000), 128ull << 20});  // Straddles 1 GiB.
+    o.ram.push_back(PhysRange{PhysAddr(0x3C00'0000), 128ull << 20});   // Straddles 1 GiB.
     o.ram.push_back(PhysRange{PhysAddr(0x1'0000'0000), 32ull << 20});  // Above 4 GiB.
     o.pools.push_back(HostPlatform::PoolSpec{4ull << 20, kMask30});
     o.pools.push_back(HostPlatform::PoolSpec{1ull << 20, kMask32, 512});
@@ -467,8 +473,7 @@ class Harness {
         const DmaMapHandle& h = stale_[in_.pick(stale_.size())];
         for (const Mapping& m : maps_) {
           if (m.h.dma_addr == h.dma_addr && m.h.device_id == h.device_id &&
-              m.h.cpu_addr == h.cpu_addr && m.h.size == h.size &&
-              m.h.direction == h.direction) {
+              m.h.cpu_addr == h.cpu_addr && m.h.size == h.size && m.h.direction == h.direction) {
             return;  // Indistinguishable from that live mapping.
           }
         }
@@ -531,7 +536,9 @@ class Harness {
         c.bus_offset = 0;
         DeviceDma dev(&op_, c);
         uint64_t n = DmaDebug::count(DmaDebugKind::kErrorIgnored);
-        { auto dropped = dev.map(w_.region[in_.pick(kRegions)], 64, DmaDirection::kToDevice); }
+        {
+          auto dropped = dev.map(w_.region[in_.pick(kRegions)], 64, DmaDirection::kToDevice);
+        }
         FUZZ_CHECK(DmaDebug::count(DmaDebugKind::kErrorIgnored) == n + 1);
         break;
       }
@@ -566,7 +573,8 @@ class Harness {
   void expect_snapshot(const Snapshot& a) {
     Snapshot b = snapshot();
     FUZZ_CHECK(a.free_pages == b.free_pages);
-    for (size_t i = 0; i < KernelDmaOp::kMaxPools; ++i) FUZZ_CHECK(a.used_slots[i] == b.used_slots[i]);
+    for (size_t i = 0; i < KernelDmaOp::kMaxPools; ++i)
+      FUZZ_CHECK(a.used_slots[i] == b.used_slots[i]);
     FUZZ_CHECK(a.live_maps == b.live_maps);
     FUZZ_CHECK(a.coherent_live == b.coherent_live);
     FUZZ_CHECK(a.entries == b.entries);

@@ -29,7 +29,7 @@
 namespace {
 
 constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
-constexpr size_t kArenaPages = 8192;  // 32 MiB of host memory stands for physical memory.
+constexpr size_t kArenaPages = 4096;  // 16 MiB of host memory stands for physical memory.
 constexpr size_t kMaxOps = 400;
 
 enum Page : uint8_t { kUnmanaged = 0, kFree, kUsed };
@@ -102,7 +102,8 @@ class Harness {
     for (size_t i = 0; i < n; ++i) {
       // Ranges may start and end off page boundaries (trimmed inward) and may overlap (init
       // must then refuse).
-      uint64_t start = in_.range(0, kArenaPages - 1) * kPage + (in_.boolean() ? in_.range(0, 4095) : 0);
+      uint64_t start =
+          in_.range(0, kArenaPages - 1) * kPage + (in_.boolean() ? in_.range(0, 4095) : 0);
       uint64_t len = in_.range(1, kArenaPages) * kPage - (in_.boolean() ? in_.range(0, 4095) : 0);
       if (start + len > kArenaPages * kPage) len = kArenaPages * kPage - start;
       ranges.push_back(PhysRange{PhysAddr(base_ + start), len});
@@ -289,8 +290,9 @@ class Harness {
         break;
       case 1:  // Inside a live block.
         if (live_.empty()) return;
-        pa = live_.begin()->first + in_.range(1, (uint64_t{1} << live_.begin()->second.order)) *
-                                        kPage - (in_.boolean() ? 0 : 1);
+        pa = live_.begin()->first +
+             in_.range(1, (uint64_t{1} << live_.begin()->second.order)) * kPage -
+             (in_.boolean() ? 0 : 1);
         order = live_.begin()->second.order;
         break;
       case 2:  // A live block with the wrong order.

@@ -44,7 +44,7 @@ class FuzzInput {
 // Stops the run with a message: libFuzzer saves the input as a crash artifact.
 [[noreturn]] void fuzz_fail(const char* file, int line, const char* what);
 
-#define FUZZ_CHECK(cond)                                              \
-  do {                                                                \
+#define FUZZ_CHECK(cond)                                                \
+  do {                                                                  \
     if (!(cond)) fuzz_fail(__FILE__, __LINE__, "check failed: " #cond); \
   } while (0)

@@ -786,6 +786,143 @@ TEST(PageFrameAllocatorTest, StraddlingBandIsSearchedWhenLowerBandsAreEmpty) {
   EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 8u);
 }
 
+// Limits of the form 2^n - 1 with n >= 22 end at a band boundary and take the inline fast path;
+// smaller ones straddle band 0 and take the general path. Both must give the model's answers.
+uint64_t mask_of_bits(unsigned n) {
+  return n >= 64 ? kNoLimit : (uint64_t{1} << n) - 1;
+}
+
+TEST(PageFrameAllocatorTest, DmaMasksOfEveryWidthAreHonouredAndExhaustive) {
+  // sparse_high starts at 2 GiB (no memory under masks of up to 31 bits); low_multi starts at
+  // 4 KiB and spans bands 0..4, so its small masks split band 0 and its larger ones end inside it.
+  for (const Layout& l : {sparse_high_layout(), low_multi_layout(), across_4g_layout()}) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    Pfa::Stats initial = h.pfa().stats();
+    for (unsigned n : {12u, 16u, 20u, 21u, 22u, 23u, 24u, 26u, 31u, 32u, 33u, 34u, 40u, 63u, 64u}) {
+      for (unsigned order : {0u, 1u, 9u, Pfa::kMaxOrder}) {
+        SCOPED_TRACE(testing::Message() << "mask bits " << n << " order " << order);
+        exhaust_under_limit(h, mask_of_bits(n), order, kPage, initial);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(PageFrameAllocatorTest, MaskUnderAllMemoryIsDmaMaskNotMatchOnTheFastPath) {
+  Harness h(sparse_high_layout());  // Lowest managed page: 2 GiB + 2 MiB + 8 KiB.
+  ASSERT_TRUE(h.init().ok());
+  Pfa::Stats before = h.pfa().stats();
+  const uint64_t lowest = h.pfa().lowest_address().value();
+  ASSERT_EQ(lowest, 0x8020'2000u);
+  for (unsigned n : {22u, 28u, 30u, 31u}) {
+    for (unsigned order : {0u, 9u, Pfa::kMaxOrder}) {
+      auto r = h.pfa().alloc(order, mask_of_bits(n));
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.code(), ErrorCode::kDmaMaskNotMatch) << "bits " << n << " order " << order;
+      EXPECT_EQ(r.error().addr, lowest);
+      EXPECT_EQ(r.error().mask, mask_of_bits(n));
+    }
+  }
+  EXPECT_TRUE(same_stats(before, h.pfa().stats()));
+  // The first mask that reaches memory gets a block of it.
+  auto r = h.pfa().alloc(0, mask_of_bits(32));
+  ASSERT_TRUE(r.ok());
+  EXPECT_LE(r->value(), 0xFFFF'FFFFu);
+  ASSERT_TRUE(h.pfa().free(*r, 0).ok());
+}
+
+TEST(PageFrameAllocatorTest, MaskWithFreeMemoryOnlyAboveItIsNoMemory) {
+  Harness h(sparse_high_layout());
+  ASSERT_TRUE(h.init().ok());
+  Model m(h.layout());
+  const uint64_t mask = mask_of_bits(32);
+  // Take every block of each order under 4 GiB, largest first, through the fast path.
+  for (unsigned order = Pfa::kMaxOrder + 1; order-- > 0;) {
+    for (;;) {
+      auto r = h.pfa().alloc(order, mask);
+      if (!r.ok()) {
+        EXPECT_EQ(r.code(), ErrorCode::kNoMemory) << "order " << order;
+        EXPECT_FALSE(m.chunk_available(order, order, mask)) << "order " << order;
+        break;
+      }
+      EXPECT_LE(r->value() + block_bytes(order) - 1, mask);
+      m.on_alloc(r->value(), order);
+      ASSERT_FALSE(HasFatalFailure());
+    }
+  }
+  // Memory is still free above the mask, and an unconstrained request gets it; the masked one
+  // still fails cleanly, with the allocator unchanged.
+  Pfa::Stats full = h.pfa().stats();
+  EXPECT_GT(full.free_pages, 0u);
+  for (unsigned order : {0u, 9u}) {
+    auto r = h.pfa().alloc(order, mask);
+    EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+  }
+  EXPECT_TRUE(same_stats(full, h.pfa().stats()));
+  auto high = h.pfa().alloc(9);
+  ASSERT_TRUE(high.ok());
+  EXPECT_GT(high->value(), mask);
+  m.on_alloc(high->value(), 9);
+  // A wider mask reaches the memory above 4 GiB.
+  auto wide = h.pfa().alloc(0, mask_of_bits(36));
+  ASSERT_TRUE(wide.ok());
+  EXPECT_GT(wide->value(), mask);
+  m.on_alloc(wide->value(), 0);
+  expect_stats_match(h.pfa(), m);
+  EXPECT_TRUE(h.pfa().check_invariants());
+  free_all(h.pfa(), m);
+  EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+// The fast path (page alignment) and the general path (an alignment equal to the block size,
+// which asks for nothing more) must choose the same block: the highest allowed band's first.
+TEST(PageFrameAllocatorTest, FastAndGeneralPathsChooseTheSameBlockUnderAMask) {
+  std::mt19937_64 rng(11);
+  for (const Layout& l : all_layouts()) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    ASSERT_TRUE(h.init().ok());
+    Model m(h.layout());
+    const unsigned widths[] = {22, 24, 26, 31, 32, 33, 34, 64};
+    for (int i = 0; i < 600; ++i) {
+      if (!m.live().empty() && rng() % 3 == 0) {
+        auto it = m.live().begin();
+        std::advance(it, static_cast<long>(rng() % m.live().size()));
+        auto [addr, order] = *it;
+        ASSERT_TRUE(h.pfa().free(PhysAddr(addr), order).ok());
+        m.on_free(addr);
+        continue;
+      }
+      unsigned order = 1 + static_cast<unsigned>(rng() % Pfa::kMaxOrder);
+      uint64_t mask = mask_of_bits(widths[rng() % std::size(widths)]);
+      auto fast = h.pfa().alloc(order, mask);
+      auto general = h.pfa().alloc(order, mask, block_bytes(order));
+      if (!fast.ok()) {
+        ASSERT_FALSE(general.ok());
+        EXPECT_EQ(fast.code(), general.code());
+        EXPECT_EQ(fast.error().addr, general.error().addr);
+        EXPECT_EQ(fast.error().mask, general.error().mask);
+        EXPECT_FALSE(m.chunk_available(order, order, mask));
+        continue;
+      }
+      // `general` saw the state after `fast`'s allocation; undo both and ask again.
+      if (general.ok()) ASSERT_TRUE(h.pfa().free(*general, order).ok());
+      ASSERT_TRUE(h.pfa().free(*fast, order).ok());
+      auto again = h.pfa().alloc(order, mask, block_bytes(order));
+      ASSERT_TRUE(again.ok());
+      EXPECT_EQ(*again, *fast) << "order " << order << " mask 0x" << std::hex << mask;
+      EXPECT_LE(again->value() + block_bytes(order) - 1, mask);
+      m.on_alloc(again->value(), order);
+      ASSERT_FALSE(HasFatalFailure());
+    }
+    EXPECT_TRUE(h.pfa().check_invariants());
+    expect_stats_match(h.pfa(), m);
+    free_all(h.pfa(), m);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // free.
 

@@ -27,7 +27,9 @@ HostPlatform::Options options() {
   return o;
 }
 
-uint8_t original(size_t i) { return static_cast<uint8_t>(i * 7 + 3); }
+uint8_t original(size_t i) {
+  return static_cast<uint8_t>(i * 7 + 3);
+}
 
 // Parameter: whether the device snoops the CPU caches.
 class BounceHygieneTest : public testing::TestWithParam<bool> {
@@ -203,14 +205,16 @@ TEST_P(BounceHygieneTest, ManyReusedSlotsNeverLeakAnotherMappingsBytes) {
     uint8_t* buf = area + off;
     uint8_t salt = static_cast<uint8_t>(round);
     for (size_t i = 0; i < size; ++i) buf[i] = static_cast<uint8_t>(original(i) ^ salt);
-    auto m = dev_.map(buf, size, next(2) ? DmaDirection::kFromDevice : DmaDirection::kBidirectional);
+    auto m =
+        dev_.map(buf, size, next(2) ? DmaDirection::kFromDevice : DmaDirection::kBidirectional);
     ASSERT_TRUE(m.ok());
     size_t w_off = next(size);
     size_t w_len = next(size - w_off + 1);
     if (w_len > 0) hw_.fill(m->dma_addr() + w_off, 0xF0, w_len);
     m->unmap();
     for (size_t i = 0; i < size; ++i) {
-      uint8_t want = i >= w_off && i < w_off + w_len ? 0xF0 : static_cast<uint8_t>(original(i) ^ salt);
+      uint8_t want =
+          i >= w_off && i < w_off + w_len ? 0xF0 : static_cast<uint8_t>(original(i) ^ salt);
       ASSERT_EQ(buf[i], want) << "byte " << i << " of " << size;
     }
   }

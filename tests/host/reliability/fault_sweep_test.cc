@@ -157,8 +157,8 @@ class FaultSweepTest : public testing::Test {
 TEST_F(FaultSweepTest, DirectMapSingle) {
   uint8_t* buf = low_buffer(8192);
   auto attempt = [&]() -> ErrorCode {
-    auto m = plat_.op().map_single(dev_.constraints(), buf + 10, 6000, 0,
-                                   DmaDirection::kBidirectional);
+    auto m =
+        plat_.op().map_single(dev_.constraints(), buf + 10, 6000, 0, DmaDirection::kBidirectional);
     if (!m.ok()) return m.code();
     EXPECT_FALSE(m->bounced());
     plat_.op().unmap_single(*m);

@@ -1,0 +1,257 @@
+// Coherent and streaming memory in the host cache model (arch/host/cache_model.h): which buffers
+// need a sync and which do not, for coherent and non-coherent devices, and what the uncached
+// remap of coherent memory does and why alloc_coherent cleans before it.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "arch/host/host_platform.h"
+#include "dma/device_dma.h"
+#include "dma/dma_pool.h"
+
+namespace {
+
+constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
+constexpr size_t kPage = 4096;
+
+class CoherentModelTest : public testing::Test {
+ protected:
+  explicit CoherentModelTest(HostPlatform::Options o = HostPlatform::default_options())
+      : plat_(o), dev_(&plat_.op(), kMask32), hw_(&plat_, kMask32, false) {}
+  uint8_t* buffer(size_t bytes) {
+    auto pa = plat_.pfa().alloc(PageFrameAllocator::order_for(bytes));
+    EXPECT_TRUE(pa.ok());
+    held_.push_back({pa->value(), PageFrameAllocator::order_for(bytes)});
+    return plat_.phys_to_virt(pa->value());
+  }
+  void TearDown() override {
+    for (auto& b : held_) ASSERT_TRUE(plat_.pfa().free(PhysAddr(b.first), b.second).ok());
+  }
+  uint8_t device_byte(DmaAddr a) {
+    uint8_t b = 0;
+    hw_.read(a, &b, 1);
+    return b;
+  }
+  size_t offset_of(const void* p) const {
+    return static_cast<size_t>(static_cast<const uint8_t*>(p) -
+                               plat_.phys_to_virt(plat_.arena_phys()));
+  }
+
+  HostPlatform plat_;
+  DeviceDma dev_;     // The platform default: not coherent.
+  HostDevice hw_;     // A device that does not snoop.
+  std::vector<std::pair<uint64_t, unsigned>> held_;
+};
+
+// ---- Coherent devices: nothing to do, and nothing is done ----
+
+TEST_F(CoherentModelTest, ACoherentDeviceNeedsNoSyncForAnything) {
+  DeviceDma dev(&plat_.op(), kMask32);
+  dev.set_coherent(true);
+  HostDevice hw(&plat_, kMask32, true);
+  plat_.model().reset_counters();
+  // Coherent memory: cacheable (no remap) and shared without syncs both ways.
+  auto ring = dev.alloc_array<uint32_t>(64);
+  ASSERT_TRUE(ring.ok());
+  EXPECT_FALSE(ring->handle().remapped);
+  EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+  (*ring)[3] = 0xC0FFEE;
+  uint32_t seen = 0;
+  hw.read(ring->dma_addr(3), &seen, 4);
+  EXPECT_EQ(seen, 0xC0FFEEu);
+  const uint32_t v = 0xBEEF;
+  hw.write(ring->dma_addr(7), &v, 4);
+  EXPECT_EQ((*ring)[7], 0xBEEFu);
+  // A streaming buffer: no sync either, in both directions.
+  uint8_t* buf = buffer(kPage);
+  auto m = dev.map(buf, kPage, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  buf[5] = 0x5A;
+  uint8_t b = 0;
+  hw.read(m->dma_addr() + 5, &b, 1);
+  EXPECT_EQ(b, 0x5A);
+  const uint8_t w = 0xA5;
+  hw.write(m->dma_addr() + 9, &w, 1);
+  EXPECT_EQ(buf[9], 0xA5);
+  m->unmap();
+  // And no cache maintenance was spent on any of it.
+  EXPECT_EQ(plat_.model().counters().cleans, 0u);
+  EXPECT_EQ(plat_.model().counters().invalidates, 0u);
+  EXPECT_EQ(plat_.model().counters().clean_invalidates, 0u);
+  EXPECT_EQ(plat_.op().attribute_changes(), 0u);
+}
+
+// ---- Non-coherent devices: streaming buffers need the syncs ----
+
+TEST_F(CoherentModelTest, ANonCoherentStreamingBufferNeedsSyncForDevice) {
+  uint8_t* buf = buffer(kPage);
+  auto m = dev_.map(buf, kPage, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->bounced());
+  buf[100] = 0x42;  // After the map: in the cache only.
+  EXPECT_NE(device_byte(m->dma_addr() + 100), 0x42);
+  ASSERT_TRUE(m->sync_for_device(100, 1).ok());
+  EXPECT_EQ(device_byte(m->dma_addr() + 100), 0x42);
+}
+
+TEST_F(CoherentModelTest, ANonCoherentStreamingBufferNeedsSyncForCpu) {
+  uint8_t* buf = buffer(kPage);
+  std::memset(buf, 0x11, kPage);
+  auto m = dev_.map(buf, kPage, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  const uint8_t w = 0x77;
+  hw_.write(m->dma_addr() + 200, &w, 1);
+  EXPECT_EQ(buf[200], 0x11);  // The CPU's cached copy: stale until the sync.
+  ASSERT_TRUE(m->sync_for_cpu(200, 1).ok());
+  EXPECT_EQ(buf[200], 0x77);
+}
+
+// ---- Non-coherent devices: coherent memory is uncached and needs no sync ----
+
+TEST_F(CoherentModelTest, CoherentMemoryOfANonCoherentDeviceIsUncachedAndNeedsNoSync) {
+  auto ring = dev_.alloc_array<uint32_t>(2000);  // 8000 bytes: two pages.
+  ASSERT_TRUE(ring.ok());
+  EXPECT_TRUE(ring->handle().remapped);
+  EXPECT_EQ(plat_.model().uncached_pages(), 2u);
+  EXPECT_TRUE(plat_.model().uncached(offset_of(ring->data())));
+  EXPECT_TRUE(plat_.model().uncached(offset_of(ring->data()) + kPage));
+  EXPECT_EQ(plat_.op().stats().coherent_uncached_live, 1u);
+  // The zeroes reached memory.
+  std::vector<uint32_t> dev_view(2000, 0xFFFF'FFFF);
+  hw_.read(ring->dma_addr(0), dev_view.data(), 8000);
+  for (uint32_t x : dev_view) ASSERT_EQ(x, 0u);
+  // CPU -> device and device -> CPU, no syncs; an eviction of everything changes nothing.
+  plat_.model().reset_counters();
+  (*ring)[1500] = 0x1234'5678;
+  uint32_t seen = 0;
+  hw_.read(ring->dma_addr(1500), &seen, 4);
+  EXPECT_EQ(seen, 0x1234'5678u);
+  const uint32_t v = 0x9ABC;
+  hw_.write(ring->dma_addr(10), &v, 4);
+  EXPECT_EQ((*ring)[10], 0x9ABCu);
+  plat_.model().evict_all();
+  EXPECT_EQ(plat_.model().stale_lines(), 0u);
+  hw_.read(ring->dma_addr(1500), &seen, 4);
+  EXPECT_EQ(seen, 0x1234'5678u);
+  EXPECT_EQ((*ring)[10], 0x9ABCu);
+  EXPECT_EQ(plat_.model().counters().cleans, 0u);
+  EXPECT_EQ(plat_.model().counters().invalidates, 0u);
+  // Freed: cacheable again, and the normal rules are back for whoever gets the pages.
+  const size_t off = offset_of(ring->data());
+  ring->reset();
+  EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+  EXPECT_FALSE(plat_.model().uncached(off));
+  EXPECT_EQ(plat_.op().stats().coherent_uncached_live, 0u);
+  EXPECT_EQ(plat_.op().stats().coherent_uncached, 1u);
+  EXPECT_EQ(plat_.op().uncached_regions(), 0u);
+}
+
+TEST_F(CoherentModelTest, WithoutTheCleanBeforeTheRemapDirtyLinesComeBackLater) {
+  // What alloc_coherent's first clean+invalidate prevents: a page dirtied through the cacheable
+  // mapping and made uncached without a clean. The CPU no longer sees its own bytes, and the
+  // dirty line, still in the cache, overwrites the device's data when it is evicted.
+  uint8_t* page = buffer(kPage);
+  std::memset(page, 0xAB, kPage);
+  ASSERT_TRUE(plat_.op().set_memory_attribute(page, kPage, KernelDmaOp::MemAttr::kUncached).ok());
+  EXPECT_NE(page[0], 0xAB);  // Memory never got the 0xAB.
+  EXPECT_GT(plat_.model().stale_lines(), 0u);
+  const DmaAddr a(plat_.arena_phys() + offset_of(page));
+  const uint8_t w = 0x5C;
+  hw_.write(a, &w, 1);
+  EXPECT_EQ(page[0], 0x5C);
+  plat_.model().evict_all();
+  EXPECT_EQ(device_byte(a), 0xAB);  // The device's byte is gone.
+  EXPECT_EQ(page[0], 0xAB);
+  ASSERT_TRUE(plat_.op().set_memory_attribute(page, kPage, KernelDmaOp::MemAttr::kCached).ok());
+
+  // The same with the clean first: nothing is left behind to come back.
+  std::memset(page, 0xCD, kPage);
+  plat_.op().flush_invalidate(page, kPage);
+  ASSERT_TRUE(plat_.op().set_memory_attribute(page, kPage, KernelDmaOp::MemAttr::kUncached).ok());
+  EXPECT_EQ(page[0], 0xCD);
+  EXPECT_EQ(plat_.model().stale_lines(), 0u);
+  hw_.write(a, &w, 1);
+  plat_.model().evict_all();
+  EXPECT_EQ(device_byte(a), 0x5C);
+  ASSERT_TRUE(plat_.op().set_memory_attribute(page, kPage, KernelDmaOp::MemAttr::kCached).ok());
+}
+
+TEST_F(CoherentModelTest, DmaPoolBlocksOfANonCoherentDeviceNeedNoSync) {
+  DmaPool pool;
+  ASSERT_TRUE(pool.init(&dev_, 16, 16, 4096, "descriptors").ok());
+  std::vector<DmaPoolBlock> blocks;
+  for (int i = 0; i < 300; ++i) {
+    auto b = pool.alloc();
+    ASSERT_TRUE(b.ok());
+    EXPECT_TRUE(plat_.model().uncached(offset_of(b->cpu)));
+    static_cast<uint8_t*>(b->cpu)[3] = static_cast<uint8_t>(i);
+    EXPECT_EQ(device_byte(b->dma + 3), static_cast<uint8_t>(i));
+    blocks.push_back(*b);
+  }
+  for (auto& b : blocks) ASSERT_TRUE(pool.free(b.cpu).ok());
+}
+
+TEST_F(CoherentModelTest, RemapFailureGivesEverythingBack) {
+  // The page-table budget of a real port, in 2 MiB regions: 4 KiB blocks aligned to 2 MiB each
+  // need a region of their own.
+  HostPlatform::Options o = HostPlatform::default_options();
+  o.uncached.region_budget = 3;
+  HostPlatform plat(o);
+  DeviceDma dev(&plat.op(), kMask32);
+  const uint64_t free0 = plat.pfa().free_pages();
+  std::vector<DmaHandle> hs;
+  for (int i = 0; i < 3; ++i) {
+    auto h = plat.op().alloc_coherent(dev.constraints(), Layout{64, 2u << 20});
+    ASSERT_TRUE(h.ok());
+    hs.push_back(*h);
+  }
+  const uint64_t free3 = plat.pfa().free_pages();
+  auto h = plat.op().alloc_coherent(dev.constraints(), Layout{64, 2u << 20});
+  EXPECT_EQ(h.code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(plat.pfa().free_pages(), free3);
+  EXPECT_EQ(plat.model().uncached_pages(), 3u);
+  EXPECT_EQ(plat.op().stats().coherent_live, 3u);
+  // A coherent device is not limited by it.
+  DmaConstraints coh = dev.constraints();
+  coh.coherent = true;
+  auto c = plat.op().alloc_coherent(coh, Layout{64, 2u << 20});
+  ASSERT_TRUE(c.ok());
+  plat.op().dealloc_coherent(*c);
+  for (auto& x : hs) plat.op().dealloc_coherent(x);
+  EXPECT_EQ(plat.pfa().free_pages(), free0);
+  EXPECT_EQ(plat.model().uncached_pages(), 0u);
+  auto again = plat.op().alloc_coherent(dev.constraints(), Layout{64, 2u << 20});
+  ASSERT_TRUE(again.ok());
+  plat.op().dealloc_coherent(*again);
+}
+
+TEST_F(CoherentModelTest, APlatformThatCannotRemapRefusesNonCoherentDevices) {
+  // Rather than hand out cacheable memory that a non-snooping device would see stale.
+  HostPlatform::Options o = HostPlatform::default_options();
+  o.uncached.supported = false;
+  HostPlatform plat(o);
+  DeviceDma dev(&plat.op(), kMask32);
+  const uint64_t free0 = plat.pfa().free_pages();
+  EXPECT_EQ(dev.alloc_array<uint8_t>(100).code(), ErrorCode::kNotSupported);
+  EXPECT_EQ(plat.pfa().free_pages(), free0);
+  EXPECT_EQ(plat.op().stats().coherent_live, 0u);
+  dev.set_coherent(true);
+  auto ok = dev.alloc_array<uint8_t>(100);
+  EXPECT_TRUE(ok.ok());
+}
+
+TEST_F(CoherentModelTest, RemapRefusesWhatIsNotSimulatedRam) {
+  uint8_t* page = buffer(kPage);
+  using MemAttr = KernelDmaOp::MemAttr;
+  EXPECT_EQ(plat_.op().set_memory_attribute(page + 8, kPage, MemAttr::kUncached).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(plat_.op().set_memory_attribute(page, 100, MemAttr::kUncached).code(),
+            ErrorCode::kLayoutError);
+  alignas(4096) static uint8_t outside[kPage];
+  EXPECT_EQ(plat_.op().set_memory_attribute(outside, kPage, MemAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+}
+
+}  // namespace

@@ -1,0 +1,345 @@
+// DirectMapAttributes over a fake four-level page table: splits go exactly as deep as needed,
+// attributes change on exactly the requested pages, every translation stays the same, merges
+// restore the boot map entry for entry, and failures (pool exhausted, unmapped or device pages,
+// bad ranges) change nothing.
+#include "mm/direct_map_attributes.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <vector>
+
+namespace {
+
+// A made-up entry format: bit 0 present, bit 1 "table" (levels above 0), bits 3:2 the attribute
+// (0 cached, 1 uncached, 2 device), bits 51:12 the address (a host pointer for tables).
+using Pte = uint64_t;
+constexpr Pte kPresent = 1;
+constexpr Pte kTable = 2;
+constexpr unsigned kAttrShift = 2;
+constexpr Pte kAttrMask = 3ull << kAttrShift;
+constexpr Pte kAddrMask = 0x000F'FFFF'FFFF'F000ull;
+constexpr Pte kOtherBits = 0x70ull << 52;  // "Permissions": must survive splits.
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t k2M = 2ull << 20;
+constexpr uint64_t k1G = 1ull << 30;
+constexpr uintptr_t kBase = 0xFFFF'8000'0000'0000ull;  // Direct map: va = kBase + pa.
+
+uint64_t level_size(int level) { return 1ull << (12 + 9 * level); }
+size_t index_at(uint64_t va, int level) { return (va >> (12 + 9 * level)) & 511; }
+
+struct Replace {
+  uintptr_t va;
+  int level;
+};
+
+// The fake machine's root table and the log of replace() calls (the Arch hooks are static).
+Pte* g_root = nullptr;
+std::vector<Replace> g_replaces;
+
+struct FakeArch {
+  static constexpr int kTopLevel = 3;
+  static Pte* root() { return g_root; }
+  static bool present(Pte e) { return (e & kPresent) != 0; }
+  static bool is_leaf(Pte e, int level) { return level == 0 || (e & kTable) == 0; }
+  static Pte* table_of(Pte e) { return reinterpret_cast<Pte*>(e & kAddrMask); }
+  static Pte table_entry(const Pte* t) { return reinterpret_cast<uintptr_t>(t) | kPresent | kTable; }
+  static PageAttr attr_of(Pte e, int) {
+    switch ((e & kAttrMask) >> kAttrShift) {
+      case 0:
+        return PageAttr::kCached;
+      case 1:
+        return PageAttr::kUncached;
+      default:
+        return PageAttr::kOther;
+    }
+  }
+  static Pte with_attr(Pte e, int, PageAttr a) {
+    return (e & ~kAttrMask) | (a == PageAttr::kUncached ? 1ull << kAttrShift : 0);
+  }
+  static Pte split_leaf(Pte e, int level, size_t i) {
+    return ((e & kAddrMask) + i * level_size(level - 1)) | (e & ~kAddrMask);
+  }
+  static void replace(Pte* slot, Pte value, uintptr_t va, int level) {
+    EXPECT_EQ(va % level_size(level), 0u) << "replace of a misaligned region";
+    *slot = value;
+    g_replaces.push_back(Replace{va, level});
+  }
+};
+
+using Attrs = DirectMapAttributes<FakeArch>;
+
+struct Translation {
+  bool mapped = false;
+  uint64_t pa = 0;
+  PageAttr attr = PageAttr::kOther;
+  Pte other_bits = 0;
+  bool operator==(const Translation&) const = default;
+};
+
+Translation translate(uintptr_t va) {
+  Pte* t = g_root;
+  for (int l = 3; l >= 0; --l) {
+    Pte e = t[index_at(va, l)];
+    if (!FakeArch::present(e)) return {};
+    if (FakeArch::is_leaf(e, l)) {
+      return Translation{true, (e & kAddrMask) + (va & (level_size(l) - 1)),
+                         FakeArch::attr_of(e, l), e & kOtherBits};
+    }
+    t = FakeArch::table_of(e);
+  }
+  return {};
+}
+
+// The whole tree, entry by entry, tables followed by value: equal dumps mean equal maps with the
+// same structure (large leaves where they were).
+void dump(const Pte* t, int level, std::vector<Pte>* out) {
+  for (size_t i = 0; i < 512; ++i) {
+    Pte e = t[i];
+    if (FakeArch::present(e) && !FakeArch::is_leaf(e, level)) {
+      out->push_back(0xDEAD'0000ull | static_cast<Pte>(level));  // A table, wherever it lives.
+      dump(FakeArch::table_of(e), level - 1, out);
+    } else {
+      out->push_back(e);
+    }
+  }
+}
+std::vector<Pte> dump_all() {
+  std::vector<Pte> v;
+  dump(g_root, 3, &v);
+  return v;
+}
+
+class DirectMapAttributesTest : public testing::Test {
+ protected:
+  static constexpr size_t kPoolPages = 8;
+
+  DirectMapAttributesTest()
+      : pool_(new Attrs::Table[kPoolPages]()), attrs_(pool_.get(), kPoolPages) {
+    g_replaces.clear();
+    g_root = new_table();
+    // Physical [0, 2 GiB): 1 GiB leaves. [2 GiB, 3 GiB): a boot table of 2 MiB leaves, except
+    // [3 GiB - 2 MiB, 3 GiB) in 4 KiB pages. [3 GiB, 3 GiB + 2 MiB): device memory (a 2 MiB
+    // leaf). [3 GiB + 2 MiB, 3 GiB + 4 MiB): not mapped. Then [3 GiB + 4 MiB, 4 GiB): 2 MiB.
+    map(0, 2 * k1G, 2);
+    map(2 * k1G, k1G - k2M, 1);
+    map(3 * k1G - k2M, k2M, 0);
+    map(3 * k1G, k2M, 1, 2);
+    map(3 * k1G + 2 * k2M, k1G - 2 * k2M, 1);
+    before_ = dump_all();
+    g_replaces.clear();
+  }
+  ~DirectMapAttributesTest() override { g_root = nullptr; }
+
+  Pte* new_table() {
+    tables_.push_back(std::make_unique<Attrs::Table>());
+    return tables_.back()->e;
+  }
+  // Maps [pa, pa + size) at kBase + pa with leaves of `level`, attribute `attr`.
+  void map(uint64_t pa, uint64_t size, int level, unsigned attr = 0) {
+    for (uint64_t off = 0; off < size; off += level_size(level)) {
+      uintptr_t va = kBase + pa + off;
+      Pte* t = g_root;
+      for (int l = 3; l > level; --l) {
+        Pte& e = t[index_at(va, l)];
+        if (!FakeArch::present(e)) e = FakeArch::table_entry(new_table());
+        t = FakeArch::table_of(e);
+      }
+      t[index_at(va, level)] = (pa + off) | kPresent | (Pte{attr} << kAttrShift) | kOtherBits;
+    }
+  }
+  Result<void> set(uint64_t pa, uint64_t size, PageAttr a) { return attrs_.set(kBase + pa, size, a); }
+  // Every page of [pa, pa + size) translates to itself with attribute `a`.
+  void expect_pages(uint64_t pa, uint64_t size, PageAttr a) {
+    for (uint64_t p = pa; p < pa + size; p += kPage) {
+      Translation t = translate(kBase + p);
+      ASSERT_TRUE(t.mapped) << std::hex << p;
+      EXPECT_EQ(t.pa, p);
+      EXPECT_EQ(t.attr, a) << std::hex << p;
+      EXPECT_EQ(t.other_bits, kOtherBits);
+    }
+  }
+
+  std::vector<std::unique_ptr<Attrs::Table>> tables_;  // The boot map's tables.
+  std::unique_ptr<Attrs::Table[]> pool_;
+  Attrs attrs_;
+  std::vector<Pte> before_;
+};
+
+TEST_F(DirectMapAttributesTest, SplitsAGigabyteDownToPagesAndMergesBack) {
+  const uint64_t pa = k1G + 5 * k2M + 3 * kPage;
+  ASSERT_TRUE(set(pa, 3 * kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 2u);  // 1 GiB -> 2 MiB leaves -> 4 KiB pages.
+  expect_pages(pa, 3 * kPage, PageAttr::kUncached);
+  // Around it, within and beyond the split regions: unchanged.
+  expect_pages(pa - 8 * kPage, 8 * kPage, PageAttr::kCached);
+  expect_pages(pa + 3 * kPage, 8 * kPage, PageAttr::kCached);
+  expect_pages(k1G, 16 * kPage, PageAttr::kCached);
+  expect_pages(2 * k1G - 16 * kPage, 16 * kPage, PageAttr::kCached);
+  ASSERT_TRUE(set(pa, 3 * kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(attrs_.splits(), 2u);
+  EXPECT_EQ(attrs_.merges(), 2u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, EveryReplaceIsLoggedAtItsLevel) {
+  const uint64_t pa = 7 * k2M;
+  ASSERT_TRUE(set(pa, 2 * kPage, PageAttr::kUncached).ok());
+  // Two splits (levels 2 and 1), two pages (level 0).
+  ASSERT_EQ(g_replaces.size(), 4u);
+  EXPECT_EQ(g_replaces[0].level, 2);
+  EXPECT_EQ(g_replaces[0].va, kBase);
+  EXPECT_EQ(g_replaces[1].level, 1);
+  EXPECT_EQ(g_replaces[1].va, kBase + pa);
+  EXPECT_EQ(g_replaces[2].level, 0);
+  EXPECT_EQ(g_replaces[3].va, kBase + pa + kPage);
+  g_replaces.clear();
+  ASSERT_TRUE(set(pa, 2 * kPage, PageAttr::kCached).ok());
+  // Two pages back, then the merges, lowest level first.
+  ASSERT_EQ(g_replaces.size(), 4u);
+  EXPECT_EQ(g_replaces[2].level, 1);
+  EXPECT_EQ(g_replaces[3].level, 2);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, RangesAcrossLargeLeavesSplitEachOne) {
+  // Across the 1 GiB boundary between two 1 GiB leaves: both split.
+  const uint64_t pa = k1G - 2 * kPage;
+  ASSERT_TRUE(set(pa, 4 * kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 4u);
+  expect_pages(pa, 4 * kPage, PageAttr::kUncached);
+  expect_pages(pa - 4 * kPage, 4 * kPage, PageAttr::kCached);
+  expect_pages(pa + 4 * kPage, 4 * kPage, PageAttr::kCached);
+  ASSERT_TRUE(set(pa, 4 * kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, ARegionMergesOnlyWhenItsLastPageIsBack) {
+  const uint64_t a = 2 * k1G + 3 * k2M;  // Inside the boot table of 2 MiB leaves.
+  const uint64_t b = a + 9 * kPage;
+  ASSERT_TRUE(set(a, kPage, PageAttr::kUncached).ok());
+  ASSERT_TRUE(set(b, 2 * kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 1u);  // One 2 MiB leaf split; the boot table is not ours.
+  ASSERT_TRUE(set(a, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 1u);
+  expect_pages(a, kPage, PageAttr::kCached);
+  expect_pages(b, 2 * kPage, PageAttr::kUncached);
+  ASSERT_TRUE(set(b, 2 * kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, PagesOfABootTableChangeWithoutSplitsAndStayPages) {
+  const uint64_t pa = 3 * k1G - k2M + 10 * kPage;
+  ASSERT_TRUE(set(pa, 5 * kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(attrs_.splits(), 0u);
+  expect_pages(pa, 5 * kPage, PageAttr::kUncached);
+  ASSERT_TRUE(set(pa, 5 * kPage, PageAttr::kCached).ok());
+  // Not merged into a 2 MiB leaf: the boot map had pages here.
+  EXPECT_EQ(attrs_.merges(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, AnExhaustedPoolFailsAndChangesNothing) {
+  // Each 4 KiB page in its own 1 GiB leaf's own 2 MiB region needs two tables; the pool has 8.
+  std::vector<uint64_t> done;
+  Result<void> r = support::ok();
+  for (uint64_t i = 0; i < 8; ++i) {
+    const uint64_t pa = (i % 2) * k1G + (i / 2) * k2M;
+    std::vector<Pte> snapshot = dump_all();
+    size_t in_use = attrs_.tables_in_use();
+    r = set(pa, kPage, PageAttr::kUncached);
+    if (!r.ok()) {
+      EXPECT_EQ(dump_all(), snapshot);
+      EXPECT_EQ(attrs_.tables_in_use(), in_use);
+      break;
+    }
+    done.push_back(pa);
+  }
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+  // 2 + 2 tables for the first page of each gigabyte, then one per 2 MiB region: 6 pages fit.
+  EXPECT_EQ(done.size(), 6u);
+  for (uint64_t pa : done) ASSERT_TRUE(set(pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, AFailedSplitHalfwayUndoesItsOwnSplits) {
+  // [2 GiB - 4 KiB, 2 GiB + 4 KiB) needs two tables for the last page of the 1 GiB leaf, then one
+  // for the first 2 MiB leaf of the boot table: the third split finds the pool of two empty, and
+  // the two splits already made are undone.
+  Attrs::Table small_pool[2];
+  Attrs small(small_pool, 2);
+  const uint64_t pa = 2 * k1G - kPage;
+  auto r = small.set(kBase + pa, 2 * kPage, PageAttr::kUncached);
+  EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(small.tables_in_use(), 0u);
+  EXPECT_EQ(small.splits(), 2u);
+  EXPECT_EQ(small.merges(), 2u);
+  EXPECT_EQ(dump_all(), before_);
+  expect_pages(pa, 2 * kPage, PageAttr::kCached);
+}
+
+TEST_F(DirectMapAttributesTest, UnmappedOrDevicePagesAreRefusedUpFront) {
+  // A range that starts in RAM and runs into device memory, then into the hole.
+  EXPECT_EQ(set(3 * k1G - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(set(3 * k1G + k2M + 0, 2 * k2M, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(set(3 * k1G + 2 * k2M - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(attrs_.set(0x1000, kPage, PageAttr::kUncached).code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(g_replaces.empty());
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, BadRangesAreLayoutErrors) {
+  EXPECT_EQ(set(kPage, 0, PageAttr::kUncached).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(set(kPage + 8, kPage, PageAttr::kUncached).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(set(kPage, kPage + 1, PageAttr::kUncached).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(set(kPage, kPage, PageAttr::kOther).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(attrs_.set(~uintptr_t{0} - kPage + 1, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, AlreadyRightMeansNothingToDo) {
+  ASSERT_TRUE(set(k2M, 4 * k2M, PageAttr::kCached).ok());
+  EXPECT_TRUE(g_replaces.empty());
+  ASSERT_TRUE(set(k2M, kPage, PageAttr::kUncached).ok());
+  g_replaces.clear();
+  ASSERT_TRUE(set(k2M, kPage, PageAttr::kUncached).ok());
+  EXPECT_TRUE(g_replaces.empty());
+  ASSERT_TRUE(set(k2M, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, ALargeLeafWhollyInsideChangesWithoutSplitting) {
+  // Exactly one 2 MiB region: the 1 GiB leaf splits, the 2 MiB leaf changes as a whole (one
+  // entry, one replace) and comes back whole.
+  ASSERT_TRUE(set(4 * k2M, k2M, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 1u);
+  ASSERT_EQ(g_replaces.size(), 2u);
+  EXPECT_EQ(g_replaces[1].level, 1);
+  expect_pages(4 * k2M, k2M, PageAttr::kUncached);
+  expect_pages(3 * k2M, k2M, PageAttr::kCached);
+  expect_pages(5 * k2M, k2M, PageAttr::kCached);
+  ASSERT_TRUE(set(4 * k2M, k2M, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+  // Half of a 2 MiB leaf and the whole next one: one split, one whole leaf.
+  ASSERT_TRUE(set(7 * k2M + k2M / 2, k2M + k2M / 2, PageAttr::kUncached).ok());
+  EXPECT_EQ(attrs_.tables_in_use(), 2u);
+  expect_pages(7 * k2M + k2M / 2, k2M + k2M / 2, PageAttr::kUncached);
+  expect_pages(7 * k2M, k2M / 2, PageAttr::kCached);
+  ASSERT_TRUE(set(7 * k2M + k2M / 2, k2M + k2M / 2, PageAttr::kCached).ok());
+  EXPECT_EQ(dump_all(), before_);
+}
+
+}  // namespace
