@@ -10,6 +10,9 @@
 #
 # Every target that needs tools runs scripts/setup.sh first; it installs only what is missing.
 
+# Recipes use bash features (PIPESTATUS in test-host); Debian's /bin/sh is dash.
+SHELL := /bin/bash
+
 ARCH ?= aarch64
 BUILD ?= build
 # 4G: RAM above 4 GiB on every machine, so 32-bit devices really bounce (in-VM device tests).
@@ -188,7 +191,7 @@ format: | $(SETUP_STAMP)
 format-check: | $(SETUP_STAMP)
 	$(CLANG_FORMAT) --dry-run --Werror $(FORMAT_FILES)
 lint: | $(SETUP_STAMP)
-	$(CLANG_TIDY) --quiet $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) -- $(COMMON_CXXFLAGS) -DDMA_DEBUG=1
+	$(CLANG_TIDY) --quiet $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) -- $(COMMON_CXXFLAGS) -DDMA_DEBUG=1 -DDMA_API_DEBUG=1
 
 clean:
 	rm -rf $(BUILD)

@@ -99,7 +99,7 @@ class Line {
     char tmp[24];
     size_t i = 0;
     do {
-      tmp[i++] = static_cast<char>('0' + v % 10);
+      tmp[i++] = static_cast<char>('0' + (v % 10));
       v /= 10;
     } while (v != 0);
     while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
@@ -138,7 +138,7 @@ class Line {
   const char* c_str() const { return buf_; }
 
  private:
-  char buf_[256];
+  char buf_[400];
   size_t n_ = 0;
 };
 

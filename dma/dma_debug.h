@@ -94,7 +94,7 @@ class DmaDebug {
   static constexpr size_t kMaxEntries = DMA_API_DEBUG_ENTRIES;
   static_assert(kMaxEntries > 0 && kMaxEntries < 65535, "entries are linked by 16-bit indices");
 
-  // Receives one report line (no trailing newline; at most 255 characters). Called with no lock of
+  // Receives one report line (no trailing newline; at most 399 characters). Called with no lock of
   // the checker held, from whatever context made the faulty call.
   using Sink = void (*)(void* ctx, const char* line);
 
