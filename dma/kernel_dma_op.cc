@@ -18,9 +18,17 @@ namespace {
 bool copies_in(DmaDirection d) { return d != DmaDirection::kFromDevice; }
 bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
 
+// Statistics cost a locked instruction each on the streaming path; they are compiled in with
+// DMA_STATS (on by default in DMA_DEBUG builds: the test kernels and host tests) and are plain
+// no-ops otherwise, so a release build pays nothing for them.
 template <typename T>
 void add_relaxed(T* counter, T v) {
+#if DMA_STATS
   __atomic_fetch_add(counter, v, __ATOMIC_RELAXED);
+#else
+  (void)counter;
+  (void)v;
+#endif
 }
 
 // Highest physical address a device with these constraints can reach, or an error when the mask
@@ -68,10 +76,21 @@ Result<void> KernelDmaOp::set_memory_attribute(void*, size_t, MemAttr) {
 }
 
 Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
-  auto v = reinterpret_cast<uintptr_t>(va);
-  uint64_t p = v - cfg_.direct_map_offset;
-  if (v < cfg_.direct_map_offset || p < dm_lo_ || p >= dm_hi_) return ErrorCode::kInvalidArgument;
+  // One unsigned compare covers both ends; no test of va against the offset itself, which may
+  // wrap (a direct map placed below the physical addresses it maps).
+  uint64_t p = reinterpret_cast<uintptr_t>(va) - cfg_.direct_map_offset;
+  if (p - dm_lo_ >= dm_hi_ - dm_lo_) return ErrorCode::kInvalidArgument;
   return PhysAddr(p);
+}
+
+void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
+#if DMA_STATS
+  pool->note_bounced(bytes);
+  add_relaxed(&stats_.bytes_bounced, uint64_t{bytes});
+#else
+  (void)pool;
+  (void)bytes;
+#endif
 }
 
 int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
@@ -101,12 +120,17 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   if (support::add_overflows(va, size)) return fail(ErrorCode::kLayoutError);
   auto limit = phys_limit_of(c);
   if (!limit.ok()) return fail(limit.error());
-  auto phys = virt_to_phys(addr);
-  if (!phys.ok()) return fail(phys.error());
-  // The whole buffer must be one contiguous piece of physical memory.
-  auto last = virt_to_phys(static_cast<uint8_t*>(addr) + (size - 1));
-  if (!last.ok() || last->value() - phys->value() != size - 1) {
-    return fail(ErrorCode::kInvalidArgument);
+  // The direct map is contiguous by construction: a buffer wholly inside it needs no call. Any
+  // other buffer goes through the (overridable) virt_to_phys, and must be one contiguous piece.
+  uint64_t p = va - cfg_.direct_map_offset;
+  if (p - dm_lo_ >= dm_hi_ - dm_lo_ || size > dm_hi_ - p) {
+    auto phys = virt_to_phys(addr);
+    if (!phys.ok()) return fail(phys.error());
+    auto last = virt_to_phys(static_cast<uint8_t*>(addr) + (size - 1));
+    if (!last.ok() || last->value() - phys->value() != size - 1) {
+      return fail(ErrorCode::kInvalidArgument);
+    }
+    p = phys->value();
   }
 
   DmaMapHandle h;
@@ -116,7 +140,6 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   h.coherent_device = c.coherent;
   h.device_id = c.device_id;
 
-  uint64_t p = phys->value();
   bool reachable = p + (size - 1) <= *limit;
   bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
   if (!c.force_bounce && reachable && aligned) {
@@ -148,8 +171,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
     // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
     // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
     support::copy_bytes(h.bounce_cpu, addr, size);
-    pool->note_bounced(size);
-    add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+    note_bounced(pool, size);
     if (!c.coherent) flush(h.bounce_cpu, size);
     add_relaxed(&stats_.bounced_maps, uint64_t{1});
   }
@@ -163,15 +185,13 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
 void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
   support::copy_bytes(static_cast<uint8_t*>(h.bounce_cpu) + offset,
                       static_cast<const uint8_t*>(h.cpu_addr) + offset, size);
-  cfg_.pools[h.bounce_pool_index]->note_bounced(size);
-  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+  note_bounced(cfg_.pools[h.bounce_pool_index], size);
 }
 
 void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
   support::copy_bytes(static_cast<uint8_t*>(h.cpu_addr) + offset,
                       static_cast<const uint8_t*>(h.bounce_cpu) + offset, size);
-  cfg_.pools[h.bounce_pool_index]->note_bounced(size);
-  add_relaxed(&stats_.bytes_bounced, uint64_t{size});
+  note_bounced(cfg_.pools[h.bounce_pool_index], size);
 }
 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
@@ -188,7 +208,7 @@ void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
   } else if (copies_out(h.direction) && !h.coherent_device) {
     invalidate(h.cpu_addr, h.size);
   }
-  __atomic_fetch_sub(&stats_.live_maps, uint64_t{1}, __ATOMIC_RELAXED);
+  add_relaxed(&stats_.live_maps, ~uint64_t{0});  // Minus one.
 }
 
 Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, size_t size,
@@ -272,14 +292,14 @@ void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
   if (h.remapped) {
     // The pages go back cacheable: the next owner expects the direct map's normal attribute. No
     // cache maintenance: while uncached, nothing could cache them.
-    auto restore =
-        set_memory_attribute(h.cpu_addr, PageFrameAllocator::kPageSize << h.order, MemAttr::kCached);
+    auto restore = set_memory_attribute(h.cpu_addr, PageFrameAllocator::kPageSize << h.order,
+                                        MemAttr::kCached);
     KASSERT(restore.ok(), "dealloc_coherent: cannot restore the cacheable attribute");
-    __atomic_fetch_sub(&stats_.coherent_uncached_live, uint64_t{1}, __ATOMIC_RELAXED);
+    add_relaxed(&stats_.coherent_uncached_live, ~uint64_t{0});
   }
   auto r = cfg_.pfa->free(h.phys, h.order);
   KASSERT(r.ok(), "dealloc_coherent: not a live coherent allocation (double free?)");
-  __atomic_fetch_sub(&stats_.coherent_live, uint64_t{1}, __ATOMIC_RELAXED);
+  add_relaxed(&stats_.coherent_live, ~uint64_t{0});
 }
 
 KernelDmaOp::Stats KernelDmaOp::stats() const {

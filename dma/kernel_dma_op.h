@@ -23,6 +23,17 @@
 #include "mm/bounce_pool.h"
 #include "mm/page_frame_allocator.h"
 
+// Counters in KernelDmaOp::stats() and BouncePool's bytes_bounced: on in debug builds, or when
+// DMA_STATS=1 is given; a release build leaves them out of the streaming path (they cost locked
+// instructions). The pools' slot counts and high-water marks are always kept.
+#ifndef DMA_STATS
+#if defined(DMA_DEBUG) && DMA_DEBUG
+#define DMA_STATS 1
+#else
+#define DMA_STATS 0
+#endif
+#endif
+
 class KernelDmaOp : public DmaOp {
  public:
   static constexpr size_t kMaxPools = 4;
@@ -109,6 +120,7 @@ class KernelDmaOp : public DmaOp {
   // Index of the pool to bounce into for a device reaching physical addresses <= phys_limit,
   // or -1.
   int pick_pool(uint64_t phys_limit) const;
+  void note_bounced(BouncePool* pool, size_t bytes);
   void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
   void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
 

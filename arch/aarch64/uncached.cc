@@ -66,7 +66,8 @@ struct Aarch64DirectMap {
     }
   }
   static Pte with_attr(Pte e, int, PageAttr attr) {
-    auto idx = attr == PageAttr::kUncached ? aarch64::MemAttr::kNormalNc : aarch64::MemAttr::kNormalWb;
+    auto idx =
+        attr == PageAttr::kUncached ? aarch64::MemAttr::kNormalNc : aarch64::MemAttr::kNormalWb;
     return (e & ~kAttrMask) | (static_cast<uint64_t>(idx) << kAttrShift);
   }
   static Pte split_leaf(Pte e, int level, size_t i) {
@@ -114,7 +115,8 @@ Result<void> AArch64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr 
   if (((mair >> 8) & 0xFF) != 0xFF || ((mair >> 16) & 0xFF) != 0x44) {
     return ErrorCode::kNotSupported;
   }
-  return g_attrs.set(v, bytes, attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+  return g_attrs.set(v, bytes,
+                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
 }
 
 namespace arch {

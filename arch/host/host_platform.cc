@@ -171,9 +171,8 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
     const PoolSpec& spec = opts_.pools[i];
     auto pool = std::make_unique<BouncePool>();
     pool_meta_.emplace_back(BouncePool::metadata_size(spec.bytes, spec.slot_size));
-    auto pr = pool->init(pool_ranges[i].base, spec.bytes,
-                         phys_to_virt(pool_ranges[i].base.value()), pool_meta_.back().data(),
-                         pool_meta_.back().size(), spec.slot_size);
+    auto pr = pool->init(pool_ranges[i].base, spec.bytes, phys_to_virt(pool_ranges[i].base.value()),
+                         pool_meta_.back().data(), pool_meta_.back().size(), spec.slot_size);
     KASSERT(pr.ok(), "bounce pool init failed");
     cfg.pools[cfg.num_pools++] = pool.get();
     pools_.push_back(std::move(pool));

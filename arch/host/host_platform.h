@@ -87,8 +87,8 @@ class HostDevice {
 class HostPlatform {
  public:
   struct PoolSpec {
-    size_t bytes;     // Pool size.
-    uint64_t limit;   // Highest physical address the pool may touch.
+    size_t bytes;    // Pool size.
+    uint64_t limit;  // Highest physical address the pool may touch.
     size_t slot_size = BouncePool::kDefaultSlotSize;
   };
   struct Options {

@@ -101,7 +101,8 @@ Result<void> Riscv64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr 
       bytes > kDirectMapSpan - (v - kDirectMapBase)) {
     return ErrorCode::kInvalidArgument;
   }
-  return g_attrs.set(v, bytes, attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+  return g_attrs.set(v, bytes,
+                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
 }
 
 namespace arch {

@@ -49,14 +49,10 @@ struct X86DirectMap {
 
   static Pte* root() { return table_at(x86::read_cr3() & kAddrMask); }
   static bool present(Pte e) { return (e & kPresent) != 0; }
-  static bool is_leaf(Pte e, int level) {
-    return level == 0 || (level <= 2 && (e & kLarge) != 0);
-  }
+  static bool is_leaf(Pte e, int level) { return level == 0 || (level <= 2 && (e & kLarge) != 0); }
   static Pte* table_of(Pte e) { return table_at(e & kAddrMask); }
   // Intermediate entries allow everything (as the port builds them); the leaves decide.
-  static Pte table_entry(const Pte* t) {
-    return x86::kernel_virt_to_phys(t) | kPresent | kWrite;
-  }
+  static Pte table_entry(const Pte* t) { return x86::kernel_virt_to_phys(t) | kPresent | kWrite; }
   static Pte pat_bit(int level) { return level == 0 ? kPatSmall : kPatLarge; }
   static unsigned pat_index(Pte e, int level) {
     return ((e & kPwt) != 0 ? 1u : 0u) | ((e & kPcd) != 0 ? 2u : 0u) |
@@ -121,7 +117,8 @@ Result<void> X86DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr
     return ErrorCode::kInvalidArgument;
   }
   if (!pat_layout_ok()) return ErrorCode::kNotSupported;
-  return g_attrs.set(v, bytes, attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+  return g_attrs.set(v, bytes,
+                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
 }
 
 namespace arch {

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer target for a fixed time: `make fuzz` and `make fuzz-smoke`.
-#   run_fuzz.sh <fuzz build dir> <seconds per target> <target>...
+#   run_fuzz.sh [--fresh] <fuzz build dir> <seconds per target> <target>...
 # Each target starts from its seeds in tests/fuzz/corpus/<target> (never written) plus what earlier
-# runs learnt in <dir>/corpus/<target>; crash artifacts go to <dir>/artifacts/<target>/, the log to
-# <dir>/logs/<target>.log. Ends with "N passed, N failed", counting targets; exits non-zero if any
-# target failed.
+# runs learnt in <dir>/corpus/<target>; with --fresh (the smoke) from the seeds alone, so that its
+# run time does not grow with that corpus. Crash artifacts go to <dir>/artifacts/<target>/, the log
+# to <dir>/logs/<target>.log. Ends with "N passed, N failed", counting targets; exits non-zero if
+# any target failed.
 set -uo pipefail
 
+fresh=0
+if [ "${1:-}" = "--fresh" ]; then
+  fresh=1
+  shift
+fi
 dir=$1
 secs=$2
 shift 2
@@ -16,6 +22,10 @@ fail=0
 for t in "$@"; do
   bin="$dir/bin/$t"
   corpus="$dir/corpus/$t"
+  if [ "$fresh" -eq 1 ]; then
+    corpus="$dir/smoke-corpus/$t"
+    rm -rf "$corpus"
+  fi
   artifacts="$dir/artifacts/$t"
   seeds="tests/fuzz/corpus/$t"
   log="$dir/logs/$t.log"

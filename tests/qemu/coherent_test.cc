@@ -86,13 +86,13 @@ struct Baseline {
   }
 };
 
-#define KEXPECT_BASELINE(b)                                                    \
-  do {                                                                         \
-    Baseline ktest_now = Baseline::now();                                      \
-    KEXPECT_EQ(ktest_now.free_pages, (b).free_pages);                          \
-    KEXPECT_EQ(ktest_now.split_tables, (b).split_tables);                      \
-    KEXPECT_EQ(ktest_now.uncached_live, (b).uncached_live);                    \
-    KEXPECT_EQ(ktest_now.coherent_live, (b).coherent_live);                    \
+#define KEXPECT_BASELINE(b)                                 \
+  do {                                                      \
+    Baseline ktest_now = Baseline::now();                   \
+    KEXPECT_EQ(ktest_now.free_pages, (b).free_pages);       \
+    KEXPECT_EQ(ktest_now.split_tables, (b).split_tables);   \
+    KEXPECT_EQ(ktest_now.uncached_live, (b).uncached_live); \
+    KEXPECT_EQ(ktest_now.coherent_live, (b).coherent_live); \
   } while (0)
 
 }  // namespace
@@ -265,9 +265,9 @@ KTEST(coherent_failures_leave_the_direct_map_as_it_was) {
   // Requests refused before any page is taken.
   KEXPECT_ERR(op->alloc_coherent(non_coherent(), Layout{0, 1}), ErrorCode::kLayoutError);
   KEXPECT_ERR(op->alloc_coherent(non_coherent(), Layout{64, 3}), ErrorCode::kLayoutError);
-  KEXPECT_ERR(op->alloc_coherent(non_coherent(),
-                                 Layout{(kPage << PageFrameAllocator::kMaxOrder) + 1, 1}),
-              ErrorCode::kLayoutError);
+  KEXPECT_ERR(
+      op->alloc_coherent(non_coherent(), Layout{(kPage << PageFrameAllocator::kMaxOrder) + 1, 1}),
+      ErrorCode::kLayoutError);
   uint64_t below_all = env.pfa->lowest_address().value() - 1;
   KEXPECT_ERR(op->alloc_coherent(non_coherent(below_all), Layout{64, 1}),
               ErrorCode::kDmaMaskNotMatch);
@@ -349,8 +349,10 @@ class TinyFdt {
     const uint32_t off_struct = 40 + 16;  // Header, then an empty memory reservation map.
     const uint32_t off_strings = off_struct + struct_size;
     const uint32_t total = off_strings + static_cast<uint32_t>(strings_len_);
-    const uint32_t header[10] = {Fdt::kMagic, total, off_struct, off_strings, 40, 17, 16, 0,
-                                 static_cast<uint32_t>(strings_len_), struct_size};
+    const uint32_t header[10] = {Fdt::kMagic, total, off_struct,
+                                 off_strings, 40,    17,
+                                 16,          0,     static_cast<uint32_t>(strings_len_),
+                                 struct_size};
     for (size_t i = 0; i < 10; ++i) put_be32(blob_ + 4 * i, header[i]);
     support::fill_bytes(blob_ + 40, 0, 16);
     support::copy_bytes(blob_ + off_struct, struct_, struct_len_);

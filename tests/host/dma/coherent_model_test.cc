@@ -39,8 +39,8 @@ class CoherentModelTest : public testing::Test {
   }
 
   HostPlatform plat_;
-  DeviceDma dev_;     // The platform default: not coherent.
-  HostDevice hw_;     // A device that does not snoop.
+  DeviceDma dev_;  // The platform default: not coherent.
+  HostDevice hw_;  // A device that does not snoop.
   std::vector<std::pair<uint64_t, unsigned>> held_;
 };
 

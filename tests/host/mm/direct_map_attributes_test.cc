@@ -27,8 +27,12 @@ constexpr uint64_t k2M = 2ull << 20;
 constexpr uint64_t k1G = 1ull << 30;
 constexpr uintptr_t kBase = 0xFFFF'8000'0000'0000ull;  // Direct map: va = kBase + pa.
 
-uint64_t level_size(int level) { return 1ull << (12 + 9 * level); }
-size_t index_at(uint64_t va, int level) { return (va >> (12 + 9 * level)) & 511; }
+uint64_t level_size(int level) {
+  return 1ull << (12 + 9 * level);
+}
+size_t index_at(uint64_t va, int level) {
+  return (va >> (12 + 9 * level)) & 511;
+}
 
 struct Replace {
   uintptr_t va;
@@ -45,7 +49,9 @@ struct FakeArch {
   static bool present(Pte e) { return (e & kPresent) != 0; }
   static bool is_leaf(Pte e, int level) { return level == 0 || (e & kTable) == 0; }
   static Pte* table_of(Pte e) { return reinterpret_cast<Pte*>(e & kAddrMask); }
-  static Pte table_entry(const Pte* t) { return reinterpret_cast<uintptr_t>(t) | kPresent | kTable; }
+  static Pte table_entry(const Pte* t) {
+    return reinterpret_cast<uintptr_t>(t) | kPresent | kTable;
+  }
   static PageAttr attr_of(Pte e, int) {
     switch ((e & kAttrMask) >> kAttrShift) {
       case 0:
@@ -150,7 +156,9 @@ class DirectMapAttributesTest : public testing::Test {
       t[index_at(va, level)] = (pa + off) | kPresent | (Pte{attr} << kAttrShift) | kOtherBits;
     }
   }
-  Result<void> set(uint64_t pa, uint64_t size, PageAttr a) { return attrs_.set(kBase + pa, size, a); }
+  Result<void> set(uint64_t pa, uint64_t size, PageAttr a) {
+    return attrs_.set(kBase + pa, size, a);
+  }
   // Every page of [pa, pa + size) translates to itself with attribute `a`.
   void expect_pages(uint64_t pa, uint64_t size, PageAttr a) {
     for (uint64_t p = pa; p < pa + size; p += kPage) {
