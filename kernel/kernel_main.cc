@@ -21,6 +21,7 @@
 // The allocator and pool metadata go as high as possible, out of the way of DMA-constrained
 // memory.
 #include "arch/arch.h"
+#include "dma/dma_debug.h"
 #include "kernel/boot_memory.h"
 #include "kernel/cxx_runtime.h"
 #include "kernel/demo.h"
@@ -133,6 +134,8 @@ void setup_memory(const arch::BootInfo& info) {
   cfg.num_pools = g_env.num_pools;
   cfg.direct_map_offset = info.direct_map_offset;
   g_env.dma = &arch::create_dma_op(cfg);
+  // The misuse checker's reports go to the console (with DMA_API_DEBUG; a no-op otherwise).
+  DmaDebug::set_sink(+[](void*, const char* line) { kprintf("%s\n", line); }, nullptr);
 }
 
 void print_report(const arch::BootInfo& info, const char* mode) {
@@ -194,7 +197,10 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
     kprintf("running %zu in-VM tests%s%s\n", ktest::test_count(), filter[0] ? " matching " : "",
             filter);
     ktest::Summary s = ktest::run_all(filter);
-    arch::exit_qemu(s.failed == 0 && s.passed > 0);
+    // No in-VM test misuses the DMA API on purpose: any report from the checker fails the run.
+    uint64_t misuse = DmaDebug::total();
+    if (misuse != 0) kprintf("dma-debug: %llu misuse report(s) during the tests\n", misuse);
+    arch::exit_qemu(s.failed == 0 && s.passed > 0 && misuse == 0);
   }
   if (kstr::equal(mode, "demo")) {
     bool ok = run_demo(g_env);

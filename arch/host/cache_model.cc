@@ -92,6 +92,7 @@ void CacheModel::evict_all() {
 }
 
 void CacheModel::device_read(size_t off, void* dst, size_t len, bool coherent) const {
+  if (len == 0) return;
   KASSERT(off < size_ && len <= size_ - off, "device read outside the modelled memory");
   // Page by page: an uncached page's memory is what the CPU wrote (cpu_).
   auto* out = static_cast<uint8_t*>(dst);
@@ -105,6 +106,7 @@ void CacheModel::device_read(size_t off, void* dst, size_t len, bool coherent) c
 }
 
 void CacheModel::device_write(size_t off, const void* src, size_t len, bool coherent) {
+  if (len == 0) return;
   KASSERT(off < size_ && len <= size_ - off, "device write outside the modelled memory");
   const auto* in = static_cast<const uint8_t*>(src);
   while (len > 0) {
