@@ -12,9 +12,15 @@ PooledBuffer& PooledBuffer::operator=(PooledBuffer&& o) {
   return *this;
 }
 
-uint8_t* PooledBuffer::data() const { return pool_->buffers_[index_].data(); }
-DmaAddr PooledBuffer::dma_addr() const { return pool_->buffers_[index_].dma_addr(); }
-size_t PooledBuffer::size() const { return pool_->buffer_size_; }
+uint8_t* PooledBuffer::data() const {
+  return pool_->buffers_[index_].data();
+}
+DmaAddr PooledBuffer::dma_addr() const {
+  return pool_->buffers_[index_].dma_addr();
+}
+size_t PooledBuffer::size() const {
+  return pool_->buffer_size_;
+}
 
 void PooledBuffer::release() {
   if (pool_ != nullptr) {

@@ -15,8 +15,7 @@ class PooledBuffer {
  public:
   PooledBuffer() = default;
   PooledBuffer(DmaBufferPool* pool, unsigned index) : pool_(pool), index_(index) {}
-  PooledBuffer(PooledBuffer&& o)
-      : pool_(support::exchange(o.pool_, nullptr)), index_(o.index_) {}
+  PooledBuffer(PooledBuffer&& o) : pool_(support::exchange(o.pool_, nullptr)), index_(o.index_) {}
   PooledBuffer& operator=(PooledBuffer&& o);
   PooledBuffer(const PooledBuffer&) = delete;
   PooledBuffer& operator=(const PooledBuffer&) = delete;

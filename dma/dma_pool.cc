@@ -62,8 +62,8 @@ Result<void> DmaPool::init(DeviceDma* dev, size_t block_size, size_t align, size
 }
 
 Result<DmaPool::Chunk*> DmaPool::grow() {
-  TRY_ASSIGN(DmaHandle h, dev_->op()->alloc_coherent(dev_->constraints(),
-                                                      Layout{chunk_size_, chunk_size_}));
+  TRY_ASSIGN(DmaHandle h,
+             dev_->op()->alloc_coherent(dev_->constraints(), Layout{chunk_size_, chunk_size_}));
   auto* c = new (h.cpu_addr) Chunk();
   c->handle = h;
   // Thread the free list through the blocks, lowest first, skipping boundary crossers.

@@ -74,8 +74,8 @@ class DmaPool {
   size_t offsets_base_ = 0;
   size_t blocks_per_chunk_ = 0;
   mutable support::SpinLock lock_;
-  Chunk* chunks_ TA_GUARDED(lock_) = nullptr;       // All chunks.
-  Chunk* with_room_ TA_GUARDED(lock_) = nullptr;    // Chunks with a free block.
+  Chunk* chunks_ TA_GUARDED(lock_) = nullptr;     // All chunks.
+  Chunk* with_room_ TA_GUARDED(lock_) = nullptr;  // Chunks with a free block.
   size_t num_chunks_ TA_GUARDED(lock_) = 0;
   size_t in_use_ TA_GUARDED(lock_) = 0;
 };

@@ -15,8 +15,12 @@
 
 namespace {
 
-bool copies_in(DmaDirection d) { return d != DmaDirection::kFromDevice; }
-bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
+bool copies_in(DmaDirection d) {
+  return d != DmaDirection::kFromDevice;
+}
+bool copies_out(DmaDirection d) {
+  return d != DmaDirection::kToDevice;
+}
 
 // Statistics cost a locked instruction each on the streaming path; they are compiled in with
 // DMA_STATS (on by default in DMA_DEBUG builds: the test kernels and host tests) and are plain
@@ -37,7 +41,8 @@ Result<uint64_t> phys_limit_of(const DmaConstraints& c) {
   if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
   // DMA address = phys + bus_offset. Reachable phys: [-bus_offset, mask - bus_offset] (mod 2^64).
   // With bus_offset above the mask nothing is reachable.
-  if (c.bus_offset > c.dma_mask) return Error(ErrorCode::kDmaMaskNotMatch, c.bus_offset, c.dma_mask);
+  if (c.bus_offset > c.dma_mask)
+    return Error(ErrorCode::kDmaMaskNotMatch, c.bus_offset, c.dma_mask);
   return c.dma_mask - c.bus_offset;
 }
 
@@ -63,7 +68,9 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
   }
 }
 
-KernelDmaOp::~KernelDmaOp() { DmaDebug::on_op_destroyed(this); }
+KernelDmaOp::~KernelDmaOp() {
+  DmaDebug::on_op_destroyed(this);
+}
 
 DmaConstraints KernelDmaOp::default_constraints() const {
   DmaConstraints c;

@@ -86,9 +86,9 @@ class SgList {
   Result<void> map(const DeviceDma& dev, support::Span<const SgEntry> entries, DmaDirection dir,
                    const SgLimits& limits = SgLimits{}) {
     mapping_.unmap();
-    TRY_ASSIGN(mapping_, SgMapping::map(dev, entries, dir, limits,
-                                        support::Span<DmaMapHandle>(handles_, N),
-                                        support::Span<DmaSegment>(segments_, S)));
+    TRY_ASSIGN(mapping_,
+               SgMapping::map(dev, entries, dir, limits, support::Span<DmaMapHandle>(handles_, N),
+                              support::Span<DmaSegment>(segments_, S)));
     return support::ok();
   }
   SgMapping& mapping() { return mapping_; }

@@ -4,11 +4,11 @@
 
 extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg);
 
-#define KASSERT(cond, msg)                                  \
-  do {                                                      \
-    if (__builtin_expect(!(cond), 0)) {                     \
+#define KASSERT(cond, msg)                                                    \
+  do {                                                                        \
+    if (__builtin_expect(!(cond), 0)) {                                       \
       support_panic(__FILE__, __LINE__, "assertion failed: " #cond ": " msg); \
-    }                                                       \
+    }                                                                         \
   } while (0)
 
 #define KPANIC(msg) support_panic(__FILE__, __LINE__, msg)

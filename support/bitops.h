@@ -5,24 +5,40 @@
 
 namespace support {
 
-constexpr bool is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+constexpr bool is_pow2(uint64_t x) {
+  return x != 0 && (x & (x - 1)) == 0;
+}
 
 // Index of the highest set bit; x must be non-zero.
-constexpr unsigned log2_floor(uint64_t x) { return 63u - static_cast<unsigned>(__builtin_clzll(x)); }
+constexpr unsigned log2_floor(uint64_t x) {
+  return 63u - static_cast<unsigned>(__builtin_clzll(x));
+}
 
 // Smallest n with 2^n >= x; x must be non-zero.
-constexpr unsigned log2_ceil(uint64_t x) { return x <= 1 ? 0u : log2_floor(x - 1) + 1u; }
+constexpr unsigned log2_ceil(uint64_t x) {
+  return x <= 1 ? 0u : log2_floor(x - 1) + 1u;
+}
 
 // Index of the lowest set bit; x must be non-zero.
-constexpr unsigned ctz(uint64_t x) { return static_cast<unsigned>(__builtin_ctzll(x)); }
+constexpr unsigned ctz(uint64_t x) {
+  return static_cast<unsigned>(__builtin_ctzll(x));
+}
 
 // Rounds up to a multiple of a power of two `a`. The caller checks for overflow where it matters.
-constexpr uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
-constexpr uint64_t align_down(uint64_t x, uint64_t a) { return x & ~(a - 1); }
-constexpr bool is_aligned(uint64_t x, uint64_t a) { return (x & (a - 1)) == 0; }
+constexpr uint64_t align_up(uint64_t x, uint64_t a) {
+  return (x + a - 1) & ~(a - 1);
+}
+constexpr uint64_t align_down(uint64_t x, uint64_t a) {
+  return x & ~(a - 1);
+}
+constexpr bool is_aligned(uint64_t x, uint64_t a) {
+  return (x & (a - 1)) == 0;
+}
 
 // True when [start, start + size) wraps past 2^64 (size may be 0).
-constexpr bool add_overflows(uint64_t start, uint64_t size) { return start + size < start; }
+constexpr bool add_overflows(uint64_t start, uint64_t size) {
+  return start + size < start;
+}
 
 template <typename T>
 constexpr T min(T a, T b) {

@@ -14,7 +14,7 @@ struct ListNode {
 };
 
 // `Member` is a pointer to the ListNode member of T.
-template <typename T, ListNode T::*Member>
+template <typename T, ListNode T::* Member>
 class IntrusiveList {
  public:
   IntrusiveList() { head_.prev = head_.next = &head_; }

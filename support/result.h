@@ -57,14 +57,16 @@ namespace support {
 struct ErrTag {
   Error e;
 };
-constexpr ErrTag err(Error e) { return ErrTag{e}; }
+constexpr ErrTag err(Error e) {
+  return ErrTag{e};
+}
 
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(const T& v) : ok_(true) { new (&storage_.value) T(v); }         // NOLINT: implicit by design
+  Result(const T& v) : ok_(true) { new (&storage_.value) T(v); }  // NOLINT: implicit by design
   Result(T&& v) : ok_(true) { new (&storage_.value) T(support::move(v)); }  // NOLINT
-  Result(ErrTag e) : ok_(false) { storage_.error = e.e; }                 // NOLINT
+  Result(ErrTag e) : ok_(false) { storage_.error = e.e; }                   // NOLINT
   Result(ErrorCode c) : ok_(false) {                                        // NOLINT
     KASSERT(c != ErrorCode::kOk, "a Result built from kOk has no value");
     storage_.error = Error(c);
@@ -135,7 +137,7 @@ template <>
 class [[nodiscard]] Result<void> {
  public:
   Result() = default;
-  Result(ErrTag e) : error_(e.e) {}  // NOLINT
+  Result(ErrTag e) : error_(e.e) {}   // NOLINT
   Result(ErrorCode c) : error_(c) {}  // NOLINT
   Result(Error e) : error_(e) {}      // NOLINT
   bool ok() const { return error_.code == ErrorCode::kOk; }
@@ -151,7 +153,9 @@ class [[nodiscard]] Result<void> {
   Error error_;
 };
 
-constexpr Result<void> ok() { return Result<void>(); }
+constexpr Result<void> ok() {
+  return Result<void>();
+}
 
 }  // namespace support
 
@@ -162,16 +166,16 @@ using Result = support::Result<T>;
 #define SUPPORT_CONCAT(a, b) SUPPORT_CONCAT_INNER(a, b)
 
 // Evaluates `expr` (a Result); on error returns that error from the enclosing function.
-#define TRY(expr)                                              \
-  do {                                                         \
-    auto&& _try_result = (expr);                               \
+#define TRY(expr)                                                      \
+  do {                                                                 \
+    auto&& _try_result = (expr);                                       \
     if (!_try_result.ok()) return ::support::err(_try_result.error()); \
   } while (0)
 
 // Evaluates `expr` (a Result<T>); on error returns it, else moves the value into `lhs`
 // (a declaration such as `auto x` or an existing lvalue).
 #define TRY_ASSIGN(lhs, expr) TRY_ASSIGN_IMPL(SUPPORT_CONCAT(_try_r_, __LINE__), lhs, expr)
-#define TRY_ASSIGN_IMPL(tmp, lhs, expr)                  \
-  auto&& tmp = (expr);                                   \
-  if (!tmp.ok()) return ::support::err(tmp.error());     \
+#define TRY_ASSIGN_IMPL(tmp, lhs, expr)              \
+  auto&& tmp = (expr);                               \
+  if (!tmp.ok()) return ::support::err(tmp.error()); \
   lhs = ::support::move(tmp).value()

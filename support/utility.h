@@ -48,5 +48,7 @@ constexpr void swap(T& a, T& b) {
 #include <new>
 #else
 #include <stddef.h>
-inline void* operator new(size_t, void* p) noexcept { return p; }
+inline void* operator new(size_t, void* p) noexcept {
+  return p;
+}
 #endif

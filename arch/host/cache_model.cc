@@ -97,7 +97,7 @@ void CacheModel::device_read(size_t off, void* dst, size_t len, bool coherent) c
   // Page by page: an uncached page's memory is what the CPU wrote (cpu_).
   auto* out = static_cast<uint8_t*>(dst);
   while (len > 0) {
-    size_t n = std::min(len, kPageSize - off % kPageSize);
+    size_t n = std::min(len, kPageSize - (off % kPageSize));
     std::memcpy(out, (coherent || uncached(off) ? cpu_ : memory_) + off, n);
     out += n;
     off += n;
@@ -110,7 +110,7 @@ void CacheModel::device_write(size_t off, const void* src, size_t len, bool cohe
   KASSERT(off < size_ && len <= size_ - off, "device write outside the modelled memory");
   const auto* in = static_cast<const uint8_t*>(src);
   while (len > 0) {
-    size_t n = std::min(len, kPageSize - off % kPageSize);
+    size_t n = std::min(len, kPageSize - (off % kPageSize));
     std::memcpy(memory_ + off, in, n);
     if (coherent || uncached(off)) {
       // A snooping write updates (or invalidates) the cached copy, and an uncached page has none:

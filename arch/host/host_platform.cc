@@ -7,7 +7,6 @@
 
 #include "support/bitops.h"
 
-
 // ---- HostDmaOp ----
 
 size_t HostDmaOp::offset_of(const void* addr) const {
@@ -55,7 +54,7 @@ Result<void> HostDmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr att
   if (uncached) {
     size_t fresh = 0;
     for (size_t r = off / kRegion; r <= (off + bytes - 1) / kRegion; ++r) {
-      if (region_pages_.count(r) == 0) ++fresh;
+      if (!region_pages_.contains(r)) ++fresh;
     }
     if (region_pages_.size() + fresh > uncached_.region_budget) return ErrorCode::kNoMemory;
   }

@@ -70,7 +70,9 @@ class KernelDmaOpTest : public testing::Test {
   std::vector<std::pair<uint64_t, unsigned>> low_;
 };
 
-TEST_F(KernelDmaOpTest, PageSizeIs4K) { EXPECT_EQ(op().page_size(), 4096u); }
+TEST_F(KernelDmaOpTest, PageSizeIs4K) {
+  EXPECT_EQ(op().page_size(), 4096u);
+}
 
 TEST_F(KernelDmaOpTest, DefaultConstraintsFollowThePlatform) {
   EXPECT_FALSE(op().default_constraints().coherent);
@@ -506,7 +508,7 @@ TEST_F(KernelDmaOpTest, CoherentAllocationReusedMemoryIsZeroed) {
   op().dealloc_coherent(*h);
   auto h2 = op().alloc_coherent(device(kMask64), Layout{4096, 1});
   ASSERT_TRUE(h2.ok());
-  EXPECT_EQ(h2->phys, first);  // Reused block...
+  EXPECT_EQ(h2->phys, first);                              // Reused block...
   EXPECT_EQ(static_cast<uint8_t*>(h2->cpu_addr)[123], 0);  // ...comes back zeroed.
   op().dealloc_coherent(*h2);
 }

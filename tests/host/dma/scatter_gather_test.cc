@@ -193,9 +193,9 @@ TEST_F(ScatterGatherTest, MoveKeepsOneOwner) {
   DmaMapHandle handles[1];
   DmaSegment segs[1];
   SgEntry e[] = {{a, 64}};
-  auto m = SgMapping::map(dev_, e, DmaDirection::kToDevice, SgLimits{},
-                          support::Span<DmaMapHandle>(handles, 1),
-                          support::Span<DmaSegment>(segs, 1));
+  auto m =
+      SgMapping::map(dev_, e, DmaDirection::kToDevice, SgLimits{},
+                     support::Span<DmaMapHandle>(handles, 1), support::Span<DmaSegment>(segs, 1));
   ASSERT_TRUE(m.ok());
   SgMapping owner = std::move(*m);
   EXPECT_FALSE(m->valid());

@@ -26,7 +26,7 @@ TEST(Poison, PageWrittenAfterFreeIsReported) {
         auto pa = plat.pfa().alloc(0);
         uint8_t* p = plat.phys_to_virt(pa->value());
         if (!plat.pfa().free(*pa, 0).ok()) std::abort();
-        p[2000] = 0;  // Use after free.
+        p[2000] = 0;                       // Use after free.
         auto again = plat.pfa().alloc(0);  // LIFO: the same page comes back.
         (void)again;
       },
@@ -56,8 +56,8 @@ TEST(Poison, PoisoningCanBeTurnedOffForUnbackedPools) {
   std::vector<uint8_t> meta(BouncePool::metadata_size(mem.size(), 2048));
   BouncePool pool;
   pool.set_poisoning(false);
-  ASSERT_TRUE(pool.init(PhysAddr(0x1000'0000), mem.size(), mem.data(), meta.data(), meta.size())
-                  .ok());
+  ASSERT_TRUE(
+      pool.init(PhysAddr(0x1000'0000), mem.size(), mem.data(), meta.data(), meta.size()).ok());
   EXPECT_EQ(mem[5], 0x11);
   auto s = pool.alloc(100);
   ASSERT_TRUE(s.ok());
