@@ -199,7 +199,10 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
     ktest::Summary s = ktest::run_all(filter);
     // No in-VM test misuses the DMA API on purpose: any report from the checker fails the run.
     uint64_t misuse = DmaDebug::total();
-    if (misuse != 0) kprintf("dma-debug: %llu misuse report(s) during the tests\n", misuse);
+    if (misuse != 0) {
+      kprintf("dma-debug: %llu misuse report(s) during the tests\n",
+              static_cast<unsigned long long>(misuse));
+    }
     arch::exit_qemu(s.failed == 0 && s.passed > 0 && misuse == 0);
   }
   if (kstr::equal(mode, "demo")) {
