@@ -30,13 +30,9 @@ class TA_CAPABILITY("mutex") SpinLock {
   bool is_locked() const { return __atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0; }
 
  private:
-  static void cpu_relax() {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ volatile("yield");
-#endif
-  }
+  // A compiler barrier between polls. No architecture's pause/yield hint here: the support
+  // library stays free of architecture conditionals (those live under arch/).
+  static void cpu_relax() { __asm__ volatile("" ::: "memory"); }
   uint32_t locked_ = 0;
 };
 
