@@ -52,15 +52,4 @@ void io_mb() {
   __asm__ volatile("dsb sy" ::: "memory");
 }
 
-Result<uint32_t> port_in(uint16_t, unsigned) {
-  return ErrorCode::kNotSupported;
-}
-Result<void> port_out(uint16_t, uint32_t, unsigned) {
-  return ErrorCode::kNotSupported;
-}
-
-Result<PciHostDesc> pci_host_fallback() {
-  return ErrorCode::kNotSupported;
-}
-
 }  // namespace arch

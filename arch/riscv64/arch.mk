@@ -13,7 +13,7 @@ ARCH_SRCS := arch/riscv64/arch_riscv64.cc arch/riscv64/riscv64_platform.cc \
              arch/riscv64/sv39_page_table.cc arch/riscv64/trap.cc arch/riscv64/sbi.cc \
              arch/riscv64/ns16550.cc \
              tests/qemu/riscv64/riscv64_arch_test.cc
-ARCH_SRCS += arch/riscv64/arch_io.cc
+ARCH_SRCS += arch/riscv64/arch_io.cc arch/common/no_port_io.cc
 ARCH_ASM_SRCS := arch/riscv64/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.
