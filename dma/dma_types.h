@@ -61,17 +61,20 @@ struct DmaHandle {
 };
 
 // A streaming mapping (the crate's DmaMapHandle). Owned by the caller until unmap_single.
+// 48 bytes: it is returned by value on every map and usually stored by the driver.
 struct DmaMapHandle {
   void* cpu_addr = nullptr;  // The caller's buffer.
   DmaAddr dma_addr;          // Address to give the device (the bounce slot's, if bounced).
   size_t size = 0;
+  // Non-null when the mapping is bounced: the CPU address of the data in the bounce slot.
+  void* bounce_cpu = nullptr;
+  // Bounced only: the pool's bookkeeping of the slot (BouncePool::free_data checks it).
+  uint32_t bounce_first_slot = 0;
+  uint32_t bounce_num_slots = 0;
+  uint32_t device_id = 0;  // DmaConstraints::device_id of the mapping device.
   DmaDirection direction = DmaDirection::kToDevice;
   bool coherent_device = false;
-  uint32_t device_id = 0;  // DmaConstraints::device_id of the mapping device.
-  // Non-null when the mapping is bounced: the slot's CPU address and its pool bookkeeping.
-  void* bounce_cpu = nullptr;
-  BounceSlot bounce;
-  uint8_t bounce_pool_index = 0;
+  uint8_t bounce_pool_index = 0;  // Bounced only: KernelDmaOp::Config::pools index.
 
   bool bounced() const { return bounce_cpu != nullptr; }
 };

@@ -66,6 +66,22 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
     dm_lo_ = support::min(dm_lo_, base);
     dm_hi_ = support::max(dm_hi_, base + cfg_.pools[i]->bytes());
   }
+  // map_single's fast window: the direct map without physical page 0 and without the page at CPU
+  // address 0 (an identity map of RAM that starts at 0 has it at its start; a direct map placed
+  // below the physical addresses it maps may have it anywhere: keep the part below it then).
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  uint64_t lo = support::min(support::max(dm_lo_, kPage), dm_hi_);
+  uint64_t hi = dm_hi_;
+  uint64_t null_phys = 0 - static_cast<uint64_t>(cfg_.direct_map_offset);
+  if (null_phys >= lo && null_phys < hi) {
+    if (null_phys - lo < kPage) {
+      lo = support::min(null_phys + kPage, hi);
+    } else {
+      hi = null_phys;
+    }
+  }
+  fast_lo_ = lo;
+  fast_span_ = hi - lo;
 }
 
 KernelDmaOp::~KernelDmaOp() {
@@ -114,8 +130,50 @@ int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
   return best;
 }
 
+// The common case of a coherent device, kept free of calls and of a stack frame: a buffer inside
+// the direct map that the device reaches as it is, no alignment demanded. Every test that would
+// reject the request or send it elsewhere is one of the conditions below; whatever fails any of
+// them takes the general path (map_general), which repeats the checks in order and reports the
+// first error. A non-coherent device goes there too: its cache maintenance costs far more than
+// the call.
 Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr, size_t size,
                                              size_t align, DmaDirection dir) {
+  // One test after another, each cheap, so that few values are live at once (no stack frame).
+  // The window [fast_lo_, fast_lo_ + fast_span_) excludes physical address 0 and the page at CPU
+  // address 0, which is what makes a null addr and a zero mask fail here.
+  if (align > 1 || !c.coherent || c.force_bounce || FAULT_POINT(kMapping)) [[unlikely]] {
+    // A guaranteed tail call (same signature), so the fast path needs no frame of its own.
+    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+  }
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - cfg_.direct_map_offset;
+  uint64_t rel = p - fast_lo_;
+  // Starts inside the window; size >= 1 and ends inside it.
+  if (rel >= fast_span_ || size - 1 >= fast_span_ - rel) [[unlikely]] {
+    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+  }
+  // The device reaches the last byte: p + size - 1 + bus_offset <= dma_mask, as integers.
+  uint64_t dev_last;
+  if (__builtin_add_overflow(p + (size - 1), c.bus_offset, &dev_last) || dev_last > c.dma_mask)
+      [[unlikely]] {
+    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+  }
+  add_relaxed(&stats_.direct_maps, uint64_t{1});
+  add_relaxed(&stats_.maps, uint64_t{1});
+  add_relaxed(&stats_.live_maps, uint64_t{1});
+  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.dma_addr = DmaAddr(dev_last - (size - 1));
+  h.size = size;
+  h.direction = dir;
+  h.coherent_device = true;
+  h.device_id = c.device_id;
+  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
+  return h;
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* addr, size_t size,
+                                              size_t align, DmaDirection dir) {
   auto fail = [this](Error e) -> Result<DmaMapHandle> {
     add_relaxed(&stats_.map_errors, uint64_t{1});
     return support::err(e);
@@ -171,7 +229,8 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
     }
     auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
     if (!slot.ok()) return fail(slot.error());
-    h.bounce = *slot;
+    h.bounce_first_slot = slot->first_slot;
+    h.bounce_num_slots = slot->num_slots;
     h.bounce_pool_index = static_cast<uint8_t>(pi);
     h.bounce_cpu = pool->cpu_addr(slot->addr);
     h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
@@ -203,19 +262,24 @@ void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t 
 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
   if (!DmaDebug::on_unmap(this, h)) return;  // Misuse, reported: refused.
-  KASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
-  if (h.bounced()) {
-    KASSERT(h.bounce_pool_index < cfg_.num_pools, "unmap_single: bad bounce pool index");
-    if (copies_out(h.direction)) {
-      if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
-      copy_from_bounce(h, 0, h.size);
-    }
-    auto r = cfg_.pools[h.bounce_pool_index]->free(h.bounce);
-    KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
-  } else if (copies_out(h.direction) && !h.coherent_device) {
-    invalidate(h.cpu_addr, h.size);
+  if (!h.bounced()) {
+    if (copies_out(h.direction) && !h.coherent_device) invalidate(h.cpu_addr, h.size);
+  } else {
+    unmap_bounced(h);
   }
   add_relaxed(&stats_.live_maps, ~uint64_t{0});  // Minus one.
+}
+
+void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
+  KASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
+  KASSERT(h.bounce_pool_index < cfg_.num_pools, "unmap_single: bad bounce pool index");
+  if (copies_out(h.direction)) {
+    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
+    copy_from_bounce(h, 0, h.size);
+  }
+  auto r = cfg_.pools[h.bounce_pool_index]->free_data(h.bounce_first_slot, h.bounce_num_slots,
+                                                      h.bounce_cpu, h.size);
+  KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
 }
 
 Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, size_t size,

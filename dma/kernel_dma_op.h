@@ -120,6 +120,13 @@ class KernelDmaOp : public DmaOp {
   // Index of the pool to bounce into for a device reaching physical addresses <= phys_limit,
   // or -1.
   int pick_pool(uint64_t phys_limit) const;
+  // map_single's general path: every request its inline fast path does not take (errors, buffers
+  // outside the direct map, alignment, bouncing). Out of line so that the fast path needs no
+  // stack frame.
+  [[gnu::noinline]] Result<DmaMapHandle> map_general(const DmaConstraints& c, void* addr,
+                                                     size_t size, size_t align, DmaDirection dir);
+  // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
+  [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   void note_bounced(BouncePool* pool, size_t bytes);
   void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
   void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
@@ -128,5 +135,8 @@ class KernelDmaOp : public DmaOp {
   // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
   uint64_t dm_lo_ = 0;
   uint64_t dm_hi_ = 0;
+  // The part of it map_single's inline fast path accepts: [fast_lo_, fast_lo_ + fast_span_).
+  uint64_t fast_lo_ = 0;
+  uint64_t fast_span_ = 0;
   mutable Stats stats_;
 };

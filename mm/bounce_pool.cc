@@ -336,23 +336,31 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
                                      size_t align) {
   // size - 1 wraps for 0; max_request_ is 0 before init.
   if (size - 1 >= max_request_) return ErrorCode::kLayoutError;
-  uint64_t align_mask = align == 0 ? 0 : align - 1;
-  uint64_t target = orig.value() & min_align_mask;
-  // align a power of two, min_align_mask of the form 2^k - 1, and the two compatible.
-  if (((align & align_mask) | (min_align_mask & (min_align_mask + 1)) | (target & align_mask)) !=
-      0) {
-    return ErrorCode::kLayoutError;
-  }
-
-  // The address must satisfy addr & low == target.
-  uint64_t low = min_align_mask | align_mask;
   uint64_t slot_mask = slot_size_ - 1;
-  uint64_t offset = target & slot_mask;
-  uint64_t n = (offset + size + slot_mask) >> slot_shift_;
-  // The first slot's index must be congruent to `phase` modulo period_mask + 1.
-  uint64_t period_mask = low >> slot_shift_;
-  uint64_t phase = ((target - base_.value()) & low) >> slot_shift_;
-  if (phase + n > num_slots_) return ErrorCode::kLayoutError;
+  uint64_t offset = 0;
+  uint64_t n = 0;
+  uint64_t phase = 0;
+  uint64_t period_mask = 0;
+  if ((min_align_mask | align) == 0) [[likely]] {
+    // No constraint on the address: any slot will do. n <= num_slots_ as size <= bytes_.
+    n = (size + slot_mask) >> slot_shift_;
+  } else {
+    uint64_t align_mask = align == 0 ? 0 : align - 1;
+    uint64_t target = orig.value() & min_align_mask;
+    // align a power of two, min_align_mask of the form 2^k - 1, and the two compatible.
+    if (((align & align_mask) | (min_align_mask & (min_align_mask + 1)) | (target & align_mask)) !=
+        0) {
+      return ErrorCode::kLayoutError;
+    }
+    // The address must satisfy addr & low == target.
+    uint64_t low = min_align_mask | align_mask;
+    offset = target & slot_mask;
+    n = (offset + size + slot_mask) >> slot_shift_;
+    // The first slot's index must be congruent to `phase` modulo period_mask + 1.
+    period_mask = low >> slot_shift_;
+    phase = ((target - base_.value()) & low) >> slot_shift_;
+    if (phase + n > num_slots_) return ErrorCode::kLayoutError;
+  }
   if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
 
   support::Guard<support::SpinLock> guard{&lock_};
@@ -404,18 +412,28 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
 }
 
 Result<void> BouncePool::free(const BounceSlot& slot) {
-  uint32_t first = slot.first_slot;
-  uint32_t slots = slot.num_slots;
+  // An address below the first slot makes the offset huge: rejected like any other mismatch.
+  uint64_t offset = slot.addr.value() - base_.value() - (uint64_t{slot.first_slot} << slot_shift_);
+  return free_block(slot.first_slot, slot.num_slots, offset, slot.size);
+}
+
+Result<void> BouncePool::free_data(uint32_t first_slot, uint32_t num_slots, const void* data,
+                                   size_t size) {
+  uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                    (uint64_t{first_slot} << slot_shift_);
+  return free_block(first_slot, num_slots, offset, size);
+}
+
+inline Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t offset,
+                                           uint64_t size) {
   support::Guard<support::SpinLock> guard{&lock_};
-  if (slots == 0 || first >= num_slots_ || slots > num_slots_ - first) {
-    return ErrorCode::kNotFound;
-  }
+  // first < num_slots_ and slots <= num_slots_ - first; slots == 0 fails the record check below
+  // (a used head is never of size 0).
+  if (first >= num_slots_ || slots > num_slots_ - first) return ErrorCode::kNotFound;
   SlotRecord& r = meta_[first];
-  // A used head of exactly this size: a free or cached head carries a flag, any other slot has
-  // size 0.
-  if (r.size_free != slots ||
-      slot.addr.value() != base_.value() + (uint64_t{first} << slot_shift_) + r.link_next ||
-      uint64_t{r.link_prev} != slot.size) {
+  // A used head of exactly this size (a free or cached head carries a flag, any other slot has
+  // size 0), holding data at this offset and of this size.
+  if (r.size_free != slots || slots == 0 || offset != r.link_next || size != r.link_prev) {
     return ErrorCode::kNotFound;
   }
 

@@ -94,6 +94,12 @@ class BouncePool {
   // again with the same address and size cannot be told apart from the new allocation.
   Result<void> free(const BounceSlot& slot) TA_EXCL(lock_);
 
+  // The same, for a caller that kept the allocation in a compact form (DmaMapHandle): the first
+  // slot and slot count of the BounceSlot, the CPU address of its data (cpu_addr(slot.addr)) and
+  // the requested size. Checked as strictly as free(); same errors and cost.
+  Result<void> free_data(uint32_t first_slot, uint32_t num_slots, const void* data, size_t size)
+      TA_EXCL(lock_);
+
   // Gives every cached block back to the free lists, merging it with free neighbours. After
   // freeing every allocation and draining, the pool is one free block. At most
   // kQuickSlots * kQuickDepth blocks, so O(1); may be called with interrupts off.
@@ -147,6 +153,9 @@ class BouncePool {
   uint32_t carve(uint64_t n, uint64_t phase, uint64_t period_mask) TA_REQ(lock_);
   void release(uint32_t first, uint32_t slots) TA_REQ(lock_);
   void drain_locked() TA_REQ(lock_);
+  // free() and free_data(): `offset` is the data's byte offset from the start of the first slot.
+  Result<void> free_block(uint32_t first, uint32_t slots, uint64_t offset, uint64_t size)
+      TA_EXCL(lock_);
 
   mutable support::SpinLock lock_;
   // Set by init, constant afterwards.

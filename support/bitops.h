@@ -5,8 +5,12 @@
 
 namespace support {
 
+// Written as a comparison rather than `x != 0 && (x & (x - 1)) == 0`, which clang turns into a
+// population count: a dozen instructions on a target without a popcount instruction. x ^ (x - 1)
+// sets the bits up to and including the lowest set bit of x; that exceeds x - 1 exactly when no
+// other bit is set (for 0, both sides are all ones).
 constexpr bool is_pow2(uint64_t x) {
-  return x != 0 && (x & (x - 1)) == 0;
+  return (x ^ (x - 1)) > x - 1;
 }
 
 // Index of the highest set bit; x must be non-zero.

@@ -89,6 +89,11 @@ class [[nodiscard]] Result {
   }
   Result& operator=(const Result&) = delete;
   Result& operator=(Result&&) = delete;
+  // Trivial for a trivially destructible T (most results: addresses, handles), so that such a
+  // Result can be passed on by a guaranteed tail call ([[clang::musttail]]).
+  ~Result()
+    requires(__is_trivially_destructible(T))
+  = default;
   ~Result() {
     if (ok_) storage_.value.~T();
   }
@@ -126,6 +131,9 @@ class [[nodiscard]] Result {
  private:
   union Storage {
     Storage() {}
+    ~Storage()
+      requires(__is_trivially_destructible(T))
+    = default;
     ~Storage() {}
     T value;
     Error error;

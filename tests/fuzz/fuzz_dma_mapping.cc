@@ -587,7 +587,7 @@ class Harness {
     FUZZ_CHECK(s.entries == maps_.size() + coh_.size());
     uint64_t slots[KernelDmaOp::kMaxPools] = {};
     for (const Mapping& m : maps_) {
-      if (m.h.bounced()) slots[m.h.bounce_pool_index] += m.h.bounce.num_slots;
+      if (m.h.bounced()) slots[m.h.bounce_pool_index] += m.h.bounce_num_slots;
     }
     for (size_t i = 0; i < w_.plat->num_pools(); ++i) {
       FUZZ_CHECK(s.used_slots[i] == slots[i]);
