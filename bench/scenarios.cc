@@ -296,6 +296,8 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   o.ram.push_back(PhysRange{PhysAddr(0), 512 * kMiB});
   o.pools.push_back(HostPlatform::PoolSpec{kPoolBytes, kDeviceLimit});
   o.platform_coherent = true;
+  // Per-CPU slot caches sized for a 4-CPU machine: each CPU may keep 256 slots (512 KiB).
+  o.cpu_caches = kCpus;
   plat_ = std::make_unique<HostPlatform>(o);
   prefer_huge_pages(plat_.get());
   op_ = &plat_->op();

@@ -166,6 +166,7 @@ class BounceRing {
   static constexpr size_t kRing = 4;
   static constexpr size_t kPoolBytes = 64 * kMiB;
   static constexpr uint64_t kDeviceLimit = 256 * kMiB - 1;
+  static constexpr unsigned kCpus = 4;  // HostPlatform::Options::cpu_caches.
   BounceRing(double occupancy, size_t size, DmaDirection dir, uint64_t seed);
   ~BounceRing();
   void run(uint64_t ops);

@@ -66,6 +66,18 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
     dm_lo_ = support::min(dm_lo_, base);
     dm_hi_ = support::max(dm_hi_, base + cfg_.pools[i]->bytes());
   }
+  // Pools by base, highest first (insertion sort: at most kMaxPools).
+  for (size_t i = 0; i < cfg_.num_pools; ++i) {
+    size_t j = i;
+    uint64_t base = cfg_.pools[i]->base().value();
+    while (j > 0 && cfg_.pools[static_cast<size_t>(pool_order_[j - 1])]->base().value() < base) {
+      pool_order_[j] = pool_order_[j - 1];
+      pool_last_[j] = pool_last_[j - 1];
+      --j;
+    }
+    pool_order_[j] = static_cast<int8_t>(i);
+    pool_last_[j] = base + cfg_.pools[i]->bytes() - 1;
+  }
   // map_single's fast window: the direct map without physical page 0 and without the page at CPU
   // address 0 (an identity map of RAM that starts at 0 has it at its start; a direct map placed
   // below the physical addresses it maps may have it anywhere: keep the part below it then).
@@ -117,17 +129,12 @@ void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
 }
 
 int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
-  int best = -1;
-  uint64_t best_base = 0;
+  // pool_order_ lists the pools from the highest-placed down: the first that lies wholly under
+  // the limit is the highest such pool.
   for (size_t i = 0; i < cfg_.num_pools; ++i) {
-    const BouncePool* p = cfg_.pools[i];
-    uint64_t last = p->base().value() + p->bytes() - 1;
-    if (last <= phys_limit && (best < 0 || p->base().value() > best_base)) {
-      best = static_cast<int>(i);
-      best_base = p->base().value();
-    }
+    if (pool_last_[i] <= phys_limit) return pool_order_[i];
   }
-  return best;
+  return -1;
 }
 
 // The common case of a coherent device, kept free of calls and of a stack frame: a buffer inside
@@ -141,7 +148,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   // One test after another, each cheap, so that few values are live at once (no stack frame).
   // The window [fast_lo_, fast_lo_ + fast_span_) excludes physical address 0 and the page at CPU
   // address 0, which is what makes a null addr and a zero mask fail here.
-  if (align > 1 || !c.coherent || c.force_bounce || FAULT_POINT(kMapping)) [[unlikely]] {
+  if (align > 1 || !c.coherent || c.force_bounce) [[unlikely]] {
     // A guaranteed tail call (same signature), so the fast path needs no frame of its own.
     [[clang::musttail]] return map_general(c, addr, size, align, dir);
   }
@@ -152,10 +159,15 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
     [[clang::musttail]] return map_general(c, addr, size, align, dir);
   }
   // The device reaches the last byte: p + size - 1 + bus_offset <= dma_mask, as integers.
+  // Otherwise the buffer is bounced (or the mask is refused): map_bounce.
   uint64_t dev_last;
   if (__builtin_add_overflow(p + (size - 1), c.bus_offset, &dev_last) || dev_last > c.dma_mask)
       [[unlikely]] {
-    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+    [[clang::musttail]] return map_bounce(c, addr, size, align, dir);
+  }
+  // Every check map_general makes before its fault point has passed: this is that point.
+  if (FAULT_POINT(kMapping)) [[unlikely]] {
+    [[clang::musttail]] return map_injected_fault(c, addr, size, align, dir);
   }
   add_relaxed(&stats_.direct_maps, uint64_t{1});
   add_relaxed(&stats_.maps, uint64_t{1});
@@ -172,12 +184,31 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   return h;
 }
 
+Result<DmaMapHandle> KernelDmaOp::map_injected_fault(const DmaConstraints&, void*, size_t, size_t,
+                                                     DmaDirection) {
+  return map_failed(ErrorCode::kNoMemory);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
+  add_relaxed(&stats_.map_errors, uint64_t{1});
+  return support::err(e);
+}
+
+// From map_single only: a buffer inside the fast window (so size >= 1 and no wrap), align <= 1,
+// not forced to bounce, not reachable as it is (or a mask that reaches nothing), and the fault
+// point not yet evaluated. The same steps as map_general from its fault point on.
+Result<DmaMapHandle> KernelDmaOp::map_bounce(const DmaConstraints& c, void* addr, size_t size,
+                                             size_t align, DmaDirection dir) {
+  if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
+  auto limit = phys_limit_of(c);
+  if (!limit.ok()) return map_failed(limit.error());
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - cfg_.direct_map_offset;
+  return bounce(c, addr, p, size, align, dir, *limit);
+}
+
 Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* addr, size_t size,
                                               size_t align, DmaDirection dir) {
-  auto fail = [this](Error e) -> Result<DmaMapHandle> {
-    add_relaxed(&stats_.map_errors, uint64_t{1});
-    return support::err(e);
-  };
+  auto fail = [this](Error e) { return map_failed(e); };
   if (size == 0 || addr == nullptr) return fail(ErrorCode::kLayoutError);
   if (FAULT_POINT(kMapping)) return fail(ErrorCode::kNoMemory);
   if (align > 1 && !support::is_pow2(align)) return fail(ErrorCode::kLayoutError);
@@ -198,49 +229,69 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
     p = phys->value();
   }
 
+  bool reachable = p + (size - 1) <= *limit;
+  bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
+  if (c.force_bounce || !reachable || !aligned) {
+    return bounce(c, addr, p, size, align, dir, *limit);
+  }
   DmaMapHandle h;
   h.cpu_addr = addr;
   h.size = size;
   h.direction = dir;
   h.coherent_device = c.coherent;
   h.device_id = c.device_id;
+  h.dma_addr = DmaAddr(p + c.bus_offset);
+  if (!c.coherent) flush(addr, size);
+  add_relaxed(&stats_.direct_maps, uint64_t{1});
+  add_relaxed(&stats_.maps, uint64_t{1});
+  add_relaxed(&stats_.live_maps, uint64_t{1});
+  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
+  return h;
+}
 
-  bool reachable = p + (size - 1) <= *limit;
-  bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
-  if (!c.force_bounce && reachable && aligned) {
-    h.dma_addr = DmaAddr(p + c.bus_offset);
-    if (!c.coherent) flush(addr, size);
-    add_relaxed(&stats_.direct_maps, uint64_t{1});
-  } else {
-    int pi = pick_pool(*limit);
-    if (pi < 0) {
-      return fail(Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
-    }
-    BouncePool* pool = cfg_.pools[pi];
-    if (size > pool->bytes()) return fail(ErrorCode::kLayoutError);
-    // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
-    // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
-    // the physical one, must be aligned). Where they overlap they must agree.
-    uint64_t keep = c.min_align_mask;
-    uint64_t align_mask = align > 1 ? align - 1 : 0;
-    uint64_t align_bits = (0 - c.bus_offset) & align_mask;
-    if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
-      return fail(ErrorCode::kLayoutError);
-    }
-    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
-    if (!slot.ok()) return fail(slot.error());
-    h.bounce_first_slot = slot->first_slot;
-    h.bounce_num_slots = slot->num_slots;
-    h.bounce_pool_index = static_cast<uint8_t>(pi);
-    h.bounce_cpu = pool->cpu_addr(slot->addr);
-    h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
-    // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
-    // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
-    support::copy_bytes(h.bounce_cpu, addr, size);
-    note_bounced(pool, size);
-    if (!c.coherent) flush(h.bounce_cpu, size);
-    add_relaxed(&stats_.bounced_maps, uint64_t{1});
+// The bounce half of the map decision: a slot under `limit` (the highest physical address the
+// device reaches), the data copied in, the caches cleaned for a non-coherent device.
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(const DmaConstraints& c,
+                                                                       void* addr, uint64_t p,
+                                                                       size_t size, size_t align,
+                                                                       DmaDirection dir,
+                                                                       uint64_t limit) {
+  int pi = pick_pool(limit);
+  if (pi < 0) {
+    return map_failed(
+        Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
   }
+  BouncePool* pool = cfg_.pools[pi];
+  // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
+  // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
+  // the physical one, must be aligned). Where they overlap they must agree.
+  uint64_t keep = c.min_align_mask;
+  uint64_t align_mask = align > 1 ? align - 1 : 0;
+  uint64_t align_bits = (0 - c.bus_offset) & align_mask;
+  if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
+    return map_failed(ErrorCode::kLayoutError);
+  }
+  // A size above the pool's is refused by alloc with kLayoutError.
+  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
+  if (!slot.ok()) return map_failed(slot.error());
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.size = size;
+  h.direction = dir;
+  h.coherent_device = c.coherent;
+  h.device_id = c.device_id;
+  h.bounce_first_slot = slot->first_slot;
+  h.bounce_num_slots = slot->num_slots;
+  h.bounce_pool_index = static_cast<uint8_t>(pi);
+  h.bounce_cpu = pool->cpu_addr(slot->addr);
+  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
+  // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
+  support::copy_bytes(h.bounce_cpu, addr, size);
+  note_bounced(pool, size);
+  if (!c.coherent) flush(h.bounce_cpu, size);
+  add_relaxed(&stats_.bounced_maps, uint64_t{1});
   add_relaxed(&stats_.maps, uint64_t{1});
   add_relaxed(&stats_.live_maps, uint64_t{1});
   add_relaxed(&stats_.bytes_mapped, uint64_t{size});

@@ -121,10 +121,23 @@ class KernelDmaOp : public DmaOp {
   // or -1.
   int pick_pool(uint64_t phys_limit) const;
   // map_single's general path: every request its inline fast path does not take (errors, buffers
-  // outside the direct map, alignment, bouncing). Out of line so that the fast path needs no
-  // stack frame.
+  // outside the direct map, alignment, non-coherent devices, forced bouncing). Out of line, like
+  // the two below, so that the fast path needs no stack frame; same signature as map_single so
+  // that it tail-calls them.
   [[gnu::noinline]] Result<DmaMapHandle> map_general(const DmaConstraints& c, void* addr,
                                                      size_t size, size_t align, DmaDirection dir);
+  // The fast path's bounce: see kernel_dma_op.cc for what map_single has checked.
+  [[gnu::noinline]] Result<DmaMapHandle> map_bounce(const DmaConstraints& c, void* addr,
+                                                    size_t size, size_t align, DmaDirection dir);
+  // An injected kMapping fault (DMA_FAULT_INJECTION) on the fast path: kNoMemory.
+  [[gnu::noinline]] Result<DmaMapHandle> map_injected_fault(const DmaConstraints& c, void* addr,
+                                                            size_t size, size_t align,
+                                                            DmaDirection dir);
+  // Counts a failed map and returns its error.
+  Result<DmaMapHandle> map_failed(Error e);
+  // The bounce half of the map decision, shared by map_general and map_bounce.
+  Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
+                              size_t align, DmaDirection dir, uint64_t limit);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   void note_bounced(BouncePool* pool, size_t bytes);
@@ -135,6 +148,9 @@ class KernelDmaOp : public DmaOp {
   // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
   uint64_t dm_lo_ = 0;
   uint64_t dm_hi_ = 0;
+  // Pools from the highest-placed down (indices into cfg_.pools) and the last byte of each.
+  int8_t pool_order_[kMaxPools] = {};
+  uint64_t pool_last_[kMaxPools] = {};
   // The part of it map_single's inline fast path accepts: [fast_lo_, fast_lo_ + fast_span_).
   uint64_t fast_lo_ = 0;
   uint64_t fast_span_ = 0;

@@ -59,25 +59,8 @@
 #include "support/fault_injection.h"
 #include "support/mem.h"
 
-struct BouncePool::SlotRecord {
-  // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit
-  // (on the free lists) or kCachedBit (in the cache).
-  uint32_t size_free;
-  // Head of the physically previous block; the sentinel index for the block at slot 0.
-  uint32_t prev_phys;
-  // Free: next block on the same free list (the sentinel index at the end). Cached: next block on
-  // the same cache stack. Used: the data's offset in bytes from the start of the first slot.
-  uint32_t link_next;
-  // Free: previous block on the same free list (the sentinel index at the head). Used: the
-  // requested size (at most kMaxRequest).
-  uint32_t link_prev;
-};
-
 namespace {
 
-constexpr uint32_t kFreeBit = 0x8000'0000u;
-constexpr uint32_t kCachedBit = 0x4000'0000u;
-constexpr uint32_t kSizeMask = kCachedBit - 1;
 constexpr unsigned kSlMask = 15;  // (1 << kSlBits) - 1
 
 inline unsigned log2_32(uint32_t x) {
@@ -99,9 +82,6 @@ inline unsigned search_class(uint32_t n) {
 
 }  // namespace
 
-static_assert(sizeof(uint32_t) * 4 == 16, "SlotRecord is four 32-bit words");
-static_assert(BouncePool::kMaxSlots <= kSizeMask,
-              "slot indices and the sentinel fit the size field");
 static_assert(BouncePool::kQuickDepth <= 2, "alloc looks at the top two blocks of a cache stack");
 
 // The list helpers are forced inline: alloc and free use them at a few sites each, and a call
@@ -224,7 +204,10 @@ inline uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_ma
   uint32_t size = slots;
   uint32_t end = first + slots;  // <= num_slots_: the sentinel at worst, which is never free.
   SlotRecord& next = meta_[end];
-  if ((next.size_free & kFreeBit) != 0) {
+  // Neighbours' size fields are read atomically: a neighbour may be in another CPU's cache,
+  // whose owner marks it cached or used again without the lock. Either way it is not free, and
+  // only free blocks (which no CPU cache holds) are written here.
+  if ((__atomic_load_n(&next.size_free, __ATOMIC_RELAXED) & kFreeBit) != 0) {
     uint32_t next_size = next.size_free & kSizeMask;
     remove_free(end, size_class(next_size));
     next.size_free = 0;
@@ -233,7 +216,7 @@ inline uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_ma
   }
   uint32_t head = first;
   uint32_t prev = r.prev_phys;  // The sentinel for slot 0.
-  if ((meta_[prev].size_free & kFreeBit) != 0) {
+  if ((__atomic_load_n(&meta_[prev].size_free, __ATOMIC_RELAXED) & kFreeBit) != 0) {
     // Grow the free block in front: its head stays, and its list too unless the class changes.
     uint32_t prev_size = meta_[prev].size_free & kSizeMask;
     r.size_free = 0;
@@ -263,8 +246,77 @@ void BouncePool::drain_locked() {
 
 BouncePool::~BouncePool() {
   // Taken only to read used_slots_ under the lock's rules; the pool must be idle by now anyway.
+  // Blocks in CPU caches count as given back, like those in the shared cache.
   support::Guard<support::SpinLock> guard{&lock_};
-  KDEBUG_ASSERT(used_slots_ == 0, "BouncePool destroyed with bounce slots still in use");
+  KDEBUG_ASSERT(used_slots_ == cpu_cached_slots(),
+                "BouncePool destroyed with bounce slots still in use");
+}
+
+Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
+  support::Guard<support::SpinLock> guard{&lock_};
+  if (current_cpu == nullptr || num_cpus == 0 || num_cpus > kMaxCpus || !initialized_ ||
+      current_cpu_ != nullptr) {
+    return ErrorCode::kInvalidArgument;
+  }
+  cpu_cache_budget_ = cache_budget_ / num_cpus;
+  num_cpu_caches_ = num_cpus;
+  current_cpu_ = current_cpu;
+  return support::ok();
+}
+
+void BouncePool::drain_my_cpu_cache() {
+  if (current_cpu_ == nullptr) return;
+  unsigned cpu = current_cpu_();
+  if (cpu >= num_cpu_caches_) return;
+  CpuCache& cc = cpu_caches_[cpu];
+  __atomic_store_n(&cc.drain, 0u, __ATOMIC_RELAXED);
+  for (uint32_t i = 0; i < cc.count; ++i) {
+    used_slots_ -= cc.slots[i];
+    release(cc.first[i], cc.slots[i]);
+  }
+  cc.count = 0;
+  __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
+}
+
+void BouncePool::make_room(CpuCache* cc, uint32_t n) {
+  support::Guard<support::SpinLock> guard{&lock_};
+  uint32_t drop = 0;
+  uint32_t freed = 0;
+  while (drop < cc->count &&
+         (cc->count - drop == kCpuCacheDepth || cc->held - freed + n > cpu_cache_budget_)) {
+    used_slots_ -= cc->slots[drop];
+    release(cc->first[drop], cc->slots[drop]);
+    freed += cc->slots[drop];
+    ++drop;
+  }
+  for (uint32_t i = drop; i < cc->count; ++i) {
+    cc->first[i - drop] = cc->first[i];
+    cc->slots[i - drop] = cc->slots[i];
+  }
+  cc->count -= drop;
+  __atomic_store_n(&cc->held, cc->held - freed, __ATOMIC_RELAXED);
+}
+
+void BouncePool::request_cpu_drains() {
+  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
+    __atomic_store_n(&cpu_caches_[i].drain, 1u, __ATOMIC_RELAXED);
+  }
+}
+
+uint64_t BouncePool::cpu_cached_slots() const {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
+    n += __atomic_load_n(&cpu_caches_[i].held, __ATOMIC_RELAXED);
+  }
+  return n;
+}
+
+uint64_t BouncePool::cpu_cached_blocks() const {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
+    n += __atomic_load_n(&cpu_caches_[i].count, __ATOMIC_RELAXED);
+  }
+  return n;
 }
 
 size_t BouncePool::metadata_size(size_t bytes, size_t slot_size) {
@@ -332,8 +384,8 @@ void BouncePool::check_poison(uint32_t first, uint32_t slots) const {
   }
 }
 
-Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_align_mask,
-                                     size_t align) {
+Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask,
+                                            size_t align, bool fault_point) {
   // size - 1 wraps for 0; max_request_ is 0 before init.
   if (size - 1 >= max_request_) return ErrorCode::kLayoutError;
   uint64_t slot_mask = slot_size_ - 1;
@@ -361,9 +413,10 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
     phase = ((target - base_.value()) & low) >> slot_shift_;
     if (phase + n > num_slots_) return ErrorCode::kLayoutError;
   }
-  if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
+  if (fault_point && FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
 
   support::Guard<support::SpinLock> guard{&lock_};
+  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
   uint32_t start = num_slots_;
   if (n < kQuickSlots && cache_head_[n] != num_slots_) {
     // The top of the stack, or else the one below it, if its first slot has the right phase.
@@ -385,14 +438,17 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
       meta_[start].size_free = static_cast<uint32_t>(n);
     }
   }
-  while (start == num_slots_) {
+  for (bool drained = false; start == num_slots_; drained = true) {
     start = carve(n, phase, period_mask);
     if (start != num_slots_) break;
-    if (cached_blocks_ == 0) {
+    if (drained) {
       ++failures_;
+      request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
       return ErrorCode::kNoMemory;
     }
-    drain_locked();  // The cached blocks may merge into room; runs at most once.
+    // The cached blocks may merge into room; runs at most once.
+    drain_locked();
+    drain_my_cpu_cache();
   }
 
   if (poison_) check_poison(start, static_cast<uint32_t>(n));
@@ -411,22 +467,10 @@ Result<BounceSlot> BouncePool::alloc(size_t size, PhysAddr orig, uint64_t min_al
   return out;
 }
 
-Result<void> BouncePool::free(const BounceSlot& slot) {
-  // An address below the first slot makes the offset huge: rejected like any other mismatch.
-  uint64_t offset = slot.addr.value() - base_.value() - (uint64_t{slot.first_slot} << slot_shift_);
-  return free_block(slot.first_slot, slot.num_slots, offset, slot.size);
-}
-
-Result<void> BouncePool::free_data(uint32_t first_slot, uint32_t num_slots, const void* data,
-                                   size_t size) {
-  uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
-                    (uint64_t{first_slot} << slot_shift_);
-  return free_block(first_slot, num_slots, offset, size);
-}
-
-inline Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t offset,
-                                           uint64_t size) {
+Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t offset,
+                                    uint64_t size) {
   support::Guard<support::SpinLock> guard{&lock_};
+  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
   // first < num_slots_ and slots <= num_slots_ - first; slots == 0 fails the record check below
   // (a used head is never of size 0).
   if (first >= num_slots_ || slots > num_slots_ - first) return ErrorCode::kNotFound;
@@ -457,19 +501,40 @@ inline Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint6
 
 void BouncePool::drain_cache() {
   support::Guard<support::SpinLock> guard{&lock_};
-  if (initialized_) drain_locked();
+  if (!initialized_) return;
+  drain_locked();
+  drain_my_cpu_cache();
+  request_cpu_drains();
+  // This CPU's request was just served.
+  if (current_cpu_ != nullptr) {
+    unsigned cpu = current_cpu_();
+    if (cpu < num_cpu_caches_) __atomic_store_n(&cpu_caches_[cpu].drain, 0u, __ATOMIC_RELAXED);
+  }
+}
+
+void BouncePool::drain_my_cpu_cache_if_asked() {
+  unsigned cpu = current_cpu_();
+  if (cpu < num_cpu_caches_ && __atomic_load_n(&cpu_caches_[cpu].drain, __ATOMIC_RELAXED) != 0) {
+    drain_my_cpu_cache();
+  }
 }
 
 BouncePool::Stats BouncePool::stats() const {
   Stats s;
   {
     support::Guard<support::SpinLock> guard{&lock_};
+    // Blocks in CPU caches are counted in used_slots_ (they are out of the free structure)
+    // but are not in use; requests served from CPU caches are counted per CPU.
+    uint64_t in_cpu_caches = cpu_cached_slots();
     s.total_slots = num_slots_;
-    s.used_slots = used_slots_;
+    s.used_slots = used_slots_ - in_cpu_caches;
     s.high_water_slots = high_water_;
     s.allocations = allocations_;
+    for (unsigned i = 0; i < num_cpu_caches_; ++i) {
+      s.allocations += __atomic_load_n(&cpu_caches_[i].allocations, __ATOMIC_RELAXED);
+    }
     s.failures = failures_;
-    s.cached_slots = cached_slots_;
+    s.cached_slots = cached_slots_ + in_cpu_caches;
   }
   s.bytes_bounced = __atomic_load_n(&bytes_bounced_, __ATOMIC_RELAXED);
   return s;
@@ -516,8 +581,31 @@ bool BouncePool::check_invariants() const {
     i += size;
   }
   if (meta_[none].size_free != 0) return false;  // The sentinel is never free.
-  if (used != used_slots_ || high_water_ < used_slots_) return false;
-  if (cached != cached_slots_ || cached_blocks != cached_blocks_ || cached > cache_budget_) {
+
+  // The CPU caches: cached heads of the recorded sizes, within their limits. Their slots are
+  // counted in used_slots_ (out of the free structure), not in cached_slots_.
+  uint64_t cpu_slots = 0;
+  uint64_t cpu_blocks = 0;
+  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
+    const CpuCache& cc = cpu_caches_[c];
+    if (cc.count > kCpuCacheDepth) return false;
+    uint64_t held = 0;
+    for (uint32_t i = 0; i < cc.count; ++i) {
+      uint32_t b = cc.first[i];
+      if (b >= num_slots_ || cc.slots[i] == 0 || cc.slots[i] >= kQuickSlots ||
+          meta_[b].size_free != (cc.slots[i] | kCachedBit)) {
+        return false;
+      }
+      held += cc.slots[i];
+    }
+    if (held != cc.held || held > cpu_cache_budget_) return false;
+    cpu_slots += held;
+    cpu_blocks += cc.count;
+  }
+
+  if (used + cpu_slots != used_slots_ || high_water_ < used_slots_) return false;
+  if (cached != cached_slots_ + cpu_slots || cached_blocks != cached_blocks_ + cpu_blocks ||
+      cached_slots_ > cache_budget_) {
     return false;
   }
 

@@ -11,6 +11,8 @@
 #pragma once
 
 #include "support/addr.h"
+#include "support/fault_injection.h"
+#include "support/mem.h"
 #include "support/result.h"
 #include "support/spinlock.h"
 #include "support/types.h"
@@ -38,12 +40,14 @@ class BouncePool {
 
   struct Stats {
     uint64_t total_slots = 0;
-    uint64_t used_slots = 0;        // Slots of live allocations.
-    uint64_t high_water_slots = 0;  // Most slots ever in use at once.
-    uint64_t allocations = 0;       // Successful allocations so far.
-    uint64_t failures = 0;          // kNoMemory returns so far.
-    uint64_t bytes_bounced = 0;     // Bytes copied in or out, as reported by note_bounced().
-    uint64_t cached_slots = 0;      // Freed slots held in the cache (neither used nor merged).
+    uint64_t used_slots = 0;  // Slots of live allocations.
+    // Most slots ever in use at once (slots in CPU caches count as in use here).
+    uint64_t high_water_slots = 0;
+    uint64_t allocations = 0;    // Successful allocations so far.
+    uint64_t failures = 0;       // kNoMemory returns so far.
+    uint64_t bytes_bounced = 0;  // Bytes copied in or out, as reported by note_bounced().
+    // Freed slots held in the shared and the per-CPU caches (neither used nor merged).
+    uint64_t cached_slots = 0;
   };
 
   BouncePool() = default;
@@ -84,25 +88,84 @@ class BouncePool {
   // min_align_mask not of the form 2^k - 1, size above max_allocation() or above what the pool
   // can ever hold with these constraints, pool not initialised), kNoMemory (no room right now;
   // no allocation changed, only `failures` and the cache).
-  Result<BounceSlot> alloc(size_t size, PhysAddr orig = PhysAddr(0), uint64_t min_align_mask = 0,
-                           size_t align = 0) TA_EXCL(lock_);
+  [[gnu::always_inline]] Result<BounceSlot> alloc(size_t size, PhysAddr orig = PhysAddr(0),
+                                                  uint64_t min_align_mask = 0, size_t align = 0)
+      TA_EXCL(lock_) {
+    // With CPU caches on, an unconstrained request first looks in this CPU's cache, lock-free.
+    // The CPU is asked first, so that little is live across that call.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    if (cc != nullptr && (min_align_mask | align) == 0 && size - 1 < max_request_) {
+      if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
+      auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+      uint32_t first = cpu_cache_pop(cc, n);
+      if (first != num_slots_) return claim(first, n, 0, size);
+      return alloc_locked(size, orig, min_align_mask, align, /*fault_point=*/false);
+    }
+    return alloc_locked(size, orig, min_align_mask, align, /*fault_point=*/true);
+  }
 
   // Gives back an allocation: `slot` must be exactly what alloc returned (addr, first_slot,
   // num_slots and size are all checked). Cost O(1); may be called with interrupts off.
   // Errors: kNotFound (not a live allocation of this pool: never allocated, already freed,
   // altered); the pool is unchanged then. A stale copy of a slot whose place was since handed out
-  // again with the same address and size cannot be told apart from the new allocation.
-  Result<void> free(const BounceSlot& slot) TA_EXCL(lock_);
+  // again with the same address and size cannot be told apart from the new allocation. With CPU
+  // caches on, the check of a slot that is not the caller's is made without the lock and can miss
+  // a block another CPU changes at that moment; the misuse checker (dma/dma_debug.h) catches a
+  // double unmap before it gets here.
+  Result<void> free(const BounceSlot& slot) TA_EXCL(lock_) {
+    // An address below the first slot makes the offset huge: rejected like any other mismatch.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset =
+        slot.addr.value() - base_.value() - (uint64_t{slot.first_slot} << slot_shift_);
+    if (cc != nullptr && cpu_cache_push(cc, slot.first_slot, slot.num_slots, offset, slot.size)) {
+      return support::ok();
+    }
+    return free_block(slot.first_slot, slot.num_slots, offset, slot.size);
+  }
 
   // The same, for a caller that kept the allocation in a compact form (DmaMapHandle): the first
   // slot and slot count of the BounceSlot, the CPU address of its data (cpu_addr(slot.addr)) and
   // the requested size. Checked as strictly as free(); same errors and cost.
-  Result<void> free_data(uint32_t first_slot, uint32_t num_slots, const void* data, size_t size)
-      TA_EXCL(lock_);
+  [[gnu::always_inline]] Result<void> free_data(uint32_t first_slot, uint32_t num_slots,
+                                                const void* data, size_t size) TA_EXCL(lock_) {
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                      (uint64_t{first_slot} << slot_shift_);
+    if (cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size)) {
+      return support::ok();
+    }
+    return free_block(first_slot, num_slots, offset, size);
+  }
 
-  // Gives every cached block back to the free lists, merging it with free neighbours. After
-  // freeing every allocation and draining, the pool is one free block. At most
-  // kQuickSlots * kQuickDepth blocks, so O(1); may be called with interrupts off.
+  // ---- Per-CPU caches ----
+  // Off unless enable_cpu_caches is called. When on, each CPU keeps up to kCpuCacheDepth blocks
+  // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
+  // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
+  // unconstrained requests of the same slot count, without taking the pool's lock: no locked
+  // instruction on the common map+unmap path. A CPU's cache goes back to the free lists when that
+  // CPU's request finds no room, when it calls drain_cache, or on its next call after another
+  // CPU's request found no room (a CPU cannot empty another's cache: a request may therefore fail
+  // with kNoMemory while other CPUs' caches hold slots, up to 1/32 of the pool, until those CPUs
+  // next call into the pool).
+  static constexpr unsigned kMaxCpus = 64;
+  static constexpr unsigned kCpuCacheDepth = 4;
+  // Returns the index of the CPU that runs the caller.
+  using CurrentCpuFn = unsigned (*)();
+  // Turns the caches on for CPUs 0 .. num_cpus - 1 (at most kMaxCpus; a CPU whose index is
+  // num_cpus or more always takes the lock). Call once, after init, before any concurrent use.
+  // Contract for every later call of alloc, free, free_data and drain_cache: the caller is not
+  // migrated to another CPU or preempted by another user of the pool during the call (a kernel
+  // without preemption, or preemption disabled around DMA calls), and it is not called from an
+  // interrupt handler that interrupted another call into the pool on the same CPU.
+  // Errors: kInvalidArgument (null current_cpu, num_cpus 0 or above kMaxCpus, not initialised,
+  // or called twice).
+  Result<void> enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) TA_EXCL(lock_);
+
+  // Gives every cached block back to the free lists, merging it with free neighbours: the shared
+  // cache and this CPU's cache now, other CPUs' caches on their next call. After freeing every
+  // allocation and draining (on every CPU that used the pool), the pool is one free block. At
+  // most kQuickSlots * kQuickDepth + kCpuCacheDepth blocks, so O(1); may be called with
+  // interrupts off.
   void drain_cache() TA_EXCL(lock_);
 
   // Records bytes copied through the pool (statistics only). Lock-free.
@@ -139,9 +202,121 @@ class BouncePool {
     return static_cast<uint8_t*>(cpu_base_) + (size_t{slot} << slot_shift_);
   }
   void check_poison(uint32_t first, uint32_t slots) const;
-  // Out-of-band record of one slot; meaningful only for the first slot of a block. Defined in
-  // bounce_pool.cc.
-  struct SlotRecord;
+  // Out-of-band record of one slot; meaningful only for the first slot of a block.
+  struct SlotRecord {
+    // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit
+    // (on the free lists) or kCachedBit (in a cache). Read by other CPUs while the block is in a
+    // CPU cache (a neighbour's merge test): accessed with relaxed atomics where that can happen.
+    uint32_t size_free;
+    // Head of the physically previous block; the sentinel index for the block at slot 0.
+    uint32_t prev_phys;
+    // Free: next block on the same free list (the sentinel index at the end). In the shared
+    // cache: next block on the same cache stack. Used: the data's offset in bytes from the start
+    // of the first slot.
+    uint32_t link_next;
+    // Free: previous block on the same free list (the sentinel index at the head). Used: the
+    // requested size (at most kMaxRequest).
+    uint32_t link_prev;
+  };
+  static constexpr uint32_t kFreeBit = 0x8000'0000u;
+  static constexpr uint32_t kCachedBit = 0x4000'0000u;
+  static constexpr uint32_t kSizeMask = kCachedBit - 1;
+  static_assert(sizeof(SlotRecord) == 16, "SlotRecord is four 32-bit words");
+  static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
+
+  // One CPU's cache: a small stack of freed blocks. Only its CPU touches it, except `drain`
+  // (set by any CPU) and the counters (read by stats); those are relaxed atomics.
+  struct alignas(64) CpuCache {
+    uint32_t first[kCpuCacheDepth];  // First slot of each cached block.
+    uint32_t slots[kCpuCacheDepth];  // Its size in slots.
+    uint32_t count;                  // Blocks held.
+    uint32_t held;                   // Slots held.
+    uint32_t drain;                  // Non-zero: give everything back on the next call.
+    uint64_t allocations;            // Requests served from this cache.
+  };
+
+  // The record of a block the caller owns: a live allocation it was given, or a block in its
+  // CPU's cache. Its owner reads and writes size_free, link_next and link_prev without the lock
+  // (a neighbour's merge test under the lock only reads size_free, atomically); the lock
+  // guards everything else.
+  SlotRecord& owned_record(uint32_t first) TA_NO_THREAD_SAFETY_ANALYSIS { return meta_[first]; }
+
+  // This CPU's cache, or null when caching is off for it or a drain is pending.
+  [[gnu::always_inline]] CpuCache* my_cpu_cache() {
+    unsigned cpu = current_cpu_();
+    if (cpu >= num_cpu_caches_) return nullptr;
+    CpuCache* cc = &cpu_caches_[cpu];
+    if (__atomic_load_n(&cc->drain, __ATOMIC_RELAXED) != 0) return nullptr;
+    return cc;
+  }
+  // Takes a cached block of exactly n slots from this CPU's cache `cc`, or returns num_slots_.
+  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) {
+    for (uint32_t i = cc->count; i-- > 0;) {
+      if (cc->slots[i] != n) continue;
+      uint32_t first = cc->first[i];
+      uint32_t top = --cc->count;
+      cc->first[i] = cc->first[top];
+      cc->slots[i] = cc->slots[top];
+      __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
+      __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
+      if (poison_) check_poison(first, n);
+      return first;
+    }
+    return num_slots_;
+  }
+  // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
+  // slot, and describes it.
+  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset,
+                                          size_t size) {
+    SlotRecord& r = owned_record(first);
+    r.link_next = static_cast<uint32_t>(offset);
+    r.link_prev = static_cast<uint32_t>(size);
+    __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
+    BounceSlot out;
+    out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
+    out.first_slot = first;
+    out.num_slots = n;
+    out.size = size;
+    return out;
+  }
+  // Puts a used block into this CPU's cache `cc` if it is a live allocation exactly as described
+  // and the cache has room; false otherwise (the caller then frees it under the lock, which also
+  // reports a bad description).
+  [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
+                                             uint64_t offset, size_t size) {
+    if (n >= kQuickSlots || n > cpu_cache_budget_ || first >= num_slots_ ||
+        n > num_slots_ - first) {
+      return false;
+    }
+    SlotRecord& r = owned_record(first);
+    // The block is the caller's: nobody else writes these fields while it is used.
+    if (r.size_free != n || n == 0 || offset != r.link_next || size != r.link_prev) return false;
+    // Full: the oldest blocks go back to the free lists (under the lock), as many as it takes.
+    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
+    if (poison_) support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
+    __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
+    cc->first[cc->count] = first;
+    cc->slots[cc->count] = n;
+    ++cc->count;
+    __atomic_store_n(&cc->held, cc->held + n, __ATOMIC_RELAXED);
+    return true;
+  }
+  // Gives the oldest blocks of this CPU's cache back to the free lists until a block of n slots
+  // fits (n <= cpu_cache_budget_).
+  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_EXCL(lock_);
+  // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
+  // still to be evaluated (alloc's fast path evaluates it itself).
+  Result<BounceSlot> alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask, size_t align,
+                                  bool fault_point) TA_EXCL(lock_);
+  // Gives the calling CPU's cache back to the free lists, if caching is on (..._if_asked: only
+  // if another CPU asked for it; caching must be on).
+  void drain_my_cpu_cache() TA_REQ(lock_);
+  void drain_my_cpu_cache_if_asked() TA_REQ(lock_);
+  // Asks every other CPU to give its cache back on its next call.
+  void request_cpu_drains();
+  // Sums of the CPU caches' counters (relaxed reads).
+  uint64_t cpu_cached_slots() const;
+  uint64_t cpu_cached_blocks() const;
   static constexpr unsigned kFlBits = 32;  // First-level classes (28 are reachable).
   static constexpr unsigned kSlBits = 4;   // 16 second-level classes per first level.
   static constexpr unsigned kClasses = kFlBits << kSlBits;
@@ -183,4 +358,9 @@ class BouncePool {
   uint64_t allocations_ TA_GUARDED(lock_) = 0;
   uint64_t failures_ TA_GUARDED(lock_) = 0;
   uint64_t bytes_bounced_ = 0;
+  // Per-CPU caches: set by enable_cpu_caches, constant afterwards.
+  CurrentCpuFn current_cpu_ = nullptr;
+  unsigned num_cpu_caches_ = 0;
+  uint32_t cpu_cache_budget_ = 0;  // Most slots one CPU's cache may hold.
+  CpuCache cpu_caches_[kMaxCpus] = {};
 };

@@ -1,5 +1,7 @@
 #include "arch/host/host_platform.h"
 
+#include <atomic>
+
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -173,10 +175,20 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
     auto pr = pool->init(pool_ranges[i].base, spec.bytes, phys_to_virt(pool_ranges[i].base.value()),
                          pool_meta_.back().data(), pool_meta_.back().size(), spec.slot_size);
     KASSERT(pr.ok(), "bounce pool init failed");
+    if (opts_.cpu_caches != 0) {
+      auto cr = pool->enable_cpu_caches(&HostPlatform::host_current_cpu, opts_.cpu_caches);
+      KASSERT(cr.ok(), "bounce pool CPU caches");
+    }
     cfg.pools[cfg.num_pools++] = pool.get();
     pools_.push_back(std::move(pool));
   }
   op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_, arena_size_, opts_.uncached);
+}
+
+unsigned HostPlatform::host_current_cpu() {
+  static std::atomic<unsigned> next{0};
+  thread_local unsigned id = next.fetch_add(1, std::memory_order_relaxed);
+  return id;
 }
 
 HostPlatform::~HostPlatform() {

@@ -98,7 +98,14 @@ class HostPlatform {
     size_t line_size = 64;
     bool platform_coherent = false;
     HostDmaOp::UncachedOptions uncached;
+    // Per-CPU bounce-slot caches (BouncePool::enable_cpu_caches) for this many CPUs, each host
+    // thread standing for one CPU (the first thread to use a pool is CPU 0, and so on); 0: off.
+    unsigned cpu_caches = 0;
   };
+
+  // The CPU index host_current_cpu gives the calling thread: 0, 1, ... in the order threads
+  // first ask.
+  static unsigned host_current_cpu();
 
   // Default: 64 MiB of RAM at 0x4000'0000, one 4 MiB bounce pool below 4 GiB.
   static Options default_options();
