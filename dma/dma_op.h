@@ -6,7 +6,9 @@
 //
 // Threading: every method may be called concurrently from several CPUs. None sleeps; all may be
 // called with interrupts off, provided the kernel never calls them from an interrupt handler that
-// interrupted another call (the internal locks are spinlocks that do not mask interrupts).
+// interrupted another call (the internal locks are spinlocks that do not mask interrupts). When
+// the bounce pools' per-CPU caches are on (BouncePool::enable_cpu_caches), a call must also run
+// on one CPU from start to end, not preempted by another user of the DMA API.
 #pragma once
 
 #include "dma/dma_types.h"

@@ -10,6 +10,7 @@
 
 #include "dma/dma_debug.h"
 #include "support/bitops.h"
+#include "support/compiler.h"
 #include "support/fault_injection.h"
 #include "support/mem.h"
 
@@ -78,13 +79,15 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
     pool_order_[j] = static_cast<int8_t>(i);
     pool_last_[j] = base + cfg_.pools[i]->bytes() - 1;
   }
-  // map_single's fast window: the direct map without physical page 0 and without the page at CPU
-  // address 0 (an identity map of RAM that starts at 0 has it at its start; a direct map placed
-  // below the physical addresses it maps may have it anywhere: keep the part below it then).
+  DirectWindow w = fast_direct_window(dm_lo_, dm_hi_, cfg_.direct_map_offset);
+  fast_lo_ = w.lo;
+  fast_span_ = w.span;
+}
+
+DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_offset) {
   constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
-  uint64_t lo = support::min(support::max(dm_lo_, kPage), dm_hi_);
-  uint64_t hi = dm_hi_;
-  uint64_t null_phys = 0 - static_cast<uint64_t>(cfg_.direct_map_offset);
+  lo = support::min(support::max(lo, kPage), hi);
+  uint64_t null_phys = 0 - static_cast<uint64_t>(direct_map_offset);
   if (null_phys >= lo && null_phys < hi) {
     if (null_phys - lo < kPage) {
       lo = support::min(null_phys + kPage, hi);
@@ -92,8 +95,7 @@ KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
       hi = null_phys;
     }
   }
-  fast_lo_ = lo;
-  fast_span_ = hi - lo;
+  return DirectWindow{lo, hi - lo};
 }
 
 KernelDmaOp::~KernelDmaOp() {
@@ -150,24 +152,24 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   // address 0, which is what makes a null addr and a zero mask fail here.
   if (align > 1 || !c.coherent || c.force_bounce) [[unlikely]] {
     // A guaranteed tail call (same signature), so the fast path needs no frame of its own.
-    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+    SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
   }
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - cfg_.direct_map_offset;
   uint64_t rel = p - fast_lo_;
   // Starts inside the window; size >= 1 and ends inside it.
   if (rel >= fast_span_ || size - 1 >= fast_span_ - rel) [[unlikely]] {
-    [[clang::musttail]] return map_general(c, addr, size, align, dir);
+    SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
   }
   // The device reaches the last byte: p + size - 1 + bus_offset <= dma_mask, as integers.
   // Otherwise the buffer is bounced (or the mask is refused): map_bounce.
   uint64_t dev_last;
   if (__builtin_add_overflow(p + (size - 1), c.bus_offset, &dev_last) || dev_last > c.dma_mask)
       [[unlikely]] {
-    [[clang::musttail]] return map_bounce(c, addr, size, align, dir);
+    SUPPORT_MUSTTAIL return map_bounce(c, addr, size, align, dir);
   }
   // Every check map_general makes before its fault point has passed: this is that point.
   if (FAULT_POINT(kMapping)) [[unlikely]] {
-    [[clang::musttail]] return map_injected_fault(c, addr, size, align, dir);
+    SUPPORT_MUSTTAIL return map_injected_fault(c, addr, size, align, dir);
   }
   add_relaxed(&stats_.direct_maps, uint64_t{1});
   add_relaxed(&stats_.maps, uint64_t{1});

@@ -34,6 +34,20 @@
 #endif
 #endif
 
+// The physical window [lo, lo + span) of map_single's inline fast path.
+struct DirectWindow {
+  uint64_t lo = 0;
+  uint64_t span = 0;
+};
+
+// The fast path's window for a direct map of [lo, hi) at `direct_map_offset`: that range without
+// physical page 0 and without the page at CPU address 0, so that a null pointer and a zero mask
+// always fail the fast path's range tests. An identity map of RAM that starts at 0 has the null
+// page at the window's start (the window then starts after it); a direct map placed below the
+// physical addresses it maps may have it anywhere (the window then ends before it). Exposed for
+// tests.
+DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_offset);
+
 class KernelDmaOp : public DmaOp {
  public:
   static constexpr size_t kMaxPools = 4;

@@ -55,6 +55,14 @@ void print_range(const char* label, const PhysRange& r) {
           static_cast<unsigned long long>(r.end().value()), format_size(sz, sizeof(sz), r.size));
 }
 
+// The CPU index for the bounce pools' per-CPU caches. This kernel runs on the boot CPU alone
+// (secondaries stay parked) and has no preemption, so every DMA call runs on CPU 0 from start to
+// end, which is the caches' contract (BouncePool::enable_cpu_caches). A kernel that starts its
+// secondaries passes its own per-CPU index (and disables preemption around DMA calls).
+unsigned boot_cpu_only() {
+  return 0;
+}
+
 [[noreturn]] void fail_boot(const char* what, ErrorCode code) {
   kpanic("boot: %s: %s", what, error_code_name(code));
 }
@@ -79,6 +87,8 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
   auto r = pool->init(*base, bytes, g_env.phys_to_virt(*base), g_env.phys_to_virt(*meta),
                       support::align_up(meta_bytes, kPage));
   if (!r.ok()) fail_boot("bounce pool init", r.code());
+  auto cc = pool->enable_cpu_caches(&boot_cpu_only, 1);
+  if (!cc.ok()) fail_boot("bounce pool CPU caches", cc.code());
   g_env.pools[g_env.num_pools] = pool;
   g_env.pool_names[g_env.num_pools] = name;
   ++g_env.num_pools;

@@ -90,7 +90,7 @@ class [[nodiscard]] Result {
   Result& operator=(const Result&) = delete;
   Result& operator=(Result&&) = delete;
   // Trivial for a trivially destructible T (most results: addresses, handles), so that such a
-  // Result can be passed on by a guaranteed tail call ([[clang::musttail]]).
+  // Result can be passed on by a guaranteed tail call (SUPPORT_MUSTTAIL, support/compiler.h).
   ~Result()
     requires(__is_trivially_destructible(T))
   = default;

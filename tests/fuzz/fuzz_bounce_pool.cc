@@ -5,7 +5,8 @@
 // in a 48-bit physical space), then a sequence of operations: alloc with any size, original
 // address, min_align_mask and alignment (valid or not), free of a live allocation, free of
 // something that is not one (a stale copy, an altered copy), arming the kBounceSlot fault point,
-// and draining the cache. After every step:
+// draining the cache, and (when the input turns the per-CPU caches on, for 1-4 CPUs) switching
+// the CPU that makes the calls. After every step:
 //   - check_invariants() holds, and used_slots equals the slots of the live allocations;
 //   - an allocation lies inside the pool, within the slots it names, overlaps no live one, keeps
 //     the bits of min_align_mask of the original address, and honours the alignment;
@@ -14,7 +15,8 @@
 //   - a kLayoutError is returned exactly for requests that are malformed or that no placement in
 //     the whole pool could satisfy; a kNoMemory only when no free run is large enough for the
 //     good-fit search to be sure of (twice the slots needed, alignment slack included), and never
-//     in an empty pool for a request the pool can hold;
+//     in an empty pool for a request the pool can hold (with CPU caches, after every other CPU
+//     has made one call, which gives back what its cache held, and the request is retried);
 //   - a bad free is refused (kNotFound) and changes nothing.
 // At the end every allocation is freed; after a drain the pool is one free block again.
 #include <cstddef>
@@ -31,6 +33,12 @@ namespace {
 
 constexpr size_t kMaxOps = 500;
 constexpr size_t kArenaBytes = 8u << 20;
+
+// The CPU the harness is calling from (BouncePool::enable_cpu_caches).
+unsigned g_cpu = 0;
+unsigned current_cpu() {
+  return g_cpu;
+}
 
 uint8_t* arena() {
   static uint8_t* a = new uint8_t[kArenaBytes];
@@ -57,8 +65,13 @@ class Harness {
     FUZZ_CHECK(r.ok());
     FUZZ_CHECK(pool_.max_allocation() == bytes_);
     owner_.assign(num_slots_, 0);
+    g_cpu = 0;
+    if (in_.boolean()) {
+      num_cpus_ = static_cast<unsigned>(in_.range(1, 4));
+      FUZZ_CHECK(pool_.enable_cpu_caches(&current_cpu, num_cpus_).ok());
+    }
     for (size_t step = 0; step < kMaxOps && !in_.done(); ++step) {
-      switch (in_.pick(10)) {
+      switch (in_.pick(11)) {
         case 0:
         case 1:
         case 2:
@@ -77,14 +90,23 @@ class Harness {
           fault_nth_ = in_.range(1, 3);
           support::FaultInjector::fail_nth(support::FaultSite::kBounceSlot, fault_nth_);
           break;
-        default:
+        case 9:
           pool_.drain_cache();
+          break;
+        default:
+          // Index num_cpus_ stands for a CPU without a cache (beyond those enabled).
+          if (num_cpus_ != 0) g_cpu = static_cast<unsigned>(in_.pick(num_cpus_ + 1));
           break;
       }
       check();
     }
     support::FaultInjector::disarm_all();
     while (!live_.empty()) free_one(live_.begin());
+    for (unsigned c = 0; c < num_cpus_; ++c) {
+      g_cpu = c;
+      pool_.drain_cache();
+    }
+    g_cpu = 0;
     pool_.drain_cache();
     check();
     FUZZ_CHECK(pool_.stats().used_slots == 0);
@@ -154,11 +176,33 @@ class Harness {
     bool can_fit = !malformed && feasible(size, low, target);
 
     BouncePool::Stats before = pool_.stats();
-    uint64_t hits = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
-    auto r = pool_.alloc(size, PhysAddr(orig), mask, align);
-    uint64_t now = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
-    bool injected = fault_nth_ != 0 && now > hits && now == fault_nth_;
-    if (injected) fault_nth_ = 0;
+    bool injected = false;
+    auto attempt = [&] {
+      uint64_t hits = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
+      auto res = pool_.alloc(size, PhysAddr(orig), mask, align);
+      uint64_t now = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
+      FUZZ_CHECK(now == hits + 1 || (res.code() == ErrorCode::kLayoutError && now == hits));
+      injected = fault_nth_ != 0 && now > hits && now == fault_nth_;
+      if (injected) fault_nth_ = 0;
+      return res;
+    };
+    auto first_try = attempt();
+    bool retry = first_try.code() == ErrorCode::kNoMemory && !injected && num_cpus_ != 0;
+    if (retry) {
+      // Other CPUs' caches may hold the room: each gives its cache back on its next call (here a
+      // refused free), then the request is tried again and judged as without caches.
+      unsigned me = g_cpu;
+      for (unsigned c = 0; c < num_cpus_; ++c) {
+        if (c == me) continue;
+        g_cpu = c;
+        BounceSlot none;
+        none.first_slot = num_slots_;
+        none.num_slots = 1;
+        FUZZ_CHECK(pool_.free(none).code() == ErrorCode::kNotFound);
+      }
+      g_cpu = me;
+    }
+    auto r = retry ? attempt() : first_try;
 
     if (!r.ok()) {
       FUZZ_CHECK(pool_.stats().used_slots == before.used_slots);
@@ -280,7 +324,8 @@ class Harness {
   std::vector<BounceSlot> stale_;
   uint64_t fault_nth_ = 0;
   uint32_t serial_ = 0;
-  BouncePool pool_;  // Last: destroyed first, after run() gave everything back.
+  unsigned num_cpus_ = 0;  // CPUs with a cache; 0: caches off.
+  BouncePool pool_;        // Last: destroyed first, after run() gave everything back.
 };
 
 }  // namespace

@@ -76,6 +76,7 @@ World& world() {
     o.ram.push_back(PhysRange{PhysAddr(0x1'0000'0000), 32ull << 20});  // Above 4 GiB.
     o.pools.push_back(HostPlatform::PoolSpec{4ull << 20, kMask30});
     o.pools.push_back(HostPlatform::PoolSpec{1ull << 20, kMask32, 512});
+    o.cpu_caches = 1;  // The bounced maps and unmaps go through the per-CPU slot cache.
     w->plat = std::make_unique<HostPlatform>(o);
     PageFrameAllocator& pfa = w->plat->pfa();
     unsigned order = PageFrameAllocator::order_for(kRegionBytes);

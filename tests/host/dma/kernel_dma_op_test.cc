@@ -479,6 +479,155 @@ TEST_F(KernelDmaOpTest, InjectedMappingFailureLeavesNothingBehind) {
   plat_.release_buffer(buf);
 }
 
+// ---- The inline fast path (coherent devices) against the general path ----
+
+// Every error the general path reports, a coherent device (fast path first) gets too.
+TEST_F(KernelDmaOpTest, FastPathReportsTheSameErrorsAsTheGeneralPath) {
+  uint8_t* buf = low_buffer(4096);
+  std::vector<uint8_t> heap(4096);
+  auto* wrap = reinterpret_cast<uint8_t*>(~uintptr_t{0} - 10);
+  uint8_t* ram_end = plat_.phys_to_virt(0x3C00'0000 + (128ull << 20));
+  struct Case {
+    uint8_t* addr;
+    size_t size;
+    size_t align;
+    uint64_t mask;
+    ErrorCode want;
+  };
+  const Case cases[] = {
+      {buf, 0, 0, kMask30, ErrorCode::kLayoutError},
+      {nullptr, 16, 0, kMask30, ErrorCode::kLayoutError},
+      {buf, 16, 3, kMask30, ErrorCode::kLayoutError},
+      {wrap, 100, 0, kMask30, ErrorCode::kLayoutError},
+      {buf, 16, 0, 0, ErrorCode::kInvalidArgument},
+      {heap.data(), 16, 0, kMask64, ErrorCode::kInvalidArgument},
+      {ram_end - 4096, 8192, 0, kMask64, ErrorCode::kInvalidArgument},  // Runs off the end of RAM.
+  };
+  Snapshot s = snapshot();
+  for (bool coherent : {false, true}) {
+    for (const Case& k : cases) {
+      auto m = op().map_single(device(k.mask, coherent), k.addr, k.size, k.align,
+                               DmaDirection::kToDevice);
+      EXPECT_EQ(m.code(), k.want) << "coherent=" << coherent << " size=" << k.size;
+    }
+  }
+  expect_unchanged(s);
+}
+
+// The fast path's reach test is exact: last byte at the mask maps directly, one past bounces.
+TEST_F(KernelDmaOpTest, FastPathMaskAndBusOffsetEdges) {
+  uint8_t* buf = high_buffer(4096);
+  uint64_t last = phys_of(buf) + 4095;
+  auto expect_direct = [&](DmaConstraints c, uint64_t dma) {
+    auto m = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(m.ok());
+    EXPECT_FALSE(m->bounced());
+    EXPECT_EQ(m->dma_addr.value(), dma);
+    EXPECT_TRUE(m->coherent_device);
+    op().unmap_single(*m);
+  };
+  auto expect_bounced = [&](DmaConstraints c) {
+    auto m = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(m.ok());
+    EXPECT_TRUE(m->bounced());
+    EXPECT_LE(m->dma_addr.value() + 4095, c.dma_mask);
+    op().unmap_single(*m);
+  };
+  expect_direct(device(last, true), phys_of(buf));
+  expect_bounced(device(last - 1, true));
+  DmaConstraints c = device(last + 0x1000, true);
+  c.bus_offset = 0x1000;  // The device's last address lands exactly on the mask.
+  expect_direct(c, phys_of(buf) + 0x1000);
+  c.bus_offset = 0x1001;  // One past it: bounced (the pool lies low enough).
+  expect_bounced(c);
+  c = device(0x7FFF'FFFF, true);
+  c.bus_offset = 0x8000'0000;  // Above the mask: nothing is reachable.
+  EXPECT_EQ(op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kDmaMaskNotMatch);
+  c = device(kMask64, true);
+  c.bus_offset = ~uint64_t{0} - 4095;  // last + bus_offset wraps past 2^64: not reachable.
+  EXPECT_EQ(op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kDmaMaskNotMatch);
+  EXPECT_EQ(op().stats().live_maps, 0u);
+  plat_.release_buffer(buf);
+}
+
+// An injected kMapping fault on either fast path (direct, bounce) is one hit and changes nothing.
+TEST_F(KernelDmaOpTest, InjectedMappingFailureOnTheFastPaths) {
+  uint8_t* high = high_buffer(4096);
+  uint8_t* low = low_buffer(4096);
+  for (uint8_t* buf : {low, high}) {
+    Snapshot s = snapshot();
+    support::FaultInjector::fail_nth(support::FaultSite::kMapping, 1);
+    auto m = op().map_single(device(kMask30, true), buf, 4096, 0, DmaDirection::kToDevice);
+    EXPECT_EQ(m.code(), ErrorCode::kNoMemory);
+    EXPECT_EQ(support::FaultInjector::hits(support::FaultSite::kMapping), 1u);
+    expect_unchanged(s);
+    auto ok = op().map_single(device(kMask30, true), buf, 4096, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(ok.ok());
+    EXPECT_EQ(ok->bounced(), buf == high);
+    op().unmap_single(*ok);
+    support::FaultInjector::disarm_all();
+  }
+  plat_.release_buffer(high);
+}
+
+// The fast window leaves out physical page 0 and the page at CPU address 0.
+TEST(KernelDmaOpFastWindow, LeavesOutPageZeroAndTheNullPage) {
+  constexpr uint64_t kPage = 4096;
+  // An ordinary direct map high in the address space: only physical page 0 goes.
+  DirectWindow w = fast_direct_window(0, 1ull << 30, 0xFFFF'8000'0000'0000ull);
+  EXPECT_EQ(w.lo, kPage);
+  EXPECT_EQ(w.span, (1ull << 30) - kPage);
+  // RAM from 1 MiB, direct map far away: unchanged.
+  w = fast_direct_window(1ull << 20, 1ull << 30, 0xFFFF'8000'0000'0000ull);
+  EXPECT_EQ(w.lo, 1ull << 20);
+  EXPECT_EQ(w.span, (1ull << 30) - (1ull << 20));
+  // Identity map (offset 0) of RAM from 0: the null page is page 0.
+  w = fast_direct_window(0, 1ull << 20, 0);
+  EXPECT_EQ(w.lo, kPage);
+  // CPU address 0 is physical 1 MiB, the start of RAM: the window starts one page later.
+  w = fast_direct_window(1ull << 20, 2ull << 20, 0 - (uintptr_t{1} << 20));
+  EXPECT_EQ(w.lo, (1ull << 20) + kPage);
+  EXPECT_EQ(w.lo + w.span, 2ull << 20);
+  // CPU address 0 is in the middle of RAM: the window ends before it.
+  w = fast_direct_window(1ull << 20, 4ull << 20, 0 - (uintptr_t{2} << 20));
+  EXPECT_EQ(w.lo, 1ull << 20);
+  EXPECT_EQ(w.lo + w.span, 2ull << 20);
+  // Nothing left: an empty window.
+  w = fast_direct_window(0, kPage, 0);
+  EXPECT_EQ(w.span, 0u);
+}
+
+// With per-CPU slot caches on, a bounced unmap + map of the same size reuses the slot.
+TEST(KernelDmaOpCpuCaches, BouncedMapReusesTheSlotOfThisCpu) {
+  HostPlatform::Options o = straddling_options();
+  o.cpu_caches = 1;
+  HostPlatform p(o);
+  uint8_t* buf = p.buffer_above(1ull << 30, 4096);
+  DmaConstraints c;
+  c.dma_mask = kMask30;
+  c.coherent = true;
+  std::memset(buf, 0x3C, 4096);
+  auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(a->bounced());
+  uint64_t first_dma = a->dma_addr.value();
+  p.op().unmap_single(*a);
+  EXPECT_EQ(p.pool(0).stats().used_slots, 0u);
+  EXPECT_EQ(p.pool(0).stats().cached_slots, 2u);
+  auto b = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->dma_addr.value(), first_dma);
+  EXPECT_EQ(std::memcmp(b->bounce_cpu, buf, 4096), 0);  // Copied in again.
+  EXPECT_EQ(p.pool(0).stats().cached_slots, 0u);
+  p.op().unmap_single(*b);
+  p.pool(0).drain_cache();
+  EXPECT_TRUE(p.pool(0).check_invariants());
+  EXPECT_EQ(p.pool(0).free_block_count(), 1u);
+  p.release_buffer(buf);
+}
+
 // ---- alloc_coherent ----
 
 TEST_F(KernelDmaOpTest, CoherentAllocationIsZeroedReachableAndAligned) {
