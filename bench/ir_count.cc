@@ -122,6 +122,21 @@ std::vector<Scenario> scenarios() {
                    }});
     }
   }
+  // The same rings with the pool's per-CPU caches off: what a kernel that does not enable them
+  // pays (every slot allocation and free under the pool's lock).
+  for (size_t size : {4 * kKiB, 64 * kKiB}) {
+    for (int occ : {1, 95}) {
+      v.push_back({"bounce_locked_" + std::to_string(size / kKiB) + "k_" + std::to_string(occ),
+                   size > 4 * kKiB ? uint64_t{5000} : uint64_t{20000},
+                   [size, occ](uint64_t ops, const Measure& m) {
+                     bench::BounceRing s(occ / 100.0, size, DmaDirection::kToDevice,
+                                         kSeed + 300 + static_cast<uint64_t>(occ),
+                                         /*cpu_caches=*/0);
+                     m([&] { s.run(ops); });
+                     return fmt("occupancy=%.4f", s.occupancy());
+                   }});
+    }
+  }
   // Random-size churn: each operation unmaps one random mapping and maps a new random size.
   for (int occ : kOccupancies) {
     v.push_back(

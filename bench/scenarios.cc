@@ -286,7 +286,8 @@ size_t BounceRing::random_size() {
   return kMinMapping + static_cast<size_t>(rng_.below(kMaxMapping - kMinMapping + 1));
 }
 
-BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, uint64_t seed)
+BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, uint64_t seed,
+                       unsigned cpu_caches)
     : rng_(seed), dir_(dir), size_(size) {
   HostPlatform::Options o;
   // 512 MiB of RAM at physical 0; the pool takes the top 64 MiB under the device's 256 MiB
@@ -296,8 +297,9 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   o.ram.push_back(PhysRange{PhysAddr(0), 512 * kMiB});
   o.pools.push_back(HostPlatform::PoolSpec{kPoolBytes, kDeviceLimit});
   o.platform_coherent = true;
-  // Per-CPU slot caches sized for a 4-CPU machine: each CPU may keep 256 slots (512 KiB).
-  o.cpu_caches = kCpus;
+  // Per-CPU slot caches sized for a 4-CPU machine by default: each CPU may keep 256 slots
+  // (512 KiB); the kernel turns them on (kernel/kernel_main.cc).
+  o.cpu_caches = cpu_caches;
   plat_ = std::make_unique<HostPlatform>(o);
   prefer_huge_pages(plat_.get());
   op_ = &plat_->op();

@@ -167,7 +167,10 @@ class BounceRing {
   static constexpr size_t kPoolBytes = 64 * kMiB;
   static constexpr uint64_t kDeviceLimit = 256 * kMiB - 1;
   static constexpr unsigned kCpus = 4;  // HostPlatform::Options::cpu_caches.
-  BounceRing(double occupancy, size_t size, DmaDirection dir, uint64_t seed);
+  // cpu_caches: HostPlatform::Options::cpu_caches (the pool's per-CPU slot caches, for kCpus
+  // CPUs by default; 0 measures the pool without them, every alloc and free under its lock).
+  BounceRing(double occupancy, size_t size, DmaDirection dir, uint64_t seed,
+             unsigned cpu_caches = kCpus);
   ~BounceRing();
   void run(uint64_t ops);
   // Random churn instead of the ring: n times, unmap a random one of the random-size mappings and

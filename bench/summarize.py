@@ -2,8 +2,8 @@
 """Turns the raw measurements of bench/run_bench.sh into the figures of the issue.
 
 Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
-the state each scenario reached), metadata.txt (dma_ir --metadata), copy.json and timing.json
-(Google Benchmark). Writes summary.txt ("name value"), targets.txt ("name value target verdict")
+the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
+timing run of BM_BounceCopyRatio) and timing.json (Google Benchmark). Writes summary.txt ("name value"), targets.txt ("name value target verdict")
 and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
@@ -11,6 +11,7 @@ instructions executed in the subsystem's own source files (support/, mm/, dma/, 
 code included; bench/callgrind_ir.py's `subsys`) per operation of the measured loop. The bounce
 figures leave out the instructions inside memcpy (`copy`); *_with_copy figures add them back.
 """
+import glob
 import json
 import os
 import sys
@@ -62,6 +63,22 @@ def copy_ratios(path):
     return out
 
 
+def copy_runs(out_dir):
+    """The copy-<n>.json of every run, in run order, as copy_ratios() dicts."""
+    paths = sorted(glob.glob(os.path.join(out_dir, "copy-*.json")),
+                   key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0]))
+    if not paths:
+        raise SystemExit("summarize: no copy-<n>.json in " + out_dir)
+    return [copy_ratios(p) for p in paths]
+
+
+def median_run(runs, size):
+    """The counters of the run whose ratio_median is the median over the runs (the lower middle
+    one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r[size]["ratio_median"])
+    return ordered[(len(ordered) - 1) // 2][size]
+
+
 def main():
     out = sys.argv[1]
     ir = read_kv_lines(os.path.join(out, "ir.txt"))
@@ -89,7 +106,8 @@ def main():
         for occ in (1, 95):
             add("bounce_map_unmap_ir_%s_%d" % (size, occ), bounce("bounce_%s_%d" % (size, occ)))
 
-    ratios = copy_ratios(os.path.join(out, "copy.json"))
+    runs = copy_runs(out)
+    ratios = {size: median_run(runs, size) for size in (65536, 4096)}
     for size, label in ((65536, "64k"), (4096, "4k")):
         add("bounce_copy_%s_ratio" % label, ratios[size]["ratio_median"], "%.3f")
 
@@ -114,7 +132,7 @@ def main():
         for occ in (1, 95):
             r = ir["bounce_%s_%d" % (size, occ)]
             add("bounce_map_unmap_with_copy_ir_%s_%d" % (size, occ), r["subsys"] + r["copy"])
-            add("bounce_pool_alloc_free_ir_%s_%d" % (size, occ), r["pool_alloc"] + r["pool_free"])
+            add("bounce_pool_alloc_free_ir_%s_%d" % (size, occ), r["pool_code"])
     for occ in OCCUPANCIES:
         add("bounce_churn_ir_%d" % occ, bounce("bounce_churn_%d" % occ))
         add("bounce_churn_misses_%d" % occ, state["bounce_churn_%d" % occ]["misses"], "%d")
@@ -122,6 +140,11 @@ def main():
     add("pfa_order9_alloc_ir_unmasked", unmasked)
     add("pfa_masked_order9_pair_ratio",
         pfa_pair("pfa_order9_pair_masked") / pfa_pair("pfa_order9_pair_unmasked"), "%.3f")
+    # The bounce rings again with the pool's per-CPU caches off (informative: no target).
+    for size in ("4k", "64k"):
+        for occ in (1, 95):
+            add("bounce_map_unmap_locked_ir_%s_%d" % (size, occ),
+                bounce("bounce_locked_%s_%d" % (size, occ)))
     # The same loops with the benchmark's own bookkeeping counted too (the callgrind total).
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "pfa_order9_pair_frag",
               "bounce_4k_1", "bounce_4k_95", "bounce_64k_1", "bounce_64k_95", "direct_map_unmap"):
@@ -131,6 +154,8 @@ def main():
         add("bounce_copy_%s_ratio_of_sums" % label, r["ratio_of_sums"], "%.3f")
         add("bounce_copy_%s_ns" % label, r["bounced_ns"], "%.1f")
         add("memcpy_through_pool_%s_ns" % label, r["memcpy_ns"], "%.1f")
+        for n, run in enumerate(runs, 1):
+            add("bounce_copy_%s_ratio_run%d" % (label, n), run[size]["ratio_median"], "%.3f")
     add("pfa_metadata_bytes_16g", meta["pfa_metadata_fraction"]["metadata_bytes"], "%d")
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "bounce_4k_1",
               "bounce_4k_95", "bounce_64k_1", "bounce_64k_95"):

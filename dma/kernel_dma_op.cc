@@ -277,26 +277,28 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   // A size above the pool's is refused by alloc with kLayoutError.
   auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
   if (!slot.ok()) return map_failed(slot.error());
-  DmaMapHandle h;
-  h.cpu_addr = addr;
-  h.size = size;
-  h.direction = dir;
-  h.coherent_device = c.coherent;
-  h.device_id = c.device_id;
-  h.bounce_first_slot = slot->first_slot;
-  h.bounce_num_slots = slot->num_slots;
-  h.bounce_pool_index = static_cast<uint8_t>(pi);
-  h.bounce_cpu = pool->cpu_addr(slot->addr);
-  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  void* bounce_cpu = pool->cpu_addr(slot->addr);
   // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
   // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
-  support::copy_bytes(h.bounce_cpu, addr, size);
+  support::copy_bytes(bounce_cpu, addr, size);
   note_bounced(pool, size);
-  if (!c.coherent) flush(h.bounce_cpu, size);
+  if (!c.coherent) flush(bounce_cpu, size);
   add_relaxed(&stats_.bounced_maps, uint64_t{1});
   add_relaxed(&stats_.maps, uint64_t{1});
   add_relaxed(&stats_.live_maps, uint64_t{1});
   add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  // Built last, after the calls, so that it goes straight into the result.
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  h.size = size;
+  h.bounce_cpu = bounce_cpu;
+  h.bounce_first_slot = slot->first_slot;
+  h.bounce_num_slots = slot->num_slots;
+  h.device_id = c.device_id;
+  h.direction = dir;
+  h.coherent_device = c.coherent;
+  h.bounce_pool_index = static_cast<uint8_t>(pi);
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
