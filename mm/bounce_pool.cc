@@ -298,8 +298,10 @@ void BouncePool::make_room(CpuCache* cc, uint32_t n) {
 }
 
 void BouncePool::request_cpu_drains() {
+  // The calling CPU has just given its own cache back; only the others are asked.
+  unsigned me = current_cpu_ != nullptr ? current_cpu_() : num_cpu_caches_;
   for (unsigned i = 0; i < num_cpu_caches_; ++i) {
-    __atomic_store_n(&cpu_caches_[i].drain, 1u, __ATOMIC_RELAXED);
+    if (i != me) __atomic_store_n(&cpu_caches_[i].drain, 1u, __ATOMIC_RELAXED);
   }
 }
 
@@ -505,11 +507,6 @@ void BouncePool::drain_cache() {
   drain_locked();
   drain_my_cpu_cache();
   request_cpu_drains();
-  // This CPU's request was just served.
-  if (current_cpu_ != nullptr) {
-    unsigned cpu = current_cpu_();
-    if (cpu < num_cpu_caches_) __atomic_store_n(&cpu_caches_[cpu].drain, 0u, __ATOMIC_RELAXED);
-  }
 }
 
 void BouncePool::drain_my_cpu_cache_if_asked() {

@@ -44,7 +44,7 @@ class BouncePool {
     // Most slots ever in use at once (slots in CPU caches count as in use here).
     uint64_t high_water_slots = 0;
     uint64_t allocations = 0;    // Successful allocations so far.
-    uint64_t failures = 0;       // kNoMemory returns so far.
+    uint64_t failures = 0;       // kNoMemory returns so far (injected faults not counted).
     uint64_t bytes_bounced = 0;  // Bytes copied in or out, as reported by note_bounced().
     // Freed slots held in the shared and the per-CPU caches (neither used nor merged).
     uint64_t cached_slots = 0;
@@ -94,7 +94,9 @@ class BouncePool {
     // With CPU caches on, an unconstrained request first looks in this CPU's cache, lock-free.
     // The CPU is asked first, so that little is live across that call.
     CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
-    if (cc != nullptr && (min_align_mask | align) == 0 && size - 1 < max_request_) {
+    // align 1, like 0, asks for nothing.
+    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0)) == 0 &&
+        size - 1 < max_request_) {
       if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
       auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
       uint32_t first = cpu_cache_pop(cc, n);
@@ -312,7 +314,8 @@ class BouncePool {
   // if another CPU asked for it; caching must be on).
   void drain_my_cpu_cache() TA_REQ(lock_);
   void drain_my_cpu_cache_if_asked() TA_REQ(lock_);
-  // Asks every other CPU to give its cache back on its next call.
+  // Asks every other CPU to give its cache back on its next call (the caller's own cache has just
+  // been given back).
   void request_cpu_drains();
   // Sums of the CPU caches' counters (relaxed reads).
   uint64_t cpu_cached_slots() const;
