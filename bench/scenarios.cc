@@ -349,21 +349,34 @@ BounceRing::~BounceRing() {
   if (pool_->stats().used_slots != 0) die("bounce slots leaked");
 }
 
-DmaMapHandle BounceRing::map_or_die(uint8_t* buf, size_t size) {
-  auto r = op_->map_single(dev_, buf, size, 0, dir_);
+// Reports a map_single that failed or did not bounce, and exits.
+[[noreturn, gnu::noinline]] void bad_bounced_map(const Result<DmaMapHandle>& r, uint8_t* buf,
+                                                 size_t size) {
   if (!r.ok()) {
     std::fprintf(stderr, "bench: map_single of %zu bytes at %p: error %d\n", size,
                  static_cast<void*>(buf), static_cast<int>(r.error().code));
     die("bounced map_single failed");
   }
-  if (!r->bounced()) die("mapping was expected to bounce");
+  die("mapping was expected to bounce");
+}
+
+DmaMapHandle BounceRing::map_or_die(uint8_t* buf, size_t size) {
+  auto r = op_->map_single(dev_, buf, size, 0, dir_);
+  if (!r.ok() || !r->bounced()) bad_bounced_map(r, buf, size);
   return *r;
 }
 
 void BounceRing::run(uint64_t ops) {
+  // What a driver's completion-and-resubmit path does: unmap the finished buffer, map it again
+  // and keep the new handle in place of the old one (with map_or_die's checks).
   for (uint64_t i = 0; i < ops; ++i) {
-    op_->unmap_single(ring_[head_]);
-    ring_[head_] = map_or_die(sources_[head_], size_);
+    DmaMapHandle& h = ring_[head_];
+    op_->unmap_single(h);
+    auto r = op_->map_single(dev_, sources_[head_], size_, 0, dir_);
+    if (!r.ok() || !r->bounced()) [[unlikely]] {
+      bad_bounced_map(r, sources_[head_], size_);
+    }
+    h = *r;
     head_ = (head_ + 1) % kRing;
   }
 }

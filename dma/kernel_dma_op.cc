@@ -49,11 +49,13 @@ Result<uint64_t> phys_limit_of(const DmaConstraints& c) {
 
 }  // namespace
 
-KernelDmaOp::KernelDmaOp(const Config& cfg) : cfg_(cfg) {
+KernelDmaOp::KernelDmaOp(const Config& cfg)
+    : dm_offset_(cfg.direct_map_offset), num_pools_(cfg.num_pools), cfg_(cfg) {
   KASSERT(cfg_.pfa != nullptr, "KernelDmaOp needs a page-frame allocator");
   KASSERT(cfg_.num_pools <= kMaxPools, "too many bounce pools");
   for (size_t i = 0; i < cfg_.num_pools; ++i) {
     KASSERT(cfg_.pools[i] != nullptr, "null bounce pool");
+    pools_[i] = cfg_.pools[i];
   }
   dm_lo_ = cfg_.pfa->lowest_address().value();
   dm_hi_ = cfg_.pfa->highest_address().value();
@@ -115,7 +117,7 @@ Result<void> KernelDmaOp::set_memory_attribute(void*, size_t, MemAttr) {
 Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
   // One unsigned compare covers both ends; no test of va against the offset itself, which may
   // wrap (a direct map placed below the physical addresses it maps).
-  uint64_t p = reinterpret_cast<uintptr_t>(va) - cfg_.direct_map_offset;
+  uint64_t p = reinterpret_cast<uintptr_t>(va) - dm_offset_;
   if (p - dm_lo_ >= dm_hi_ - dm_lo_) return ErrorCode::kInvalidArgument;
   return PhysAddr(p);
 }
@@ -133,7 +135,7 @@ void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
 int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
   // pool_order_ lists the pools from the highest-placed down: the first that lies wholly under
   // the limit is the highest such pool.
-  for (size_t i = 0; i < cfg_.num_pools; ++i) {
+  for (size_t i = 0; i < num_pools_; ++i) {
     if (pool_last_[i] <= phys_limit) return pool_order_[i];
   }
   return -1;
@@ -154,7 +156,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
     // A guaranteed tail call (same signature), so the fast path needs no frame of its own.
     SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
   }
-  uint64_t p = reinterpret_cast<uintptr_t>(addr) - cfg_.direct_map_offset;
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   uint64_t rel = p - fast_lo_;
   // Starts inside the window; size >= 1 and ends inside it.
   if (rel >= fast_span_ || size - 1 >= fast_span_ - rel) [[unlikely]] {
@@ -204,7 +206,7 @@ Result<DmaMapHandle> KernelDmaOp::map_bounce(const DmaConstraints& c, void* addr
   if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
   auto limit = phys_limit_of(c);
   if (!limit.ok()) return map_failed(limit.error());
-  uint64_t p = reinterpret_cast<uintptr_t>(addr) - cfg_.direct_map_offset;
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   return bounce(c, addr, p, size, align, dir, *limit);
 }
 
@@ -220,7 +222,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   if (!limit.ok()) return fail(limit.error());
   // The direct map is contiguous by construction: a buffer wholly inside it needs no call. Any
   // other buffer goes through the (overridable) virt_to_phys, and must be one contiguous piece.
-  uint64_t p = va - cfg_.direct_map_offset;
+  uint64_t p = va - dm_offset_;
   if (p - dm_lo_ >= dm_hi_ - dm_lo_ || size > dm_hi_ - p) {
     auto phys = virt_to_phys(addr);
     if (!phys.ok()) return fail(phys.error());
@@ -264,7 +266,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
     return map_failed(
         Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
   }
-  BouncePool* pool = cfg_.pools[pi];
+  BouncePool* pool = pools_[pi];
   // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
   // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
   // the physical one, must be aligned). Where they overlap they must agree.
@@ -306,13 +308,13 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
 void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
   support::copy_bytes(static_cast<uint8_t*>(h.bounce_cpu) + offset,
                       static_cast<const uint8_t*>(h.cpu_addr) + offset, size);
-  note_bounced(cfg_.pools[h.bounce_pool_index], size);
+  note_bounced(pools_[h.bounce_pool_index], size);
 }
 
 void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
   support::copy_bytes(static_cast<uint8_t*>(h.cpu_addr) + offset,
                       static_cast<const uint8_t*>(h.bounce_cpu) + offset, size);
-  note_bounced(cfg_.pools[h.bounce_pool_index], size);
+  note_bounced(pools_[h.bounce_pool_index], size);
 }
 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
@@ -326,14 +328,15 @@ void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
 }
 
 void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
-  KASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
-  KASSERT(h.bounce_pool_index < cfg_.num_pools, "unmap_single: bad bounce pool index");
+  // A bounced handle has a slot, hence a size: an empty (default) handle is not bounced.
+  KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
+  KASSERT(h.bounce_pool_index < num_pools_, "unmap_single: bad bounce pool index");
   if (copies_out(h.direction)) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  auto r = cfg_.pools[h.bounce_pool_index]->free_data(h.bounce_first_slot, h.bounce_num_slots,
-                                                      h.bounce_cpu, h.size);
+  auto r = pools_[h.bounce_pool_index]->free_data(h.bounce_first_slot, h.bounce_num_slots,
+                                                  h.bounce_cpu, h.size);
   KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
 }
 

@@ -109,7 +109,7 @@ class KernelDmaOp : public DmaOp {
   // Errors: kInvalidArgument (not a translatable address).
   virtual Result<PhysAddr> virt_to_phys(const void* va) const;
   void* phys_to_virt(PhysAddr pa) const {
-    return reinterpret_cast<void*>(static_cast<uintptr_t>(pa.value()) + cfg_.direct_map_offset);
+    return reinterpret_cast<void*>(static_cast<uintptr_t>(pa.value()) + dm_offset_);
   }
 
   const Config& config() const { return cfg_; }
@@ -158,15 +158,22 @@ class KernelDmaOp : public DmaOp {
   void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
   void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
 
+  // What the streaming paths read, first and together (with the vtable pointer, the fast direct
+  // path reads one cache line of this object; a bounced map or unmap, two):
+  // CPU virtual = physical + dm_offset_ (cfg_.direct_map_offset).
+  uintptr_t dm_offset_ = 0;
+  // The part of the direct map map_single's inline fast path accepts: [fast_lo_, fast_lo_ +
+  // fast_span_).
+  uint64_t fast_lo_ = 0;
+  uint64_t fast_span_ = 0;
+  // The last byte of each pool, from the highest-placed pool down, and its index in pools_.
+  uint64_t pool_last_[kMaxPools] = {};
+  BouncePool* pools_[kMaxPools] = {};  // cfg_.pools.
+  size_t num_pools_ = 0;               // cfg_.num_pools.
+  int8_t pool_order_[kMaxPools] = {};
   Config cfg_;
   // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
   uint64_t dm_lo_ = 0;
   uint64_t dm_hi_ = 0;
-  // Pools from the highest-placed down (indices into cfg_.pools) and the last byte of each.
-  int8_t pool_order_[kMaxPools] = {};
-  uint64_t pool_last_[kMaxPools] = {};
-  // The part of it map_single's inline fast path accepts: [fast_lo_, fast_lo_ + fast_span_).
-  uint64_t fast_lo_ = 0;
-  uint64_t fast_span_ = 0;
   mutable Stats stats_;
 };

@@ -259,6 +259,7 @@ Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned nu
     return ErrorCode::kInvalidArgument;
   }
   cpu_cache_budget_ = cache_budget_ / num_cpus;
+  cpu_cache_max_block_ = support::min(kQuickSlots - 1, cpu_cache_budget_);
   num_cpu_caches_ = num_cpus;
   current_cpu_ = current_cpu;
   return support::ok();
@@ -453,7 +454,7 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
     drain_my_cpu_cache();
   }
 
-  if (poison_) check_poison(start, static_cast<uint32_t>(n));
+  if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
   SlotRecord& r = meta_[start];
   r.link_next = static_cast<uint32_t>(offset);
   r.link_prev = static_cast<uint32_t>(size);
@@ -486,7 +487,8 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
   used_slots_ -= slots;
   // See set_poisoning. The mapping layer always fills a slot before a device sees it, so the
   // poison never reaches a device.
-  if (poison_) support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
+  if (KDEBUG_ENABLED && poison_)
+    support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
   if (slots < kQuickSlots && cache_count_[slots] < kQuickDepth &&
       cached_slots_ + slots <= cache_budget_) {
     r.size_free = slots | kCachedBit;

@@ -261,7 +261,7 @@ class BouncePool {
       cc->slots[i] = cc->slots[top];
       __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
       __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
-      if (poison_) check_poison(first, n);
+      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
       return first;
     }
     return num_slots_;
@@ -286,8 +286,7 @@ class BouncePool {
   // reports a bad description).
   [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
                                              uint64_t offset, size_t size) {
-    if (n >= kQuickSlots || n > cpu_cache_budget_ || first >= num_slots_ ||
-        n > num_slots_ - first) {
+    if (n > cpu_cache_max_block_ || first >= num_slots_ || n > num_slots_ - first) {
       return false;
     }
     SlotRecord& r = owned_record(first);
@@ -295,7 +294,9 @@ class BouncePool {
     if (r.size_free != n || n == 0 || offset != r.link_next || size != r.link_prev) return false;
     // Full: the oldest blocks go back to the free lists (under the lock), as many as it takes.
     if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
-    if (poison_) support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
+    if (KDEBUG_ENABLED && poison_) {
+      support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
+    }
     __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
     cc->first[cc->count] = first;
     cc->slots[cc->count] = n;
@@ -335,19 +336,25 @@ class BouncePool {
   Result<void> free_block(uint32_t first, uint32_t slots, uint64_t offset, uint64_t size)
       TA_EXCL(lock_);
 
-  mutable support::SpinLock lock_;
-  // Set by init, constant afterwards.
-  PhysAddr base_;
-  size_t bytes_ = 0;
-  void* cpu_base_ = nullptr;
-  size_t slot_size_ = 0;
-  size_t max_request_ = 0;  // max_allocation().
-  unsigned slot_shift_ = 0;
-  uint32_t num_slots_ = 0;     // Also the index of the sentinel record, and "no slot" in links.
-  uint32_t cache_budget_ = 0;  // Most slots the cache may hold.
-  bool initialized_ = false;
+  // Set by init (and enable_cpu_caches), constant afterwards. What the lock-free paths read comes
+  // first, in one cache line.
+  CurrentCpuFn current_cpu_ = nullptr;  // Per-CPU caches on when non-null.
   // num_slots_ + 1 records: one per slot and a sentinel that is never free.
   SlotRecord* meta_ TA_PT_GUARDED(lock_) = nullptr;
+  void* cpu_base_ = nullptr;
+  PhysAddr base_;
+  size_t max_request_ = 0;  // max_allocation().
+  size_t slot_size_ = 0;
+  unsigned slot_shift_ = 0;
+  uint32_t num_slots_ = 0;  // Also the index of the sentinel record, and "no slot" in links.
+  unsigned num_cpu_caches_ = 0;
+  // Largest block one CPU's cache takes: min(kQuickSlots - 1, cpu_cache_budget_).
+  uint32_t cpu_cache_max_block_ = 0;
+  uint32_t cpu_cache_budget_ = 0;  // Most slots one CPU's cache may hold.
+  mutable support::SpinLock lock_;
+  size_t bytes_ = 0;
+  uint32_t cache_budget_ = 0;  // Most slots the shared cache may hold.
+  bool initialized_ = false;
   uint32_t fl_bitmap_ TA_GUARDED(lock_) = 0;
   uint32_t sl_bitmap_[kFlBits] TA_GUARDED(lock_) = {};
   uint32_t heads_[kClasses] TA_GUARDED(lock_);  // Free-list heads by class.
@@ -361,9 +368,5 @@ class BouncePool {
   uint64_t allocations_ TA_GUARDED(lock_) = 0;
   uint64_t failures_ TA_GUARDED(lock_) = 0;
   uint64_t bytes_bounced_ = 0;
-  // Per-CPU caches: set by enable_cpu_caches, constant afterwards.
-  CurrentCpuFn current_cpu_ = nullptr;
-  unsigned num_cpu_caches_ = 0;
-  uint32_t cpu_cache_budget_ = 0;  // Most slots one CPU's cache may hold.
   CpuCache cpu_caches_[kMaxCpus] = {};
 };
