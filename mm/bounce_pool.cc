@@ -281,12 +281,16 @@ void BouncePool::drain_my_cpu_cache() {
 
 void BouncePool::make_room(CpuCache* cc, uint32_t n) {
   support::Guard<support::SpinLock> guard{&lock_};
+  // Everything goes back, oldest first, once the lock is taken anyway: a CPU whose frees keep
+  // filling its cache with sizes it does not ask for again (random sizes) then pays one lock per
+  // kCpuCacheDepth frees, and one that reuses its sizes refills the cache at once.
+  (void)n;
   uint32_t drop = 0;
   uint32_t freed = 0;
-  while (drop < cc->count &&
-         (cc->count - drop == kCpuCacheDepth || cc->held - freed + n > cpu_cache_budget_)) {
+  while (drop < cc->count) {
     used_slots_ -= cc->slots[drop];
-    release(cc->first[drop], cc->slots[drop]);
+    // Into the shared cache if it has room (any CPU may take it from there), else merged.
+    stash_or_release(cc->first[drop], cc->slots[drop]);
     freed += cc->slots[drop];
     ++drop;
   }
@@ -489,18 +493,23 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
   // poison never reaches a device.
   if (KDEBUG_ENABLED && poison_)
     support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
+  stash_or_release(first, slots);
+  return support::ok();
+}
+
+void BouncePool::stash_or_release(uint32_t first, uint32_t slots) {
   if (slots < kQuickSlots && cache_count_[slots] < kQuickDepth &&
       cached_slots_ + slots <= cache_budget_) {
+    SlotRecord& r = meta_[first];
     r.size_free = slots | kCachedBit;
     r.link_next = cache_head_[slots];
     cache_head_[slots] = first;
     ++cache_count_[slots];
     cached_slots_ += slots;
     ++cached_blocks_;
-    return support::ok();
+    return;
   }
   release(first, slots);
-  return support::ok();
 }
 
 void BouncePool::drain_cache() {

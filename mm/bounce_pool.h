@@ -144,11 +144,13 @@ class BouncePool {
   // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
   // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
   // unconstrained requests of the same slot count, without taking the pool's lock: no locked
-  // instruction on the common map+unmap path. A CPU's cache goes back to the free lists when that
-  // CPU's request finds no room, when it calls drain_cache, or on its next call after another
-  // CPU's request found no room (a CPU cannot empty another's cache: a request may therefore fail
-  // with kNoMemory while other CPUs' caches hold slots, up to 1/32 of the pool, until those CPUs
-  // next call into the pool).
+  // instruction on the common map+unmap path. A free that finds its CPU's cache full sends the
+  // whole cache back (into the shared cache while it has room) under one lock, so a CPU whose
+  // sizes do not repeat pays one lock per kCpuCacheDepth frees. A CPU's cache goes back to the
+  // free lists when that CPU's request finds no room, when it calls drain_cache, or on its next
+  // call after another CPU's request found no room (a CPU cannot empty another's cache: a request
+  // may therefore fail with kNoMemory while other CPUs' caches hold slots, up to 1/32 of the
+  // pool, until those CPUs next call into the pool).
   static constexpr unsigned kMaxCpus = 64;
   static constexpr unsigned kCpuCacheDepth = 4;
   // Returns the index of the CPU that runs the caller.
@@ -292,7 +294,7 @@ class BouncePool {
     SlotRecord& r = owned_record(first);
     // The block is the caller's: nobody else writes these fields while it is used.
     if (r.size_free != n || n == 0 || offset != r.link_next || size != r.link_prev) return false;
-    // Full: the oldest blocks go back to the free lists (under the lock), as many as it takes.
+    // Full (depth or budget): every cached block goes back, under the lock (make_room).
     if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
     if (KDEBUG_ENABLED && poison_) {
       support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
@@ -304,8 +306,9 @@ class BouncePool {
     __atomic_store_n(&cc->held, cc->held + n, __ATOMIC_RELAXED);
     return true;
   }
-  // Gives the oldest blocks of this CPU's cache back to the free lists until a block of n slots
-  // fits (n <= cpu_cache_budget_).
+  // Gives every block of this CPU's cache back, oldest first (to the shared cache while it has
+  // room, else merged into the free lists), so that a block of n slots (n <= cpu_cache_budget_)
+  // fits.
   [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_EXCL(lock_);
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
   // still to be evaluated (alloc's fast path evaluates it itself).
@@ -332,6 +335,9 @@ class BouncePool {
   uint32_t carve(uint64_t n, uint64_t phase, uint64_t period_mask) TA_REQ(lock_);
   void release(uint32_t first, uint32_t slots) TA_REQ(lock_);
   void drain_locked() TA_REQ(lock_);
+  // A block nobody uses any more (its slots already out of used_slots_, poisoned if poisoning):
+  // onto the shared cache if it fits there, else merged into the free lists.
+  void stash_or_release(uint32_t first, uint32_t slots) TA_REQ(lock_);
   // free() and free_data(): `offset` is the data's byte offset from the start of the first slot.
   Result<void> free_block(uint32_t first, uint32_t slots, uint64_t offset, uint64_t size)
       TA_EXCL(lock_);

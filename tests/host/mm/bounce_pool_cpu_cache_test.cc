@@ -370,29 +370,33 @@ TEST_F(BouncePoolCpuCache, AnAlteredSlotIsRefused) {
 // ---------------------------------------------------------------------------------------------
 // Full caches and draining
 
-// A fifth block, or one over the CPU's budget, sends the oldest cached blocks to the free lists.
-TEST_F(BouncePoolCpuCache, AFullCacheGivesItsOldestBlocksBack) {
-  TestPool t(1 * kMiB, 2);  // 512 slots: budget 16, 8 per CPU.
+// A fifth block, or one over the CPU's budget, sends every cached block back (into the shared
+// cache while it has room, else merged into the free lists) and is cached itself.
+TEST_F(BouncePoolCpuCache, AFullCacheGivesItsBlocksBack) {
+  TestPool t(1 * kMiB, 2);  // 512 slots: shared budget 16, 8 per CPU.
   BouncePool& p = t.pool;
-  // Depth: alloc takes the end of the free block, so v[0] is the pool's last slot and v[1..4]
-  // lie below it; v[0] has no free neighbour and becomes a free block of its own.
+  // alloc takes the end of the free block, so v[0] is the pool's last slot and v[1..4] lie
+  // below it, v[4] lowest.
   std::vector<BounceSlot> v;
   for (int i = 0; i < 5; ++i) v.push_back(must_alloc(p, kSlot));
   size_t blocks = p.free_block_count();
   for (int i = 0; i < 4; ++i) must_free(p, v[static_cast<size_t>(i)]);
   EXPECT_EQ(p.stats().cached_slots, 4u);
-  EXPECT_EQ(p.free_block_count(), blocks);
+  EXPECT_EQ(p.free_block_count(), blocks);  // All four in CPU 0's cache.
+  // Full: v[0] and v[1] go to the shared cache (two blocks per size), v[2] and v[3] merge into
+  // one free block (their neighbours v[1] and v[4] are not free), v[4] is cached.
   must_free(p, v[4]);
-  EXPECT_EQ(p.stats().cached_slots, 4u);
+  EXPECT_EQ(p.stats().cached_slots, 3u);
   EXPECT_EQ(p.stats().used_slots, 0u);
   EXPECT_EQ(p.free_block_count(), blocks + 1);
   EXPECT_TRUE(p.check_invariants());
-  for (size_t i = 5; i-- > 1;) {  // The four newest, newest first.
-    EXPECT_EQ(must_alloc(p, kSlot).first_slot, v[i].first_slot) << i;
-  }
+  EXPECT_EQ(must_alloc(p, kSlot).first_slot, v[4].first_slot);  // CPU 0's cache.
+  EXPECT_EQ(must_alloc(p, kSlot).first_slot, v[1].first_slot);  // The shared cache, newest
+  EXPECT_EQ(must_alloc(p, kSlot).first_slot, v[0].first_slot);  // first.
   EXPECT_EQ(p.stats().cached_slots, 0u);
 
-  // Budget, on CPU 1: 5 + 2 slots fit in 8; 2 more do not, so the 5-slot block goes back.
+  // Budget, on CPU 1: 5 + 2 slots fit in 8; 2 more do not, so x and y go back (to the shared
+  // cache: 7 slots fit its 16) and z is cached.
   g_cpu = 1;
   BounceSlot x = must_alloc(p, 5 * kSlot);
   BounceSlot y = must_alloc(p, 2 * kSlot);
@@ -401,19 +405,22 @@ TEST_F(BouncePoolCpuCache, AFullCacheGivesItsOldestBlocksBack) {
   must_free(p, y);
   EXPECT_EQ(p.stats().cached_slots, 7u);
   must_free(p, z);
-  EXPECT_EQ(p.stats().cached_slots, 4u);
-  EXPECT_EQ(p.stats().used_slots, 4u);  // v[1..4], live on CPU 0's behalf.
+  EXPECT_EQ(p.stats().cached_slots, 9u);
+  EXPECT_EQ(p.stats().used_slots, 3u);  // v[0], v[1], v[4], live on CPU 0's behalf.
   EXPECT_TRUE(p.check_invariants());
-  EXPECT_EQ(must_alloc(p, 2 * kSlot).addr, z.addr);
-  EXPECT_EQ(must_alloc(p, 2 * kSlot).addr, y.addr);
+  EXPECT_EQ(must_alloc(p, 2 * kSlot).addr, z.addr);  // CPU 1's cache.
+  EXPECT_EQ(must_alloc(p, 2 * kSlot).addr, y.addr);  // The shared cache.
+  EXPECT_EQ(must_alloc(p, 5 * kSlot).addr, x.addr);  // The shared cache.
   EXPECT_EQ(p.stats().cached_slots, 0u);
+  must_free(p, x);
   must_free(p, y);
   must_free(p, z);
 
   // Everything freed (on both CPUs) and both CPUs drained: one free block.
   g_cpu = 0;
-  for (size_t i = 1; i < 5; ++i) must_free(p, v[i]);
-  EXPECT_GT(p.free_block_count(), 1u);
+  for (size_t i : {size_t{0}, size_t{1}, size_t{4}}) must_free(p, v[i]);
+  // x and y in the shared cache, z in CPU 1's, v[0], v[1] and v[4] in CPU 0's: 7 + 2 + 3.
+  EXPECT_EQ(p.stats().cached_slots, 12u);
   expect_all_free(p, {0, 1});
 }
 
