@@ -122,6 +122,13 @@ Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
   return PhysAddr(p);
 }
 
+void KernelDmaOp::count_map(size_t bytes, bool bounced) {
+  add_relaxed(bounced ? &stats_.bounced_maps : &stats_.direct_maps, uint64_t{1});
+  add_relaxed(&stats_.maps, uint64_t{1});
+  add_relaxed(&stats_.live_maps, uint64_t{1});
+  add_relaxed(&stats_.bytes_mapped, uint64_t{bytes});
+}
+
 void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
 #if DMA_STATS
   pool->note_bounced(bytes);
@@ -173,10 +180,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   if (FAULT_POINT(kMapping)) [[unlikely]] {
     SUPPORT_MUSTTAIL return map_injected_fault(c, addr, size, align, dir);
   }
-  add_relaxed(&stats_.direct_maps, uint64_t{1});
-  add_relaxed(&stats_.maps, uint64_t{1});
-  add_relaxed(&stats_.live_maps, uint64_t{1});
-  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
   h.dma_addr = DmaAddr(dev_last - (size - 1));
@@ -249,10 +253,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   h.device_id = c.device_id;
   h.dma_addr = DmaAddr(p + c.bus_offset);
   if (!c.coherent) flush(addr, size);
-  add_relaxed(&stats_.direct_maps, uint64_t{1});
-  add_relaxed(&stats_.maps, uint64_t{1});
-  add_relaxed(&stats_.live_maps, uint64_t{1});
-  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  count_map(size, /*bounced=*/false);
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
@@ -288,10 +289,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   support::copy_bytes(bounce_cpu, addr, size);
   note_bounced(pool, size);
   if (!c.coherent) flush(bounce_cpu, size);
-  add_relaxed(&stats_.bounced_maps, uint64_t{1});
-  add_relaxed(&stats_.maps, uint64_t{1});
-  add_relaxed(&stats_.live_maps, uint64_t{1});
-  add_relaxed(&stats_.bytes_mapped, uint64_t{size});
+  count_map(size, /*bounced=*/true);
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
   h.cpu_addr = addr;

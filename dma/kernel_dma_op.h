@@ -154,6 +154,8 @@ class KernelDmaOp : public DmaOp {
                               size_t align, DmaDirection dir, uint64_t limit);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
+  // Statistics of a successful map (nothing without DMA_STATS).
+  void count_map(size_t bytes, bool bounced);
   void note_bounced(BouncePool* pool, size_t bytes);
   void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
   void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);

@@ -17,10 +17,11 @@
 
 #include "mm/bounce_pool.h"
 #include "support/fault_injection.h"
+#include "tests/host/mm/bounce_test_pool.h"
 
 namespace {
 
-constexpr uint64_t kBase = 0x8000'0000;
+using bounce_test::kBase;
 constexpr size_t kSlot = BouncePool::kDefaultSlotSize;
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
@@ -34,33 +35,14 @@ unsigned current_cpu() {
 // A CPU index at or above every pool's num_cpus here: it has no cache and always takes the lock.
 constexpr unsigned kUncachedCpu = 63;
 
-// A pool over host memory at kBase, with the CPU caches on for `cpus` CPUs (0: off). When a test
-// has already failed with slots still out, the pool is not destroyed, so that its debug assertion
-// does not abort the run.
-struct TestPool {
-  explicit TestPool(size_t bytes, unsigned cpus = 0)
-      : mem(bytes),
-        meta(BouncePool::metadata_size(bytes) / sizeof(uint64_t) + 1),
-        pool(*new(storage) BouncePool) {
-    auto r =
-        pool.init(PhysAddr(kBase), bytes, mem.data(), meta.data(), meta.size() * sizeof(uint64_t));
-    EXPECT_TRUE(r.ok()) << error_code_name(r.code());
+// A test pool with the CPU caches on for `cpus` CPUs (0: off), the CPU index from current_cpu.
+struct TestPool : bounce_test::TestPool {
+  explicit TestPool(size_t bytes, unsigned cpus = 0) : bounce_test::TestPool(bytes) {
     if (cpus != 0) {
       auto c = pool.enable_cpu_caches(&current_cpu, cpus);
       EXPECT_TRUE(c.ok()) << error_code_name(c.code());
     }
   }
-  ~TestPool() {
-    if (!testing::Test::HasFailure() || pool.stats().used_slots == 0) pool.~BouncePool();
-  }
-  TestPool(const TestPool&) = delete;
-  TestPool& operator=(const TestPool&) = delete;
-  uint8_t* data(const BounceSlot& s) { return static_cast<uint8_t*>(pool.cpu_addr(s.addr)); }
-
-  std::vector<uint8_t> mem;
-  std::vector<uint64_t> meta;
-  alignas(BouncePool) unsigned char storage[sizeof(BouncePool)];
-  BouncePool& pool;
 };
 
 // Everything a refused call must leave as it was.
