@@ -73,12 +73,12 @@ KernelDmaOp::KernelDmaOp(const Config& cfg)
   for (size_t i = 0; i < cfg_.num_pools; ++i) {
     size_t j = i;
     uint64_t base = cfg_.pools[i]->base().value();
-    while (j > 0 && cfg_.pools[static_cast<size_t>(pool_order_[j - 1])]->base().value() < base) {
+    while (j > 0 && cfg_.pools[pool_order_[j - 1]]->base().value() < base) {
       pool_order_[j] = pool_order_[j - 1];
       pool_last_[j] = pool_last_[j - 1];
       --j;
     }
-    pool_order_[j] = static_cast<int8_t>(i);
+    pool_order_[j] = static_cast<uint8_t>(i);
     pool_last_[j] = base + cfg_.pools[i]->bytes() - 1;
   }
   DirectWindow w = fast_direct_window(dm_lo_, dm_hi_, cfg_.direct_map_offset);

@@ -172,7 +172,7 @@ class KernelDmaOp : public DmaOp {
   uint64_t pool_last_[kMaxPools] = {};
   BouncePool* pools_[kMaxPools] = {};  // cfg_.pools.
   size_t num_pools_ = 0;               // cfg_.num_pools.
-  int8_t pool_order_[kMaxPools] = {};
+  uint8_t pool_order_[kMaxPools] = {};
   Config cfg_;
   // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
   uint64_t dm_lo_ = 0;
