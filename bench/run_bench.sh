@@ -25,17 +25,20 @@ make --no-print-directory -s -f bench/bench.mk BUILD="$BUILD" -j"$JOBS"
 # loop, so that load from other processes falls on both alike. Load that shares the core (another
 # tenant on the sibling hardware thread of a virtual machine) still inflates the bounced side more
 # than the copies, for tens of seconds at a time: one process can measure 1.26 where the next
-# measures 1.04. So the ratio is measured by three processes spread over the run (before the
-# callgrind counts, after them, and at the end), and the figure is the best of the three
+# measures 1.04. So the ratio is measured by five processes spread over the run (two before the
+# callgrind counts, two after them, one at the end), each after a `sync` so that the write-back of
+# this script's own output does not run meanwhile, and the figure is the best of the five
 # medians: interference only ever raises it. summary.txt lists every run's value.
 rm -f "$OUT"/copy-*.json "$OUT"/copy-*.txt
 copy_run() {
   local n=$1
-  echo "bench: timing the bounce copies against memcpy, run $n of 3 [${SECONDS}s]"
+  echo "bench: timing the bounce copies against memcpy, run $n of 5 [${SECONDS}s]"
+  sync
   "$OUT/dma_bench" --benchmark_filter='BM_BounceCopyRatio/' --benchmark_min_time=3 \
     --benchmark_out="$OUT/copy-$n.json" --benchmark_out_format=json >"$OUT/copy-$n.txt" 2>&1
 }
 copy_run 1
+copy_run 2
 
 # ---- Instruction counts (callgrind) -------------------------------------------------------------
 # Set-up runs uninstrumented (--instr-atstart=no); dma_ir switches instrumentation and collection
@@ -71,13 +74,14 @@ wait $pid_map || status=1
 cat "$CG/pfa.state" "$CG/map.state" >"$OUT/ir_state.txt"
 "$OUT/dma_ir" --metadata >"$OUT/metadata.txt"
 
-copy_run 2
+copy_run 3
+copy_run 4
 
 # ---- Time: every scenario (Google Benchmark, informative) ---------------------------------------
 echo "bench: timing every scenario (Google Benchmark) [${SECONDS}s]"
 "$OUT/dma_bench" --benchmark_filter='-BM_BounceCopyRatio/' --benchmark_min_time=0.2 \
   --benchmark_out="$OUT/timing.json" --benchmark_out_format=json >"$OUT/timing.txt" 2>&1
-copy_run 3
+copy_run 5
 
 # ---- Summary and plot ---------------------------------------------------------------------------
 python3 bench/summarize.py "$OUT"
