@@ -155,6 +155,13 @@ class DeviceDma {
 
   DmaOp* op() const { return op_; }
   const DmaConstraints& constraints() const { return c_; }
+  // The alignment at which a buffer shares no cache line with other data: kFromDevice and
+  // kBidirectional buffers of a non-coherent device aligned and sized to it are mapped directly,
+  // others are bounced whole (DmaOp::cache_alignment). Any context.
+  size_t cache_alignment() const { return op_->cache_alignment(); }
+  // The largest streaming mapping map() can make for this device (DmaOp::max_mapping_size).
+  // Any context.
+  size_t max_mapping_size() const { return op_->max_mapping_size(c_); }
   uint64_t dma_mask() const { return c_.dma_mask; }
   // Overrides (a driver that knows better, or a test).
   void set_coherent(bool coherent) { c_.coherent = coherent; }

@@ -27,12 +27,21 @@ class DmaOp {
   // prepare_read / confirm_write) until then.
   // The DMA address honours `align` (a power of two, 0 or 1 for none) and c.dma_mask: the buffer
   // is used directly when reachable and aligned, otherwise it is bounced through a slot below the
-  // mask (copied in now for kToDevice / kBidirectional). For a non-coherent device the caches are
-  // cleaned over the range.
+  // mask (copied in now for every direction, so that a device writing less than the whole slot
+  // leaves the buffer's own bytes). For a non-coherent device the caches are cleaned over the
+  // range; a kFromDevice / kBidirectional buffer of a non-coherent device that shares a cache
+  // line with other data (not aligned to cache_alignment() at both ends) is bounced whole.
+  // Every page of a buffer outside the direct map is translated (virt_to_phys): the buffer must
+  // be physically contiguous.
   // Ownership: the caller owns the returned handle and must pass it to unmap_single exactly once.
-  // Errors: kLayoutError (size 0, align not a power of two, range wraps, larger than any bounce
-  // slot), kInvalidArgument (mask 0, addr not translatable), kDmaMaskNotMatch (no bounce pool lies
-  // under the mask; addr/mask say which), kNoMemory (bounce pool exhausted right now).
+  // Errors: kLayoutError (size 0, null addr, align not a power of two, range wraps, larger than
+  // max_mapping_size() when it must bounce, shares cache lines and no bounce pool is reachable),
+  // kInvalidArgument (mask 0, addr not translatable), kNotContiguous (the buffer's pages are not
+  // physically contiguous; Error::addr says where), kDmaMaskNotMatch (not reachable and no bounce
+  // pool lies under the mask; addr is the device address beyond the mask, mask the mask),
+  // kNoMemory (bounce pool exhausted right now), kNotSupported (a non-coherent device on a
+  // platform without cache maintenance). On error nothing is mapped and no counter but the
+  // failure statistics changes.
   virtual Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size,
                                           size_t align, DmaDirection dir) = 0;
 
@@ -82,17 +91,38 @@ class DmaOp {
   virtual void flush_invalidate(const void* addr, size_t size) = 0;
 
   // Before the CPU reads bytes [offset, offset + size) of a live mapping that the device wrote:
-  // invalidates them (non-coherent) or copies them out of the bounce slot. Does nothing for
-  // kToDevice. Errors: kOutOfRange when the range is not inside the mapping.
+  // invalidates them (non-coherent) or copies them out of the bounce slot.
+  // Direction: the mapping's own direction governs. `dir` may only narrow a kBidirectional
+  // mapping (kToDevice there: nothing to do); a `dir` that contradicts a one-way mapping is
+  // reported by the misuse checker and the mapping's direction is used. Nothing to do for a
+  // kToDevice mapping. Errors: kOutOfRange when the range is not inside the mapping.
   virtual Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
                                     DmaDirection dir) = 0;
 
   // After the CPU wrote bytes [offset, offset + size) of a live mapping, before the device reads
-  // them: cleans them (non-coherent) or copies them into the bounce slot. Does nothing for
-  // kFromDevice. Errors: kOutOfRange when the range is not inside the mapping.
+  // them (or, for kFromDevice, before handing the buffer back to the device): copies them into
+  // the bounce slot when the direction copies in, and cleans them for a non-coherent device in
+  // every direction (so that no dirty line the CPU left can later be evicted over what the device
+  // writes). Direction as prepare_read's. Errors: kOutOfRange when the range is not inside the
+  // mapping.
   virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                                      DmaDirection dir) = 0;
 
   // The constraints used by the mask-only entry points: the platform's default coherence.
   virtual DmaConstraints default_constraints() const = 0;
+
+  // The alignment, in bytes, at which a buffer shares no cache line with other data (Linux's
+  // dma_get_cache_alignment): the largest line any cache-maintenance operation of this platform
+  // acts on. A kFromDevice or kBidirectional buffer of a non-coherent device that does not start
+  // and end on this alignment shares its edge lines with its neighbours; map_single then bounces
+  // it whole (a clean or invalidate of a shared line would lose the device's or the neighbour's
+  // bytes), so drivers that want the direct path align and size such buffers to this. A power of
+  // two. Any context.
+  virtual size_t cache_alignment() const = 0;
+
+  // The largest streaming mapping map_single can make for a device with these constraints (Linux's
+  // dma_max_mapping_size): a device that may need bouncing is limited by the bounce pool it would
+  // use; one that never bounces is not limited (SIZE_MAX). Larger requests fail with
+  // kLayoutError. Any context.
+  virtual size_t max_mapping_size(const DmaConstraints& c) const = 0;
 };

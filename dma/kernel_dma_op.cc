@@ -36,22 +36,52 @@ void add_relaxed(T* counter, T v) {
 #endif
 }
 
-// Highest physical address a device with these constraints can reach, or an error when the mask
-// and bus offset leave nothing reachable.
-Result<uint64_t> phys_limit_of(const DmaConstraints& c) {
+// Device address = physical + bus_offset (mod 2^64), and the device reaches [0, dma_mask]: the
+// physical addresses it reaches are [lo, lo + mask] (mod 2^64) with lo = -bus_offset. When that
+// interval wraps past 2^64 (a positive offset: RAM appears higher on the bus than to the CPU) the
+// part that holds RAM is the low one, [0, mask - bus_offset]; the other part is the top of the
+// address space, where no RAM is. A negative offset (RAM at 0x3C00'0000 seen by the device from
+// 0) gives [0x3C00'0000, 0x3C00'0000 + mask].
+Result<KernelDmaOp::PhysWindow> phys_window_of(const DmaConstraints& c) {
   if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
-  // DMA address = phys + bus_offset. Reachable phys: [-bus_offset, mask - bus_offset] (mod 2^64).
-  // With bus_offset above the mask nothing is reachable.
-  if (c.bus_offset > c.dma_mask)
-    return Error(ErrorCode::kDmaMaskNotMatch, c.bus_offset, c.dma_mask);
-  return c.dma_mask - c.bus_offset;
+  uint64_t lo = 0 - c.bus_offset;
+  uint64_t hi;
+  if (__builtin_add_overflow(lo, c.dma_mask, &hi)) return KernelDmaOp::PhysWindow{0, hi};
+  return KernelDmaOp::PhysWindow{lo, hi};
+}
+
+// The device address kDmaMaskNotMatch reports for [p, p + size): that of the last byte, or of
+// the first when the last one's wraps past 2^64 (both then lie beyond the mask).
+uint64_t unreachable_dma(const DmaConstraints& c, uint64_t p, size_t size) {
+  uint64_t d = p + c.bus_offset;
+  uint64_t last = d + (size - 1);
+  return last < d ? d : last;
+}
+
+// The direction a sync acts on: the mapping's, which the caller's may only narrow (a
+// kBidirectional mapping synced for one direction). A caller's direction that contradicts a
+// one-way mapping is reported by the misuse checker; the mapping's own direction still governs,
+// so that a wrong argument cannot make a sync do nothing.
+DmaDirection sync_direction(DmaDirection mapping, DmaDirection arg) {
+  return mapping == DmaDirection::kBidirectional ? arg : mapping;
+}
+
+// True when [va, va + size) starts or ends inside a cache line of `line` bytes: it shares that
+// line with whatever lies beside it.
+bool shares_cache_lines(uintptr_t va, size_t size, size_t line) {
+  return ((va | (va + size)) & (line - 1)) != 0;
 }
 
 }  // namespace
 
 KernelDmaOp::KernelDmaOp(const Config& cfg)
-    : dm_offset_(cfg.direct_map_offset), num_pools_(cfg.num_pools), cfg_(cfg) {
+    : dm_offset_(cfg.direct_map_offset),
+      num_pools_(cfg.num_pools),
+      cfg_(cfg),
+      line_(cfg.cache_line_size) {
   KASSERT(cfg_.pfa != nullptr, "KernelDmaOp needs a page-frame allocator");
+  KASSERT(support::is_pow2(line_) && line_ <= PageFrameAllocator::kPageSize,
+          "KernelDmaOp: cache line size must be a power of two no larger than a page");
   KASSERT(cfg_.num_pools <= kMaxPools, "too many bounce pools");
   for (size_t i = 0; i < cfg_.num_pools; ++i) {
     KASSERT(cfg_.pools[i] != nullptr, "null bounce pool");
@@ -76,10 +106,12 @@ KernelDmaOp::KernelDmaOp(const Config& cfg)
     while (j > 0 && cfg_.pools[pool_order_[j - 1]]->base().value() < base) {
       pool_order_[j] = pool_order_[j - 1];
       pool_last_[j] = pool_last_[j - 1];
+      pool_first_[j] = pool_first_[j - 1];
       --j;
     }
     pool_order_[j] = static_cast<uint8_t>(i);
     pool_last_[j] = base + cfg_.pools[i]->bytes() - 1;
+    pool_first_[j] = base;
   }
   DirectWindow w = fast_direct_window(dm_lo_, dm_hi_, cfg_.direct_map_offset);
   fast_lo_ = w.lo;
@@ -139,13 +171,43 @@ void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
 #endif
 }
 
-int KernelDmaOp::pick_pool(uint64_t phys_limit) const {
-  // pool_order_ lists the pools from the highest-placed down: the first that lies wholly under
-  // the limit is the highest such pool.
+int KernelDmaOp::pick_pool(PhysWindow w) const {
+  // pool_order_ lists the pools from the highest-placed down: the first that lies wholly inside
+  // the window is the highest such pool.
   for (size_t i = 0; i < num_pools_; ++i) {
-    if (pool_last_[i] <= phys_limit) return pool_order_[i];
+    if (pool_last_[i] <= w.hi && pool_first_[i] >= w.lo) return pool_order_[i];
   }
   return -1;
+}
+
+Result<uint64_t> KernelDmaOp::translate_buffer(const void* addr, size_t size) const {
+  // Every page, not just the ends: memory outside the direct map (vmalloc-like) may be
+  // contiguous virtually and scattered physically, and a page in the middle belonging to someone
+  // else must not be handed to the device.
+  constexpr uintptr_t kPage = PageFrameAllocator::kPageSize;
+  TRY_ASSIGN(PhysAddr first, virt_to_phys(addr));
+  uintptr_t va = reinterpret_cast<uintptr_t>(addr);
+  uintptr_t last = va + (size - 1);  // The caller checked that the range does not wrap.
+  for (uintptr_t page = (va & ~(kPage - 1)) + kPage; page - 1 < last; page += kPage) {
+    TRY_ASSIGN(PhysAddr pp, virt_to_phys(reinterpret_cast<const void*>(page)));
+    if (pp.value() != first.value() + (page - va)) {
+      return Error(ErrorCode::kNotContiguous, page, 0);
+    }
+    if (page > last - kPage) break;  // The last page: stop before `page` wraps.
+  }
+  return first.value();
+}
+
+size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
+  auto w = phys_window_of(c);
+  if (!w.ok()) return 0;
+  // A device that reaches all memory, snoops the caches and is not forced to bounce never
+  // bounces: nothing limits its mappings. Any other may bounce, and is limited by its pool.
+  bool reaches_all = w->lo <= dm_lo_ && dm_hi_ - 1 <= w->hi;
+  if (reaches_all && c.coherent && !c.force_bounce) return ~size_t{0};
+  int pi = pick_pool(*w);
+  if (pi < 0) return c.force_bounce ? 0 : ~size_t{0};
+  return pools_[pi]->max_mapping_size();
 }
 
 // The common case of a coherent device, kept free of calls and of a stack frame: a buffer inside
@@ -169,11 +231,11 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   if (rel >= fast_span_ || size - 1 >= fast_span_ - rel) [[unlikely]] {
     SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
   }
-  // The device reaches the last byte: p + size - 1 + bus_offset <= dma_mask, as integers.
-  // Otherwise the buffer is bounced (or the mask is refused): map_bounce.
-  uint64_t dev_last;
-  if (__builtin_add_overflow(p + (size - 1), c.bus_offset, &dev_last) || dev_last > c.dma_mask)
-      [[unlikely]] {
+  // The device reaches every byte: its address d = p + bus_offset (mod 2^64, so that a negative
+  // offset works) and d + size - 1 both lie in [0, dma_mask]. Otherwise the buffer is bounced
+  // (or the mask is refused): map_bounce.
+  uint64_t d = p + c.bus_offset;
+  if (d > c.dma_mask || size - 1 > c.dma_mask - d) [[unlikely]] {
     SUPPORT_MUSTTAIL return map_bounce(c, addr, size, align, dir);
   }
   // Every check map_general makes before its fault point has passed: this is that point.
@@ -183,7 +245,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
   count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(dev_last - (size - 1));
+  h.dma_addr = DmaAddr(d);
   h.size = size;
   h.direction = dir;
   h.coherent_device = true;
@@ -208,43 +270,46 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 Result<DmaMapHandle> KernelDmaOp::map_bounce(const DmaConstraints& c, void* addr, size_t size,
                                              size_t align, DmaDirection dir) {
   if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
-  auto limit = phys_limit_of(c);
-  if (!limit.ok()) return map_failed(limit.error());
+  auto w = phys_window_of(c);
+  if (!w.ok()) return map_failed(w.error());
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   // align <= 1 here, which asks for nothing, like 0: passing the constant lets the compiler drop
-  // the alignment arithmetic from this path.
+  // the alignment arithmetic from this path. The device is coherent: no shared-line bounce.
   KDEBUG_ASSERT(align <= 1, "map_bounce: an alignment the fast path should have sent elsewhere");
-  return bounce(c, addr, p, size, 0, dir, *limit);
+  return bounce(c, addr, p, size, 0, dir, *w, /*for_lines=*/false);
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* addr, size_t size,
                                               size_t align, DmaDirection dir) {
   auto fail = [this](Error e) { return map_failed(e); };
+  // 1. The request itself.
   if (size == 0 || addr == nullptr) return fail(ErrorCode::kLayoutError);
   if (FAULT_POINT(kMapping)) return fail(ErrorCode::kNoMemory);
   if (align > 1 && !support::is_pow2(align)) return fail(ErrorCode::kLayoutError);
   auto va = reinterpret_cast<uintptr_t>(addr);
   if (support::add_overflows(va, size)) return fail(ErrorCode::kLayoutError);
-  auto limit = phys_limit_of(c);
-  if (!limit.ok()) return fail(limit.error());
-  // The direct map is contiguous by construction: a buffer wholly inside it needs no call. Any
-  // other buffer goes through the (overridable) virt_to_phys, and must be one contiguous piece.
+  auto w = phys_window_of(c);
+  if (!w.ok()) return fail(w.error());
+  if (!c.coherent && !cfg_.cache_maintenance) return fail(ErrorCode::kNotSupported);
+  // 2. Where it is. The direct map is contiguous by construction: a buffer wholly inside it
+  // needs no call. Any other buffer goes through the (overridable) virt_to_phys, page by page.
   uint64_t p = va - dm_offset_;
   if (p - dm_lo_ >= dm_hi_ - dm_lo_ || size > dm_hi_ - p) {
-    auto phys = virt_to_phys(addr);
+    auto phys = translate_buffer(addr, size);
     if (!phys.ok()) return fail(phys.error());
-    auto last = virt_to_phys(static_cast<uint8_t*>(addr) + (size - 1));
-    if (!last.ok() || last->value() - phys->value() != size - 1) {
-      return fail(ErrorCode::kInvalidArgument);
-    }
-    p = phys->value();
+    p = *phys;
   }
-
-  bool reachable = p + (size - 1) <= *limit;
+  // 3. The decision: direct, or bounce (forced; out of the device's reach; misaligned for the
+  // device; or sharing a cache line that the unmap's invalidate would have to write back over
+  // the device's data).
+  bool reachable = p >= w->lo && p + (size - 1) <= w->hi;
   bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
-  if (c.force_bounce || !reachable || !aligned) {
-    return bounce(c, addr, p, size, align, dir, *limit);
+  bool lines = !c.coherent && copies_out(dir) && shares_cache_lines(va, size, line_);
+  if (c.force_bounce || !reachable || !aligned || lines) {
+    return bounce(c, addr, p, size, align, dir, *w,
+                  lines && reachable && aligned && !c.force_bounce);
   }
+  // 4. Direct.
   DmaMapHandle h;
   h.cpu_addr = addr;
   h.size = size;
@@ -258,19 +323,21 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   return h;
 }
 
-// The bounce half of the map decision: a slot under `limit` (the highest physical address the
-// device reaches), the data copied in, the caches cleaned for a non-coherent device.
+// The bounce half of the map decision: a slot inside the device's window `w`, the data copied
+// in, the caches cleaned for a non-coherent device.
 [[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(const DmaConstraints& c,
                                                                        void* addr, uint64_t p,
                                                                        size_t size, size_t align,
                                                                        DmaDirection dir,
-                                                                       uint64_t limit) {
-  int pi = pick_pool(limit);
+                                                                       PhysWindow w,
+                                                                       bool for_lines) {
+  int pi = pick_pool(w);
   if (pi < 0) {
-    return map_failed(
-        Error(ErrorCode::kDmaMaskNotMatch, p + (size - 1) + c.bus_offset, c.dma_mask));
+    if (for_lines) return map_failed(ErrorCode::kLayoutError);
+    return map_failed(Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask));
   }
   BouncePool* pool = pools_[pi];
+  if (size > pool->max_mapping_size()) return map_failed(ErrorCode::kLayoutError);
   // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
   // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
   // the physical one, must be aligned). Where they overlap they must agree.
@@ -346,7 +413,7 @@ Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, siz
   ErrorCode misuse = DmaDebug::on_sync(this, h, offset, size, dir, DmaSyncCall::kPrepareRead);
   if (misuse != ErrorCode::kOk) return misuse;  // Reported.
   if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
-  if (!copies_out(dir) || size == 0) return support::ok();
+  if (!copies_out(sync_direction(h.direction, dir)) || size == 0) return support::ok();
   if (h.bounced()) {
     if (!h.coherent_device) invalidate(static_cast<uint8_t*>(h.bounce_cpu) + offset, size);
     copy_from_bounce(h, offset, size);
@@ -361,11 +428,18 @@ Result<void> KernelDmaOp::confirm_write(const DmaMapHandle& h, size_t offset, si
   ErrorCode misuse = DmaDebug::on_sync(this, h, offset, size, dir, DmaSyncCall::kConfirmWrite);
   if (misuse != ErrorCode::kOk) return misuse;  // Reported.
   if (offset > h.size || size > h.size - offset) return ErrorCode::kOutOfRange;
-  if (!copies_in(dir) || size == 0) return support::ok();
+  if (size == 0) return support::ok();
+  bool copy = copies_in(sync_direction(h.direction, dir));
   if (h.bounced()) {
+    // The slot is all the device sees; the CPU's buffer is not mapped to it, so a kFromDevice
+    // slot needs nothing (the CPU never writes the slot).
+    if (!copy) return support::ok();
     copy_to_bounce(h, offset, size);
     if (!h.coherent_device) flush(static_cast<uint8_t*>(h.bounce_cpu) + offset, size);
   } else if (!h.coherent_device) {
+    // Cleaned whatever the direction: before the buffer goes back to the device, no line the CPU
+    // dirtied may stay behind to be evicted over what the device writes next (Linux's arm64
+    // port cleans for the device in every direction for the same reason).
     flush(static_cast<uint8_t*>(h.cpu_addr) + offset, size);
   }
   return support::ok();
@@ -376,13 +450,31 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
   unsigned order = PageFrameAllocator::order_for(layout.size);
   if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
-  TRY_ASSIGN(uint64_t limit, phys_limit_of(c));
+  TRY_ASSIGN(PhysWindow w, phys_window_of(c));
+  if (!c.coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
-  auto pa = cfg_.pfa->alloc(order, limit, align);
+  uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;
+  // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
+  // offset) also has a floor. No memory at all between floor and limit is a mask mismatch.
+  if (w.lo != 0 && (w.lo >= dm_hi_ || dm_hi_ - w.lo < bytes_needed)) {
+    return Error(ErrorCode::kDmaMaskNotMatch, w.lo + c.bus_offset + bytes_needed - 1, c.dma_mask);
+  }
+  auto pa = cfg_.pfa->alloc(order, w.hi, align);
   if (!pa.ok()) {
     Error e = pa.error();
-    if (e.code == ErrorCode::kDmaMaskNotMatch) e.mask = c.dma_mask;
+    // The allocator names the lowest physical address it has; the caller needs the device's
+    // view: the address the device would have to reach, beyond its mask.
+    if (e.code == ErrorCode::kDmaMaskNotMatch) {
+      e.addr = e.addr + c.bus_offset + bytes_needed - 1;
+      e.mask = c.dma_mask;
+    }
     return e;
+  }
+  if (pa->value() < w.lo) {
+    // It prefers high memory, so a block below the floor means none is free above it now.
+    auto undo = cfg_.pfa->free(*pa, order);
+    KASSERT(undo.ok(), "alloc_coherent: cannot give back a block below the device's window");
+    return ErrorCode::kNoMemory;
   }
   DmaHandle h;
   h.phys = *pa;

@@ -61,6 +61,14 @@ class KernelDmaOp : public DmaOp {
     uintptr_t direct_map_offset = 0;
     // Whether devices snoop CPU caches unless told otherwise (default_constraints().coherent).
     bool platform_coherent = false;
+    // Whether flush / invalidate / flush_invalidate really maintain the caches. A platform
+    // without cache-maintenance instructions (RISC-V without Zicbom or a vendor extension) sets
+    // false: non-coherent devices then get kNotSupported from map_single and alloc_coherent
+    // instead of mappings whose maintenance silently does nothing.
+    bool cache_maintenance = true;
+    // cache_alignment(): the largest cache line the maintenance acts on (a power of two; the
+    // architecture's DmaOp sets it from the hardware).
+    size_t cache_line_size = 64;
   };
 
   // Preconditions: cfg.pfa initialized; the pools initialized. Ownership: the allocator and pools
@@ -84,6 +92,8 @@ class KernelDmaOp : public DmaOp {
   Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                              DmaDirection dir) override;
   DmaConstraints default_constraints() const override;
+  size_t cache_alignment() const override { return line_; }
+  size_t max_mapping_size(const DmaConstraints& c) const override;
 
   // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
   enum class MemAttr : uint8_t {
@@ -114,6 +124,13 @@ class KernelDmaOp : public DmaOp {
 
   const Config& config() const { return cfg_; }
 
+  // The physical addresses [lo, hi] a device reaches: DMA address = physical + bus_offset
+  // (mod 2^64) within [0, dma_mask]. A negative bus offset gives a window that starts above 0.
+  struct PhysWindow {
+    uint64_t lo = 0;
+    uint64_t hi = 0;
+  };
+
   // Counters for reports and tests (relaxed atomics; never used for decisions).
   struct Stats {
     uint64_t maps = 0;
@@ -131,9 +148,12 @@ class KernelDmaOp : public DmaOp {
   Stats stats() const;
 
  private:
-  // Index of the pool to bounce into for a device reaching physical addresses <= phys_limit,
-  // or -1.
-  int pick_pool(uint64_t phys_limit) const;
+  // Index of the pool to bounce into for a device reaching the physical window `w` (the highest
+  // placed pool lying wholly inside it), or -1.
+  int pick_pool(PhysWindow w) const;
+  // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
+  // page translated. Errors: virt_to_phys's, kNotContiguous.
+  Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
   // map_single's general path: every request its inline fast path does not take (errors, buffers
   // outside the direct map, alignment, non-coherent devices, forced bouncing). Out of line, like
   // the two below, so that the fast path needs no stack frame; same signature as map_single so
@@ -150,8 +170,10 @@ class KernelDmaOp : public DmaOp {
   // Counts a failed map and returns its error.
   Result<DmaMapHandle> map_failed(Error e);
   // The bounce half of the map decision, shared by map_general and map_bounce.
+  // `for_lines`: the buffer would be reachable as it is and is bounced only because it shares
+  // cache lines (a missing pool is then kLayoutError, not kDmaMaskNotMatch).
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                              size_t align, DmaDirection dir, uint64_t limit);
+                              size_t align, DmaDirection dir, PhysWindow w, bool for_lines);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).
@@ -168,12 +190,15 @@ class KernelDmaOp : public DmaOp {
   // fast_span_).
   uint64_t fast_lo_ = 0;
   uint64_t fast_span_ = 0;
-  // The last byte of each pool, from the highest-placed pool down, and its index in pools_.
+  // The first and last byte of each pool, from the highest-placed pool down, and its index in
+  // pools_.
   uint64_t pool_last_[kMaxPools] = {};
+  uint64_t pool_first_[kMaxPools] = {};
   BouncePool* pools_[kMaxPools] = {};  // cfg_.pools.
   size_t num_pools_ = 0;               // cfg_.num_pools.
   uint8_t pool_order_[kMaxPools] = {};
   Config cfg_;
+  size_t line_ = 64;  // cfg_.cache_line_size.
   // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
   uint64_t dm_lo_ = 0;
   uint64_t dm_hi_ = 0;

@@ -32,6 +32,8 @@ class BouncePool {
   static constexpr size_t kMaxSlotSize = size_t{1} << 30;
   static constexpr uint64_t kMaxSlots = (uint64_t{1} << 30) - 1;  // Most slots one pool manages.
   static constexpr size_t kMaxMapping = 256 * 1024;    // Largest single allocation guaranteed.
+  // The largest streaming mapping this pool serves (TEMPORARY until the per-pool setting lands).
+  size_t max_mapping_size() const { return kMaxMapping; }
   static constexpr size_t kMaxRequest = 0xFFFF'FFFFu;  // No single allocation is larger.
   // The cache keeps freed blocks of fewer than kQuickSlots slots, at most kQuickDepth of each
   // size and at most 1/32 of the pool's slots in all.

@@ -24,6 +24,8 @@ const char* error_code_name(ErrorCode code) {
       return "i/o error";
     case ErrorCode::kNotSupported:
       return "not supported";
+    case ErrorCode::kNotContiguous:
+      return "not physically contiguous";
   }
   return "unknown";
 }

@@ -34,6 +34,10 @@ enum class ErrorCode : uint8_t {
   kIoError,
   // The platform cannot do this (e.g. no cache-maintenance instructions).
   kNotSupported,
+  // A buffer that must be physically contiguous is not (its pages are scattered, as vmalloc
+  // memory is): map it piece by piece, e.g. through scatter-gather. `Error::addr` is the first
+  // CPU address where contiguity breaks.
+  kNotContiguous,
 };
 
 // Human-readable name of an error code, for logs.
@@ -42,7 +46,9 @@ const char* error_code_name(ErrorCode code);
 // An error value: a code plus, for mask errors, the address and mask involved.
 struct Error {
   ErrorCode code = ErrorCode::kOk;
-  uint64_t addr = 0;  // kDmaMaskNotMatch: the highest address that had to be reached.
+  // kDmaMaskNotMatch: the device address that had to be reached (beyond the mask).
+  // kNotContiguous: the CPU address where the buffer stops being physically contiguous.
+  uint64_t addr = 0;
   uint64_t mask = 0;  // kDmaMaskNotMatch: the device's mask.
 
   constexpr Error() = default;

@@ -168,6 +168,8 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
   cfg.pfa = &pfa_;
   cfg.direct_map_offset = direct_map_offset_;
   cfg.platform_coherent = opts_.platform_coherent;
+  cfg.cache_line_size = opts_.line_size;
+  cfg.cache_maintenance = opts_.cache_maintenance;
   for (size_t i = 0; i < pool_ranges.size(); ++i) {
     const PoolSpec& spec = opts_.pools[i];
     auto pool = std::make_unique<BouncePool>();

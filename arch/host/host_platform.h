@@ -97,6 +97,8 @@ class HostPlatform {
     std::vector<PoolSpec> pools;      // Carved from the top of RAM under each limit.
     size_t line_size = 64;
     bool platform_coherent = false;
+    // False: a platform without cache-maintenance instructions (KernelDmaOp::Config).
+    bool cache_maintenance = true;
     HostDmaOp::UncachedOptions uncached;
     // Per-CPU bounce-slot caches (BouncePool::enable_cpu_caches) for this many CPUs, each host
     // thread standing for one CPU (the first thread to use a pool is CPU 0, and so on); 0: off.

@@ -79,16 +79,24 @@ class BounceHygieneTest : public testing::TestWithParam<bool> {
     return m->dma_addr();
   }
 
-  // Leaves `fill` in every byte of the bounce pool, through one mapping as large as the pool.
+  // Leaves `fill` in every byte of the bounce pool, through mappings of the largest size the
+  // pool serves that together take every slot.
   void dirty_whole_pool(uint8_t fill) {
     size_t bytes = plat_.pool(0).bytes();
     DeviceDma plain(&plat_.op(), kMask30);
     plain.set_coherent(GetParam());
+    size_t chunk = plain.max_mapping_size();
+    ASSERT_LT(chunk, bytes);
     uint8_t* other = high_buffer(bytes, fill, false);
-    auto m = plain.map(other, bytes, DmaDirection::kBidirectional);
-    ASSERT_TRUE(m.ok());
-    ASSERT_EQ(m->dma_addr().value(), plat_.pool(0).base().value());
-    hw_.fill(m->dma_addr(), fill, bytes);
+    std::vector<StreamingMapping> maps;
+    for (size_t off = 0; off < bytes; off += chunk) {
+      auto m = plain.map(other + off, std::min(chunk, bytes - off), DmaDirection::kBidirectional);
+      ASSERT_TRUE(m.ok());
+      hw_.fill(m->dma_addr(), fill, m->size());
+      maps.push_back(std::move(*m));
+    }
+    BouncePool::Stats st = plat_.pool(0).stats();
+    ASSERT_EQ(st.used_slots, st.total_slots);
   }
 
   HostPlatform plat_;

@@ -158,7 +158,7 @@ TEST_F(FaultSweepTest, DirectMapSingle) {
   uint8_t* buf = low_buffer(8192);
   auto attempt = [&]() -> ErrorCode {
     auto m =
-        plat_.op().map_single(dev_.constraints(), buf + 10, 6000, 0, DmaDirection::kBidirectional);
+        plat_.op().map_single(dev_.constraints(), buf + 64, 6016, 0, DmaDirection::kBidirectional);
     if (!m.ok()) return m.code();
     EXPECT_FALSE(m->bounced());
     plat_.op().unmap_single(*m);
@@ -247,7 +247,10 @@ TEST_F(FaultSweepTest, ScatterGatherMapOfMixedBuffers) {
       return ErrorCode::kOk;
     };
     EXPECT_EQ(sweep(FaultSite::kMapping, attempt, 5), 5u);
-    EXPECT_EQ(sweep(FaultSite::kBounceSlot, attempt, 2), 2u);
+    // From the device, the unaligned low buffers share cache lines with their neighbours on this
+    // non-coherent device, so they bounce too.
+    size_t bounced = dir == DmaDirection::kToDevice ? 2 : 5;
+    EXPECT_EQ(sweep(FaultSite::kBounceSlot, attempt, bounced), bounced);
   }
 }
 
