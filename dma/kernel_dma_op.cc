@@ -325,12 +325,9 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
 
 // The bounce half of the map decision: a slot inside the device's window `w`, the data copied
 // in, the caches cleaned for a non-coherent device.
-[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(const DmaConstraints& c,
-                                                                       void* addr, uint64_t p,
-                                                                       size_t size, size_t align,
-                                                                       DmaDirection dir,
-                                                                       PhysWindow w,
-                                                                       bool for_lines) {
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(
+    const DmaConstraints& c, void* addr, uint64_t p, size_t size, size_t align, DmaDirection dir,
+    PhysWindow w, bool for_lines) {
   int pi = pick_pool(w);
   if (pi < 0) {
     if (for_lines) return map_failed(ErrorCode::kLayoutError);
@@ -457,7 +454,7 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
   // offset) also has a floor. No memory at all between floor and limit is a mask mismatch.
   if (w.lo != 0 && (w.lo >= dm_hi_ || dm_hi_ - w.lo < bytes_needed)) {
-    return Error(ErrorCode::kDmaMaskNotMatch, w.lo + c.bus_offset + bytes_needed - 1, c.dma_mask);
+    return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, dm_lo_, bytes_needed), c.dma_mask);
   }
   auto pa = cfg_.pfa->alloc(order, w.hi, align);
   if (!pa.ok()) {
@@ -465,7 +462,7 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
     // The allocator names the lowest physical address it has; the caller needs the device's
     // view: the address the device would have to reach, beyond its mask.
     if (e.code == ErrorCode::kDmaMaskNotMatch) {
-      e.addr = e.addr + c.bus_offset + bytes_needed - 1;
+      e.addr = unreachable_dma(c, e.addr, bytes_needed);
       e.mask = c.dma_mask;
     }
     return e;
