@@ -3,6 +3,32 @@
 #include "support/bitops.h"
 #include "support/defer.h"
 
+namespace {
+
+struct Piece {
+  uint8_t* addr = nullptr;
+  size_t size = 0;
+};
+
+// Splits a buffer into its partial first line, its whole lines and its partial last line (the
+// partial ones only where they exist), when the whole lines come to at least kSplitMin bytes.
+// Returns the number of pieces (1: not split, pieces[0] is the buffer).
+size_t split_at_lines(const SgEntry& e, size_t line, Piece pieces[3]) {
+  auto va = reinterpret_cast<uintptr_t>(e.addr);
+  uintptr_t mid_start = support::align_up(va, line);
+  uintptr_t end = va + e.size;
+  uintptr_t mid_end = end & ~(uintptr_t{line} - 1);
+  if (mid_end <= mid_start || mid_end - mid_start < SgMapping::kSplitMin) return 1;
+  auto* base = static_cast<uint8_t*>(e.addr);
+  size_t n = 0;
+  if (mid_start != va) pieces[n++] = Piece{base, mid_start - va};
+  pieces[n++] = Piece{base + (mid_start - va), mid_end - mid_start};
+  if (mid_end != end) pieces[n++] = Piece{base + (mid_end - va), end - mid_end};
+  return n;
+}
+
+}  // namespace
+
 SgMapping::SgMapping(SgMapping&& o)
     : op_(support::exchange(o.op_, nullptr)),
       handles_(o.handles_),
@@ -37,14 +63,32 @@ Result<SgMapping> SgMapping::map(const DeviceDma& dev, support::Span<const SgEnt
   }
 
   DmaOp* op = dev.op();
+  const DmaConstraints& c = dev.constraints();
   size_t mapped = 0;
   auto undo = support::defer([&] {
     for (size_t i = 0; i < mapped; ++i) op->unmap_single(handles[i]);
   });
+  // Storage beyond one handle and one segment per buffer, spent on splitting.
+  size_t spare_handles = handles.size() - entries.size();
+  size_t spare_segments = segments.size() > entries.size() ? segments.size() - entries.size() : 0;
+  bool may_split = !c.coherent && !c.force_bounce && dir != DmaDirection::kToDevice;
+  const size_t line = op->cache_alignment();
   for (const SgEntry& e : entries) {
-    TRY_ASSIGN(handles[mapped],
-               op->map_single(dev.constraints(), e.addr, e.size, limits.align, dir));
-    ++mapped;
+    Piece pieces[3];
+    size_t n = 1;
+    pieces[0] = Piece{static_cast<uint8_t*>(e.addr), e.size};
+    if (may_split) n = split_at_lines(e, line, pieces);
+    if (n - 1 > spare_handles || n - 1 > spare_segments) {
+      n = 1;
+      pieces[0] = Piece{static_cast<uint8_t*>(e.addr), e.size};
+    }
+    spare_handles -= n - 1;
+    spare_segments -= n - 1;
+    for (size_t i = 0; i < n; ++i) {
+      TRY_ASSIGN(handles[mapped],
+                 op->map_single(c, pieces[i].addr, pieces[i].size, limits.align, dir));
+      ++mapped;
+    }
   }
 
   // Emit segments: merge touching mappings, split at the size limit and at boundaries.

@@ -6,6 +6,14 @@
 // when their DMA addresses touch, and splitting wherever a segment would exceed
 // max_segment_size or cross a multiple of (segment_boundary_mask + 1). O(buffers + segments).
 // On any error every mapping made so far is undone: nothing stays mapped.
+//
+// Receive buffers of a non-coherent device that share their first or last cache line with other
+// data (not aligned to DmaOp::cache_alignment() at both ends) would be bounced whole by
+// map_single. Here a large one (an aligned middle of at least kSplitMin bytes) is split instead:
+// each partial edge line is mapped on its own (and bounced: a few bytes copied) and the aligned
+// middle is mapped directly, at the cost of up to two more mappings and segments. A buffer is
+// split only while the caller's handle and segment storage has room for it; otherwise it is
+// mapped whole.
 #pragma once
 
 #include "dma/device_dma.h"
@@ -44,9 +52,13 @@ class SgMapping {
   SgMapping& operator=(const SgMapping&) = delete;
   ~SgMapping() { unmap(); }
 
-  // Maps `entries` for `dir` on `dev`. `handles` must hold entries.size() elements and
-  // `segments` room for the result (entries.size() suffices unless the limits split buffers).
-  // Both stay owned by the caller and must outlive the mapping.
+  // A receive buffer is split at its partial edge lines when its aligned middle is this large.
+  static constexpr size_t kSplitMin = 4096;
+
+  // Maps `entries` for `dir` on `dev`. `handles` must hold at least entries.size() elements (up
+  // to 3 * entries.size() are used to split receive buffers that share cache lines, see above)
+  // and `segments` room for the result (entries.size() suffices unless the limits split
+  // buffers). Both stay owned by the caller and must outlive the mapping.
   // Errors: kLayoutError (no entries, an entry of size 0, bad limits), kOutOfRange (handles or
   // segments too small), and any map_single error (kDmaMaskNotMatch, kNoMemory, ...). On error
   // nothing is mapped.
@@ -59,6 +71,8 @@ class SgMapping {
   support::Span<const DmaSegment> segments() const {
     return support::Span<const DmaSegment>(segments_.data(), num_segments_);
   }
+  // Number of streaming mappings behind the segments: one per buffer, plus one per partial edge
+  // line split off a receive buffer.
   size_t num_buffers() const { return num_handles_; }
   bool valid() const { return op_ != nullptr; }
 
@@ -78,17 +92,19 @@ class SgMapping {
   DmaDirection dir_ = DmaDirection::kToDevice;
 };
 
-// An SgMapping with inline storage for up to N buffers and S segments.
-template <size_t N, size_t S = N>
+// An SgMapping with inline storage for up to N buffers and S segments (by default room for
+// every buffer to be split at both edge lines).
+template <size_t N, size_t S = 3 * N>
 class SgList {
  public:
   // See SgMapping::map. Errors as there; kOutOfRange when more than N entries or S segments.
   Result<void> map(const DeviceDma& dev, support::Span<const SgEntry> entries, DmaDirection dir,
                    const SgLimits& limits = SgLimits{}) {
     mapping_.unmap();
-    TRY_ASSIGN(mapping_,
-               SgMapping::map(dev, entries, dir, limits, support::Span<DmaMapHandle>(handles_, N),
-                              support::Span<DmaSegment>(segments_, S)));
+    if (entries.size() > N) return ErrorCode::kOutOfRange;
+    TRY_ASSIGN(mapping_, SgMapping::map(dev, entries, dir, limits,
+                                        support::Span<DmaMapHandle>(handles_, kHandles),
+                                        support::Span<DmaSegment>(segments_, S)));
     return support::ok();
   }
   SgMapping& mapping() { return mapping_; }
@@ -99,7 +115,9 @@ class SgList {
   SgList& operator=(const SgList&) = delete;
 
  private:
-  DmaMapHandle handles_[N];
+  // Room to split every buffer at both edge lines.
+  static constexpr size_t kHandles = 3 * N;
+  DmaMapHandle handles_[kHandles];
   DmaSegment segments_[S];
   SgMapping mapping_;  // Last: unmapped before the storage goes.
 };

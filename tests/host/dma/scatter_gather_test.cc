@@ -208,3 +208,79 @@ TEST_F(ScatterGatherTest, MoveKeepsOneOwner) {
 }
 
 }  // namespace
+
+// ---- Receive buffers of a non-coherent device that share cache lines ---------------------------
+
+class SgSharedLineTest : public ScatterGatherTest {
+ protected:
+  SgSharedLineTest() : rx_(&plat_.op(), kMask64) { rx_.set_coherent(false); }
+  DeviceDma rx_;
+};
+
+// A large receive buffer whose first and last lines hold other data: the two partial lines are
+// bounced on their own, the aligned middle goes to the device directly, and every device byte
+// and every neighbour's CPU write survives.
+TEST_F(SgSharedLineTest, LargeBufferSplitsAtItsPartialEdgeLines) {
+  uint8_t* a = low_area();
+  constexpr size_t kOff = 40;
+  constexpr size_t kSize = 5 * 4096 + 17;
+  std::memset(a, 0x11, 8 * 4096);
+  SgEntry e[] = {{a + kOff, kSize}};
+  SgList<1> sg;
+  ASSERT_TRUE(sg.map(rx_, e, DmaDirection::kFromDevice).ok());
+  ASSERT_EQ(sg.mapping().num_buffers(), 3u);
+  ASSERT_EQ(sg.segments().size(), 3u);
+  EXPECT_EQ(sg.segments()[0].size, 64 - kOff);
+  EXPECT_EQ(sg.segments()[1].addr.value(), low_phys_ + 64);
+  EXPECT_EQ(sg.segments()[1].size, (kOff + kSize) / 64 * 64 - 64);
+  EXPECT_EQ(sg.segments()[2].size, (kOff + kSize) % 64);
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 2u) << "only the two edge lines take slots";
+  // The CPU writes the neighbours while the device writes the buffer, piece by piece.
+  for (size_t i = 0; i < kOff; ++i) a[i] = 0xA0;
+  for (size_t i = kOff + kSize; i < kOff + kSize + 64; ++i) a[i] = 0xB0;
+  HostDevice dev(&plat_, kMask64, false);
+  size_t done = 0;
+  for (const DmaSegment& s : sg.segments()) {
+    std::vector<uint8_t> data(s.size);
+    for (size_t i = 0; i < s.size; ++i) data[i] = static_cast<uint8_t>((done + i) * 13 + 1);
+    dev.write(s.addr, data.data(), data.size());
+    done += s.size;
+  }
+  ASSERT_EQ(done, kSize);
+  plat_.model().evict_all();
+  sg.mapping().unmap();
+  plat_.model().evict_all();
+  for (size_t i = 0; i < kSize; ++i) {
+    ASSERT_EQ(a[kOff + i], static_cast<uint8_t>(i * 13 + 1)) << "device byte " << i;
+  }
+  for (size_t i = 0; i < kOff; ++i) ASSERT_EQ(a[i], 0xA0) << i;
+  for (size_t i = kOff + kSize; i < kOff + kSize + 64; ++i) ASSERT_EQ(a[i], 0xB0) << i;
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
+  EXPECT_EQ(plat_.op().stats().live_maps, 0u);
+}
+
+// Without room for more handles (a caller's own storage of one per buffer) the buffer is mapped
+// whole, which bounces it whole; small buffers are never split.
+TEST_F(SgSharedLineTest, NoRoomOrSmallBufferMapsWhole) {
+  uint8_t* a = low_area();
+  SgEntry big[] = {{a + 8, 5 * 4096}};
+  DmaMapHandle handles[1];
+  DmaSegment segments[3];
+  auto m = SgMapping::map(rx_, big, DmaDirection::kBidirectional, SgLimits{},
+                          support::Span<DmaMapHandle>(handles, 1),
+                          support::Span<DmaSegment>(segments, 3));
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->num_buffers(), 1u);
+  EXPECT_TRUE(handles[0].bounced());
+  m->unmap();
+  SgEntry small[] = {{a + 8, 3000}};
+  SgList<1> sg;
+  ASSERT_TRUE(sg.map(rx_, small, DmaDirection::kFromDevice).ok());
+  EXPECT_EQ(sg.mapping().num_buffers(), 1u);
+  EXPECT_EQ(sg.segments().size(), 1u);
+  // A buffer the device only reads is never split (nothing it writes can be lost).
+  SgList<1> tx;
+  ASSERT_TRUE(tx.map(rx_, big, DmaDirection::kToDevice).ok());
+  EXPECT_EQ(tx.mapping().num_buffers(), 1u);
+  EXPECT_EQ(plat_.pool(0).stats().used_slots, 2u);  // The small receive buffer's 3000 bytes.
+}
