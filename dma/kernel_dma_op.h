@@ -1,15 +1,22 @@
 // KernelDmaOp: the architecture-independent DmaOp. Every platform's DmaOp derives from it and
 // supplies only the cache-maintenance methods (flush, invalidate, flush_invalidate).
 //
-// The map decision, in one place:
-//   1. check the request (size, alignment, wrap-around, mask);
-//   2. translate the buffer to a physical address, add the bus offset;
-//   3. bounce if forced, if the last byte lies above the mask, or if the address breaks `align`:
-//      take a slot from the first pool that lies wholly under the mask (kDmaMaskNotMatch if
-//      none does, kNoMemory if it is full) and copy in for kToDevice / kBidirectional;
+// The map decision, in one place (map_general; map_single's inline fast path takes only the
+// coherent, in-reach, direct-map case and leaves everything else to it):
+//   1. check the request (size, alignment, wrap-around, mask, and that a non-coherent device is
+//      not asked of a platform without cache maintenance);
+//   2. translate the buffer to a physical address, every page of it when it lies outside the
+//      direct map (it must be physically contiguous);
+//   3. bounce if forced, if any byte lies outside the device's window (DMA address = physical +
+//      bus_offset mod 2^64, within [0, dma_mask]), if the address breaks `align`, or if a
+//      non-coherent device would write a buffer that shares a cache line with other data (the
+//      unmap's invalidate would have to write the CPU's copy of that line back over the
+//      device's bytes): take a slot from the highest pool lying wholly inside the window
+//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size, kNoMemory
+//      if it is full) and copy the buffer in;
 //   4. clean the caches over what the device will read or write, unless the device is coherent.
 // Unmap reverses it: invalidate (non-coherent), copy out for kFromDevice / kBidirectional, free
-// the slot.
+// the slot. Syncs act on the mapping's own direction, which their argument may only narrow.
 //
 // Coherent memory: pages from the page-frame allocator under the mask, zeroed, reached through
 // the direct map. For a device that snoops the caches that is all. For one that does not, the
