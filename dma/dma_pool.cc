@@ -56,7 +56,7 @@ Result<void> DmaPool::init(DeviceDma* dev, size_t block_size, size_t align, size
   // only if the bus offset keeps that alignment.
   size_t needed = boundary == 0 ? a : segment;
   if (dev->constraints().bus_offset % needed != 0) return ErrorCode::kLayoutError;
-  size_t per_segment = (segment - block_size) / stride + 1;
+  size_t per_segment = ((segment - block_size) / stride) + 1;
   dev_ = dev;
   name_ = name;
   block_size_ = block_size;
@@ -77,7 +77,7 @@ DmaPoolBlock DmaPool::take_locked() {
     ++w;
     KASSERT(w < kBitmapWords, "DmaPool: a chunk with room has no free block");
   }
-  size_t i = w * 64 + support::ctz(c.free_bits[w]);
+  size_t i = (w * 64) + support::ctz(c.free_bits[w]);
   c.free_bits[w] &= c.free_bits[w] - 1;
   if (--c.free_count == 0) room_mask_ &= ~bit(slot);
   --free_blocks_;
@@ -260,7 +260,7 @@ Result<void> DmaPool::free(void* cpu) {
   if (in_segment % stride_ != 0 || in_segment / stride_ >= per_segment_) {
     return ErrorCode::kNotFound;
   }
-  size_t i = (off / segment_) * per_segment_ + in_segment / stride_;
+  size_t i = ((off / segment_) * per_segment_) + (in_segment / stride_);
   if (i >= blocks_per_chunk_) return ErrorCode::kNotFound;
   uint64_t mask = uint64_t{1} << (i % 64);
   if ((c.free_bits[i / 64] & mask) != 0) return ErrorCode::kNotFound;  // Double free.
