@@ -11,6 +11,7 @@
 
 #include "arch/host/host_platform.h"
 #include "support/fault_injection.h"
+#include "tests/host/dma/hooked_dma_op.h"
 
 namespace {
 
@@ -239,6 +240,24 @@ TEST_F(DmaPoolTest, GeometryHoldingNoBlockIsRefusedByInit) {
   ASSERT_TRUE(pool.init(&dev_, 4096, 4096, 4096).ok());
   auto b = pool.alloc();
   ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(pool.free(b->cpu).ok());
+}
+
+// Chunks are aligned in physical memory; a bus offset that breaks the alignment or the boundary
+// the pool promises in DMA addresses is refused up front.
+TEST_F(DmaPoolTest, BusOffsetMustKeepTheDmaLayout) {
+  HookedDmaOp op(&plat_.op());
+  op.bus_offset = 0x100;
+  DeviceDma dev(&op, 0xFFFF'FFFFull);
+  DmaPool bad_boundary, bad_align;
+  EXPECT_EQ(bad_boundary.init(&dev, 64, 64, 4096).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(bad_align.init(&dev, 64, 512).code(), ErrorCode::kLayoutError);
+  DmaPool pool;
+  ASSERT_TRUE(pool.init(&dev, 64, 256, 256).ok());
+  auto b = pool.alloc();
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->dma.value(), plat_.op().virt_to_phys(b->cpu)->value() + 0x100);
+  EXPECT_EQ(b->dma.value() % 256, 0u);
   ASSERT_TRUE(pool.free(b->cpu).ok());
 }
 

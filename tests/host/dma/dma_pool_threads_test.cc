@@ -8,7 +8,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <future>
 #include <mutex>
 #include <set>
@@ -17,53 +16,11 @@
 
 #include "arch/host/host_platform.h"
 #include "dma/dma_pool.h"
+#include "tests/host/dma/hooked_dma_op.h"
 
 namespace {
 
 using namespace std::chrono_literals;
-
-// Forwards every operation to the platform's DmaOp; runs a one-shot hook inside the next
-// alloc_coherent, where the pool is growing, to see what other CPUs can do meanwhile.
-class HookedDmaOp final : public DmaOp {
- public:
-  explicit HookedDmaOp(DmaOp* inner) : inner_(inner) {}
-  // Set before the call that grows; cleared when it runs (other CPUs' calls then see none).
-  std::function<void()> once_in_alloc_coherent;
-  std::atomic<int> alloc_coherent_calls{0};
-
-  size_t page_size() const override { return inner_->page_size(); }
-  using DmaOp::map_single;
-  Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size, size_t align,
-                                  DmaDirection dir) override {
-    return inner_->map_single(c, addr, size, align, dir);
-  }
-  void unmap_single(const DmaMapHandle& h) override { inner_->unmap_single(h); }
-  Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) override {
-    alloc_coherent_calls.fetch_add(1);
-    std::function<void()> hook = std::move(once_in_alloc_coherent);
-    once_in_alloc_coherent = nullptr;
-    if (hook) hook();
-    return inner_->alloc_coherent(c, layout);
-  }
-  void dealloc_coherent(const DmaHandle& h) override { inner_->dealloc_coherent(h); }
-  void flush(const void* addr, size_t size) override { inner_->flush(addr, size); }
-  void invalidate(const void* addr, size_t size) override { inner_->invalidate(addr, size); }
-  void flush_invalidate(const void* addr, size_t size) override {
-    inner_->flush_invalidate(addr, size);
-  }
-  Result<void> prepare_read(const DmaMapHandle& h, size_t offset, size_t size,
-                            DmaDirection dir) override {
-    return inner_->prepare_read(h, offset, size, dir);
-  }
-  Result<void> confirm_write(const DmaMapHandle& h, size_t offset, size_t size,
-                             DmaDirection dir) override {
-    return inner_->confirm_write(h, offset, size, dir);
-  }
-  DmaConstraints default_constraints() const override { return inner_->default_constraints(); }
-
- private:
-  DmaOp* inner_;
-};
 
 class DmaPoolThreadsTest : public testing::Test {
  protected:
