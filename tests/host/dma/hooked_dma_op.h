@@ -50,6 +50,10 @@ class HookedDmaOp final : public DmaOp {
     c.bus_offset = bus_offset;
     return c;
   }
+  size_t cache_alignment() const override { return inner_->cache_alignment(); }
+  size_t max_mapping_size(const DmaConstraints& c) const override {
+    return inner_->max_mapping_size(c);
+  }
   // Reported in default_constraints (set before building a DeviceDma on this op).
   uint64_t bus_offset = 0;
 
