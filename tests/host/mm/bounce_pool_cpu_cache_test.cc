@@ -652,7 +652,7 @@ struct Held {
 
 // Threads allocate, check and free at random, handing blocks over to be freed by another CPU;
 // the accounting and the data stay exact.
-TEST_F(BouncePoolCpuCache, ThreadsAsCpusKeepAccountingAndDataApart) {
+TEST_F(BouncePoolCpuCache, ConcurrentThreadsAsCpusKeepAccountingAndDataApart) {
   constexpr unsigned kThreads = 4;
   constexpr int kOps = 4000;
   TestPool t(2 * kMiB, kThreads);  // 1024 slots: budget 32, 8 per CPU.

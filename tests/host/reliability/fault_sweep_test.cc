@@ -324,7 +324,7 @@ TEST_F(FaultSweepTest, EveryPairOfMappingAndSlotFailuresInASequence) {
     if (!b.ok()) return b.code();
     auto c = dev_.map(hi + 8192, 8192, DmaDirection::kBidirectional);
     if (!c.ok()) return c.code();
-    (*ring)[0] = a->dma_addr().value();
+    ring->write(0, a->dma_addr().value());
     return ErrorCode::kOk;
   };
   Accounting start = accounting();
