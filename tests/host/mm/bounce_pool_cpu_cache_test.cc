@@ -807,6 +807,7 @@ TEST_F(BouncePoolCpuCache, DestroyingAPoolWithBlocksOnlyInCpuCachesIsFine) {
 // ---------------------------------------------------------------------------------------------
 // Fault injection
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 // An armed kBounceSlot fault fails alloc with kNoMemory, evaluated once per call on every path.
 TEST_F(BouncePoolCpuCache, TheSlotFaultIsEvaluatedOncePerAlloc) {
   using support::FaultInjector;
@@ -862,5 +863,6 @@ TEST_F(BouncePoolCpuCache, TheSlotFaultIsEvaluatedOncePerAlloc) {
   must_free(p, miss);
   expect_all_free(p, {0, 1});
 }
+#endif
 
 }  // namespace

@@ -20,6 +20,8 @@
 #include "dma/scatter_gather.h"
 #include "support/fault_injection.h"
 
+#if DMA_FAULT_INJECTION  // The sweeps need the fault injector (debug builds).
+
 namespace {
 
 using support::FaultInjector;
@@ -354,3 +356,5 @@ TEST_F(FaultSweepTest, EveryPairOfMappingAndSlotFailuresInASequence) {
 }
 
 }  // namespace
+
+#endif  // DMA_FAULT_INJECTION

@@ -22,6 +22,7 @@ using support::FaultSite;
 
 class FaultInjectorTest : public testing::Test {
  protected:
+  FaultInjectorTest() { FaultInjector::disarm_all(); }  // Counts from earlier tests start over.
   ~FaultInjectorTest() override { FaultInjector::disarm_all(); }
 };
 
