@@ -1,10 +1,10 @@
 # The DMA subsystem: host tests, per-arch libdma and test kernels, QEMU runs, benchmarks.
 #
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
-#   make test           host suite, then every arch under QEMU; ends with "N passed, N failed"
+#   make test           host suites, then every arch under QEMU; ends with "N passed, N failed"
 #   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
-#   make test-host-release  the host suite in the release configuration (-O2, no debug aids)
-#   make test-host-tsan the threaded host tests under ThreadSanitizer
+#   make test-host-release  host suite in the release configuration (-O2, no debug aids)
+#   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
 #   make test-qemu      one arch's in-VM suite (ARCH=...)
 #   make lib            libdma.a for ARCH
 #   make bench          benchmarks (build/bench/summary.txt)
