@@ -108,7 +108,12 @@ HOST_TSAN_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 \
                       -DDMA_FAULT_INJECTION=1 -DDMA_PAGE_POISON=1 \
                       -fsanitize=thread -fno-omit-frame-pointer
 HOST_TSAN_LDFLAGS := -fsanitize=thread -lgtest -lpthread
-HOST_TSAN_OBJS := $(patsubst %.cc,$(HOST_TSAN_DIR)/obj/%.o,$(HOST_SRCS))
+# Only the test files that mention "Concurrent" are built (plus the runner and the helpers under
+# tests/host/ that are not test files): the others would cost a TSan compile and never run.
+HOST_TSAN_TEST_SRCS := $(filter-out %_test.cc,$(HOST_TEST_SRCS)) \
+                       $(shell grep -l Concurrent $(filter %_test.cc,$(HOST_TEST_SRCS)))
+HOST_TSAN_OBJS := $(patsubst %.cc,$(HOST_TSAN_DIR)/obj/%.o,$(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) \
+                    $(HOST_TSAN_TEST_SRCS))
 HOST_TSAN_TEST_BIN := $(HOST_TSAN_DIR)/dma_host_tests
 
 $(HOST_TSAN_DIR)/obj/%.o: %.cc | $(SETUP_STAMP)
