@@ -1,8 +1,10 @@
 # The DMA subsystem: host tests, per-arch libdma and test kernels, QEMU runs, benchmarks.
 #
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
-#   make test           host suite, then every arch under QEMU; ends with "N passed, N failed"
-#   make test-host      host suite only (GoogleTest, ASan + UBSan)
+#   make test           host suites, then every arch under QEMU; ends with "N passed, N failed"
+#   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
+#   make test-host-release  host suite in the release configuration (-O2, no debug aids)
+#   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
 #   make test-qemu      one arch's in-VM suite (ARCH=...)
 #   make lib            libdma.a for ARCH
 #   make bench          benchmarks (build/bench/summary.txt)
@@ -53,7 +55,7 @@ HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
 HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
 HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests
 
-.PHONY: all setup test test-host test-qemu test-qemu-all run lib kernel bench fuzz format \
+.PHONY: all setup test test-host test-host-release test-host-tsan test-qemu test-qemu-all run lib kernel bench fuzz format \
         format-check lint clean
 
 all: $(HOST_TEST_BIN)
@@ -73,6 +75,61 @@ $(HOST_TEST_BIN): $(HOST_OBJS)
 test-host: $(HOST_TEST_BIN)
 	@$(HOST_TEST_BIN) --gtest_brief=1 2>&1 | tee $(HOST_DIR)/test.log | tail -n 40; \
 	  exit $${PIPESTATUS[0]}
+
+# The release configuration, as a kernel ships it: -O2, DMA_DEBUG=0 (so no KDEBUG_ASSERT and no
+# statistics), no misuse checker, no fault injection, no page poison; UBSan only. Tests of a debug
+# aid are compiled only where the aid exists (#if on the same macro), never run and skipped.
+HOST_REL_DIR := $(BUILD)/host-release
+HOST_REL_CXXFLAGS := $(COMMON_CXXFLAGS) -O2 -DDMA_DEBUG=0 -DDMA_API_DEBUG=0 \
+                     -DDMA_FAULT_INJECTION=0 -DDMA_PAGE_POISON=0 \
+                     -fsanitize=undefined -fno-sanitize-recover=all
+HOST_REL_LDFLAGS := -fsanitize=undefined -lgtest -lpthread
+HOST_REL_OBJS := $(patsubst %.cc,$(HOST_REL_DIR)/obj/%.o,$(HOST_SRCS))
+HOST_REL_TEST_BIN := $(HOST_REL_DIR)/dma_host_tests
+
+$(HOST_REL_DIR)/obj/%.o: %.cc | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(HOST_CXX) $(HOST_REL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(HOST_REL_TEST_BIN): $(HOST_REL_OBJS)
+	$(HOST_CXX) $^ $(HOST_REL_LDFLAGS) -o $@
+
+test-host-release: $(HOST_REL_TEST_BIN)
+	@$(HOST_REL_TEST_BIN) --gtest_brief=1 2>&1 | tee $(HOST_REL_DIR)/test.log | tail -n 40; \
+	  exit $${PIPESTATUS[0]}
+
+# The threaded host tests under ThreadSanitizer, in the debug configuration (so the misuse
+# checker, the statistics and the fault injector run concurrently too). Naming convention: a
+# host test that runs several threads has a name starting with "Concurrent" (TEST(Suite,
+# ConcurrentFoo)); HOST_TSAN_FILTER selects exactly those, from every file under tests/host/.
+HOST_TSAN_DIR := $(BUILD)/host-tsan
+HOST_TSAN_FILTER ?= *.Concurrent*
+HOST_TSAN_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 \
+                      -DDMA_FAULT_INJECTION=1 -DDMA_PAGE_POISON=1 \
+                      -fsanitize=thread -fno-omit-frame-pointer
+HOST_TSAN_LDFLAGS := -fsanitize=thread -lgtest -lpthread
+# Only the test files that mention "Concurrent" are built (plus the runner and the helpers under
+# tests/host/ that are not test files): the others would cost a TSan compile and never run.
+HOST_TSAN_TEST_SRCS := $(filter-out %_test.cc,$(HOST_TEST_SRCS)) \
+                       $(shell grep -l Concurrent $(filter %_test.cc,$(HOST_TEST_SRCS)))
+HOST_TSAN_OBJS := $(patsubst %.cc,$(HOST_TSAN_DIR)/obj/%.o,$(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) \
+                    $(HOST_TSAN_TEST_SRCS))
+HOST_TSAN_TEST_BIN := $(HOST_TSAN_DIR)/dma_host_tests
+
+$(HOST_TSAN_DIR)/obj/%.o: %.cc | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(HOST_CXX) $(HOST_TSAN_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(HOST_TSAN_TEST_BIN): $(HOST_TSAN_OBJS)
+	$(HOST_CXX) $^ $(HOST_TSAN_LDFLAGS) -o $@
+
+# A race report does not stop the run; it makes the exit status 66 (TSan's exitcode), which
+# fails the target (and counts as a failure in make test) even when every test passed.
+test-host-tsan: $(HOST_TSAN_TEST_BIN)
+	@$(HOST_TSAN_TEST_BIN) --gtest_brief=1 --gtest_filter='$(HOST_TSAN_FILTER)' 2>&1 | \
+	  tee $(HOST_TSAN_DIR)/test.log | tail -n 40; rc=$${PIPESTATUS[0]}; \
+	  if [ $$rc -ne 0 ]; then echo "test-host-tsan: exit status $$rc (see $(HOST_TSAN_DIR)/test.log)"; fi; \
+	  exit $$rc
 
 # ---------------------------------------------------------------------------------------------
 # Kernel builds: one arch at a time. arch/<arch>/arch.mk sets
@@ -196,5 +253,5 @@ lint: | $(SETUP_STAMP)
 clean:
 	rm -rf $(BUILD)
 
--include $(HOST_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
+-include $(HOST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
          $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.d,$(FUZZ_TARGETS))

@@ -13,6 +13,7 @@
 
 #include "dma/dma_debug.h"
 #include "dma/dma_op.h"
+#include "dma/dma_plain.h"
 #include "support/result.h"
 #include "support/utility.h"
 
@@ -72,10 +73,32 @@ class StreamingMapping {
   DmaMapHandle h_;
 };
 
-// Coherent memory holding `count` objects of T (T must be trivially copyable: the device writes
-// it behind the compiler's back). Move-only; the destructor frees.
+// Coherent memory holding `count` objects of T, which the device may read and write at any time.
+// Move-only; the destructor frees.
+//
+// T must be plain data (DmaPlain, dma/dma_plain.h): trivially copyable, standard layout, no
+// padding unless kDmaAllowPadding<T> says so. The CPU reaches the memory through read()/write()
+// (whole elements) and read_field()/write_field() (one field, or one entry of an array field),
+// which the compiler must perform every time they are called: polling a field the device sets
+// terminates. There is no operator[] or operator-> handing out a T&: through a plain reference
+// the compiler may keep a field in a register across a loop, or merge and drop stores, and
+// nothing at the call site would show it. Raw access remains, named as such: raw_data() for
+// passing the memory on (a byte buffer handed to a copy routine, a pattern fill), or for CPU-only
+// fields when the driver has proven nobody else touches them.
+//
+// Calling context: the accessors take no locks and may be called with interrupts off. Ordering
+// between accesses and the device (barriers, sync for non-coherent devices) is the driver's.
 template <typename T>
 class DArray {
+  static_assert(DmaTriviallyCopyable<T>,
+                "DArray/DBox: T must be trivially copyable (the device copies its bytes; no "
+                "constructors, destructors or virtual functions run for it)");
+  static_assert(DmaStandardLayout<T>,
+                "DArray/DBox: T must be standard layout (its layout is what the device reads)");
+  static_assert(DmaNoPadding<T>,
+                "DArray/DBox: T has padding bytes or several representations of a value (float): "
+                "name the padding as reserved fields, or specialise kDmaAllowPadding<T> = true");
+
  public:
   DArray() = default;
   DArray(DmaOp* op, const DmaHandle& h, size_t count) : op_(op), h_(h), count_(count) {}
@@ -93,14 +116,49 @@ class DArray {
   DArray& operator=(const DArray&) = delete;
   ~DArray() { reset(); }
 
-  T* data() const { return static_cast<T*>(h_.cpu_addr); }
   size_t size() const { return count_; }
   size_t bytes() const { return count_ * sizeof(T); }
-  // Precondition: i < size() (checked in debug builds).
-  T& operator[](size_t i) const {
-    KDEBUG_ASSERT(i < count_, "DArray index out of range");
-    return data()[i];
+
+  // Element i, read now (volatile accesses, dma/dma_plain.h: each naturally aligned field of up
+  // to 8 bytes in one load). Precondition: valid(), i < size() (checked in debug builds).
+  T read(size_t i) const { return dma_load(element(i)); }
+  // Writes element i now, in address order (one store per naturally aligned field of up to 8
+  // bytes). Same preconditions.
+  void write(size_t i, const T& v) { dma_store(element(i), v); }
+
+  // One field of element i, read or written now, without copying the rest of the element:
+  // `ring.read_field(i, &Completion::done)`. Same preconditions as read()/write().
+  template <typename F, typename C>
+    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+  F read_field(size_t i, F C::* field) const {
+    return dma_load(&(element(i)->*field));
   }
+  template <typename F, typename C>
+    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+  void write_field(size_t i, F C::* field, const typename dma_detail::TypeIdentity<F>::type& v) {
+    dma_store(&(element(i)->*field), v);
+  }
+  // Entry k of an array field of element i: `read_field(0, &Used::ring, k)`.
+  // Precondition additionally: k < N (checked in debug builds).
+  template <typename F, size_t N, typename C>
+    requires DmaFieldOf<F, C, T>
+  F read_field(size_t i, F (C::*field)[N], size_t k) const {
+    KDEBUG_ASSERT(k < N, "DArray field index out of range");
+    return dma_load(&(element(i)->*field)[k]);
+  }
+  template <typename F, size_t N, typename C>
+    requires DmaFieldOf<F, C, T>
+  void write_field(size_t i, F (C::*field)[N], size_t k,
+                   const typename dma_detail::TypeIdentity<F>::type& v) {
+    KDEBUG_ASSERT(k < N, "DArray field index out of range");
+    dma_store(&(element(i)->*field)[k], v);
+  }
+
+  // The memory itself, for code that knows what it does: plain accesses through this pointer may
+  // be cached, merged or dropped by the compiler (see the class comment).
+  T* raw_data() { return static_cast<T*>(h_.cpu_addr); }
+  const T* raw_data() const { return static_cast<const T*>(h_.cpu_addr); }
+
   // Device address of element i.
   DmaAddr dma_addr(size_t i = 0) const { return h_.dma_addr + i * sizeof(T); }
   bool valid() const { return op_ != nullptr; }
@@ -115,20 +173,53 @@ class DArray {
   }
 
  private:
+  T* element(size_t i) const {
+    KDEBUG_ASSERT(i < count_, "DArray index out of range");
+    return static_cast<T*>(h_.cpu_addr) + i;
+  }
+
   DmaOp* op_ = nullptr;
   DmaHandle h_;
   size_t count_ = 0;
 };
 
-// One T in coherent memory. Move-only; the destructor frees.
+// One T in coherent memory, with DArray's rules and accessors (for element 0). Move-only; the
+// destructor frees.
 template <typename T>
 class DBox {
  public:
   DBox() = default;
   explicit DBox(DArray<T>&& a) : a_(support::move(a)) {}
-  T* get() const { return a_.data(); }
-  T& operator*() const { return *a_.data(); }
-  T* operator->() const { return a_.data(); }
+
+  // See DArray::read / write / read_field / write_field. Precondition: valid().
+  T read() const { return a_.read(0); }
+  void write(const T& v) { a_.write(0, v); }
+  template <typename F, typename C>
+    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+  F read_field(F C::* field) const {
+    return a_.read_field(0, field);
+  }
+  template <typename F, typename C>
+    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+  void write_field(F C::* field, const typename dma_detail::TypeIdentity<F>::type& v) {
+    a_.write_field(0, field, v);
+  }
+  template <typename F, size_t N, typename C>
+    requires DmaFieldOf<F, C, T>
+  F read_field(F (C::*field)[N], size_t k) const {
+    return a_.read_field(0, field, k);
+  }
+  template <typename F, size_t N, typename C>
+    requires DmaFieldOf<F, C, T>
+  void write_field(F (C::*field)[N], size_t k,
+                   const typename dma_detail::TypeIdentity<F>::type& v) {
+    a_.write_field(0, field, k, v);
+  }
+
+  // The object itself; plain accesses through it may be cached by the compiler (see DArray).
+  T* raw() { return a_.raw_data(); }
+  const T* raw() const { return a_.raw_data(); }
+
   DmaAddr dma_addr() const { return a_.dma_addr(0); }
   bool valid() const { return a_.valid(); }
   void reset() { a_.reset(); }

@@ -13,7 +13,7 @@ PooledBuffer& PooledBuffer::operator=(PooledBuffer&& o) {
 }
 
 uint8_t* PooledBuffer::data() const {
-  return pool_->buffers_[index_].data();
+  return pool_->buffers_[index_].raw_data();
 }
 DmaAddr PooledBuffer::dma_addr() const {
   return pool_->buffers_[index_].dma_addr();

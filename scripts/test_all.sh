@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: the host suite, then every architecture under QEMU. Each part prints its own
-# "N passed, N failed" line; this adds them up and ends with one line for the whole run.
+# `make test`: the host suite (debug, release, and its threaded tests under ThreadSanitizer), then
+# every architecture under QEMU. Each part prints its own "N passed, N failed" line; this adds
+# them up and ends with one line for the whole run.
 # A part that crashes or prints no summary counts as one failure.
 set -uo pipefail
 
@@ -43,6 +44,8 @@ run_part() {
 
 run_part style bash scripts/check_style.sh
 run_part host $MAKE --no-print-directory test-host
+run_part host-release $MAKE --no-print-directory test-host-release
+run_part host-tsan $MAKE --no-print-directory test-host-tsan
 run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
   run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"

@@ -9,6 +9,10 @@
 // available ring and moves its index, O(1); pop_used takes one used entry and returns its chain to
 // the free list, O(chain length).
 //
+// All three parts are read and written through DArray/DBox's volatile accessors (read_field,
+// write_field): the used ring changes under the driver's feet, and a plain load of its index
+// could be kept in a register across a polling loop.
+//
 // Layouts (virtio 1.x, section 2.7, little-endian): descriptors 16 bytes, 16-byte aligned; the
 // available ring flags/idx/ring[size]/used_event, 2-byte aligned; the used ring flags/idx/
 // {id, len}[size]/avail_event, 4-byte aligned. The rings are declared for kMaxSize entries; a
@@ -53,6 +57,7 @@ class SplitVirtqueue {
     uint16_t idx;
     UsedElem ring[kMaxSize];
     uint16_t avail_event;
+    uint16_t reserved;  // The alignment padding, named: DBox takes no type with hidden padding.
   };
 
   // One device-visible buffer of a chain.

@@ -144,7 +144,7 @@ KTEST(coherent_device_allocations_stay_cacheable) {
     auto a = dev.alloc_array<uint8_t>(size);
     KREQUIRE_OK(a);
     KEXPECT_FALSE(a->handle().remapped);
-    KEXPECT_EQ(pages_not(a->data(), block_bytes(size), cached, false), 0u);
+    KEXPECT_EQ(pages_not(a->raw_data(), block_bytes(size), cached, false), 0u);
     KEXPECT_EQ(arch::direct_map_split_tables(), b.split_tables);
   }
   KEXPECT_EQ(op->stats().coherent_uncached, remaps);
@@ -210,17 +210,17 @@ KTEST(coherent_data_written_uncached_is_in_memory) {
     auto dst = mem.alloc_array<uint8_t>(kSize);
     KREQUIRE_OK(src);
     KREQUIRE_OK(dst);
-    KEXPECT_TRUE(is_uncached_name(arch::mapping_attribute(src->data())));
-    KEXPECT_TRUE(is_uncached_name(arch::mapping_attribute(dst->data())));
-    ktest_util::fill_pattern(src->data(), kSize, 61);
+    KEXPECT_TRUE(is_uncached_name(arch::mapping_attribute(src->raw_data())));
+    KEXPECT_TRUE(is_uncached_name(arch::mapping_attribute(dst->raw_data())));
+    ktest_util::fill_pattern(src->raw_data(), kSize, 61);
     // Read back through the uncached mapping.
-    KEXPECT_EQ(ktest_util::check_pattern(src->data(), kSize, 61), kSize);
-    auto t1 = edu.copy_to_device(src->data(), kSize);
+    KEXPECT_EQ(ktest_util::check_pattern(src->raw_data(), kSize, 61), kSize);
+    auto t1 = edu.copy_to_device(src->raw_data(), kSize);
     KREQUIRE_OK(t1);
     KEXPECT_FALSE(t1->bounced);
-    auto t2 = edu.copy_from_device(dst->data(), kSize);
+    auto t2 = edu.copy_from_device(dst->raw_data(), kSize);
     KREQUIRE_OK(t2);
-    KEXPECT_EQ(ktest_util::check_pattern(dst->data(), kSize, 61), kSize);
+    KEXPECT_EQ(ktest_util::check_pattern(dst->raw_data(), kSize, 61), kSize);
   }
   KEXPECT_BASELINE(b);
 }

@@ -21,6 +21,8 @@
 #include "dma/dma_pool.h"
 #include "dma/scatter_gather.h"
 
+#if DMA_API_DEBUG_ENABLED  // The checker exists only with DMA_API_DEBUG.
+
 namespace {
 
 void stderr_sink(void*, const char* line) {
@@ -643,3 +645,5 @@ TEST_F(DmaDebugTest, CorrectUseIsNeverReported) {
 }
 
 }  // namespace
+
+#endif  // DMA_API_DEBUG_ENABLED

@@ -146,6 +146,7 @@ TEST_F(DmaPoolTest, DestroyedWithBlocksOutIsReported) {
       "blocks still allocated");
 }
 
+#if KDEBUG_ENABLED  // Blocks are poisoned in debug builds only.
 TEST_F(DmaPoolTest, WriteAfterFreeIsReported) {
   EXPECT_DEATH(
       {
@@ -159,6 +160,7 @@ TEST_F(DmaPoolTest, WriteAfterFreeIsReported) {
       },
       "written after free");
 }
+#endif
 
 // ---- Geometry: every geometry init accepts can be served (issue "Data safety", item 3). ----
 
@@ -387,9 +389,9 @@ TEST_F(DmaPoolDeviceGarbageTest, AWholeChunkOverwrittenByTheDeviceIsHarmless) {
   for (void* p : v) ASSERT_TRUE(pool.free(p).ok());
 }
 
+#if KDEBUG_ENABLED  // Poisoning is a debug-build check.
 // Without a report hook a debug build stops at the first block written after free.
 TEST_F(DmaPoolDeviceGarbageTest, DeviceWriteAfterFreeStopsADebugBuildWithoutAHook) {
-  if (!KDEBUG_ENABLED) GTEST_SKIP() << "poisoning is a debug-build check";
   EXPECT_DEATH(
       {
         HostDevice device(&plat_, 0xFFFF'FFFFull, false);
@@ -403,6 +405,7 @@ TEST_F(DmaPoolDeviceGarbageTest, DeviceWriteAfterFreeStopsADebugBuildWithoutAHoo
       },
       "written after free");
 }
+#endif  // KDEBUG_ENABLED
 
 // ---- Calling contexts (item 10): try_alloc never grows, reserve pre-grows. ----
 
@@ -468,6 +471,7 @@ TEST_F(DmaPoolTest, TheChunkTableLimitIsAnErrorNotAPanic) {
   for (void* p : v) ASSERT_TRUE(pool.free(p).ok());
 }
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 // A reserve that runs out of memory half way gives back what it added.
 TEST_F(DmaPoolTest, FailedReserveGivesBackTheChunksItAdded) {
   DmaPool pool;
@@ -484,5 +488,6 @@ TEST_F(DmaPoolTest, FailedReserveGivesBackTheChunksItAdded) {
   EXPECT_EQ(pool.stats().free_blocks, before.free_blocks);
   ASSERT_TRUE(pool.free(keep->cpu).ok());
 }
+#endif  // DMA_FAULT_INJECTION
 
 }  // namespace

@@ -36,7 +36,7 @@ class DmaPoolThreadsTest : public testing::Test {
 // While one CPU grows the pool (inside alloc_coherent), another frees, looks and takes a block
 // without waiting for it. Before, the pool's spinlock was held across alloc_coherent (which may
 // edit page tables): the other CPU spun until the growth was done.
-TEST_F(DmaPoolThreadsTest, GrowthRunsOutsideThePoolsLock) {
+TEST_F(DmaPoolThreadsTest, ConcurrentGrowthRunsOutsideThePoolsLock) {
   DmaPool pool;
   ASSERT_TRUE(pool.init(&dev_, 64, 64).ok());
   const size_t per_chunk = pool.stats().blocks_per_chunk;
@@ -72,7 +72,7 @@ TEST_F(DmaPoolThreadsTest, GrowthRunsOutsideThePoolsLock) {
 
 // Two CPUs find the pool empty and both grow it: each gets its own block, both chunks are kept
 // (the second grower's surplus serves later allocations) and every block is handed out once.
-TEST_F(DmaPoolThreadsTest, TwoGrowersRacingBothSucceed) {
+TEST_F(DmaPoolThreadsTest, ConcurrentGrowersRacingBothSucceed) {
   DmaPool pool;
   ASSERT_TRUE(pool.init(&dev_, 512, 64).ok());
   const size_t per_chunk = pool.stats().blocks_per_chunk;

@@ -60,7 +60,9 @@ class KernelDmaOpTest : public testing::Test {
     Snapshot now = snapshot();
     EXPECT_EQ(now.free_pages, s.free_pages);
     EXPECT_EQ(now.used_slots, s.used_slots);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
     EXPECT_EQ(now.live_maps, s.live_maps);
+#endif
   }
   void TearDown() override {
     for (auto& b : low_) ASSERT_TRUE(plat_.pfa().free(PhysAddr(b.first), b.second).ok());
@@ -88,10 +90,14 @@ TEST_F(KernelDmaOpTest, ReachableBufferIsMappedDirectly) {
   ASSERT_TRUE(m.ok());
   EXPECT_FALSE(m->bounced());
   EXPECT_EQ(m->dma_addr.value(), phys_of(buf) + 100);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().direct_maps, 1u);
   EXPECT_EQ(op().stats().bounced_maps, 0u);
+#endif
   op().unmap_single(*m);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().live_maps, 0u);
+#endif
 }
 
 TEST_F(KernelDmaOpTest, ToDeviceCleansSoTheDeviceSeesCpuWrites) {
@@ -244,7 +250,9 @@ TEST_F(KernelDmaOpTest, BufferAboveMaskIsBouncedToDevice) {
   std::vector<uint8_t> seen(8192);
   dev.read(m->dma_addr, seen.data(), seen.size());
   for (size_t i = 0; i < 8192; ++i) ASSERT_EQ(seen[i], static_cast<uint8_t>(i * 7)) << i;
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().bounced_maps, 1u);
+#endif
   EXPECT_GE(plat_.pool(0).stats().used_slots, 4u);
   op().unmap_single(*m);
   EXPECT_EQ(plat_.pool(0).stats().used_slots, 0u);
@@ -263,7 +271,9 @@ TEST_F(KernelDmaOpTest, BufferAboveMaskIsBouncedFromDevice) {
   EXPECT_EQ(buf[9], 0);
   for (size_t i = 10; i < 3010; ++i) ASSERT_EQ(buf[i], 0x9C) << i;
   EXPECT_EQ(buf[3010], 0);
+#if DMA_STATS                                    // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().bytes_bounced, 6000u);  // In (hygiene) and out.
+#endif
   plat_.release_buffer(buf);
 }
 
@@ -362,7 +372,9 @@ TEST_F(KernelDmaOpTest, BadLayoutsAreRejectedAndNothingChanges) {
   EXPECT_EQ(op().map_single(device(kMask30), wrap, 100, 0, DmaDirection::kToDevice).code(),
             ErrorCode::kLayoutError);
   expect_unchanged(s);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().map_errors, 4u);
+#endif
 }
 
 TEST_F(KernelDmaOpTest, ZeroMaskIsInvalid) {
@@ -466,6 +478,7 @@ TEST_F(KernelDmaOpTest, PartialSyncOfABouncedMapping) {
   plat_.release_buffer(buf);
 }
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 TEST_F(KernelDmaOpTest, InjectedMappingFailureLeavesNothingBehind) {
   uint8_t* buf = high_buffer(4096);
   Snapshot s = snapshot();
@@ -478,6 +491,7 @@ TEST_F(KernelDmaOpTest, InjectedMappingFailureLeavesNothingBehind) {
   op().unmap_single(*ok);
   plat_.release_buffer(buf);
 }
+#endif
 
 // ---- The inline fast path (coherent devices) against the general path ----
 
@@ -547,10 +561,13 @@ TEST_F(KernelDmaOpTest, FastPathMaskAndBusOffsetEdges) {
   c = device(kMask64, true);
   c.bus_offset = ~uint64_t{0} - 4095;  // -4096 (mod 2^64): the device sees RAM one page lower.
   expect_direct(c, phys_of(buf) - 0x1000);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().live_maps, 0u);
+#endif
   plat_.release_buffer(buf);
 }
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 // An injected kMapping fault on either fast path (direct, bounce) is one hit and changes nothing.
 TEST_F(KernelDmaOpTest, InjectedMappingFailureOnTheFastPaths) {
   uint8_t* high = high_buffer(4096);
@@ -570,6 +587,7 @@ TEST_F(KernelDmaOpTest, InjectedMappingFailureOnTheFastPaths) {
   }
   plat_.release_buffer(high);
 }
+#endif
 
 // The fast window leaves out physical page 0 and the page at CPU address 0.
 TEST(KernelDmaOpFastWindow, LeavesOutPageZeroAndTheNullPage) {
@@ -688,16 +706,21 @@ TEST_F(KernelDmaOpTest, CoherentAllocationExhaustionIsNoMemory) {
   }
   EXPECT_GT(hs.size(), 10u);
   for (auto& h : hs) op().dealloc_coherent(h);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   EXPECT_EQ(op().stats().coherent_live, 0u);
+#endif
 }
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 TEST_F(KernelDmaOpTest, InjectedPageFailureInAllocCoherent) {
   uint64_t before = plat_.pfa().free_pages();
   support::FaultInjector::fail_nth(support::FaultSite::kPageAlloc, 1);
   EXPECT_EQ(op().alloc_coherent(device(kMask64), Layout{4096, 1}).code(), ErrorCode::kNoMemory);
   EXPECT_EQ(plat_.pfa().free_pages(), before);
 }
+#endif
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 TEST_F(KernelDmaOpTest, InjectedSlotFailureInMap) {
   uint8_t* buf = high_buffer(4096);
   Snapshot s = snapshot();
@@ -707,6 +730,7 @@ TEST_F(KernelDmaOpTest, InjectedSlotFailureInMap) {
   expect_unchanged(s);
   plat_.release_buffer(buf);
 }
+#endif
 
 TEST(KernelDmaOpPools, HighestPoolUnderTheMaskIsChosen) {
   HostPlatform::Options o;

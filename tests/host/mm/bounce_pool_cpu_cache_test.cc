@@ -652,7 +652,7 @@ struct Held {
 
 // Threads allocate, check and free at random, handing blocks over to be freed by another CPU;
 // the accounting and the data stay exact.
-TEST_F(BouncePoolCpuCache, ThreadsAsCpusKeepAccountingAndDataApart) {
+TEST_F(BouncePoolCpuCache, ConcurrentThreadsAsCpusKeepAccountingAndDataApart) {
   constexpr unsigned kThreads = 4;
   constexpr int kOps = 4000;
   TestPool t(2 * kMiB, kThreads);  // 1024 slots: budget 32, 8 per CPU.
@@ -807,6 +807,7 @@ TEST_F(BouncePoolCpuCache, DestroyingAPoolWithBlocksOnlyInCpuCachesIsFine) {
 // ---------------------------------------------------------------------------------------------
 // Fault injection
 
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 // An armed kBounceSlot fault fails alloc with kNoMemory, evaluated once per call on every path.
 TEST_F(BouncePoolCpuCache, TheSlotFaultIsEvaluatedOncePerAlloc) {
   using support::FaultInjector;
@@ -862,5 +863,6 @@ TEST_F(BouncePoolCpuCache, TheSlotFaultIsEvaluatedOncePerAlloc) {
   must_free(p, miss);
   expect_all_free(p, {0, 1});
 }
+#endif
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 namespace {
 
+#if DMA_PAGE_POISON  // Page poisoning: debug builds with DMA_PAGE_POISON only.
 TEST(Poison, FreedPagesArePoisoned) {
   HostPlatform plat(HostPlatform::default_options());
   auto pa = plat.pfa().alloc(0);
@@ -18,7 +19,9 @@ TEST(Poison, FreedPagesArePoisoned) {
   EXPECT_EQ(p[100], 0x6B);
   EXPECT_EQ(p[4095], 0x6B);
 }
+#endif
 
+#if DMA_PAGE_POISON  // Page poisoning: debug builds with DMA_PAGE_POISON only.
 TEST(Poison, PageWrittenAfterFreeIsReported) {
   EXPECT_DEATH(
       {
@@ -32,7 +35,9 @@ TEST(Poison, PageWrittenAfterFreeIsReported) {
       },
       "page written after it was freed");
 }
+#endif
 
+#if KDEBUG_ENABLED  // Bounce slots are poisoned in debug builds only.
 TEST(Poison, FreedBounceSlotsArePoisonedAndChecked) {
   HostPlatform plat(HostPlatform::default_options());
   BouncePool& pool = plat.pool(0);
@@ -50,6 +55,7 @@ TEST(Poison, FreedBounceSlotsArePoisonedAndChecked) {
       },
       "bounce slot written after it was freed");
 }
+#endif
 
 TEST(Poison, PoisoningCanBeTurnedOffForUnbackedPools) {
   std::vector<uint8_t> mem(64 * 1024, 0x11);

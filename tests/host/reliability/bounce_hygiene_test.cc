@@ -284,8 +284,8 @@ TEST_P(BounceHygieneTest, TypedContainersAndPoolBlocksComeZeroedAfterReuse) {
   for (int round = 0; round < 3; ++round) {
     auto arr = dev_.alloc_array<uint32_t>(2048);
     ASSERT_TRUE(arr.ok());
-    for (size_t i = 0; i < arr->size(); ++i) ASSERT_EQ((*arr)[i], 0u) << round << " " << i;
-    for (size_t i = 0; i < arr->size(); ++i) (*arr)[i] = 0xDEAD'BEEF;
+    for (size_t i = 0; i < arr->size(); ++i) ASSERT_EQ(arr->read(i), 0u) << round << " " << i;
+    for (size_t i = 0; i < arr->size(); ++i) arr->write(i, 0xDEAD'BEEF);
   }
   DmaPool pool;
   ASSERT_TRUE(pool.init(&dev_, 100, 16).ok());
