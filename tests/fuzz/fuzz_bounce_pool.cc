@@ -60,10 +60,17 @@ class Harness {
     bytes_ = num_slots_ * slot_size_;
     base_ = (in_.range(0, (uint64_t{1} << 36) - 1) * slot_size_) & ((uint64_t{1} << 48) - 1);
     meta_.assign(BouncePool::metadata_size(bytes_, slot_size_) / 4 + 1, 0);
-    auto r =
-        pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4, slot_size_);
+    // The largest mapping: the default (kMaxMapping or the whole pool), or any valid choice.
+    BouncePool::Options options;
+    options.slot_size = slot_size_;
+    if (in_.boolean()) options.max_mapping = static_cast<size_t>(in_.range(slot_size_, bytes_));
+    auto r = pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4, options);
     FUZZ_CHECK(r.ok());
-    FUZZ_CHECK(pool_.max_allocation() == bytes_);
+    size_t max_mapping =
+        options.max_mapping != 0
+            ? options.max_mapping
+            : (bytes_ < BouncePool::kMaxMapping ? bytes_ : BouncePool::kMaxMapping);
+    FUZZ_CHECK(pool_.max_mapping_size() == max_mapping);
     owner_.assign(num_slots_, 0);
     g_cpu = 0;
     if (in_.boolean()) {
@@ -170,7 +177,7 @@ class Harness {
     }
     uint64_t align_mask = align == 0 ? 0 : align - 1;
     uint64_t target = orig & mask;
-    bool malformed = size == 0 || size > pool_.max_allocation() || (align & align_mask) != 0 ||
+    bool malformed = size == 0 || size > pool_.max_mapping_size() || (align & align_mask) != 0 ||
                      (mask & (mask + 1)) != 0 || (target & align_mask) != 0;
     uint64_t low = mask | align_mask;
     bool can_fit = !malformed && feasible(size, low, target);

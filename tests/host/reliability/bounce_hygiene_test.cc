@@ -79,16 +79,23 @@ class BounceHygieneTest : public testing::TestWithParam<bool> {
     return m->dma_addr();
   }
 
-  // Leaves `fill` in every byte of the bounce pool, through one mapping as large as the pool.
+  // Leaves `fill` in every byte of the bounce pool, through mappings of the largest size a
+  // mapping may have that together take the whole pool.
   void dirty_whole_pool(uint8_t fill) {
     size_t bytes = plat_.pool(0).bytes();
+    size_t chunk = plat_.pool(0).max_mapping_size();
+    ASSERT_EQ(bytes % chunk, 0u);
     DeviceDma plain(&plat_.op(), kMask30);
     plain.set_coherent(GetParam());
-    uint8_t* other = high_buffer(bytes, fill, false);
-    auto m = plain.map(other, bytes, DmaDirection::kBidirectional);
-    ASSERT_TRUE(m.ok());
-    ASSERT_EQ(m->dma_addr().value(), plat_.pool(0).base().value());
-    hw_.fill(m->dma_addr(), fill, bytes);
+    std::vector<StreamingMapping> maps;
+    for (size_t done = 0; done < bytes; done += chunk) {
+      uint8_t* other = high_buffer(chunk, fill, false);
+      auto m = plain.map(other, chunk, DmaDirection::kBidirectional);
+      ASSERT_TRUE(m.ok());
+      hw_.fill(m->dma_addr(), fill, chunk);
+      maps.push_back(std::move(*m));
+    }
+    ASSERT_EQ(plat_.pool(0).stats().used_slots, plat_.pool(0).stats().total_slots);
   }
 
   HostPlatform plat_;
