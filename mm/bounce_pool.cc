@@ -511,6 +511,76 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
   return unused;
 }
 
+// alloc's part under the lock: a block of n slots at the phase, marked used for `dev` with the data
+// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota).
+[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(uint64_t n, uint64_t phase,
+                                                               uint64_t period_mask,
+                                                               uint64_t offset, size_t size,
+                                                               const BounceDevice& dev,
+                                                               Refusal* why, uint64_t* held) {
+  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
+  if (dev.name != nullptr) names_[dev.id % kNames] = DeviceName{dev.id, dev.name};
+  QuotaCount* quota = nullptr;
+  if (dev.quota != 0) [[unlikely]] {
+    // The quota in whole slots, rounded up (without overflow for a huge quota).
+    uint64_t limit = (dev.quota >> slot_shift_) + ((dev.quota & (slot_size_ - 1)) != 0 ? 1 : 0);
+    quota = quota_count(dev.id, /*claim=*/true);
+    if (quota == nullptr) {
+      *why = Refusal::kQuotaTableFull;
+      return num_slots_;
+    }
+    if (quota->slots + n > limit) {
+      *why = Refusal::kOverQuota;
+      *held = quota->slots;
+      return num_slots_;
+    }
+  }
+  uint32_t start = num_slots_;
+  if (n < kQuickSlots && cache_head_[n] != num_slots_) {
+    // The top of the stack, or else the one below it, if its first slot has the right phase.
+    uint32_t c = cache_head_[n];
+    if (((c - phase) & period_mask) == 0) {
+      cache_head_[n] = meta_[c].link_next;
+      start = c;
+    } else {
+      uint32_t below = meta_[c].link_next;
+      if (below != num_slots_ && ((below - phase) & period_mask) == 0) {
+        meta_[c].link_next = meta_[below].link_next;
+        start = below;
+      }
+    }
+    if (start != num_slots_) {
+      --cache_count_[n];
+      cached_slots_ -= static_cast<uint32_t>(n);
+      --cached_blocks_;
+      meta_[start].size_free = static_cast<uint32_t>(n);
+    }
+  }
+  for (bool drained = false; start == num_slots_; drained = true) {
+    start = carve(n, phase, period_mask);
+    if (start != num_slots_) break;
+    if (drained) {
+      request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
+      *why = Refusal::kNoRoom;
+      return num_slots_;
+    }
+    // The cached blocks may merge into room; runs at most once.
+    drain_locked();
+    drain_my_cpu_cache();
+  }
+
+  if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
+  SlotRecord& r = meta_[start];
+  r.link_next = static_cast<uint32_t>(offset) | (quota != nullptr ? kQuotaBit : 0u);
+  r.link_prev = static_cast<uint32_t>(size);
+  __atomic_store_n(&owners_[start], dev.id, __ATOMIC_RELAXED);
+  if (quota != nullptr) quota->slots += static_cast<uint32_t>(n);
+  used_slots_ += n;
+  if (used_slots_ > high_water_) high_water_ = used_slots_;
+  ++allocations_;
+  return start;
+}
+
 Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask,
                                             size_t align, const BounceDevice& dev,
                                             bool fault_point) {
@@ -545,86 +615,21 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
 
   Refusal why = Refusal::kNoRoom;
   uint64_t held = 0;
-  uint64_t failure = 0;
+  uint64_t failure = 0;  // The failure's number when its line is due, else 0.
   uint64_t not_shown = 0;
-  uint32_t start = num_slots_;
+  uint32_t start;
   {
     support::Guard<support::SpinLock> guard{&lock_};
-    if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
-    if (dev.name != nullptr) names_[dev.id % kNames] = DeviceName{dev.id, dev.name};
-    QuotaCount* quota = nullptr;
-    if (dev.quota != 0) [[unlikely]] {
-      // The quota in whole slots, rounded up (without overflow for a huge quota).
-      uint64_t limit = (dev.quota >> slot_shift_) + ((dev.quota & slot_mask) != 0 ? 1 : 0);
-      quota = quota_count(dev.id, /*claim=*/true);
-      if (quota == nullptr) {
-        why = Refusal::kQuotaTableFull;
-      } else if (quota->slots + n > limit) {
-        why = Refusal::kOverQuota;
-        held = quota->slots;
-        quota = nullptr;
-      }
-      if (quota == nullptr) {
-        ++quota_failures_;
-        goto refused;
+    start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
+    if (start == num_slots_) [[unlikely]] {
+      ++failures_;
+      if (why != Refusal::kNoRoom) ++quota_failures_;
+      if (report_due(failures_)) {
+        failure = failures_;
+        not_shown = failures_ - last_reported_failure_ - 1;
+        last_reported_failure_ = failures_;
       }
     }
-    if (n < kQuickSlots && cache_head_[n] != num_slots_) {
-      // The top of the stack, or else the one below it, if its first slot has the right phase.
-      uint32_t c = cache_head_[n];
-      if (((c - phase) & period_mask) == 0) {
-        cache_head_[n] = meta_[c].link_next;
-        start = c;
-      } else {
-        uint32_t below = meta_[c].link_next;
-        if (below != num_slots_ && ((below - phase) & period_mask) == 0) {
-          meta_[c].link_next = meta_[below].link_next;
-          start = below;
-        }
-      }
-      if (start != num_slots_) {
-        --cache_count_[n];
-        cached_slots_ -= static_cast<uint32_t>(n);
-        --cached_blocks_;
-        meta_[start].size_free = static_cast<uint32_t>(n);
-      }
-    }
-    for (bool drained = false; start == num_slots_; drained = true) {
-      start = carve(n, phase, period_mask);
-      if (start != num_slots_) break;
-      if (drained) {
-        request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
-        goto refused;
-      }
-      // The cached blocks may merge into room; runs at most once.
-      drain_locked();
-      drain_my_cpu_cache();
-    }
-
-    if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
-    {
-      SlotRecord& r = meta_[start];
-      r.link_next = static_cast<uint32_t>(offset) | (quota != nullptr ? kQuotaBit : 0u);
-      r.link_prev = static_cast<uint32_t>(size);
-      __atomic_store_n(&owners_[start], dev.id, __ATOMIC_RELAXED);
-      if (quota != nullptr) quota->slots += static_cast<uint32_t>(n);
-      used_slots_ += n;
-      if (used_slots_ > high_water_) high_water_ = used_slots_;
-      ++allocations_;
-    }
-    goto done;
-
-  refused:
-    ++failures_;
-    failure = failures_;
-    if (report_due(failure)) {
-      not_shown = failure - last_reported_failure_ - 1;
-      last_reported_failure_ = failure;
-    } else {
-      failure = 0;
-    }
-    start = num_slots_;
-  done:;
   }
   if (start == num_slots_) [[unlikely]] {
     if (failure != 0) report_no_memory(why, dev, size, n, held, failure, not_shown);
