@@ -519,8 +519,8 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
                                                                const BounceDevice& dev,
                                                                Refusal* why, uint64_t* held) {
   if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
-  if (dev.name != nullptr) names_[dev.id % kNames] = DeviceName{dev.id, dev.name};
   QuotaCount* quota = nullptr;
+  uint32_t quota_bit = 0;
   if (dev.quota != 0) [[unlikely]] {
     // The quota in whole slots, rounded up (without overflow for a huge quota).
     uint64_t limit = (dev.quota >> slot_shift_) + ((dev.quota & (slot_size_ - 1)) != 0 ? 1 : 0);
@@ -534,6 +534,7 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
       *held = quota->slots;
       return num_slots_;
     }
+    quota_bit = kQuotaBit;
   }
   uint32_t start = num_slots_;
   if (n < kQuickSlots && cache_head_[n] != num_slots_) {
@@ -558,7 +559,12 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
   }
   for (bool drained = false; start == num_slots_; drained = true) {
     start = carve(n, phase, period_mask);
-    if (start != num_slots_) break;
+    if (start != num_slots_) {
+      // For the report's list of holders: recorded when a block comes from the free lists, not
+      // on the cheaper cache paths, which a device reaches only after it has been here.
+      if (dev.name != nullptr) names_[dev.id % kNames] = DeviceName{dev.id, dev.name};
+      break;
+    }
     if (drained) {
       request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
       *why = Refusal::kNoRoom;
@@ -571,7 +577,7 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
 
   if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
   SlotRecord& r = meta_[start];
-  r.link_next = static_cast<uint32_t>(offset) | (quota != nullptr ? kQuotaBit : 0u);
+  r.link_next = static_cast<uint32_t>(offset) | quota_bit;
   r.link_prev = static_cast<uint32_t>(size);
   __atomic_store_n(&owners_[start], dev.id, __ATOMIC_RELAXED);
   if (quota != nullptr) quota->slots += static_cast<uint32_t>(n);
