@@ -202,6 +202,34 @@ TEST_P(BouncePoolQuota, AQuotaInBytesCountsWholeSlots) {
   EXPECT_EQ(p.device_slots(7), 0u);
 }
 
+// The pool counts at most kQuotaDevices (32) devices with quotas holding slots at once: a 33rd
+// is refused rather than left unchecked, and gets in once another such device holds nothing.
+TEST_P(BouncePoolQuota, ADeviceWhoseQuotaCannotBeCountedIsRefused) {
+  Pool t(1 * kMiB, caches(), named("q"));
+  BouncePool& p = t.pool;
+  std::vector<BounceSlot> held;
+  for (uint32_t id = 1; id <= 32; ++id) {
+    held.push_back(must_alloc(p, 100, BounceDevice{id, nullptr, 4 * kSlot}));
+  }
+  Capture cap;
+  const BounceDevice late{33, "late", 4 * kSlot};
+  EXPECT_EQ(p.alloc(100, PhysAddr(0), 0, 0, late).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(p.stats().quota_failures, 1u);
+  ASSERT_EQ(cap.lines().size(), 1u);
+  expect_has(cap.lines()[0],
+             "bounce-pool 'q': over-quota: device 'late' (#33) asked for 100 bytes (1 slots): "
+             "its quota cannot be counted: 32 devices with quotas hold slots already");
+  // No quota, no table: still served.
+  must_free(p, must_alloc(p, 100, BounceDevice{33, "late", 0}));
+  must_free(p, held.back());
+  held.pop_back();
+  BounceSlot in = must_alloc(p, 100, late);
+  EXPECT_EQ(p.device_slots(33), 1u);
+  EXPECT_TRUE(p.check_invariants());
+  must_free(p, in);
+  for (const BounceSlot& s : held) must_free(p, s);
+}
+
 // A block parked in a per-CPU (or the shared) cache belongs to no device; whoever takes it next
 // holds it. Anonymous requests (device 0) are accounted under 0.
 TEST_P(BouncePoolQuota, ACachedBlockBelongsToNoDevice) {
