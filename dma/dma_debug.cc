@@ -71,7 +71,7 @@ Entry g_default_entries[DmaDebug::kDefaultEntries];
 // means "none" in every link, and entries at or above `used` have never been handed out.
 struct Table {
   support::SpinLock lock;
-  Entry* entries TA_PT_GUARDED(lock) = g_default_entries;
+  Entry* entries TA_GUARDED(lock) TA_PT_GUARDED(lock) = g_default_entries;
   size_t capacity TA_GUARDED(lock) = DmaDebug::kDefaultEntries;
   uint32_t buckets[kBuckets] TA_GUARDED(lock) = {};
   uint32_t free_head TA_GUARDED(lock) = 0;  // Released entries, index + 1.

@@ -2,8 +2,12 @@
 //
 // Compiled in when DMA_API_DEBUG is 1 (the host tests, the fuzzers and the test kernels). When it
 // is 0 every hook below is an empty inline function and DmaMapResult<T> is plain Result<T>: the
-// checker costs nothing. Struct layouts (the device_id fields of DmaConstraints and the handles)
-// do not depend on the option, so objects built with and without it link together.
+// checker costs nothing. Two things exist in every build, because more than the checker uses
+// them: the library's diagnostic sink (set_sink; the bounce pools print through it too) and
+// device identities (new_device_id; the bounce pools account per device). Struct layouts (the
+// device_id fields of DmaConstraints and the handles) do not depend on the option, so objects
+// built with and without it link together; DmaDebug::Entry does, and only the checker's build
+// reads it.
 //
 // Scheme: every live streaming mapping and coherent allocation made through KernelDmaOp is one
 // entry of a fixed table (no heap), chained into hash buckets keyed by (DmaOp, DMA address), with
