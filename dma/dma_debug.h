@@ -25,7 +25,8 @@
 // mappings are also counted per hash bucket, so that their unmap, syncs and coherent free, which
 // find no entry, are let through silently instead of being reported as kNotMapped; the price is
 // that while an untracked mapping is live, an unmap of something never mapped that falls in the
-// same bucket (one in kBuckets) is let through too.
+// same bucket (one bucket in 4096) is let through too, and a DmaOp destroyed with untracked
+// mappings still live leaves their counts behind until reset() or init().
 //
 // Each misuse prints exactly one line through the sink and bumps that kind's counter:
 //   kNotMapped          unmap_single / dealloc_coherent / a sync of something not live (never
