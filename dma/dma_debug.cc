@@ -1,7 +1,34 @@
 // The DMA-API misuse checker: see dma_debug.h for the scheme, the kinds and the costs.
 #include "dma/dma_debug.h"
 
+#include "mm/bounce_pool.h"
 #include "support/spinlock.h"
+
+namespace {
+
+uint32_t g_next_device_id;
+DmaDebug::Sink g_sink;
+void* g_sink_ctx;
+
+}  // namespace
+
+void DmaDebug::set_sink(Sink sink, void* ctx, Sink* old_sink, void** old_ctx) {
+  if (old_sink != nullptr) *old_sink = __atomic_load_n(&g_sink, __ATOMIC_ACQUIRE);
+  if (old_ctx != nullptr) *old_ctx = __atomic_load_n(&g_sink_ctx, __ATOMIC_ACQUIRE);
+  __atomic_store_n(&g_sink_ctx, ctx, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_sink, sink, __ATOMIC_RELEASE);
+  // The bounce pools print through the same sink (they sit below this layer and keep their own
+  // pointer to it).
+  BouncePool::set_report_sink(sink, ctx);
+}
+
+uint32_t DmaDebug::new_device_id() {
+  uint32_t id;
+  do {
+    id = __atomic_add_fetch(&g_next_device_id, 1u, __ATOMIC_RELAXED);
+  } while (id == 0);
+  return id;
+}
 
 const char* dma_debug_kind_name(DmaDebugKind kind) {
   switch (kind) {
@@ -31,37 +58,31 @@ const char* dma_debug_kind_name(DmaDebugKind kind) {
 
 namespace {
 
-enum class EntryType : uint8_t { kFree = 0, kStreaming, kCoherent };
+using EntryType = DmaDebug::EntryType;
+using Entry = DmaDebug::Entry;
 
-// One live mapping or allocation. Plain data: the table is zero-initialised static storage.
-struct Entry {
-  const void* op;
-  uint64_t dma;
-  const void* cpu;
-  uint64_t size;
-  const char* name;
-  const void* caller;  // Return address of map_single / alloc_coherent.
-  const char* file;    // Driver call site (DeviceDma), or null.
-  uint32_t line;
-  uint32_t device_id;
-  uint16_t next;  // Next entry of the bucket chain or of the free list: index + 1, 0 for none.
-  EntryType type;
-  DmaDirection dir;
-};
-
-constexpr size_t kBuckets = 1024;
+constexpr size_t kBuckets = 4096;
 constexpr size_t kNumKinds = static_cast<size_t>(DmaDebugKind::kCount);
 
-// Everything the checker keeps. Zero-initialised, so it needs no constructor at boot: index 0
-// means "none" in every link, and entries above `used` have never been handed out.
+// The table used until DmaDebug::init hands over the kernel's. Plain data, zero-initialised.
+Entry g_default_entries[DmaDebug::kDefaultEntries];
+
+// Everything the checker keeps. Constant-initialised, so it needs no constructor at boot: index 0
+// means "none" in every link, and entries at or above `used` have never been handed out.
 struct Table {
   support::SpinLock lock;
-  Entry entries[DmaDebug::kMaxEntries] TA_GUARDED(lock) = {};
-  uint16_t buckets[kBuckets] TA_GUARDED(lock) = {};
-  uint16_t free_head TA_GUARDED(lock) = 0;  // Released entries, index + 1.
+  Entry* entries TA_GUARDED(lock) TA_PT_GUARDED(lock) = g_default_entries;
+  size_t capacity TA_GUARDED(lock) = DmaDebug::kDefaultEntries;
+  uint32_t buckets[kBuckets] TA_GUARDED(lock) = {};
+  uint32_t free_head TA_GUARDED(lock) = 0;  // Released entries, index + 1.
   size_t used TA_GUARDED(lock) = 0;         // Entries [0, used) have been handed out at least once.
   size_t live TA_GUARDED(lock) = 0;
-  bool stopped TA_GUARDED(lock) = false;  // The table overflowed: nothing is checked any more.
+  // Mappings and allocations made while the table was full: in all, still live, and still live
+  // per bucket (whose unmap or free, finding no entry, is then not misuse).
+  uint64_t untracked TA_GUARDED(lock) = 0;
+  uint64_t untracked_live TA_GUARDED(lock) = 0;
+  uint32_t untracked_in[kBuckets] TA_GUARDED(lock) = {};
+  bool full_reported TA_GUARDED(lock) = false;  // The table-full line was printed.
 };
 
 // The last name seen for each device id (direct-mapped by id), so that a report about something
@@ -75,14 +96,23 @@ constexpr size_t kNames = 256;
 constinit Table g_table;
 DeviceName g_names[kNames] TA_GUARDED(g_table.lock);
 uint64_t g_counts[kNumKinds];
-uint32_t g_next_device_id;
-DmaDebug::Sink g_sink;
-void* g_sink_ctx;
 
 size_t bucket_of(const void* op, uint64_t dma) {
   uint64_t k = dma ^ (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(op)) << 7);
   k *= 0x9E37'79B9'7F4A'7C15ull;
-  return static_cast<size_t>(k >> 54) % kBuckets;  // 10 bits: kBuckets == 1024.
+  return static_cast<size_t>(k >> 52) % kBuckets;  // 12 bits: kBuckets == 4096.
+}
+
+// An untracked mapping or allocation at (op, dma) may be live: one that finds no entry (or a
+// different one) is let through unreported, and its count goes down. False otherwise.
+bool take_untracked(const void* op, uint64_t dma, bool forget) TA_REQ(g_table.lock) {
+  uint32_t& n = g_table.untracked_in[bucket_of(op, dma)];
+  if (n == 0) return false;
+  if (forget) {
+    --n;
+    --g_table.untracked_live;
+  }
+  return true;
 }
 
 // One report line, built without a hosted library.
@@ -149,7 +179,7 @@ void emit(DmaDebugKind kind, const Line& line) {
   if (sink != nullptr) sink(ctx, line.c_str());
 }
 
-Entry& at(uint16_t link) TA_REQ(g_table.lock) {
+Entry& at(uint32_t link) TA_REQ(g_table.lock) {
   return g_table.entries[link - 1];
 }
 
@@ -164,20 +194,20 @@ const char* name_of(uint32_t id) TA_REQ(g_table.lock) {
 
 // A free entry, or null when the table is full.
 Entry* take_entry() TA_REQ(g_table.lock) {
-  uint16_t link;
+  uint32_t link;
   if (g_table.free_head != 0) {
     link = g_table.free_head;
     g_table.free_head = at(link).next;
-  } else if (g_table.used < DmaDebug::kMaxEntries) {
-    link = static_cast<uint16_t>(++g_table.used);
+  } else if (g_table.used < g_table.capacity) {
+    link = static_cast<uint32_t>(++g_table.used);
   } else {
     return nullptr;
   }
   return &at(link);
 }
 
-uint16_t link_of(const Entry* e) TA_REQ(g_table.lock) {
-  return static_cast<uint16_t>(e - g_table.entries + 1);
+uint32_t link_of(const Entry* e) TA_REQ(g_table.lock) {
+  return static_cast<uint32_t>(e - g_table.entries + 1);
 }
 
 void insert(Entry* e) TA_REQ(g_table.lock) {
@@ -188,8 +218,8 @@ void insert(Entry* e) TA_REQ(g_table.lock) {
 }
 
 void remove(Entry* e) TA_REQ(g_table.lock) {
-  uint16_t* p = &g_table.buckets[bucket_of(e->op, e->dma)];
-  uint16_t me = link_of(e);
+  uint32_t* p = &g_table.buckets[bucket_of(e->op, e->dma)];
+  uint32_t me = link_of(e);
   while (*p != me) {
     KASSERT(*p != 0, "dma-debug: entry missing from its bucket");
     p = &at(*p).next;
@@ -208,7 +238,7 @@ Entry* find(const void* op, uint64_t dma, EntryType type, uint32_t device_id, bo
             Exact exact) TA_REQ(g_table.lock) {
   Entry* same_device = nullptr;
   Entry* other = nullptr;
-  for (uint16_t l = g_table.buckets[bucket_of(op, dma)]; l != 0; l = at(l).next) {
+  for (uint32_t l = g_table.buckets[bucket_of(op, dma)]; l != 0; l = at(l).next) {
     Entry& e = at(l);
     if (e.op != op || e.dma != dma || e.type != type) continue;
     if (e.device_id == device_id) {
@@ -289,7 +319,6 @@ void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDir
   Line l;
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
-    if (g_table.stopped) return;
     remember_name(c.device_id, c.name);
     Entry* e = take_entry();
     if (e != nullptr) {
@@ -297,22 +326,25 @@ void record(const void* op, uint64_t dma, const void* cpu, uint64_t size, DmaDir
       insert(e);
       return;
     }
-    g_table.stopped = true;
+    // Full: counted, and its bucket remembers that something untracked is live there.
+    ++g_table.untracked;
+    ++g_table.untracked_live;
+    ++g_table.untracked_in[bucket_of(op, dma)];
+    if (g_table.full_reported) return;
+    g_table.full_reported = true;
     l.head(DmaDebugKind::kTableFull, c.name, c.device_id);
     l.str(": ").str(type == EntryType::kStreaming ? "map_single" : "alloc_coherent");
     l.str(" of dma ").hex(dma).str(" size ").dec(size).str(" not tracked: table full (");
-    l.dec(DmaDebug::kMaxEntries)
-        .str(" live entries); checking is off from now on; expected at most ");
-    l.dec(DmaDebug::kMaxEntries)
-        .str(" live mappings and allocations (raise DMA_API_DEBUG_ENTRIES)");
+    l.dec(g_table.capacity).str(" entries); untracked mappings are counted and not checked");
+    l.str(", the others still are; expected at most ").dec(g_table.capacity);
+    l.str(" live mappings and allocations (give DmaDebug::init a larger table)");
   }
   emit(DmaDebugKind::kTableFull, l);
 }
 
 // Reports (and with `forget`, drops) every entry for which pred(e) holds, one line each, never
-// holding the lock while the sink runs. Returns how many there were.
-// Once tracking stopped, the table no longer says what is live: nothing is reported, and
-// `forget` drops the entries silently.
+// holding the lock while the sink runs. Returns how many there were. Untracked mappings cannot
+// be reported.
 template <typename Pred>
 size_t report_leaks(Pred pred, const char* event, const char* before, bool forget) {
   size_t n = 0;
@@ -329,10 +361,6 @@ size_t report_leaks(Pred pred, const char* event, const char* before, bool forge
       if (i >= g_table.used) return n;
       Entry& e = g_table.entries[i];
       next = i + 1;
-      if (g_table.stopped) {
-        if (forget) remove(&e);
-        continue;
-      }
       describe_leak(l, e, event, before);
       if (forget) remove(&e);
     }
@@ -343,11 +371,32 @@ size_t report_leaks(Pred pred, const char* event, const char* before, bool forge
 
 }  // namespace
 
-void DmaDebug::set_sink(Sink sink, void* ctx, Sink* old_sink, void** old_ctx) {
-  if (old_sink != nullptr) *old_sink = __atomic_load_n(&g_sink, __ATOMIC_ACQUIRE);
-  if (old_ctx != nullptr) *old_ctx = __atomic_load_n(&g_sink_ctx, __ATOMIC_ACQUIRE);
-  __atomic_store_n(&g_sink_ctx, ctx, __ATOMIC_RELEASE);
-  __atomic_store_n(&g_sink, sink, __ATOMIC_RELEASE);
+Result<void> DmaDebug::init(Entry* entries, size_t count) {
+  if ((entries == nullptr) != (count == 0) || count > kMaxTableEntries) {
+    return ErrorCode::kInvalidArgument;
+  }
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  if (g_table.live != 0) return ErrorCode::kBusy;
+  if (entries == nullptr) {
+    entries = g_default_entries;
+    count = kDefaultEntries;
+  }
+  for (size_t i = 0; i < count; ++i) entries[i] = Entry{};
+  for (uint32_t& b : g_table.buckets) b = 0;
+  for (uint32_t& u : g_table.untracked_in) u = 0;
+  g_table.entries = entries;
+  g_table.capacity = count;
+  g_table.free_head = 0;
+  g_table.used = 0;
+  g_table.untracked = 0;
+  g_table.untracked_live = 0;
+  g_table.full_reported = false;
+  return support::ok();
+}
+
+size_t DmaDebug::capacity() {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  return g_table.capacity;
 }
 
 uint64_t DmaDebug::count(DmaDebugKind kind) {
@@ -376,31 +425,31 @@ size_t DmaDebug::live_entries(uint32_t device_id) {
   return n;
 }
 
-bool DmaDebug::tracking() {
+uint64_t DmaDebug::untracked() {
   support::Guard<support::SpinLock> guard{&g_table.lock};
-  return !g_table.stopped;
+  return g_table.untracked;
+}
+
+uint64_t DmaDebug::untracked_live() {
+  support::Guard<support::SpinLock> guard{&g_table.lock};
+  return g_table.untracked_live;
 }
 
 void DmaDebug::reset() {
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
     for (size_t i = 0; i < g_table.used; ++i) g_table.entries[i] = Entry{};
-    for (uint16_t& b : g_table.buckets) b = 0;
+    for (uint32_t& b : g_table.buckets) b = 0;
+    for (uint32_t& u : g_table.untracked_in) u = 0;
     for (DeviceName& n : g_names) n = DeviceName{};
     g_table.free_head = 0;
     g_table.used = 0;
     g_table.live = 0;
-    g_table.stopped = false;
+    g_table.untracked = 0;
+    g_table.untracked_live = 0;
+    g_table.full_reported = false;
   }
   for (uint64_t& c : g_counts) __atomic_store_n(&c, uint64_t{0}, __ATOMIC_RELAXED);
-}
-
-uint32_t DmaDebug::new_device_id() {
-  uint32_t id;
-  do {
-    id = __atomic_add_fetch(&g_next_device_id, 1u, __ATOMIC_RELAXED);
-  } while (id == 0);
-  return id;
 }
 
 void DmaDebug::on_map(const void* op, const DmaConstraints& c, const DmaMapHandle& h,
@@ -419,12 +468,13 @@ bool DmaDebug::on_unmap(const void* op, const DmaMapHandle& h) {
   DmaDebugKind kind;
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
-    if (g_table.stopped) return true;
     Entry* e = find_mapping(op, h);
     if (e != nullptr && is_exact(*e, h)) {
       remove(e);
       return true;
     }
+    // Not tracked exactly so: an untracked mapping in this bucket may be the one.
+    if (take_untracked(op, h.dma_addr.value(), /*forget=*/true)) return true;
     if (e != nullptr) {
       kind = mismatch(l, "unmap_single", *e, h);
     } else {
@@ -458,8 +508,11 @@ ErrorCode DmaDebug::on_sync(const void* op, const DmaMapHandle& h, size_t offset
   ErrorCode refuse;
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
-    if (g_table.stopped) return ErrorCode::kOk;
     Entry* e = find_mapping(op, h);
+    if (e == nullptr || !is_exact(*e, h)) {
+      // Not tracked exactly so: an untracked mapping in this bucket may be the one.
+      if (take_untracked(op, h.dma_addr.value(), /*forget=*/false)) return ErrorCode::kOk;
+    }
     if (e != nullptr && is_exact(*e, h)) {
       if (offset > e->size || size > e->size - offset) {
         kind = DmaDebugKind::kSyncOutOfRange;
@@ -504,7 +557,6 @@ bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
   DmaDebugKind kind;
   {
     support::Guard<support::SpinLock> guard{&g_table.lock};
-    if (g_table.stopped) return true;
     uint64_t dma = h.dma_addr.value();
     Entry* e = find(op, dma, EntryType::kCoherent, h.device_id, false, [&h](const Entry& x) {
       return x.cpu == h.cpu_addr && x.size == h.layout.size;
@@ -513,6 +565,8 @@ bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
       remove(e);
       return true;
     }
+    // Not tracked exactly so: an untracked allocation in this bucket may be the one.
+    if (take_untracked(op, dma, /*forget=*/true)) return true;
     if (e != nullptr) {
       kind = e->size != h.layout.size ? DmaDebugKind::kSizeMismatch : DmaDebugKind::kNotMapped;
       l.head(kind, e->name, e->device_id);
@@ -548,8 +602,7 @@ bool DmaDebug::on_dealloc_coherent(const void* op, const DmaHandle& h) {
 
 void DmaDebug::note_call_site(const void* op, DmaAddr dma, uint32_t device_id, DmaCallSite site) {
   support::Guard<support::SpinLock> guard{&g_table.lock};
-  if (g_table.stopped) return;
-  for (uint16_t l = g_table.buckets[bucket_of(op, dma.value())]; l != 0; l = at(l).next) {
+  for (uint32_t l = g_table.buckets[bucket_of(op, dma.value())]; l != 0; l = at(l).next) {
     Entry& e = at(l);
     if (e.op == op && e.dma == dma.value() && e.device_id == device_id && e.file == nullptr) {
       e.file = site.file;

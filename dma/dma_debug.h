@@ -2,17 +2,31 @@
 //
 // Compiled in when DMA_API_DEBUG is 1 (the host tests, the fuzzers and the test kernels). When it
 // is 0 every hook below is an empty inline function and DmaMapResult<T> is plain Result<T>: the
-// checker costs nothing. Struct layouts (the device_id fields of DmaConstraints and the handles)
-// do not depend on the option, so objects built with and without it link together.
+// checker costs nothing. Two things exist in every build, because more than the checker uses
+// them: the library's diagnostic sink (set_sink; the bounce pools print through it too) and
+// device identities (new_device_id; the bounce pools account per device). Struct layouts (the
+// device_id fields of DmaConstraints and the handles) do not depend on the option, so objects
+// built with and without it link together; DmaDebug::Entry does, and only the checker's build
+// reads it.
 //
 // Scheme: every live streaming mapping and coherent allocation made through KernelDmaOp is one
-// entry of a fixed table in static storage (kMaxEntries entries, no heap), chained into hash
-// buckets keyed by (DmaOp, DMA address), with unused entries on a free list. Inserting (map,
+// entry of a fixed table (no heap), chained into hash buckets keyed by (DmaOp, DMA address), with
+// unused entries on a free list. The kernel chooses the table's size: DmaDebug::init hands the
+// checker a buffer of entries (a NIC's receive rings alone can keep thousands of mappings live);
+// until then it uses a table of kDefaultEntries in static storage. Inserting (map,
 // alloc_coherent) is O(1); unmap, dealloc and sync find their entry in O(length of one bucket
 // chain), normally one or two entries, and check the request against what was recorded. The
-// device teardown check and a DmaOp's destruction walk the whole table, O(kMaxEntries). One
+// device teardown check and a DmaOp's destruction walk the whole table, O(capacity()). One
 // spinlock guards the table (it does not mask interrupts, like every lock of the subsystem); a
 // report is formatted into a stack buffer under it and handed to the sink after it is released.
+//
+// When the table is full, a new mapping is not tracked: it is counted (untracked()), the first
+// time is reported (one line), and checking goes on for everything tracked. The untracked
+// mappings are also counted per hash bucket, so that their unmap, syncs and coherent free, which
+// find no entry, are let through silently instead of being reported as kNotMapped; the price is
+// that while an untracked mapping is live, an unmap of something never mapped that falls in the
+// same bucket (one bucket in 4096) is let through too, and a DmaOp destroyed with untracked
+// mappings still live leaves their counts behind until reset() or init().
 //
 // Each misuse prints exactly one line through the sink and bumps that kind's counter:
 //   kNotMapped          unmap_single / dealloc_coherent / a sync of something not live (never
@@ -30,9 +44,9 @@
 //                       mapping.                                                      Refused.
 //   kErrorIgnored       a failed DeviceDma::map whose result was dropped without ok(), code(),
 //                       error() or a conversion ever looking at it.
-//   kTableFull          no room left to track a new mapping: reported once, and the checker
-//                       stops checking (a mapping it never saw would look like a bogus unmap)
-//                       until reset(). Nothing else changes: the mapping itself succeeds.
+//   kTableFull          no room left to track a new mapping: reported once (until reset()), and
+//                       the mapping is counted in untracked(). Nothing else changes: the mapping
+//                       itself succeeds, and the tracked ones are still checked.
 // A refused operation changes no accounting: the mapping or allocation stays live (and is
 // reported again at teardown if it is never released correctly).
 #pragma once
@@ -48,6 +62,7 @@
 #define DMA_API_DEBUG_ENABLED 0
 #endif
 
+// Size of the table the checker uses until DmaDebug::init gives it the kernel's.
 #ifndef DMA_API_DEBUG_ENTRIES
 #define DMA_API_DEBUG_ENTRIES 4096
 #endif
@@ -91,34 +106,76 @@ enum class DmaSyncCall : uint8_t { kPrepareRead, kConfirmWrite };
 class DmaDebug {
  public:
   static constexpr bool kEnabled = DMA_API_DEBUG_ENABLED;
-  static constexpr size_t kMaxEntries = DMA_API_DEBUG_ENTRIES;
-  static_assert(kMaxEntries > 0 && kMaxEntries < 65535, "entries are linked by 16-bit indices");
+  // The table used until init() is called.
+  static constexpr size_t kDefaultEntries = DMA_API_DEBUG_ENTRIES;
+  // Entries are linked by 32-bit indices (plus one).
+  static constexpr size_t kMaxTableEntries = 0xFFFF'FFFEu;
+  static_assert(kDefaultEntries > 0 && kDefaultEntries <= kMaxTableEntries, "bad default table");
 
   // Receives one report line (no trailing newline; at most 399 characters). Called with no lock of
   // the checker held, from whatever context made the faulty call.
   using Sink = void (*)(void* ctx, const char* line);
 
+  // ---- In every build. ----
+
+  // Sets the library's diagnostic sink: where the checker's report lines and the bounce pools'
+  // (BouncePool::set_report_sink) go. Null: nowhere; they are still counted. The kernel points
+  // it at its console; the host tests capture the lines. Returns the previous sink and its
+  // context through the out-parameters when they are non-null. Not synchronised with reports in
+  // flight: set it before devices start, or from a single thread (tests).
+  static void set_sink(Sink sink, void* ctx, Sink* old_sink = nullptr, void** old_ctx = nullptr);
+  // A fresh device identity (never 0), for DmaConstraints::device_id: the checker's entries and
+  // the bounce pools' per-device accounting both key on it. Lock-free; may be called with
+  // interrupts off.
+  static uint32_t new_device_id();
+
+#if DMA_API_DEBUG_ENABLED
+  enum class EntryType : uint8_t { kFree = 0, kStreaming, kCoherent };
+  // One tracked mapping or allocation: storage for init(). Its fields are the checker's own.
+  struct Entry {
+    const void* op;
+    uint64_t dma;
+    const void* cpu;
+    uint64_t size;
+    const char* name;
+    const void* caller;  // Return address of map_single / alloc_coherent.
+    const char* file;    // Driver call site (DeviceDma), or null.
+    uint32_t line;
+    uint32_t device_id;
+    uint32_t next;  // Next entry of the bucket chain or of the free list: index + 1, 0 for none.
+    EntryType type;
+    DmaDirection dir;
+  };
+#else
+  struct Entry {};
+#endif
+
 #if DMA_API_DEBUG_ENABLED
   // ---- Configuration and queries. ----
 
-  // Sets where report lines go (null: nowhere; they are still counted). The kernel points it at
-  // its console; the host tests capture the lines. Returns the previous sink and its context
-  // through the out-parameters when they are non-null. Not synchronised with reports in flight:
-  // set it before devices start, or from a single thread (tests).
-  static void set_sink(Sink sink, void* ctx, Sink* old_sink = nullptr, void** old_ctx = nullptr);
+  // Makes the checker track mappings in `entries[0 .. count)`, which the caller owns and keeps
+  // (unmoved) for as long as the checker runs; init(nullptr, 0) goes back to the default table
+  // of kDefaultEntries. Call at boot, before the first mapping (or, in tests, when nothing is
+  // tracked): it forgets the untracked count and the table-full report, like reset(), but keeps
+  // the report counters. Without the checker it only checks its arguments.
+  // Errors: kInvalidArgument (null entries with a non-zero count or the reverse, count above
+  // kMaxTableEntries), kBusy (mappings or allocations are tracked right now; nothing changed).
+  static Result<void> init(Entry* entries, size_t count);
+  // Entries the current table holds.
+  static size_t capacity();
   // Reports of one kind, and of all kinds, since start or the last reset().
   static uint64_t count(DmaDebugKind kind);
   static uint64_t total();
   // Mappings and coherent allocations currently tracked: all of them, or one device's.
   static size_t live_entries();
   static size_t live_entries(uint32_t device_id);
-  // False once the table overflowed (checking is off until reset()).
-  static bool tracking();
-  // Forgets every tracked entry, zeroes the counters and turns tracking back on. For tests: must
-  // not race with any DMA-API call.
+  // Mappings and coherent allocations made while the table was full (not tracked, not checked)
+  // since start, the last reset() or init(); and how many of them are still live.
+  static uint64_t untracked();
+  static uint64_t untracked_live();
+  // Forgets every tracked entry and the untracked counts, zeroes the report counters. For tests:
+  // must not race with any DMA-API call.
   static void reset();
-  // A fresh device identity (never 0). Lock-free; may be called with interrupts off.
-  static uint32_t new_device_id();
 
   // ---- Hooks, called by KernelDmaOp and DeviceDma (one call per event). All may be called with
   // interrupts off. `op` is the DmaOp the mapping belongs to. ----
@@ -149,17 +206,20 @@ class DmaDebug {
   static void on_error_ignored(const char* name, uint32_t device_id, const void* addr, size_t size,
                                DmaDirection dir, Error e);
 #else
-  static void set_sink(Sink, void*, Sink* old_sink = nullptr, void** old_ctx = nullptr) {
-    if (old_sink != nullptr) *old_sink = nullptr;
-    if (old_ctx != nullptr) *old_ctx = nullptr;
+  static Result<void> init(Entry* entries, size_t count) {
+    if ((entries == nullptr) != (count == 0) || count > kMaxTableEntries) {
+      return ErrorCode::kInvalidArgument;
+    }
+    return support::ok();
   }
+  static size_t capacity() { return 0; }
   static uint64_t count(DmaDebugKind) { return 0; }
   static uint64_t total() { return 0; }
   static size_t live_entries() { return 0; }
   static size_t live_entries(uint32_t) { return 0; }
-  static bool tracking() { return false; }
+  static uint64_t untracked() { return 0; }
+  static uint64_t untracked_live() { return 0; }
   static void reset() {}
-  static uint32_t new_device_id() { return 0; }
   static void on_map(const void*, const DmaConstraints&, const DmaMapHandle&, const void*) {}
   static bool on_unmap(const void*, const DmaMapHandle&) { return true; }
   static ErrorCode on_sync(const void*, const DmaMapHandle&, size_t, size_t, DmaDirection,

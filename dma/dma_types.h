@@ -40,10 +40,13 @@ struct DmaConstraints {
   bool force_bounce = false;
   // Name printed by diagnostics, may be null.
   const char* name = nullptr;
-  // Identity of the device for the misuse checker (dma/dma_debug.h): a fresh id per constructed
-  // DeviceDma, shared by its copies; 0 for an anonymous device (the mask-only entry points). The
-  // field exists in every build so that objects built with and without DMA_API_DEBUG link.
+  // Identity of the device for the misuse checker (dma/dma_debug.h) and the bounce pools'
+  // per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
+  // every build), shared by its copies; 0 for an anonymous device (the mask-only entry points).
   uint32_t device_id = 0;
+  // Most bytes of a bounce pool this device may hold at once (BounceDevice::quota: whole slots,
+  // rounded up; 0: no quota). A bounced mapping over it fails with kNoMemory.
+  uint64_t bounce_quota = 0;
 };
 
 // A coherent allocation (the crate's DmaHandle). Owned by the caller until dealloc_coherent.

@@ -334,7 +334,6 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
     return map_failed(Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask));
   }
   BouncePool* pool = pools_[pi];
-  if (size > pool->max_mapping_size()) return map_failed(ErrorCode::kLayoutError);
   // Both demands on the slot are "phys & low == target": its low bits equal the buffer's under
   // min_align_mask, and slot + bus_offset is a multiple of `align` (the device's address, not
   // the physical one, must be aligned). Where they overlap they must agree.
@@ -344,8 +343,10 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
     return map_failed(ErrorCode::kLayoutError);
   }
-  // A size above the pool's is refused by alloc with kLayoutError.
-  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0);
+  // A size above the pool's max_mapping_size() is refused by alloc with kLayoutError; a device
+  // over its quota, like a full pool, gets kNoMemory.
+  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                          BounceDevice{c.device_id, c.name, c.bounce_quota});
   if (!slot.ok()) return map_failed(slot.error());
   void* bounce_cpu = pool->cpu_addr(slot->addr);
   // Hygiene: the device sees the original's bytes in the slot for every direction, so a device

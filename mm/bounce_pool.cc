@@ -52,6 +52,23 @@
 // stats O(1); check_invariants O(S); free_block_count O(free blocks). No operation walks the
 // slots or a free list on the alloc/free path, so the cost does not depend on occupancy (Linux's
 // swiotlb scans its slot array).
+//
+// Limits and devices: a request above max_mapping_size() is refused before anything is counted.
+// The head of every used block also records, in a second out-of-band array (owners_), the device
+// it was made for; a free block or one in a cache has no owner (its record says so, not owners_),
+// so a block a CPU parks in its cache stops counting for anybody at once, lock-free. Who holds
+// how much is therefore read off the block chain (O(blocks), under the lock): device_slots() and
+// the kNoMemory report do that, nothing on the alloc/free path does. A device with a quota is
+// counted exactly instead, in a small table under the lock (quota_counts_): its requests skip the
+// lock-free CPU cache, and its blocks carry kQuotaBit so that their frees take the lock too. The
+// alloc/free fast path pays one store of the owner and one more term in the "unconstrained?"
+// test, nothing for the free.
+//
+// Reports: the n-th kNoMemory of a pool prints one line (the request, the pool's occupancy and the
+// three largest holders) when n is a power of two up to 1024 and every 1024th after that, so a
+// storm of failures prints a few lines, each saying how many were not shown. A refused free
+// prints one line in debug builds. Lines are formatted under the lock into a stack buffer and
+// handed to the sink after it is released.
 #include "mm/bounce_pool.h"
 
 #include "support/assert.h"
@@ -80,7 +97,80 @@ inline unsigned search_class(uint32_t n) {
   return size_class(n + (1u << shift) - 1u);
 }
 
+BouncePool::ReportSink g_report_sink;
+void* g_report_ctx;
+
+// Whether the n-th failure of a pool (n >= 1) prints its line.
+bool report_due(uint64_t n) {
+  return n <= 1024 ? support::is_pow2(n) : n % 1024 == 0;
+}
+
+// One report line, built without a hosted library.
+class Line {
+ public:
+  Line() { buf_[0] = '\0'; }
+  Line& str(const char* s) {
+    if (s == nullptr) s = "(null)";
+    while (*s != '\0' && n_ + 1 < sizeof(buf_)) buf_[n_++] = *s++;
+    buf_[n_] = '\0';
+    return *this;
+  }
+  Line& dec(uint64_t v) {
+    char tmp[24];
+    size_t i = 0;
+    do {
+      tmp[i++] = static_cast<char>('0' + (v % 10));
+      v /= 10;
+    } while (v != 0);
+    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
+    buf_[n_] = '\0';
+    return *this;
+  }
+  Line& hex(uint64_t v) {
+    str("0x");
+    char tmp[16];
+    size_t i = 0;
+    do {
+      tmp[i++] = "0123456789abcdef"[v & 0xF];
+      v >>= 4;
+    } while (v != 0);
+    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
+    buf_[n_] = '\0';
+    return *this;
+  }
+  // "'name' (#id)", "'name'" (anonymous), "#id" (no name) or "anonymous".
+  Line& device(uint32_t id, const char* name) {
+    if (name != nullptr) {
+      str("'").str(name).str("'");
+      if (id != 0) str(" (#").dec(id).str(")");
+    } else if (id != 0) {
+      str("#").dec(id);
+    } else {
+      str("anonymous");
+    }
+    return *this;
+  }
+  const char* c_str() const { return buf_; }
+
+ private:
+  char buf_[400];
+  size_t n_ = 0;
+};
+
+void emit(const Line& line) {
+  BouncePool::ReportSink sink = __atomic_load_n(&g_report_sink, __ATOMIC_ACQUIRE);
+  void* ctx = __atomic_load_n(&g_report_ctx, __ATOMIC_ACQUIRE);
+  if (sink != nullptr) sink(ctx, line.c_str());
+}
+
 }  // namespace
+
+void BouncePool::set_report_sink(ReportSink sink, void* ctx, ReportSink* old_sink, void** old_ctx) {
+  if (old_sink != nullptr) *old_sink = __atomic_load_n(&g_report_sink, __ATOMIC_ACQUIRE);
+  if (old_ctx != nullptr) *old_ctx = __atomic_load_n(&g_report_ctx, __ATOMIC_ACQUIRE);
+  __atomic_store_n(&g_report_ctx, ctx, __ATOMIC_RELEASE);
+  __atomic_store_n(&g_report_sink, sink, __ATOMIC_RELEASE);
+}
 
 static_assert(BouncePool::kQuickDepth <= 2, "alloc looks at the top two blocks of a cache stack");
 
@@ -330,11 +420,12 @@ size_t BouncePool::metadata_size(size_t bytes, size_t slot_size) {
   if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
     return 0;
   }
-  return (bytes / slot_size + 1) * sizeof(SlotRecord);
+  return (bytes / slot_size + 1) * (sizeof(SlotRecord) + sizeof(uint32_t));
 }
 
 Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
-                              size_t metadata_bytes, size_t slot_size) {
+                              size_t metadata_bytes, const Options& options) {
+  size_t slot_size = options.slot_size;
   if (initialized_) return ErrorCode::kInvalidArgument;
   if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
     return ErrorCode::kInvalidArgument;
@@ -350,20 +441,30 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
       reinterpret_cast<uintptr_t>(metadata) % alignof(SlotRecord) != 0) {
     return ErrorCode::kInvalidArgument;
   }
-  if (metadata_bytes < (slots + 1) * sizeof(SlotRecord)) return ErrorCode::kNoMemory;
+  size_t max_mapping = options.max_mapping;
+  if (max_mapping == 0) max_mapping = support::min(kMaxMapping, bytes);
+  if (max_mapping < slot_size || max_mapping > bytes) return ErrorCode::kInvalidArgument;
+  if (metadata_bytes < (slots + 1) * (sizeof(SlotRecord) + sizeof(uint32_t))) {
+    return ErrorCode::kNoMemory;
+  }
 
   support::Guard<support::SpinLock> guard{&lock_};
   base_ = base;
   bytes_ = bytes;
   cpu_base_ = cpu_base;
   slot_size_ = slot_size;
-  max_request_ = support::min<size_t>(bytes, kMaxRequest);
+  max_request_ = support::min<size_t>(max_mapping, kMaxRequest);
+  name_ = options.name;
   slot_shift_ = support::log2_floor(slot_size);
   num_slots_ = static_cast<uint32_t>(slots);
   cache_budget_ = num_slots_ / 32;
   meta_ = static_cast<SlotRecord*>(metadata);
+  owners_ = reinterpret_cast<uint32_t*>(meta_ + num_slots_ + 1);
   uint32_t none = num_slots_;
-  for (uint32_t i = 0; i <= num_slots_; ++i) meta_[i] = SlotRecord{0, none, none, none};
+  for (uint32_t i = 0; i <= num_slots_; ++i) {
+    meta_[i] = SlotRecord{0, none, none, none};
+    owners_[i] = 0;
+  }
   fl_bitmap_ = 0;
   for (uint32_t& m : sl_bitmap_) m = 0;
   for (uint32_t& h : heads_) h = none;
@@ -378,6 +479,11 @@ Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void*
   high_water_ = 0;
   allocations_ = 0;
   failures_ = 0;
+  quota_failures_ = 0;
+  invalid_frees_ = 0;
+  last_reported_failure_ = 0;
+  for (QuotaCount& q : quota_counts_) q = QuotaCount{0, 0};
+  for (DeviceName& d : names_) d = DeviceName{0, nullptr};
   initialized_ = true;
   if (poison_) support::fill_bytes(cpu_base_, kSlotPoison, bytes);
   return support::ok();
@@ -391,8 +497,99 @@ void BouncePool::check_poison(uint32_t first, uint32_t slots) const {
   }
 }
 
+BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
+  QuotaCount* unused = nullptr;
+  for (QuotaCount& q : quota_counts_) {
+    if (q.slots == 0) {
+      if (unused == nullptr) unused = &q;
+    } else if (q.id == id) {
+      return &q;
+    }
+  }
+  if (!claim || unused == nullptr) return nullptr;
+  unused->id = id;
+  return unused;
+}
+
+// alloc's part under the lock: a block of n slots at the phase, marked used for `dev` with the data
+// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota).
+[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(uint64_t n, uint64_t phase,
+                                                               uint64_t period_mask,
+                                                               uint64_t offset, size_t size,
+                                                               const BounceDevice& dev,
+                                                               Refusal* why, uint64_t* held) {
+  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
+  QuotaCount* quota = nullptr;
+  uint32_t quota_bit = 0;
+  if (dev.quota != 0) [[unlikely]] {
+    // The quota in whole slots, rounded up (without overflow for a huge quota).
+    uint64_t limit = (dev.quota >> slot_shift_) + ((dev.quota & (slot_size_ - 1)) != 0 ? 1 : 0);
+    quota = quota_count(dev.id, /*claim=*/true);
+    if (quota == nullptr) {
+      *why = Refusal::kQuotaTableFull;
+      return num_slots_;
+    }
+    if (quota->slots + n > limit) {
+      *why = Refusal::kOverQuota;
+      *held = quota->slots;
+      return num_slots_;
+    }
+    quota_bit = kQuotaBit;
+  }
+  uint32_t start = num_slots_;
+  if (n < kQuickSlots && cache_head_[n] != num_slots_) {
+    // The top of the stack, or else the one below it, if its first slot has the right phase.
+    uint32_t c = cache_head_[n];
+    if (((c - phase) & period_mask) == 0) {
+      cache_head_[n] = meta_[c].link_next;
+      start = c;
+    } else {
+      uint32_t below = meta_[c].link_next;
+      if (below != num_slots_ && ((below - phase) & period_mask) == 0) {
+        meta_[c].link_next = meta_[below].link_next;
+        start = below;
+      }
+    }
+    if (start != num_slots_) {
+      --cache_count_[n];
+      cached_slots_ -= static_cast<uint32_t>(n);
+      --cached_blocks_;
+      meta_[start].size_free = static_cast<uint32_t>(n);
+    }
+  }
+  for (bool drained = false; start == num_slots_; drained = true) {
+    start = carve(n, phase, period_mask);
+    if (start != num_slots_) {
+      // For the report's list of holders: recorded when a block comes from the free lists, not
+      // on the cheaper cache paths, which a device reaches only after it has been here.
+      if (dev.name != nullptr) names_[dev.id % kNames] = DeviceName{dev.id, dev.name};
+      break;
+    }
+    if (drained) {
+      request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
+      *why = Refusal::kNoRoom;
+      return num_slots_;
+    }
+    // The cached blocks may merge into room; runs at most once.
+    drain_locked();
+    drain_my_cpu_cache();
+  }
+
+  if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
+  SlotRecord& r = meta_[start];
+  r.link_next = static_cast<uint32_t>(offset) | quota_bit;
+  r.link_prev = static_cast<uint32_t>(size);
+  __atomic_store_n(&owners_[start], dev.id, __ATOMIC_RELAXED);
+  if (quota != nullptr) quota->slots += static_cast<uint32_t>(n);
+  used_slots_ += n;
+  if (used_slots_ > high_water_) high_water_ = used_slots_;
+  ++allocations_;
+  return start;
+}
+
 Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask,
-                                            size_t align, bool fault_point) {
+                                            size_t align, const BounceDevice& dev,
+                                            bool fault_point) {
   // size - 1 wraps for 0; max_request_ is 0 before init.
   if (size - 1 >= max_request_) return ErrorCode::kLayoutError;
   uint64_t slot_mask = slot_size_ - 1;
@@ -422,49 +619,28 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
   }
   if (fault_point && FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
 
-  support::Guard<support::SpinLock> guard{&lock_};
-  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
-  uint32_t start = num_slots_;
-  if (n < kQuickSlots && cache_head_[n] != num_slots_) {
-    // The top of the stack, or else the one below it, if its first slot has the right phase.
-    uint32_t c = cache_head_[n];
-    if (((c - phase) & period_mask) == 0) {
-      cache_head_[n] = meta_[c].link_next;
-      start = c;
-    } else {
-      uint32_t below = meta_[c].link_next;
-      if (below != num_slots_ && ((below - phase) & period_mask) == 0) {
-        meta_[c].link_next = meta_[below].link_next;
-        start = below;
+  Refusal why = Refusal::kNoRoom;
+  uint64_t held = 0;
+  uint64_t failure = 0;  // The failure's number when its line is due, else 0.
+  uint64_t not_shown = 0;
+  uint32_t start;
+  {
+    support::Guard<support::SpinLock> guard{&lock_};
+    start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
+    if (start == num_slots_) [[unlikely]] {
+      ++failures_;
+      if (why != Refusal::kNoRoom) ++quota_failures_;
+      if (report_due(failures_)) {
+        failure = failures_;
+        not_shown = failures_ - last_reported_failure_ - 1;
+        last_reported_failure_ = failures_;
       }
     }
-    if (start != num_slots_) {
-      --cache_count_[n];
-      cached_slots_ -= static_cast<uint32_t>(n);
-      --cached_blocks_;
-      meta_[start].size_free = static_cast<uint32_t>(n);
-    }
   }
-  for (bool drained = false; start == num_slots_; drained = true) {
-    start = carve(n, phase, period_mask);
-    if (start != num_slots_) break;
-    if (drained) {
-      ++failures_;
-      request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
-      return ErrorCode::kNoMemory;
-    }
-    // The cached blocks may merge into room; runs at most once.
-    drain_locked();
-    drain_my_cpu_cache();
+  if (start == num_slots_) [[unlikely]] {
+    if (failure != 0) report_no_memory(why, dev, size, n, held, failure, not_shown);
+    return ErrorCode::kNoMemory;
   }
-
-  if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
-  SlotRecord& r = meta_[start];
-  r.link_next = static_cast<uint32_t>(offset);
-  r.link_prev = static_cast<uint32_t>(size);
-  used_slots_ += n;
-  if (used_slots_ > high_water_) high_water_ = used_slots_;
-  ++allocations_;
 
   BounceSlot out;
   out.addr = base_ + ((uint64_t{start} << slot_shift_) + offset);
@@ -476,25 +652,162 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
 
 Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t offset,
                                     uint64_t size) {
-  support::Guard<support::SpinLock> guard{&lock_};
-  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
-  // first < num_slots_ and slots <= num_slots_ - first; slots == 0 fails the record check below
-  // (a used head is never of size 0).
-  if (first >= num_slots_ || slots > num_slots_ - first) return ErrorCode::kNotFound;
-  SlotRecord& r = meta_[first];
-  // A used head of exactly this size (a free or cached head carries a flag, any other slot has
-  // size 0), holding data at this offset and of this size.
-  if (r.size_free != slots || slots == 0 || offset != r.link_next || size != r.link_prev) {
-    return ErrorCode::kNotFound;
+  {
+    support::Guard<support::SpinLock> guard{&lock_};
+    if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
+    // first < num_slots_ and slots <= num_slots_ - first; slots == 0 fails the record check below
+    // (a used head is never of size 0).
+    if (first < num_slots_ && slots <= num_slots_ - first) {
+      SlotRecord& r = meta_[first];
+      // A used head of exactly this size (a free or cached head carries a flag, any other slot
+      // has size 0), holding data at this offset and of this size. The size word of a block in
+      // another CPU's cache may change under us (a double free of it): read atomically.
+      uint32_t link = r.link_next;
+      if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) == slots && slots != 0 &&
+          offset == (link & ~kQuotaBit) && size == r.link_prev) {
+        if ((link & kQuotaBit) != 0) {
+          QuotaCount* q = quota_count(owners_[first], /*claim=*/false);
+          KASSERT(q != nullptr && q->slots >= slots, "bounce pool: quota count lost");
+          q->slots -= slots;
+        }
+        used_slots_ -= slots;
+        // See set_poisoning. The mapping layer always fills a slot before a device sees it, so
+        // the poison never reaches a device.
+        if (KDEBUG_ENABLED && poison_)
+          support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
+        stash_or_release(first, slots);
+        return support::ok();
+      }
+    }
+    ++invalid_frees_;
   }
+  if (KDEBUG_ENABLED) report_invalid_free(first, slots, offset, size);
+  return ErrorCode::kNotFound;
+}
 
-  used_slots_ -= slots;
-  // See set_poisoning. The mapping layer always fills a slot before a device sees it, so the
-  // poison never reaches a device.
-  if (KDEBUG_ENABLED && poison_)
-    support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{slots} << slot_shift_);
-  stash_or_release(first, slots);
-  return support::ok();
+void BouncePool::report_invalid_free(uint32_t first, uint32_t slots, uint64_t offset,
+                                     uint64_t size) {
+  Line l;
+  {
+    support::Guard<support::SpinLock> guard{&lock_};
+    if (name_ != nullptr) {
+      l.str("bounce-pool '").str(name_).str("'");
+    } else {
+      l.str("bounce-pool at ").hex(base_.value());
+    }
+    l.str(": invalid-free: slot ").dec(first).str(" (").dec(slots).str(" slots, size ");
+    l.dec(size).str("): ");
+    if (first >= num_slots_) {
+      l.str("outside the pool");
+    } else {
+      const SlotRecord& r = meta_[first];
+      uint32_t sf = __atomic_load_n(&r.size_free, __ATOMIC_RELAXED);
+      if ((sf & kSizeMask) == 0) {
+        l.str("not the first slot of a block");
+      } else if ((sf & kFreeBit) != 0) {
+        l.str("not allocated (free)");
+      } else if ((sf & kCachedBit) != 0) {
+        l.str("already freed (in a cache)");
+      } else {
+        // The block's owner may be changing these right now (a racing double free): the line
+        // then says something stale, nothing worse.
+        l.str("live, but allocated as ").dec(sf).str(" slots, size ");
+        l.dec(__atomic_load_n(&r.link_prev, __ATOMIC_RELAXED)).str(" at offset ");
+        l.dec(__atomic_load_n(&r.link_next, __ATOMIC_RELAXED) & ~kQuotaBit);
+      }
+    }
+    (void)offset;
+  }
+  emit(l);
+}
+
+void BouncePool::report_no_memory(Refusal why, const BounceDevice& dev, size_t size, uint64_t n,
+                                  uint64_t held, uint64_t failure, uint64_t not_shown) {
+  // The largest holders, from the block chain: up to kTally distinct devices are told apart (the
+  // rest are not named), the three largest printed.
+  struct Tally {
+    uint32_t id;
+    uint64_t slots;
+  };
+  constexpr unsigned kTally = 16;
+  Tally tally[kTally];
+  unsigned kinds = 0;
+  Line l;
+  {
+    support::Guard<support::SpinLock> guard{&lock_};
+    for (uint64_t i = 0; i < num_slots_;) {
+      uint32_t sf = __atomic_load_n(&meta_[i].size_free, __ATOMIC_RELAXED);
+      uint32_t blk = sf & kSizeMask;
+      if (blk == 0) break;  // Cannot happen in a consistent pool; never loop forever.
+      if ((sf & (kFreeBit | kCachedBit)) == 0) {
+        uint32_t id = __atomic_load_n(&owners_[i], __ATOMIC_RELAXED);
+        unsigned k = 0;
+        while (k < kinds && tally[k].id != id) ++k;
+        if (k < kinds) {
+          tally[k].slots += blk;
+        } else if (kinds < kTally) {
+          tally[kinds++] = Tally{id, blk};
+        }
+      }
+      i += blk;
+    }
+    if (name_ != nullptr) {
+      l.str("bounce-pool '").str(name_).str("'");
+    } else {
+      l.str("bounce-pool at ").hex(base_.value());
+    }
+    l.str(why == Refusal::kNoRoom ? ": no-memory: " : ": over-quota: ");
+    if (dev.id == 0 && dev.name == nullptr) {
+      l.str("an anonymous device");
+    } else {
+      l.str("device ").device(dev.id, dev.name);
+    }
+    l.str(" asked for ").dec(size).str(" bytes (").dec(n).str(" slots): ");
+    uint64_t in_cpu_caches = cpu_cached_slots();
+    if (why == Refusal::kNoRoom) {
+      l.dec(used_slots_ - in_cpu_caches).str(" of ").dec(num_slots_).str(" slots in use, ");
+      l.dec(cached_slots_ + in_cpu_caches).str(" cached");
+    } else if (why == Refusal::kOverQuota) {
+      uint64_t limit = (dev.quota >> slot_shift_) + ((dev.quota & (slot_size_ - 1)) != 0 ? 1 : 0);
+      l.str("it holds ").dec(held).str(" of its quota of ").dec(limit).str(" slots");
+    } else {
+      l.str("its quota cannot be counted: ").dec(kQuotaDevices);
+      l.str(" devices with quotas hold slots already");
+    }
+    l.str("; top holders: ");
+    if (kinds == 0) l.str("none");
+    for (unsigned shown = 0; shown < 3 && shown < kinds; ++shown) {
+      unsigned best = shown;
+      for (unsigned k = shown + 1; k < kinds; ++k) {
+        if (tally[k].slots > tally[best].slots) best = k;
+      }
+      Tally t = tally[best];
+      tally[best] = tally[shown];
+      tally[shown] = t;
+      const DeviceName& dn = names_[t.id % kNames];
+      if (shown != 0) l.str(", ");
+      l.device(t.id, dn.id == t.id ? dn.name : nullptr).str(" ").dec(t.slots).str(" slots");
+    }
+  }
+  l.str("; failure #").dec(failure);
+  if (not_shown != 0) l.str(" (").dec(not_shown).str(" not shown since the last line)");
+  emit(l);
+}
+
+uint64_t BouncePool::device_slots(uint32_t id) const {
+  support::Guard<support::SpinLock> guard{&lock_};
+  uint64_t held = 0;
+  for (uint64_t i = 0; i < num_slots_;) {
+    uint32_t sf = __atomic_load_n(&meta_[i].size_free, __ATOMIC_RELAXED);
+    uint32_t blk = sf & kSizeMask;
+    if (blk == 0) break;  // Cannot happen in a consistent pool; never loop forever.
+    if ((sf & (kFreeBit | kCachedBit)) == 0 &&
+        __atomic_load_n(&owners_[i], __ATOMIC_RELAXED) == id) {
+      held += blk;
+    }
+    i += blk;
+  }
+  return held;
 }
 
 void BouncePool::stash_or_release(uint32_t first, uint32_t slots) {
@@ -542,6 +855,8 @@ BouncePool::Stats BouncePool::stats() const {
       s.allocations += __atomic_load_n(&cpu_caches_[i].allocations, __ATOMIC_RELAXED);
     }
     s.failures = failures_;
+    s.quota_failures = quota_failures_;
+    s.invalid_frees = invalid_frees_;
     s.cached_slots = cached_slots_ + in_cpu_caches;
   }
   s.bytes_bounced = __atomic_load_n(&bytes_bounced_, __ATOMIC_RELAXED);
@@ -560,6 +875,7 @@ bool BouncePool::check_invariants() const {
   uint64_t free_blocks = 0;
   uint32_t prev = none;
   bool prev_free = false;
+  uint64_t quota_held[kQuotaDevices] = {};
   for (uint64_t i = 0; i < num_slots_;) {
     const SlotRecord& r = meta_[i];
     uint32_t size = r.size_free & kSizeMask;
@@ -580,15 +896,29 @@ bool BouncePool::check_invariants() const {
     } else {
       used += size;
       // The block is exactly as many slots as the data (offset + size) needs.
-      if (r.link_next >= slot_size_ || r.link_prev == 0) return false;
-      uint64_t data_end = uint64_t{r.link_next} + r.link_prev;
+      uint32_t offset = r.link_next & ~kQuotaBit;
+      if (offset >= slot_size_ || r.link_prev == 0) return false;
+      uint64_t data_end = uint64_t{offset} + r.link_prev;
       if (((data_end + slot_size_ - 1) >> slot_shift_) != size) return false;
+      // A block of a device with a quota counts in that device's entry.
+      if ((r.link_next & kQuotaBit) != 0) {
+        unsigned q = 0;
+        while (q < kQuotaDevices &&
+               (quota_counts_[q].slots == 0 || quota_counts_[q].id != owners_[i])) {
+          ++q;
+        }
+        if (q == kQuotaDevices) return false;
+        quota_held[q] += size;
+      }
     }
     prev = static_cast<uint32_t>(i);
     prev_free = is_free;
     i += size;
   }
   if (meta_[none].size_free != 0) return false;  // The sentinel is never free.
+  for (unsigned q = 0; q < kQuotaDevices; ++q) {
+    if (quota_held[q] != quota_counts_[q].slots) return false;
+  }
 
   // The CPU caches: cached heads of the recorded sizes, within their limits. Their slots are
   // counted in used_slots_ (out of the free structure), not in cached_slots_.

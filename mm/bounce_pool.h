@@ -8,6 +8,12 @@
 // bits of the original buffer's address (`min_align_mask`, as NVMe-style devices need) and honour
 // an alignment of the returned address. The details and the cost of each operation are in
 // bounce_pool.cc's opening comment.
+//
+// Limits: no single allocation exceeds the pool's max_mapping_size() (kMaxMapping unless init is
+// told otherwise), so that one mapping cannot take the whole pool. Each allocation records the
+// device it was made for (BounceDevice: DmaConstraints::device_id, 0 for anonymous), so the pool
+// can say who holds how many slots, enforce an optional per-device quota, and, when a request
+// fails with kNoMemory, print one line naming the largest holders (rate-limited).
 #pragma once
 
 #include "support/addr.h"
@@ -25,15 +31,26 @@ struct BounceSlot {
   size_t size = 0;          // Bytes requested.
 };
 
+// Who an allocation is for: the device's identity (DmaConstraints::device_id; 0 for an anonymous
+// device, all of which are accounted together), its name for reports (may be null; the pointer
+// must stay valid while the pool may print it), and its quota: the most bytes of this pool the
+// device may hold at once, counted in whole slots rounded up (0: no quota). A device passes the
+// same quota with every request.
+struct BounceDevice {
+  uint32_t id = 0;
+  const char* name = nullptr;
+  uint64_t quota = 0;
+};
+
 class BouncePool {
  public:
   static constexpr size_t kDefaultSlotSize = 2048;
   static constexpr size_t kMinSlotSize = 64;
   static constexpr size_t kMaxSlotSize = size_t{1} << 30;
   static constexpr uint64_t kMaxSlots = (uint64_t{1} << 30) - 1;  // Most slots one pool manages.
-  static constexpr size_t kMaxMapping = 256 * 1024;    // Largest single allocation guaranteed.
-  // The largest streaming mapping this pool serves (TEMPORARY until the per-pool setting lands).
-  size_t max_mapping_size() const { return kMaxMapping; }
+  // Default max_mapping_size() (Linux's swiotlb limit is the same 256 KiB): the largest single
+  // allocation of a pool whose init did not set Options::max_mapping.
+  static constexpr size_t kMaxMapping = 256 * 1024;
   static constexpr size_t kMaxRequest = 0xFFFF'FFFFu;  // No single allocation is larger.
   // The cache keeps freed blocks of fewer than kQuickSlots slots, at most kQuickDepth of each
   // size and at most 1/32 of the pool's slots in all.
@@ -45,8 +62,11 @@ class BouncePool {
     uint64_t used_slots = 0;  // Slots of live allocations.
     // Most slots ever in use at once (slots in CPU caches count as in use here).
     uint64_t high_water_slots = 0;
-    uint64_t allocations = 0;    // Successful allocations so far.
-    uint64_t failures = 0;       // kNoMemory returns so far (injected faults not counted).
+    uint64_t allocations = 0;     // Successful allocations so far.
+    uint64_t failures = 0;        // kNoMemory returns so far (injected faults not counted).
+    uint64_t quota_failures = 0;  // Those of them refused by a device's quota.
+    // Frees refused with kNotFound (double frees, never-allocated or altered slots).
+    uint64_t invalid_frees = 0;
     uint64_t bytes_bounced = 0;  // Bytes copied in or out, as reported by note_bounced().
     // Freed slots held in the shared and the per-CPU caches (neither used nor merged).
     uint64_t cached_slots = 0;
@@ -60,8 +80,21 @@ class BouncePool {
   ~BouncePool();
 
   // Bytes of out-of-band metadata init needs for a pool of `bytes` bytes and this slot size
-  // (16 bytes per slot, plus 16). Returns 0 when slot_size is not a valid slot size.
+  // (20 bytes per slot, plus 20: the slot's record and the device holding it). Returns 0 when
+  // slot_size is not a valid slot size.
   static size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize);
+
+  // What init may be told besides the region.
+  struct Options {
+    // Bytes per slot: a power of two in [kMinSlotSize, kMaxSlotSize].
+    size_t slot_size = kDefaultSlotSize;
+    // Largest single allocation (max_mapping_size()): at least one slot, at most the pool. 0: the
+    // default, kMaxMapping or the whole pool if that is smaller.
+    size_t max_mapping = 0;
+    // Printed by the pool's report lines (null: the pool is named by its base address). Must
+    // outlive the pool.
+    const char* name = nullptr;
+  };
 
   // Takes the region [base, base + bytes) (reached by the CPU at `cpu_base`). base and bytes must
   // be multiples of slot_size, a power of two in [kMinSlotSize, kMaxSlotSize]. `metadata` (at
@@ -69,10 +102,18 @@ class BouncePool {
   // must outlive the pool; the pool's memory itself is never written. Call once, before any other
   // method, without concurrent callers. May be called with interrupts off.
   // Errors: kInvalidArgument (bad slot size, misaligned region, null cpu_base or metadata,
-  // misaligned metadata, called twice, region of more than kMaxSlots slots), kLayoutError
-  // (bytes == 0), kNoMemory (metadata buffer too small). On error the pool stays uninitialised.
+  // misaligned metadata, called twice, region of more than kMaxSlots slots, options.max_mapping
+  // neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0), kNoMemory (metadata buffer
+  // too small). On error the pool stays uninitialised.
   Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
-                    size_t metadata_bytes, size_t slot_size = kDefaultSlotSize);
+                    size_t metadata_bytes, const Options& options);
+  // The same with default options but for the slot size.
+  Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
+                    size_t metadata_bytes, size_t slot_size = kDefaultSlotSize) {
+    Options o;
+    o.slot_size = slot_size;
+    return init(base, bytes, cpu_base, metadata, metadata_bytes, o);
+  }
 
   // Debug builds (KDEBUG_ENABLED) poison the pool's memory at init and every freed slot, and
   // check the poison when a slot is handed out again, so that a CPU write after unmap is
@@ -80,42 +121,49 @@ class BouncePool {
   // test standing in for a huge pool with a tiny buffer). No effect in release builds.
   void set_poisoning(bool on) { poison_ = on && KDEBUG_ENABLED; }
 
-  // Takes room for `size` bytes. The returned addr satisfies addr & min_align_mask ==
-  // orig & min_align_mask, and addr % align == 0 (align a power of two; 0 or 1 for none; an align
-  // that contradicts the preserved bits is a kLayoutError). min_align_mask must be 2^k - 1 (0 for
-  // none). The slot's bytes are whatever the last user left there. Cost O(1); may be called with
-  // interrupts off (the caller masks them if it also calls from interrupt context). Before it
-  // returns kNoMemory it gives the cache back to the free lists and tries once more.
+  // Takes room for `size` bytes for the device `dev`. The returned addr satisfies addr &
+  // min_align_mask == orig & min_align_mask, and addr % align == 0 (align a power of two; 0 or 1
+  // for none; an align that contradicts the preserved bits is a kLayoutError). min_align_mask must
+  // be 2^k - 1 (0 for none). The slot's bytes are whatever the last user left there. The slots
+  // count as dev's until freed. Cost O(1); may be called with interrupts off (the caller masks
+  // them if it also calls from interrupt context). Before it returns kNoMemory for lack of room
+  // it gives the cache back to the free lists and tries once more; every kNoMemory may print one
+  // line through the report sink (see set_report_sink; rate-limited).
   // Errors: kLayoutError (size 0, align not a power of two or contradicting min_align_mask,
-  // min_align_mask not of the form 2^k - 1, size above max_allocation() or above what the pool
-  // can ever hold with these constraints, pool not initialised), kNoMemory (no room right now;
-  // no allocation changed, only `failures` and the cache).
+  // min_align_mask not of the form 2^k - 1, size above max_mapping_size() or above what the pool
+  // can ever hold with these constraints, pool not initialised; nothing is counted), kNoMemory (no
+  // room right now, or dev would hold more than its quota; no allocation changed, only `failures`
+  // (and `quota_failures`) and the cache).
   [[gnu::always_inline]] Result<BounceSlot> alloc(size_t size, PhysAddr orig = PhysAddr(0),
-                                                  uint64_t min_align_mask = 0, size_t align = 0)
+                                                  uint64_t min_align_mask = 0, size_t align = 0,
+                                                  const BounceDevice& dev = BounceDevice{})
       TA_EXCL(lock_) {
     // With CPU caches on, an unconstrained request first looks in this CPU's cache, lock-free.
-    // The CPU is asked first, so that little is live across that call.
+    // The CPU is asked first, so that little is live across that call. A device with a quota
+    // always takes the lock: its count must be exact when the quota is checked.
     CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
     // align 1, like 0, asks for nothing.
-    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0)) == 0 &&
+    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0 &&
         size - 1 < max_request_) {
       if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
       auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
       uint32_t first = cpu_cache_pop(cc, n);
-      if (first != num_slots_) return claim(first, n, 0, size);
-      return alloc_locked(size, orig, min_align_mask, align, /*fault_point=*/false);
+      if (first != num_slots_) return claim(first, n, 0, size, dev.id);
+      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false);
     }
-    return alloc_locked(size, orig, min_align_mask, align, /*fault_point=*/true);
+    return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true);
   }
 
   // Gives back an allocation: `slot` must be exactly what alloc returned (addr, first_slot,
-  // num_slots and size are all checked). Cost O(1); may be called with interrupts off.
-  // Errors: kNotFound (not a live allocation of this pool: never allocated, already freed,
-  // altered); the pool is unchanged then. A stale copy of a slot whose place was since handed out
-  // again with the same address and size cannot be told apart from the new allocation. With CPU
-  // caches on, the check of a slot that is not the caller's is made without the lock and can miss
-  // a block another CPU changes at that moment; the misuse checker (dma/dma_debug.h) catches a
-  // double unmap before it gets here.
+  // num_slots and size are all checked). Its device no longer holds the slots (nor does anyone
+  // while they sit in a cache). Cost O(1); may be called with interrupts off.
+  // Errors: kNotFound (not a live allocation of this pool: never allocated, already freed, parked
+  // in a cache, altered); the pool is unchanged then but for `invalid_frees`, and debug builds
+  // (KDEBUG_ENABLED) print one line through the report sink saying what the slot is instead,
+  // misuse checker or not. A stale copy of a slot whose place was since handed out again with the
+  // same address and size cannot be told apart from the new allocation. With CPU caches on, a
+  // free racing with another CPU's use of the same block (a double free while the block is being
+  // handed out again) is checked without the lock and can be missed.
   Result<void> free(const BounceSlot& slot) TA_EXCL(lock_) {
     // An address below the first slot makes the offset huge: rejected like any other mismatch.
     CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
@@ -187,12 +235,29 @@ class BouncePool {
   PhysAddr base() const { return base_; }
   size_t bytes() const { return bytes_; }
   size_t slot_size() const { return slot_size_; }
-  // Largest size alloc() can ever satisfy with no alignment constraint: the whole pool (when it
-  // is entirely free), capped at kMaxRequest; 0 before init.
-  size_t max_allocation() const { return max_request_; }
+  // Largest size alloc() accepts (Linux's dma_max_mapping_size for a bounced device): the
+  // configured maximum, at most the whole pool and kMaxRequest; 0 before init. A request with a
+  // preserved offset or an alignment may need one more slot than this many bytes fill.
+  size_t max_mapping_size() const { return max_request_; }
+  // Options::name, or null.
+  const char* name() const { return name_; }
 
   // A snapshot of the counters. May be called with interrupts off.
   Stats stats() const TA_EXCL(lock_);
+  // Slots of live allocations made for the device `id` (0: anonymous requests). Blocks in a cache
+  // belong to nobody. A snapshot: exact when no other CPU is allocating for that device at the
+  // same time. O(blocks) under the lock: for diagnostics and tests, not for a hot path.
+  uint64_t device_slots(uint32_t id) const TA_EXCL(lock_);
+
+  // Where every pool's report lines go (a kNoMemory, a refused free in debug builds): one line
+  // without a trailing newline, at most 399 characters, called with no lock of the pool held.
+  // Null: nowhere (the events are still counted). DmaDebug::set_sink (dma/dma_debug.h) sets it
+  // to the library's diagnostic sink, so a kernel sets one sink for both. Returns the previous
+  // sink and context through the out-parameters when they are non-null. Not synchronised with
+  // reports in flight: set it before devices start, or from a single thread (tests).
+  using ReportSink = void (*)(void* ctx, const char* line);
+  static void set_report_sink(ReportSink sink, void* ctx, ReportSink* old_sink = nullptr,
+                              void** old_ctx = nullptr);
   // Checks the free structure against the slot metadata: block chain, neighbour links, no two
   // free neighbours, every free block on the right list exactly once, the cache's stacks, bitmaps,
   // used and cached slot counts. O(slots). For tests.
@@ -218,7 +283,8 @@ class BouncePool {
     uint32_t prev_phys;
     // Free: next block on the same free list (the sentinel index at the end). In the shared
     // cache: next block on the same cache stack. Used: the data's offset in bytes from the start
-    // of the first slot.
+    // of the first slot, plus kQuotaBit when the device it was made for has a quota (such a
+    // block is freed under the lock, where its device's quota count is kept).
     uint32_t link_next;
     // Free: previous block on the same free list (the sentinel index at the head). Used: the
     // requested size (at most kMaxRequest).
@@ -227,6 +293,8 @@ class BouncePool {
   static constexpr uint32_t kFreeBit = 0x8000'0000u;
   static constexpr uint32_t kCachedBit = 0x4000'0000u;
   static constexpr uint32_t kSizeMask = kCachedBit - 1;
+  static constexpr uint32_t kQuotaBit = 0x8000'0000u;  // In a used head's link_next.
+  static_assert(kMaxSlotSize < kQuotaBit, "offsets leave the quota bit clear");
   static_assert(sizeof(SlotRecord) == 16, "SlotRecord is four 32-bit words");
   static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
 
@@ -271,12 +339,14 @@ class BouncePool {
     return num_slots_;
   }
   // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
-  // slot, and describes it.
-  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset,
-                                          size_t size) {
+  // slot (plus kQuotaBit), made for the device `owner`, and describes it.
+  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset, size_t size,
+                                          uint32_t owner) {
     SlotRecord& r = owned_record(first);
     r.link_next = static_cast<uint32_t>(offset);
     r.link_prev = static_cast<uint32_t>(size);
+    // Read by device_slots and the kNoMemory report under the lock, while this CPU owns the block.
+    __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
     __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
     BounceSlot out;
     out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
@@ -294,8 +364,15 @@ class BouncePool {
       return false;
     }
     SlotRecord& r = owned_record(first);
-    // The block is the caller's: nobody else writes these fields while it is used.
-    if (r.size_free != n || n == 0 || offset != r.link_next || size != r.link_prev) return false;
+    // The block is the caller's, if the free is right: nobody else writes these fields while it is
+    // used. A double free may be looking at a block that another CPU holds in its cache (and marks
+    // used again at any moment): the size word is read atomically, and anything but a used head
+    // of this size goes to the locked path, which reports it. A block of a device with a quota
+    // (kQuotaBit in link_next) goes there too.
+    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || n == 0 || offset != r.link_next ||
+        size != r.link_prev) {
+      return false;
+    }
     // Full (depth or budget): every cached block goes back, under the lock (make_room).
     if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
     if (KDEBUG_ENABLED && poison_) {
@@ -315,7 +392,33 @@ class BouncePool {
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
   // still to be evaluated (alloc's fast path evaluates it itself).
   Result<BounceSlot> alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask, size_t align,
-                                  bool fault_point) TA_EXCL(lock_);
+                                  const BounceDevice& dev, bool fault_point) TA_EXCL(lock_);
+  // Why a request failed, for its report line.
+  enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
+  uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
+                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held)
+      TA_REQ(lock_);
+  // Prints the line of the `failure`-th kNoMemory (only some are printed: see bounce_pool.cc).
+  [[gnu::noinline, gnu::cold]] void report_no_memory(Refusal why, const BounceDevice& dev,
+                                                     size_t size, uint64_t n, uint64_t held,
+                                                     uint64_t failure, uint64_t not_shown)
+      TA_EXCL(lock_);
+  // Prints what a refused free's slot really is (debug builds).
+  [[gnu::noinline, gnu::cold]] void report_invalid_free(uint32_t first, uint32_t slots,
+                                                        uint64_t offset, uint64_t size)
+      TA_EXCL(lock_);
+  // The quota count of device `id`: its entry, or a free entry claimed for it, or null when all
+  // kQuotaDevices entries are in use by other devices.
+  struct QuotaCount {
+    uint32_t id;
+    uint32_t slots;  // 0: the entry is free.
+  };
+  QuotaCount* quota_count(uint32_t id, bool claim) TA_REQ(lock_);
+  // Devices whose name the pool has seen (on the locked path), by id modulo kNames.
+  struct DeviceName {
+    uint32_t id;
+    const char* name;
+  };
   // Gives the calling CPU's cache back to the free lists, if caching is on (..._if_asked: only
   // if another CPU asked for it; caching must be on).
   void drain_my_cpu_cache() TA_REQ(lock_);
@@ -349,9 +452,12 @@ class BouncePool {
   CurrentCpuFn current_cpu_ = nullptr;  // Per-CPU caches on when non-null.
   // num_slots_ + 1 records: one per slot and a sentinel that is never free.
   SlotRecord* meta_ TA_PT_GUARDED(lock_) = nullptr;
+  // Per slot, meaningful for the head of a used block: the device it was made for. Written by the
+  // block's owner (relaxed atomics), read under the lock.
+  uint32_t* owners_ = nullptr;
   void* cpu_base_ = nullptr;
   PhysAddr base_;
-  size_t max_request_ = 0;  // max_allocation().
+  size_t max_request_ = 0;  // max_mapping_size().
   size_t slot_size_ = 0;
   unsigned slot_shift_ = 0;
   uint32_t num_slots_ = 0;  // Also the index of the sentinel record, and "no slot" in links.
@@ -375,6 +481,14 @@ class BouncePool {
   uint64_t high_water_ TA_GUARDED(lock_) = 0;
   uint64_t allocations_ TA_GUARDED(lock_) = 0;
   uint64_t failures_ TA_GUARDED(lock_) = 0;
+  uint64_t quota_failures_ TA_GUARDED(lock_) = 0;
+  uint64_t invalid_frees_ TA_GUARDED(lock_) = 0;
+  uint64_t last_reported_failure_ TA_GUARDED(lock_) = 0;
+  const char* name_ = nullptr;
+  static constexpr unsigned kQuotaDevices = 32;  // Devices with a quota holding slots at once.
+  QuotaCount quota_counts_[kQuotaDevices] TA_GUARDED(lock_) = {};
+  static constexpr unsigned kNames = 32;
+  DeviceName names_[kNames] TA_GUARDED(lock_) = {};
   uint64_t bytes_bounced_ = 0;
   CpuCache cpu_caches_[kMaxCpus] = {};
 };

@@ -17,7 +17,11 @@
 //     good-fit search to be sure of (twice the slots needed, alignment slack included), and never
 //     in an empty pool for a request the pool can hold (with CPU caches, after every other CPU
 //     has made one call, which gives back what its cache held, and the request is retried);
-//   - a bad free is refused (kNotFound) and changes nothing.
+//   - a bad free is refused (kNotFound), counted in invalid_frees, and changes nothing else;
+//   - each request is made for one of three devices (anonymous, one with a random quota, one
+//     without): device_slots() of each equals the slots of its live allocations, a request that
+//     would take the quota device over its quota is refused with kNoMemory (counted in
+//     quota_failures), and no other request is.
 // At the end every allocation is freed; after a drain the pool is one free block again.
 #include <cstddef>
 #include <cstdint>
@@ -48,6 +52,7 @@ uint8_t* arena() {
 struct Live {
   BounceSlot slot;
   uint8_t tag;
+  unsigned device;  // Index into Harness::devices_.
 };
 
 class Harness {
@@ -60,11 +65,19 @@ class Harness {
     bytes_ = num_slots_ * slot_size_;
     base_ = (in_.range(0, (uint64_t{1} << 36) - 1) * slot_size_) & ((uint64_t{1} << 48) - 1);
     meta_.assign(BouncePool::metadata_size(bytes_, slot_size_) / 4 + 1, 0);
-    auto r =
-        pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4, slot_size_);
+    // The largest mapping: the default (kMaxMapping or the whole pool), or any valid choice.
+    BouncePool::Options options;
+    options.slot_size = slot_size_;
+    if (in_.boolean()) options.max_mapping = static_cast<size_t>(in_.range(slot_size_, bytes_));
+    auto r = pool_.init(PhysAddr(base_), bytes_, arena(), meta_.data(), meta_.size() * 4, options);
     FUZZ_CHECK(r.ok());
-    FUZZ_CHECK(pool_.max_allocation() == bytes_);
+    size_t max_mapping =
+        options.max_mapping != 0
+            ? options.max_mapping
+            : (bytes_ < BouncePool::kMaxMapping ? bytes_ : BouncePool::kMaxMapping);
+    FUZZ_CHECK(pool_.max_mapping_size() == max_mapping);
     owner_.assign(num_slots_, 0);
+    devices_[1].quota = in_.range(1, bytes_);
     g_cpu = 0;
     if (in_.boolean()) {
       num_cpus_ = static_cast<unsigned>(in_.range(1, 4));
@@ -170,16 +183,21 @@ class Harness {
     }
     uint64_t align_mask = align == 0 ? 0 : align - 1;
     uint64_t target = orig & mask;
-    bool malformed = size == 0 || size > pool_.max_allocation() || (align & align_mask) != 0 ||
+    bool malformed = size == 0 || size > pool_.max_mapping_size() || (align & align_mask) != 0 ||
                      (mask & (mask + 1)) != 0 || (target & align_mask) != 0;
     uint64_t low = mask | align_mask;
     bool can_fit = !malformed && feasible(size, low, target);
+    unsigned d = static_cast<unsigned>(in_.pick(kDevices));
+    const BounceDevice& dev = devices_[d];
+    uint64_t slots_needed = ((target & (slot_size_ - 1)) + size + slot_size_ - 1) / slot_size_;
+    uint64_t quota_slots = (dev.quota + slot_size_ - 1) / slot_size_;
+    bool over_quota = can_fit && dev.quota != 0 && held_[d] + slots_needed > quota_slots;
 
     BouncePool::Stats before = pool_.stats();
     bool injected = false;
     auto attempt = [&] {
       uint64_t hits = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
-      auto res = pool_.alloc(size, PhysAddr(orig), mask, align);
+      auto res = pool_.alloc(size, PhysAddr(orig), mask, align, dev);
       uint64_t now = support::FaultInjector::hits(support::FaultSite::kBounceSlot);
       FUZZ_CHECK(now == hits + 1 || (res.code() == ErrorCode::kLayoutError && now == hits));
       injected = fault_nth_ != 0 && now > hits && now == fault_nth_;
@@ -213,6 +231,11 @@ class Harness {
       FUZZ_CHECK(r.code() == ErrorCode::kNoMemory);
       FUZZ_CHECK(can_fit);
       if (injected) return;
+      if (over_quota) {
+        FUZZ_CHECK(pool_.stats().quota_failures > before.quota_failures);
+        return;
+      }
+      FUZZ_CHECK(pool_.stats().quota_failures == before.quota_failures);
       uint64_t offset = target & (slot_size_ - 1);
       uint64_t n = (offset + size + slot_size_ - 1) / slot_size_;
       uint64_t period = (low / slot_size_) + 1;
@@ -222,7 +245,10 @@ class Harness {
     }
     FUZZ_CHECK(!injected);
     FUZZ_CHECK(can_fit);
+    FUZZ_CHECK(!over_quota);
     const BounceSlot& s = *r;
+    FUZZ_CHECK(s.num_slots == slots_needed);
+    held_[d] += s.num_slots;
     uint64_t a = s.addr.value();
     FUZZ_CHECK(s.size == size);
     FUZZ_CHECK(a >= base_ && a - base_ < bytes_ && size <= bytes_ - (a - base_));
@@ -239,7 +265,7 @@ class Harness {
     }
     uint8_t tag = static_cast<uint8_t>(++serial_);
     std::memset(cpu(a), tag, size);
-    live_[a] = Live{s, tag};
+    live_[a] = Live{s, tag, d};
   }
 
   void free_one(std::map<uint64_t, Live>::iterator it) {
@@ -250,6 +276,7 @@ class Harness {
     }
     FUZZ_CHECK(pool_.free(s).ok());
     for (uint32_t k = 0; k < s.num_slots; ++k) owner_[s.first_slot + k] = 0;
+    held_[it->second.device] -= s.num_slots;
     stale_.push_back(s);
     live_.erase(it);
   }
@@ -304,6 +331,7 @@ class Harness {
     auto r = pool_.free(s);
     FUZZ_CHECK(!r.ok() && r.code() == ErrorCode::kNotFound);
     FUZZ_CHECK(pool_.stats().used_slots == before.used_slots);
+    FUZZ_CHECK(pool_.stats().invalid_frees == before.invalid_frees + 1);
   }
 
   void check() {
@@ -311,6 +339,9 @@ class Harness {
     uint64_t used = 0;
     for (uint8_t o : owner_) used += o;
     FUZZ_CHECK(pool_.stats().used_slots == used);
+    for (unsigned d = 0; d < kDevices; ++d) {
+      FUZZ_CHECK(pool_.device_slots(devices_[d].id) == held_[d]);
+    }
   }
 
   FuzzInput& in_;
@@ -325,7 +356,12 @@ class Harness {
   uint64_t fault_nth_ = 0;
   uint32_t serial_ = 0;
   unsigned num_cpus_ = 0;  // CPUs with a cache; 0: caches off.
-  BouncePool pool_;        // Last: destroyed first, after run() gave everything back.
+  // The devices requests are made for: anonymous, one with a quota (set by run()), one without;
+  // and the slots each holds.
+  static constexpr unsigned kDevices = 3;
+  BounceDevice devices_[kDevices] = {{0, nullptr, 0}, {7, "quota", 0}, {9, "free", 0}};
+  uint64_t held_[kDevices] = {};
+  BouncePool pool_;  // Last: destroyed first, after run() gave everything back.
 };
 
 }  // namespace

@@ -553,41 +553,139 @@ TEST_F(DmaDebugTest, AMapErrorThatWasLookedAtIsNotReported) {
 
 // ---- The table is full ----
 
-TEST_F(DmaDebugTest, AFullTableIsReportedOnceAndTrackingStops) {
+// The default table (kDefaultEntries) overflows: one line, the untracked mappings counted, their
+// unmaps not reported, and tracked misuse still reported.
+TEST_F(DmaDebugTest, AFullDefaultTableCountsUntrackedMappingsAndKeepsChecking) {
+  ASSERT_EQ(DmaDebug::capacity(), DmaDebug::kDefaultEntries);
   uint8_t* buf = low_buffer(4096);
   DmaConstraints c = raw_device("storm", true);
   std::vector<DmaMapHandle> maps;
-  for (size_t i = 0; i < DmaDebug::kMaxEntries; ++i) {
+  for (size_t i = 0; i < DmaDebug::kDefaultEntries; ++i) {
     auto m = op().map_single(c, buf, 64, 0, DmaDirection::kToDevice);
     ASSERT_TRUE(m.ok());
     maps.push_back(*m);
   }
-  EXPECT_EQ(DmaDebug::live_entries(), DmaDebug::kMaxEntries);
-  EXPECT_TRUE(DmaDebug::tracking());
+  EXPECT_EQ(DmaDebug::live_entries(), DmaDebug::kDefaultEntries);
   EXPECT_TRUE(lines_.empty());
   for (int i = 0; i < 3; ++i) {
     auto m = op().map_single(c, buf, 64, 0, DmaDirection::kToDevice);
     ASSERT_TRUE(m.ok()) << "the mapping itself never fails because of the checker";
     maps.push_back(*m);
   }
-  EXPECT_FALSE(DmaDebug::tracking());
+  EXPECT_EQ(DmaDebug::untracked(), 3u);
+  EXPECT_EQ(DmaDebug::untracked_live(), 3u);
+  std::string n = std::to_string(DmaDebug::kDefaultEntries);
   EXPECT_EQ(only_line(), "dma-debug: table-full: device 'storm' (#" + std::to_string(c.device_id) +
                              "): map_single of dma " + hex(maps.back().dma_addr.value()) +
-                             " size 64 not tracked: table "
-                             "full (" +
-                             std::to_string(DmaDebug::kMaxEntries) +
-                             " live entries); checking is off from now on; expected at most " +
-                             std::to_string(DmaDebug::kMaxEntries) +
-                             " live mappings and allocations (raise DMA_API_DEBUG_ENTRIES)");
+                             " size 64 not tracked: table full (" + n +
+                             " entries); untracked mappings are counted and not checked, the "
+                             "others still are; expected at most " +
+                             n +
+                             " live mappings and allocations (give DmaDebug::init a larger "
+                             "table)");
   EXPECT_EQ(DmaDebug::count(DmaDebugKind::kTableFull), 1u);
-  // Untracked mappings end normally; nothing is checked or reported any more.
+  // Tracked misuse is still reported: a size mismatch on a tracked mapping of another buffer.
+  lines_.clear();
+  uint8_t* other = low_buffer(4096);
+  maps.pop_back();  // Room for one more tracked entry.
+  op().unmap_single(maps.front());
+  maps.erase(maps.begin());
+  auto t = op().map_single(c, other, 128, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(t.ok());
+  DmaMapHandle wrong = *t;
+  wrong.size = 100;
+  op().unmap_single(wrong);
+  expect_has(only_line(), "dma-debug: size-mismatch: device 'storm'");
+  op().unmap_single(*t);
+  // Every mapping ends normally, tracked or not; nothing more is reported.
   for (const DmaMapHandle& m : maps) op().unmap_single(m);
-  EXPECT_EQ(op().stats().live_maps, 0u);
-  EXPECT_EQ(DmaDebug::check_device_teardown(c), 0u);
-  EXPECT_EQ(DmaDebug::total(), 1u);
+  EXPECT_EQ(op().stats().live_maps, 1u);  // The one popped above without its unmap.
+  EXPECT_EQ(DmaDebug::total(), 2u);
   DmaDebug::reset();
-  EXPECT_TRUE(DmaDebug::tracking());
+  EXPECT_EQ(DmaDebug::untracked(), 0u);
   EXPECT_EQ(DmaDebug::live_entries(), 0u);
+}
+
+// The kernel hands the checker a table of its own: 8 entries here. The ninth and later mappings
+// are counted as untracked, the line printed once; their unmaps and syncs are not misuse, while
+// misuse of tracked mappings still is.
+TEST_F(DmaDebugTest, ASmallCallerTableOverflowsAndStillChecksWhatItTracks) {
+  static DmaDebug::Entry table[8];
+  ASSERT_TRUE(DmaDebug::init(table, 8).ok());
+  EXPECT_EQ(DmaDebug::capacity(), 8u);
+  DmaConstraints c = raw_device("nic", true);
+  std::vector<DmaMapHandle> tracked;
+  std::vector<DmaMapHandle> untracked;
+  uint8_t* buf = low_buffer(64 * 1024);
+  for (size_t i = 0; i < 13; ++i) {
+    auto m = op().map_single(c, buf + i * 4096, 256, 0, DmaDirection::kFromDevice);
+    ASSERT_TRUE(m.ok());
+    (i < 8 ? tracked : untracked).push_back(*m);
+  }
+  EXPECT_EQ(DmaDebug::live_entries(), 8u);
+  EXPECT_EQ(DmaDebug::untracked(), 5u);
+  EXPECT_EQ(DmaDebug::untracked_live(), 5u);
+  expect_has(only_line(), "dma-debug: table-full: device 'nic'");
+  expect_has(only_line(), "table full (8 entries)");
+  EXPECT_EQ(DmaDebug::count(DmaDebugKind::kTableFull), 1u);
+
+  // Untracked mappings: syncs and unmaps go through, unreported.
+  for (const DmaMapHandle& m : untracked) {
+    EXPECT_TRUE(op().prepare_read(m, 0, m.size, DmaDirection::kFromDevice).ok());
+    op().unmap_single(m);
+  }
+  EXPECT_EQ(DmaDebug::untracked_live(), 0u);
+  EXPECT_EQ(DmaDebug::untracked(), 5u);
+  EXPECT_EQ(lines_.size(), 1u);
+
+  // Tracked mappings are still checked: a wrong direction, then a double unmap.
+  DmaMapHandle wrong = tracked[0];
+  wrong.direction = DmaDirection::kToDevice;
+  op().unmap_single(wrong);
+  ASSERT_EQ(lines_.size(), 2u);
+  expect_has(lines_.back(), "dma-debug: direction-mismatch: device 'nic'");
+  op().unmap_single(tracked[0]);
+  op().unmap_single(tracked[0]);
+  ASSERT_EQ(lines_.size(), 3u);
+  expect_has(lines_.back(), "dma-debug: not-mapped: device 'nic'");
+  for (size_t i = 1; i < tracked.size(); ++i) op().unmap_single(tracked[i]);
+  EXPECT_EQ(DmaDebug::live_entries(), 0u);
+  EXPECT_EQ(op().stats().live_maps, 0u);
+
+  // A second overflow after the table emptied: counted, but the line is not printed again.
+  std::vector<DmaMapHandle> again;
+  for (size_t i = 0; i < 9; ++i) {
+    auto m = op().map_single(c, buf + i * 4096, 64, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(m.ok());
+    again.push_back(*m);
+  }
+  EXPECT_EQ(DmaDebug::untracked(), 6u);
+  EXPECT_EQ(DmaDebug::count(DmaDebugKind::kTableFull), 1u);
+  for (const DmaMapHandle& m : again) op().unmap_single(m);
+  EXPECT_EQ(lines_.size(), 3u);
+  EXPECT_EQ(DmaDebug::total(), 3u);
+  ASSERT_TRUE(DmaDebug::init(nullptr, 0).ok());
+  EXPECT_EQ(DmaDebug::capacity(), DmaDebug::kDefaultEntries);
+}
+
+// init checks its arguments and refuses to swap tables while anything is tracked.
+TEST_F(DmaDebugTest, InitRefusesBadArgumentsAndALiveTable) {
+  static DmaDebug::Entry table[4];
+  EXPECT_EQ(DmaDebug::init(nullptr, 4).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(DmaDebug::init(table, 0).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(DmaDebug::init(table, DmaDebug::kMaxTableEntries + 1).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(DmaDebug::capacity(), DmaDebug::kDefaultEntries);
+  uint8_t* buf = low_buffer(4096);
+  auto m = op().map_single(raw_device("busy", true), buf, 64, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(DmaDebug::init(table, 4).code(), ErrorCode::kBusy);
+  EXPECT_EQ(DmaDebug::capacity(), DmaDebug::kDefaultEntries);
+  op().unmap_single(*m);
+  EXPECT_TRUE(lines_.empty());
+  ASSERT_TRUE(DmaDebug::init(table, 4).ok());
+  EXPECT_EQ(DmaDebug::capacity(), 4u);
+  ASSERT_TRUE(DmaDebug::init(nullptr, 0).ok());
 }
 
 // ---- Names, and correct use ----

@@ -35,9 +35,11 @@ unsigned current_cpu() {
 // A CPU index at or above every pool's num_cpus here: it has no cache and always takes the lock.
 constexpr unsigned kUncachedCpu = 63;
 
-// A test pool with the CPU caches on for `cpus` CPUs (0: off), the CPU index from current_cpu.
+// A test pool with the CPU caches on for `cpus` CPUs (0: off), the CPU index from current_cpu;
+// one allocation may take the whole pool.
 struct TestPool : bounce_test::TestPool {
-  explicit TestPool(size_t bytes, unsigned cpus = 0) : bounce_test::TestPool(bytes) {
+  explicit TestPool(size_t bytes, unsigned cpus = 0)
+      : bounce_test::TestPool(bytes, bounce_test::whole_pool_options(bytes)) {
     if (cpus != 0) {
       auto c = pool.enable_cpu_caches(&current_cpu, cpus);
       EXPECT_TRUE(c.ok()) << error_code_name(c.code());

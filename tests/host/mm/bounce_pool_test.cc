@@ -82,9 +82,9 @@ BounceSlot must_alloc(BouncePool& p, size_t size, PhysAddr orig = PhysAddr(0), u
 // ---------------------------------------------------------------------------------------------
 // init and metadata_size
 
-TEST(BouncePoolInit, MetadataSizeIsSixteenBytesPerSlotPlusASentinel) {
-  EXPECT_EQ(BouncePool::metadata_size(1 * kMiB), 513u * 16u);
-  EXPECT_EQ(BouncePool::metadata_size(1 * kMiB, 64), 16385u * 16u);
+TEST(BouncePoolInit, MetadataSizeIsTwentyBytesPerSlotPlusASentinel) {
+  EXPECT_EQ(BouncePool::metadata_size(1 * kMiB), 513u * 20u);
+  EXPECT_EQ(BouncePool::metadata_size(1 * kMiB, 64), 16385u * 20u);
   // Invalid slot sizes: not a power of two, too small, too large.
   EXPECT_EQ(BouncePool::metadata_size(1 * kMiB, 3000), 0u);
   EXPECT_EQ(BouncePool::metadata_size(1 * kMiB, 32), 0u);
@@ -101,7 +101,7 @@ TEST(BouncePoolInit, RejectsBadSlotSize) {
         p.init(PhysAddr(kBase), mem.size(), mem.data(), meta.data(), meta.size() * 8, slot).code(),
         ErrorCode::kInvalidArgument)
         << slot;
-    EXPECT_EQ(p.max_allocation(), 0u);
+    EXPECT_EQ(p.max_mapping_size(), 0u);
   }
 }
 
@@ -150,8 +150,8 @@ TEST(BouncePoolInit, RejectsNullOrMisalignedPointers) {
 TEST(BouncePoolInit, MetadataMustBeLargeEnough) {
   std::vector<uint8_t> mem(64 * kKiB);
   size_t need = BouncePool::metadata_size(mem.size());
-  ASSERT_EQ(need, 33u * 16u);
-  std::vector<uint64_t> meta(need / 8);
+  ASSERT_EQ(need, 33u * 20u);
+  std::vector<uint64_t> meta((need + 7) / 8);
   {
     BouncePool p;
     EXPECT_EQ(p.init(PhysAddr(kBase), mem.size(), mem.data(), meta.data(), need - 1).code(),
@@ -198,7 +198,7 @@ TEST(BouncePoolInit, UninitialisedPoolRefusesEverything) {
   EXPECT_EQ(p.alloc(1).code(), ErrorCode::kLayoutError);
   BounceSlot bogus{PhysAddr(kBase), 0, 1, 1};
   EXPECT_EQ(p.free(bogus).code(), ErrorCode::kNotFound);
-  EXPECT_EQ(p.max_allocation(), 0u);
+  EXPECT_EQ(p.max_mapping_size(), 0u);
   EXPECT_EQ(p.bytes(), 0u);
   EXPECT_FALSE(p.contains(PhysAddr(0)));
   EXPECT_EQ(p.free_block_count(), 0u);
@@ -217,7 +217,7 @@ TEST(BouncePool, AccessorsDescribeTheRegion) {
   EXPECT_EQ(p.base(), PhysAddr(kBase));
   EXPECT_EQ(p.bytes(), 1 * kMiB);
   EXPECT_EQ(p.slot_size(), kSlot);
-  EXPECT_EQ(p.max_allocation(), 1 * kMiB);
+  EXPECT_EQ(p.max_mapping_size(), BouncePool::kMaxMapping);
   EXPECT_TRUE(p.contains(PhysAddr(kBase)));
   EXPECT_TRUE(p.contains(PhysAddr(kBase + kMiB - 1)));
   EXPECT_FALSE(p.contains(PhysAddr(kBase + kMiB)));
@@ -506,8 +506,8 @@ TEST(BouncePool, WholePoolAllocationWhenEmpty) {
   // 101 slots: not a size-class boundary, so only the exact-fit fallback can serve it.
   TestPool t(101 * kSlot);
   BouncePool& p = t.pool;
-  EXPECT_EQ(p.max_allocation(), 101 * kSlot);
-  BounceSlot s = must_alloc(p, p.max_allocation());
+  EXPECT_EQ(p.max_mapping_size(), 101 * kSlot);
+  BounceSlot s = must_alloc(p, p.max_mapping_size());
   EXPECT_EQ(s.first_slot, 0u);
   EXPECT_EQ(s.num_slots, 101u);
   EXPECT_EQ(p.free_block_count(), 0u);
@@ -521,13 +521,14 @@ TEST(BouncePool, HugePoolCapsASingleRequestAt4GiB) {
   // 8 GiB of 1 MiB slots: the pool never touches its own memory, so a tiny buffer stands in.
   uint8_t byte = 0;
   size_t bytes = size_t{8} << 30;
-  std::vector<uint64_t> meta(BouncePool::metadata_size(bytes, 1 * kMiB) / 8);
+  std::vector<uint64_t> meta(BouncePool::metadata_size(bytes, 1 * kMiB) / 8 + 1);
   BouncePool p;
   p.set_poisoning(false);
-  ASSERT_TRUE(
-      p.init(PhysAddr(uint64_t{1} << 40), bytes, &byte, meta.data(), meta.size() * 8, 1 * kMiB)
-          .ok());
-  EXPECT_EQ(p.max_allocation(), BouncePool::kMaxRequest);
+  BouncePool::Options o;
+  o.slot_size = 1 * kMiB;
+  o.max_mapping = bytes;  // Capped at kMaxRequest.
+  ASSERT_TRUE(p.init(PhysAddr(uint64_t{1} << 40), bytes, &byte, meta.data(), meta.size() * 8, o).ok());
+  EXPECT_EQ(p.max_mapping_size(), BouncePool::kMaxRequest);
   EXPECT_EQ(p.alloc(BouncePool::kMaxRequest + 1).code(), ErrorCode::kLayoutError);
   BounceSlot s = must_alloc(p, BouncePool::kMaxRequest);
   EXPECT_EQ(s.num_slots, 4096u);
@@ -901,7 +902,8 @@ struct Live {
 };
 
 void random_sequence(uint64_t seed, size_t pool_bytes, size_t slot_size, int ops) {
-  TestPool t(pool_bytes, slot_size, kBase + 7 * slot_size);
+  TestPool t(pool_bytes, bounce_test::whole_pool_options(pool_bytes, slot_size),
+             kBase + 7 * slot_size);
   BouncePool& p = t.pool;
   std::mt19937_64 rng(seed);
   std::map<uint32_t, Live> live;  // By first slot.
@@ -974,7 +976,7 @@ void random_sequence(uint64_t seed, size_t pool_bytes, size_t slot_size, int ops
   EXPECT_GT(failures, 0u) << "the sequence should have exhausted the pool at least once";
   for (auto& [first, l] : live) ASSERT_TRUE(p.free(l.slot).ok());
   expect_all_free(p);
-  BounceSlot all = must_alloc(p, p.max_allocation());
+  BounceSlot all = must_alloc(p, p.max_mapping_size());
   EXPECT_TRUE(p.free(all).ok());
 }
 

@@ -14,17 +14,34 @@ namespace bounce_test {
 
 inline constexpr uint64_t kBase = 0x8000'0000;
 
+inline BouncePool::Options slot_options(size_t slot_size) {
+  BouncePool::Options o;
+  o.slot_size = slot_size;
+  return o;
+}
+
+// Options for a pool whose single allocation may take all of it: for tests of the allocator itself
+// (exhaustion, coalescing), not of the mapping limit.
+inline BouncePool::Options whole_pool_options(size_t bytes,
+                                              size_t slot_size = BouncePool::kDefaultSlotSize) {
+  BouncePool::Options o = slot_options(slot_size);
+  o.max_mapping = bytes;
+  return o;
+}
+
 // `mem` is what cpu_addr() points into. When a test has already failed with slots still out, the
 // pool is not destroyed: its debug assertion would abort the whole run and hide the other tests'
 // results.
 struct TestPool {
   explicit TestPool(size_t bytes, size_t slot_size = BouncePool::kDefaultSlotSize,
                     uint64_t base = kBase)
+      : TestPool(bytes, slot_options(slot_size), base) {}
+  TestPool(size_t bytes, const BouncePool::Options& options, uint64_t base = kBase)
       : mem(bytes),
-        meta(BouncePool::metadata_size(bytes, slot_size) / sizeof(uint64_t) + 1),
+        meta(BouncePool::metadata_size(bytes, options.slot_size) / sizeof(uint64_t) + 1),
         pool(*new(storage) BouncePool) {
     auto r = pool.init(PhysAddr(base), bytes, mem.data(), meta.data(),
-                       meta.size() * sizeof(uint64_t), slot_size);
+                       meta.size() * sizeof(uint64_t), options);
     EXPECT_TRUE(r.ok()) << error_code_name(r.code());
   }
   ~TestPool() {

@@ -79,24 +79,23 @@ class BounceHygieneTest : public testing::TestWithParam<bool> {
     return m->dma_addr();
   }
 
-  // Leaves `fill` in every byte of the bounce pool, through mappings of the largest size the
-  // pool serves that together take every slot.
+  // Leaves `fill` in every byte of the bounce pool, through mappings of the largest size a
+  // mapping may have that together take the whole pool.
   void dirty_whole_pool(uint8_t fill) {
     size_t bytes = plat_.pool(0).bytes();
+    size_t chunk = plat_.pool(0).max_mapping_size();
+    ASSERT_EQ(bytes % chunk, 0u);
     DeviceDma plain(&plat_.op(), kMask30);
     plain.set_coherent(GetParam());
-    size_t chunk = plain.max_mapping_size();
-    ASSERT_LT(chunk, bytes);
-    uint8_t* other = high_buffer(bytes, fill, false);
     std::vector<StreamingMapping> maps;
-    for (size_t off = 0; off < bytes; off += chunk) {
-      auto m = plain.map(other + off, std::min(chunk, bytes - off), DmaDirection::kBidirectional);
+    for (size_t done = 0; done < bytes; done += chunk) {
+      uint8_t* other = high_buffer(chunk, fill, false);
+      auto m = plain.map(other, chunk, DmaDirection::kBidirectional);
       ASSERT_TRUE(m.ok());
-      hw_.fill(m->dma_addr(), fill, m->size());
+      hw_.fill(m->dma_addr(), fill, chunk);
       maps.push_back(std::move(*m));
     }
-    BouncePool::Stats st = plat_.pool(0).stats();
-    ASSERT_EQ(st.used_slots, st.total_slots);
+    ASSERT_EQ(plat_.pool(0).stats().used_slots, plat_.pool(0).stats().total_slots);
   }
 
   HostPlatform plat_;
