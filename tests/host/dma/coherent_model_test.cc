@@ -107,6 +107,45 @@ TEST_F(CoherentModelTest, ANonCoherentStreamingBufferNeedsSyncForCpu) {
   EXPECT_EQ(buf[200], 0x77);
 }
 
+// ---- Non-coherent devices: a CPU store dirties its line, whatever it stores ----
+
+// Hardware marks a line dirty on any store, even one that writes back the bytes already there;
+// the later write-back (a clean, or an eviction at the cache's choosing) then puts the whole line
+// over what the device wrote meanwhile. A model that compared values would call the line clean
+// and keep the device's bytes, hiding a driver that stores into a line a device is writing.
+TEST_F(CoherentModelTest, AStoreOfTheSameValueDirtiesTheLineForAClean) {
+  uint8_t* buf = buffer(kPage);
+  std::memset(buf, 0x11, kPage);
+  plat_.op().flush(buf, kPage);  // Synced: memory holds 0x11, every line clean.
+  const DmaAddr a(plat_.arena_phys() + offset_of(buf));
+  EXPECT_EQ(device_byte(a + 6), 0x11);
+  *reinterpret_cast<volatile uint8_t*>(buf + 5) = 0x11;  // The value it already had.
+  const uint8_t w = 0x77;
+  hw_.write(a + 6, &w, 1);  // Same line, in memory only.
+  EXPECT_EQ(device_byte(a + 6), 0x77);
+  plat_.op().flush(buf + 5, 1);
+  EXPECT_EQ(device_byte(a + 6), 0x11);  // The dirty line went back whole.
+  // A line nobody stored to keeps the device's byte through the same clean.
+  hw_.write(a + 200, &w, 1);
+  plat_.op().flush(buf + 200, 1);
+  EXPECT_EQ(device_byte(a + 200), 0x77);
+}
+
+TEST_F(CoherentModelTest, AStoreOfTheSameValueDirtiesTheLineForAnEviction) {
+  uint8_t* buf = buffer(kPage);
+  std::memset(buf, 0x22, kPage);
+  plat_.op().flush_invalidate(buf, kPage);
+  const DmaAddr a(plat_.arena_phys() + offset_of(buf));
+  std::memset(buf + 128, 0x22, 64);  // A whole line, rewritten unchanged.
+  std::vector<uint8_t> dev(64, 0x99);
+  hw_.write(a + 128, dev.data(), 64);
+  hw_.write(a + 192, dev.data(), 64);  // The next line: not stored to.
+  plat_.model().evict_all();
+  EXPECT_EQ(device_byte(a + 128), 0x22);
+  EXPECT_EQ(device_byte(a + 191), 0x22);
+  EXPECT_EQ(device_byte(a + 192), 0x99);
+}
+
 // ---- Non-coherent devices: coherent memory is uncached and needs no sync ----
 
 TEST_F(CoherentModelTest, CoherentMemoryOfANonCoherentDeviceIsUncachedAndNeedsNoSync) {
