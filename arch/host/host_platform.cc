@@ -146,7 +146,9 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
   arena_mapping_.base = m;
   arena_mapping_.size = arena_size_;
   direct_map_offset_ = reinterpret_cast<uintptr_t>(arena_) - arena_phys_;
-  model_ = std::make_unique<CacheModel>(arena_, arena_size_, opts_.line_size);
+  model_ = std::make_unique<CacheModel>(
+      arena_, arena_size_, opts_.line_size,
+      opts_.track_cpu_stores ? CacheModel::Tracking::kStores : CacheModel::Tracking::kValues);
 
   // Carve each bounce pool from the highest RAM under its limit that is free of reservations.
   std::vector<PhysRange> reserved = opts_.reserved;

@@ -113,6 +113,9 @@ class HostPlatform {
     std::vector<PhysRange> reserved;  // Pieces never given to the allocator.
     std::vector<PoolSpec> pools;      // Carved from the top of RAM under each limit.
     size_t line_size = 64;
+    // Track the CPU's stores to simulated RAM (CacheModel::Tracking::kStores): a store dirties its
+    // line even if it changes nothing. False: dirtiness by value comparison alone.
+    bool track_cpu_stores = true;
     // Whose cache-maintenance decisions the platform's DmaOp runs.
     HostCachePolicy cache_policy = HostCachePolicy::kAArch64;
     bool platform_coherent = false;
