@@ -106,7 +106,7 @@ void StoreTracker::install() {
   reopen_mem_fd();
   KASSERT(mem_fd.load() >= 0, "cannot open /proc/self/mem for the cache model");
   KASSERT(pthread_atfork(nullptr, nullptr, &StoreTracker::reopen_mem_fd) == 0, "pthread_atfork");
-  struct sigaction sa {};
+  struct sigaction sa{};
   sa.sa_sigaction = &StoreTracker::on_segv;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
@@ -151,7 +151,7 @@ void StoreTracker::chain(const struct sigaction& prev, int sig, siginfo_t* info,
   if (prev.sa_handler == SIG_DFL) {
     // The default action: a fault repeats when the instruction restarts; a trap does not, so it
     // is raised again (delivered when this handler returns).
-    struct sigaction dfl {};
+    struct sigaction dfl{};
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, nullptr);
@@ -200,7 +200,8 @@ void StoreTracker::close_page(CacheModel* m, size_t page_off) {
   std::atomic<uint8_t>& st = m->page_state_[page_off / kPage];
   const uint8_t s = st.load();
   // A page whose lines are all dirty needs no protection until its next maintenance.
-  if ((s & CacheModel::kTracked) != 0 && (s & (CacheModel::kUncachedPage | CacheModel::kProtected)) == 0 &&
+  if ((s & CacheModel::kTracked) != 0 &&
+      (s & (CacheModel::kUncachedPage | CacheModel::kProtected)) == 0 &&
       m->page_has_clean_line(page_off)) {
     m->protect(page_off, kPage, false);
     st.fetch_or(CacheModel::kProtected);

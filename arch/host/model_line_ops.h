@@ -42,9 +42,7 @@ class ModelLines {
 
   void clean(const char* insn, uintptr_t a) { line_op(Kind::kClean, insn, a); }
   void invalidate(const char* insn, uintptr_t a) { line_op(Kind::kInvalidate, insn, a); }
-  void clean_invalidate(const char* insn, uintptr_t a) {
-    line_op(Kind::kCleanInvalidate, insn, a);
-  }
+  void clean_invalidate(const char* insn, uintptr_t a) { line_op(Kind::kCleanInvalidate, insn, a); }
   // Everything before a barrier has reached the model when it returns.
   void barrier(const char* insn) {
     record(insn, 0);

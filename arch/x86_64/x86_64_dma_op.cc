@@ -11,7 +11,9 @@ namespace {
 // The instructions behind X86LineOps, one line each. The "memory" clobber keeps the compiler from
 // moving the caller's stores to the buffer across them.
 struct X86Insns {
-  [[gnu::always_inline]] void clwb(uintptr_t p) { __asm__ volatile("clwb (%0)" ::"r"(p) : "memory"); }
+  [[gnu::always_inline]] void clwb(uintptr_t p) {
+    __asm__ volatile("clwb (%0)" ::"r"(p) : "memory");
+  }
   [[gnu::always_inline]] void clflushopt(uintptr_t p) {
     __asm__ volatile("clflushopt (%0)" ::"r"(p) : "memory");
   }

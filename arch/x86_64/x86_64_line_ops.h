@@ -28,8 +28,7 @@ template <typename Insn>
 class X86LineOps {
  public:
   // line: CPUID.1:EBX[15:8] * 8, a power of two.
-  [[gnu::always_inline]] X86LineOps(Insn insn, size_t line, X86FlushInsn flush,
-                                    X86InvalInsn inval)
+  [[gnu::always_inline]] X86LineOps(Insn insn, size_t line, X86FlushInsn flush, X86InvalInsn inval)
       : insn_(insn), line_(line), flush_(flush), inval_(inval) {}
 
   [[gnu::always_inline]] size_t line_size() const { return line_; }
