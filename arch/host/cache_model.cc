@@ -65,7 +65,12 @@ struct StoreTracker {
     bool stepping;
     int n;
     CacheModel* model[kMaxOpen];
-    size_t line[kMaxOpen];
+    size_t line[kMaxOpen];   // Offset of the faulting byte.
+    size_t width[kMaxOpen];  // Bytes the store writes from there, 0: unknown.
+    // Unknown width: the bytes after the faulting line, compared once the store is done.
+    size_t after_off[kMaxOpen];
+    size_t after_len[kMaxOpen];
+    uint8_t after[kMaxOpen][64];
   };
 
   static void install();
@@ -209,6 +214,93 @@ void StoreTracker::close_page(CacheModel* m, size_t page_off) {
   prot_lock.unlock();
 }
 
+// How many bytes the store instruction at `ip` writes, for the stores simulated RAM sees in
+// practice (the library's and the compiler's moves: mov, SSE/AVX/AVX-512 vector and
+// non-temporal stores); 0 for anything else. The SIGTRAP handler then compares the bytes after
+// the faulting line instead, which catches a changed value but not a rewritten one.
+static size_t store_width(const uint8_t* ip) {
+  bool opsize16 = false;
+  size_t i = 0;
+  for (; i < 14; ++i) {  // Legacy prefixes.
+    const uint8_t b = ip[i];
+    if (b == 0x66) {
+      opsize16 = true;
+    } else if (b != 0xF2 && b != 0xF3 && b != 0x2E && b != 0x3E && b != 0x26 && b != 0x36 &&
+               b != 0x64 && b != 0x65 && b != 0x67 && b != 0xF0) {
+      break;
+    }
+  }
+  bool w = false;
+  if ((ip[i] & 0xF0) == 0x40) {  // REX
+    w = (ip[i] & 0x08) != 0;
+    ++i;
+  }
+  const uint8_t b0 = ip[i];
+  // VEX (C5: 2 bytes, C4: 3 bytes) and EVEX (62: 4 bytes); in 64-bit mode always these.
+  if (b0 == 0xC5 || b0 == 0xC4 || b0 == 0x62) {
+    size_t map = 1;
+    size_t vector = 16;
+    size_t op_at = i + 2;
+    if (b0 == 0xC5) {
+      vector = (ip[i + 1] & 0x04) != 0 ? 32 : 16;
+    } else if (b0 == 0xC4) {
+      map = ip[i + 1] & 0x1F;
+      w = (ip[i + 2] & 0x80) != 0;
+      vector = (ip[i + 2] & 0x04) != 0 ? 32 : 16;
+      op_at = i + 3;
+    } else {
+      map = ip[i + 1] & 0x07;
+      w = (ip[i + 2] & 0x80) != 0;
+      vector = size_t{16} << ((ip[i + 3] >> 5) & 3);
+      op_at = i + 4;
+    }
+    if (map != 1) return 0;
+    switch (ip[op_at]) {
+      case 0x11:  // vmovups/vmovupd/vmovss/vmovsd store (scalar forms with F3/F2: rare here).
+      case 0x29:  // vmovaps/vmovapd
+      case 0x7F:  // vmovdqa/vmovdqu (and the EVEX 8/16/32/64 forms)
+      case 0xE7:  // vmovntdq
+      case 0x2B:  // vmovntps/pd
+        return vector;
+      case 0xD6:  // vmovq m64, xmm
+        return 8;
+      case 0x7E:  // vmovd/vmovq r/m, xmm
+        return w ? 8 : 4;
+      default:
+        return 0;
+    }
+  }
+  const size_t gpr = w ? 8 : opsize16 ? 2 : 4;
+  switch (b0) {
+    case 0x88:  // mov r/m8, r8
+    case 0xC6:  // mov r/m8, imm8
+      return 1;
+    case 0x89:  // mov r/m, r
+    case 0xC7:  // mov r/m, imm
+      return gpr;
+    case 0x0F:
+      switch (ip[i + 1]) {
+        case 0x11:  // movups/movupd (movss/movsd with F3/F2: rare here)
+        case 0x29:  // movaps/movapd
+        case 0x7F:  // movdqa/movdqu
+        case 0xE7:  // movntdq
+        case 0x2B:  // movntps/pd
+          return 16;
+        case 0xD6:  // movq m64, xmm
+        case 0x13:  // movlps/movlpd
+        case 0x17:  // movhps/movhpd
+          return 8;
+        case 0x7E:  // movd/movq r/m, xmm
+        case 0xC3:  // movnti
+          return w ? 8 : 4;
+        default:
+          return 0;
+      }
+    default:
+      return 0;
+  }
+}
+
 // `rep movs` / `rep stos` upwards, wholly inside the model's region: single-stepping would trap
 // after every element (glibc's memcpy and memset use them from a few KiB on), so the handler
 // performs the instruction itself, through /proc/self/mem, and marks every destination line
@@ -289,13 +381,30 @@ void StoreTracker::on_segv(int sig, siginfo_t* info, void* ctx) {
   m->caught_stores_.fetch_add(1, std::memory_order_relaxed);
   if (!perform_rep_store(m, uc)) {
     const size_t off = a - reinterpret_cast<uintptr_t>(m->cpu_);
-    m->set_dirty_bit(off);
-    open_page(m, off & ~(kPage - 1));
+    const size_t page = off & ~(kPage - 1);
+    // Within this page; an access that began on the page before may end here sooner than that
+    // (then the width is an upper bound, at most one line further than the truth).
+    const size_t width =
+        std::min(store_width(reinterpret_cast<const uint8_t*>(uc->uc_mcontext.gregs[REG_RIP])),
+                 page + kPage - off);
+    m->mark_stored(off, width == 0 ? 1 : width);
     if (t_step.n < kMaxOpen) {
-      t_step.model[t_step.n] = m;
-      t_step.line[t_step.n] = off;
-      ++t_step.n;
+      const int k = t_step.n++;
+      t_step.model[k] = m;
+      t_step.line[k] = off;
+      t_step.width[k] = width;
+      t_step.after_len[k] = 0;
+      if (width == 0) {
+        // The next 64 bytes after the faulting line, within the page: how far a store of an
+        // unknown kind can reach.
+        const size_t from = (off | (m->line_ - 1)) + 1;
+        const size_t len = from < page + kPage ? std::min<size_t>(64, page + kPage - from) : 0;
+        t_step.after_off[k] = from;
+        t_step.after_len[k] = len;
+        std::memcpy(t_step.after[k], m->cpu_ + from, len);
+      }
     }
+    open_page(m, page);
     // Past kMaxOpen the page stays writable until its next maintenance protects it again.
     t_step.stepping = true;
     uc->uc_mcontext.gregs[REG_EFL] |= kTrapFlag;
@@ -315,7 +424,13 @@ void StoreTracker::on_trap(int sig, siginfo_t* info, void* ctx) {
     CacheModel* m = t_step.model[i];
     // Again, now that the store happened: a clean by another thread since the fault must not
     // leave this line looking clean.
-    m->set_dirty_bit(t_step.line[i]);
+    const size_t w = t_step.width[i];
+    m->mark_stored(t_step.line[i], w == 0 ? 1 : w);
+    for (size_t j = 0; j < t_step.after_len[i]; ++j) {
+      if (m->cpu_[t_step.after_off[i] + j] != t_step.after[i][j]) {
+        m->set_dirty_bit(t_step.after_off[i] + j);
+      }
+    }
     close_page(m, t_step.line[i] & ~(kPage - 1));
   }
   t_step.n = 0;
@@ -365,6 +480,10 @@ void CacheModel::protect(size_t off, size_t len, bool writable_too) const {
 void CacheModel::set_dirty_bit(size_t off) {
   const size_t i = off / line_;
   dirty_bits_[i / 64].fetch_or(uint64_t{1} << (i % 64));
+}
+
+void CacheModel::mark_stored(size_t off, size_t len) {
+  for (size_t l = off & ~(line_ - 1); l < off + len; l += line_) set_dirty_bit(l);
 }
 
 bool CacheModel::clear_dirty_bit(size_t off) {

@@ -156,7 +156,8 @@ class CacheModel {
   void write_cpu(size_t off, const void* src, size_t len) TA_REQ(mu_);
   // Store tracking: the dirty bit of a line; a page's protection after maintenance.
   void set_dirty_bit(size_t line_off);
-  bool clear_dirty_bit(size_t line_off);  // Returns the bit it cleared.
+  void mark_stored(size_t off, size_t len);  // Every line of [off, off + len) dirty.
+  bool clear_dirty_bit(size_t line_off);     // Returns the bit it cleared.
   bool dirty_bit(size_t line_off) const;
   bool page_has_clean_line(size_t page_off) const;
   void track_pages(size_t off, size_t len) TA_REQ(mu_);
