@@ -32,6 +32,37 @@ constexpr size_t kPage = CacheModel::kPageSize;
 constexpr greg_t kTrapFlag = 0x100;       // EFLAGS.TF: trap after the next instruction.
 constexpr greg_t kDirectionFlag = 0x400;  // EFLAGS.DF: string instructions go downwards.
 
+// The model's reads of the CPU view act for the hardware (a write-back, a snoop), which runs
+// alongside the CPUs' stores: ThreadSanitizer must not take them for the program's own accesses.
+// So they are loads it does not instrument, volatile so that no memcpy / bcmp call (which it
+// intercepts) replaces them. Word by word where the length allows (lines always do).
+[[clang::no_sanitize("thread")]] void copy_from_cpu(uint8_t* dst, const uint8_t* cpu, size_t n) {
+  size_t i = 0;
+  if ((reinterpret_cast<uintptr_t>(cpu) | reinterpret_cast<uintptr_t>(dst)) % 8 == 0) {
+    for (; i + 8 <= n; i += 8) {
+      *reinterpret_cast<uint64_t*>(dst + i) = *reinterpret_cast<const volatile uint64_t*>(cpu + i);
+    }
+  }
+  for (; i < n; ++i) dst[i] = static_cast<const volatile uint8_t*>(cpu)[i];
+}
+
+[[clang::no_sanitize("thread")]] bool cpu_differs(const uint8_t* cpu, const uint8_t* other,
+                                                  size_t n) {
+  size_t i = 0;
+  if ((reinterpret_cast<uintptr_t>(cpu) | reinterpret_cast<uintptr_t>(other)) % 8 == 0) {
+    for (; i + 8 <= n; i += 8) {
+      if (*reinterpret_cast<const volatile uint64_t*>(cpu + i) !=
+          *reinterpret_cast<const uint64_t*>(other + i)) {
+        return true;
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    if (static_cast<const volatile uint8_t*>(cpu)[i] != other[i]) return true;
+  }
+  return false;
+}
+
 // A tiny spinlock the signal handlers may take: held only around an mprotect and a state update,
 // never while storing to tracked memory, so a handler never waits for its own thread.
 class ProtLock {
@@ -401,7 +432,7 @@ void StoreTracker::on_segv(int sig, siginfo_t* info, void* ctx) {
         const size_t len = from < page + kPage ? std::min<size_t>(64, page + kPage - from) : 0;
         t_step.after_off[k] = from;
         t_step.after_len[k] = len;
-        std::memcpy(t_step.after[k], m->cpu_ + from, len);
+        copy_from_cpu(t_step.after[k], m->cpu_ + from, len);
       }
     }
     open_page(m, page);
@@ -426,8 +457,9 @@ void StoreTracker::on_trap(int sig, siginfo_t* info, void* ctx) {
     // leave this line looking clean.
     const size_t w = t_step.width[i];
     m->mark_stored(t_step.line[i], w == 0 ? 1 : w);
-    for (size_t j = 0; j < t_step.after_len[i]; ++j) {
-      if (m->cpu_[t_step.after_off[i] + j] != t_step.after[i][j]) {
+    for (size_t j = 0; j < t_step.after_len[i]; j += m->line_) {
+      const size_t len = std::min(m->line_, t_step.after_len[i] - j);
+      if (cpu_differs(m->cpu_ + t_step.after_off[i] + j, &t_step.after[i][j], len)) {
         m->set_dirty_bit(t_step.after_off[i] + j);
       }
     }
@@ -521,7 +553,7 @@ void CacheModel::track_pages(size_t off, size_t len) {
     if ((s & kTracked) == 0 && (s & kUncachedPage) == 0) {
       // Stores before tracking began are known by value only: freeze what they changed.
       for (size_t l = p; l < p + kPage; l += line_) {
-        if (std::memcmp(cpu_ + l, synced_ + l, line_) != 0) set_dirty_bit(l);
+        if (cpu_differs(cpu_ + l, synced_ + l, line_)) set_dirty_bit(l);
       }
       st.fetch_or(kTracked);
       s |= kTracked;
@@ -551,7 +583,7 @@ void CacheModel::write_cpu(size_t off, const void* src, size_t len) {
 
 bool CacheModel::dirty_locked(size_t l) const {
   if (tracking_ == Tracking::kStores && dirty_bit(l)) return true;
-  return std::memcmp(cpu_ + l, synced_ + l, line_) != 0;
+  return cpu_differs(cpu_ + l, synced_ + l, line_);
 }
 
 template <typename F>
@@ -578,10 +610,10 @@ void CacheModel::clean_line(size_t l) {
   // The bit is taken before the copy: a store racing with this clean either is in the copy or
   // sets the bit again.
   const bool stored = tracking_ == Tracking::kStores && clear_dirty_bit(l);
-  if (stored || std::memcmp(cpu_ + l, synced_ + l, line_) != 0) {
-    std::memcpy(memory_ + l, cpu_ + l, line_);
+  if (stored || cpu_differs(cpu_ + l, synced_ + l, line_)) {
+    copy_from_cpu(memory_ + l, cpu_ + l, line_);
   }
-  std::memcpy(synced_ + l, cpu_ + l, line_);
+  copy_from_cpu(synced_ + l, cpu_ + l, line_);
 }
 
 // Invalidates (after cleaning, if clean_first) every line of [off, off + len): the CPU view takes
@@ -606,7 +638,7 @@ void CacheModel::invalidate_lines(size_t off, size_t len, bool clean_first) {
       return;
     }
     if (tracking_ == Tracking::kStores) clear_dirty_bit(l);
-    if (std::memcmp(cpu_ + l, memory_ + l, line_) != 0) {
+    if (cpu_differs(cpu_ + l, memory_ + l, line_)) {
       if (run_len == 0 || run_start + run_len != l) {
         write_run();
         run_start = l;
@@ -657,7 +689,11 @@ void CacheModel::device_read(size_t off, void* dst, size_t len, bool coherent) c
   auto* out = static_cast<uint8_t*>(dst);
   while (len > 0) {
     size_t n = std::min(len, kPageSize - (off % kPageSize));
-    std::memcpy(out, (coherent || uncached_locked(off) ? cpu_ : memory_) + off, n);
+    if (coherent || uncached_locked(off)) {
+      copy_from_cpu(out, cpu_ + off, n);  // A snoop, or memory the CPU writes uncached.
+    } else {
+      std::memcpy(out, memory_ + off, n);
+    }
     out += n;
     off += n;
     len -= n;
@@ -701,14 +737,18 @@ void CacheModel::set_uncached(size_t off, size_t len, bool make_uncached) {
     for (size_t l = page; l < page + kPageSize; l += line_) {
       if (make_uncached) {
         // A dirty line stays in the cache; the CPU now reads memory.
-        if (dirty_locked(l)) stale_[l].assign(cpu_ + l, cpu_ + l + line_);
+        if (dirty_locked(l)) {
+          std::vector<uint8_t>& bytes = stale_[l];
+          bytes.resize(line_);
+          copy_from_cpu(bytes.data(), cpu_ + l, line_);
+        }
         write_cpu(l, memory_ + l, line_);
         std::memcpy(synced_ + l, memory_ + l, line_);
         if (tracking_ == Tracking::kStores) clear_dirty_bit(l);
       } else {
         // What was written uncached is memory; a stale line is the CPU's view again (dirty).
-        std::memcpy(memory_ + l, cpu_ + l, line_);
-        std::memcpy(synced_ + l, cpu_ + l, line_);
+        copy_from_cpu(memory_ + l, cpu_ + l, line_);
+        copy_from_cpu(synced_ + l, cpu_ + l, line_);
         auto it = stale_.find(l);
         if (it != stale_.end()) {
           write_cpu(l, it->second.data(), line_);
