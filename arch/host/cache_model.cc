@@ -301,7 +301,12 @@ static size_t store_width(const uint8_t* ip) {
         return 0;
     }
   }
-  const size_t gpr = w ? 8 : opsize16 ? 2 : 4;
+  size_t gpr = 4;
+  if (w) {
+    gpr = 8;
+  } else if (opsize16) {
+    gpr = 2;
+  }
   switch (b0) {
     case 0x88:  // mov r/m8, r8
     case 0xC6:  // mov r/m8, imm8
@@ -339,6 +344,7 @@ static size_t store_width(const uint8_t* ip) {
 bool StoreTracker::perform_rep_store(CacheModel* m, ucontext_t* uc) {
   greg_t* r = uc->uc_mcontext.gregs;
   if ((r[REG_EFL] & kDirectionFlag) != 0) return false;
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): the saved instruction pointer.
   const auto* ip = reinterpret_cast<const uint8_t*>(r[REG_RIP]);
   bool rep = false;
   bool opsize16 = false;
@@ -360,7 +366,14 @@ bool StoreTracker::perform_rep_store(CacheModel* m, ucontext_t* uc) {
   const uint8_t opcode = ip[n];
   if (!rep || (opcode != 0xA4 && opcode != 0xA5 && opcode != 0xAA && opcode != 0xAB)) return false;
   const bool movs = opcode == 0xA4 || opcode == 0xA5;
-  const size_t elem = (opcode == 0xA4 || opcode == 0xAA) ? 1 : rexw ? 8 : opsize16 ? 2 : 4;
+  size_t elem = 4;
+  if (opcode == 0xA4 || opcode == 0xAA) {
+    elem = 1;
+  } else if (rexw) {
+    elem = 8;
+  } else if (opsize16) {
+    elem = 2;
+  }
   const auto count = static_cast<size_t>(r[REG_RCX]);
   const auto dst = static_cast<uintptr_t>(r[REG_RDI]);
   const auto src = static_cast<uintptr_t>(r[REG_RSI]);
@@ -376,6 +389,7 @@ bool StoreTracker::perform_rep_store(CacheModel* m, ucontext_t* uc) {
   for (size_t l = first_line; l < off + bytes; l += m->line_) m->set_dirty_bit(l);
   bool ok;
   if (movs) {
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the saved source register.
     ok = write_mem(dst, reinterpret_cast<const void*>(src), bytes);
   } else {
     uint8_t pattern[512];
@@ -390,10 +404,13 @@ bool StoreTracker::perform_rep_store(CacheModel* m, ucontext_t* uc) {
   }
   if (!ok) return false;  // Stepped instead; the lines are dirty either way.
   for (size_t l = first_line; l < off + bytes; l += m->line_) m->set_dirty_bit(l);
-  r[REG_RDI] = static_cast<greg_t>(dst + bytes);
-  if (movs) r[REG_RSI] = static_cast<greg_t>(src + bytes);
+  const uintptr_t dst_end = dst + bytes;
+  const uintptr_t src_end = src + bytes;
+  r[REG_RDI] = static_cast<greg_t>(dst_end);
+  if (movs) r[REG_RSI] = static_cast<greg_t>(src_end);
   r[REG_RCX] = 0;
-  r[REG_RIP] = static_cast<greg_t>(reinterpret_cast<uintptr_t>(ip) + n + 1);
+  const uintptr_t next_ip = reinterpret_cast<uintptr_t>(ip) + n + 1;
+  r[REG_RIP] = static_cast<greg_t>(next_ip);
   // Pages now wholly dirty need no protection: later stores to them cost nothing.
   for (size_t p = off & ~(kPage - 1); p < off + bytes; p += kPage) open_page_if_all_dirty(m, p);
   return true;
@@ -415,9 +432,9 @@ void StoreTracker::on_segv(int sig, siginfo_t* info, void* ctx) {
     const size_t page = off & ~(kPage - 1);
     // Within this page; an access that began on the page before may end here sooner than that
     // (then the width is an upper bound, at most one line further than the truth).
-    const size_t width =
-        std::min(store_width(reinterpret_cast<const uint8_t*>(uc->uc_mcontext.gregs[REG_RIP])),
-                 page + kPage - off);
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the saved instruction pointer.
+    const auto* fault_ip = reinterpret_cast<const uint8_t*>(uc->uc_mcontext.gregs[REG_RIP]);
+    const size_t width = std::min(store_width(fault_ip), page + kPage - off);
     m->mark_stored(off, width == 0 ? 1 : width);
     if (t_step.n < kMaxOpen) {
       const int k = t_step.n++;
@@ -788,7 +805,7 @@ size_t CacheModel::stale_lines() const {
 bool CacheModel::line_dirty(size_t off) const {
   KASSERT(off < size_, "line_dirty outside the modelled memory");
   support::Guard<ModelMutex> g(&mu_);
-  if (uncached_locked(off)) return stale_.count(off & ~(line_ - 1)) != 0;
+  if (uncached_locked(off)) return stale_.contains(off & ~(line_ - 1));
   return dirty_locked(off & ~(line_ - 1));
 }
 

@@ -156,7 +156,7 @@ class CacheModel {
   template <typename F>
   void for_lines(size_t off, size_t len, F f) TA_REQ(mu_);
   bool uncached_locked(size_t off) const TA_REQ(mu_) {
-    return uncached_pages_.count(off / kPageSize) != 0;
+    return uncached_pages_.contains(off / kPageSize);
   }
   // Writes the CPU view without tripping the write protection.
   void write_cpu(size_t off, const void* src, size_t len) TA_REQ(mu_);
