@@ -362,3 +362,46 @@ TEST_F(CoherentModelTest, RemapRefusesWhatIsNotSimulatedRam) {
 }
 
 }  // namespace
+
+namespace {
+
+// HostDmaOp runs the decisions of the architecture HostPlatform::Options::cache_policy names:
+// each keeps the neighbours of a buffer that shares its first and last lines, and only those
+// with an invalidate-only instruction use it.
+TEST(HostCachePolicyTest, EveryArchitecturesPolicyKeepsTheNeighboursOfADeviceWrittenBuffer) {
+  for (HostCachePolicy policy : {HostCachePolicy::kAArch64, HostCachePolicy::kRiscv64,
+                                 HostCachePolicy::kRiscv64NoInval, HostCachePolicy::kX86}) {
+    SCOPED_TRACE(static_cast<int>(policy));
+    HostPlatform::Options o = HostPlatform::default_options();
+    o.cache_policy = policy;
+    HostPlatform plat(o);
+    EXPECT_EQ(plat.op().policy(), policy);
+    DeviceDma dev(&plat.op(), kMask32);
+    HostDevice hw(&plat, kMask32, false);
+    auto pa = plat.pfa().alloc(0);
+    ASSERT_TRUE(pa.ok());
+    uint8_t* page = plat.phys_to_virt(pa->value());
+    std::memset(page, 0x11, kPage);
+    uint8_t* buf = page + 8;  // [8, 208): partial lines 0 and 192, whole lines 64 and 128.
+    auto m = dev.map(buf, 200, DmaDirection::kFromDevice);
+    ASSERT_TRUE(m.ok());
+    plat.model().reset_counters();
+    *reinterpret_cast<volatile uint8_t*>(page + 7) = 0x22;    // Neighbours, stored during the DMA.
+    *reinterpret_cast<volatile uint8_t*>(page + 208) = 0x11;  // The value it had.
+    hw.fill(m->dma_addr(), 0xDD, 200);
+    m->unmap();
+    EXPECT_EQ(page[7], 0x22);
+    EXPECT_EQ(page[208], 0x11);
+    for (size_t i = 64; i < 192; ++i) ASSERT_EQ(page[i], 0xDD) << i;
+    uint8_t b = 0;
+    hw.read(DmaAddr(pa->value() + 7), &b, 1);
+    EXPECT_EQ(b, 0x22);  // Written back by the clean of the partial line.
+    const bool has_invalidate =
+        policy == HostCachePolicy::kAArch64 || policy == HostCachePolicy::kRiscv64;
+    EXPECT_EQ(plat.model().counters().invalidates, has_invalidate ? 2u : 0u);
+    EXPECT_EQ(plat.model().counters().clean_invalidates, has_invalidate ? 2u : 4u);
+    ASSERT_TRUE(plat.pfa().free(*pa, 0).ok());
+  }
+}
+
+}  // namespace
