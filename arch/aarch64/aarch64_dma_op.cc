@@ -1,8 +1,34 @@
 // AArch64 cache maintenance for the DMA layer; see aarch64_dma_op.h.
 #include "arch/aarch64/aarch64_dma_op.h"
 
+#include "arch/aarch64/aarch64_line_ops.h"
 #include "support/assert.h"
 #include "support/bitops.h"
+
+namespace {
+
+// The instructions behind AArch64LineOps. The "memory" clobbers keep the compiler from moving
+// the caller's accesses to the buffer across them.
+struct DcInsns {
+  [[gnu::always_inline]] void dc_cvac(uintptr_t a) {
+    __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
+  }
+  [[gnu::always_inline]] void dc_ivac(uintptr_t a) {
+    __asm__ volatile("dc ivac, %0" : : "r"(a) : "memory");
+  }
+  [[gnu::always_inline]] void dc_civac(uintptr_t a) {
+    __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
+  }
+  [[gnu::always_inline]] void dsb_sy() { __asm__ volatile("dsb sy" : : : "memory"); }
+};
+static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<DcInsns>>);
+
+// A local copy of the line size: the asm's memory clobber would make the walk reload a member.
+[[gnu::always_inline]] inline AArch64LineOps<DcInsns> line_ops(size_t line) {
+  return AArch64LineOps<DcInsns>(DcInsns{}, line);
+}
+
+}  // namespace
 
 AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size)
     : KernelDmaOp(cfg), line_(line_size) {
@@ -16,57 +42,16 @@ size_t AArch64DmaOp::hardware_line_size() {
 }
 
 void AArch64DmaOp::flush(const void* addr, size_t size) {
-  if (size == 0) return;
-  const size_t line = line_;  // A local: the asm's memory clobber would reload the member.
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  uintptr_t end = start + size;
-  for (uintptr_t a = start & ~(line - 1); a < end; a += line) {
-    __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
-  }
-  __asm__ volatile("dsb sy" : : : "memory");
+  auto ops = line_ops(line_);
+  cache_range::maintain(ops, cache_range::CacheOp::kClean, addr, size);
 }
 
 void AArch64DmaOp::invalidate(const void* addr, size_t size) {
-  if (size == 0) return;
-  const size_t line = line_;
-  const uintptr_t mask = line - 1;
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  uintptr_t end = start + size;
-  uintptr_t first = start & ~mask;     // First line touched.
-  uintptr_t last = (end - 1) & ~mask;  // Last line touched.
-  // A line only partly inside the range holds a neighbour's bytes: clean it too (civac), so a
-  // dirty neighbour reaches memory instead of being thrown away.
-  if ((start & mask) != 0) {
-    __asm__ volatile("dc civac, %0" : : "r"(first) : "memory");
-    if (first == last) {
-      __asm__ volatile("dsb sy" : : : "memory");
-      return;
-    }
-    first += line;
-  }
-  if ((end & mask) != 0) {
-    __asm__ volatile("dc civac, %0" : : "r"(last) : "memory");
-    if (first == last) {
-      __asm__ volatile("dsb sy" : : : "memory");
-      return;
-    }
-    last -= line;
-  }
-  // Whole lines: plain invalidate.
-  for (uintptr_t a = first;; a += line) {
-    __asm__ volatile("dc ivac, %0" : : "r"(a) : "memory");
-    if (a == last) break;
-  }
-  __asm__ volatile("dsb sy" : : : "memory");
+  auto ops = line_ops(line_);
+  cache_range::maintain(ops, cache_range::CacheOp::kInvalidate, addr, size);
 }
 
 void AArch64DmaOp::flush_invalidate(const void* addr, size_t size) {
-  if (size == 0) return;
-  const size_t line = line_;  // A local: the asm's memory clobber would reload the member.
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  uintptr_t end = start + size;
-  for (uintptr_t a = start & ~(line - 1); a < end; a += line) {
-    __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
-  }
-  __asm__ volatile("dsb sy" : : : "memory");
+  auto ops = line_ops(line_);
+  cache_range::maintain(ops, cache_range::CacheOp::kCleanInvalidate, addr, size);
 }

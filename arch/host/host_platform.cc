@@ -7,38 +7,55 @@
 #include <algorithm>
 #include <cstring>
 
+#include "arch/aarch64/aarch64_line_ops.h"
+#include "arch/host/model_line_ops.h"
+#include "arch/riscv64/riscv64_line_ops.h"
+#include "arch/x86_64/x86_64_line_ops.h"
 #include "support/bitops.h"
+
+static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<ModelDcInsns>>);
+static_assert(cache_range::InvalidatingLineOps<Riscv64LineOps<ModelCboInsns>>);
+static_assert(cache_range::LineOps<X86LineOps<ModelX86Insns>> &&
+              !cache_range::InvalidatingLineOps<X86LineOps<ModelX86Insns>>);
 
 // ---- HostDmaOp ----
 
-size_t HostDmaOp::offset_of(const void* addr) const {
-  const auto* p = reinterpret_cast<const uint8_t*>(addr);
-  KASSERT(p >= arena_, "cache operation below simulated RAM");
-  return static_cast<size_t>(p - arena_);
+void HostDmaOp::maintain(cache_range::CacheOp op, const void* addr, size_t size) {
+  ModelLines lines(model_, reinterpret_cast<uintptr_t>(arena_));
+  const size_t line = model_->line_size();
+  switch (policy_) {
+    case HostCachePolicy::kAArch64: {
+      AArch64LineOps<ModelDcInsns> ops(ModelDcInsns{&lines}, line);
+      cache_range::maintain(ops, op, addr, size);
+      break;
+    }
+    case HostCachePolicy::kRiscv64:
+    case HostCachePolicy::kRiscv64NoInval: {
+      Riscv64LineOps<ModelCboInsns> ops(ModelCboInsns{&lines}, line,
+                                        policy_ == HostCachePolicy::kRiscv64);
+      cache_range::maintain(ops, op, addr, size);
+      break;
+    }
+    case HostCachePolicy::kX86: {
+      // The best instructions: CLWB for a clean, CLFLUSHOPT for the rest.
+      X86LineOps<ModelX86Insns> ops(ModelX86Insns{&lines}, line, X86FlushInsn::kClwb,
+                                    X86InvalInsn::kClflushopt);
+      cache_range::maintain(ops, op, addr, size);
+      break;
+    }
+  }
 }
 
 void HostDmaOp::flush(const void* addr, size_t size) {
-  if (size == 0) return;
-  model_->clean(offset_of(addr), size);
+  maintain(cache_range::CacheOp::kClean, addr, size);
 }
 
 void HostDmaOp::invalidate(const void* addr, size_t size) {
-  if (size == 0) return;
-  size_t off = offset_of(addr);
-  size_t line = model_->line_size();
-  size_t end = off + size;
-  size_t head_end = support::min<size_t>(support::align_up(off, line), end);
-  size_t tail_start = support::max<size_t>(support::align_down(end, line), head_end);
-  // Partial lines at the edges are cleaned and invalidated: their other bytes belong to someone
-  // else, and must reach memory before the line is dropped.
-  if (head_end > off) model_->clean_invalidate(off, head_end - off);
-  if (tail_start > head_end) model_->invalidate(head_end, tail_start - head_end);
-  if (end > tail_start) model_->clean_invalidate(tail_start, end - tail_start);
+  maintain(cache_range::CacheOp::kInvalidate, addr, size);
 }
 
 void HostDmaOp::flush_invalidate(const void* addr, size_t size) {
-  if (size == 0) return;
-  model_->clean_invalidate(offset_of(addr), size);
+  maintain(cache_range::CacheOp::kCleanInvalidate, addr, size);
 }
 
 Result<void> HostDmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
@@ -129,7 +146,9 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
   arena_mapping_.base = m;
   arena_mapping_.size = arena_size_;
   direct_map_offset_ = reinterpret_cast<uintptr_t>(arena_) - arena_phys_;
-  model_ = std::make_unique<CacheModel>(arena_, arena_size_, opts_.line_size);
+  model_ = std::make_unique<CacheModel>(
+      arena_, arena_size_, opts_.line_size,
+      opts_.track_cpu_stores ? CacheModel::Tracking::kStores : CacheModel::Tracking::kValues);
 
   // Carve each bounce pool from the highest RAM under its limit that is free of reservations.
   std::vector<PhysRange> reserved = opts_.reserved;
@@ -184,7 +203,8 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
     cfg.pools[cfg.num_pools++] = pool.get();
     pools_.push_back(std::move(pool));
   }
-  op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_, arena_size_, opts_.uncached);
+  op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_, arena_size_, opts_.uncached,
+                                    opts_.cache_policy);
 }
 
 unsigned HostPlatform::host_current_cpu() {

@@ -11,8 +11,19 @@
 #include <unordered_map>
 #include <vector>
 
+#include "arch/common/cache_range.h"
 #include "arch/host/cache_model.h"
 #include "dma/kernel_dma_op.h"
+
+// Whose cache-maintenance decisions HostDmaOp runs: each is that architecture's own line ops
+// (arch/<arch>/<arch>_line_ops.h) over the shared walk (arch/common/cache_range.h), with the
+// instructions acting on the cache model (arch/host/model_line_ops.h).
+enum class HostCachePolicy : uint8_t {
+  kAArch64,         // dc cvac / ivac (whole lines) / civac (partial lines), dsb sy.
+  kRiscv64,         // cbo.clean / cbo.inval (whole blocks) / cbo.flush (partial), fences.
+  kRiscv64NoInval,  // As firmware without menvcfg.CBIE leaves it: cbo.flush for every invalidate.
+  kX86,             // clwb / clflushopt, fenced; no invalidate-only instruction.
+};
 
 class HostDmaOp final : public KernelDmaOp {
  public:
@@ -27,19 +38,24 @@ class HostDmaOp final : public KernelDmaOp {
   };
 
   HostDmaOp(const Config& cfg, CacheModel* model, uint8_t* arena, size_t arena_size,
-            const UncachedOptions& uncached)
+            const UncachedOptions& uncached, HostCachePolicy policy = HostCachePolicy::kAArch64)
       : KernelDmaOp(cfg),
         model_(model),
         arena_(arena),
         arena_size_(arena_size),
-        uncached_(uncached) {}
+        uncached_(uncached),
+        policy_(policy) {}
 
-  // Cleans every line overlapping the range.
+  // The three run the chosen architecture's decisions (HostCachePolicy) on the cache model:
+  // flush cleans every line overlapping the range; invalidate invalidates the lines wholly inside
+  // and cleans+invalidates a partial first or last line (or every line, where the architecture
+  // has no usable invalidate-only instruction); flush_invalidate cleans and invalidates every
+  // line overlapping the range. Any alignment, size may be 0. The range must lie in simulated
+  // RAM (the model asserts it). Thread-safe (the model's lock).
   void flush(const void* addr, size_t size) override;
-  // Invalidates whole lines inside the range; lines only partly inside are cleaned first.
   void invalidate(const void* addr, size_t size) override;
-  // Cleans and invalidates every line overlapping the range.
   void flush_invalidate(const void* addr, size_t size) override;
+  HostCachePolicy policy() const { return policy_; }
   // Marks the pages uncached (or cached again) in the cache model; see KernelDmaOp for the
   // contract and CacheModel for what it does to the cache's contents. Errors as KernelDmaOp's:
   // kNotSupported (UncachedOptions::supported false), kLayoutError (misaligned), kInvalidArgument
@@ -52,11 +68,12 @@ class HostDmaOp final : public KernelDmaOp {
 
  private:
   static constexpr uint64_t kRegion = 2ull << 20;
-  size_t offset_of(const void* addr) const;
+  void maintain(cache_range::CacheOp op, const void* addr, size_t size);
   CacheModel* model_;
   uint8_t* arena_;
   size_t arena_size_;
   UncachedOptions uncached_;
+  HostCachePolicy policy_;
   std::unordered_map<size_t, size_t> region_pages_;  // 2 MiB region index -> uncached pages.
   uint64_t attribute_changes_ = 0;
 };
@@ -96,6 +113,11 @@ class HostPlatform {
     std::vector<PhysRange> reserved;  // Pieces never given to the allocator.
     std::vector<PoolSpec> pools;      // Carved from the top of RAM under each limit.
     size_t line_size = 64;
+    // Track the CPU's stores to simulated RAM (CacheModel::Tracking::kStores): a store dirties its
+    // line even if it changes nothing. False: dirtiness by value comparison alone.
+    bool track_cpu_stores = true;
+    // Whose cache-maintenance decisions the platform's DmaOp runs.
+    HostCachePolicy cache_policy = HostCachePolicy::kAArch64;
     bool platform_coherent = false;
     // False: a platform without cache-maintenance instructions (KernelDmaOp::Config).
     bool cache_maintenance = true;

@@ -20,13 +20,14 @@
 // by [addr, addr + size) plus two fences.
 #pragma once
 
+#include "arch/x86_64/x86_64_line_ops.h"
 #include "dma/kernel_dma_op.h"
 
 class X86DmaOp final : public KernelDmaOp {
  public:
-  // Which flush instructions to use.
-  enum class FlushInsn : uint8_t { kClwb, kClflushopt, kClflush };
-  enum class InvalInsn : uint8_t { kClflushopt, kClflush };
+  // Which flush instructions to use (arch/x86_64/x86_64_line_ops.h).
+  using FlushInsn = X86FlushInsn;
+  using InvalInsn = X86InvalInsn;
 
   // Preconditions: as KernelDmaOp; the CPU has at least CLFLUSH (every x86-64 CPU does).
   // `line_size` is a power of two. The choice of instructions is fixed for the object's life.

@@ -3,7 +3,9 @@
 // remap of coherent memory does and why alloc_coherent cleans before it.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "arch/host/host_platform.h"
@@ -105,6 +107,111 @@ TEST_F(CoherentModelTest, ANonCoherentStreamingBufferNeedsSyncForCpu) {
   EXPECT_EQ(buf[200], 0x11);  // The CPU's cached copy: stale until the sync.
   ASSERT_TRUE(m->sync_for_cpu(200, 1).ok());
   EXPECT_EQ(buf[200], 0x77);
+}
+
+// ---- Non-coherent devices: a CPU store dirties its line, whatever it stores ----
+
+// Hardware marks a line dirty on any store, even one that writes back the bytes already there;
+// the later write-back (a clean, or an eviction at the cache's choosing) then puts the whole line
+// over what the device wrote meanwhile. A model that compared values would call the line clean
+// and keep the device's bytes, hiding a driver that stores into a line a device is writing.
+TEST_F(CoherentModelTest, AStoreOfTheSameValueDirtiesTheLineForAClean) {
+  uint8_t* buf = buffer(kPage);
+  std::memset(buf, 0x11, kPage);
+  plat_.op().flush(buf, kPage);  // Synced: memory holds 0x11, every line clean.
+  const DmaAddr a(plat_.arena_phys() + offset_of(buf));
+  EXPECT_EQ(device_byte(a + 6), 0x11);
+  *reinterpret_cast<volatile uint8_t*>(buf + 5) = 0x11;  // The value it already had.
+  const uint8_t w = 0x77;
+  hw_.write(a + 6, &w, 1);  // Same line, in memory only.
+  EXPECT_EQ(device_byte(a + 6), 0x77);
+  plat_.op().flush(buf + 5, 1);
+  EXPECT_EQ(device_byte(a + 6), 0x11);  // The dirty line went back whole.
+  // A line nobody stored to keeps the device's byte through the same clean.
+  hw_.write(a + 200, &w, 1);
+  plat_.op().flush(buf + 200, 1);
+  EXPECT_EQ(device_byte(a + 200), 0x77);
+}
+
+TEST_F(CoherentModelTest, AStoreOfTheSameValueDirtiesTheLineForAnEviction) {
+  uint8_t* buf = buffer(kPage);
+  std::memset(buf, 0x22, kPage);
+  plat_.op().flush_invalidate(buf, kPage);
+  const DmaAddr a(plat_.arena_phys() + offset_of(buf));
+  std::memset(buf + 128, 0x22, 64);  // A whole line, rewritten unchanged.
+  std::vector<uint8_t> dev(64, 0x99);
+  hw_.write(a + 128, dev.data(), 64);
+  hw_.write(a + 192, dev.data(), 64);  // The next line: not stored to.
+  plat_.model().evict_all();
+  EXPECT_EQ(device_byte(a + 128), 0x22);
+  EXPECT_EQ(device_byte(a + 191), 0x22);
+  EXPECT_EQ(device_byte(a + 192), 0x99);
+}
+
+// ---- Several threads, one non-coherent device, through the model ----
+
+// Each thread streams its own buffers to and from the device, as CPUs of a real machine would:
+// the model's state and the store tracking are shared by all of them. Every byte the device reads
+// must be what the thread wrote, and every byte the thread reads back what the device wrote.
+TEST_F(CoherentModelTest, ThreadsStreamingTheirOwnBuffersSeeTheirOwnData) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 60;
+  constexpr size_t kBuf = 2 * kPage;
+  std::vector<uint8_t*> bufs;
+  for (int t = 0; t < kThreads; ++t) bufs.push_back(buffer(kBuf));
+  std::atomic<int> wrong_for_device{0};
+  std::atomic<int> wrong_for_cpu{0};
+  std::atomic<int> map_failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      uint8_t* buf = bufs[static_cast<size_t>(t)];
+      std::vector<uint8_t> seen(kBuf);
+      for (int r = 0; r < kRounds; ++r) {
+        const auto out = static_cast<uint8_t>(t * 37 + r);
+        const auto in = static_cast<uint8_t>(~out);
+        // Unaligned offsets and lengths: partial lines at both ends.
+        const size_t off = static_cast<size_t>(r * 13) % 100;
+        const size_t len = 100 + static_cast<size_t>(r * 611) % (kBuf - 200);
+        std::memset(buf + off, out, len);
+        {
+          auto m = dev_.map(buf + off, len, DmaDirection::kToDevice);
+          if (!m.ok()) {
+            ++map_failures;
+            continue;
+          }
+          hw_.read(m->dma_addr(), seen.data(), len);
+          for (size_t i = 0; i < len; ++i) {
+            if (seen[i] != out) {
+              ++wrong_for_device;
+              break;
+            }
+          }
+        }
+        {
+          auto m = dev_.map(buf + off, len, DmaDirection::kFromDevice);
+          if (!m.ok()) {
+            ++map_failures;
+            continue;
+          }
+          hw_.fill(m->dma_addr(), in, len);
+          m->unmap();
+          for (size_t i = 0; i < len; ++i) {
+            if (buf[off + i] != in) {
+              ++wrong_for_cpu;
+              break;
+            }
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(map_failures.load(), 0);
+  EXPECT_EQ(wrong_for_device.load(), 0);
+  EXPECT_EQ(wrong_for_cpu.load(), 0);
+  // The write protection saw the threads' stores (memset after each round's invalidate).
+  EXPECT_GT(plat_.model().caught_stores(), 0u);
 }
 
 // ---- Non-coherent devices: coherent memory is uncached and needs no sync ----
@@ -260,6 +367,49 @@ TEST_F(CoherentModelTest, RemapRefusesWhatIsNotSimulatedRam) {
   EXPECT_EQ(plat_.op().set_memory_attribute(outside, kPage, MemAttr::kUncached).code(),
             ErrorCode::kInvalidArgument);
   EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+}
+
+}  // namespace
+
+namespace {
+
+// HostDmaOp runs the decisions of the architecture HostPlatform::Options::cache_policy names:
+// each keeps the neighbours of a buffer that shares its first and last lines, and only those
+// with an invalidate-only instruction use it.
+TEST(HostCachePolicyTest, EveryArchitecturesPolicyKeepsTheNeighboursOfADeviceWrittenBuffer) {
+  for (HostCachePolicy policy : {HostCachePolicy::kAArch64, HostCachePolicy::kRiscv64,
+                                 HostCachePolicy::kRiscv64NoInval, HostCachePolicy::kX86}) {
+    SCOPED_TRACE(static_cast<int>(policy));
+    HostPlatform::Options o = HostPlatform::default_options();
+    o.cache_policy = policy;
+    HostPlatform plat(o);
+    EXPECT_EQ(plat.op().policy(), policy);
+    DeviceDma dev(&plat.op(), kMask32);
+    HostDevice hw(&plat, kMask32, false);
+    auto pa = plat.pfa().alloc(0);
+    ASSERT_TRUE(pa.ok());
+    uint8_t* page = plat.phys_to_virt(pa->value());
+    std::memset(page, 0x11, kPage);
+    uint8_t* buf = page + 8;  // [8, 208): partial lines 0 and 192, whole lines 64 and 128.
+    auto m = dev.map(buf, 200, DmaDirection::kFromDevice);
+    ASSERT_TRUE(m.ok());
+    plat.model().reset_counters();
+    *reinterpret_cast<volatile uint8_t*>(page + 7) = 0x22;    // Neighbours, stored during the DMA.
+    *reinterpret_cast<volatile uint8_t*>(page + 208) = 0x11;  // The value it had.
+    hw.fill(m->dma_addr(), 0xDD, 200);
+    m->unmap();
+    EXPECT_EQ(page[7], 0x22);
+    EXPECT_EQ(page[208], 0x11);
+    for (size_t i = 64; i < 192; ++i) ASSERT_EQ(page[i], 0xDD) << i;
+    uint8_t b = 0;
+    hw.read(DmaAddr(pa->value() + 7), &b, 1);
+    EXPECT_EQ(b, 0x22);  // Written back by the clean of the partial line.
+    const bool has_invalidate =
+        policy == HostCachePolicy::kAArch64 || policy == HostCachePolicy::kRiscv64;
+    EXPECT_EQ(plat.model().counters().invalidates, has_invalidate ? 2u : 0u);
+    EXPECT_EQ(plat.model().counters().clean_invalidates, has_invalidate ? 2u : 4u);
+    ASSERT_TRUE(plat.pfa().free(*pa, 0).ok());
+  }
 }
 
 }  // namespace
