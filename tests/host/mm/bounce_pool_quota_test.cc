@@ -381,7 +381,7 @@ TEST_P(BouncePoolQuota, TheLineGoesThroughTheLibrarysSink) {
 // sizes through their CPU caches: each device's count always matches what it holds (blocks the
 // others park in their caches and take back meanwhile never count), a quota is never exceeded,
 // and all ends at zero.
-TEST(BouncePoolQuotaThreads, AccountingStaysExactAcrossCpuCaches) {
+TEST(BouncePoolQuotaThreads, ConcurrentAccountingStaysExactAcrossCpuCaches) {
   constexpr unsigned kThreads = 4;
   Pool t(1 * kMiB, false);
   BouncePool& p = t.pool;
