@@ -84,8 +84,10 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
                           "bounce pool metadata");
   if (!meta.ok()) fail_boot("bounce pool metadata", meta.code());
   auto* pool = new (g_pool_storage[g_env.num_pools]) BouncePool();
+  BouncePool::Options opts;
+  opts.name = name;  // Named in the pool's report lines.
   auto r = pool->init(*base, bytes, g_env.phys_to_virt(*base), g_env.phys_to_virt(*meta),
-                      support::align_up(meta_bytes, kPage));
+                      support::align_up(meta_bytes, kPage), opts);
   if (!r.ok()) fail_boot("bounce pool init", r.code());
   auto cc = pool->enable_cpu_caches(&boot_cpu_only, 1);
   if (!cc.ok()) fail_boot("bounce pool CPU caches", cc.code());
