@@ -189,7 +189,7 @@ Result<uint64_t> KernelDmaOp::translate_buffer(const void* addr, size_t size) co
   uintptr_t va = reinterpret_cast<uintptr_t>(addr);
   uintptr_t last = va + (size - 1);  // The caller checked that the range does not wrap.
   for (uintptr_t page = (va & ~(kPage - 1)) + kPage; page - 1 < last; page += kPage) {
-    TRY_ASSIGN(PhysAddr pp, virt_to_phys(reinterpret_cast<const void*>(page)));
+    TRY_ASSIGN(PhysAddr pp, virt_to_phys(static_cast<const uint8_t*>(addr) + (page - va)));
     if (pp.value() != first.value() + (page - va)) {
       return Error(ErrorCode::kNotContiguous, page, 0);
     }

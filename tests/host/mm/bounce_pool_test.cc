@@ -527,7 +527,8 @@ TEST(BouncePool, HugePoolCapsASingleRequestAt4GiB) {
   BouncePool::Options o;
   o.slot_size = 1 * kMiB;
   o.max_mapping = bytes;  // Capped at kMaxRequest.
-  ASSERT_TRUE(p.init(PhysAddr(uint64_t{1} << 40), bytes, &byte, meta.data(), meta.size() * 8, o).ok());
+  ASSERT_TRUE(
+      p.init(PhysAddr(uint64_t{1} << 40), bytes, &byte, meta.data(), meta.size() * 8, o).ok());
   EXPECT_EQ(p.max_mapping_size(), BouncePool::kMaxRequest);
   EXPECT_EQ(p.alloc(BouncePool::kMaxRequest + 1).code(), ErrorCode::kLayoutError);
   BounceSlot s = must_alloc(p, BouncePool::kMaxRequest);
