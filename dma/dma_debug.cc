@@ -2,6 +2,7 @@
 #include "dma/dma_debug.h"
 
 #include "mm/bounce_pool.h"
+#include "support/report_line.h"
 #include "support/spinlock.h"
 
 namespace {
@@ -115,40 +116,9 @@ bool take_untracked(const void* op, uint64_t dma, bool forget) TA_REQ(g_table.lo
   return true;
 }
 
-// One report line, built without a hosted library.
-class Line {
+// One report line (support/report_line.h) with the checker's words: a report's head, a device.
+class Line : public support::ReportLine<Line> {
  public:
-  Line() { buf_[0] = '\0'; }
-  Line& str(const char* s) {
-    if (s == nullptr) s = "(null)";
-    while (*s != '\0' && n_ + 1 < sizeof(buf_)) buf_[n_++] = *s++;
-    buf_[n_] = '\0';
-    return *this;
-  }
-  Line& dec(uint64_t v) {
-    char tmp[24];
-    size_t i = 0;
-    do {
-      tmp[i++] = static_cast<char>('0' + (v % 10));
-      v /= 10;
-    } while (v != 0);
-    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
-    buf_[n_] = '\0';
-    return *this;
-  }
-  Line& hex(uint64_t v) {
-    str("0x");
-    char tmp[16];
-    size_t i = 0;
-    do {
-      tmp[i++] = "0123456789abcdef"[v & 0xF];
-      v >>= 4;
-    } while (v != 0);
-    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
-    buf_[n_] = '\0';
-    return *this;
-  }
-  Line& ptr(const void* p) { return hex(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))); }
   // "dma-debug: <kind>: device 'name' (#id)"
   Line& head(DmaDebugKind kind, const char* name, uint32_t device_id) {
     str("dma-debug: ").str(dma_debug_kind_name(kind)).str(": ");
@@ -165,11 +135,6 @@ class Line {
     }
     return *this;
   }
-  const char* c_str() const { return buf_; }
-
- private:
-  char buf_[400];
-  size_t n_ = 0;
 };
 
 void emit(DmaDebugKind kind, const Line& line) {

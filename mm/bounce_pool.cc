@@ -75,6 +75,7 @@
 #include "support/bitops.h"
 #include "support/fault_injection.h"
 #include "support/mem.h"
+#include "support/report_line.h"
 
 namespace {
 
@@ -105,39 +106,9 @@ bool report_due(uint64_t n) {
   return n <= 1024 ? support::is_pow2(n) : n % 1024 == 0;
 }
 
-// One report line, built without a hosted library.
-class Line {
+// One report line (support/report_line.h) with the pool's word for a device.
+class Line : public support::ReportLine<Line> {
  public:
-  Line() { buf_[0] = '\0'; }
-  Line& str(const char* s) {
-    if (s == nullptr) s = "(null)";
-    while (*s != '\0' && n_ + 1 < sizeof(buf_)) buf_[n_++] = *s++;
-    buf_[n_] = '\0';
-    return *this;
-  }
-  Line& dec(uint64_t v) {
-    char tmp[24];
-    size_t i = 0;
-    do {
-      tmp[i++] = static_cast<char>('0' + (v % 10));
-      v /= 10;
-    } while (v != 0);
-    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
-    buf_[n_] = '\0';
-    return *this;
-  }
-  Line& hex(uint64_t v) {
-    str("0x");
-    char tmp[16];
-    size_t i = 0;
-    do {
-      tmp[i++] = "0123456789abcdef"[v & 0xF];
-      v >>= 4;
-    } while (v != 0);
-    while (i > 0 && n_ + 1 < sizeof(buf_)) buf_[n_++] = tmp[--i];
-    buf_[n_] = '\0';
-    return *this;
-  }
   // "'name' (#id)", "'name'" (anonymous), "#id" (no name) or "anonymous".
   Line& device(uint32_t id, const char* name) {
     if (name != nullptr) {
@@ -150,11 +121,6 @@ class Line {
     }
     return *this;
   }
-  const char* c_str() const { return buf_; }
-
- private:
-  char buf_[400];
-  size_t n_ = 0;
 };
 
 void emit(const Line& line) {
