@@ -36,18 +36,13 @@ void add_relaxed(T* counter, T v) {
 #endif
 }
 
-// Device address = physical + bus_offset (mod 2^64), and the device reaches [0, dma_mask]: the
-// physical addresses it reaches are [lo, lo + mask] (mod 2^64) with lo = -bus_offset. When that
-// interval wraps past 2^64 (a positive offset: RAM appears higher on the bus than to the CPU) the
-// part that holds RAM is the low one, [0, mask - bus_offset]; the other part is the top of the
-// address space, where no RAM is. A negative offset (RAM at 0x3C00'0000 seen by the device from
-// 0) gives [0x3C00'0000, 0x3C00'0000 + mask].
-Result<KernelDmaOp::PhysWindow> phys_window_of(const DmaConstraints& c) {
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
-  uint64_t lo = 0 - c.bus_offset;
-  uint64_t hi;
-  if (__builtin_add_overflow(lo, c.dma_mask, &hi)) return KernelDmaOp::PhysWindow{0, hi};
-  return KernelDmaOp::PhysWindow{lo, hi};
+// Device address = physical + bus_offset (mod 2^64), and the device reaches [0, dma_mask]: it
+// reaches [p, p + size) when the device address d of p and d + size - 1 both lie there. Taken
+// modulo 2^64, a negative offset works (RAM at 0x3C00'0000 seen by the device from 0:
+// bus_offset = -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
+bool reaches(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  uint64_t d = p + c.bus_offset;
+  return d <= c.dma_mask && size - 1 <= c.dma_mask - d;
 }
 
 // The device address kDmaMaskNotMatch reports for [p, p + size): that of the last byte, or of
@@ -171,13 +166,26 @@ void KernelDmaOp::note_bounced(BouncePool* pool, size_t bytes) {
 #endif
 }
 
-int KernelDmaOp::pick_pool(PhysWindow w) const {
-  // pool_order_ lists the pools from the highest-placed down: the first that lies wholly inside
-  // the window is the highest such pool.
+int KernelDmaOp::pick_pool(const DmaConstraints& c) const {
+  // pool_order_ lists the pools from the highest-placed down: the first the device reaches
+  // wholly is the highest such pool.
   for (size_t i = 0; i < num_pools_; ++i) {
-    if (pool_last_[i] <= w.hi && pool_first_[i] >= w.lo) return pool_order_[i];
+    if (reaches(c, pool_first_[i], pool_last_[i] - pool_first_[i] + 1)) return pool_order_[i];
   }
   return -1;
+}
+
+KernelDmaOp::PhysWindow KernelDmaOp::alloc_window(const DmaConstraints& c) const {
+  uint64_t lo = 0 - c.bus_offset;  // The physical address the device sees at 0.
+  uint64_t hi;
+  if (!__builtin_add_overflow(lo, c.dma_mask, &hi)) return PhysWindow{lo, hi};
+  // The reachable addresses wrap past 2^64: [lo, 2^64 - 1] and [0, hi]. Both pieces may be RAM
+  // (a negative offset with a nearly full mask); the allocator takes one interval: everything
+  // when they meet, else the low piece when it holds all memory or the high one holds none,
+  // else the high one.
+  if (hi >= lo - 1) return PhysWindow{0, ~0ull};
+  if (hi >= dm_hi_ - 1 || lo >= dm_hi_) return PhysWindow{0, hi};
+  return PhysWindow{lo, ~0ull};
 }
 
 Result<uint64_t> KernelDmaOp::translate_buffer(const void* addr, size_t size) const {
@@ -199,13 +207,12 @@ Result<uint64_t> KernelDmaOp::translate_buffer(const void* addr, size_t size) co
 }
 
 size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
-  auto w = phys_window_of(c);
-  if (!w.ok()) return 0;
+  if (c.dma_mask == 0) return 0;
   // A device that reaches all memory, snoops the caches and is not forced to bounce never
   // bounces: nothing limits its mappings. Any other may bounce, and is limited by its pool.
-  bool reaches_all = w->lo <= dm_lo_ && dm_hi_ - 1 <= w->hi;
+  bool reaches_all = reaches(c, dm_lo_, dm_hi_ - dm_lo_);
   if (reaches_all && c.coherent && !c.force_bounce) return ~size_t{0};
-  int pi = pick_pool(*w);
+  int pi = pick_pool(c);
   if (pi < 0) return c.force_bounce ? 0 : ~size_t{0};
   return pools_[pi]->max_mapping_size();
 }
@@ -270,13 +277,12 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 Result<DmaMapHandle> KernelDmaOp::map_bounce(const DmaConstraints& c, void* addr, size_t size,
                                              size_t align, DmaDirection dir) {
   if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
-  auto w = phys_window_of(c);
-  if (!w.ok()) return map_failed(w.error());
+  if (c.dma_mask == 0) return map_failed(ErrorCode::kInvalidArgument);
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   // align <= 1 here, which asks for nothing, like 0: passing the constant lets the compiler drop
   // the alignment arithmetic from this path. The device is coherent: no shared-line bounce.
   KDEBUG_ASSERT(align <= 1, "map_bounce: an alignment the fast path should have sent elsewhere");
-  return bounce(c, addr, p, size, 0, dir, *w, /*for_lines=*/false);
+  return bounce(c, addr, p, size, 0, dir, /*for_lines=*/false);
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* addr, size_t size,
@@ -288,8 +294,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   if (align > 1 && !support::is_pow2(align)) return fail(ErrorCode::kLayoutError);
   auto va = reinterpret_cast<uintptr_t>(addr);
   if (support::add_overflows(va, size)) return fail(ErrorCode::kLayoutError);
-  auto w = phys_window_of(c);
-  if (!w.ok()) return fail(w.error());
+  if (c.dma_mask == 0) return fail(ErrorCode::kInvalidArgument);
   if (!c.coherent && !cfg_.cache_maintenance) return fail(ErrorCode::kNotSupported);
   // 2. Where it is. The direct map is contiguous by construction: a buffer wholly inside it
   // needs no call. Any other buffer goes through the (overridable) virt_to_phys, page by page.
@@ -302,12 +307,11 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   // 3. The decision: direct, or bounce (forced; out of the device's reach; misaligned for the
   // device; or sharing a cache line that the unmap's invalidate would have to write back over
   // the device's data).
-  bool reachable = p >= w->lo && p + (size - 1) <= w->hi;
+  bool reachable = reaches(c, p, size);
   bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
   bool lines = !c.coherent && copies_out(dir) && shares_cache_lines(va, size, line_);
   if (c.force_bounce || !reachable || !aligned || lines) {
-    return bounce(c, addr, p, size, align, dir, *w,
-                  lines && reachable && aligned && !c.force_bounce);
+    return bounce(c, addr, p, size, align, dir, lines && reachable && aligned && !c.force_bounce);
   }
   // 4. Direct.
   DmaMapHandle h;
@@ -325,10 +329,12 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
 
 // The bounce half of the map decision: a slot inside the device's window `w`, the data copied
 // in, the caches cleaned for a non-coherent device.
-[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(
-    const DmaConstraints& c, void* addr, uint64_t p, size_t size, size_t align, DmaDirection dir,
-    PhysWindow w, bool for_lines) {
-  int pi = pick_pool(w);
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(const DmaConstraints& c,
+                                                                       void* addr, uint64_t p,
+                                                                       size_t size, size_t align,
+                                                                       DmaDirection dir,
+                                                                       bool for_lines) {
+  int pi = pick_pool(c);
   if (pi < 0) {
     if (for_lines) return map_failed(ErrorCode::kLayoutError);
     return map_failed(Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask));
@@ -448,7 +454,8 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
   unsigned order = PageFrameAllocator::order_for(layout.size);
   if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
-  TRY_ASSIGN(PhysWindow w, phys_window_of(c));
+  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  PhysWindow w = alloc_window(c);
   if (!c.coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;

@@ -131,13 +131,6 @@ class KernelDmaOp : public DmaOp {
 
   const Config& config() const { return cfg_; }
 
-  // The physical addresses [lo, hi] a device reaches: DMA address = physical + bus_offset
-  // (mod 2^64) within [0, dma_mask]. A negative bus offset gives a window that starts above 0.
-  struct PhysWindow {
-    uint64_t lo = 0;
-    uint64_t hi = 0;
-  };
-
   // Counters for reports and tests (relaxed atomics; never used for decisions).
   struct Stats {
     uint64_t maps = 0;
@@ -155,9 +148,18 @@ class KernelDmaOp : public DmaOp {
   Stats stats() const;
 
  private:
-  // Index of the pool to bounce into for a device reaching the physical window `w` (the highest
-  // placed pool lying wholly inside it), or -1.
-  int pick_pool(PhysWindow w) const;
+  // Index of the pool to bounce into for this device (the highest placed pool it reaches
+  // wholly), or -1.
+  int pick_pool(const DmaConstraints& c) const;
+  // One interval [lo, hi] of physical addresses the device reaches, for the page-frame
+  // allocator (which takes an upper limit; alloc_coherent checks the floor): DMA address =
+  // physical + bus_offset (mod 2^64) within [0, dma_mask]. A negative bus offset gives a window
+  // that starts above 0.
+  struct PhysWindow {
+    uint64_t lo = 0;
+    uint64_t hi = 0;
+  };
+  PhysWindow alloc_window(const DmaConstraints& c) const;
   // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
   // page translated. Errors: virt_to_phys's, kNotContiguous.
   Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
@@ -180,7 +182,7 @@ class KernelDmaOp : public DmaOp {
   // `for_lines`: the buffer would be reachable as it is and is bounced only because it shares
   // cache lines (a missing pool is then kLayoutError, not kDmaMaskNotMatch).
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                              size_t align, DmaDirection dir, PhysWindow w, bool for_lines);
+                              size_t align, DmaDirection dir, bool for_lines);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).

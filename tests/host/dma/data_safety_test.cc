@@ -433,6 +433,29 @@ TEST_F(DataSafetyTest, NegativeBusOffsetMapsAndAllocates) {
   op().unmap_single(*f);
 }
 
+// A negative offset with a full mask: the device addresses wrap past 2^64 and every byte of RAM
+// is reachable (found by fuzz_dma_mapping: a first version kept only the low piece).
+TEST_F(DataSafetyTest, NegativeBusOffsetWithAFullMaskReachesAllMemory) {
+  DmaConstraints c = device(kMask64, false);
+  c.bus_offset = 0 - uint64_t{0x1000'0000};
+  uint8_t* buf = pages(4096);
+  auto m = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->bounced());
+  EXPECT_EQ(m->dma_addr.value(), phys_of(buf) - 0x1000'0000);
+  op().unmap_single(*m);
+  c.coherent = true;  // The fast path.
+  auto f = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(f.ok());
+  EXPECT_FALSE(f->bounced());
+  op().unmap_single(*f);
+  auto h = op().alloc_coherent(c, Layout{4096, 1});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->dma_addr.value(), h->phys.value() - 0x1000'0000);
+  op().dealloc_coherent(*h);
+  EXPECT_EQ(op().max_mapping_size(c), ~size_t{0});
+}
+
 // A window that starts above 0 has a floor: what lies below it is out of reach.
 TEST_F(DataSafetyTest, NegativeBusOffsetBeyondAllMemoryIsAMaskMismatch) {
   DmaConstraints c = device(kMask28, false);
