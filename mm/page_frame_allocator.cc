@@ -1,50 +1,64 @@
-// PageFrameAllocator: a binary buddy allocator with address bands, for mask-constrained DMA.
+// PageFrameAllocator: a binary buddy allocator with out-of-band bookkeeping, for mask-constrained
+// DMA.
 //
 // The scheme
 // ----------
-// Memory is a set of up to kMaxRanges page ranges (sorted, disjoint), each with one metadata byte
-// per page: kMetaFree|k heads a free block of 2^k pages, kMetaAllocated|k heads an allocated one,
-// kMetaInterior is any other page of a block, kMetaReserved a page that is not managed. Only block
-// heads carry a head marker, so splitting and merging rewrite one byte each, and free() can check
-// its argument exactly: the byte at addr must be kMetaAllocated|order.
+// Memory is a set of up to kMaxRanges page ranges (sorted, disjoint). A block of 2^k pages is
+// naturally aligned in physical address (pfn % 2^k == 0) and lies inside one range; its buddy is
+// pfn ^ 2^k and is merged only when it lies in the same range and is free with the same order.
+// All bookkeeping lives in the caller's metadata buffer and in this object; the allocator never
+// reads or writes a managed page, so nothing a device writes into memory it was once given can
+// steer it (the free lists of a classic buddy allocator live in the free pages: a stale DMA
+// descriptor that writes after free plants a pointer the next allocation writes through).
 //
-// A block of 2^k pages is naturally aligned in physical address (pfn % 2^k == 0) and lies inside
-// one range; its buddy is pfn ^ 2^k and is merged only when it lies in the same range and its
-// byte says kMetaFree|k. Free blocks are kept in circular doubly linked lists whose nodes are the
-// first bytes of the free blocks themselves (through the direct map; a node also records the
-// block's metadata byte and range); the sentinels live in this object. There is one list per
-// (order, band), a band being a power-of-two slice of physical address space (band 0 = [0, 4 MiB),
-// band b = [2^(21+b), 2^(22+b))). A block is at most 4 MiB and aligned, so it never straddles two
-// bands, and the buddies it merges with are in its band. band_mask_[k] has bit b set when list
-// (k, b) is not empty.
+// State bytes. One byte per page: kStateFree|k heads a free block of 2^k pages, kStateAllocated|k
+// heads an allocated one, kStateInterior is any other page of a block, kStateReserved a page that
+// is not managed. Only block heads carry a head marker, so splitting and merging rewrite one byte
+// each, and free() checks its argument exactly: the byte at addr must be kStateAllocated|order.
+// Merging asks the buddy's byte whether it is free with the same order.
 //
-// alloc(order, limit, align): `need` = max(order, log2(align) - 12). The bands lying wholly at or
-// below `limit` form a bit mask computed in a few instructions; for each k from `need` up to
-// kMaxOrder, band_mask_[k] & that mask, if not zero, names the highest such band (high memory is
-// used first so that low memory stays for constrained devices); its first block is unlinked and
-// split down to `order`, keeping the lowest piece (which is therefore aligned to 2^need pages)
-// and pushing the upper halves onto their lists. A limit of the form 2^n - 1 (n >= 22) ends
-// exactly at a band boundary, so this is all there is, and the mask of bands under it is just
-// limit >> 21: such a request (page-aligned) takes the same inline fast path as one without a
-// limit, for a check, a shift and an AND more. Any other limit leaves one band straddling it; only
-// when the bands wholly below the limit hold nothing large enough are that band's lists (orders >=
-// need) walked for the first block whose kept piece ends at or below the limit.
+// Free-block bitmaps. For each order k, the slots are the places a block of 2^k pages can lie,
+// numbered through the ranges in ascending address order (range r's slots from base[r] on, with
+// slot = (pfn >> k) - delta[r]), so slot order is address order across all ranges. Level 0 has a
+// bit per slot, set when a free block lies there; level l + 1 has a bit per word of level l, set
+// when that word is not zero; the top level is a single word, kept in this object next to the
+// other orders' top words. Then:
+//   - the highest free block of order k: read the top word, then per level one find-last-set
+//     (clz) and one load: the highest set bit of each word names the word below;
+//   - the highest at or below slot q: at level 0, mask q's word to the bits at or below q; if
+//     nothing is left, go up to the bit of the word before it and do the same there; once a
+//     level has a bit, go down as above. At most twice the number of levels;
+//   - setting a bit also sets the summary bit above when the word was zero (usually not);
+//     clearing clears the summary bit when the word became zero.
+// A request under a limit turns it into a slot bound for each order it tries (the highest slot
+// whose block's kept piece ends at or below the limit: a scan of the ranges from the top), so
+// every limit is exact: alloc fails only when nothing suitable is free.
+// The bitmaps cost about two bits per page (a bit per page for order 0, half that for order 1,
+// and so on) plus 1/63 of that for the summaries; with the state bytes, about 1.3 bytes per page,
+// and a few words per order in the worst case of tiny memory.
+//
+// alloc(order, limit, align): need = max(order, log2(align) - 12). For k from need up to
+// kMaxOrder, the highest free block of order k whose lowest 2^order pages end at or below the
+// limit (high memory first, so that low memory stays for constrained devices; the smallest order
+// first, so that large blocks stay whole). It is taken and split down to `order`, keeping the
+// lowest piece (aligned to 2^k >= 2^need pages) and freeing the upper halves.
 //
 // free(addr, order): find the range (one unsigned compare per range, at most kMaxRanges), check
-// the metadata byte, then merge upwards while the buddy is a free block of the same order in the
-// same range, each merge unlinking the buddy in O(1).
+// the state byte, then merge upwards while the buddy is a free block of the same order in the
+// same range, each merge clearing the buddy's bit.
 //
-// Costs: alloc O(kMaxOrder) bitmap tests plus O(kMaxOrder) splits (the straddling-band walk
-// aside, see above); free O(kMaxRanges + kMaxOrder); stats and free_pages O(bands + ranges); init
-// O(pages); check_invariants and free_blocks O(pages). Metadata: one byte per page (1/4096 of
-// memory). Free-page counters (per band, per range) change once per operation, not per split or
-// merge. The common cases (a page-aligned request with no limit or a band-boundary limit, served
-// from a list of its own order; a free whose buddy is not free) are straight-line code returning
-// a plain register (the header's inline alloc/free build the Result in the caller); splitting,
-// merging, alignment, other limits and errors are out of line, so the hot paths need few
-// registers. Measured at -O2 on x86-64 under callgrind: about 33 instructions for such an alloc
-// and 85 for such a free, lock included; an order-9 allocation under a 4 GiB limit costs about
-// 1.13 times the same without a limit (bench: pfa_masked_order9_ratio).
+// Costs: alloc, for each order tried, a load of its top word, then O(levels) for the search and
+// O(levels) for each bit changed (one per split; the summary levels are rarely reached), plus an
+// O(kMaxRanges) scan of the ranges when the slot is found (from the top, so one compare when
+// memory is one range) and, under a limit, once per order tried; free O(kMaxRanges + kMaxOrder *
+// levels); stats and free_pages O(bands + ranges); init O(pages); check_invariants and
+// free_blocks O(pages). Levels = ceil(log64(slots)), at most 4 up to 64 GiB. A block taken or
+// freed touches its state byte, one bitmap word per order split or merged, and a summary word
+// only when a bitmap word changes between zero and non-zero: a few cache lines of the metadata,
+// which is 1/3000 of the memory, instead of a random line of RAM per list operation. The
+// common cases (a page-aligned request served from its own order; a free whose buddy is not
+// free) take no split or merge loop and return a plain register (the header's inline alloc/free
+// build the Result in the caller); merging, alignment and errors are out of line.
 #include "mm/page_frame_allocator.h"
 
 #include "support/assert.h"
@@ -54,20 +68,22 @@
 
 namespace {
 
-constexpr uint8_t kMetaInterior = 0x00;
-constexpr uint8_t kMetaFree = 0x40;
-constexpr uint8_t kMetaAllocated = 0x80;
-constexpr uint8_t kMetaReserved = 0xff;
-constexpr uint8_t kMetaKindMask = 0xc0;
-constexpr uint8_t kMetaOrderMask = 0x3f;
+constexpr uint8_t kStateInterior = 0x00;
+constexpr uint8_t kStateFree = 0x40;
+constexpr uint8_t kStateAllocated = 0x80;
+constexpr uint8_t kStateReserved = 0xff;
+constexpr uint8_t kStateKindMask = 0xc0;
+constexpr uint8_t kStateOrderMask = 0x3f;
 
-constexpr uint8_t meta_byte(uint8_t kind, unsigned order) {
+constexpr uint8_t state_byte(uint8_t kind, unsigned order) {
   return static_cast<uint8_t>(kind | order);
 }
 
 constexpr uint64_t kPageMask = PageFrameAllocator::kPageSize - 1;
 // One past the last page frame of the 64-bit address space.
 constexpr uint64_t kPfnLimit = 1ull << (64 - PageFrameAllocator::kPageShift);
+// Slack for aligning the bitmaps in a buffer of any alignment.
+constexpr uint64_t kAlignSlack = sizeof(uint64_t) - 1;
 
 // Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
 // Returns false when the range wraps past 2^64.
@@ -80,7 +96,55 @@ bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
   return true;
 }
 
+// Blocks of 2^order pages that fit in pages [start, end): the first one's number, and how many.
+uint64_t first_block(uint64_t start, unsigned order) {
+  return (start + (1ull << order) - 1) >> order;
+}
+uint64_t blocks_in(uint64_t start, uint64_t end, unsigned order) {
+  uint64_t first = first_block(start, order);
+  uint64_t last = end >> order;  // One past the last block.
+  return last > first ? last - first : 0;
+}
+
+// Words of a bitmap of `slots` bits with its summary levels, the single top word excluded (it
+// lives in the allocator object); *top receives the index of the top level.
+uint64_t bitmap_words(uint64_t slots, unsigned* top) {
+  uint64_t words = 0;
+  uint64_t bits = slots;
+  unsigned level = 0;
+  while (bits > 64) {
+    uint64_t w = (bits + 63) / 64;
+    words += w;
+    bits = w;
+    ++level;
+  }
+  *top = level;
+  return words;
+}
+
+// Mask of bits 0..b of a word (b < 64).
+constexpr uint64_t bits_up_to(uint64_t b) {
+  return ~0ull >> (63 - b);
+}
+
 }  // namespace
+
+// ---- PagePoisonChecker ----
+
+void PagePoisonChecker::fill(void* block, uint64_t bytes) {
+  support::fill_bytes(block, kPattern, static_cast<size_t>(bytes));
+}
+
+void PagePoisonChecker::check(const void* block, uint64_t bytes) {
+  // Word compares: this runs on every allocation of a poisoning build.
+  constexpr uint64_t kWord = 0x0101010101010101ull * kPattern;
+  const auto* w = static_cast<const uint64_t*>(block);
+  for (uint64_t i = 0; i < bytes / sizeof(uint64_t); ++i) {
+    KASSERT(w[i] == kWord, "page written after it was freed (use after free)");
+  }
+}
+
+// ---- PageFrameAllocator ----
 
 PageFrameAllocator::~PageFrameAllocator() {
 #if KDEBUG_ENABLED
@@ -91,13 +155,22 @@ PageFrameAllocator::~PageFrameAllocator() {
 }
 
 size_t PageFrameAllocator::metadata_size(support::Span<const PhysRange> ranges) {
-  uint64_t total = 0;
+  uint64_t pages = 0;
+  uint64_t slots[kMaxOrder + 1] = {};
   for (const PhysRange& r : ranges) {
     uint64_t s = 0;
     uint64_t e = 0;
-    if (trim_inward(r, &s, &e)) total += e - s;
+    if (!trim_inward(r, &s, &e)) continue;
+    pages += e - s;
+    for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o);
   }
-  return static_cast<size_t>(total);
+  uint64_t words = 0;
+  for (uint64_t n : slots) {
+    unsigned top = 0;
+    words += bitmap_words(n, &top);
+  }
+  if (pages == 0) return 0;
+  return static_cast<size_t>(pages + kAlignSlack + words * sizeof(uint64_t));
 }
 
 unsigned PageFrameAllocator::order_for(uint64_t bytes) {
@@ -111,6 +184,11 @@ PhysRange PageFrameAllocator::range(size_t i) const {
   KASSERT(i < num_ranges_, "range index out of bounds");
   const Range& r = ranges_[i];
   return PhysRange{PhysAddr(r.start_pfn << kPageShift), r.pages << kPageShift};
+}
+
+void PageFrameAllocator::set_poisoning(bool on) {
+  KASSERT(!initialized_, "set_poisoning after init");
+  poison_.set_enabled(on);
 }
 
 Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
@@ -140,8 +218,8 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   size_t need = metadata_size(ranges);
   if (metadata_bytes < need || (need > 0 && metadata == nullptr)) return ErrorCode::kNoMemory;
 
-  // Ranges, trimmed to pages, each with its slice of the metadata, all pages "interior".
-  uint8_t* meta = static_cast<uint8_t*>(metadata);
+  // Ranges, trimmed to pages, each with its slice of the state bytes, all pages "interior".
+  auto* meta = static_cast<uint8_t*>(metadata);
   num_ranges_ = 0;
   for (size_t i = 0; i < n; ++i) {
     uint64_t s = 0;
@@ -151,11 +229,40 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     Range& r = ranges_[num_ranges_++];
     r.start_pfn = s;
     r.pages = e - s;
-    r.meta = meta;
+    r.state = meta;
     r.index = static_cast<uint32_t>(num_ranges_ - 1);
     managed_per_range_[r.index] = 0;
-    support::fill_bytes(meta, kMetaInterior, static_cast<size_t>(r.pages));
+    support::fill_bytes(meta, kStateInterior, static_cast<size_t>(r.pages));
     meta += r.pages;
+  }
+
+  // The bitmaps, word aligned, after the state bytes: for each order its levels from 0 up, each
+  // zeroed; the top word is top_words_[o].
+  auto* words = reinterpret_cast<uint64_t*>(
+      support::align_up(reinterpret_cast<uintptr_t>(meta), sizeof(uint64_t)));
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    OrderMap& m = maps_[o];
+    m = OrderMap{};
+    uint64_t slots = 0;
+    for (size_t i = 0; i < num_ranges_; ++i) {
+      const Range& r = ranges_[i];
+      m.base[i] = slots;
+      m.first[i] = first_block(r.start_pfn, o);
+      m.count[i] = blocks_in(r.start_pfn, r.start_pfn + r.pages, o);
+      m.delta[i] = m.first[i] - slots;
+      slots += m.count[i];
+    }
+    m.slots = slots;
+    uint64_t in_buffer = bitmap_words(slots, &m.top);
+    support::fill_bytes(words, 0, static_cast<size_t>(in_buffer * sizeof(uint64_t)));
+    uint64_t bits = slots;
+    for (unsigned l = 0; l < m.top; ++l) {
+      m.level[l] = words;
+      bits = (bits + 63) / 64;
+      words += bits;
+    }
+    top_words_[o] = 0;
+    m.level[m.top] = &top_words_[o];
   }
 
   // Reserved pieces, trimmed outward.
@@ -173,20 +280,13 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
       uint64_t lo = support::max(rs, r.start_pfn);
       uint64_t hi = support::min(re, r.start_pfn + r.pages);
       if (lo < hi) {
-        support::fill_bytes(r.meta + (lo - r.start_pfn), kMetaReserved,
+        support::fill_bytes(r.state + (lo - r.start_pfn), kStateReserved,
                             static_cast<size_t>(hi - lo));
       }
     }
   }
 
   direct_map_offset_ = direct_map_offset;
-  for (auto& order_heads : heads_) {
-    for (Link& h : order_heads) {
-      h.next = &h;
-      h.prev = &h;
-    }
-  }
-  for (uint64_t& m : band_mask_) m = 0;
   for (uint64_t& f : free_per_band_) f = 0;
   for (uint64_t& f : free_per_range_) f = 0;
 
@@ -199,12 +299,12 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     uint64_t p = r.start_pfn;
     uint64_t end = r.start_pfn + r.pages;
     while (p < end) {
-      if (r.meta[p - r.start_pfn] == kMetaReserved) {
+      if (r.state[p - r.start_pfn] == kStateReserved) {
         ++p;
         continue;
       }
       uint64_t q = p;
-      while (q < end && r.meta[q - r.start_pfn] != kMetaReserved) ++q;
+      while (q < end && r.state[q - r.start_pfn] != kStateReserved) ++q;
       if (managed == 0) lowest = p;
       highest = q;
       managed += q - p;
@@ -213,15 +313,10 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
         unsigned order = kMaxOrder;
         if (p != 0) order = support::min(order, support::ctz(p));
         order = support::min(order, support::log2_floor(q - p));
-        unsigned band = band_of_pfn(p);
-        uint8_t* m = r.meta + (p - r.start_pfn);
-        *m = meta_byte(kMetaFree, order);
-#if DMA_PAGE_POISON
-        support::fill_bytes(phys_to_virt(PhysAddr(p << kPageShift)), kPoisonByte,
-                            kPageSize << order);
-#endif
-        push_free(p, order, band, static_cast<uint32_t>(i), m);
-        free_per_band_[band] += 1ull << order;
+        r.state[p - r.start_pfn] = state_byte(kStateFree, order);
+        set_slot(order, (p >> order) - maps_[order].delta[i]);
+        poison_.on_free(phys_to_virt(PhysAddr(p << kPageShift)), kPageSize << order);
+        free_per_band_[band_of_pfn(p)] += 1ull << order;
         p += 1ull << order;
       }
     }
@@ -235,115 +330,125 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   return support::ok();
 }
 
-inline void PageFrameAllocator::push_free(uint64_t pfn, unsigned order, unsigned band,
-                                          uint32_t range, uint8_t* meta) {
-  // The block's first bytes become a list node; placement new starts the node's lifetime there.
-  FreeBlock* b = new (block_at(pfn)) FreeBlock;
-  Link* h = head(order, band);
-  Link* first = h->next;
-  b->next = first;
-  b->prev = h;
-  b->meta = meta;
-  b->range = range;
-  first->prev = b;
-  h->next = b;
-  if (first == h) band_mask_[order] |= 1ull << band;  // The list was empty.
+// ---- Bitmaps ----
+
+inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
+  const OrderMap& m = maps_[o];
+  for (unsigned l = 0;; ++l) {
+    uint64_t* w = &m.level[l][pos >> 6];
+    uint64_t old = *w;
+    *w = old | (1ull << (pos & 63));
+    if (__builtin_expect(old != 0, 1) || l == m.top) return;
+    pos >>= 6;
+  }
 }
 
-inline void PageFrameAllocator::unlink_free(Link* b, unsigned order, unsigned band) {
-  Link* next = b->next;
-  Link* prev = b->prev;
-  prev->next = next;
-  next->prev = prev;
-  // Both neighbours are the same node only when that node is the sentinel: the list is empty.
-  if (next == prev) band_mask_[order] &= ~(1ull << band);
+inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
+  const OrderMap& m = maps_[o];
+  for (unsigned l = 0;; ++l) {
+    uint64_t* w = &m.level[l][pos >> 6];
+    uint64_t now = *w & ~(1ull << (pos & 63));
+    *w = now;
+    if (__builtin_expect(now != 0, 1) || l == m.top) return;
+    pos >>= 6;
+  }
 }
 
-// Unlinks the free block `b` of 2^have pages from list (have, band), splits it down to 2^order
-// keeping the lowest piece (pushing the upper halves), and marks that piece allocated.
-PhysAddr PageFrameAllocator::take(Link* b, unsigned have, unsigned order, unsigned band) {
-  unlink_free(b, have, band);
-  FreeBlock* fb = static_cast<FreeBlock*>(b);
-  uint8_t* meta = fb->meta;
-  uint32_t ri = fb->range;
-  uint64_t phys = phys_of(b);
-  uint64_t pfn = phys >> kPageShift;
-  while (have > order) {
+inline uint64_t PageFrameAllocator::highest_slot(unsigned o) const {
+  const OrderMap& m = maps_[o];
+  uint64_t w = top_words_[o];
+  if (w == 0) return kNoSlot;
+  uint64_t pos = support::log2_floor(w);
+  for (unsigned l = m.top; l-- > 0;) pos = (pos << 6) | support::log2_floor(m.level[l][pos]);
+  return pos;
+}
+
+inline uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t pos) const {
+  const OrderMap& m = maps_[o];
+  unsigned l = 0;
+  // Up: the first level whose word holding `pos` has a set bit at or below it (at each level
+  // above, `pos` is the word before the one just found empty).
+  for (;;) {
+    uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
+    if (w != 0) {
+      pos = (pos & ~63ull) | support::log2_floor(w);
+      break;
+    }
+    if (l == m.top || (pos >> 6) == 0) return kNoSlot;
+    pos = (pos >> 6) - 1;
+    ++l;
+  }
+  // Down: the highest set bit of each word.
+  while (l-- > 0) pos = (pos << 6) | support::log2_floor(m.level[l][pos]);
+  return pos;
+}
+
+uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t limit) const {
+  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
+  if (limit < last) return kNoSlot;
+  uint64_t block = ((limit - last) >> kPageShift) >> o;  // Highest block number allowed.
+  const OrderMap& m = maps_[o];
+  for (size_t r = num_ranges_; r-- > 0;) {
+    if (m.count[r] == 0 || m.first[r] > block) continue;
+    return m.base[r] + support::min(block - m.first[r], m.count[r] - 1);
+  }
+  return kNoSlot;
+}
+
+// ---- alloc ----
+
+// Takes the block (see the header). The split loop runs only when the request's own order had
+// nothing suitable.
+uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
+  const OrderMap& m = maps_[have];
+  uint32_t ri = range_of_slot(m, pos);
+  uint64_t pfn = (pos + m.delta[ri]) << have;
+  clear_slot(have, pos);
+  const Range& r = ranges_[ri];
+  uint8_t* st = r.state + (pfn - r.start_pfn);
+  while (__builtin_expect(have > order, 0)) {
     --have;
     uint64_t half = 1ull << have;
-    meta[half] = meta_byte(kMetaFree, have);
-    push_free(pfn + half, have, band, ri, meta + half);
+    st[half] = state_byte(kStateFree, have);
+    set_slot(have, ((pfn + half) >> have) - maps_[have].delta[ri]);
   }
-  *meta = meta_byte(kMetaAllocated, order);
+  *st = state_byte(kStateAllocated, order);
   uint64_t pages = 1ull << order;
-  free_per_band_[band] -= pages;
+  free_per_band_[band_of_pfn(pfn)] -= pages;
   free_per_range_[ri] -= pages;
-  return PhysAddr(phys);
+  return pfn << kPageShift;
 }
 
-// The fast paths of alloc (see the header): a page-aligned request with no limit, or with a limit
-// that ends at a band boundary, both served by the highest non-empty list of the allowed bands.
-// They lock by hand rather than with a Guard so that the out-of-line continuation, which releases
-// the lock itself, is a tail call; with the result in a register, the hot path needs few
-// registers. Nothing found is kAllocFailed; the inline caller turns it into the right error.
-template <bool kInBands>
-[[gnu::always_inline]] inline uint64_t PageFrameAllocator::alloc_from(unsigned order,
-                                                                      uint64_t allowed) {
+uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
+  uint64_t a = kAllocFailed;
   lock_.lock();
-  uint64_t m = band_mask_[order] & allowed;
-  if (__builtin_expect(m == 0, 0)) {
-    if constexpr (kInBands) {
-      return alloc_split_in_bands_and_unlock(order, allowed);
-    } else {
-      return alloc_split_and_unlock(order);
+  for (unsigned o = order; o <= kMaxOrder; ++o) {
+    if (top_words_[o] != 0) {
+      a = take(o, highest_slot(o), order);
+      break;
     }
   }
-  unsigned band = support::log2_floor(m);  // Highest band first.
-  Link* b = head(order, band)->next;
-  unlink_free(b, order, band);
-  FreeBlock* fb = static_cast<FreeBlock*>(b);
-  *fb->meta = meta_byte(kMetaAllocated, order);
-  uint64_t pages = 1ull << order;
-  free_per_band_[band] -= pages;
-  free_per_range_[fb->range] -= pages;
   lock_.unlock();
-  return phys_of(b);
+  if (a != kAllocFailed) poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
 }
 
-// The request's own list (within the allowed bands) is empty: split the smallest larger block.
-[[gnu::always_inline]] inline uint64_t PageFrameAllocator::split_from_and_unlock(unsigned order,
-                                                                                 uint64_t allowed) {
-  unsigned o = order + 1;
-  while (o <= kMaxOrder && (band_mask_[o] & allowed) == 0) ++o;
-  if (o > kMaxOrder) {
-    lock_.unlock();
-    return kAllocFailed;
+uint64_t PageFrameAllocator::alloc_under(unsigned order, unsigned need, uint64_t limit) {
+  uint64_t a = kAllocFailed;
+  lock_.lock();
+  for (unsigned o = need; o <= kMaxOrder; ++o) {
+    if (top_words_[o] == 0) continue;
+    uint64_t bound = slot_limit(o, order, limit);
+    if (bound == kNoSlot) continue;
+    uint64_t pos = highest_slot_at_or_below(o, bound);
+    if (pos != kNoSlot) {
+      a = take(o, pos, order);
+      break;
+    }
   }
-  unsigned band = support::log2_floor(band_mask_[o] & allowed);
-  PhysAddr a = take(head(o, band)->next, o, order, band);
   lock_.unlock();
-  return a.value();
-}
-
-uint64_t PageFrameAllocator::alloc_unconstrained(unsigned order) {
-  return alloc_from<false>(order, ~0ull);
-}
-
-[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_split_and_unlock(unsigned order) {
-  return split_from_and_unlock(order, ~0ull);
-}
-
-uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
-  static_assert(bands_below(~0ull) == (1ull << kNumBands) - 1, "no limit allows every band");
-  static_assert(bands_below((1ull << kBandShift) - 1) == 1, "a 4 MiB limit allows band 0 only");
-  static_assert(bands_below(0xFFFF'FFFFull) == (1ull << 11) - 1, "4 GiB ends with band 10");
-  static_assert(!ends_at_band_boundary((1ull << (kBandShift - 1)) - 1), "2 MiB straddles band 0");
-  return alloc_from<true>(order, allowed);
-}
-
-[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_split_in_bands_and_unlock(unsigned order,
-                                                                               uint64_t allowed) {
-  return split_from_and_unlock(order, allowed);
+  if (a != kAllocFailed) poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
 }
 
 [[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::exhausted(unsigned order, unsigned need,
@@ -360,8 +465,7 @@ uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
   return ErrorCode::kNoMemory;
 }
 
-// Everything the fast paths do not take: an alignment above the block size, a limit that does
-// not end at a band boundary, invalid arguments.
+// Everything the inline path does not take: an alignment other than a page, invalid arguments.
 [[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::alloc_constrained(unsigned order,
                                                                          uint64_t limit,
                                                                          uint64_t align) {
@@ -374,42 +478,12 @@ uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
   // aligned) and keeping its lowest piece.
   unsigned need = order;
   if (align > kPageSize) need = support::max(order, support::log2_floor(align) - kPageShift);
-
-  // Bands wholly at or below the limit, and the one band straddling it (none when limit + 1 is
-  // the end of a band, as for every DMA mask 2^n - 1 with n >= 22, and for no limit at all).
-  uint64_t allowed = ~0ull;
-  unsigned s = 0;
-  bool straddles = false;
-  if (ends_at_band_boundary(limit)) {
-    allowed = bands_below(limit);
-  } else {
-    s = band_of_pfn(limit >> kPageShift);
-    allowed = (1ull << s) - 1;
-    straddles = true;
-  }
-  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
-
-  {
-    support::Guard guard{&lock_};
-    for (unsigned o = need; o <= kMaxOrder; ++o) {
-      uint64_t m = band_mask_[o] & allowed;
-      if (m != 0) {
-        unsigned band = support::log2_floor(m);
-        return take(head(o, band)->next, o, order, band);
-      }
-    }
-    if (straddles) {
-      for (unsigned o = need; o <= kMaxOrder; ++o) {
-        if ((band_mask_[o] & (1ull << s)) == 0) continue;
-        Link* h = head(o, s);
-        for (Link* l = h->next; l != h; l = l->next) {
-          if (phys_of(l) + last <= limit) return take(l, o, order, s);
-        }
-      }
-    }
-  }
+  uint64_t a = alloc_under(order, need, limit);
+  if (a != kAllocFailed) return PhysAddr(a);
   return exhausted(order, need, limit);
 }
+
+// ---- free ----
 
 size_t PageFrameAllocator::range_index(uint64_t pfn) const {
   for (size_t i = 0; i < num_ranges_; ++i) {
@@ -419,24 +493,7 @@ size_t PageFrameAllocator::range_index(uint64_t pfn) const {
 }
 
 // The body of free (see the header): false when addr is not the head of an allocated block of
-// that order. Locks by hand, like alloc_unconstrained, so that merging is a tail call.
-#if DMA_PAGE_POISON
-void PageFrameAllocator::check_poison(PhysAddr addr, unsigned order) const {
-  static_assert(sizeof(FreeBlock) <= kPoisonSkip, "the skipped bytes must cover the link");
-  // Every byte but the free-list link that a free block head carries must still be poison. Link
-  // headers only ever sit at page boundaries (block heads), so those bytes are skipped per page.
-  // Word compares: this runs on every allocation of a poisoning build.
-  constexpr uint64_t kPoisonWord = 0x0101010101010101ull * kPoisonByte;
-  const auto* p = static_cast<const uint8_t*>(phys_to_virt(addr));
-  for (uint64_t page = 0; page < (1ull << order); ++page, p += kPageSize) {
-    const auto* w = reinterpret_cast<const uint64_t*>(p + kPoisonSkip);
-    for (uint64_t i = 0; i < (kPageSize - kPoisonSkip) / 8; ++i) {
-      KASSERT(w[i] == kPoisonWord, "page written after it was freed (use after free)");
-    }
-  }
-}
-#endif
-
+// that order. Locks by hand so that merging, which unlocks, is a tail call.
 bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   uint64_t pfn = a >> kPageShift;
   // Ranges are immutable after init: found without the lock, one unsigned compare per range,
@@ -450,54 +507,50 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   } while (off >= r->pages);
   // One compare for both: misaligned (some low bit set) or order > kMaxOrder.
   if ((((a & kPageMask) << 8) | order) > kMaxOrder) return false;
-  uint8_t* meta = r->meta;
-  uint32_t ri = r->index;
+  uint8_t* state = r->state;
 
   lock_.lock();
-  if (meta[off] != meta_byte(kMetaAllocated, order)) {
+  if (state[off] != state_byte(kStateAllocated, order)) {
     lock_.unlock();
     return false;
   }
-#if DMA_PAGE_POISON
-  // The block is ours again: poison it so a write after free is seen at the next alloc.
-  support::fill_bytes(phys_to_virt(PhysAddr(a)), kPoisonByte, kPageSize << order);
-#endif
-  unsigned band = band_of_pfn(pfn);
+  // The block is ours again; the poisoning layer fills it before anyone can take it.
   uint64_t pages = 1ull << order;
-  free_per_band_[band] += pages;
-  free_per_range_[ri] += pages;
+  poison_.on_free(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  free_per_band_[band_of_pfn(pfn)] += pages;
+  free_per_range_[r->index] += pages;
   uint64_t boff = (pfn ^ pages) - r->start_pfn;  // Wraps to a huge value below the range.
-  if (boff < r->pages && meta[boff] == meta_byte(kMetaFree, order) && order < kMaxOrder) {
-    return merge_and_unlock(pfn, order, band, ri);
+  if (boff < r->pages && state[boff] == state_byte(kStateFree, order) && order < kMaxOrder) {
+    return merge_and_unlock(pfn, order, *r);
   }
-  meta[off] = meta_byte(kMetaFree, order);
-  push_free(pfn, order, band, ri, meta + off);
+  state[off] = state_byte(kStateFree, order);
+  set_slot(order, (pfn >> order) - maps_[order].delta[r->index]);
   lock_.unlock();
   return true;
 }
 
-// Frees the block at pfn (its metadata still says allocated) whose buddy of the same order is
-// free: merges upwards while the buddy is a free block of the current order in the same range.
+// Frees the block at pfn (its state still says allocated) whose buddy of the same order is free:
+// merges upwards while the buddy is a free block of the current order in the same range.
 [[gnu::noinline]] bool PageFrameAllocator::merge_and_unlock(uint64_t pfn, unsigned order,
-                                                            unsigned band, uint32_t ri) {
-  const Range& r = ranges_[ri];
-  uint8_t* meta = r.meta;
+                                                            const Range& r) {
+  uint8_t* state = r.state;
   uint64_t start = r.start_pfn;
   while (order < kMaxOrder) {
     uint64_t bit = 1ull << order;
     uint64_t boff = (pfn ^ bit) - start;
-    if (boff >= r.pages || meta[boff] != meta_byte(kMetaFree, order)) break;
-    unlink_free(block_at(pfn ^ bit), order, band);
-    meta[(pfn | bit) - start] = kMetaInterior;  // The upper of the two heads.
+    if (boff >= r.pages || state[boff] != state_byte(kStateFree, order)) break;
+    clear_slot(order, ((pfn ^ bit) >> order) - maps_[order].delta[r.index]);
+    state[(pfn | bit) - start] = kStateInterior;  // The upper of the two heads.
     pfn &= ~bit;
     ++order;
   }
-  uint8_t* m = meta + (pfn - start);
-  *m = meta_byte(kMetaFree, order);
-  push_free(pfn, order, band, ri, m);
+  state[pfn - start] = state_byte(kStateFree, order);
+  set_slot(order, (pfn >> order) - maps_[order].delta[r.index]);
   lock_.unlock();
   return true;
 }
+
+// ---- Statistics and checks ----
 
 uint64_t PageFrameAllocator::free_pages_locked() const {
   uint64_t total = 0;
@@ -529,56 +582,61 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
   if (order > kMaxOrder) return 0;
   support::Guard guard{&lock_};
   if (!initialized_) return 0;
+  const OrderMap& m = maps_[order];
   uint64_t count = 0;
-  for (const Link& h : heads_[order]) {
-    for (const Link* l = h.next; l != &h; l = l->next) ++count;
+  for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+    count += static_cast<uint64_t>(__builtin_popcountll(m.level[0][i]));
   }
   return count;
 }
 
-// Walks every list. Each node is validated (page aligned, inside a range, metadata says it heads
-// a free block of the list's order, right band) before it is dereferenced, so a corrupted link
-// is reported rather than followed.
-bool PageFrameAllocator::check_lists(uint64_t* per_band, uint64_t* per_range,
-                                     uint64_t* blocks) const {
+// Checks each order's map: every summary bit says whether the word below is non-zero, no bit
+// past the end of a level is set, and every set bit of level 0 is a block inside its range whose
+// state byte says free with this order. Counts the free pages per band and range, and the blocks.
+bool PageFrameAllocator::check_maps(uint64_t* per_band, uint64_t* per_range,
+                                    uint64_t* blocks) const {
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
-    for (unsigned b = 0; b < kBandSlots; ++b) {
-      const Link* h = &heads_[o][b];
-      bool nonempty = h->next != h;
-      if (nonempty != (((band_mask_[o] >> b) & 1) != 0)) return false;
-      if (nonempty && b >= kNumBands) return false;
-      const Link* prev = h;
-      uint64_t steps = 0;
-      for (const Link* l = h->next; l != h; l = l->next) {
-        if (++steps > managed_pages_) return false;  // A cycle that misses the sentinel.
-        uint64_t phys = phys_of(l);
-        if ((phys & kPageMask) != 0) return false;
-        uint64_t pfn = phys >> kPageShift;
-        size_t ri = range_index(pfn);
-        if (ri == kNoRange) return false;
+    const OrderMap& m = maps_[o];
+    if (m.level[m.top] != &top_words_[o]) return false;
+    uint64_t bits = m.slots;
+    for (unsigned l = 0; l <= m.top; ++l) {
+      uint64_t words = l == m.top ? 1 : (bits + 63) / 64;
+      for (uint64_t i = 0; i < words; ++i) {
+        uint64_t w = m.level[l][i];
+        uint64_t valid = i * 64 + 64 <= bits ? ~0ull
+                         : i * 64 >= bits    ? 0
+                                             : bits_up_to(bits - i * 64 - 1);
+        if ((w & ~valid) != 0) return false;
+        if (l < m.top) {
+          bool summary = ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) != 0;
+          if (summary != (w != 0)) return false;
+        }
+      }
+      bits = words;
+    }
+    for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+      for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
+        uint64_t pos = i * 64 + support::ctz(w);
+        uint32_t ri = range_of_slot(m, pos);
+        if (pos - m.base[ri] >= m.count[ri]) return false;
         const Range& r = ranges_[ri];
+        uint64_t pfn = (pos + m.delta[ri]) << o;
         uint64_t pages = 1ull << o;
-        if ((pfn & (pages - 1)) != 0 || pfn + pages > r.start_pfn + r.pages) return false;
-        if (band_of_pfn(pfn) != b) return false;
-        uint8_t* m = r.meta + (pfn - r.start_pfn);
-        if (*m != meta_byte(kMetaFree, o)) return false;
-        const FreeBlock* fb = static_cast<const FreeBlock*>(l);
-        if (l->prev != prev || fb->meta != m || fb->range != ri) return false;
-        per_band[b] += pages;
+        if (pfn < r.start_pfn || pfn + pages > r.start_pfn + r.pages) return false;
+        if (r.state[pfn - r.start_pfn] != state_byte(kStateFree, o)) return false;
+        per_band[band_of_pfn(pfn)] += pages;
         per_range[ri] += pages;
         ++*blocks;
-        prev = l;
       }
-      if (h->prev != prev) return false;
     }
   }
   return true;
 }
 
-// Walks every range's metadata block by block: each page is reserved or belongs to exactly one
-// block, whose head is aligned and whose other pages are interior; no free block has a free
-// buddy of its order (everything is coalesced); the free heads are exactly the listed blocks.
-bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t blocks) const {
+// Walks every range's state bytes block by block: each page is reserved or belongs to exactly
+// one block, whose head is aligned and whose other pages are interior; no free block has a free
+// buddy of its order (everything is coalesced); the free heads are exactly the mapped blocks.
+bool PageFrameAllocator::check_states(const uint64_t* per_range, uint64_t blocks) const {
   uint64_t free_heads = 0;
   uint64_t managed = 0;
   for (size_t i = 0; i < num_ranges_; ++i) {
@@ -587,25 +645,25 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
     uint64_t range_free = 0;
     uint64_t p = 0;
     while (p < r.pages) {
-      uint8_t m = r.meta[p];
-      if (m == kMetaReserved) {
+      uint8_t s = r.state[p];
+      if (s == kStateReserved) {
         ++p;
         continue;
       }
-      uint8_t kind = m & kMetaKindMask;
-      unsigned o = m & kMetaOrderMask;
-      if ((kind != kMetaFree && kind != kMetaAllocated) || o > kMaxOrder) return false;
+      uint8_t kind = s & kStateKindMask;
+      unsigned o = s & kStateOrderMask;
+      if ((kind != kStateFree && kind != kStateAllocated) || o > kMaxOrder) return false;
       uint64_t pfn = r.start_pfn + p;
       uint64_t pages = 1ull << o;
       if ((pfn & (pages - 1)) != 0 || p + pages > r.pages) return false;
       for (uint64_t q = 1; q < pages; ++q) {
-        if (r.meta[p + q] != kMetaInterior) return false;
+        if (r.state[p + q] != kStateInterior) return false;
       }
-      if (kind == kMetaFree) {
+      if (kind == kStateFree) {
         ++free_heads;
         range_free += pages;
         uint64_t boff = (pfn ^ pages) - r.start_pfn;
-        if (o < kMaxOrder && boff < r.pages && r.meta[boff] == m) return false;
+        if (o < kMaxOrder && boff < r.pages && r.state[boff] == s) return false;
       }
       range_managed += pages;
       p += pages;
@@ -621,16 +679,16 @@ bool PageFrameAllocator::check_invariants() const {
   support::Guard guard{&lock_};
   if (!initialized_) {
     if (free_pages_locked() != 0) return false;
-    for (uint64_t m : band_mask_) {
-      if (m != 0) return false;
+    for (uint64_t w : top_words_) {
+      if (w != 0) return false;
     }
     return true;
   }
   uint64_t per_band[kNumBands] = {};
   uint64_t per_range[kMaxRanges] = {};
   uint64_t blocks = 0;
-  if (!check_lists(per_band, per_range, &blocks)) return false;
-  if (!check_metadata(per_range, blocks)) return false;
+  if (!check_maps(per_band, per_range, &blocks)) return false;
+  if (!check_states(per_range, blocks)) return false;
   for (unsigned b = 0; b < kNumBands; ++b) {
     if (per_band[b] != free_per_band_[b]) return false;
   }
