@@ -262,6 +262,7 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
       words += bits;
     }
     top_words_[o] = 0;
+    hint_[o] = 0;
     m.level[m.top] = &top_words_[o];
   }
 
@@ -287,7 +288,6 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   }
 
   direct_map_offset_ = direct_map_offset;
-  for (uint64_t& f : free_per_band_) f = 0;
   for (uint64_t& f : free_per_range_) f = 0;
 
   // Each run of unreserved pages becomes the largest naturally aligned blocks that fit.
@@ -316,7 +316,6 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
         r.state[p - r.start_pfn] = state_byte(kStateFree, order);
         set_slot(order, (p >> order) - maps_[order].delta[i]);
         poison_.on_free(phys_to_virt(PhysAddr(p << kPageShift)), kPageSize << order);
-        free_per_band_[band_of_pfn(p)] += 1ull << order;
         p += 1ull << order;
       }
     }
@@ -334,53 +333,79 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
 
 inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
   const OrderMap& m = maps_[o];
+  if ((pos >> 6) > hint_[o]) hint_[o] = pos >> 6;
   for (unsigned l = 0;; ++l) {
     uint64_t* w = &m.level[l][pos >> 6];
     uint64_t old = *w;
     *w = old | (1ull << (pos & 63));
+    // A word that was not zero already has its bit in the level above.
     if (__builtin_expect(old != 0, 1) || l == m.top) return;
     pos >>= 6;
   }
 }
 
+// Summary bits are cleared lazily, by the searches: clearing a block's bit never goes up.
 inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
-  const OrderMap& m = maps_[o];
-  for (unsigned l = 0;; ++l) {
-    uint64_t* w = &m.level[l][pos >> 6];
-    uint64_t now = *w & ~(1ull << (pos & 63));
-    *w = now;
-    if (__builtin_expect(now != 0, 1) || l == m.top) return;
-    pos >>= 6;
-  }
+  maps_[o].level[0][pos >> 6] &= ~(1ull << (pos & 63));
 }
 
-inline uint64_t PageFrameAllocator::highest_slot(unsigned o) const {
-  const OrderMap& m = maps_[o];
-  uint64_t w = top_words_[o];
-  if (w == 0) return kNoSlot;
-  uint64_t pos = support::log2_floor(w);
-  for (unsigned l = m.top; l-- > 0;) pos = (pos << 6) | support::log2_floor(m.level[l][pos]);
-  return pos;
+inline void PageFrameAllocator::clear_stale(unsigned o, unsigned l, uint64_t pos) {
+  maps_[o].level[l][pos >> 6] &= ~(1ull << (pos & 63));
 }
 
-inline uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t pos) const {
+uint64_t PageFrameAllocator::highest_slot(unsigned o) {
   const OrderMap& m = maps_[o];
-  unsigned l = 0;
-  // Up: the first level whose word holding `pos` has a set bit at or below it (at each level
-  // above, `pos` is the word before the one just found empty).
+  uint64_t hinted = m.level[0][hint_[o]];
+  if (hinted != 0) return (hint_[o] << 6) | support::log2_floor(hinted);
   for (;;) {
-    uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
-    if (w != 0) {
-      pos = (pos & ~63ull) | support::log2_floor(w);
-      break;
+    uint64_t w = top_words_[o];
+    if (w == 0) {
+      hint_[o] = 0;
+      return kNoSlot;
     }
-    if (l == m.top || (pos >> 6) == 0) return kNoSlot;
-    pos = (pos >> 6) - 1;
-    ++l;
+    uint64_t pos = support::log2_floor(w);
+    unsigned l = m.top;
+    for (; l > 0; --l) {
+      uint64_t below = m.level[l - 1][pos];
+      if (__builtin_expect(below == 0, 0)) break;
+      pos = (pos << 6) | support::log2_floor(below);
+    }
+    if (__builtin_expect(l == 0, 1)) {
+      hint_[o] = pos >> 6;
+      return pos;
+    }
+    clear_stale(o, l, pos);  // Bit pos of level l named an empty word: drop it and look again.
   }
-  // Down: the highest set bit of each word.
-  while (l-- > 0) pos = (pos << 6) | support::log2_floor(m.level[l][pos]);
-  return pos;
+}
+
+uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
+  const OrderMap& m = maps_[o];
+  q = support::min(q, (hint_[o] << 6) | 63);  // Nothing is set above the hint's word.
+  for (;;) {
+    unsigned l = 0;
+    uint64_t pos = q;
+    // Up: the first level whose word holding `pos` has a set bit at or below it (at each level
+    // above, `pos` is the word before the one just found empty; a clear summary bit always means
+    // an empty word, so nothing is skipped).
+    for (;;) {
+      uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
+      if (w != 0) {
+        pos = (pos & ~63ull) | support::log2_floor(w);
+        break;
+      }
+      if (l == m.top || (pos >> 6) == 0) return kNoSlot;
+      pos = (pos >> 6) - 1;
+      ++l;
+    }
+    // Down: the highest set bit of each word.
+    for (; l > 0; --l) {
+      uint64_t below = m.level[l - 1][pos];
+      if (below == 0) break;
+      pos = (pos << 6) | support::log2_floor(below);
+    }
+    if (l == 0) return pos;
+    clear_stale(o, l, pos);
+  }
 }
 
 uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t limit) const {
@@ -397,8 +422,8 @@ uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t lim
 
 // ---- alloc ----
 
-// Takes the block (see the header). The split loop runs only when the request's own order had
-// nothing suitable.
+// Takes the block (see the header): the general case, which alloc_highest's fast path repeats
+// for a block of the request's own order.
 uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
   const OrderMap& m = maps_[have];
   uint32_t ri = range_of_slot(m, pos);
@@ -413,18 +438,39 @@ uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
     set_slot(have, ((pfn + half) >> have) - maps_[have].delta[ri]);
   }
   *st = state_byte(kStateAllocated, order);
-  uint64_t pages = 1ull << order;
-  free_per_band_[band_of_pfn(pfn)] -= pages;
-  free_per_range_[ri] -= pages;
+  free_per_range_[ri] -= 1ull << order;
   return pfn << kPageShift;
 }
 
+// The common case is straight-line code: the word the hint names holds a free block of the
+// request's own order. It locks by hand so that everything else is a tail call that unlocks.
 uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
-  uint64_t a = kAllocFailed;
   lock_.lock();
+  const OrderMap& m = maps_[order];
+  uint64_t i = hint_[order];
+  uint64_t w = m.level[0][i];
+  if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
+  uint64_t bit = support::log2_floor(w);
+  m.level[0][i] = w & ~(1ull << bit);
+  uint64_t pos = (i << 6) | bit;
+  uint32_t ri = range_of_slot(m, pos);
+  uint64_t pfn = (pos + m.delta[ri]) << order;
+  const Range& r = ranges_[ri];
+  r.state[pfn - r.start_pfn] = state_byte(kStateAllocated, order);
+  free_per_range_[ri] -= 1ull << order;
+  lock_.unlock();
+  uint64_t a = pfn << kPageShift;
+  poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
+}
+
+[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_search_and_unlock(unsigned order) {
+  uint64_t a = kAllocFailed;
   for (unsigned o = order; o <= kMaxOrder; ++o) {
-    if (top_words_[o] != 0) {
-      a = take(o, highest_slot(o), order);
+    if (top_words_[o] == 0) continue;
+    uint64_t pos = highest_slot(o);
+    if (pos != kNoSlot) {
+      a = take(o, pos, order);
       break;
     }
   }
@@ -517,7 +563,6 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   // The block is ours again; the poisoning layer fills it before anyone can take it.
   uint64_t pages = 1ull << order;
   poison_.on_free(phys_to_virt(PhysAddr(a)), kPageSize << order);
-  free_per_band_[band_of_pfn(pfn)] += pages;
   free_per_range_[r->index] += pages;
   uint64_t boff = (pfn ^ pages) - r->start_pfn;  // Wraps to a huge value below the range.
   if (boff < r->pages && state[boff] == state_byte(kStateFree, order) && order < kMaxOrder) {
@@ -554,7 +599,7 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
 
 uint64_t PageFrameAllocator::free_pages_locked() const {
   uint64_t total = 0;
-  for (uint64_t f : free_per_band_) total += f;
+  for (uint64_t f : free_per_range_) total += f;
   return total;
 }
 
@@ -567,10 +612,24 @@ PageFrameAllocator::Stats PageFrameAllocator::stats() const {
     s.free_pages_per_range[i] = free_per_range_[i];
     s.managed_pages_per_range[i] = managed_per_range_[i];
   }
-  for (unsigned b = 0; b < kNumBands; ++b) s.free_pages_per_band[b] = free_per_band_[b];
+  count_free_per_band(s.free_pages_per_band);
   s.num_ranges = num_ranges_;
   s.metadata_bytes = metadata_bytes_;
   return s;
+}
+
+// Every free block is a set bit of level 0 of its order's map.
+void PageFrameAllocator::count_free_per_band(uint64_t* per_band) const {
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    const OrderMap& m = maps_[o];
+    for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+      for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
+        uint64_t pos = i * 64 + support::ctz(w);
+        uint64_t pfn = (pos + m.delta[range_of_slot(m, pos)]) << o;
+        per_band[band_of_pfn(pfn)] += 1ull << o;
+      }
+    }
+  }
 }
 
 uint64_t PageFrameAllocator::free_pages() const {
@@ -593,11 +652,15 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
 // Checks each order's map: every summary bit says whether the word below is non-zero, no bit
 // past the end of a level is set, and every set bit of level 0 is a block inside its range whose
 // state byte says free with this order. Counts the free pages per band and range, and the blocks.
-bool PageFrameAllocator::check_maps(uint64_t* per_band, uint64_t* per_range,
-                                    uint64_t* blocks) const {
+bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const {
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     const OrderMap& m = maps_[o];
     if (m.level[m.top] != &top_words_[o]) return false;
+    // Nothing is set in level 0 above the hint's word.
+    if (hint_[o] >= support::max<uint64_t>(1, (m.slots + 63) / 64)) return false;
+    for (uint64_t i = hint_[o] + 1; i < (m.slots + 63) / 64; ++i) {
+      if (m.level[0][i] != 0) return false;
+    }
     uint64_t bits = m.slots;
     for (unsigned l = 0; l <= m.top; ++l) {
       uint64_t words = l == m.top ? 1 : (bits + 63) / 64;
@@ -607,10 +670,8 @@ bool PageFrameAllocator::check_maps(uint64_t* per_band, uint64_t* per_range,
                          : i * 64 >= bits    ? 0
                                              : bits_up_to(bits - i * 64 - 1);
         if ((w & ~valid) != 0) return false;
-        if (l < m.top) {
-          bool summary = ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) != 0;
-          if (summary != (w != 0)) return false;
-        }
+        // A clear summary bit means an empty word; a set one may be stale (see clear_slot).
+        if (l < m.top && w != 0 && ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) == 0) return false;
       }
       bits = words;
     }
@@ -624,7 +685,6 @@ bool PageFrameAllocator::check_maps(uint64_t* per_band, uint64_t* per_range,
         uint64_t pages = 1ull << o;
         if (pfn < r.start_pfn || pfn + pages > r.start_pfn + r.pages) return false;
         if (r.state[pfn - r.start_pfn] != state_byte(kStateFree, o)) return false;
-        per_band[band_of_pfn(pfn)] += pages;
         per_range[ri] += pages;
         ++*blocks;
       }
@@ -684,13 +744,9 @@ bool PageFrameAllocator::check_invariants() const {
     }
     return true;
   }
-  uint64_t per_band[kNumBands] = {};
   uint64_t per_range[kMaxRanges] = {};
   uint64_t blocks = 0;
-  if (!check_maps(per_band, per_range, &blocks)) return false;
+  if (!check_maps(per_range, &blocks)) return false;
   if (!check_states(per_range, blocks)) return false;
-  for (unsigned b = 0; b < kNumBands; ++b) {
-    if (per_band[b] != free_per_band_[b]) return false;
-  }
   return free_pages_locked() <= managed_pages_;
 }

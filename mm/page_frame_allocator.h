@@ -88,7 +88,10 @@ class PageFrameAllocator {
     uint64_t metadata_bytes = 0;
   };
 
-  PageFrameAllocator() = default;
+  // Before init every order's map is its (empty) top word, so that alloc finds nothing.
+  PageFrameAllocator() {
+    for (unsigned o = 0; o <= kMaxOrder; ++o) maps_[o].level[0] = &top_words_[o];
+  }
   PageFrameAllocator(const PageFrameAllocator&) = delete;
   PageFrameAllocator& operator=(const PageFrameAllocator&) = delete;
   // In debug builds, asserts that every page was given back (as Pigweed's allocators do).
@@ -173,17 +176,18 @@ class PageFrameAllocator {
   size_t num_ranges() const { return num_ranges_; }
   PhysRange range(size_t i) const;
 
-  // A snapshot of the counters. O(bands + ranges).
+  // A snapshot of the counters. The free pages per band are counted from the bitmaps:
+  // O(pages / 64); for reports and tests, not for hot paths.
   Stats stats() const TA_EXCL(lock_);
-  // Free pages overall (the sum of the per-band counters). O(bands).
+  // Free pages overall (the sum of the per-range counters). O(ranges).
   uint64_t free_pages() const TA_EXCL(lock_);
 
   // Number of free blocks of exactly `order` (0 if order > kMaxOrder): a population count of
   // that order's bitmap, O(pages / 2^order / 64); for tests and reports, not for hot paths.
   uint64_t free_blocks(unsigned order) const TA_EXCL(lock_);
 
-  // Checks every internal invariant (each summary bit says whether the word below is non-zero,
-  // bits past the end are clear, every set bit is a block whose state byte says free of that
+  // Checks every internal invariant (a non-zero word has its summary bit set, bits past the end
+  // are clear, every set bit is a block whose state byte says free of that
   // order and vice versa, blocks lie in one range and do not overlap, buddies are fully
   // coalesced, counters equal the sums). O(pages). For tests; returns false and stops at the
   // first violation.
@@ -230,10 +234,17 @@ class PageFrameAllocator {
     return r;
   }
   // Bitmap operations on order o's map.
+  // Bitmap operations on order o's map. A summary bit is set whenever the word below becomes
+  // non-zero, but cleared only when a search finds the word below empty (clear_stale): a block
+  // that is freed and taken again in an otherwise empty region then costs one word each way.
+  // So a clear summary bit always means an empty word; a set one usually means a non-empty word.
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   void clear_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
-  uint64_t highest_slot(unsigned o) const TA_REQ(lock_);
-  uint64_t highest_slot_at_or_below(unsigned o, uint64_t pos) const TA_REQ(lock_);
+  void clear_stale(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
+  // The highest set slot (at or below slot q), or kNoSlot. Each stale summary bit met on the way
+  // down is cleared and the search starts again, so each costs one extra search at most once.
+  uint64_t highest_slot(unsigned o) TA_REQ(lock_);
+  uint64_t highest_slot_at_or_below(unsigned o, uint64_t q) TA_REQ(lock_);
   // The highest slot of order o whose block's first 2^order pages end at or below `limit`.
   uint64_t slot_limit(unsigned o, unsigned order, uint64_t limit) const;
 
@@ -241,6 +252,7 @@ class PageFrameAllocator {
   static constexpr uint64_t kAllocFailed = 1;
   // No limit, page alignment: the highest free block of the smallest order >= `order`.
   uint64_t alloc_highest(unsigned order) TA_EXCL(lock_);
+  uint64_t alloc_search_and_unlock(unsigned order) TA_REL(lock_);
   // Blocks of 2^order pages aligned to 2^need pages whose first 2^order pages end at or below
   // `limit`: the highest of the smallest order >= need that has one.
   uint64_t alloc_under(unsigned order, unsigned need, uint64_t limit) TA_EXCL(lock_);
@@ -255,7 +267,8 @@ class PageFrameAllocator {
   bool free_block(uint64_t addr, unsigned order) TA_EXCL(lock_);
   bool merge_and_unlock(uint64_t pfn, unsigned order, const Range& r) TA_REL(lock_);
   uint64_t free_pages_locked() const TA_REQ(lock_);
-  bool check_maps(uint64_t* per_band, uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
+  bool check_maps(uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
+  void count_free_per_band(uint64_t* per_band) const TA_REQ(lock_);
   bool check_states(const uint64_t* per_range, uint64_t blocks) const TA_REQ(lock_);
 
   mutable support::SpinLock lock_;
@@ -272,8 +285,10 @@ class PageFrameAllocator {
   // The top word of each order's map, side by side: finding the first order with a free block
   // reads one cache line.
   uint64_t top_words_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
-  // Free pages per band and per range (the total is their sum: one counter less on hot paths).
-  uint64_t free_per_band_[kNumBands] TA_GUARDED(lock_) = {};
+  // For each order, a word of level 0 above which no bit is set (raised by set_slot, lowered by
+  // a search that finds that word empty): the highest free block is usually found in one load.
+  uint64_t hint_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
+  // Free pages per range (free_pages() is their sum; per band, stats() counts them).
   uint64_t free_per_range_[kMaxRanges] TA_GUARDED(lock_) = {};
   OrderMap maps_[kMaxOrder + 1];
 };
