@@ -331,17 +331,41 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
 
 // ---- Bitmaps ----
 
-inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
+inline void PageFrameAllocator::set_summary(unsigned o, unsigned l, uint64_t pos) {
   const OrderMap& m = maps_[o];
-  if ((pos >> 6) > hint_[o]) hint_[o] = pos >> 6;
-  for (unsigned l = 0;; ++l) {
+  for (; l <= m.top; ++l) {
     uint64_t* w = &m.level[l][pos >> 6];
     uint64_t old = *w;
     *w = old | (1ull << (pos & 63));
-    // A word that was not zero already has its bit in the level above.
-    if (__builtin_expect(old != 0, 1) || l == m.top) return;
+    if (old != 0) return;  // A non-zero word already has its bit in the level above.
     pos >>= 6;
   }
+}
+
+inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
+  const OrderMap& m = maps_[o];
+  uint64_t i = pos >> 6;
+  uint64_t* w = &m.level[0][i];
+  uint64_t old = *w;
+  *w = old | (1ull << (pos & 63));
+  uint64_t h = hint_[o];
+  if (__builtin_expect(h - i < kWindow, 1)) return;  // In the window (i > h wraps: not).
+  if (i > h) {
+    raise_hint(o, i);
+  } else if (old == 0) {
+    set_summary(o, 1, i);
+  }
+}
+
+// The hint rises to word i: the words of the old window that the new one leaves get their
+// summary bits (the new window holds word i, whose summary bit may then stay clear).
+[[gnu::noinline]] void PageFrameAllocator::raise_hint(unsigned o, uint64_t i) {
+  const OrderMap& m = maps_[o];
+  uint64_t h = hint_[o];
+  for (uint64_t j = h >= kWindow - 1 ? h - (kWindow - 1) : 0; j <= h && j + kWindow <= i; ++j) {
+    if (m.level[0][j] != 0) set_summary(o, 1, j);
+  }
+  hint_[o] = i;
 }
 
 // Summary bits are cleared lazily, by the searches: clearing a block's bit never goes up.
@@ -349,62 +373,69 @@ inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
   maps_[o].level[0][pos >> 6] &= ~(1ull << (pos & 63));
 }
 
-inline void PageFrameAllocator::clear_stale(unsigned o, unsigned l, uint64_t pos) {
-  maps_[o].level[l][pos >> 6] &= ~(1ull << (pos & 63));
-}
-
 uint64_t PageFrameAllocator::highest_slot(unsigned o) {
   const OrderMap& m = maps_[o];
-  uint64_t hinted = m.level[0][hint_[o]];
-  if (hinted != 0) return (hint_[o] << 6) | support::log2_floor(hinted);
-  for (;;) {
-    uint64_t w = top_words_[o];
-    if (w == 0) {
-      hint_[o] = 0;
-      return kNoSlot;
+  // The window first: nothing lies above the hint's word.
+  uint64_t h = hint_[o];
+  uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
+  for (uint64_t i = h;; --i) {
+    uint64_t w = m.level[0][i];
+    if (w != 0) {
+      hint_[o] = i;  // Lowers the hint: the words it passes are empty.
+      return (i << 6) | support::log2_floor(w);
     }
-    uint64_t pos = support::log2_floor(w);
-    unsigned l = m.top;
+    if (i == low) break;
+  }
+  // Below the window every non-empty word has its summary bit.
+  uint64_t pos = low == 0 ? kNoSlot : search_below(o, (low << 6) - 1);
+  hint_[o] = pos == kNoSlot ? 0 : pos >> 6;
+  return pos;
+}
+
+uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
+  const OrderMap& m = maps_[o];
+  uint64_t h = hint_[o];
+  uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
+  uint64_t qi = q >> 6;
+  if (qi < low) return search_below(o, q);
+  // Nothing lies above the hint's word; the window's words are read directly.
+  for (uint64_t i = support::min(qi, h);; --i) {
+    uint64_t w = m.level[0][i];
+    if (i == qi) w &= bits_up_to(q & 63);
+    if (w != 0) return (i << 6) | support::log2_floor(w);
+    if (i == low) break;
+  }
+  return low == 0 ? kNoSlot : search_below(o, (low << 6) - 1);
+}
+
+uint64_t PageFrameAllocator::search_below(unsigned o, uint64_t q) {
+  const OrderMap& m = maps_[o];
+  uint64_t pos = q;
+  unsigned l = 0;
+  for (;;) {
+    // Up: at level l, the highest set bit at or below `pos`; when its word has none, the bits of
+    // the level above at or below the word before it (a clear summary bit always means an empty
+    // word here, so nothing is skipped).
+    uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
+    if (w == 0) {
+      if (l == m.top || (pos >> 6) == 0) return kNoSlot;
+      pos = (pos >> 6) - 1;
+      ++l;
+      continue;
+    }
+    pos = (pos & ~63ull) | support::log2_floor(w);
+    // Down: the highest set bit of each word below.
     for (; l > 0; --l) {
       uint64_t below = m.level[l - 1][pos];
       if (__builtin_expect(below == 0, 0)) break;
       pos = (pos << 6) | support::log2_floor(below);
     }
-    if (__builtin_expect(l == 0, 1)) {
-      hint_[o] = pos >> 6;
-      return pos;
-    }
-    clear_stale(o, l, pos);  // Bit pos of level l named an empty word: drop it and look again.
-  }
-}
-
-uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
-  const OrderMap& m = maps_[o];
-  q = support::min(q, (hint_[o] << 6) | 63);  // Nothing is set above the hint's word.
-  for (;;) {
-    unsigned l = 0;
-    uint64_t pos = q;
-    // Up: the first level whose word holding `pos` has a set bit at or below it (at each level
-    // above, `pos` is the word before the one just found empty; a clear summary bit always means
-    // an empty word, so nothing is skipped).
-    for (;;) {
-      uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
-      if (w != 0) {
-        pos = (pos & ~63ull) | support::log2_floor(w);
-        break;
-      }
-      if (l == m.top || (pos >> 6) == 0) return kNoSlot;
-      pos = (pos >> 6) - 1;
-      ++l;
-    }
-    // Down: the highest set bit of each word.
-    for (; l > 0; --l) {
-      uint64_t below = m.level[l - 1][pos];
-      if (below == 0) break;
-      pos = (pos << 6) | support::log2_floor(below);
-    }
-    if (l == 0) return pos;
-    clear_stale(o, l, pos);
+    if (__builtin_expect(l == 0, 1)) return pos;
+    // Bit pos of level l is stale (its word below is empty): drop it and go on from the bits of
+    // level l below it.
+    m.level[l][pos >> 6] &= ~(1ull << (pos & 63));
+    if (pos == 0) return kNoSlot;
+    --pos;
   }
 }
 
@@ -422,16 +453,28 @@ uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t lim
 
 // ---- alloc ----
 
-// Takes the block (see the header): the general case, which alloc_highest's fast path repeats
-// for a block of the request's own order.
-uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
+// Takes the block (see the header). Splitting is the uncommon case: out of line.
+inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
+  if (__builtin_expect(have != order, 0)) return take_and_split(have, pos, order);
+  const OrderMap& m = maps_[order];
+  clear_slot(order, pos);
+  uint32_t ri = range_of_slot(m, pos);
+  uint64_t pfn = (pos + m.delta[ri]) << order;
+  const Range& r = ranges_[ri];
+  r.state[pfn - r.start_pfn] = state_byte(kStateAllocated, order);
+  free_per_range_[ri] -= 1ull << order;
+  return pfn << kPageShift;
+}
+
+[[gnu::noinline]] uint64_t PageFrameAllocator::take_and_split(unsigned have, uint64_t pos,
+                                                              unsigned order) {
   const OrderMap& m = maps_[have];
   uint32_t ri = range_of_slot(m, pos);
   uint64_t pfn = (pos + m.delta[ri]) << have;
   clear_slot(have, pos);
   const Range& r = ranges_[ri];
   uint8_t* st = r.state + (pfn - r.start_pfn);
-  while (__builtin_expect(have > order, 0)) {
+  while (have > order) {
     --have;
     uint64_t half = 1ull << have;
     st[half] = state_byte(kStateFree, have);
@@ -442,24 +485,15 @@ uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
   return pfn << kPageShift;
 }
 
-// The common case is straight-line code: the word the hint names holds a free block of the
-// request's own order. It locks by hand so that everything else is a tail call that unlocks.
+// The common case is straight-line code: the hint's word holds a free block of the request's
+// own order. It locks by hand so that everything else is a tail call that unlocks.
 uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
   lock_.lock();
-  const OrderMap& m = maps_[order];
   uint64_t i = hint_[order];
-  uint64_t w = m.level[0][i];
+  uint64_t w = maps_[order].level[0][i];
   if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
-  uint64_t bit = support::log2_floor(w);
-  m.level[0][i] = w & ~(1ull << bit);
-  uint64_t pos = (i << 6) | bit;
-  uint32_t ri = range_of_slot(m, pos);
-  uint64_t pfn = (pos + m.delta[ri]) << order;
-  const Range& r = ranges_[ri];
-  r.state[pfn - r.start_pfn] = state_byte(kStateAllocated, order);
-  free_per_range_[ri] -= 1ull << order;
+  uint64_t a = take(order, (i << 6) | support::log2_floor(w), order);
   lock_.unlock();
-  uint64_t a = pfn << kPageShift;
   poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
   return a;
 }
@@ -467,7 +501,6 @@ uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
 [[gnu::noinline]] uint64_t PageFrameAllocator::alloc_search_and_unlock(unsigned order) {
   uint64_t a = kAllocFailed;
   for (unsigned o = order; o <= kMaxOrder; ++o) {
-    if (top_words_[o] == 0) continue;
     uint64_t pos = highest_slot(o);
     if (pos != kNoSlot) {
       a = take(o, pos, order);
@@ -483,7 +516,6 @@ uint64_t PageFrameAllocator::alloc_under(unsigned order, unsigned need, uint64_t
   uint64_t a = kAllocFailed;
   lock_.lock();
   for (unsigned o = need; o <= kMaxOrder; ++o) {
-    if (top_words_[o] == 0) continue;
     uint64_t bound = slot_limit(o, order, limit);
     if (bound == kNoSlot) continue;
     uint64_t pos = highest_slot_at_or_below(o, bound);
@@ -670,8 +702,12 @@ bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const
                          : i * 64 >= bits    ? 0
                                              : bits_up_to(bits - i * 64 - 1);
         if ((w & ~valid) != 0) return false;
-        // A clear summary bit means an empty word; a set one may be stale (see clear_slot).
-        if (l < m.top && w != 0 && ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) == 0) return false;
+        // A non-empty word has its summary bit (a set one may be stale, see clear_slot), unless
+        // it is a level-0 word of the window.
+        bool window = l == 0 && i <= hint_[o] && hint_[o] - i < kWindow;
+        if (l < m.top && w != 0 && !window && ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) == 0) {
+          return false;
+        }
       }
       bits = words;
     }

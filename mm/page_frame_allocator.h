@@ -233,18 +233,23 @@ class PageFrameAllocator {
     while (m.base[r] > pos) --r;
     return r;
   }
-  // Bitmap operations on order o's map.
-  // Bitmap operations on order o's map. A summary bit is set whenever the word below becomes
-  // non-zero, but cleared only when a search finds the word below empty (clear_stale): a block
-  // that is freed and taken again in an otherwise empty region then costs one word each way.
-  // So a clear summary bit always means an empty word; a set one usually means a non-empty word.
+  // Bitmap operations on order o's map. The hint (hint_[o]) is a word of level 0 above which no
+  // bit is set, and the window is the kWindow words ending at it. A summary bit is set when the
+  // word below becomes non-empty, except for a level-0 word in the window (set when the window
+  // moves off it), and cleared only when a search finds the word below empty. So a block freed
+  // and taken again near the top of the free memory, the common case, costs one word each way,
+  // and below the window a clear summary bit always means an empty word.
+  static constexpr uint64_t kWindow = 3;
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
+  void set_summary(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
+  void raise_hint(unsigned o, uint64_t word) TA_REQ(lock_);
   void clear_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
-  void clear_stale(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
-  // The highest set slot (at or below slot q), or kNoSlot. Each stale summary bit met on the way
-  // down is cleared and the search starts again, so each costs one extra search at most once.
+  // The highest set slot (at or below slot q), or kNoSlot: the window's words one by one, then
+  // search_below, which climbs the summary levels from q and goes down again; a stale summary bit
+  // met on the way down is cleared and the search goes on from the next lower bit of its word.
   uint64_t highest_slot(unsigned o) TA_REQ(lock_);
   uint64_t highest_slot_at_or_below(unsigned o, uint64_t q) TA_REQ(lock_);
+  uint64_t search_below(unsigned o, uint64_t q) TA_REQ(lock_);
   // The highest slot of order o whose block's first 2^order pages end at or below `limit`.
   uint64_t slot_limit(unsigned o, unsigned order, uint64_t limit) const;
 
@@ -259,6 +264,7 @@ class PageFrameAllocator {
   // Takes the free block in slot `pos` of order `have`, splits it down to 2^order pages keeping
   // the lowest piece, marks that piece allocated and returns its address.
   uint64_t take(unsigned have, uint64_t pos, unsigned order) TA_REQ(lock_);
+  uint64_t take_and_split(unsigned have, uint64_t pos, unsigned order) TA_REQ(lock_);
   // The error of a valid request under `limit` that found nothing: kDmaMaskNotMatch when no
   // block of 2^order pages aligned to 2^need pages could ever lie under it, else kNoMemory.
   // Returns the Result itself so that the inline caller passes its own return slot on.
@@ -286,7 +292,7 @@ class PageFrameAllocator {
   // reads one cache line.
   uint64_t top_words_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
   // For each order, a word of level 0 above which no bit is set (raised by set_slot, lowered by
-  // a search that finds that word empty): the highest free block is usually found in one load.
+  // a search that finds it empty): the highest free block is usually found in one load.
   uint64_t hint_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
   // Free pages per range (free_pages() is their sum; per band, stats() counts them).
   uint64_t free_per_range_[kMaxRanges] TA_GUARDED(lock_) = {};
