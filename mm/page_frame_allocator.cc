@@ -349,7 +349,12 @@ inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
   uint64_t old = *w;
   *w = old | (1ull << (pos & 63));
   uint64_t h = hint_[o];
-  if (__builtin_expect(h - i < kWindow, 1)) return;  // In the window (i > h wraps: not).
+  if (__builtin_expect(h - i < kWindow, 1)) {  // In the window (i > h wraps: not).
+    // When the words above it in the window are empty, the hint comes down to this word, so
+    // that the next allocation finds this block in one load.
+    if (i != h && m.level[0][h] == 0 && (i + 1 == h || m.level[0][h - 1] == 0)) hint_[o] = i;
+    return;
+  }
   if (i > h) {
     raise_hint(o, i);
   } else if (old == 0) {
