@@ -20,22 +20,31 @@
 // Free-block bitmaps. For each order k, the slots are the places a block of 2^k pages can lie,
 // numbered through the ranges in ascending address order (range r's slots from base[r] on, with
 // slot = (pfn >> k) - delta[r]), so slot order is address order across all ranges. Level 0 has a
-// bit per slot, set when a free block lies there; level l + 1 has a bit per word of level l, set
-// when that word is not zero; the top level is a single word, kept in this object next to the
-// other orders' top words. Then:
-//   - the highest free block of order k: read the top word, then per level one find-last-set
-//     (clz) and one load: the highest set bit of each word names the word below;
-//   - the highest at or below slot q: at level 0, mask q's word to the bits at or below q; if
-//     nothing is left, go up to the bit of the word before it and do the same there; once a
-//     level has a bit, go down as above. At most twice the number of levels;
-//   - setting a bit also sets the summary bit above when the word was zero (usually not);
-//     clearing clears the summary bit when the word became zero.
+// bit per slot, set when a free block lies there; level l + 1 has a bit per word of level l (a
+// summary bit); the top level is a single word, kept in this object next to the other orders'.
+// A search for the highest set bit at or below slot q masks q's word at level 0; when that is
+// empty it goes up to the summary bits at or below the word before, and once a level has a bit it
+// goes down, one find-last-set (clz) and one load per level: at most twice the number of levels.
+//
+// Three refinements make the common cases a word or two each way, as the old free lists were:
+//   - The hint: per order, a word of level 0 above which nothing is set. The highest free block
+//     is usually in it: one load and a find-last-set. A block freed above it raises it; a search
+//     that finds it empty lowers it.
+//   - The window: the kWindow words ending at the hint need no summary bits (a block freed and
+//     taken again near the top of the free memory, where allocation happens, changes one word),
+//     and are read directly by every search. The words the window leaves when the hint rises get
+//     their summary bits then; when it comes down, the words it passes are empty.
+//   - Lazy clearing: taking a block clears its bit in level 0 only. A summary bit may then be
+//     stale (its word below empty); a search that meets one clears it and goes on from the next
+//     lower bit of its word, so each costs one step, once. A clear summary bit always means an
+//     empty word (outside the window), which is all a search needs to skip nothing.
 // A request under a limit turns it into a slot bound for each order it tries (the highest slot
 // whose block's kept piece ends at or below the limit: a scan of the ranges from the top), so
 // every limit is exact: alloc fails only when nothing suitable is free.
-// The bitmaps cost about two bits per page (a bit per page for order 0, half that for order 1,
+// The bitmaps take about two bits per page (a bit per page for order 0, half that for order 1,
 // and so on) plus 1/63 of that for the summaries; with the state bytes, about 1.3 bytes per page,
-// and a few words per order in the worst case of tiny memory.
+// and 7 bytes of alignment slack. Bitmaps of 64 slots or fewer are their top word: tiny memory
+// costs its state bytes only.
 //
 // alloc(order, limit, align): need = max(order, log2(align) - 12). For k from need up to
 // kMaxOrder, the highest free block of order k whose lowest 2^order pages end at or below the
@@ -47,18 +56,19 @@
 // the state byte, then merge upwards while the buddy is a free block of the same order in the
 // same range, each merge clearing the buddy's bit.
 //
-// Costs: alloc, for each order tried, a load of its top word, then O(levels) for the search and
-// O(levels) for each bit changed (one per split; the summary levels are rarely reached), plus an
-// O(kMaxRanges) scan of the ranges when the slot is found (from the top, so one compare when
-// memory is one range) and, under a limit, once per order tried; free O(kMaxRanges + kMaxOrder *
-// levels); stats and free_pages O(bands + ranges); init O(pages); check_invariants and
-// free_blocks O(pages). Levels = ceil(log64(slots)), at most 4 up to 64 GiB. A block taken or
-// freed touches its state byte, one bitmap word per order split or merged, and a summary word
-// only when a bitmap word changes between zero and non-zero: a few cache lines of the metadata,
-// which is 1/3000 of the memory, instead of a random line of RAM per list operation. The
-// common cases (a page-aligned request served from its own order; a free whose buddy is not
-// free) take no split or merge loop and return a plain register (the header's inline alloc/free
-// build the Result in the caller); merging, alignment and errors are out of line.
+// Costs: alloc without a limit, when the hint's word of the request's order has a block: a load,
+// a find-last-set, a scan of the ranges from the top (one compare when memory is one range), a
+// store to the bitmap and one to the state byte. Otherwise, per order tried, the window's words
+// and a search (O(levels), plus one step per stale summary bit met); per split, a bit set (O(1)
+// in the window, O(levels) at worst elsewhere). Under a limit, per order tried, a scan of the
+// ranges and a bounded search. free: O(kMaxRanges) to find the range, then per merge a state
+// byte test and a bit cleared, and one bit set. Levels = ceil(log64(slots)) - 1 below the top
+// word: 3 for order 0 of 64 GiB. init O(pages); stats, check_invariants and free_blocks O(pages);
+// free_pages O(ranges). A block taken or freed touches its state byte, one bitmap word per order
+// split or merged and rarely a summary word: a few lines of the metadata, which is about 1/3000
+// of the memory, rather than a random line of RAM per list operation. The common cases return a
+// plain register (the header's inline alloc/free build the Result in the caller); splitting,
+// merging, searching, alignment and errors are out of line.
 #include "mm/page_frame_allocator.h"
 
 #include "support/assert.h"

@@ -126,10 +126,11 @@ class PageFrameAllocator {
   // size and gives back the rest at once). The caller owns the block until free(); its contents
   // are undefined. Prefers high memory, keeping low memory for constrained devices: it takes the
   // highest suitable free block of the smallest order that has one.
-  // Cost: per order tried (from the request's own up to kMaxOrder, stopping at the first that has
-  // a suitable block), one load, then a find-last-set per summary level (a few); a limit adds a
-  // scan of the ranges from the top and at most twice as many steps. Any limit is exact: a
-  // request fails only when no suitable block is free.
+  // Cost: usually one bitmap load and a find-last-set; otherwise, per order tried (from the
+  // request's own up to kMaxOrder, stopping at the first that has a suitable block), a few word
+  // loads and a find-last-set per summary level; a limit adds a scan of the ranges from the top.
+  // Independent of how full memory is. Any limit is exact: a request fails only when no
+  // suitable block is free.
   // Errors: kLayoutError (order > kMaxOrder, align not a power of two or above 2^kMaxOrder pages),
   // kDmaMaskNotMatch (no block of this order and alignment could lie under `limit` even with all
   // memory free: addr = lowest managed address, mask = limit), kNoMemory (nothing free under the
@@ -150,8 +151,8 @@ class PageFrameAllocator {
   }
 
   // Returns a block from alloc with the same order. Coalesces with free buddies (never across
-  // ranges). Cost: a scan of the (at most kMaxRanges) ranges, then per merge a state-byte test
-  // and a bitmap update.
+  // ranges). Writes nothing into the block (only the poisoning layer does). Cost: a scan of the
+  // (at most kMaxRanges) ranges, then per merge a state-byte test and a bitmap update.
   // Errors: kNotFound (addr is not the head of an allocated block of that order: never allocated,
   // already freed, wrong order, inside a block, outside every range); the allocator is unchanged
   // then. Checked in every build.

@@ -796,8 +796,8 @@ TEST(PageFrameAllocatorTest, StraddlingBandIsSearchedWhenLowerBandsAreEmpty) {
   EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 8u);
 }
 
-// Limits of the form 2^n - 1 with n >= 22 end at a band boundary and take the inline fast path;
-// smaller ones straddle band 0 and take the general path. Both must give the model's answers.
+// DMA masks (limits 2^n - 1) of every width, from below a page to no limit: each is a slot bound
+// per order, ending mid-word or at a word boundary. All must give the model's answers.
 uint64_t mask_of_bits(unsigned n) {
   return n >= 64 ? kNoLimit : (uint64_t{1} << n) - 1;
 }
