@@ -273,6 +273,7 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     }
     top_words_[o] = 0;
     hint_[o] = 0;
+    prev_[o] = kNoPrev;
     m.level[m.top] = &top_words_[o];
   }
 
@@ -367,9 +368,12 @@ inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
   }
   if (i > h) {
     raise_hint(o, i);
-  } else if (old == 0) {
-    set_summary(o, 1, i);
+    return;
   }
+  // Between the previous hint and the window, which is empty: the previous hint moves up to it
+  // (the words it passes are empty; the ones it leaves below have their summary bits).
+  if (i > prev_[o]) prev_[o] = i;
+  if (old == 0) set_summary(o, 1, i);
 }
 
 // The hint rises to word i: the words of the old window that the new one leaves get their
@@ -380,6 +384,9 @@ inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
   for (uint64_t j = h >= kWindow - 1 ? h - (kWindow - 1) : 0; j <= h && j + kWindow <= i; ++j) {
     if (m.level[0][j] != 0) set_summary(o, 1, j);
   }
+  // Far up, the old hint is remembered (nothing lies between); just above, the words the window
+  // left may hold something.
+  prev_[o] = i - h >= kWindow ? h : kNoPrev;
   hint_[o] = i;
 }
 
@@ -400,6 +407,21 @@ uint64_t PageFrameAllocator::highest_slot(unsigned o) {
       return (i << 6) | support::log2_floor(w);
     }
     if (i == low) break;
+  }
+  // Then the words ending at the previous hint, when the hint jumped up from there and nothing
+  // was freed in between: a block freed high above the others has just been taken again.
+  uint64_t p = prev_[o];
+  prev_[o] = kNoPrev;
+  if (p < low) {  // Else the window has come down to it or below: nothing to add.
+    low = p >= kWindow - 1 ? p - (kWindow - 1) : 0;
+    for (uint64_t i = p;; --i) {
+      uint64_t w = m.level[0][i];
+      if (w != 0) {
+        hint_[o] = i;
+        return (i << 6) | support::log2_floor(w);
+      }
+      if (i == low) break;
+    }
   }
   // Below the window every non-empty word has its summary bit.
   uint64_t pos = low == 0 ? kNoSlot : search_below(o, (low << 6) - 1);
@@ -703,6 +725,13 @@ bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     const OrderMap& m = maps_[o];
     if (m.level[m.top] != &top_words_[o]) return false;
+    // Nothing is set between the previous hint and the window, when it lies below the window (it
+    // is ignored otherwise).
+    if (prev_[o] != kNoPrev) {
+      for (uint64_t i = prev_[o] + 1; i + kWindow <= hint_[o]; ++i) {
+        if (m.level[0][i] != 0) return false;
+      }
+    }
     // Nothing is set in level 0 above the hint's word.
     if (hint_[o] >= support::max<uint64_t>(1, (m.slots + 63) / 64)) return false;
     for (uint64_t i = hint_[o] + 1; i < (m.slots + 63) / 64; ++i) {

@@ -241,6 +241,10 @@ class PageFrameAllocator {
   // and taken again near the top of the free memory, the common case, costs one word each way,
   // and below the window a clear summary bit always means an empty word.
   static constexpr uint64_t kWindow = 3;
+  // When a block freed far above the window raised the hint, prev_[o] is the word the hint left
+  // (kNoPrev otherwise, or once a block is freed between the two): once that block is taken
+  // again, highest_slot reads the words ending there before it climbs the summary levels.
+  static constexpr uint64_t kNoPrev = ~0ull;
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   void set_summary(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
   void raise_hint(unsigned o, uint64_t word) TA_REQ(lock_);
@@ -295,6 +299,9 @@ class PageFrameAllocator {
   // For each order, a word of level 0 above which no bit is set (raised by set_slot, lowered by
   // a search that finds it empty): the highest free block is usually found in one load.
   uint64_t hint_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
+  uint64_t prev_[kMaxOrder + 1] TA_GUARDED(lock_) = {kNoPrev, kNoPrev, kNoPrev, kNoPrev,
+                                                     kNoPrev, kNoPrev, kNoPrev, kNoPrev,
+                                                     kNoPrev, kNoPrev, kNoPrev};
   // Free pages per range (free_pages() is their sum; per band, stats() counts them).
   uint64_t free_per_range_[kMaxRanges] TA_GUARDED(lock_) = {};
   OrderMap maps_[kMaxOrder + 1];
