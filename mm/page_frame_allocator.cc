@@ -332,6 +332,7 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     }
     free_per_range_[i] = managed_per_range_[i];
   }
+  if (num_ranges_ != 0) top_range_ = &ranges_[num_ranges_ - 1];
   managed_pages_ = managed;
   lowest_ = PhysAddr(lowest << kPageShift);
   highest_ = PhysAddr(highest << kPageShift);
@@ -607,19 +608,27 @@ size_t PageFrameAllocator::range_index(uint64_t pfn) const {
   return kNoRange;
 }
 
+// The range below the top one that holds pfn, or nullptr.
+const PageFrameAllocator::Range* PageFrameAllocator::lower_range(uint64_t pfn) const {
+  for (size_t i = num_ranges_ > 0 ? num_ranges_ - 1 : 0; i-- > 0;) {
+    if (pfn - ranges_[i].start_pfn < ranges_[i].pages) return &ranges_[i];
+  }
+  return nullptr;
+}
+
 // The body of free (see the header): false when addr is not the head of an allocated block of
 // that order. Locks by hand so that merging, which unlocks, is a tail call.
 bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   uint64_t pfn = a >> kPageShift;
   // Ranges are immutable after init: found without the lock, one unsigned compare per range,
   // from the top down because alloc prefers high memory.
-  const Range* r = ranges_ + num_ranges_;
-  uint64_t off = 0;
-  do {
-    if (r == ranges_) return false;
-    --r;
+  const Range* r = top_range_;
+  uint64_t off = pfn - r->start_pfn;  // Wraps to a huge value below the range.
+  if (__builtin_expect(off >= r->pages, 0)) {
+    r = lower_range(pfn);
+    if (r == nullptr) return false;
     off = pfn - r->start_pfn;
-  } while (off >= r->pages);
+  }
   // One compare for both: misaligned (some low bit set) or order > kMaxOrder.
   if ((((a & kPageMask) << 8) | order) > kMaxOrder) return false;
   uint8_t* state = r->state;

@@ -228,6 +228,7 @@ class PageFrameAllocator {
     return 63u - static_cast<unsigned>(__builtin_clzll((pfn >> (kBandShift - kPageShift - 1)) | 1));
   }
   size_t range_index(uint64_t pfn) const;
+  const Range* lower_range(uint64_t pfn) const;
   // The range holding slot `pos` of `m` (the highest range whose first slot is at or below it).
   uint32_t range_of_slot(const OrderMap& m, uint64_t pos) const {
     uint32_t r = static_cast<uint32_t>(num_ranges_ - 1);
@@ -285,6 +286,8 @@ class PageFrameAllocator {
   mutable support::SpinLock lock_;
   Range ranges_[kMaxRanges];
   size_t num_ranges_ = 0;
+  const Range no_range_;                 // Holds nothing: the top range before init.
+  const Range* top_range_ = &no_range_;  // The highest range, where free() looks first.
   uintptr_t direct_map_offset_ = 0;
   PhysAddr lowest_;
   PhysAddr highest_;
