@@ -332,7 +332,10 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     }
     free_per_range_[i] = managed_per_range_[i];
   }
-  if (num_ranges_ != 0) top_range_ = &ranges_[num_ranges_ - 1];
+  if (num_ranges_ != 0) {
+    top_index_ = static_cast<uint32_t>(num_ranges_ - 1);
+    top_range_ = &ranges_[top_index_];
+  }
   managed_pages_ = managed;
   lowest_ = PhysAddr(lowest << kPageShift);
   highest_ = PhysAddr(highest << kPageShift);

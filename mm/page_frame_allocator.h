@@ -231,8 +231,11 @@ class PageFrameAllocator {
   const Range* lower_range(uint64_t pfn) const;
   // The range holding slot `pos` of `m` (the highest range whose first slot is at or below it).
   uint32_t range_of_slot(const OrderMap& m, uint64_t pos) const {
-    uint32_t r = static_cast<uint32_t>(num_ranges_ - 1);
-    while (m.base[r] > pos) --r;
+    uint32_t r = top_index_;
+    if (__builtin_expect(m.base[r] > pos, 0)) {
+      do --r;
+      while (m.base[r] > pos);
+    }
     return r;
   }
   // Bitmap operations on order o's map. The hint (hint_[o]) is a word of level 0 above which no
@@ -288,6 +291,7 @@ class PageFrameAllocator {
   size_t num_ranges_ = 0;
   const Range no_range_;                 // Holds nothing: the top range before init.
   const Range* top_range_ = &no_range_;  // The highest range, where free() looks first.
+  uint32_t top_index_ = 0;               // Its index (0 before init).
   uintptr_t direct_map_offset_ = 0;
   PhysAddr lowest_;
   PhysAddr highest_;
