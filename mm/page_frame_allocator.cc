@@ -26,7 +26,7 @@
 // empty it goes up to the summary bits at or below the word before, and once a level has a bit it
 // goes down, one find-last-set (clz) and one load per level: at most twice the number of levels.
 //
-// Three refinements make the common cases a word or two each way, as the old free lists were:
+// Refinements make the common cases a word or two each way, as a free list's are:
 //   - The hint: per order, a word of level 0 above which nothing is set. The highest free block
 //     is usually in it: one load and a find-last-set. A block freed above it raises it; a search
 //     that finds it empty lowers it.
@@ -34,6 +34,9 @@
 //     taken again near the top of the free memory, where allocation happens, changes one word),
 //     and are read directly by every search. The words the window leaves when the hint rises get
 //     their summary bits then; when it comes down, the words it passes are empty.
+//   - The previous hint: when a block freed far above the window raises the hint, the word it
+//     left is remembered (nothing lies between the two), so that once that block is taken
+//     again the search reads the words there instead of climbing the summary levels.
 //   - Lazy clearing: taking a block clears its bit in level 0 only. A summary bit may then be
 //     stale (its word below empty); a search that meets one clears it and goes on from the next
 //     lower bit of its word, so each costs one step, once. A clear summary bit always means an
@@ -57,18 +60,18 @@
 // same range, each merge clearing the buddy's bit.
 //
 // Costs: alloc without a limit, when the hint's word of the request's order has a block: a load,
-// a find-last-set, a scan of the ranges from the top (one compare when memory is one range), a
+// a find-last-set, the slot's range (one compare for the top range, then one per range below), a
 // store to the bitmap and one to the state byte. Otherwise, per order tried, the window's words
 // and a search (O(levels), plus one step per stale summary bit met); per split, a bit set (O(1)
 // in the window, O(levels) at worst elsewhere). Under a limit, per order tried, a scan of the
-// ranges and a bounded search. free: O(kMaxRanges) to find the range, then per merge a state
-// byte test and a bit cleared, and one bit set. Levels = ceil(log64(slots)) - 1 below the top
-// word: 3 for order 0 of 64 GiB. init O(pages); stats, check_invariants and free_blocks O(pages);
-// free_pages O(ranges). A block taken or freed touches its state byte, one bitmap word per order
-// split or merged and rarely a summary word: a few lines of the metadata, which is about 1/3000
-// of the memory, rather than a random line of RAM per list operation. The common cases return a
-// plain register (the header's inline alloc/free build the Result in the caller); splitting,
-// merging, searching, alignment and errors are out of line.
+// ranges and a bounded search. free: the range (the top one first, then O(kMaxRanges)), then
+// per merge a state byte test and a bit cleared, and one bit set. Levels = ceil(log64(slots)) - 1
+// below the top word: 3 for order 0 of 64 GiB. init O(pages); stats, check_invariants and
+// free_blocks O(pages); free_pages O(ranges). A block taken or freed touches its state byte, one
+// bitmap word per order split or merged and rarely a summary word: a few lines of the metadata,
+// which is about 1/3000 of the memory, rather than a random line of RAM per list operation. The
+// common cases return a plain register (the header's inline alloc/free build the Result in the
+// caller); splitting, merging, searching, alignment and errors are out of line.
 #include "mm/page_frame_allocator.h"
 
 #include "support/assert.h"
