@@ -183,7 +183,7 @@ size_t PageFrameAllocator::metadata_size(support::Span<const PhysRange> ranges) 
     words += bitmap_words(n, &top);
   }
   if (pages == 0) return 0;
-  return static_cast<size_t>(pages + kAlignSlack + words * sizeof(uint64_t));
+  return static_cast<size_t>(pages + kAlignSlack + (words * sizeof(uint64_t)));
 }
 
 unsigned PageFrameAllocator::order_for(uint64_t bytes) {
@@ -252,7 +252,8 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   // The bitmaps, word aligned, after the state bytes: for each order its levels from 0 up, each
   // zeroed; the top word is top_words_[o].
   auto* words = reinterpret_cast<uint64_t*>(
-      support::align_up(reinterpret_cast<uintptr_t>(meta), sizeof(uint64_t)));
+      meta + (support::align_up(reinterpret_cast<uintptr_t>(meta), sizeof(uint64_t)) -
+              reinterpret_cast<uintptr_t>(meta)));
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     OrderMap& m = maps_[o];
     m = OrderMap{};
@@ -708,7 +709,7 @@ void PageFrameAllocator::count_free_per_band(uint64_t* per_band) const {
     const OrderMap& m = maps_[o];
     for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
       for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
-        uint64_t pos = i * 64 + support::ctz(w);
+        uint64_t pos = (i * 64) + support::ctz(w);
         uint64_t pfn = (pos + m.delta[range_of_slot(m, pos)]) << o;
         per_band[band_of_pfn(pfn)] += 1ull << o;
       }
@@ -757,9 +758,13 @@ bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const
       uint64_t words = l == m.top ? 1 : (bits + 63) / 64;
       for (uint64_t i = 0; i < words; ++i) {
         uint64_t w = m.level[l][i];
-        uint64_t valid = i * 64 + 64 <= bits ? ~0ull
-                         : i * 64 >= bits    ? 0
-                                             : bits_up_to(bits - i * 64 - 1);
+        // The bits of word i that stand for slots (or words below): the rest must be clear.
+        uint64_t valid = ~0ull;
+        if (i * 64 >= bits) {
+          valid = 0;
+        } else if (bits - (i * 64) < 64) {
+          valid = bits_up_to(bits - (i * 64) - 1);
+        }
         if ((w & ~valid) != 0) return false;
         // A non-empty word has its summary bit (a set one may be stale, see clear_slot), unless
         // it is a level-0 word of the window.
@@ -772,7 +777,7 @@ bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const
     }
     for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
       for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
-        uint64_t pos = i * 64 + support::ctz(w);
+        uint64_t pos = (i * 64) + support::ctz(w);
         uint32_t ri = range_of_slot(m, pos);
         if (pos - m.base[ri] >= m.count[ri]) return false;
         const Range& r = ranges_[ri];

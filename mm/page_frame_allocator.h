@@ -251,7 +251,7 @@ class PageFrameAllocator {
   static constexpr uint64_t kNoPrev = ~0ull;
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   void set_summary(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
-  void raise_hint(unsigned o, uint64_t word) TA_REQ(lock_);
+  void raise_hint(unsigned o, uint64_t i) TA_REQ(lock_);
   void clear_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   // The highest set slot (at or below slot q), or kNoSlot: the window's words one by one, then
   // search_below, which climbs the summary levels from q and goes down again; a stale summary bit
