@@ -608,13 +608,6 @@ uint64_t PageFrameAllocator::alloc_under(unsigned order, unsigned need, uint64_t
 
 // ---- free ----
 
-size_t PageFrameAllocator::range_index(uint64_t pfn) const {
-  for (size_t i = 0; i < num_ranges_; ++i) {
-    if (pfn - ranges_[i].start_pfn < ranges_[i].pages) return i;
-  }
-  return kNoRange;
-}
-
 // The range below the top one that holds pfn, or nullptr.
 const PageFrameAllocator::Range* PageFrameAllocator::lower_range(uint64_t pfn) const {
   for (size_t i = num_ranges_ > 0 ? num_ranges_ - 1 : 0; i-- > 0;) {

@@ -207,7 +207,8 @@ class PageFrameAllocator {
   // The free blocks of one order. A slot is a place a block of this order can lie (naturally
   // aligned, wholly inside one range); slots are numbered through the ranges in address order,
   // range r's from base[r] on. Bit p of level 0 is set when slot p holds a free block; bit i of
-  // level l + 1 when word i of level l is not zero; level `top` is one word (top_words_[order]).
+  // level l + 1 summarises word i of level l (see set_slot); level `top` is one word
+  // (top_words_[order]).
   // The pointers and numbers are fixed by init; the words they point to are guarded by lock_.
   struct OrderMap {
     uint64_t* level[kMaxLevels] = {};
@@ -218,7 +219,6 @@ class PageFrameAllocator {
     uint64_t first[kMaxRanges] = {};  // Block number of range r's first slot.
     uint64_t count[kMaxRanges] = {};  // Slots of range r.
   };
-  static constexpr size_t kNoRange = kMaxRanges;
   // No slot has this number (slots count blocks of at least a page in a 64-bit address space).
   static constexpr uint64_t kNoSlot = ~0ull;
 
@@ -227,7 +227,6 @@ class PageFrameAllocator {
   static unsigned band_of_pfn(uint64_t pfn) {
     return 63u - static_cast<unsigned>(__builtin_clzll((pfn >> (kBandShift - kPageShift - 1)) | 1));
   }
-  size_t range_index(uint64_t pfn) const;
   const Range* lower_range(uint64_t pfn) const;
   // The range holding slot `pos` of `m` (the highest range whose first slot is at or below it).
   uint32_t range_of_slot(const OrderMap& m, uint64_t pos) const {
@@ -246,8 +245,9 @@ class PageFrameAllocator {
   // and below the window a clear summary bit always means an empty word.
   static constexpr uint64_t kWindow = 3;
   // When a block freed far above the window raised the hint, prev_[o] is the word the hint left
-  // (kNoPrev otherwise, or once a block is freed between the two): once that block is taken
-  // again, highest_slot reads the words ending there before it climbs the summary levels.
+  // (kNoPrev otherwise; a block freed between the two moves it up to that block's word), and
+  // nothing lies between it and the window: once the high block is taken again, highest_slot
+  // reads the words ending at prev_[o] before it climbs the summary levels.
   static constexpr uint64_t kNoPrev = ~0ull;
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   void set_summary(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
