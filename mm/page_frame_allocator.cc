@@ -1,50 +1,77 @@
-// PageFrameAllocator: a binary buddy allocator with address bands, for mask-constrained DMA.
+// PageFrameAllocator: a binary buddy allocator with out-of-band bookkeeping, for mask-constrained
+// DMA.
 //
 // The scheme
 // ----------
-// Memory is a set of up to kMaxRanges page ranges (sorted, disjoint), each with one metadata byte
-// per page: kMetaFree|k heads a free block of 2^k pages, kMetaAllocated|k heads an allocated one,
-// kMetaInterior is any other page of a block, kMetaReserved a page that is not managed. Only block
-// heads carry a head marker, so splitting and merging rewrite one byte each, and free() can check
-// its argument exactly: the byte at addr must be kMetaAllocated|order.
+// Memory is a set of up to kMaxRanges page ranges (sorted, disjoint). A block of 2^k pages is
+// naturally aligned in physical address (pfn % 2^k == 0) and lies inside one range; its buddy is
+// pfn ^ 2^k and is merged only when it lies in the same range and is free with the same order.
+// All bookkeeping lives in the caller's metadata buffer and in this object; the allocator never
+// reads or writes a managed page, so nothing a device writes into memory it was once given can
+// steer it (the free lists of a classic buddy allocator live in the free pages: a stale DMA
+// descriptor that writes after free plants a pointer the next allocation writes through).
 //
-// A block of 2^k pages is naturally aligned in physical address (pfn % 2^k == 0) and lies inside
-// one range; its buddy is pfn ^ 2^k and is merged only when it lies in the same range and its
-// byte says kMetaFree|k. Free blocks are kept in circular doubly linked lists whose nodes are the
-// first bytes of the free blocks themselves (through the direct map; a node also records the
-// block's metadata byte and range); the sentinels live in this object. There is one list per
-// (order, band), a band being a power-of-two slice of physical address space (band 0 = [0, 4 MiB),
-// band b = [2^(21+b), 2^(22+b))). A block is at most 4 MiB and aligned, so it never straddles two
-// bands, and the buddies it merges with are in its band. band_mask_[k] has bit b set when list
-// (k, b) is not empty.
+// State bytes. One byte per page: kStateFree|k heads a free block of 2^k pages, kStateAllocated|k
+// heads an allocated one, kStateInterior is any other page of a block, kStateReserved a page that
+// is not managed. Only block heads carry a head marker, so splitting and merging rewrite one byte
+// each, and free() checks its argument exactly: the byte at addr must be kStateAllocated|order.
+// Merging asks the buddy's byte whether it is free with the same order.
 //
-// alloc(order, limit, align): `need` = max(order, log2(align) - 12). The bands lying wholly at or
-// below `limit` form a bit mask computed in a few instructions; for each k from `need` up to
-// kMaxOrder, band_mask_[k] & that mask, if not zero, names the highest such band (high memory is
-// used first so that low memory stays for constrained devices); its first block is unlinked and
-// split down to `order`, keeping the lowest piece (which is therefore aligned to 2^need pages)
-// and pushing the upper halves onto their lists. A limit of the form 2^n - 1 (n >= 22) ends
-// exactly at a band boundary, so this is all there is, and the mask of bands under it is just
-// limit >> 21: such a request (page-aligned) takes the same inline fast path as one without a
-// limit, for a check, a shift and an AND more. Any other limit leaves one band straddling it; only
-// when the bands wholly below the limit hold nothing large enough are that band's lists (orders >=
-// need) walked for the first block whose kept piece ends at or below the limit.
+// Free-block bitmaps. For each order k, the slots are the places a block of 2^k pages can lie,
+// numbered through the ranges in ascending address order (range r's slots from base[r] on, with
+// slot = (pfn >> k) - delta[r]), so slot order is address order across all ranges. Level 0 has a
+// bit per slot, set when a free block lies there; level l + 1 has a bit per word of level l (a
+// summary bit); the top level is a single word, kept in this object next to the other orders'.
+// A search for the highest set bit at or below slot q masks q's word at level 0; when that is
+// empty it goes up to the summary bits at or below the word before, and once a level has a bit it
+// goes down, one find-last-set (clz) and one load per level: at most twice the number of levels.
+//
+// Refinements make the common cases a word or two each way, as a free list's are:
+//   - The hint: per order, a word of level 0 above which nothing is set. The highest free block
+//     is usually in it: one load and a find-last-set. A block freed above it raises it; a search
+//     that finds it empty lowers it.
+//   - The window: the kWindow words ending at the hint need no summary bits (a block freed and
+//     taken again near the top of the free memory, where allocation happens, changes one word),
+//     and are read directly by every search. The words the window leaves when the hint rises get
+//     their summary bits then; when it comes down, the words it passes are empty.
+//   - The previous hint: when a block freed far above the window raises the hint, the word it
+//     left is remembered (nothing lies between the two), so that once that block is taken
+//     again the search reads the words there instead of climbing the summary levels.
+//   - Lazy clearing: taking a block clears its bit in level 0 only. A summary bit may then be
+//     stale (its word below empty); a search that meets one clears it and goes on from the next
+//     lower bit of its word, so each costs one step, once. A clear summary bit always means an
+//     empty word (outside the window), which is all a search needs to skip nothing.
+// A request under a limit turns it into a slot bound for each order it tries (the highest slot
+// whose block's kept piece ends at or below the limit: a scan of the ranges from the top), so
+// every limit is exact: alloc fails only when nothing suitable is free.
+// The bitmaps take about two bits per page (a bit per page for order 0, half that for order 1,
+// and so on) plus 1/63 of that for the summaries; with the state bytes, about 1.3 bytes per page,
+// and 7 bytes of alignment slack. Bitmaps of 64 slots or fewer are their top word: tiny memory
+// costs its state bytes only.
+//
+// alloc(order, limit, align): need = max(order, log2(align) - 12). For k from need up to
+// kMaxOrder, the highest free block of order k whose lowest 2^order pages end at or below the
+// limit (high memory first, so that low memory stays for constrained devices; the smallest order
+// first, so that large blocks stay whole). It is taken and split down to `order`, keeping the
+// lowest piece (aligned to 2^k >= 2^need pages) and freeing the upper halves.
 //
 // free(addr, order): find the range (one unsigned compare per range, at most kMaxRanges), check
-// the metadata byte, then merge upwards while the buddy is a free block of the same order in the
-// same range, each merge unlinking the buddy in O(1).
+// the state byte, then merge upwards while the buddy is a free block of the same order in the
+// same range, each merge clearing the buddy's bit.
 //
-// Costs: alloc O(kMaxOrder) bitmap tests plus O(kMaxOrder) splits (the straddling-band walk
-// aside, see above); free O(kMaxRanges + kMaxOrder); stats and free_pages O(bands + ranges); init
-// O(pages); check_invariants and free_blocks O(pages). Metadata: one byte per page (1/4096 of
-// memory). Free-page counters (per band, per range) change once per operation, not per split or
-// merge. The common cases (a page-aligned request with no limit or a band-boundary limit, served
-// from a list of its own order; a free whose buddy is not free) are straight-line code returning
-// a plain register (the header's inline alloc/free build the Result in the caller); splitting,
-// merging, alignment, other limits and errors are out of line, so the hot paths need few
-// registers. Measured at -O2 on x86-64 under callgrind: about 33 instructions for such an alloc
-// and 85 for such a free, lock included; an order-9 allocation under a 4 GiB limit costs about
-// 1.13 times the same without a limit (bench: pfa_masked_order9_ratio).
+// Costs: alloc without a limit, when the hint's word of the request's order has a block: a load,
+// a find-last-set, the slot's range (one compare for the top range, then one per range below), a
+// store to the bitmap and one to the state byte. Otherwise, per order tried, the window's words
+// and a search (O(levels), plus one step per stale summary bit met); per split, a bit set (O(1)
+// in the window, O(levels) at worst elsewhere). Under a limit, per order tried, a scan of the
+// ranges and a bounded search. free: the range (the top one first, then O(kMaxRanges)), then
+// per merge a state byte test and a bit cleared, and one bit set. Levels = ceil(log64(slots)) - 1
+// below the top word: 3 for order 0 of 64 GiB. init O(pages); stats, check_invariants and
+// free_blocks O(pages); free_pages O(ranges). A block taken or freed touches its state byte, one
+// bitmap word per order split or merged and rarely a summary word: a few lines of the metadata,
+// which is about 1/3000 of the memory, rather than a random line of RAM per list operation. The
+// common cases return a plain register (the header's inline alloc/free build the Result in the
+// caller); splitting, merging, searching, alignment and errors are out of line.
 #include "mm/page_frame_allocator.h"
 
 #include "support/assert.h"
@@ -54,20 +81,22 @@
 
 namespace {
 
-constexpr uint8_t kMetaInterior = 0x00;
-constexpr uint8_t kMetaFree = 0x40;
-constexpr uint8_t kMetaAllocated = 0x80;
-constexpr uint8_t kMetaReserved = 0xff;
-constexpr uint8_t kMetaKindMask = 0xc0;
-constexpr uint8_t kMetaOrderMask = 0x3f;
+constexpr uint8_t kStateInterior = 0x00;
+constexpr uint8_t kStateFree = 0x40;
+constexpr uint8_t kStateAllocated = 0x80;
+constexpr uint8_t kStateReserved = 0xff;
+constexpr uint8_t kStateKindMask = 0xc0;
+constexpr uint8_t kStateOrderMask = 0x3f;
 
-constexpr uint8_t meta_byte(uint8_t kind, unsigned order) {
+constexpr uint8_t state_byte(uint8_t kind, unsigned order) {
   return static_cast<uint8_t>(kind | order);
 }
 
 constexpr uint64_t kPageMask = PageFrameAllocator::kPageSize - 1;
 // One past the last page frame of the 64-bit address space.
 constexpr uint64_t kPfnLimit = 1ull << (64 - PageFrameAllocator::kPageShift);
+// Slack for aligning the bitmaps in a buffer of any alignment.
+constexpr uint64_t kAlignSlack = sizeof(uint64_t) - 1;
 
 // Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
 // Returns false when the range wraps past 2^64.
@@ -80,7 +109,55 @@ bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
   return true;
 }
 
+// Blocks of 2^order pages that fit in pages [start, end): the first one's number, and how many.
+uint64_t first_block(uint64_t start, unsigned order) {
+  return (start + (1ull << order) - 1) >> order;
+}
+uint64_t blocks_in(uint64_t start, uint64_t end, unsigned order) {
+  uint64_t first = first_block(start, order);
+  uint64_t last = end >> order;  // One past the last block.
+  return last > first ? last - first : 0;
+}
+
+// Words of a bitmap of `slots` bits with its summary levels, the single top word excluded (it
+// lives in the allocator object); *top receives the index of the top level.
+uint64_t bitmap_words(uint64_t slots, unsigned* top) {
+  uint64_t words = 0;
+  uint64_t bits = slots;
+  unsigned level = 0;
+  while (bits > 64) {
+    uint64_t w = (bits + 63) / 64;
+    words += w;
+    bits = w;
+    ++level;
+  }
+  *top = level;
+  return words;
+}
+
+// Mask of bits 0..b of a word (b < 64).
+constexpr uint64_t bits_up_to(uint64_t b) {
+  return ~0ull >> (63 - b);
+}
+
 }  // namespace
+
+// ---- PagePoisonChecker ----
+
+void PagePoisonChecker::fill(void* block, uint64_t bytes) {
+  support::fill_bytes(block, kPattern, static_cast<size_t>(bytes));
+}
+
+void PagePoisonChecker::check(const void* block, uint64_t bytes) {
+  // Word compares: this runs on every allocation of a poisoning build.
+  constexpr uint64_t kWord = 0x0101010101010101ull * kPattern;
+  const auto* w = static_cast<const uint64_t*>(block);
+  for (uint64_t i = 0; i < bytes / sizeof(uint64_t); ++i) {
+    KASSERT(w[i] == kWord, "page written after it was freed (use after free)");
+  }
+}
+
+// ---- PageFrameAllocator ----
 
 PageFrameAllocator::~PageFrameAllocator() {
 #if KDEBUG_ENABLED
@@ -91,13 +168,22 @@ PageFrameAllocator::~PageFrameAllocator() {
 }
 
 size_t PageFrameAllocator::metadata_size(support::Span<const PhysRange> ranges) {
-  uint64_t total = 0;
+  uint64_t pages = 0;
+  uint64_t slots[kMaxOrder + 1] = {};
   for (const PhysRange& r : ranges) {
     uint64_t s = 0;
     uint64_t e = 0;
-    if (trim_inward(r, &s, &e)) total += e - s;
+    if (!trim_inward(r, &s, &e)) continue;
+    pages += e - s;
+    for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o);
   }
-  return static_cast<size_t>(total);
+  uint64_t words = 0;
+  for (uint64_t n : slots) {
+    unsigned top = 0;
+    words += bitmap_words(n, &top);
+  }
+  if (pages == 0) return 0;
+  return static_cast<size_t>(pages + kAlignSlack + (words * sizeof(uint64_t)));
 }
 
 unsigned PageFrameAllocator::order_for(uint64_t bytes) {
@@ -111,6 +197,11 @@ PhysRange PageFrameAllocator::range(size_t i) const {
   KASSERT(i < num_ranges_, "range index out of bounds");
   const Range& r = ranges_[i];
   return PhysRange{PhysAddr(r.start_pfn << kPageShift), r.pages << kPageShift};
+}
+
+void PageFrameAllocator::set_poisoning(bool on) {
+  KASSERT(!initialized_, "set_poisoning after init");
+  poison_.set_enabled(on);
 }
 
 Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
@@ -140,8 +231,8 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   size_t need = metadata_size(ranges);
   if (metadata_bytes < need || (need > 0 && metadata == nullptr)) return ErrorCode::kNoMemory;
 
-  // Ranges, trimmed to pages, each with its slice of the metadata, all pages "interior".
-  uint8_t* meta = static_cast<uint8_t*>(metadata);
+  // Ranges, trimmed to pages, each with its slice of the state bytes, all pages "interior".
+  auto* meta = static_cast<uint8_t*>(metadata);
   num_ranges_ = 0;
   for (size_t i = 0; i < n; ++i) {
     uint64_t s = 0;
@@ -151,11 +242,43 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     Range& r = ranges_[num_ranges_++];
     r.start_pfn = s;
     r.pages = e - s;
-    r.meta = meta;
+    r.state = meta;
     r.index = static_cast<uint32_t>(num_ranges_ - 1);
     managed_per_range_[r.index] = 0;
-    support::fill_bytes(meta, kMetaInterior, static_cast<size_t>(r.pages));
+    support::fill_bytes(meta, kStateInterior, static_cast<size_t>(r.pages));
     meta += r.pages;
+  }
+
+  // The bitmaps, word aligned, after the state bytes: for each order its levels from 0 up, each
+  // zeroed; the top word is top_words_[o].
+  auto* words = reinterpret_cast<uint64_t*>(
+      meta + (support::align_up(reinterpret_cast<uintptr_t>(meta), sizeof(uint64_t)) -
+              reinterpret_cast<uintptr_t>(meta)));
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    OrderMap& m = maps_[o];
+    m = OrderMap{};
+    uint64_t slots = 0;
+    for (size_t i = 0; i < num_ranges_; ++i) {
+      const Range& r = ranges_[i];
+      m.base[i] = slots;
+      m.first[i] = first_block(r.start_pfn, o);
+      m.count[i] = blocks_in(r.start_pfn, r.start_pfn + r.pages, o);
+      m.delta[i] = m.first[i] - slots;
+      slots += m.count[i];
+    }
+    m.slots = slots;
+    uint64_t in_buffer = bitmap_words(slots, &m.top);
+    support::fill_bytes(words, 0, static_cast<size_t>(in_buffer * sizeof(uint64_t)));
+    uint64_t bits = slots;
+    for (unsigned l = 0; l < m.top; ++l) {
+      m.level[l] = words;
+      bits = (bits + 63) / 64;
+      words += bits;
+    }
+    top_words_[o] = 0;
+    hint_[o] = 0;
+    prev_[o] = kNoPrev;
+    m.level[m.top] = &top_words_[o];
   }
 
   // Reserved pieces, trimmed outward.
@@ -173,21 +296,13 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
       uint64_t lo = support::max(rs, r.start_pfn);
       uint64_t hi = support::min(re, r.start_pfn + r.pages);
       if (lo < hi) {
-        support::fill_bytes(r.meta + (lo - r.start_pfn), kMetaReserved,
+        support::fill_bytes(r.state + (lo - r.start_pfn), kStateReserved,
                             static_cast<size_t>(hi - lo));
       }
     }
   }
 
   direct_map_offset_ = direct_map_offset;
-  for (auto& order_heads : heads_) {
-    for (Link& h : order_heads) {
-      h.next = &h;
-      h.prev = &h;
-    }
-  }
-  for (uint64_t& m : band_mask_) m = 0;
-  for (uint64_t& f : free_per_band_) f = 0;
   for (uint64_t& f : free_per_range_) f = 0;
 
   // Each run of unreserved pages becomes the largest naturally aligned blocks that fit.
@@ -199,12 +314,12 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
     uint64_t p = r.start_pfn;
     uint64_t end = r.start_pfn + r.pages;
     while (p < end) {
-      if (r.meta[p - r.start_pfn] == kMetaReserved) {
+      if (r.state[p - r.start_pfn] == kStateReserved) {
         ++p;
         continue;
       }
       uint64_t q = p;
-      while (q < end && r.meta[q - r.start_pfn] != kMetaReserved) ++q;
+      while (q < end && r.state[q - r.start_pfn] != kStateReserved) ++q;
       if (managed == 0) lowest = p;
       highest = q;
       managed += q - p;
@@ -213,19 +328,17 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
         unsigned order = kMaxOrder;
         if (p != 0) order = support::min(order, support::ctz(p));
         order = support::min(order, support::log2_floor(q - p));
-        unsigned band = band_of_pfn(p);
-        uint8_t* m = r.meta + (p - r.start_pfn);
-        *m = meta_byte(kMetaFree, order);
-#if DMA_PAGE_POISON
-        support::fill_bytes(phys_to_virt(PhysAddr(p << kPageShift)), kPoisonByte,
-                            kPageSize << order);
-#endif
-        push_free(p, order, band, static_cast<uint32_t>(i), m);
-        free_per_band_[band] += 1ull << order;
+        r.state[p - r.start_pfn] = state_byte(kStateFree, order);
+        set_slot(order, (p >> order) - maps_[order].delta[i]);
+        poison_.on_free(phys_to_virt(PhysAddr(p << kPageShift)), kPageSize << order);
         p += 1ull << order;
       }
     }
     free_per_range_[i] = managed_per_range_[i];
+  }
+  if (num_ranges_ != 0) {
+    top_index_ = static_cast<uint32_t>(num_ranges_ - 1);
+    top_range_ = &ranges_[top_index_];
   }
   managed_pages_ = managed;
   lowest_ = PhysAddr(lowest << kPageShift);
@@ -235,115 +348,230 @@ Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
   return support::ok();
 }
 
-inline void PageFrameAllocator::push_free(uint64_t pfn, unsigned order, unsigned band,
-                                          uint32_t range, uint8_t* meta) {
-  // The block's first bytes become a list node; placement new starts the node's lifetime there.
-  FreeBlock* b = new (block_at(pfn)) FreeBlock;
-  Link* h = head(order, band);
-  Link* first = h->next;
-  b->next = first;
-  b->prev = h;
-  b->meta = meta;
-  b->range = range;
-  first->prev = b;
-  h->next = b;
-  if (first == h) band_mask_[order] |= 1ull << band;  // The list was empty.
+// ---- Bitmaps ----
+
+inline void PageFrameAllocator::set_summary(unsigned o, unsigned l, uint64_t pos) {
+  const OrderMap& m = maps_[o];
+  for (; l <= m.top; ++l) {
+    uint64_t* w = &m.level[l][pos >> 6];
+    uint64_t old = *w;
+    *w = old | (1ull << (pos & 63));
+    if (old != 0) return;  // A non-zero word already has its bit in the level above.
+    pos >>= 6;
+  }
 }
 
-inline void PageFrameAllocator::unlink_free(Link* b, unsigned order, unsigned band) {
-  Link* next = b->next;
-  Link* prev = b->prev;
-  prev->next = next;
-  next->prev = prev;
-  // Both neighbours are the same node only when that node is the sentinel: the list is empty.
-  if (next == prev) band_mask_[order] &= ~(1ull << band);
+inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
+  const OrderMap& m = maps_[o];
+  uint64_t i = pos >> 6;
+  uint64_t* w = &m.level[0][i];
+  uint64_t old = *w;
+  *w = old | (1ull << (pos & 63));
+  uint64_t h = hint_[o];
+  if (__builtin_expect(h - i < kWindow, 1)) {  // In the window (i > h wraps: not).
+    // When the words above it in the window are empty, the hint comes down to this word, so
+    // that the next allocation finds this block in one load.
+    if (i != h && m.level[0][h] == 0 && (i + 1 == h || m.level[0][h - 1] == 0)) hint_[o] = i;
+    return;
+  }
+  if (i > h) {
+    raise_hint(o, i);
+    return;
+  }
+  // Between the previous hint and the window, which is empty: the previous hint moves up to it
+  // (the words it passes are empty; the ones it leaves below have their summary bits).
+  if (i > prev_[o]) prev_[o] = i;
+  if (old == 0) set_summary(o, 1, i);
 }
 
-// Unlinks the free block `b` of 2^have pages from list (have, band), splits it down to 2^order
-// keeping the lowest piece (pushing the upper halves), and marks that piece allocated.
-PhysAddr PageFrameAllocator::take(Link* b, unsigned have, unsigned order, unsigned band) {
-  unlink_free(b, have, band);
-  FreeBlock* fb = static_cast<FreeBlock*>(b);
-  uint8_t* meta = fb->meta;
-  uint32_t ri = fb->range;
-  uint64_t phys = phys_of(b);
-  uint64_t pfn = phys >> kPageShift;
+// The hint rises to word i: the words of the old window that the new one leaves get their
+// summary bits (the new window holds word i, whose summary bit may then stay clear).
+[[gnu::noinline]] void PageFrameAllocator::raise_hint(unsigned o, uint64_t i) {
+  const OrderMap& m = maps_[o];
+  uint64_t h = hint_[o];
+  for (uint64_t j = h >= kWindow - 1 ? h - (kWindow - 1) : 0; j <= h && j + kWindow <= i; ++j) {
+    if (m.level[0][j] != 0) set_summary(o, 1, j);
+  }
+  // Far up, the old hint is remembered (nothing lies between); just above, the words the window
+  // left may hold something.
+  prev_[o] = i - h >= kWindow ? h : kNoPrev;
+  hint_[o] = i;
+}
+
+// Summary bits are cleared lazily, by the searches: clearing a block's bit never goes up.
+inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
+  maps_[o].level[0][pos >> 6] &= ~(1ull << (pos & 63));
+}
+
+uint64_t PageFrameAllocator::highest_slot(unsigned o) {
+  const OrderMap& m = maps_[o];
+  // The window first: nothing lies above the hint's word.
+  uint64_t h = hint_[o];
+  uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
+  for (uint64_t i = h;; --i) {
+    uint64_t w = m.level[0][i];
+    if (w != 0) {
+      hint_[o] = i;  // Lowers the hint: the words it passes are empty.
+      return (i << 6) | support::log2_floor(w);
+    }
+    if (i == low) break;
+  }
+  // Then the words ending at the previous hint, when the hint jumped up from there and nothing
+  // was freed in between: a block freed high above the others has just been taken again.
+  uint64_t p = prev_[o];
+  prev_[o] = kNoPrev;
+  if (p < low) {  // Else the window has come down to it or below: nothing to add.
+    low = p >= kWindow - 1 ? p - (kWindow - 1) : 0;
+    for (uint64_t i = p;; --i) {
+      uint64_t w = m.level[0][i];
+      if (w != 0) {
+        hint_[o] = i;
+        return (i << 6) | support::log2_floor(w);
+      }
+      if (i == low) break;
+    }
+  }
+  // Below the window every non-empty word has its summary bit.
+  uint64_t pos = low == 0 ? kNoSlot : search_below(o, (low << 6) - 1);
+  hint_[o] = pos == kNoSlot ? 0 : pos >> 6;
+  return pos;
+}
+
+uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
+  const OrderMap& m = maps_[o];
+  uint64_t h = hint_[o];
+  uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
+  uint64_t qi = q >> 6;
+  if (qi < low) return search_below(o, q);
+  // Nothing lies above the hint's word; the window's words are read directly.
+  for (uint64_t i = support::min(qi, h);; --i) {
+    uint64_t w = m.level[0][i];
+    if (i == qi) w &= bits_up_to(q & 63);
+    if (w != 0) return (i << 6) | support::log2_floor(w);
+    if (i == low) break;
+  }
+  return low == 0 ? kNoSlot : search_below(o, (low << 6) - 1);
+}
+
+uint64_t PageFrameAllocator::search_below(unsigned o, uint64_t q) {
+  const OrderMap& m = maps_[o];
+  uint64_t pos = q;
+  unsigned l = 0;
+  for (;;) {
+    // Up: at level l, the highest set bit at or below `pos`; when its word has none, the bits of
+    // the level above at or below the word before it (a clear summary bit always means an empty
+    // word here, so nothing is skipped).
+    uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
+    if (w == 0) {
+      if (l == m.top || (pos >> 6) == 0) return kNoSlot;
+      pos = (pos >> 6) - 1;
+      ++l;
+      continue;
+    }
+    pos = (pos & ~63ull) | support::log2_floor(w);
+    // Down: the highest set bit of each word below.
+    for (; l > 0; --l) {
+      uint64_t below = m.level[l - 1][pos];
+      if (__builtin_expect(below == 0, 0)) break;
+      pos = (pos << 6) | support::log2_floor(below);
+    }
+    if (__builtin_expect(l == 0, 1)) return pos;
+    // Bit pos of level l is stale (its word below is empty): drop it and go on from the bits of
+    // level l below it.
+    m.level[l][pos >> 6] &= ~(1ull << (pos & 63));
+    if (pos == 0) return kNoSlot;
+    --pos;
+  }
+}
+
+uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t limit) const {
+  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
+  if (limit < last) return kNoSlot;
+  uint64_t block = ((limit - last) >> kPageShift) >> o;  // Highest block number allowed.
+  const OrderMap& m = maps_[o];
+  for (size_t r = num_ranges_; r-- > 0;) {
+    if (m.count[r] == 0 || m.first[r] > block) continue;
+    return m.base[r] + support::min(block - m.first[r], m.count[r] - 1);
+  }
+  return kNoSlot;
+}
+
+// ---- alloc ----
+
+// Takes the block (see the header). Splitting is the uncommon case: out of line.
+inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
+  if (__builtin_expect(have != order, 0)) return take_and_split(have, pos, order);
+  const OrderMap& m = maps_[order];
+  clear_slot(order, pos);
+  uint32_t ri = range_of_slot(m, pos);
+  uint64_t pfn = (pos + m.delta[ri]) << order;
+  const Range& r = ranges_[ri];
+  r.state[pfn - r.start_pfn] = state_byte(kStateAllocated, order);
+  free_per_range_[ri] -= 1ull << order;
+  return pfn << kPageShift;
+}
+
+[[gnu::noinline]] uint64_t PageFrameAllocator::take_and_split(unsigned have, uint64_t pos,
+                                                              unsigned order) {
+  const OrderMap& m = maps_[have];
+  uint32_t ri = range_of_slot(m, pos);
+  uint64_t pfn = (pos + m.delta[ri]) << have;
+  clear_slot(have, pos);
+  const Range& r = ranges_[ri];
+  uint8_t* st = r.state + (pfn - r.start_pfn);
   while (have > order) {
     --have;
     uint64_t half = 1ull << have;
-    meta[half] = meta_byte(kMetaFree, have);
-    push_free(pfn + half, have, band, ri, meta + half);
+    st[half] = state_byte(kStateFree, have);
+    set_slot(have, ((pfn + half) >> have) - maps_[have].delta[ri]);
   }
-  *meta = meta_byte(kMetaAllocated, order);
-  uint64_t pages = 1ull << order;
-  free_per_band_[band] -= pages;
-  free_per_range_[ri] -= pages;
-  return PhysAddr(phys);
+  *st = state_byte(kStateAllocated, order);
+  free_per_range_[ri] -= 1ull << order;
+  return pfn << kPageShift;
 }
 
-// The fast paths of alloc (see the header): a page-aligned request with no limit, or with a limit
-// that ends at a band boundary, both served by the highest non-empty list of the allowed bands.
-// They lock by hand rather than with a Guard so that the out-of-line continuation, which releases
-// the lock itself, is a tail call; with the result in a register, the hot path needs few
-// registers. Nothing found is kAllocFailed; the inline caller turns it into the right error.
-template <bool kInBands>
-[[gnu::always_inline]] inline uint64_t PageFrameAllocator::alloc_from(unsigned order,
-                                                                      uint64_t allowed) {
+// The common case is straight-line code: the hint's word holds a free block of the request's
+// own order. It locks by hand so that everything else is a tail call that unlocks.
+uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
   lock_.lock();
-  uint64_t m = band_mask_[order] & allowed;
-  if (__builtin_expect(m == 0, 0)) {
-    if constexpr (kInBands) {
-      return alloc_split_in_bands_and_unlock(order, allowed);
-    } else {
-      return alloc_split_and_unlock(order);
+  uint64_t i = hint_[order];
+  uint64_t w = maps_[order].level[0][i];
+  if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
+  uint64_t a = take(order, (i << 6) | support::log2_floor(w), order);
+  lock_.unlock();
+  poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
+}
+
+[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_search_and_unlock(unsigned order) {
+  uint64_t a = kAllocFailed;
+  for (unsigned o = order; o <= kMaxOrder; ++o) {
+    uint64_t pos = highest_slot(o);
+    if (pos != kNoSlot) {
+      a = take(o, pos, order);
+      break;
     }
   }
-  unsigned band = support::log2_floor(m);  // Highest band first.
-  Link* b = head(order, band)->next;
-  unlink_free(b, order, band);
-  FreeBlock* fb = static_cast<FreeBlock*>(b);
-  *fb->meta = meta_byte(kMetaAllocated, order);
-  uint64_t pages = 1ull << order;
-  free_per_band_[band] -= pages;
-  free_per_range_[fb->range] -= pages;
   lock_.unlock();
-  return phys_of(b);
+  if (a != kAllocFailed) poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
 }
 
-// The request's own list (within the allowed bands) is empty: split the smallest larger block.
-[[gnu::always_inline]] inline uint64_t PageFrameAllocator::split_from_and_unlock(unsigned order,
-                                                                                 uint64_t allowed) {
-  unsigned o = order + 1;
-  while (o <= kMaxOrder && (band_mask_[o] & allowed) == 0) ++o;
-  if (o > kMaxOrder) {
-    lock_.unlock();
-    return kAllocFailed;
+uint64_t PageFrameAllocator::alloc_under(unsigned order, unsigned need, uint64_t limit) {
+  uint64_t a = kAllocFailed;
+  lock_.lock();
+  for (unsigned o = need; o <= kMaxOrder; ++o) {
+    uint64_t bound = slot_limit(o, order, limit);
+    if (bound == kNoSlot) continue;
+    uint64_t pos = highest_slot_at_or_below(o, bound);
+    if (pos != kNoSlot) {
+      a = take(o, pos, order);
+      break;
+    }
   }
-  unsigned band = support::log2_floor(band_mask_[o] & allowed);
-  PhysAddr a = take(head(o, band)->next, o, order, band);
   lock_.unlock();
-  return a.value();
-}
-
-uint64_t PageFrameAllocator::alloc_unconstrained(unsigned order) {
-  return alloc_from<false>(order, ~0ull);
-}
-
-[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_split_and_unlock(unsigned order) {
-  return split_from_and_unlock(order, ~0ull);
-}
-
-uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
-  static_assert(bands_below(~0ull) == (1ull << kNumBands) - 1, "no limit allows every band");
-  static_assert(bands_below((1ull << kBandShift) - 1) == 1, "a 4 MiB limit allows band 0 only");
-  static_assert(bands_below(0xFFFF'FFFFull) == (1ull << 11) - 1, "4 GiB ends with band 10");
-  static_assert(!ends_at_band_boundary((1ull << (kBandShift - 1)) - 1), "2 MiB straddles band 0");
-  return alloc_from<true>(order, allowed);
-}
-
-[[gnu::noinline]] uint64_t PageFrameAllocator::alloc_split_in_bands_and_unlock(unsigned order,
-                                                                               uint64_t allowed) {
-  return split_from_and_unlock(order, allowed);
+  if (a != kAllocFailed) poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  return a;
 }
 
 [[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::exhausted(unsigned order, unsigned need,
@@ -360,8 +588,7 @@ uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
   return ErrorCode::kNoMemory;
 }
 
-// Everything the fast paths do not take: an alignment above the block size, a limit that does
-// not end at a band boundary, invalid arguments.
+// Everything the inline path does not take: an alignment other than a page, invalid arguments.
 [[gnu::noinline]] Result<PhysAddr> PageFrameAllocator::alloc_constrained(unsigned order,
                                                                          uint64_t limit,
                                                                          uint64_t align) {
@@ -374,134 +601,83 @@ uint64_t PageFrameAllocator::alloc_in_bands(unsigned order, uint64_t allowed) {
   // aligned) and keeping its lowest piece.
   unsigned need = order;
   if (align > kPageSize) need = support::max(order, support::log2_floor(align) - kPageShift);
-
-  // Bands wholly at or below the limit, and the one band straddling it (none when limit + 1 is
-  // the end of a band, as for every DMA mask 2^n - 1 with n >= 22, and for no limit at all).
-  uint64_t allowed = ~0ull;
-  unsigned s = 0;
-  bool straddles = false;
-  if (ends_at_band_boundary(limit)) {
-    allowed = bands_below(limit);
-  } else {
-    s = band_of_pfn(limit >> kPageShift);
-    allowed = (1ull << s) - 1;
-    straddles = true;
-  }
-  uint64_t last = (kPageSize << order) - 1;  // Offset of the kept piece's last byte.
-
-  {
-    support::Guard guard{&lock_};
-    for (unsigned o = need; o <= kMaxOrder; ++o) {
-      uint64_t m = band_mask_[o] & allowed;
-      if (m != 0) {
-        unsigned band = support::log2_floor(m);
-        return take(head(o, band)->next, o, order, band);
-      }
-    }
-    if (straddles) {
-      for (unsigned o = need; o <= kMaxOrder; ++o) {
-        if ((band_mask_[o] & (1ull << s)) == 0) continue;
-        Link* h = head(o, s);
-        for (Link* l = h->next; l != h; l = l->next) {
-          if (phys_of(l) + last <= limit) return take(l, o, order, s);
-        }
-      }
-    }
-  }
+  uint64_t a = alloc_under(order, need, limit);
+  if (a != kAllocFailed) return PhysAddr(a);
   return exhausted(order, need, limit);
 }
 
-size_t PageFrameAllocator::range_index(uint64_t pfn) const {
-  for (size_t i = 0; i < num_ranges_; ++i) {
-    if (pfn - ranges_[i].start_pfn < ranges_[i].pages) return i;
+// ---- free ----
+
+// The range below the top one that holds pfn, or nullptr.
+const PageFrameAllocator::Range* PageFrameAllocator::lower_range(uint64_t pfn) const {
+  for (size_t i = num_ranges_ > 0 ? num_ranges_ - 1 : 0; i-- > 0;) {
+    if (pfn - ranges_[i].start_pfn < ranges_[i].pages) return &ranges_[i];
   }
-  return kNoRange;
+  return nullptr;
 }
 
 // The body of free (see the header): false when addr is not the head of an allocated block of
-// that order. Locks by hand, like alloc_unconstrained, so that merging is a tail call.
-#if DMA_PAGE_POISON
-void PageFrameAllocator::check_poison(PhysAddr addr, unsigned order) const {
-  static_assert(sizeof(FreeBlock) <= kPoisonSkip, "the skipped bytes must cover the link");
-  // Every byte but the free-list link that a free block head carries must still be poison. Link
-  // headers only ever sit at page boundaries (block heads), so those bytes are skipped per page.
-  // Word compares: this runs on every allocation of a poisoning build.
-  constexpr uint64_t kPoisonWord = 0x0101010101010101ull * kPoisonByte;
-  const auto* p = static_cast<const uint8_t*>(phys_to_virt(addr));
-  for (uint64_t page = 0; page < (1ull << order); ++page, p += kPageSize) {
-    const auto* w = reinterpret_cast<const uint64_t*>(p + kPoisonSkip);
-    for (uint64_t i = 0; i < (kPageSize - kPoisonSkip) / 8; ++i) {
-      KASSERT(w[i] == kPoisonWord, "page written after it was freed (use after free)");
-    }
-  }
-}
-#endif
-
+// that order. Locks by hand so that merging, which unlocks, is a tail call.
 bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   uint64_t pfn = a >> kPageShift;
   // Ranges are immutable after init: found without the lock, one unsigned compare per range,
   // from the top down because alloc prefers high memory.
-  const Range* r = ranges_ + num_ranges_;
-  uint64_t off = 0;
-  do {
-    if (r == ranges_) return false;
-    --r;
+  const Range* r = top_range_;
+  uint64_t off = pfn - r->start_pfn;  // Wraps to a huge value below the range.
+  if (__builtin_expect(off >= r->pages, 0)) {
+    r = lower_range(pfn);
+    if (r == nullptr) return false;
     off = pfn - r->start_pfn;
-  } while (off >= r->pages);
+  }
   // One compare for both: misaligned (some low bit set) or order > kMaxOrder.
   if ((((a & kPageMask) << 8) | order) > kMaxOrder) return false;
-  uint8_t* meta = r->meta;
-  uint32_t ri = r->index;
+  uint8_t* state = r->state;
 
   lock_.lock();
-  if (meta[off] != meta_byte(kMetaAllocated, order)) {
+  if (state[off] != state_byte(kStateAllocated, order)) {
     lock_.unlock();
     return false;
   }
-#if DMA_PAGE_POISON
-  // The block is ours again: poison it so a write after free is seen at the next alloc.
-  support::fill_bytes(phys_to_virt(PhysAddr(a)), kPoisonByte, kPageSize << order);
-#endif
-  unsigned band = band_of_pfn(pfn);
+  // The block is ours again; the poisoning layer fills it before anyone can take it.
   uint64_t pages = 1ull << order;
-  free_per_band_[band] += pages;
-  free_per_range_[ri] += pages;
+  poison_.on_free(phys_to_virt(PhysAddr(a)), kPageSize << order);
+  free_per_range_[r->index] += pages;
   uint64_t boff = (pfn ^ pages) - r->start_pfn;  // Wraps to a huge value below the range.
-  if (boff < r->pages && meta[boff] == meta_byte(kMetaFree, order) && order < kMaxOrder) {
-    return merge_and_unlock(pfn, order, band, ri);
+  if (boff < r->pages && state[boff] == state_byte(kStateFree, order) && order < kMaxOrder) {
+    return merge_and_unlock(pfn, order, *r);
   }
-  meta[off] = meta_byte(kMetaFree, order);
-  push_free(pfn, order, band, ri, meta + off);
+  state[off] = state_byte(kStateFree, order);
+  set_slot(order, (pfn >> order) - maps_[order].delta[r->index]);
   lock_.unlock();
   return true;
 }
 
-// Frees the block at pfn (its metadata still says allocated) whose buddy of the same order is
-// free: merges upwards while the buddy is a free block of the current order in the same range.
+// Frees the block at pfn (its state still says allocated) whose buddy of the same order is free:
+// merges upwards while the buddy is a free block of the current order in the same range.
 [[gnu::noinline]] bool PageFrameAllocator::merge_and_unlock(uint64_t pfn, unsigned order,
-                                                            unsigned band, uint32_t ri) {
-  const Range& r = ranges_[ri];
-  uint8_t* meta = r.meta;
+                                                            const Range& r) {
+  uint8_t* state = r.state;
   uint64_t start = r.start_pfn;
   while (order < kMaxOrder) {
     uint64_t bit = 1ull << order;
     uint64_t boff = (pfn ^ bit) - start;
-    if (boff >= r.pages || meta[boff] != meta_byte(kMetaFree, order)) break;
-    unlink_free(block_at(pfn ^ bit), order, band);
-    meta[(pfn | bit) - start] = kMetaInterior;  // The upper of the two heads.
+    if (boff >= r.pages || state[boff] != state_byte(kStateFree, order)) break;
+    clear_slot(order, ((pfn ^ bit) >> order) - maps_[order].delta[r.index]);
+    state[(pfn | bit) - start] = kStateInterior;  // The upper of the two heads.
     pfn &= ~bit;
     ++order;
   }
-  uint8_t* m = meta + (pfn - start);
-  *m = meta_byte(kMetaFree, order);
-  push_free(pfn, order, band, ri, m);
+  state[pfn - start] = state_byte(kStateFree, order);
+  set_slot(order, (pfn >> order) - maps_[order].delta[r.index]);
   lock_.unlock();
   return true;
 }
 
+// ---- Statistics and checks ----
+
 uint64_t PageFrameAllocator::free_pages_locked() const {
   uint64_t total = 0;
-  for (uint64_t f : free_per_band_) total += f;
+  for (uint64_t f : free_per_range_) total += f;
   return total;
 }
 
@@ -514,10 +690,24 @@ PageFrameAllocator::Stats PageFrameAllocator::stats() const {
     s.free_pages_per_range[i] = free_per_range_[i];
     s.managed_pages_per_range[i] = managed_per_range_[i];
   }
-  for (unsigned b = 0; b < kNumBands; ++b) s.free_pages_per_band[b] = free_per_band_[b];
+  count_free_per_band(s.free_pages_per_band);
   s.num_ranges = num_ranges_;
   s.metadata_bytes = metadata_bytes_;
   return s;
+}
+
+// Every free block is a set bit of level 0 of its order's map.
+void PageFrameAllocator::count_free_per_band(uint64_t* per_band) const {
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    const OrderMap& m = maps_[o];
+    for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+      for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
+        uint64_t pos = (i * 64) + support::ctz(w);
+        uint64_t pfn = (pos + m.delta[range_of_slot(m, pos)]) << o;
+        per_band[band_of_pfn(pfn)] += 1ull << o;
+      }
+    }
+  }
 }
 
 uint64_t PageFrameAllocator::free_pages() const {
@@ -529,56 +719,77 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
   if (order > kMaxOrder) return 0;
   support::Guard guard{&lock_};
   if (!initialized_) return 0;
+  const OrderMap& m = maps_[order];
   uint64_t count = 0;
-  for (const Link& h : heads_[order]) {
-    for (const Link* l = h.next; l != &h; l = l->next) ++count;
+  for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+    count += static_cast<uint64_t>(__builtin_popcountll(m.level[0][i]));
   }
   return count;
 }
 
-// Walks every list. Each node is validated (page aligned, inside a range, metadata says it heads
-// a free block of the list's order, right band) before it is dereferenced, so a corrupted link
-// is reported rather than followed.
-bool PageFrameAllocator::check_lists(uint64_t* per_band, uint64_t* per_range,
-                                     uint64_t* blocks) const {
+// Checks each order's map: every summary bit says whether the word below is non-zero, no bit
+// past the end of a level is set, and every set bit of level 0 is a block inside its range whose
+// state byte says free with this order. Counts the free pages per band and range, and the blocks.
+bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* blocks) const {
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
-    for (unsigned b = 0; b < kBandSlots; ++b) {
-      const Link* h = &heads_[o][b];
-      bool nonempty = h->next != h;
-      if (nonempty != (((band_mask_[o] >> b) & 1) != 0)) return false;
-      if (nonempty && b >= kNumBands) return false;
-      const Link* prev = h;
-      uint64_t steps = 0;
-      for (const Link* l = h->next; l != h; l = l->next) {
-        if (++steps > managed_pages_) return false;  // A cycle that misses the sentinel.
-        uint64_t phys = phys_of(l);
-        if ((phys & kPageMask) != 0) return false;
-        uint64_t pfn = phys >> kPageShift;
-        size_t ri = range_index(pfn);
-        if (ri == kNoRange) return false;
+    const OrderMap& m = maps_[o];
+    if (m.level[m.top] != &top_words_[o]) return false;
+    // Nothing is set between the previous hint and the window, when it lies below the window (it
+    // is ignored otherwise).
+    if (prev_[o] != kNoPrev) {
+      for (uint64_t i = prev_[o] + 1; i + kWindow <= hint_[o]; ++i) {
+        if (m.level[0][i] != 0) return false;
+      }
+    }
+    // Nothing is set in level 0 above the hint's word.
+    if (hint_[o] >= support::max<uint64_t>(1, (m.slots + 63) / 64)) return false;
+    for (uint64_t i = hint_[o] + 1; i < (m.slots + 63) / 64; ++i) {
+      if (m.level[0][i] != 0) return false;
+    }
+    uint64_t bits = m.slots;
+    for (unsigned l = 0; l <= m.top; ++l) {
+      uint64_t words = l == m.top ? 1 : (bits + 63) / 64;
+      for (uint64_t i = 0; i < words; ++i) {
+        uint64_t w = m.level[l][i];
+        // The bits of word i that stand for slots (or words below): the rest must be clear.
+        uint64_t valid = ~0ull;
+        if (i * 64 >= bits) {
+          valid = 0;
+        } else if (bits - (i * 64) < 64) {
+          valid = bits_up_to(bits - (i * 64) - 1);
+        }
+        if ((w & ~valid) != 0) return false;
+        // A non-empty word has its summary bit (a set one may be stale, see clear_slot), unless
+        // it is a level-0 word of the window.
+        bool window = l == 0 && i <= hint_[o] && hint_[o] - i < kWindow;
+        if (l < m.top && w != 0 && !window && ((m.level[l + 1][i >> 6] >> (i & 63)) & 1) == 0) {
+          return false;
+        }
+      }
+      bits = words;
+    }
+    for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
+      for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
+        uint64_t pos = (i * 64) + support::ctz(w);
+        uint32_t ri = range_of_slot(m, pos);
+        if (pos - m.base[ri] >= m.count[ri]) return false;
         const Range& r = ranges_[ri];
+        uint64_t pfn = (pos + m.delta[ri]) << o;
         uint64_t pages = 1ull << o;
-        if ((pfn & (pages - 1)) != 0 || pfn + pages > r.start_pfn + r.pages) return false;
-        if (band_of_pfn(pfn) != b) return false;
-        uint8_t* m = r.meta + (pfn - r.start_pfn);
-        if (*m != meta_byte(kMetaFree, o)) return false;
-        const FreeBlock* fb = static_cast<const FreeBlock*>(l);
-        if (l->prev != prev || fb->meta != m || fb->range != ri) return false;
-        per_band[b] += pages;
+        if (pfn < r.start_pfn || pfn + pages > r.start_pfn + r.pages) return false;
+        if (r.state[pfn - r.start_pfn] != state_byte(kStateFree, o)) return false;
         per_range[ri] += pages;
         ++*blocks;
-        prev = l;
       }
-      if (h->prev != prev) return false;
     }
   }
   return true;
 }
 
-// Walks every range's metadata block by block: each page is reserved or belongs to exactly one
-// block, whose head is aligned and whose other pages are interior; no free block has a free
-// buddy of its order (everything is coalesced); the free heads are exactly the listed blocks.
-bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t blocks) const {
+// Walks every range's state bytes block by block: each page is reserved or belongs to exactly
+// one block, whose head is aligned and whose other pages are interior; no free block has a free
+// buddy of its order (everything is coalesced); the free heads are exactly the mapped blocks.
+bool PageFrameAllocator::check_states(const uint64_t* per_range, uint64_t blocks) const {
   uint64_t free_heads = 0;
   uint64_t managed = 0;
   for (size_t i = 0; i < num_ranges_; ++i) {
@@ -587,25 +798,25 @@ bool PageFrameAllocator::check_metadata(const uint64_t* per_range, uint64_t bloc
     uint64_t range_free = 0;
     uint64_t p = 0;
     while (p < r.pages) {
-      uint8_t m = r.meta[p];
-      if (m == kMetaReserved) {
+      uint8_t s = r.state[p];
+      if (s == kStateReserved) {
         ++p;
         continue;
       }
-      uint8_t kind = m & kMetaKindMask;
-      unsigned o = m & kMetaOrderMask;
-      if ((kind != kMetaFree && kind != kMetaAllocated) || o > kMaxOrder) return false;
+      uint8_t kind = s & kStateKindMask;
+      unsigned o = s & kStateOrderMask;
+      if ((kind != kStateFree && kind != kStateAllocated) || o > kMaxOrder) return false;
       uint64_t pfn = r.start_pfn + p;
       uint64_t pages = 1ull << o;
       if ((pfn & (pages - 1)) != 0 || p + pages > r.pages) return false;
       for (uint64_t q = 1; q < pages; ++q) {
-        if (r.meta[p + q] != kMetaInterior) return false;
+        if (r.state[p + q] != kStateInterior) return false;
       }
-      if (kind == kMetaFree) {
+      if (kind == kStateFree) {
         ++free_heads;
         range_free += pages;
         uint64_t boff = (pfn ^ pages) - r.start_pfn;
-        if (o < kMaxOrder && boff < r.pages && r.meta[boff] == m) return false;
+        if (o < kMaxOrder && boff < r.pages && r.state[boff] == s) return false;
       }
       range_managed += pages;
       p += pages;
@@ -621,18 +832,14 @@ bool PageFrameAllocator::check_invariants() const {
   support::Guard guard{&lock_};
   if (!initialized_) {
     if (free_pages_locked() != 0) return false;
-    for (uint64_t m : band_mask_) {
-      if (m != 0) return false;
+    for (uint64_t w : top_words_) {
+      if (w != 0) return false;
     }
     return true;
   }
-  uint64_t per_band[kNumBands] = {};
   uint64_t per_range[kMaxRanges] = {};
   uint64_t blocks = 0;
-  if (!check_lists(per_band, per_range, &blocks)) return false;
-  if (!check_metadata(per_range, blocks)) return false;
-  for (unsigned b = 0; b < kNumBands; ++b) {
-    if (per_band[b] != free_per_band_[b]) return false;
-  }
+  if (!check_maps(per_range, &blocks)) return false;
+  if (!check_states(per_range, blocks)) return false;
   return free_pages_locked() <= managed_pages_;
 }

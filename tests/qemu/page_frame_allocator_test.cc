@@ -190,7 +190,7 @@ KTEST(pfa_exhaust_below_4g) {
   exhaust_and_restore(ktest_ctx, 0xFFFF'FFFFull);
 }
 
-// A limit that is not 2^n - 1 and ends inside RAM: the allocator's straddling-band path.
+// A limit that is not 2^n - 1 and ends inside RAM: a bounded search that stops mid-word.
 KTEST(pfa_exhaust_below_mid_ram) {
   const KernelEnv& env = kernel_env();
   uint64_t lo = env.pfa->lowest_address().value();

@@ -67,6 +67,8 @@ class SimMemory {
 
   uintptr_t offset() const { return reinterpret_cast<uintptr_t>(mem_) - base_; }
   uint8_t* virt(uint64_t phys) const { return mem_ + (phys - base_); }
+  // Changes the protection of the whole window (PROT_NONE: nobody may touch "physical memory").
+  void protect(int prot) { ASSERT_EQ(mprotect(mem_, size_, prot), 0); }
 
  private:
   uint64_t base_;
@@ -339,8 +341,10 @@ TEST(PageFrameAllocatorTest, OrderForRoundsUpToWholeBlocks) {
 TEST(PageFrameAllocatorTest, MetadataSizeCountsWholePagesOfEachRange) {
   std::vector<PhysRange> ranges = {R(0x1000, 0x3000), R(0x10'0800, 0x2000), R(0x20'0000, 0x800),
                                    R(0x40'0000, 0)};
-  // 3 pages, then [0x100800, 0x102800) holds one whole page, then nothing, then nothing.
-  EXPECT_EQ(Pfa::metadata_size(span_of(ranges)), 4u);
+  // 3 pages, then [0x100800, 0x102800) holds one whole page, then nothing, then nothing: a state
+  // byte each, and 7 bytes to align the bitmaps (a bitmap of at most 64 blocks is one word, which
+  // the allocator object holds).
+  EXPECT_EQ(Pfa::metadata_size(span_of(ranges)), 4u + 7u);
   EXPECT_EQ(Pfa::metadata_size(support::Span<const PhysRange>()), 0u);
 }
 
@@ -352,7 +356,10 @@ TEST(PageFrameAllocatorTest, MetadataUnderOneThousandthOf16GiB) {
   for (const PhysRange& r : ranges) managed += r.size;
   size_t meta = Pfa::metadata_size(span_of(ranges));
   EXPECT_LE(static_cast<double>(meta) / static_cast<double>(managed), 0.001);
-  EXPECT_EQ(meta, managed / kPage);  // One byte per page, nothing more.
+  // A state byte per page and about two bits of bitmaps (1 + 1/2 + 1/4 + ...), with summaries.
+  uint64_t pages = managed / kPage;
+  EXPECT_GE(meta, pages + pages / 4);
+  EXPECT_LE(meta, pages + pages / 4 + pages / 128 + 1000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,7 +391,10 @@ TEST(PageFrameAllocatorTest, InitSingleRangeBuildsMaximalBlocks) {
   EXPECT_EQ(s.num_ranges, 1u);
   EXPECT_EQ(s.managed_pages_per_range[0], 4096u);
   EXPECT_EQ(s.free_pages_per_range[0], 4096u);
-  EXPECT_EQ(s.metadata_bytes, 4096u);
+  // 4096 state bytes, 7 of alignment slack, and the bitmaps of orders 0..5 (64 + 32 + ... + 2
+  // words; a bitmap of 64 blocks or fewer is held by the allocator object).
+  EXPECT_EQ(s.metadata_bytes, 4096u + 7u + 126u * 8u);
+  EXPECT_EQ(s.metadata_bytes, Pfa::metadata_size(span_of(l.ranges)));
   EXPECT_EQ(s.free_pages_per_band[band_of(1 * kGiB)], 4096u);
   EXPECT_EQ(pfa.free_blocks(Pfa::kMaxOrder), 4u);
   for (unsigned o = 0; o < Pfa::kMaxOrder; ++o) EXPECT_EQ(pfa.free_blocks(o), 0u);
@@ -786,8 +796,8 @@ TEST(PageFrameAllocatorTest, StraddlingBandIsSearchedWhenLowerBandsAreEmpty) {
   EXPECT_EQ(h.pfa().free_blocks(Pfa::kMaxOrder), 8u);
 }
 
-// Limits of the form 2^n - 1 with n >= 22 end at a band boundary and take the inline fast path;
-// smaller ones straddle band 0 and take the general path. Both must give the model's answers.
+// DMA masks (limits 2^n - 1) of every width, from below a page to no limit: each is a slot bound
+// per order, ending mid-word or at a word boundary. All must give the model's answers.
 uint64_t mask_of_bits(unsigned n) {
   return n >= 64 ? kNoLimit : (uint64_t{1} << n) - 1;
 }
@@ -1313,25 +1323,18 @@ TEST(PageFrameAllocatorTest, CheckInvariantsDetectsCorruption) {
   EXPECT_FALSE(pfa.check_invariants());
   meta[idx] = saved;
   ASSERT_TRUE(pfa.check_invariants());
-  // A free block whose list link points into an allocated block.
-  auto c = pfa.alloc(0);
-  ASSERT_TRUE(c.ok());
-  ASSERT_TRUE(pfa.free(*c, 0).ok());  // Now *c heads a free block (possibly merged).
-  uint64_t free_head = 0;
-  for (uint64_t p = pfa.lowest_address().value(); p < pfa.highest_address().value(); p += kPage) {
-    uint8_t mb = meta[static_cast<size_t>(p / kPage - first_pfn)];
-    if ((mb & 0xC0) == 0x40) {
-      free_head = p;
-      break;
+  // Any bit of the free-block bitmaps flipped. The bitmaps follow the state bytes, word aligned:
+  // order 0's level 0 first (64 words for these 4096 pages; its summary, one word, is in the
+  // allocator object), then order 1's level 0 (32 words).
+  auto* bitmaps = reinterpret_cast<uint64_t*>(
+      (reinterpret_cast<uintptr_t>(meta.data()) + pfa.range(0).size / kPage + 7) & ~uintptr_t{7});
+  for (uint64_t* w : {&bitmaps[0], &bitmaps[1], &bitmaps[63], &bitmaps[64]}) {
+    for (unsigned bit = 0; bit < 64; ++bit) {
+      *w ^= 1ull << bit;
+      EXPECT_FALSE(pfa.check_invariants()) << "word " << (w - bitmaps) << " bit " << bit;
+      *w ^= 1ull << bit;
     }
   }
-  ASSERT_NE(free_head, 0u);
-  void* saved_link = nullptr;
-  std::memcpy(&saved_link, h.mem().virt(free_head), sizeof(void*));
-  void* bogus = h.mem().virt(b->value());
-  std::memcpy(h.mem().virt(free_head), &bogus, sizeof(void*));
-  EXPECT_FALSE(pfa.check_invariants());
-  std::memcpy(h.mem().virt(free_head), &saved_link, sizeof(void*));
   ASSERT_TRUE(pfa.check_invariants());
   // A reserved page turned into an allocated head.
   idx = 0;  // The device-tree page at the base is reserved.
@@ -1388,6 +1391,290 @@ TEST(PageFrameAllocatorTest, InjectedFailureAtEveryAllocationOfASequence) {
   support::FaultInjector::disarm_all();
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Metadata out of band: the allocator never reads or writes a managed page (only the debug
+// poisoning layer may, and these tests turn it off), so what a device writes into a page it no
+// longer owns cannot steer the allocator.
+
+// Allocates or frees at random, with mixed orders, limits and alignments, checking every answer
+// against the model (placement, and that a failure means that nothing suitable was free). Never
+// touches the blocks itself.
+void churn_without_touching(Harness& h, Model& m, uint64_t seed, int steps, int check_every) {
+  Pfa& pfa = h.pfa();
+  std::mt19937_64 rng(seed);
+  uint64_t lo = pfa.lowest_address().value();
+  uint64_t hi = pfa.highest_address().value();
+  for (int step = 0; step < steps; ++step) {
+    if (m.live().empty() || rng() % 100 < 55) {
+      uint64_t o = rng() % 100;
+      unsigned order = static_cast<unsigned>(o < 50 ? o % 3 : o < 85 ? 3 + o % 4 : 7 + o % 4);
+      uint64_t limit = kNoLimit;
+      uint64_t which = rng() % 100;
+      if (which < 25) {
+        limit = (1ull << (20 + rng() % 16)) - 1;
+      } else if (which < 50) {
+        limit = lo + rng() % (hi - lo);
+      }
+      uint64_t align = rng() % 100 < 15 ? kPage << (rng() % 11) : kPage;
+      auto r = pfa.alloc(order, limit, align);
+      if (r.ok()) {
+        ASSERT_LE(r->value() + block_bytes(order) - 1, limit);
+        ASSERT_EQ(r->value() % std::max(align, block_bytes(order)), 0u);
+        m.on_alloc(r->value(), order);
+        ASSERT_FALSE(::testing::Test::HasFatalFailure());
+      } else {
+        ASSERT_TRUE(r.code() == ErrorCode::kNoMemory || r.code() == ErrorCode::kDmaMaskNotMatch);
+        ASSERT_FALSE(m.chunk_available(order, std::max(order, Pfa::order_for(align)), limit))
+            << "order " << order << " limit 0x" << std::hex << limit << " align " << align;
+      }
+    } else {
+      auto it = m.live().begin();
+      std::advance(it, static_cast<long>(rng() % m.live().size()));
+      auto [a, order] = *it;
+      ASSERT_TRUE(pfa.free(PhysAddr(a), order).ok());
+      m.on_free(a);
+    }
+    if (step % check_every == 0) {
+      ASSERT_TRUE(pfa.check_invariants()) << "step " << step;
+      ASSERT_EQ(pfa.free_pages(), m.free());
+    }
+  }
+}
+
+// The whole of "physical memory" is PROT_NONE from before init to the end: any access by the
+// allocator to a managed page (a free-list link, say) is a fault.
+TEST(PageFrameAllocatorOutOfBandTest, ManagedMemoryIsNeverAccessed) {
+  for (const Layout& l : all_layouts()) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    h.pfa().set_poisoning(false);  // The debug layer is the one part allowed to touch pages.
+    h.mem().protect(PROT_NONE);
+    ASSERT_TRUE(h.init().ok());
+    Model m(l);
+    EXPECT_TRUE(h.pfa().check_invariants());
+    expect_stats_match(h.pfa(), m);
+    churn_without_touching(h, m, 5, 6000, 16);
+    if (HasFatalFailure()) return;
+    free_all(h.pfa(), m);
+    EXPECT_TRUE(h.pfa().check_invariants());
+    expect_stats_match(h.pfa(), m);
+  }
+}
+
+// What the test expects in every page of a window: a seed per page, each word of the page a
+// function of it. The words look like what a stale DMA descriptor or a corrupting device leaves
+// behind: pointers into the simulated RAM (virtual and physical), into the allocator's metadata,
+// into the allocator object itself, small integers and all ones.
+class PageContents {
+ public:
+  PageContents(Harness& h, const Layout& l)
+      : mem_(h.mem()),
+        base_(l.window_base),
+        size_(l.window_size),
+        seeds_(l.window_size / kPage, 0),
+        meta_(reinterpret_cast<uintptr_t>(h.meta().data())),
+        meta_size_(h.meta().size()),
+        pfa_(reinterpret_cast<uintptr_t>(&h.pfa())) {}
+
+  void write(uint64_t phys, uint64_t seed) {
+    seeds_[(phys - base_) / kPage] = seed;
+    auto* w = reinterpret_cast<uint64_t*>(mem_.virt(phys));
+    for (uint64_t i = 0; i < kPage / 8; ++i) w[i] = word(seed, i);
+  }
+  bool intact(uint64_t phys) const {
+    uint64_t seed = seeds_[(phys - base_) / kPage];
+    const auto* w = reinterpret_cast<const uint64_t*>(mem_.virt(phys));
+    for (uint64_t i = 0; i < kPage / 8; ++i) {
+      if (w[i] != word(seed, i)) return false;
+    }
+    return true;
+  }
+  // The first page of the window that does not hold what it should, or ~0 if all do.
+  uint64_t first_changed() const {
+    for (uint64_t p = base_; p < base_ + size_; p += kPage) {
+      if (!intact(p)) return p;
+    }
+    return ~0ull;
+  }
+
+ private:
+  uint64_t word(uint64_t seed, uint64_t i) const {
+    uint64_t x = (seed * 0x9E37'79B9'7F4A'7C15ull) ^ (i * 0xBF58'476D'1CE4'E5B9ull);
+    x ^= x >> 31;
+    x *= 0x94D0'49BB'1331'11EBull;
+    x ^= x >> 29;
+    uint64_t r = x >> 8;
+    switch (x % 6) {
+      case 0:  // A page of the window, as a CPU pointer (a list link would look like this).
+        return reinterpret_cast<uint64_t>(mem_.virt(base_ + r % size_ / kPage * kPage));
+      case 1:  // Anywhere in the window, as a physical address.
+        return base_ + r % size_;
+      case 2:  // Into the allocator's own metadata.
+        return meta_ + r % meta_size_;
+      case 3:  // Into the allocator object.
+        return pfa_ + r % sizeof(Pfa);
+      case 4:
+        return r % 64;
+      default:
+        return ~0ull;
+    }
+  }
+
+  SimMemory& mem_;
+  uint64_t base_;
+  uint64_t size_;
+  std::vector<uint64_t> seeds_;
+  uintptr_t meta_;
+  size_t meta_size_;
+  uintptr_t pfa_;
+};
+
+// A device writes pointer-looking garbage into every block after it is freed, and at times into
+// any free page. Allocation and freeing go on exactly as the model says; the allocator writes
+// nothing into a block when it frees it, nothing into free memory, and nothing outside a block
+// when it hands it out (every page of the window keeps what the test last wrote there).
+TEST(PageFrameAllocatorOutOfBandTest, GarbageInFreedPagesIsNeverTrusted) {
+  for (const Layout& l : {low_multi_layout(), single_range_layout()}) {
+    SCOPED_TRACE(l.name);
+    Harness h(l);
+    h.pfa().set_poisoning(false);
+    Model m(l);
+    PageContents pages(h, l);
+    uint64_t seed = 1;
+    for (uint64_t p = l.window_base; p < l.window_base + l.window_size; p += kPage) {
+      pages.write(p, seed++);
+    }
+    ASSERT_TRUE(h.init().ok());
+    ASSERT_EQ(pages.first_changed(), ~0ull);
+    Pfa& pfa = h.pfa();
+    std::mt19937_64 rng(21);
+    uint64_t lo = pfa.lowest_address().value();
+    uint64_t hi = pfa.highest_address().value();
+    int allocs = 0;
+    for (int step = 0; step < 2000; ++step) {
+      if (m.live().empty() || rng() % 100 < 55) {
+        unsigned order = static_cast<unsigned>(rng() % 100 < 70 ? rng() % 3 : rng() % 7);
+        uint64_t limit = rng() % 4 == 0 ? lo + rng() % (hi - lo) : kNoLimit;
+        auto r = pfa.alloc(order, limit);
+        if (!r.ok()) {
+          ASSERT_FALSE(m.chunk_available(order, order, limit));
+        } else {
+          ++allocs;
+          m.on_alloc(r->value(), order);
+          ASSERT_FALSE(HasFatalFailure());
+          for (uint64_t p = r->value(); p < r->value() + block_bytes(order); p += kPage) {
+            ASSERT_TRUE(pages.intact(p)) << "a free page was written: 0x" << std::hex << p;
+            pages.write(p, seed++);  // The new owner's data.
+          }
+        }
+      } else {
+        auto it = m.live().begin();
+        std::advance(it, static_cast<long>(rng() % m.live().size()));
+        auto [a, order] = *it;
+        ASSERT_TRUE(pfa.free(PhysAddr(a), order).ok());
+        m.on_free(a);
+        for (uint64_t p = a; p < a + block_bytes(order); p += kPage) {
+          ASSERT_TRUE(pages.intact(p)) << "free wrote into the block: 0x" << std::hex << p;
+          pages.write(p, seed++);  // The device writes after free.
+        }
+      }
+      if (step % 5 == 0) {
+        // A stale descriptor hits some page that is free now.
+        const ModelRange& mr = m.ranges()[rng() % m.ranges().size()];
+        uint64_t pfn = mr.start_pfn + rng() % (mr.end_pfn - mr.start_pfn);
+        if (mr.state[pfn - mr.start_pfn] == kFree) pages.write(pfn * kPage, seed++);
+      }
+      ASSERT_TRUE(pfa.check_invariants()) << "step " << step;
+      ASSERT_EQ(pfa.free_pages(), m.free());
+      if (step % 1000 == 999) ASSERT_EQ(pages.first_changed(), ~0ull) << "step " << step;
+    }
+    EXPECT_GT(allocs, 700);
+    free_all(pfa, m);
+    EXPECT_EQ(pages.first_changed(), ~0ull);
+    EXPECT_TRUE(pfa.check_invariants());
+    expect_stats_match(pfa, m);
+  }
+}
+
+// Layouts for the metadata budget, each describing about `bytes` of RAM.
+std::vector<PhysRange> budget_layout(int kind, uint64_t bytes) {
+  std::vector<PhysRange> v;
+  switch (kind) {
+    case 0:  // One aligned range.
+      v.push_back(R(1 * kGiB, bytes));
+      break;
+    case 1:  // One range at an odd base, not a whole number of pages.
+      v.push_back(R(0x8020'1800, bytes - 0x1800));
+      break;
+    case 2:  // The most ranges there can be, equal, with equal holes between them.
+      for (uint64_t i = 0; i < Pfa::kMaxRanges; ++i) {
+        uint64_t each = bytes / Pfa::kMaxRanges;
+        v.push_back(R(4 * kGiB + 2 * i * each, each));
+      }
+      break;
+    case 3:  // x86-like: 636 KiB of low memory, then the rest from 1 MiB (with a hole at 3 GiB).
+      v.push_back(R(0, 0x9'F000));
+      if (bytes <= 3 * kGiB) {
+        v.push_back(R(1 * kMiB, bytes - 1 * kMiB));
+      } else {
+        v.push_back(R(1 * kMiB, 3 * kGiB - 1 * kMiB));
+        v.push_back(R(4 * kGiB, bytes - 3 * kGiB));
+      }
+      break;
+    default:  // Seven ranges of uneven, unaligned sizes, odd pages apart.
+      for (uint64_t i = 0; i < 7; ++i) {
+        uint64_t each = bytes / 7 / kPage * kPage - 0x800 * (i % 2);
+        v.push_back(R(2 * kGiB + i * (bytes / 7 + 5 * kPage) + 0x800 * (i % 3), each));
+      }
+      break;
+  }
+  return v;
+}
+
+// metadata_size() / managed bytes <= 0.1% from 1 MiB to 64 GiB, over several layouts; and the
+// allocator runs within exactly that much metadata, with RAM inaccessible.
+TEST(PageFrameAllocatorOutOfBandTest, MetadataBudgetHoldsFrom1MiBTo64GiB) {
+  for (uint64_t bytes = 1 * kMiB; bytes <= 64 * kGiB; bytes *= 4) {
+    for (int kind = 0; kind < 5; ++kind) {
+      SCOPED_TRACE(testing::Message() << "bytes 0x" << std::hex << bytes << " layout " << kind);
+      std::vector<PhysRange> ranges = budget_layout(kind, bytes);
+      uint64_t managed = 0;
+      uint64_t lo = ~0ull;
+      uint64_t hi = 0;
+      for (const PhysRange& r : ranges) {
+        uint64_t s = (r.base.value() + kPage - 1) / kPage * kPage;
+        uint64_t e = r.end().value() / kPage * kPage;
+        if (e > s) managed += e - s;
+        lo = std::min(lo, r.base.value() / kPage * kPage);
+        hi = std::max(hi, (r.end().value() + kPage - 1) / kPage * kPage);
+      }
+      size_t meta_bytes = Pfa::metadata_size(span_of(ranges));
+      EXPECT_LE(static_cast<double>(meta_bytes), 0.001 * static_cast<double>(managed));
+
+      SimMemory mem(lo, hi - lo);
+      mem.protect(PROT_NONE);
+      std::vector<uint8_t> meta(meta_bytes);
+      Pfa pfa;
+      pfa.set_poisoning(false);
+      ASSERT_TRUE(pfa.init(span_of(ranges), {}, mem.offset(), meta.data(), meta.size()).ok());
+      EXPECT_EQ(pfa.stats().metadata_bytes, meta_bytes);
+      EXPECT_EQ(pfa.free_pages() * kPage, managed);
+      std::vector<std::pair<PhysAddr, unsigned>> got;
+      for (unsigned order : {0u, 3u, 9u, Pfa::kMaxOrder, 0u, 1u}) {
+        for (uint64_t limit : {kNoLimit, uint64_t{0xFFFF'FFFF}, lo + (hi - lo) / 2}) {
+          auto r = pfa.alloc(order, limit);
+          if (r.ok()) got.emplace_back(*r, order);
+        }
+      }
+      EXPECT_FALSE(got.empty());
+      if (bytes <= 1 * kGiB || kind == 0) EXPECT_TRUE(pfa.check_invariants());
+      for (auto [a, order] : got) ASSERT_TRUE(pfa.free(a, order).ok());
+      EXPECT_EQ(pfa.free_pages() * kPage, managed);
+      if (bytes <= 1 * kGiB) EXPECT_TRUE(pfa.check_invariants());
+    }
+  }
+}
 
 #if KDEBUG_ENABLED
 TEST(PageFrameAllocatorDeathTest, DestructorAssertsWhenPagesAreStillAllocated) {
