@@ -6,7 +6,8 @@
 set -uo pipefail
 
 ARCHES=${ARCHES:-"aarch64 riscv64 x86_64"}
-MAKE=${MAKE:-make}
+# Builds use every core (the parts themselves run one after another).
+MAKE=${MAKE:-make -j$(nproc)}
 log_dir=${BUILD:-build}/test-logs
 mkdir -p "$log_dir"
 
