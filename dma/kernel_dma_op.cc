@@ -78,6 +78,7 @@ KernelDmaOp::KernelDmaOp(const Config& cfg)
   KASSERT(support::is_pow2(line_) && line_ <= PageFrameAllocator::kPageSize,
           "KernelDmaOp: cache line size must be a power of two no larger than a page");
   KASSERT(cfg_.num_pools <= kMaxPools, "too many bounce pools");
+  KASSERT(cfg_.num_ram == 0 || cfg_.ram != nullptr, "KernelDmaOp: num_ram without ram");
   for (size_t i = 0; i < cfg_.num_pools; ++i) {
     KASSERT(cfg_.pools[i] != nullptr, "null bounce pool");
     pools_[i] = cfg_.pools[i];
@@ -145,8 +146,15 @@ Result<PhysAddr> KernelDmaOp::virt_to_phys(const void* va) const {
   // One unsigned compare covers both ends; no test of va against the offset itself, which may
   // wrap (a direct map placed below the physical addresses it maps).
   uint64_t p = reinterpret_cast<uintptr_t>(va) - dm_offset_;
-  if (p - dm_lo_ >= dm_hi_ - dm_lo_) return ErrorCode::kInvalidArgument;
-  return PhysAddr(p);
+  if (p - dm_lo_ < dm_hi_ - dm_lo_) return PhysAddr(p);
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    if (p - cfg_.ram[i].base.value() < cfg_.ram[i].size) return PhysAddr(p);
+  }
+  uint64_t phys = 0;
+  if (cfg_.translate != nullptr && cfg_.translate(cfg_.translate_ctx, va, &phys)) {
+    return PhysAddr(phys);
+  }
+  return ErrorCode::kInvalidArgument;
 }
 
 void KernelDmaOp::count_map(size_t bytes, bool bounced) {

@@ -64,8 +64,22 @@ class KernelDmaOp : public DmaOp {
     // Bounce pools, any order; a mapping uses the highest-placed pool that lies under its mask.
     BouncePool* pools[kMaxPools] = {};
     size_t num_pools = 0;
-    // CPU virtual address of physical address p is p + direct_map_offset, for all RAM.
+    // CPU virtual address of physical address p is p + direct_map_offset (0 for an identity
+    // map, or any other value, even one that wraps), for all RAM.
     uintptr_t direct_map_offset = 0;
+    // The physical RAM the direct map covers (caller-owned, must outlive this object). The
+    // default virt_to_phys translates through the direct map every address of these ranges as
+    // well as the allocator's ranges and the bounce pools; none given: only the latter.
+    const PhysRange* ram = nullptr;
+    size_t num_ram = 0;
+    // How to translate CPU addresses outside the direct map (a kernel image linked elsewhere,
+    // vmalloc-like memory, buffers in .bss of a kernel whose image is not in the direct map):
+    // stores the physical address of `va` in *phys and returns true, or returns false for an
+    // address with no translation. Called once per page of a buffer (map_single checks that the
+    // pages are contiguous), from any context the DMA calls are made in, so it must not sleep.
+    // Null: such addresses are kInvalidArgument. A C function pointer, so C kernels can give it.
+    bool (*translate)(void* ctx, const void* va, uint64_t* phys) = nullptr;
+    void* translate_ctx = nullptr;
     // Whether devices snoop CPU caches unless told otherwise (default_constraints().coherent).
     bool platform_coherent = false;
     // Whether flush / invalidate / flush_invalidate really maintain the caches. A platform
@@ -121,8 +135,9 @@ class KernelDmaOp : public DmaOp {
   // kUncached never fails. Not from interrupt context (rewrites page tables under a spinlock).
   virtual Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr);
 
-  // Physical address of a CPU virtual address. The default handles the direct map; a kernel whose
-  // buffers may also live elsewhere (image, vmalloc) overrides it with a page-table walk.
+  // Physical address of a CPU virtual address: through the direct map for the allocator's
+  // memory, the bounce pools and Config::ram; else through Config::translate when given. A
+  // kernel may still override it, but needs not: Config says all of it. Any context.
   // Errors: kInvalidArgument (not a translatable address).
   virtual Result<PhysAddr> virt_to_phys(const void* va) const;
   void* phys_to_virt(PhysAddr pa) const {
@@ -130,6 +145,14 @@ class KernelDmaOp : public DmaOp {
   }
 
   const Config& config() const { return cfg_; }
+
+  // `cfg` with cache_line_size set to `line` (for the architectures' constructors, which know
+  // their line size from the hardware).
+  static Config with_line_size(const Config& cfg, size_t line) {
+    Config c = cfg;
+    c.cache_line_size = line;
+    return c;
+  }
 
   // Counters for reports and tests (relaxed atomics; never used for decisions).
   struct Stats {

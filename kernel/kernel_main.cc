@@ -145,6 +145,10 @@ void setup_memory(const arch::BootInfo& info) {
   for (size_t i = 0; i < g_env.num_pools; ++i) cfg.pools[i] = g_env.pools[i];
   cfg.num_pools = g_env.num_pools;
   cfg.direct_map_offset = info.direct_map_offset;
+  // All RAM the firmware described is translatable through the direct map, not only what the
+  // allocator manages (the boot info lives as long as the kernel).
+  cfg.ram = info.ram;
+  cfg.num_ram = info.num_ram;
   g_env.dma = &arch::create_dma_op(cfg);
   // The misuse checker's reports go to the console (with DMA_API_DEBUG; a no-op otherwise).
   DmaDebug::set_sink(+[](void*, const char* line) { kprintf("%s\n", line); }, nullptr);

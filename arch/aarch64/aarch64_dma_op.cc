@@ -31,7 +31,7 @@ static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<DcInsns>>);
 }  // namespace
 
 AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size)
-    : KernelDmaOp(cfg), line_(line_size) {
+    : KernelDmaOp(with_line_size(cfg, line_size)), line_(line_size) {
   KASSERT(support::is_pow2(line_size) && line_size >= 16, "bad cache line size");
 }
 

@@ -77,8 +77,7 @@ uint64_t now_ns() {
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KernelDmaOp::Config c = cfg;
   c.platform_coherent = false;  // QEMU virt: devices are not described as dma-coherent.
-  c.cache_line_size = AArch64DmaOp::hardware_line_size();
-  g_dma_op = new (g_dma_op_storage) AArch64DmaOp(c, c.cache_line_size);
+  g_dma_op = new (g_dma_op_storage) AArch64DmaOp(c, AArch64DmaOp::hardware_line_size());
   return *g_dma_op;
 }
 

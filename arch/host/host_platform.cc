@@ -186,6 +186,8 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
   KernelDmaOp::Config cfg;
   cfg.pfa = &pfa_;
   cfg.direct_map_offset = direct_map_offset_;
+  cfg.ram = opts_.ram.data();
+  cfg.num_ram = opts_.ram.size();
   cfg.platform_coherent = opts_.platform_coherent;
   cfg.cache_line_size = opts_.line_size;
   cfg.cache_maintenance = opts_.cache_maintenance;

@@ -28,13 +28,7 @@ uint64_t now_ns() {
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KASSERT(!g_dma_op_created, "arch::create_dma_op called twice");
   g_dma_op_created = true;
-  const Riscv64DmaOp::CacheOps& ops = riscv::platform().cache_ops();
-  KernelDmaOp::Config c = cfg;
-  // Without Zicbom there is nothing to maintain the caches with: non-coherent devices are refused
-  // (kNotSupported) rather than mapped without maintenance.
-  c.cache_maintenance = ops.zicbom;
-  if (ops.zicbom) c.cache_line_size = ops.block_size;
-  return *new (g_dma_op_storage) Riscv64DmaOp(c, ops);
+  return *new (g_dma_op_storage) Riscv64DmaOp(cfg, riscv::platform().cache_ops());
 }
 
 size_t cache_line_size() {

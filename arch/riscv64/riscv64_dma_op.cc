@@ -40,7 +40,13 @@ inline void fence_only() {
 
 KernelDmaOp::Config Riscv64DmaOp::with_coherence(const Config& cfg, const CacheOps& ops) {
   Config c = cfg;
-  c.platform_coherent = !(ops.zicbom && ops.svpbmt);
+  // A platform that cannot maintain caches or map memory uncached must be coherent; one that
+  // can is coherent only if the kernel says so (its devices snoop).
+  c.platform_coherent = cfg.platform_coherent || !(ops.zicbom && ops.svpbmt);
+  // Without Zicbom there is nothing to maintain the caches with: non-coherent devices are
+  // refused (kNotSupported) rather than mapped without maintenance.
+  c.cache_maintenance = ops.zicbom;
+  if (ops.zicbom) c.cache_line_size = ops.block_size;
   return c;
 }
 

@@ -33,7 +33,9 @@ class Riscv64DmaOp final : public KernelDmaOp {
   };
 
   // Preconditions: as KernelDmaOp's; ops.block_size a power of two >= 16 when ops.zicbom.
-  // cfg.platform_coherent is replaced by !(ops.zicbom && ops.svpbmt).
+  // cfg.platform_coherent is kept when the platform could be non-coherent (Zicbom and Svpbmt),
+  // and forced true otherwise; cfg.cache_maintenance becomes ops.zicbom and
+  // cfg.cache_line_size the block size.
   Riscv64DmaOp(const Config& cfg, const CacheOps& ops);
 
   // Any alignment, size may be 0; may be called with interrupts off. See DmaOp.

@@ -162,7 +162,6 @@ KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KernelDmaOp::Config c = cfg;
   c.platform_coherent = true;  // x86 DMA snoops the CPU caches.
   const CpuFeatures& f = cpu_features();
-  c.cache_line_size = f.clflush_line;
   const auto flush = f.clwb         ? X86DmaOp::FlushInsn::kClwb
                      : f.clflushopt ? X86DmaOp::FlushInsn::kClflushopt
                                     : X86DmaOp::FlushInsn::kClflush;
