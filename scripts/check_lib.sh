@@ -62,10 +62,14 @@ fp_regex() {
   case $1 in
     # F/D/Q/Zfh instructions all start with f (fld, fsd, fmv.x.d, fcvt..., fadd...) except the
     # fences; f0-f31 under their ABI names; the FP CSRs; V instructions start with v.
-    riscv64) echo '^(f[a-z]|v[a-z])|[[:space:],(](f[0-9]+|ft[0-9]+|fs[0-9]+|fa[0-9]+|fcsr|frm|fflags|v[0-9]+)([,)[:space:]]|$)' ;;
+    riscv64)
+      echo '^(f[a-z]|v[a-z])|[[:space:],(](f[0-9]+|ft[0-9]+|fs[0-9]+|fa[0-9]+|fcsr|frm|fflags|v[0-9]+)([,)[:space:]]|$)'
+      ;;
     # fmov/fadd/fcvt..., scvtf/ucvtf; b/h/s/d/q/v/z/p registers (w/x are the integer ones);
     # the FP control and status registers.
-    aarch64) echo '^(f[a-z]|[su]cvtf)|[[:space:],{[](([bhsdqvz][0-9]+)|p[0-9]+)([.,}\][:space:]]|$)|fpcr|fpsr' ;;
+    aarch64)
+      echo '^(f[a-z]|[su]cvtf)|[[:space:],{[](([bhsdqvz][0-9]+)|p[0-9]+)([.,}\][:space:]]|$)|[Ff][Pp][Cc][Rr]|[Ff][Pp][Ss][Rr]'
+      ;;
     # x87 (f...), MMX/SSE/AVX registers, MXCSR.
     x86_64) echo '^f[a-z]|%(x|y|z)mm[0-9]|%mm[0-9]|%st|mxcsr' ;;
   esac
@@ -97,6 +101,7 @@ for c in "${CONFIGS[@]}"; do
     continue
   fi
   ok "$name: make lib"
+  mapfile -t objs < <(find "$kdir/obj" -name '*.o' | sort)
 
   # fp: instructions and registers.
   re=$(fp_regex "$arch")
@@ -119,8 +124,10 @@ for c in "${CONFIGS[@]}"; do
     ok "$name: no floating point"
   else
     [ -n "$hits" ] && echo "$hits" | head -n 10 | sed 's/^/       /'
-    [ -n "$soft" ] && echo "       soft-float helpers called: $(echo $soft)"
-    bad "$name: floating point in libdma.a ($(echo -n "$hits" | grep -c '^') instructions)"
+    [ -n "$soft" ] && echo "       soft-float helpers called: $(echo "$soft" | tr '\n' ' ')"
+    n_hits=$(echo -n "$hits" | grep -c '^')
+    n_soft=$(echo -n "$soft" | grep -c '^')
+    bad "$name: floating point in libdma.a ($n_hits FP instructions, $n_soft soft-float helpers)"
   fi
 
   # abi: every riscv64 object's float-ABI flag.
@@ -132,7 +139,7 @@ for c in "${CONFIGS[@]}"; do
       *) want_flag="?" want_bits=-1 ;;
     esac
     wrong=""
-    for o in $(find "$kdir/obj" -name '*.o' | sort); do
+    for o in "${objs[@]}"; do
       flags=$($READELF -h "$o" | sed -n 's/^ *Flags: *//p')
       hex=${flags%%,*}
       [[ $hex == 0x* ]] && [ $((hex & 6)) -eq "$want_bits" ] || wrong+=" ${o#"$kdir/obj/"}($flags)"
@@ -145,7 +152,7 @@ for c in "${CONFIGS[@]}"; do
   # debug: .debug_info in every object exactly when asked for.
   with=0
   without=0
-  for o in $(find "$kdir/obj" -name '*.o'); do
+  for o in "${objs[@]}"; do
     # Not `| grep -q`: with pipefail, readelf's SIGPIPE would count as "without".
     if [[ $($READELF -S "$o") == *.debug_info* ]]; then with=$((with + 1)); else
       without=$((without + 1))
@@ -190,10 +197,11 @@ EOF
     $CC -x c -ffreestanding -fno-builtin -fno-pic -O1 ${abi_cflags/-mabi=$abi/-mabi=$other} -c "$stub.c" \
       -o "$stub-$other.o" >/dev/null 2>&1
     if $LD -static -nostdlib --no-relax -e link_check_entry --image-base="$addr" \
-      -o "$kdir/link-check-$other.elf" "$stub-$other.o" --whole-archive "$lib" >"$stub.log" 2>&1; then
+      -o "$kdir/link-check-$other.elf" "$stub-$other.o" --whole-archive "$lib" \
+      >"$stub.log" 2>&1; then
       bad "$name: ld.lld linked it with an $other object"
     elif grep -q 'floating-point ABI' "$stub.log"; then
-      ok "$name: ld.lld refuses an $other object ($(grep -m1 -o 'cannot link.*' "$stub.log"))"
+      ok "$name: ld.lld refuses an $other object ($(grep -m1 -o 'cannot link[^/]*' "$stub.log"))"
     else
       head -n 3 "$stub.log" | sed 's/^/       /'
       bad "$name: linking with an $other object failed for another reason"
