@@ -20,8 +20,8 @@
 #                          rv64gc_zicbom) must contain D for lp64d. The library uses no floating
 #                          point either way (scripts/check_lib.sh, part "lib" of make test).
 #   X86_CMODEL=kernel|small|large  x86-64 code model: kernel (default) for an image linked in the
-#                          top 2 GiB (0xFFFFFFFF80000000 and up) or the low 2 GiB, small for one
-#                          in the low 2 GiB, large for one anywhere else (e.g. 0xFFFF8000'00100000).
+#                          top 2 GiB (0xFFFFFFFF80000000 and up), small for one in the low 2 GiB,
+#                          large for one anywhere else (e.g. 0xFFFF8000'00100000).
 #   aarch64                no choice to make: -mgeneral-regs-only keeps FP/SIMD registers out of
 #                          the library, and since no FP value crosses its API it links with
 #                          hard-float AAPCS64 kernels as well (AArch64 ELF has no float-ABI flag).

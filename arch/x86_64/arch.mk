@@ -8,7 +8,6 @@ ARCH_CXXFLAGS := -mno-red-zone -mgeneral-regs-only -mno-sse -mno-mmx -mno-80387 
 # The code model (make variable, see the Makefile's header), which must suit the address the
 # kernel is linked at: kernel (default; the test kernel is linked at 0xFFFFFFFF80200000) for the
 # top 2 GiB, small for the low 2 GiB, large for anywhere (64-bit absolute addresses, bigger code).
-# The kernel model's sign-extended 32-bit addresses also reach the low 2 GiB.
 X86_CMODEL ?= kernel
 ifeq ($(filter $(X86_CMODEL),kernel small large),)
 $(error X86_CMODEL=$(X86_CMODEL): must be kernel (the default), small or large)
