@@ -1,7 +1,7 @@
 # The DMA subsystem: host tests, per-arch libdma and test kernels, QEMU runs, benchmarks.
 #
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
-#   make test           host suites, then every arch under QEMU; ends with "N passed, N failed"
+#   make test           host suites, library checks, every arch under QEMU; "N passed, N failed"
 #   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
 #   make test-host-release  host suite in the release configuration (-O2, no debug aids)
 #   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
@@ -26,7 +26,8 @@
 #                          the library, and since no FP value crosses its API it links with
 #                          hard-float AAPCS64 kernels as well (AArch64 ELF has no float-ABI flag).
 #   DEBUG_INFO=1|0         -g on the kernel and library objects (default 1); 0 for linkers that
-#                          cannot take clang's debug relocations (README, "Linking").
+#                          cannot take clang's debug relocations (README, "Building libdma.a for
+#                          your kernel").
 #   EXTRA_CXXFLAGS=...     added last to the kernel and library objects; the flags the code needs
 #                          (ARCH_CXXFLAGS in arch/<arch>/arch.mk) stay, and cannot be overridden.
 
@@ -179,9 +180,12 @@ test-host-tsan: $(HOST_TSAN_TEST_BIN)
 #                  tests/qemu/ktest.h)
 # The QEMU command line of each arch lives in tests/qemu/run_qemu.py (table ARCHES).
 
-# KDIR: where one arch's objects, libdma.a and kernel.elf go (scripts/check_lib.sh gives each ABI
-# its own).
-KDIR ?= $(BUILD)/$(ARCH)
+# KDIR: where one arch's objects, libdma.a and kernel.elf go; scripts/check_lib.sh gives each ABI
+# its own with KDIR=... on the command line (only there: a KDIR in the environment is usually a
+# Linux source tree).
+ifneq ($(origin KDIR),command line)
+KDIR := $(BUILD)/$(ARCH)
+endif
 ifeq ($(origin ARCH_CXXFLAGS),command line)
 $(error ARCH_CXXFLAGS holds the flags the code needs on $(ARCH) and cannot be replaced; choose \
   the ABI with RISCV_ABI=lp64|lp64d or X86_CMODEL=kernel|small|large, add flags with EXTRA_CXXFLAGS)
