@@ -15,8 +15,8 @@
 # Library and kernel build choices (libdma.a and the test kernel of ARCH; changing one rebuilds
 # the objects of $(KDIR), see KFLAGS_STAMP):
 #   RISCV_ABI=lp64|lp64d   riscv64 calling convention: lp64 (default, soft-float: no FP register
-#                          crosses a call) or lp64d (double-float, what GCC-built kernels use;
-#                          GNU ld and ld.lld refuse to mix the two). RISCV_MARCH (default
+#                          crosses a call) or lp64d (double-float, the default of GCC's riscv64
+#                          Linux toolchains; GNU ld and ld.lld refuse to mix the two). RISCV_MARCH (default
 #                          rv64gc_zicbom) must contain D for lp64d. The library uses no floating
 #                          point either way (scripts/check_lib.sh, part "lib" of make test).
 #   X86_CMODEL=kernel|small|large  x86-64 code model: kernel (default) for an image linked in the

@@ -3,8 +3,8 @@
 TRIPLE := riscv64-unknown-none-elf
 
 # The ABI (make variables, see the Makefile's header): RISCV_ABI=lp64 (default, soft-float: no FP
-# register carries an argument, what this repository's kernel uses) or lp64d (double-float, what
-# GCC-built kernels such as Linux's toolchains default to). The ELF header of every object records
+# register carries an argument, what this repository's kernel uses) or lp64d (double-float, the
+# default of GCC's riscv64 Linux toolchains, so what a GCC-built kernel often is). The ELF header of every object records
 # the choice and both GNU ld and ld.lld refuse to link objects of different float ABIs. The code
 # uses no floating point under either (scripts/check_lib.sh checks it), so the choice is only
 # the calling convention and the ELF flag. RISCV_MARCH: rv64gc plus Zicbom (cbo.clean/cbo.inval/
@@ -14,7 +14,8 @@ RISCV_ABI ?= lp64
 RISCV_MARCH ?= rv64gc_zicbom
 ifeq ($(RISCV_ABI),lp64)
 else ifeq ($(RISCV_ABI),lp64d)
-# The base and single-letter extensions come before the first '_' (rv64gc, rv64imafdc).
+# The base and single-letter extensions come before the first '_' (rv64gc, rv64imafdc); G
+# stands for IMAFD.
 ifeq ($(findstring d,$(firstword $(subst _, ,$(patsubst rv64g%,rv64d%,$(RISCV_MARCH))))),)
 $(error RISCV_ABI=lp64d needs the D extension in RISCV_MARCH (e.g. rv64gc_zicbom), not \
   RISCV_MARCH=$(RISCV_MARCH))
