@@ -1,7 +1,7 @@
 # The DMA subsystem: host tests, per-arch libdma and test kernels, QEMU runs, benchmarks.
 #
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
-#   make test           host suites, then every arch under QEMU; ends with "N passed, N failed"
+#   make test           host suites, library checks, every arch under QEMU; "N passed, N failed"
 #   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
 #   make test-host-release  host suite in the release configuration (-O2, no debug aids)
 #   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
@@ -11,6 +11,25 @@
 #   make format / lint  clang-format / clang-tidy
 #
 # Every target that needs tools runs scripts/setup.sh first; it installs only what is missing.
+#
+# Library and kernel build choices (libdma.a and the test kernel of ARCH; changing one rebuilds
+# the objects of $(KDIR), see KFLAGS_STAMP):
+#   RISCV_ABI=lp64|lp64d   riscv64 calling convention: lp64 (default, soft-float: no FP register
+#                          crosses a call) or lp64d (double-float, the default of GCC's riscv64
+#                          Linux toolchains; GNU ld and ld.lld refuse to mix the two). RISCV_MARCH (default
+#                          rv64gc_zicbom) must contain D for lp64d. The library uses no floating
+#                          point either way (scripts/check_lib.sh, part "lib" of make test).
+#   X86_CMODEL=kernel|small|large  x86-64 code model: kernel (default) for an image linked in the
+#                          top 2 GiB (0xFFFFFFFF80000000 and up), small for one in the low 2 GiB,
+#                          large for one anywhere else (e.g. 0xFFFF8000'00100000).
+#   aarch64                no choice to make: -mgeneral-regs-only keeps FP/SIMD registers out of
+#                          the library, and since no FP value crosses its API it links with
+#                          hard-float AAPCS64 kernels as well (AArch64 ELF has no float-ABI flag).
+#   DEBUG_INFO=1|0         -g on the kernel and library objects (default 1); 0 for linkers that
+#                          cannot take clang's debug relocations (README, "Building libdma.a for
+#                          your kernel").
+#   EXTRA_CXXFLAGS=...     added last to the kernel and library objects; the flags the code needs
+#                          (ARCH_CXXFLAGS in arch/<arch>/arch.mk) stay, and cannot be overridden.
 
 # Recipes use bash features (PIPESTATUS in test-host); Debian's /bin/sh is dash.
 SHELL := /bin/bash
@@ -36,7 +55,20 @@ SETUP_STAMP := $(BUILD)/.setup-done
 
 WARNINGS := -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Wthread-safety \
             -Wno-unused-parameter -Werror
-COMMON_CXXFLAGS := -std=c++20 -I. $(WARNINGS) -fno-exceptions -fno-rtti -g
+# BASE_CXXFLAGS: every build. The host builds (tests, fuzzers, lint) always carry -g (sanitizer
+# reports need it); the kernel and library objects carry it when DEBUG_INFO=1.
+BASE_CXXFLAGS := -std=c++20 -I. $(WARNINGS) -fno-exceptions -fno-rtti
+COMMON_CXXFLAGS := $(BASE_CXXFLAGS) -g
+
+DEBUG_INFO ?= 1
+ifeq ($(DEBUG_INFO),1)
+KERNEL_DEBUG_CXXFLAGS := -g
+else ifeq ($(DEBUG_INFO),0)
+KERNEL_DEBUG_CXXFLAGS :=
+else
+$(error DEBUG_INFO=$(DEBUG_INFO): must be 1 (debug info, the default) or 0 (none))
+endif
+EXTRA_CXXFLAGS ?=
 
 # The subsystem proper: what libdma.a contains on every arch and what the host tests exercise.
 LIBDMA_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc)
@@ -134,7 +166,11 @@ test-host-tsan: $(HOST_TSAN_TEST_BIN)
 # ---------------------------------------------------------------------------------------------
 # Kernel builds: one arch at a time. arch/<arch>/arch.mk sets
 #   TRIPLE         clang target triple
-#   ARCH_CXXFLAGS  extra C++ flags for the kernel and libdma objects of that arch
+#   ARCH_CXXFLAGS  the C++ flags the kernel and libdma objects of that arch need whatever the ABI
+#                  (no FP registers, no red zone, -DSUPPORT_NO_MUSTTAIL=1, ...); not a command-line
+#                  variable (use EXTRA_CXXFLAGS)
+#   ARCH_ABI_CXXFLAGS, ARCH_ABI_ASFLAGS  the flags that follow the ABI choices above
+#                  (RISCV_ABI, X86_CMODEL), for the C++ and the .S files
 #   ARCH_ASFLAGS   flags for the arch's .S files
 #   ARCH_LDFLAGS   linker flags
 #   ARCH_SRCS      the port (boot, traps, MMU, console, platform) and its own in-VM tests
@@ -144,12 +180,23 @@ test-host-tsan: $(HOST_TSAN_TEST_BIN)
 #                  tests/qemu/ktest.h)
 # The QEMU command line of each arch lives in tests/qemu/run_qemu.py (table ARCHES).
 
+# KDIR: where one arch's objects, libdma.a and kernel.elf go; scripts/check_lib.sh gives each ABI
+# its own with KDIR=... on the command line (only there: a KDIR in the environment is usually a
+# Linux source tree).
+ifneq ($(origin KDIR),command line)
 KDIR := $(BUILD)/$(ARCH)
+endif
+ifeq ($(origin ARCH_CXXFLAGS),command line)
+$(error ARCH_CXXFLAGS holds the flags the code needs on $(ARCH) and cannot be replaced; choose \
+  the ABI with RISCV_ABI=lp64|lp64d or X86_CMODEL=kernel|small|large, add flags with EXTRA_CXXFLAGS)
+endif
 -include arch/$(ARCH)/arch.mk
 
-KERNEL_CXXFLAGS := $(COMMON_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib -nostdinc++ \
-                   -fno-stack-protector -fno-pic -fno-threadsafe-statics -fno-use-cxa-atexit \
-                   -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS)
+KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) -ffreestanding \
+                   -nostdlib -nostdinc++ -fno-stack-protector -fno-pic -fno-threadsafe-statics \
+                   -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
+                   $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
+KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -I.
 KERNEL_COMMON_SRCS := $(wildcard kernel/*.cc) $(wildcard tests/qemu/*.cc) \
                       $(wildcard drivers/*/*.cc)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
@@ -165,13 +212,23 @@ RUN_QEMU := python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF)
             --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) \
             --extra '$(QEMU_EXTRA)' --append '$(QEMU_APPEND)'
 
-$(KDIR)/obj/%.o: %.cc $(ARCH_MK) | $(SETUP_STAMP)
+# The flags of the last build in $(KDIR): rewritten (so newer than every object) only when they
+# change, so that `make lib RISCV_ABI=lp64d` after an lp64 build, or DEBUG_INFO=0 after a build
+# with debug info, rebuilds everything instead of mixing objects of two ABIs.
+KFLAGS_STAMP := $(KDIR)/.build-flags
+KFLAGS_NOW := $(KERNEL_CXXFLAGS) / $(KERNEL_ASFLAGS)
+.PHONY: kflags-force
+$(KFLAGS_STAMP): kflags-force
+	@mkdir -p $(dir $@)
+	@if [ "$$(cat $@ 2>/dev/null)" != '$(KFLAGS_NOW)' ]; then echo '$(KFLAGS_NOW)' > $@; fi
+
+$(KDIR)/obj/%.o: %.cc $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
 
-$(KDIR)/obj/%.o: %.S $(ARCH_MK) | $(SETUP_STAMP)
+$(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
-	$(CROSS_CXX) --target=$(TRIPLE) $(ARCH_ASFLAGS) -I. -MMD -MP -c $< -o $@
+	$(CROSS_CXX) $(KERNEL_ASFLAGS) -MMD -MP -c $< -o $@
 
 $(LIBDMA): $(KLIB_OBJS)
 	@rm -f $@

@@ -1,8 +1,14 @@
 # AArch64 (QEMU virt) fragment of the Makefile: see arch/aarch64/*.h for the port.
 TRIPLE := aarch64-unknown-none-elf
 # No FP/SIMD registers in kernel code (no lazy FP state to manage); small code model (the image
-# and its data are within 4 GiB of each other).
+# and its data are within 4 GiB of each other, wherever it is linked). There is no ABI to choose:
+# -mgeneral-regs-only only keeps the compiler off the FP/SIMD registers, the calling convention is
+# AAPCS64's, and since no floating-point value crosses the library's API (scripts/check_lib.sh
+# checks that no FP/SIMD register is used at all) libdma.a links with hard-float kernels too;
+# AArch64 ELF objects carry no float-ABI flag for a linker to refuse.
 ARCH_CXXFLAGS := -mgeneral-regs-only -mcmodel=small -fno-asynchronous-unwind-tables
+ARCH_ABI_CXXFLAGS :=
+ARCH_ABI_ASFLAGS :=
 ARCH_ASFLAGS := -D__ASSEMBLY__
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 -z norelro --no-dynamic-linker
 ARCH_SRCS := arch/aarch64/boot.cc arch/aarch64/mmu.cc arch/aarch64/platform.cc \

@@ -1,14 +1,39 @@
 # RISC-V 64 on QEMU virt: OpenSBI (-bios default) enters the kernel in S-mode.
 # Included by the top-level Makefile when ARCH=riscv64.
 TRIPLE := riscv64-unknown-none-elf
-# rv64gc plus Zicbom (cbo.clean/cbo.inval/cbo.flush); lp64 soft-float ABI, the FPU is still
-# enabled at boot (sstatus.FS) in case the compiler picks FP instructions. medany: the kernel is
-# linked in the upper half (0xFFFFFFC0'80200000) and reached PC-relatively. No linker relaxation
-# (no gp-relative addressing: gp is never set up).
-ARCH_CXXFLAGS := -march=rv64gc_zicbom -mabi=lp64 -mcmodel=medany -mno-relax
-# LLVM 19's RISC-V code generator cannot guarantee tail calls (support/compiler.h).
+
+# The ABI (make variables, see the Makefile's header): RISCV_ABI=lp64 (default, soft-float: no FP
+# register carries an argument, what this repository's kernel uses) or lp64d (double-float, the
+# default of GCC's riscv64 Linux toolchains, so what a GCC-built kernel often is). The ELF header of every object records
+# the choice and both GNU ld and ld.lld refuse to link objects of different float ABIs. The code
+# uses no floating point under either (scripts/check_lib.sh checks it), so the choice is only
+# the calling convention and the ELF flag. RISCV_MARCH: rv64gc plus Zicbom (cbo.clean/cbo.inval/
+# cbo.flush); lp64d needs D in it (G includes it). The FPU is still enabled at boot (sstatus.FS)
+# in case a kernel object uses FP instructions.
+RISCV_ABI ?= lp64
+RISCV_MARCH ?= rv64gc_zicbom
+ifeq ($(RISCV_ABI),lp64)
+else ifeq ($(RISCV_ABI),lp64d)
+# The base and single-letter extensions come before the first '_' (rv64gc, rv64imafdc); G
+# stands for IMAFD.
+ifeq ($(findstring d,$(firstword $(subst _, ,$(patsubst rv64g%,rv64d%,$(RISCV_MARCH))))),)
+$(error RISCV_ABI=lp64d needs the D extension in RISCV_MARCH (e.g. rv64gc_zicbom), not \
+  RISCV_MARCH=$(RISCV_MARCH))
+endif
+else
+$(error RISCV_ABI=$(RISCV_ABI): must be lp64 (soft-float, the default) or lp64d (double-float))
+endif
+ARCH_ABI_CXXFLAGS := -march=$(RISCV_MARCH) -mabi=$(RISCV_ABI)
+ARCH_ABI_ASFLAGS := -march=$(RISCV_MARCH) -mabi=$(RISCV_ABI)
+
+# What the code needs whatever the ABI. medany: the kernel is linked in the upper half
+# (0xFFFFFFC0'80200000) and reached PC-relatively. No linker relaxation (no gp-relative
+# addressing: gp is never set up).
+ARCH_CXXFLAGS := -mcmodel=medany -mno-relax
+# LLVM 19's RISC-V code generator cannot guarantee tail calls (support/compiler.h); without this
+# its backend aborts on the mapping fast path.
 ARCH_CXXFLAGS += -DSUPPORT_NO_MUSTTAIL=1
-ARCH_ASFLAGS := -march=rv64gc_zicbom -mabi=lp64 -mcmodel=medany -mno-relax
+ARCH_ASFLAGS := -mcmodel=medany -mno-relax
 ARCH_LDFLAGS := -nostdlib -static --no-relax -z max-page-size=4096
 # The port, and its own in-VM tests (tests/qemu/riscv64/, outside the common tests/qemu/*.cc).
 ARCH_SRCS := arch/riscv64/arch_riscv64.cc arch/riscv64/riscv64_platform.cc \

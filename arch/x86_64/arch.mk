@@ -2,9 +2,18 @@
 # Included by the top-level Makefile when ARCH=x86_64.
 TRIPLE := x86_64-unknown-none-elf
 # No SSE/x87/MMX in the kernel (their state is never set up or saved), no red zone (traps run on
-# the interrupted stack), kernel code model: the image is linked at 0xFFFFFFFF80200000.
-ARCH_CXXFLAGS := -mcmodel=kernel -mno-red-zone -mgeneral-regs-only -mno-sse -mno-mmx \
-                 -mno-80387 -fno-asynchronous-unwind-tables
+# the interrupted stack).
+ARCH_CXXFLAGS := -mno-red-zone -mgeneral-regs-only -mno-sse -mno-mmx -mno-80387 \
+                 -fno-asynchronous-unwind-tables
+# The code model (make variable, see the Makefile's header), which must suit the address the
+# kernel is linked at: kernel (default; the test kernel is linked at 0xFFFFFFFF80200000) for the
+# top 2 GiB, small for the low 2 GiB, large for anywhere (64-bit absolute addresses, bigger code).
+X86_CMODEL ?= kernel
+ifeq ($(filter $(X86_CMODEL),kernel small large),)
+$(error X86_CMODEL=$(X86_CMODEL): must be kernel (the default), small or large)
+endif
+ARCH_ABI_CXXFLAGS := -mcmodel=$(X86_CMODEL)
+ARCH_ABI_ASFLAGS :=
 ARCH_ASFLAGS := -fno-asynchronous-unwind-tables
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 --no-relax
 ARCH_SRCS := arch/x86_64/x86_64_platform.cc arch/x86_64/serial.cc arch/x86_64/traps.cc \
