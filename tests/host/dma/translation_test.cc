@@ -96,15 +96,15 @@ TEST_F(TranslateCallbackTest, ContiguousPagesMapAndScatteredOnesAreRefused) {
   table_.pages[11] = p;
   table_.pages[12] = pages(1);
   table_.pages[13] = p + 2 * kPage;
-  auto bad = op_->map_single(coherent_device(), table_.at(11), 3 * kPage, 0,
-                             DmaDirection::kFromDevice);
+  auto bad =
+      op_->map_single(coherent_device(), table_.at(11), 3 * kPage, 0, DmaDirection::kFromDevice);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.code(), ErrorCode::kNotContiguous);
   EXPECT_EQ(bad.error().addr, reinterpret_cast<uintptr_t>(table_.at(12)));
   // No translation at all.
-  EXPECT_EQ(op_->map_single(coherent_device(), table_.at(40), 16, 0, DmaDirection::kToDevice)
-                .code(),
-            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(
+      op_->map_single(coherent_device(), table_.at(40), 16, 0, DmaDirection::kToDevice).code(),
+      ErrorCode::kInvalidArgument);
   EXPECT_EQ(op_->virt_to_phys(table_.at(2, 5))->value(), p + 2 * kPage + 5);
 }
 
