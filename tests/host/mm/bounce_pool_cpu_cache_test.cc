@@ -21,7 +21,10 @@
 
 namespace {
 
+using bounce_test::expect_unchanged;
 using bounce_test::kBase;
+using bounce_test::Snapshot;
+using bounce_test::snapshot;
 constexpr size_t kSlot = BouncePool::kDefaultSlotSize;
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
@@ -46,25 +49,6 @@ struct TestPool : bounce_test::TestPool {
     }
   }
 };
-
-// Everything a refused call must leave as it was.
-struct Snapshot {
-  BouncePool::Stats stats;
-  size_t free_blocks;
-};
-
-Snapshot snapshot(const BouncePool& p) {
-  return Snapshot{p.stats(), p.free_block_count()};
-}
-
-void expect_unchanged(const Snapshot& a, const Snapshot& b) {
-  EXPECT_EQ(a.stats.used_slots, b.stats.used_slots);
-  EXPECT_EQ(a.stats.cached_slots, b.stats.cached_slots);
-  EXPECT_EQ(a.stats.high_water_slots, b.stats.high_water_slots);
-  EXPECT_EQ(a.stats.allocations, b.stats.allocations);
-  EXPECT_EQ(a.stats.failures, b.stats.failures);
-  EXPECT_EQ(a.free_blocks, b.free_blocks);
-}
 
 BounceSlot must_alloc(BouncePool& p, size_t size, PhysAddr orig = PhysAddr(0), uint64_t mask = 0,
                       size_t align = 0) {

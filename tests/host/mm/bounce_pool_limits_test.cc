@@ -12,30 +12,14 @@
 
 namespace {
 
+using bounce_test::expect_unchanged;
+using bounce_test::Snapshot;
+using bounce_test::snapshot;
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
 
 unsigned cpu_zero() {
   return 0;
-}
-
-// Everything an alloc may change.
-struct Counters {
-  BouncePool::Stats stats;
-  size_t free_blocks;
-};
-
-Counters counters(const BouncePool& p) {
-  return Counters{p.stats(), p.free_block_count()};
-}
-
-void expect_unchanged(const Counters& a, const Counters& b) {
-  EXPECT_EQ(a.stats.used_slots, b.stats.used_slots);
-  EXPECT_EQ(a.stats.high_water_slots, b.stats.high_water_slots);
-  EXPECT_EQ(a.stats.allocations, b.stats.allocations);
-  EXPECT_EQ(a.stats.failures, b.stats.failures);
-  EXPECT_EQ(a.stats.cached_slots, b.stats.cached_slots);
-  EXPECT_EQ(a.free_blocks, b.free_blocks);
 }
 
 class BouncePoolLimits : public testing::TestWithParam<bool> {};
@@ -49,12 +33,12 @@ TEST_P(BouncePoolLimits, AFourMiBRequestIsRefusedWithLayoutErrorAndNothingChange
   if (GetParam()) ASSERT_TRUE(p.enable_cpu_caches(&cpu_zero, 1).ok());
   BounceSlot held = *p.alloc(100);
   ASSERT_TRUE(p.free(*p.alloc(100)).ok());  // Something in a cache, too.
-  Counters before = counters(p);
+  Snapshot before = snapshot(p);
   EXPECT_EQ(p.alloc(4 * kMiB).code(), ErrorCode::kLayoutError);
   EXPECT_EQ(p.alloc(BouncePool::kMaxMapping + 1).code(), ErrorCode::kLayoutError);
   EXPECT_EQ(p.alloc(4 * kMiB, PhysAddr(0x1234'5000), 0xFFF).code(), ErrorCode::kLayoutError);
   EXPECT_EQ(p.alloc(4 * kMiB, PhysAddr(0), 0, 4096).code(), ErrorCode::kLayoutError);
-  expect_unchanged(before, counters(p));
+  expect_unchanged(before, snapshot(p));
   EXPECT_TRUE(p.check_invariants());
 
   auto most = p.alloc(BouncePool::kMaxMapping);
@@ -82,12 +66,12 @@ TEST_P(BouncePoolLimits, AFourMiBBouncedMappingIsRefusedThroughTheDmaApi) {
   c.coherent = true;
   c.name = "big";
 
-  Counters before = counters(pool);
+  Snapshot before = snapshot(pool);
   uint64_t live = plat.op().stats().live_maps;
   auto m = plat.op().map_single(c, buf, 4 * kMiB, 0, DmaDirection::kToDevice);
   EXPECT_EQ(m.code(), ErrorCode::kLayoutError);
   if (m.ok()) plat.op().unmap_single(*m);
-  expect_unchanged(before, counters(pool));
+  expect_unchanged(before, snapshot(pool));
   EXPECT_EQ(plat.op().stats().live_maps, live);
 
   auto ok = plat.op().map_single(c, buf, BouncePool::kMaxMapping, 0, DmaDirection::kToDevice);

@@ -29,6 +29,25 @@ inline BouncePool::Options whole_pool_options(size_t bytes,
   return o;
 }
 
+// Everything a refused call must leave as it was.
+struct Snapshot {
+  BouncePool::Stats stats;
+  size_t free_blocks;
+};
+
+inline Snapshot snapshot(const BouncePool& p) {
+  return Snapshot{p.stats(), p.free_block_count()};
+}
+
+inline void expect_unchanged(const Snapshot& a, const Snapshot& b) {
+  EXPECT_EQ(a.stats.used_slots, b.stats.used_slots);
+  EXPECT_EQ(a.stats.cached_slots, b.stats.cached_slots);
+  EXPECT_EQ(a.stats.high_water_slots, b.stats.high_water_slots);
+  EXPECT_EQ(a.stats.allocations, b.stats.allocations);
+  EXPECT_EQ(a.stats.failures, b.stats.failures);
+  EXPECT_EQ(a.free_blocks, b.free_blocks);
+}
+
 // `mem` is what cpu_addr() points into. When a test has already failed with slots still out, the
 // pool is not destroyed: its debug assertion would abort the whole run and hide the other tests'
 // results.
