@@ -87,8 +87,8 @@ HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
 HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
 HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests
 
-.PHONY: all setup test test-host test-host-release test-host-tsan test-qemu test-qemu-all run lib kernel bench fuzz format \
-        format-check lint clean
+.PHONY: all setup test test-host test-host-release test-host-tsan test-qemu test-qemu-all run debug lib kernel bench fuzz format \
+        format-check lint clean compile_commands.json
 
 all: $(HOST_TEST_BIN)
 
@@ -243,6 +243,19 @@ kernel: $(KERNEL_ELF)
 # Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.
 run: $(KERNEL_ELF)
 	@$(RUN_QEMU) --mode demo
+
+# Starts the kernel halted under QEMU's gdb stub (port GDB_PORT) and prints the gdb-multiarch
+# command that attaches with symbols; QEMU then owns the terminal (Ctrl-A X quits).
+# DEBUG_MODE=test debugs the test kernel's run instead of the demo.
+DEBUG_MODE ?= demo
+GDB_PORT ?= 1234
+debug: $(KERNEL_ELF)
+	@$(RUN_QEMU) --mode $(DEBUG_MODE) --debug --gdb-port $(GDB_PORT)
+
+# compile_commands.json for clangd: every host, library and kernel compile of every arch, from
+# make's own dry run (nothing is built).
+compile_commands.json: | $(SETUP_STAMP)
+	@python3 scripts/compile_commands.py > $@.tmp && mv $@.tmp $@ && echo "wrote $@"
 
 # Boots the test kernel and runs the in-VM suite, after checking the DmaOp's cache instructions
 # in the disassembly; fails on a panic, a timeout, a bad exit status or an "EDU: clamping" line.

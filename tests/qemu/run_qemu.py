@@ -389,13 +389,37 @@ def main():
     p.add_argument("--append", default="", help="more kernel command-line words")
     p.add_argument("--objdump", default="", help="objdump binary: check the cache instructions")
     p.add_argument("--log", default="", help="log file (default: next to the kernel)")
+    p.add_argument("--debug", action="store_true",
+                   help="start halted with QEMU's gdb stub on --gdb-port, print the gdb command "
+                        "that attaches with symbols, and run QEMU on this terminal (no timeout)")
+    p.add_argument("--gdb-port", type=int, default=1234)
     args = p.parse_args()
     if not os.path.isfile(args.kernel):
         print("run_qemu: no kernel at %s" % args.kernel, flush=True)
         if args.mode == "test":
             print("0 passed, 1 failed", flush=True)
         return 1
+    if args.debug:
+        return debug(args)
     return run(args)
+
+
+GDB_ARCH = {"aarch64": "aarch64", "riscv64": "riscv:rv64", "x86_64": "i386:x86-64"}
+
+
+def debug(args):
+    """The VM halted at its first instruction with a gdb stub; QEMU owns the terminal."""
+    disk = os.path.join(os.path.dirname(os.path.abspath(args.kernel)), "disk-%s.img" % args.mode)
+    make_disk_image(disk)
+    cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
+                        args.append, disk)
+    cmd += ["-S", "-gdb", "tcp::%d" % args.gdb_port]
+    gdb = ["gdb-multiarch", "-q", "-ex", "set architecture %s" % GDB_ARCH[args.arch],
+           "-ex", "target remote :%d" % args.gdb_port, os.path.abspath(args.kernel)]
+    print("run_qemu: the VM is halted; attach from another terminal with:", flush=True)
+    print("  " + " ".join(shlex.quote(c) for c in gdb), flush=True)
+    print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    os.execvp(cmd[0], cmd)
 
 
 if __name__ == "__main__":
