@@ -129,12 +129,12 @@ class DArray {
   // One field of element i, read or written now, without copying the rest of the element:
   // `ring.read_field(i, &Completion::done)`. Same preconditions as read()/write().
   template <typename F, typename C>
-    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+    requires(DmaFieldOf<F, C, T> && !kDmaIsArray<F>)
   F read_field(size_t i, F C::* field) const {
     return dma_load(&(element(i)->*field));
   }
   template <typename F, typename C>
-    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+    requires(DmaFieldOf<F, C, T> && !kDmaIsArray<F>)
   void write_field(size_t i, F C::* field, const typename dma_detail::TypeIdentity<F>::type& v) {
     dma_store(&(element(i)->*field), v);
   }
@@ -195,12 +195,12 @@ class DBox {
   T read() const { return a_.read(0); }
   void write(const T& v) { a_.write(0, v); }
   template <typename F, typename C>
-    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+    requires(DmaFieldOf<F, C, T> && !kDmaIsArray<F>)
   F read_field(F C::* field) const {
     return a_.read_field(0, field);
   }
   template <typename F, typename C>
-    requires(DmaFieldOf<F, C, T> && !__is_array(F))
+    requires(DmaFieldOf<F, C, T> && !kDmaIsArray<F>)
   void write_field(F C::* field, const typename dma_detail::TypeIdentity<F>::type& v) {
     a_.write_field(0, field, v);
   }

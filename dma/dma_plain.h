@@ -37,10 +37,19 @@
 template <typename T>
 inline constexpr bool kDmaAllowPadding = false;
 
+// Whether F is an array type (std::is_array_v without <type_traits>; GCC 12 has no __is_array).
+template <typename F>
+inline constexpr bool kDmaIsArray = false;
+template <typename F, size_t N>
+inline constexpr bool kDmaIsArray<F[N]> = true;
+template <typename F>
+inline constexpr bool kDmaIsArray<F[]> = true;
+
 // The checks DArray<T> and DBox<T> make (one static_assert each, with its own message); exposed so
 // a test or a generic driver can ask.
 template <typename T>
 concept DmaTriviallyCopyable = __is_trivially_copyable(T);
+
 template <typename T>
 concept DmaStandardLayout = __is_standard_layout(T);
 template <typename T>

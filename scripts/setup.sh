@@ -11,7 +11,7 @@ codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 
 # Packages: name=minimum-check command (checked with dpkg).
 PKGS_MAIN=(make python3 valgrind gnuplot-nox libgtest-dev libbenchmark-dev clang-format-19 clang-tidy-19
-  util-linux xxd)
+  util-linux xxd g++)
 PKGS_BP=(clang-19 lld-19 llvm-19 libclang-rt-19-dev qemu-system-arm qemu-system-misc qemu-system-x86
   qemu-system-riscv opensbi qemu-system-data)
 

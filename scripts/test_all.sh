@@ -45,6 +45,7 @@ run_part() {
 }
 
 run_part style bash scripts/check_style.sh
+run_part headers bash scripts/check_headers.sh
 run_part lib bash scripts/check_lib.sh
 run_part host $MAKE --no-print-directory test-host
 run_part host-release $MAKE --no-print-directory test-host-release

@@ -12,3 +12,12 @@
 #else
 #define SUPPORT_MUSTTAIL
 #endif
+
+// SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T): std::is_trivially_destructible_v<T> without <type_traits>
+// (the kernels build without a C++ library). Clang has __is_trivially_destructible; GCC before
+// 13 only __has_trivial_destructor, which means the same for the types used here.
+#if defined(__clang__)
+#define SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T) __is_trivially_destructible(T)
+#else
+#define SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T) __has_trivial_destructor(T)
+#endif

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "support/assert.h"
+#include "support/compiler.h"
 #include "support/types.h"
 #include "support/utility.h"
 
@@ -98,7 +99,7 @@ class [[nodiscard]] Result {
   // Trivial for a trivially destructible T (most results: addresses, handles), so that such a
   // Result can be passed on by a guaranteed tail call (SUPPORT_MUSTTAIL, support/compiler.h).
   ~Result()
-    requires(__is_trivially_destructible(T))
+    requires(SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T))
   = default;
   ~Result() {
     if (ok_) storage_.value.~T();
@@ -138,7 +139,7 @@ class [[nodiscard]] Result {
   union Storage {
     Storage() {}
     ~Storage()
-      requires(__is_trivially_destructible(T))
+      requires(SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T))
     = default;
     ~Storage() {}
     T value;
