@@ -29,11 +29,8 @@ constexpr size_t kSlot = BouncePool::kDefaultSlotSize;
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
 
-// The CPU the calling thread runs on, as the pool sees it.
-thread_local unsigned g_cpu = 0;
-unsigned current_cpu() {
-  return g_cpu;
-}
+using bounce_test::current_cpu;
+using bounce_test::g_cpu;
 
 // A CPU index at or above every pool's num_cpus here: it has no cache and always takes the lock.
 constexpr unsigned kUncachedCpu = 63;

@@ -21,10 +21,8 @@ constexpr size_t kSlot = BouncePool::kDefaultSlotSize;
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
 
-thread_local unsigned g_cpu = 0;
-unsigned current_cpu() {
-  return g_cpu;
-}
+using bounce_test::current_cpu;
+using bounce_test::g_cpu;
 
 // Report lines of the pool, captured for the test's duration.
 class Capture {

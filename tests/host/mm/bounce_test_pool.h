@@ -29,6 +29,13 @@ inline BouncePool::Options whole_pool_options(size_t bytes,
   return o;
 }
 
+// The CPU the calling thread runs on, as a pool with CPU caches sees it (each test thread sets
+// its own), and the function such a pool is given.
+inline thread_local unsigned g_cpu = 0;
+inline unsigned current_cpu() {
+  return g_cpu;
+}
+
 // Everything a refused call must leave as it was.
 struct Snapshot {
   BouncePool::Stats stats;
