@@ -57,7 +57,9 @@ WARNINGS := -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Wthread-safet
             -Wno-unused-parameter -Werror
 # BASE_CXXFLAGS: every build. The host builds (tests, fuzzers, lint) always carry -g (sanitizer
 # reports need it); the kernel and library objects carry it when DEBUG_INFO=1.
-BASE_CXXFLAGS := -std=c++20 -I. $(WARNINGS) -fno-exceptions -fno-rtti
+# -Iinclude: the public headers (include/dmakit/), the one include root a kernel adds; -I.: the
+# library's own internal headers (dma/, mm/, support/, arch/<arch>/dma/) and the test kernel's.
+BASE_CXXFLAGS := -std=c++20 -Iinclude -I. $(WARNINGS) -fno-exceptions -fno-rtti
 COMMON_CXXFLAGS := $(BASE_CXXFLAGS) -g
 
 DEBUG_INFO ?= 1
@@ -196,8 +198,8 @@ KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) 
                    -nostdlib -nostdinc++ -fno-stack-protector -fno-pic -fno-threadsafe-statics \
                    -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
                    $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
-KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -I.
-KERNEL_COMMON_SRCS := $(wildcard kernel/*.cc) $(wildcard tests/qemu/*.cc) \
+KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I.
+KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) $(wildcard tests/qemu/*.cc) \
                       $(wildcard drivers/*/*.cc)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
 KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \

@@ -13,7 +13,7 @@ OBJ := $(OUT)/obj
 WARNINGS := -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Wthread-safety \
             -Wno-unused-parameter -Werror
 # DWARF 4: the valgrind of Debian 12 cannot read clang 19's default DWARF 5.
-CXXFLAGS := -std=c++20 -I. $(WARNINGS) -fno-exceptions -fno-rtti -O2 -gdwarf-4
+CXXFLAGS := -std=c++20 -Iinclude -I. $(WARNINGS) -fno-exceptions -fno-rtti -O2 -gdwarf-4
 
 LIB_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc) \
             $(wildcard arch/host/*.cc)

@@ -37,7 +37,7 @@ COPY_FN = re.compile(r"^(__)?mem(cpy|move)")
 TRIGGER = "desc: Trigger: Client Request: "
 
 
-POOL_FILES = ("mm/bounce_pool.h", "mm/bounce_pool.cc")
+POOL_FILES = ("include/dmakit/bounce_pool.h", "mm/bounce_pool.cc")
 
 
 def is_pool_file(path, root):

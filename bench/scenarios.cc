@@ -298,7 +298,7 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   o.pools.push_back(HostPlatform::PoolSpec{kPoolBytes, kDeviceLimit});
   o.platform_coherent = true;
   // Per-CPU slot caches sized for a 4-CPU machine by default: each CPU may keep 256 slots
-  // (512 KiB); the kernel turns them on (kernel/kernel_main.cc).
+  // (512 KiB); the kernel turns them on (testkernel/kernel_main.cc).
   o.cpu_caches = cpu_caches;
   plat_ = std::make_unique<HostPlatform>(o);
   prefer_huge_pages(plat_.get());

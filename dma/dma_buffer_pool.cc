@@ -1,7 +1,7 @@
-#include "dma/dma_buffer_pool.h"
+#include "dmakit/dma_buffer_pool.h"
 
-#include "support/bitops.h"
-#include "support/defer.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/defer.h"
 
 PooledBuffer& PooledBuffer::operator=(PooledBuffer&& o) {
   if (this != &o) {

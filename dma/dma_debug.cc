@@ -1,9 +1,9 @@
 // The DMA-API misuse checker: see dma_debug.h for the scheme, the kinds and the costs.
-#include "dma/dma_debug.h"
+#include "dmakit/dma_debug.h"
 
-#include "mm/bounce_pool.h"
+#include "dmakit/bounce_pool.h"
 #include "support/report_line.h"
-#include "support/spinlock.h"
+#include "dmakit/support/spinlock.h"
 
 namespace {
 

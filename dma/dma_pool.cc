@@ -1,8 +1,8 @@
 // DmaPool: see dma_pool.h for the scheme.
-#include "dma/dma_pool.h"
+#include "dmakit/dma_pool.h"
 
-#include "support/bitops.h"
-#include "support/mem.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/mem.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "dma/dma_types.h"
+#include "dmakit/dma_types.h"
 
 const char* dma_direction_name(DmaDirection dir) {
   switch (dir) {

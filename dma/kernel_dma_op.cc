@@ -6,13 +6,13 @@
 // for a non-coherent device add two clean+invalidate passes and the remap (set_memory_attribute:
 // one page-table update and TLB invalidation per page, see mm/direct_map_attributes.h), and the
 // same remap back in dealloc_coherent.
-#include "dma/kernel_dma_op.h"
+#include "dmakit/kernel_dma_op.h"
 
-#include "dma/dma_debug.h"
-#include "support/bitops.h"
-#include "support/compiler.h"
-#include "support/fault_injection.h"
-#include "support/mem.h"
+#include "dmakit/dma_debug.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/compiler.h"
+#include "dmakit/support/fault_injection.h"
+#include "dmakit/support/mem.h"
 
 namespace {
 

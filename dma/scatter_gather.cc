@@ -1,7 +1,7 @@
-#include "dma/scatter_gather.h"
+#include "dmakit/scatter_gather.h"
 
-#include "support/bitops.h"
-#include "support/defer.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/defer.h"
 
 namespace {
 

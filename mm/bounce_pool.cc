@@ -69,12 +69,12 @@
 // storm of failures prints a few lines, each saying how many were not shown. A refused free
 // prints one line in debug builds. Lines are formatted under the lock into a stack buffer and
 // handed to the sink after it is released.
-#include "mm/bounce_pool.h"
+#include "dmakit/bounce_pool.h"
 
-#include "support/assert.h"
-#include "support/bitops.h"
-#include "support/fault_injection.h"
-#include "support/mem.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/fault_injection.h"
+#include "dmakit/support/mem.h"
 #include "support/report_line.h"
 
 namespace {

@@ -2,7 +2,7 @@
 // the kernel's direct map in place, splitting the large leaves that cover them and putting the
 // large leaves back once all their pages have their original attribute again. It is how
 // KernelDmaOp::alloc_coherent makes memory uncached for a device that does not snoop the caches
-// (dma/kernel_dma_op.h); each architecture supplies the page-table format (`Arch`, below).
+// (include/dmakit/kernel_dma_op.h); each architecture supplies the page-table format (`Arch`, below).
 //
 // Why in place, not an uncached alias window: an alias would leave the direct map's cacheable
 // mapping of the same pages alive, and on AArch64 a cacheable alias of Normal Non-cacheable
@@ -61,11 +61,11 @@
 // runs on one CPU). Never from interrupt context. No memory is allocated except pool pages.
 #pragma once
 
-#include "support/assert.h"
-#include "support/bitops.h"
-#include "support/result.h"
-#include "support/spinlock.h"
-#include "support/types.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/spinlock.h"
+#include "dmakit/support/types.h"
 
 // What a leaf's memory attribute is, as far as the direct map is concerned.
 enum class PageAttr : uint8_t {

@@ -72,12 +72,12 @@
 // which is about 1/3000 of the memory, rather than a random line of RAM per list operation. The
 // common cases return a plain register (the header's inline alloc/free build the Result in the
 // caller); splitting, merging, searching, alignment and errors are out of line.
-#include "mm/page_frame_allocator.h"
+#include "dmakit/page_frame_allocator.h"
 
-#include "support/assert.h"
-#include "support/bitops.h"
-#include "support/mem.h"
-#include "support/utility.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/mem.h"
+#include "dmakit/support/utility.h"
 
 namespace {
 

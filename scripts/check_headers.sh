@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The library's headers compile on their own with GCC (12 or newer) and with clang (the
+# The library's public headers (include/dmakit/, the one include root a kernel adds) compile on
+# their own, with only that root on the include path (so no public header reaches an internal
+# one), with GCC (12 or newer) and with clang (the
 # project's clang-19), freestanding, warnings as errors: a kernel built with either can include
 # them. One test per header and compiler; ends with "headers: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CLANG=${CLANG:-clang++-19}
 GCC=${GCC:-g++}
-FLAGS=(-std=c++20 -I. -fsyntax-only -ffreestanding -fno-exceptions -fno-rtti -Wall -Wextra -Werror)
+FLAGS=(-std=c++20 -Iinclude -fsyntax-only -ffreestanding -fno-exceptions -fno-rtti -Wall -Wextra -Werror)
 pass=0
 fail=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for h in support/*.h mm/*.h dma/*.h arch/common/*.h; do
+for h in $(cd include && find dmakit -name '*.h' | sort); do
   printf '#include "%s"\n' "$h" > "$tmp/one.cc"
   for cxx in "$GCC" "$CLANG"; do
     if "$cxx" "${FLAGS[@]}" "$tmp/one.cc" > "$tmp/log" 2>&1; then

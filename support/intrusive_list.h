@@ -2,8 +2,8 @@
 // allocate and cost O(1). An element is on at most one list per ListNode member.
 #pragma once
 
-#include "support/assert.h"
-#include "support/types.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/types.h"
 
 namespace support {
 

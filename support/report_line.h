@@ -6,7 +6,7 @@
 // chain across both. Any context: it touches nothing but itself.
 #pragma once
 
-#include "support/types.h"
+#include "dmakit/support/types.h"
 
 namespace support {
 

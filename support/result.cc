@@ -1,4 +1,4 @@
-#include "support/result.h"
+#include "dmakit/support/result.h"
 
 const char* error_code_name(ErrorCode code) {
   switch (code) {

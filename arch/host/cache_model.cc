@@ -17,7 +17,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "support/assert.h"
+#include "dmakit/support/assert.h"
 
 namespace {
 

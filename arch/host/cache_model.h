@@ -75,8 +75,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "support/spinlock.h"
-#include "support/thread_annotations.h"
+#include "dmakit/support/spinlock.h"
+#include "dmakit/support/thread_annotations.h"
 
 // A std::mutex that clang's -Wthread-safety understands (support::Guard locks it).
 class TA_CAPABILITY("mutex") ModelMutex {

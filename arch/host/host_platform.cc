@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <cstring>
 
-#include "arch/aarch64/aarch64_line_ops.h"
+#include "dmakit/arch/aarch64_line_ops.h"
 #include "arch/host/model_line_ops.h"
-#include "arch/riscv64/riscv64_line_ops.h"
-#include "arch/x86_64/x86_64_line_ops.h"
-#include "support/bitops.h"
+#include "dmakit/arch/riscv64_line_ops.h"
+#include "dmakit/arch/x86_64_line_ops.h"
+#include "dmakit/support/bitops.h"
 
 static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<ModelDcInsns>>);
 static_assert(cache_range::InvalidatingLineOps<Riscv64LineOps<ModelCboInsns>>);

@@ -11,12 +11,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "arch/common/cache_range.h"
+#include "dmakit/arch/cache_range.h"
 #include "arch/host/cache_model.h"
-#include "dma/kernel_dma_op.h"
+#include "dmakit/kernel_dma_op.h"
 
 // Whose cache-maintenance decisions HostDmaOp runs: each is that architecture's own line ops
-// (arch/<arch>/<arch>_line_ops.h) over the shared walk (arch/common/cache_range.h), with the
+// (arch/<arch>/<arch>_line_ops.h) over the shared walk (include/dmakit/arch/cache_range.h), with the
 // instructions acting on the cache model (arch/host/model_line_ops.h).
 enum class HostCachePolicy : uint8_t {
   kAArch64,         // dc cvac / ivac (whole lines) / civac (partial lines), dsb sy.

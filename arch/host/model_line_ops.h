@@ -1,6 +1,6 @@
 // The architectures' cache instructions, acting on the host cache model: what lets the host
 // build instantiate each architecture's line ops (arch/<arch>/<arch>_line_ops.h) and the shared
-// walk (arch/common/cache_range.h) exactly as its kernel does, with the cache model standing in
+// walk (include/dmakit/arch/cache_range.h) exactly as its kernel does, with the cache model standing in
 // for the hardware. HostDmaOp uses them for its cache maintenance, and tests/host/arch/ drives
 // them directly.
 //

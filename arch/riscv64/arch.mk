@@ -30,19 +30,19 @@ ARCH_ABI_ASFLAGS := -march=$(RISCV_MARCH) -mabi=$(RISCV_ABI)
 # (0xFFFFFFC0'80200000) and reached PC-relatively. No linker relaxation (no gp-relative
 # addressing: gp is never set up).
 ARCH_CXXFLAGS := -mcmodel=medany -mno-relax
-# LLVM 19's RISC-V code generator cannot guarantee tail calls (support/compiler.h); without this
+# LLVM 19's RISC-V code generator cannot guarantee tail calls (include/dmakit/support/compiler.h); without this
 # its backend aborts on the mapping fast path.
 ARCH_CXXFLAGS += -DSUPPORT_NO_MUSTTAIL=1
 ARCH_ASFLAGS := -mcmodel=medany -mno-relax
 ARCH_LDFLAGS := -nostdlib -static --no-relax -z max-page-size=4096
 # The port, and its own in-VM tests (tests/qemu/riscv64/, outside the common tests/qemu/*.cc).
-ARCH_SRCS := arch/riscv64/arch_riscv64.cc arch/riscv64/riscv64_platform.cc \
-             arch/riscv64/sv39_page_table.cc arch/riscv64/trap.cc arch/riscv64/sbi.cc \
-             arch/riscv64/ns16550.cc \
+ARCH_SRCS := arch/riscv64/testkernel/arch_riscv64.cc arch/riscv64/testkernel/riscv64_platform.cc \
+             arch/riscv64/testkernel/sv39_page_table.cc arch/riscv64/testkernel/trap.cc arch/riscv64/testkernel/sbi.cc \
+             arch/riscv64/testkernel/ns16550.cc \
              tests/qemu/riscv64/riscv64_arch_test.cc
-ARCH_SRCS += arch/riscv64/arch_io.cc arch/common/no_port_io.cc
-ARCH_ASM_SRCS := arch/riscv64/boot.S
+ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
+ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.
-ARCH_DMA_SRCS := arch/riscv64/riscv64_dma_op.cc arch/riscv64/riscv64_uncached.cc
+ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc
 LINKER_SCRIPT := linker/riscv64.ld

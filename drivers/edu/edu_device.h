@@ -22,10 +22,10 @@
 // (polls for up to the timeout).
 #pragma once
 
-#include "dma/device_dma.h"
+#include "dmakit/device_dma.h"
 #include "drivers/pci/mmio.h"
 #include "drivers/pci/pci_device.h"
-#include "support/result.h"
+#include "dmakit/support/result.h"
 
 class EduDevice {
  public:

@@ -11,9 +11,9 @@
 // may be made with interrupts off.
 #pragma once
 
-#include "arch/arch_io.h"
-#include "support/assert.h"
-#include "support/types.h"
+#include "testkernel/arch_io.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/types.h"
 
 class MmioRegion {
  public:

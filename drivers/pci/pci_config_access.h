@@ -3,7 +3,7 @@
 // The PCI code (enumeration, BAR sizing, capabilities, drivers' config reads) only ever talks to
 // this interface. The kernel supplies an implementation for its machine: EcamConfigAccess below
 // (memory-mapped ECAM, from the device tree or the q35 PCIEXBAR), or one built on x86 port I/O
-// (kernel/devices.cc).
+// (testkernel/devices.cc).
 //
 // Offsets are byte offsets into the function's 4 KiB configuration space (256 bytes for port
 // I/O); accesses are naturally aligned. A function that is absent reads as all ones.
@@ -13,7 +13,7 @@
 #pragma once
 
 #include "drivers/pci/mmio.h"
-#include "support/types.h"
+#include "dmakit/support/types.h"
 
 // Bus / device / function.
 struct PciAddress {

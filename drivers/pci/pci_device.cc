@@ -1,6 +1,6 @@
 #include "drivers/pci/pci_device.h"
 
-#include "arch/arch_io.h"
+#include "testkernel/arch_io.h"
 
 namespace {
 

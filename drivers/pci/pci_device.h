@@ -5,9 +5,9 @@
 
 #include "drivers/pci/mmio.h"
 #include "drivers/pci/pci_config_access.h"
-#include "support/addr.h"
-#include "support/result.h"
-#include "support/types.h"
+#include "dmakit/support/addr.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/types.h"
 
 namespace pci {
 

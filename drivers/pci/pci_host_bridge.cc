@@ -1,6 +1,6 @@
 #include "drivers/pci/pci_host_bridge.h"
 
-#include "support/bitops.h"
+#include "dmakit/support/bitops.h"
 
 namespace {
 

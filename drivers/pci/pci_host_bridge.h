@@ -24,10 +24,10 @@
 
 #include "drivers/pci/pci_config_access.h"
 #include "drivers/pci/pci_device.h"
-#include "support/addr.h"
-#include "support/result.h"
-#include "support/span.h"
-#include "support/types.h"
+#include "dmakit/support/addr.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/span.h"
+#include "dmakit/support/types.h"
 
 // An address window of the host bridge: CPU addresses [cpu_base, cpu_base + size) reach bus
 // addresses [bus_base, bus_base + size) (from the device tree's "ranges", or the chipset's

@@ -1,6 +1,6 @@
 #include "drivers/virtio/split_virtqueue.h"
 
-#include "arch/arch_io.h"
+#include "testkernel/arch_io.h"
 
 Result<void> SplitVirtqueue::init(DeviceDma& dma, uint16_t size) {
   if (size_ != 0 || size == 0 || size > kMaxSize) return ErrorCode::kInvalidArgument;

@@ -23,10 +23,10 @@
 // interrupts off.
 #pragma once
 
-#include "dma/device_dma.h"
-#include "support/result.h"
-#include "support/span.h"
-#include "support/types.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/span.h"
+#include "dmakit/support/types.h"
 
 struct VirtqDesc {
   uint64_t addr;

@@ -1,8 +1,8 @@
 #include "drivers/virtio/virtio_blk.h"
 
-#include "arch/arch.h"
-#include "support/bitops.h"
-#include "support/defer.h"
+#include "testkernel/arch.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/defer.h"
 
 namespace {
 

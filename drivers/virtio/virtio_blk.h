@@ -20,13 +20,13 @@
 // the request completes, bounded by a timeout. Not for interrupt context.
 #pragma once
 
-#include "dma/device_dma.h"
-#include "dma/dma_pool.h"
-#include "dma/scatter_gather.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_pool.h"
+#include "dmakit/scatter_gather.h"
 #include "drivers/virtio/split_virtqueue.h"
 #include "drivers/virtio/virtio_pci.h"
-#include "support/result.h"
-#include "support/span.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/span.h"
 
 class VirtioBlk {
  public:

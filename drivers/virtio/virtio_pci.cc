@@ -1,7 +1,7 @@
 #include "drivers/virtio/virtio_pci.h"
 
-#include "arch/arch.h"
-#include "support/defer.h"
+#include "testkernel/arch.h"
+#include "dmakit/support/defer.h"
 
 namespace {
 

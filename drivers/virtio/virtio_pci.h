@@ -15,7 +15,7 @@
 #include "drivers/pci/mmio.h"
 #include "drivers/pci/pci_device.h"
 #include "drivers/virtio/split_virtqueue.h"
-#include "support/result.h"
+#include "dmakit/support/result.h"
 
 namespace virtio {
 

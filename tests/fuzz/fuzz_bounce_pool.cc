@@ -29,8 +29,8 @@
 #include <map>
 #include <vector>
 
-#include "mm/bounce_pool.h"
-#include "support/fault_injection.h"
+#include "dmakit/bounce_pool.h"
+#include "dmakit/support/fault_injection.h"
 #include "tests/fuzz/common/fuzz_input.h"
 
 namespace {

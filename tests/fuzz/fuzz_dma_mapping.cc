@@ -32,9 +32,9 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/dma_debug.h"
-#include "support/fault_injection.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_debug.h"
+#include "dmakit/support/fault_injection.h"
 #include "tests/fuzz/common/fuzz_input.h"
 
 namespace {

@@ -22,8 +22,8 @@
 #include <map>
 #include <vector>
 
-#include "mm/page_frame_allocator.h"
-#include "support/fault_injection.h"
+#include "dmakit/page_frame_allocator.h"
+#include "dmakit/support/fault_injection.h"
 #include "tests/fuzz/common/fuzz_input.h"
 
 namespace {

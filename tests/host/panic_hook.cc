@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "support/assert.h"
+#include "dmakit/support/assert.h"
 
 extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg) {
   std::fprintf(stderr, "PANIC at %s:%d: %s\n", file, line, msg);

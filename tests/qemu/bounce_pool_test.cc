@@ -1,6 +1,6 @@
 // In-VM tests of the bounce pools kernel_main carved: placement (below their limits, inside RAM,
 // clear of everything else reserved) and filling and draining them on real memory.
-#include "kernel/kernel_env.h"
+#include "testkernel/kernel_env.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

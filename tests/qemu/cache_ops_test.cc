@@ -2,7 +2,7 @@
 // over unaligned ranges (data in the range and the neighbours sharing its edge lines survive),
 // and at the very first and last bytes of every RAM range (nothing outside RAM is touched: on a
 // machine that maps only RAM, a line beyond it would fault).
-#include "kernel/kernel_env.h"
+#include "testkernel/kernel_env.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

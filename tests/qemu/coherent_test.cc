@@ -10,16 +10,16 @@
 //
 // These tests assume that nothing else holds uncached coherent memory while they run (the suite
 // runs one test at a time; they check it).
-#include "dma/device_dma.h"
-#include "dma/dma_pool.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_pool.h"
 #include "drivers/edu/edu_device.h"
-#include "kernel/devices.h"
-#include "kernel/dma_coherence.h"
-#include "kernel/fdt.h"
-#include "kernel/kernel_env.h"
-#include "kernel/kstring.h"
-#include "support/bitops.h"
-#include "support/mem.h"
+#include "testkernel/devices.h"
+#include "testkernel/dma_coherence.h"
+#include "testkernel/fdt.h"
+#include "testkernel/kernel_env.h"
+#include "testkernel/kstring.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/mem.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

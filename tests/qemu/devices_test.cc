@@ -4,15 +4,15 @@
 //
 // The runner (tests/qemu/run_qemu.py) gives every test VM two edu devices -- one with
 // dma_mask=0xffffffff, one with the 28-bit default, announced on the command line as
-// `edu_mask=...` (kernel/devices.h) -- and a virtio-blk disk holding disk_pattern::host_byte.
+// `edu_mask=...` (testkernel/devices.h) -- and a virtio-blk disk holding disk_pattern::host_byte.
 // Every edu transfer takes about 100 ms of virtual time (the device's DMA timer).
-#include "kernel/devices.h"
-#include "arch/arch_io.h"
+#include "testkernel/devices.h"
+#include "testkernel/arch_io.h"
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
-#include "kernel/kernel_env.h"
-#include "kernel/kprintf.h"
-#include "support/bitops.h"
+#include "testkernel/kernel_env.h"
+#include "testkernel/kprintf.h"
+#include "dmakit/support/bitops.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

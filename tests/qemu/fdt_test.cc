@@ -1,9 +1,9 @@
-// In-VM tests of the device tree reader (kernel/fdt.h) on blobs built here, so every architecture
+// In-VM tests of the device tree reader (testkernel/fdt.h) on blobs built here, so every architecture
 // runs them, and of the boot information against the firmware's own tree where there is one.
-#include "kernel/fdt.h"
-#include "kernel/fdt_boot_info.h"
-#include "kernel/kernel_env.h"
-#include "kernel/kstring.h"
+#include "testkernel/fdt.h"
+#include "testkernel/fdt_boot_info.h"
+#include "testkernel/kernel_env.h"
+#include "testkernel/kstring.h"
 #include "tests/qemu/ktest.h"
 
 namespace {

@@ -1,8 +1,8 @@
 // The ktest runner: walks the .ktest_registry section (see ktest.h).
 #include "tests/qemu/ktest.h"
 
-#include "kernel/kprintf.h"
-#include "kernel/kstring.h"
+#include "testkernel/kprintf.h"
+#include "testkernel/kstring.h"
 
 extern "C" {
 extern const ktest::TestCase __ktest_start[];  // NOLINT: linker-script symbol.

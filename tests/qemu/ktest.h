@@ -19,7 +19,7 @@
 //   }
 //
 // (and likewise `.init_array : { __init_array_start = .; KEEP(*(SORT(.init_array.*)))
-// KEEP(*(.init_array)) __init_array_end = .; }` for kernel/cxx_runtime.cc).
+// KEEP(*(.init_array)) __init_array_end = .; }` for testkernel/cxx_runtime.cc).
 //
 // run_all() runs the tests in link order. Each prints exactly one line, "[PASS] name" or
 // "[FAIL] name: file:line: reason (+N more)", and the run ends with exactly one line
@@ -27,11 +27,11 @@
 //
 // The checks may be used only inside a KTEST body (they use the hidden `ktest_ctx` parameter).
 // Tests reach the booted kernel's state (allocator, pools, DmaOp, boot info) through
-// kernel_env() from kernel/kernel_env.h.
+// kernel_env() from testkernel/kernel_env.h.
 #pragma once
 
-#include "support/result.h"
-#include "support/types.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/types.h"
 
 namespace ktest {
 

@@ -14,7 +14,7 @@ The run fails on:
   - in test mode, a missing or non-zero-failure "N passed, M failed" line from the guest,
   - the time limit: QEMU is killed and the run fails with "TIMEOUT after N s",
   - the disk image (see below) not holding exactly what the guest says it wrote.
-Every VM gets the devices of kernel/devices.h: two edu DMA engines (32-bit and 28-bit masks,
+Every VM gets the devices of testkernel/devices.h: two edu DMA engines (32-bit and 28-bit masks,
 announced to the guest as `edu_mask=` on its command line) and a virtio-blk disk whose image is
 made fresh next to the kernel before each boot (disk-<mode>.img, a known pattern) and checked from
 the host side afterwards; that check counts as one more test ("host_disk_image_check").
@@ -94,12 +94,12 @@ PANIC_RE = re.compile(r"\bPANIC\b")
 CLAMP_TEXT = "EDU: clamping"
 
 # ---------------------------------------------------------------------------------------------
-# Devices every VM gets (kernel/devices.h, drivers/): two QEMU edu DMA engines, one with a 32-bit
+# Devices every VM gets (testkernel/devices.h, drivers/): two QEMU edu DMA engines, one with a 32-bit
 # DMA mask and one with the device's 28-bit default (the guest cannot read a mask from the device,
 # so `edu_mask=` on the kernel command line says which slot has which), and a virtio-blk disk.
 EDU_DEVICES = [("10.0", 0xFFFFFFFF), ("11.0", 0x0FFFFFFF)]
 DISK_SLOT = "12.0"
-# The disk image, as kernel/devices.h (namespace disk_pattern) describes it: SECTORS sectors of
+# The disk image, as testkernel/devices.h (namespace disk_pattern) describes it: SECTORS sectors of
 # 512 bytes, sector s holding host_byte(s, j); the guest writes guest_byte(s, j) into the sectors
 # it announces with "virtio-blk: guest pattern in sectors A..B". Each run gets a fresh image.
 DISK_SECTORS = 1024

@@ -1,6 +1,6 @@
 #include "tests/qemu/test_util.h"
 
-#include "kernel/kstring.h"
+#include "testkernel/kstring.h"
 
 namespace ktest_util {
 

@@ -3,9 +3,9 @@
 // machine used here) through the direct map.
 #pragma once
 
-#include "kernel/kernel_env.h"
-#include "support/mem.h"
-#include "support/types.h"
+#include "testkernel/kernel_env.h"
+#include "dmakit/support/mem.h"
+#include "dmakit/support/types.h"
 
 namespace ktest_util {
 

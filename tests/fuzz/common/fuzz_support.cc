@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "support/assert.h"
+#include "dmakit/support/assert.h"
 #include "tests/fuzz/common/fuzz_input.h"
 
 extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg) {

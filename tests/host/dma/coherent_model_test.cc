@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/dma_pool.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_pool.h"
 
 namespace {
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/kernel_dma_op.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/kernel_dma_op.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 // DeviceDma and the RAII types: resources come back when the objects die, moves transfer them.
-#include "dma/device_dma.h"
+#include "dmakit/device_dma.h"
 
 #include <gtest/gtest.h>
 
@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/dma_buffer_pool.h"
-#include "support/fault_injection.h"
+#include "dmakit/dma_buffer_pool.h"
+#include "dmakit/support/fault_injection.h"
 
 namespace {
 
@@ -153,7 +153,7 @@ struct Descriptor {
   uint16_t next;
 };
 
-// ---- What may live in DMA memory (DmaPlain, dma/dma_plain.h) ----
+// ---- What may live in DMA memory (DmaPlain, include/dmakit/dma_plain.h) ----
 
 struct NotTriviallyCopyable {
   NotTriviallyCopyable(const NotTriviallyCopyable& o) : v(o.v + 1) {}

@@ -5,7 +5,7 @@
 //
 // Reports that no test captures (a misuse anywhere else in the host suite) go to stderr, so they
 // are seen: this file installs that default sink at start-up.
-#include "dma/dma_debug.h"
+#include "dmakit/dma_debug.h"
 
 #include <gtest/gtest.h>
 
@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/dma_pool.h"
-#include "dma/scatter_gather.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_pool.h"
+#include "dmakit/scatter_gather.h"
 
 #if DMA_API_DEBUG_ENABLED  // The checker exists only with DMA_API_DEBUG.
 

@@ -1,5 +1,5 @@
 // DmaPool: block geometry, boundaries, reuse, errors, and what is reported.
-#include "dma/dma_pool.h"
+#include "dmakit/dma_pool.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "support/fault_injection.h"
+#include "dmakit/support/fault_injection.h"
 #include "tests/host/dma/hooked_dma_op.h"
 
 namespace {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/dma_pool.h"
+#include "dmakit/dma_pool.h"
 #include "tests/host/dma/hooked_dma_op.h"
 
 namespace {

@@ -7,7 +7,7 @@
 #include <functional>
 #include <utility>
 
-#include "dma/dma_op.h"
+#include "dmakit/dma_op.h"
 
 class HookedDmaOp final : public DmaOp {
  public:

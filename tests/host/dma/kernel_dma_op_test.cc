@@ -1,6 +1,6 @@
 // The generic mapping layer against the host cache model: direct and bounced maps in every
 // direction, the mask decision, every error path, and what a missing sync looks like.
-#include "dma/kernel_dma_op.h"
+#include "dmakit/kernel_dma_op.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "support/fault_injection.h"
+#include "dmakit/support/fault_injection.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // Scatter-gather: merging, splitting at size limits and boundaries, bounced entries, and that an
 // error leaves nothing mapped.
-#include "dma/scatter_gather.h"
+#include "dmakit/scatter_gather.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "support/fault_injection.h"
+#include "dmakit/support/fault_injection.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <map>
 
 #include "arch/host/host_platform.h"
-#include "dma/kernel_dma_op.h"
+#include "dmakit/kernel_dma_op.h"
 
 namespace {
 

@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "mm/bounce_pool.h"
-#include "support/fault_injection.h"
+#include "dmakit/bounce_pool.h"
+#include "dmakit/support/fault_injection.h"
 #include "tests/host/mm/bounce_test_pool.h"
 
 namespace {

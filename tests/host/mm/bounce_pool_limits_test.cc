@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "mm/bounce_pool.h"
+#include "dmakit/bounce_pool.h"
 #include "tests/host/mm/bounce_test_pool.h"
 
 namespace {

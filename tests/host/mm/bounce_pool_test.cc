@@ -1,6 +1,6 @@
 // Host tests of BouncePool: a private pool over a host buffer that pretends to sit at a physical
 // address, with its metadata from metadata_size().
-#include "mm/bounce_pool.h"
+#include "dmakit/bounce_pool.h"
 
 #include <gtest/gtest.h>
 

@@ -8,7 +8,7 @@
 #include <new>
 #include <vector>
 
-#include "mm/bounce_pool.h"
+#include "dmakit/bounce_pool.h"
 
 namespace bounce_test {
 

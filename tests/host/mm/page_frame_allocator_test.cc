@@ -6,7 +6,7 @@
 // ever backed. An independent model (page states computed from the layout, live blocks in a
 // std::map) checks every answer, including that a kNoMemory really means that no suitable block
 // exists.
-#include "mm/page_frame_allocator.h"
+#include "dmakit/page_frame_allocator.h"
 
 #include <gtest/gtest.h>
 #include <sys/mman.h>

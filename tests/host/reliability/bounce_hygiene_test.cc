@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/dma_pool.h"
-#include "dma/scatter_gather.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_pool.h"
+#include "dmakit/scatter_gather.h"
 
 namespace {
 

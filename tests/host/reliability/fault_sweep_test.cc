@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
-#include "dma/dma_buffer_pool.h"
-#include "dma/dma_debug.h"
-#include "dma/dma_pool.h"
-#include "dma/scatter_gather.h"
-#include "support/fault_injection.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_buffer_pool.h"
+#include "dmakit/dma_debug.h"
+#include "dmakit/dma_pool.h"
+#include "dmakit/scatter_gather.h"
+#include "dmakit/support/fault_injection.h"
 
 #if DMA_FAULT_INJECTION  // The sweeps need the fault injector (debug builds).
 

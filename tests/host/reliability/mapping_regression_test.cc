@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dma/kernel_dma_op.h"
+#include "dmakit/kernel_dma_op.h"
 
 namespace {
 

@@ -3,7 +3,7 @@
 // before the counters were atomic it reported the plain ++ as a race.
 //
 // Fault injection is a debug aid: compiled only where it exists.
-#include "support/fault_injection.h"
+#include "dmakit/support/fault_injection.h"
 
 #if defined(DMA_FAULT_INJECTION) && DMA_FAULT_INJECTION
 
@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "arch/host/host_platform.h"
-#include "dma/device_dma.h"
+#include "dmakit/device_dma.h"
 
 namespace {
 

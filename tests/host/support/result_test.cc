@@ -1,15 +1,15 @@
 // Result<T>, TRY / TRY_ASSIGN, Defer and the small freestanding helpers.
-#include "support/result.h"
+#include "dmakit/support/result.h"
 
 #include <gtest/gtest.h>
 
 #include <type_traits>
 
-#include "support/addr.h"
-#include "support/bitops.h"
-#include "support/defer.h"
+#include "dmakit/support/addr.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/defer.h"
 #include "support/intrusive_list.h"
-#include "support/spinlock.h"
+#include "dmakit/support/spinlock.h"
 
 namespace {
 

@@ -1,17 +1,17 @@
 // In-VM tests of the RISC-V 64 port: the Sv39 page-table builder (on private tables that are
 // never activated), the live direct map and its memory types, the Zicbom DmaOp, the time source
 // and the parked secondary harts. Built only for ARCH=riscv64 (arch/riscv64/arch.mk).
-#include "arch/arch.h"
-#include "arch/arch_io.h"
-#include "arch/riscv64/csr.h"
-#include "arch/riscv64/riscv64_platform.h"
-#include "arch/riscv64/sbi.h"
-#include "arch/riscv64/sv39_page_table.h"
-#include "arch/riscv64/trap.h"
-#include "kernel/fdt.h"
-#include "kernel/kernel_env.h"
-#include "kernel/kstring.h"
-#include "support/bitops.h"
+#include "testkernel/arch.h"
+#include "testkernel/arch_io.h"
+#include "arch/riscv64/testkernel/csr.h"
+#include "arch/riscv64/testkernel/riscv64_platform.h"
+#include "arch/riscv64/testkernel/sbi.h"
+#include "arch/riscv64/testkernel/sv39_page_table.h"
+#include "arch/riscv64/testkernel/trap.h"
+#include "testkernel/fdt.h"
+#include "testkernel/kernel_env.h"
+#include "testkernel/kstring.h"
+#include "dmakit/support/bitops.h"
 #include "tests/qemu/ktest.h"
 
 namespace {

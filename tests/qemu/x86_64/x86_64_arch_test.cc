@@ -2,16 +2,16 @@
 // no identity map), the PAT layout, the trap path (faults caught by probes, decoded and resumed),
 // the TSC clock against the HPET, the CPU count against QEMU's fw_cfg, and the DmaOp's choice of
 // cache instructions against CPUID.
-#include "arch/arch.h"
-#include "arch/arch_io.h"
-#include "arch/x86_64/cpu.h"
-#include "arch/x86_64/cpu_features.h"
-#include "arch/x86_64/paging.h"
-#include "arch/x86_64/traps.h"
-#include "arch/x86_64/x86_64_dma_op.h"
-#include "arch/x86_64/x86_64_platform.h"
-#include "kernel/kernel_env.h"
-#include "kernel/kstring.h"
+#include "testkernel/arch.h"
+#include "testkernel/arch_io.h"
+#include "arch/x86_64/testkernel/cpu.h"
+#include "arch/x86_64/testkernel/cpu_features.h"
+#include "arch/x86_64/testkernel/paging.h"
+#include "arch/x86_64/testkernel/traps.h"
+#include "dmakit/arch/x86_64_dma_op.h"
+#include "arch/x86_64/testkernel/x86_64_platform.h"
+#include "testkernel/kernel_env.h"
+#include "testkernel/kstring.h"
 #include "tests/qemu/ktest.h"
 
 extern "C" char __text_start[], __rodata_start[], __data_start[], boot_stack_guard[];

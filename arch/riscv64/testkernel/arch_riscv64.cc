@@ -1,0 +1,46 @@
+// The testkernel/arch.h contract for RISC-V 64: thin forwards to the platform object.
+#include "testkernel/arch.h"
+
+#include "dmakit/arch/riscv64_dma_op.h"
+#include "arch/riscv64/testkernel/riscv64_platform.h"
+#include "dmakit/support/assert.h"
+#include "dmakit/support/utility.h"
+
+namespace arch {
+
+namespace {
+alignas(Riscv64DmaOp) unsigned char g_dma_op_storage[sizeof(Riscv64DmaOp)];
+bool g_dma_op_created = false;
+}  // namespace
+
+void console_putc(char c) {
+  riscv::platform().console_putc(c);
+}
+
+void exit_qemu(bool success) {
+  riscv::platform().exit(success);
+}
+
+uint64_t now_ns() {
+  return riscv::platform().now_ns();
+}
+
+KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
+  KASSERT(!g_dma_op_created, "arch::create_dma_op called twice");
+  g_dma_op_created = true;
+  return *new (g_dma_op_storage) Riscv64DmaOp(cfg, riscv::platform().cache_ops());
+}
+
+size_t cache_line_size() {
+  return riscv::platform().cache_ops().block_size;
+}
+
+const char* cache_features() {
+  return riscv::platform().cache_features();
+}
+
+const char* mapping_attribute(const void* va) {
+  return riscv::platform().mapping_attribute(va);
+}
+
+}  // namespace arch

@@ -1,0 +1,116 @@
+#include "arch/x86_64/testkernel/acpi.h"
+
+#include "arch/x86_64/testkernel/paging.h"
+
+namespace x86 {
+namespace {
+
+struct [[gnu::packed]] Rsdp {
+  char signature[8];
+  uint8_t checksum;
+  char oem_id[6];
+  uint8_t revision;
+  uint32_t rsdt_address;
+  // Revision >= 2:
+  uint32_t length;
+  uint64_t xsdt_address;
+  uint8_t extended_checksum;
+  uint8_t reserved[3];
+};
+static_assert(sizeof(Rsdp) == 36, "ACPI RSDP layout");
+
+struct [[gnu::packed]] SdtHeader {
+  char signature[4];
+  uint32_t length;
+  uint8_t revision;
+  uint8_t checksum;
+  char oem_id[6];
+  char oem_table_id[8];
+  uint32_t oem_revision;
+  uint32_t creator_id;
+  uint32_t creator_revision;
+};
+static_assert(sizeof(SdtHeader) == 36, "ACPI table header layout");
+
+constexpr size_t kMadtEntriesOffset = sizeof(SdtHeader) + 8;  // Local APIC address, flags.
+constexpr uint8_t kMadtLocalApic = 0;
+constexpr uint8_t kMadtLocalX2Apic = 9;
+constexpr uint32_t kMaxTableLength = 1u << 20;
+
+// True if every byte of [phys, phys + len) is reachable through the direct map.
+bool mapped(uint64_t phys, uint64_t len) {
+  if (len == 0 || phys + len < phys) return false;
+  for (uint64_t p = phys & ~0xFFFull; p < phys + len; p += 4096) {
+    Translation t;
+    if (!translate(direct_map(p), &t)) return false;
+  }
+  return true;
+}
+
+bool checksum_ok(const void* p, size_t len) {
+  uint8_t sum = 0;
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < len; ++i) sum = static_cast<uint8_t>(sum + b[i]);
+  return sum == 0;
+}
+
+bool same4(const char* a, const char* b) {
+  return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+// The table at `phys` if it is mapped, of sane length and with a good checksum; else null.
+const SdtHeader* table_at(uint64_t phys) {
+  if (phys == 0 || !mapped(phys, sizeof(SdtHeader))) return nullptr;
+  const auto* h = static_cast<const SdtHeader*>(direct_map(phys));
+  if (h->length < sizeof(SdtHeader) || h->length > kMaxTableLength) return nullptr;
+  if (!mapped(phys, h->length) || !checksum_ok(h, h->length)) return nullptr;
+  return h;
+}
+
+const SdtHeader* find_madt(const Rsdp* rsdp) {
+  const bool use_xsdt = rsdp->revision >= 2 && rsdp->xsdt_address != 0;
+  const SdtHeader* root = table_at(use_xsdt ? rsdp->xsdt_address : rsdp->rsdt_address);
+  if (root == nullptr) return nullptr;
+  const size_t entry_size = use_xsdt ? 8 : 4;
+  const size_t n = (root->length - sizeof(SdtHeader)) / entry_size;
+  const auto* entries = reinterpret_cast<const uint8_t*>(root) + sizeof(SdtHeader);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t phys = 0;
+    __builtin_memcpy(&phys, entries + i * entry_size, entry_size);
+    const SdtHeader* t = table_at(phys);
+    if (t != nullptr && same4(t->signature, "APIC")) return t;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+unsigned acpi_count_cpus(uint64_t rsdp_phys) {
+  if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return 0;
+  const auto* rsdp = static_cast<const Rsdp*>(direct_map(rsdp_phys));
+  if (!same4(rsdp->signature, "RSD ") || !same4(rsdp->signature + 4, "PTR ") ||
+      !checksum_ok(rsdp, 20)) {
+    return 0;
+  }
+  const SdtHeader* madt = find_madt(rsdp);
+  if (madt == nullptr || madt->length < kMadtEntriesOffset) return 0;
+  const auto* p = reinterpret_cast<const uint8_t*>(madt);
+  unsigned cpus = 0;
+  for (size_t off = kMadtEntriesOffset; off + 2 <= madt->length;) {
+    const uint8_t type = p[off];
+    const uint8_t len = p[off + 1];
+    if (len < 2 || off + len > madt->length) break;
+    uint32_t flags = 0;
+    if (type == kMadtLocalApic && len >= 8) {
+      __builtin_memcpy(&flags, p + off + 4, 4);
+      if (flags & 1) ++cpus;
+    } else if (type == kMadtLocalX2Apic && len >= 16) {
+      __builtin_memcpy(&flags, p + off + 8, 4);
+      if (flags & 1) ++cpus;
+    }
+    off += len;
+  }
+  return cpus;
+}
+
+}  // namespace x86

@@ -1,0 +1,494 @@
+// BouncePool: slots of a physically contiguous region placed below an address limit, handed out
+// for streaming mappings whose buffer a device cannot reach.
+//
+// The scheme: a two-level segregated-fit (TLSF) allocator over slots of `slot_size` bytes, with
+// all bookkeeping kept out of band (the pool's memory is device-visible and must hold only data),
+// behind a small cache of recently freed blocks by exact slot count. Allocation and free cost O(1)
+// whatever the occupancy (Linux's swiotlb scans a bitmap instead). An allocation can keep the low
+// bits of the original buffer's address (`min_align_mask`, as NVMe-style devices need) and honour
+// an alignment of the returned address. The details and the cost of each operation are in
+// bounce_pool.cc's opening comment.
+//
+// Limits: no single allocation exceeds the pool's max_mapping_size() (kMaxMapping unless init is
+// told otherwise), so that one mapping cannot take the whole pool. Each allocation records the
+// device it was made for (BounceDevice: DmaConstraints::device_id, 0 for anonymous), so the pool
+// can say who holds how many slots, enforce an optional per-device quota, and, when a request
+// fails with kNoMemory, print one line naming the largest holders (rate-limited).
+#pragma once
+
+#include "dmakit/support/addr.h"
+#include "dmakit/support/fault_injection.h"
+#include "dmakit/support/mem.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/spinlock.h"
+#include "dmakit/support/types.h"
+
+// One allocation from a BouncePool: `addr` is where the data goes (inside the slots).
+struct BounceSlot {
+  PhysAddr addr;            // Physical address of the first data byte.
+  uint32_t first_slot = 0;  // Bookkeeping: first slot of the allocation.
+  uint32_t num_slots = 0;   // Bookkeeping: slots taken (0: no allocation).
+  size_t size = 0;          // Bytes requested.
+};
+
+// Who an allocation is for: the device's identity (DmaConstraints::device_id; 0 for an anonymous
+// device, all of which are accounted together), its name for reports (may be null; the pointer
+// must stay valid while the pool may print it), and its quota: the most bytes of this pool the
+// device may hold at once, counted in whole slots rounded up (0: no quota). A device passes the
+// same quota with every request.
+struct BounceDevice {
+  uint32_t id = 0;
+  const char* name = nullptr;
+  uint64_t quota = 0;
+};
+
+class BouncePool {
+ public:
+  static constexpr size_t kDefaultSlotSize = 2048;
+  static constexpr size_t kMinSlotSize = 64;
+  static constexpr size_t kMaxSlotSize = size_t{1} << 30;
+  static constexpr uint64_t kMaxSlots = (uint64_t{1} << 30) - 1;  // Most slots one pool manages.
+  // Default max_mapping_size() (Linux's swiotlb limit is the same 256 KiB): the largest single
+  // allocation of a pool whose init did not set Options::max_mapping.
+  static constexpr size_t kMaxMapping = 256 * 1024;
+  static constexpr size_t kMaxRequest = 0xFFFF'FFFFu;  // No single allocation is larger.
+  // The cache keeps freed blocks of fewer than kQuickSlots slots, at most kQuickDepth of each
+  // size and at most 1/32 of the pool's slots in all.
+  static constexpr uint32_t kQuickSlots = 64;
+  static constexpr uint32_t kQuickDepth = 2;
+
+  struct Stats {
+    uint64_t total_slots = 0;
+    uint64_t used_slots = 0;  // Slots of live allocations.
+    // Most slots ever in use at once (slots in CPU caches count as in use here).
+    uint64_t high_water_slots = 0;
+    uint64_t allocations = 0;     // Successful allocations so far.
+    uint64_t failures = 0;        // kNoMemory returns so far (injected faults not counted).
+    uint64_t quota_failures = 0;  // Those of them refused by a device's quota.
+    // Frees refused with kNotFound (double frees, never-allocated or altered slots).
+    uint64_t invalid_frees = 0;
+    uint64_t bytes_bounced = 0;  // Bytes copied in or out, as reported by note_bounced().
+    // Freed slots held in the shared and the per-CPU caches (neither used nor merged).
+    uint64_t cached_slots = 0;
+  };
+
+  BouncePool() = default;
+  BouncePool(const BouncePool&) = delete;
+  BouncePool& operator=(const BouncePool&) = delete;
+  // In debug builds (KDEBUG_ENABLED), asserts that every slot was given back (cached blocks count
+  // as given back).
+  ~BouncePool();
+
+  // Bytes of out-of-band metadata init needs for a pool of `bytes` bytes and this slot size
+  // (20 bytes per slot, plus 20: the slot's record and the device holding it). Returns 0 when
+  // slot_size is not a valid slot size.
+  static size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize);
+
+  // What init may be told besides the region.
+  struct Options {
+    // Bytes per slot: a power of two in [kMinSlotSize, kMaxSlotSize].
+    size_t slot_size = kDefaultSlotSize;
+    // Largest single allocation (max_mapping_size()): at least one slot, at most the pool. 0: the
+    // default, kMaxMapping or the whole pool if that is smaller.
+    size_t max_mapping = 0;
+    // Printed by the pool's report lines (null: the pool is named by its base address). Must
+    // outlive the pool.
+    const char* name = nullptr;
+  };
+
+  // Takes the region [base, base + bytes) (reached by the CPU at `cpu_base`). base and bytes must
+  // be multiples of slot_size, a power of two in [kMinSlotSize, kMaxSlotSize]. `metadata` (at
+  // least metadata_size(bytes, slot_size) bytes, 4-byte aligned) stays owned by the caller and
+  // must outlive the pool; the pool's memory itself is never written. Call once, before any other
+  // method, without concurrent callers. May be called with interrupts off.
+  // Errors: kInvalidArgument (bad slot size, misaligned region, null cpu_base or metadata,
+  // misaligned metadata, called twice, region of more than kMaxSlots slots, options.max_mapping
+  // neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0), kNoMemory (metadata buffer
+  // too small). On error the pool stays uninitialised.
+  Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
+                    size_t metadata_bytes, const Options& options);
+  // The same with default options but for the slot size.
+  Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
+                    size_t metadata_bytes, size_t slot_size = kDefaultSlotSize) {
+    Options o;
+    o.slot_size = slot_size;
+    return init(base, bytes, cpu_base, metadata, metadata_bytes, o);
+  }
+
+  // Debug builds (KDEBUG_ENABLED) poison the pool's memory at init and every freed slot, and
+  // check the poison when a slot is handed out again, so that a CPU write after unmap is
+  // reported. Call before init with false for a pool whose memory must not be touched (e.g. a
+  // test standing in for a huge pool with a tiny buffer). No effect in release builds.
+  void set_poisoning(bool on) { poison_ = on && KDEBUG_ENABLED; }
+
+  // Takes room for `size` bytes for the device `dev`. The returned addr satisfies addr &
+  // min_align_mask == orig & min_align_mask, and addr % align == 0 (align a power of two; 0 or 1
+  // for none; an align that contradicts the preserved bits is a kLayoutError). min_align_mask must
+  // be 2^k - 1 (0 for none). The slot's bytes are whatever the last user left there. The slots
+  // count as dev's until freed. Cost O(1); may be called with interrupts off (the caller masks
+  // them if it also calls from interrupt context). Before it returns kNoMemory for lack of room
+  // it gives the cache back to the free lists and tries once more; every kNoMemory may print one
+  // line through the report sink (see set_report_sink; rate-limited).
+  // Errors: kLayoutError (size 0, align not a power of two or contradicting min_align_mask,
+  // min_align_mask not of the form 2^k - 1, size above max_mapping_size() or above what the pool
+  // can ever hold with these constraints, pool not initialised; nothing is counted), kNoMemory (no
+  // room right now, or dev would hold more than its quota; no allocation changed, only `failures`
+  // (and `quota_failures`) and the cache).
+  [[gnu::always_inline]] Result<BounceSlot> alloc(size_t size, PhysAddr orig = PhysAddr(0),
+                                                  uint64_t min_align_mask = 0, size_t align = 0,
+                                                  const BounceDevice& dev = BounceDevice{})
+      TA_EXCL(lock_) {
+    // With CPU caches on, an unconstrained request first looks in this CPU's cache, lock-free.
+    // The CPU is asked first, so that little is live across that call. A device with a quota
+    // always takes the lock: its count must be exact when the quota is checked.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    // align 1, like 0, asks for nothing.
+    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0 &&
+        size - 1 < max_request_) {
+      if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
+      auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+      uint32_t first = cpu_cache_pop(cc, n);
+      if (first != num_slots_) return claim(first, n, 0, size, dev.id);
+      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false);
+    }
+    return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true);
+  }
+
+  // Gives back an allocation: `slot` must be exactly what alloc returned (addr, first_slot,
+  // num_slots and size are all checked). Its device no longer holds the slots (nor does anyone
+  // while they sit in a cache). Cost O(1); may be called with interrupts off.
+  // Errors: kNotFound (not a live allocation of this pool: never allocated, already freed, parked
+  // in a cache, altered); the pool is unchanged then but for `invalid_frees`, and debug builds
+  // (KDEBUG_ENABLED) print one line through the report sink saying what the slot is instead,
+  // misuse checker or not. A stale copy of a slot whose place was since handed out again with the
+  // same address and size cannot be told apart from the new allocation. With CPU caches on, a
+  // free racing with another CPU's use of the same block (a double free while the block is being
+  // handed out again) is checked without the lock and can be missed.
+  Result<void> free(const BounceSlot& slot) TA_EXCL(lock_) {
+    // An address below the first slot makes the offset huge: rejected like any other mismatch.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset =
+        slot.addr.value() - base_.value() - (uint64_t{slot.first_slot} << slot_shift_);
+    if (cc != nullptr && cpu_cache_push(cc, slot.first_slot, slot.num_slots, offset, slot.size)) {
+      return support::ok();
+    }
+    return free_block(slot.first_slot, slot.num_slots, offset, slot.size);
+  }
+
+  // The same, for a caller that kept the allocation in a compact form (DmaMapHandle): the first
+  // slot and slot count of the BounceSlot, the CPU address of its data (cpu_addr(slot.addr)) and
+  // the requested size. Checked as strictly as free(); same errors and cost.
+  [[gnu::always_inline]] Result<void> free_data(uint32_t first_slot, uint32_t num_slots,
+                                                const void* data, size_t size) TA_EXCL(lock_) {
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                      (uint64_t{first_slot} << slot_shift_);
+    if (cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size)) {
+      return support::ok();
+    }
+    return free_block(first_slot, num_slots, offset, size);
+  }
+
+  // ---- Per-CPU caches ----
+  // Off unless enable_cpu_caches is called. When on, each CPU keeps up to kCpuCacheDepth blocks
+  // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
+  // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
+  // unconstrained requests of the same slot count, without taking the pool's lock: no locked
+  // instruction on the common map+unmap path. A free that finds its CPU's cache full sends the
+  // whole cache back (into the shared cache while it has room) under one lock, so a CPU whose
+  // sizes do not repeat pays one lock per kCpuCacheDepth frees. A CPU's cache goes back to the
+  // free lists when that CPU's request finds no room, when it calls drain_cache, or on its next
+  // call after another CPU's request found no room (a CPU cannot empty another's cache: a request
+  // may therefore fail with kNoMemory while other CPUs' caches hold slots, up to 1/32 of the
+  // pool, until those CPUs next call into the pool).
+  static constexpr unsigned kMaxCpus = 64;
+  static constexpr unsigned kCpuCacheDepth = 4;
+  // Returns the index of the CPU that runs the caller.
+  using CurrentCpuFn = unsigned (*)();
+  // Turns the caches on for CPUs 0 .. num_cpus - 1 (at most kMaxCpus; a CPU whose index is
+  // num_cpus or more always takes the lock). Call once, after init, before any concurrent use.
+  // Contract for every later call of alloc, free, free_data and drain_cache: the caller is not
+  // migrated to another CPU or preempted by another user of the pool during the call (a kernel
+  // without preemption, or preemption disabled around DMA calls), and it is not called from an
+  // interrupt handler that interrupted another call into the pool on the same CPU.
+  // Errors: kInvalidArgument (null current_cpu, num_cpus 0 or above kMaxCpus, not initialised,
+  // or called twice).
+  Result<void> enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) TA_EXCL(lock_);
+
+  // Gives every cached block back to the free lists, merging it with free neighbours: the shared
+  // cache and this CPU's cache now, other CPUs' caches on their next call. After freeing every
+  // allocation and draining (on every CPU that used the pool), the pool is one free block. At
+  // most kQuickSlots * kQuickDepth + kCpuCacheDepth blocks, so O(1); may be called with
+  // interrupts off.
+  void drain_cache() TA_EXCL(lock_);
+
+  // Records bytes copied through the pool (statistics only). Lock-free.
+  void note_bounced(uint64_t bytes) {
+    __atomic_fetch_add(&bytes_bounced_, bytes, __ATOMIC_RELAXED);
+  }
+
+  // CPU pointer to a physical address inside the pool. Precondition: contains(p).
+  void* cpu_addr(PhysAddr p) const {
+    return static_cast<uint8_t*>(cpu_base_) + (p.value() - base_.value());
+  }
+  bool contains(PhysAddr p) const { return p >= base_ && p.value() - base_.value() < bytes_; }
+  PhysAddr base() const { return base_; }
+  size_t bytes() const { return bytes_; }
+  size_t slot_size() const { return slot_size_; }
+  // Largest size alloc() accepts (Linux's dma_max_mapping_size for a bounced device): the
+  // configured maximum, at most the whole pool and kMaxRequest; 0 before init. A request with a
+  // preserved offset or an alignment may need one more slot than this many bytes fill.
+  size_t max_mapping_size() const { return max_request_; }
+  // Options::name, or null.
+  const char* name() const { return name_; }
+
+  // A snapshot of the counters. May be called with interrupts off.
+  Stats stats() const TA_EXCL(lock_);
+  // Slots of live allocations made for the device `id` (0: anonymous requests). Blocks in a cache
+  // belong to nobody. A snapshot: exact when no other CPU is allocating for that device at the
+  // same time. O(blocks) under the lock: for diagnostics and tests, not for a hot path.
+  uint64_t device_slots(uint32_t id) const TA_EXCL(lock_);
+
+  // Where every pool's report lines go (a kNoMemory, a refused free in debug builds): one line
+  // without a trailing newline, at most 399 characters, called with no lock of the pool held.
+  // Null: nowhere (the events are still counted). DmaDebug::set_sink (include/dmakit/dma_debug.h) sets it
+  // to the library's diagnostic sink, so a kernel sets one sink for both. Returns the previous
+  // sink and context through the out-parameters when they are non-null. Not synchronised with
+  // reports in flight: set it before devices start, or from a single thread (tests).
+  using ReportSink = void (*)(void* ctx, const char* line);
+  static void set_report_sink(ReportSink sink, void* ctx, ReportSink* old_sink = nullptr,
+                              void** old_ctx = nullptr);
+  // Checks the free structure against the slot metadata: block chain, neighbour links, no two
+  // free neighbours, every free block on the right list exactly once, the cache's stacks, bitmaps,
+  // used and cached slot counts. O(slots). For tests.
+  bool check_invariants() const TA_EXCL(lock_);
+  // Number of free blocks on the free lists (cached blocks not included; 1 for an entirely free,
+  // drained pool: full coalescing). O(free blocks). For tests.
+  size_t free_block_count() const TA_EXCL(lock_);
+
+ private:
+  static constexpr uint8_t kSlotPoison = 0x5B;
+  bool poison_ = KDEBUG_ENABLED;
+  void* slot_cpu(uint32_t slot) const {
+    return static_cast<uint8_t*>(cpu_base_) + (size_t{slot} << slot_shift_);
+  }
+  void check_poison(uint32_t first, uint32_t slots) const;
+  // Out-of-band record of one slot; meaningful only for the first slot of a block.
+  struct SlotRecord {
+    // Size of the block in slots (0: this slot is not the first slot of a block), plus kFreeBit
+    // (on the free lists) or kCachedBit (in a cache). Read by other CPUs while the block is in a
+    // CPU cache (a neighbour's merge test): accessed with relaxed atomics where that can happen.
+    uint32_t size_free;
+    // Head of the physically previous block; the sentinel index for the block at slot 0.
+    uint32_t prev_phys;
+    // Free: next block on the same free list (the sentinel index at the end). In the shared
+    // cache: next block on the same cache stack. Used: the data's offset in bytes from the start
+    // of the first slot, plus kQuotaBit when the device it was made for has a quota (such a
+    // block is freed under the lock, where its device's quota count is kept).
+    uint32_t link_next;
+    // Free: previous block on the same free list (the sentinel index at the head). Used: the
+    // requested size (at most kMaxRequest).
+    uint32_t link_prev;
+  };
+  static constexpr uint32_t kFreeBit = 0x8000'0000u;
+  static constexpr uint32_t kCachedBit = 0x4000'0000u;
+  static constexpr uint32_t kSizeMask = kCachedBit - 1;
+  static constexpr uint32_t kQuotaBit = 0x8000'0000u;  // In a used head's link_next.
+  static_assert(kMaxSlotSize < kQuotaBit, "offsets leave the quota bit clear");
+  static_assert(sizeof(SlotRecord) == 16, "SlotRecord is four 32-bit words");
+  static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
+
+  // One CPU's cache: a small stack of freed blocks. Only its CPU touches it, except `drain`
+  // (set by any CPU) and the counters (read by stats); those are relaxed atomics.
+  struct alignas(64) CpuCache {
+    uint32_t first[kCpuCacheDepth];  // First slot of each cached block.
+    uint32_t slots[kCpuCacheDepth];  // Its size in slots.
+    uint32_t count;                  // Blocks held.
+    uint32_t held;                   // Slots held.
+    uint32_t drain;                  // Non-zero: give everything back on the next call.
+    uint64_t allocations;            // Requests served from this cache.
+  };
+
+  // The record of a block the caller owns: a live allocation it was given, or a block in its
+  // CPU's cache. Its owner reads and writes size_free, link_next and link_prev without the lock
+  // (a neighbour's merge test under the lock only reads size_free, atomically); the lock
+  // guards everything else.
+  SlotRecord& owned_record(uint32_t first) TA_NO_THREAD_SAFETY_ANALYSIS { return meta_[first]; }
+
+  // This CPU's cache, or null when caching is off for it or a drain is pending.
+  [[gnu::always_inline]] CpuCache* my_cpu_cache() {
+    unsigned cpu = current_cpu_();
+    if (cpu >= num_cpu_caches_) return nullptr;
+    CpuCache* cc = &cpu_caches_[cpu];
+    if (__atomic_load_n(&cc->drain, __ATOMIC_RELAXED) != 0) return nullptr;
+    return cc;
+  }
+  // Takes a cached block of exactly n slots from this CPU's cache `cc`, or returns num_slots_.
+  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) {
+    for (uint32_t i = cc->count; i-- > 0;) {
+      if (cc->slots[i] != n) continue;
+      uint32_t first = cc->first[i];
+      uint32_t top = --cc->count;
+      cc->first[i] = cc->first[top];
+      cc->slots[i] = cc->slots[top];
+      __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
+      __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
+      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
+      return first;
+    }
+    return num_slots_;
+  }
+  // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
+  // slot (plus kQuotaBit), made for the device `owner`, and describes it.
+  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset, size_t size,
+                                          uint32_t owner) {
+    SlotRecord& r = owned_record(first);
+    r.link_next = static_cast<uint32_t>(offset);
+    r.link_prev = static_cast<uint32_t>(size);
+    // Read by device_slots and the kNoMemory report under the lock, while this CPU owns the block.
+    __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
+    __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
+    BounceSlot out;
+    out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
+    out.first_slot = first;
+    out.num_slots = n;
+    out.size = size;
+    return out;
+  }
+  // Puts a used block into this CPU's cache `cc` if it is a live allocation exactly as described
+  // and the cache has room; false otherwise (the caller then frees it under the lock, which also
+  // reports a bad description).
+  [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
+                                             uint64_t offset, size_t size) {
+    if (n > cpu_cache_max_block_ || first >= num_slots_ || n > num_slots_ - first) {
+      return false;
+    }
+    SlotRecord& r = owned_record(first);
+    // The block is the caller's, if the free is right: nobody else writes these fields while it is
+    // used. A double free may be looking at a block that another CPU holds in its cache (and marks
+    // used again at any moment): the size word is read atomically, and anything but a used head
+    // of this size goes to the locked path, which reports it. A block of a device with a quota
+    // (kQuotaBit in link_next) goes there too.
+    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || n == 0 || offset != r.link_next ||
+        size != r.link_prev) {
+      return false;
+    }
+    // Full (depth or budget): every cached block goes back, under the lock (make_room).
+    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
+    if (KDEBUG_ENABLED && poison_) {
+      support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
+    }
+    __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
+    cc->first[cc->count] = first;
+    cc->slots[cc->count] = n;
+    ++cc->count;
+    __atomic_store_n(&cc->held, cc->held + n, __ATOMIC_RELAXED);
+    return true;
+  }
+  // Gives every block of this CPU's cache back, oldest first (to the shared cache while it has
+  // room, else merged into the free lists), so that a block of n slots (n <= cpu_cache_budget_)
+  // fits.
+  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_EXCL(lock_);
+  // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
+  // still to be evaluated (alloc's fast path evaluates it itself).
+  Result<BounceSlot> alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask, size_t align,
+                                  const BounceDevice& dev, bool fault_point) TA_EXCL(lock_);
+  // Why a request failed, for its report line.
+  enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
+  uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
+                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held)
+      TA_REQ(lock_);
+  // Prints the line of the `failure`-th kNoMemory (only some are printed: see bounce_pool.cc).
+  [[gnu::noinline, gnu::cold]] void report_no_memory(Refusal why, const BounceDevice& dev,
+                                                     size_t size, uint64_t n, uint64_t held,
+                                                     uint64_t failure, uint64_t not_shown)
+      TA_EXCL(lock_);
+  // Prints what a refused free's slot really is (debug builds).
+  [[gnu::noinline, gnu::cold]] void report_invalid_free(uint32_t first, uint32_t slots,
+                                                        uint64_t offset, uint64_t size)
+      TA_EXCL(lock_);
+  // The quota count of device `id`: its entry, or a free entry claimed for it, or null when all
+  // kQuotaDevices entries are in use by other devices.
+  struct QuotaCount {
+    uint32_t id;
+    uint32_t slots;  // 0: the entry is free.
+  };
+  QuotaCount* quota_count(uint32_t id, bool claim) TA_REQ(lock_);
+  // Devices whose name the pool has seen (on the locked path), by id modulo kNames.
+  struct DeviceName {
+    uint32_t id;
+    const char* name;
+  };
+  // Gives the calling CPU's cache back to the free lists, if caching is on (..._if_asked: only
+  // if another CPU asked for it; caching must be on).
+  void drain_my_cpu_cache() TA_REQ(lock_);
+  void drain_my_cpu_cache_if_asked() TA_REQ(lock_);
+  // Asks every other CPU to give its cache back on its next call (the caller's own cache has just
+  // been given back).
+  void request_cpu_drains();
+  // Sums of the CPU caches' counters (relaxed reads).
+  uint64_t cpu_cached_slots() const;
+  uint64_t cpu_cached_blocks() const;
+  static constexpr unsigned kFlBits = 32;  // First-level classes (28 are reachable).
+  static constexpr unsigned kSlBits = 4;   // 16 second-level classes per first level.
+  static constexpr unsigned kClasses = kFlBits << kSlBits;
+
+  uint32_t find_block(uint64_t need, unsigned* cls) const TA_REQ(lock_);
+  void insert_free(uint32_t head, unsigned cls) TA_REQ(lock_);
+  void remove_free(uint32_t head, unsigned cls) TA_REQ(lock_);
+  void resize_free(uint32_t head, uint32_t old_size, uint32_t new_size) TA_REQ(lock_);
+  uint32_t carve(uint64_t n, uint64_t phase, uint64_t period_mask) TA_REQ(lock_);
+  void release(uint32_t first, uint32_t slots) TA_REQ(lock_);
+  void drain_locked() TA_REQ(lock_);
+  // A block nobody uses any more (its slots already out of used_slots_, poisoned if poisoning):
+  // onto the shared cache if it fits there, else merged into the free lists.
+  void stash_or_release(uint32_t first, uint32_t slots) TA_REQ(lock_);
+  // free() and free_data(): `offset` is the data's byte offset from the start of the first slot.
+  Result<void> free_block(uint32_t first, uint32_t slots, uint64_t offset, uint64_t size)
+      TA_EXCL(lock_);
+
+  // Set by init (and enable_cpu_caches), constant afterwards. What the lock-free paths read comes
+  // first, in one cache line.
+  CurrentCpuFn current_cpu_ = nullptr;  // Per-CPU caches on when non-null.
+  // num_slots_ + 1 records: one per slot and a sentinel that is never free.
+  SlotRecord* meta_ TA_PT_GUARDED(lock_) = nullptr;
+  // Per slot, meaningful for the head of a used block: the device it was made for. Written by the
+  // block's owner (relaxed atomics), read under the lock.
+  uint32_t* owners_ = nullptr;
+  void* cpu_base_ = nullptr;
+  PhysAddr base_;
+  size_t max_request_ = 0;  // max_mapping_size().
+  size_t slot_size_ = 0;
+  unsigned slot_shift_ = 0;
+  uint32_t num_slots_ = 0;  // Also the index of the sentinel record, and "no slot" in links.
+  unsigned num_cpu_caches_ = 0;
+  // Largest block one CPU's cache takes: min(kQuickSlots - 1, cpu_cache_budget_).
+  uint32_t cpu_cache_max_block_ = 0;
+  uint32_t cpu_cache_budget_ = 0;  // Most slots one CPU's cache may hold.
+  mutable support::SpinLock lock_;
+  size_t bytes_ = 0;
+  uint32_t cache_budget_ = 0;  // Most slots the shared cache may hold.
+  bool initialized_ = false;
+  uint32_t fl_bitmap_ TA_GUARDED(lock_) = 0;
+  uint32_t sl_bitmap_[kFlBits] TA_GUARDED(lock_) = {};
+  uint32_t heads_[kClasses] TA_GUARDED(lock_);  // Free-list heads by class.
+  // The cache: a stack of freed blocks per exact slot count, linked through their records.
+  uint32_t cache_head_[kQuickSlots] TA_GUARDED(lock_);
+  uint8_t cache_count_[kQuickSlots] TA_GUARDED(lock_) = {};
+  uint32_t cached_slots_ TA_GUARDED(lock_) = 0;
+  uint32_t cached_blocks_ TA_GUARDED(lock_) = 0;
+  uint64_t used_slots_ TA_GUARDED(lock_) = 0;
+  uint64_t high_water_ TA_GUARDED(lock_) = 0;
+  uint64_t allocations_ TA_GUARDED(lock_) = 0;
+  uint64_t failures_ TA_GUARDED(lock_) = 0;
+  uint64_t quota_failures_ TA_GUARDED(lock_) = 0;
+  uint64_t invalid_frees_ TA_GUARDED(lock_) = 0;
+  uint64_t last_reported_failure_ TA_GUARDED(lock_) = 0;
+  const char* name_ = nullptr;
+  static constexpr unsigned kQuotaDevices = 32;  // Devices with a quota holding slots at once.
+  QuotaCount quota_counts_[kQuotaDevices] TA_GUARDED(lock_) = {};
+  static constexpr unsigned kNames = 32;
+  DeviceName names_[kNames] TA_GUARDED(lock_) = {};
+  uint64_t bytes_bounced_ = 0;
+  CpuCache cpu_caches_[kMaxCpus] = {};
+};

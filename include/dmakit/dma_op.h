@@ -1,0 +1,128 @@
+// DmaOp: the DMA operations of the Rust `dma-api` crate, as a C++ virtual base.
+//
+// One object per platform implements it. `KernelDmaOp` (include/dmakit/kernel_dma_op.h) is the generic
+// implementation (direct mapping, mask checks, bounce buffers, coherent allocation); each
+// architecture derives from it and supplies only the cache-maintenance instructions.
+//
+// Threading: every method may be called concurrently from several CPUs. None sleeps; all may be
+// called with interrupts off, provided the kernel never calls them from an interrupt handler that
+// interrupted another call (the internal locks are spinlocks that do not mask interrupts). When
+// the bounce pools' per-CPU caches are on (BouncePool::enable_cpu_caches), a call must also run
+// on one CPU from start to end, not preempted by another user of the DMA API.
+#pragma once
+
+#include "dmakit/dma_types.h"
+
+class DmaOp {
+ public:
+  virtual ~DmaOp() = default;
+
+  // The page granule of the mapping layer, in bytes (4096 on every supported platform).
+  virtual size_t page_size() const = 0;
+
+  // Maps the CPU buffer [addr, addr + size) for one DMA transfer in `dir`.
+  //
+  // Preconditions: the buffer is one virtually and physically contiguous piece of normal memory
+  // that stays allocated until unmap_single; the CPU does not touch it (except through
+  // prepare_read / confirm_write) until then.
+  // The DMA address honours `align` (a power of two, 0 or 1 for none) and c.dma_mask: the buffer
+  // is used directly when reachable and aligned, otherwise it is bounced through a slot below the
+  // mask (copied in now for every direction, so that a device writing less than the whole slot
+  // leaves the buffer's own bytes). For a non-coherent device the caches are cleaned over the
+  // range; a kFromDevice / kBidirectional buffer of a non-coherent device that shares a cache
+  // line with other data (not aligned to cache_alignment() at both ends) is bounced whole.
+  // Every page of a buffer outside the direct map is translated (virt_to_phys): the buffer must
+  // be physically contiguous.
+  // Ownership: the caller owns the returned handle and must pass it to unmap_single exactly once.
+  // Errors: kLayoutError (size 0, null addr, align not a power of two, range wraps, larger than
+  // max_mapping_size() when it must bounce, shares cache lines and no bounce pool is reachable),
+  // kInvalidArgument (mask 0, addr not translatable), kNotContiguous (the buffer's pages are not
+  // physically contiguous; Error::addr says where), kDmaMaskNotMatch (not reachable and no bounce
+  // pool lies under the mask; addr is the device address beyond the mask, mask the mask),
+  // kNoMemory (bounce pool exhausted right now), kNotSupported (a non-coherent device on a
+  // platform without cache maintenance). On error nothing is mapped and no counter but the
+  // failure statistics changes.
+  virtual Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size,
+                                          size_t align, DmaDirection dir) = 0;
+
+  // The crate's signature: a device described by its mask alone, with the platform's default
+  // coherence and no bus offset. Same contract as above.
+  Result<DmaMapHandle> map_single(uint64_t dma_mask, void* addr, size_t size, size_t align,
+                                  DmaDirection dir) {
+    DmaConstraints c = default_constraints();
+    c.dma_mask = dma_mask;
+    return map_single(c, addr, size, align, dir);
+  }
+
+  // Ends a mapping: for kFromDevice / kBidirectional the CPU's view is made current (cache
+  // invalidate, or copy out of the bounce slot), then the bounce slot is freed.
+  // Precondition: `handle` came from map_single on this object and was not unmapped before (the
+  // debug build reports a violation and does nothing).
+  virtual void unmap_single(const DmaMapHandle& handle) = 0;
+
+  // Allocates zeroed, physically contiguous memory the device can reach under c.dma_mask, aligned
+  // to max(layout.align, page size), that neither side needs cache maintenance for: for a device
+  // that is not coherent (c.coherent false) the CPU maps it non-cacheable until dealloc_coherent.
+  // Ownership: the caller owns it until dealloc_coherent.
+  // Errors: kLayoutError (size 0, align not a power of two, larger than the largest contiguous
+  // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now, or
+  // no page-table memory to remap it uncached), kNotSupported (non-coherent device on a platform
+  // that cannot map memory uncached). On error nothing stays allocated or remapped.
+  virtual Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) = 0;
+
+  // The crate's signature; same contract.
+  Result<DmaHandle> alloc_coherent(uint64_t dma_mask, Layout layout) {
+    DmaConstraints c = default_constraints();
+    c.dma_mask = dma_mask;
+    return alloc_coherent(c, layout);
+  }
+
+  // Frees a coherent allocation. Precondition: `handle` came from alloc_coherent on this object
+  // and was not freed before (the debug build reports a violation and does nothing).
+  virtual void dealloc_coherent(const DmaHandle& handle) = 0;
+
+  // Cache maintenance over the CPU range [addr, addr + size), any alignment, size may be 0.
+  // flush: write dirty lines back to memory (clean). invalidate: discard the cached copies so the
+  // next read sees memory; lines only partly inside the range are cleaned first, so neighbouring
+  // data sharing them is not lost. flush_invalidate: both. Each completes (barrier included)
+  // before returning.
+  virtual void flush(const void* addr, size_t size) = 0;
+  virtual void invalidate(const void* addr, size_t size) = 0;
+  virtual void flush_invalidate(const void* addr, size_t size) = 0;
+
+  // Before the CPU reads bytes [offset, offset + size) of a live mapping that the device wrote:
+  // invalidates them (non-coherent) or copies them out of the bounce slot.
+  // Direction: the mapping's own direction governs. `dir` may only narrow a kBidirectional
+  // mapping (kToDevice there: nothing to do); a `dir` that contradicts a one-way mapping is
+  // reported by the misuse checker and the mapping's direction is used. Nothing to do for a
+  // kToDevice mapping. Errors: kOutOfRange when the range is not inside the mapping.
+  virtual Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
+                                    DmaDirection dir) = 0;
+
+  // After the CPU wrote bytes [offset, offset + size) of a live mapping, before the device reads
+  // them (or, for kFromDevice, before handing the buffer back to the device): copies them into
+  // the bounce slot when the direction copies in, and cleans them for a non-coherent device in
+  // every direction (so that no dirty line the CPU left can later be evicted over what the device
+  // writes). Direction as prepare_read's. Errors: kOutOfRange when the range is not inside the
+  // mapping.
+  virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
+                                     DmaDirection dir) = 0;
+
+  // The constraints used by the mask-only entry points: the platform's default coherence.
+  virtual DmaConstraints default_constraints() const = 0;
+
+  // The alignment, in bytes, at which a buffer shares no cache line with other data (Linux's
+  // dma_get_cache_alignment): the largest line any cache-maintenance operation of this platform
+  // acts on. A kFromDevice or kBidirectional buffer of a non-coherent device that does not start
+  // and end on this alignment shares its edge lines with its neighbours; map_single then bounces
+  // it whole (a clean or invalidate of a shared line would lose the device's or the neighbour's
+  // bytes), so drivers that want the direct path align and size such buffers to this. A power of
+  // two. Any context.
+  virtual size_t cache_alignment() const = 0;
+
+  // The largest streaming mapping map_single can make for a device with these constraints (Linux's
+  // dma_max_mapping_size): a device that may need bouncing is limited by the bounce pool it would
+  // use; one that never bounces is not limited (SIZE_MAX). Larger requests fail with
+  // kLayoutError. Any context.
+  virtual size_t max_mapping_size(const DmaConstraints& c) const = 0;
+};

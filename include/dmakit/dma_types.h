@@ -1,0 +1,83 @@
+// The value types of the DMA API: direction, layout, the constraints of one device, and the
+// handles that describe a coherent allocation or a streaming mapping.
+#pragma once
+
+#include "dmakit/bounce_pool.h"
+#include "dmakit/support/addr.h"
+#include "dmakit/support/result.h"
+#include "dmakit/support/types.h"
+
+// Which way data moves during a streaming mapping (the dma-api crate's DmaDirection).
+enum class DmaDirection : uint8_t {
+  kToDevice,       // CPU wrote, device reads: clean caches / copy into the bounce slot at map.
+  kFromDevice,     // device writes, CPU reads: invalidate / copy out of the bounce slot at unmap.
+  kBidirectional,  // both.
+};
+
+const char* dma_direction_name(DmaDirection dir);
+
+// The DMA API's error: an `Error` (include/dmakit/support/result.h). DmaMaskNotMatch carries the address that had
+// to be reached and the mask.
+using DmaError = Error;
+
+// Size and alignment of a coherent allocation (Rust's core::alloc::Layout).
+struct Layout {
+  size_t size = 0;
+  size_t align = 1;
+};
+
+// What the mapping layer must know about one device. `DeviceDma` (include/dmakit/device_dma.h) holds one.
+struct DmaConstraints {
+  // Highest DMA address the device can generate (e.g. 0xFFFF'FFFF for 32-bit devices).
+  uint64_t dma_mask = ~0ull;
+  // DMA address = physical address + bus_offset (mod 2^64); 0 on QEMU's virt machines.
+  uint64_t bus_offset = 0;
+  // Bits of the CPU address a bounce buffer must preserve (e.g. 0xFFF for NVMe), 0 for none.
+  uint64_t min_align_mask = 0;
+  // The device snoops CPU caches: streaming maps need no cache maintenance.
+  bool coherent = false;
+  // Bounce every mapping (testing, or devices that cannot be trusted with kernel memory).
+  bool force_bounce = false;
+  // Name printed by diagnostics, may be null.
+  const char* name = nullptr;
+  // Identity of the device for the misuse checker (include/dmakit/dma_debug.h) and the bounce pools'
+  // per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
+  // every build), shared by its copies; 0 for an anonymous device (the mask-only entry points).
+  uint32_t device_id = 0;
+  // Most bytes of a bounce pool this device may hold at once (BounceDevice::quota: whole slots,
+  // rounded up; 0: no quota). A bounced mapping over it fails with kNoMemory.
+  uint64_t bounce_quota = 0;
+};
+
+// A coherent allocation (the crate's DmaHandle). Owned by the caller until dealloc_coherent.
+struct DmaHandle {
+  void* cpu_addr = nullptr;  // CPU virtual address of the memory.
+  DmaAddr dma_addr;          // Address to give the device.
+  PhysAddr phys;             // Physical address.
+  Layout layout;             // As requested.
+  uint8_t order = 0;         // Page-frame allocator order backing it.
+  bool coherent_device = false;
+  // The pages were remapped uncached for a non-coherent device (KernelDmaOp::alloc_coherent);
+  // dealloc_coherent restores them.
+  bool remapped = false;
+  uint32_t device_id = 0;  // DmaConstraints::device_id of the allocating device.
+};
+
+// A streaming mapping (the crate's DmaMapHandle). Owned by the caller until unmap_single.
+// 48 bytes: it is returned by value on every map and usually stored by the driver.
+struct DmaMapHandle {
+  void* cpu_addr = nullptr;  // The caller's buffer.
+  DmaAddr dma_addr;          // Address to give the device (the bounce slot's, if bounced).
+  size_t size = 0;
+  // Non-null when the mapping is bounced: the CPU address of the data in the bounce slot.
+  void* bounce_cpu = nullptr;
+  // Bounced only: the pool's bookkeeping of the slot (BouncePool::free_data checks it).
+  uint32_t bounce_first_slot = 0;
+  uint32_t bounce_num_slots = 0;
+  uint32_t device_id = 0;  // DmaConstraints::device_id of the mapping device.
+  DmaDirection direction = DmaDirection::kToDevice;
+  bool coherent_device = false;
+  uint8_t bounce_pool_index = 0;  // Bounced only: KernelDmaOp::Config::pools index.
+
+  bool bounced() const { return bounce_cpu != nullptr; }
+};

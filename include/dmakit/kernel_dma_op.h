@@ -1,0 +1,238 @@
+// KernelDmaOp: the architecture-independent DmaOp. Every platform's DmaOp derives from it and
+// supplies only the cache-maintenance methods (flush, invalidate, flush_invalidate).
+//
+// The map decision, in one place (map_general; map_single's inline fast path takes only the
+// coherent, in-reach, direct-map case and leaves everything else to it):
+//   1. check the request (size, alignment, wrap-around, mask, and that a non-coherent device is
+//      not asked of a platform without cache maintenance);
+//   2. translate the buffer to a physical address, every page of it when it lies outside the
+//      direct map (it must be physically contiguous);
+//   3. bounce if forced, if any byte lies outside the device's window (DMA address = physical +
+//      bus_offset mod 2^64, within [0, dma_mask]), if the address breaks `align`, or if a
+//      non-coherent device would write a buffer that shares a cache line with other data (the
+//      unmap's invalidate would have to write the CPU's copy of that line back over the
+//      device's bytes): take a slot from the highest pool lying wholly inside the window
+//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size, kNoMemory
+//      if it is full) and copy the buffer in;
+//   4. clean the caches over what the device will read or write, unless the device is coherent.
+// Unmap reverses it: invalidate (non-coherent), copy out for kFromDevice / kBidirectional, free
+// the slot. Syncs act on the mapping's own direction, which their argument may only narrow.
+//
+// Coherent memory: pages from the page-frame allocator under the mask, zeroed, reached through
+// the direct map. For a device that snoops the caches that is all. For one that does not, the
+// pages are cleaned and invalidated and their direct-map mapping becomes non-cacheable
+// (set_memory_attribute, the architecture's hook), so neither side ever needs cache maintenance;
+// DmaHandle::remapped records it and dealloc_coherent makes them cacheable again before they go
+// back to the allocator.
+#pragma once
+
+#include "dmakit/dma_op.h"
+#include "dmakit/bounce_pool.h"
+#include "dmakit/page_frame_allocator.h"
+
+// Counters in KernelDmaOp::stats() and BouncePool's bytes_bounced: on in debug builds, or when
+// DMA_STATS=1 is given; a release build leaves them out of the streaming path (they cost locked
+// instructions). The pools' slot counts and high-water marks are always kept.
+#ifndef DMA_STATS
+#if defined(DMA_DEBUG) && DMA_DEBUG
+#define DMA_STATS 1
+#else
+#define DMA_STATS 0
+#endif
+#endif
+
+// The physical window [lo, lo + span) of map_single's inline fast path.
+struct DirectWindow {
+  uint64_t lo = 0;
+  uint64_t span = 0;
+};
+
+// The fast path's window for a direct map of [lo, hi) at `direct_map_offset`: that range without
+// physical page 0 and without the page at CPU address 0, so that a null pointer and a zero mask
+// always fail the fast path's range tests. An identity map of RAM that starts at 0 has the null
+// page at the window's start (the window then starts after it); a direct map placed below the
+// physical addresses it maps may have it anywhere (the window then ends before it). Exposed for
+// tests.
+DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_offset);
+
+class KernelDmaOp : public DmaOp {
+ public:
+  static constexpr size_t kMaxPools = 4;
+
+  struct Config {
+    PageFrameAllocator* pfa = nullptr;  // Backs alloc_coherent. Required.
+    // Bounce pools, any order; a mapping uses the highest-placed pool that lies under its mask.
+    BouncePool* pools[kMaxPools] = {};
+    size_t num_pools = 0;
+    // CPU virtual address of physical address p is p + direct_map_offset (0 for an identity
+    // map, or any other value, even one that wraps), for all RAM.
+    uintptr_t direct_map_offset = 0;
+    // The physical RAM the direct map covers (caller-owned, must outlive this object). The
+    // default virt_to_phys translates through the direct map every address of these ranges as
+    // well as the allocator's ranges and the bounce pools; none given: only the latter.
+    const PhysRange* ram = nullptr;
+    size_t num_ram = 0;
+    // How to translate CPU addresses outside the direct map (a kernel image linked elsewhere,
+    // vmalloc-like memory, buffers in .bss of a kernel whose image is not in the direct map):
+    // stores the physical address of `va` in *phys and returns true, or returns false for an
+    // address with no translation. Called once per page of a buffer (map_single checks that the
+    // pages are contiguous), from any context the DMA calls are made in, so it must not sleep.
+    // Null: such addresses are kInvalidArgument. A C function pointer, so C kernels can give it.
+    bool (*translate)(void* ctx, const void* va, uint64_t* phys) = nullptr;
+    void* translate_ctx = nullptr;
+    // Whether devices snoop CPU caches unless told otherwise (default_constraints().coherent).
+    bool platform_coherent = false;
+    // Whether flush / invalidate / flush_invalidate really maintain the caches. A platform
+    // without cache-maintenance instructions (RISC-V without Zicbom or a vendor extension) sets
+    // false: non-coherent devices then get kNotSupported from map_single and alloc_coherent
+    // instead of mappings whose maintenance silently does nothing.
+    bool cache_maintenance = true;
+    // cache_alignment(): the largest cache line the maintenance acts on (a power of two; the
+    // architecture's DmaOp sets it from the hardware).
+    size_t cache_line_size = 64;
+  };
+
+  // Preconditions: cfg.pfa initialized; the pools initialized. Ownership: the allocator and pools
+  // stay owned by the caller and must outlive this object.
+  explicit KernelDmaOp(const Config& cfg);
+  KernelDmaOp(const KernelDmaOp&) = delete;
+  KernelDmaOp& operator=(const KernelDmaOp&) = delete;
+  // With the misuse checker (DMA_API_DEBUG), reports every mapping and allocation still live.
+  ~KernelDmaOp() override;
+
+  size_t page_size() const override { return PageFrameAllocator::kPageSize; }
+  using DmaOp::alloc_coherent;
+  using DmaOp::map_single;
+  Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size, size_t align,
+                                  DmaDirection dir) override;
+  void unmap_single(const DmaMapHandle& handle) override;
+  Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) override;
+  void dealloc_coherent(const DmaHandle& handle) override;
+  Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
+                            DmaDirection dir) override;
+  Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
+                             DmaDirection dir) override;
+  DmaConstraints default_constraints() const override;
+  size_t cache_alignment() const override { return line_; }
+  size_t max_mapping_size(const DmaConstraints& c) const override;
+
+  // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
+  enum class MemAttr : uint8_t {
+    kCached,    // Write-back cacheable: the direct map's normal attribute.
+    kUncached,  // Normal memory the CPU does not cache: its loads and stores go to memory.
+  };
+
+  // The hook alloc_coherent / dealloc_coherent use for a non-coherent device: gives the pages
+  // [va, va + bytes) of the direct map the attribute `attr`, with the TLB maintenance the
+  // architecture needs. Cache maintenance is the caller's (alloc_coherent cleans and invalidates
+  // the pages before and after making them uncached). Each architecture's DmaOp overrides it
+  // (AArch64 Normal Non-cacheable, RISC-V Svpbmt NC, x86-64 PAT UC-); the default cannot.
+  // Preconditions: va and bytes page aligned, va a direct-map address of RAM; the caller owns
+  // the pages and does not touch them during the call.
+  // Errors: kNotSupported (this platform cannot map memory uncached: the default), kNoMemory (no
+  // page-table memory for the change), kInvalidArgument / kLayoutError (not mapped RAM, or
+  // misaligned); on every error nothing changed. Restoring kCached over pages this object made
+  // kUncached never fails. Not from interrupt context (rewrites page tables under a spinlock).
+  virtual Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr);
+
+  // Physical address of a CPU virtual address: through the direct map for the allocator's
+  // memory, the bounce pools and Config::ram; else through Config::translate when given. A
+  // kernel may still override it, but needs not: Config says all of it. Any context.
+  // Errors: kInvalidArgument (not a translatable address).
+  virtual Result<PhysAddr> virt_to_phys(const void* va) const;
+  void* phys_to_virt(PhysAddr pa) const {
+    return reinterpret_cast<void*>(static_cast<uintptr_t>(pa.value()) + dm_offset_);
+  }
+
+  const Config& config() const { return cfg_; }
+
+  // `cfg` with cache_line_size set to `line` (for the architectures' constructors, which know
+  // their line size from the hardware).
+  static Config with_line_size(const Config& cfg, size_t line) {
+    Config c = cfg;
+    c.cache_line_size = line;
+    return c;
+  }
+
+  // Counters for reports and tests (relaxed atomics; never used for decisions).
+  struct Stats {
+    uint64_t maps = 0;
+    uint64_t direct_maps = 0;
+    uint64_t bounced_maps = 0;
+    uint64_t bytes_mapped = 0;
+    uint64_t bytes_bounced = 0;
+    uint64_t map_errors = 0;
+    uint64_t coherent_allocs = 0;
+    uint64_t coherent_live = 0;
+    uint64_t live_maps = 0;
+    uint64_t coherent_uncached = 0;       // Coherent allocations remapped uncached, ever.
+    uint64_t coherent_uncached_live = 0;  // ... and still live.
+  };
+  Stats stats() const;
+
+ private:
+  // Index of the pool to bounce into for this device (the highest placed pool it reaches
+  // wholly), or -1.
+  int pick_pool(const DmaConstraints& c) const;
+  // One interval [lo, hi] of physical addresses the device reaches, for the page-frame
+  // allocator (which takes an upper limit; alloc_coherent checks the floor): DMA address =
+  // physical + bus_offset (mod 2^64) within [0, dma_mask]. A negative bus offset gives a window
+  // that starts above 0.
+  struct PhysWindow {
+    uint64_t lo = 0;
+    uint64_t hi = 0;
+  };
+  PhysWindow alloc_window(const DmaConstraints& c) const;
+  // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
+  // page translated. Errors: virt_to_phys's, kNotContiguous.
+  Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
+  // map_single's general path: every request its inline fast path does not take (errors, buffers
+  // outside the direct map, alignment, non-coherent devices, forced bouncing). Out of line, like
+  // the two below, so that the fast path needs no stack frame; same signature as map_single so
+  // that it tail-calls them.
+  [[gnu::noinline]] Result<DmaMapHandle> map_general(const DmaConstraints& c, void* addr,
+                                                     size_t size, size_t align, DmaDirection dir);
+  // The fast path's bounce: see kernel_dma_op.cc for what map_single has checked.
+  [[gnu::noinline]] Result<DmaMapHandle> map_bounce(const DmaConstraints& c, void* addr,
+                                                    size_t size, size_t align, DmaDirection dir);
+  // An injected kMapping fault (DMA_FAULT_INJECTION) on the fast path: kNoMemory.
+  [[gnu::noinline]] Result<DmaMapHandle> map_injected_fault(const DmaConstraints& c, void* addr,
+                                                            size_t size, size_t align,
+                                                            DmaDirection dir);
+  // Counts a failed map and returns its error.
+  Result<DmaMapHandle> map_failed(Error e);
+  // The bounce half of the map decision, shared by map_general and map_bounce.
+  // `for_lines`: the buffer would be reachable as it is and is bounced only because it shares
+  // cache lines (a missing pool is then kLayoutError, not kDmaMaskNotMatch).
+  Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
+                              size_t align, DmaDirection dir, bool for_lines);
+  // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
+  [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
+  // Statistics of a successful map (nothing without DMA_STATS).
+  void count_map(size_t bytes, bool bounced);
+  void note_bounced(BouncePool* pool, size_t bytes);
+  void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
+  void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
+
+  // What the streaming paths read, first and together (with the vtable pointer, the fast direct
+  // path reads one cache line of this object; a bounced map or unmap, two):
+  // CPU virtual = physical + dm_offset_ (cfg_.direct_map_offset).
+  uintptr_t dm_offset_ = 0;
+  // The part of the direct map map_single's inline fast path accepts: [fast_lo_, fast_lo_ +
+  // fast_span_).
+  uint64_t fast_lo_ = 0;
+  uint64_t fast_span_ = 0;
+  // The first and last byte of each pool, from the highest-placed pool down, and its index in
+  // pools_.
+  uint64_t pool_last_[kMaxPools] = {};
+  uint64_t pool_first_[kMaxPools] = {};
+  BouncePool* pools_[kMaxPools] = {};  // cfg_.pools.
+  size_t num_pools_ = 0;               // cfg_.num_pools.
+  uint8_t pool_order_[kMaxPools] = {};
+  Config cfg_;
+  size_t line_ = 64;  // cfg_.cache_line_size.
+  // Physical window the default virt_to_phys accepts: all managed RAM and every bounce pool.
+  uint64_t dm_lo_ = 0;
+  uint64_t dm_hi_ = 0;
+  mutable Stats stats_;
+};

@@ -1,0 +1,101 @@
+// The test kernel's devices: the PCI host bridge (found in the device tree on aarch64 and riscv64,
+// through arch::pci_host_fallback() on x86_64), its enumeration, and the devices the tests and
+// the demo drive: QEMU's edu DMA engines and a virtio-blk disk.
+//
+// Which edu device has which DMA mask cannot be read from the device (QEMU's `dma_mask` is a
+// command-line property, like a chip revision a driver is told about): the kernel command line
+// says, as `edu_mask=<slot>:<mask>[,<slot>:<mask>...]` (slot = PCI device number on the root bus,
+// hex; mask hex), and an edu device not listed has the device's documented default, 28 bits.
+//
+// Threading: devices() initializes on first use, on the boot CPU, before anything else uses the
+// devices; it is not safe to race with itself.
+#pragma once
+
+#include "drivers/pci/pci_host_bridge.h"
+#include "testkernel/kernel_env.h"
+#include "dmakit/support/result.h"
+
+class Devices {
+ public:
+  static constexpr size_t kMaxEdu = 4;
+  // QEMU's edu device: PCI ID 1234:11e8, 28-bit DMA mask unless told otherwise.
+  static constexpr uint16_t kEduVendor = 0x1234;
+  static constexpr uint16_t kEduDevice = 0x11e8;
+  static constexpr uint64_t kEduDefaultMask = (1ull << 28) - 1;
+  // virtio-blk: modern (1af4:1042) or transitional (1af4:1001) PCI IDs.
+  static constexpr uint16_t kVirtioVendor = 0x1af4;
+  static constexpr uint16_t kVirtioBlkModern = 0x1042;
+  static constexpr uint16_t kVirtioBlkTransitional = 0x1001;
+
+  struct Edu {
+    PciDevice* dev = nullptr;
+    uint64_t dma_mask = kEduDefaultMask;
+    bool mask_from_cmdline = false;
+  };
+
+  PciHostBridge& pci() { return pci_; }
+  const PciHostBridge& pci() const { return pci_; }
+  // Where the host bridge description came from ("device tree", "q35 MCH PCIEXBAR", ...).
+  const char* host_source() const { return source_; }
+  PhysRange ecam() const { return ecam_; }
+  // The device tree marks the host bridge "dma-coherent" (reported only: the DeviceDma objects
+  // keep the platform's default, see testkernel/devices.cc).
+  bool dt_dma_coherent() const { return dt_dma_coherent_; }
+
+  size_t num_edu() const { return num_edu_; }
+  // Precondition: i < num_edu(). In PCI address order.
+  const Edu& edu(size_t i) const;
+  // The first edu whose mask is exactly `mask`, or null.
+  const Edu* edu_with_mask(uint64_t mask) const;
+  // The first virtio-blk function, or null.
+  PciDevice* virtio_blk() const { return virtio_blk_; }
+
+  // The PC's legacy configuration mechanism (ports 0xCF8/0xCFC) when the architecture has I/O
+  // ports (x86_64), else null. The enumeration uses it only when there is no ECAM; tests compare
+  // the two.
+  PciConfigAccess* port_config_access() const;
+
+  // Prints the host bridge, its windows and every function with its BARs.
+  void print_report() const;
+
+ private:
+  friend Result<Devices*> devices_init(const KernelEnv& env);
+  Result<void> init(const KernelEnv& env);
+
+  PciHostBridge pci_;
+  const char* source_ = "";
+  PhysRange ecam_;
+  bool dt_dma_coherent_ = false;
+  Edu edu_[kMaxEdu];
+  size_t num_edu_ = 0;
+  PciDevice* virtio_blk_ = nullptr;
+};
+
+// The disk image the QEMU runner attaches (tests/qemu/run_qemu.py builds it before each boot and
+// checks it afterwards, with the same formulas): kSectors sectors of 512 bytes, sector s holding
+// host_byte(s, 0..511). The guest writes guest_byte(s, j) to the sectors it announces with a line
+// "virtio-blk: guest pattern in sectors <first>..<last>", and the runner checks that exactly those
+// sectors changed.
+namespace disk_pattern {
+constexpr uint64_t kSectors = 1024;
+constexpr uint64_t kSectorSize = 512;
+// Ranges the test suite and the demo write (first sector, count).
+constexpr uint64_t kTestSgFirst = 64;
+constexpr uint64_t kTestSgCount = 18;
+constexpr uint64_t kTestBounceFirst = 128;
+constexpr uint64_t kTestBounceCount = 16;
+constexpr uint64_t kDemoFirst = 256;
+constexpr uint64_t kDemoCount = 8;
+inline uint8_t host_byte(uint64_t sector, uint64_t j) {
+  return static_cast<uint8_t>((sector * 131 + j * 7 + 0x3C) & 0xFF);
+}
+inline uint8_t guest_byte(uint64_t sector, uint64_t j) {
+  return static_cast<uint8_t>(((sector * 17) ^ (j * 29) ^ 0xA5) & 0xFF);
+}
+}  // namespace disk_pattern
+
+// Finds and enumerates the PCI host bridge and the devices above (once; later calls return the
+// same object or the same error).
+// Errors: kNotFound (no host bridge: no "pci-host-ecam-generic" node and no fallback),
+// kInvalidArgument (a malformed device-tree node), and arch::mmio_map's errors for the ECAM.
+Result<Devices*> devices_init(const KernelEnv& env);
