@@ -199,13 +199,19 @@ KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) 
                    -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
                    $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
 KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I.
-KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) $(wildcard tests/qemu/*.cc) \
-                      $(wildcard drivers/*/*.cc)
+# Two kernels from the same objects: the demo kernel (make run, make debug) and the test kernel
+# (make test-qemu), which adds the in-VM tests (tests/qemu/*_test.cc, tests/qemu/<arch>/*.cc and
+# their helpers). The harness (tests/qemu/ktest.cc) is in both; the demo kernel registers no test.
+KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) tests/qemu/ktest.cc $(wildcard drivers/*/*.cc)
+KERNEL_TEST_SRCS := $(filter-out tests/qemu/ktest.cc,$(wildcard tests/qemu/*.cc)) \
+                    $(wildcard tests/qemu/$(ARCH)/*.cc)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
 KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
+KERNEL_TEST_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_TEST_SRCS))
 LIBDMA := $(KDIR)/libdma.a
 KERNEL_ELF := $(KDIR)/kernel.elf
+DEMO_ELF := $(KDIR)/demo.elf
 ARCH_MK := $(wildcard arch/$(ARCH)/arch.mk)
 
 # Extra kernel command-line words, e.g. QEMU_APPEND=ktest=bounce (run only matching tests).
@@ -236,23 +242,27 @@ $(LIBDMA): $(KLIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(KERNEL_ELF): $(KERNEL_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
+$(KERNEL_ELF): $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
+	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA)
+
+$(DEMO_ELF): $(KERNEL_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
 	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(LIBDMA)
 
 lib: $(LIBDMA)
-kernel: $(KERNEL_ELF)
+kernel: $(KERNEL_ELF) $(DEMO_ELF)
 
 # Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.
-run: $(KERNEL_ELF)
-	@$(RUN_QEMU) --mode demo
+run: $(DEMO_ELF)
+	@$(RUN_QEMU) --kernel $(DEMO_ELF) --mode demo
 
 # Starts the kernel halted under QEMU's gdb stub (port GDB_PORT) and prints the gdb-multiarch
 # command that attaches with symbols; QEMU then owns the terminal (Ctrl-A X quits).
 # DEBUG_MODE=test debugs the test kernel's run instead of the demo.
 DEBUG_MODE ?= demo
 GDB_PORT ?= 1234
-debug: $(KERNEL_ELF)
-	@$(RUN_QEMU) --mode $(DEBUG_MODE) --debug --gdb-port $(GDB_PORT)
+DEBUG_ELF = $(if $(filter demo,$(DEBUG_MODE)),$(DEMO_ELF),$(KERNEL_ELF))
+debug: $(DEBUG_ELF)
+	@$(RUN_QEMU) --kernel $(DEBUG_ELF) --mode $(DEBUG_MODE) --debug --gdb-port $(GDB_PORT)
 
 # compile_commands.json for clangd: every host, library and kernel compile of every arch, from
 # make's own dry run (nothing is built).
@@ -325,5 +335,5 @@ lint: | $(SETUP_STAMP)
 clean:
 	rm -rf $(BUILD)
 
--include $(HOST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
+-include $(HOST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KERNEL_TEST_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
          $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.d,$(FUZZ_TARGETS))

@@ -20,8 +20,9 @@
 //            with 28-bit masks (QEMU's edu default), placed as high as possible below 256 MiB.
 // The allocator and pool metadata go as high as possible, out of the way of DMA-constrained
 // memory.
-#include "testkernel/arch.h"
 #include "dmakit/dma_debug.h"
+#include "dmakit/support/bitops.h"
+#include "testkernel/arch.h"
 #include "testkernel/boot_memory.h"
 #include "testkernel/cxx_runtime.h"
 #include "testkernel/demo.h"
@@ -29,7 +30,6 @@
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 #include "testkernel/panic.h"
-#include "dmakit/support/bitops.h"
 #include "tests/qemu/ktest.h"
 
 namespace {
@@ -208,6 +208,9 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   print_report(info, mode);
 
   if (kstr::equal(mode, "test")) {
+    // The demo kernel (make run) links the harness but no test.
+    if (ktest::test_count() == 0)
+      kpanic("mode=test: this kernel links no in-VM test (the demo kernel; use make test-qemu)");
     char filter[64] = "";
     kstr::cmdline_value(cmdline, "ktest", filter, sizeof(filter));
     kprintf("running %zu in-VM tests%s%s\n", ktest::test_count(), filter[0] ? " matching " : "",

@@ -12,7 +12,7 @@ ARCH_ABI_ASFLAGS :=
 ARCH_ASFLAGS := -D__ASSEMBLY__
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 -z norelro --no-dynamic-linker
 ARCH_SRCS := arch/aarch64/testkernel/boot.cc arch/aarch64/testkernel/mmu.cc arch/aarch64/testkernel/platform.cc \
-             arch/aarch64/testkernel/traps.cc tests/qemu/aarch64/aarch64_arch_test.cc
+             arch/aarch64/testkernel/traps.cc
 ARCH_SRCS += arch/aarch64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
 ARCH_ASM_SRCS := arch/aarch64/testkernel/entry.S
 # The arch's DmaOp and its uncached remap (Normal-NC): linked into the kernel and into libdma.a.

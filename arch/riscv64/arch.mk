@@ -35,11 +35,10 @@ ARCH_CXXFLAGS := -mcmodel=medany -mno-relax
 ARCH_CXXFLAGS += -DSUPPORT_NO_MUSTTAIL=1
 ARCH_ASFLAGS := -mcmodel=medany -mno-relax
 ARCH_LDFLAGS := -nostdlib -static --no-relax -z max-page-size=4096
-# The port, and its own in-VM tests (tests/qemu/riscv64/, outside the common tests/qemu/*.cc).
+# The port (its own in-VM tests are tests/qemu/riscv64/*.cc, linked into the test kernel only).
 ARCH_SRCS := arch/riscv64/testkernel/arch_riscv64.cc arch/riscv64/testkernel/riscv64_platform.cc \
              arch/riscv64/testkernel/sv39_page_table.cc arch/riscv64/testkernel/trap.cc arch/riscv64/testkernel/sbi.cc \
-             arch/riscv64/testkernel/ns16550.cc \
-             tests/qemu/riscv64/riscv64_arch_test.cc
+             arch/riscv64/testkernel/ns16550.cc
 ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
