@@ -54,8 +54,8 @@ void Riscv64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
   static_assert(alignof(Attributes) <= alignof(uint64_t), "Riscv64DmaOp::attrs_ misaligned");
   // Svpbmt gives the NC encoding; Zicbom the cache maintenance around the change.
   const bool usable = ops_.svpbmt && ops_.zicbom;
-  new (attrs_) Attributes(usable ? page_tables : nullptr,
-                          Riscv64LiveFormat(page_tables, ops_.svpbmt));
+  new (attrs_)
+      Attributes(usable ? page_tables : nullptr, Riscv64LiveFormat(page_tables, ops_.svpbmt));
 }
 
 Result<void> Riscv64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {

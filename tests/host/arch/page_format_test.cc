@@ -168,8 +168,9 @@ struct Translation {
 
 // A kernel's direct map of physical [0, 2 GiB + 4 MiB) at `offset`: [0, 1 GiB) one 1 GiB leaf;
 // [1 GiB, 2 GiB) a boot table of 2 MiB leaves; [2 GiB, 2 GiB + 2 MiB) device memory in 4 KiB
-// pages; [2 GiB + 2 MiB, 2 GiB + 4 MiB) RAM in 4 KiB pages; the direct map ends there. Tables (boot and split) are reached at
-// phys + offset as well, as in a kernel that reaches its tables through the direct map.
+// pages; [2 GiB + 2 MiB, 2 GiB + 4 MiB) RAM in 4 KiB pages; the direct map ends there. Tables (boot
+// and split) are reached at phys + offset as well, as in a kernel that reaches its tables through
+// the direct map.
 template <typename A>
 class Machine {
  public:
