@@ -75,7 +75,9 @@ typedef struct dmakit_page_tables {
   int (*alloc_table)(void* ctx, uint64_t* phys);
   void (*free_table)(void* ctx, uint64_t phys);
   void* table_ctx;
-  /* The architecture's attribute encodings; only the running architecture's member is read. */
+  /* The architecture's attribute encodings; only the running architecture's member is read.
+   * RISC-V has none here: PBMT 0 (PMA) is cacheable and Svpbmt's NC uncached, and whether the
+   * kernel enabled Svpbmt (menvcfg.PBMTE) is Riscv64DmaOp::CacheOps::svpbmt. */
   dmakit_page_tables_aarch64 aarch64;
   dmakit_page_tables_x86_64 x86_64;
 } dmakit_page_tables;

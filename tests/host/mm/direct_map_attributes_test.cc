@@ -406,4 +406,51 @@ TEST_F(DirectMapAttributesTest, ALargeLeafWhollyInsideChangesWithoutSplitting) {
   EXPECT_EQ(dump_all(), before_);
 }
 
+TEST_F(DirectMapAttributesTest, SplitTablesComeFromTheKernelAndGoBack) {
+  const uint64_t pa = k1G + 5 * k2M + 3 * kPage;
+  ASSERT_TRUE(set(pa, kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(pool_.in_use(), 2u);
+  EXPECT_EQ(attrs_.tables_in_use(), 2u);
+  ASSERT_TRUE(set(pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(pool_.in_use(), 0u);
+}
+
+TEST_F(DirectMapAttributesTest, AtMostKMaxSplitTablesLiveAtOnce) {
+  // The kernel has pages to spare; the library's records are the limit. One page in each of
+  // kMaxSplitTables + 1 distinct 2 MiB leaves of the boot table: one split each.
+  TablePool big(Attrs::kMaxSplitTables + 8);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  std::vector<uint64_t> done;
+  for (size_t i = 0; i < Attrs::kMaxSplitTables; ++i) {
+    const uint64_t pa = 2 * k1G + i * k2M;
+    ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kUncached).ok()) << i;
+    done.push_back(pa);
+  }
+  EXPECT_EQ(attrs.tables_in_use(), Attrs::kMaxSplitTables);
+  const std::vector<Pte> snapshot = dump_all();
+  const uint64_t one_more = 2 * k1G + Attrs::kMaxSplitTables * k2M;
+  EXPECT_EQ(attrs.set(kBase + one_more, kPage, PageAttr::kUncached).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(dump_all(), snapshot);
+  EXPECT_EQ(big.in_use(), Attrs::kMaxSplitTables);
+  for (uint64_t pa : done) ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(big.in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, OutsideTheDescribedDirectMapIsRefused) {
+  dmakit_page_tables pt = describe(&pool_);
+  pt.va_base = kBase + k1G;
+  pt.va_size = k1G;
+  Attrs attrs(&pt, FakeFormat{});
+  EXPECT_EQ(attrs.set(kBase + k1G - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(attrs.set(kBase + 2 * k1G - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(g_replaces.empty());
+  ASSERT_TRUE(attrs.set(kBase + 2 * k1G - kPage, kPage, PageAttr::kUncached).ok());
+  ASSERT_TRUE(attrs.set(kBase + 2 * k1G - kPage, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(dump_all(), before_);
+}
+
 }  // namespace
