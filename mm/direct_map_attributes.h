@@ -123,16 +123,8 @@ class DirectMapAttributes {
   // unmapped or device memory; nothing changed), kNoMemory (no table for a split; nothing
   // changed). Restoring kCached over a range this object made kUncached never fails.
   Result<void> set(uintptr_t va, uint64_t bytes, PageAttr attr) TA_EXCL(lock_) {
-    if (!usable_) return ErrorCode::kNotSupported;
-    if (bytes == 0 || !support::is_aligned(va, kPageSize) ||
-        !support::is_aligned(bytes, kPageSize) || support::add_overflows(va, bytes) ||
-        attr == PageAttr::kOther) {
-      return ErrorCode::kLayoutError;
-    }
-    if (va < pt_.va_base || va - pt_.va_base >= pt_.va_size ||
-        bytes > pt_.va_size - (va - pt_.va_base)) {
-      return ErrorCode::kInvalidArgument;
-    }
+    if (attr == PageAttr::kOther) return ErrorCode::kLayoutError;
+    TRY(check_request(va, bytes));
     support::Guard<support::SpinLock> guard{&lock_};
     const uintptr_t end = va + bytes;
     TRY(check(va, end));
@@ -144,6 +136,44 @@ class DirectMapAttributes {
     set_pages(va, end, attr);
     merge_range(va, end);
     return support::ok();
+  }
+
+  // Splits every large leaf over [va, va + bytes) down to 4 KiB pages, for good: those tables
+  // (and any split table set() made there before) are never merged back nor given back to the
+  // kernel. Afterwards set() within the range replaces only the 4 KiB entries of the pages it
+  // changes, so on AArch64 its break-before-make unmaps nothing but the caller's own pages:
+  // another CPU using the rest of the direct map can never fault. The splits themselves break
+  // their regions: call it while no other CPU uses them (at boot). Costs one table per 2 MiB
+  // (and per 1 GiB) of the range. Errors: as set(); kNoMemory when alloc_table runs out (the
+  // splits made so far stay: they translate exactly as before).
+  Result<void> split_to_pages(uintptr_t va, uint64_t bytes) TA_EXCL(lock_) {
+    TRY(check_request(va, bytes));
+    support::Guard<support::SpinLock> guard{&lock_};
+    const uintptr_t end = va + bytes;
+    TRY(check(va, end));
+    for (uintptr_t p = va; p - va < end - va;) {
+      Pte* t = table_at(pt_.root);
+      for (int l = format_.top_level(); l > 0; --l) {
+        Pte* slot = &t[index_at(p, l)];
+        if (format_.is_leaf(*slot, l)) {
+          TRY(split_table(slot, l, support::align_down(p, level_size(l)), /*record=*/false));
+        } else {
+          forget(format_.table_phys(*slot));
+        }
+        t = table_at(format_.table_phys(*slot));
+      }
+      // Every entry of this last table is a 4 KiB page now.
+      const uintptr_t next = next_region(p, 1);
+      if (next == 0) break;
+      p = next;
+    }
+    return support::ok();
+  }
+
+  // Tables split_to_pages made (or took over): lent by the kernel for good.
+  size_t permanent_tables() const TA_EXCL(lock_) {
+    support::Guard<support::SpinLock> guard{&lock_};
+    return permanent_;
   }
 
   // Split tables currently live (0 when no page has a non-default attribute).
@@ -180,6 +210,21 @@ class DirectMapAttributes {
   }
   Pte* table_at(uint64_t phys) const {
     return reinterpret_cast<Pte*>(static_cast<uintptr_t>(phys) + pt_.table_offset);
+  }
+
+  // Errors: kNotSupported (no usable description), kLayoutError (misaligned, empty or
+  // wrapping), kInvalidArgument (outside the described direct map).
+  Result<void> check_request(uintptr_t va, uint64_t bytes) const {
+    if (!usable_) return ErrorCode::kNotSupported;
+    if (bytes == 0 || !support::is_aligned(va, kPageSize) ||
+        !support::is_aligned(bytes, kPageSize) || support::add_overflows(va, bytes)) {
+      return ErrorCode::kLayoutError;
+    }
+    if (va < pt_.va_base || va - pt_.va_base >= pt_.va_size ||
+        bytes > pt_.va_size - (va - pt_.va_base)) {
+      return ErrorCode::kInvalidArgument;
+    }
+    return support::ok();
   }
 
   // Descends from the root towards va's entry at level `stop`; stops early at an entry that is
@@ -229,24 +274,30 @@ class DirectMapAttributes {
         p = next;
         continue;
       }
-      TRY(split(slot, l, support::align_down(p, level_size(l))));
+      TRY(split_table(slot, l, support::align_down(p, level_size(l)), /*record=*/true));
       // Descend again from the same address: the new table holds the next level's leaves.
     }
     return support::ok();
   }
 
-  Result<void> split(Pte* slot, int level, uintptr_t region) TA_REQ(lock_) {
-    const int rec = free_record();
-    if (rec < 0) return ErrorCode::kNoMemory;
+  // Replaces the leaf at `slot` by a table of its 512 pieces. `record`: remembered for merging
+  // (set); else for good (split_to_pages).
+  Result<void> split_table(Pte* slot, int level, uintptr_t region, bool record) TA_REQ(lock_) {
+    const int rec = record ? free_record() : -1;
+    if (record && rec < 0) return ErrorCode::kNoMemory;
     uint64_t phys = 0;
     if (pt_.alloc_table(pt_.table_ctx, &phys) == 0) return ErrorCode::kNoMemory;
     KASSERT(phys % kPageSize == 0, "alloc_table: a misaligned table");
     Pte* t = table_at(phys);
     const Pte leaf = *slot;
     for (size_t i = 0; i < kEntries; ++i) t[i] = format_.split_leaf(leaf, level, i);
-    records_[rec] = Record{phys, leaf};
-    used_ |= uint64_t{1} << rec;
-    ++in_use_;
+    if (record) {
+      records_[rec] = Record{phys, leaf};
+      used_ |= uint64_t{1} << rec;
+      ++in_use_;
+    } else {
+      ++permanent_;
+    }
     format_.replace(slot, format_.table_entry(phys), region, level);
     ++splits_;
     return support::ok();
@@ -303,6 +354,15 @@ class DirectMapAttributes {
     ++merges_;
   }
 
+  // A split table set() made becomes permanent (split_to_pages).
+  void forget(uint64_t phys) TA_REQ(lock_) {
+    const int idx = record_of(phys);
+    if (idx < 0) return;
+    used_ &= ~(uint64_t{1} << idx);
+    --in_use_;
+    ++permanent_;
+  }
+
   int free_record() const TA_REQ(lock_) {
     for (size_t i = 0; i < kMaxSplitTables; ++i) {
       if ((used_ & (uint64_t{1} << i)) == 0) return static_cast<int>(i);
@@ -318,6 +378,8 @@ class DirectMapAttributes {
     return -1;
   }
 
+  // Never one that masks interrupts: set() calls the kernel's TLB hook while holding it, and a
+  // hook that sends IPIs needs the CPUs spinning here to take them.
   mutable support::SpinLock lock_;
   const Format format_;
   const bool usable_;
@@ -325,6 +387,7 @@ class DirectMapAttributes {
   size_t in_use_ TA_GUARDED(lock_) = 0;
   uint64_t splits_ TA_GUARDED(lock_) = 0;
   uint64_t merges_ TA_GUARDED(lock_) = 0;
+  size_t permanent_ TA_GUARDED(lock_) = 0;
   uint64_t used_ TA_GUARDED(lock_) = 0;  // Bit i: records_[i] is live.
   Record records_[kMaxSplitTables] TA_GUARDED(lock_) = {};
 };

@@ -14,7 +14,9 @@
 // interrupts masked and touches nothing but the table entry: the kernel must reach its tables
 // (table_offset), and run this code and its stack, outside the direct map being changed (the
 // test kernel uses its identity map). Another CPU touching the same 2 MiB / 1 GiB of the direct
-// map during a split or merge would fault.
+// map during a split or merge would fault, unless the kernel split the memory that
+// alloc_coherent may remap down to pages up front (split_direct_map): then only the caller's own
+// pages are ever broken.
 //
 // Mismatched attributes: the kernel has no other mapping of these pages, so no cacheable alias
 // remains. Lines the write-back mapping holds are cleaned and invalidated by KernelDmaOp before
@@ -71,6 +73,11 @@ Result<void> AArch64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr 
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+}
+
+Result<void> AArch64DmaOp::split_direct_map(void* va, size_t bytes) {
+  return reinterpret_cast<Attributes*>(attrs_)->split_to_pages(reinterpret_cast<uintptr_t>(va),
+                                                               bytes);
 }
 
 size_t AArch64DmaOp::split_tables() const {

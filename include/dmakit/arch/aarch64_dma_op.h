@@ -49,6 +49,18 @@ class AArch64DmaOp final : public KernelDmaOp {
   // Split tables live now (0 once every page made uncached is cacheable again). Any context.
   size_t split_tables() const;
 
+  // Splits the direct map over [va, va + bytes) (page aligned; the memory alloc_coherent may
+  // hand to non-coherent devices) down to 4 KiB pages for good, with tables from alloc_table
+  // that are never given back (one per 2 MiB and per 1 GiB of the range). Afterwards
+  // set_memory_attribute in that range breaks (break-before-make) only the pages it changes,
+  // which their caller owns, so other CPUs may use the rest of the direct map meanwhile: no
+  // fault window. Call it at boot, before other CPUs or interrupt handlers use the range's
+  // 2 MiB / 1 GiB regions (its own splits break them). Errors: kNotSupported (no usable
+  // description), kLayoutError (misaligned or empty), kInvalidArgument (outside the described
+  // direct map, unmapped or device memory), kNoMemory (alloc_table ran out; the splits made so
+  // far stay, translating as before).
+  Result<void> split_direct_map(void* va, size_t bytes);
+
   size_t line_size() const { return line_; }
 
   // The line size the hardware reports (CTR_EL0.DminLine), in bytes.

@@ -453,4 +453,63 @@ TEST_F(DirectMapAttributesTest, OutsideTheDescribedDirectMapIsRefused) {
   EXPECT_EQ(dump_all(), before_);
 }
 
+// After split_to_pages, changing pages of the range replaces only their own 4 KiB entries: on
+// AArch64 the break-before-make then unmaps nothing another CPU could be using.
+TEST_F(DirectMapAttributesTest, AfterSplitToPagesOnlyTheChangedPagesAreReplaced) {
+  TablePool big(16);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  const uint64_t lo = 4 * k2M;  // Inside the first 1 GiB leaf: 1 + 4 tables.
+  ASSERT_TRUE(attrs.split_to_pages(kBase + lo, 4 * k2M).ok());
+  EXPECT_EQ(attrs.permanent_tables(), 5u);
+  EXPECT_EQ(big.in_use(), 5u);
+  EXPECT_EQ(attrs.tables_in_use(), 0u);
+  expect_pages(lo - 4 * kPage, 4 * k2M + 8 * kPage, PageAttr::kCached);
+  const std::vector<Pte> split = dump_all();
+  g_replaces.clear();
+  const uint64_t pa = lo + k2M - kPage;  // Two pages across a 2 MiB boundary.
+  ASSERT_TRUE(attrs.set(kBase + pa, 2 * kPage, PageAttr::kUncached).ok());
+  ASSERT_TRUE(attrs.set(kBase + pa, 2 * kPage, PageAttr::kCached).ok());
+  ASSERT_EQ(g_replaces.size(), 4u);
+  for (const Replace& r : g_replaces) {
+    EXPECT_EQ(r.level, 0);
+    EXPECT_TRUE(r.va == kBase + pa || r.va == kBase + pa + kPage) << std::hex << r.va;
+  }
+  EXPECT_EQ(dump_all(), split);  // Not merged back.
+  EXPECT_EQ(big.in_use(), 5u);
+}
+
+TEST_F(DirectMapAttributesTest, SplitToPagesKeepsATableSetMadeBefore) {
+  TablePool big(16);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  const uint64_t pa = 2 * k1G + 5 * k2M + 7 * kPage;  // In the boot table of 2 MiB leaves.
+  ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kUncached).ok());
+  ASSERT_EQ(attrs.tables_in_use(), 1u);
+  ASSERT_TRUE(attrs.split_to_pages(kBase + 2 * k1G + 5 * k2M, 2 * k2M).ok());
+  EXPECT_EQ(attrs.tables_in_use(), 0u);
+  EXPECT_EQ(attrs.permanent_tables(), 2u);  // The one set() made, and the next 2 MiB.
+  ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs.merges(), 0u);
+  EXPECT_EQ(big.in_use(), 2u);
+  expect_pages(2 * k1G + 5 * k2M, 2 * k2M, PageAttr::kCached);
+}
+
+TEST_F(DirectMapAttributesTest, SplitToPagesFailsCleanlyOnBadRequests) {
+  TablePool two(2);
+  const dmakit_page_tables pt = describe(&two);
+  Attrs attrs(&pt, FakeFormat{});
+  EXPECT_EQ(attrs.split_to_pages(kBase + kPage + 8, kPage).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(attrs.split_to_pages(kBase, 0).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(attrs.split_to_pages(0x1000, kPage).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(attrs.split_to_pages(kBase + 3 * k1G, kPage).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dump_all(), before_);
+  // Three tables needed, two available: what was split stays, translating as before.
+  EXPECT_EQ(attrs.split_to_pages(kBase, 2 * k2M).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(two.in_use(), 2u);
+  expect_pages(0, 2 * k2M, PageAttr::kCached);
+  Attrs none(nullptr, FakeFormat{});
+  EXPECT_EQ(none.split_to_pages(kBase, kPage).code(), ErrorCode::kNotSupported);
+}
+
 }  // namespace
