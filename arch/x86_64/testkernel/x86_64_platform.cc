@@ -167,7 +167,8 @@ KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
                                     : X86DmaOp::FlushInsn::kClflush;
   const auto inval =
       f.clflushopt ? X86DmaOp::InvalInsn::kClflushopt : X86DmaOp::InvalInsn::kClflush;
-  return *new (g_dma_op_storage) X86DmaOp(c, f.clflush_line, flush, inval);
+  return *new (g_dma_op_storage)
+      X86DmaOp(c, f.clflush_line, flush, inval, x86::direct_map_tables());
 }
 
 size_t cache_line_size() {
