@@ -31,14 +31,15 @@ namespace aarch64_dma {
   __asm__ volatile("isb" : : : "memory");
 }
 
-// This CPU's TLB entries for the page at `va`, any ASID, EL1&0 regime (no broadcast).
-[[gnu::always_inline]] inline void tlbi_vaae1(uintptr_t va) {
+// Every CPU's TLB entries for the page at `va` in the Inner Shareable domain, any ASID, EL1&0
+// regime: the hardware broadcasts it, so it is right on one CPU and on many, with no IPI.
+[[gnu::always_inline]] inline void tlbi_vaae1is(uintptr_t va) {
   const uint64_t arg = (va >> 12) & ((1ull << 44) - 1);  // VA[55:12].
-  __asm__ volatile("tlbi vaae1, %0" : : "r"(arg) : "memory");
+  __asm__ volatile("tlbi vaae1is, %0" : : "r"(arg) : "memory");
 }
-// Every TLB and walk-cache entry of this CPU's EL1&0 regime (no broadcast).
-[[gnu::always_inline]] inline void tlbi_vmalle1() {
-  __asm__ volatile("tlbi vmalle1" : : : "memory");
+// Every TLB and walk-cache entry of the EL1&0 regime on every CPU of the Inner Shareable domain.
+[[gnu::always_inline]] inline void tlbi_vmalle1is() {
+  __asm__ volatile("tlbi vmalle1is" : : : "memory");
 }
 
 }  // namespace aarch64_dma

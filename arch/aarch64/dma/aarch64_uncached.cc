@@ -9,8 +9,9 @@
 // for a block becoming a table or back, which also drops the walk caches), DSB, write the new
 // entry, DSB, ISB. The invalidation is the kernel's tlb_flush_kernel_range hook when it gave one
 // (dmakit/kernel_hooks.h; on AArch64 it must be the broadcast `tlbi ...is` family followed by
-// `dsb ish`, since it runs here with interrupts masked), else this CPU's own `tlbi vaae1` /
-// `tlbi vmalle1`. During the break the entry's region is unmapped, so replace() runs with
+// `dsb ish`, since it runs here with interrupts masked), else the broadcast `tlbi vaae1is` /
+// `tlbi vmalle1is` and `dsb ish`, which reach every CPU without an IPI (so the library is right
+// on SMP without the hook). During the break the entry's region is unmapped, so replace() runs with
 // interrupts masked and touches nothing but the table entry: the kernel must reach its tables
 // (table_offset), and run this code and its stack, outside the direct map being changed (the
 // test kernel uses its identity map). Another CPU touching the same 2 MiB / 1 GiB of the direct
@@ -46,11 +47,11 @@ struct Aarch64LiveFormat : Aarch64PageFormat {
       flush(va, level_size(level));
     } else {
       if (level == 0) {
-        aarch64_dma::tlbi_vaae1(va);
+        aarch64_dma::tlbi_vaae1is(va);
       } else {
-        aarch64_dma::tlbi_vmalle1();
+        aarch64_dma::tlbi_vmalle1is();
       }
-      aarch64_dma::dsb_nsh();
+      aarch64_dma::dsb_ish();
     }
     __atomic_store_n(slot, value, __ATOMIC_RELAXED);
     aarch64_dma::dsb_ishst();
