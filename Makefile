@@ -3,6 +3,7 @@
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
 #   make test           host suites, library checks, every arch under QEMU; "N passed, N failed"
 #   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
+#   make test-capi      the C API from a C11 program (tests/host/c/), over the host backend
 #   make test-host-release  host suite in the release configuration (-O2, no debug aids)
 #   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
 #   make test-qemu      one arch's in-VM suite (ARCH=...)
@@ -89,7 +90,7 @@ HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
 HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
 HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests
 
-.PHONY: all setup test test-host test-host-release test-host-tsan test-qemu test-qemu-all run debug lib kernel bench fuzz format \
+.PHONY: all setup test test-host test-capi test-host-release test-host-tsan test-qemu test-qemu-all run debug lib kernel bench fuzz format \
         format-check lint clean compile_commands.json
 
 all: $(HOST_TEST_BIN)
@@ -109,6 +110,25 @@ $(HOST_TEST_BIN): $(HOST_OBJS)
 test-host: $(HOST_TEST_BIN)
 	@$(HOST_TEST_BIN) --gtest_brief=1 2>&1 | tee $(HOST_DIR)/test.log | tail -n 40; \
 	  exit $${PIPESTATUS[0]}
+
+# The C API from C: tests/host/c/*.c compiled with gcc as C11 (-pedantic), linked with the host
+# objects of the library and of the host backend (no GoogleTest); ends "capi: N passed, N failed".
+HOST_CC ?= gcc
+HOST_CFLAGS := -std=c11 -Wall -Wextra -Werror -pedantic -g -O1 -Iinclude -I.
+CAPI_TEST_SRCS := $(wildcard tests/host/c/*.c)
+CAPI_TEST_OBJS := $(patsubst %.c,$(HOST_DIR)/obj/%.o,$(CAPI_TEST_SRCS)) \
+                  $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(LIBDMA_SRCS) $(HOST_BACKEND_SRCS))
+CAPI_TEST_BIN := $(HOST_DIR)/capi_test
+
+$(HOST_DIR)/obj/%.o: %.c | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(HOST_CC) $(HOST_CFLAGS) -MMD -MP -c $< -o $@
+
+$(CAPI_TEST_BIN): $(CAPI_TEST_OBJS)
+	$(HOST_CXX) $^ -fsanitize=address,undefined -lpthread -o $@
+
+test-capi: $(CAPI_TEST_BIN)
+	@$(CAPI_TEST_BIN)
 
 # The release configuration, as a kernel ships it: -O2, DMA_DEBUG=0 (so no KDEBUG_ASSERT and no
 # statistics), no misuse checker, no fault injection, no page poison; UBSan only. Tests of a debug
@@ -325,5 +345,5 @@ lint: | $(SETUP_STAMP)
 clean:
 	rm -rf $(BUILD)
 
--include $(HOST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
+-include $(HOST_OBJS:.o=.d) $(CAPI_TEST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
          $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.d,$(FUZZ_TARGETS))
