@@ -219,10 +219,18 @@ KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) 
                    -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
                    $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
 KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I.
+# The test kernel's C drivers (drivers/*/*.c, against dmakit/dmakit.h): C11, with the arch's
+# flags (which are all valid C flags) and the same ABI as the C++ objects.
+CROSS_CC := clang-$(LLVM_VER)
+KERNEL_CFLAGS := -std=c11 -Iinclude -I. -Wall -Wextra -Wconversion -Wsign-conversion -Werror \
+                 -pedantic $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib \
+                 -fno-stack-protector -fno-pic -O2 $(ARCH_CXXFLAGS) $(ARCH_ABI_CXXFLAGS)
 KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) $(wildcard tests/qemu/*.cc) \
                       $(wildcard drivers/*/*.cc)
+KERNEL_C_SRCS := $(wildcard drivers/*/*.c)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
 KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \
+               $(patsubst %.c,$(KDIR)/obj/%.o,$(KERNEL_C_SRCS)) \
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
 LIBDMA := $(KDIR)/libdma.a
 KERNEL_ELF := $(KDIR)/kernel.elf
@@ -247,6 +255,10 @@ $(KFLAGS_STAMP): kflags-force
 $(KDIR)/obj/%.o: %.cc $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(KDIR)/obj/%.o: %.c $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(CROSS_CC) $(KERNEL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
