@@ -41,6 +41,7 @@ Result<void> construct_arch_op(void* storage, const KernelDmaOp::Config& cfg,
     if (r.base.value() < lo) lo = r.base.value();
     if (r.end().value() > hi) hi = r.end().value();
   }
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): the direct map is an address computation.
   auto* arena = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(lo) + cfg.direct_map_offset);
   if (reinterpret_cast<uintptr_t>(arena) % CacheModel::kPageSize != 0) {
     return ErrorCode::kInvalidArgument;

@@ -7,8 +7,10 @@
 //   edu_c_*_c_setup: the whole set-up through the C API as a C kernel makes it (allocator over
 //     two 4 MiB blocks of RAM, one under 4 GiB and one above, a bounce pool, the architecture's
 //     platform op from dmakit_platform_op_init), then the driver on a device of that op.
-// Both use the edu device with the 32-bit mask (the runner provides one, testkernel/devices.h):
-// a buffer under 4 GiB goes to the device directly, one above it through a bounce slot.
+//   edu_c_driver_28bit_*: the device with the 28-bit mask, which bounces or fails cleanly.
+// The first two use the edu device with the 32-bit mask (the runner provides one of each,
+// testkernel/devices.h): a buffer under 4 GiB goes to the device directly, one above it through a
+// bounce slot.
 #include "drivers/edu/edu_c.h"
 #include "dmakit/device_dma.h"
 #include "dmakit/dmakit.h"
@@ -39,14 +41,14 @@ uint64_t now() {
 }
 const edu_c_ops kOps = {&wmb, &rmb, &now};
 
-// The edu device with the 32-bit mask, decoding and bus mastering on; disabled again at scope
+// The edu device with this mask, decoding and bus mastering on; disabled again at scope
 // exit.
 class EduPci {
  public:
-  EduPci() {
+  explicit EduPci(uint64_t mask = kMask32) {
     auto d = devices_init(kernel_env());
     if (!d.ok()) return;
-    const Devices::Edu* e = (*d)->edu_with_mask(kMask32);
+    const Devices::Edu* e = (*d)->edu_with_mask(mask);
     if (e == nullptr || !e->dev->enable(/*bus_master=*/true).ok()) return;
     pci_ = e->dev;
     auto bar = pci_->map_bar(0);
@@ -68,13 +70,14 @@ class EduPci {
 
 // far -> device -> near and near -> device -> far, each checked: `far` is bounced (the mask
 // does not reach it, or bouncing is forced), `near` goes to the device directly.
-void round_trips(ktest::Context& ktest_ctx, edu_c* edu, uint8_t* far, uint8_t* near) {
+void round_trips(ktest::Context& ktest_ctx, edu_c* edu, uint8_t* far, uint8_t* near,
+                 uint64_t mask = kMask32) {
   edu_c_transfer t = {};
   ktest_util::fill_pattern(far, kSize, 41);
   support::fill_bytes(near, 0, kSize);
   KEXPECT_EQ(edu_c_copy_to_device(edu, far, kSize, 0, &t), DMAKIT_OK);
   KEXPECT_EQ(t.bounced, 1);
-  KEXPECT_LE(t.dma_addr + kSize - 1, kMask32);
+  KEXPECT_LE(t.dma_addr + kSize - 1, mask);
   KEXPECT_EQ(edu_c_copy_from_device(edu, near, kSize, 0, &t), DMAKIT_OK);
   KEXPECT_EQ(t.bounced, 0);
   KEXPECT_EQ(ktest_util::check_pattern(near, kSize, 41), kSize);
@@ -85,7 +88,7 @@ void round_trips(ktest::Context& ktest_ctx, edu_c* edu, uint8_t* far, uint8_t* n
   KEXPECT_EQ(t.bounced, 0);
   KEXPECT_EQ(edu_c_copy_from_device(edu, far, kSize, 0, &t), DMAKIT_OK);
   KEXPECT_EQ(t.bounced, 1);
-  KEXPECT_LE(t.dma_addr + kSize - 1, kMask32);
+  KEXPECT_LE(t.dma_addr + kSize - 1, mask);
   KEXPECT_EQ(ktest_util::check_pattern(far, kSize, 42), kSize);
 
   // Refused requests never reach the device.
@@ -228,4 +231,41 @@ KTEST(edu_c_driver_direct_and_bounced_on_a_c_setup) {
   KEXPECT_EQ(dmakit_bounce_pool_destroy(&pool), DMAKIT_OK);
   KEXPECT_EQ(dmakit_pfa_destroy(&pfa), DMAKIT_OK);
   if (high.ok()) KEXPECT_TRUE(kernel_env().pfa->free(*high, 10).ok());
+}
+
+// The edu device with its default 28-bit mask: where a bounce pool lies under 28 bits (x86 q35)
+// a buffer above goes through it; where no memory does (aarch64 and riscv64 virt), the mapping
+// fails with DMA_MASK and the device is never started.
+KTEST(edu_c_driver_28bit_mask_bounces_or_fails_cleanly) {
+  const uint64_t mask = Devices::kEduDefaultMask;
+  EduPci pci(mask);
+  KREQUIRE_TRUE(pci.ok());
+  DeviceDma cpp(kernel_env().dma, mask);
+  cpp.set_name("edu-c-28bit");
+  dmakit_device dev;
+  KREQUIRE_TRUE(dmakit_device_from_cpp(&dev, cpp) == DMAKIT_OK);
+  edu_c edu;
+  KREQUIRE_TRUE(edu_c_init(&edu, pci.base(), pci.size(), &dev, &kOps) == DMAKIT_OK);
+  bool pool_under_mask = false;
+  const KernelEnv& env = kernel_env();
+  for (size_t i = 0; i < env.num_pools; ++i) {
+    const BouncePool* p = env.pools[i];
+    if (p->base().value() + p->bytes() - 1 <= mask) pool_under_mask = true;
+  }
+  if (pool_under_mask) {
+    auto far = ktest_util::alloc_above(0, mask);
+    Pages near(0, mask);
+    KREQUIRE_TRUE(far.ok() && near.ok());
+    round_trips(ktest_ctx, &edu, static_cast<uint8_t*>(env.phys_to_virt(*far)), near.va(), mask);
+    KEXPECT_TRUE(env.pfa->free(*far, 0).ok());
+    return;
+  }
+  Pages buf(0);
+  KREQUIRE_TRUE(buf.ok());
+  KEXPECT_GT(buf.phys().value(), mask);
+  KEXPECT_EQ(edu_c_copy_to_device(&edu, buf.va(), kSize, 0, nullptr), DMAKIT_ERR_DMA_MASK);
+  KEXPECT_EQ(edu_c_copy_from_device(&edu, buf.va(), kSize, 0, nullptr), DMAKIT_ERR_DMA_MASK);
+  KEXPECT_EQ(edu.started, 0u);
+  KEXPECT_EQ(edu.map_failures, 2u);
+  KEXPECT_EQ(dmakit_device_check_no_mappings(&dev), 0u);
 }
