@@ -234,10 +234,11 @@ void* dmakit_pfa_phys_to_virt(const dmakit_pfa* pfa, uint64_t phys) {
 int dmakit_pfa_stats_get(const dmakit_pfa* pfa, dmakit_pfa_stats* out) {
   const auto* b = live<PfaBox>(pfa, kPfaTag);
   if (b == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  PageFrameAllocator::Stats st = b->pfa.stats();
   dmakit_pfa_stats s = {};
-  s.managed_pages = b->pfa.stats().managed_pages;
-  s.free_pages = b->pfa.free_pages();
-  s.metadata_bytes = b->pfa.stats().metadata_bytes;
+  s.managed_pages = st.managed_pages;
+  s.free_pages = st.free_pages;
+  s.metadata_bytes = st.metadata_bytes;
   s.num_ranges = b->pfa.num_ranges();
   s.lowest_address = b->pfa.lowest_address().value();
   s.highest_address = b->pfa.highest_address().value();

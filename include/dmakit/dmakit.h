@@ -132,10 +132,11 @@ int dmakit_pfa_init(dmakit_pfa* pfa, const dmakit_phys_range* ram, size_t num_ra
                     uintptr_t direct_map_offset, void* metadata, size_t metadata_bytes);
 
 /* Allocates 2^order contiguous pages (order <= 10) whose last byte lies at or below `limit`
- * (~0 for none), the highest such block, and stores its physical address in *phys. The caller
- * owns the block until dmakit_pfa_free. Errors: INVALID_ARGUMENT (uninitialised, null phys),
- * LAYOUT (order > 10), DMA_MASK (no block could ever lie under the limit), NO_MEMORY (none free
- * now). (PageFrameAllocator::alloc.) */
+ * (~0 for none) and stores its physical address in *phys: the highest suitable free block of the
+ * smallest order that has one (so small requests use fragments first, wherever they lie). The
+ * caller owns the block until dmakit_pfa_free. O(1) in how full memory is. Errors: INVALID_ARGUMENT
+ * (uninitialised, null phys), LAYOUT (order > 10), DMA_MASK (no block could ever lie under the
+ * limit), NO_MEMORY (none free now). (PageFrameAllocator::alloc.) */
 int dmakit_pfa_alloc(dmakit_pfa* pfa, unsigned order, uint64_t limit, uint64_t* phys);
 
 /* Gives back a block from dmakit_pfa_alloc, with its order. Errors: INVALID_ARGUMENT
@@ -156,7 +157,8 @@ typedef struct dmakit_pfa_stats {
   uint64_t highest_address; /* One past the highest. */
 } dmakit_pfa_stats;
 
-/* A snapshot of the counters. Errors: INVALID_ARGUMENT (uninitialised, null out). */
+/* A snapshot of the counters; O(pages / 64), for reports and tests, not hot paths.
+ * Errors: INVALID_ARGUMENT (uninitialised, null out). */
 int dmakit_pfa_stats_get(const dmakit_pfa* pfa, dmakit_pfa_stats* out);
 
 /* Ends the allocator (debug builds check that every page came back). Precondition: no platform op
