@@ -32,7 +32,39 @@
  * Context: unless a function says otherwise it does not sleep, may be called with interrupts off,
  * and may be called from several CPUs at once on different objects; the calls of one device may
  * run concurrently (the library locks what it shares). Interrupt handlers: see
- * dmakit/kernel_hooks.h (irq_save/irq_restore). */
+ * dmakit/kernel_hooks.h (irq_save/irq_restore).
+ *
+ * Bring-up, for an identity-mapped RISC-V kernel with 512 MiB of RAM at 0x80000000 (each call
+ * returns a dmakit_status to check; the metadata buffers are sized by the *_metadata_size calls,
+ * done once by hand or at run time):
+ *
+ *   static dmakit_pfa pfa;
+ *   static dmakit_bounce_pool pool;
+ *   static dmakit_platform_op op;
+ *   static dmakit_device disk;
+ *   const dmakit_phys_range ram[] = {{0x80000000, 512u << 20}};
+ *   const dmakit_phys_range reserved[] = {{kernel_base, kernel_size}, {pool_base, 1u << 20}};
+ *   dmakit_pfa_init(&pfa, ram, 1, reserved, 2, 0, pfa_meta, sizeof(pfa_meta));
+ *   dmakit_bounce_pool_init(&pool, pool_base, 1u << 20, (void*)pool_base, pool_meta,
+ *                           sizeof(pool_meta), NULL);
+ *   dmakit_platform_config cfg = {0};
+ *   cfg.pfa = &pfa;
+ *   cfg.pools[0] = &pool;
+ *   cfg.num_pools = 1;
+ *   cfg.ram = ram;
+ *   cfg.num_ram = 1;
+ *   cfg.cache_flags = DMAKIT_CACHE_RISCV_ZICBOM | DMAKIT_CACHE_RISCV_SVPBMT;
+ *   dmakit_platform_op_init(&op, &cfg);
+ *   dmakit_device_config dc = {0};
+ *   dc.dma_mask = DMAKIT_DMA_BIT_MASK(32);
+ *   dmakit_device_init(&disk, &op, &dc);
+ * and for each transfer:
+ *   dmakit_map_handle h;
+ *   if (dmakit_map(&disk, buf, len, DMAKIT_FROM_DEVICE, 0, &h) == DMAKIT_OK) {
+ *     ... give the device dmakit_map_dma_addr(&h), wait for it ...
+ *     dmakit_unmap(&h);  (buf now holds what the device wrote)
+ *   }
+ * drivers/edu/edu_c.c is a complete driver, tests/qemu/edu_c_test.cc a complete set-up. */
 #ifndef DMAKIT_DMAKIT_H
 #define DMAKIT_DMAKIT_H
 

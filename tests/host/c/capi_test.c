@@ -87,6 +87,28 @@ static uint8_t* page_under(uint64_t limit, uint64_t* phys) {
   return ram_at(*phys);
 }
 
+/* Memory outside RAM (not in the direct map), reached through the op's translation callback:
+ * it says the buffer lies at `phys`, pages of RAM above 4 GiB that nothing else uses. */
+static _Alignas(4096) uint8_t g_outside[2 * PAGE];
+static _Alignas(4096) uint8_t g_untranslated[PAGE];
+struct translation {
+  const uint8_t* base;
+  size_t bytes;
+  uint64_t phys;
+  unsigned calls;
+};
+static struct translation g_translation;
+
+static int translate(void* ctx, const void* va, uint64_t* phys) {
+  struct translation* t = ctx;
+  ++t->calls;
+  uintptr_t p = (uintptr_t)va;
+  uintptr_t b = (uintptr_t)t->base;
+  if (p < b || p - b >= t->bytes) return 0;
+  *phys = t->phys + (p - b);
+  return 1;
+}
+
 /* The highest 4 MiB block of RAM (above 4 GiB), taken at set-up: page i of it. */
 static uint64_t g_high;
 static uint8_t* high_page(unsigned i, uint64_t* phys) {
@@ -142,6 +164,8 @@ static void set_up(void) {
   cfg.direct_map_offset = offset;
   cfg.ram = ram;
   cfg.num_ram = 1;
+  cfg.translate = translate;
+  cfg.translate_ctx = &g_translation;
   /* No allocator: refused. */
   CHECK_STATUS(dmakit_platform_op_init(&g_op, &cfg), DMAKIT_ERR_INVALID_ARGUMENT);
   cfg.pfa = &g_pfa;
@@ -265,6 +289,37 @@ static void bounced_mappings(void) {
   CHECK(p1.allocations - p0.allocations == 2);
   CHECK(p1.used_slots == 0);
   CHECK(p1.total_slots == POOL_BYTES / 2048);
+}
+
+/* A buffer outside the direct map, translated by the kernel's callback; above 4 GiB, so the
+ * 32-bit (coherent: no cache maintenance of memory outside the model) device gets it bounced. */
+static void translated_buffer(void) {
+  g_translation.base = g_outside;
+  g_translation.bytes = sizeof(g_outside);
+  g_translation.phys = g_high + 1000u * PAGE;
+  g_translation.calls = 0;
+  fill(g_outside, PAGE, 13);
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map(&g_dev_coh, g_outside, PAGE, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(g_translation.calls >= 1);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  static uint8_t seen[PAGE];
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev_coh, dmakit_map_dma_addr(&h), seen, PAGE),
+               DMAKIT_OK);
+  CHECK(mismatches(seen, PAGE, 13) == 0);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+
+  CHECK_STATUS(dmakit_map(&g_dev_coh, g_outside + PAGE, PAGE, DMAKIT_FROM_DEVICE, 0, &h),
+               DMAKIT_OK);
+  fill(seen, PAGE, 14);
+  CHECK_STATUS(dmakit_host_device_write(&g_op, &g_dev_coh, dmakit_map_dma_addr(&h), seen, PAGE),
+               DMAKIT_OK);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK(mismatches(g_outside + PAGE, PAGE, 14) == 0);
+
+  /* An address the callback does not know. */
+  CHECK_STATUS(dmakit_map(&g_dev_coh, g_untranslated, PAGE, DMAKIT_TO_DEVICE, 0, &h),
+               DMAKIT_ERR_INVALID_ARGUMENT);
 }
 
 /* Bad requests: specific codes, and no counter but the failure counts moves. */
@@ -463,6 +518,7 @@ int main(void) {
   set_up();
   direct_mappings();
   bounced_mappings();
+  translated_buffer();
   errors();
   scatter_gather();
   coherent_memory();
