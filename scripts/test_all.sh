@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: the host suite (debug, release, and its threaded tests under ThreadSanitizer), the
 # C API from a C program (make test-capi), the library builds of every arch and ABI
-# (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), then every architecture under QEMU. Each part prints its own
-# "N passed, N failed" line; this adds them up and ends with one line for the whole run.
+# (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), then every
+# architecture under QEMU. Each part prints its own "N passed, N failed" line; this adds them up
+# and ends with one line for the whole run.
 # A part that crashes or prints no summary counts as one failure.
 set -uo pipefail
 

@@ -20,8 +20,9 @@
  * the library's object inside. Their sizes and alignments are part of the ABI: they are larger
  * than today's objects (the C++ side checks each with a static_assert) so that the objects may
  * grow without changing them, and a change would be a new ABI. Objects must not be copied or
- * moved (memcpy included) once initialised: the library keeps pointers to them. Static storage
- * needs no run-time constructor: zeroed memory is a valid uninitialised object.
+ * moved (memcpy included) once initialised: the library keeps pointers to them. Storage from an
+ * allocator must have the struct's alignment (_Alignof; 64 bytes for dmakit_bounce_pool). Static
+ * storage needs no run-time constructor: zeroed memory is a valid uninitialised object.
  *
  * Errors: every function that can fail returns an int, a dmakit_status: DMAKIT_OK (0) or an error
  * code; results come back through out-parameters, which are written only on success. Bad input
