@@ -3,6 +3,7 @@
 #   make run            build and boot the demo kernel (ARCH=aarch64|riscv64|x86_64)
 #   make test           host suites, library checks, every arch under QEMU; "N passed, N failed"
 #   make test-host      host suite only (GoogleTest, ASan + UBSan, debug configuration)
+#   make test-capi      the C API from a C11 program (tests/host/c/), over the host backend
 #   make test-host-release  host suite in the release configuration (-O2, no debug aids)
 #   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
 #   make test-qemu      one arch's in-VM suite (ARCH=...)
@@ -89,7 +90,7 @@ HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
 HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
 HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests
 
-.PHONY: all setup test test-host test-host-release test-host-tsan test-qemu test-qemu-all run debug lib kernel bench fuzz format \
+.PHONY: all setup test test-host test-capi test-host-release test-host-tsan test-qemu test-qemu-all run debug lib kernel bench fuzz format \
         format-check lint clean compile_commands.json
 
 all: $(HOST_TEST_BIN)
@@ -109,6 +110,25 @@ $(HOST_TEST_BIN): $(HOST_OBJS)
 test-host: $(HOST_TEST_BIN)
 	@$(HOST_TEST_BIN) --gtest_brief=1 2>&1 | tee $(HOST_DIR)/test.log | tail -n 40; \
 	  exit $${PIPESTATUS[0]}
+
+# The C API from C: tests/host/c/*.c compiled with gcc as C11 (-pedantic), linked with the host
+# objects of the library and of the host backend (no GoogleTest); ends "capi: N passed, N failed".
+HOST_CC ?= gcc
+HOST_CFLAGS := -std=c11 -Wall -Wextra -Werror -pedantic -g -O1 -Iinclude -I.
+CAPI_TEST_SRCS := $(wildcard tests/host/c/*.c)
+CAPI_TEST_OBJS := $(patsubst %.c,$(HOST_DIR)/obj/%.o,$(CAPI_TEST_SRCS)) \
+                  $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(LIBDMA_SRCS) $(HOST_BACKEND_SRCS))
+CAPI_TEST_BIN := $(HOST_DIR)/capi_test
+
+$(HOST_DIR)/obj/%.o: %.c | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(HOST_CC) $(HOST_CFLAGS) -MMD -MP -c $< -o $@
+
+$(CAPI_TEST_BIN): $(CAPI_TEST_OBJS)
+	$(HOST_CXX) $^ -fsanitize=address,undefined -lpthread -o $@
+
+test-capi: $(CAPI_TEST_BIN)
+	@$(CAPI_TEST_BIN)
 
 # The release configuration, as a kernel ships it: -O2, DMA_DEBUG=0 (so no KDEBUG_ASSERT and no
 # statistics), no misuse checker, no fault injection, no page poison; UBSan only. Tests of a debug
@@ -199,14 +219,22 @@ KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) 
                    -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
                    $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
 KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I.
+# The test kernel's C drivers (drivers/*/*.c, against dmakit/dmakit.h): C11, with the arch's
+# flags (which are all valid C flags) and the same ABI as the C++ objects.
+CROSS_CC := clang-$(LLVM_VER)
+KERNEL_CFLAGS := -std=c11 -Iinclude -I. -Wall -Wextra -Wconversion -Wsign-conversion -Werror \
+                 -pedantic $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib \
+                 -fno-stack-protector -fno-pic -O2 $(ARCH_CXXFLAGS) $(ARCH_ABI_CXXFLAGS)
 # Two kernels from the same objects: the demo kernel (make run, make debug) and the test kernel
 # (make test-qemu), which adds the in-VM tests (tests/qemu/*_test.cc, tests/qemu/<arch>/*.cc and
 # their helpers). The harness (tests/qemu/ktest.cc) is in both; the demo kernel registers no test.
 KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) tests/qemu/ktest.cc $(wildcard drivers/*/*.cc)
 KERNEL_TEST_SRCS := $(filter-out tests/qemu/ktest.cc,$(wildcard tests/qemu/*.cc)) \
                     $(wildcard tests/qemu/$(ARCH)/*.cc)
+KERNEL_C_SRCS := $(wildcard drivers/*/*.c)
 KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
 KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \
+               $(patsubst %.c,$(KDIR)/obj/%.o,$(KERNEL_C_SRCS)) \
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
 KERNEL_TEST_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_TEST_SRCS))
 LIBDMA := $(KDIR)/libdma.a
@@ -233,6 +261,10 @@ $(KFLAGS_STAMP): kflags-force
 $(KDIR)/obj/%.o: %.cc $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(KDIR)/obj/%.o: %.c $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
+	@mkdir -p $(dir $@)
+	$(CROSS_CC) $(KERNEL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
 	@mkdir -p $(dir $@)
@@ -335,5 +367,5 @@ lint: | $(SETUP_STAMP)
 clean:
 	rm -rf $(BUILD)
 
--include $(HOST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KERNEL_TEST_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
+-include $(HOST_OBJS:.o=.d) $(CAPI_TEST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KERNEL_TEST_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
          $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.d,$(FUZZ_TARGETS))

@@ -16,5 +16,7 @@ ARCH_SRCS := arch/aarch64/testkernel/boot.cc arch/aarch64/testkernel/mmu.cc arch
 ARCH_SRCS += arch/aarch64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
 ARCH_ASM_SRCS := arch/aarch64/testkernel/entry.S
 # The arch's DmaOp and its uncached remap (Normal-NC): linked into the kernel and into libdma.a.
-ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_uncached.cc
+# aarch64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_uncached.cc \
+                 arch/aarch64/dma/aarch64_capi.cc
 LINKER_SCRIPT := linker/aarch64.ld

@@ -43,5 +43,7 @@ ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_i
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.
-ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc
+# riscv64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc \
+                 arch/riscv64/dma/riscv64_capi.cc
 LINKER_SCRIPT := linker/riscv64.ld

@@ -23,5 +23,7 @@ ARCH_SRCS += arch/x86_64/testkernel/arch_io.cc
 ARCH_ASM_SRCS := arch/x86_64/testkernel/boot.S arch/x86_64/testkernel/trap_entry.S
 # The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH and its uncached remap (PAT UC-): part of libdma.a for
 # this arch.
-ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc
+# x86_64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc \
+                 arch/x86_64/dma/x86_64_capi.cc
 LINKER_SCRIPT := linker/x86_64.ld
