@@ -4,8 +4,9 @@
 // ' ' '+', a field width and a precision (digits or '*'). "\n" is sent as "\r\n" on the console.
 // No floating point. The format is checked by the compiler (format attribute).
 //
-// Threading: output is not serialized between CPUs (secondary CPUs stay parked in the test
-// kernel). Safe with interrupts off and in trap or panic context; no allocation.
+// Threading: each kprintf / kputs call is written as a unit (a console lock, held with interrupts
+// masked; see kprintf.cc for how a panic gets through). Safe with interrupts off and in trap or
+// panic context; no allocation. ksnprintf takes no lock.
 #pragma once
 
 #include <stdarg.h>  // freestanding: provided by the compiler
