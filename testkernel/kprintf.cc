@@ -60,6 +60,30 @@ class ConsoleGuard {
   bool owned_ = false;
 };
 
+// kprintf_set_capture's buffer (null: not capturing) and the next position in it.
+char* g_capture_buf = nullptr;
+size_t g_capture_size = 0;
+size_t g_capture_len = 0;
+
+// Time a captured character takes, as a 1 Mbaud UART would: long enough that CPUs printing at
+// once overlap (a real UART's transmit wait gives them that chance too).
+constexpr uint64_t kCaptureCharNs = 10'000;
+
+void console_put(char c) {
+  char* cap = __atomic_load_n(&g_capture_buf, __ATOMIC_ACQUIRE);
+  if (cap != nullptr) {
+    // One atomic slot per character: without the console lock, concurrent lines interleave here
+    // as they would on the wire.
+    size_t at = __atomic_fetch_add(&g_capture_len, 1, __ATOMIC_RELAXED);
+    if (at < g_capture_size) cap[at] = c;
+    uint64_t until = arch::now_ns() + kCaptureCharNs;
+    while (arch::now_ns() < until) arch::cpu_relax();
+    return;
+  }
+  if (c == '\n') arch::console_putc('\r');
+  arch::console_putc(c);
+}
+
 // Where formatted characters go: the console, or a bounded buffer.
 struct Sink {
   char* buf = nullptr;  // null: console.
@@ -68,8 +92,7 @@ struct Sink {
 
   void put(char c) {
     if (buf == nullptr) {
-      if (c == '\n') arch::console_putc('\r');
-      arch::console_putc(c);
+      console_put(c);
     } else if (count + 1 < size) {
       buf[count] = c;
     }
@@ -349,6 +372,18 @@ void kputs(const char* s) {
   ConsoleGuard guard;
   Sink out;
   while (*s != '\0') out.put(*s++);
+}
+
+size_t kprintf_set_capture(char* buf, size_t size) {
+  ConsoleGuard guard;  // No line is half captured.
+  if (buf != nullptr) {
+    g_capture_size = size;
+    __atomic_store_n(&g_capture_len, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_capture_buf, buf, __ATOMIC_RELEASE);
+    return 0;
+  }
+  __atomic_store_n(&g_capture_buf, nullptr, __ATOMIC_RELEASE);
+  return __atomic_load_n(&g_capture_len, __ATOMIC_RELAXED);
 }
 
 const char* format_size(char* buf, size_t size, uint64_t bytes) {

@@ -26,6 +26,12 @@ int kvsnprintf(char* buf, size_t size, const char* fmt, va_list ap)
 // Writes a string to the console as is (with the same "\n" handling).
 void kputs(const char* s);
 
+// For tests of the console lock: with buf non-null, every CPU's console output from now on goes
+// to buf[0, size) (characters beyond it are dropped, no "\r" is added) instead of the console,
+// and 0 is returned; with buf null, output goes back to the console and the number of
+// characters produced while capturing is returned. Not for concurrent use with itself.
+size_t kprintf_set_capture(char* buf, size_t size);
+
 // Formats a byte count for humans: "512 MiB", "4 GiB", "1536 KiB", "17 B" (exact units only;
 // anything not a whole number of KiB is printed in bytes). Returns buf.
 const char* format_size(char* buf, size_t size, uint64_t bytes);

@@ -42,8 +42,8 @@ namespace {
 // PSCI (Arm DEN 0022): CPU_ON, SMC64 calling convention.
 constexpr uint64_t kPsciCpuOn64 = 0xC400'0003;
 constexpr uint64_t kPsciCpuOff = 0x8400'0002;
-constexpr int64_t kPsciAlreadyOn = -4;
-constexpr int64_t kPsciOnPending = -5;
+constexpr uint64_t kPsciAffinityInfo64 = 0xC400'0004;
+constexpr int64_t kPsciAffinityOff = 1;
 // The idle protocol's word in PerCpu::arch.
 constexpr size_t kPowerWord = 0;
 constexpr uintptr_t kAwake = 0;
@@ -172,17 +172,14 @@ void wake_cpu(PerCpu& cpu) {
   __asm__ volatile("dsb ish\n sev" ::: "memory");
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   if (__atomic_exchange_n(&cpu.arch[kPowerWord], kAwake, __ATOMIC_SEQ_CST) != kAsleep) return;
-  // It is off, or about to call CPU_OFF: retry while PSCI still sees it on.
-  for (;;) {
-    int64_t r =
-        psci_call(kPsciCpuOn64, cpu.hw_id, reinterpret_cast<uintptr_t>(aarch64_secondary_entry),
-                  reinterpret_cast<uintptr_t>(&cpu));
-    if (r == 0) return;
-    if (r != kPsciAlreadyOn && r != kPsciOnPending) {
-      kpanic("aarch64: PSCI CPU_ON(0x%llx) to wake cpu %u returned %lld",
-             static_cast<unsigned long long>(cpu.hw_id), cpu.index, static_cast<long long>(r));
-    }
-    cpu_relax();
+  // It is off, or about to call CPU_OFF: wait until PSCI sees it off, then turn it on.
+  while (psci_call(kPsciAffinityInfo64, cpu.hw_id, 0, 0) != kPsciAffinityOff) cpu_relax();
+  int64_t r =
+      psci_call(kPsciCpuOn64, cpu.hw_id, reinterpret_cast<uintptr_t>(aarch64_secondary_entry),
+                reinterpret_cast<uintptr_t>(&cpu));
+  if (r != 0) {
+    kpanic("aarch64: PSCI CPU_ON(0x%llx) to wake cpu %u returned %lld",
+           static_cast<unsigned long long>(cpu.hw_id), cpu.index, static_cast<long long>(r));
   }
 }
 
