@@ -5,6 +5,7 @@
 
 #include "dmakit/kernel_dma_op.h"
 #include "dmakit/support/addr.h"
+#include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
 
 struct PerCpu;
@@ -99,6 +100,16 @@ void wake_cpu(PerCpu& cpu);
 // and returns once all have done it (the kernel hook of dmakit/kernel_hooks.h). Thread context,
 // interrupts masked or not; must not be called holding a lock a work item or trap takes.
 void tlb_flush_kernel_range(uintptr_t va, size_t size);
+
+// For the test of remote TLB invalidation: a kernel virtual address that nothing else uses,
+// mapped by a 4 KiB leaf, now translating to the RAM page `pa`. The first call creates the
+// mapping; each later call rewrites the same leaf's output address and does no TLB maintenance
+// at all, on any CPU (the caller invalidates, which is what the test is about).
+// tlb_test_page_release puts back what the address mapped before (nothing, or its original
+// page), again without TLB maintenance. Boot CPU, thread context.
+// Errors: kNoMemory (no page-table memory for the first mapping), kNotSupported.
+Result<uintptr_t> tlb_test_page_map(PhysAddr pa);
+void tlb_test_page_release();
 
 }  // namespace arch
 

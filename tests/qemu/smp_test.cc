@@ -270,6 +270,79 @@ KTEST(smp_tlb_flush_hook_from_every_cpu_at_once) {
 
 namespace {
 
+constexpr unsigned kTlbRounds = 8;
+
+struct TlbRun {
+  unsigned round = 0;  // For barrier().
+  uintptr_t va = 0;
+  PhysAddr pages[2];
+  uint64_t words[2] = {};  // The first word of each page.
+  uint64_t seen[kMaxCpus][kTlbRounds] = {};
+  bool remap_failed = false;
+};
+
+// Every CPU stays in this work item for the whole test, so that its TLB keeps what it cached
+// (an idle CPU may be powered off, which empties its TLB). Round r: CPU 0 points the test page
+// at pages[r % 2] and calls the hook; then every CPU reads the page through the test address.
+void tlb_round_trip(void* arg) {
+  auto* t = static_cast<TlbRun*>(arg);
+  unsigned me = cpu_index();
+  unsigned round = t->round;
+  for (unsigned r = 0; r < kTlbRounds; ++r) {
+    if (me == 0 && r > 0) {
+      if (!arch::tlb_test_page_map(t->pages[r % 2]).ok()) t->remap_failed = true;
+      dma::kernel_hooks().tlb_flush_kernel_range(t->va, ktest_util::kPage);
+    }
+    barrier(round++);  // The new translation is in place and invalidated everywhere.
+    t->seen[me][r] = *reinterpret_cast<volatile const uint64_t*>(t->va);
+    barrier(round++);  // Everyone has read before CPU 0 changes it again.
+  }
+}
+
+}  // namespace
+
+// The remote TLB invalidation hook reaches every CPU: after CPU 0 changes which page the test
+// address maps and calls the hook, every CPU (each holding the old translation from the round
+// before) reads the new page.
+KTEST(smp_remote_tlb_invalidation_reaches_every_cpu) {
+  const dmakit_kernel_hooks& h = dma::kernel_hooks();
+  KREQUIRE_TRUE(h.tlb_flush_kernel_range != nullptr);
+  static TlbRun t;
+  t = TlbRun{};
+  for (int i = 0; i < 2; ++i) {
+    auto p = kernel_env().pfa->alloc(0);
+    KREQUIRE_OK(p);
+    t.pages[i] = *p;
+    t.words[i] = 0x5EED'0000'0000'0000ull + static_cast<uint64_t>(i);
+    *static_cast<uint64_t*>(kernel_env().phys_to_virt(*p)) = t.words[i];
+  }
+  auto va = arch::tlb_test_page_map(t.pages[0]);
+  KREQUIRE_OK(va);
+  t.va = *va;
+  h.tlb_flush_kernel_range(t.va, ktest_util::kPage);
+  t.round = next_barrier_round();
+  run_on_all_cpus(&tlb_round_trip, &t);
+  arch::tlb_test_page_release();
+  h.tlb_flush_kernel_range(t.va, ktest_util::kPage);
+  KEXPECT_FALSE(t.remap_failed);
+  unsigned stale = 0;
+  for (unsigned c = 0; c < num_cpus(); ++c) {
+    for (unsigned r = 0; r < kTlbRounds; ++r) {
+      if (t.seen[c][r] != t.words[r % 2]) {
+        if (stale++ == 0) {
+          ktest_ctx.fail(__FILE__, __LINE__, "cpu %u round %u read 0x%llx, expected 0x%llx", c, r,
+                         static_cast<unsigned long long>(t.seen[c][r]),
+                         static_cast<unsigned long long>(t.words[r % 2]));
+        }
+      }
+    }
+  }
+  KEXPECT_EQ(stale, 0u);
+  for (const PhysAddr& p : t.pages) KEXPECT_OK(kernel_env().pfa->free(p, 0));
+}
+
+namespace {
+
 // Console lines of several CPUs at once, captured (kprintf_set_capture) and checked whole.
 constexpr unsigned kLinesPerCpu = 24;
 constexpr char kLineBody[] = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq";

@@ -15,6 +15,7 @@
 //
 // Cross-CPU TLB maintenance needs no interrupt: `tlbi vaae1is` is broadcast to every CPU of the
 // inner-shareable domain, and the `dsb ish` after it waits until all of them have done it.
+#include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/sysreg.h"
 #include "testkernel/arch.h"
 #include "testkernel/fdt.h"
@@ -67,6 +68,26 @@ int64_t psci_call(uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3) {
     __asm__ volatile("smc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory");
   }
   return static_cast<int64_t>(x0);
+}
+
+// The TLB test page: an otherwise unused address of the identity space (TTBR0), far above
+// anything the device tree describes.
+constexpr uint64_t kTlbTestVa = 0x0000'7F00'0000'0000ull;
+constexpr uint64_t kDescValid = 1ull << 0;
+constexpr uint64_t kDescTable = 1ull << 1;
+constexpr uint64_t kDescOaMask = 0x0000'FFFF'FFFF'F000ull;
+
+// The level-3 descriptor that maps kTlbTestVa, or null if the walk stops before (unmapped, or a
+// block). Tables are in the kernel image, identity-mapped: their physical address is their
+// address.
+uint64_t* tlb_test_descriptor() {
+  uint64_t table = aarch64::read_ttbr0_el1() & kDescOaMask;
+  for (int level = 0; level < 3; ++level) {
+    uint64_t e = reinterpret_cast<uint64_t*>(table)[(kTlbTestVa >> (39 - 9 * level)) & 511];
+    if ((e & kDescValid) == 0 || (e & kDescTable) == 0) return nullptr;
+    table = e & kDescOaMask;
+  }
+  return &reinterpret_cast<uint64_t*>(table)[(kTlbTestVa >> 12) & 511];
 }
 
 // Cleans and invalidates [p, p + n) to the point of coherency, for data a CPU with its caches
@@ -200,6 +221,28 @@ void tlb_flush_kernel_range(uintptr_t va, size_t size) {
   }
   aarch64::dsb_ish();
   aarch64::isb();
+}
+
+Result<uintptr_t> tlb_test_page_map(PhysAddr pa) {
+  uint64_t* d = tlb_test_descriptor();
+  if (d == nullptr || (*d & kDescValid) == 0) {
+    // An address no CPU has translated yet (Arm TLBs hold no invalid entries): a plain map.
+    auto r = aarch64::mmu_map(aarch64::Space::kIdentity, kTlbTestVa, pa.value(), 4096,
+                              aarch64::MemAttr::kNormalWb, false);
+    if (!r.ok()) return r.error();
+    aarch64::dsb_ishst();
+    aarch64::isb();
+    return kTlbTestVa;
+  }
+  __atomic_store_n(d, (*d & ~kDescOaMask) | (pa.value() & kDescOaMask), __ATOMIC_RELAXED);
+  aarch64::dsb_ishst();
+  return kTlbTestVa;
+}
+
+void tlb_test_page_release() {
+  uint64_t* d = tlb_test_descriptor();
+  if (d != nullptr) __atomic_store_n(d, uint64_t{0}, __ATOMIC_RELAXED);
+  aarch64::dsb_ishst();
 }
 
 }  // namespace arch

@@ -43,6 +43,31 @@ void local_sfence_range(uintptr_t va, size_t size) {
   }
 }
 
+// The TLB test page: the direct-map address of a physical page nothing uses (past RAM and the
+// PCIe windows of QEMU virt, inside the 256 GiB direct map), mapped as one 4 KiB leaf by
+// mmio_map the first time and then pointed at RAM.
+constexpr uint64_t kTlbTestPhys = 0x3F'0000'0000ull;
+constexpr uint64_t kPteV = 1ull << 0;
+constexpr uint64_t kPteRwx = 7ull << 1;
+constexpr uint64_t kPtePpnShift = 10;
+constexpr uint64_t kPtePpnMask = ((1ull << 44) - 1) << kPtePpnShift;
+constexpr uint64_t kPtePbmtMask = 3ull << 61;
+uint64_t g_tlb_test_original = 0;
+
+// The 4 KiB leaf that maps `va` in the active table, or null. Table pages are in the kernel
+// image, reached through the direct map.
+uint64_t* pte_of(uintptr_t va) {
+  uint64_t table = (riscv::read_satp() & ((1ull << 44) - 1)) << 12;
+  for (int level = 2; level >= 0; --level) {
+    auto* t = reinterpret_cast<uint64_t*>(table + riscv::Riscv64Platform::kDirectMapOffset);
+    uint64_t* e = &t[(va >> (12 + 9 * level)) & 511];
+    if ((*e & kPteV) == 0) return nullptr;
+    if ((*e & kPteRwx) != 0) return level == 0 ? e : nullptr;
+    table = ((*e & kPtePpnMask) >> kPtePpnShift) << 12;
+  }
+  return nullptr;
+}
+
 struct Range {
   uintptr_t va;
   size_t size;
@@ -150,6 +175,28 @@ void tlb_flush_kernel_range(uintptr_t va, size_t size) {
     if (r.error != 0) {
       kpanic("riscv64: SBI remote_sfence_vma failed: %ld", r.error);
     }
+  }
+}
+
+Result<uintptr_t> tlb_test_page_map(PhysAddr pa) {
+  uintptr_t va = kTlbTestPhys + riscv::Riscv64Platform::kDirectMapOffset;
+  if (pte_of(va) == nullptr) {
+    auto m = riscv::platform().mmio_map(PhysAddr(kTlbTestPhys), 4096);
+    if (!m.ok()) return m.error();
+  }
+  uint64_t* pte = pte_of(va);
+  if (pte == nullptr) return ErrorCode::kNotSupported;
+  if (g_tlb_test_original == 0) g_tlb_test_original = *pte;
+  // Ordinary memory (PBMT cleared): the page is RAM now.
+  uint64_t e = (*pte & ~(kPtePpnMask | kPtePbmtMask)) | ((pa.value() >> 12) << kPtePpnShift);
+  __atomic_store_n(pte, e, __ATOMIC_RELEASE);
+  return va;
+}
+
+void tlb_test_page_release() {
+  uint64_t* pte = pte_of(kTlbTestPhys + riscv::Riscv64Platform::kDirectMapOffset);
+  if (pte != nullptr && g_tlb_test_original != 0) {
+    __atomic_store_n(pte, g_tlb_test_original, __ATOMIC_RELEASE);
   }
 }
 

@@ -45,6 +45,7 @@ constexpr uint64_t kEferNxe = 1ull << 11;
 constexpr uint64_t kRflagsIf = 1ull << 9;
 constexpr size_t kMaxInvlpgPages = 64;
 constexpr uintptr_t kPage = 4096;
+using Pte = uint64_t;
 
 bool g_trampoline_ready = false;
 uint64_t g_boot_cr4 = 0;
@@ -126,6 +127,27 @@ bool prepare_trampoline() {
   g_boot_cr4 = read_cr4();
   g_trampoline_ready = true;
   return true;
+}
+
+// The TLB test page: the direct-map address of a physical page nothing uses (far above q35's RAM
+// and 64-bit PCI window), mapped as one 4 KiB leaf by map_device the first time and then
+// pointed at RAM.
+constexpr uint64_t kTlbTestPhys = 0x7F'0000'0000ull;
+constexpr Pte kPtePresent = 1;
+constexpr Pte kPteLarge = 1ull << 7;
+constexpr Pte kPteAddrMask = 0x000F'FFFF'FFFF'F000ull;
+Pte g_tlb_test_original = 0;
+
+// The 4 KiB PTE that maps `va` in the active tables, or null. Every table lives in the kernel
+// image (paging.cc's pool), reached at kKernelVma + its physical address.
+Pte* pte_of(uintptr_t va) {
+  uint64_t table = read_cr3() & kPteAddrMask;
+  for (int level = 3; level > 0; --level) {
+    Pte e = reinterpret_cast<Pte*>(table + kKernelVma)[(va >> (12 + 9 * level)) & 0x1FF];
+    if ((e & kPtePresent) == 0 || (e & kPteLarge) != 0) return nullptr;
+    table = e & kPteAddrMask;
+  }
+  return &reinterpret_cast<Pte*>(table + kKernelVma)[(va >> 12) & 0x1FF];
 }
 
 }  // namespace
@@ -222,6 +244,26 @@ void idle_wait() {
 void wake_cpu(PerCpu& cpu) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   lapic::send_ipi(static_cast<uint32_t>(cpu.hw_id), kWakeVector);
+}
+
+Result<uintptr_t> tlb_test_page_map(PhysAddr pa) {
+  auto va = reinterpret_cast<uintptr_t>(direct_map(kTlbTestPhys));
+  if (g_tlb_test_original == 0) {
+    auto m = map_device(PhysAddr(kTlbTestPhys), kPage, MemType::kWriteBack);
+    if (!m.ok()) return m.error();
+  }
+  Pte* pte = pte_of(va);
+  if (pte == nullptr) return ErrorCode::kNotSupported;
+  if (g_tlb_test_original == 0) g_tlb_test_original = *pte;
+  __atomic_store_n(pte, (*pte & ~kPteAddrMask) | (pa.value() & kPteAddrMask), __ATOMIC_RELEASE);
+  return va;
+}
+
+void tlb_test_page_release() {
+  Pte* pte = pte_of(reinterpret_cast<uintptr_t>(direct_map(kTlbTestPhys)));
+  if (pte != nullptr && g_tlb_test_original != 0) {
+    __atomic_store_n(pte, g_tlb_test_original, __ATOMIC_RELEASE);
+  }
 }
 
 void tlb_flush_kernel_range(uintptr_t va, size_t size) {
