@@ -57,15 +57,19 @@ constexpr size_t kMaxTlbiPages = 64;
 enum class Conduit { kNone, kHvc, kSmc };
 Conduit g_conduit = Conduit::kNone;
 
+// SMCCC v1.0 lets the firmware change x4-x17 as well.
+#define PSCI_CLOBBERS \
+  "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16", "x17"
+
 int64_t psci_call(uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3) {
   register uint64_t x0 __asm__("x0") = fn;
   register uint64_t x1 __asm__("x1") = a1;
   register uint64_t x2 __asm__("x2") = a2;
   register uint64_t x3 __asm__("x3") = a3;
   if (g_conduit == Conduit::kHvc) {
-    __asm__ volatile("hvc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory");
+    __asm__ volatile("hvc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory", PSCI_CLOBBERS);
   } else {
-    __asm__ volatile("smc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory");
+    __asm__ volatile("smc #0" : "+r"(x0), "+r"(x1), "+r"(x2), "+r"(x3) : : "memory", PSCI_CLOBBERS);
   }
   return static_cast<int64_t>(x0);
 }
@@ -234,6 +238,9 @@ Result<uintptr_t> tlb_test_page_map(PhysAddr pa) {
     aarch64::isb();
     return kTlbTestVa;
   }
+  // Only the output address changes, between two Normal write-back pages nobody writes through
+  // this address: the test wants the old translation left in every TLB, so there is no
+  // break-before-make here (whose TLBI would remove it).
   __atomic_store_n(d, (*d & ~kDescOaMask) | (pa.value() & kDescOaMask), __ATOMIC_RELAXED);
   aarch64::dsb_ishst();
   return kTlbTestVa;
@@ -246,3 +253,5 @@ void tlb_test_page_release() {
 }
 
 }  // namespace arch
+
+#undef PSCI_CLOBBERS

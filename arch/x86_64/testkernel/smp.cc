@@ -48,6 +48,8 @@ constexpr uintptr_t kPage = 4096;
 using Pte = uint64_t;
 
 bool g_trampoline_ready = false;
+// The AP started last: the next start waits until it has taken x86_ap_boot_percpu.
+PerCpu* g_starting = nullptr;
 uint64_t g_boot_cr4 = 0;
 
 struct Shootdown {
@@ -208,6 +210,12 @@ bool start_cpu(PerCpu& cpu) {
             static_cast<unsigned long long>(cpu.hw_id), cpu.index);
     return false;
   }
+  if (g_starting != nullptr && !cpu_online(g_starting->index)) {
+    // It may still read x86_ap_boot_percpu: starting another one would give both one PerCpu.
+    kprintf("x86_64: cpu %u is not up yet; cpu %u stays off\n", g_starting->index, cpu.index);
+    return false;
+  }
+  g_starting = &cpu;
   x86_ap_boot_cr3 = read_cr3();
   x86_ap_boot_percpu = &cpu;
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
