@@ -125,6 +125,34 @@ KTEST(smp_run_on_all_cpus_runs_once_on_each) {
   for (unsigned i = 0; i < num_cpus(); ++i) KEXPECT_EQ(g_seen[i].runs, 1u);
 }
 
+// A CPU the firmware does not have: the start request is refused (PSCI, SBI HSM) or the CPU
+// never comes online (an INIT-SIPI-SIPI to nobody); either way nothing else changes and the
+// online CPUs keep working.
+KTEST(smp_start_of_a_missing_cpu_fails_cleanly) {
+  static PerCpu ghost;
+  ghost.self = &ghost;
+  ghost.index = kMaxCpus - 1;
+  uint64_t used = 0;
+  for (unsigned i = 0; i < num_cpus(); ++i) used |= 1ull << (cpu_data(i).hw_id & 63);
+  // An id no described CPU has (small, so that every arch can address it).
+  uint64_t id = 0;
+  while (id < 64 && (used & (1ull << id)) != 0) ++id;
+  ghost.hw_id = id + 0x40;
+  static uint8_t stack[4096];
+  ghost.stack_top = reinterpret_cast<uintptr_t>(stack + sizeof(stack));
+  ghost.trap_stack_top = ghost.stack_top;
+  unsigned online = num_online_cpus();
+  if (arch::start_cpu(ghost)) {
+    uint64_t until = arch::now_ns() + 200'000'000;
+    while (arch::now_ns() < until) arch::cpu_relax();
+  }
+  KEXPECT_FALSE(__atomic_load_n(&ghost.online, __ATOMIC_ACQUIRE));
+  KEXPECT_EQ(num_online_cpus(), online);
+  clear_seen();
+  run_on_all_cpus(&record_cpu, nullptr);
+  for (unsigned i = 0; i < num_cpus(); ++i) KEXPECT_EQ(g_seen[i].runs, 1u);
+}
+
 namespace {
 
 // A work item that itself waits for work on another CPU: the waits serve each CPU's own slot,
