@@ -39,7 +39,8 @@ ARCH ?= aarch64
 BUILD ?= build
 # 4G: RAM above 4 GiB on every machine, so 32-bit devices really bounce (in-VM device tests).
 QEMU_MEM ?= 4G
-QEMU_SMP ?= 1
+# CPUs (1 to 8): the test kernel starts all of them and its smp_ tests use every one.
+QEMU_SMP ?= 4
 QEMU_EXTRA ?=
 QEMU_TIMEOUT ?= 120
 LLVM_VER ?= 19

@@ -8,6 +8,8 @@
 set -uo pipefail
 
 ARCHES=${ARCHES:-"aarch64 riscv64 x86_64"}
+# CPUs of each QEMU run: every CPU is started (testkernel/percpu.h) and the smp_ tests use them.
+QEMU_SMP=${QEMU_SMP:-4}
 # Builds use every core (the parts themselves run one after another).
 MAKE=${MAKE:-make -j$(nproc)}
 log_dir=${BUILD:-build}/test-logs
@@ -54,7 +56,7 @@ run_part host-release $MAKE --no-print-directory test-host-release
 run_part host-tsan $MAKE --no-print-directory test-host-tsan
 run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
-  run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"
+  run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP"
 done
 
 [ "$total_fail" -ne 0 ] && status=1

@@ -27,9 +27,11 @@
 #include "testkernel/cxx_runtime.h"
 #include "testkernel/demo.h"
 #include "testkernel/kernel_env.h"
+#include "testkernel/kernel_hooks.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 #include "testkernel/panic.h"
+#include "testkernel/percpu.h"
 #include "tests/qemu/ktest.h"
 
 namespace {
@@ -55,12 +57,11 @@ void print_range(const char* label, const PhysRange& r) {
           static_cast<unsigned long long>(r.end().value()), format_size(sz, sizeof(sz), r.size));
 }
 
-// The CPU index for the bounce pools' per-CPU caches. This kernel runs on the boot CPU alone
-// (secondaries stay parked) and has no preemption, so every DMA call runs on CPU 0 from start to
-// end, which is the caches' contract (BouncePool::enable_cpu_caches). A kernel that starts its
-// secondaries passes its own per-CPU index (and disables preemption around DMA calls).
-unsigned boot_cpu_only() {
-  return 0;
+// The CPU index for the bounce pools' per-CPU caches. The kernel has no preemption or migration,
+// so a DMA call runs on one CPU from start to end, which is the caches' contract
+// (BouncePool::enable_cpu_caches).
+unsigned current_cpu() {
+  return cpu_index();
 }
 
 [[noreturn]] void fail_boot(const char* what, ErrorCode code) {
@@ -89,7 +90,7 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
   auto r = pool->init(*base, bytes, g_env.phys_to_virt(*base), g_env.phys_to_virt(*meta),
                       support::align_up(meta_bytes, kPage), opts);
   if (!r.ok()) fail_boot("bounce pool init", r.code());
-  auto cc = pool->enable_cpu_caches(&boot_cpu_only, 1);
+  auto cc = pool->enable_cpu_caches(&current_cpu, num_cpus());
   if (!cc.ok()) fail_boot("bounce pool CPU caches", cc.code());
   g_env.pools[g_env.num_pools] = pool;
   g_env.pool_names[g_env.num_pools] = name;
@@ -186,7 +187,7 @@ void print_report(const arch::BootInfo& info, const char* mode) {
   kprintf("dma: platform %s; direct map at offset 0x%llx\n",
           g_env.dma->default_constraints().coherent ? "coherent" : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
-  kprintf("cpus: %u (secondaries parked)\n", info.num_cpus);
+  kprintf("cpus: %u online (of %u described)\n", num_online_cpus(), info.num_cpus);
   kprintf("mode: %s; command line: \"%s\"\n", mode, info.cmdline);
 }
 
@@ -204,7 +205,10 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   const char* cmdline = info.cmdline != nullptr ? info.cmdline : "";
   kstr::cmdline_value(cmdline, "mode", mode, sizeof(mode));  // Keeps "demo" when absent.
 
+  // The CPU list first: the hook table and the bounce pools' per-CPU caches are sized by it.
+  install_kernel_hooks(smp_prepare(info));
   setup_memory(info);
+  smp_start_secondaries();
   print_report(info, mode);
 
   if (kstr::equal(mode, "test")) {

@@ -40,6 +40,9 @@ ARCH_SRCS := arch/riscv64/testkernel/arch_riscv64.cc arch/riscv64/testkernel/ris
              arch/riscv64/testkernel/sv39_page_table.cc arch/riscv64/testkernel/trap.cc arch/riscv64/testkernel/sbi.cc \
              arch/riscv64/testkernel/ns16550.cc
 ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
+ARCH_SRCS += arch/riscv64/testkernel/smp.cc
+# testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
+ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/riscv64/testkernel/percpu_arch.h"'
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.
