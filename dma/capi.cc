@@ -350,6 +350,7 @@ int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config
   arch.coherence = cfg->coherence;
   arch.cache_line_size = cfg->cache_line_size;
   arch.cache_flags = cfg->cache_flags;
+  arch.page_tables = cfg->page_tables;
   Result<void> built = dmakit_capi::construct_arch_op(b->arch_storage, c, arch, &b->op);
   if (!built.ok()) end(op, b);
   return status_of(built);

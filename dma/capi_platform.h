@@ -11,7 +11,7 @@ namespace dmakit_capi {
 
 // Room and alignment for the architecture's DmaOp (and whatever it needs beside it) inside a
 // dmakit_platform_op; each architecture's file checks its objects against them.
-inline constexpr size_t kArchOpBytes = 1280;
+inline constexpr size_t kArchOpBytes = 3072;
 inline constexpr size_t kArchOpAlign = 16;
 
 // The part of dmakit_platform_config that only the architecture interprets.
@@ -19,6 +19,7 @@ struct ArchOptions {
   int coherence = DMAKIT_COHERENCE_PLATFORM;  // dmakit_coherence, already checked.
   size_t cache_line_size = 0;                 // 0 or a power of two, already checked.
   uint32_t cache_flags = 0;                   // DMAKIT_CACHE_*.
+  const dmakit_page_tables* page_tables = nullptr;  // Copied by the DmaOp; may be null.
 };
 
 // Builds the architecture's DmaOp over `cfg` in `storage` (kArchOpBytes bytes aligned to

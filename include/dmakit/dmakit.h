@@ -73,6 +73,7 @@
 #include <stdint.h> /* freestanding: provided by the compiler */
 
 #include "dmakit/kernel_hooks.h"
+#include "dmakit/page_tables.h"
 
 #ifdef __cplusplus
 #define DMAKIT_ALIGNAS(n) alignas(n)
@@ -301,10 +302,14 @@ typedef struct dmakit_platform_config {
    * others take 64. RISC-V: the Zicbom block size (riscv,cbom-block-size), at least 16. */
   size_t cache_line_size;
   uint32_t cache_flags; /* DMAKIT_CACHE_* */
+  /* The tables of the kernel's direct map (dmakit/page_tables.h; copied), so that coherent memory
+   * for a non-coherent device can be remapped uncached. Null: such allocations are
+   * NOT_SUPPORTED. Ignored by the host backend. */
+  const dmakit_page_tables* page_tables;
 } dmakit_platform_config;
 
 typedef struct dmakit_platform_op {
-  DMAKIT_ALIGNAS(16) unsigned char opaque[2048];
+  DMAKIT_ALIGNAS(16) unsigned char opaque[4096];
 } dmakit_platform_op;
 
 /* Builds the platform's DMA operations in `op`: the DmaOp of the architecture the library was

@@ -14,7 +14,7 @@ Result<void> construct_arch_op(void* storage, const KernelDmaOp::Config& cfg,
   size_t line =
       options.cache_line_size != 0 ? options.cache_line_size : AArch64DmaOp::hardware_line_size();
   if (line < 16) return ErrorCode::kInvalidArgument;  // AArch64DmaOp's precondition.
-  *out = new (storage) AArch64DmaOp(cfg, line);
+  *out = new (storage) AArch64DmaOp(cfg, line, options.page_tables);
   return support::ok();
 }
 

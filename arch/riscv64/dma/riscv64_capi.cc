@@ -23,7 +23,7 @@ Result<void> construct_arch_op(void* storage, const KernelDmaOp::Config& cfg,
     }
     ops.block_size = static_cast<uint32_t>(options.cache_line_size);
   }
-  *out = new (storage) Riscv64DmaOp(cfg, ops);
+  *out = new (storage) Riscv64DmaOp(cfg, ops, options.page_tables);
   return support::ok();
 }
 

@@ -21,7 +21,7 @@ Result<void> construct_arch_op(void* storage, const KernelDmaOp::Config& cfg,
                                   : X86DmaOp::FlushInsn::kClflush;
   const auto inval = clflushopt ? X86DmaOp::InvalInsn::kClflushopt : X86DmaOp::InvalInsn::kClflush;
   size_t line = options.cache_line_size != 0 ? options.cache_line_size : 64;
-  *out = new (storage) X86DmaOp(c, line, flush, inval);
+  *out = new (storage) X86DmaOp(c, line, flush, inval, options.page_tables);
   return support::ok();
 }
 
