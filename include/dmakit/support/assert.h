@@ -2,6 +2,8 @@
 // test build) defines: the subsystem never decides how to stop a machine.
 #pragma once
 
+#include "dmakit/support/build_config.h"  // first: the configuration every header agrees on
+
 extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg);
 
 #define KASSERT(cond, msg)                                                    \
