@@ -6,17 +6,26 @@
 
 extern "C" [[noreturn]] void support_panic(const char* file, int line, const char* msg);
 
-#define KASSERT(cond, msg)                                                    \
-  do {                                                                        \
-    if (__builtin_expect(!(cond), 0)) {                                       \
-      support_panic(__FILE__, __LINE__, "assertion failed: " #cond ": " msg); \
-    }                                                                         \
+// The panic message: with DMA_DEBUG, the condition's text and the message; in a release build the
+// message alone (file and line still say which check failed), which keeps the library's read-only
+// data within its release size limit (scripts/check_lib.sh).
+#if DMA_DEBUG
+#define KASSERT_MESSAGE_(cond, msg) "assertion failed: " #cond ": " msg
+#else
+#define KASSERT_MESSAGE_(cond, msg) msg
+#endif
+
+#define KASSERT(cond, msg)                                            \
+  do {                                                                \
+    if (__builtin_expect(!(cond), 0)) {                               \
+      support_panic(__FILE__, __LINE__, KASSERT_MESSAGE_(cond, msg)); \
+    }                                                                 \
   } while (0)
 
 #define KPANIC(msg) support_panic(__FILE__, __LINE__, msg)
 
 // Debug-only checks (DMA_DEBUG=1 builds: host tests and the test kernel).
-#if defined(DMA_DEBUG) && DMA_DEBUG
+#if DMA_DEBUG
 #define KDEBUG_ASSERT(cond, msg) KASSERT(cond, msg)
 #define KDEBUG_ENABLED 1
 #else
