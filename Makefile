@@ -269,6 +269,8 @@ RUN_QEMU := python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF)
 KFLAGS_STAMP := $(KDIR)/.build-flags
 KFLAGS_NOW = $(KERNEL_CXXFLAGS) / $(KERNEL_ASFLAGS) / LIB_OPT=$(LIB_OPT)
 .PHONY: kflags-force
+# Its own OPT: otherwise it would inherit the library objects' when one of them asks for it first.
+$(KFLAGS_STAMP): OPT := -O2
 $(KFLAGS_STAMP): kflags-force
 	@mkdir -p $(dir $@)
 	@if [ "$$(cat $@ 2>/dev/null)" != '$(KFLAGS_NOW)' ]; then echo '$(KFLAGS_NOW)' > $@; fi

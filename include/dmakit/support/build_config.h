@@ -96,7 +96,7 @@
 /* The name is a whole identifier before the pasting, so that no macro of the includer (a kernel's
  * `debug`) can replace it. */
 #define DMAKIT_CFG_PASTE_(name, d, a, s, f, p) \
-  name##__DMA_DEBUG_##d##_DMA_API_DEBUG_##a##_DMA_STATS_##s##_DMA_FAULT_INJECTION_##f##_DMA_PAGE_POISON_##p
+  name##__DMA_DEBUG_##d##_DMA_API_DEBUG_##a##_DMA_STATS_##s##_##DMA_FAULT_INJECTION_##f##_DMA_PAGE_POISON_##p
 #define DMAKIT_CFG_TAG_(name, d, a, s, f, p) DMAKIT_CFG_PASTE_(name, d, a, s, f, p)
 
 /* The tag's symbol (an identifier). */
