@@ -196,9 +196,6 @@ test-host-tsan: $(HOST_TSAN_TEST_BIN)
 #                  tests/qemu/ktest.h)
 # The QEMU command line of each arch lives in tests/qemu/run_qemu.py (table ARCHES).
 
-# KDIR: where one arch's objects, libdma.a and kernel.elf go; scripts/check_lib.sh gives each ABI
-# its own with KDIR=... on the command line (only there: a KDIR in the environment is usually a
-# Linux source tree).
 # ---- Library configuration (issue 12, item 8). The five configuration macros (DMA_DEBUG, ...,
 # include/dmakit/support/build_config.h) are written by scripts/gen_config.sh into ONE generated
 # header, $(LIB_OUT)/include/dmakit/config.h, which every library and test-kernel object of this
@@ -224,6 +221,9 @@ else
 $(error LIB_CONFIG=$(LIB_CONFIG): must be release (no debug aids, the default of make lib) or \
   debug (asserts, misuse checker, statistics: the test kernel's default))
 endif
+# KDIR: where one arch's objects, libdma.a and kernel.elf go; scripts/check_lib.sh gives each ABI
+# its own with KDIR=... on the command line (only there: a KDIR in the environment is usually a
+# Linux source tree).
 ifneq ($(origin KDIR),command line)
 KDIR := $(BUILD)/$(ARCH)$(KDIR_SUFFIX)
 endif
