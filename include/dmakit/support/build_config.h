@@ -1,6 +1,7 @@
 /* The library's build configuration, seen the same way by the library and by every object that
- * includes a public header. Every public header includes this one first (directly or through
- * dmakit/support/types.h).
+ * includes a public header. Every C++ public header includes this one first (directly or
+ * through dmakit/support/types.h); dmakit/kernel_hooks.h, plain C and the same in every
+ * configuration, need not.
  *
  * The configuration is five macros, each 0 or 1:
  *   DMA_DEBUG            KDEBUG_ASSERT checks (and, by default, DMA_STATS)
