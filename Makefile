@@ -7,7 +7,8 @@
 #   make test-host-release  host suite in the release configuration (-O2, no debug aids)
 #   make test-host-tsan     the threaded host tests (named Concurrent*) under ThreadSanitizer
 #   make test-qemu      one arch's in-VM suite (ARCH=...)
-#   make lib            libdma.a for ARCH
+#   make lib            the library for a kernel: ARCH, LIB_CONFIG=release (default) | debug;
+#                       prints where it is (include/ + lib/libdma.a) and its size
 #   make bench          benchmarks (build/bench/summary.txt)
 #   make format / lint  clang-format / clang-tidy
 #
@@ -31,6 +32,13 @@
 #                          your kernel").
 #   EXTRA_CXXFLAGS=...     added last to the kernel and library objects; the flags the code needs
 #                          (ARCH_CXXFLAGS in arch/<arch>/arch.mk) stay, and cannot be overridden.
+#   LIB_CONFIG=release|debug  the library's configuration (see "Library configuration" below):
+#                          release (no debug aids) is the default of `make lib`, debug (KDEBUG
+#                          asserts, the misuse checker, statistics) that of the test kernel's
+#                          targets (kernel, run, debug, test-qemu), whose in-VM tests use the aids;
+#                          `make test-qemu LIB_CONFIG=release` runs them against a release library.
+#   LIB_OPT=-Os|-O2|...    the library objects' optimisation: -Os for release (its size limit,
+#                          scripts/check_lib.sh), -O2 for debug. The test kernel's own objects: -O2.
 
 # Recipes use bash features (PIPESTATUS in test-host); Debian's /bin/sh is dash.
 SHELL := /bin/bash
@@ -50,10 +58,13 @@ CROSS_CXX := clang++-$(LLVM_VER)
 LD := ld.lld-$(LLVM_VER)
 AR := llvm-ar-$(LLVM_VER)
 OBJDUMP := llvm-objdump-$(LLVM_VER)
+SIZE := llvm-size-$(LLVM_VER)
 CLANG_FORMAT := clang-format-$(LLVM_VER)
 CLANG_TIDY := clang-tidy-$(LLVM_VER)
 
 SETUP_STAMP := $(BUILD)/.setup-done
+# make lib needs only the compiler and binutils (scripts/setup.sh lib), not QEMU and the rest.
+SETUP_LIB_STAMP := $(BUILD)/.setup-lib-done
 
 WARNINGS := -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Wthread-safety \
             -Wno-unused-parameter -Werror
@@ -99,6 +110,9 @@ all: $(HOST_TEST_BIN)
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): scripts/setup.sh
 	@bash scripts/setup.sh
+	@mkdir -p $(dir $@) && touch $@
+$(SETUP_LIB_STAMP): scripts/setup.sh
+	@bash scripts/setup.sh lib
 	@mkdir -p $(dir $@) && touch $@
 
 $(HOST_DIR)/obj/%.o: %.cc | $(SETUP_STAMP)
@@ -203,29 +217,65 @@ test-host-tsan: $(HOST_TSAN_TEST_BIN)
 #                  tests/qemu/ktest.h)
 # The QEMU command line of each arch lives in tests/qemu/run_qemu.py (table ARCHES).
 
+# ---- Library configuration (issue 12, item 8). The five configuration macros (DMA_DEBUG, ...,
+# include/dmakit/support/build_config.h) are written by scripts/gen_config.sh into ONE generated
+# header, $(LIB_OUT)/include/dmakit/config.h, which every library and test-kernel object of this
+# KDIR sees through -I$(LIB_OUT)/include (no -D flags), exactly as a kernel using the output tree
+# does; libdma.a defines the link-time tag naming the configuration (support/build_config.cc).
+# Each configuration has its own KDIR, so switching never mixes or rebuilds objects:
+# $(BUILD)/<arch> for debug (the test kernel's), $(BUILD)/<arch>-release for release.
+LIB_KERNEL_GOALS := kernel run debug test-qemu compile_commands.json
+ifeq ($(origin LIB_CONFIG),undefined)
+ifneq ($(filter $(LIB_KERNEL_GOALS),$(MAKECMDGOALS)),)
+LIB_CONFIG := debug
+else
+LIB_CONFIG := release
+endif
+endif
+ifeq ($(LIB_CONFIG),release)
+LIB_OPT ?= -Os
+KDIR_SUFFIX := -release
+else ifeq ($(LIB_CONFIG),debug)
+LIB_OPT ?= -O2
+KDIR_SUFFIX :=
+else
+$(error LIB_CONFIG=$(LIB_CONFIG): must be release (no debug aids, the default of make lib) or \
+  debug (asserts, misuse checker, statistics: the test kernel's default))
+endif
 # KDIR: where one arch's objects, libdma.a and kernel.elf go; scripts/check_lib.sh gives each ABI
 # its own with KDIR=... on the command line (only there: a KDIR in the environment is usually a
 # Linux source tree).
 ifneq ($(origin KDIR),command line)
-KDIR := $(BUILD)/$(ARCH)
+KDIR := $(BUILD)/$(ARCH)$(KDIR_SUFFIX)
 endif
+# The output tree a kernel uses: include/ (the public headers and config.h: the one include root
+# it adds) and lib/libdma.a.
+LIB_OUT := $(KDIR)/dmakit
+LIB_CONFIG_H := $(LIB_OUT)/include/dmakit/config.h
+LIB_PUBLIC_HDRS := $(patsubst include/%,%,$(shell find include/dmakit -name '*.h' 2>/dev/null))
+LIB_OUT_HDRS := $(addprefix $(LIB_OUT)/include/,$(LIB_PUBLIC_HDRS))
 ifeq ($(origin ARCH_CXXFLAGS),command line)
 $(error ARCH_CXXFLAGS holds the flags the code needs on $(ARCH) and cannot be replaced; choose \
   the ABI with RISCV_ABI=lp64|lp64d or X86_CMODEL=kernel|small|large, add flags with EXTRA_CXXFLAGS)
 endif
 -include arch/$(ARCH)/arch.mk
 
-KERNEL_CXXFLAGS := $(BASE_CXXFLAGS) $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) -ffreestanding \
-                   -nostdlib -nostdinc++ -fno-stack-protector -fno-pic -fno-threadsafe-statics \
-                   -fno-use-cxa-atexit -O2 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 $(ARCH_CXXFLAGS) \
-                   $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
-KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I.
+# OPT: -O2 for the test kernel's objects, $(LIB_OPT) for the library's (a target-specific value,
+# below). No configuration -D flags: the generated $(LIB_CONFIG_H) decides, as in a kernel.
+OPT := -O2
+KERNEL_CXXFLAGS = $(BASE_CXXFLAGS) -I$(LIB_OUT)/include $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) \
+                  -ffreestanding -nostdlib -nostdinc++ -fno-stack-protector -fno-pic \
+                  -fno-threadsafe-statics -fno-use-cxa-atexit $(OPT) $(ARCH_CXXFLAGS) \
+                  $(ARCH_ABI_CXXFLAGS) $(EXTRA_CXXFLAGS)
+KERNEL_ASFLAGS := --target=$(TRIPLE) $(ARCH_ASFLAGS) $(ARCH_ABI_ASFLAGS) -Iinclude -I. \
+                  -I$(LIB_OUT)/include
 # The test kernel's C drivers (drivers/*/*.c, against dmakit/dmakit.h): C11, with the arch's
 # flags (which are all valid C flags) and the same ABI as the C++ objects.
 CROSS_CC := clang-$(LLVM_VER)
-KERNEL_CFLAGS := -std=c11 -Iinclude -I. -Wall -Wextra -Wconversion -Wsign-conversion -Werror \
-                 -pedantic $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) -ffreestanding -nostdlib \
-                 -fno-stack-protector -fno-pic -O2 $(ARCH_CXXFLAGS) $(ARCH_ABI_CXXFLAGS)
+KERNEL_CFLAGS = -std=c11 -Iinclude -I. -I$(LIB_OUT)/include -Wall -Wextra -Wconversion \
+                -Wsign-conversion -Werror -pedantic $(KERNEL_DEBUG_CXXFLAGS) --target=$(TRIPLE) \
+                -ffreestanding -nostdlib -fno-stack-protector -fno-pic $(OPT) $(ARCH_CXXFLAGS) \
+                $(ARCH_ABI_CXXFLAGS)
 # Two kernels from the same objects: the demo kernel (make run, make debug) and the test kernel
 # (make test-qemu), which adds the in-VM tests (tests/qemu/*_test.cc, tests/qemu/<arch>/*.cc and
 # their helpers). The harness (tests/qemu/ktest.cc) is in both; the demo kernel registers no test.
@@ -238,7 +288,7 @@ KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS
                $(patsubst %.c,$(KDIR)/obj/%.o,$(KERNEL_C_SRCS)) \
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
 KERNEL_TEST_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_TEST_SRCS))
-LIBDMA := $(KDIR)/libdma.a
+LIBDMA := $(LIB_OUT)/lib/libdma.a
 KERNEL_ELF := $(KDIR)/kernel.elf
 DEMO_ELF := $(KDIR)/demo.elf
 ARCH_MK := $(wildcard arch/$(ARCH)/arch.mk)
@@ -253,25 +303,42 @@ RUN_QEMU := python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF)
 # change, so that `make lib RISCV_ABI=lp64d` after an lp64 build, or DEBUG_INFO=0 after a build
 # with debug info, rebuilds everything instead of mixing objects of two ABIs.
 KFLAGS_STAMP := $(KDIR)/.build-flags
-KFLAGS_NOW := $(KERNEL_CXXFLAGS) / $(KERNEL_ASFLAGS)
+KFLAGS_NOW = $(KERNEL_CXXFLAGS) / $(KERNEL_ASFLAGS) / LIB_OPT=$(LIB_OPT)
 .PHONY: kflags-force
+# Its own OPT: otherwise it would inherit the library objects' when one of them asks for it first.
+$(KFLAGS_STAMP): OPT := -O2
 $(KFLAGS_STAMP): kflags-force
 	@mkdir -p $(dir $@)
 	@if [ "$$(cat $@ 2>/dev/null)" != '$(KFLAGS_NOW)' ]; then echo '$(KFLAGS_NOW)' > $@; fi
 
-$(KDIR)/obj/%.o: %.cc $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
+$(KDIR)/obj/%.o: %.cc $(ARCH_MK) $(KFLAGS_STAMP) $(LIB_CONFIG_H)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_CXXFLAGS) -MMD -MP -c $< -o $@
 
-$(KDIR)/obj/%.o: %.c $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
+$(KDIR)/obj/%.o: %.c $(ARCH_MK) $(KFLAGS_STAMP) $(LIB_CONFIG_H)
 	@mkdir -p $(dir $@)
 	$(CROSS_CC) $(KERNEL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) | $(SETUP_STAMP)
+$(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) $(LIB_CONFIG_H)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_ASFLAGS) -MMD -MP -c $< -o $@
 
+$(KLIB_OBJS): OPT := $(LIB_OPT)
+$(KLIB_OBJS): | $(SETUP_LIB_STAMP)
+$(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(KERNEL_ELF) $(DEMO_ELF): | $(SETUP_STAMP)
+
+# Rewritten only when its content changes (so a rebuild in the same configuration recompiles
+# nothing); FORCE-like through kflags-force so that a changed LIB_CONFIG under an explicit KDIR is
+# seen.
+$(LIB_CONFIG_H): scripts/gen_config.sh kflags-force
+	@bash scripts/gen_config.sh $(LIB_CONFIG) $@
+
+$(LIB_OUT)/include/%.h: include/%.h
+	@mkdir -p $(dir $@)
+	@cp $< $@
+
 $(LIBDMA): $(KLIB_OBJS)
+	@mkdir -p $(dir $@)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
@@ -281,7 +348,16 @@ $(KERNEL_ELF): $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
 $(DEMO_ELF): $(KERNEL_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
 	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(LIBDMA)
 
-lib: $(LIBDMA)
+# The output tree, complete: the public headers as they are now (a header removed from include/
+# is removed here too), config.h, libdma.a; then where it is and its size (text, data, bss, as
+# llvm-size counts them: text includes read-only data).
+lib: $(LIBDMA) $(LIB_CONFIG_H) $(LIB_OUT_HDRS)
+	@cd $(LIB_OUT)/include && find dmakit -name '*.h' ! -path dmakit/config.h | sort | \
+	  comm -23 - <(printf '%s\n' $(LIB_PUBLIC_HDRS) | sort) | xargs -r rm -f
+	@echo "libdma ($(ARCH), LIB_CONFIG=$(LIB_CONFIG), $(LIB_OPT)): $(LIB_OUT)/"
+	@echo "  include/  the include root to add (-I$(LIB_OUT)/include): public headers, dmakit/config.h"
+	@echo "  lib/libdma.a"
+	@$(SIZE) -t $(LIBDMA) | awk 'END { printf "  size: text %d  data %d  bss %d  (bytes; limit for release: text 40960, data+bss 16384)\n", $$1, $$2, $$3 }'
 kernel: $(KERNEL_ELF) $(DEMO_ELF)
 
 # Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.

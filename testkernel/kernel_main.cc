@@ -153,6 +153,11 @@ void setup_memory(const arch::BootInfo& info) {
   g_env.dma = &arch::create_dma_op(cfg);
   // The misuse checker's reports go to the console (with DMA_API_DEBUG; a no-op otherwise).
   DmaDebug::set_sink(+[](void*, const char* line) { kprintf("%s\n", line); }, nullptr);
+  // Its table, sized for the in-VM tests (the library's own default is a bring-up's few entries).
+  static DmaDebug::Entry dma_debug_table[DmaDebug::kEnabled ? 4096 : 1];
+  Result<void> d =
+      DmaDebug::init(dma_debug_table, sizeof(dma_debug_table) / sizeof(dma_debug_table[0]));
+  if (!d.ok()) fail_boot("misuse checker init", d.code());
 }
 
 void print_report(const arch::BootInfo& info, const char* mode) {
