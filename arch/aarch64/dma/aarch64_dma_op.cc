@@ -30,9 +30,16 @@ static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<DcInsns>>);
 
 }  // namespace
 
-AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size)
-    : KernelDmaOp(with_line_size(cfg, line_size)), line_(line_size) {
-  KASSERT(support::is_pow2(line_size) && line_size >= 16, "bad cache line size");
+Result<void> AArch64DmaOp::init(const Config& cfg, size_t line_size) {
+  if (!support::is_pow2(line_size) || line_size < 16) return ErrorCode::kInvalidArgument;
+  TRY(KernelDmaOp::init(with_line_size(cfg, line_size)));
+  line_ = line_size;
+  return support::ok();
+}
+
+AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size) {
+  Result<void> r = init(cfg, line_size);
+  KASSERT(r.ok(), "AArch64DmaOp: bad cache line size or Config");
 }
 
 size_t AArch64DmaOp::hardware_line_size() {

@@ -17,15 +17,22 @@
 
 class AArch64DmaOp final : public KernelDmaOp {
  public:
-  // Precondition: as KernelDmaOp. `line_size` is a power of two (the CPU's CTR_EL0.DminLine).
+  // For static storage: `constinit AArch64DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr AArch64DmaOp() = default;
+  // Sets the object up with cfg and the line size `line_size` (normally hardware_line_size()).
+  // Preconditions and calling context: KernelDmaOp::init's.
+  // Errors: kInvalidArgument (line_size not a power of two of at least 16, or KernelDmaOp::init's);
+  // the object is unchanged then.
+  Result<void> init(const Config& cfg, size_t line_size);
+  // The same in one step; panics where init() returns an error.
   AArch64DmaOp(const Config& cfg, size_t line_size);
 
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
   // Direct-map pages to Normal Non-cacheable (kUncached) or Normal write-back (kCached) in place;
-  // see arch/aarch64/dma/aarch64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if MAIR_EL1 does not hold
-  // the layout of mmu.h.
+  // see arch/aarch64/dma/aarch64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if MAIR_EL1 does
+  // not hold the layout of mmu.h.
   Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
 
   size_t line_size() const { return line_; }
@@ -34,5 +41,5 @@ class AArch64DmaOp final : public KernelDmaOp {
   static size_t hardware_line_size();
 
  private:
-  size_t line_;
+  size_t line_ = 64;
 };

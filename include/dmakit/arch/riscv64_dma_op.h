@@ -10,13 +10,13 @@
 // Without Zicbom (by the ISA string) there are no cache instructions to use: the platform is
 // declared coherent (Config::platform_coherent forced true) and the three methods only fence.
 // Without Svpbmt, coherent memory cannot be mapped non-cacheable for a non-coherent device
-// (arch/riscv64/dma/riscv64_uncached.cc): the platform is declared coherent as well. Both are true on
-// QEMU, which models no caches; on real hardware lacking them, a device that does not snoop would
-// need memory the platform's PMAs make uncacheable, which this port does not support (a device
-// explicitly marked non-coherent then gets kNotSupported from alloc_coherent).
-// cbo.inval needs the M-mode firmware to set menvcfg.CBIE; if it traps (found by a boot-time
-// probe), `inval_usable` is false and invalidate uses cbo.flush on every block, which is a correct
-// (only slower) substitute: the written-back data is then discarded from the cache all the same.
+// (arch/riscv64/dma/riscv64_uncached.cc): the platform is declared coherent as well. Both are true
+// on QEMU, which models no caches; on real hardware lacking them, a device that does not snoop
+// would need memory the platform's PMAs make uncacheable, which this port does not support (a
+// device explicitly marked non-coherent then gets kNotSupported from alloc_coherent). cbo.inval
+// needs the M-mode firmware to set menvcfg.CBIE; if it traps (found by a boot-time probe),
+// `inval_usable` is false and invalidate uses cbo.flush on every block, which is a correct (only
+// slower) substitute: the written-back data is then discarded from the cache all the same.
 //
 // Cost: one instruction per block touched, plus two fences.
 #pragma once
@@ -32,10 +32,15 @@ class Riscv64DmaOp final : public KernelDmaOp {
     bool svpbmt = false;        // Every hart has Svpbmt: PTEs can say NC (set_memory_attribute).
   };
 
-  // Preconditions: as KernelDmaOp's; ops.block_size a power of two >= 16 when ops.zicbom.
-  // cfg.platform_coherent is kept when the platform could be non-coherent (Zicbom and Svpbmt),
-  // and forced true otherwise; cfg.cache_maintenance becomes ops.zicbom and
-  // cfg.cache_line_size the block size.
+  // For static storage: `constinit Riscv64DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr Riscv64DmaOp() = default;
+  // Sets the object up. cfg.platform_coherent is kept when the platform could be non-coherent
+  // (Zicbom and Svpbmt), and forced true otherwise; cfg.cache_maintenance becomes ops.zicbom and
+  // cfg.cache_line_size the block size. Preconditions and calling context: KernelDmaOp::init's.
+  // Errors: kInvalidArgument (ops.zicbom with a block size that is not a power of two >= 16, or
+  // KernelDmaOp::init's); the object is unchanged then.
+  Result<void> init(const Config& cfg, const CacheOps& ops);
+  // The same in one step; panics where init() returns an error.
   Riscv64DmaOp(const Config& cfg, const CacheOps& ops);
 
   // Any alignment, size may be 0; may be called with interrupts off. See DmaOp.
@@ -52,5 +57,5 @@ class Riscv64DmaOp final : public KernelDmaOp {
  private:
   static Config with_coherence(const Config& cfg, const CacheOps& ops);
 
-  CacheOps ops_;
+  CacheOps ops_ = {};
 };

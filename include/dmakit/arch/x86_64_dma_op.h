@@ -29,8 +29,16 @@ class X86DmaOp final : public KernelDmaOp {
   using FlushInsn = X86FlushInsn;
   using InvalInsn = X86InvalInsn;
 
-  // Preconditions: as KernelDmaOp; the CPU has at least CLFLUSH (every x86-64 CPU does).
-  // `line_size` is a power of two. The choice of instructions is fixed for the object's life.
+  // For static storage: `constinit X86DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr X86DmaOp() = default;
+  // Sets the object up. Preconditions: KernelDmaOp::init's; the CPU has the chosen instructions
+  // (every x86-64 CPU has CLFLUSH). The choice is fixed for the object's life. Calling context:
+  // KernelDmaOp::init's.
+  // Errors: kInvalidArgument (line_size not a power of two, or KernelDmaOp::init's); the object
+  // is unchanged then.
+  Result<void> init(const Config& cfg, size_t line_size, FlushInsn flush_insn,
+                    InvalInsn inval_insn);
+  // The same in one step; panics where init() returns an error.
   X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn);
 
   // See DmaOp. Any alignment, size 0 does nothing; safe with interrupts off, on any CPU.
@@ -38,8 +46,8 @@ class X86DmaOp final : public KernelDmaOp {
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
   // Direct-map pages to PAT UC- (kUncached) or write-back (kCached) in place; see
-  // arch/x86_64/dma/x86_64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if the PAT MSR does not
-  // hold the port's layout (index 0 WB, index 2 UC-).
+  // arch/x86_64/dma/x86_64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if the PAT MSR does
+  // not hold the port's layout (index 0 WB, index 2 UC-).
   Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
 
   size_t line_size() const { return line_size_; }
@@ -47,7 +55,7 @@ class X86DmaOp final : public KernelDmaOp {
   InvalInsn inval_insn() const { return inval_insn_; }
 
  private:
-  size_t line_size_;
-  FlushInsn flush_insn_;
-  InvalInsn inval_insn_;
+  size_t line_size_ = 64;
+  FlushInsn flush_insn_ = FlushInsn::kClflush;
+  InvalInsn inval_insn_ = InvalInsn::kClflush;
 };
