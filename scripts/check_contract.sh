@@ -20,7 +20,7 @@
 #                                                   the compile flags come from the .build-flags
 #                                                   file beside the archive when there is one)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 LLVM_VER=${LLVM_VER:-19}
 NM=llvm-nm-$LLVM_VER
@@ -166,7 +166,7 @@ check_lib() {
   local target_flags=()
   for f in $flags; do
     case $f in
-      --target=* | -m* | -march=* | -mabi=* | -DSUPPORT_*) target_flags+=("$f") ;;
+      --target=* | -m* | -DSUPPORT_*) target_flags+=("$f") ;;
     esac
   done
   local stub=$work/contract-provider
