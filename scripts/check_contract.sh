@@ -81,19 +81,13 @@ config_defines() {
 build_lib() {
   local arch=$1 config=$2
   local kdir=$BUILD/contract-$arch-$config
-  local cfg_vars=()
-  if grep -q 'LIB_CONFIG' Makefile; then
-    cfg_vars=(LIB_CONFIG="$config")
-  elif [ "$config" = release ]; then
-    cfg_vars=("EXTRA_CXXFLAGS=-UDMA_DEBUG -DDMA_DEBUG=0 -UDMA_API_DEBUG -DDMA_API_DEBUG=0")
-  fi
   mkdir -p "$kdir"
-  if ! $MAKE --no-print-directory lib ARCH="$arch" DEBUG_INFO=0 KDIR="$kdir" "${cfg_vars[@]}" \
+  if ! $MAKE --no-print-directory lib ARCH="$arch" DEBUG_INFO=0 KDIR="$kdir" LIB_CONFIG="$config" \
     >"$kdir.log" 2>&1; then
     tail -n 20 "$kdir.log" >&2
     return 1
   fi
-  echo "$kdir/libdma.a"
+  echo "$kdir/dmakit/lib/libdma.a"
 }
 
 # Compile flags for code linked with the archive: the archive's own (its .build-flags file: the
@@ -103,7 +97,7 @@ build_lib() {
 user_flags() {
   local arch=$1 config=$2 lib=$3
   local stamp
-  stamp=$(dirname "$lib")/.build-flags
+  stamp=$(dirname "$lib")/../../.build-flags  # $KDIR/.build-flags; the archive is $KDIR/dmakit/lib/
   local flags
   if [ -f "$stamp" ]; then
     flags=$(sed 's| / .*||' "$stamp")
@@ -114,7 +108,7 @@ user_flags() {
   local out=()
   for f in $flags; do
     case $f in
-      -I. | -fno-use-cxa-atexit | -Werror) ;;
+      -I. | -Iinclude | -fno-use-cxa-atexit | -Werror) ;;  # Only the output tree's include/.
       *) out+=("$f") ;;
     esac
   done
