@@ -5,6 +5,7 @@
 
 #include "dmakit/kernel_dma_op.h"
 #include "dmakit/support/addr.h"
+#include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
 
 namespace arch {
@@ -58,6 +59,85 @@ const char* mapping_attribute(const void* va);
 // that some pages can be mapped uncached (KernelDmaOp::set_memory_attribute; 0 once every such
 // page is cacheable again, when the large leaves are put back).
 size_t direct_map_split_tables();
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts: the controller, message-signalled interrupts for PCI devices, a per-CPU timer.
+//
+// AArch64: GICv3 (distributor + redistributors) or GICv2, with MSIs through a GICv2m frame;
+// RISC-V: AIA, MSIs through the hart's IMSIC supervisor file; x86-64: local APIC (the I/O APIC's
+// pins all masked), MSIs straight to the local APIC. Each arch states its choice in
+// irq_controller().
+//
+// Handlers run in interrupt context on the CPU the interrupt was steered to, with interrupts
+// masked on that CPU (no nesting). A handler must not block or wait for another interrupt. The
+// controller's end-of-interrupt is signalled by the arch after the handler returns, so an
+// edge-triggered source (every MSI is one) that fires again meanwhile is not lost.
+
+// An interrupt handler and its argument.
+using IrqHandler = void (*)(void* ctx);
+
+// What a device writes to signal an MSI: `data` (32 bits; MSI capabilities take the low 16) at
+// bus address `address`.
+struct MsiMessage {
+  uint64_t address = 0;
+  uint32_t data = 0;
+};
+
+// Finds and initialises the interrupt controller for the boot CPU (device tree or ACPI MADT),
+// masks every source, and installs the external-interrupt path. Leaves interrupts masked on the
+// CPU. Call once, on the boot CPU, from thread context, after kernel_main set up memory (it may
+// map controller registers). Errors: kNotFound (no supported controller described),
+// kNotSupported (a controller this port does not drive), arch::mmio_map's errors.
+Result<void> irq_init();
+
+// One line naming the controller and the MSI mechanism (e.g. "gicv3 + gicv2m (msi spis 64)"),
+// for the boot report. Valid after irq_init.
+const char* irq_controller();
+
+// Unmask / mask interrupts on the calling CPU. Any context.
+void irq_enable_local();
+void irq_disable_local();
+// Masks interrupts on the calling CPU and returns the previous state for irq_restore (nesting
+// allowed). Any context; the shape dmakit_kernel_hooks::irq_save/irq_restore expects.
+uintptr_t irq_save();
+void irq_restore(uintptr_t state);
+// Whether interrupts are unmasked on the calling CPU.
+bool irq_enabled_local();
+// Waits with interrupts unmasked until any interrupt has been taken (or a short while passes),
+// then restores the caller's interrupt state. For polling loops that wait on interrupt handlers.
+void irq_wait();
+
+// Allocates one MSI for a device: `handler(ctx)` runs when the device writes the returned message,
+// on CPU `cpu` (0 is the boot CPU; this port routes every MSI to the CPU given). The caller
+// programs the message into the device (drivers/pci/pci_msi.h) and frees it with msi_free once
+// the device can no longer send it. Thread context.
+// Errors: kInvalidArgument (null handler, cpu out of range, irq_init not done), kNoMemory (no
+// free vector / MSI interrupt left).
+Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu);
+// Releases a message returned by msi_alloc; a later interrupt from it is ignored (counted as
+// spurious). Precondition: the device no longer sends it. Errors: kNotFound (not an allocated
+// message). Thread context.
+Result<void> msi_free(const MsiMessage& msg);
+
+// Interrupts taken (timer, MSIs, everything dispatched) and spurious ones (no handler) on all
+// CPUs since boot; for reports and tests.
+uint64_t irq_count();
+uint64_t irq_spurious_count();
+
+// Starts (or restarts with new settings) the calling CPU's periodic timer: every `period_ns`
+// nanoseconds (at least 100 us) the timer interrupt runs `tick(ctx)` on this CPU (null: only
+// counted). Each CPU calls it for itself (the SMP bring-up does so on every secondary). Thread
+// context or interrupts off. Errors: kInvalidArgument (period below 100 us or above 1 s),
+// kNotSupported (irq_init not done).
+Result<void> timer_start_this_cpu(uint64_t period_ns, IrqHandler tick, void* ctx);
+// Stops the calling CPU's timer (no tick arrives after it returns). Any context.
+void timer_stop_this_cpu();
+// Timer interrupts taken on the calling CPU since boot.
+uint64_t timer_ticks_this_cpu();
+
+// The period kernel_main starts the boot CPU's timer with (counting only), and the one a test
+// that installs its own tick function restores afterwards.
+constexpr uint64_t kDefaultTimerPeriodNs = 1'000'000;
 
 }  // namespace arch
 

@@ -22,6 +22,7 @@
 // memory.
 #include "testkernel/arch.h"
 #include "dmakit/dma_debug.h"
+#include "dmakit/kernel_hooks.h"
 #include "testkernel/boot_memory.h"
 #include "testkernel/cxx_runtime.h"
 #include "testkernel/demo.h"
@@ -187,7 +188,23 @@ void print_report(const arch::BootInfo& info, const char* mode) {
           g_env.dma->default_constraints().coherent ? "coherent" : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
   kprintf("cpus: %u (secondaries parked)\n", info.num_cpus);
+  kprintf("interrupts: %s; timer every %llu us on the boot CPU\n", arch::irq_controller(),
+          static_cast<unsigned long long>(arch::kDefaultTimerPeriodNs / 1000));
   kprintf("mode: %s; command line: \"%s\"\n", mode, info.cmdline);
+}
+
+// The interrupt controller, the library's interrupt-masking hooks (its locks may then be taken
+// from interrupt handlers), and the boot CPU's periodic timer; interrupts on from here.
+void setup_interrupts() {
+  auto r = arch::irq_init();
+  if (!r.ok()) fail_boot("interrupt controller", r.code());
+  dmakit_kernel_hooks hooks = {};
+  hooks.irq_save = &arch::irq_save;
+  hooks.irq_restore = &arch::irq_restore;
+  dmakit_set_kernel_hooks(&hooks);
+  r = arch::timer_start_this_cpu(arch::kDefaultTimerPeriodNs, nullptr, nullptr);
+  if (!r.ok()) fail_boot("timer", r.code());
+  arch::irq_enable_local();
 }
 
 }  // namespace
@@ -205,6 +222,7 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   kstr::cmdline_value(cmdline, "mode", mode, sizeof(mode));  // Keeps "demo" when absent.
 
   setup_memory(info);
+  setup_interrupts();
   print_report(info, mode);
 
   if (kstr::equal(mode, "test")) {
