@@ -54,7 +54,7 @@ import time
 ARCHES = {
     "aarch64": {
         "qemu": "qemu-system-aarch64",
-        "args": ["-M", "virt", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
+        "args": ["-M", "virt,gic-version=2", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
         "exit": "semihosting",
         "cache_ops": {
             "AArch64DmaOp::flush": ["dc cvac"],

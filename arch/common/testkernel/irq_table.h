@@ -27,7 +27,7 @@ struct IrqCounters {
   uint64_t read_spurious() const { return __atomic_load_n(&spurious, __ATOMIC_RELAXED); }
 };
 
-// Handlers for the numbers [first, first + count).
+// Handlers for the numbers [first, first + count), count at most kCount.
 template <unsigned kCount>
 class IrqTable {
  public:
@@ -35,9 +35,13 @@ class IrqTable {
   IrqTable(const IrqTable&) = delete;
   IrqTable& operator=(const IrqTable&) = delete;
 
-  // Sets the first number of the range (once, before any claim).
-  void set_first(unsigned first) { first_ = first; }
+  // Sets the range (once, before any claim); a count above kCount is cut to kCount.
+  void set_range(unsigned first, unsigned count) {
+    first_ = first;
+    count_ = count < kCount ? count : kCount;
+  }
   unsigned first() const { return first_; }
+  unsigned count() const { return count_; }
 
   // Claims a free number for `handler(ctx)`; returns it. Errors: kInvalidArgument (null
   // handler), kNoMemory (every slot taken). Any context.
@@ -45,7 +49,7 @@ class IrqTable {
     if (handler == nullptr) return ErrorCode::kInvalidArgument;
     uintptr_t flags = arch::irq_save();
     lock_.lock();
-    for (unsigned i = 0; i < kCount; ++i) {
+    for (unsigned i = 0; i < count_; ++i) {
       if (__atomic_load_n(&slots_[i].used, __ATOMIC_RELAXED)) continue;
       slots_[i].handler = handler;
       slots_[i].ctx = ctx;
@@ -61,13 +65,13 @@ class IrqTable {
 
   // Releases number `n`. Errors: kNotFound (outside the range or not claimed). Any context.
   Result<void> release(unsigned n) {
-    if (n < first_ || n - first_ >= kCount) return ErrorCode::kNotFound;
+    if (!contains(n)) return ErrorCode::kNotFound;
     Slot& s = slots_[n - first_];
     if (!__atomic_exchange_n(&s.used, false, __ATOMIC_ACQ_REL)) return ErrorCode::kNotFound;
     return support::ok();
   }
 
-  bool contains(unsigned n) const { return n >= first_ && n - first_ < kCount; }
+  bool contains(unsigned n) const { return n >= first_ && n - first_ < count_; }
 
   // Runs the handler of number `n` and counts it; counts a spurious interrupt when no handler
   // holds it. Interrupt context.
@@ -94,6 +98,7 @@ class IrqTable {
   support::SpinLock lock_;
   Slot slots_[kCount] = {};
   unsigned first_ = 0;
+  unsigned count_ = 0;
 };
 
 // Spins with interrupts unmasked until `counter` moves or about `max_ns` pass, then restores the

@@ -131,7 +131,7 @@ Result<void> irq_init() {
   if (!lapic::init_this_cpu()) return ErrorCode::kNotFound;
   g_cpu_apic_id[0] = lapic::id();
   g_cpu_online[0] = true;
-  g_vectors.set_first(kFirstMsiVector);
+  g_vectors.set_range(kFirstMsiVector, kNumMsiVectors);
   g_lapic_timer_hz = calibrate_lapic_timer();
   if (g_lapic_timer_hz == 0) return ErrorCode::kNotSupported;
 

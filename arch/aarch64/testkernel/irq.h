@@ -1,0 +1,19 @@
+// AArch64 interrupt routing: the GICv2 (gic.h) with MSIs through its GICv2m frame, and the EL1
+// virtual generic timer (CNTV, its PPI from the device tree's "arm,armv8-timer" node) as the
+// per-CPU periodic timer. entry.S sends an IRQ taken from the kernel (EL1 on SP_EL0) to
+// aarch64_irq, which acknowledges, dispatches and ends it.
+#pragma once
+
+#include "dmakit/support/types.h"
+
+namespace aarch64 {
+
+// For a secondary CPU (the SMP bring-up), once, interrupts masked: its GIC CPU interface and
+// banked registers, recorded as CPU `cpu_index` (0 is the boot CPU; at most 7 with a GICv2).
+// False when cpu_index is out of range or irq_init was not done.
+bool irq_init_secondary(unsigned cpu_index);
+
+}  // namespace aarch64
+
+// Called by entry.S for an IRQ from EL1 with SP_EL0, IRQs masked. Interrupt context.
+extern "C" void aarch64_irq();
