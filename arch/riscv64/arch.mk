@@ -41,6 +41,7 @@ ARCH_SRCS := arch/riscv64/testkernel/arch_riscv64.cc arch/riscv64/testkernel/ris
              arch/riscv64/testkernel/ns16550.cc \
              tests/qemu/riscv64/riscv64_arch_test.cc
 ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
+ARCH_SRCS += arch/riscv64/testkernel/imsic.cc arch/riscv64/testkernel/irq.cc
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.

@@ -64,7 +64,7 @@ ARCHES = {
     },
     "riscv64": {
         "qemu": "qemu-system-riscv64",
-        "args": ["-M", "virt", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
+        "args": ["-M", "virt,aia=aplic-imsic", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
                  "-bios", "default", "-nographic"],
         "exit": "sifive_test",
         "cache_ops": {
