@@ -5,6 +5,7 @@
 //
 // kernel_main has the controller up, interrupts unmasked on the boot CPU and its timer running
 // (arch::kDefaultTimerPeriodNs, counting only) before any test runs.
+#include "dmakit/support/spinlock.h"
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
 #include "testkernel/arch.h"
@@ -375,6 +376,15 @@ void hammer_tick(void* ctx) {
 // same pool. Safe only when the library's locks and per-CPU caches mask interrupts through the
 // kernel's irq_save/irq_restore hooks (kernel_main installs them).
 KTEST(irq_timer_handler_dma_while_the_thread_hammers_the_same_bounce_pool) {
+  // A library whose locks leave interrupts alone deadlocks below (the handler spins on the lock
+  // its own CPU holds) and would stop the whole run: that is reported here instead.
+  {
+    support::SpinLock probe;
+    probe.lock();
+    const bool masked = !arch::irq_enabled_local();
+    probe.unlock();
+    KREQUIRE_TRUE(masked && "the library's spinlock does not mask interrupts (irq_save hook)");
+  }
   RestoreDefaultTimer restore;
   BouncePool* pool = ktest_util::pool_named("dma32");
   KREQUIRE_TRUE(pool != nullptr);
