@@ -108,12 +108,15 @@ bool irq_enabled_local();
 void irq_wait();
 
 // Allocates one MSI for a device: `handler(ctx)` runs when the device writes the returned message,
-// on CPU `cpu` (0 is the boot CPU; this port routes every MSI to the CPU given). The caller
-// programs the message into the device (drivers/pci/pci_msi.h) and frees it with msi_free once
-// the device can no longer send it. Thread context.
+// on CPU `cpu` (0 is the boot CPU; this port routes every MSI to the CPU given). `requester_id` is
+// the device's PCI requester ID (bus << 8 | device << 3 | function): an MSI controller that tells
+// devices apart by it (the GICv3 ITS) maps it; the others ignore it. The caller programs the
+// message into the device (drivers/pci/pci_msi.h) and frees it with msi_free once the device can
+// no longer send it. Thread context.
 // Errors: kInvalidArgument (null handler, cpu out of range, irq_init not done), kNoMemory (no
-// free vector / MSI interrupt left).
-Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu);
+// free vector / MSI interrupt left, or no memory for the controller's tables), kNotSupported (no
+// MSI controller, or a requester ID / CPU it cannot map).
+Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu, uint32_t requester_id);
 // Releases a message returned by msi_alloc; a later interrupt from it is ignored (counted as
 // spurious). Precondition: the device no longer sends it. Errors: kNotFound (not an allocated
 // message). Thread context.

@@ -37,7 +37,8 @@ Result<void> EduDevice::init(PciDevice* pci, const DeviceDma& dma) {
 Result<void> EduDevice::enable_interrupts(unsigned cpu) {
   if (pci_ == nullptr || broken_ || interrupts_enabled()) return ErrorCode::kInvalidArgument;
   if (pci_->find_capability(pci::kCapMsi) == 0) return ErrorCode::kNotFound;
-  TRY_ASSIGN(arch::MsiMessage msg, arch::msi_alloc(&EduDevice::on_interrupt, this, cpu));
+  TRY_ASSIGN(arch::MsiMessage msg, arch::msi_alloc(&EduDevice::on_interrupt, this, cpu,
+                                                   pci::requester_id(pci_->address())));
   auto r = pci::msi_enable(*pci_, msg);
   if (!r.ok()) {
     (void)arch::msi_free(msg);

@@ -24,6 +24,11 @@ namespace pci {
 constexpr uint8_t kCapMsi = 0x05;
 constexpr uint8_t kCapMsix = 0x11;
 
+// The function's PCI requester ID (bus << 8 | device << 3 | function), as arch::msi_alloc takes it.
+constexpr uint32_t requester_id(PciAddress a) {
+  return uint32_t{a.bus} << 8 | uint32_t{a.dev} << 3 | a.fn;
+}
+
 // Programs the function's MSI capability with `msg` as its single vector and enables it.
 // Errors: kNotFound (no MSI capability), kNotSupported (an address above 4 GiB for a 32-bit-only
 // capability, or data beyond 16 bits).

@@ -84,7 +84,8 @@ Result<void> VirtioBlk::bring_up() {
 
 Result<void> VirtioBlk::setup_interrupts() {
   TRY(msix_.init(transport_.pci()));
-  TRY_ASSIGN(msi_, arch::msi_alloc(&VirtioBlk::on_interrupt, this, irq_cpu_));
+  TRY_ASSIGN(msi_, arch::msi_alloc(&VirtioBlk::on_interrupt, this, irq_cpu_,
+                                   pci::requester_id(transport_.pci()->address())));
   TRY(msix_.set(kRequestVector, msi_));
   msix_.enable();
   // With MSI-X on, the device lays out its common configuration with the vector fields in use.

@@ -120,8 +120,8 @@ void never_called(void*) {}
 }  // namespace
 
 KTEST(irq_msi_alloc_checks_arguments_and_runs_out_cleanly) {
-  KEXPECT_ERR(arch::msi_alloc(nullptr, nullptr, 0), ErrorCode::kInvalidArgument);
-  KEXPECT_ERR(arch::msi_alloc(&never_called, nullptr, 1000), ErrorCode::kInvalidArgument);
+  KEXPECT_ERR(arch::msi_alloc(nullptr, nullptr, 0, 0), ErrorCode::kInvalidArgument);
+  KEXPECT_ERR(arch::msi_alloc(&never_called, nullptr, 1000, 0), ErrorCode::kInvalidArgument);
   KEXPECT_ERR(arch::msi_free(arch::MsiMessage{}), ErrorCode::kNotFound);
   // Take every message there is: all distinct, then exhaustion is an error, not a panic.
   constexpr size_t kMax = 512;
@@ -129,7 +129,7 @@ KTEST(irq_msi_alloc_checks_arguments_and_runs_out_cleanly) {
   size_t n = 0;
   ErrorCode last = ErrorCode::kOk;
   while (n < kMax) {
-    auto r = arch::msi_alloc(&never_called, nullptr, 0);
+    auto r = arch::msi_alloc(&never_called, nullptr, 0, 0);
     if (!r.ok()) {
       last = r.code();
       break;
@@ -151,7 +151,7 @@ KTEST(irq_msi_alloc_checks_arguments_and_runs_out_cleanly) {
   // Everything came back: as many again.
   size_t m = 0;
   while (m < n) {
-    auto r = arch::msi_alloc(&never_called, nullptr, 0);
+    auto r = arch::msi_alloc(&never_called, nullptr, 0, 0);
     if (!r.ok()) break;
     got[m++] = *r;
   }

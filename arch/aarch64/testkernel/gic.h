@@ -9,7 +9,8 @@
 // IAR 0x00C, EOIR 0x010. GICv2m frame: MSI_TYPER 0x008 (bits 25:16 first SPI ID, 9:0 count),
 // MSI_SETSPI_NS 0x040.
 //
-// GICv3 (a GICv3 with an ITS is QEMU virt's other MSI-capable setup) is not driven here.
+// The GICv3 with its ITS (QEMU virt's other MSI-capable setup, the one run_qemu.py boots) is
+// gic_v3.h; irq.cc picks whichever the device tree describes.
 //
 // Threading: per-ID operations are single register writes (the set/clear-enable registers need
 // no read-modify-write); cpu_init runs on each CPU for its banked registers.

@@ -2,6 +2,7 @@
 #include "arch/aarch64/testkernel/irq.h"
 
 #include "arch/aarch64/testkernel/gic.h"
+#include "arch/aarch64/testkernel/gic_v3.h"
 #include "arch/aarch64/testkernel/sysreg.h"
 #include "arch/common/testkernel/irq_table.h"
 #include "testkernel/arch.h"
@@ -30,6 +31,7 @@ struct TimerState {
 arch_common::IrqTable<kMaxMsis> g_msis;
 arch_common::IrqCounters g_counters;
 bool g_ready = false;
+bool g_v3 = false;
 unsigned g_timer_id = 0;  // Interrupt ID of the virtual timer's PPI.
 bool g_cpu_online[kMaxCpus];
 TimerState g_timer[kMaxCpus];
@@ -83,9 +85,9 @@ unsigned virt_timer_ppi(const Fdt& fdt) {
 
 extern "C" void aarch64_irq() {
   for (;;) {
-    const uint32_t iar = aarch64::gic::ack();
-    const uint32_t id = iar & 0x3FF;
-    if (id >= kSpuriousFirst) {
+    const uint32_t iar = g_v3 ? aarch64::gicv3::ack() : aarch64::gic::ack();
+    const uint32_t id = g_v3 ? iar : iar & 0x3FF;
+    if (id >= kSpuriousFirst && id <= 1023) {
       if (id == 1023) g_counters.count_spurious();
       return;
     }
@@ -94,15 +96,50 @@ extern "C" void aarch64_irq() {
     } else {
       g_msis.dispatch(id, g_counters);
     }
-    aarch64::gic::eoi(iar);
+    if (g_v3) {
+      aarch64::gicv3::eoi(iar);
+    } else {
+      aarch64::gic::eoi(iar);
+    }
   }
+}
+
+// The timer's PPI on the calling CPU.
+void enable_timer_ppi(unsigned cpu) {
+  if (g_v3) {
+    aarch64::gicv3::enable_ppi(g_timer_id);
+  } else {
+    aarch64::gic::enable(g_timer_id, /*edge=*/false, cpu);
+  }
+}
+
+Result<void> init_gicv3(const Fdt& fdt, FdtNode gic) {
+  aarch64::gicv3::Description d;
+  TRY_ASSIGN(PhysRange dist, fdt.reg(gic, 0));
+  TRY_ASSIGN(PhysRange redist, fdt.reg(gic, 1));
+  d.dist_phys = dist.base.value();
+  d.redist_phys = redist.base.value();
+  d.redist_size = redist.size;
+  FdtNode its = fdt.find_compatible("arm,gic-v3-its");
+  if (its.valid() && fdt.is_enabled(its)) {
+    TRY_ASSIGN(PhysRange r, fdt.reg(its, 0));
+    d.its_phys = r.base.value();
+  }
+  TRY(aarch64::gicv3::init(d));
+  g_msis.set_range(aarch64::gicv3::lpi_first(), aarch64::gicv3::lpi_count());
+  g_v3 = true;
+  return support::ok();
 }
 
 namespace aarch64 {
 
 bool irq_init_secondary(unsigned cpu_index) {
   if (!g_ready || cpu_index == 0 || cpu_index >= kMaxCpus) return false;
-  gic::cpu_init();
+  if (g_v3) {
+    if (!gicv3::cpu_init(cpu_index).ok()) return false;
+  } else {
+    gic::cpu_init();
+  }
   __atomic_store_n(&g_cpu_online[cpu_index], true, __ATOMIC_RELEASE);
   return true;
 }
@@ -116,29 +153,39 @@ Result<void> irq_init() {
   irq_disable_local();
   auto fdt = Fdt::from(kernel_env().boot->fdt);
   if (!fdt.ok()) return ErrorCode::kNotFound;
-  if (fdt->find_compatible("arm,gic-v3").valid()) return ErrorCode::kNotSupported;
-  FdtNode gic = fdt->find_compatible("arm,cortex-a15-gic");
-  if (!gic.valid()) return ErrorCode::kNotFound;
-  aarch64::gic::Description d;
-  TRY_ASSIGN(PhysRange dist, fdt->reg(gic, 0));
-  TRY_ASSIGN(PhysRange cpu, fdt->reg(gic, 1));
-  d.dist_phys = dist.base.value();
-  d.cpu_phys = cpu.base.value();
-  FdtNode v2m = fdt->find_compatible("arm,gic-v2m-frame");
-  if (v2m.valid() && fdt->is_enabled(v2m)) {
-    TRY_ASSIGN(PhysRange frame, fdt->reg(v2m, 0));
-    d.v2m_phys = frame.base.value();
+  FdtNode gic3 = fdt->find_compatible("arm,gic-v3");
+  if (gic3.valid()) {
+    TRY(init_gicv3(*fdt, gic3));
+  } else {
+    FdtNode gic = fdt->find_compatible("arm,cortex-a15-gic");
+    if (!gic.valid()) return ErrorCode::kNotFound;
+    aarch64::gic::Description d;
+    TRY_ASSIGN(PhysRange dist, fdt->reg(gic, 0));
+    TRY_ASSIGN(PhysRange cpu, fdt->reg(gic, 1));
+    d.dist_phys = dist.base.value();
+    d.cpu_phys = cpu.base.value();
+    FdtNode v2m = fdt->find_compatible("arm,gic-v2m-frame");
+    if (v2m.valid() && fdt->is_enabled(v2m)) {
+      TRY_ASSIGN(PhysRange frame, fdt->reg(v2m, 0));
+      d.v2m_phys = frame.base.value();
+    }
+    TRY(aarch64::gic::init(d));
+    g_msis.set_range(aarch64::gic::msi_first(), aarch64::gic::msi_count());
   }
-  TRY(aarch64::gic::init(d));
-  g_msis.set_range(aarch64::gic::msi_first(), aarch64::gic::msi_count());
   g_timer_id = 16 + virt_timer_ppi(*fdt);
   write_cntv_ctl(0);
-  aarch64::gic::enable(g_timer_id, /*edge=*/false, 0);
+  enable_timer_ppi(0);
   g_cpu_online[0] = true;
-  ksnprintf(g_description, sizeof(g_description),
-            "gicv2 (%u ids) + gicv2m (%u msi spis from %u); virtual timer ppi %u",
-            aarch64::gic::num_ids(), aarch64::gic::msi_count(), aarch64::gic::msi_first(),
-            g_timer_id - 16);
+  if (g_v3) {
+    ksnprintf(g_description, sizeof(g_description),
+              "gicv3 + its (%u msi lpis from %u, event id = lpi - 8192); virtual timer ppi %u",
+              aarch64::gicv3::lpi_count(), aarch64::gicv3::lpi_first(), g_timer_id - 16);
+  } else {
+    ksnprintf(g_description, sizeof(g_description),
+              "gicv2 (%u ids) + gicv2m (%u msi spis from %u); virtual timer ppi %u",
+              aarch64::gic::num_ids(), aarch64::gic::msi_count(), aarch64::gic::msi_first(),
+              g_timer_id - 16);
+  }
   g_ready = true;
   return support::ok();
 }
@@ -175,10 +222,23 @@ void irq_wait() {
   arch_common::wait_for_interrupt(g_counters, 1'000'000);
 }
 
-Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu) {
+Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu, uint32_t requester_id) {
   if (!g_ready || handler == nullptr || cpu >= kMaxCpus ||
       !__atomic_load_n(&g_cpu_online[cpu], __ATOMIC_ACQUIRE)) {
     return ErrorCode::kInvalidArgument;
+  }
+  if (g_v3) {
+    if (!aarch64::gicv3::has_its()) return ErrorCode::kNotSupported;
+    TRY_ASSIGN(unsigned lpi, g_msis.claim(handler, ctx));
+    auto r = aarch64::gicv3::its_map(requester_id, lpi, cpu);
+    if (!r.ok()) {
+      (void)g_msis.release(lpi);
+      return r.error();
+    }
+    MsiMessage m;
+    m.address = aarch64::gicv3::its_doorbell();
+    m.data = lpi - aarch64::gicv3::lpi_first();
+    return m;
   }
   if (aarch64::gic::msi_doorbell() == 0) return ErrorCode::kNotSupported;
   TRY_ASSIGN(unsigned id, g_msis.claim(handler, ctx));
@@ -190,6 +250,15 @@ Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu) {
 }
 
 Result<void> msi_free(const MsiMessage& msg) {
+  if (g_v3) {
+    const unsigned lpi = msg.data + aarch64::gicv3::lpi_first();
+    if (!aarch64::gicv3::has_its() || msg.address != aarch64::gicv3::its_doorbell() ||
+        !g_msis.contains(lpi)) {
+      return ErrorCode::kNotFound;
+    }
+    TRY(aarch64::gicv3::its_unmap(lpi));
+    return g_msis.release(lpi);
+  }
   if (msg.address != aarch64::gic::msi_doorbell() || !g_msis.contains(msg.data)) {
     return ErrorCode::kNotFound;
   }
@@ -214,7 +283,7 @@ Result<void> timer_start_this_cpu(uint64_t period_ns, IrqHandler tick, void* ctx
   t.ctx = ctx;
   t.period = ns_to_counter(period_ns);
   if (t.period == 0) t.period = 1;
-  aarch64::gic::enable(g_timer_id, /*edge=*/false, this_cpu());  // The PPI is banked per CPU.
+  enable_timer_ppi(this_cpu());  // The PPI is banked per CPU.
   write_cntv_cval(aarch64::read_cntvct_el0() + t.period);
   write_cntv_ctl(kCntvEnable);
   irq_restore(flags);

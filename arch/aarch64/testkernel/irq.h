@@ -1,5 +1,7 @@
-// AArch64 interrupt routing: the GICv2 (gic.h) with MSIs through its GICv2m frame, and the EL1
-// virtual generic timer (CNTV, its PPI from the device tree's "arm,armv8-timer" node) as the
+// AArch64 interrupt routing: the GICv3 with MSIs through its ITS (gic_v3.h; `-M
+// virt,gic-version=3`, what the runner boots) or the GICv2 with MSIs through its GICv2m frame
+// (gic.h; `-M virt`'s default), whichever the device tree describes, and the EL1 virtual generic
+// timer (CNTV, its PPI from the device tree's "arm,armv8-timer" node) as the
 // per-CPU periodic timer. entry.S sends an IRQ taken from the kernel (EL1 on SP_EL0) to
 // aarch64_irq, which acknowledges, dispatches and ends it.
 #pragma once

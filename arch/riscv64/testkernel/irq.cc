@@ -197,7 +197,7 @@ void irq_wait() {
   arch_common::wait_for_interrupt(g_counters, 1'000'000);
 }
 
-Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu) {
+Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu, uint32_t) {
   if (!g_ready || handler == nullptr || cpu >= kMaxCpus ||
       !__atomic_load_n(&g_cpu_online[cpu], __ATOMIC_ACQUIRE)) {
     return ErrorCode::kInvalidArgument;
