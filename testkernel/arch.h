@@ -63,10 +63,11 @@ size_t direct_map_split_tables();
 // ---------------------------------------------------------------------------------------------
 // Interrupts: the controller, message-signalled interrupts for PCI devices, a per-CPU timer.
 //
-// AArch64: GICv3 (distributor + redistributors) or GICv2, with MSIs through a GICv2m frame;
-// RISC-V: AIA, MSIs through the hart's IMSIC supervisor file; x86-64: local APIC (the I/O APIC's
-// pins all masked), MSIs straight to the local APIC. Each arch states its choice in
-// irq_controller().
+// AArch64: GICv3 with MSIs as LPIs through its ITS, or GICv2 with MSIs through a GICv2m frame,
+// whichever the device tree describes; RISC-V: AIA, MSIs through the hart's IMSIC supervisor file
+// (the APLIC and its wired sources stay off); x86-64: local APIC (x2APIC mode when available; the
+// I/O APICs' pins and the 8259s all masked), MSIs straight to the local APIC. The periodic timer:
+// the EL1 virtual timer, SBI set_timer, the LAPIC timer. irq_controller() says what was found.
 //
 // Handlers run in interrupt context on the CPU the interrupt was steered to, with interrupts
 // masked on that CPU (no nesting). A handler must not block or wait for another interrupt. The

@@ -11,12 +11,6 @@ constexpr uint64_t kRegEie0 = 0xC0;
 void write_indirect(uint64_t reg, uint64_t v) {
   __asm__ volatile("csrw 0x150, %0\n\tcsrw 0x151, %1" ::"r"(reg), "r"(v) : "memory");
 }
-uint64_t read_indirect(uint64_t reg) {
-  uint64_t v;
-  __asm__ volatile("csrw 0x150, %1\n\tcsrr %0, 0x151" : "=r"(v) : "r"(reg) : "memory");
-  return v;
-}
-
 uint64_t eie_reg(unsigned id) {
   return kRegEie0 + 2 * (id / 64);
 }
@@ -25,19 +19,14 @@ uint64_t eie_reg(unsigned id) {
 
 void init_this_hart(unsigned num_ids) {
   write_indirect(kRegEidelivery, 0);
-  for (unsigned id = 0; id < num_ids + 1; id += 64) write_indirect(eie_reg(id), 0);
+  for (unsigned id = 0; id <= num_ids; id += 64) {
+    uint64_t bits = ~0ull;
+    if (id == 0) bits &= ~1ull;                                   // Identity 0 does not exist.
+    if (num_ids - id < 63) bits &= (2ull << (num_ids - id)) - 1;  // Up to num_ids only.
+    write_indirect(eie_reg(id), bits);
+  }
   write_indirect(kRegEithreshold, 0);
   write_indirect(kRegEidelivery, 1);
-}
-
-void enable(unsigned id) {
-  const uint64_t reg = eie_reg(id);
-  write_indirect(reg, read_indirect(reg) | (1ull << (id % 64)));
-}
-
-void disable(unsigned id) {
-  const uint64_t reg = eie_reg(id);
-  write_indirect(reg, read_indirect(reg) & ~(1ull << (id % 64)));
 }
 
 unsigned claim() {

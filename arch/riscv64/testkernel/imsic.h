@@ -13,10 +13,11 @@
 
 namespace riscv::imsic {
 
-// Turns interrupt delivery on for the hart's file with no threshold, every identity disabled.
+// Turns interrupt delivery on for the hart's file with no threshold and identities 1..num_ids
+// enabled: which hart an MSI reaches is chosen by the page the device writes to, and what runs by
+// the kernel's table of handlers, so no per-identity enable needs to follow an allocation (and
+// none has to be made on another hart's file, which only that hart's CSRs reach).
 void init_this_hart(unsigned num_ids);
-void enable(unsigned id);
-void disable(unsigned id);
 // Claims the highest-priority pending, enabled identity (clearing its pending bit); 0 if none.
 unsigned claim();
 

@@ -202,15 +202,7 @@ Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu, uint32
       !__atomic_load_n(&g_cpu_online[cpu], __ATOMIC_ACQUIRE)) {
     return ErrorCode::kInvalidArgument;
   }
-  if (cpu != this_cpu()) {
-    // Identities are enabled in the target hart's own file (CSRs): another hart's file cannot
-    // be reached from here. The SMP code would ask that hart (an IPI) to enable it.
-    return ErrorCode::kNotSupported;
-  }
   TRY_ASSIGN(unsigned id, g_ids.claim(handler, ctx));
-  const uintptr_t flags = irq_save();
-  riscv::imsic::enable(id);
-  irq_restore(flags);
   MsiMessage m;
   m.address = g_imsic_base + cpu * g_imsic_stride;
   m.data = id;
@@ -223,9 +215,6 @@ Result<void> msi_free(const MsiMessage& msg) {
       !g_ids.contains(msg.data)) {
     return ErrorCode::kNotFound;
   }
-  const uintptr_t flags = irq_save();
-  riscv::imsic::disable(msg.data);
-  irq_restore(flags);
   return g_ids.release(msg.data);
 }
 
