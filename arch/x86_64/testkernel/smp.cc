@@ -15,6 +15,7 @@
 
 #include "arch/x86_64/testkernel/acpi.h"
 #include "arch/x86_64/testkernel/cpu.h"
+#include "arch/x86_64/testkernel/irq.h"
 #include "arch/x86_64/testkernel/lapic.h"
 #include "arch/x86_64/testkernel/paging.h"
 #include "arch/x86_64/testkernel/traps.h"
@@ -42,7 +43,6 @@ constexpr uint64_t kTrampolinePhys = 0x8000;
 constexpr uint32_t kMsrGsBase = 0xC000'0101;
 constexpr uint64_t kEferLme = 1ull << 8;
 constexpr uint64_t kEferNxe = 1ull << 11;
-constexpr uint64_t kRflagsIf = 1ull << 9;
 constexpr size_t kMaxInvlpgPages = 64;
 constexpr uintptr_t kPage = 4096;
 using Pte = uint64_t;
@@ -163,8 +163,6 @@ bool smp_handle_interrupt(uint8_t vector) {
     case kWakeVector:
       lapic::eoi();
       return true;
-    case lapic::kSpuriousVector:
-      return true;  // No EOI for the spurious vector.
     default:
       return false;
   }
@@ -186,7 +184,7 @@ extern "C" [[noreturn]] void x86_ap_main(PerCpu* self) {
   arch::set_this_cpu(self);
   write_cr4(g_boot_cr4);
   init_pat();
-  lapic::init_this_cpu();
+  if (!irq_init_secondary(self->index)) kpanic("x86_64: cpu %u: no usable local APIC", self->index);
   secondary_main(self);
 }
 
@@ -205,7 +203,7 @@ unsigned cpu_hw_ids(const BootInfo&, uint64_t* ids, unsigned max) {
 
 bool start_cpu(PerCpu& cpu) {
   if (!prepare_trampoline()) return false;
-  if (cpu.hw_id > 0xFE) {
+  if (cpu.hw_id > 0xFE && !lapic::x2apic()) {
     kprintf("x86_64: APIC id %llu needs x2APIC; cpu %u stays off\n",
             static_cast<unsigned long long>(cpu.hw_id), cpu.index);
     return false;
@@ -226,16 +224,6 @@ bool start_cpu(PerCpu& cpu) {
 
 void set_this_cpu(PerCpu* cpu) {
   wrmsr(kMsrGsBase, reinterpret_cast<uintptr_t>(cpu));
-}
-
-uintptr_t irq_save() {
-  uint64_t flags;
-  __asm__ volatile("pushfq\n popq %0\n cli" : "=r"(flags) : : "memory");
-  return flags & kRflagsIf;
-}
-
-void irq_restore(uintptr_t state) {
-  if ((state & kRflagsIf) != 0) __asm__ volatile("sti" ::: "memory");
 }
 
 void cpu_relax() {
