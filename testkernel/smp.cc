@@ -140,6 +140,13 @@ extern "C" void secondary_main(PerCpu* self) {
   }
 }
 
+void secondary_give_up(PerCpu* self, const char* what) {
+  kprintf("smp: cpu %u (id 0x%llx): %s; it stays offline\n", self->index,
+          static_cast<unsigned long long>(self->hw_id), what);
+  arch::irq_disable_local();
+  for (;;) arch::idle_wait();
+}
+
 Result<uint32_t> post_cpu_work(unsigned cpu, void (*fn)(void*), void* arg) {
   if (cpu >= num_cpus() || !cpu_online(cpu) || cpu == cpu_index() || fn == nullptr) {
     return ErrorCode::kInvalidArgument;

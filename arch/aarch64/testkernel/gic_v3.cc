@@ -115,10 +115,14 @@ uint64_t affinity_of_this_cpu() {
 // The GIC's tables live as long as the kernel: they come from an arena in the kernel image
 // (.bss, zeroed at boot), so they are reserved with it and never show up as allocations of the
 // page-frame allocator. The image is identity-mapped (mmu.h): its virtual addresses are physical.
-// Room: a 64 KiB pending table per CPU, the LPI configuration table, the device and collection
-// tables, the command queue, and an ITT per device.
-constexpr size_t kArenaBytes = kMaxCpus * 0x10000 + 2 * kPage + 3 * kPage + kMaxDevices * kPage;
+// Room: the LPI configuration table, the device and collection tables, the command queue, and an
+// ITT per device. The CPUs' 64 KiB-aligned pending tables have an array of their own, so that
+// their alignment wastes nothing between the arena's small tables (secondaries come up after the
+// ITS tables and the first ITTs exist).
+constexpr size_t kPendingTableBytes = 0x10000;
+constexpr size_t kArenaBytes = 2 * kPage + 3 * kPage + kMaxDevices * kPage;
 alignas(0x10000) uint8_t g_arena[kArenaBytes];
+alignas(0x10000) uint8_t g_pending_tables[kMaxCpus][kPendingTableBytes];
 size_t g_arena_used = 0;
 
 // `bytes` zeroed bytes of the arena, `align`-aligned; the physical address in *phys. Boot and
@@ -188,9 +192,9 @@ Result<void> redistributor_init(unsigned cpu_index) {
       r32(sgi, kGicrIcEnabler0) = 0xFFFF'FFFFu;
       r32(sgi, kGicrIGroupr0) = 0xFFFF'FFFFu;  // Group 1: delivered as IRQ.
       for (unsigned i = 0; i < 32; ++i) sgi[kGicrIPriorityr + i] = 0x80;
-      // LPIs: the shared configuration table, a pending table of its own (64 KiB aligned).
-      uint64_t pend_phys = 0;
-      TRY(table_bytes(0x10000, 0x10000, &pend_phys));
+      // LPIs: the shared configuration table, a pending table of its own (64 KiB aligned, zero:
+      // .bss, identity-mapped, so its address is physical).
+      const uint64_t pend_phys = reinterpret_cast<uintptr_t>(g_pending_tables[cpu_index]);
       r64(rd, kGicrPropbaser) = g_prop_phys | kTableAttrs | (kIdBits - 1);
       r64(rd, kGicrPendbaser) = pend_phys | kTableAttrs | kPendbaserPtz;
       r32(rd, kGicrCtlr) = r32(rd, kGicrCtlr) | kGicrCtlrEnableLpis;

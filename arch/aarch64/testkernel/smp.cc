@@ -98,7 +98,7 @@ void clean_to_poc(const void* p, size_t n) {
 
 extern "C" [[noreturn]] void aarch64_secondary_boot(PerCpu* self) {
   if (!aarch64::irq_init_secondary(self->index)) {
-    kpanic("aarch64: cpu %u: its GIC interface could not be set up", self->index);
+    secondary_give_up(self, "its GIC redistributor / CPU interface could not be set up");
   }
   secondary_main(self);
 }

@@ -76,10 +76,7 @@ struct Range {
 }  // namespace
 
 extern "C" [[noreturn]] void riscv64_secondary_boot(PerCpu* self) {
-  if (!riscv::irq_init_secondary(self->index)) {
-    kpanic("riscv64: cpu %u (hart %llu): no IMSIC file for it", self->index,
-           static_cast<unsigned long long>(self->hw_id));
-  }
+  if (!riscv::irq_init_secondary(self->index)) secondary_give_up(self, "no IMSIC file for it");
   __asm__ volatile("csrs sie, %0" : : "r"(kSieSsie) : "memory");
   secondary_main(self);
 }

@@ -5,9 +5,10 @@
 // TLB shootdown: one at a time (g_shootdown_lock). The initiator publishes the range and the set
 // of CPUs that must act, sends them kTlbShootdownVector, invalidates its own TLB and waits until
 // every CPU has cleared its bit. A CPU clears its bit from the interrupt handler, or, when it has
-// interrupts masked, from cpu_relax in any wait loop (so two CPUs that wait on each other with
-// interrupts masked still make progress). Invalidation: invlpg per page, or a CR3 reload for
-// ranges above kMaxInvlpgPages (the kernel maps no global pages, so that drops everything).
+// interrupts masked (a work item runs so, and may wait in a loop for other CPUs), from cpu_relax
+// in any wait loop (so two CPUs that wait on each other with interrupts masked still make
+// progress). Invalidation: invlpg per page, or a CR3 reload for ranges above kMaxInvlpgPages
+// (the kernel maps no global pages, so that drops everything).
 //
 // Idle CPUs wait in `sti; hlt` (the sti shadow makes the pair atomic, so a wake IPI sent after
 // the slot was found empty still ends the hlt); wake_cpu sends kWakeVector.
@@ -184,7 +185,7 @@ extern "C" [[noreturn]] void x86_ap_main(PerCpu* self) {
   arch::set_this_cpu(self);
   write_cr4(g_boot_cr4);
   init_pat();
-  if (!irq_init_secondary(self->index)) kpanic("x86_64: cpu %u: no usable local APIC", self->index);
+  if (!irq_init_secondary(self->index)) secondary_give_up(self, "no usable local APIC");
   secondary_main(self);
 }
 
