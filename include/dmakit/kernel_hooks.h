@@ -29,9 +29,8 @@ typedef struct dmakit_kernel_hooks {
    * on the same CPU that makes a DMA call (an unmap on completion) cannot spin forever on a lock
    * its CPU already holds, nor run in the middle of a per-CPU cache update. Both or neither
    * (dmakit_set_kernel_hooks installs neither when one is null); null: the locks leave the
-   * interrupt state alone (and cost one test of the pointer), and the kernel must then never make a
-   * DMA call from an interrupt handler. Any context; must not take a lock or call into the library.
-   */
+   * interrupt state alone (and cost one test of the pointer), and the kernel must then never make
+   * a DMA call from an interrupt handler. Any context; must not take a lock or call the library. */
   uintptr_t (*irq_save)(void);
   void (*irq_restore)(uintptr_t state);
 
