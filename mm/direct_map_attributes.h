@@ -106,7 +106,7 @@ class DirectMapAttributes {
         attr == PageAttr::kOther) {
       return ErrorCode::kLayoutError;
     }
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     KASSERT(pool_ != nullptr && pool_pages_ > 0 && pool_pages_ <= kMaxPoolPages,
             "DirectMapAttributes: bad table pool");
     const uintptr_t end = va + bytes;
@@ -123,17 +123,17 @@ class DirectMapAttributes {
 
   // Pool pages currently holding split tables (0 when no page has a non-default attribute).
   size_t tables_in_use() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return in_use_;
   }
   size_t capacity() const { return pool_pages_; }
   // Splits and merges done so far (for reports and tests).
   uint64_t splits() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return splits_;
   }
   uint64_t merges() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return merges_;
   }
 
@@ -282,7 +282,9 @@ class DirectMapAttributes {
     return used_[idx] ? static_cast<int>(idx) : -1;
   }
 
-  mutable support::SpinLock lock_;
+  // Thread context only, and held across TLB maintenance that may wait for other CPUs: a lock
+  // that leaves interrupts alone (support/spinlock.h).
+  mutable support::RawSpinLock lock_;
   Table* const pool_;
   const size_t pool_pages_;
   size_t in_use_ TA_GUARDED(lock_) = 0;

@@ -14,6 +14,11 @@
 // device it was made for (BounceDevice: DmaConstraints::device_id, 0 for anonymous), so the pool
 // can say who holds how many slots, enforce an optional per-device quota, and, when a request
 // fails with kNoMemory, print one line naming the largest holders (rate-limited).
+//
+// Calling contexts (dmakit/dma_op.h): init, set_poisoning and enable_cpu_caches are thread or
+// interrupts off, before the pool is shared; set_report_sink is thread, before devices start;
+// every other method is any context (device_slots, check_invariants and free_block_count walk
+// the pool with interrupts masked: diagnostics, not for an interrupt handler's hot path).
 #pragma once
 
 #include "dmakit/support/addr.h"
@@ -100,7 +105,7 @@ class BouncePool {
   // be multiples of slot_size, a power of two in [kMinSlotSize, kMaxSlotSize]. `metadata` (at
   // least metadata_size(bytes, slot_size) bytes, 4-byte aligned) stays owned by the caller and
   // must outlive the pool; the pool's memory itself is never written. Call once, before any other
-  // method, without concurrent callers. May be called with interrupts off.
+  // method, without concurrent callers; thread or interrupts off.
   // Errors: kInvalidArgument (bad slot size, misaligned region, null cpu_base or metadata,
   // misaligned metadata, called twice, region of more than kMaxSlots slots, options.max_mapping
   // neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0), kNoMemory (metadata buffer
@@ -258,10 +263,10 @@ class BouncePool {
 
   // Where every pool's report lines go (a kNoMemory, a refused free in debug builds): one line
   // without a trailing newline, at most 399 characters, called with no lock of the pool held.
-  // Null: nowhere (the events are still counted). DmaDebug::set_sink (include/dmakit/dma_debug.h)
-  // sets it to the library's diagnostic sink, so a kernel sets one sink for both. Returns the
-  // previous sink and context through the out-parameters when they are non-null. Not synchronised
-  // with reports in flight: set it before devices start, or from a single thread (tests).
+  // Null: nowhere (the events are still counted). DmaDebug::set_sink (include/dmakit/dma_debug.h) sets it
+  // to the library's diagnostic sink, so a kernel sets one sink for both. Returns the previous
+  // sink and context through the out-parameters when they are non-null. Not synchronised with
+  // reports in flight: set it before devices start, or from a single thread (tests).
   using ReportSink = void (*)(void* ctx, const char* line);
   static void set_report_sink(ReportSink sink, void* ctx, ReportSink* old_sink = nullptr,
                               void** old_ctx = nullptr);

@@ -11,6 +11,9 @@
 // is CTR_EL0.DminLine, read once at construction. Cost: one instruction per line of the range.
 //
 // Threading: as DmaOp. The methods touch no shared state.
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/kernel_dma_op.h"

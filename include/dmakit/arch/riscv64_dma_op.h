@@ -19,6 +19,9 @@
 // (only slower) substitute: the written-back data is then discarded from the cache all the same.
 //
 // Cost: one instruction per block touched, plus two fences.
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/kernel_dma_op.h"

@@ -18,6 +18,9 @@
 //
 // The line size is CPUID.1:EBX[15:8] * 8. Each operation costs one instruction per line touched
 // by [addr, addr + size) plus two fences.
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/arch/x86_64_line_ops.h"

@@ -10,6 +10,11 @@
 // the lock leaves the interrupt state alone: one load and one branch more than a bare spinlock on
 // each of lock and unlock.
 //
+// RawSpinLock is the same lock without the interrupt masking, for the few locks that are only
+// ever taken in thread context and under which the CPU may wait for other CPUs to take an
+// interrupt (DirectMapAttributes: a TLB shootdown by IPI while it is held would deadlock against
+// a CPU spinning on it with interrupts masked).
+//
 // Spinning: between polls the CPU executes its spin-wait hint (support/cpu_relax.h).
 #pragma once
 
@@ -20,16 +25,17 @@
 
 namespace support {
 
-class TA_CAPABILITY("mutex") SpinLock {
+template <bool kMaskInterrupts>
+class TA_CAPABILITY("mutex") BasicSpinLock {
  public:
-  constexpr SpinLock() = default;
-  SpinLock(const SpinLock&) = delete;
-  SpinLock& operator=(const SpinLock&) = delete;
+  constexpr BasicSpinLock() = default;
+  BasicSpinLock(const BasicSpinLock&) = delete;
+  BasicSpinLock& operator=(const BasicSpinLock&) = delete;
 
   // Masks interrupts (through the hooks), then spins until the lock is this CPU's. Any context;
   // must not be held already by this CPU.
   [[gnu::always_inline]] void lock() TA_ACQ() {
-    uintptr_t (*save)() = dma::kernel_hooks().irq_save;
+    uintptr_t (*save)() = kMaskInterrupts ? dma::kernel_hooks().irq_save : nullptr;
     if (save == nullptr) [[likely]] {
       acquire();
       return;
@@ -40,19 +46,19 @@ class TA_CAPABILITY("mutex") SpinLock {
   }
   // One attempt; on failure the interrupt state is as it was before the call.
   bool try_lock() TA_TRY_ACQ(true) {
-    uintptr_t (*save)() = dma::kernel_hooks().irq_save;
+    uintptr_t (*save)() = kMaskInterrupts ? dma::kernel_hooks().irq_save : nullptr;
     uintptr_t state = save != nullptr ? save() : 0;
     if (__atomic_exchange_n(&locked_, 1u, __ATOMIC_ACQUIRE) == 0) {
       saved_ = state;
       return true;
     }
-    void (*restore)(uintptr_t) = dma::kernel_hooks().irq_restore;
+    void (*restore)(uintptr_t) = kMaskInterrupts ? dma::kernel_hooks().irq_restore : nullptr;
     if (restore != nullptr) restore(state);
     return false;
   }
   // Releases the lock, then restores the interrupt state lock() found.
   [[gnu::always_inline]] void unlock() TA_REL() {
-    void (*restore)(uintptr_t) = dma::kernel_hooks().irq_restore;
+    void (*restore)(uintptr_t) = kMaskInterrupts ? dma::kernel_hooks().irq_restore : nullptr;
     if (restore == nullptr) [[likely]] {
       __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
       return;
@@ -74,6 +80,9 @@ class TA_CAPABILITY("mutex") SpinLock {
   uint32_t locked_ = 0;
   uintptr_t saved_ = 0;  // irq_save's answer, written and read by the holder only.
 };
+
+using SpinLock = BasicSpinLock<true>;
+using RawSpinLock = BasicSpinLock<false>;
 
 // Holds a lock for a scope: `Guard guard{&lock_};`.
 template <typename Lock>
