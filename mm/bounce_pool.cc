@@ -45,13 +45,21 @@
 // TLSF split and merge. When the free lists cannot satisfy a request, alloc gives the whole cache
 // back to them (merging each block) and tries again, so the cache never causes a kNoMemory.
 //
-// Costs, with S slots: init O(S) (clears the records); alloc O(1): a cache pop, or a few bit scans
-// and at most one list move and one insertion (plus, only before a kNoMemory, one drain of at most
-// kQuickSlots * kQuickDepth blocks); free O(1): validation, then a cache push, or at most two
-// merges with physical neighbours, one removal and one list move or insertion; drain_cache and
-// stats O(1); check_invariants O(S); free_block_count O(free blocks). No operation walks the
-// slots or a free list on the alloc/free path, so the cost does not depend on occupancy (Linux's
-// swiotlb scans its slot array).
+// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache,
+// each CPU's under a lock of its own that its CPU takes without contention (so an interrupt or a
+// migration in the middle of a push or pop cannot hand one block to two callers). They hold
+// blocks marked kCachedBit like the shared cache's. A request that still finds no room after the
+// shared cache went back takes every CPU's cache back too (each under its lock, then the pool's
+// lock) and tries once more: a CPU cache never causes a kNoMemory either, whether or not its CPU
+// calls in again.
+//
+// Costs, with S slots and C CPUs with caches: init O(S) (clears the records); alloc O(1): a cache
+// pop, or a few bit scans and at most one list move and one insertion (plus, only before a
+// kNoMemory, one drain of at most kQuickSlots * kQuickDepth blocks, and of the C CPU caches); free
+// O(1): validation, then a cache push, or at most two merges with physical neighbours, one removal
+// and one list move or insertion; drain_cache O(C); stats O(C); check_invariants O(S);
+// free_block_count O(free blocks). No operation walks the slots or a free list on the alloc/free
+// path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
 //
 // Limits and devices: a request above max_mapping_size() is refused before anything is counted.
 // The head of every used block also records, in a second out-of-band array (owners_), the device
@@ -60,7 +68,7 @@
 // how much is therefore read off the block chain (O(blocks), under the lock): device_slots() and
 // the kNoMemory report do that, nothing on the alloc/free path does. A device with a quota is
 // counted exactly instead, in a small table under the lock (quota_counts_): its requests skip the
-// lock-free CPU cache, and its blocks carry kQuotaBit so that their frees take the lock too. The
+// per-CPU cache, and its blocks carry kQuotaBit so that their frees take the lock too. The
 // alloc/free fast path pays one store of the owner and one more term in the "unconstrained?"
 // test, nothing for the free.
 //

@@ -71,7 +71,7 @@ namespace dma {
 namespace detail {
 /* The table itself (support/kernel_hooks.cc), constant-initialised to all null: read inline by
  * the locks, so that an absent hook costs one load and one branch. */
-extern dmakit_kernel_hooks g_kernel_hooks;
+extern dmakit_kernel_hooks g_kernel_hooks [[gnu::visibility("hidden")]];
 }  // namespace detail
 
 /* The installed table (all null until dmakit_set_kernel_hooks). Any context. */

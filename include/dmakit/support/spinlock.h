@@ -35,14 +35,11 @@ class TA_CAPABILITY("mutex") BasicSpinLock {
   // Masks interrupts (through the hooks), then spins until the lock is this CPU's. Any context;
   // must not be held already by this CPU.
   [[gnu::always_inline]] void lock() TA_ACQ() {
-    uintptr_t (*save)() = kMaskInterrupts ? dma::kernel_hooks().irq_save : nullptr;
-    if (save == nullptr) [[likely]] {
-      acquire();
+    if (kMaskInterrupts && dma::kernel_hooks().irq_save != nullptr) [[unlikely]] {
+      lock_masking();
       return;
     }
-    uintptr_t state = save();
     acquire();
-    saved_ = state;
   }
   // One attempt; on failure the interrupt state is as it was before the call.
   bool try_lock() TA_TRY_ACQ(true) {
@@ -58,19 +55,28 @@ class TA_CAPABILITY("mutex") BasicSpinLock {
   }
   // Releases the lock, then restores the interrupt state lock() found.
   [[gnu::always_inline]] void unlock() TA_REL() {
-    void (*restore)(uintptr_t) = kMaskInterrupts ? dma::kernel_hooks().irq_restore : nullptr;
-    if (restore == nullptr) [[likely]] {
-      __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
+    if (kMaskInterrupts && dma::kernel_hooks().irq_restore != nullptr) [[unlikely]] {
+      unlock_restoring();
       return;
     }
-    uintptr_t state = saved_;  // Read while the lock still protects it.
     __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
-    restore(state);
   }
   // For assertions only: true while some CPU holds the lock.
   bool is_locked() const { return __atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0; }
 
  private:
+  // The paths with hooks installed, out of line so that the inline paths stay a test and a
+  // branch longer than a bare spinlock's.
+  [[gnu::noinline]] SUPPORT_PRESERVE_MOST void lock_masking() {
+    uintptr_t state = dma::kernel_hooks().irq_save();
+    acquire();
+    saved_ = state;
+  }
+  [[gnu::noinline]] SUPPORT_PRESERVE_MOST void unlock_restoring() {
+    uintptr_t state = saved_;  // Read while the lock still protects it.
+    __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
+    dma::kernel_hooks().irq_restore(state);
+  }
   [[gnu::always_inline]] void acquire() {
     while (__atomic_exchange_n(&locked_, 1u, __ATOMIC_ACQUIRE) != 0) {
       while (__atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0) cpu_relax();
@@ -88,8 +94,8 @@ using RawSpinLock = BasicSpinLock<false>;
 template <typename Lock>
 class TA_SCOPED_CAPABILITY Guard {
  public:
-  explicit Guard(Lock* lock) TA_ACQ(lock) : lock_(lock) { lock_->lock(); }
-  ~Guard() TA_REL() { lock_->unlock(); }
+  [[gnu::always_inline]] explicit Guard(Lock* lock) TA_ACQ(lock) : lock_(lock) { lock_->lock(); }
+  [[gnu::always_inline]] ~Guard() TA_REL() { lock_->unlock(); }
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
 
