@@ -368,7 +368,7 @@ lib: $(LIBDMA) $(LIBDMA_C) $(LIB_CONFIG_H) $(LIB_OUT_HDRS)
 	@echo "libdma ($(ARCH), LIB_CONFIG=$(LIB_CONFIG), $(LIB_OPT)): $(LIB_OUT)/"
 	@echo "  include/  the include root to add (-I$(LIB_OUT)/include): public headers, dmakit/config.h"
 	@echo "  lib/libdma.a     the subsystem"
-	@$(SIZE) -t $(LIBDMA) | awk 'END { printf "    size: text %d  data %d  bss %d  (bytes; limit for release: text 40960, data+bss 16384)\n", $$1, $$2, $$3 }'
+	@$(SIZE) -t $(LIBDMA) | awk 'END { printf "    archive: text %d  data %d  bss %d  (bytes, summed over members: inline functions once per member; scripts/check_lib.sh measures a link)\n", $$1, $$2, $$3 }'
 	@echo "  lib/libdma_c.a   the C interface (dmakit/dmakit.h), for kernels with C callers: link it before libdma.a"
 	@$(SIZE) -t $(LIBDMA_C) | awk 'END { printf "    size: text %d  data %d  bss %d  (bytes)\n", $$1, $$2, $$3 }'
 kernel: $(KERNEL_ELF) $(DEMO_ELF)

@@ -81,30 +81,15 @@
 
 #include "dmakit/support/assert.h"
 #include "dmakit/support/bitops.h"
+#include "dmakit/support/compiler.h"
 #include "dmakit/support/fault_injection.h"
 #include "dmakit/support/mem.h"
 #include "support/report_line.h"
+#include "mm/bounce_pool_internal.h"
+
+using namespace bounce_internal;  // NOLINT(google-build-using-namespace): the file's own helpers
 
 namespace {
-
-constexpr unsigned kSlMask = 15;  // (1 << kSlBits) - 1
-
-inline unsigned log2_32(uint32_t x) {
-  return 31u - static_cast<unsigned>(__builtin_clz(x));
-}
-
-// Size class of a block of n >= 1 slots (the list it lives on), as fl * 16 + sl. Sizes below 32
-// map to themselves; above, each power-of-two range is split into 16 equal classes.
-inline unsigned size_class(uint32_t n) {
-  unsigned shift = log2_32(n | 16u) - 4u;
-  return (shift << 4) + (n >> shift);
-}
-
-// Smallest class whose every block has at least n slots; n < 2^30, so the sum cannot overflow.
-inline unsigned search_class(uint32_t n) {
-  unsigned shift = log2_32(n | 16u) - 4u;
-  return size_class(n + (1u << shift) - 1u);
-}
 
 BouncePool::ReportSink g_report_sink;
 void* g_report_ctx;
@@ -293,7 +278,7 @@ inline uint32_t BouncePool::carve(uint64_t n, uint64_t phase, uint64_t period_ma
   meta_[end].prev_phys = head;
 }
 
-void BouncePool::drain_locked() {
+SUPPORT_COLD void BouncePool::drain_locked() {
   for (uint32_t n = 1; n < kQuickSlots; ++n) {
     uint32_t b = cache_head_[n];
     while (b != num_slots_) {
@@ -308,7 +293,7 @@ void BouncePool::drain_locked() {
   cached_blocks_ = 0;
 }
 
-void BouncePool::shutdown() const {
+SUPPORT_COLD void BouncePool::shutdown() const {
   // Taken only to read used_slots_ under the lock's rules; the pool must be idle by now anyway.
   // Blocks in CPU caches count as given back, like those in the shared cache.
   support::Guard<support::SpinLock> guard{&lock_};
@@ -322,7 +307,7 @@ unsigned every_caller_is_cpu_zero() {
 }
 }  // namespace
 
-Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
+SUPPORT_COLD Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
   const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
   if (current_cpu == nullptr) {
     current_cpu = hooks.cpu_id != nullptr ? hooks.cpu_id : &every_caller_is_cpu_zero;
@@ -342,7 +327,7 @@ Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned nu
   return support::ok();
 }
 
-uint64_t BouncePool::reclaim_cpu_caches() {
+SUPPORT_COLD uint64_t BouncePool::reclaim_cpu_caches() {
   uint64_t reclaimed = 0;
   for (unsigned c = 0; c < num_cpu_caches_; ++c) {
     CpuCache& cc = cpu_caches_[c];
@@ -391,7 +376,7 @@ uint64_t BouncePool::cpu_cached_slots() const {
   return n;
 }
 
-Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
+SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
                               size_t metadata_bytes, const Options& options) {
   size_t slot_size = options.slot_size;
   if (initialized_) return ErrorCode::kInvalidArgument;
@@ -660,7 +645,7 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
   return ErrorCode::kNotFound;
 }
 
-void BouncePool::report_invalid_free(uint32_t first, uint32_t slots, uint64_t offset,
+SUPPORT_COLD void BouncePool::report_invalid_free(uint32_t first, uint32_t slots, uint64_t offset,
                                      uint64_t size) {
   Line l;
   {
@@ -696,7 +681,7 @@ void BouncePool::report_invalid_free(uint32_t first, uint32_t slots, uint64_t of
   emit(l);
 }
 
-void BouncePool::report_no_memory(Refusal why, const BounceDevice& dev, size_t size, uint64_t n,
+SUPPORT_COLD void BouncePool::report_no_memory(Refusal why, const BounceDevice& dev, size_t size, uint64_t n,
                                   uint64_t held, uint64_t failure, uint64_t not_shown) {
   // The largest holders, from the block chain: up to kTally distinct devices are told apart (the
   // rest are not named), the three largest printed.
@@ -809,7 +794,7 @@ void BouncePool::drain_cache() {
   reclaim_cpu_caches();
 }
 
-BouncePool::Stats BouncePool::stats() const {
+SUPPORT_COLD BouncePool::Stats BouncePool::stats() const {
   Stats s;
   {
     support::Guard<support::SpinLock> guard{&lock_};
@@ -830,155 +815,6 @@ BouncePool::Stats BouncePool::stats() const {
   }
   s.bytes_bounced = __atomic_load_n(&bytes_bounced_, __ATOMIC_RELAXED);
   return s;
-}
-
-bool BouncePool::check_invariants() const {
-  // Every CPU cache's lock (in index order, released in reverse), then the pool's: a snapshot in
-  // which no cache changes.
-  for (unsigned c = 0; c < num_cpu_caches_; ++c) lock_cpu_cache(c);
-  bool ok = check_invariants_caches_locked();
-  for (unsigned c = num_cpu_caches_; c-- > 0;) unlock_cpu_cache(c);
-  return ok;
-}
-
-void BouncePool::lock_cpu_cache(unsigned c) const {
-  cpu_caches_[c].lock.lock();
-}
-
-void BouncePool::unlock_cpu_cache(unsigned c) const {
-  cpu_caches_[c].lock.unlock();
-}
-
-bool BouncePool::check_cpu_caches(uint64_t* slots, uint64_t* blocks) const {
-  uint64_t cpu_slots = 0;
-  uint64_t cpu_blocks = 0;
-  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
-    const CpuCache& cc = cpu_caches_[c];
-    if (cc.count > kCpuCacheDepth) return false;
-    uint64_t held = 0;
-    for (uint32_t i = 0; i < cc.count; ++i) {
-      uint32_t b = cc.first[i];
-      if (b >= num_slots_ || cc.slots[i] == 0 || cc.slots[i] >= kQuickSlots ||
-          meta_[b].size_free != (cc.slots[i] | kCachedBit)) {
-        return false;
-      }
-      held += cc.slots[i];
-    }
-    if (held != cc.held || held > cpu_cache_budget_) return false;
-    cpu_slots += held;
-    cpu_blocks += cc.count;
-  }
-  *slots = cpu_slots;
-  *blocks = cpu_blocks;
-  return true;
-}
-
-bool BouncePool::check_invariants_caches_locked() const {
-  support::Guard<support::SpinLock> guard{&lock_};
-  if (!initialized_) return num_slots_ == 0 && fl_bitmap_ == 0 && used_slots_ == 0;
-  const uint32_t none = num_slots_;
-
-  // The physical chain: blocks tile the pool, back links agree, free blocks are coalesced.
-  uint64_t used = 0;
-  uint64_t cached = 0;
-  uint64_t cached_blocks = 0;
-  uint64_t free_blocks = 0;
-  uint32_t prev = none;
-  bool prev_free = false;
-  uint64_t quota_held[kQuotaDevices] = {};
-  for (uint64_t i = 0; i < num_slots_;) {
-    const SlotRecord& r = meta_[i];
-    uint32_t size = r.size_free & kSizeMask;
-    if (size == 0 || i + size > num_slots_ || r.prev_phys != prev) return false;
-    for (uint64_t j = i + 1; j < i + size; ++j) {
-      if (meta_[j].size_free != 0) return false;
-    }
-    bool is_free = (r.size_free & kFreeBit) != 0;
-    bool is_cached = (r.size_free & kCachedBit) != 0;
-    if (is_free && is_cached) return false;
-    if (is_free) {
-      if (prev_free) return false;
-      ++free_blocks;
-    } else if (is_cached) {
-      if (size >= kQuickSlots) return false;
-      cached += size;
-      ++cached_blocks;
-    } else {
-      used += size;
-      // The block is exactly as many slots as the data (offset + size) needs.
-      uint32_t offset = r.link_next & ~kQuotaBit;
-      if (offset >= slot_size_ || r.link_prev == 0) return false;
-      uint64_t data_end = uint64_t{offset} + r.link_prev;
-      if (((data_end + slot_size_ - 1) >> slot_shift_) != size) return false;
-      // A block of a device with a quota counts in that device's entry.
-      if ((r.link_next & kQuotaBit) != 0) {
-        unsigned q = 0;
-        while (q < kQuotaDevices &&
-               (quota_counts_[q].slots == 0 || quota_counts_[q].id != owners_[i])) {
-          ++q;
-        }
-        if (q == kQuotaDevices) return false;
-        quota_held[q] += size;
-      }
-    }
-    prev = static_cast<uint32_t>(i);
-    prev_free = is_free;
-    i += size;
-  }
-  if (meta_[none].size_free != 0) return false;  // The sentinel is never free.
-  for (unsigned q = 0; q < kQuotaDevices; ++q) {
-    if (quota_held[q] != quota_counts_[q].slots) return false;
-  }
-
-  // The CPU caches: cached heads of the recorded sizes, within their limits. Their slots are
-  // counted in used_slots_ (out of the free structure), not in cached_slots_.
-  uint64_t cpu_slots = 0;
-  uint64_t cpu_blocks = 0;
-  if (!check_cpu_caches(&cpu_slots, &cpu_blocks)) return false;
-
-  if (used + cpu_slots != used_slots_ || high_water_ < used_slots_) return false;
-  if (cached != cached_slots_ + cpu_slots || cached_blocks != cached_blocks_ + cpu_blocks ||
-      cached_slots_ > cache_budget_) {
-    return false;
-  }
-
-  // The cache: each stack holds blocks of its size only, as many as its count says.
-  uint64_t stacked = 0;
-  for (uint32_t n = 0; n < kQuickSlots; ++n) {
-    uint32_t depth = 0;
-    for (uint32_t b = cache_head_[n]; b != none; b = meta_[b].link_next) {
-      if (b > num_slots_ || ++depth > kQuickDepth || meta_[b].size_free != (n | kCachedBit)) {
-        return false;
-      }
-    }
-    if (depth != cache_count_[n]) return false;
-    stacked += depth;
-  }
-  if (stacked != cached_blocks_) return false;
-
-  // The lists: each free block exactly once, on its class's list, links and bitmaps consistent.
-  uint64_t listed = 0;
-  for (unsigned fl = 0; fl < kFlBits; ++fl) {
-    if (((fl_bitmap_ >> fl) & 1u) != (sl_bitmap_[fl] != 0 ? 1u : 0u)) return false;
-    for (unsigned sl = 0; sl <= kSlMask; ++sl) {
-      unsigned c = (fl << kSlBits) + sl;
-      uint32_t b = heads_[c];
-      if ((b != none) != (((sl_bitmap_[fl] >> sl) & 1u) != 0)) return false;
-      uint32_t back = none;
-      while (b != none) {
-        if (b > num_slots_ || ++listed > free_blocks) return false;
-        const SlotRecord& r = meta_[b];
-        uint32_t size = r.size_free & kSizeMask;
-        if ((r.size_free & kFreeBit) == 0 || size == 0 || size_class(size) != c ||
-            r.link_prev != back) {
-          return false;
-        }
-        back = b;
-        b = r.link_next;
-      }
-    }
-  }
-  return listed == free_blocks;
 }
 
 size_t BouncePool::free_block_count() const {

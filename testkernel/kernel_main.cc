@@ -57,13 +57,6 @@ void print_range(const char* label, const PhysRange& r) {
           static_cast<unsigned long long>(r.end().value()), format_size(sz, sizeof(sz), r.size));
 }
 
-// The CPU index for the bounce pools' per-CPU caches. The kernel has no preemption or migration,
-// so a DMA call runs on one CPU from start to end, which is the caches' contract
-// (BouncePool::enable_cpu_caches).
-unsigned current_cpu() {
-  return cpu_index();
-}
-
 [[noreturn]] void fail_boot(const char* what, ErrorCode code) {
   kpanic("boot: %s: %s", what, error_code_name(code));
 }
@@ -90,7 +83,8 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
   auto r = pool->init(*base, bytes, g_env.phys_to_virt(*base), g_env.phys_to_virt(*meta),
                       support::align_up(meta_bytes, kPage), opts);
   if (!r.ok()) fail_boot("bounce pool init", r.code());
-  auto cc = pool->enable_cpu_caches(&current_cpu, num_cpus());
+  // One cache per CPU, indexed by the kernel hooks' cpu_id (installed before the DMA set-up).
+  auto cc = pool->enable_cpu_caches();
   if (!cc.ok()) fail_boot("bounce pool CPU caches", cc.code());
   g_env.pools[g_env.num_pools] = pool;
   g_env.pool_names[g_env.num_pools] = name;

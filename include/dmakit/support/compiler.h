@@ -15,6 +15,16 @@
 #define SUPPORT_MUSTTAIL
 #endif
 
+// SUPPORT_COLD: a function that runs rarely and off the per-transfer paths (set-up, reports,
+// invariant checks, reclaiming on exhaustion): kept out of the hot code (gnu::cold) and, under
+// clang, optimised for size whatever the file's -O level (clang::minsize), so that the release
+// library stays small without slowing its fast paths. On a definition in a .cc file.
+#if defined(__clang__)
+#define SUPPORT_COLD [[gnu::cold, clang::minsize]]
+#else
+#define SUPPORT_COLD [[gnu::cold]]
+#endif
+
 // SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T): std::is_trivially_destructible_v<T> without <type_traits>
 // (the kernels build without a C++ library). Clang has __is_trivially_destructible; GCC before
 // 13 only __has_trivial_destructor, which means the same for the types used here.
