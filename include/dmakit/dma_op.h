@@ -102,11 +102,12 @@ class DmaOp {
                                     DmaDirection dir) = 0;
 
   // After the CPU wrote bytes [offset, offset + size) of a live mapping, before the device reads
-  // them (or, for kFromDevice, before handing the buffer back to the device): copies them into
-  // the bounce slot when the direction copies in, and cleans them for a non-coherent device in
-  // every direction (so that no dirty line the CPU left can later be evicted over what the device
-  // writes). Direction as prepare_read's. Errors: kOutOfRange when the range is not inside the
-  // mapping.
+  // them (or, for kFromDevice, before handing the buffer back to the device). Bounced: copies
+  // them into the slot for kToDevice / kBidirectional and cleans the slot for a non-coherent
+  // device; nothing for kFromDevice (the device sees only the slot). Not bounced: cleans them for
+  // a non-coherent device in every direction (so that no dirty line the CPU left can later be
+  // evicted over what the device writes). Direction as prepare_read's. Errors: kOutOfRange when
+  // the range is not inside the mapping.
   virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                                      DmaDirection dir) = 0;
 

@@ -168,7 +168,11 @@ class KernelDmaOp : public DmaOp {
     uint64_t maps = 0;
     uint64_t direct_maps = 0;
     uint64_t bounced_maps = 0;
-    uint64_t bytes_mapped = 0;
+    uint64_t bytes_mapped = 0;  // The sizes of successful maps.
+    // Bytes copied between buffers and bounce slots, both ways: the copy in at map (every
+    // direction), the copy out at unmap (kFromDevice, kBidirectional) and the syncs' copies. A
+    // kFromDevice map+unmap of n bytes counts 2n; so does a kToDevice one synced once for the
+    // device (n at map, n at the sync).
     uint64_t bytes_bounced = 0;
     uint64_t map_errors = 0;
     uint64_t coherent_allocs = 0;
