@@ -2,8 +2,8 @@
 #include "dmakit/dma_debug.h"
 
 #include "dmakit/bounce_pool.h"
-#include "support/report_line.h"
 #include "dmakit/support/spinlock.h"
+#include "support/report_line.h"
 
 namespace {
 
@@ -62,7 +62,10 @@ namespace {
 using EntryType = DmaDebug::EntryType;
 using Entry = DmaDebug::Entry;
 
-constexpr size_t kBuckets = 4096;
+// The hash's buckets: static, so a fixed count; 1024 keeps chains short for a few thousand live
+// entries at 8 KiB for the two arrays of bucket words below.
+constexpr unsigned kBucketBits = 10;
+constexpr size_t kBuckets = size_t{1} << kBucketBits;
 constexpr size_t kNumKinds = static_cast<size_t>(DmaDebugKind::kCount);
 
 // The table used until DmaDebug::init hands over the kernel's. Plain data, zero-initialised.
@@ -101,7 +104,7 @@ uint64_t g_counts[kNumKinds];
 size_t bucket_of(const void* op, uint64_t dma) {
   uint64_t k = dma ^ (static_cast<uint64_t>(reinterpret_cast<uintptr_t>(op)) << 7);
   k *= 0x9E37'79B9'7F4A'7C15ull;
-  return static_cast<size_t>(k >> 52) % kBuckets;  // 12 bits: kBuckets == 4096.
+  return static_cast<size_t>(k >> (64 - kBucketBits));  // The product's best-mixed top bits.
 }
 
 // An untracked mapping or allocation at (op, dma) may be live: one that finds no entry (or a

@@ -3,7 +3,8 @@
 # their own, with only that root on the include path (so no public header reaches an internal
 # one), with GCC (12 or newer) and with clang (the
 # project's clang-19), freestanding, warnings as errors: a kernel built with either can include
-# them. One test per header and compiler; ends with "headers: N passed, N failed".
+# them. One test per header and compiler; the C headers (dmakit.h, kernel_hooks.h) also as C11
+# with gcc and clang. Ends with "headers: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CLANG=${CLANG:-clang++-19}
@@ -20,6 +21,22 @@ for h in $(cd include && find dmakit -name '*.h' | sort); do
       pass=$((pass + 1))
     else
       echo "[FAIL] $h with $cxx:"
+      head -n 5 "$tmp/log"
+      fail=$((fail + 1))
+    fi
+  done
+done
+# The C headers also compile as C11, pedantic, with both compilers: a C kernel includes them.
+CC_GCC=${CC_GCC:-gcc}
+CC_CLANG=${CC_CLANG:-clang-19}
+CFLAGS=(-std=c11 -Iinclude -fsyntax-only -ffreestanding -Wall -Wextra -Werror -pedantic)
+for h in dmakit/dmakit.h dmakit/kernel_hooks.h; do
+  printf '#include "%s"\n' "$h" > "$tmp/one.c"
+  for cc in "$CC_GCC" "$CC_CLANG"; do
+    if "$cc" "${CFLAGS[@]}" "$tmp/one.c" > "$tmp/log" 2>&1; then
+      pass=$((pass + 1))
+    else
+      echo "[FAIL] $h as C11 with $cc:"
       head -n 5 "$tmp/log"
       fail=$((fail + 1))
     fi

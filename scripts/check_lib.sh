@@ -10,6 +10,16 @@
 #   link      ld.lld links the whole archive, with a small object of the same ABI defining what
 #             the library expects from its kernel, at an address the code model allows; and
 #             for riscv64, refuses an object of the other float ABI (the flag is real).
+#   tree      make lib's output tree is complete: every public header, config.h saying the
+#             configuration, lib/libdma.a; a C++ file compiles with only its include/ on the path,
+#             and a -D of a configuration macro that disagrees with config.h is refused;
+#   size      the release library (the default of make lib) is at most 40 KiB of text (llvm-size:
+#             code and read-only data) and 16 KiB of static data (data + bss);
+#   checker   the debug library's misuse checker keeps at most 20 KiB of static tables;
+#   tag       libdma.a defines exactly one configuration tag, its own; and (one ABI per arch) a
+#             user object links with the library of its own configuration and fails to link,
+#             naming the configuration it expected, with the other (release <-> debug), also
+#             with --gc-sections.
 # Each check is one test; ends with "lib: N passed, N failed".
 #   scripts/check_lib.sh [arch[:abi] ...]   default: every configuration below
 set -uo pipefail
@@ -20,23 +30,32 @@ READELF=llvm-readelf-$LLVM_VER
 NM=llvm-nm-$LLVM_VER
 LD=ld.lld-$LLVM_VER
 CC=clang-$LLVM_VER
+CXX=clang++-$LLVM_VER
 BUILD=${BUILD:-build}
 MAKE=${MAKE:-make -j$(nproc)}
 
-# arch:abi-variable=value:debug-info:link address.
+# Release limits (issue 12, item 9), bytes.
+TEXT_LIMIT=40960
+STATIC_LIMIT=16384
+# The debug library's misuse checker (dma/dma_debug.o): its default table, hash buckets and device
+# names; the table a kernel needs comes from DmaDebug::init.
+CHECKER_STATIC_LIMIT=20480
+
+# arch:abi-variable=value:debug-info:link address:tag test (1: also build the debug library and
+# cross-link the two).
 CONFIGS=(
-  "aarch64::1:0xFFFF000040080000"
-  "riscv64:RISCV_ABI=lp64:1:0xFFFFFFC080200000"
-  "riscv64:RISCV_ABI=lp64d:0:0xFFFFFFC080200000"
-  "x86_64:X86_CMODEL=kernel:1:0xFFFFFFFF80200000"
-  "x86_64:X86_CMODEL=small:0:0x200000"
-  "x86_64:X86_CMODEL=large:0:0xFFFF800000200000"
+  "aarch64::1:0xFFFF000040080000:1"
+  "riscv64:RISCV_ABI=lp64:1:0xFFFFFFC080200000:1"
+  "riscv64:RISCV_ABI=lp64d:0:0xFFFFFFC080200000:0"
+  "x86_64:X86_CMODEL=kernel:1:0xFFFFFFFF80200000:1"
+  "x86_64:X86_CMODEL=small:0:0x200000:0"
+  "x86_64:X86_CMODEL=large:0:0xFFFF800000200000:0"
 )
 if [ $# -gt 0 ]; then
   want=("$@")
   sel=()
   for c in "${CONFIGS[@]}"; do
-    IFS=: read -r a v _ _ <<<"$c"
+    IFS=: read -r a v _ _ _ <<<"$c"
     for w in "${want[@]}"; do
       [ "$w" = "$a" ] || [ "$w" = "$a:${v#*=}" ] && sel+=("$c") && break
     done
@@ -87,13 +106,63 @@ fp_exempt() {
 SOFTFLOAT_RE='^__[a-z]+[sdtxh]f[0-9]*$'
 
 mkdir -p "$BUILD"
+# The link tag's symbols, as nm prints them.
+TAG_RE='^dmakit_config_[a-z]+_v1__'
+
+# A user of the library: compiled against one output tree's include/ alone.
+write_user() {
+  cat >"$1" <<'CXX'
+#include "dmakit/device_dma.h"
+#include "dmakit/dma_debug.h"
+
+uint32_t link_check_id;
+
+extern "C" void link_check_entry() { link_check_id = DmaDebug::new_device_id(); }
+CXX
+}
+
+# size_check NAME LIB: text and data + bss of the whole archive against the release limits.
+size_check() {
+  local name=$1 lib=$2 text data bss
+  read -r text data bss < <(llvm-size-"$LLVM_VER" -t "$lib" | awk 'END { print $1, $2, $3 }')
+  echo "       size: text $text, data $data, bss $bss"
+  if [ "$text" -le "$TEXT_LIMIT" ]; then
+    ok "$name: release text $text <= $TEXT_LIMIT bytes"
+  else
+    bad "$name: release text $text > $TEXT_LIMIT bytes (llvm-size -t $lib)"
+  fi
+  if [ $((data + bss)) -le "$STATIC_LIMIT" ]; then
+    ok "$name: release static data $((data + bss)) <= $STATIC_LIMIT bytes"
+  else
+    echo "       largest static data:"
+    $NM -S --size-sort -C "$lib" 2>/dev/null | awk '$3 ~ /^[bBdD]$/' | tail -n 3 | sed 's/^/         /'
+    bad "$name: release static data $((data + bss)) > $STATIC_LIMIT bytes (data $data + bss $bss)"
+  fi
+}
+
+# tree_check NAME KDIR CONFIG: the output tree of make lib.
+tree_check() {
+  local name=$1 out=$2/dmakit cfg=$3 missing=""
+  for h in $(cd include && find dmakit -name '*.h'); do
+    cmp -s "include/$h" "$out/include/$h" || missing+=" $h"
+  done
+  if [ -n "$missing" ] || [ ! -f "$out/lib/libdma.a" ] ||
+    ! grep -q "^#define DMAKIT_LIB_CONFIG \"$cfg\"" "$out/include/dmakit/config.h" 2>/dev/null; then
+    bad "$name: output tree $out incomplete (headers missing or stale:${missing:- none}; lib/libdma.a and config.h for $cfg expected)"
+  else
+    ok "$name: output tree $out: every public header, config.h ($cfg), lib/libdma.a"
+  fi
+}
+
+mkdir -p "$BUILD"
 for c in "${CONFIGS[@]}"; do
-  IFS=: read -r arch var dbg addr <<<"$c"
+  IFS=: read -r arch var dbg addr tagtest <<<"$c"
   abi=${var#*=}
   name=$arch${abi:+-$abi}
   kdir=$BUILD/lib-$name
-  lib=$kdir/libdma.a
+  lib=$kdir/dmakit/lib/libdma.a
   echo "== $name (DEBUG_INFO=$dbg)"
+  # No LIB_CONFIG: what make lib builds by default must be the release library.
   if ! $MAKE --no-print-directory lib ARCH="$arch" ${var:+"$var"} DEBUG_INFO="$dbg" \
     KDIR="$kdir" >"$kdir.log" 2>&1; then
     tail -n 20 "$kdir.log"
@@ -101,7 +170,14 @@ for c in "${CONFIGS[@]}"; do
     continue
   fi
   ok "$name: make lib"
+  if [ ! -f "$lib" ]; then
+    bad "$name: make lib made no $lib"
+    continue
+  fi
+  grep -E '^ *size:' "$kdir.log" | sed 's/^ */       make lib: /'
   mapfile -t objs < <(find "$kdir/obj" -name '*.o' | sort)
+  tree_check "$name" "$kdir" release
+  size_check "$name" "$lib"
 
   # fp: instructions and registers.
   re=$(fp_regex "$arch")
@@ -207,6 +283,92 @@ EOF
       bad "$name: linking with an $other object failed for another reason"
     fi
   fi
+
+  # tag: exactly one, the release one.
+  tags=$($NM --defined-only "$lib" 2>/dev/null | awk 'NF == 3 { print $3 }' | grep -E "$TAG_RE" | sort -u)
+  if [ "$(echo -n "$tags" | grep -c '^')" -eq 1 ] && [[ $tags == dmakit_config_release_v1__* ]]; then
+    ok "$name: libdma.a defines one configuration tag: $tags"
+  else
+    bad "$name: libdma.a should define exactly one release tag, defines: ${tags:-none}"
+  fi
+
+  # tree: a user compiles with the output tree's include/ alone, and may not redefine the
+  # configuration.
+  user_flags=(-std=c++20 -ffreestanding -nostdinc++ -fno-exceptions -fno-rtti -fno-pic -O1
+    -Wall -Wextra -Werror)
+  write_user "$kdir/user.cc"
+  # shellcheck disable=SC2086
+  if $CXX "${user_flags[@]}" $abi_cflags -I"$kdir/dmakit/include" -c "$kdir/user.cc" \
+    -o "$kdir/user-release.o" >"$stub.log" 2>&1; then
+    ok "$name: a C++ user compiles with only $kdir/dmakit/include"
+  else
+    head -n 5 "$stub.log" | sed 's/^/       /'
+    bad "$name: a C++ user does not compile with only $kdir/dmakit/include"
+    continue
+  fi
+  # shellcheck disable=SC2086
+  if $CXX "${user_flags[@]}" $abi_cflags -I"$kdir/dmakit/include" -DDMA_API_DEBUG=1 \
+    -c "$kdir/user.cc" -o "$kdir/user-bad.o" >"$stub.log" 2>&1; then
+    bad "$name: -DDMA_API_DEBUG=1 against a release config.h compiled"
+  elif grep -q 'libdma.a was built with DMA_API_DEBUG=0' "$stub.log"; then
+    ok "$name: -DDMA_API_DEBUG=1 against a release config.h is refused"
+  else
+    head -n 3 "$stub.log" | sed 's/^/       /'
+    bad "$name: -DDMA_API_DEBUG=1 failed for another reason"
+  fi
+
+  [ "$tagtest" = 1 ] || continue
+  dkdir=$BUILD/lib-$name-debug
+  dlib=$dkdir/dmakit/lib/libdma.a
+  if ! $MAKE --no-print-directory lib ARCH="$arch" ${var:+"$var"} DEBUG_INFO="$dbg" \
+    LIB_CONFIG=debug KDIR="$dkdir" >"$dkdir.log" 2>&1; then
+    tail -n 20 "$dkdir.log"
+    bad "$name: make lib LIB_CONFIG=debug (log $dkdir.log)"
+    continue
+  fi
+  ok "$name: make lib LIB_CONFIG=debug"
+  grep -E '^ *size:' "$dkdir.log" | sed 's/^ */       make lib LIB_CONFIG=debug: /'
+  tree_check "$name-debug" "$dkdir" debug
+  # The misuse checker's own static tables stay small: the kernel sizes its table (DmaDebug::init).
+  read -r ddata dbss < <(llvm-size-"$LLVM_VER" "$dkdir/obj/dma/dma_debug.o" | awk 'END { print $2, $3 }')
+  if [ $((ddata + dbss)) -le "$CHECKER_STATIC_LIMIT" ]; then
+    ok "$name: debug misuse checker's static data $((ddata + dbss)) <= $CHECKER_STATIC_LIMIT bytes"
+  else
+    bad "$name: debug misuse checker's static data $((ddata + dbss)) > $CHECKER_STATIC_LIMIT bytes (dma/dma_debug.o)"
+  fi
+  # shellcheck disable=SC2086
+  $CXX "${user_flags[@]}" $abi_cflags -I"$dkdir/dmakit/include" -c "$kdir/user.cc" \
+    -o "$kdir/user-debug.o" >"$stub.log" 2>&1 || {
+    head -n 5 "$stub.log" | sed 's/^/       /'
+    bad "$name: a C++ user does not compile with only $dkdir/dmakit/include"
+    continue
+  }
+  # What the debug library leaves undefined (the release stub may not cover it).
+  $NM --defined-only "$dlib" 2>/dev/null | awk 'NF == 3 { print $3 }' | sort -u >"$stub-debug.def"
+  $NM -u "$lib" "$dlib" 2>/dev/null | awk 'NF { print $NF }' | grep -v ':$' | sort -u |
+    comm -23 - "$stub.def" | comm -23 - "$stub-debug.def" |
+    awk '{ print "void " $1 "(void) {}" }' >"$stub-both.c"
+  # shellcheck disable=SC2086
+  $CC -x c -ffreestanding -fno-builtin -fno-pic -O1 $abi_cflags -c "$stub-both.c" \
+    -o "$stub-both.o" >/dev/null 2>&1
+  for pair in release:release:"$lib" debug:debug:"$dlib" debug:release:"$lib" release:debug:"$dlib"; do
+    IFS=: read -r ucfg lcfg plib <<<"$pair"
+    for gc in "" --gc-sections; do
+      what="$name: a $ucfg user with the $lcfg library${gc:+ ($gc)}"
+      if $LD -static -nostdlib --no-relax $gc -e link_check_entry --image-base="$addr" \
+        -o "$kdir/user-link.elf" "$kdir/user-$ucfg.o" "$stub-both.o" "$plib" >"$stub.log" 2>&1; then
+        if [ "$ucfg" = "$lcfg" ]; then ok "$what links"; else bad "$what links"; fi
+      elif [ "$ucfg" = "$lcfg" ]; then
+        head -n 5 "$stub.log" | sed 's/^/       /'
+        bad "$what does not link"
+      elif grep -q "undefined symbol: dmakit_config_${ucfg}_v1__" "$stub.log"; then
+        ok "$what fails: $(grep -m1 -o 'undefined symbol: [A-Za-z0-9_]*' "$stub.log")"
+      else
+        head -n 5 "$stub.log" | sed 's/^/       /'
+        bad "$what fails, but not on the configuration tag"
+      fi
+    done
+  done
 done
 
 echo "lib: $pass passed, $fail failed"

@@ -2,7 +2,19 @@
 # Idempotent setup: installs the Debian packages this project needs, and only those missing.
 # QEMU >= 8 and a recent clang come from bookworm-backports, enabled by reusing the Debian
 # mirror URI already configured in the machine's apt sources (no host name is written here).
+#   bash scripts/setup.sh        everything: tests, QEMU, benchmarks, format and lint tools
+#   bash scripts/setup.sh lib    only what `make lib` needs: the compiler (clang), the linker
+#                                (lld) and the binary tools (llvm: ar, nm, size, objdump)
 set -euo pipefail
+
+mode=${1:-full}
+case $mode in
+  full | lib) ;;
+  *)
+    echo "usage: setup.sh [full|lib]" >&2
+    exit 2
+    ;;
+esac
 
 need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
 SUDO=$(need_root)
@@ -10,17 +22,23 @@ SUDO=$(need_root)
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 
 # Packages: name=minimum-check command (checked with dpkg).
-PKGS_MAIN=(make python3 valgrind gnuplot-nox libgtest-dev libbenchmark-dev clang-format-19 clang-tidy-19
-  util-linux xxd g++)
-PKGS_BP=(clang-19 lld-19 llvm-19 libclang-rt-19-dev qemu-system-arm qemu-system-misc qemu-system-x86
-  qemu-system-riscv opensbi qemu-system-data)
+if [ "$mode" = lib ]; then
+  PKGS_MAIN=()
+  PKGS_BP=(clang-19 lld-19 llvm-19)
+else
+  PKGS_MAIN=(make python3 valgrind gnuplot-nox libgtest-dev libbenchmark-dev clang-format-19 clang-tidy-19
+    util-linux xxd g++)
+  PKGS_BP=(clang-19 lld-19 llvm-19 libclang-rt-19-dev qemu-system-arm qemu-system-misc qemu-system-x86
+    qemu-system-riscv opensbi qemu-system-data)
+fi
 
 missing=()
-for p in "${PKGS_MAIN[@]}" "${PKGS_BP[@]}"; do
+for p in ${PKGS_MAIN[@]+"${PKGS_MAIN[@]}"} "${PKGS_BP[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
 qemu_ok() {
+  [ "$mode" = lib ] && return 0 # make lib runs no emulator
   command -v qemu-system-aarch64 >/dev/null 2>&1 || return 1
   local v
   v=$(qemu-system-aarch64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n1)
@@ -55,7 +73,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 main_missing=()
-for p in "${PKGS_MAIN[@]}"; do
+for p in ${PKGS_MAIN[@]+"${PKGS_MAIN[@]}"}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || main_missing+=("$p")
 done
 if [ ${#main_missing[@]} -gt 0 ]; then

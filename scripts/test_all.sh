@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # `make test`: the host suite (debug, release, and its threaded tests under ThreadSanitizer), the
-# library builds of every arch and ABI (scripts/check_lib.sh: no floating point, the ABI flags,
-# debug info, a test link), then every architecture under QEMU. Each part prints its own
-# "N passed, N failed" line; this adds them up and ends with one line for the whole run.
+# C API from a C program (make test-capi), the library builds of every arch and ABI
+# (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), then every
+# architecture under QEMU. Each part prints its own "N passed, N failed" line; this adds them up
+# and ends with one line for the whole run.
 # A part that crashes or prints no summary counts as one failure.
 set -uo pipefail
 
 ARCHES=${ARCHES:-"aarch64 riscv64 x86_64"}
+# CPUs of each QEMU run: every CPU is started (testkernel/percpu.h) and the smp_ tests use them.
+QEMU_SMP=${QEMU_SMP:-4}
 # Builds use every core (the parts themselves run one after another).
 MAKE=${MAKE:-make -j$(nproc)}
 log_dir=${BUILD:-build}/test-logs
@@ -48,11 +51,12 @@ run_part style bash scripts/check_style.sh
 run_part headers bash scripts/check_headers.sh
 run_part lib bash scripts/check_lib.sh
 run_part host $MAKE --no-print-directory test-host
+run_part capi $MAKE --no-print-directory test-capi
 run_part host-release $MAKE --no-print-directory test-host-release
 run_part host-tsan $MAKE --no-print-directory test-host-tsan
 run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
-  run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a"
+  run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP"
 done
 
 [ "$total_fail" -ne 0 ] && status=1

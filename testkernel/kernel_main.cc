@@ -20,16 +20,18 @@
 //            with 28-bit masks (QEMU's edu default), placed as high as possible below 256 MiB.
 // The allocator and pool metadata go as high as possible, out of the way of DMA-constrained
 // memory.
-#include "testkernel/arch.h"
 #include "dmakit/dma_debug.h"
+#include "dmakit/support/bitops.h"
+#include "testkernel/arch.h"
 #include "testkernel/boot_memory.h"
 #include "testkernel/cxx_runtime.h"
 #include "testkernel/demo.h"
 #include "testkernel/kernel_env.h"
+#include "testkernel/kernel_hooks.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 #include "testkernel/panic.h"
-#include "dmakit/support/bitops.h"
+#include "testkernel/percpu.h"
 #include "tests/qemu/ktest.h"
 
 namespace {
@@ -55,12 +57,11 @@ void print_range(const char* label, const PhysRange& r) {
           static_cast<unsigned long long>(r.end().value()), format_size(sz, sizeof(sz), r.size));
 }
 
-// The CPU index for the bounce pools' per-CPU caches. This kernel runs on the boot CPU alone
-// (secondaries stay parked) and has no preemption, so every DMA call runs on CPU 0 from start to
-// end, which is the caches' contract (BouncePool::enable_cpu_caches). A kernel that starts its
-// secondaries passes its own per-CPU index (and disables preemption around DMA calls).
-unsigned boot_cpu_only() {
-  return 0;
+// The CPU index for the bounce pools' per-CPU caches. The kernel has no preemption or migration,
+// so a DMA call runs on one CPU from start to end, which is the caches' contract
+// (BouncePool::enable_cpu_caches).
+unsigned current_cpu() {
+  return cpu_index();
 }
 
 [[noreturn]] void fail_boot(const char* what, ErrorCode code) {
@@ -89,7 +90,7 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
   auto r = pool->init(*base, bytes, g_env.phys_to_virt(*base), g_env.phys_to_virt(*meta),
                       support::align_up(meta_bytes, kPage), opts);
   if (!r.ok()) fail_boot("bounce pool init", r.code());
-  auto cc = pool->enable_cpu_caches(&boot_cpu_only, 1);
+  auto cc = pool->enable_cpu_caches(&current_cpu, num_cpus());
   if (!cc.ok()) fail_boot("bounce pool CPU caches", cc.code());
   g_env.pools[g_env.num_pools] = pool;
   g_env.pool_names[g_env.num_pools] = name;
@@ -152,6 +153,11 @@ void setup_memory(const arch::BootInfo& info) {
   g_env.dma = &arch::create_dma_op(cfg);
   // The misuse checker's reports go to the console (with DMA_API_DEBUG; a no-op otherwise).
   DmaDebug::set_sink(+[](void*, const char* line) { kprintf("%s\n", line); }, nullptr);
+  // Its table, sized for the in-VM tests (the library's own default is a bring-up's few entries).
+  static DmaDebug::Entry dma_debug_table[DmaDebug::kEnabled ? 4096 : 1];
+  Result<void> d =
+      DmaDebug::init(dma_debug_table, sizeof(dma_debug_table) / sizeof(dma_debug_table[0]));
+  if (!d.ok()) fail_boot("misuse checker init", d.code());
 }
 
 void print_report(const arch::BootInfo& info, const char* mode) {
@@ -187,7 +193,7 @@ void print_report(const arch::BootInfo& info, const char* mode) {
           g_env.dma->default_constraints().coherence == DmaCoherence::kCoherent ? "coherent"
                                                                                 : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
-  kprintf("cpus: %u (secondaries parked)\n", info.num_cpus);
+  kprintf("cpus: %u online (of %u described)\n", num_online_cpus(), info.num_cpus);
   kprintf("mode: %s; command line: \"%s\"\n", mode, info.cmdline);
 }
 
@@ -205,10 +211,16 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   const char* cmdline = info.cmdline != nullptr ? info.cmdline : "";
   kstr::cmdline_value(cmdline, "mode", mode, sizeof(mode));  // Keeps "demo" when absent.
 
+  // The CPU list first: the hook table and the bounce pools' per-CPU caches are sized by it.
+  install_kernel_hooks(smp_prepare(info));
   setup_memory(info);
+  smp_start_secondaries();
   print_report(info, mode);
 
   if (kstr::equal(mode, "test")) {
+    // The demo kernel (make run) links the harness but no test.
+    if (ktest::test_count() == 0)
+      kpanic("mode=test: this kernel links no in-VM test (the demo kernel; use make test-qemu)");
     char filter[64] = "";
     kstr::cmdline_value(cmdline, "ktest", filter, sizeof(filter));
     kprintf("running %zu in-VM tests%s%s\n", ktest::test_count(), filter[0] ? " matching " : "",

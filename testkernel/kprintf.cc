@@ -1,10 +1,88 @@
 // The formatting engine behind kprintf and ksnprintf: one pass over the format, each conversion
 // rendered into a small stack buffer and then padded into the sink. Cost: linear in the output.
+//
+// Console output is serialised by one lock, taken with interrupts masked for a whole kprintf or
+// kputs, so lines from different CPUs do not interleave. The lock remembers its owner CPU: a
+// kprintf from a trap taken while the same CPU prints (a fault inside the formatting) goes ahead
+// instead of spinning on itself. Once a panic is in progress a CPU waits at most kPanicWaitNs for
+// the lock and then prints anyway: the panicking CPU's message must get out even if the holder
+// is stuck or dead.
 #include "testkernel/kprintf.h"
 
 #include "testkernel/arch.h"
+#include "testkernel/panic.h"
+#include "testkernel/percpu.h"
 
 namespace {
+
+constexpr uint64_t kPanicWaitNs = 200'000'000;
+
+// 0 when free, else the owner's token (its PerCpu address, or 1 before the per-CPU pointer
+// exists, which only the boot CPU can be).
+uintptr_t g_console_owner = 0;
+
+uintptr_t my_token() {
+  PerCpu* me = this_cpu();
+  return me != nullptr ? reinterpret_cast<uintptr_t>(me) : 1;
+}
+
+// Holds the console for one kprintf. Masks interrupts for its lifetime.
+class ConsoleGuard {
+ public:
+  ConsoleGuard() : irq_(arch::irq_save()) {
+    uintptr_t me = my_token();
+    if (__atomic_load_n(&g_console_owner, __ATOMIC_RELAXED) == me) return;  // Nested on this CPU.
+    uint64_t deadline = 0;
+    for (;;) {
+      uintptr_t expected = 0;
+      if (__atomic_compare_exchange_n(&g_console_owner, &expected, me, false, __ATOMIC_ACQUIRE,
+                                      __ATOMIC_RELAXED)) {
+        owned_ = true;
+        return;
+      }
+      if (kpanic_in_progress()) {
+        uint64_t now = arch::now_ns();
+        if (deadline == 0) deadline = now + kPanicWaitNs;
+        if (now >= deadline) return;  // Print without the lock.
+      }
+      arch::cpu_relax();
+    }
+  }
+  ~ConsoleGuard() {
+    if (owned_) __atomic_store_n(&g_console_owner, 0, __ATOMIC_RELEASE);
+    arch::irq_restore(irq_);
+  }
+  ConsoleGuard(const ConsoleGuard&) = delete;
+  ConsoleGuard& operator=(const ConsoleGuard&) = delete;
+
+ private:
+  uintptr_t irq_;
+  bool owned_ = false;
+};
+
+// kprintf_set_capture's buffer (null: not capturing) and the next position in it.
+char* g_capture_buf = nullptr;
+size_t g_capture_size = 0;
+size_t g_capture_len = 0;
+
+// Time a captured character takes, as a 1 Mbaud UART would: long enough that CPUs printing at
+// once overlap (a real UART's transmit wait gives them that chance too).
+constexpr uint64_t kCaptureCharNs = 10'000;
+
+void console_put(char c) {
+  char* cap = __atomic_load_n(&g_capture_buf, __ATOMIC_ACQUIRE);
+  if (cap != nullptr) {
+    // One atomic slot per character: without the console lock, concurrent lines interleave here
+    // as they would on the wire.
+    size_t at = __atomic_fetch_add(&g_capture_len, 1, __ATOMIC_RELAXED);
+    if (at < g_capture_size) cap[at] = c;
+    uint64_t until = arch::now_ns() + kCaptureCharNs;
+    while (arch::now_ns() < until) arch::cpu_relax();
+    return;
+  }
+  if (c == '\n') arch::console_putc('\r');
+  arch::console_putc(c);
+}
 
 // Where formatted characters go: the console, or a bounded buffer.
 struct Sink {
@@ -14,8 +92,7 @@ struct Sink {
 
   void put(char c) {
     if (buf == nullptr) {
-      if (c == '\n') arch::console_putc('\r');
-      arch::console_putc(c);
+      console_put(c);
     } else if (count + 1 < size) {
       buf[count] = c;
     }
@@ -261,6 +338,7 @@ int format(Sink& out, const char* fmt, va_list ap) {
 }  // namespace
 
 int kvprintf(const char* fmt, va_list ap) {
+  ConsoleGuard guard;
   Sink out;
   return format(out, fmt, ap);
 }
@@ -291,8 +369,21 @@ int ksnprintf(char* buf, size_t size, const char* fmt, ...) {
 }
 
 void kputs(const char* s) {
+  ConsoleGuard guard;
   Sink out;
   while (*s != '\0') out.put(*s++);
+}
+
+size_t kprintf_set_capture(char* buf, size_t size) {
+  ConsoleGuard guard;  // No line is half captured.
+  if (buf != nullptr) {
+    g_capture_size = size;
+    __atomic_store_n(&g_capture_len, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_capture_buf, buf, __ATOMIC_RELEASE);
+    return 0;
+  }
+  __atomic_store_n(&g_capture_buf, nullptr, __ATOMIC_RELEASE);
+  return __atomic_load_n(&g_capture_len, __ATOMIC_RELAXED);
 }
 
 const char* format_size(char* buf, size_t size, uint64_t bytes) {

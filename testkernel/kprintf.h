@@ -4,8 +4,9 @@
 // ' ' '+', a field width and a precision (digits or '*'). "\n" is sent as "\r\n" on the console.
 // No floating point. The format is checked by the compiler (format attribute).
 //
-// Threading: output is not serialized between CPUs (secondary CPUs stay parked in the test
-// kernel). Safe with interrupts off and in trap or panic context; no allocation.
+// Threading: each kprintf / kputs call is written as a unit (a console lock, held with interrupts
+// masked; see kprintf.cc for how a panic gets through). Safe with interrupts off and in trap or
+// panic context; no allocation. ksnprintf takes no lock.
 #pragma once
 
 #include <stdarg.h>  // freestanding: provided by the compiler
@@ -24,6 +25,12 @@ int kvsnprintf(char* buf, size_t size, const char* fmt, va_list ap)
 
 // Writes a string to the console as is (with the same "\n" handling).
 void kputs(const char* s);
+
+// For tests of the console lock: with buf non-null, every CPU's console output from now on goes
+// to buf[0, size) (characters beyond it are dropped, no "\r" is added) instead of the console,
+// and 0 is returned; with buf null, output goes back to the console and the number of
+// characters produced while capturing is returned. Not for concurrent use with itself.
+size_t kprintf_set_capture(char* buf, size_t size);
 
 // Formats a byte count for humans: "512 MiB", "4 GiB", "1536 KiB", "17 B" (exact units only;
 // anything not a whole number of KiB is printed in bytes). Returns buf.

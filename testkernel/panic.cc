@@ -1,8 +1,8 @@
 #include "testkernel/panic.h"
 
+#include "dmakit/support/assert.h"
 #include "testkernel/arch.h"
 #include "testkernel/kprintf.h"
-#include "dmakit/support/assert.h"
 
 namespace {
 int g_panicking = 0;
@@ -10,6 +10,10 @@ int g_panicking = 0;
 
 bool kpanic_begin() {
   return __atomic_exchange_n(&g_panicking, 1, __ATOMIC_ACQ_REL) == 0;
+}
+
+bool kpanic_in_progress() {
+  return __atomic_load_n(&g_panicking, __ATOMIC_ACQUIRE) != 0;
 }
 
 void kpanic_finish() {

@@ -4,7 +4,8 @@
 // one), then leaves QEMU with a failure status through arch::exit_qemu(false). A panic while
 // panicking (a fault in the printing itself) skips straight to the exit.
 //
-// support_panic (declared in include/dmakit/support/assert.h, used by KASSERT) is defined in panic.cc.
+// support_panic (declared in include/dmakit/support/assert.h, used by KASSERT) is defined in
+// panic.cc.
 #pragma once
 
 #include "dmakit/support/types.h"
@@ -17,3 +18,6 @@
 // marks one as started. Finish with kpanic_finish().
 bool kpanic_begin();
 [[noreturn]] void kpanic_finish();
+
+// True once some CPU has started a panic (kprintf then stops waiting long for its lock).
+bool kpanic_in_progress();

@@ -12,9 +12,14 @@ ARCH_ABI_ASFLAGS :=
 ARCH_ASFLAGS := -D__ASSEMBLY__
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 -z norelro --no-dynamic-linker
 ARCH_SRCS := arch/aarch64/testkernel/boot.cc arch/aarch64/testkernel/mmu.cc arch/aarch64/testkernel/platform.cc \
-             arch/aarch64/testkernel/traps.cc tests/qemu/aarch64/aarch64_arch_test.cc
+             arch/aarch64/testkernel/traps.cc
 ARCH_SRCS += arch/aarch64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
+ARCH_SRCS += arch/aarch64/testkernel/smp.cc
+# testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
+ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/aarch64/testkernel/percpu_arch.h"'
 ARCH_ASM_SRCS := arch/aarch64/testkernel/entry.S
 # The arch's DmaOp and its uncached remap (Normal-NC): linked into the kernel and into libdma.a.
-ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_uncached.cc
+# aarch64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_uncached.cc \
+                 arch/aarch64/dma/aarch64_capi.cc
 LINKER_SCRIPT := linker/aarch64.ld

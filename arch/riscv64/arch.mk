@@ -35,14 +35,18 @@ ARCH_CXXFLAGS := -mcmodel=medany -mno-relax
 ARCH_CXXFLAGS += -DSUPPORT_NO_MUSTTAIL=1
 ARCH_ASFLAGS := -mcmodel=medany -mno-relax
 ARCH_LDFLAGS := -nostdlib -static --no-relax -z max-page-size=4096
-# The port, and its own in-VM tests (tests/qemu/riscv64/, outside the common tests/qemu/*.cc).
+# The port (its own in-VM tests are tests/qemu/riscv64/*.cc, linked into the test kernel only).
 ARCH_SRCS := arch/riscv64/testkernel/arch_riscv64.cc arch/riscv64/testkernel/riscv64_platform.cc \
              arch/riscv64/testkernel/sv39_page_table.cc arch/riscv64/testkernel/trap.cc arch/riscv64/testkernel/sbi.cc \
-             arch/riscv64/testkernel/ns16550.cc \
-             tests/qemu/riscv64/riscv64_arch_test.cc
+             arch/riscv64/testkernel/ns16550.cc
 ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_io.cc
+ARCH_SRCS += arch/riscv64/testkernel/smp.cc
+# testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
+ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/riscv64/testkernel/percpu_arch.h"'
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.
-ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc
+# riscv64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc \
+                 arch/riscv64/dma/riscv64_capi.cc
 LINKER_SCRIPT := linker/riscv64.ld

@@ -18,10 +18,16 @@ ARCH_ASFLAGS := -fno-asynchronous-unwind-tables
 ARCH_LDFLAGS := -nostdlib -static -z max-page-size=4096 --no-relax
 ARCH_SRCS := arch/x86_64/testkernel/x86_64_platform.cc arch/x86_64/testkernel/serial.cc arch/x86_64/testkernel/traps.cc \
              arch/x86_64/testkernel/cpu_features.cc arch/x86_64/testkernel/pvh.cc arch/x86_64/testkernel/paging.cc \
-             arch/x86_64/testkernel/tsc_clock.cc arch/x86_64/testkernel/acpi.cc tests/qemu/x86_64/x86_64_arch_test.cc
+             arch/x86_64/testkernel/tsc_clock.cc arch/x86_64/testkernel/acpi.cc
 ARCH_SRCS += arch/x86_64/testkernel/arch_io.cc
+ARCH_SRCS += arch/x86_64/testkernel/lapic.cc arch/x86_64/testkernel/smp.cc
 ARCH_ASM_SRCS := arch/x86_64/testkernel/boot.S arch/x86_64/testkernel/trap_entry.S
+ARCH_ASM_SRCS += arch/x86_64/testkernel/ap_boot.S
+# testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
+ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/x86_64/testkernel/percpu_arch.h"'
 # The DmaOp with CLWB/CLFLUSHOPT/CLFLUSH and its uncached remap (PAT UC-): part of libdma.a for
 # this arch.
-ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc
+# x86_64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
+ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc \
+                 arch/x86_64/dma/x86_64_capi.cc
 LINKER_SCRIPT := linker/x86_64.ld

@@ -13,7 +13,8 @@
 // entry of a fixed table (no heap), chained into hash buckets keyed by (DmaOp, DMA address), with
 // unused entries on a free list. The kernel chooses the table's size: DmaDebug::init hands the
 // checker a buffer of entries (a NIC's receive rings alone can keep thousands of mappings live);
-// until then it uses a table of kDefaultEntries in static storage. Inserting (map,
+// until then it uses a small table of kDefaultEntries in static storage, enough for a bring-up,
+// so that the library's own static footprint stays small. Inserting (map,
 // alloc_coherent) is O(1); unmap, dealloc and sync find their entry in O(length of one bucket
 // chain), normally one or two entries, and check the request against what was recorded. The
 // device teardown check and a DmaOp's destruction walk the whole table, O(capacity()). One
@@ -25,7 +26,7 @@
 // mappings are also counted per hash bucket, so that their unmap, syncs and coherent free, which
 // find no entry, are let through silently instead of being reported as kNotMapped; the price is
 // that while an untracked mapping is live, an unmap of something never mapped that falls in the
-// same bucket (one bucket in 4096) is let through too, and a DmaOp destroyed with untracked
+// same bucket (one bucket in 1024) is let through too, and a DmaOp destroyed with untracked
 // mappings still live leaves their counts behind until reset() or init().
 //
 // Each misuse prints exactly one line through the sink and bumps that kind's counter:
@@ -60,11 +61,6 @@
 #define DMA_API_DEBUG_ENABLED 1
 #else
 #define DMA_API_DEBUG_ENABLED 0
-#endif
-
-// Size of the table the checker uses until DmaDebug::init gives it the kernel's.
-#ifndef DMA_API_DEBUG_ENTRIES
-#define DMA_API_DEBUG_ENTRIES 4096
 #endif
 
 class DmaOp;
@@ -106,8 +102,9 @@ enum class DmaSyncCall : uint8_t { kPrepareRead, kConfirmWrite };
 class DmaDebug {
  public:
   static constexpr bool kEnabled = DMA_API_DEBUG_ENABLED;
-  // The table used until init() is called.
-  static constexpr size_t kDefaultEntries = DMA_API_DEBUG_ENTRIES;
+  // The table used until init() is called: a bring-up's few mappings. A kernel with more live
+  // mappings than this gives init() a table of its own size (sizeof(Entry) bytes per entry).
+  static constexpr size_t kDefaultEntries = 64;
   // Entries are linked by 32-bit indices (plus one).
   static constexpr size_t kMaxTableEntries = 0xFFFF'FFFEu;
   static_assert(kDefaultEntries > 0 && kDefaultEntries <= kMaxTableEntries, "bad default table");

@@ -93,7 +93,9 @@ Result<void> bind_edu(EduDevice* edu, uint64_t mask) {
 void round_trips(ktest::Context& ktest_ctx, EduDevice& edu, uint8_t* far, uint8_t* near,
                  bool far_bounces, BouncePool* pool) {
   constexpr size_t kSize = EduDevice::kBufferSize;
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   KernelDmaOp::Stats s0 = kernel_env().dma->stats();
+#endif
   ktest_util::fill_pattern(far, kSize, 21);
   support::fill_bytes(near, 0, kSize);
   auto t1 = edu.copy_to_device(far, kSize);
@@ -117,6 +119,7 @@ void round_trips(ktest::Context& ktest_ctx, EduDevice& edu, uint8_t* far, uint8_
   KEXPECT_LE(t4->dma_addr.value() + kSize - 1, edu.dma().dma_mask());
   KEXPECT_EQ(ktest_util::check_pattern(far, kSize, 22), kSize);
 
+#if DMA_STATS
   KernelDmaOp::Stats s1 = kernel_env().dma->stats();
   uint64_t bounced = far_bounces ? 2 : 0;
   KEXPECT_EQ(s1.bounced_maps - s0.bounced_maps, bounced);
@@ -124,6 +127,7 @@ void round_trips(ktest::Context& ktest_ctx, EduDevice& edu, uint8_t* far, uint8_
   // At least the copy into the slot (to the device) and out of it (from the device).
   KEXPECT_GE(s1.bytes_bounced - s0.bytes_bounced, bounced * kSize);
   KEXPECT_EQ(s1.live_maps, s0.live_maps);
+#endif
 }
 
 }  // namespace
@@ -530,7 +534,9 @@ KTEST(virtio_blk_writes_and_reads_back_scatter_gather) {
   fill_guest(w2, kPage, pos + kPage + 1024);
   SgEntry we[] = {{w0, kPage}, {w1, 1024}, {w2, kPage}};
   static_assert(disk_pattern::kTestSgCount * disk_pattern::kSectorSize == 2 * kPage + 1024);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   KernelDmaOp::Stats s0 = kernel_env().dma->stats();
+#endif
   auto w = blk.write(first, we);
   KREQUIRE_OK(w);
   KEXPECT_EQ(w->segments, 3u);
@@ -546,9 +552,11 @@ KTEST(virtio_blk_writes_and_reads_back_scatter_gather) {
   KEXPECT_EQ(r->segments, 2u);
   KEXPECT_EQ(check_disk(in.va(), kPage + 512, pos, true), kPage + 512);
   KEXPECT_EQ(check_disk(in.va() + 2 * kPage, kPage + 512, pos + kPage + 512, true), kPage + 512);
+#if DMA_STATS
   KernelDmaOp::Stats s1 = kernel_env().dma->stats();
   KEXPECT_EQ(s1.maps - s0.maps, 7u);
   KEXPECT_EQ(s1.live_maps, s0.live_maps);
+#endif
   if (!ktest_ctx.failed()) {
     kprintf("virtio-blk: guest pattern in sectors %llu..%llu\n",
             static_cast<unsigned long long>(first),
@@ -585,7 +593,9 @@ KTEST(virtio_blk_bounced_data_reaches_the_disk_and_back) {
   }
   fill_guest(out, bytes, pos);
   support::fill_bytes(in, 0, bytes);
+#if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
   KernelDmaOp::Stats s0 = kernel_env().dma->stats();
+#endif
   SgEntry we[] = {{out, kPage}, {out + kPage, kPage}};
   auto w = blk.write(first, we);
   KREQUIRE_OK(w);
@@ -593,10 +603,12 @@ KTEST(virtio_blk_bounced_data_reaches_the_disk_and_back) {
   auto r = blk.read(first, re);
   KREQUIRE_OK(r);
   KEXPECT_EQ(check_disk(in, bytes, pos, true), bytes);
+#if DMA_STATS
   KernelDmaOp::Stats s1 = kernel_env().dma->stats();
   KEXPECT_EQ(s1.bounced_maps - s0.bounced_maps, 3u);
   KEXPECT_GE(s1.bytes_bounced - s0.bytes_bounced, 2 * bytes);
   KEXPECT_EQ(s1.live_maps, s0.live_maps);
+#endif
   if (!ktest_ctx.failed()) {
     kprintf("virtio-blk: guest pattern in sectors %llu..%llu\n",
             static_cast<unsigned long long>(first),

@@ -30,9 +30,11 @@ static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<DcInsns>>);
 
 }  // namespace
 
-AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size)
+AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size,
+                           const dmakit_page_tables* page_tables)
     : KernelDmaOp(with_line_size(cfg, line_size)), line_(line_size) {
   KASSERT(support::is_pow2(line_size) && line_size >= 16, "bad cache line size");
+  init_attributes(page_tables);
 }
 
 size_t AArch64DmaOp::hardware_line_size() {

@@ -13,13 +13,14 @@
 #include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/platform.h"
 #include "arch/aarch64/testkernel/sysreg.h"
+#include "dmakit/support/bitops.h"
 #include "testkernel/arch.h"
 #include "testkernel/fdt.h"
 #include "testkernel/fdt_boot_info.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 #include "testkernel/panic.h"
-#include "dmakit/support/bitops.h"
+#include "testkernel/percpu.h"
 
 extern "C" {
 extern char __image_start[];       // NOLINT: linker-script symbols.
@@ -210,5 +211,7 @@ extern "C" [[noreturn]] void aarch64_boot(uint64_t x0) {
   if (dtb == 0)
     kpanic("aarch64 boot: no device tree (x0 = 0x%llx)", static_cast<unsigned long long>(x0));
   early_mmu(dtb, Fdt::peek_total_size(reinterpret_cast<const void*>(dtb)));
+  // With the caches on: the per-CPU table is ordinary cacheable memory from here on.
+  smp_init_boot_cpu(aarch64::read_mpidr_el1() & 0xFF'00FF'FFFFull);
   late_boot(dtb);
 }

@@ -8,10 +8,16 @@
 // _start: drop to EL1 if needed, mask interrupts, set the stacks (kernel code on SP_EL0,
 // exceptions on SP_EL1), zero .bss, install the exception vectors, then call aarch64_boot(x0)
 // (arch/aarch64/testkernel/boot.cc), which never returns.
+//
+// aarch64_secondary_entry: where PSCI CPU_ON starts the other CPUs (arch/aarch64/testkernel/
+// smp.cc), MMU off, x0 = the CPU's PerCpu (identity-mapped, so its address is physical too).
 
 #define SPSR_EL1H_MASKED 0x3c5   // EL1h, D A I F masked
 #define HCR_EL2_RW (1 << 31)    // EL1 is AArch64
 #define SCTLR_EL1_RES1 0x30d00800
+// PerCpu field offsets (testkernel/percpu.h, checked by static_asserts in testkernel/smp.cc).
+#define PERCPU_TRAP_STACK 8
+#define PERCPU_STACK 16
 
   .section .text.boot, "ax"
   .global _start
@@ -59,6 +65,7 @@ from_el2:
 
 at_el1:
   msr daifset, #0xf
+  msr tpidr_el1, xzr            // No per-CPU pointer until smp_init_boot_cpu installs one.
   // Exceptions run on their own stack (SP_EL1); the kernel runs on SP_EL0, whose stack sits
   // above an unmapped guard page. A stack overflow then faults into a handler with a good stack
   // and is reported like any other fault.
@@ -86,6 +93,63 @@ at_el1:
 park:
   wfe
   b park
+
+// ---------------------------------------------------------------------------------------------
+// Secondary CPUs. With the MMU off every data access is Device memory: only aligned loads of the
+// parameters (cleaned to the point of coherency by the boot CPU) until the MMU is on.
+  .global aarch64_secondary_entry
+aarch64_secondary_entry:
+  mov x19, x0                   // PerCpu
+  mrs x1, CurrentEL
+  lsr x1, x1, #2
+  cmp x1, #2
+  b.ne secondary_el1
+  mov x1, #HCR_EL2_RW
+  msr hcr_el2, x1
+  mov x1, #3
+  msr cnthctl_el2, x1
+  msr cntvoff_el2, xzr
+  mov x1, #0x33ff
+  msr cptr_el2, x1
+  ldr x1, =SCTLR_EL1_RES1
+  msr sctlr_el1, x1
+  mov x1, #SPSR_EL1H_MASKED
+  msr spsr_el2, x1
+  adr x1, secondary_el1
+  msr elr_el2, x1
+  eret
+secondary_el1:
+  msr daifset, #0xf
+  mov x1, #(3 << 20)
+  msr cpacr_el1, x1
+  ldr x1, =aarch64_exception_vectors
+  msr vbar_el1, x1
+  ldr x2, =aarch64_secondary_params
+  ldp x3, x4, [x2]              // MAIR_EL1, TCR_EL1
+  ldp x5, x6, [x2, #16]         // TTBR0_EL1, TTBR1_EL1
+  ldr x7, [x2, #32]             // SCTLR_EL1
+  msr mair_el1, x3
+  msr tcr_el1, x4
+  msr ttbr0_el1, x5
+  msr ttbr1_el1, x6
+  isb
+  tlbi vmalle1
+  dsb nsh
+  isb
+  msr sctlr_el1, x7
+  isb
+  // MMU and caches on, same tables as the boot CPU.
+  ldr x1, [x19, #PERCPU_TRAP_STACK]
+  mov sp, x1                    // SP_EL1: exceptions
+  msr spsel, #0
+  ldr x1, [x19, #PERCPU_STACK]
+  mov sp, x1                    // SP_EL0: kernel code
+  msr tpidr_el1, x19
+  mov x0, x19
+  bl aarch64_secondary_boot
+1:
+  wfe
+  b 1b
 
 // ---------------------------------------------------------------------------------------------
 // Exception vectors. Every exception is fatal in this kernel: save the registers in a frame on

@@ -2,6 +2,8 @@
 #include "arch/aarch64/testkernel/mmu.h"
 
 #include "arch/aarch64/testkernel/sysreg.h"
+#include "testkernel/arch.h"
+#include "testkernel/split_table_pool.h"
 
 namespace aarch64 {
 namespace {
@@ -28,6 +30,9 @@ Table g_pool[kPoolPages];
 Table g_root_identity;
 Table g_root_direct;
 size_t g_used = 0;
+// Lent to dmakit for splits of the direct map (mmu_direct_map_tables).
+SplitTablePool g_split_tables;
+dmakit_page_tables g_direct_map_tables = {};
 
 // With the MMU on, tables are reached through the identity map of the kernel image (the pool is
 // part of it), so a table's physical address is also its virtual address.
@@ -194,4 +199,25 @@ size_t mmu_tables_capacity() {
   return kPoolPages + 2;
 }
 
+const dmakit_page_tables* mmu_direct_map_tables() {
+  dmakit_page_tables& pt = g_direct_map_tables;
+  pt.root = pa_of(&g_root_direct);
+  pt.levels = 4;
+  pt.table_offset = 0;
+  pt.va_base = kDirectMapBase;
+  pt.va_size = 1ull << 47;
+  pt.aarch64.mair_wb = static_cast<uint8_t>(MemAttr::kNormalWb);
+  pt.aarch64.mair_nc = static_cast<uint8_t>(MemAttr::kNormalNc);
+  g_split_tables.describe(/*virt_minus_phys=*/0, &pt);
+  return &pt;
+}
+
 }  // namespace aarch64
+
+namespace arch {
+
+size_t direct_map_split_tables() {
+  return aarch64::g_split_tables.in_use();
+}
+
+}  // namespace arch

@@ -18,6 +18,7 @@
 // 4 KiB pages); mapping a range costs O(pages at the finest level used).
 #pragma once
 
+#include "dmakit/page_tables.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
 
@@ -63,5 +64,12 @@ bool mmu_lookup(uint64_t va, MemAttr* attr, uint64_t* pa);
 // Page-table pages used so far, and the pool's capacity.
 size_t mmu_tables_used();
 size_t mmu_tables_capacity();
+
+// The direct map's tables as dmakit needs them to make its pages uncached in place
+// (dmakit/page_tables.h): the TTBR1 root, four levels, tables reached through the identity map
+// (table_offset 0: they and the split tables are in the kernel image, outside the direct map
+// being edited), the direct map [kDirectMapBase, + 2^47), MAIR indices kNormalWb and kNormalNc,
+// split tables from a SplitTablePool in the image. Valid for the kernel's lifetime.
+const dmakit_page_tables* mmu_direct_map_tables();
 
 }  // namespace aarch64

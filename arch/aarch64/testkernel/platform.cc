@@ -77,7 +77,8 @@ uint64_t now_ns() {
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KernelDmaOp::Config c = cfg;
   c.platform_coherent = false;  // QEMU virt: devices are not described as dma-coherent.
-  g_dma_op = new (g_dma_op_storage) AArch64DmaOp(c, AArch64DmaOp::hardware_line_size());
+  g_dma_op = new (g_dma_op_storage)
+      AArch64DmaOp(c, AArch64DmaOp::hardware_line_size(), aarch64::mmu_direct_map_tables());
   return *g_dma_op;
 }
 

@@ -50,12 +50,14 @@ KernelDmaOp::Config Riscv64DmaOp::with_coherence(const Config& cfg, const CacheO
   return c;
 }
 
-Riscv64DmaOp::Riscv64DmaOp(const Config& cfg, const CacheOps& ops)
+Riscv64DmaOp::Riscv64DmaOp(const Config& cfg, const CacheOps& ops,
+                           const dmakit_page_tables* page_tables)
     : KernelDmaOp(with_coherence(cfg, ops)), ops_(ops) {
   if (ops_.zicbom) {
     KASSERT(support::is_pow2(ops_.block_size) && ops_.block_size >= 16,
             "Zicbom block size must be a power of two >= 16");
   }
+  init_attributes(page_tables);
 }
 
 void Riscv64DmaOp::flush(const void* addr, size_t size) {

@@ -1,114 +1,69 @@
 // Uncached coherent memory on RISC-V: Riscv64DmaOp::set_memory_attribute, which changes
 // direct-map pages between PBMT=PMA (cacheable RAM) and the Svpbmt NC type (non-cacheable,
 // idempotent, weakly ordered main memory) in place through DirectMapAttributes
-// (mm/direct_map_attributes.h: the split/merge scheme and its cost).
+// (mm/direct_map_attributes.h: the split/merge scheme and its cost), over the Sv39 or Sv48
+// tables the kernel described (dmakit/page_tables.h).
 //
-// Needs both Svpbmt (to express NC in a PTE; without it the PBMT bits are reserved) and Zicbom
-// (to write back and drop what the cacheable mapping left in the cache before and after the
-// change: KernelDmaOp's flush_invalidate, i.e. cbo.flush). A hart without either cannot make
-// uncached memory from ordinary RAM; the port then declares DMA coherent (riscv64_dma_op.h) --
-// true on QEMU, which models no caches -- and this returns kNotSupported, so a device explicitly
+// Needs Svpbmt enabled for S-mode (menvcfg.PBMTE, set by the M-mode firmware; without it the
+// PBMT bits are reserved and a leaf using them faults) and Zicbom (to write back and drop what
+// the cacheable mapping left in the cache before and after the change: KernelDmaOp's
+// flush_invalidate, i.e. cbo.flush), both as the kernel reports them in Riscv64DmaOp::CacheOps.
+// Without either, or without a description, this returns kNotSupported, so a device explicitly
 // marked non-coherent gets kNotSupported from alloc_coherent rather than cacheable memory it
 // would believe coherent.
 //
-// Entry updates: RISC-V has no break-before-make rule; a changed leaf is followed by
-// `sfence.vma va` (drops that page's translation), a leaf replaced by a table or back (split,
-// merge: a non-leaf entry changes) by a full `sfence.vma`, which also orders the new table's
-// stores before the walker reads it (privileged spec, "SFENCE.VMA"). Single hart: an SMP kernel
-// would add a remote fence (SBI RFENCE) to replace().
+// Entry updates: RISC-V has no break-before-make rule. After each store the TLB is invalidated
+// through the kernel's tlb_flush_kernel_range hook (dmakit/kernel_hooks.h: an SBI remote fence
+// on every hart) when it gave one; else on this hart only, with `sfence.vma va` for a changed
+// leaf and a full `sfence.vma` when a leaf is replaced by a table or back (a non-leaf entry
+// changes), which also orders the new table's stores before the walker reads it.
 //
-// Tables are reached through the direct map (the port links the kernel into it); the split tables
-// come from a static pool in the kernel image (kSplitPoolPages pages). When it is exhausted
+// Split tables come from the kernel's alloc_table; when it has none (or 64 are live),
 // alloc_coherent fails with kNoMemory and the map stays as it was.
-#include "testkernel/arch.h"
-#include "arch/riscv64/testkernel/csr.h"
+#include "arch/riscv64/dma/riscv64_page_format.h"
+#include "arch/riscv64/dma/riscv64_tlb.h"
 #include "dmakit/arch/riscv64_dma_op.h"
-#include "arch/riscv64/testkernel/sv39_page_table.h"
+#include "dmakit/kernel_hooks.h"
+#include "dmakit/support/utility.h"
 #include "mm/direct_map_attributes.h"
 
 namespace {
 
-constexpr size_t kSplitPoolPages = 64;
-constexpr uintptr_t kDirectMapBase = riscv::Sv39PageTable::kUpperHalfBase;
-// The upper half of Sv39: the physical addresses the port's direct map can hold.
-constexpr uint64_t kDirectMapSpan = 1ull << 38;
+struct Riscv64LiveFormat : Riscv64PageFormat {
+  using Riscv64PageFormat::Riscv64PageFormat;
 
-struct Sv39DirectMap {
-  using Pte = uint64_t;
-  static constexpr int kTopLevel = 2;
-
-  static constexpr uint64_t kSatpModeMask = 0xFull << 60;
-  static constexpr uint64_t kSatpPpnMask = (1ull << 44) - 1;
-  static constexpr uint64_t kLeafMask = riscv::kPteR | riscv::kPteW | riscv::kPteX;
-
-  static uint64_t level_size(int level) { return 1ull << (12 + 9 * level); }
-  static uint64_t pte_phys(Pte e) {
-    return ((e & riscv::kPtePpnMask) >> riscv::kPtePpnShift) << 12;
-  }
-  static Pte* table_at(uint64_t phys) { return reinterpret_cast<Pte*>(phys + kDirectMapBase); }
-
-  static Pte* root() { return table_at((riscv::read_satp() & kSatpPpnMask) << 12); }
-  static bool present(Pte e) { return (e & riscv::kPteV) != 0; }
-  static bool is_leaf(Pte e, int) { return (e & kLeafMask) != 0; }
-  static Pte* table_of(Pte e) { return table_at(pte_phys(e)); }
-  static Pte table_entry(const Pte* t) {
-    uint64_t phys = reinterpret_cast<uintptr_t>(t) - kDirectMapBase;
-    return ((phys >> 12) << riscv::kPtePpnShift) | riscv::kPteV;
-  }
-  static PageAttr attr_of(Pte e, int) {
-    switch (static_cast<riscv::MemType>((e & riscv::kPtePbmtMask) >> riscv::kPtePbmtShift)) {
-      case riscv::MemType::kPma:
-        return PageAttr::kCached;
-      case riscv::MemType::kNonCacheable:
-        return PageAttr::kUncached;
-      default:
-        return PageAttr::kOther;  // IO, or the reserved encoding.
-    }
-  }
-  static Pte with_attr(Pte e, int, PageAttr attr) {
-    e &= ~riscv::kPtePbmtMask;
-    if (attr == PageAttr::kUncached) {
-      e |= static_cast<uint64_t>(riscv::MemType::kNonCacheable) << riscv::kPtePbmtShift;
-    }
-    return e;
-  }
-  static Pte split_leaf(Pte e, int level, size_t i) {
-    const uint64_t pa = pte_phys(e) + i * level_size(level - 1);
-    return ((pa >> 12) << riscv::kPtePpnShift) | (e & ~riscv::kPtePpnMask);
-  }
-  static void replace(Pte* slot, Pte value, uintptr_t va, int level) {
+  void replace(Pte* slot, Pte value, uintptr_t va, int level) const {
     __atomic_store_n(slot, value, __ATOMIC_SEQ_CST);
-    if (level == 0) {
-      __asm__ volatile("sfence.vma %0, zero" : : "r"(va) : "memory");
+    const auto flush = dma::kernel_hooks().tlb_flush_kernel_range;
+    if (flush != nullptr) {
+      flush(va, level_size(level));
+    } else if (level == 0) {
+      riscv64_dma::sfence_vma(va);
     } else {
-      riscv::sfence_vma_all();
+      riscv64_dma::sfence_vma_all();
     }
   }
-  static bool active() { return (riscv::read_satp() & kSatpModeMask) == riscv::kSatpModeSv39; }
 };
 
-using Attributes = DirectMapAttributes<Sv39DirectMap>;
-
-Attributes::Table g_split_pool[kSplitPoolPages];
-constinit Attributes g_attrs{g_split_pool, kSplitPoolPages};
+using Attributes = DirectMapAttributes<Riscv64LiveFormat>;
 
 }  // namespace
 
+void Riscv64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
+  static_assert(sizeof(Attributes) <= kAttributesBytes, "Riscv64DmaOp::attrs_ too small");
+  static_assert(alignof(Attributes) <= alignof(uint64_t), "Riscv64DmaOp::attrs_ misaligned");
+  // Svpbmt gives the NC encoding; Zicbom the cache maintenance around the change.
+  const bool usable = ops_.svpbmt && ops_.zicbom;
+  new (attrs_)
+      Attributes(usable ? page_tables : nullptr, Riscv64LiveFormat(page_tables, ops_.svpbmt));
+}
+
 Result<void> Riscv64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
-  if (!ops_.zicbom || !ops_.svpbmt || !Sv39DirectMap::active()) return ErrorCode::kNotSupported;
-  const auto v = reinterpret_cast<uintptr_t>(va);
-  if (v < kDirectMapBase || v - kDirectMapBase >= kDirectMapSpan ||
-      bytes > kDirectMapSpan - (v - kDirectMapBase)) {
-    return ErrorCode::kInvalidArgument;
-  }
-  return g_attrs.set(v, bytes,
-                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+  auto* attrs = reinterpret_cast<Attributes*>(attrs_);
+  return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
+                    attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
 }
 
-namespace arch {
-
-size_t direct_map_split_tables() {
-  return g_attrs.tables_in_use();
+size_t Riscv64DmaOp::split_tables() const {
+  return reinterpret_cast<const Attributes*>(attrs_)->tables_in_use();
 }
-
-}  // namespace arch

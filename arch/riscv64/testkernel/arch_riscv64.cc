@@ -5,12 +5,16 @@
 #include "arch/riscv64/testkernel/riscv64_platform.h"
 #include "dmakit/support/assert.h"
 #include "dmakit/support/utility.h"
+#include "testkernel/panic.h"
+#include "testkernel/split_table_pool.h"
 
 namespace arch {
 
 namespace {
 alignas(Riscv64DmaOp) unsigned char g_dma_op_storage[sizeof(Riscv64DmaOp)];
 bool g_dma_op_created = false;
+// Lent to dmakit for splits of the direct map; in the image, which the direct map holds.
+SplitTablePool g_split_tables;
 }  // namespace
 
 void console_putc(char c) {
@@ -28,7 +32,15 @@ uint64_t now_ns() {
 KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
   KASSERT(!g_dma_op_created, "arch::create_dma_op called twice");
   g_dma_op_created = true;
-  return *new (g_dma_op_storage) Riscv64DmaOp(cfg, riscv::platform().cache_ops());
+  constexpr uintptr_t kOffset = riscv::Riscv64Platform::kDirectMapOffset;
+  auto pt = riscv::Sv39PageTable::describe_active(kOffset);
+  if (!pt.ok()) kpanic("riscv64: DmaOp built with paging off");
+  g_split_tables.describe(kOffset, &*pt);
+  return *new (g_dma_op_storage) Riscv64DmaOp(cfg, riscv::platform().cache_ops(), &*pt);
+}
+
+size_t direct_map_split_tables() {
+  return g_split_tables.in_use();
 }
 
 size_t cache_line_size() {

@@ -11,11 +11,18 @@
 //   2. build the boot page table: identity gigapage over the kernel (so the instruction after the
 //      satp write is still mapped) and direct-map gigapages over the kernel, the device tree and
 //      the low gigabyte of devices (console UART);
-//   3. turn on Sv39 and jump to the kernel's linked (upper-half) address, set the stack and the
-//      trap vector, and call riscv64_boot(hartid, dtb_phys), which builds the real page table.
+//   3. turn on Sv39 and jump to the kernel's linked (upper-half) address, set the stack, the
+//      per-CPU pointer (tp = entry 0 of the per-CPU table, with this hart's trap stack in it) and
+//      the trap vector, and call riscv64_boot(hartid, dtb_phys), which builds the real page table.
+//
+// riscv64_secondary_entry: where SBI HSM hart_start starts the other harts (arch/riscv64/
+// testkernel/smp.cc), at its physical address with satp = 0, a0 = hart id, a1 = its PerCpu.
 #define PTE_KERNEL_RWX_GAD 0xEF  // V | R | W | X | G | A | D
 #define SATP_MODE_SV39 8
 #define TRAP_FRAME_SIZE 288
+// PerCpu field offsets (testkernel/percpu.h, checked by static_asserts in testkernel/smp.cc).
+#define PERCPU_TRAP_STACK 8
+#define PERCPU_STACK 16
 
   .section .text.boot, "ax", %progbits
   .globl _start
@@ -85,6 +92,9 @@ _start:
 
 .Lhigh_entry:
   lla sp, boot_stack_top
+  lla tp, testkernel_percpu
+  lla t0, trap_stack_top
+  sd t0, PERCPU_TRAP_STACK(tp)
   lla t0, riscv64_trap_entry
   csrw stvec, t0
   mv a0, s0
@@ -93,6 +103,47 @@ _start:
 3:
   wfi
   j 3b
+
+  .globl riscv64_secondary_entry
+riscv64_secondary_entry:
+  csrw sie, zero
+  csrci sstatus, 2
+  mv s1, a1                     // PerCpu (virtual address)
+  // The boot page table identity-maps the kernel's gigabyte: the fetch after the satp write
+  // still finds this code.
+  lla t0, boot_root_table
+  srli t0, t0, 12
+  li t1, SATP_MODE_SV39
+  slli t1, t1, 60
+  or t0, t0, t1
+  sfence.vma
+  csrw satp, t0
+  sfence.vma
+  lla t0, .Lsecondary_high_addr
+  ld t0, 0(t0)
+  jr t0
+
+  .balign 8
+.Lsecondary_high_addr:
+  .dword .Lsecondary_high
+
+.Lsecondary_high:
+  lla t0, riscv64_kernel_satp
+  ld t0, 0(t0)
+  sfence.vma
+  csrw satp, t0
+  sfence.vma
+  mv tp, s1
+  ld sp, PERCPU_STACK(tp)
+  li t0, (1 << 13)              // sstatus.FS = Initial
+  csrs sstatus, t0
+  lla t0, riscv64_trap_entry
+  csrw stvec, t0
+  mv a0, tp
+  call riscv64_secondary_boot
+4:
+  wfi
+  j 4b
 
 // The trap vector (stvec direct mode). Every trap lands on the dedicated trap stack (so a fault
 // caused by a bad or overflowed kernel stack is still reported), with the interrupted sp parked in
@@ -104,7 +155,7 @@ _start:
   .globl riscv64_trap_entry
 riscv64_trap_entry:
   csrw sscratch, sp
-  lla sp, trap_stack_top
+  ld sp, PERCPU_TRAP_STACK(tp)   // This hart's trap stack.
   addi sp, sp, -TRAP_FRAME_SIZE
   sd x1, 8(sp)
   sd x3, 24(sp)

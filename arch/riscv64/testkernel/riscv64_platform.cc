@@ -5,11 +5,12 @@
 #include "arch/riscv64/testkernel/csr.h"
 #include "arch/riscv64/testkernel/sbi.h"
 #include "arch/riscv64/testkernel/trap.h"
+#include "dmakit/support/bitops.h"
 #include "testkernel/fdt_boot_info.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 #include "testkernel/panic.h"
-#include "dmakit/support/bitops.h"
+#include "testkernel/percpu.h"
 
 // Linker-script symbols (virtual addresses in the direct map).
 extern "C" char __kernel_start[];    // NOLINT: linker-script symbol.
@@ -60,6 +61,7 @@ Riscv64Platform& platform() {
 }
 
 void Riscv64Platform::boot(uint64_t hartid, uint64_t dtb_phys) {
+  smp_init_boot_cpu(hartid);
   boot_ticks_ = read_time();
   hartid_ = hartid;
   uart_.init(kDirectMapOffset + kDefaultUartPhys, 0);

@@ -8,8 +8,15 @@ namespace riscv::sbi {
 
 // Extension ids.
 constexpr uint64_t kExtBase = 0x10;
-constexpr uint64_t kExtHsm = 0x48534D;     // "HSM"
-constexpr uint64_t kExtSrst = 0x53525354;  // "SRST"
+constexpr uint64_t kExtHsm = 0x48534D;       // "HSM"
+constexpr uint64_t kExtSrst = 0x53525354;    // "SRST"
+constexpr uint64_t kExtIpi = 0x735049;       // "sPI"
+constexpr uint64_t kExtRfence = 0x52464E43;  // "RFNC"
+
+// Function ids.
+constexpr uint64_t kHsmHartStart = 0;
+constexpr uint64_t kIpiSendIpi = 0;
+constexpr uint64_t kRfenceRemoteSfenceVma = 1;
 
 // HSM hart states (sbi_hart_get_status).
 constexpr long kHartStarted = 0;
@@ -21,7 +28,8 @@ struct SbiRet {
 };
 
 // One SBI call. May be called with interrupts off; never sleeps.
-SbiRet call(uint64_t ext, uint64_t fid, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0);
+SbiRet call(uint64_t ext, uint64_t fid, uint64_t a0 = 0, uint64_t a1 = 0, uint64_t a2 = 0,
+            uint64_t a3 = 0);
 
 // SBI specification version as (major << 24) | minor, or 0 if the base extension fails.
 uint64_t spec_version();

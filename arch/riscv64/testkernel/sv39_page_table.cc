@@ -166,6 +166,18 @@ Result<Sv39PageTable::Leaf> Sv39PageTable::walk_active(uint64_t va, uintptr_t vi
   return walk_root(root, va, virt_offset);
 }
 
+Result<dmakit_page_tables> Sv39PageTable::describe_active(uintptr_t virt_offset) {
+  const uint64_t satp = read_satp();
+  if ((satp & kSatpModeMask) != kSatpModeSv39) return ErrorCode::kNotSupported;
+  dmakit_page_tables pt = {};
+  pt.root = (satp & kSatpPpnMask) << 12;
+  pt.levels = 3;
+  pt.table_offset = virt_offset;
+  pt.va_base = virt_offset;
+  pt.va_size = 0 - static_cast<uint64_t>(virt_offset);
+  return pt;
+}
+
 uint64_t Sv39PageTable::satp() const {
   return kSatpModeSv39 | (root_phys().value() >> 12);
 }

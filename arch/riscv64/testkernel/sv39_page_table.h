@@ -13,6 +13,7 @@
 // at most three loads. Not thread-safe: built on the boot hart before anything else runs.
 #pragma once
 
+#include "dmakit/page_tables.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
@@ -97,6 +98,12 @@ class Sv39PageTable {
   // Walks whatever table satp points at (reached through `virt_offset`), for code that does not
   // hold the Sv39PageTable object. Errors: kNotFound (unmapped, or satp is not Sv39).
   static Result<Leaf> walk_active(uint64_t va, uintptr_t virt_offset);
+
+  // The active table (satp) as dmakit needs it to make direct-map pages uncached in place
+  // (dmakit/page_tables.h): its root, Sv39, tables reached at phys + `virt_offset`, the direct
+  // map [virt_offset, 2^64). The split-table callbacks are the caller's to fill. Errors:
+  // kNotSupported (satp is not Sv39: paging off).
+  static Result<dmakit_page_tables> describe_active(uintptr_t virt_offset);
 
  private:
   static Result<Leaf> walk_root(const TablePage* root, uint64_t va, uintptr_t virt_offset);

@@ -85,17 +85,21 @@ const SdtHeader* find_madt(const Rsdp* rsdp) {
 
 }  // namespace
 
-unsigned acpi_count_cpus(uint64_t rsdp_phys) {
-  if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return 0;
+namespace {
+
+// Calls fn(apic_id) for every enabled Local APIC and Local x2APIC entry of the MADT, in table
+// order; returns false when there is no valid MADT.
+template <typename Fn>
+bool for_each_enabled_cpu(uint64_t rsdp_phys, Fn fn) {
+  if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return false;
   const auto* rsdp = static_cast<const Rsdp*>(direct_map(rsdp_phys));
   if (!same4(rsdp->signature, "RSD ") || !same4(rsdp->signature + 4, "PTR ") ||
       !checksum_ok(rsdp, 20)) {
-    return 0;
+    return false;
   }
   const SdtHeader* madt = find_madt(rsdp);
-  if (madt == nullptr || madt->length < kMadtEntriesOffset) return 0;
+  if (madt == nullptr || madt->length < kMadtEntriesOffset) return false;
   const auto* p = reinterpret_cast<const uint8_t*>(madt);
-  unsigned cpus = 0;
   for (size_t off = kMadtEntriesOffset; off + 2 <= madt->length;) {
     const uint8_t type = p[off];
     const uint8_t len = p[off + 1];
@@ -103,14 +107,32 @@ unsigned acpi_count_cpus(uint64_t rsdp_phys) {
     uint32_t flags = 0;
     if (type == kMadtLocalApic && len >= 8) {
       __builtin_memcpy(&flags, p + off + 4, 4);
-      if (flags & 1) ++cpus;
+      if (flags & 1) fn(static_cast<uint32_t>(p[off + 3]));
     } else if (type == kMadtLocalX2Apic && len >= 16) {
+      uint32_t id = 0;
+      __builtin_memcpy(&id, p + off + 4, 4);
       __builtin_memcpy(&flags, p + off + 8, 4);
-      if (flags & 1) ++cpus;
+      if (flags & 1) fn(id);
     }
     off += len;
   }
+  return true;
+}
+
+}  // namespace
+
+unsigned acpi_count_cpus(uint64_t rsdp_phys) {
+  unsigned cpus = 0;
+  for_each_enabled_cpu(rsdp_phys, [&](uint32_t) { ++cpus; });
   return cpus;
+}
+
+unsigned acpi_cpu_apic_ids(uint64_t rsdp_phys, uint32_t* ids, unsigned max) {
+  unsigned n = 0;
+  for_each_enabled_cpu(rsdp_phys, [&](uint32_t id) {
+    if (n < max) ids[n++] = id;
+  });
+  return n;
 }
 
 }  // namespace x86

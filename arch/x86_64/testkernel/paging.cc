@@ -13,6 +13,8 @@
 #include "arch/x86_64/testkernel/serial.h"
 #include "arch/x86_64/testkernel/traps.h"
 #include "dmakit/support/spinlock.h"
+#include "testkernel/arch.h"
+#include "testkernel/split_table_pool.h"
 
 extern "C" char __kernel_start[], __kernel_end[], __text_start[], __text_end[], __rodata_start[],
     __rodata_end[], __data_start[];
@@ -56,6 +58,9 @@ Table* g_root = nullptr;
 Pte g_nx = 0;  // kNoExec when EFER.NXE is on (boot.S sets it when CPUID says NX exists).
 bool g_large_1g = false;
 support::SpinLock g_lock;
+// Lent to dmakit for splits of the direct map (direct_map_tables).
+SplitTablePool g_split_tables;
+dmakit_page_tables g_direct_map_tables = {};
 
 struct Perms {
   bool write;
@@ -390,4 +395,25 @@ size_t page_table_pages_used() {
   return g_pool_used;
 }
 
+const dmakit_page_tables* direct_map_tables() {
+  dmakit_page_tables& pt = g_direct_map_tables;
+  pt.root = table_phys(g_root);
+  pt.levels = 4;
+  pt.table_offset = kKernelVma;
+  pt.va_base = kDirectMapBase;
+  pt.va_size = 1ull << 46;
+  pt.x86_64.pat_wb = static_cast<uint8_t>(pat_index(MemType::kWriteBack));
+  pt.x86_64.pat_uc = static_cast<uint8_t>(pat_index(MemType::kUncachedMinus));
+  g_split_tables.describe(kKernelVma, &pt);
+  return &pt;
+}
+
 }  // namespace x86
+
+namespace arch {
+
+size_t direct_map_split_tables() {
+  return x86::g_split_tables.in_use();
+}
+
+}  // namespace arch

@@ -22,6 +22,7 @@
 // UC: the first four keep their power-on meaning, index 4 (PAT bit alone) gives write-combining.
 #pragma once
 
+#include "dmakit/page_tables.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
@@ -87,5 +88,13 @@ const char* mem_type_name(MemType t);
 
 // Page-table pages used so far out of the static pool (for the boot report).
 size_t page_table_pages_used();
+
+// The direct map's tables as dmakit needs them to make its pages uncached in place
+// (dmakit/page_tables.h): the root init_paging built, 4 levels, tables reached through the image
+// mapping (kKernelVma + p: the page-table pool and the split tables are in the image), the direct
+// map [kDirectMapBase, + 2^46), PAT index 0 (write-back) and 2 (UC-) as init_pat programs them,
+// split tables from a SplitTablePool in the image. Call after init_paging; valid for the
+// kernel's lifetime.
+const dmakit_page_tables* direct_map_tables();
 
 }  // namespace x86

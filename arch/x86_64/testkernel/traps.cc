@@ -1,9 +1,11 @@
 // GDT, TSS, IDT and the panic dump for unexpected traps. See traps.h.
 #include "arch/x86_64/testkernel/traps.h"
 
-#include "testkernel/arch.h"
 #include "arch/x86_64/testkernel/cpu.h"
 #include "arch/x86_64/testkernel/serial.h"
+#include "arch/x86_64/testkernel/smp.h"
+#include "testkernel/arch.h"
+#include "testkernel/percpu.h"
 
 extern "C" const uint64_t trap_stub_table[256];
 extern "C" char boot_stack_guard[];
@@ -141,23 +143,32 @@ IstStack ist_stack(int i) {
   return IstStack{g_ist_stacks[i].guard, g_ist_stacks[i].stack + kIstStackSize};
 }
 
-void init_traps() {
-  for (int i = 0; i < kNumIstStacks; ++i) {
-    g_tss.ist[i] = reinterpret_cast<uint64_t>(g_ist_stacks[i].stack + kIstStackSize);
-  }
-  g_tss.iomap_base = sizeof(Tss);  // No I/O permission bitmap.
+namespace {
 
-  const uint64_t tss = reinterpret_cast<uint64_t>(&g_tss);
+// Per-CPU TSS and GDT of the secondary CPUs (a TSS is marked busy by ltr, so each CPU needs its
+// own, and a GDT to describe it). Their IST entries all point to one emergency stack per CPU.
+struct alignas(kPageSize) SecondaryTables {
+  IstStackStorage ist;
+  Tss tss;
+  alignas(16) uint64_t gdt[5];
+};
+SecondaryTables g_secondary_tables[kMaxCpus];
+
+// Loads `gdt` (filled here, with `tss` in slots 3-4), reloads every segment register and the task
+// register.
+void load_gdt_and_tss(uint64_t* gdt, Tss* tss) {
+  tss->iomap_base = sizeof(Tss);  // No I/O permission bitmap.
+  const uint64_t base = reinterpret_cast<uint64_t>(tss);
   const uint64_t tss_limit = sizeof(Tss) - 1;
-  g_gdt[0] = 0;
-  g_gdt[1] = 0x00AF'9A00'0000'FFFF;  // Code: present, DPL 0, execute/read, L=1.
-  g_gdt[2] = 0x00CF'9200'0000'FFFF;  // Data: present, DPL 0, read/write.
+  gdt[0] = 0;
+  gdt[1] = 0x00AF'9A00'0000'FFFF;  // Code: present, DPL 0, execute/read, L=1.
+  gdt[2] = 0x00CF'9200'0000'FFFF;  // Data: present, DPL 0, read/write.
   // 64-bit available TSS (type 9), present: base split over both slots.
-  g_gdt[3] = (tss_limit & 0xFFFF) | ((tss & 0xFF'FFFF) << 16) | (0x89ull << 40) |
-             ((tss_limit >> 16 & 0xF) << 48) | (((tss >> 24) & 0xFF) << 56);
-  g_gdt[4] = tss >> 32;
+  gdt[3] = (tss_limit & 0xFFFF) | ((base & 0xFF'FFFF) << 16) | (0x89ull << 40) |
+           ((tss_limit >> 16 & 0xF) << 48) | (((base >> 24) & 0xFF) << 56);
+  gdt[4] = base >> 32;
 
-  DescriptorPointer gdtr{sizeof(g_gdt) - 1, reinterpret_cast<uint64_t>(g_gdt)};
+  DescriptorPointer gdtr{5 * sizeof(uint64_t) - 1, reinterpret_cast<uint64_t>(gdt)};
   __asm__ volatile(
       "lgdt %0\n"
       // Reload CS through a far return, then the data segments.
@@ -176,6 +187,20 @@ void init_traps() {
       "ltr %w3\n" ::"m"(gdtr),
       "i"(static_cast<uint64_t>(kKernelCode)), "i"(static_cast<uint32_t>(kKernelData)), "r"(kTss)
       : "rax", "memory");
+}
+
+void load_idt() {
+  DescriptorPointer idtr{sizeof(g_idt) - 1, reinterpret_cast<uint64_t>(g_idt)};
+  __asm__ volatile("lidt %0" ::"m"(idtr) : "memory");
+}
+
+}  // namespace
+
+void init_traps() {
+  for (int i = 0; i < kNumIstStacks; ++i) {
+    g_tss.ist[i] = reinterpret_cast<uint64_t>(g_ist_stacks[i].stack + kIstStackSize);
+  }
+  load_gdt_and_tss(g_gdt, &g_tss);
 
   for (unsigned v = 0; v < 256; ++v) {
     uint8_t ist = 0;
@@ -184,8 +209,17 @@ void init_traps() {
     if (v == 18) ist = kIstMachineCheck;
     set_gate(v, trap_stub_table[v], ist);
   }
-  DescriptorPointer idtr{sizeof(g_idt) - 1, reinterpret_cast<uint64_t>(g_idt)};
-  __asm__ volatile("lidt %0" ::"m"(idtr) : "memory");
+  load_idt();
+}
+
+void init_traps_secondary(unsigned cpu_index) {
+  if (cpu_index == 0 || cpu_index >= kMaxCpus) boot_panic("init_traps_secondary: bad CPU index");
+  SecondaryTables& t = g_secondary_tables[cpu_index];
+  for (int i = 0; i < kNumIstStacks; ++i) {
+    t.tss.ist[i] = reinterpret_cast<uint64_t>(t.ist.stack + kIstStackSize);
+  }
+  load_gdt_and_tss(t.gdt, &t.tss);
+  load_idt();
 }
 
 // noinline: the asm defines global labels, which must exist exactly once.
@@ -267,6 +301,7 @@ bool handle_probe(TrapFrame* f, uint64_t cr2) {
 }  // namespace
 
 extern "C" void x86_trap_handler(TrapFrame* f) {
+  if (f->vector >= 32 && smp_handle_interrupt(static_cast<uint8_t>(f->vector))) return;
   if (g_in_trap) {
     serial_puts("\nPANIC: x86_64: trap ");
     serial_dec(f->vector);

@@ -31,6 +31,10 @@ static_assert(sizeof(TrapFrame) == 22 * 8, "trap_entry.S pushes 22 quadwords");
 // boot CPU, interrupts off, while the kernel image is mapped at its link address (it always is).
 void init_traps();
 
+// The same for a secondary CPU (index 1..kMaxCpus-1 of testkernel/percpu.h): its own GDT and TSS
+// (IST entries on its own emergency stack) and the shared IDT. Interrupts off.
+void init_traps_secondary(unsigned cpu_index);
+
 // Lower bound of the IST stacks, for the page-table code (each has an unmapped guard page below).
 struct IstStack {
   const void* guard;  // The guard page (4 KiB).
@@ -56,6 +60,6 @@ bool probe_write64(uintptr_t addr, uint64_t value, ProbeFault* fault);
 
 }  // namespace x86
 
-// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (none
-// yet).
+// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (the
+// SMP vectors of smp.h, and faults at a probe).
 extern "C" void x86_trap_handler(x86::TrapFrame* frame);

@@ -7,10 +7,10 @@
 // memory map (type 1) and whose reserved list names everything the allocator must not touch.
 #include "arch/x86_64/testkernel/x86_64_platform.h"
 
-#include "testkernel/arch.h"
 #include "arch/x86_64/testkernel/acpi.h"
 #include "arch/x86_64/testkernel/cpu.h"
 #include "arch/x86_64/testkernel/cpu_features.h"
+#include "arch/x86_64/testkernel/lapic.h"
 #include "arch/x86_64/testkernel/paging.h"
 #include "arch/x86_64/testkernel/pvh.h"
 #include "arch/x86_64/testkernel/serial.h"
@@ -18,6 +18,8 @@
 #include "arch/x86_64/testkernel/tsc_clock.h"
 #include "dmakit/arch/x86_64_dma_op.h"
 #include "dmakit/support/utility.h"
+#include "testkernel/arch.h"
+#include "testkernel/percpu.h"
 
 extern "C" char __kernel_start[], __kernel_end[];
 
@@ -131,12 +133,16 @@ using namespace x86;
 extern "C" [[noreturn]] void x86_64_main(uint32_t start_info_phys) {
   serial_init();
   init_traps();
+  // After init_traps, whose segment loads may clear the GS base. The initial APIC id from CPUID
+  // leaf 1 is the boot CPU's hardware id (the local APIC is mapped only later).
+  smp_init_boot_cpu(cpuid(1).ebx >> 24);
   detect_cpu_features();
   if (!cpu_features().clflush) boot_panic("CPU without CLFLUSH");
   if (!cpu_features().pat) boot_panic("CPU without PAT");
   read_pvh_start_info(start_info_phys, &g_pvh);
   init_pat();
   init_paging(g_pvh);
+  lapic::init_this_cpu();
   init_tsc_clock();
   describe_cache_features();
   fill_boot_info();
@@ -167,7 +173,8 @@ KernelDmaOp& create_dma_op(const KernelDmaOp::Config& cfg) {
                                     : X86DmaOp::FlushInsn::kClflush;
   const auto inval =
       f.clflushopt ? X86DmaOp::InvalInsn::kClflushopt : X86DmaOp::InvalInsn::kClflush;
-  return *new (g_dma_op_storage) X86DmaOp(c, f.clflush_line, flush, inval);
+  return *new (g_dma_op_storage)
+      X86DmaOp(c, f.clflush_line, flush, inval, x86::direct_map_tables());
 }
 
 size_t cache_line_size() {

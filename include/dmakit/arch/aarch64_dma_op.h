@@ -10,23 +10,56 @@
 // each followed by dsb sy so the maintenance completes before the method returns. The line size
 // is CTR_EL0.DminLine, read once at construction. Cost: one instruction per line of the range.
 //
-// Threading: as DmaOp. The methods touch no shared state.
+// Which instructions the library executes, and who must enable them: the DC CVAC / IVAC / CIVAC
+// operations above, DSB, and MRS of CTR_EL0 (hardware_line_size). At EL1 they are always
+// available: no enable bit exists for them (SCTLR_EL1.UCI and UCT only open DC and CTR_EL0 to
+// EL0, which the library never runs at). For uncached coherent memory (set_memory_attribute) it
+// also writes page-table entries and executes TLBI (or calls the kernel's TLB hook), DSB, ISB and
+// masks interrupts (DAIF) around each entry update, and only when the kernel described its page
+// tables (dmakit/page_tables.h).
+//
+// Threading: as DmaOp. The cache methods touch no shared state; set_memory_attribute serializes
+// on its own lock.
 #pragma once
 
 #include "dmakit/kernel_dma_op.h"
+#include "dmakit/page_tables.h"
 
 class AArch64DmaOp final : public KernelDmaOp {
  public:
   // Precondition: as KernelDmaOp. `line_size` is a power of two (the CPU's CTR_EL0.DminLine).
-  AArch64DmaOp(const Config& cfg, size_t line_size);
+  // `page_tables`: the kernel's description of the tables that hold its direct map, copied (the
+  // struct need not outlive the call; its callbacks and table_ctx must outlive this object), with
+  // the MAIR indices of Normal write-back and Normal Non-cacheable; null (or a description that
+  // lacks something) when the kernel does not let the library edit them: set_memory_attribute is
+  // then kNotSupported, and so is alloc_coherent for a non-coherent device.
+  AArch64DmaOp(const Config& cfg, size_t line_size,
+               const dmakit_page_tables* page_tables = nullptr);
 
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
-  // Direct-map pages to Normal Non-cacheable (kUncached) or Normal write-back (kCached) in place;
-  // see arch/aarch64/dma/aarch64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if MAIR_EL1 does not hold
-  // the layout of mmu.h.
+  // Direct-map pages to Normal Non-cacheable (kUncached) or Normal write-back (kCached) in place,
+  // in the tables the kernel described; see arch/aarch64/dma/aarch64_uncached.cc. Errors:
+  // KernelDmaOp's; kNotSupported without a usable description; kInvalidArgument outside its
+  // direct map; kNoMemory when alloc_table has no page for a split. Thread context, interrupts
+  // enabled; not concurrently with another CPU's access to the same 2 MiB / 1 GiB of the direct
+  // map (a split unmaps it briefly).
   Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
+  // Split tables live now (0 once every page made uncached is cacheable again). Any context.
+  size_t split_tables() const;
+
+  // Splits the direct map over [va, va + bytes) (page aligned; the memory alloc_coherent may
+  // hand to non-coherent devices) down to 4 KiB pages for good, with tables from alloc_table
+  // that are never given back (one per 2 MiB and per 1 GiB of the range). Afterwards
+  // set_memory_attribute in that range breaks (break-before-make) only the pages it changes,
+  // which their caller owns, so other CPUs may use the rest of the direct map meanwhile: no
+  // fault window. Call it at boot, before other CPUs or interrupt handlers use the range's
+  // 2 MiB / 1 GiB regions (its own splits break them). Errors: kNotSupported (no usable
+  // description), kLayoutError (misaligned or empty), kInvalidArgument (outside the described
+  // direct map, unmapped or device memory), kNoMemory (alloc_table ran out; the splits made so
+  // far stay, translating as before).
+  Result<void> split_direct_map(void* va, size_t bytes);
 
   size_t line_size() const { return line_; }
 
@@ -34,5 +67,10 @@ class AArch64DmaOp final : public KernelDmaOp {
   static size_t hardware_line_size();
 
  private:
+  // The page-table editor (DirectMapAttributes, built in place by init_attributes).
+  static constexpr size_t kAttributesBytes = 1280;
+  void init_attributes(const dmakit_page_tables* page_tables);
+
   size_t line_;
+  alignas(uint64_t) unsigned char attrs_[kAttributesBytes];
 };

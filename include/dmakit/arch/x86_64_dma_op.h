@@ -18,10 +18,20 @@
 //
 // The line size is CPUID.1:EBX[15:8] * 8. Each operation costs one instruction per line touched
 // by [addr, addr + size) plus two fences.
+//
+// Who decides which instructions run: the kernel. The library executes no CPUID; it uses exactly
+// the FlushInsn / InvalInsn the kernel passes, so the kernel must pass kClwb only if CPUID.(EAX=7,
+// ECX=0):EBX[24] (CLWB) is set, kClflushopt only if EBX[23] (CLFLUSHOPT) is, and may always pass
+// kClflush (CPUID.1:EDX[19], on every x86-64 CPU). No control-register bit enables them; they run
+// at any privilege level. The test kernel's choice (arch/x86_64/testkernel/x86_64_platform.cc)
+// is the example. set_memory_attribute additionally writes page-table entries, INVLPG, and reads
+// and writes CR4 (PGE toggle) or CR3 to flush the local TLB, or calls the kernel's TLB hook; and
+// only when the kernel described its page tables (dmakit/page_tables.h).
 #pragma once
 
 #include "dmakit/arch/x86_64_line_ops.h"
 #include "dmakit/kernel_dma_op.h"
+#include "dmakit/page_tables.h"
 
 class X86DmaOp final : public KernelDmaOp {
  public:
@@ -31,23 +41,37 @@ class X86DmaOp final : public KernelDmaOp {
 
   // Preconditions: as KernelDmaOp; the CPU has at least CLFLUSH (every x86-64 CPU does).
   // `line_size` is a power of two. The choice of instructions is fixed for the object's life.
-  X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn);
+  // `page_tables`: the kernel's description of the 4-level tables that hold its direct map and
+  // of its PAT indices for write-back and UC-, copied (its callbacks and table_ctx must outlive
+  // this object); null (or a description that lacks something) when the kernel does not let the
+  // library edit them: set_memory_attribute is then kNotSupported, and so is alloc_coherent for a
+  // non-coherent device.
+  X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
+           const dmakit_page_tables* page_tables = nullptr);
 
   // See DmaOp. Any alignment, size 0 does nothing; safe with interrupts off, on any CPU.
   void flush(const void* addr, size_t size) override;
   void invalidate(const void* addr, size_t size) override;
   void flush_invalidate(const void* addr, size_t size) override;
-  // Direct-map pages to PAT UC- (kUncached) or write-back (kCached) in place; see
-  // arch/x86_64/dma/x86_64_uncached.cc. Errors: KernelDmaOp's; kNotSupported if the PAT MSR does not
-  // hold the port's layout (index 0 WB, index 2 UC-).
+  // Direct-map pages to the kernel's UC- PAT index (kUncached) or its write-back one (kCached) in
+  // place, in the tables the kernel described; see arch/x86_64/dma/x86_64_uncached.cc. Errors:
+  // KernelDmaOp's; kNotSupported without a usable description; kInvalidArgument outside its
+  // direct map; kNoMemory when alloc_table has no page for a split. Thread context.
   Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr) override;
+  // Split tables live now (0 once every page made uncached is cacheable again). Any context.
+  size_t split_tables() const;
 
   size_t line_size() const { return line_size_; }
   FlushInsn flush_insn() const { return flush_insn_; }
   InvalInsn inval_insn() const { return inval_insn_; }
 
  private:
+  // The page-table editor (DirectMapAttributes, built in place by init_attributes).
+  static constexpr size_t kAttributesBytes = 1280;
+  void init_attributes(const dmakit_page_tables* page_tables);
+
   size_t line_size_;
   FlushInsn flush_insn_;
   InvalInsn inval_insn_;
+  alignas(uint64_t) unsigned char attrs_[kAttributesBytes];
 };

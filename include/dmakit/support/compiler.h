@@ -1,6 +1,8 @@
 // Compiler features the subsystem uses where the target's code generator has them.
 #pragma once
 
+#include "dmakit/support/build_config.h"  // first: the configuration every header agrees on
+
 // SUPPORT_MUSTTAIL: a tail call the compiler must make ([[clang::musttail]]; caller and callee of
 // the same signature, trivially destructible arguments and result). The mapping fast path uses it
 // to hand a request to its general path without a stack frame of its own. A target whose code

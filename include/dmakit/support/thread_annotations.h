@@ -1,6 +1,8 @@
 // Clang thread-safety annotations (-Wthread-safety). Expand to nothing on other compilers.
 #pragma once
 
+#include "dmakit/support/build_config.h"  // first: the configuration every header agrees on
+
 #if defined(__clang__)
 #define TA_ATTR(x) __attribute__((x))
 #else

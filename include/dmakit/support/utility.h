@@ -1,6 +1,8 @@
 // The few pieces of <utility>/<type_traits> the kernel needs, without a hosted standard library.
 #pragma once
 
+#include "dmakit/support/build_config.h"  // first: the configuration every header agrees on
+
 namespace support {
 
 template <typename T>

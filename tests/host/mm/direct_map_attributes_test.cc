@@ -43,15 +43,17 @@ struct Replace {
 Pte* g_root = nullptr;
 std::vector<Replace> g_replaces;
 
-struct FakeArch {
-  static constexpr int kTopLevel = 3;
-  static Pte* root() { return g_root; }
-  static bool present(Pte e) { return (e & kPresent) != 0; }
-  static bool is_leaf(Pte e, int level) { return level == 0 || (e & kTable) == 0; }
+struct FakeFormat {
   static Pte* table_of(Pte e) { return reinterpret_cast<Pte*>(e & kAddrMask); }
-  static Pte table_entry(const Pte* t) {
+  static Pte table_ptr_entry(const Pte* t) {
     return reinterpret_cast<uintptr_t>(t) | kPresent | kTable;
   }
+  bool usable() const { return true; }
+  int top_level() const { return 3; }
+  static bool present(Pte e) { return (e & kPresent) != 0; }
+  static bool is_leaf(Pte e, int level) { return level == 0 || (e & kTable) == 0; }
+  uint64_t table_phys(Pte e) const { return e & kAddrMask; }
+  Pte table_entry(uint64_t phys) const { return phys | kPresent | kTable; }
   static PageAttr attr_of(Pte e, int) {
     switch ((e & kAttrMask) >> kAttrShift) {
       case 0:
@@ -62,20 +64,72 @@ struct FakeArch {
         return PageAttr::kOther;
     }
   }
-  static Pte with_attr(Pte e, int, PageAttr a) {
+  Pte with_attr(Pte e, int, PageAttr a) const {
     return (e & ~kAttrMask) | (a == PageAttr::kUncached ? 1ull << kAttrShift : 0);
   }
-  static Pte split_leaf(Pte e, int level, size_t i) {
+  Pte split_leaf(Pte e, int level, size_t i) const {
     return ((e & kAddrMask) + i * level_size(level - 1)) | (e & ~kAddrMask);
   }
-  static void replace(Pte* slot, Pte value, uintptr_t va, int level) {
+  Pte hw_bits() const { return 0; }
+  void replace(Pte* slot, Pte value, uintptr_t va, int level) const {
     EXPECT_EQ(va % level_size(level), 0u) << "replace of a misaligned region";
     *slot = value;
     g_replaces.push_back(Replace{va, level});
   }
 };
 
-using Attrs = DirectMapAttributes<FakeArch>;
+struct alignas(4096) Table {
+  Pte e[512];
+};
+
+// The kernel's side of split tables: `n` host pages ("physical" address = host address, so the
+// description's table_offset is 0), handed out by alloc_table and taken back by free_table.
+class TablePool {
+ public:
+  explicit TablePool(size_t n) : pages_(new Table[n]()), used_(n, false) {}
+  static int alloc(void* ctx, uint64_t* phys) {
+    auto* self = static_cast<TablePool*>(ctx);
+    for (size_t i = 0; i < self->used_.size(); ++i) {
+      if (!self->used_[i]) {
+        self->used_[i] = true;
+        *phys = reinterpret_cast<uintptr_t>(&self->pages_[i]);
+        return 1;
+      }
+    }
+    return 0;
+  }
+  static void free(void* ctx, uint64_t phys) {
+    auto* self = static_cast<TablePool*>(ctx);
+    const size_t i = (phys - reinterpret_cast<uintptr_t>(self->pages_.get())) / sizeof(Table);
+    ASSERT_LT(i, self->used_.size());
+    ASSERT_TRUE(self->used_[i]) << "free_table of a free page";
+    self->used_[i] = false;
+  }
+  size_t in_use() const {
+    size_t n = 0;
+    for (bool u : used_) n += u ? 1 : 0;
+    return n;
+  }
+
+ private:
+  std::unique_ptr<Table[]> pages_;
+  std::vector<bool> used_;
+};
+
+dmakit_page_tables describe(TablePool* pool) {
+  dmakit_page_tables pt = {};
+  pt.root = reinterpret_cast<uintptr_t>(g_root);
+  pt.levels = 4;
+  pt.table_offset = 0;
+  pt.va_base = kBase;
+  pt.va_size = 1ull << 47;
+  pt.alloc_table = &TablePool::alloc;
+  pt.free_table = &TablePool::free;
+  pt.table_ctx = pool;
+  return pt;
+}
+
+using Attrs = DirectMapAttributes<FakeFormat>;
 
 struct Translation {
   bool mapped = false;
@@ -89,12 +143,12 @@ Translation translate(uintptr_t va) {
   Pte* t = g_root;
   for (int l = 3; l >= 0; --l) {
     Pte e = t[index_at(va, l)];
-    if (!FakeArch::present(e)) return {};
-    if (FakeArch::is_leaf(e, l)) {
+    if (!FakeFormat::present(e)) return {};
+    if (FakeFormat::is_leaf(e, l)) {
       return Translation{true, (e & kAddrMask) + (va & (level_size(l) - 1)),
-                         FakeArch::attr_of(e, l), e & kOtherBits};
+                         FakeFormat::attr_of(e, l), e & kOtherBits};
     }
-    t = FakeArch::table_of(e);
+    t = FakeFormat::table_of(e);
   }
   return {};
 }
@@ -104,9 +158,9 @@ Translation translate(uintptr_t va) {
 void dump(const Pte* t, int level, std::vector<Pte>* out) {
   for (size_t i = 0; i < 512; ++i) {
     Pte e = t[i];
-    if (FakeArch::present(e) && !FakeArch::is_leaf(e, level)) {
+    if (FakeFormat::present(e) && !FakeFormat::is_leaf(e, level)) {
       out->push_back(0xDEAD'0000ull | static_cast<Pte>(level));  // A table, wherever it lives.
-      dump(FakeArch::table_of(e), level - 1, out);
+      dump(FakeFormat::table_of(e), level - 1, out);
     } else {
       out->push_back(e);
     }
@@ -122,10 +176,8 @@ class DirectMapAttributesTest : public testing::Test {
  protected:
   static constexpr size_t kPoolPages = 8;
 
-  DirectMapAttributesTest()
-      : pool_(new Attrs::Table[kPoolPages]()), attrs_(pool_.get(), kPoolPages) {
+  DirectMapAttributesTest() : root_(new_table()), pool_(kPoolPages), attrs_(&pt_, FakeFormat{}) {
     g_replaces.clear();
-    g_root = new_table();
     // Physical [0, 2 GiB): 1 GiB leaves. [2 GiB, 3 GiB): a boot table of 2 MiB leaves, except
     // [3 GiB - 2 MiB, 3 GiB) in 4 KiB pages. [3 GiB, 3 GiB + 2 MiB): device memory (a 2 MiB
     // leaf). [3 GiB + 2 MiB, 3 GiB + 4 MiB): not mapped. Then [3 GiB + 4 MiB, 4 GiB): 2 MiB.
@@ -140,7 +192,8 @@ class DirectMapAttributesTest : public testing::Test {
   ~DirectMapAttributesTest() override { g_root = nullptr; }
 
   Pte* new_table() {
-    tables_.push_back(std::make_unique<Attrs::Table>());
+    tables_.push_back(std::make_unique<Table>());
+    g_root = g_root != nullptr ? g_root : tables_.back()->e;
     return tables_.back()->e;
   }
   // Maps [pa, pa + size) at kBase + pa with leaves of `level`, attribute `attr`.
@@ -150,8 +203,8 @@ class DirectMapAttributesTest : public testing::Test {
       Pte* t = g_root;
       for (int l = 3; l > level; --l) {
         Pte& e = t[index_at(va, l)];
-        if (!FakeArch::present(e)) e = FakeArch::table_entry(new_table());
-        t = FakeArch::table_of(e);
+        if (!FakeFormat::present(e)) e = FakeFormat::table_ptr_entry(new_table());
+        t = FakeFormat::table_of(e);
       }
       t[index_at(va, level)] = (pa + off) | kPresent | (Pte{attr} << kAttrShift) | kOtherBits;
     }
@@ -170,8 +223,10 @@ class DirectMapAttributesTest : public testing::Test {
     }
   }
 
-  std::vector<std::unique_ptr<Attrs::Table>> tables_;  // The boot map's tables.
-  std::unique_ptr<Attrs::Table[]> pool_;
+  std::vector<std::unique_ptr<Table>> tables_;  // The boot map's tables.
+  Pte* root_;
+  TablePool pool_;
+  dmakit_page_tables pt_ = describe(&pool_);
   Attrs attrs_;
   std::vector<Pte> before_;
 };
@@ -282,8 +337,9 @@ TEST_F(DirectMapAttributesTest, AFailedSplitHalfwayUndoesItsOwnSplits) {
   // [2 GiB - 4 KiB, 2 GiB + 4 KiB) needs two tables for the last page of the 1 GiB leaf, then one
   // for the first 2 MiB leaf of the boot table: the third split finds the pool of two empty, and
   // the two splits already made are undone.
-  Attrs::Table small_pool[2];
-  Attrs small(small_pool, 2);
+  TablePool small_pool(2);
+  const dmakit_page_tables pt = describe(&small_pool);
+  Attrs small(&pt, FakeFormat{});
   const uint64_t pa = 2 * k1G - kPage;
   auto r = small.set(kBase + pa, 2 * kPage, PageAttr::kUncached);
   EXPECT_EQ(r.code(), ErrorCode::kNoMemory);
@@ -348,6 +404,112 @@ TEST_F(DirectMapAttributesTest, ALargeLeafWhollyInsideChangesWithoutSplitting) {
   expect_pages(7 * k2M, k2M / 2, PageAttr::kCached);
   ASSERT_TRUE(set(7 * k2M + k2M / 2, k2M + k2M / 2, PageAttr::kCached).ok());
   EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, SplitTablesComeFromTheKernelAndGoBack) {
+  const uint64_t pa = k1G + 5 * k2M + 3 * kPage;
+  ASSERT_TRUE(set(pa, kPage, PageAttr::kUncached).ok());
+  EXPECT_EQ(pool_.in_use(), 2u);
+  EXPECT_EQ(attrs_.tables_in_use(), 2u);
+  ASSERT_TRUE(set(pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(pool_.in_use(), 0u);
+}
+
+TEST_F(DirectMapAttributesTest, AtMostKMaxSplitTablesLiveAtOnce) {
+  // The kernel has pages to spare; the library's records are the limit. One page in each of
+  // kMaxSplitTables + 1 distinct 2 MiB leaves of the boot table: one split each.
+  TablePool big(Attrs::kMaxSplitTables + 8);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  std::vector<uint64_t> done;
+  for (size_t i = 0; i < Attrs::kMaxSplitTables; ++i) {
+    const uint64_t pa = 2 * k1G + i * k2M;
+    ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kUncached).ok()) << i;
+    done.push_back(pa);
+  }
+  EXPECT_EQ(attrs.tables_in_use(), Attrs::kMaxSplitTables);
+  const std::vector<Pte> snapshot = dump_all();
+  const uint64_t one_more = 2 * k1G + Attrs::kMaxSplitTables * k2M;
+  EXPECT_EQ(attrs.set(kBase + one_more, kPage, PageAttr::kUncached).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(dump_all(), snapshot);
+  EXPECT_EQ(big.in_use(), Attrs::kMaxSplitTables);
+  for (uint64_t pa : done) ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(big.in_use(), 0u);
+  EXPECT_EQ(dump_all(), before_);
+}
+
+TEST_F(DirectMapAttributesTest, OutsideTheDescribedDirectMapIsRefused) {
+  dmakit_page_tables pt = describe(&pool_);
+  pt.va_base = kBase + k1G;
+  pt.va_size = k1G;
+  Attrs attrs(&pt, FakeFormat{});
+  EXPECT_EQ(attrs.set(kBase + k1G - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(attrs.set(kBase + 2 * k1G - kPage, 2 * kPage, PageAttr::kUncached).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(g_replaces.empty());
+  ASSERT_TRUE(attrs.set(kBase + 2 * k1G - kPage, kPage, PageAttr::kUncached).ok());
+  ASSERT_TRUE(attrs.set(kBase + 2 * k1G - kPage, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(dump_all(), before_);
+}
+
+// After split_to_pages, changing pages of the range replaces only their own 4 KiB entries: on
+// AArch64 the break-before-make then unmaps nothing another CPU could be using.
+TEST_F(DirectMapAttributesTest, AfterSplitToPagesOnlyTheChangedPagesAreReplaced) {
+  TablePool big(16);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  const uint64_t lo = 4 * k2M;  // Inside the first 1 GiB leaf: 1 + 4 tables.
+  ASSERT_TRUE(attrs.split_to_pages(kBase + lo, 4 * k2M).ok());
+  EXPECT_EQ(attrs.permanent_tables(), 5u);
+  EXPECT_EQ(big.in_use(), 5u);
+  EXPECT_EQ(attrs.tables_in_use(), 0u);
+  expect_pages(lo - 4 * kPage, 4 * k2M + 8 * kPage, PageAttr::kCached);
+  const std::vector<Pte> split = dump_all();
+  g_replaces.clear();
+  const uint64_t pa = lo + k2M - kPage;  // Two pages across a 2 MiB boundary.
+  ASSERT_TRUE(attrs.set(kBase + pa, 2 * kPage, PageAttr::kUncached).ok());
+  ASSERT_TRUE(attrs.set(kBase + pa, 2 * kPage, PageAttr::kCached).ok());
+  ASSERT_EQ(g_replaces.size(), 4u);
+  for (const Replace& r : g_replaces) {
+    EXPECT_EQ(r.level, 0);
+    EXPECT_TRUE(r.va == kBase + pa || r.va == kBase + pa + kPage) << std::hex << r.va;
+  }
+  EXPECT_EQ(dump_all(), split);  // Not merged back.
+  EXPECT_EQ(big.in_use(), 5u);
+}
+
+TEST_F(DirectMapAttributesTest, SplitToPagesKeepsATableSetMadeBefore) {
+  TablePool big(16);
+  const dmakit_page_tables pt = describe(&big);
+  Attrs attrs(&pt, FakeFormat{});
+  const uint64_t pa = 2 * k1G + 5 * k2M + 7 * kPage;  // In the boot table of 2 MiB leaves.
+  ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kUncached).ok());
+  ASSERT_EQ(attrs.tables_in_use(), 1u);
+  ASSERT_TRUE(attrs.split_to_pages(kBase + 2 * k1G + 5 * k2M, 2 * k2M).ok());
+  EXPECT_EQ(attrs.tables_in_use(), 0u);
+  EXPECT_EQ(attrs.permanent_tables(), 2u);  // The one set() made, and the next 2 MiB.
+  ASSERT_TRUE(attrs.set(kBase + pa, kPage, PageAttr::kCached).ok());
+  EXPECT_EQ(attrs.merges(), 0u);
+  EXPECT_EQ(big.in_use(), 2u);
+  expect_pages(2 * k1G + 5 * k2M, 2 * k2M, PageAttr::kCached);
+}
+
+TEST_F(DirectMapAttributesTest, SplitToPagesFailsCleanlyOnBadRequests) {
+  TablePool two(2);
+  const dmakit_page_tables pt = describe(&two);
+  Attrs attrs(&pt, FakeFormat{});
+  EXPECT_EQ(attrs.split_to_pages(kBase + kPage + 8, kPage).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(attrs.split_to_pages(kBase, 0).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(attrs.split_to_pages(0x1000, kPage).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(attrs.split_to_pages(kBase + 3 * k1G, kPage).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dump_all(), before_);
+  // Three tables needed, two available: what was split stays, translating as before.
+  EXPECT_EQ(attrs.split_to_pages(kBase, 2 * k2M).code(), ErrorCode::kNoMemory);
+  EXPECT_EQ(two.in_use(), 2u);
+  expect_pages(0, 2 * k2M, PageAttr::kCached);
+  Attrs none(nullptr, FakeFormat{});
+  EXPECT_EQ(none.split_to_pages(kBase, kPage).code(), ErrorCode::kNotSupported);
 }
 
 }  // namespace

@@ -12,6 +12,9 @@
 #include "arch/x86_64/testkernel/x86_64_platform.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
+#include "arch/x86_64/testkernel/smp.h"
+#include "dmakit/kernel_hooks.h"
+#include "testkernel/percpu.h"
 #include "tests/qemu/ktest.h"
 
 extern "C" char __text_start[], __rodata_start[], __data_start[], boot_stack_guard[];
@@ -287,4 +290,22 @@ KTEST(x86_pci_host_fallback_finds_q35) {
                  w.cpu_base.value() >= d.ecam.end().value());
   }
   KEXPECT_TRUE(mem32);
+}
+
+// The remote TLB invalidation hook interrupts every other online CPU (kTlbShootdownVector) and
+// returns only once each has invalidated: each one's served count goes up by exactly one per
+// call, the caller's not at all (it invalidates locally).
+KTEST(x86_64_tlb_shootdown_reaches_every_other_cpu) {
+  const dmakit_kernel_hooks& h = dma::kernel_hooks();
+  KREQUIRE_TRUE(h.tlb_flush_kernel_range != nullptr);
+  uint64_t before[kMaxCpus];
+  for (unsigned i = 0; i < num_cpus(); ++i) before[i] = x86::tlb_shootdowns_served(i);
+  constexpr unsigned kCalls = 5;
+  uintptr_t va = reinterpret_cast<uintptr_t>(kernel_env().phys_to_virt(PhysAddr(0x100000)));
+  for (unsigned k = 0; k < kCalls; ++k) h.tlb_flush_kernel_range(va, 2 * 4096);
+  KEXPECT_EQ(x86::tlb_shootdowns_served(0) - before[0], 0u);
+  for (unsigned i = 1; i < num_cpus(); ++i) {
+    KEXPECT_TRUE(cpu_online(i));
+    KEXPECT_EQ(x86::tlb_shootdowns_served(i) - before[i], uint64_t{kCalls});
+  }
 }
