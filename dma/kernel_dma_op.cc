@@ -254,33 +254,34 @@ size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
 // to map_checked as it came, which answers everything again in full: so map_single never reports
 // an error. For a request that passed, only the decision is left, and for such a device it has
 // one question, reach: map_direct, or the bounce (map_out_of_reach, out of line so that
-// map_single needs no stack frame). Bench figures: BENCHMARKS.md (direct_map_unmap_ir,
+// map_single needs no stack frame). The predicates are inline: used only here, they need no
+// out-of-line copies. Bench figures: BENCHMARKS.md (direct_map_unmap_ir,
 // bounce_map_unmap_ir_*).
 
-bool KernelDmaOp::coherent(const DmaConstraints& c) const {
+inline bool KernelDmaOp::coherent(const DmaConstraints& c) const {
   return c.coherence == DmaCoherence::kCoherent ||
          (c.coherence == DmaCoherence::kPlatformDefault && cfg_.platform_coherent);
 }
 
-bool KernelDmaOp::in_fast_window(uint64_t p, size_t size) const {
+inline bool KernelDmaOp::in_fast_window(uint64_t p, size_t size) const {
   // Starts inside [fast_lo_, fast_lo_ + fast_span_) and, size >= 1, ends inside it.
   uint64_t rel = p - fast_lo_;
   return rel < fast_span_ && size - 1 < fast_span_ - rel;
 }
 
-bool KernelDmaOp::in_direct_map(uint64_t p, size_t size) const {
+inline bool KernelDmaOp::in_direct_map(uint64_t p, size_t size) const {
   return p - dm_lo_ < dm_hi_ - dm_lo_ && size <= dm_hi_ - p;
 }
 
-ErrorCode KernelDmaOp::check_request(const DmaConstraints& c, const void* addr, size_t size,
-                                     size_t align, bool coherent) const {
+inline ErrorCode KernelDmaOp::check_request(const DmaConstraints& c, const void* addr, size_t size,
+                                            size_t align, bool coherent) const {
   if (!layout_ok(addr, size, align)) return ErrorCode::kLayoutError;
   if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
   if (!coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   return ErrorCode::kOk;
 }
 
-Result<uint64_t> KernelDmaOp::locate(const void* addr, size_t size) const {
+inline Result<uint64_t> KernelDmaOp::locate(const void* addr, size_t size) const {
   // The direct map is contiguous by construction: a buffer wholly inside it needs no call. Any
   // other goes through the (overridable) virt_to_phys, page by page.
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
