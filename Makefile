@@ -283,12 +283,17 @@ KERNEL_COMMON_SRCS := $(wildcard testkernel/*.cc) tests/qemu/ktest.cc $(wildcard
 KERNEL_TEST_SRCS := $(filter-out tests/qemu/ktest.cc,$(wildcard tests/qemu/*.cc)) \
                     $(wildcard tests/qemu/$(ARCH)/*.cc)
 KERNEL_C_SRCS := $(wildcard drivers/*/*.c)
-KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
+# libdma.a: the subsystem. libdma_c.a: the C interface (dmakit/dmakit.h) over it, which only a
+# kernel with C callers links (before libdma.a); a C++ kernel does not pay for it.
+KLIB_C_SRCS := $(filter dma/capi.cc %_capi.cc,$(LIBDMA_SRCS) $(ARCH_DMA_SRCS))
+KLIB_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(filter-out $(KLIB_C_SRCS),$(LIBDMA_SRCS) $(ARCH_DMA_SRCS)))
+KLIB_C_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KLIB_C_SRCS))
 KERNEL_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_COMMON_SRCS) $(ARCH_SRCS)) \
                $(patsubst %.c,$(KDIR)/obj/%.o,$(KERNEL_C_SRCS)) \
                $(patsubst %.S,$(KDIR)/obj/%.o,$(ARCH_ASM_SRCS))
 KERNEL_TEST_OBJS := $(patsubst %.cc,$(KDIR)/obj/%.o,$(KERNEL_TEST_SRCS))
 LIBDMA := $(LIB_OUT)/lib/libdma.a
+LIBDMA_C := $(LIB_OUT)/lib/libdma_c.a
 KERNEL_ELF := $(KDIR)/kernel.elf
 DEMO_ELF := $(KDIR)/demo.elf
 ARCH_MK := $(wildcard arch/$(ARCH)/arch.mk)
@@ -323,8 +328,8 @@ $(KDIR)/obj/%.o: %.S $(ARCH_MK) $(KFLAGS_STAMP) $(LIB_CONFIG_H)
 	@mkdir -p $(dir $@)
 	$(CROSS_CXX) $(KERNEL_ASFLAGS) -MMD -MP -c $< -o $@
 
-$(KLIB_OBJS): OPT := $(LIB_OPT)
-$(KLIB_OBJS): | $(SETUP_LIB_STAMP)
+$(KLIB_OBJS) $(KLIB_C_OBJS): OPT := $(LIB_OPT)
+$(KLIB_OBJS) $(KLIB_C_OBJS): | $(SETUP_LIB_STAMP)
 $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(KERNEL_ELF) $(DEMO_ELF): | $(SETUP_STAMP)
 
 # Rewritten only when its content changes (so a rebuild in the same configuration recompiles
@@ -342,22 +347,30 @@ $(LIBDMA): $(KLIB_OBJS)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(KERNEL_ELF): $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
-	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA)
+$(LIBDMA_C): $(KLIB_C_OBJS)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	$(AR) rcs $@ $^
 
-$(DEMO_ELF): $(KERNEL_OBJS) $(LIBDMA) $(LINKER_SCRIPT)
-	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(LIBDMA)
+$(KERNEL_ELF): $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA_C) $(LIBDMA) $(LINKER_SCRIPT)
+	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(KERNEL_TEST_OBJS) $(LIBDMA_C) \
+	  $(LIBDMA)
+
+$(DEMO_ELF): $(KERNEL_OBJS) $(LIBDMA_C) $(LIBDMA) $(LINKER_SCRIPT)
+	$(LD) $(ARCH_LDFLAGS) -T $(LINKER_SCRIPT) -o $@ $(KERNEL_OBJS) $(LIBDMA_C) $(LIBDMA)
 
 # The output tree, complete: the public headers as they are now (a header removed from include/
 # is removed here too), config.h, libdma.a; then where it is and its size (text, data, bss, as
 # llvm-size counts them: text includes read-only data).
-lib: $(LIBDMA) $(LIB_CONFIG_H) $(LIB_OUT_HDRS)
+lib: $(LIBDMA) $(LIBDMA_C) $(LIB_CONFIG_H) $(LIB_OUT_HDRS)
 	@cd $(LIB_OUT)/include && find dmakit -name '*.h' ! -path dmakit/config.h | sort | \
 	  comm -23 - <(printf '%s\n' $(LIB_PUBLIC_HDRS) | sort) | xargs -r rm -f
 	@echo "libdma ($(ARCH), LIB_CONFIG=$(LIB_CONFIG), $(LIB_OPT)): $(LIB_OUT)/"
 	@echo "  include/  the include root to add (-I$(LIB_OUT)/include): public headers, dmakit/config.h"
-	@echo "  lib/libdma.a"
-	@$(SIZE) -t $(LIBDMA) | awk 'END { printf "  size: text %d  data %d  bss %d  (bytes; limit for release: text 40960, data+bss 16384)\n", $$1, $$2, $$3 }'
+	@echo "  lib/libdma.a     the subsystem"
+	@$(SIZE) -t $(LIBDMA) | awk 'END { printf "    size: text %d  data %d  bss %d  (bytes; limit for release: text 40960, data+bss 16384)\n", $$1, $$2, $$3 }'
+	@echo "  lib/libdma_c.a   the C interface (dmakit/dmakit.h), for kernels with C callers: link it before libdma.a"
+	@$(SIZE) -t $(LIBDMA_C) | awk 'END { printf "    size: text %d  data %d  bss %d  (bytes)\n", $$1, $$2, $$3 }'
 kernel: $(KERNEL_ELF) $(DEMO_ELF)
 
 # Boots the demo kernel: a report of memory, bounce pools and cache features, then the demo.
@@ -444,5 +457,5 @@ lint: | $(SETUP_STAMP)
 clean:
 	rm -rf $(BUILD)
 
--include $(HOST_OBJS:.o=.d) $(CAPI_TEST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KERNEL_TEST_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
+-include $(HOST_OBJS:.o=.d) $(CAPI_TEST_OBJS:.o=.d) $(HOST_REL_OBJS:.o=.d) $(HOST_TSAN_OBJS:.o=.d) $(KERNEL_OBJS:.o=.d) $(KERNEL_TEST_OBJS:.o=.d) $(KLIB_OBJS:.o=.d) $(KLIB_C_OBJS:.o=.d) $(FUZZ_COMMON_OBJS:.o=.d) \
          $(patsubst %,$(FUZZ_DIR)/obj/tests/fuzz/%.d,$(FUZZ_TARGETS))

@@ -249,6 +249,7 @@ int dmakit_pfa_stats_get(const dmakit_pfa* pfa, dmakit_pfa_stats* out) {
 int dmakit_pfa_destroy(dmakit_pfa* pfa) {
   auto* b = live<PfaBox>(pfa, kPfaTag);
   if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  b->pfa.shutdown();  // Debug builds: asserts that no page is still allocated.
   end(pfa, b);
   return DMAKIT_OK;
 }
@@ -303,6 +304,7 @@ int dmakit_bounce_pool_stats_get(const dmakit_bounce_pool* pool, dmakit_bounce_p
 int dmakit_bounce_pool_destroy(dmakit_bounce_pool* pool) {
   auto* b = live<PoolBox>(pool, kPoolTag);
   if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  b->pool.shutdown();  // Debug builds: asserts that no slot is still in use.
   end(pool, b);
   return DMAKIT_OK;
 }
@@ -404,6 +406,7 @@ int dmakit_op_stats_get(const dmakit_platform_op* op, dmakit_op_stats* out) {
 int dmakit_platform_op_destroy(dmakit_platform_op* op) {
   auto* b = live<OpBox>(op, kOpTag);
   if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  b->op->shutdown();  // The misuse checker's report of what is still mapped (DMA_API_DEBUG).
   dmakit_capi::destroy_arch_op(b->arch_storage);
   end(op, b);
   return DMAKIT_OK;

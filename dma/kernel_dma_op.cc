@@ -85,20 +85,26 @@ bool shares_cache_lines(const void* addr, size_t size, size_t line) {
 
 }  // namespace
 
-KernelDmaOp::KernelDmaOp(const Config& cfg)
-    : dm_offset_(cfg.direct_map_offset),
-      num_pools_(cfg.num_pools),
-      cfg_(cfg),
-      line_(cfg.cache_line_size) {
-  KASSERT(cfg_.pfa != nullptr, "KernelDmaOp needs a page-frame allocator");
-  KASSERT(support::is_pow2(line_) && line_ <= PageFrameAllocator::kPageSize,
-          "KernelDmaOp: cache line size must be a power of two no larger than a page");
-  KASSERT(cfg_.num_pools <= kMaxPools, "too many bounce pools");
-  KASSERT(cfg_.num_ram == 0 || cfg_.ram != nullptr, "KernelDmaOp: num_ram without ram");
-  for (size_t i = 0; i < cfg_.num_pools; ++i) {
-    KASSERT(cfg_.pools[i] != nullptr, "null bounce pool");
-    pools_[i] = cfg_.pools[i];
+KernelDmaOp::KernelDmaOp(const Config& cfg) {
+  Result<void> r = init(cfg);
+  KASSERT(r.ok(), "KernelDmaOp: Config refused by init()");
+}
+
+Result<void> KernelDmaOp::init(const Config& cfg) {
+  // Everything is checked before anything is written: a refused call changes nothing.
+  if (initialized_ || cfg.pfa == nullptr || !support::is_pow2(cfg.cache_line_size) ||
+      cfg.cache_line_size > PageFrameAllocator::kPageSize || cfg.num_pools > kMaxPools ||
+      (cfg.num_ram != 0 && cfg.ram == nullptr)) {
+    return ErrorCode::kInvalidArgument;
   }
+  for (size_t i = 0; i < cfg.num_pools; ++i) {
+    if (cfg.pools[i] == nullptr) return ErrorCode::kInvalidArgument;
+  }
+  dm_offset_ = cfg.direct_map_offset;
+  num_pools_ = cfg.num_pools;
+  cfg_ = cfg;
+  line_ = cfg.cache_line_size;
+  for (size_t i = 0; i < cfg_.num_pools; ++i) pools_[i] = cfg_.pools[i];
   dm_lo_ = cfg_.pfa->lowest_address().value();
   dm_hi_ = cfg_.pfa->highest_address().value();
   // Bounce pools may lie outside the allocator's ranges (carved before it was built).
@@ -128,6 +134,8 @@ KernelDmaOp::KernelDmaOp(const Config& cfg)
   DirectWindow w = fast_direct_window(dm_lo_, dm_hi_, cfg_.direct_map_offset);
   fast_lo_ = w.lo;
   fast_span_ = w.span;
+  initialized_ = true;
+  return support::ok();
 }
 
 DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_offset) {
@@ -144,7 +152,7 @@ DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_o
   return DirectWindow{lo, hi - lo};
 }
 
-KernelDmaOp::~KernelDmaOp() {
+void KernelDmaOp::shutdown() {
   DmaDebug::on_op_destroyed(this);
 }
 

@@ -300,12 +300,12 @@ void BouncePool::drain_locked() {
   cached_blocks_ = 0;
 }
 
-BouncePool::~BouncePool() {
+void BouncePool::shutdown() const {
   // Taken only to read used_slots_ under the lock's rules; the pool must be idle by now anyway.
   // Blocks in CPU caches count as given back, like those in the shared cache.
   support::Guard<support::SpinLock> guard{&lock_};
   KDEBUG_ASSERT(used_slots_ == cpu_cached_slots(),
-                "BouncePool destroyed with bounce slots still in use");
+                "BouncePool shut down with bounce slots still in use");
 }
 
 Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
@@ -380,13 +380,6 @@ uint64_t BouncePool::cpu_cached_blocks() const {
     n += __atomic_load_n(&cpu_caches_[i].count, __ATOMIC_RELAXED);
   }
   return n;
-}
-
-size_t BouncePool::metadata_size(size_t bytes, size_t slot_size) {
-  if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
-    return 0;
-  }
-  return (bytes / slot_size + 1) * (sizeof(SlotRecord) + sizeof(uint32_t));
 }
 
 Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,

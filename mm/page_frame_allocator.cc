@@ -95,46 +95,6 @@ constexpr uint8_t state_byte(uint8_t kind, unsigned order) {
 constexpr uint64_t kPageMask = PageFrameAllocator::kPageSize - 1;
 // One past the last page frame of the 64-bit address space.
 constexpr uint64_t kPfnLimit = 1ull << (64 - PageFrameAllocator::kPageShift);
-// Slack for aligning the bitmaps in a buffer of any alignment.
-constexpr uint64_t kAlignSlack = sizeof(uint64_t) - 1;
-
-// Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
-// Returns false when the range wraps past 2^64.
-bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
-  uint64_t base = r.base.value();
-  if (support::add_overflows(base, r.size)) return false;
-  *start = (base >> PageFrameAllocator::kPageShift) + ((base & kPageMask) != 0 ? 1 : 0);
-  *end = (base + r.size) >> PageFrameAllocator::kPageShift;
-  if (*end < *start) *end = *start;
-  return true;
-}
-
-// Blocks of 2^order pages that fit in pages [start, end): the first one's number, and how many.
-uint64_t first_block(uint64_t start, unsigned order) {
-  return (start + (1ull << order) - 1) >> order;
-}
-uint64_t blocks_in(uint64_t start, uint64_t end, unsigned order) {
-  uint64_t first = first_block(start, order);
-  uint64_t last = end >> order;  // One past the last block.
-  return last > first ? last - first : 0;
-}
-
-// Words of a bitmap of `slots` bits with its summary levels, the single top word excluded (it
-// lives in the allocator object); *top receives the index of the top level.
-uint64_t bitmap_words(uint64_t slots, unsigned* top) {
-  uint64_t words = 0;
-  uint64_t bits = slots;
-  unsigned level = 0;
-  while (bits > 64) {
-    uint64_t w = (bits + 63) / 64;
-    words += w;
-    bits = w;
-    ++level;
-  }
-  *top = level;
-  return words;
-}
-
 // Mask of bits 0..b of a word (b < 64).
 constexpr uint64_t bits_up_to(uint64_t b) {
   return ~0ull >> (63 - b);
@@ -159,31 +119,12 @@ void PagePoisonChecker::check(const void* block, uint64_t bytes) {
 
 // ---- PageFrameAllocator ----
 
-PageFrameAllocator::~PageFrameAllocator() {
+void PageFrameAllocator::shutdown() const {
 #if KDEBUG_ENABLED
   support::Guard guard{&lock_};
   KASSERT(free_pages_locked() == managed_pages_,
-          "PageFrameAllocator destroyed with pages still allocated");
+          "PageFrameAllocator shut down with pages still allocated");
 #endif
-}
-
-size_t PageFrameAllocator::metadata_size(support::Span<const PhysRange> ranges) {
-  uint64_t pages = 0;
-  uint64_t slots[kMaxOrder + 1] = {};
-  for (const PhysRange& r : ranges) {
-    uint64_t s = 0;
-    uint64_t e = 0;
-    if (!trim_inward(r, &s, &e)) continue;
-    pages += e - s;
-    for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o);
-  }
-  uint64_t words = 0;
-  for (uint64_t n : slots) {
-    unsigned top = 0;
-    words += bitmap_words(n, &top);
-  }
-  if (pages == 0) return 0;
-  return static_cast<size_t>(pages + kAlignSlack + (words * sizeof(uint64_t)));
 }
 
 unsigned PageFrameAllocator::order_for(uint64_t bytes) {

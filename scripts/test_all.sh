@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: the host suite (debug, release, and its threaded tests under ThreadSanitizer), the
 # C API from a C program (make test-capi), the library builds of every arch and ABI
-# (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), then every
-# architecture under QEMU. Each part prints its own "N passed, N failed" line; this adds them up
-# and ends with one line for the whole run.
+# (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), the kernel
+# contract (scripts/check_contract.sh: exactly the symbols of include/dmakit/kernel_contract.h,
+# the minimal bring-ups linked with no start-up code), then every architecture under QEMU. Each
+# part prints its own "N passed, N failed" line; this adds them up and ends with one line for
+# the whole run.
 # A part that crashes or prints no summary counts as one failure.
 set -uo pipefail
 
@@ -50,6 +52,7 @@ run_part() {
 run_part style bash scripts/check_style.sh
 run_part headers bash scripts/check_headers.sh
 run_part lib bash scripts/check_lib.sh
+run_part contract bash scripts/check_contract.sh
 run_part host $MAKE --no-print-directory test-host
 run_part capi $MAKE --no-print-directory test-capi
 run_part host-release $MAKE --no-print-directory test-host-release

@@ -79,19 +79,17 @@ bool start_cpu(PerCpu& cpu);
 // Installs `cpu` as the calling CPU's per-CPU pointer (this_cpu()).
 void set_this_cpu(PerCpu* cpu);
 
-// Masks interrupts on the calling CPU and returns the previous state for irq_restore (DAIF,
-// sstatus.SIE, RFLAGS.IF). Any context.
-uintptr_t irq_save();
-void irq_restore(uintptr_t state);
+// irq_save / irq_restore: see the interrupt section below.
 
 // The architecture's spin-wait hint (yield, pause), plus whatever this CPU owes CPUs that wait
 // for it with interrupts masked (x86-64: a pending TLB shootdown). Any context.
 void cpu_relax();
 
-// Waits until work may have been posted to the calling secondary CPU: a low-power wait that
-// wake_cpu ends (x86-64 hlt and an IPI, RISC-V wfi and an SBI IPI; AArch64 without an interrupt
-// controller: PSCI CPU_OFF after a short spin, and CPU_ON again, which re-enters
-// secondary_main). Called with interrupts masked, from secondary_main only.
+// Waits until an interrupt is pending on the calling secondary CPU: a low-power wait that
+// wake_cpu's interrupt (or the CPU's own timer tick) ends (x86-64 hlt and an IPI, RISC-V wfi and
+// an SBI IPI, AArch64 wfi and an SGI). Called with interrupts masked, from secondary_main only;
+// returns with them masked (x86-64 takes the interrupt inside, the others when the caller
+// unmasks).
 void idle_wait();
 // Wakes `cpu` from idle_wait after work was posted to it. Any context.
 void wake_cpu(PerCpu& cpu);
@@ -110,6 +108,89 @@ void tlb_flush_kernel_range(uintptr_t va, size_t size);
 // Errors: kNoMemory (no page-table memory for the first mapping), kNotSupported.
 Result<uintptr_t> tlb_test_page_map(PhysAddr pa);
 void tlb_test_page_release();
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts: the controller, message-signalled interrupts for PCI devices, a per-CPU timer.
+//
+// AArch64: GICv3 with MSIs as LPIs through its ITS, or GICv2 with MSIs through a GICv2m frame,
+// whichever the device tree describes; RISC-V: AIA, MSIs through the hart's IMSIC supervisor file
+// (the APLIC and its wired sources stay off); x86-64: local APIC (x2APIC mode when available; the
+// I/O APICs' pins and the 8259s all masked), MSIs straight to the local APIC. The periodic timer:
+// the EL1 virtual timer, SBI set_timer, the LAPIC timer. irq_controller() says what was found.
+//
+// Handlers run in interrupt context on the CPU the interrupt was steered to, with interrupts
+// masked on that CPU (no nesting). A handler must not block or wait for another interrupt. The
+// controller's end-of-interrupt is signalled by the arch after the handler returns, so an
+// edge-triggered source (every MSI is one) that fires again meanwhile is not lost.
+
+// An interrupt handler and its argument.
+using IrqHandler = void (*)(void* ctx);
+
+// What a device writes to signal an MSI: `data` (32 bits; MSI capabilities take the low 16) at
+// bus address `address`.
+struct MsiMessage {
+  uint64_t address = 0;
+  uint32_t data = 0;
+};
+
+// Finds and initialises the interrupt controller for the boot CPU (device tree or ACPI MADT),
+// masks every source, and installs the external-interrupt path. Leaves interrupts masked on the
+// CPU. Call once, on the boot CPU, from thread context, after kernel_main set up memory (it may
+// map controller registers). Errors: kNotFound (no supported controller described),
+// kNotSupported (a controller this port does not drive), arch::mmio_map's errors.
+Result<void> irq_init();
+
+// One line naming the controller and the MSI mechanism (e.g. "gicv3 + gicv2m (msi spis 64)"),
+// for the boot report. Valid after irq_init.
+const char* irq_controller();
+
+// Unmask / mask interrupts on the calling CPU. Any context.
+void irq_enable_local();
+void irq_disable_local();
+// Masks interrupts on the calling CPU and returns the previous state for irq_restore (nesting
+// allowed). Any context; the shape dmakit_kernel_hooks::irq_save/irq_restore expects.
+uintptr_t irq_save();
+void irq_restore(uintptr_t state);
+// Whether interrupts are unmasked on the calling CPU.
+bool irq_enabled_local();
+// Waits with interrupts unmasked until any interrupt has been taken (or a short while passes),
+// then restores the caller's interrupt state. For polling loops that wait on interrupt handlers.
+void irq_wait();
+
+// Allocates one MSI for a device: `handler(ctx)` runs when the device writes the returned message,
+// on CPU `cpu` (0 is the boot CPU; this port routes every MSI to the CPU given). `requester_id` is
+// the device's PCI requester ID (bus << 8 | device << 3 | function): an MSI controller that tells
+// devices apart by it (the GICv3 ITS) maps it; the others ignore it. The caller programs the
+// message into the device (drivers/pci/pci_msi.h) and frees it with msi_free once the device can
+// no longer send it. Thread context.
+// Errors: kInvalidArgument (null handler, cpu out of range, irq_init not done), kNoMemory (no
+// free vector / MSI interrupt left, or no memory for the controller's tables), kNotSupported (no
+// MSI controller, or a requester ID / CPU it cannot map).
+Result<MsiMessage> msi_alloc(IrqHandler handler, void* ctx, unsigned cpu, uint32_t requester_id);
+// Releases a message returned by msi_alloc; a later interrupt from it is ignored (counted as
+// spurious). Precondition: the device no longer sends it. Errors: kNotFound (not an allocated
+// message). Thread context.
+Result<void> msi_free(const MsiMessage& msg);
+
+// Interrupts taken (timer, MSIs, everything dispatched) and spurious ones (no handler) on all
+// CPUs since boot; for reports and tests.
+uint64_t irq_count();
+uint64_t irq_spurious_count();
+
+// Starts (or restarts with new settings) the calling CPU's periodic timer: every `period_ns`
+// nanoseconds (at least 100 us) the timer interrupt runs `tick(ctx)` on this CPU (null: only
+// counted). Each CPU calls it for itself (the SMP bring-up does so on every secondary). Thread
+// context or interrupts off. Errors: kInvalidArgument (period below 100 us or above 1 s),
+// kNotSupported (irq_init not done).
+Result<void> timer_start_this_cpu(uint64_t period_ns, IrqHandler tick, void* ctx);
+// Stops the calling CPU's timer (no tick arrives after it returns). Any context.
+void timer_stop_this_cpu();
+// Timer interrupts taken on the calling CPU since boot.
+uint64_t timer_ticks_this_cpu();
+
+// The period kernel_main starts the boot CPU's timer with (counting only), and the one a test
+// that installs its own tick function restores afterwards.
+constexpr uint64_t kDefaultTimerPeriodNs = 1'000'000;
 
 }  // namespace arch
 

@@ -194,7 +194,20 @@ void print_report(const arch::BootInfo& info, const char* mode) {
                                                                                 : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
   kprintf("cpus: %u online (of %u described)\n", num_online_cpus(), info.num_cpus);
+  kprintf("interrupts: %s; timer every %llu us on every CPU\n", arch::irq_controller(),
+          static_cast<unsigned long long>(arch::kDefaultTimerPeriodNs / 1000));
   kprintf("mode: %s; command line: \"%s\"\n", mode, info.cmdline);
+}
+
+// The interrupt controller and the boot CPU's periodic timer; interrupts on from here. Before
+// the secondaries start: each sets up its own part of the controller and its own timer. The
+// library's interrupt-masking hooks are installed already (install_kernel_hooks).
+void setup_interrupts() {
+  auto r = arch::irq_init();
+  if (!r.ok()) fail_boot("interrupt controller", r.code());
+  r = arch::timer_start_this_cpu(arch::kDefaultTimerPeriodNs, nullptr, nullptr);
+  if (!r.ok()) fail_boot("timer", r.code());
+  arch::irq_enable_local();
 }
 
 }  // namespace
@@ -214,6 +227,7 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   // The CPU list first: the hook table and the bounce pools' per-CPU caches are sized by it.
   install_kernel_hooks(smp_prepare(info));
   setup_memory(info);
+  setup_interrupts();
   smp_start_secondaries();
   print_report(info, mode);
 

@@ -94,10 +94,14 @@ unsigned smp_prepare(const arch::BootInfo& info);
 // reported on the console and left out. Returns num_online_cpus().
 unsigned smp_start_secondaries();
 
-// Each secondary's arch entry code calls this once its MMU, traps and per-CPU pointer are set
-// up, interrupts masked: marks the CPU online (the first time) and serves its work slot forever.
-// An arch whose idle_wait powers the CPU off enters it again when the CPU is restarted.
+// Each secondary's arch entry code calls this once, when its MMU, traps, per-CPU pointer and its
+// part of the interrupt controller are set up, interrupts masked: starts the CPU's periodic
+// timer, marks the CPU online, unmasks interrupts and serves its work slot forever.
 extern "C" [[noreturn]] void secondary_main(PerCpu* self);
+// What a secondary's arch entry code calls instead when its part of the interrupt controller
+// cannot be set up: reports it on the console and waits forever with interrupts masked, never
+// online (smp_start_secondaries then reports it and goes on without it).
+[[noreturn]] void secondary_give_up(PerCpu* self, const char* what);
 
 // Runs fn(arg) on CPU `cpu` with interrupts masked and returns once it has run (directly, when
 // `cpu` is the caller). Thread context, any CPU; waits as long as the target is busy with

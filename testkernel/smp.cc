@@ -123,13 +123,28 @@ unsigned smp_start_secondaries() {
 }
 
 extern "C" void secondary_main(PerCpu* self) {
-  if (!__atomic_load_n(&self->online, __ATOMIC_ACQUIRE)) {
-    __atomic_fetch_add(&g_num_online, 1, __ATOMIC_ACQ_REL);
-    __atomic_store_n(&self->online, true, __ATOMIC_RELEASE);
-  }
+  // The arch entry code has set up this CPU's part of the interrupt controller. Its own periodic
+  // timer (counting only), so that DMA calls running here are interrupted in the middle.
+  Result<void> t = arch::timer_start_this_cpu(arch::kDefaultTimerPeriodNs, nullptr, nullptr);
+  if (!t.ok()) kpanic("smp: cpu %u: timer: error %d", self->index, static_cast<int>(t.code()));
+  __atomic_fetch_add(&g_num_online, 1, __ATOMIC_ACQ_REL);
+  __atomic_store_n(&self->online, true, __ATOMIC_RELEASE);
+  arch::irq_enable_local();
   for (;;) {
-    if (!serve_slot(self)) arch::idle_wait();
+    // Look at the slot and wait with interrupts masked, so that a wake interrupt arriving in
+    // between is still pending at the wait (and ends it); it is taken right after.
+    uintptr_t s = arch::irq_save();
+    if (!smp_work_pending(*self)) arch::idle_wait();
+    arch::irq_restore(s);
+    serve_slot(self);
   }
+}
+
+void secondary_give_up(PerCpu* self, const char* what) {
+  kprintf("smp: cpu %u (id 0x%llx): %s; it stays offline\n", self->index,
+          static_cast<unsigned long long>(self->hw_id), what);
+  arch::irq_disable_local();
+  for (;;) arch::idle_wait();
 }
 
 Result<uint32_t> post_cpu_work(unsigned cpu, void (*fn)(void*), void* arg) {

@@ -17,6 +17,7 @@ ARCH_SRCS += arch/aarch64/testkernel/arch_io.cc arch/common/testkernel/no_port_i
 ARCH_SRCS += arch/aarch64/testkernel/smp.cc
 # testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
 ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/aarch64/testkernel/percpu_arch.h"'
+ARCH_SRCS += arch/aarch64/testkernel/gic.cc arch/aarch64/testkernel/gic_v3.cc arch/aarch64/testkernel/irq.cc
 ARCH_ASM_SRCS := arch/aarch64/testkernel/entry.S
 # The arch's DmaOp and its uncached remap (Normal-NC): linked into the kernel and into libdma.a.
 # aarch64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).

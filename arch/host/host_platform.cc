@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "dmakit/arch/aarch64_line_ops.h"
 #include "arch/host/model_line_ops.h"
+#include "dmakit/arch/aarch64_line_ops.h"
 #include "dmakit/arch/riscv64_line_ops.h"
 #include "dmakit/arch/x86_64_line_ops.h"
 #include "dmakit/support/bitops.h"
@@ -219,6 +219,12 @@ HostPlatform::~HostPlatform() {
   for (Held& h : held_) {
     for (auto& b : h.blocks) (void)pfa_.free(PhysAddr(b.first), b.second);
   }
+  // The library's objects have trivial destructors; their end-of-life checks (the misuse
+  // checker's leak report, the allocators' debug "everything given back") run here, in the order
+  // the members are destroyed.
+  if (op_ != nullptr) op_->shutdown();
+  for (auto& p : pools_) p->shutdown();
+  pfa_.shutdown();
 }
 
 HostPlatform::ArenaMapping::~ArenaMapping() {

@@ -11,13 +11,13 @@
 #include <unordered_map>
 #include <vector>
 
-#include "dmakit/arch/cache_range.h"
 #include "arch/host/cache_model.h"
+#include "dmakit/arch/cache_range.h"
 #include "dmakit/kernel_dma_op.h"
 
 // Whose cache-maintenance decisions HostDmaOp runs: each is that architecture's own line ops
-// (arch/<arch>/<arch>_line_ops.h) over the shared walk (include/dmakit/arch/cache_range.h), with the
-// instructions acting on the cache model (arch/host/model_line_ops.h).
+// (arch/<arch>/<arch>_line_ops.h) over the shared walk (include/dmakit/arch/cache_range.h), with
+// the instructions acting on the cache model (arch/host/model_line_ops.h).
 enum class HostCachePolicy : uint8_t {
   kAArch64,         // dc cvac / ivac (whole lines) / civac (partial lines), dsb sy.
   kRiscv64,         // cbo.clean / cbo.inval (whole blocks) / cbo.flush (partial), fences.
@@ -45,6 +45,9 @@ class HostDmaOp final : public KernelDmaOp {
         arena_size_(arena_size),
         uncached_(uncached),
         policy_(policy) {}
+  // The misuse checker's end-of-life report (KernelDmaOp::shutdown; idempotent), since tests
+  // build and destroy many of these at reused addresses.
+  ~HostDmaOp() { shutdown(); }
 
   // The three run the chosen architecture's decisions (HostCachePolicy) on the cache model:
   // flush cleans every line overlapping the range; invalidate invalidates the lines wholly inside

@@ -43,6 +43,7 @@ ARCH_SRCS += arch/riscv64/testkernel/arch_io.cc arch/common/testkernel/no_port_i
 ARCH_SRCS += arch/riscv64/testkernel/smp.cc
 # testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.
 ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/riscv64/testkernel/percpu_arch.h"'
+ARCH_SRCS += arch/riscv64/testkernel/imsic.cc arch/riscv64/testkernel/irq.cc
 ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # The DmaOp with the cache-block instructions and its uncached remap (Svpbmt NC): part of
 # libdma.a for this arch.

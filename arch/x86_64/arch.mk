@@ -20,7 +20,7 @@ ARCH_SRCS := arch/x86_64/testkernel/x86_64_platform.cc arch/x86_64/testkernel/se
              arch/x86_64/testkernel/cpu_features.cc arch/x86_64/testkernel/pvh.cc arch/x86_64/testkernel/paging.cc \
              arch/x86_64/testkernel/tsc_clock.cc arch/x86_64/testkernel/acpi.cc
 ARCH_SRCS += arch/x86_64/testkernel/arch_io.cc
-ARCH_SRCS += arch/x86_64/testkernel/lapic.cc arch/x86_64/testkernel/smp.cc
+ARCH_SRCS += arch/x86_64/testkernel/lapic.cc arch/x86_64/testkernel/ioapic.cc arch/x86_64/testkernel/irq.cc arch/x86_64/testkernel/smp.cc
 ARCH_ASM_SRCS := arch/x86_64/testkernel/boot.S arch/x86_64/testkernel/trap_entry.S
 ARCH_ASM_SRCS += arch/x86_64/testkernel/ap_boot.S
 # testkernel/percpu.h includes the arch's inline per-CPU accessor by this name.

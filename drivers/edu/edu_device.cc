@@ -1,7 +1,8 @@
 #include "drivers/edu/edu_device.h"
 
-#include "testkernel/arch.h"
 #include "dmakit/support/defer.h"
+#include "drivers/pci/pci_msi.h"
+#include "testkernel/arch.h"
 
 namespace {
 
@@ -33,8 +34,44 @@ Result<void> EduDevice::init(PciDevice* pci, const DeviceDma& dma) {
   return support::ok();
 }
 
+Result<void> EduDevice::enable_interrupts(unsigned cpu) {
+  if (pci_ == nullptr || broken_ || interrupts_enabled()) return ErrorCode::kInvalidArgument;
+  if (pci_->find_capability(pci::kCapMsi) == 0) return ErrorCode::kNotFound;
+  TRY_ASSIGN(arch::MsiMessage msg, arch::msi_alloc(&EduDevice::on_interrupt, this, cpu,
+                                                   pci::requester_id(pci_->address())));
+  auto r = pci::msi_enable(*pci_, msg);
+  if (!r.ok()) {
+    (void)arch::msi_free(msg);
+    return r;
+  }
+  msi_ = msg;
+  return support::ok();
+}
+
+void EduDevice::disable_interrupts() {
+  if (!interrupts_enabled()) return;
+  pci::msi_disable(*pci_);
+  (void)arch::msi_free(msi_);
+  msi_ = arch::MsiMessage{};
+}
+
+void EduDevice::on_interrupt(void* self) {
+  auto* d = static_cast<EduDevice*>(self);
+  const uint32_t status = d->regs_.read32(kRegIrqStatus);
+  if (status == 0) return;  // Not ours (a late message after a timeout).
+  d->regs_.write32(kRegIrqAck, status);
+  ++d->stats_.interrupts;
+  if ((status & kIrqDma) == 0 || d->inflight_ == nullptr) return;
+  // The device is done with the buffer: the completion path hands it back to the CPU.
+  d->inflight_->unmap();
+  d->inflight_ = nullptr;
+  ++d->stats_.irq_unmaps;
+  __atomic_store_n(&d->done_, true, __ATOMIC_RELEASE);
+}
+
 void EduDevice::shutdown() {
   if (pci_ == nullptr) return;
+  disable_interrupts();
   pci_->disable();
   pci_ = nullptr;
   regs_ = MmioRegion();
@@ -80,6 +117,30 @@ Result<EduDevice::Transfer> EduDevice::run(StreamingMapping& map, bool to_ram, u
   regs_.write64(kRegDmaCount, map.size());
   // MmioRegion's write barrier orders the mapping's cache clean / bounce copy before the start.
   uint64_t start = arch::now_ns();
+  if (interrupts_enabled()) {
+    const uintptr_t flags = arch::irq_save();
+    inflight_ = &map;
+    done_ = false;
+    regs_.write64(kRegDmaCmd, kCmdStart | kCmdIrq | (to_ram ? kCmdToRam : 0));
+    arch::irq_restore(flags);
+    ++stats_.started;
+    if (t.bounced) ++stats_.bounced;
+    while (!__atomic_load_n(&done_, __ATOMIC_ACQUIRE)) {
+      if (arch::now_ns() - start > timeout_ns_) {
+        // As below; and the handler must not touch the mapping once this call has returned.
+        pci_->disable();
+        broken_ = true;
+        const uintptr_t f = arch::irq_save();
+        inflight_ = nullptr;
+        arch::irq_restore(f);
+        return ErrorCode::kTimedOut;
+      }
+      arch::irq_wait();
+    }
+    t.elapsed_ns = arch::now_ns() - start;
+    ++stats_.completed;
+    return t;
+  }
   regs_.write64(kRegDmaCmd, kCmdStart | (to_ram ? kCmdToRam : 0));
   ++stats_.started;
   if (t.bounced) ++stats_.bounced;

@@ -13,19 +13,28 @@
 // comes from a StreamingMapping made under the mask (bounced when the buffer lies above it).
 //
 // Every transfer: map the RAM buffer (DeviceDma::map: direct, bounced, or an error -- then the
-// device is never touched), program source/destination/count, start, poll the command register
-// until the start bit clears (bounded by a timeout on arch::now_ns()), unmap (for device -> RAM
-// this is where the CPU's view is made current). Completion is polled; the device's interrupt is
-// not used (INTx masked).
+// device is never touched), program source/destination/count, start, wait for the end (bounded
+// by a timeout on arch::now_ns()), unmap (for device -> RAM this is where the CPU's view is made
+// current). Two ways to learn of the end:
+//   polled (the default): the command register's start bit is polled until it clears, and the
+//     transfer call unmaps;
+//   by interrupt (after enable_interrupts): the transfer is started with command bit 2, the device
+//     signals its MSI when done (interrupt status bit 0x100), and the interrupt handler
+//     acknowledges it (register 0x64) and unmaps the mapping, as a real driver's completion path
+//     does; the transfer call only waits for the handler.
+// Interrupt registers: 0x24 status (bit 0x100: DMA done), 0x60 raise, 0x64 acknowledge (clears
+// the bits written). Legacy INTx stays masked.
 //
 // Threading: one transfer at a time per device; callers serialize. Not for interrupt context
-// (polls for up to the timeout).
+// (waits for up to the timeout); the interrupt mode's waits unmask interrupts on the calling CPU
+// while they wait.
 #pragma once
 
 #include "dmakit/device_dma.h"
+#include "dmakit/support/result.h"
 #include "drivers/pci/mmio.h"
 #include "drivers/pci/pci_device.h"
-#include "dmakit/support/result.h"
+#include "testkernel/arch.h"
 
 class EduDevice {
  public:
@@ -45,6 +54,8 @@ class EduDevice {
     uint64_t completed = 0;
     uint64_t map_failures = 0;  // Transfers refused before touching the device.
     uint64_t bounced = 0;
+    uint64_t interrupts = 0;  // Completion interrupts handled.
+    uint64_t irq_unmaps = 0;  // Mappings unmapped by the interrupt handler.
   };
 
   EduDevice() = default;
@@ -75,6 +86,14 @@ class EduDevice {
   // (kFromDevice); on success the CPU sees the new contents. Same preconditions and errors.
   Result<Transfer> copy_from_device(void* buf, size_t size, uint32_t offset = 0);
 
+  // Switches completion to the device's MSI, steered to CPU `cpu` (arch::msi_alloc). Errors:
+  // kInvalidArgument (not bound, already on), kNotFound (no MSI capability), msi_alloc's errors.
+  // On error the device stays polled.
+  Result<void> enable_interrupts(unsigned cpu = 0);
+  // Back to polled completion; frees the MSI. Idempotent. Precondition: no transfer running.
+  void disable_interrupts();
+  bool interrupts_enabled() const { return msi_.address != 0; }
+
   // Raw register reads, for tests and reports.
   uint32_t id() const { return regs_.read32(kRegId); }
   uint64_t dma_src() const { return regs_.read64(kRegDmaSrc); }
@@ -96,14 +115,21 @@ class EduDevice {
  private:
   static constexpr uint32_t kRegId = 0x00;
   static constexpr uint32_t kRegLiveness = 0x04;
+  static constexpr uint32_t kRegIrqStatus = 0x24;
+  static constexpr uint32_t kRegIrqAck = 0x64;
   static constexpr uint32_t kRegDmaSrc = 0x80;
   static constexpr uint32_t kRegDmaDst = 0x88;
   static constexpr uint32_t kRegDmaCount = 0x90;
   static constexpr uint32_t kRegDmaCmd = 0x98;
   static constexpr uint64_t kCmdStart = 1u << 0;
   static constexpr uint64_t kCmdToRam = 1u << 1;
+  static constexpr uint64_t kCmdIrq = 1u << 2;
+  static constexpr uint32_t kIrqDma = 0x100;
 
   Result<Transfer> run(StreamingMapping& map, bool to_ram, uint32_t offset);
+  // The MSI handler: acknowledges, unmaps the transfer's mapping, reports the end. Interrupt
+  // context.
+  static void on_interrupt(void* self);
 
   PciDevice* pci_ = nullptr;
   MmioRegion regs_;
@@ -111,4 +137,9 @@ class EduDevice {
   Stats stats_;
   uint64_t timeout_ns_ = kDefaultTimeoutNs;
   bool broken_ = false;
+  arch::MsiMessage msi_;  // address 0: polled.
+  // The running interrupt-completed transfer's mapping (null when none); the handler unmaps it and
+  // sets done_. Written by the transfer call with interrupts masked, read by the handler.
+  StreamingMapping* inflight_ = nullptr;
+  bool done_ = false;
 };

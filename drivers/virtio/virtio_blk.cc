@@ -1,8 +1,8 @@
 #include "drivers/virtio/virtio_blk.h"
 
-#include "testkernel/arch.h"
 #include "dmakit/support/bitops.h"
 #include "dmakit/support/defer.h"
+#include "testkernel/arch.h"
 
 namespace {
 
@@ -22,6 +22,7 @@ constexpr uint8_t kStatusOk = 0;
 constexpr uint8_t kStatusUnset = 0xFF;  // Not a value the device writes.
 
 constexpr uint16_t kRequestQueue = 0;
+constexpr uint16_t kRequestVector = 0;  // MSI-X table entry of the request queue.
 
 struct RequestHeader {
   uint32_t type;
@@ -35,11 +36,14 @@ constexpr size_t kBlockSize = kStatusOffset + 1;
 
 }  // namespace
 
-Result<void> VirtioBlk::init(PciDevice* pci, const DeviceDma& dma) {
+Result<void> VirtioBlk::init(PciDevice* pci, const DeviceDma& dma, Completion completion,
+                             unsigned irq_cpu) {
   if (transport_.bound() || pci == nullptr || dma.op() == nullptr) {
     return ErrorCode::kInvalidArgument;
   }
   dma_ = dma;
+  completion_ = completion;
+  irq_cpu_ = irq_cpu;
   TRY(transport_.init(pci));
   auto r = bring_up();
   if (!r.ok()) shutdown();
@@ -63,7 +67,12 @@ Result<void> VirtioBlk::bring_up() {
   uint16_t max = transport_.queue_max_size(kRequestQueue);
   if (max == 0) return ErrorCode::kNotFound;
   TRY(vq_.init(dma_, support::min<uint16_t>(max, SplitVirtqueue::kMaxSize)));
-  TRY(transport_.setup_queue(kRequestQueue, vq_));
+  uint16_t vector = VirtioPci::kNoVector;
+  if (completion_ == Completion::kInterrupt) {
+    TRY(setup_interrupts());
+    vector = kRequestVector;
+  }
+  TRY(transport_.setup_queue(kRequestQueue, vq_, vector));
   pool_ = new (pool_storage_) DmaPool();
   TRY(pool_->init(&dma_, kBlockSize, 16, 0, "virtio-blk headers"));
   transport_.add_status(virtio::kStatusDriverOk);
@@ -71,6 +80,44 @@ Result<void> VirtioBlk::bring_up() {
     return ErrorCode::kIoError;
   }
   return support::ok();
+}
+
+Result<void> VirtioBlk::setup_interrupts() {
+  TRY(msix_.init(transport_.pci()));
+  TRY_ASSIGN(msi_, arch::msi_alloc(&VirtioBlk::on_interrupt, this, irq_cpu_,
+                                   pci::requester_id(transport_.pci()->address())));
+  TRY(msix_.set(kRequestVector, msi_));
+  msix_.enable();
+  // With MSI-X on, the device lays out its common configuration with the vector fields in use.
+  TRY(transport_.set_config_vector(VirtioPci::kNoVector));
+  return support::ok();
+}
+
+void VirtioBlk::release_interrupts() {
+  if (msix_.valid()) msix_.disable();
+  msix_ = pci::MsixTable();
+  if (msi_.address != 0) (void)arch::msi_free(msi_);
+  msi_ = arch::MsiMessage{};
+}
+
+void VirtioBlk::on_interrupt(void* self) {
+  auto* d = static_cast<VirtioBlk*>(self);
+  ++d->irq_stats_.interrupts;
+  while (d->vq_.has_used()) {
+    auto used = d->vq_.pop_used();
+    if (!used.ok() || used->id >= SplitVirtqueue::kMaxSize ||
+        d->inflight_[used->id].mapping == nullptr) {
+      ++d->irq_stats_.unknown;
+      continue;
+    }
+    Inflight& r = d->inflight_[used->id];
+    // The device is done with the data: for a read, this is where the bytes reach the caller's
+    // buffers (invalidate, or copy out of a bounce slot).
+    r.mapping->unmap();
+    r.mapping = nullptr;
+    ++d->irq_stats_.completed;
+    __atomic_store_n(&r.done, true, __ATOMIC_RELEASE);
+  }
 }
 
 uint64_t VirtioBlk::read_capacity() {
@@ -96,6 +143,7 @@ void VirtioBlk::shutdown() {
     }
     dma_.check_no_mappings();
   }
+  release_interrupts();
   transport_.release();
 }
 
@@ -153,9 +201,37 @@ Result<VirtioBlk::Request> VirtioBlk::submit(bool write, uint64_t sector,
   }
   chain[n++] = {block.dma + kStatusOffset, 1, true};
   TRY_ASSIGN(uint16_t head, vq_.add_chain(support::Span<const SplitVirtqueue::Buffer>(chain, n)));
+  Inflight* slot = nullptr;
+  if (completion_ == Completion::kInterrupt) {
+    // Registered before the device can see the chain, so the handler always finds it.
+    slot = &inflight_[head];
+    const uintptr_t flags = arch::irq_save();
+    slot->mapping = &sg.mapping();
+    slot->done = false;
+    arch::irq_restore(flags);
+  }
   vq_.publish(head);
   uint64_t start = arch::now_ns();
   transport_.notify(kRequestQueue);
+  if (slot != nullptr) {
+    while (!__atomic_load_n(&slot->done, __ATOMIC_ACQUIRE)) {
+      if (arch::now_ns() - start > timeout_ns_) {
+        if (!transport_.reset().ok()) transport_.pci()->disable();
+        // From here the handler leaves the mapping alone; this call unmaps it.
+        const uintptr_t f = arch::irq_save();
+        slot->mapping = nullptr;
+        arch::irq_restore(f);
+        sg.mapping().unmap();
+        free_block.cancel();
+        (void)pool->free(block.cpu);
+        shutdown();
+        return ErrorCode::kTimedOut;
+      }
+      arch::irq_wait();
+    }
+    req.elapsed_ns = arch::now_ns() - start;
+    return *status == kStatusOk ? Result<Request>(req) : Result<Request>(ErrorCode::kIoError);
+  }
   while (!vq_.has_used()) {
     if (arch::now_ns() - start > timeout_ns_) {
       // The device may still use the chain: stop it (reset; if even that fails, take it off the

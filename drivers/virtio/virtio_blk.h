@@ -1,4 +1,5 @@
-// VirtioBlk: a virtio-blk driver (virtio 1.x over PCI, one request queue, polled).
+// VirtioBlk: a virtio-blk driver (virtio 1.x over PCI, one request queue, polled or completed by
+// MSI-X).
 //
 // A request is a descriptor chain (virtio spec 5.2.6):
 //   header  {le32 type (0 read, 1 write), le32 reserved, le64 sector}   device reads
@@ -16,17 +17,27 @@
 // addresses, which is what this driver gives it anyway), VIRTIO_BLK_F_SIZE_MAX, _SEG_MAX and _RO
 // are accepted when offered.
 //
-// Threading: one request at a time (the caller serializes); each call polls the used ring until
-// the request completes, bounded by a timeout. Not for interrupt context.
+// Completion, chosen at init:
+//   kPolled: the request call polls the used ring and unmaps the data itself;
+//   kInterrupt: the request queue's used-buffer notifications go to MSI-X table entry 0 (the
+//     common configuration's queue_msix_vector; configuration changes get no vector), whose
+//     message comes from arch::msi_alloc. The interrupt handler pops the used ring, unmaps each
+//     finished request's scatter-gather mapping there (in interrupt context, as a real driver's
+//     completion path does) and marks it done; the request call only waits for that.
+//
+// Threading: one request at a time (the caller serializes); each call waits until the request
+// completes, bounded by a timeout. Not for interrupt context; in kInterrupt mode the wait unmasks
+// interrupts on the calling CPU.
 #pragma once
 
 #include "dmakit/device_dma.h"
 #include "dmakit/dma_pool.h"
 #include "dmakit/scatter_gather.h"
-#include "drivers/virtio/split_virtqueue.h"
-#include "drivers/virtio/virtio_pci.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/span.h"
+#include "drivers/pci/pci_msi.h"
+#include "drivers/virtio/split_virtqueue.h"
+#include "drivers/virtio/virtio_pci.h"
 
 class VirtioBlk {
  public:
@@ -42,6 +53,15 @@ class VirtioBlk {
     uint64_t elapsed_ns = 0;
   };
 
+  enum class Completion : uint8_t { kPolled, kInterrupt };
+
+  // Completion-interrupt counters (kInterrupt mode).
+  struct IrqStats {
+    uint64_t interrupts = 0;  // Handler runs.
+    uint64_t completed = 0;   // Requests the handler completed (and unmapped).
+    uint64_t unknown = 0;     // Used entries that matched no request in flight.
+  };
+
   VirtioBlk() = default;
   VirtioBlk(const VirtioBlk&) = delete;
   VirtioBlk& operator=(const VirtioBlk&) = delete;
@@ -55,7 +75,11 @@ class VirtioBlk {
   // features refused), kNotFound (not a modern virtio device, no request queue), kTimedOut (reset
   // never completed), coherent-allocation errors (kNoMemory, kDmaMaskNotMatch). On error the
   // device is left reset (or FAILED) and unbound.
-  Result<void> init(PciDevice* pci, const DeviceDma& dma);
+  // With Completion::kInterrupt, requests complete by MSI-X steered to CPU `irq_cpu`; further
+  // errors: kNotFound (no MSI-X capability), kNoMemory (no MSI left, or the device refused the
+  // vector), arch::msi_alloc's errors.
+  Result<void> init(PciDevice* pci, const DeviceDma& dma,
+                    Completion completion = Completion::kPolled, unsigned irq_cpu = 0);
 
   // Reads `bufs` (total a non-zero multiple of 512 bytes) from the disk at `sector`.
   // Preconditions: each buffer is physically contiguous normal memory, untouched by the CPU during
@@ -82,6 +106,9 @@ class VirtioBlk {
   // The header pool (null while unbound).
   const DmaPool* header_pool() const { return pool_; }
   PciDevice* pci() const { return transport_.pci(); }
+  Completion completion() const { return completion_; }
+  // Read with interrupts masked for an exact snapshot.
+  const IrqStats& irq_stats() const { return irq_stats_; }
 
   // Resets the device (it stops using memory), frees the queue and the header pool, checks that no
   // mapping or allocation of the device is left (DeviceDma::check_no_mappings reports any) and
@@ -89,9 +116,19 @@ class VirtioBlk {
   void shutdown();
 
  private:
+  // A request waiting for its completion interrupt, by the head of its chain.
+  struct Inflight {
+    SgMapping* mapping = nullptr;  // Unmapped by the handler; null when the slot is free.
+    bool done = false;
+  };
+
   Result<Request> submit(bool write, uint64_t sector, support::Span<const SgEntry> bufs);
   Result<void> bring_up();
+  Result<void> setup_interrupts();
+  void release_interrupts();
   uint64_t read_capacity();
+  // The MSI-X handler. Interrupt context.
+  static void on_interrupt(void* self);
 
   VirtioPci transport_;
   DeviceDma dma_;
@@ -105,4 +142,10 @@ class VirtioBlk {
   uint32_t seg_max_ = 0;
   uint32_t size_max_ = 0;
   uint64_t timeout_ns_ = kDefaultTimeoutNs;
+  Completion completion_ = Completion::kPolled;
+  unsigned irq_cpu_ = 0;
+  pci::MsixTable msix_;
+  arch::MsiMessage msi_;  // address 0: none allocated.
+  Inflight inflight_[SplitVirtqueue::kMaxSize];
+  IrqStats irq_stats_;
 };

@@ -1,7 +1,7 @@
 #include "drivers/virtio/virtio_pci.h"
 
-#include "testkernel/arch.h"
 #include "dmakit/support/defer.h"
+#include "testkernel/arch.h"
 
 namespace {
 
@@ -15,9 +15,11 @@ constexpr uint32_t kCommonDeviceFeatureSelect = 0x00;
 constexpr uint32_t kCommonDeviceFeature = 0x04;
 constexpr uint32_t kCommonDriverFeatureSelect = 0x08;
 constexpr uint32_t kCommonDriverFeature = 0x0c;
+constexpr uint32_t kCommonMsixConfig = 0x10;
 constexpr uint32_t kCommonStatus = 0x14;
 constexpr uint32_t kCommonQueueSelect = 0x16;
 constexpr uint32_t kCommonQueueSize = 0x18;
+constexpr uint32_t kCommonQueueMsixVector = 0x1a;
 constexpr uint32_t kCommonQueueEnable = 0x1c;
 constexpr uint32_t kCommonQueueNotifyOff = 0x1e;
 constexpr uint32_t kCommonQueueDesc = 0x20;
@@ -37,7 +39,7 @@ Result<void> VirtioPci::init(PciDevice* pci) {
   MmioRegion* found[kCapDevice + 1] = {};
   found[kCapCommon] = &common_;
   found[kCapNotify] = &notify_;
-  found[kCapIsr] = &isr_;  // Mapped for completeness: the driver polls, it reads no ISR.
+  found[kCapIsr] = &isr_;  // Mapped for completeness: the driver reads no ISR.
   found[kCapDevice] = &device_;
   bool have[kCapDevice + 1] = {};
   for (uint8_t cap = pci->find_capability(pci::kCapVendorSpecific); cap != 0;
@@ -113,7 +115,14 @@ uint16_t VirtioPci::queue_max_size(uint16_t index) {
   return common_.read16(kCommonQueueSize);
 }
 
-Result<void> VirtioPci::setup_queue(uint16_t index, const SplitVirtqueue& vq) {
+Result<void> VirtioPci::set_config_vector(uint16_t msix_vector) {
+  common_.write16(kCommonMsixConfig, msix_vector);
+  if (common_.read16(kCommonMsixConfig) != msix_vector) return ErrorCode::kNoMemory;
+  return support::ok();
+}
+
+Result<void> VirtioPci::setup_queue(uint16_t index, const SplitVirtqueue& vq,
+                                    uint16_t msix_vector) {
   if (index >= kMaxQueues) return ErrorCode::kNotFound;
   uint16_t max = queue_max_size(index);  // Also selects the queue.
   if (max == 0) return ErrorCode::kNotFound;
@@ -126,6 +135,8 @@ Result<void> VirtioPci::setup_queue(uint16_t index, const SplitVirtqueue& vq) {
   write_addr(kCommonQueueDesc, vq.desc_addr());
   write_addr(kCommonQueueDriver, vq.avail_addr());
   write_addr(kCommonQueueDevice, vq.used_addr());
+  common_.write16(kCommonQueueMsixVector, msix_vector);
+  if (common_.read16(kCommonQueueMsixVector) != msix_vector) return ErrorCode::kNoMemory;
   notify_off_[index] = common_.read16(kCommonQueueNotifyOff);
   common_.write16(kCommonQueueEnable, 1);
   return support::ok();

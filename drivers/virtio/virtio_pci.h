@@ -12,10 +12,10 @@
 // Threading: one driver owns the transport; nothing here blocks except reset() (bounded poll).
 #pragma once
 
+#include "dmakit/support/result.h"
 #include "drivers/pci/mmio.h"
 #include "drivers/pci/pci_device.h"
 #include "drivers/virtio/split_virtqueue.h"
-#include "dmakit/support/result.h"
 
 namespace virtio {
 
@@ -61,9 +61,18 @@ class VirtioPci {
 
   // Largest size of queue `index` (0: the queue does not exist).
   uint16_t queue_max_size(uint16_t index);
-  // Gives queue `index` the rings of `vq` (initialized with a size <= queue_max_size(index)) and
-  // enables it. Errors: kNotFound (no such queue), kInvalidArgument (size too large).
-  Result<void> setup_queue(uint16_t index, const SplitVirtqueue& vq);
+  // MSI-X vector number meaning "none" (virtio spec 4.1.5.1.2).
+  static constexpr uint16_t kNoVector = 0xFFFF;
+
+  // Gives queue `index` the rings of `vq` (initialized with a size <= queue_max_size(index)), the
+  // MSI-X table entry `msix_vector` for its used-buffer notifications (kNoVector: none), and
+  // enables it. Errors: kNotFound (no such queue), kInvalidArgument (size too large), kNoMemory
+  // (the device refused the vector: it reads back as kNoVector).
+  Result<void> setup_queue(uint16_t index, const SplitVirtqueue& vq,
+                           uint16_t msix_vector = kNoVector);
+  // MSI-X table entry for configuration-change notifications (kNoVector: none). Errors: kNoMemory
+  // (the device refused the vector).
+  Result<void> set_config_vector(uint16_t msix_vector);
   // Tells the device that queue `index` has new available buffers.
   // Precondition: setup_queue(index, ...) succeeded.
   void notify(uint16_t index);
@@ -84,7 +93,7 @@ class VirtioPci {
   PciDevice* pci_ = nullptr;
   MmioRegion common_;
   MmioRegion notify_;
-  MmioRegion isr_;
+  MmioRegion isr_;  // Unused: with MSI-X the ISR is not read, without it the driver polls.
   MmioRegion device_;
   uint32_t notify_multiplier_ = 0;
   uint16_t notify_off_[kMaxQueues] = {};

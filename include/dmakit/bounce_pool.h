@@ -17,6 +17,7 @@
 #pragma once
 
 #include "dmakit/support/addr.h"
+#include "dmakit/support/bitops.h"
 #include "dmakit/support/fault_injection.h"
 #include "dmakit/support/mem.h"
 #include "dmakit/support/result.h"
@@ -72,17 +73,28 @@ class BouncePool {
     uint64_t cached_slots = 0;
   };
 
-  BouncePool() = default;
+  // constexpr, and the destructor trivial, so that a kernel without C++ start-up code can hold
+  // a pool as a static: `constinit BouncePool g_pool;` runs no code before init().
+  constexpr BouncePool() = default;
   BouncePool(const BouncePool&) = delete;
   BouncePool& operator=(const BouncePool&) = delete;
-  // In debug builds (KDEBUG_ENABLED), asserts that every slot was given back (cached blocks count
-  // as given back).
-  ~BouncePool();
+
+  // Ends the pool's use before its storage or metadata is reused (a static never needs this): in
+  // debug builds (KDEBUG_ENABLED) panics ("shut down with bounce slots still in use") unless every
+  // slot was given back (cached blocks count as given back). Nothing else changes. The pool must
+  // be idle; any context.
+  void shutdown() const TA_EXCL(lock_);
 
   // Bytes of out-of-band metadata init needs for a pool of `bytes` bytes and this slot size
   // (20 bytes per slot, plus 20: the slot's record and the device holding it). Returns 0 when
-  // slot_size is not a valid slot size.
-  static size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize);
+  // slot_size is not a valid slot size. constexpr: a static buffer can be sized with it,
+  // `alignas(4) uint8_t meta[BouncePool::metadata_size(kPoolBytes)];`.
+  static constexpr size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize) {
+    if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
+      return 0;
+    }
+    return (bytes / slot_size + 1) * (sizeof(SlotRecord) + sizeof(uint32_t));
+  }
 
   // What init may be told besides the region.
   struct Options {
@@ -251,10 +263,10 @@ class BouncePool {
 
   // Where every pool's report lines go (a kNoMemory, a refused free in debug builds): one line
   // without a trailing newline, at most 399 characters, called with no lock of the pool held.
-  // Null: nowhere (the events are still counted). DmaDebug::set_sink (include/dmakit/dma_debug.h) sets it
-  // to the library's diagnostic sink, so a kernel sets one sink for both. Returns the previous
-  // sink and context through the out-parameters when they are non-null. Not synchronised with
-  // reports in flight: set it before devices start, or from a single thread (tests).
+  // Null: nowhere (the events are still counted). DmaDebug::set_sink (include/dmakit/dma_debug.h)
+  // sets it to the library's diagnostic sink, so a kernel sets one sink for both. Returns the
+  // previous sink and context through the out-parameters when they are non-null. Not synchronised
+  // with reports in flight: set it before devices start, or from a single thread (tests).
   using ReportSink = void (*)(void* ctx, const char* line);
   static void set_report_sink(ReportSink sink, void* ctx, ReportSink* old_sink = nullptr,
                               void** old_ctx = nullptr);
@@ -471,9 +483,9 @@ class BouncePool {
   bool initialized_ = false;
   uint32_t fl_bitmap_ TA_GUARDED(lock_) = 0;
   uint32_t sl_bitmap_[kFlBits] TA_GUARDED(lock_) = {};
-  uint32_t heads_[kClasses] TA_GUARDED(lock_);  // Free-list heads by class.
+  uint32_t heads_[kClasses] TA_GUARDED(lock_) = {};  // Free-list heads by class (set by init).
   // The cache: a stack of freed blocks per exact slot count, linked through their records.
-  uint32_t cache_head_[kQuickSlots] TA_GUARDED(lock_);
+  uint32_t cache_head_[kQuickSlots] TA_GUARDED(lock_) = {};
   uint8_t cache_count_[kQuickSlots] TA_GUARDED(lock_) = {};
   uint32_t cached_slots_ TA_GUARDED(lock_) = 0;
   uint32_t cached_blocks_ TA_GUARDED(lock_) = 0;

@@ -74,10 +74,11 @@ class StreamingMapping {
 };
 
 // Coherent memory holding `count` objects of T, which the device may read and write at any time.
-// Move-only; the destructor frees.
+// DArrayRef<T> is the view (the accessors below, owning nothing); DArray<T> (below) owns the
+// memory: move-only, the destructor frees.
 //
-// T must be plain data (DmaPlain, include/dmakit/dma_plain.h): trivially copyable, standard layout, no
-// padding unless kDmaAllowPadding<T> says so. The CPU reaches the memory through read()/write()
+// T must be plain data (DmaPlain, include/dmakit/dma_plain.h): trivially copyable, standard layout,
+// no padding unless kDmaAllowPadding<T> says so. The CPU reaches the memory through read()/write()
 // (whole elements) and read_field()/write_field() (one field, or one entry of an array field),
 // which the compiler must perform every time they are called: polling a field the device sets
 // terminates. There is no operator[] or operator-> handing out a T&: through a plain reference
@@ -86,10 +87,15 @@ class StreamingMapping {
 // passing the memory on (a byte buffer handed to a copy routine, a pattern fill), or for CPU-only
 // fields when the driver has proven nobody else touches them.
 //
+// A DArrayRef is trivially copyable and destructible, and constexpr-constructible: a driver that
+// keeps its rings for the device's lifetime holds them as statics, `constinit DArrayRef<Desc>
+// g_ring;`, filled from DArray::release() (the memory is then nobody's to free until a
+// DArray::adopt takes it back). It must not outlive the allocation it shows.
+//
 // Calling context: the accessors take no locks and may be called with interrupts off. Ordering
 // between accesses and the device (barriers, sync for non-coherent devices) is the driver's.
 template <typename T>
-class DArray {
+class DArrayRef {
   static_assert(DmaTriviallyCopyable<T>,
                 "DArray/DBox: T must be trivially copyable (the device copies its bytes; no "
                 "constructors, destructors or virtual functions run for it)");
@@ -100,27 +106,17 @@ class DArray {
                 "name the padding as reserved fields, or specialise kDmaAllowPadding<T> = true");
 
  public:
-  DArray() = default;
-  DArray(DmaOp* op, const DmaHandle& h, size_t count) : op_(op), h_(h), count_(count) {}
-  DArray(DArray&& o) : op_(support::exchange(o.op_, nullptr)), h_(o.h_), count_(o.count_) {}
-  DArray& operator=(DArray&& o) {
-    if (this != &o) {
-      reset();
-      op_ = support::exchange(o.op_, nullptr);
-      h_ = o.h_;
-      count_ = o.count_;
-    }
-    return *this;
-  }
-  DArray(const DArray&) = delete;
-  DArray& operator=(const DArray&) = delete;
-  ~DArray() { reset(); }
+  constexpr DArrayRef() = default;
+  // A view of the coherent allocation `h` (from alloc_coherent, or DArray::release()) as
+  // h.layout.size / sizeof(T) objects of T.
+  constexpr explicit DArrayRef(const DmaHandle& h) : h_(h), count_(h.layout.size / sizeof(T)) {}
 
   size_t size() const { return count_; }
   size_t bytes() const { return count_ * sizeof(T); }
 
-  // Element i, read now (volatile accesses, include/dmakit/dma_plain.h: each naturally aligned field of up
-  // to 8 bytes in one load). Precondition: valid(), i < size() (checked in debug builds).
+  // Element i, read now (volatile accesses, include/dmakit/dma_plain.h: each naturally aligned
+  // field of up to 8 bytes in one load). Precondition: valid(), i < size() (checked in debug
+  // builds).
   T read(size_t i) const { return dma_load(element(i)); }
   // Writes element i now, in address order (one store per naturally aligned field of up to 8
   // bytes). Same preconditions.
@@ -161,26 +157,73 @@ class DArray {
 
   // Device address of element i.
   DmaAddr dma_addr(size_t i = 0) const { return h_.dma_addr + i * sizeof(T); }
-  bool valid() const { return op_ != nullptr; }
+  bool valid() const { return h_.cpu_addr != nullptr; }
   const DmaHandle& handle() const { return h_; }
 
-  // Frees the memory now. Idempotent.
-  void reset() {
-    if (op_ != nullptr) {
-      op_->dealloc_coherent(h_);
-      op_ = nullptr;
-    }
-  }
+ protected:
+  DArrayRef(const DmaHandle& h, size_t count) : h_(h), count_(count) {}
 
- private:
   T* element(size_t i) const {
     KDEBUG_ASSERT(i < count_, "DArray index out of range");
     return static_cast<T*>(h_.cpu_addr) + i;
   }
 
-  DmaOp* op_ = nullptr;
   DmaHandle h_;
   size_t count_ = 0;
+};
+
+// The owner: DArrayRef's accessors, and the memory is freed when the DArray is destroyed or
+// reset. Move-only. Converts to a DArrayRef (a view that must not outlive it).
+template <typename T>
+class DArray : public DArrayRef<T> {
+ public:
+  constexpr DArray() = default;
+  DArray(DmaOp* op, const DmaHandle& h, size_t count) : DArrayRef<T>(h, count), op_(op) {}
+  DArray(DArray&& o) : DArrayRef<T>(o.h_, o.count_), op_(support::exchange(o.op_, nullptr)) {}
+  DArray& operator=(DArray&& o) {
+    if (this != &o) {
+      reset();
+      op_ = support::exchange(o.op_, nullptr);
+      this->h_ = o.h_;
+      this->count_ = o.count_;
+    }
+    return *this;
+  }
+  DArray(const DArray&) = delete;
+  DArray& operator=(const DArray&) = delete;
+  ~DArray() { reset(); }
+
+  // Takes ownership of the coherent allocation `h` of `op` (from release(), or from
+  // op->alloc_coherent), as h.layout.size / sizeof(T) objects of T. Precondition: nobody else
+  // owns or frees it.
+  static DArray adopt(DmaOp* op, const DmaHandle& h) {
+    return DArray(op, h, h.layout.size / sizeof(T));
+  }
+
+  bool valid() const { return op_ != nullptr; }
+
+  // Frees the memory now. Idempotent.
+  void reset() {
+    if (op_ != nullptr) {
+      op_->dealloc_coherent(this->h_);
+      op_ = nullptr;
+    }
+  }
+
+  // Hands the memory over: returns its handle and leaves this DArray empty (valid() false; its
+  // destructor frees nothing). The memory stays allocated, for the device's lifetime or until a
+  // DArray::adopt (or DmaOp::dealloc_coherent with the handle) frees it; the misuse checker keeps
+  // tracking it. On an empty DArray, returns an empty handle (cpu_addr null).
+  [[nodiscard]] DmaHandle release() {
+    DmaHandle h = op_ != nullptr ? this->h_ : DmaHandle{};
+    op_ = nullptr;
+    this->h_ = DmaHandle{};
+    this->count_ = 0;
+    return h;
+  }
+
+ private:
+  DmaOp* op_ = nullptr;
 };
 
 // One T in coherent memory, with DArray's rules and accessors (for element 0). Move-only; the
@@ -188,7 +231,7 @@ class DArray {
 template <typename T>
 class DBox {
  public:
-  DBox() = default;
+  constexpr DBox() = default;
   explicit DBox(DArray<T>&& a) : a_(support::move(a)) {}
 
   // See DArray::read / write / read_field / write_field. Precondition: valid().
@@ -223,15 +266,18 @@ class DBox {
   DmaAddr dma_addr() const { return a_.dma_addr(0); }
   bool valid() const { return a_.valid(); }
   void reset() { a_.reset(); }
+  // See DArray::release and DArray::adopt; a DArrayRef<T> of the handle reaches the object.
+  [[nodiscard]] DmaHandle release() { return a_.release(); }
+  static DBox adopt(DmaOp* op, const DmaHandle& h) { return DBox(DArray<T>::adopt(op, h)); }
 
  private:
   DArray<T> a_;
 };
 
 // The per-device handle: constraints plus the platform's DmaOp. Cheap to copy; it owns nothing.
-// Each constructed DeviceDma is one device for the misuse checker (include/dmakit/dma_debug.h): it gets a
-// fresh DmaConstraints::device_id, which its copies share. A driver calls check_no_mappings() when
-// it tears its device down.
+// Each constructed DeviceDma is one device for the misuse checker (include/dmakit/dma_debug.h): it
+// gets a fresh DmaConstraints::device_id, which its copies share. A driver calls
+// check_no_mappings() when it tears its device down.
 class DeviceDma {
  public:
   DeviceDma() = default;

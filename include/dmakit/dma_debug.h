@@ -26,7 +26,7 @@
 // mappings are also counted per hash bucket, so that their unmap, syncs and coherent free, which
 // find no entry, are let through silently instead of being reported as kNotMapped; the price is
 // that while an untracked mapping is live, an unmap of something never mapped that falls in the
-// same bucket (one bucket in 1024) is let through too, and a DmaOp destroyed with untracked
+// same bucket (one bucket in 1024) is let through too, and a DmaOp shut down with untracked
 // mappings still live leaves their counts behind until reset() or init().
 //
 // Each misuse prints exactly one line through the sink and bumps that kind's counter:
@@ -39,7 +39,7 @@
 //   kSyncOutOfRange     prepare_read / confirm_write of a range not inside the mapping.
 //                       Refused with kOutOfRange (as without the checker).
 //   kLeakAtTeardown     a mapping or allocation still live when its device is torn down
-//                       (DeviceDma::check_no_mappings) or its DmaOp destroyed, with the place it
+//                       (DeviceDma::check_no_mappings) or its DmaOp shut down, with the place it
 //                       was made (file:line of the DeviceDma call, and the caller's address).
 //   kWrongFreeType      unmap_single of a coherent allocation, dealloc_coherent of a streaming
 //                       mapping.                                                      Refused.
@@ -197,7 +197,7 @@ class DmaDebug {
   // A device is being torn down: reports every live entry of `c.device_id` (one line each) and
   // returns how many there are. Entries stay tracked: they are still live.
   static size_t check_device_teardown(const DmaConstraints& c);
-  // A DmaOp is being destroyed: reports its live entries and forgets them.
+  // A DmaOp ends (KernelDmaOp::shutdown): reports its live entries and forgets them.
   static void on_op_destroyed(const void* op);
   // A failed map's result was dropped unchecked.
   static void on_error_ignored(const char* name, uint32_t device_id, const void* addr, size_t size,

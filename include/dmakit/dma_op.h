@@ -1,7 +1,7 @@
 // DmaOp: the DMA operations of the Rust `dma-api` crate, as a C++ virtual base.
 //
-// One object per platform implements it. `KernelDmaOp` (include/dmakit/kernel_dma_op.h) is the generic
-// implementation (direct mapping, mask checks, bounce buffers, coherent allocation); each
+// One object per platform implements it. `KernelDmaOp` (include/dmakit/kernel_dma_op.h) is the
+// generic implementation (direct mapping, mask checks, bounce buffers, coherent allocation); each
 // architecture derives from it and supplies only the cache-maintenance instructions.
 //
 // Threading: every method may be called concurrently from several CPUs. None sleeps; all may be
@@ -13,10 +13,12 @@
 
 #include "dmakit/dma_types.h"
 
+// Lifetime: a DmaOp lives as long as the kernel (typically a constinit static, see
+// KernelDmaOp) and is never destroyed through a DmaOp*: the destructor is protected and not
+// virtual, so that a platform's DmaOp is trivially destructible (no destructor registered at
+// start-up, no deleting destructor and thus no operator delete needed from the kernel).
 class DmaOp {
  public:
-  virtual ~DmaOp() = default;
-
   // The page granule of the mapping layer, in bytes (4096 on every supported platform).
   virtual size_t page_size() const = 0;
 
@@ -130,4 +132,10 @@ class DmaOp {
   // use; one that never bounces is not limited (SIZE_MAX). Larger requests fail with
   // kLayoutError. Any context.
   virtual size_t max_mapping_size(const DmaConstraints& c) const = 0;
+
+ protected:
+  constexpr DmaOp() = default;
+  ~DmaOp() = default;
+  DmaOp(const DmaOp&) = default;
+  DmaOp& operator=(const DmaOp&) = default;
 };

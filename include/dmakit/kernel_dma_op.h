@@ -32,8 +32,8 @@
 // back to the allocator.
 #pragma once
 
-#include "dmakit/dma_op.h"
 #include "dmakit/bounce_pool.h"
+#include "dmakit/dma_op.h"
 #include "dmakit/page_frame_allocator.h"
 
 // Counters in KernelDmaOp::stats() and BouncePool's bytes_bounced: on in debug builds, or when
@@ -99,13 +99,30 @@ class KernelDmaOp : public DmaOp {
     size_t cache_line_size = 64;
   };
 
-  // Preconditions: cfg.pfa initialized; the pools initialized. Ownership: the allocator and pools
-  // stay owned by the caller and must outlive this object.
+  // Static storage, the way a kernel without C++ start-up code holds it: the default constructor
+  // is constexpr, so `constinit AArch64DmaOp g_op;` (any final subclass with a constexpr default
+  // constructor) needs no run-time constructor, and the object is trivially destructible, so no
+  // destructor is registered either. It does nothing until init() succeeds; calling any other
+  // method before that is a precondition violation.
+  constexpr KernelDmaOp() = default;
+  // Sets the object up. Preconditions: cfg.pfa initialised; the pools initialised. Ownership: the
+  // allocator, the pools and cfg.ram stay owned by the caller and must outlive this object. Call
+  // once, on one CPU, before any other method; may be called with interrupts off.
+  // Errors: kInvalidArgument (cfg.pfa null, more than kMaxPools pools or a null one among the
+  // first num_pools, num_ram without ram, cache_line_size not a power of two or larger than a
+  // page, called twice); the object is unchanged then.
+  Result<void> init(const Config& cfg);
+  // The same in one step, for an object that is not a static: panics where init() returns an
+  // error.
   explicit KernelDmaOp(const Config& cfg);
   KernelDmaOp(const KernelDmaOp&) = delete;
   KernelDmaOp& operator=(const KernelDmaOp&) = delete;
-  // With the misuse checker (DMA_API_DEBUG), reports every mapping and allocation still live.
-  ~KernelDmaOp() override;
+
+  // Ends the object's use before its storage is reused (a static never needs this): with the
+  // misuse checker (DMA_API_DEBUG), reports every mapping and coherent allocation of this object
+  // that is still live and forgets them, so that another object built at the same address does
+  // not inherit them. Nothing else changes. Thread context, no DMA call of this object in flight.
+  void shutdown();
 
   size_t page_size() const override { return PageFrameAllocator::kPageSize; }
   using DmaOp::alloc_coherent;
@@ -260,4 +277,9 @@ class KernelDmaOp : public DmaOp {
   uint64_t dm_lo_ = 0;
   uint64_t dm_hi_ = 0;
   mutable Stats stats_;
+  bool initialized_ = false;
+
+ protected:
+  // Not virtual (see DmaOp): a platform's DmaOp is trivially destructible.
+  ~KernelDmaOp() = default;
 };

@@ -24,6 +24,7 @@
 #pragma once
 
 #include "dmakit/support/addr.h"
+#include "dmakit/support/bitops.h"
 #include "dmakit/support/fault_injection.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/span.h"
@@ -89,18 +90,43 @@ class PageFrameAllocator {
   };
 
   // Before init every order's map is its (empty) top word, so that alloc finds nothing.
-  PageFrameAllocator() {
+  // constexpr, and the destructor trivial, so that a kernel without C++ start-up code can hold
+  // the allocator as a static: `constinit PageFrameAllocator g_pfa;` runs no code before init().
+  constexpr PageFrameAllocator() {
     for (unsigned o = 0; o <= kMaxOrder; ++o) maps_[o].level[0] = &top_words_[o];
   }
   PageFrameAllocator(const PageFrameAllocator&) = delete;
   PageFrameAllocator& operator=(const PageFrameAllocator&) = delete;
-  // In debug builds, asserts that every page was given back (as Pigweed's allocators do).
-  ~PageFrameAllocator();
+
+  // Ends the allocator's use before its storage or metadata is reused (a static never needs
+  // this): in debug builds (KDEBUG_ENABLED) panics ("shut down with pages still allocated")
+  // unless every page was given back, as Pigweed's allocators check in their destructors. Nothing
+  // else changes. Any context.
+  void shutdown() const TA_EXCL(lock_);
 
   // Bytes of metadata `init` needs for these RAM ranges (after trimming inward to page
   // boundaries): one byte per page, the free-block bitmaps (about two bits per page), and a few
   // bytes to align the buffer. At most 0.1% of the memory described. Any alignment will do.
-  static size_t metadata_size(support::Span<const PhysRange> ranges);
+  // constexpr: a kernel with a fixed RAM layout sizes a static buffer with it,
+  // `alignas(8) uint8_t meta[PageFrameAllocator::metadata_size(kRam)];` (kRam a constexpr array).
+  static constexpr size_t metadata_size(support::Span<const PhysRange> ranges) {
+    uint64_t pages = 0;
+    uint64_t slots[kMaxOrder + 1] = {};
+    for (const PhysRange& r : ranges) {
+      uint64_t s = 0;
+      uint64_t e = 0;
+      if (!trim_inward(r, &s, &e)) continue;
+      pages += e - s;
+      for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o);
+    }
+    uint64_t words = 0;
+    for (uint64_t n : slots) {
+      unsigned top = 0;
+      words += bitmap_words(n, &top);
+    }
+    if (pages == 0) return 0;
+    return static_cast<size_t>(pages + kAlignSlack + (words * sizeof(uint64_t)));
+  }
 
   // Turns the debug poisoning layer off (or on again, where the build has it: DMA_PAGE_POISON).
   // Call before init. With it off, the allocator touches no managed page at any time.
@@ -195,6 +221,43 @@ class PageFrameAllocator {
   bool check_invariants() const TA_EXCL(lock_);
 
  private:
+  // Slack for aligning the bitmaps in a buffer of any alignment.
+  static constexpr uint64_t kAlignSlack = sizeof(uint64_t) - 1;
+  // Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
+  // Returns false when the range wraps past 2^64.
+  static constexpr bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
+    uint64_t base = r.base.value();
+    if (support::add_overflows(base, r.size)) return false;
+    *start = (base >> kPageShift) + ((base & (kPageSize - 1)) != 0 ? 1 : 0);
+    *end = (base + r.size) >> kPageShift;
+    if (*end < *start) *end = *start;
+    return true;
+  }
+  // Blocks of 2^order pages that fit in pages [start, end): the first one's number, and how many.
+  static constexpr uint64_t first_block(uint64_t start, unsigned order) {
+    return (start + (1ull << order) - 1) >> order;
+  }
+  static constexpr uint64_t blocks_in(uint64_t start, uint64_t end, unsigned order) {
+    uint64_t first = first_block(start, order);
+    uint64_t last = end >> order;  // One past the last block.
+    return last > first ? last - first : 0;
+  }
+  // Words of a bitmap of `slots` bits with its summary levels, the single top word excluded (it
+  // lives in the allocator object); *top receives the index of the top level.
+  static constexpr uint64_t bitmap_words(uint64_t slots, unsigned* top) {
+    uint64_t words = 0;
+    uint64_t bits = slots;
+    unsigned level = 0;
+    while (bits > 64) {
+      uint64_t w = (bits + 63) / 64;
+      words += w;
+      bits = w;
+      ++level;
+    }
+    *top = level;
+    return words;
+  }
+
   // Immutable after init.
   struct Range {
     uint64_t start_pfn = 0;

@@ -52,6 +52,8 @@ struct Block {
 class Harness {
  public:
   explicit Harness(FuzzInput& in) : in_(in) {}
+  // The end-of-life check (in debug builds: everything given back), which run() leaves true.
+  ~Harness() { pfa_.shutdown(); }
 
   void run() {
     if (!setup()) return;
@@ -356,7 +358,7 @@ class Harness {
   std::map<uint64_t, Block> live_;
   std::vector<std::pair<uint64_t, unsigned>> freed_;
   uint64_t fault_nth_ = 0;  // Armed kPageAlloc fault, 0 when none.
-  PageFrameAllocator pfa_;  // Last: destroyed first, after run() gave everything back.
+  PageFrameAllocator pfa_;
 };
 
 }  // namespace

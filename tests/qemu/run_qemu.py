@@ -54,7 +54,9 @@ import time
 ARCHES = {
     "aarch64": {
         "qemu": "qemu-system-aarch64",
-        "args": ["-M", "virt", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
+        # gic-version=3: a GICv3 with its ITS, for MSIs (the test kernel also drives virt's
+        # default GICv2 + GICv2m).
+        "args": ["-M", "virt,gic-version=3", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
         "exit": "semihosting",
         "cache_ops": {
             "AArch64DmaOp::flush": ["dc cvac"],
@@ -64,7 +66,8 @@ ARCHES = {
     },
     "riscv64": {
         "qemu": "qemu-system-riscv64",
-        "args": ["-M", "virt", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
+        # aia=aplic-imsic: MSIs through the harts' IMSICs.
+        "args": ["-M", "virt,aia=aplic-imsic", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
                  "-bios", "default", "-nographic"],
         "exit": "sifive_test",
         "cache_ops": {

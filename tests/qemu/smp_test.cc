@@ -310,7 +310,7 @@ struct TlbRun {
 };
 
 // Every CPU stays in this work item for the whole test, so that its TLB keeps what it cached
-// (an idle CPU may be powered off, which empties its TLB). Round r: CPU 0 points the test page
+// (an idle CPU's TLB may be emptied while it waits for work). Round r: CPU 0 points the test page
 // at pages[r % 2] and calls the hook; then every CPU reads the page through the test address.
 void tlb_round_trip(void* arg) {
   auto* t = static_cast<TlbRun*>(arg);

@@ -30,11 +30,19 @@ static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<DcInsns>>);
 
 }  // namespace
 
-AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size,
-                           const dmakit_page_tables* page_tables)
-    : KernelDmaOp(with_line_size(cfg, line_size)), line_(line_size) {
-  KASSERT(support::is_pow2(line_size) && line_size >= 16, "bad cache line size");
+Result<void> AArch64DmaOp::init(const Config& cfg, size_t line_size,
+                                const dmakit_page_tables* page_tables) {
+  if (!support::is_pow2(line_size) || line_size < 16) return ErrorCode::kInvalidArgument;
+  TRY(KernelDmaOp::init(with_line_size(cfg, line_size)));
+  line_ = line_size;
   init_attributes(page_tables);
+  return support::ok();
+}
+
+AArch64DmaOp::AArch64DmaOp(const Config& cfg, size_t line_size,
+                           const dmakit_page_tables* page_tables) {
+  Result<void> r = init(cfg, line_size, page_tables);
+  KASSERT(r.ok(), "AArch64DmaOp: bad cache line size or Config");
 }
 
 size_t AArch64DmaOp::hardware_line_size() {

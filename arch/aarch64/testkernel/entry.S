@@ -152,11 +152,16 @@ secondary_el1:
   b 1b
 
 // ---------------------------------------------------------------------------------------------
-// Exception vectors. Every exception is fatal in this kernel: save the registers in a frame on
-// the current stack and call aarch64_trap(kind, frame), which prints them and stops QEMU.
-// Frame layout (must match TrapFrame in traps.cc): x0..x30, sp, elr, spsr, esr, far.
+// Exception vectors. Every exception but an IRQ taken from the kernel's own code is fatal: save
+// the registers in a frame on the current stack and call aarch64_trap(kind, frame), which prints
+// them and stops QEMU. Frame layout (must match TrapFrame in traps.cc): x0..x30, sp, elr, spsr,
+// esr, far.
+//
+// An IRQ from EL1 with SP_EL0 (vector 1) saves the caller-saved registers, ELR and SPSR on SP_EL1,
+// calls aarch64_irq (arch/aarch64/testkernel/irq.cc) with IRQs still masked, restores and returns.
 
 #define FRAME_SIZE (36 * 8)
+#define IRQ_FRAME_SIZE (24 * 8)
 
 .macro VENTRY kind
   .balign 0x80
@@ -171,7 +176,10 @@ secondary_el1:
   .global aarch64_exception_vectors
 aarch64_exception_vectors:
   VENTRY 0    // current EL, SP_EL0: synchronous
-  VENTRY 1    //                     IRQ
+  .balign 0x80                  //                     IRQ
+  sub sp, sp, #IRQ_FRAME_SIZE
+  stp x0, x1, [sp, #0]
+  b irq_common
   VENTRY 2    //                     FIQ
   VENTRY 3    //                     SError
   VENTRY 4    // current EL, SP_ELx: synchronous
@@ -186,6 +194,38 @@ aarch64_exception_vectors:
   VENTRY 13
   VENTRY 14
   VENTRY 15
+
+irq_common:
+  stp x2, x3, [sp, #16]
+  stp x4, x5, [sp, #32]
+  stp x6, x7, [sp, #48]
+  stp x8, x9, [sp, #64]
+  stp x10, x11, [sp, #80]
+  stp x12, x13, [sp, #96]
+  stp x14, x15, [sp, #112]
+  stp x16, x17, [sp, #128]
+  stp x18, x29, [sp, #144]
+  mrs x0, elr_el1
+  mrs x1, spsr_el1
+  stp x30, x0, [sp, #160]
+  str x1, [sp, #176]
+  bl aarch64_irq
+  ldr x1, [sp, #176]
+  ldp x30, x0, [sp, #160]
+  msr elr_el1, x0
+  msr spsr_el1, x1
+  ldp x18, x29, [sp, #144]
+  ldp x16, x17, [sp, #128]
+  ldp x14, x15, [sp, #112]
+  ldp x12, x13, [sp, #96]
+  ldp x10, x11, [sp, #80]
+  ldp x8, x9, [sp, #64]
+  ldp x6, x7, [sp, #48]
+  ldp x4, x5, [sp, #32]
+  ldp x2, x3, [sp, #16]
+  ldp x0, x1, [sp, #0]
+  add sp, sp, #IRQ_FRAME_SIZE
+  eret
 
 trap_common:
   stp x2, x3, [sp, #16]

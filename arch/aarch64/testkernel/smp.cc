@@ -5,16 +5,14 @@
 // of coherency because it is read with the caches off), switches to its stacks, sets TPIDR_EL1
 // and calls aarch64_secondary_boot.
 //
-// Idle CPUs: without an interrupt controller nothing can wake a CPU from wfi, and wfe is a plain
-// yield under QEMU's TCG, so a polling CPU burns a host thread. An idle secondary therefore polls
-// for kIdleSpinNs and then powers itself off (PSCI CPU_OFF) after marking itself asleep
-// (PerCpu::arch[kPowerWord]); wake_cpu, which runs after a post, turns a sleeping CPU back on
-// with CPU_ON, and the CPU re-enters secondary_main. Both sides order "post, then read the state"
-// and "mark asleep, then look at the slot" with full barriers, so a post is never missed: either
-// the CPU sees the work before going off, or the poster sees it asleep and restarts it.
+// Idle CPUs wait in wfi with IRQs masked: a pending interrupt (the wake SGI that wake_cpu sends,
+// or the CPU's own timer tick) ends the wfi, and is taken once the caller unmasks. The poster
+// publishes the work before the SGI (dsb), and the idle CPU looks at its slot with IRQs masked
+// before the wfi, so a post is never missed.
 //
 // Cross-CPU TLB maintenance needs no interrupt: `tlbi vaae1is` is broadcast to every CPU of the
 // inner-shareable domain, and the `dsb ish` after it waits until all of them have done it.
+#include "arch/aarch64/testkernel/irq.h"
 #include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/sysreg.h"
 #include "testkernel/arch.h"
@@ -42,14 +40,6 @@ namespace {
 
 // PSCI (Arm DEN 0022): CPU_ON, SMC64 calling convention.
 constexpr uint64_t kPsciCpuOn64 = 0xC400'0003;
-constexpr uint64_t kPsciCpuOff = 0x8400'0002;
-constexpr uint64_t kPsciAffinityInfo64 = 0xC400'0004;
-constexpr int64_t kPsciAffinityOff = 1;
-// The idle protocol's word in PerCpu::arch.
-constexpr size_t kPowerWord = 0;
-constexpr uintptr_t kAwake = 0;
-constexpr uintptr_t kAsleep = 1;
-constexpr uint64_t kIdleSpinNs = 500'000;
 constexpr uint64_t kMpidrAffinityMask = 0xFF'00FF'FFFFull;  // Aff3, Aff2, Aff1, Aff0.
 // A range bigger than this many pages is dropped with one `tlbi vmalle1is` instead.
 constexpr size_t kMaxTlbiPages = 64;
@@ -107,6 +97,9 @@ void clean_to_poc(const void* p, size_t n) {
 }  // namespace
 
 extern "C" [[noreturn]] void aarch64_secondary_boot(PerCpu* self) {
+  if (!aarch64::irq_init_secondary(self->index)) {
+    secondary_give_up(self, "its GIC redistributor / CPU interface could not be set up");
+  }
   secondary_main(self);
 }
 
@@ -157,55 +150,16 @@ void set_this_cpu(PerCpu* cpu) {
   __asm__ volatile("msr tpidr_el1, %0" : : "r"(cpu) : "memory");
 }
 
-uintptr_t irq_save() {
-  uint64_t daif;
-  __asm__ volatile("mrs %0, daif\n msr daifset, #3" : "=r"(daif) : : "memory");
-  return daif;
-}
-
-void irq_restore(uintptr_t state) {
-  __asm__ volatile("msr daif, %0" : : "r"(static_cast<uint64_t>(state)) : "memory");
-}
-
 void cpu_relax() {
   __asm__ volatile("yield" ::: "memory");
 }
 
 void idle_wait() {
-  PerCpu* me = this_cpu();
-  uint64_t until = now_ns() + kIdleSpinNs;
-  while (now_ns() < until) {
-    if (smp_work_pending(*me)) return;
-    __asm__ volatile("wfe" ::: "memory");  // wake_cpu's sev ends it early on real hardware.
-  }
-  __atomic_store_n(&me->arch[kPowerWord], kAsleep, __ATOMIC_SEQ_CST);
-  __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (smp_work_pending(*me)) {
-    uintptr_t expected = kAsleep;
-    if (__atomic_compare_exchange_n(&me->arch[kPowerWord], &expected, kAwake, false,
-                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-      return;
-    }
-    // A poster already saw this CPU asleep and is turning it back on: go off for it.
-  }
-  // Does not return: the CPU restarts at aarch64_secondary_entry on the next CPU_ON.
-  psci_call(kPsciCpuOff, 0, 0, 0);
-  kpanic("aarch64: PSCI CPU_OFF returned on cpu %u", me->index);
+  __asm__ volatile("wfi" ::: "memory");
 }
 
 void wake_cpu(PerCpu& cpu) {
-  __asm__ volatile("dsb ish\n sev" ::: "memory");
-  __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (__atomic_exchange_n(&cpu.arch[kPowerWord], kAwake, __ATOMIC_SEQ_CST) != kAsleep) return;
-  // It is off, or about to call CPU_OFF: wait until PSCI sees it off, then turn it on.
-  while (psci_call(kPsciAffinityInfo64, cpu.hw_id, 0, 0) != kPsciAffinityOff) cpu_relax();
-  int64_t r =
-      psci_call(kPsciCpuOn64, cpu.hw_id, reinterpret_cast<uintptr_t>(aarch64_secondary_entry),
-                reinterpret_cast<uintptr_t>(&cpu));
-  if (r != 0) {
-    kpanic("aarch64: PSCI CPU_ON(0x%llx) to wake cpu %u returned %lld",
-           static_cast<unsigned long long>(cpu.hw_id), cpu.index, static_cast<long long>(r));
-  }
+  aarch64::send_wake(cpu.index);
 }
 
 void tlb_flush_kernel_range(uintptr_t va, size_t size) {

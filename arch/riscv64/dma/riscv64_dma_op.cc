@@ -50,14 +50,21 @@ KernelDmaOp::Config Riscv64DmaOp::with_coherence(const Config& cfg, const CacheO
   return c;
 }
 
-Riscv64DmaOp::Riscv64DmaOp(const Config& cfg, const CacheOps& ops,
-                           const dmakit_page_tables* page_tables)
-    : KernelDmaOp(with_coherence(cfg, ops)), ops_(ops) {
-  if (ops_.zicbom) {
-    KASSERT(support::is_pow2(ops_.block_size) && ops_.block_size >= 16,
-            "Zicbom block size must be a power of two >= 16");
+Result<void> Riscv64DmaOp::init(const Config& cfg, const CacheOps& ops,
+                                const dmakit_page_tables* page_tables) {
+  if (ops.zicbom && (!support::is_pow2(ops.block_size) || ops.block_size < 16)) {
+    return ErrorCode::kInvalidArgument;
   }
+  TRY(KernelDmaOp::init(with_coherence(cfg, ops)));
+  ops_ = ops;
   init_attributes(page_tables);
+  return support::ok();
+}
+
+Riscv64DmaOp::Riscv64DmaOp(const Config& cfg, const CacheOps& ops,
+                           const dmakit_page_tables* page_tables) {
+  Result<void> r = init(cfg, ops, page_tables);
+  KASSERT(r.ok(), "Riscv64DmaOp: bad Zicbom block size or Config");
 }
 
 void Riscv64DmaOp::flush(const void* addr, size_t size) {

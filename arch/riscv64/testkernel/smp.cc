@@ -5,11 +5,13 @@
 // under the hart), jumps to the kernel's linked address and installs the final table
 // (riscv64_kernel_satp), its stacks, tp and the trap vector.
 //
-// Idle harts wait in wfi with only the supervisor software interrupt enabled in sie (sstatus.SIE
-// stays clear, so it is never taken: it only ends the wfi); wake_cpu sends it with SBI IPI.
+// Idle harts wait in wfi with sstatus.SIE clear: a pending interrupt enabled in sie (the
+// supervisor software interrupt that wake_cpu sends with SBI IPI, the hart's timer, an MSI) ends
+// the wfi and is taken once the caller unmasks; irq.cc's handler clears SSIP.
 // Remote TLB invalidation is SBI RFENCE remote_sfence_vma over the online harts; the firmware
 // returns once every hart has done it.
 #include "arch/riscv64/testkernel/csr.h"
+#include "arch/riscv64/testkernel/irq.h"
 #include "arch/riscv64/testkernel/riscv64_platform.h"
 #include "arch/riscv64/testkernel/sbi.h"
 #include "testkernel/arch.h"
@@ -28,8 +30,6 @@ constinit uint64_t riscv64_kernel_satp = 0;
 namespace {
 
 constexpr uint64_t kSieSsie = 1ull << 1;
-constexpr uint64_t kSipSsip = 1ull << 1;
-constexpr uint64_t kSstatusSie = 1ull << 1;
 bool g_have_rfence = false;
 
 void local_sfence_range(uintptr_t va, size_t size) {
@@ -76,6 +76,7 @@ struct Range {
 }  // namespace
 
 extern "C" [[noreturn]] void riscv64_secondary_boot(PerCpu* self) {
+  if (!riscv::irq_init_secondary(self->index)) secondary_give_up(self, "no IMSIC file for it");
   __asm__ volatile("csrs sie, %0" : : "r"(kSieSsie) : "memory");
   secondary_main(self);
 }
@@ -118,18 +119,6 @@ void set_this_cpu(PerCpu* cpu) {
   __asm__ volatile("mv tp, %0" : : "r"(cpu) : "memory");
 }
 
-uintptr_t irq_save() {
-  uint64_t old;
-  __asm__ volatile("csrrc %0, sstatus, %1" : "=r"(old) : "r"(kSstatusSie) : "memory");
-  return old & kSstatusSie;
-}
-
-void irq_restore(uintptr_t state) {
-  if ((state & kSstatusSie) != 0) {
-    __asm__ volatile("csrs sstatus, %0" : : "r"(kSstatusSie) : "memory");
-  }
-}
-
 void cpu_relax() {
   // Zihintpause `pause` (a fence with no predecessor set: a plain fence where it is not
   // implemented), spelled as its encoding so that no assembler extension flag is needed.
@@ -138,9 +127,8 @@ void cpu_relax() {
 
 void idle_wait() {
   // An IPI that arrived since the slot was last looked at leaves SSIP set: the wfi returns at
-  // once. Clearing it afterwards is safe because the caller looks at the slot again.
+  // once.
   riscv::wfi();
-  __asm__ volatile("csrc sip, %0" : : "r"(kSipSsip) : "memory");
 }
 
 void wake_cpu(PerCpu& cpu) {

@@ -3,6 +3,7 @@
 #include "arch/riscv64/testkernel/trap.h"
 
 #include "arch/riscv64/testkernel/csr.h"
+#include "arch/riscv64/testkernel/irq.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/panic.h"
 
@@ -109,6 +110,11 @@ bool cbo_traps(CboProbe op, void* addr) {
 }  // namespace riscv
 
 extern "C" void riscv64_trap(riscv::TrapFrame* f) {
+  // Interrupts (timer, IMSIC) are dispatched; only exceptions are fatal.
+  if ((f->scause & riscv::kScauseInterrupt) != 0) {
+    riscv::irq_dispatch(f->scause);
+    return;
+  }
   using riscv::g_probe_pc;
   uint64_t probe_pc = g_probe_pc;
   if (probe_pc != 0 && f->sepc == probe_pc && f->scause == riscv::kCauseIllegalInstruction) {

@@ -1,6 +1,6 @@
-// The S-mode trap handler of the RISC-V test kernel. Every trap is fatal (the kernel runs with
-// interrupts masked and expects no exception), except a fault raised on purpose by a probe
-// (probe_instruction_traps below), which is skipped over.
+// The S-mode trap handler of the RISC-V test kernel. Interrupts go to irq.h's irq_dispatch; every
+// exception is fatal, except a fault raised on purpose by a probe (probe_instruction_traps below),
+// which is skipped over.
 #pragma once
 
 #include "dmakit/support/types.h"

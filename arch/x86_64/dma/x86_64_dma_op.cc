@@ -29,15 +29,21 @@ static_assert(!cache_range::InvalidatingLineOps<X86LineOps<X86Insns>>);
 
 }  // namespace
 
-X86DmaOp::X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
-                   const dmakit_page_tables* page_tables)
-    : KernelDmaOp(with_line_size(cfg, line_size)),
-      line_size_(line_size),
-      flush_insn_(flush_insn),
-      inval_insn_(inval_insn) {
-  KASSERT(line_size != 0 && (line_size & (line_size - 1)) == 0,
-          "cache line size must be a power of two");
+Result<void> X86DmaOp::init(const Config& cfg, size_t line_size, FlushInsn flush_insn,
+                            InvalInsn inval_insn, const dmakit_page_tables* page_tables) {
+  if (line_size == 0 || (line_size & (line_size - 1)) != 0) return ErrorCode::kInvalidArgument;
+  TRY(KernelDmaOp::init(with_line_size(cfg, line_size)));
+  line_size_ = line_size;
+  flush_insn_ = flush_insn;
+  inval_insn_ = inval_insn;
   init_attributes(page_tables);
+  return support::ok();
+}
+
+X86DmaOp::X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
+                   const dmakit_page_tables* page_tables) {
+  Result<void> r = init(cfg, line_size, flush_insn, inval_insn, page_tables);
+  KASSERT(r.ok(), "X86DmaOp: bad cache line size or Config");
 }
 
 void X86DmaOp::flush(const void* addr, size_t size) {

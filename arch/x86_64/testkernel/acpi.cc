@@ -83,22 +83,24 @@ const SdtHeader* find_madt(const Rsdp* rsdp) {
   return nullptr;
 }
 
-}  // namespace
-
-namespace {
+const SdtHeader* madt_from_rsdp(uint64_t rsdp_phys) {
+  if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return nullptr;
+  const auto* rsdp = static_cast<const Rsdp*>(direct_map(rsdp_phys));
+  if (!same4(rsdp->signature, "RSD ") || !same4(rsdp->signature + 4, "PTR ") ||
+      !checksum_ok(rsdp, 20)) {
+    return nullptr;
+  }
+  const SdtHeader* madt = find_madt(rsdp);
+  if (madt == nullptr || madt->length < kMadtEntriesOffset) return nullptr;
+  return madt;
+}
 
 // Calls fn(apic_id) for every enabled Local APIC and Local x2APIC entry of the MADT, in table
 // order; returns false when there is no valid MADT.
 template <typename Fn>
 bool for_each_enabled_cpu(uint64_t rsdp_phys, Fn fn) {
-  if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return false;
-  const auto* rsdp = static_cast<const Rsdp*>(direct_map(rsdp_phys));
-  if (!same4(rsdp->signature, "RSD ") || !same4(rsdp->signature + 4, "PTR ") ||
-      !checksum_ok(rsdp, 20)) {
-    return false;
-  }
-  const SdtHeader* madt = find_madt(rsdp);
-  if (madt == nullptr || madt->length < kMadtEntriesOffset) return false;
+  const SdtHeader* madt = madt_from_rsdp(rsdp_phys);
+  if (madt == nullptr) return false;
   const auto* p = reinterpret_cast<const uint8_t*>(madt);
   for (size_t off = kMadtEntriesOffset; off + 2 <= madt->length;) {
     const uint8_t type = p[off];
@@ -133,6 +135,34 @@ unsigned acpi_cpu_apic_ids(uint64_t rsdp_phys, uint32_t* ids, unsigned max) {
     if (n < max) ids[n++] = id;
   });
   return n;
+}
+
+bool acpi_interrupt_info(uint64_t rsdp_phys, MadtInterruptInfo* out) {
+  constexpr uint8_t kMadtIoApic = 1;
+  constexpr uint32_t kFlagPcatCompat = 1;
+  *out = MadtInterruptInfo{};
+  const SdtHeader* madt = madt_from_rsdp(rsdp_phys);
+  if (madt == nullptr) return false;
+  const auto* p = reinterpret_cast<const uint8_t*>(madt);
+  uint32_t flags = 0;
+  __builtin_memcpy(&flags, p + sizeof(SdtHeader) + 4, 4);
+  out->pcat_compat = (flags & kFlagPcatCompat) != 0;
+  for (size_t off = kMadtEntriesOffset; off + 2 <= madt->length;) {
+    const uint8_t type = p[off];
+    const uint8_t len = p[off + 1];
+    if (len < 2 || off + len > madt->length) break;
+    // I/O APIC entry: type, length, id, reserved, u32 address, u32 global interrupt base.
+    if (type == kMadtIoApic && len >= 12 && out->num_ioapics < MadtInterruptInfo::kMaxIoApics) {
+      MadtInterruptInfo::IoApic& io = out->ioapics[out->num_ioapics++];
+      io.id = p[off + 2];
+      uint32_t addr = 0;
+      __builtin_memcpy(&addr, p + off + 4, 4);
+      __builtin_memcpy(&io.gsi_base, p + off + 8, 4);
+      io.phys = addr;
+    }
+    off += len;
+  }
+  return true;
 }
 
 }  // namespace x86

@@ -5,9 +5,10 @@
 // TLB shootdown: one at a time (g_shootdown_lock). The initiator publishes the range and the set
 // of CPUs that must act, sends them kTlbShootdownVector, invalidates its own TLB and waits until
 // every CPU has cleared its bit. A CPU clears its bit from the interrupt handler, or, when it has
-// interrupts masked, from cpu_relax in any wait loop (so two CPUs that wait on each other with
-// interrupts masked still make progress). Invalidation: invlpg per page, or a CR3 reload for
-// ranges above kMaxInvlpgPages (the kernel maps no global pages, so that drops everything).
+// interrupts masked (a work item runs so, and may wait in a loop for other CPUs), from cpu_relax
+// in any wait loop (so two CPUs that wait on each other with interrupts masked still make
+// progress). Invalidation: invlpg per page, or a CR3 reload for ranges above kMaxInvlpgPages
+// (the kernel maps no global pages, so that drops everything).
 //
 // Idle CPUs wait in `sti; hlt` (the sti shadow makes the pair atomic, so a wake IPI sent after
 // the slot was found empty still ends the hlt); wake_cpu sends kWakeVector.
@@ -15,6 +16,7 @@
 
 #include "arch/x86_64/testkernel/acpi.h"
 #include "arch/x86_64/testkernel/cpu.h"
+#include "arch/x86_64/testkernel/irq.h"
 #include "arch/x86_64/testkernel/lapic.h"
 #include "arch/x86_64/testkernel/paging.h"
 #include "arch/x86_64/testkernel/traps.h"
@@ -42,7 +44,6 @@ constexpr uint64_t kTrampolinePhys = 0x8000;
 constexpr uint32_t kMsrGsBase = 0xC000'0101;
 constexpr uint64_t kEferLme = 1ull << 8;
 constexpr uint64_t kEferNxe = 1ull << 11;
-constexpr uint64_t kRflagsIf = 1ull << 9;
 constexpr size_t kMaxInvlpgPages = 64;
 constexpr uintptr_t kPage = 4096;
 using Pte = uint64_t;
@@ -163,8 +164,6 @@ bool smp_handle_interrupt(uint8_t vector) {
     case kWakeVector:
       lapic::eoi();
       return true;
-    case lapic::kSpuriousVector:
-      return true;  // No EOI for the spurious vector.
     default:
       return false;
   }
@@ -186,7 +185,7 @@ extern "C" [[noreturn]] void x86_ap_main(PerCpu* self) {
   arch::set_this_cpu(self);
   write_cr4(g_boot_cr4);
   init_pat();
-  lapic::init_this_cpu();
+  if (!irq_init_secondary(self->index)) secondary_give_up(self, "no usable local APIC");
   secondary_main(self);
 }
 
@@ -205,7 +204,7 @@ unsigned cpu_hw_ids(const BootInfo&, uint64_t* ids, unsigned max) {
 
 bool start_cpu(PerCpu& cpu) {
   if (!prepare_trampoline()) return false;
-  if (cpu.hw_id > 0xFE) {
+  if (cpu.hw_id > 0xFE && !lapic::x2apic()) {
     kprintf("x86_64: APIC id %llu needs x2APIC; cpu %u stays off\n",
             static_cast<unsigned long long>(cpu.hw_id), cpu.index);
     return false;
@@ -226,16 +225,6 @@ bool start_cpu(PerCpu& cpu) {
 
 void set_this_cpu(PerCpu* cpu) {
   wrmsr(kMsrGsBase, reinterpret_cast<uintptr_t>(cpu));
-}
-
-uintptr_t irq_save() {
-  uint64_t flags;
-  __asm__ volatile("pushfq\n popq %0\n cli" : "=r"(flags) : : "memory");
-  return flags & kRflagsIf;
-}
-
-void irq_restore(uintptr_t state) {
-  if ((state & kRflagsIf) != 0) __asm__ volatile("sti" ::: "memory");
 }
 
 void cpu_relax() {

@@ -10,8 +10,8 @@ namespace x86 {
 constexpr uint8_t kTlbShootdownVector = 0xF1;  // Do the pending TLB shootdown, acknowledge.
 constexpr uint8_t kWakeVector = 0xF2;          // Only ends an idle CPU's hlt.
 
-// Handles an interrupt that belongs to the SMP code (the vectors above and the APIC's spurious
-// vector); returns false for any other vector. Called by the trap handler, interrupts off.
+// Handles an interrupt that belongs to the SMP code (the vectors above); returns false for any
+// other vector (irq.h's irq_dispatch takes those). Called by the trap handler, interrupts off.
 bool smp_handle_interrupt(uint8_t vector);
 
 // TLB shootdowns this CPU has served for others (for tests).

@@ -2,6 +2,7 @@
 #include "arch/x86_64/testkernel/traps.h"
 
 #include "arch/x86_64/testkernel/cpu.h"
+#include "arch/x86_64/testkernel/irq.h"
 #include "arch/x86_64/testkernel/serial.h"
 #include "arch/x86_64/testkernel/smp.h"
 #include "testkernel/arch.h"
@@ -309,6 +310,11 @@ extern "C" void x86_trap_handler(TrapFrame* f) {
     serial_hex(f->rip);
     serial_puts("\n");
     arch::exit_qemu(false);
+  }
+  // External interrupts (MSIs, the LAPIC timer, IPIs) are dispatched; only exceptions are fatal.
+  if (f->vector >= 32) {
+    irq_dispatch(f->vector);
+    return;
   }
   const uint64_t cr2 = read_cr2();
   if (handle_probe(f, cr2)) return;

@@ -1,11 +1,12 @@
 // GDT (with a TSS for the interrupt stack table), IDT and the trap handler.
 //
-// Every one of the 256 vectors has a handler (trap_entry.S). The kernel runs with interrupts
-// masked, so any trap is a bug: the handler prints a readable panic (vector and name, error code
-// decoded for #PF, RIP, CR2 for page faults, all general registers) and leaves QEMU with a failure
-// status; the one exception is a fault at a probe_read64/probe_write64 access, which is recorded
-// and resumed (for tests). #DF, NMI and #MC run on their own IST stacks so that a kernel stack
-// overflow (which hits the unmapped guard page below the boot stack) is still reported.
+// Every one of the 256 vectors has a handler (trap_entry.S). Vectors 32 and up are external
+// interrupts, dispatched by irq.h's irq_dispatch; any exception is a bug: the handler prints a
+// readable panic (vector and name, error code decoded for #PF, RIP, CR2 for page faults, all
+// general registers) and leaves QEMU with a failure status; the one exception is a fault at a
+// probe_read64/probe_write64 access, which is recorded and resumed (for tests). #DF, NMI and #MC
+// run on their own IST stacks so that a kernel stack overflow (which hits the unmapped guard page
+// below the boot stack) is still reported.
 #pragma once
 
 #include "dmakit/support/types.h"
@@ -60,6 +61,6 @@ bool probe_write64(uintptr_t addr, uint64_t value, ProbeFault* fault);
 
 }  // namespace x86
 
-// Called by trap_entry.S with the saved state; returns only for traps the kernel handles (the
-// SMP vectors of smp.h, and faults at a probe).
+// Called by trap_entry.S with the saved state; returns for external interrupts (irq.h's
+// irq_dispatch, which also runs the SMP vectors of smp.h) and probe faults.
 extern "C" void x86_trap_handler(x86::TrapFrame* frame);

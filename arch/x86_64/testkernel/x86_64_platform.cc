@@ -142,7 +142,7 @@ extern "C" [[noreturn]] void x86_64_main(uint32_t start_info_phys) {
   read_pvh_start_info(start_info_phys, &g_pvh);
   init_pat();
   init_paging(g_pvh);
-  lapic::init_this_cpu();
+  if (!lapic::init_this_cpu()) boot_panic("no usable local APIC");
   init_tsc_clock();
   describe_cache_features();
   fill_boot_info();

@@ -27,12 +27,20 @@
 
 class AArch64DmaOp final : public KernelDmaOp {
  public:
-  // Precondition: as KernelDmaOp. `line_size` is a power of two (the CPU's CTR_EL0.DminLine).
+  // For static storage: `constinit AArch64DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr AArch64DmaOp() = default;
+  // Sets the object up with cfg and the line size `line_size` (normally hardware_line_size()).
   // `page_tables`: the kernel's description of the tables that hold its direct map, copied (the
   // struct need not outlive the call; its callbacks and table_ctx must outlive this object), with
   // the MAIR indices of Normal write-back and Normal Non-cacheable; null (or a description that
   // lacks something) when the kernel does not let the library edit them: set_memory_attribute is
   // then kNotSupported, and so is alloc_coherent for a non-coherent device.
+  // Preconditions and calling context: KernelDmaOp::init's.
+  // Errors: kInvalidArgument (line_size not a power of two of at least 16, or KernelDmaOp::init's);
+  // the object is unchanged then.
+  Result<void> init(const Config& cfg, size_t line_size,
+                    const dmakit_page_tables* page_tables = nullptr);
+  // The same in one step; panics where init() returns an error.
   AArch64DmaOp(const Config& cfg, size_t line_size,
                const dmakit_page_tables* page_tables = nullptr);
 
@@ -71,6 +79,6 @@ class AArch64DmaOp final : public KernelDmaOp {
   static constexpr size_t kAttributesBytes = 1280;
   void init_attributes(const dmakit_page_tables* page_tables);
 
-  size_t line_;
-  alignas(uint64_t) unsigned char attrs_[kAttributesBytes];
+  size_t line_ = 64;
+  alignas(uint64_t) unsigned char attrs_[kAttributesBytes] = {};
 };

@@ -50,14 +50,20 @@ class Riscv64DmaOp final : public KernelDmaOp {
     bool svpbmt = false;        // Every hart has Svpbmt and menvcfg.PBMTE = 1: PTEs can say NC.
   };
 
-  // Preconditions: as KernelDmaOp's; ops.block_size a power of two >= 16 when ops.zicbom.
-  // cfg.platform_coherent is kept when the platform could be non-coherent (Zicbom and Svpbmt),
-  // and forced true otherwise; cfg.cache_maintenance becomes ops.zicbom and
+  // For static storage: `constinit Riscv64DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr Riscv64DmaOp() = default;
+  // Sets the object up. cfg.platform_coherent is kept when the platform could be non-coherent
+  // (Zicbom and Svpbmt), and forced true otherwise; cfg.cache_maintenance becomes ops.zicbom and
   // cfg.cache_line_size the block size. `page_tables`: the kernel's description of the Sv39 /
   // Sv48 tables that hold its direct map, copied (its callbacks and table_ctx must outlive this
   // object); null (or a description that lacks something) when the kernel does not let the
   // library edit them: set_memory_attribute is then kNotSupported, and so is alloc_coherent for
-  // a non-coherent device.
+  // a non-coherent device. Preconditions and calling context: KernelDmaOp::init's.
+  // Errors: kInvalidArgument (ops.zicbom with a block size that is not a power of two >= 16, or
+  // KernelDmaOp::init's); the object is unchanged then.
+  Result<void> init(const Config& cfg, const CacheOps& ops,
+                    const dmakit_page_tables* page_tables = nullptr);
+  // The same in one step; panics where init() returns an error.
   Riscv64DmaOp(const Config& cfg, const CacheOps& ops,
                const dmakit_page_tables* page_tables = nullptr);
 
@@ -81,6 +87,6 @@ class Riscv64DmaOp final : public KernelDmaOp {
   static constexpr size_t kAttributesBytes = 1280;
   void init_attributes(const dmakit_page_tables* page_tables);
 
-  CacheOps ops_;
-  alignas(uint64_t) unsigned char attrs_[kAttributesBytes];
+  CacheOps ops_ = {};
+  alignas(uint64_t) unsigned char attrs_[kAttributesBytes] = {};
 };

@@ -39,13 +39,20 @@ class X86DmaOp final : public KernelDmaOp {
   using FlushInsn = X86FlushInsn;
   using InvalInsn = X86InvalInsn;
 
-  // Preconditions: as KernelDmaOp; the CPU has at least CLFLUSH (every x86-64 CPU does).
-  // `line_size` is a power of two. The choice of instructions is fixed for the object's life.
-  // `page_tables`: the kernel's description of the 4-level tables that hold its direct map and
-  // of its PAT indices for write-back and UC-, copied (its callbacks and table_ctx must outlive
-  // this object); null (or a description that lacks something) when the kernel does not let the
-  // library edit them: set_memory_attribute is then kNotSupported, and so is alloc_coherent for a
-  // non-coherent device.
+  // For static storage: `constinit X86DmaOp g_op;`, then init() at boot (see KernelDmaOp).
+  constexpr X86DmaOp() = default;
+  // Sets the object up. Preconditions: KernelDmaOp::init's; the CPU has the chosen instructions
+  // (every x86-64 CPU has CLFLUSH). The choice is fixed for the object's life. `page_tables`: the
+  // kernel's description of the 4-level tables that hold its direct map and of its PAT indices
+  // for write-back and UC-, copied (its callbacks and table_ctx must outlive this object); null
+  // (or a description that lacks something) when the kernel does not let the library edit them:
+  // set_memory_attribute is then kNotSupported, and so is alloc_coherent for a non-coherent
+  // device. Calling context: KernelDmaOp::init's.
+  // Errors: kInvalidArgument (line_size not a power of two, or KernelDmaOp::init's); the object
+  // is unchanged then.
+  Result<void> init(const Config& cfg, size_t line_size, FlushInsn flush_insn,
+                    InvalInsn inval_insn, const dmakit_page_tables* page_tables = nullptr);
+  // The same in one step; panics where init() returns an error.
   X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
            const dmakit_page_tables* page_tables = nullptr);
 
@@ -70,8 +77,8 @@ class X86DmaOp final : public KernelDmaOp {
   static constexpr size_t kAttributesBytes = 1280;
   void init_attributes(const dmakit_page_tables* page_tables);
 
-  size_t line_size_;
-  FlushInsn flush_insn_;
-  InvalInsn inval_insn_;
-  alignas(uint64_t) unsigned char attrs_[kAttributesBytes];
+  size_t line_size_ = 64;
+  FlushInsn flush_insn_ = FlushInsn::kClflush;
+  InvalInsn inval_insn_ = InvalInsn::kClflush;
+  alignas(uint64_t) unsigned char attrs_[kAttributesBytes] = {};
 };

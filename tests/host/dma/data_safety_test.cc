@@ -210,6 +210,7 @@ class PagedDmaOp final : public KernelDmaOp {
  public:
   static constexpr uintptr_t kWindow = 0x7100'0000'0000;
   explicit PagedDmaOp(const Config& cfg) : KernelDmaOp(cfg) {}
+  ~PagedDmaOp() { shutdown(); }
   void flush(const void*, size_t) override {}
   void invalidate(const void*, size_t) override {}
   void flush_invalidate(const void*, size_t) override {}

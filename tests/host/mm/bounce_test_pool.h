@@ -55,9 +55,9 @@ inline void expect_unchanged(const Snapshot& a, const Snapshot& b) {
   EXPECT_EQ(a.free_blocks, b.free_blocks);
 }
 
-// `mem` is what cpu_addr() points into. When a test has already failed with slots still out, the
-// pool is not destroyed: its debug assertion would abort the whole run and hide the other tests'
-// results.
+// `mem` is what cpu_addr() points into. Destroying a TestPool shuts the pool down (its debug check
+// that every slot came back), except when a test has already failed with slots still out: the
+// check would abort the whole run and hide the other tests' results.
 struct TestPool {
   explicit TestPool(size_t bytes, size_t slot_size = BouncePool::kDefaultSlotSize,
                     uint64_t base = kBase)
@@ -71,7 +71,7 @@ struct TestPool {
     EXPECT_TRUE(r.ok()) << error_code_name(r.code());
   }
   ~TestPool() {
-    if (!testing::Test::HasFailure() || pool.stats().used_slots == 0) pool.~BouncePool();
+    if (!testing::Test::HasFailure() || pool.stats().used_slots == 0) pool.shutdown();
   }
   TestPool(const TestPool&) = delete;
   TestPool& operator=(const TestPool&) = delete;

@@ -263,7 +263,7 @@ class Harness {
     new (storage_) Pfa();
   }
   ~Harness() {
-    if (!::testing::Test::HasFailure()) pfa().~Pfa();
+    if (!::testing::Test::HasFailure()) pfa().shutdown();
   }
   Harness(const Harness&) = delete;
   Harness& operator=(const Harness&) = delete;
@@ -1677,7 +1677,7 @@ TEST(PageFrameAllocatorOutOfBandTest, MetadataBudgetHoldsFrom1MiBTo64GiB) {
 }
 
 #if KDEBUG_ENABLED
-TEST(PageFrameAllocatorDeathTest, DestructorAssertsWhenPagesAreStillAllocated) {
+TEST(PageFrameAllocatorDeathTest, ShutdownAssertsWhenPagesAreStillAllocated) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
@@ -1686,7 +1686,7 @@ TEST(PageFrameAllocatorDeathTest, DestructorAssertsWhenPagesAreStillAllocated) {
         auto r = h.pfa().alloc(0);
         if (!r.ok()) std::abort();
       },
-      "destroyed with pages still allocated");
+      "shut down with pages still allocated");
 }
 #endif
 
