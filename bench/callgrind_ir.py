@@ -32,7 +32,7 @@ ENTRIES = {
     "pool_alloc": "BouncePool::alloc(",
     "pool_free": "BouncePool::free(",
 }
-SUBSYSTEM_DIRS = ("support/", "mm/", "dma/", "arch/")
+SUBSYSTEM_DIRS = ("include/dmakit/", "support/", "mm/", "dma/", "arch/")
 COPY_FN = re.compile(r"^(__)?mem(cpy|move)")
 TRIGGER = "desc: Trigger: Client Request: "
 

@@ -45,13 +45,21 @@
 // TLSF split and merge. When the free lists cannot satisfy a request, alloc gives the whole cache
 // back to them (merging each block) and tries again, so the cache never causes a kNoMemory.
 //
-// Costs, with S slots: init O(S) (clears the records); alloc O(1): a cache pop, or a few bit scans
-// and at most one list move and one insertion (plus, only before a kNoMemory, one drain of at most
-// kQuickSlots * kQuickDepth blocks); free O(1): validation, then a cache push, or at most two
-// merges with physical neighbours, one removal and one list move or insertion; drain_cache and
-// stats O(1); check_invariants O(S); free_block_count O(free blocks). No operation walks the
-// slots or a free list on the alloc/free path, so the cost does not depend on occupancy (Linux's
-// swiotlb scans its slot array).
+// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache,
+// each CPU's under a lock of its own that its CPU takes without contention (so an interrupt or a
+// migration in the middle of a push or pop cannot hand one block to two callers). They hold
+// blocks marked kCachedBit like the shared cache's. A request that still finds no room after the
+// shared cache went back takes every CPU's cache back too (each under its lock, then the pool's
+// lock) and tries once more: a CPU cache never causes a kNoMemory either, whether or not its CPU
+// calls in again.
+//
+// Costs, with S slots and C CPUs with caches: init O(S) (clears the records); alloc O(1): a cache
+// pop, or a few bit scans and at most one list move and one insertion (plus, only before a
+// kNoMemory, one drain of at most kQuickSlots * kQuickDepth blocks, and of the C CPU caches); free
+// O(1): validation, then a cache push, or at most two merges with physical neighbours, one removal
+// and one list move or insertion; drain_cache O(C); stats O(C); check_invariants O(S);
+// free_block_count O(free blocks). No operation walks the slots or a free list on the alloc/free
+// path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
 //
 // Limits and devices: a request above max_mapping_size() is refused before anything is counted.
 // The head of every used block also records, in a second out-of-band array (owners_), the device
@@ -60,7 +68,7 @@
 // how much is therefore read off the block chain (O(blocks), under the lock): device_slots() and
 // the kNoMemory report do that, nothing on the alloc/free path does. A device with a quota is
 // counted exactly instead, in a small table under the lock (quota_counts_): its requests skip the
-// lock-free CPU cache, and its blocks carry kQuotaBit so that their frees take the lock too. The
+// per-CPU cache, and its blocks carry kQuotaBit so that their frees take the lock too. The
 // alloc/free fast path pays one store of the owner and one more term in the "unconstrained?"
 // test, nothing for the free.
 //
@@ -308,10 +316,23 @@ void BouncePool::shutdown() const {
                 "BouncePool shut down with bounce slots still in use");
 }
 
+namespace {
+unsigned every_caller_is_cpu_zero() {
+  return 0;
+}
+}  // namespace
+
 Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
+  const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
+  if (current_cpu == nullptr) {
+    current_cpu = hooks.cpu_id != nullptr ? hooks.cpu_id : &every_caller_is_cpu_zero;
+  }
+  if (num_cpus == 0) {
+    num_cpus = hooks.cpu_id == nullptr || hooks.max_cpus == 0 ? 1 : hooks.max_cpus;
+    num_cpus = support::min(num_cpus, kMaxCpus);  // Higher CPUs take the pool's lock.
+  }
   support::Guard<support::SpinLock> guard{&lock_};
-  if (current_cpu == nullptr || num_cpus == 0 || num_cpus > kMaxCpus || !initialized_ ||
-      current_cpu_ != nullptr) {
+  if (num_cpus > kMaxCpus || !initialized_ || current_cpu_ != nullptr) {
     return ErrorCode::kInvalidArgument;
   }
   cpu_cache_budget_ = cache_budget_ / num_cpus;
@@ -321,18 +342,22 @@ Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned nu
   return support::ok();
 }
 
-void BouncePool::drain_my_cpu_cache() {
-  if (current_cpu_ == nullptr) return;
-  unsigned cpu = current_cpu_();
-  if (cpu >= num_cpu_caches_) return;
-  CpuCache& cc = cpu_caches_[cpu];
-  __atomic_store_n(&cc.drain, 0u, __ATOMIC_RELAXED);
-  for (uint32_t i = 0; i < cc.count; ++i) {
-    used_slots_ -= cc.slots[i];
-    release(cc.first[i], cc.slots[i]);
+uint64_t BouncePool::reclaim_cpu_caches() {
+  uint64_t reclaimed = 0;
+  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
+    CpuCache& cc = cpu_caches_[c];
+    support::Guard<support::SpinLock> cache_guard{&cc.lock};
+    if (cc.count == 0) continue;
+    support::Guard<support::SpinLock> guard{&lock_};
+    for (uint32_t i = 0; i < cc.count; ++i) {
+      used_slots_ -= cc.slots[i];
+      reclaimed += cc.slots[i];
+      release(cc.first[i], cc.slots[i]);
+    }
+    cc.count = 0;
+    __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
   }
-  cc.count = 0;
-  __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
+  return reclaimed;
 }
 
 void BouncePool::make_room(CpuCache* cc, uint32_t n) {
@@ -358,26 +383,10 @@ void BouncePool::make_room(CpuCache* cc, uint32_t n) {
   __atomic_store_n(&cc->held, cc->held - freed, __ATOMIC_RELAXED);
 }
 
-void BouncePool::request_cpu_drains() {
-  // The calling CPU has just given its own cache back; only the others are asked.
-  unsigned me = current_cpu_ != nullptr ? current_cpu_() : num_cpu_caches_;
-  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
-    if (i != me) __atomic_store_n(&cpu_caches_[i].drain, 1u, __ATOMIC_RELAXED);
-  }
-}
-
 uint64_t BouncePool::cpu_cached_slots() const {
   uint64_t n = 0;
   for (unsigned i = 0; i < num_cpu_caches_; ++i) {
     n += __atomic_load_n(&cpu_caches_[i].held, __ATOMIC_RELAXED);
-  }
-  return n;
-}
-
-uint64_t BouncePool::cpu_cached_blocks() const {
-  uint64_t n = 0;
-  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
-    n += __atomic_load_n(&cpu_caches_[i].count, __ATOMIC_RELAXED);
   }
   return n;
 }
@@ -477,7 +486,6 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
                                                                uint64_t offset, size_t size,
                                                                const BounceDevice& dev,
                                                                Refusal* why, uint64_t* held) {
-  if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
   QuotaCount* quota = nullptr;
   uint32_t quota_bit = 0;
   if (dev.quota != 0) [[unlikely]] {
@@ -525,13 +533,11 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
       break;
     }
     if (drained) {
-      request_cpu_drains();  // Other CPUs' caches may hold room; they give it back soon.
-      *why = Refusal::kNoRoom;
+      *why = Refusal::kNoRoom;  // The CPU caches may still hold room: alloc_locked's business.
       return num_slots_;
     }
     // The cached blocks may merge into room; runs at most once.
     drain_locked();
-    drain_my_cpu_cache();
   }
 
   if (KDEBUG_ENABLED && poison_) check_poison(start, static_cast<uint32_t>(n));
@@ -582,19 +588,30 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
   uint64_t held = 0;
   uint64_t failure = 0;  // The failure's number when its line is due, else 0.
   uint64_t not_shown = 0;
-  uint32_t start;
-  {
-    support::Guard<support::SpinLock> guard{&lock_};
-    start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
-    if (start == num_slots_) [[unlikely]] {
-      ++failures_;
-      if (why != Refusal::kNoRoom) ++quota_failures_;
-      if (report_due(failures_)) {
-        failure = failures_;
-        not_shown = failures_ - last_reported_failure_ - 1;
-        last_reported_failure_ = failures_;
+  uint32_t start = num_slots_;
+  for (bool reclaimed = false;; reclaimed = true) {
+    bool retry = false;
+    {
+      support::Guard<support::SpinLock> guard{&lock_};
+      start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
+      if (start == num_slots_) [[unlikely]] {
+        if (why == Refusal::kNoRoom && !reclaimed && cpu_cached_slots() != 0) {
+          retry = true;
+        } else {
+          ++failures_;
+          if (why != Refusal::kNoRoom) ++quota_failures_;
+          if (report_due(failures_)) {
+            failure = failures_;
+            not_shown = failures_ - last_reported_failure_ - 1;
+            last_reported_failure_ = failures_;
+          }
+        }
       }
     }
+    if (!retry) break;
+    // The CPU caches (this CPU's among them) hold slots: taken back under their own locks, which
+    // come before the pool's, whether or not their CPUs ever call in again; then one more try.
+    reclaim_cpu_caches();
   }
   if (start == num_slots_) [[unlikely]] {
     if (failure != 0) report_no_memory(why, dev, size, n, held, failure, not_shown);
@@ -613,7 +630,6 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
                                     uint64_t size) {
   {
     support::Guard<support::SpinLock> guard{&lock_};
-    if (current_cpu_ != nullptr) drain_my_cpu_cache_if_asked();
     // first < num_slots_ and slots <= num_slots_ - first; slots == 0 fails the record check below
     // (a used head is never of size 0).
     if (first < num_slots_ && slots <= num_slots_ - first) {
@@ -785,18 +801,12 @@ void BouncePool::stash_or_release(uint32_t first, uint32_t slots) {
 }
 
 void BouncePool::drain_cache() {
-  support::Guard<support::SpinLock> guard{&lock_};
-  if (!initialized_) return;
-  drain_locked();
-  drain_my_cpu_cache();
-  request_cpu_drains();
-}
-
-void BouncePool::drain_my_cpu_cache_if_asked() {
-  unsigned cpu = current_cpu_();
-  if (cpu < num_cpu_caches_ && __atomic_load_n(&cpu_caches_[cpu].drain, __ATOMIC_RELAXED) != 0) {
-    drain_my_cpu_cache();
+  {
+    support::Guard<support::SpinLock> guard{&lock_};
+    if (!initialized_) return;
+    drain_locked();
   }
+  reclaim_cpu_caches();
 }
 
 BouncePool::Stats BouncePool::stats() const {
@@ -823,6 +833,47 @@ BouncePool::Stats BouncePool::stats() const {
 }
 
 bool BouncePool::check_invariants() const {
+  // Every CPU cache's lock (in index order, released in reverse), then the pool's: a snapshot in
+  // which no cache changes.
+  for (unsigned c = 0; c < num_cpu_caches_; ++c) lock_cpu_cache(c);
+  bool ok = check_invariants_caches_locked();
+  for (unsigned c = num_cpu_caches_; c-- > 0;) unlock_cpu_cache(c);
+  return ok;
+}
+
+void BouncePool::lock_cpu_cache(unsigned c) const {
+  cpu_caches_[c].lock.lock();
+}
+
+void BouncePool::unlock_cpu_cache(unsigned c) const {
+  cpu_caches_[c].lock.unlock();
+}
+
+bool BouncePool::check_cpu_caches(uint64_t* slots, uint64_t* blocks) const {
+  uint64_t cpu_slots = 0;
+  uint64_t cpu_blocks = 0;
+  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
+    const CpuCache& cc = cpu_caches_[c];
+    if (cc.count > kCpuCacheDepth) return false;
+    uint64_t held = 0;
+    for (uint32_t i = 0; i < cc.count; ++i) {
+      uint32_t b = cc.first[i];
+      if (b >= num_slots_ || cc.slots[i] == 0 || cc.slots[i] >= kQuickSlots ||
+          meta_[b].size_free != (cc.slots[i] | kCachedBit)) {
+        return false;
+      }
+      held += cc.slots[i];
+    }
+    if (held != cc.held || held > cpu_cache_budget_) return false;
+    cpu_slots += held;
+    cpu_blocks += cc.count;
+  }
+  *slots = cpu_slots;
+  *blocks = cpu_blocks;
+  return true;
+}
+
+bool BouncePool::check_invariants_caches_locked() const {
   support::Guard<support::SpinLock> guard{&lock_};
   if (!initialized_) return num_slots_ == 0 && fl_bitmap_ == 0 && used_slots_ == 0;
   const uint32_t none = num_slots_;
@@ -883,22 +934,7 @@ bool BouncePool::check_invariants() const {
   // counted in used_slots_ (out of the free structure), not in cached_slots_.
   uint64_t cpu_slots = 0;
   uint64_t cpu_blocks = 0;
-  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
-    const CpuCache& cc = cpu_caches_[c];
-    if (cc.count > kCpuCacheDepth) return false;
-    uint64_t held = 0;
-    for (uint32_t i = 0; i < cc.count; ++i) {
-      uint32_t b = cc.first[i];
-      if (b >= num_slots_ || cc.slots[i] == 0 || cc.slots[i] >= kQuickSlots ||
-          meta_[b].size_free != (cc.slots[i] | kCachedBit)) {
-        return false;
-      }
-      held += cc.slots[i];
-    }
-    if (held != cc.held || held > cpu_cache_budget_) return false;
-    cpu_slots += held;
-    cpu_blocks += cc.count;
-  }
+  if (!check_cpu_caches(&cpu_slots, &cpu_blocks)) return false;
 
   if (used + cpu_slots != used_slots_ || high_water_ < used_slots_) return false;
   if (cached != cached_slots_ + cpu_slots || cached_blocks != cached_blocks_ + cpu_blocks ||

@@ -125,7 +125,7 @@ class DirectMapAttributes {
   Result<void> set(uintptr_t va, uint64_t bytes, PageAttr attr) TA_EXCL(lock_) {
     if (attr == PageAttr::kOther) return ErrorCode::kLayoutError;
     TRY(check_request(va, bytes));
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     const uintptr_t end = va + bytes;
     TRY(check(va, end));
     auto split = split_range(va, end, attr);
@@ -148,7 +148,7 @@ class DirectMapAttributes {
   // splits made so far stay: they translate exactly as before).
   Result<void> split_to_pages(uintptr_t va, uint64_t bytes) TA_EXCL(lock_) {
     TRY(check_request(va, bytes));
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     const uintptr_t end = va + bytes;
     TRY(check(va, end));
     for (uintptr_t p = va; p - va < end - va;) {
@@ -172,22 +172,22 @@ class DirectMapAttributes {
 
   // Tables split_to_pages made (or took over): lent by the kernel for good.
   size_t permanent_tables() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return permanent_;
   }
 
   // Split tables currently live (0 when no page has a non-default attribute).
   size_t tables_in_use() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return in_use_;
   }
   // Splits and merges done so far (for reports and tests).
   uint64_t splits() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return splits_;
   }
   uint64_t merges() const TA_EXCL(lock_) {
-    support::Guard<support::SpinLock> guard{&lock_};
+    support::Guard<support::RawSpinLock> guard{&lock_};
     return merges_;
   }
 
@@ -380,7 +380,7 @@ class DirectMapAttributes {
 
   // Never one that masks interrupts: set() calls the kernel's TLB hook while holding it, and a
   // hook that sends IPIs needs the CPUs spinning here to take them.
-  mutable support::SpinLock lock_;
+  mutable support::RawSpinLock lock_;
   const Format format_;
   const bool usable_;
   const dmakit_page_tables pt_;

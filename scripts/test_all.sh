@@ -12,6 +12,7 @@ set -uo pipefail
 ARCHES=${ARCHES:-"aarch64 riscv64 x86_64"}
 # CPUs of each QEMU run: every CPU is started (testkernel/percpu.h) and the smp_ tests use them.
 QEMU_SMP=${QEMU_SMP:-4}
+QEMU_SMP_RELEASE=${QEMU_SMP_RELEASE:-2}
 # Builds use every core (the parts themselves run one after another).
 MAKE=${MAKE:-make -j$(nproc)}
 log_dir=${BUILD:-build}/test-logs
@@ -60,6 +61,12 @@ run_part host-tsan $MAKE --no-print-directory test-host-tsan
 run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
   run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP"
+done
+# The configuration kernels ship: the test kernel over the release library (its tests of debug
+# aids compile out), on another CPU count than above.
+for a in $ARCHES; do
+  run_part "qemu-$a-release" $MAKE --no-print-directory test-qemu ARCH="$a" LIB_CONFIG=release \
+    QEMU_SMP="$QEMU_SMP_RELEASE"
 done
 
 [ "$total_fail" -ne 0 ] && status=1

@@ -2,16 +2,17 @@
 // (all null) before any constructor runs, in kernels that run none.
 #include "dmakit/kernel_hooks.h"
 
-namespace {
-constinit dmakit_kernel_hooks g_hooks = {};
-}  // namespace
+namespace dma::detail {
+constinit dmakit_kernel_hooks g_kernel_hooks = {};
+}  // namespace dma::detail
 
 extern "C" void dmakit_set_kernel_hooks(const dmakit_kernel_hooks* hooks) {
-  g_hooks = hooks != nullptr ? *hooks : dmakit_kernel_hooks{};
+  dmakit_kernel_hooks h = hooks != nullptr ? *hooks : dmakit_kernel_hooks{};
+  // Both or neither: a lock that saved a state nobody restores (or the reverse) would leave
+  // interrupts masked or unmask them inside a critical section.
+  if (h.irq_save == nullptr || h.irq_restore == nullptr) {
+    h.irq_save = nullptr;
+    h.irq_restore = nullptr;
+  }
+  dma::detail::g_kernel_hooks = h;
 }
-
-namespace dma {
-const dmakit_kernel_hooks& kernel_hooks() {
-  return g_hooks;
-}
-}  // namespace dma

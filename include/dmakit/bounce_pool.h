@@ -14,6 +14,11 @@
 // device it was made for (BounceDevice: DmaConstraints::device_id, 0 for anonymous), so the pool
 // can say who holds how many slots, enforce an optional per-device quota, and, when a request
 // fails with kNoMemory, print one line naming the largest holders (rate-limited).
+//
+// Calling contexts (dmakit/dma_op.h): init, set_poisoning and enable_cpu_caches are thread or
+// interrupts off, before the pool is shared; set_report_sink is thread, before devices start;
+// every other method is any context (device_slots, check_invariants and free_block_count walk
+// the pool with interrupts masked: diagnostics, not for an interrupt handler's hot path).
 #pragma once
 
 #include "dmakit/support/addr.h"
@@ -112,7 +117,7 @@ class BouncePool {
   // be multiples of slot_size, a power of two in [kMinSlotSize, kMaxSlotSize]. `metadata` (at
   // least metadata_size(bytes, slot_size) bytes, 4-byte aligned) stays owned by the caller and
   // must outlive the pool; the pool's memory itself is never written. Call once, before any other
-  // method, without concurrent callers. May be called with interrupts off.
+  // method, without concurrent callers; thread or interrupts off.
   // Errors: kInvalidArgument (bad slot size, misaligned region, null cpu_base or metadata,
   // misaligned metadata, called twice, region of more than kMaxSlots slots, options.max_mapping
   // neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0), kNoMemory (metadata buffer
@@ -137,10 +142,12 @@ class BouncePool {
   // min_align_mask == orig & min_align_mask, and addr % align == 0 (align a power of two; 0 or 1
   // for none; an align that contradicts the preserved bits is a kLayoutError). min_align_mask must
   // be 2^k - 1 (0 for none). The slot's bytes are whatever the last user left there. The slots
-  // count as dev's until freed. Cost O(1); may be called with interrupts off (the caller masks
-  // them if it also calls from interrupt context). Before it returns kNoMemory for lack of room
-  // it gives the cache back to the free lists and tries once more; every kNoMemory may print one
-  // line through the report sink (see set_report_sink; rate-limited).
+  // count as dev's until freed. Cost O(1), but for the retry before a kNoMemory; any context
+  // (dmakit/dma_op.h, "Calling contexts": from an interrupt handler only with the kernel's
+  // irq_save/irq_restore hooks installed). Before it returns kNoMemory for lack of room it gives
+  // the shared cache back to the free lists and tries again, then takes back every CPU's cached
+  // blocks (O(CPUs)) and tries once more; every kNoMemory may print one line through the report
+  // sink (see set_report_sink; rate-limited).
   // Errors: kLayoutError (size 0, align not a power of two or contradicting min_align_mask,
   // min_align_mask not of the form 2^k - 1, size above max_mapping_size() or above what the pool
   // can ever hold with these constraints, pool not initialised; nothing is counted), kNoMemory (no
@@ -150,9 +157,10 @@ class BouncePool {
                                                   uint64_t min_align_mask = 0, size_t align = 0,
                                                   const BounceDevice& dev = BounceDevice{})
       TA_EXCL(lock_) {
-    // With CPU caches on, an unconstrained request first looks in this CPU's cache, lock-free.
-    // The CPU is asked first, so that little is live across that call. A device with a quota
-    // always takes the lock: its count must be exact when the quota is checked.
+    // With CPU caches on, an unconstrained request first looks in this CPU's cache, under that
+    // cache's own lock (uncontended unless another CPU is reclaiming it). The CPU is asked first,
+    // so that little is live across that call. A device with a quota always takes the pool's
+    // lock: its count must be exact when the quota is checked.
     CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
     // align 1, like 0, asks for nothing.
     if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0 &&
@@ -168,7 +176,7 @@ class BouncePool {
 
   // Gives back an allocation: `slot` must be exactly what alloc returned (addr, first_slot,
   // num_slots and size are all checked). Its device no longer holds the slots (nor does anyone
-  // while they sit in a cache). Cost O(1); may be called with interrupts off.
+  // while they sit in a cache). Cost O(1); any context, as alloc.
   // Errors: kNotFound (not a live allocation of this pool: never allocated, already freed, parked
   // in a cache, altered); the pool is unchanged then but for `invalid_frees`, and debug builds
   // (KDEBUG_ENABLED) print one line through the report sink saying what the slot is instead,
@@ -205,33 +213,37 @@ class BouncePool {
   // Off unless enable_cpu_caches is called. When on, each CPU keeps up to kCpuCacheDepth blocks
   // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
   // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
-  // unconstrained requests of the same slot count, without taking the pool's lock: no locked
-  // instruction on the common map+unmap path. A free that finds its CPU's cache full sends the
-  // whole cache back (into the shared cache while it has room) under one lock, so a CPU whose
-  // sizes do not repeat pays one lock per kCpuCacheDepth frees. A CPU's cache goes back to the
-  // free lists when that CPU's request finds no room, when it calls drain_cache, or on its next
-  // call after another CPU's request found no room (a CPU cannot empty another's cache: a request
-  // may therefore fail with kNoMemory while other CPUs' caches hold slots, up to 1/32 of the
-  // pool, until those CPUs next call into the pool).
+  // unconstrained requests of the same slot count, without taking the pool's lock. Each cache has
+  // a lock of its own (an interrupt-masking support::SpinLock, in the cache's own cache line):
+  // its CPU takes it with no contention, so that the push and pop are atomic with respect to an
+  // interrupt on that CPU and to a caller that was preempted or migrated mid-call, and another
+  // CPU takes it to reclaim the cache. A free that finds its CPU's cache full sends the whole
+  // cache back (into the shared cache while it has room) under the pool's lock, so a CPU whose
+  // sizes do not repeat pays one pool lock per kCpuCacheDepth frees. When a request finds the
+  // pool exhausted, it gives the shared cache back and, if that is not enough, every CPU's cache
+  // (each under its lock, without that CPU's help) before it fails with kNoMemory: no slot stays
+  // stranded in the cache of a CPU that stopped calling in. Lock order: a CPU cache's lock, then
+  // the pool's.
   static constexpr unsigned kMaxCpus = 64;
   static constexpr unsigned kCpuCacheDepth = 4;
-  // Returns the index of the CPU that runs the caller.
+  // Returns the index of the CPU that runs the caller; may be stale (see the contract below).
   using CurrentCpuFn = unsigned (*)();
-  // Turns the caches on for CPUs 0 .. num_cpus - 1 (at most kMaxCpus; a CPU whose index is
-  // num_cpus or more always takes the lock). Call once, after init, before any concurrent use.
-  // Contract for every later call of alloc, free, free_data and drain_cache: the caller is not
-  // migrated to another CPU or preempted by another user of the pool during the call (a kernel
-  // without preemption, or preemption disabled around DMA calls), and it is not called from an
-  // interrupt handler that interrupted another call into the pool on the same CPU.
-  // Errors: kInvalidArgument (null current_cpu, num_cpus 0 or above kMaxCpus, not initialised,
-  // or called twice).
-  Result<void> enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) TA_EXCL(lock_);
+  // Turns the caches on for CPUs 0 .. num_cpus - 1 (a CPU whose index is num_cpus or more always
+  // takes the pool's lock). current_cpu null: the kernel hooks' cpu_id (dmakit/kernel_hooks.h;
+  // install the hooks first), or CPU 0 for every caller if the hooks have none. num_cpus 0: the
+  // hooks' max_cpus (1 if 0), at most kMaxCpus. Call once, after init, before any concurrent use;
+  // thread context or interrupts off. No contract on later calls beyond the pool's own: an answer
+  // of current_cpu that is stale by the time it is used (the caller preempted and migrated) only
+  // costs speed, since the cache it names is locked.
+  // Errors: kInvalidArgument (an explicit num_cpus above kMaxCpus, not initialised, or called
+  // twice).
+  Result<void> enable_cpu_caches(CurrentCpuFn current_cpu = nullptr, unsigned num_cpus = 0)
+      TA_EXCL(lock_);
 
   // Gives every cached block back to the free lists, merging it with free neighbours: the shared
-  // cache and this CPU's cache now, other CPUs' caches on their next call. After freeing every
-  // allocation and draining (on every CPU that used the pool), the pool is one free block. At
-  // most kQuickSlots * kQuickDepth + kCpuCacheDepth blocks, so O(1); may be called with
-  // interrupts off.
+  // cache and every CPU's cache, now. After freeing every allocation and draining once, the pool
+  // is one free block. O(CPUs) lock pairs and at most kQuickSlots * kQuickDepth +
+  // kCpuCacheDepth * CPUs blocks; any context, as alloc.
   void drain_cache() TA_EXCL(lock_);
 
   // Records bytes copied through the pool (statistics only). Lock-free.
@@ -254,7 +266,7 @@ class BouncePool {
   // Options::name, or null.
   const char* name() const { return name_; }
 
-  // A snapshot of the counters. May be called with interrupts off.
+  // A snapshot of the counters. Any context, as alloc.
   Stats stats() const TA_EXCL(lock_);
   // Slots of live allocations made for the device `id` (0: anonymous requests). Blocks in a cache
   // belong to nobody. A snapshot: exact when no other CPU is allocating for that device at the
@@ -310,15 +322,16 @@ class BouncePool {
   static_assert(sizeof(SlotRecord) == 16, "SlotRecord is four 32-bit words");
   static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
 
-  // One CPU's cache: a small stack of freed blocks. Only its CPU touches it, except `drain`
-  // (set by any CPU) and the counters (read by stats); those are relaxed atomics.
+  // One CPU's cache: a small stack of freed blocks, guarded by its own lock, which its CPU takes
+  // for every push and pop and another CPU takes to reclaim the blocks. The counters are written
+  // under the lock and read without it by stats (relaxed atomics). One cache line per CPU.
   struct alignas(64) CpuCache {
-    uint32_t first[kCpuCacheDepth];  // First slot of each cached block.
-    uint32_t slots[kCpuCacheDepth];  // Its size in slots.
-    uint32_t count;                  // Blocks held.
-    uint32_t held;                   // Slots held.
-    uint32_t drain;                  // Non-zero: give everything back on the next call.
-    uint64_t allocations;            // Requests served from this cache.
+    mutable support::SpinLock lock;
+    uint32_t first[kCpuCacheDepth] TA_GUARDED(lock);  // First slot of each cached block.
+    uint32_t slots[kCpuCacheDepth] TA_GUARDED(lock);  // Its size in slots.
+    uint32_t count TA_GUARDED(lock);                  // Blocks held.
+    uint32_t held;                                    // Slots held.
+    uint64_t allocations;                             // Requests served from this cache.
   };
 
   // The record of a block the caller owns: a live allocation it was given, or a block in its
@@ -327,28 +340,31 @@ class BouncePool {
   // guards everything else.
   SlotRecord& owned_record(uint32_t first) TA_NO_THREAD_SAFETY_ANALYSIS { return meta_[first]; }
 
-  // This CPU's cache, or null when caching is off for it or a drain is pending.
+  // This CPU's cache, or null when caching is off for it.
   [[gnu::always_inline]] CpuCache* my_cpu_cache() {
     unsigned cpu = current_cpu_();
-    if (cpu >= num_cpu_caches_) return nullptr;
-    CpuCache* cc = &cpu_caches_[cpu];
-    if (__atomic_load_n(&cc->drain, __ATOMIC_RELAXED) != 0) return nullptr;
-    return cc;
+    return cpu < num_cpu_caches_ ? &cpu_caches_[cpu] : nullptr;
   }
   // Takes a cached block of exactly n slots from this CPU's cache `cc`, or returns num_slots_.
-  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) {
-    for (uint32_t i = cc->count; i-- > 0;) {
-      if (cc->slots[i] != n) continue;
-      uint32_t first = cc->first[i];
-      uint32_t top = --cc->count;
-      cc->first[i] = cc->first[top];
-      cc->slots[i] = cc->slots[top];
-      __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
-      __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
-      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
-      return first;
+  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock) {
+    uint32_t first = num_slots_;
+    {
+      support::Guard<support::SpinLock> guard{&cc->lock};
+      for (uint32_t i = cc->count; i-- > 0;) {
+        if (cc->slots[i] != n) continue;
+        first = cc->first[i];
+        uint32_t top = --cc->count;
+        cc->first[i] = cc->first[top];
+        cc->slots[i] = cc->slots[top];
+        __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
+        __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
+        break;
+      }
     }
-    return num_slots_;
+    // The block is the caller's now (in no cache, still marked cached until claim): checked
+    // with interrupts back on.
+    if (KDEBUG_ENABLED && poison_ && first != num_slots_) check_poison(first, n);
+    return first;
   }
   // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
   // slot (plus kQuotaBit), made for the device `owner`, and describes it.
@@ -371,7 +387,7 @@ class BouncePool {
   // and the cache has room; false otherwise (the caller then frees it under the lock, which also
   // reports a bad description).
   [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
-                                             uint64_t offset, size_t size) {
+                                             uint64_t offset, size_t size) TA_EXCL(cc->lock) {
     if (n > cpu_cache_max_block_ || first >= num_slots_ || n > num_slots_ - first) {
       return false;
     }
@@ -385,11 +401,13 @@ class BouncePool {
         size != r.link_prev) {
       return false;
     }
-    // Full (depth or budget): every cached block goes back, under the lock (make_room).
-    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
+    // Still the caller's block: poisoned before the cache's lock masks interrupts.
     if (KDEBUG_ENABLED && poison_) {
       support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
     }
+    support::Guard<support::SpinLock> guard{&cc->lock};
+    // Full (depth or budget): every cached block goes back, under the pool's lock (make_room).
+    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
     __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
     cc->first[cc->count] = first;
     cc->slots[cc->count] = n;
@@ -400,7 +418,7 @@ class BouncePool {
   // Gives every block of this CPU's cache back, oldest first (to the shared cache while it has
   // room, else merged into the free lists), so that a block of n slots (n <= cpu_cache_budget_)
   // fits.
-  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_EXCL(lock_);
+  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_REQ(cc->lock) TA_EXCL(lock_);
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
   // still to be evaluated (alloc's fast path evaluates it itself).
   Result<BounceSlot> alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask, size_t align,
@@ -431,16 +449,19 @@ class BouncePool {
     uint32_t id;
     const char* name;
   };
-  // Gives the calling CPU's cache back to the free lists, if caching is on (..._if_asked: only
-  // if another CPU asked for it; caching must be on).
-  void drain_my_cpu_cache() TA_REQ(lock_);
-  void drain_my_cpu_cache_if_asked() TA_REQ(lock_);
-  // Asks every other CPU to give its cache back on its next call (the caller's own cache has just
-  // been given back).
-  void request_cpu_drains();
-  // Sums of the CPU caches' counters (relaxed reads).
+  // Gives every CPU's cache back to the free lists (merged), each under its own lock and then
+  // the pool's; returns the slots given back. O(CPUs) lock pairs.
+  uint64_t reclaim_cpu_caches() TA_EXCL(lock_);
+  // Sum of the CPU caches' slot counters (relaxed reads).
   uint64_t cpu_cached_slots() const;
-  uint64_t cpu_cached_blocks() const;
+  // check_invariants' parts. The caller of the first holds every CPU cache's lock (taken and
+  // released by the next two), the caller of check_cpu_caches the pool's lock too: which cache
+  // locks are held is more than the analysis can express for an array of locks.
+  bool check_invariants_caches_locked() const TA_EXCL(lock_);
+  void lock_cpu_cache(unsigned c) const TA_NO_THREAD_SAFETY_ANALYSIS;
+  void unlock_cpu_cache(unsigned c) const TA_NO_THREAD_SAFETY_ANALYSIS;
+  bool check_cpu_caches(uint64_t* slots, uint64_t* blocks) const
+      TA_REQ(lock_) TA_NO_THREAD_SAFETY_ANALYSIS;
   static constexpr unsigned kFlBits = 32;  // First-level classes (28 are reachable).
   static constexpr unsigned kSlBits = 4;   // 16 second-level classes per first level.
   static constexpr unsigned kClasses = kFlBits << kSlBits;

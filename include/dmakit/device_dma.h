@@ -9,6 +9,12 @@
 //   DmaBufferPool    -- a fixed set of equal coherent buffers, lent out as PooledBuffer.
 // Ownership moves: the CPU owns a streaming buffer before map and after unmap; in between the
 // device does, except across sync_for_cpu (CPU may read) / sync_for_device (device may read again).
+//
+// Calling contexts (dmakit/dma_op.h): whatever allocates or frees coherent memory (alloc_array,
+// alloc_box, DArray/DBox reset, destructor and move assignment) has alloc_coherent's context:
+// thread only for a device that is not coherent, any for a coherent one. Everything else here
+// (map, a StreamingMapping's syncs, unmap, destructor and moves, the accessors, DeviceDma's
+// queries and setters, check_no_mappings) is any context.
 #pragma once
 
 #include "dmakit/dma_debug.h"
@@ -92,8 +98,9 @@ class StreamingMapping {
 // g_ring;`, filled from DArray::release() (the memory is then nobody's to free until a
 // DArray::adopt takes it back). It must not outlive the allocation it shows.
 //
-// Calling context: the accessors take no locks and may be called with interrupts off. Ordering
-// between accesses and the device (barriers, sync for non-coherent devices) is the driver's.
+// Calling context: the accessors take no locks and are any context; freeing (reset, the
+// destructor, move assignment over a live array) is dealloc_coherent's context. Ordering between
+// accesses and the device (barriers, sync for non-coherent devices) is the driver's.
 template <typename T>
 class DArrayRef {
   static_assert(DmaTriviallyCopyable<T>,
@@ -350,7 +357,7 @@ class DeviceDma {
   // Teardown check: with the misuse checker, reports (kLeakAtTeardown, one line each, with where
   // each was made) every streaming mapping and coherent allocation of this device that is still
   // live, and returns how many there are; they stay live. Returns 0 without the checker, or for
-  // a default-constructed device. May be called with interrupts off; O(checker table size).
+  // a default-constructed device. Any context; O(checker table size).
   size_t check_no_mappings() const { return DmaDebug::check_device_teardown(c_); }
 
  private:

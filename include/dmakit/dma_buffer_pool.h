@@ -3,6 +3,10 @@
 //
 // Scheme: up to kMaxBuffers buffers, a 64-bit free mask under a spinlock; acquire takes the lowest
 // free bit, release sets it again. Both O(1). The pool must outlive every PooledBuffer it lent.
+//
+// Calling contexts (dmakit/dma_op.h): init and ~DmaBufferPool are thread only (they allocate and
+// free coherent memory); acquire, available, release and a PooledBuffer's destructor, moves and
+// accessors are any context.
 #pragma once
 
 #include "dmakit/device_dma.h"
@@ -50,7 +54,7 @@ class DmaBufferPool {
   // nothing stays allocated.
   Result<void> init(DeviceDma* dev, unsigned count, size_t buffer_size);
 
-  // Lends a buffer. Errors: kNoMemory (all lent out). O(1); may be called with interrupts off.
+  // Lends a buffer. Errors: kNoMemory (all lent out). O(1); any context.
   Result<PooledBuffer> acquire() TA_EXCL(lock_);
 
   unsigned count() const { return count_; }

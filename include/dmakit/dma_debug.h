@@ -18,8 +18,15 @@
 // alloc_coherent) is O(1); unmap, dealloc and sync find their entry in O(length of one bucket
 // chain), normally one or two entries, and check the request against what was recorded. The
 // device teardown check and a DmaOp's destruction walk the whole table, O(capacity()). One
-// spinlock guards the table (it does not mask interrupts, like every lock of the subsystem); a
-// report is formatted into a stack buffer under it and handed to the sink after it is released.
+// spinlock guards the table (it masks interrupts through the kernel's hooks, like every lock of
+// the library); a report is formatted into a stack buffer under it and handed to the sink after
+// it is released.
+//
+// Calling contexts (dmakit/dma_op.h): set_sink, init and reset are thread only, before devices
+// start (or in tests, with no DMA call running); new_device_id, the queries and the hooks are
+// any context, so the checker follows the DMA call it checks into an interrupt handler (the
+// hooks that walk the whole table, at a device's teardown or a DmaOp's destruction, take
+// O(capacity()) with interrupts masked).
 //
 // When the table is full, a new mapping is not tracked: it is counted (untracked()), the first
 // time is reported (one line), and checking goes on for everything tracked. The untracked
@@ -122,8 +129,7 @@ class DmaDebug {
   // flight: set it before devices start, or from a single thread (tests).
   static void set_sink(Sink sink, void* ctx, Sink* old_sink = nullptr, void** old_ctx = nullptr);
   // A fresh device identity (never 0), for DmaConstraints::device_id: the checker's entries and
-  // the bounce pools' per-device accounting both key on it. Lock-free; may be called with
-  // interrupts off.
+  // the bounce pools' per-device accounting both key on it. Lock-free; any context.
   static uint32_t new_device_id();
 
 #if DMA_API_DEBUG_ENABLED
@@ -174,8 +180,8 @@ class DmaDebug {
   // must not race with any DMA-API call.
   static void reset();
 
-  // ---- Hooks, called by KernelDmaOp and DeviceDma (one call per event). All may be called with
-  // interrupts off. `op` is the DmaOp the mapping belongs to. ----
+  // ---- Hooks, called by KernelDmaOp and DeviceDma (one call per event). Any context, as the
+  // call they check. `op` is the DmaOp the mapping belongs to. ----
 
   // A streaming mapping was made. `caller`: the return address of map_single.
   static void on_map(const void* op, const DmaConstraints& c, const DmaMapHandle& h,

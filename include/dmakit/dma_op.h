@@ -4,11 +4,30 @@
 // generic implementation (direct mapping, mask checks, bounce buffers, coherent allocation); each
 // architecture derives from it and supplies only the cache-maintenance instructions.
 //
-// Threading: every method may be called concurrently from several CPUs. None sleeps; all may be
-// called with interrupts off, provided the kernel never calls them from an interrupt handler that
-// interrupted another call (the internal locks are spinlocks that do not mask interrupts). When
-// the bounce pools' per-CPU caches are on (BouncePool::enable_cpu_caches), a call must also run
-// on one CPU from start to end, not preempted by another user of the DMA API.
+// Threading: every method may be called concurrently from several CPUs, and none sleeps.
+//
+// Calling contexts: the rule for the whole library (every public header refers to it). A
+// function's comment names the contexts it may be called from:
+//   thread          normal kernel code, interrupts enabled, preemptible where the kernel preempts;
+//   interrupts off  interrupts masked on the calling CPU (under a kernel spinlock, say), but not
+//                   inside an interrupt handler;
+//   interrupt       inside an interrupt handler, which may have interrupted a library call on
+//                   the same CPU (a completion handler that unmaps).
+// "Any context" is all three, provided the kernel installed the irq_save/irq_restore hooks
+// (dmakit/kernel_hooks.h): every library lock (support::SpinLock) masks interrupts through them
+// while held, so a handler never finds its own CPU inside a critical section. Without the hooks,
+// "any context" means thread or interrupts off only, and from a handler only if that handler can
+// never interrupt another library call on its CPU (else it may spin for ever on a lock its CPU
+// holds). "Thread only" marks what edits the kernel's page tables and invalidates TLB entries on
+// every CPU (tlb_flush_kernel_range may need interrupts to reach the other CPUs): alloc_coherent
+// and dealloc_coherent for a device that is not coherent, and what may call them (DmaPool's
+// growth). A debug build does not detect a wrong context; its misuse checker reports only what
+// a mapping's own state shows.
+//
+// Contexts of the methods below: alloc_coherent and dealloc_coherent are thread only for a device
+// that is not coherent and any context for a coherent one (they zero the memory: keep large
+// allocations out of interrupt handlers for latency's sake); every other method is any context.
+// An implementation's callbacks (KernelDmaOp::Config::translate) run in the caller's context.
 #pragma once
 
 #include "dmakit/dma_types.h"
@@ -67,6 +86,7 @@ class DmaOp {
   // to max(layout.align, page size), that neither side needs cache maintenance for: for a device
   // that does not snoop (c.coherence kNonCoherent, or kPlatformDefault on a platform that is not
   // coherent) the CPU maps it non-cacheable until dealloc_coherent.
+  // Context: thread only for a device that does not snoop, else any (see Calling contexts).
   // Ownership: the caller owns it until dealloc_coherent.
   // Errors: kLayoutError (size 0, align not a power of two, larger than the largest contiguous
   // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now, or
@@ -82,7 +102,8 @@ class DmaOp {
   }
 
   // Frees a coherent allocation. Precondition: `handle` came from alloc_coherent on this object
-  // and was not freed before (the debug build reports a violation and does nothing).
+  // and was not freed before (the debug build reports a violation and does nothing). Context: as
+  // alloc_coherent's for the same device.
   virtual void dealloc_coherent(const DmaHandle& handle) = 0;
 
   // Cache maintenance over the CPU range [addr, addr + size), any alignment, size may be 0.

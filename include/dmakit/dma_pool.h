@@ -24,17 +24,15 @@
 // outside it. free: O(chunks) range compares to find the chunk (at most kMaxChunks), O(1) after.
 // Growth: one alloc_coherent, made without the lock. Chunks stay until the pool is destroyed.
 //
-// Calling contexts. The pool's spinlock (which, like every lock of the subsystem, does not mask
-// interrupts) guards only the bookkeeping above. It is never held across alloc_coherent or
-// dealloc_coherent, which may edit page tables (a non-coherent device's chunks are remapped
-// uncached) and so need thread context with interrupts enabled. Hence:
-//   init, reserve, alloc, ~DmaPool   thread context, interrupts enabled (may grow or shrink);
-//   try_alloc, free, stats           any context: thread, interrupts off, or interrupt handler,
-//                                    provided the handler cannot have interrupted a call into
-//                                    this same pool on the same CPU (it would spin on the lock
-//                                    for ever). A driver that uses a pool from its interrupt
-//                                    handler masks its own interrupt (not all of them: alloc and
-//                                    reserve need interrupts) around its thread-context calls.
+// Calling contexts (dmakit/dma_op.h). The pool's spinlock (which, like every lock of the
+// library, masks interrupts through the kernel's hooks while held) guards only the bookkeeping
+// above. It is never held across alloc_coherent or dealloc_coherent, which may edit page tables
+// (a non-coherent device's chunks are remapped uncached) and so need thread context with
+// interrupts enabled. Hence:
+//   init, reserve, alloc, ~DmaPool   thread only (may grow or shrink);
+//   try_alloc, free, stats           any context: thread, interrupts off, or interrupt handler
+//                                    (with the irq hooks installed; without them, a handler
+//                                    must not interrupt a call into this pool on its CPU).
 // Code that must allocate with interrupts off pre-grows with reserve() and uses try_alloc().
 //
 // Debug builds (DMA_DEBUG) poison a freed block and check the poison when the block is handed out

@@ -1,5 +1,6 @@
 // The value types of the DMA API: direction, layout, the constraints of one device, and the
-// handles that describe a coherent allocation or a streaming mapping.
+// handles that describe a coherent allocation or a streaming mapping. Every function here is
+// any context (dmakit/dma_op.h, "Calling contexts"): they touch nothing but their arguments.
 #pragma once
 
 #include "dmakit/bounce_pool.h"

@@ -30,6 +30,11 @@
 // (set_memory_attribute, the architecture's hook), so neither side ever needs cache maintenance;
 // DmaHandle::remapped records it and dealloc_coherent makes them cacheable again before they go
 // back to the allocator.
+//
+// Calling contexts (dmakit/dma_op.h): the constructor and destructor are thread only (boot and
+// teardown); the DmaOp methods have DmaOp's contexts (alloc_coherent and dealloc_coherent thread
+// only for a device that is not coherent); set_memory_attribute is thread only; virt_to_phys,
+// phys_to_virt, config, with_line_size and stats are any context.
 #pragma once
 
 #include "dmakit/bounce_pool.h"
@@ -158,7 +163,8 @@ class KernelDmaOp : public DmaOp {
   // Errors: kNotSupported (this platform cannot map memory uncached: the default), kNoMemory (no
   // page-table memory for the change), kInvalidArgument / kLayoutError (not mapped RAM, or
   // misaligned); on every error nothing changed. Restoring kCached over pages this object made
-  // kUncached never fails. Not from interrupt context (rewrites page tables under a spinlock).
+  // kUncached never fails. Thread only: it rewrites the direct map's page tables and invalidates
+  // their TLB entries, on every CPU when the kernel gives tlb_flush_kernel_range.
   virtual Result<void> set_memory_attribute(void* va, size_t bytes, MemAttr attr);
 
   // Physical address of a CPU virtual address: through the direct map for the allocator's

@@ -5,7 +5,9 @@
  *
  * Every member may be left null (or 0); the library then assumes the simplest kernel: one CPU,
  * no DMA call from an interrupt handler, TLB maintenance on the local CPU only. What each null
- * member rules out is said next to it.
+ * member rules out is said next to it. Which library functions may be called from which context
+ * (thread, interrupts off, interrupt handler) with and without these hooks: dmakit/dma_op.h,
+ * "Calling contexts".
  *
  * The test kernel's implementation (testkernel/kernel_hooks.cc and the per-architecture code it
  * calls) is the worked example. */
@@ -21,16 +23,21 @@ extern "C" {
 
 typedef struct dmakit_kernel_hooks {
   /* Masks interrupts on the calling CPU and returns the previous interrupt state, which
-   * irq_restore puts back (nesting allowed). The library's locks call them around every critical
-   * section, so that an interrupt handler on the same CPU that makes a DMA call (an unmap on
-   * completion) cannot spin forever on a lock its CPU already holds. Both or neither; null: the
-   * locks leave the interrupt state alone, and the kernel must then never make a DMA call from an
-   * interrupt handler. Any context; must not take a lock. */
+   * irq_restore puts back (nesting allowed: a lock taken inside another, or in a handler, gets
+   * "already masked" and restores exactly that). Every library lock (support::SpinLock) calls
+   * irq_save before it spins and irq_restore after it is released, so that an interrupt handler
+   * on the same CPU that makes a DMA call (an unmap on completion) cannot spin forever on a lock
+   * its CPU already holds, nor run in the middle of a per-CPU cache update. Both or neither
+   * (dmakit_set_kernel_hooks installs neither when one is null); null: the locks leave the
+   * interrupt state alone (and cost one test of the pointer), and the kernel must then never make
+   * a DMA call from an interrupt handler. Any context; must not take a lock or call the library. */
   uintptr_t (*irq_save)(void);
   void (*irq_restore)(uintptr_t state);
 
-  /* Index of the calling CPU, in [0, max_cpus). Called with interrupts masked (so the answer
-   * cannot go stale). Null: every caller is CPU 0, and max_cpus is taken as 1. */
+  /* Index of the calling CPU, in [0, max_cpus). May be called with interrupts enabled, in a
+   * kernel that preempts or migrates the caller: the library uses the answer only to pick which
+   * per-CPU cache to lock, so a stale answer costs speed, never correctness. Any context; must
+   * not take a lock. Null: every caller is CPU 0, and max_cpus is taken as 1. */
   unsigned (*cpu_id)(void);
   /* How many CPUs cpu_id may return (per-CPU caches are sized by it). 0: 1. */
   unsigned max_cpus;
@@ -45,9 +52,10 @@ typedef struct dmakit_kernel_hooks {
   void (*tlb_flush_kernel_range)(uintptr_t va, size_t size);
 
   /* Runs fn(arg) on every online CPU (the caller's included), each with interrupts masked, and
-   * returns once all have. Used to reclaim other CPUs' per-CPU caches (bounce slots) without
-   * waiting for those CPUs to call in. Null: remote caches are reclaimed under their own locks
-   * instead. Thread context. */
+   * returns once all have. Thread context. Optional: the library does not need it today. The
+   * bounce pools' per-CPU caches each have their own lock (taken by the owning CPU with no
+   * contention), so a CPU that finds a pool exhausted takes the other CPUs' cached slots back
+   * itself, without an IPI and without waiting for those CPUs to call in. */
   void (*on_each_cpu)(void (*fn)(void* arg), void* arg);
 } dmakit_kernel_hooks;
 
@@ -60,8 +68,16 @@ void dmakit_set_kernel_hooks(const dmakit_kernel_hooks* hooks);
 } /* extern "C" */
 
 namespace dma {
+namespace detail {
+/* The table itself (support/kernel_hooks.cc), constant-initialised to all null: read inline by
+ * the locks, so that an absent hook costs one load and one branch. */
+extern dmakit_kernel_hooks g_kernel_hooks [[gnu::visibility("hidden")]];
+}  // namespace detail
+
 /* The installed table (all null until dmakit_set_kernel_hooks). Any context. */
-const dmakit_kernel_hooks& kernel_hooks();
+inline const dmakit_kernel_hooks& kernel_hooks() {
+  return detail::g_kernel_hooks;
+}
 }  // namespace dma
 #endif
 

@@ -17,10 +17,11 @@
 // direct map. It is the only code that touches managed pages, and it exists only in builds with
 // DMA_PAGE_POISON.
 //
-// Every method takes the allocator's spinlock, which does not mask interrupts: a kernel that
-// allocates or frees from interrupt context must call with interrupts masked on every CPU that
-// can take the lock. No method allocates memory or sleeps, so all may be called with interrupts
-// off.
+// Calling contexts (dmakit/dma_op.h): init and the calls made before it (metadata_size, the
+// poisoning switch) are thread or interrupts off, before the allocator is shared; every other
+// method is any context. They take the allocator's
+// spinlock, which masks interrupts through the kernel's hooks while held, and none allocates
+// memory or sleeps.
 #pragma once
 
 #include "dmakit/support/addr.h"

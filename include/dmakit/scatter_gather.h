@@ -14,6 +14,9 @@
 // middle is mapped directly, at the cost of up to two more mappings and segments. A buffer is
 // split only while the caller's handle and segment storage has room for it; otherwise it is
 // mapped whole.
+//
+// Calling contexts (dmakit/dma_op.h): every function here (map, the syncs, unmap, the
+// destructors, moves and accessors) is any context, like map_single and unmap_single.
 #pragma once
 
 #include "dmakit/device_dma.h"

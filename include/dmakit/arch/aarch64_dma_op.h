@@ -20,6 +20,9 @@
 //
 // Threading: as DmaOp. The cache methods touch no shared state; set_memory_attribute serializes
 // on its own lock.
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/kernel_dma_op.h"

@@ -11,6 +11,8 @@
 //   after            -> dsb sy: the maintenance completes before the method returns
 //
 // Insn needs: dc_cvac(uintptr_t), dc_ivac(uintptr_t), dc_civac(uintptr_t), dsb_sy().
+//
+// Calling contexts: any (dmakit/dma_op.h); nothing here takes a lock.
 #pragma once
 
 #include "dmakit/arch/cache_range.h"

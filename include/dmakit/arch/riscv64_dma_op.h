@@ -36,6 +36,9 @@
 // gets kNotSupported from alloc_coherent).
 //
 // Cost: one instruction per block touched, plus two fences.
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/kernel_dma_op.h"

@@ -11,6 +11,8 @@
 //                       completes before later ones (e.g. the MMIO write that starts the device)
 //
 // Insn needs: cbo_clean(uintptr_t), cbo_inval(uintptr_t), cbo_flush(uintptr_t), fence_rw_rw().
+//
+// Calling contexts: any (dmakit/dma_op.h); nothing here takes a lock.
 #pragma once
 
 #include "dmakit/arch/cache_range.h"

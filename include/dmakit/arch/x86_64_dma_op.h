@@ -27,6 +27,9 @@
 // is the example. set_memory_attribute additionally writes page-table entries, INVLPG, and reads
 // and writes CR4 (PGE toggle) or CR3 to flush the local TLB, or calls the kernel's TLB hook; and
 // only when the kernel described its page tables (dmakit/page_tables.h).
+//
+// Calling contexts: those of DmaOp and KernelDmaOp (dmakit/dma_op.h); the cache methods are any
+// context.
 #pragma once
 
 #include "dmakit/arch/x86_64_line_ops.h"

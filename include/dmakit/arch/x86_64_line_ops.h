@@ -16,6 +16,8 @@
 //                       fences, locked operations and accesses to the same line (SDM vol. 2).
 //
 // Insn needs: clwb(uintptr_t), clflushopt(uintptr_t), clflush(uintptr_t), sfence(), mfence().
+//
+// Calling contexts: any (dmakit/dma_op.h); nothing here takes a lock.
 #pragma once
 
 #include "dmakit/arch/cache_range.h"

@@ -1,47 +1,101 @@
-// A test-and-test-and-set spinlock annotated for clang's -Wthread-safety, and its scoped guard.
+// The library's lock: a test-and-test-and-set spinlock, annotated for clang's -Wthread-safety,
+// that masks interrupts on its CPU while it is held, and its scoped guard.
 //
-// It does not mask interrupts: a kernel that takes the subsystem's locks from interrupt context
-// must call into the subsystem with interrupts masked (see README, "Integrating").
+// Interrupts: lock() calls the kernel's irq_save hook (dmakit/kernel_hooks.h) before it starts to
+// spin and keeps the returned state in the lock; unlock() releases the lock, then hands that
+// state to irq_restore. An interrupt handler that calls into the library (an unmap on completion)
+// therefore never runs on a CPU while that CPU holds one of the library's locks: it runs once the
+// outermost lock is released. Locks must be released in the reverse order of acquisition (as the
+// Guard does), so that each restores the state the one before it found. With no hooks installed
+// the lock leaves the interrupt state alone: one load and one branch more than a bare spinlock on
+// each of lock and unlock.
+//
+// RawSpinLock is the same lock without the interrupt masking, for the few locks that are only
+// ever taken in thread context and under which the CPU may wait for other CPUs to take an
+// interrupt (DirectMapAttributes: a TLB shootdown by IPI while it is held would deadlock against
+// a CPU spinning on it with interrupts masked).
+//
+// Spinning: between polls the CPU executes its spin-wait hint (support/cpu_relax.h).
 #pragma once
 
+#include "dmakit/kernel_hooks.h"
+#include "dmakit/support/cpu_relax.h"
 #include "dmakit/support/thread_annotations.h"
 #include "dmakit/support/types.h"
 
 namespace support {
 
-class TA_CAPABILITY("mutex") SpinLock {
+template <bool kMaskInterrupts>
+class TA_CAPABILITY("mutex") BasicSpinLock {
  public:
-  constexpr SpinLock() = default;
-  SpinLock(const SpinLock&) = delete;
-  SpinLock& operator=(const SpinLock&) = delete;
+  constexpr BasicSpinLock() = default;
+  BasicSpinLock(const BasicSpinLock&) = delete;
+  BasicSpinLock& operator=(const BasicSpinLock&) = delete;
 
-  void lock() TA_ACQ() {
-    while (__atomic_exchange_n(&locked_, 1, __ATOMIC_ACQUIRE) != 0) {
-      while (__atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0) {
-        cpu_relax();
-      }
+  // Masks interrupts (through the hooks), then spins until the lock is this CPU's. Any context;
+  // must not be held already by this CPU.
+  [[gnu::always_inline]] void lock() TA_ACQ() {
+    if (kMaskInterrupts && dma::kernel_hooks().irq_save != nullptr) [[unlikely]] {
+      lock_masking();
+      return;
     }
+    acquire();
   }
+  // One attempt; on failure the interrupt state is as it was before the call.
   bool try_lock() TA_TRY_ACQ(true) {
-    return __atomic_exchange_n(&locked_, 1, __ATOMIC_ACQUIRE) == 0;
+    uintptr_t (*save)() = kMaskInterrupts ? dma::kernel_hooks().irq_save : nullptr;
+    uintptr_t state = save != nullptr ? save() : 0;
+    if (__atomic_exchange_n(&locked_, 1u, __ATOMIC_ACQUIRE) == 0) {
+      saved_ = state;
+      return true;
+    }
+    void (*restore)(uintptr_t) = kMaskInterrupts ? dma::kernel_hooks().irq_restore : nullptr;
+    if (restore != nullptr) restore(state);
+    return false;
   }
-  void unlock() TA_REL() { __atomic_store_n(&locked_, 0, __ATOMIC_RELEASE); }
+  // Releases the lock, then restores the interrupt state lock() found.
+  [[gnu::always_inline]] void unlock() TA_REL() {
+    if (kMaskInterrupts && dma::kernel_hooks().irq_restore != nullptr) [[unlikely]] {
+      unlock_restoring();
+      return;
+    }
+    __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
+  }
   // For assertions only: true while some CPU holds the lock.
   bool is_locked() const { return __atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0; }
 
  private:
-  // A compiler barrier between polls. No architecture's pause/yield hint here: the support
-  // library stays free of architecture conditionals (those live under arch/).
-  static void cpu_relax() { __asm__ volatile("" ::: "memory"); }
+  // The paths with hooks installed, out of line so that the inline paths stay a test and a
+  // branch longer than a bare spinlock's.
+  [[gnu::noinline]] SUPPORT_PRESERVE_MOST void lock_masking() {
+    uintptr_t state = dma::kernel_hooks().irq_save();
+    acquire();
+    saved_ = state;
+  }
+  [[gnu::noinline]] SUPPORT_PRESERVE_MOST void unlock_restoring() {
+    uintptr_t state = saved_;  // Read while the lock still protects it.
+    __atomic_store_n(&locked_, 0u, __ATOMIC_RELEASE);
+    dma::kernel_hooks().irq_restore(state);
+  }
+  [[gnu::always_inline]] void acquire() {
+    while (__atomic_exchange_n(&locked_, 1u, __ATOMIC_ACQUIRE) != 0) {
+      while (__atomic_load_n(&locked_, __ATOMIC_RELAXED) != 0) cpu_relax();
+    }
+  }
+
   uint32_t locked_ = 0;
+  uintptr_t saved_ = 0;  // irq_save's answer, written and read by the holder only.
 };
+
+using SpinLock = BasicSpinLock<true>;
+using RawSpinLock = BasicSpinLock<false>;
 
 // Holds a lock for a scope: `Guard guard{&lock_};`.
 template <typename Lock>
 class TA_SCOPED_CAPABILITY Guard {
  public:
-  explicit Guard(Lock* lock) TA_ACQ(lock) : lock_(lock) { lock_->lock(); }
-  ~Guard() TA_REL() { lock_->unlock(); }
+  [[gnu::always_inline]] explicit Guard(Lock* lock) TA_ACQ(lock) : lock_(lock) { lock_->lock(); }
+  [[gnu::always_inline]] ~Guard() TA_REL() { lock_->unlock(); }
   Guard(const Guard&) = delete;
   Guard& operator=(const Guard&) = delete;
 
