@@ -305,7 +305,7 @@ BounceRing::BounceRing(double target_occupancy, size_t size, DmaDirection dir, u
   op_ = &plat_->op();
   pool_ = &plat_->pool(0);
   dev_.dma_mask = kDeviceLimit;
-  dev_.coherent = true;
+  dev_.coherence = DmaCoherence::kCoherent;
   dev_.name = "bench-28bit";
 
   background_src_ = plat_->buffer_above(kDeviceLimit + 1, kMaxMapping);
@@ -420,7 +420,7 @@ DirectMap::DirectMap() {
   plat_ = std::make_unique<HostPlatform>(o);
   op_ = &plat_->op();
   dev_.dma_mask = ~0ull;
-  dev_.coherent = true;
+  dev_.coherence = DmaCoherence::kCoherent;
   dev_.name = "bench-64bit";
   buf_ = plat_->buffer_above(0, 4096);
   run(16);

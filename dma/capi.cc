@@ -427,7 +427,7 @@ int dmakit_device_init(dmakit_device* dev, dmakit_platform_op* op,
   c.min_align_mask = cfg->min_align_mask;
   c.bounce_quota = cfg->bounce_quota;
   if (cfg->coherence != DMAKIT_COHERENCE_PLATFORM) {
-    c.coherent = cfg->coherence == DMAKIT_COHERENCE_COHERENT;
+    c.coherence = dma_coherence(cfg->coherence == DMAKIT_COHERENCE_COHERENT);
   }
   c.force_bounce = cfg->force_bounce != 0;
   c.name = cfg->name;
@@ -468,7 +468,7 @@ int dmakit_device_set_coherence(dmakit_device* dev, int coherence) {
   auto* b = live<DeviceBox>(dev, kDeviceTag);
   if (b == nullptr || !valid_coherence(coherence)) return DMAKIT_ERR_INVALID_ARGUMENT;
   b->dev.set_coherent(coherence == DMAKIT_COHERENCE_PLATFORM
-                          ? b->dev.op()->default_constraints().coherent
+                          ? b->dev.op()->default_constraints().coherence == DmaCoherence::kCoherent
                           : coherence == DMAKIT_COHERENCE_COHERENT);
   return DMAKIT_OK;
 }
@@ -487,7 +487,7 @@ uint64_t dmakit_device_dma_mask(const dmakit_device* dev) {
 
 int dmakit_device_coherent(const dmakit_device* dev) {
   const auto* b = live<DeviceBox>(dev, kDeviceTag);
-  return b != nullptr && b->dev.constraints().coherent ? 1 : 0;
+  return b != nullptr && b->dev.coherent() ? 1 : 0;
 }
 
 size_t dmakit_device_max_mapping_size(const dmakit_device* dev) {

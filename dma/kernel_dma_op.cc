@@ -1,11 +1,12 @@
 // The generic DmaOp: see kernel_dma_op.h for the map decision.
 //
 // Cost: a direct mapping is a handful of comparisons plus the cache maintenance of the range (none
-// for a coherent device); a bounced one adds an O(1) bounce-pool allocation and one copy per
-// direction. alloc_coherent is one page-frame allocation (O(1) in the size of memory) plus zeroing;
-// for a non-coherent device add two clean+invalidate passes and the remap (set_memory_attribute:
-// one page-table update and TLB invalidation per page, see mm/direct_map_attributes.h), and the
-// same remap back in dealloc_coherent.
+// for a coherent device); a bounced one adds an O(1) bounce-pool allocation, the copy in at map
+// (every direction) and, for kFromDevice / kBidirectional, the copy out at unmap. alloc_coherent is
+// one page-frame allocation (O(1) in the size of memory) plus zeroing; for a non-coherent device
+// add two clean+invalidate passes and the remap (set_memory_attribute: one page-table update and
+// TLB invalidation per page, see mm/direct_map_attributes.h), and the same remap back in
+// dealloc_coherent.
 #include "dmakit/kernel_dma_op.h"
 
 #include "dmakit/dma_debug.h"
@@ -40,9 +41,23 @@ void add_relaxed(T* counter, T v) {
 // reaches [p, p + size) when the device address d of p and d + size - 1 both lie there. Taken
 // modulo 2^64, a negative offset works (RAM at 0x3C00'0000 seen by the device from 0:
 // bus_offset = -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
-bool reaches(const DmaConstraints& c, uint64_t p, uint64_t size) {
+// Precondition: size >= 1.
+bool reachable(const DmaConstraints& c, uint64_t p, uint64_t size) {
   uint64_t d = p + c.bus_offset;
   return d <= c.dma_mask && size - 1 <= c.dma_mask - d;
+}
+
+// The device's address of physical p honours `align` (0 or 1: no demand).
+bool dma_aligned(const DmaConstraints& c, uint64_t p, size_t align) {
+  return align <= 1 || support::is_aligned(p + c.bus_offset, align);
+}
+
+// A buffer the mapping layer can describe: not empty, not null, not wrapping past the end of the
+// address space, and an alignment that is 0, 1 or a power of two.
+bool layout_ok(const void* addr, size_t size, size_t align) {
+  auto va = reinterpret_cast<uintptr_t>(addr);
+  return size != 0 && addr != nullptr && (align <= 1 || support::is_pow2(align)) &&
+         !support::add_overflows(va, size);
 }
 
 // The device address kDmaMaskNotMatch reports for [p, p + size): that of the last byte, or of
@@ -61,9 +76,10 @@ DmaDirection sync_direction(DmaDirection mapping, DmaDirection arg) {
   return mapping == DmaDirection::kBidirectional ? arg : mapping;
 }
 
-// True when [va, va + size) starts or ends inside a cache line of `line` bytes: it shares that
-// line with whatever lies beside it.
-bool shares_cache_lines(uintptr_t va, size_t size, size_t line) {
+// True when [addr, addr + size) starts or ends inside a cache line of `line` bytes: it shares
+// that line with whatever lies beside it.
+bool shares_cache_lines(const void* addr, size_t size, size_t line) {
+  auto va = reinterpret_cast<uintptr_t>(addr);
   return ((va | (va + size)) & (line - 1)) != 0;
 }
 
@@ -142,7 +158,7 @@ void KernelDmaOp::shutdown() {
 
 DmaConstraints KernelDmaOp::default_constraints() const {
   DmaConstraints c;
-  c.coherent = cfg_.platform_coherent;
+  c.coherence = cfg_.platform_coherent ? DmaCoherence::kCoherent : DmaCoherence::kNonCoherent;
   return c;
 }
 
@@ -186,7 +202,7 @@ int KernelDmaOp::pick_pool(const DmaConstraints& c) const {
   // pool_order_ lists the pools from the highest-placed down: the first the device reaches
   // wholly is the highest such pool.
   for (size_t i = 0; i < num_pools_; ++i) {
-    if (reaches(c, pool_first_[i], pool_last_[i] - pool_first_[i] + 1)) return pool_order_[i];
+    if (reachable(c, pool_first_[i], pool_last_[i] - pool_first_[i] + 1)) return pool_order_[i];
   }
   return -1;
 }
@@ -226,60 +242,106 @@ size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
   if (c.dma_mask == 0) return 0;
   // A device that reaches all memory, snoops the caches and is not forced to bounce never
   // bounces: nothing limits its mappings. Any other may bounce, and is limited by its pool.
-  bool reaches_all = reaches(c, dm_lo_, dm_hi_ - dm_lo_);
-  if (reaches_all && c.coherent && !c.force_bounce) return ~size_t{0};
+  bool reaches_all = reachable(c, dm_lo_, dm_hi_ - dm_lo_);
+  if (reaches_all && coherent(c) && !c.force_bounce) return ~size_t{0};
   int pi = pick_pool(c);
   if (pi < 0) return c.force_bounce ? 0 : ~size_t{0};
   return pools_[pi]->max_mapping_size();
 }
 
-// The common case of a coherent device, kept free of calls and of a stack frame: a buffer inside
-// the direct map that the device reaches as it is, no alignment demanded. Every test that would
-// reject the request or send it elsewhere is one of the conditions below; whatever fails any of
-// them takes the general path (map_general), which repeats the checks in order and reports the
-// first error. A non-coherent device goes there too: its cache maintenance costs far more than
-// the call.
-Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr, size_t size,
-                                             size_t align, DmaDirection dir) {
-  // One test after another, each cheap, so that few values are live at once (no stack frame).
-  // The window [fast_lo_, fast_lo_ + fast_span_) excludes physical address 0 and the page at CPU
-  // address 0, which is what makes a null addr and a zero mask fail here.
-  if (align > 1 || !c.coherent || c.force_bounce) [[unlikely]] {
-    // A guaranteed tail call (same signature), so the fast path needs no frame of its own.
-    SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
-  }
-  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
-  uint64_t rel = p - fast_lo_;
-  // Starts inside the window; size >= 1 and ends inside it.
-  if (rel >= fast_span_ || size - 1 >= fast_span_ - rel) [[unlikely]] {
-    SUPPORT_MUSTTAIL return map_general(c, addr, size, align, dir);
-  }
-  // The device reaches every byte: its address d = p + bus_offset (mod 2^64, so that a negative
-  // offset works) and d + size - 1 both lie in [0, dma_mask]. Otherwise the buffer is bounced
-  // (or the mask is refused): map_bounce.
-  uint64_t d = p + c.bus_offset;
-  if (d > c.dma_mask || size - 1 > c.dma_mask - d) [[unlikely]] {
-    SUPPORT_MUSTTAIL return map_bounce(c, addr, size, align, dir);
-  }
-  // Every check map_general makes before its fault point has passed: this is that point.
-  if (FAULT_POINT(kMapping)) [[unlikely]] {
-    SUPPORT_MUSTTAIL return map_injected_fault(c, addr, size, align, dir);
-  }
-  count_map(size, /*bounced=*/false);
-  DmaMapHandle h;
-  h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(d);
-  h.size = size;
-  h.direction = dir;
-  h.coherent_device = true;
-  h.device_id = c.device_id;
-  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
-  return h;
+// ---- map_single: one validation, one decision, then the work ----
+//
+// map_checked is the whole of it, top to bottom: check the request (check_request); the injected
+// fault (it stands for running out of a resource, so it fires only for a valid request); find
+// the buffer's physical address (locate); decide (bounce or not); do it (bounce, map_direct).
+//
+// map_single in front of it answers the same questions for the common case with the cheapest
+// tests that can say "yes": a device that snoops, is not forced to bounce, asks no alignment
+// and has a mask; a buffer inside the fast window of the direct map, which makes its layout valid
+// (not empty, not null, not wrapping) and its physical address known. Any "no" hands the request
+// to map_checked as it came, which answers everything again in full: so map_single never reports
+// an error. For a request that passed, only the decision is left, and for such a device it has
+// one question, reach: map_direct, or the bounce (map_out_of_reach, out of line so that
+// map_single needs no stack frame). The predicates are inline: used only here, they need no
+// out-of-line copies. Bench figures: BENCHMARKS.md (direct_map_unmap_ir,
+// bounce_map_unmap_ir_*).
+
+inline bool KernelDmaOp::coherent(const DmaConstraints& c) const {
+  return c.coherence == DmaCoherence::kCoherent ||
+         (c.coherence == DmaCoherence::kPlatformDefault && cfg_.platform_coherent);
 }
 
-Result<DmaMapHandle> KernelDmaOp::map_injected_fault(const DmaConstraints&, void*, size_t, size_t,
-                                                     DmaDirection) {
-  return map_failed(ErrorCode::kNoMemory);
+inline bool KernelDmaOp::in_fast_window(uint64_t p, size_t size) const {
+  // Starts inside [fast_lo_, fast_lo_ + fast_span_) and, size >= 1, ends inside it.
+  uint64_t rel = p - fast_lo_;
+  return rel < fast_span_ && size - 1 < fast_span_ - rel;
+}
+
+inline bool KernelDmaOp::in_direct_map(uint64_t p, size_t size) const {
+  return p - dm_lo_ < dm_hi_ - dm_lo_ && size <= dm_hi_ - p;
+}
+
+inline ErrorCode KernelDmaOp::check_request(const DmaConstraints& c, const void* addr, size_t size,
+                                            size_t align, bool coherent) const {
+  if (!layout_ok(addr, size, align)) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (!coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
+  return ErrorCode::kOk;
+}
+
+inline Result<uint64_t> KernelDmaOp::locate(const void* addr, size_t size) const {
+  // The direct map is contiguous by construction: a buffer wholly inside it needs no call. Any
+  // other goes through the (overridable) virt_to_phys, page by page.
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
+  if (in_direct_map(p, size)) return p;
+  return translate_buffer(addr, size);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr, size_t size,
+                                             size_t align, DmaDirection dir) {
+  // The device first, then the buffer: one test after another keeps few values live at once.
+  // The hand-offs are guaranteed tail calls (same signature), so this needs no stack frame.
+  if (align > 1 || !coherent(c) || c.force_bounce) [[unlikely]] {
+    SUPPORT_MUSTTAIL return map_checked(c, addr, size, align, dir);
+  }
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
+  if (!in_fast_window(p, size) || c.dma_mask == 0) [[unlikely]] {
+    SUPPORT_MUSTTAIL return map_checked(c, addr, size, align, dir);
+  }
+  if (FAULT_POINT(kMapping)) [[unlikely]] {
+    return map_failed(ErrorCode::kNoMemory);
+  }
+  if (!reachable(c, p, size)) [[unlikely]] {
+    SUPPORT_MUSTTAIL return map_out_of_reach(c, addr, size, align, dir);
+  }
+  return map_direct(c, addr, p, size, dir, /*coherent=*/true);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void* addr, size_t size,
+                                                   size_t, DmaDirection dir) {
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
+  return bounce(c, addr, p, size, /*align=*/0, dir, /*coherent=*/true, /*for_lines=*/false);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_checked(const DmaConstraints& c, void* addr, size_t size,
+                                              size_t align, DmaDirection dir) {
+  const bool snoops = coherent(c);
+  ErrorCode bad = check_request(c, addr, size, align, snoops);
+  if (bad != ErrorCode::kOk) return map_failed(bad);
+  if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
+  auto where = locate(addr, size);
+  if (!where.ok()) return map_failed(where.error());
+  uint64_t p = *where;
+  // The device can use the buffer where it is unless it is forced to bounce, the buffer lies out
+  // of its reach, or the buffer's DMA address breaks `align`. Even then, a device that does not
+  // snoop must not write a buffer that shares cache lines with other data: the unmap's invalidate
+  // would have to write the CPU's copy of those lines back over the device's bytes.
+  const bool usable = !c.force_bounce && reachable(c, p, size) && dma_aligned(c, p, align);
+  const bool lines = !snoops && copies_out(dir) && shares_cache_lines(addr, size, line_);
+  if (!usable || lines) {
+    return bounce(c, addr, p, size, align, dir, snoops, /*for_lines=*/usable);
+  }
+  return map_direct(c, addr, p, size, dir, snoops);
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
@@ -287,69 +349,29 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   return support::err(e);
 }
 
-// From map_single only: a buffer inside the fast window (so size >= 1 and no wrap), align <= 1,
-// not forced to bounce, not reachable as it is (or a mask that reaches nothing), and the fault
-// point not yet evaluated. The same steps as map_general from its fault point on.
-Result<DmaMapHandle> KernelDmaOp::map_bounce(const DmaConstraints& c, void* addr, size_t size,
-                                             size_t align, DmaDirection dir) {
-  if (FAULT_POINT(kMapping)) return map_failed(ErrorCode::kNoMemory);
-  if (c.dma_mask == 0) return map_failed(ErrorCode::kInvalidArgument);
-  uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
-  // align <= 1 here, which asks for nothing, like 0: passing the constant lets the compiler drop
-  // the alignment arithmetic from this path. The device is coherent: no shared-line bounce.
-  KDEBUG_ASSERT(align <= 1, "map_bounce: an alignment the fast path should have sent elsewhere");
-  return bounce(c, addr, p, size, 0, dir, /*for_lines=*/false);
-}
-
-Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* addr, size_t size,
-                                              size_t align, DmaDirection dir) {
-  auto fail = [this](Error e) { return map_failed(e); };
-  // 1. The request itself.
-  if (size == 0 || addr == nullptr) return fail(ErrorCode::kLayoutError);
-  if (FAULT_POINT(kMapping)) return fail(ErrorCode::kNoMemory);
-  if (align > 1 && !support::is_pow2(align)) return fail(ErrorCode::kLayoutError);
-  auto va = reinterpret_cast<uintptr_t>(addr);
-  if (support::add_overflows(va, size)) return fail(ErrorCode::kLayoutError);
-  if (c.dma_mask == 0) return fail(ErrorCode::kInvalidArgument);
-  if (!c.coherent && !cfg_.cache_maintenance) return fail(ErrorCode::kNotSupported);
-  // 2. Where it is. The direct map is contiguous by construction: a buffer wholly inside it
-  // needs no call. Any other buffer goes through the (overridable) virt_to_phys, page by page.
-  uint64_t p = va - dm_offset_;
-  if (p - dm_lo_ >= dm_hi_ - dm_lo_ || size > dm_hi_ - p) {
-    auto phys = translate_buffer(addr, size);
-    if (!phys.ok()) return fail(phys.error());
-    p = *phys;
-  }
-  // 3. The decision: direct, or bounce (forced; out of the device's reach; misaligned for the
-  // device; or sharing a cache line that the unmap's invalidate would have to write back over
-  // the device's data).
-  bool reachable = reaches(c, p, size);
-  bool aligned = align <= 1 || support::is_aligned(p + c.bus_offset, align);
-  bool lines = !c.coherent && copies_out(dir) && shares_cache_lines(va, size, line_);
-  if (c.force_bounce || !reachable || !aligned || lines) {
-    return bounce(c, addr, p, size, align, dir, lines && reachable && aligned && !c.force_bounce);
-  }
-  // 4. Direct.
+// The device uses the buffer where it is: clean the caches over it unless the device snoops.
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_direct(
+    const DmaConstraints& c, void* addr, uint64_t p, size_t size, DmaDirection dir, bool coherent) {
+  if (!coherent) flush(addr, size);
+  count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
+  h.dma_addr = DmaAddr(p + c.bus_offset);
   h.size = size;
   h.direction = dir;
-  h.coherent_device = c.coherent;
+  h.coherent_device = coherent;
   h.device_id = c.device_id;
-  h.dma_addr = DmaAddr(p + c.bus_offset);
-  if (!c.coherent) flush(addr, size);
-  count_map(size, /*bounced=*/false);
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
 
-// The bounce half of the map decision: a slot inside the device's window `w`, the data copied
-// in, the caches cleaned for a non-coherent device.
-[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(const DmaConstraints& c,
-                                                                       void* addr, uint64_t p,
-                                                                       size_t size, size_t align,
-                                                                       DmaDirection dir,
-                                                                       bool for_lines) {
+// The buffer goes through a slot of the highest pool lying wholly inside the device's window:
+// the data copied in, the caches cleaned for a device that does not snoop. `for_lines`: the
+// device could use the buffer where it is and bounces only because of shared cache lines, so a
+// missing pool is the buffer's layout (kLayoutError), not the mask (kDmaMaskNotMatch).
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(
+    const DmaConstraints& c, void* addr, uint64_t p, size_t size, size_t align, DmaDirection dir,
+    bool coherent, bool for_lines) {
   int pi = pick_pool(c);
   if (pi < 0) {
     if (for_lines) return map_failed(ErrorCode::kLayoutError);
@@ -371,11 +393,12 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
                           BounceDevice{c.device_id, c.name, c.bounce_quota});
   if (!slot.ok()) return map_failed(slot.error());
   void* bounce_cpu = pool->cpu_addr(slot->addr);
-  // Hygiene: the device sees the original's bytes in the slot for every direction, so a device
-  // that writes less than the whole buffer leaves the original's bytes, never another mapping's.
+  // Copied in for every direction, kFromDevice included: a device that writes less than the
+  // whole buffer must leave the buffer's own bytes in the slot, never a previous mapping's (which
+  // the unmap's copy-out would hand to the CPU).
   support::copy_bytes(bounce_cpu, addr, size);
   note_bounced(pool, size);
-  if (!c.coherent) flush(bounce_cpu, size);
+  if (!coherent) flush(bounce_cpu, size);
   count_map(size, /*bounced=*/true);
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
@@ -387,7 +410,7 @@ Result<DmaMapHandle> KernelDmaOp::map_general(const DmaConstraints& c, void* add
   h.bounce_num_slots = slot->num_slots;
   h.device_id = c.device_id;
   h.direction = dir;
-  h.coherent_device = c.coherent;
+  h.coherent_device = coherent;
   h.bounce_pool_index = static_cast<uint8_t>(pi);
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
@@ -472,7 +495,8 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
   if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
   PhysWindow w = alloc_window(c);
-  if (!c.coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
+  const bool snoops = coherent(c);
+  if (!snoops && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;
   // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
@@ -503,11 +527,11 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   h.cpu_addr = phys_to_virt(*pa);
   h.layout = layout;
   h.order = static_cast<uint8_t>(order);
-  h.coherent_device = c.coherent;
+  h.coherent_device = snoops;
   h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
-  if (!c.coherent) {
+  if (!snoops) {
     // A device that does not snoop gets memory the CPU maps non-cacheable. First the zeroes must
     // reach memory and no dirty line may stay behind (one evicted later would overwrite what the
     // device writes); then the pages change attribute; then lines the old cacheable mapping may

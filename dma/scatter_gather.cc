@@ -71,7 +71,7 @@ Result<SgMapping> SgMapping::map(const DeviceDma& dev, support::Span<const SgEnt
   // Storage beyond one handle and one segment per buffer, spent on splitting.
   size_t spare_handles = handles.size() - entries.size();
   size_t spare_segments = segments.size() > entries.size() ? segments.size() - entries.size() : 0;
-  bool may_split = !c.coherent && !c.force_bounce && dir != DmaDirection::kToDevice;
+  bool may_split = !dev.coherent() && !c.force_bounce && dir != DmaDirection::kToDevice;
   const size_t line = op->cache_alignment();
   for (const SgEntry& e : entries) {
     Piece pieces[3];

@@ -1,8 +1,8 @@
 // Per-device DMA coherence from the device tree; see dma_coherence.h.
 #include "testkernel/dma_coherence.h"
 
-DmaCoherence dt_dma_coherence(const Fdt& fdt, FdtNode node, bool platform_default) {
-  DmaCoherence c;
+DtDmaCoherence dt_dma_coherence(const Fdt& fdt, FdtNode node, bool platform_default) {
+  DtDmaCoherence c;
   c.coherent = platform_default;
   for (FdtNode n = node; n.valid(); n = fdt.parent(n)) {
     if (fdt.has_prop(n, "dma-coherent")) {
@@ -19,12 +19,12 @@ DmaCoherence dt_dma_coherence(const Fdt& fdt, FdtNode node, bool platform_defaul
   return c;
 }
 
-DmaCoherence dma_coherence_for(const KernelEnv& env, FdtNode node) {
-  const bool platform_default = env.dma->default_constraints().coherent;
+DtDmaCoherence dma_coherence_for(const KernelEnv& env, FdtNode node) {
+  const bool platform_default = env.dma->default_constraints().coherence == DmaCoherence::kCoherent;
   if (env.boot == nullptr || env.boot->fdt == nullptr || !node.valid()) {
-    return DmaCoherence{platform_default, FdtNode{}};
+    return DtDmaCoherence{platform_default, FdtNode{}};
   }
   auto fdt = Fdt::from(env.boot->fdt);
-  if (!fdt.ok()) return DmaCoherence{platform_default, FdtNode{}};
+  if (!fdt.ok()) return DtDmaCoherence{platform_default, FdtNode{}};
   return dt_dma_coherence(*fdt, node, platform_default);
 }

@@ -6,7 +6,7 @@
 // "dma-noncoherent" (not coherent) decides. A PCI function has no node of its own in QEMU's
 // trees, so a PCI device asks with its host bridge's node. With no answer in the tree, or no tree
 // at all (x86-64: PVH boot, no device tree), the platform's default decides:
-// KernelDmaOp::default_constraints().coherent (x86-64 coherent; AArch64 not; RISC-V coherent
+// KernelDmaOp::default_constraints().coherence (x86-64 coherent; AArch64 not; RISC-V coherent
 // unless it has both Zicbom and Svpbmt, see include/dmakit/arch/riscv64_dma_op.h).
 //
 // What QEMU 10's virt trees say: AArch64 puts "dma-coherent" on the root node (so every device
@@ -21,7 +21,7 @@
 #include "testkernel/fdt.h"
 #include "testkernel/kernel_env.h"
 
-struct DmaCoherence {
+struct DtDmaCoherence {
   bool coherent = false;
   // The node whose property decided, or invalid when the platform's default did.
   FdtNode decided_by;
@@ -30,9 +30,9 @@ struct DmaCoherence {
 
 // The coherence of the device described by `node` in `fdt` (see above); `platform_default` when
 // neither the node nor an ancestor says, or when `node` is invalid.
-DmaCoherence dt_dma_coherence(const Fdt& fdt, FdtNode node, bool platform_default);
+DtDmaCoherence dt_dma_coherence(const Fdt& fdt, FdtNode node, bool platform_default);
 
 // The same for the booted kernel: `node` is a node of the device tree the kernel booted with
 // (env.boot->fdt; nodes are offsets, valid in any Fdt reader of that blob). Without a device tree,
-// or with an invalid node, the platform's default (env.dma->default_constraints().coherent).
-DmaCoherence dma_coherence_for(const KernelEnv& env, FdtNode node);
+// or with an invalid node, the platform's default (env.dma->default_constraints().coherence).
+DtDmaCoherence dma_coherence_for(const KernelEnv& env, FdtNode node);

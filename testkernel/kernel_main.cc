@@ -184,7 +184,8 @@ void print_report(const arch::BootInfo& info, const char* mode) {
   if (g_env.num_pools == 0) kprintf("bounce pools: none\n");
   kprintf("cache: line %zu bytes; %s\n", arch::cache_line_size(), arch::cache_features());
   kprintf("dma: platform %s; direct map at offset 0x%llx\n",
-          g_env.dma->default_constraints().coherent ? "coherent" : "non-coherent",
+          g_env.dma->default_constraints().coherence == DmaCoherence::kCoherent ? "coherent"
+                                                                                : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
   kprintf("cpus: %u online (of %u described)\n", num_online_cpus(), info.num_cpus);
   kprintf("interrupts: %s; timer every %llu us on every CPU\n", arch::irq_controller(),

@@ -73,7 +73,7 @@ Result<size_t> device_offset(dmakit_platform_op* op, const dmakit_device* dev, u
   uint64_t off = dma_addr - c.bus_offset - h->ram_lo;
   if (off > h->ram_bytes || len > h->ram_bytes - off) return ErrorCode::kOutOfRange;
   *host = h;
-  *coherent = c.coherent;
+  *coherent = d->coherent();
   return static_cast<size_t>(off);
 }
 

@@ -288,7 +288,13 @@ class DBox {
 class DeviceDma {
  public:
   DeviceDma() = default;
+  // A device with these constraints; DmaCoherence::kPlatformDefault becomes the platform's
+  // coherence (op->default_constraints()), so constraints().coherence is always kCoherent or
+  // kNonCoherent. Precondition: op non-null and outliving the device.
   DeviceDma(DmaOp* op, const DmaConstraints& c) : op_(op), c_(c) {
+    if (c_.coherence == DmaCoherence::kPlatformDefault) {
+      c_.coherence = op->default_constraints().coherence;
+    }
     c_.device_id = DmaDebug::new_device_id();
   }
   // A device with the platform's default coherence and this mask.
@@ -307,8 +313,10 @@ class DeviceDma {
   // Any context.
   size_t max_mapping_size() const { return op_->max_mapping_size(c_); }
   uint64_t dma_mask() const { return c_.dma_mask; }
+  // Whether the device snoops the CPU caches (its own coherence, or the platform's).
+  bool coherent() const { return c_.coherence == DmaCoherence::kCoherent; }
   // Overrides (a driver that knows better, or a test).
-  void set_coherent(bool coherent) { c_.coherent = coherent; }
+  void set_coherent(bool coherent) { c_.coherence = dma_coherence(coherent); }
   void set_force_bounce(bool force) { c_.force_bounce = force; }
   void set_min_align_mask(uint64_t m) { c_.min_align_mask = m; }
   void set_dma_mask(uint64_t mask) { c_.dma_mask = mask; }

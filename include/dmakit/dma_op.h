@@ -49,7 +49,8 @@ class DmaOp {
   // The DMA address honours `align` (a power of two, 0 or 1 for none) and c.dma_mask: the buffer
   // is used directly when reachable and aligned, otherwise it is bounced through a slot below the
   // mask (copied in now for every direction, so that a device writing less than the whole slot
-  // leaves the buffer's own bytes). For a non-coherent device the caches are cleaned over the
+  // leaves the buffer's own bytes). For a non-coherent device (c.coherence, where
+  // kPlatformDefault is the platform's: default_constraints()) the caches are cleaned over the
   // range; a kFromDevice / kBidirectional buffer of a non-coherent device that shares a cache
   // line with other data (not aligned to cache_alignment() at both ends) is bounced whole.
   // Every page of a buffer outside the direct map is translated (virt_to_phys): the buffer must
@@ -83,8 +84,9 @@ class DmaOp {
 
   // Allocates zeroed, physically contiguous memory the device can reach under c.dma_mask, aligned
   // to max(layout.align, page size), that neither side needs cache maintenance for: for a device
-  // that is not coherent (c.coherent false) the CPU maps it non-cacheable until dealloc_coherent.
-  // Context: thread only for a device that is not coherent, else any (see Calling contexts).
+  // that does not snoop (c.coherence kNonCoherent, or kPlatformDefault on a platform that is not
+  // coherent) the CPU maps it non-cacheable until dealloc_coherent.
+  // Context: thread only for a device that does not snoop, else any (see Calling contexts).
   // Ownership: the caller owns it until dealloc_coherent.
   // Errors: kLayoutError (size 0, align not a power of two, larger than the largest contiguous
   // block), kDmaMaskNotMatch (no managed memory lies under the mask), kNoMemory (none free now, or
@@ -123,15 +125,18 @@ class DmaOp {
                                     DmaDirection dir) = 0;
 
   // After the CPU wrote bytes [offset, offset + size) of a live mapping, before the device reads
-  // them (or, for kFromDevice, before handing the buffer back to the device): copies them into
-  // the bounce slot when the direction copies in, and cleans them for a non-coherent device in
-  // every direction (so that no dirty line the CPU left can later be evicted over what the device
-  // writes). Direction as prepare_read's. Errors: kOutOfRange when the range is not inside the
-  // mapping.
+  // them (or, for kFromDevice, before handing the buffer back to the device). Bounced: copies
+  // them into the slot for kToDevice / kBidirectional and cleans the slot for a non-coherent
+  // device; nothing for kFromDevice (the device sees only the slot). Not bounced: cleans them for
+  // a non-coherent device in every direction (so that no dirty line the CPU left can later be
+  // evicted over what the device writes). Direction as prepare_read's. Errors: kOutOfRange when
+  // the range is not inside the mapping.
   virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                                      DmaDirection dir) = 0;
 
-  // The constraints used by the mask-only entry points: the platform's default coherence.
+  // The constraints used by the mask-only entry points, and what DmaCoherence::kPlatformDefault
+  // stands for: the platform's coherence, stated explicitly (kCoherent or kNonCoherent, never
+  // kPlatformDefault), no bus offset, a full mask.
   virtual DmaConstraints default_constraints() const = 0;
 
   // The alignment, in bytes, at which a buffer shares no cache line with other data (Linux's

@@ -8,17 +8,37 @@
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
 
-// Which way data moves during a streaming mapping (the dma-api crate's DmaDirection).
+// Which way data moves during a streaming mapping (the dma-api crate's DmaDirection). A bounced
+// mapping copies the buffer into its slot at map in every direction (so that a device writing
+// less than the whole slot leaves the buffer's own bytes there, never a previous mapping's) and
+// copies it back out at unmap for kFromDevice and kBidirectional.
 enum class DmaDirection : uint8_t {
-  kToDevice,       // CPU wrote, device reads: clean caches / copy into the bounce slot at map.
+  kToDevice,       // CPU wrote, device reads: clean caches at map; nothing at unmap.
   kFromDevice,     // device writes, CPU reads: invalidate / copy out of the bounce slot at unmap.
   kBidirectional,  // both.
 };
 
+// Whether a device snoops the CPU caches.
+enum class DmaCoherence : uint8_t {
+  // The platform's answer (KernelDmaOp::Config::platform_coherent, which
+  // DmaOp::default_constraints() states explicitly): what a device gets unless told otherwise.
+  kPlatformDefault,
+  // Snoops: streaming mappings need no cache maintenance; coherent memory stays cacheable.
+  kCoherent,
+  // Does not: mappings are cleaned / invalidated, receive buffers sharing cache lines are
+  // bounced, coherent memory is mapped uncached.
+  kNonCoherent,
+};
+
+// kCoherent for true, kNonCoherent for false.
+constexpr DmaCoherence dma_coherence(bool coherent) {
+  return coherent ? DmaCoherence::kCoherent : DmaCoherence::kNonCoherent;
+}
+
 const char* dma_direction_name(DmaDirection dir);
 
-// The DMA API's error: an `Error` (include/dmakit/support/result.h). DmaMaskNotMatch carries the address that had
-// to be reached and the mask.
+// The DMA API's error: an `Error` (include/dmakit/support/result.h). DmaMaskNotMatch carries the
+// address that had to be reached and the mask.
 using DmaError = Error;
 
 // Size and alignment of a coherent allocation (Rust's core::alloc::Layout).
@@ -27,22 +47,26 @@ struct Layout {
   size_t align = 1;
 };
 
-// What the mapping layer must know about one device. `DeviceDma` (include/dmakit/device_dma.h) holds one.
+// What the mapping layer must know about one device. `DeviceDma` (include/dmakit/device_dma.h)
+// holds one.
 struct DmaConstraints {
-  // Highest DMA address the device can generate (e.g. 0xFFFF'FFFF for 32-bit devices).
+  // Highest DMA address the device can generate: the device reaches DMA addresses [0, dma_mask].
+  // Any value, not only 2^n - 1 (0xFFFF'FFFF for a 32-bit device): with RAM starting at
+  // 0x8000'0000 and bus_offset 0, a device limited to the first 16 MiB of it has the mask
+  // 0x80FF'FFFF. 0 is refused (kInvalidArgument).
   uint64_t dma_mask = ~0ull;
   // DMA address = physical address + bus_offset (mod 2^64); 0 on QEMU's virt machines.
   uint64_t bus_offset = 0;
   // Bits of the CPU address a bounce buffer must preserve (e.g. 0xFFF for NVMe), 0 for none.
   uint64_t min_align_mask = 0;
-  // The device snoops CPU caches: streaming maps need no cache maintenance.
-  bool coherent = false;
+  // Whether the device snoops CPU caches; by default the platform's (DmaCoherence).
+  DmaCoherence coherence = DmaCoherence::kPlatformDefault;
   // Bounce every mapping (testing, or devices that cannot be trusted with kernel memory).
   bool force_bounce = false;
   // Name printed by diagnostics, may be null.
   const char* name = nullptr;
-  // Identity of the device for the misuse checker (include/dmakit/dma_debug.h) and the bounce pools'
-  // per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
+  // Identity of the device for the misuse checker (include/dmakit/dma_debug.h) and the bounce
+  // pools' per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
   // every build), shared by its copies; 0 for an anonymous device (the mask-only entry points).
   uint32_t device_id = 0;
   // Most bytes of a bounce pool this device may hold at once (BounceDevice::quota: whole slots,

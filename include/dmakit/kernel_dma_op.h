@@ -1,22 +1,28 @@
 // KernelDmaOp: the architecture-independent DmaOp. Every platform's DmaOp derives from it and
 // supplies only the cache-maintenance methods (flush, invalidate, flush_invalidate).
 //
-// The map decision, in one place (map_general; map_single's inline fast path takes only the
-// coherent, in-reach, direct-map case and leaves everything else to it):
-//   1. check the request (size, alignment, wrap-around, mask, and that a non-coherent device is
-//      not asked of a platform without cache maintenance);
-//   2. translate the buffer to a physical address, every page of it when it lies outside the
-//      direct map (it must be physically contiguous);
+// The map decision, in one place (map_checked, in this order):
+//   1. check the request (check_request: size, alignment, wrap-around, mask, and that a device
+//      that does not snoop is not asked of a platform without cache maintenance);
+//   2. translate the buffer to a physical address (locate: through the direct map, or every page
+//      of it when it lies outside the direct map, which must then be physically contiguous);
 //   3. bounce if forced, if any byte lies outside the device's window (DMA address = physical +
-//      bus_offset mod 2^64, within [0, dma_mask]), if the address breaks `align`, or if a
-//      non-coherent device would write a buffer that shares a cache line with other data (the
+//      bus_offset mod 2^64, within [0, dma_mask]), if the address breaks `align`, or if a device
+//      that does not snoop would write a buffer that shares a cache line with other data (the
 //      unmap's invalidate would have to write the CPU's copy of that line back over the
 //      device's bytes): take a slot from the highest pool lying wholly inside the window
 //      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size, kNoMemory
-//      if it is full) and copy the buffer in;
-//   4. clean the caches over what the device will read or write, unless the device is coherent.
-// Unmap reverses it: invalidate (non-coherent), copy out for kFromDevice / kBidirectional, free
-// the slot. Syncs act on the mapping's own direction, which their argument may only narrow.
+//      if it is full) and copy the buffer in, for every direction (a device that writes less
+//      than the whole slot must leave the buffer's own bytes there, never a previous mapping's);
+//   4. clean the caches over what the device will read or write, unless the device snoops.
+// map_single is the same decision for the common case, inline: a device that snoops, no forced
+// bounce, no alignment, a buffer inside the direct map; anything else goes to map_checked as it
+// came, so map_single has no error of its own to report.
+// Unmap reverses it: invalidate (device does not snoop), copy out for kFromDevice /
+// kBidirectional, free the slot. Syncs act on the mapping's own direction, which their argument
+// may only narrow.
+// Coherence: DmaConstraints::coherence, where kPlatformDefault (the default) means
+// Config::platform_coherent, on every entry point.
 //
 // Coherent memory: pages from the page-frame allocator under the mask, zeroed, reached through
 // the direct map. For a device that snoops the caches that is all. For one that does not, the
@@ -53,11 +59,11 @@ struct DirectWindow {
 };
 
 // The fast path's window for a direct map of [lo, hi) at `direct_map_offset`: that range without
-// physical page 0 and without the page at CPU address 0, so that a null pointer and a zero mask
-// always fail the fast path's range tests. An identity map of RAM that starts at 0 has the null
-// page at the window's start (the window then starts after it); a direct map placed below the
-// physical addresses it maps may have it anywhere (the window then ends before it). Exposed for
-// tests.
+// physical page 0 and without the page at CPU address 0, so that a null pointer always fails the
+// fast path's range test and physical address 0 is left to the general path. An identity map of
+// RAM that starts at 0 has the null page at the window's start (the window then starts after
+// it); a direct map placed below the physical addresses it maps may have it anywhere (the window
+// then ends before it). Exposed for tests.
 DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_offset);
 
 class KernelDmaOp : public DmaOp {
@@ -85,7 +91,8 @@ class KernelDmaOp : public DmaOp {
     // Null: such addresses are kInvalidArgument. A C function pointer, so C kernels can give it.
     bool (*translate)(void* ctx, const void* va, uint64_t* phys) = nullptr;
     void* translate_ctx = nullptr;
-    // Whether devices snoop CPU caches unless told otherwise (default_constraints().coherent).
+    // Whether devices snoop CPU caches unless told otherwise: what DmaCoherence::kPlatformDefault
+    // means, and default_constraints().coherence.
     bool platform_coherent = false;
     // Whether flush / invalidate / flush_invalidate really maintain the caches. A platform
     // without cache-maintenance instructions (RISC-V without Zicbom or a vendor extension) sets
@@ -134,6 +141,8 @@ class KernelDmaOp : public DmaOp {
                             DmaDirection dir) override;
   Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                              DmaDirection dir) override;
+  // The platform's coherence made explicit (kCoherent or kNonCoherent, from
+  // Config::platform_coherent), the other fields at their defaults.
   DmaConstraints default_constraints() const override;
   size_t cache_alignment() const override { return line_; }
   size_t max_mapping_size(const DmaConstraints& c) const override;
@@ -182,7 +191,11 @@ class KernelDmaOp : public DmaOp {
     uint64_t maps = 0;
     uint64_t direct_maps = 0;
     uint64_t bounced_maps = 0;
-    uint64_t bytes_mapped = 0;
+    uint64_t bytes_mapped = 0;  // The sizes of successful maps.
+    // Bytes copied between buffers and bounce slots, both ways: the copy in at map (every
+    // direction), the copy out at unmap (kFromDevice, kBidirectional) and the syncs' copies. A
+    // kFromDevice map+unmap of n bytes counts 2n; so does a kToDevice one synced once for the
+    // device (n at map, n at the sync).
     uint64_t bytes_bounced = 0;
     uint64_t map_errors = 0;
     uint64_t coherent_allocs = 0;
@@ -209,26 +222,38 @@ class KernelDmaOp : public DmaOp {
   // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
   // page translated. Errors: virt_to_phys's, kNotContiguous.
   Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
-  // map_single's general path: every request its inline fast path does not take (errors, buffers
-  // outside the direct map, alignment, non-coherent devices, forced bouncing). Out of line, like
-  // the two below, so that the fast path needs no stack frame; same signature as map_single so
-  // that it tail-calls them.
-  [[gnu::noinline]] Result<DmaMapHandle> map_general(const DmaConstraints& c, void* addr,
+  // The map decision's predicates (kernel_dma_op.cc): whether the device snoops (its coherence,
+  // or the platform's for kPlatformDefault); whether [p, p + size) lies in the fast path's window
+  // (which also rules out size 0, a null addr and a wrapping range) or in the direct map.
+  bool coherent(const DmaConstraints& c) const;
+  bool in_fast_window(uint64_t p, size_t size) const;
+  bool in_direct_map(uint64_t p, size_t size) const;
+  // The request's first error, in the order reported, or kOk: kLayoutError (size 0, null addr,
+  // align not 0, 1 or a power of two, range wraps), kInvalidArgument (mask 0), kNotSupported (a
+  // device that does not snoop on a platform without cache maintenance).
+  ErrorCode check_request(const DmaConstraints& c, const void* addr, size_t size, size_t align,
+                          bool coherent) const;
+  // Physical address of the buffer: through the direct map, else translate_buffer's.
+  Result<uint64_t> locate(const void* addr, size_t size) const;
+  // The whole map decision, for every request map_single's inline case does not take. Out of
+  // line and of map_single's signature, so that map_single tail-calls it and needs no stack frame.
+  [[gnu::noinline]] Result<DmaMapHandle> map_checked(const DmaConstraints& c, void* addr,
                                                      size_t size, size_t align, DmaDirection dir);
-  // The fast path's bounce: see kernel_dma_op.cc for what map_single has checked.
-  [[gnu::noinline]] Result<DmaMapHandle> map_bounce(const DmaConstraints& c, void* addr,
-                                                    size_t size, size_t align, DmaDirection dir);
-  // An injected kMapping fault (DMA_FAULT_INJECTION) on the fast path: kNoMemory.
-  [[gnu::noinline]] Result<DmaMapHandle> map_injected_fault(const DmaConstraints& c, void* addr,
-                                                            size_t size, size_t align,
-                                                            DmaDirection dir);
+  // map_single's bounce, for the request it has checked and located: a device that snoops, not
+  // forced to bounce, align <= 1, a buffer in the fast window (physical = addr - direct-map
+  // offset) out of the device's reach. map_single's signature, for the tail call.
+  [[gnu::noinline]] Result<DmaMapHandle> map_out_of_reach(const DmaConstraints& c, void* addr,
+                                                          size_t size, size_t align,
+                                                          DmaDirection dir);
   // Counts a failed map and returns its error.
   Result<DmaMapHandle> map_failed(Error e);
-  // The bounce half of the map decision, shared by map_general and map_bounce.
-  // `for_lines`: the buffer would be reachable as it is and is bounced only because it shares
-  // cache lines (a missing pool is then kLayoutError, not kDmaMaskNotMatch).
+  // The work of the two outcomes, once the decision is made: the buffer used where it is
+  // (physical p), or bounced. `for_lines`: bounced only because it shares cache lines (a missing
+  // pool is then kLayoutError, not kDmaMaskNotMatch).
+  Result<DmaMapHandle> map_direct(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
+                                  DmaDirection dir, bool coherent);
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                              size_t align, DmaDirection dir, bool for_lines);
+                              size_t align, DmaDirection dir, bool coherent, bool for_lines);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).

@@ -191,7 +191,7 @@ class Harness {
     DmaConstraints c;
     c.dma_mask = kMasks[in_.pick(4)];
     c.bus_offset = kOffsets[in_.pick(8)];
-    c.coherent = in_.boolean();
+    c.coherence = dma_coherence(in_.boolean());
     c.force_bounce = in_.range(0, 3) == 0;
     c.min_align_mask = in_.boolean() ? 0 : (uint64_t{1} << in_.range(1, 13)) - 1;
     size_t d = in_.pick(kDevices);
@@ -202,7 +202,8 @@ class Harness {
   }
 
   HostDevice device(const DmaConstraints& c) {
-    return HostDevice(w_.plat.get(), c.dma_mask, c.coherent, c.bus_offset);
+    return HostDevice(w_.plat.get(), c.dma_mask, c.coherence == DmaCoherence::kCoherent,
+                      c.bus_offset);
   }
 
   uint64_t phys_of(const void* p) const {
@@ -251,7 +252,8 @@ class Harness {
     // A receive buffer of a non-coherent device sharing a cache line with other data bounces.
     size_t line = op_.cache_alignment();
     auto va = reinterpret_cast<uintptr_t>(buf);
-    bool lines = !c.coherent && dir != DmaDirection::kToDevice && ((va | (va + size)) & (line - 1));
+    bool lines = c.coherence != DmaCoherence::kCoherent && dir != DmaDirection::kToDevice &&
+                 ((va | (va + size)) & (line - 1));
     bool direct = !c.force_bounce && reachable && aligned && !lines;
     bool only_lines = lines && !c.force_bounce && reachable && aligned;
     int pool = -1;  // The highest pool the device reaches wholly.

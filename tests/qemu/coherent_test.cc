@@ -68,7 +68,7 @@ bool neighbours_untouched(const void* va, size_t bytes) {
 DmaConstraints non_coherent(uint64_t mask = ~0ull) {
   DmaConstraints c = kernel_env().dma->default_constraints();
   c.dma_mask = mask;
-  c.coherent = false;
+  c.coherence = DmaCoherence::kNonCoherent;
   return c;
 }
 
@@ -299,7 +299,7 @@ KTEST(coherent_failures_leave_the_direct_map_as_it_was) {
   KEXPECT_LT(n, kMax);
   // Memory itself was not the limit: the same request for a coherent device succeeds.
   DmaConstraints coh = non_coherent();
-  coh.coherent = true;
+  coh.coherence = DmaCoherence::kCoherent;
   auto plain = op->alloc_coherent(coh, Layout{4096, 2u << 20});
   KEXPECT_OK(plain);
   if (plain.ok()) op->dealloc_coherent(*plain);
@@ -417,18 +417,18 @@ KTEST(coherent_device_tree_nearest_property_decides) {
   KREQUIRE_TRUE(a.valid() && c.valid() && d.valid() && e.valid() && f.valid());
   const bool defaults[] = {false, true};
   for (bool def : defaults) {
-    DmaCoherence rc = dt_dma_coherence(*fdt, c, def);
+    DtDmaCoherence rc = dt_dma_coherence(*fdt, c, def);
     KEXPECT_TRUE(rc.coherent);
     KEXPECT_TRUE(rc.decided_by == a);
-    DmaCoherence ra = dt_dma_coherence(*fdt, a, def);
+    DtDmaCoherence ra = dt_dma_coherence(*fdt, a, def);
     KEXPECT_TRUE(ra.coherent && ra.decided_by == a);
-    DmaCoherence re = dt_dma_coherence(*fdt, e, def);
+    DtDmaCoherence re = dt_dma_coherence(*fdt, e, def);
     KEXPECT_FALSE(re.coherent);
     KEXPECT_TRUE(re.decided_by == d);
-    DmaCoherence rf = dt_dma_coherence(*fdt, f, def);
+    DtDmaCoherence rf = dt_dma_coherence(*fdt, f, def);
     KEXPECT_EQ(rf.coherent, def);
     KEXPECT_FALSE(rf.from_device_tree());
-    DmaCoherence rn = dt_dma_coherence(*fdt, FdtNode{}, def);
+    DtDmaCoherence rn = dt_dma_coherence(*fdt, FdtNode{}, def);
     KEXPECT_EQ(rn.coherent, def);
     KEXPECT_FALSE(rn.from_device_tree());
   }
@@ -438,9 +438,9 @@ KTEST(coherent_pci_devices_follow_the_firmware) {
   // With a device tree (AArch64, RISC-V): the PCIe host bridge's node and its ancestors decide;
   // QEMU's virt trees mark it dma-coherent. Without one (x86-64): the platform default.
   const KernelEnv& env = kernel_env();
-  const bool platform_default = env.dma->default_constraints().coherent;
+  const bool platform_default = env.dma->default_constraints().coherence == DmaCoherence::kCoherent;
   if (env.boot->fdt == nullptr) {
-    DmaCoherence r = dma_coherence_for(env, FdtNode{});
+    DtDmaCoherence r = dma_coherence_for(env, FdtNode{});
     KEXPECT_EQ(r.coherent, platform_default);
     KEXPECT_FALSE(r.from_device_tree());
     return;
@@ -449,7 +449,7 @@ KTEST(coherent_pci_devices_follow_the_firmware) {
   KREQUIRE_OK(fdt);
   FdtNode pci = fdt->find_compatible("pci-host-ecam-generic");
   KREQUIRE_TRUE(pci.valid());
-  DmaCoherence r = dma_coherence_for(env, pci);
+  DtDmaCoherence r = dma_coherence_for(env, pci);
   // Whatever the tree says on the way up decides; compare with a direct reading of it.
   bool said = false;
   bool want = platform_default;

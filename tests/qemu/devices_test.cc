@@ -284,7 +284,7 @@ KTEST(edu_receive_buffer_sharing_a_cache_line_keeps_every_byte) {
   support::fill_bytes(block + 128, 0x5A, 64);
   auto t = edu.copy_from_device(block + 32, 96, 3000);
   KREQUIRE_OK(t);
-  KEXPECT_EQ(t->bounced, !edu.dma().constraints().coherent);
+  KEXPECT_EQ(t->bounced, !edu.dma().coherent());
   KEXPECT_EQ(ktest_util::check_pattern(block + 32, 96, 41), 96u);
   size_t changed = 0;
   for (size_t i = 0; i < 32; ++i) changed += block[i] != 0xA5 ? 1 : 0;

@@ -76,7 +76,8 @@ KTEST(dma_map_direct_every_direction) {
       // other data: bounced whole, so that no device byte is lost (DmaOp::cache_alignment).
       size_t size = 8192 + off;
       bool shares = ((off | (off + size)) & (line - 1)) != 0;
-      bool expect_bounced = !c.coherent && d != DmaDirection::kToDevice && shares;
+      bool expect_bounced =
+          c.coherence != DmaCoherence::kCoherent && d != DmaDirection::kToDevice && shares;
       bool bounced = !expect_bounced;
       transfer(ktest_ctx, c, pages.va() + off, size, d, &bounced);
       KEXPECT_EQ(bounced, expect_bounced);

@@ -327,7 +327,7 @@ TEST_F(CoherentModelTest, RemapFailureGivesEverythingBack) {
 #endif
   // A coherent device is not limited by it.
   DmaConstraints coh = dev.constraints();
-  coh.coherent = true;
+  coh.coherence = DmaCoherence::kCoherent;
   auto c = plat.op().alloc_coherent(coh, Layout{64, 2u << 20});
   ASSERT_TRUE(c.ok());
   plat.op().dealloc_coherent(*c);

@@ -52,7 +52,7 @@ class DataSafetyTest : public testing::Test {
   DmaConstraints device(uint64_t mask, bool coherent) {
     DmaConstraints c;
     c.dma_mask = mask;
-    c.coherent = coherent;
+    c.coherence = dma_coherence(coherent);
     return c;
   }
   // Page-aligned RAM the caller uses as it likes (given back at teardown).
@@ -427,7 +427,7 @@ TEST_F(DataSafetyTest, NegativeBusOffsetMapsAndAllocates) {
   EXPECT_EQ(static_cast<uint8_t*>(h->cpu_addr)[8191], 0x3F);
   op().dealloc_coherent(*h);
   // The fast path of a coherent device too.
-  c.coherent = true;
+  c.coherence = DmaCoherence::kCoherent;
   auto f = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
   ASSERT_TRUE(f.ok());
   EXPECT_EQ(f->dma_addr.value(), phys_of(buf) - kRamBase);
@@ -445,7 +445,7 @@ TEST_F(DataSafetyTest, NegativeBusOffsetWithAFullMaskReachesAllMemory) {
   EXPECT_FALSE(m->bounced());
   EXPECT_EQ(m->dma_addr.value(), phys_of(buf) - 0x1000'0000);
   op().unmap_single(*m);
-  c.coherent = true;  // The fast path.
+  c.coherence = DmaCoherence::kCoherent;  // The fast path.
   auto f = op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
   ASSERT_TRUE(f.ok());
   EXPECT_FALSE(f->bounced());

@@ -39,12 +39,14 @@ class DeviceDmaTest : public testing::Test {
 
 TEST_F(DeviceDmaTest, ConstraintsComeFromThePlatformAndOverrides) {
   EXPECT_EQ(dev_.dma_mask(), kMask32);
-  EXPECT_FALSE(dev_.constraints().coherent);
+  EXPECT_EQ(dev_.constraints().coherence, DmaCoherence::kNonCoherent);
+  EXPECT_FALSE(dev_.coherent());
   dev_.set_coherent(true);
   dev_.set_force_bounce(true);
   dev_.set_min_align_mask(0xFFF);
   dev_.set_dma_mask(0xFFFF);
-  EXPECT_TRUE(dev_.constraints().coherent);
+  EXPECT_EQ(dev_.constraints().coherence, DmaCoherence::kCoherent);
+  EXPECT_TRUE(dev_.coherent());
   EXPECT_TRUE(dev_.constraints().force_bounce);
   EXPECT_EQ(dev_.constraints().min_align_mask, 0xFFFu);
   EXPECT_EQ(dev_.dma_mask(), 0xFFFFu);

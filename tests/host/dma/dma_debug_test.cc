@@ -73,7 +73,7 @@ class DmaDebugTest : public testing::Test {
   DmaConstraints raw_device(const char* name, bool coherent = false) {
     DmaConstraints c;
     c.dma_mask = kMask30;
-    c.coherent = coherent;
+    c.coherence = dma_coherence(coherent);
     c.name = name;
     c.device_id = DmaDebug::new_device_id();
     return c;

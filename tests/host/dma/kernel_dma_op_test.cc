@@ -40,7 +40,7 @@ class KernelDmaOpTest : public testing::Test {
   DmaConstraints device(uint64_t mask, bool coherent = false) {
     DmaConstraints c;
     c.dma_mask = mask;
-    c.coherent = coherent;
+    c.coherence = dma_coherence(coherent);
     return c;
   }
   // A buffer in RAM at or above 1 GiB (unreachable by a 30-bit device).
@@ -77,11 +77,11 @@ TEST_F(KernelDmaOpTest, PageSizeIs4K) {
 }
 
 TEST_F(KernelDmaOpTest, DefaultConstraintsFollowThePlatform) {
-  EXPECT_FALSE(op().default_constraints().coherent);
+  EXPECT_EQ(op().default_constraints().coherence, DmaCoherence::kNonCoherent);
   auto o = straddling_options();
   o.platform_coherent = true;
   HostPlatform coherent(o);
-  EXPECT_TRUE(coherent.op().default_constraints().coherent);
+  EXPECT_EQ(coherent.op().default_constraints().coherence, DmaCoherence::kCoherent);
 }
 
 TEST_F(KernelDmaOpTest, ReachableBufferIsMappedDirectly) {
@@ -624,7 +624,7 @@ TEST(KernelDmaOpCpuCaches, BouncedMapReusesTheSlotOfThisCpu) {
   uint8_t* buf = p.buffer_above(1ull << 30, 4096);
   DmaConstraints c;
   c.dma_mask = kMask30;
-  c.coherent = true;
+  c.coherence = DmaCoherence::kCoherent;
   std::memset(buf, 0x3C, 4096);
   auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
   ASSERT_TRUE(a.ok());

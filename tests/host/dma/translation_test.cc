@@ -16,7 +16,7 @@ constexpr uint64_t kPage = 4096;
 DmaConstraints coherent_device() {
   DmaConstraints c;
   c.dma_mask = kMask64;
-  c.coherent = true;
+  c.coherence = DmaCoherence::kCoherent;
   return c;
 }
 

@@ -63,7 +63,7 @@ TEST_P(BouncePoolLimits, AFourMiBBouncedMappingIsRefusedThroughTheDmaApi) {
   uint8_t* buf = plat.phys_to_virt(pa->value());
   DmaConstraints c;
   c.force_bounce = true;
-  c.coherent = true;
+  c.coherence = DmaCoherence::kCoherent;
   c.name = "big";
 
   Snapshot before = snapshot(pool);

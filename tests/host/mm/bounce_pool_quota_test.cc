@@ -338,7 +338,7 @@ TEST_P(BouncePoolQuota, TheLineGoesThroughTheLibrarysSink) {
   uint8_t* buf = plat.phys_to_virt(pa->value());
   DmaConstraints c;
   c.force_bounce = true;
-  c.coherent = true;
+  c.coherence = DmaCoherence::kCoherent;
   c.name = "ring";
   c.device_id = DmaDebug::new_device_id();
   std::vector<DmaMapHandle> maps;

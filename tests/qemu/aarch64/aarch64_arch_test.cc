@@ -94,7 +94,7 @@ KTEST(aarch64_console_is_device_memory) {
 KTEST(aarch64_dma_op_line_size_from_ctr) {
   KEXPECT_EQ(arch::cache_line_size(), aarch64::dcache_line_size());
   KEXPECT_EQ(AArch64DmaOp::hardware_line_size(), aarch64::dcache_line_size());
-  KEXPECT_FALSE(kernel_env().dma->default_constraints().coherent);
+  KEXPECT_FALSE(kernel_env().dma->default_constraints().coherence == DmaCoherence::kCoherent);
 }
 
 // MMIO the device tree describes is identity-mapped as Device-nGnRE: the PCIe ECAM and the parent

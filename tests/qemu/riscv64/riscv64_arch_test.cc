@@ -235,7 +235,7 @@ KTEST(riscv64_cache_ops_follow_device_tree) {
     KEXPECT_TRUE(kstr::starts_with(arch::cache_features(), "zicbom block"));
     // Coherent unless both the cache-block operations and Svpbmt's NC type are there.
     KEXPECT_EQ(ops.svpbmt, fdt.riscv_all_cpus_have("svpbmt"));
-    KEXPECT_EQ(env.dma->default_constraints().coherent, !ops.svpbmt);
+    KEXPECT_EQ(env.dma->default_constraints().coherence == DmaCoherence::kCoherent, !ops.svpbmt);
     // The boot-time probe and a fresh one agree on whether cbo.inval traps.
     auto page = env.pfa->alloc(0);
     KREQUIRE_OK(page);
@@ -246,7 +246,7 @@ KTEST(riscv64_cache_ops_follow_device_tree) {
     KEXPECT_OK(env.pfa->free(*page, 0));
   } else {
     KEXPECT_FALSE(ops.zicbom);
-    KEXPECT_TRUE(env.dma->default_constraints().coherent);
+    KEXPECT_TRUE(env.dma->default_constraints().coherence == DmaCoherence::kCoherent);
     KEXPECT_TRUE(kstr::starts_with(arch::cache_features(), "no zicbom"));
   }
 }

@@ -190,7 +190,7 @@ KTEST(x86_dma_op_uses_the_cpu_instructions) {
                                                     : X86DmaOp::FlushInsn::kClflush));
   KEXPECT_TRUE(op.inval_insn() ==
                (cpu.clflushopt ? X86DmaOp::InvalInsn::kClflushopt : X86DmaOp::InvalInsn::kClflush));
-  KEXPECT_TRUE(op.default_constraints().coherent);
+  KEXPECT_TRUE(op.default_constraints().coherence == DmaCoherence::kCoherent);
   // The boot report names exactly the optional instructions found.
   const char* features = arch::cache_features();
   KEXPECT_EQ(kstr::contains(features, "clflushopt"), cpu.clflushopt);
