@@ -16,9 +16,9 @@ inline constexpr size_t kArchOpAlign = 16;
 
 // The part of dmakit_platform_config that only the architecture interprets.
 struct ArchOptions {
-  int coherence = DMAKIT_COHERENCE_PLATFORM;  // dmakit_coherence, already checked.
-  size_t cache_line_size = 0;                 // 0 or a power of two, already checked.
-  uint32_t cache_flags = 0;                   // DMAKIT_CACHE_*.
+  int coherence = DMAKIT_COHERENCE_PLATFORM;        // dmakit_coherence, already checked.
+  size_t cache_line_size = 0;                       // 0 or a power of two, already checked.
+  uint32_t cache_flags = 0;                         // DMAKIT_CACHE_*.
   const dmakit_page_tables* page_tables = nullptr;  // Copied by the DmaOp; may be null.
 };
 

@@ -84,8 +84,8 @@
 #include "dmakit/support/compiler.h"
 #include "dmakit/support/fault_injection.h"
 #include "dmakit/support/mem.h"
-#include "support/report_line.h"
 #include "mm/bounce_pool_internal.h"
+#include "support/report_line.h"
 
 using namespace bounce_internal;  // NOLINT(google-build-using-namespace): the file's own helpers
 
@@ -307,7 +307,8 @@ unsigned every_caller_is_cpu_zero() {
 }
 }  // namespace
 
-SUPPORT_COLD Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu, unsigned num_cpus) {
+SUPPORT_COLD Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu,
+                                                        unsigned num_cpus) {
   const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
   if (current_cpu == nullptr) {
     current_cpu = hooks.cpu_id != nullptr ? hooks.cpu_id : &every_caller_is_cpu_zero;
@@ -376,8 +377,9 @@ uint64_t BouncePool::cpu_cached_slots() const {
   return n;
 }
 
-SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
-                              size_t metadata_bytes, const Options& options) {
+SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cpu_base,
+                                           void* metadata, size_t metadata_bytes,
+                                           const Options& options) {
   size_t slot_size = options.slot_size;
   if (initialized_) return ErrorCode::kInvalidArgument;
   if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
@@ -646,7 +648,7 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
 }
 
 SUPPORT_COLD void BouncePool::report_invalid_free(uint32_t first, uint32_t slots, uint64_t offset,
-                                     uint64_t size) {
+                                                  uint64_t size) {
   Line l;
   {
     support::Guard<support::SpinLock> guard{&lock_};
@@ -681,8 +683,9 @@ SUPPORT_COLD void BouncePool::report_invalid_free(uint32_t first, uint32_t slots
   emit(l);
 }
 
-SUPPORT_COLD void BouncePool::report_no_memory(Refusal why, const BounceDevice& dev, size_t size, uint64_t n,
-                                  uint64_t held, uint64_t failure, uint64_t not_shown) {
+SUPPORT_COLD void BouncePool::report_no_memory(Refusal why, const BounceDevice& dev, size_t size,
+                                               uint64_t n, uint64_t held, uint64_t failure,
+                                               uint64_t not_shown) {
   // The largest holders, from the block chain: up to kTally distinct devices are told apart (the
   // rest are not named), the three largest printed.
   struct Tally {

@@ -155,4 +155,3 @@ SUPPORT_COLD bool BouncePool::check_invariants_caches_locked() const {
   }
   return listed == free_blocks;
 }
-

@@ -129,9 +129,9 @@ void PageFrameAllocator::set_poisoning(bool on) {
 }
 
 SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange> ranges,
-                                      support::Span<const PhysRange> reserved,
-                                      uintptr_t direct_map_offset, void* metadata,
-                                      size_t metadata_bytes) {
+                                                   support::Span<const PhysRange> reserved,
+                                                   uintptr_t direct_map_offset, void* metadata,
+                                                   size_t metadata_bytes) {
   support::Guard guard{&lock_};
   if (initialized_) return ErrorCode::kInvalidArgument;
   if (ranges.size() > kMaxRanges) return ErrorCode::kInvalidArgument;
@@ -650,4 +650,3 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
   }
   return count;
 }
-

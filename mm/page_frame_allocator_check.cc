@@ -69,7 +69,8 @@ SUPPORT_COLD bool PageFrameAllocator::check_maps(uint64_t* per_range, uint64_t* 
 // Walks every range's state bytes block by block: each page is reserved or belongs to exactly
 // one block, whose head is aligned and whose other pages are interior; no free block has a free
 // buddy of its order (everything is coalesced); the free heads are exactly the mapped blocks.
-SUPPORT_COLD bool PageFrameAllocator::check_states(const uint64_t* per_range, uint64_t blocks) const {
+SUPPORT_COLD bool PageFrameAllocator::check_states(const uint64_t* per_range,
+                                                   uint64_t blocks) const {
   uint64_t free_heads = 0;
   uint64_t managed = 0;
   for (size_t i = 0; i < num_ranges_; ++i) {

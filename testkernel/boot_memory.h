@@ -12,11 +12,11 @@
 // Threading: boot-time only, one CPU.
 #pragma once
 
-#include "testkernel/arch.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/span.h"
 #include "dmakit/support/types.h"
+#include "testkernel/arch.h"
 
 class BootMemory {
  public:

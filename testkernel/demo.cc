@@ -4,9 +4,9 @@
 // prints what it did and the statistics that moved. The drivers issue adds real devices.
 #include "testkernel/demo.h"
 
+#include "dmakit/support/mem.h"
 #include "testkernel/demo_devices.h"
 #include "testkernel/kprintf.h"
-#include "dmakit/support/mem.h"
 
 namespace {
 

@@ -3,11 +3,11 @@
 // are those the runner attaches (tests/qemu/run_qemu.py; see testkernel/devices.h).
 #include "testkernel/demo_devices.h"
 
+#include "dmakit/support/mem.h"
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
 #include "testkernel/devices.h"
 #include "testkernel/kprintf.h"
-#include "dmakit/support/mem.h"
 
 namespace {
 

@@ -11,9 +11,9 @@
 // devices; it is not safe to race with itself.
 #pragma once
 
+#include "dmakit/support/result.h"
 #include "drivers/pci/pci_host_bridge.h"
 #include "testkernel/kernel_env.h"
-#include "dmakit/support/result.h"
 
 class Devices {
  public:

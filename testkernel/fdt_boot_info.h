@@ -2,9 +2,9 @@
 // device-tree architecture (aarch64, riscv64).
 #pragma once
 
+#include "dmakit/support/result.h"
 #include "testkernel/arch.h"
 #include "testkernel/fdt.h"
-#include "dmakit/support/result.h"
 
 // Fills info->ram (the /memory nodes), appends to info->reserved the /memreserve/ entries, the
 // /reserved-memory children with a "reg", and the blob itself ([fdt_phys, fdt_phys +

@@ -2,12 +2,12 @@
 // page-frame allocator, the bounce pools and the platform DmaOp, as kernel_main set them up.
 #pragma once
 
-#include "testkernel/arch.h"
-#include "dmakit/kernel_dma_op.h"
 #include "dmakit/bounce_pool.h"
+#include "dmakit/kernel_dma_op.h"
 #include "dmakit/page_frame_allocator.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/types.h"
+#include "testkernel/arch.h"
 
 struct KernelEnv {
   static constexpr size_t kMaxReserved = arch::kMaxReserved + 16;

@@ -1,8 +1,8 @@
 // The architectures' cache instructions, acting on the host cache model: what lets the host
 // build instantiate each architecture's line ops (arch/<arch>/<arch>_line_ops.h) and the shared
-// walk (include/dmakit/arch/cache_range.h) exactly as its kernel does, with the cache model standing in
-// for the hardware. HostDmaOp uses them for its cache maintenance, and tests/host/arch/ drives
-// them directly.
+// walk (include/dmakit/arch/cache_range.h) exactly as its kernel does, with the cache model
+// standing in for the hardware. HostDmaOp uses them for its cache maintenance, and tests/host/arch/
+// drives them directly.
 //
 // ModelLines translates an address to an offset in the model (`a - base`, modulo 2^64, so a test
 // can place the modelled region anywhere, including at the top of the address space) and

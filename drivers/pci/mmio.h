@@ -11,9 +11,9 @@
 // may be made with interrupts off.
 #pragma once
 
-#include "testkernel/arch_io.h"
 #include "dmakit/support/assert.h"
 #include "dmakit/support/types.h"
+#include "testkernel/arch_io.h"
 
 class MmioRegion {
  public:

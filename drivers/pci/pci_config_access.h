@@ -12,8 +12,8 @@
 // interrupts off.
 #pragma once
 
-#include "drivers/pci/mmio.h"
 #include "dmakit/support/types.h"
+#include "drivers/pci/mmio.h"
 
 // Bus / device / function.
 struct PciAddress {

@@ -3,11 +3,11 @@
 // and the switches a driver turns on (memory/I/O decoding, bus mastering).
 #pragma once
 
-#include "drivers/pci/mmio.h"
-#include "drivers/pci/pci_config_access.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
+#include "drivers/pci/mmio.h"
+#include "drivers/pci/pci_config_access.h"
 
 namespace pci {
 

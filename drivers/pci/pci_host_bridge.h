@@ -22,12 +22,12 @@
 // Threading: one CPU, at boot, before drivers run. Devices live as long as the bridge.
 #pragma once
 
-#include "drivers/pci/pci_config_access.h"
-#include "drivers/pci/pci_device.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/span.h"
 #include "dmakit/support/types.h"
+#include "drivers/pci/pci_config_access.h"
+#include "drivers/pci/pci_device.h"
 
 // An address window of the host bridge: CPU addresses [cpu_base, cpu_base + size) reach bus
 // addresses [bus_base, bus_base + size) (from the device tree's "ranges", or the chipset's

@@ -1,7 +1,7 @@
 // What may live in memory a device writes, and how the CPU reads and writes it.
 //
-// DArray<T> and DBox<T> (include/dmakit/device_dma.h) hold objects that a device reads and writes behind
-// the compiler's back. Two things follow.
+// DArray<T> and DBox<T> (include/dmakit/device_dma.h) hold objects that a device reads and writes
+// behind the compiler's back. Two things follow.
 //
 // 1. The type must be plain data: the device copies bytes, so T must be trivially copyable; its
 //    layout must be the one the device expects, so standard layout; and every byte must belong

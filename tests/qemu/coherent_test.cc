@@ -12,14 +12,14 @@
 // runs one test at a time; they check it).
 #include "dmakit/device_dma.h"
 #include "dmakit/dma_pool.h"
+#include "dmakit/support/bitops.h"
+#include "dmakit/support/mem.h"
 #include "drivers/edu/edu_device.h"
 #include "testkernel/devices.h"
 #include "testkernel/dma_coherence.h"
 #include "testkernel/fdt.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
-#include "dmakit/support/bitops.h"
-#include "dmakit/support/mem.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

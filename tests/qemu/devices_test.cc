@@ -7,12 +7,12 @@
 // `edu_mask=...` (testkernel/devices.h) -- and a virtio-blk disk holding disk_pattern::host_byte.
 // Every edu transfer takes about 100 ms of virtual time (the device's DMA timer).
 #include "testkernel/devices.h"
-#include "testkernel/arch_io.h"
+#include "dmakit/support/bitops.h"
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
+#include "testkernel/arch_io.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
-#include "dmakit/support/bitops.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

@@ -1,9 +1,9 @@
 // In-VM tests of the platform DmaOp on real memory: streaming mappings (direct and bounced, every
 // direction, data intact), the mask deciding between them, clear errors, and coherent
 // allocations on the direct map. The device is the CPU standing in at the DMA address.
+#include "dmakit/support/bitops.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
-#include "dmakit/support/bitops.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

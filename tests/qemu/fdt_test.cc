@@ -1,5 +1,6 @@
-// In-VM tests of the device tree reader (testkernel/fdt.h) on blobs built here, so every architecture
-// runs them, and of the boot information against the firmware's own tree where there is one.
+// In-VM tests of the device tree reader (testkernel/fdt.h) on blobs built here, so every
+// architecture runs them, and of the boot information against the firmware's own tree where there
+// is one.
 #include "testkernel/fdt.h"
 #include "testkernel/fdt_boot_info.h"
 #include "testkernel/kernel_env.h"

@@ -1,10 +1,10 @@
 // In-VM tests of the test kernel's own support code: kprintf formatting, the freestanding mem*
 // functions, the command-line helpers and the boot-time memory planner.
+#include "dmakit/support/mem.h"
+#include "dmakit/support/utility.h"
 #include "testkernel/boot_memory.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
-#include "dmakit/support/mem.h"
-#include "dmakit/support/utility.h"
 #include "tests/qemu/ktest.h"
 
 extern "C" {

@@ -1,8 +1,8 @@
 // In-VM tests of the page-frame allocator over the memory map the firmware described: what it
 // manages, and allocating everything under several limits (placement inside RAM, outside every
 // reserved range, under the limit, aligned, no two blocks overlapping), then freeing it all.
-#include "testkernel/kernel_env.h"
 #include "dmakit/support/bitops.h"
+#include "testkernel/kernel_env.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

@@ -3,9 +3,9 @@
 // machine used here) through the direct map.
 #pragma once
 
-#include "testkernel/kernel_env.h"
 #include "dmakit/support/mem.h"
 #include "dmakit/support/types.h"
+#include "testkernel/kernel_env.h"
 
 namespace ktest_util {
 

@@ -1,9 +1,9 @@
 // The arch:: contract (testkernel/arch.h) for AArch64 QEMU virt: PL011 console, semihosting exit,
 // generic-timer clock, the AArch64DmaOp, and page-table queries.
 #include "arch/aarch64/testkernel/platform.h"
-#include "dmakit/arch/aarch64_dma_op.h"
 #include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/sysreg.h"
+#include "dmakit/arch/aarch64_dma_op.h"
 #include "testkernel/arch.h"
 #include "testkernel/kprintf.h"
 

@@ -1,10 +1,10 @@
 // AArch64 exception handling: every exception is fatal in the test kernel. aarch64_trap (called
 // from the vectors in entry.S with the saved registers) prints the cause and the registers in a
 // readable panic and stops QEMU with a failure status.
+#include "dmakit/support/types.h"
 #include "testkernel/arch.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/panic.h"
-#include "dmakit/support/types.h"
 
 namespace {
 

@@ -1,7 +1,7 @@
-// testkernel/arch_io.h for RISC-V 64 (QEMU virt): device memory lives in the direct map with PBMT=IO
-// (riscv64_platform.h); the boot code maps the low device window and every PCIe window the device
-// tree describes, mmio_map() maps anything else on demand. There is no I/O port space (PCI I/O
-// BARs are memory-mapped through the host bridge's I/O window), and PCI is found through the
+// testkernel/arch_io.h for RISC-V 64 (QEMU virt): device memory lives in the direct map with
+// PBMT=IO (riscv64_platform.h); the boot code maps the low device window and every PCIe window the
+// device tree describes, mmio_map() maps anything else on demand. There is no I/O port space (PCI
+// I/O BARs are memory-mapped through the host bridge's I/O window), and PCI is found through the
 // device tree.
 //
 // Barriers: FENCE with the I/O (device input/output) and memory (read/write) sets, as Linux's

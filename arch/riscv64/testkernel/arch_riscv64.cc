@@ -1,8 +1,8 @@
 // The testkernel/arch.h contract for RISC-V 64: thin forwards to the platform object.
 #include "testkernel/arch.h"
 
-#include "dmakit/arch/riscv64_dma_op.h"
 #include "arch/riscv64/testkernel/riscv64_platform.h"
+#include "dmakit/arch/riscv64_dma_op.h"
 #include "dmakit/support/assert.h"
 #include "dmakit/support/utility.h"
 #include "testkernel/panic.h"

@@ -18,10 +18,10 @@
 // Sv39 reaches physical addresses below 256 GiB through this map; boot fails clearly otherwise.
 #pragma once
 
-#include "testkernel/arch.h"
 #include "arch/riscv64/testkernel/ns16550.h"
-#include "dmakit/arch/riscv64_dma_op.h"
 #include "arch/riscv64/testkernel/sv39_page_table.h"
+#include "dmakit/arch/riscv64_dma_op.h"
+#include "testkernel/arch.h"
 #include "testkernel/fdt.h"
 
 namespace riscv {

@@ -1,7 +1,7 @@
 #include "arch/x86_64/testkernel/serial.h"
 
-#include "testkernel/arch.h"
 #include "arch/x86_64/testkernel/cpu.h"
+#include "testkernel/arch.h"
 
 namespace x86 {
 namespace {

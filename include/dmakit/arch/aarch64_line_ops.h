@@ -1,7 +1,8 @@
-// AArch64's decisions for the shared cache walk (include/dmakit/arch/cache_range.h): which data-cache
-// instruction serves each line operation, and the barrier. No instruction is written here: `Insn`
-// supplies them, so the same decisions run in the kernel (arch/aarch64/dma/aarch64_dma_op.cc, inline
-// asm) and in the host tests against the cache model (arch/host/model_line_ops.h).
+// AArch64's decisions for the shared cache walk (include/dmakit/arch/cache_range.h): which
+// data-cache instruction serves each line operation, and the barrier. No instruction is written
+// here: `Insn` supplies them, so the same decisions run in the kernel
+// (arch/aarch64/dma/aarch64_dma_op.cc, inline asm) and in the host tests against the cache model
+// (arch/host/model_line_ops.h).
 //
 //   clean            -> dc cvac   (to the point of coherency)
 //   invalidate       -> dc ivac   (whole lines only; the walk cleans partial ones)

@@ -1,6 +1,6 @@
 // RISC-V's decisions for the shared cache walk (include/dmakit/arch/cache_range.h), with the Zicbom
-// cache-block instructions supplied by `Insn` (inline asm in arch/riscv64/dma/riscv64_dma_op.cc, the
-// cache model in the host tests: arch/host/model_line_ops.h).
+// cache-block instructions supplied by `Insn` (inline asm in arch/riscv64/dma/riscv64_dma_op.cc,
+// the cache model in the host tests: arch/host/model_line_ops.h).
 //
 //   clean            -> cbo.clean
 //   invalidate       -> cbo.inval, when usable: it traps unless the M-mode firmware set

@@ -53,8 +53,8 @@ class X86DmaOp final : public KernelDmaOp {
   // device. Calling context: KernelDmaOp::init's.
   // Errors: kInvalidArgument (line_size not a power of two, or KernelDmaOp::init's); the object
   // is unchanged then.
-  Result<void> init(const Config& cfg, size_t line_size, FlushInsn flush_insn,
-                    InvalInsn inval_insn, const dmakit_page_tables* page_tables = nullptr);
+  Result<void> init(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
+                    const dmakit_page_tables* page_tables = nullptr);
   // The same in one step; panics where init() returns an error.
   X86DmaOp(const Config& cfg, size_t line_size, FlushInsn flush_insn, InvalInsn inval_insn,
            const dmakit_page_tables* page_tables = nullptr);

@@ -1,6 +1,6 @@
-// x86-64's decisions for the shared cache walk (include/dmakit/arch/cache_range.h), with the instructions
-// supplied by `Insn` (inline asm in arch/x86_64/dma/x86_64_dma_op.cc, the cache model in the host
-// tests: arch/host/model_line_ops.h).
+// x86-64's decisions for the shared cache walk (include/dmakit/arch/cache_range.h), with the
+// instructions supplied by `Insn` (inline asm in arch/x86_64/dma/x86_64_dma_op.cc, the cache model
+// in the host tests: arch/host/model_line_ops.h).
 //
 //   clean            -> CLWB (write back, the line may stay cached), else CLFLUSHOPT, else
 //                       CLFLUSH, as the CPU has them

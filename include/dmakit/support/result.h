@@ -97,7 +97,8 @@ class [[nodiscard]] Result {
   Result& operator=(const Result&) = delete;
   Result& operator=(Result&&) = delete;
   // Trivial for a trivially destructible T (most results: addresses, handles), so that such a
-  // Result can be passed on by a guaranteed tail call (SUPPORT_MUSTTAIL, include/dmakit/support/compiler.h).
+  // Result can be passed on by a guaranteed tail call (SUPPORT_MUSTTAIL,
+  // include/dmakit/support/compiler.h).
   ~Result()
     requires(SUPPORT_IS_TRIVIALLY_DESTRUCTIBLE(T))
   = default;

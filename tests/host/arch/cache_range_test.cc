@@ -1,6 +1,6 @@
 // The architectures' own cache-maintenance decisions (arch/<arch>/<arch>_line_ops.h over the
-// shared walk, include/dmakit/arch/cache_range.h) against the host cache model: the code each kernel
-// runs, with only the instructions replaced by their effect on the model
+// shared walk, include/dmakit/arch/cache_range.h) against the host cache model: the code each
+// kernel runs, with only the instructions replaced by their effect on the model
 // (arch/host/model_line_ops.h). QEMU models no caches, so this is where a wrong decision (an
 // invalidate of a partial line, a line left out at an edge, a walk that wraps) shows.
 #include <gtest/gtest.h>
@@ -11,10 +11,10 @@
 #include <tuple>
 #include <vector>
 
-#include "dmakit/arch/aarch64_line_ops.h"
-#include "dmakit/arch/cache_range.h"
 #include "arch/host/cache_model.h"
 #include "arch/host/model_line_ops.h"
+#include "dmakit/arch/aarch64_line_ops.h"
+#include "dmakit/arch/cache_range.h"
 #include "dmakit/arch/riscv64_line_ops.h"
 #include "dmakit/arch/x86_64_line_ops.h"
 

@@ -4,7 +4,8 @@
 // the slot is instead. That includes a block parked in a per-CPU cache, which the lock-free free
 // path must not take for a live one.
 //
-// This translation unit sees nothing of the misuse checker (include/dmakit/dma_debug.h): only the pool.
+// This translation unit sees nothing of the misuse checker (include/dmakit/dma_debug.h): only the
+// pool.
 #include "dmakit/bounce_pool.h"
 
 #include <gtest/gtest.h>

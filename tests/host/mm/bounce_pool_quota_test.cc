@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "arch/host/host_platform.h"
-#include "dmakit/dma_debug.h"
 #include "dmakit/bounce_pool.h"
+#include "dmakit/dma_debug.h"
 #include "tests/host/mm/bounce_test_pool.h"
 
 namespace {

@@ -8,8 +8,8 @@
 #include "dmakit/support/addr.h"
 #include "dmakit/support/bitops.h"
 #include "dmakit/support/defer.h"
-#include "support/intrusive_list.h"
 #include "dmakit/support/spinlock.h"
+#include "support/intrusive_list.h"
 
 namespace {
 

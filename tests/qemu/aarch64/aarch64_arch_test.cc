@@ -1,8 +1,8 @@
 // AArch64-only in-VM tests: the MMU and caches are really on, the page tables agree with the
 // hardware's own translation (AT S1E1R / PAR_EL1), and the DmaOp uses the CPU's line size.
-#include "dmakit/arch/aarch64_dma_op.h"
 #include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/sysreg.h"
+#include "dmakit/arch/aarch64_dma_op.h"
 #include "testkernel/arch.h"
 #include "testkernel/fdt.h"
 #include "testkernel/kernel_env.h"

@@ -2,18 +2,18 @@
 // no identity map), the PAT layout, the trap path (faults caught by probes, decoded and resumed),
 // the TSC clock against the HPET, the CPU count against QEMU's fw_cfg, and the DmaOp's choice of
 // cache instructions against CPUID.
-#include "testkernel/arch.h"
-#include "testkernel/arch_io.h"
 #include "arch/x86_64/testkernel/cpu.h"
 #include "arch/x86_64/testkernel/cpu_features.h"
 #include "arch/x86_64/testkernel/paging.h"
+#include "arch/x86_64/testkernel/smp.h"
 #include "arch/x86_64/testkernel/traps.h"
-#include "dmakit/arch/x86_64_dma_op.h"
 #include "arch/x86_64/testkernel/x86_64_platform.h"
+#include "dmakit/arch/x86_64_dma_op.h"
+#include "dmakit/kernel_hooks.h"
+#include "testkernel/arch.h"
+#include "testkernel/arch_io.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
-#include "arch/x86_64/testkernel/smp.h"
-#include "dmakit/kernel_hooks.h"
 #include "testkernel/percpu.h"
 #include "tests/qemu/ktest.h"
 
