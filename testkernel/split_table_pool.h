@@ -7,8 +7,8 @@
 //     AArch64DmaOp::split_direct_map): between begin_boot_split and end_boot_split, pages come
 //     only from a region kernel_main carved out of RAM for it (sized from the RAM, about 2 MiB per
 //     GiB), handed out in order and never taken back.
-// The library calls the callbacks under its page-table lock, one call at a time; in_use() and
-// boot_pages() may be read from anywhere.
+// The library calls the callbacks under its page-table lock, one call at a time; in_use() may be
+// read from anywhere.
 //
 // Cost: alloc and free scan one 64-bit mask; a boot page is a bump of a counter.
 #pragma once
@@ -56,9 +56,6 @@ class SplitTablePool {
     boot_split_ = false;
     return boot_used_;
   }
-  // Boot pages handed out for good.
-  size_t boot_pages() const { return boot_used_; }
-
   // Run-time split pages lent out now.
   size_t in_use() const {
     size_t n = 0;
