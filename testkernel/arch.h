@@ -6,6 +6,7 @@
 #include "dmakit/kernel_dma_op.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
+#include "dmakit/support/span.h"
 #include "dmakit/support/types.h"
 
 struct PerCpu;
@@ -56,11 +57,33 @@ const char* cache_features();
 // For tests: the page-table attribute of a direct-map virtual address, as a short string
 // ("normal-wb", "nc", "uc-", ...), or null if unmapped.
 const char* mapping_attribute(const void* va);
+// For tests: the memory attribute the calling CPU's MMU translates `va` with, as
+// mapping_attribute names it, or null if the translation faults. AArch64: AT S1E1R and PAR_EL1
+// (what the address translation hardware uses, TLB entries included). Errors: kNotSupported
+// (x86-64 and RISC-V have no instruction that reports a translation's memory type).
+Result<const char*> translated_attribute(const void* va);
 
 // For tests and reports: page-table pages currently spent on splitting large direct-map leaves so
 // that some pages can be mapped uncached (KernelDmaOp::set_memory_attribute; 0 once every such
 // page is cacheable again, when the large leaves are put back).
 size_t direct_map_split_tables();
+
+// Memory-type changes with every CPU running. Where changing a direct-map entry needs
+// break-before-make (AArch64: the entry is invalid for a moment), splitting a 2 MiB / 1 GiB leaf
+// at run time would unmap the whole leaf while other CPUs may use it; so the kernel splits the
+// direct map over the RAM alloc_coherent may remap down to 4 KiB pages once at boot, and later
+// changes break only the caller's own pages. Where a live entry may be changed in place, with TLB
+// invalidation on every CPU (x86-64, RISC-V), nothing is split ahead: both return 0.
+//
+// Bytes of page tables that splitting the direct map over `ram` to 4 KiB pages takes (one table
+// per 2 MiB and per 1 GiB region touched), page aligned; 0 where nothing is split ahead.
+uint64_t direct_map_split_bytes(support::Span<const PhysRange> ram);
+// Splits the direct map over `ram` to 4 KiB pages for good, with page tables from `tables` (RAM
+// carved for it, direct_map_split_bytes(ram) long, 2 MiB aligned, never given back). Call on
+// the boot CPU after create_dma_op, before any other CPU starts and before interrupts are on.
+// Returns the page-table pages used (0 where nothing is split ahead). Errors:
+// AArch64DmaOp::split_direct_map's; kNoMemory (tables too small, or no identity mapping for them).
+Result<size_t> split_direct_map_at_boot(support::Span<const PhysRange> ram, PhysRange tables);
 
 // --- SMP (testkernel/percpu.h is the common half) ---
 

@@ -25,6 +25,11 @@ struct KernelEnv {
   size_t num_reserved = 0;
   uint64_t ram_bytes = 0;
   uintptr_t direct_map_offset = 0;
+  // The boot split of the direct map to 4 KiB pages (arch::split_direct_map_at_boot): the RAM
+  // below presplit_limit (physical; ~0: all of it, 0: none) is mapped by 4 KiB leaves for good,
+  // with presplit_tables page-table pages.
+  uint64_t presplit_limit = 0;
+  size_t presplit_tables = 0;
 
   void* phys_to_virt(PhysAddr p) const {
     return reinterpret_cast<void*>(static_cast<uintptr_t>(p.value()) + direct_map_offset);
@@ -39,6 +44,9 @@ struct KernelEnv {
     }
     return false;
   }
+  // Whether the direct map of the page at `p` was split to 4 KiB leaves at boot, so that
+  // changing its attribute never splits (nor breaks) a larger leaf.
+  bool presplit(PhysAddr p) const { return p.value() < presplit_limit; }
   // True if [base, base + size) overlaps a reserved range (page granular, as the allocator sees
   // reserved pieces).
   bool overlaps_reserved(PhysAddr base, uint64_t size) const {

@@ -19,7 +19,10 @@
 //   "dma28": only when free RAM exists below 256 MiB (x86 q35): a small pool there for devices
 //            with 28-bit masks (QEMU's edu default), placed as high as possible below 256 MiB.
 // The allocator and pool metadata go as high as possible, out of the way of DMA-constrained
-// memory.
+// memory, and so do the page tables of the boot split of the direct map (AArch64: all RAM split
+// to 4 KiB pages before the other CPUs start, so that alloc_coherent's attribute changes never
+// unmap a 2 MiB / 1 GiB block another CPU is using; RAM below 4 GiB only when there is no room
+// for all of it; arch::split_direct_map_at_boot).
 #include "dmakit/dma_debug.h"
 #include "dmakit/support/bitops.h"
 #include "testkernel/arch.h"
@@ -92,6 +95,54 @@ bool setup_pool(const char* name, uint64_t bytes, uint64_t window_lo, uint64_t w
   return true;
 }
 
+// The boot split's page tables, carved before the allocator exists.
+PhysRange g_presplit_tables;
+PhysRange g_presplit_ram[arch::kMaxMemRanges];
+size_t g_presplit_num_ram = 0;
+
+// RAM ranges clipped below `limit`.
+size_t clip_ram(const arch::BootInfo& info, uint64_t limit, PhysRange* out) {
+  size_t n = 0;
+  for (size_t i = 0; i < info.num_ram; ++i) {
+    const uint64_t lo = info.ram[i].base.value();
+    const uint64_t hi = support::min(info.ram[i].end().value(), limit);
+    if (hi > lo) out[n++] = PhysRange{PhysAddr(lo), hi - lo};
+  }
+  return n;
+}
+
+// Carves the tables for splitting all RAM (or, when there is no room, the RAM below 4 GiB, which
+// every device can reach) and records which RAM they are for.
+void carve_presplit_tables(const arch::BootInfo& info) {
+  const uint64_t limits[] = {~0ull, k4GiB};
+  for (uint64_t limit : limits) {
+    size_t n = clip_ram(info, limit, g_presplit_ram);
+    uint64_t bytes = arch::direct_map_split_bytes({g_presplit_ram, n});
+    if (bytes == 0) return;  // Nothing to split ahead on this architecture.
+    // 2 MiB aligned: the port may map most of it with large leaves of its own.
+    auto base = g_mem.carve(bytes, 2 * kMiB, 0, ~0ull, BootMemory::Placement::kHighest,
+                            "direct-map split tables");
+    if (base.ok()) {
+      g_presplit_tables = PhysRange{*base, bytes};
+      g_presplit_num_ram = n;
+      g_env.presplit_limit = limit;
+      return;
+    }
+  }
+  kprintf(
+      "boot: warning: no room to split the direct map at boot; attribute changes may unmap "
+      "2 MiB / 1 GiB blocks other CPUs use\n");
+}
+
+// The boot split itself: after the DmaOp exists, before other CPUs start.
+void split_direct_map() {
+  if (g_env.presplit_limit == 0) return;
+  auto used =
+      arch::split_direct_map_at_boot({g_presplit_ram, g_presplit_num_ram}, g_presplit_tables);
+  if (!used.ok()) fail_boot("split of the direct map", used.code());
+  g_env.presplit_tables = *used;
+}
+
 void setup_memory(const arch::BootInfo& info) {
   g_env.boot = &info;
   g_env.direct_map_offset = info.direct_map_offset;
@@ -107,6 +158,9 @@ void setup_memory(const arch::BootInfo& info) {
   auto pfa_meta_base =
       g_mem.carve(pfa_meta, kPage, 0, ~0ull, BootMemory::Placement::kHighest, "allocator metadata");
   if (!pfa_meta_base.ok()) fail_boot("allocator metadata", pfa_meta_base.code());
+
+  // Page tables for the boot split of the direct map (none where the architecture needs none).
+  carve_presplit_tables(info);
 
   // Bounce pools, sized from what is free in their windows.
   uint64_t low_free = g_mem.free_bytes_in(0, k256MiB);
@@ -145,6 +199,7 @@ void setup_memory(const arch::BootInfo& info) {
   cfg.ram = info.ram;
   cfg.num_ram = info.num_ram;
   g_env.dma = &arch::create_dma_op(cfg);
+  split_direct_map();
   // The misuse checker's reports go to the console (with DMA_API_DEBUG; a no-op otherwise).
   DmaDebug::set_sink(+[](void*, const char* line) { kprintf("%s\n", line); }, nullptr);
   // Its table, sized for the in-VM tests (the library's own default is a bring-up's few entries).
@@ -187,6 +242,17 @@ void print_report(const arch::BootInfo& info, const char* mode) {
           g_env.dma->default_constraints().coherence == DmaCoherence::kCoherent ? "coherent"
                                                                                 : "non-coherent",
           static_cast<unsigned long long>(info.direct_map_offset));
+  if (g_env.presplit_limit != 0) {
+    char sz2[32];
+    uint64_t split_ram = 0;
+    for (size_t i = 0; i < g_presplit_num_ram; ++i) split_ram += g_presplit_ram[i].size;
+    kprintf("direct map: split to 4 KiB pages at boot over %s of RAM (%s): %zu page tables, %s\n",
+            format_size(sz, sizeof(sz), split_ram),
+            g_env.presplit_limit == ~0ull ? "all of it" : "below 4 GiB", g_env.presplit_tables,
+            format_size(sz2, sizeof(sz2), g_env.presplit_tables * kPage));
+  } else {
+    kprintf("direct map: attribute changes in place, nothing split ahead\n");
+  }
   kprintf("cpus: %u online (of %u described)\n", num_online_cpus(), info.num_cpus);
   kprintf("interrupts: %s; timer every %llu us on every CPU\n", arch::irq_controller(),
           static_cast<unsigned long long>(arch::kDefaultTimerPeriodNs / 1000));

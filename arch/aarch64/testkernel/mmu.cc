@@ -30,8 +30,6 @@ Table g_pool[kPoolPages];
 Table g_root_identity;
 Table g_root_direct;
 size_t g_used = 0;
-// Lent to dmakit for splits of the direct map (mmu_direct_map_tables).
-SplitTablePool g_split_tables;
 dmakit_page_tables g_direct_map_tables = {};
 
 // With the MMU on, tables are reached through the identity map of the kernel image (the pool is
@@ -62,6 +60,8 @@ uint64_t leaf_bits(MemAttr attr, bool exec) {
 }
 
 }  // namespace
+
+SplitTablePool g_split_tables;
 
 void mmu_reset_tables() {
   for (size_t i = 0; i < kEntries; ++i) {

@@ -21,6 +21,7 @@
 #include "dmakit/page_tables.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
+#include "testkernel/split_table_pool.h"
 
 namespace aarch64 {
 
@@ -67,9 +68,14 @@ size_t mmu_tables_capacity();
 
 // The direct map's tables as dmakit needs them to make its pages uncached in place
 // (dmakit/page_tables.h): the TTBR1 root, four levels, tables reached through the identity map
-// (table_offset 0: they and the split tables are in the kernel image, outside the direct map
-// being edited), the direct map [kDirectMapBase, + 2^47), MAIR indices kNormalWb and kNormalNc,
-// split tables from a SplitTablePool in the image. Valid for the kernel's lifetime.
+// (table_offset 0: they and the run-time split tables are in the kernel image, and the boot
+// split's tables in RAM that arch::split_direct_map_at_boot identity-maps first; all outside the
+// direct map being edited), the direct map [kDirectMapBase, + 2^47), MAIR indices kNormalWb and
+// kNormalNc, split tables from g_split_tables. Valid for the kernel's lifetime.
 const dmakit_page_tables* mmu_direct_map_tables();
+
+// The pool mmu_direct_map_tables lends dmakit split tables from (run-time splits, and the boot
+// split of arch::split_direct_map_at_boot).
+extern SplitTablePool g_split_tables;
 
 }  // namespace aarch64

@@ -4,6 +4,7 @@
 #include "arch/aarch64/testkernel/mmu.h"
 #include "arch/aarch64/testkernel/sysreg.h"
 #include "dmakit/arch/aarch64_dma_op.h"
+#include "dmakit/support/bitops.h"
 #include "testkernel/arch.h"
 #include "testkernel/kprintf.h"
 
@@ -110,6 +111,76 @@ const char* mapping_attribute(const void* va) {
       return "device-ngnrne";
   }
   return "unknown";
+}
+
+// Break-before-make (Arm ARM, "Using break-before-make when updating translation table
+// entries") makes a run-time split of a 2 MiB / 1 GiB block unmap the whole block for a moment;
+// so the direct map over RAM is split to pages here, once, before other CPUs run.
+namespace {
+
+constexpr uint64_t k2MiB = 1ull << 21;
+constexpr uint64_t k1GiB = 1ull << 30;
+
+uint64_t regions_touched(uint64_t lo, uint64_t hi, uint64_t region) {
+  return hi <= lo ? 0 : (hi - 1) / region - lo / region + 1;
+}
+
+}  // namespace
+
+uint64_t direct_map_split_bytes(support::Span<const PhysRange> ram) {
+  uint64_t tables = 0;
+  for (size_t i = 0; i < ram.size(); ++i) {
+    const uint64_t lo = support::align_up(ram[i].base.value(), uint64_t{4096});
+    const uint64_t hi = support::align_down(ram[i].end().value(), uint64_t{4096});
+    tables += regions_touched(lo, hi, k2MiB) + regions_touched(lo, hi, k1GiB);
+  }
+  return tables * 4096;
+}
+
+Result<size_t> split_direct_map_at_boot(support::Span<const PhysRange> ram, PhysRange tables) {
+  KASSERT(g_dma_op != nullptr, "split_direct_map_at_boot before create_dma_op");
+  if (tables.size < direct_map_split_bytes(ram)) return ErrorCode::kNoMemory;
+  if (tables.size == 0) return size_t{0};
+  // The library reaches tables at their physical address (table_offset 0): the identity map,
+  // which no split of the direct map touches.
+  auto r = aarch64::mmu_map(aarch64::Space::kIdentity, tables.base.value(), tables.base.value(),
+                            tables.size, aarch64::MemAttr::kNormalWb, false);
+  if (!r.ok()) return ErrorCode::kNoMemory;
+  aarch64::mmu_sync();
+  aarch64::g_split_tables.begin_boot_split(static_cast<uintptr_t>(tables.base.value()),
+                                           static_cast<size_t>(tables.size / 4096));
+  Result<void> res = support::ok();
+  for (size_t i = 0; i < ram.size() && res.ok(); ++i) {
+    const uint64_t lo = support::align_up(ram[i].base.value(), uint64_t{4096});
+    const uint64_t hi = support::align_down(ram[i].end().value(), uint64_t{4096});
+    if (hi <= lo) continue;
+    res = g_dma_op->split_direct_map(reinterpret_cast<void*>(aarch64::kDirectMapBase + lo),
+                                     static_cast<size_t>(hi - lo));
+  }
+  const size_t used = aarch64::g_split_tables.end_boot_split();
+  if (!res.ok()) return res.error();
+  return used;
+}
+
+Result<const char*> translated_attribute(const void* va) {
+  const uintptr_t state = irq_save();  // PAR_EL1 is the calling CPU's until read.
+  __asm__ volatile("at s1e1r, %0\n\tisb" : : "r"(va) : "memory");
+  const uint64_t par = aarch64::read_par_el1();
+  irq_restore(state);
+  if ((par & 1) != 0) return static_cast<const char*>(nullptr);  // PAR_EL1.F: the walk faulted.
+  // PAR_EL1.ATTR: the MAIR_EL1 attribute byte the translation uses.
+  switch (par >> 56) {
+    case 0xFF:
+      return "normal-wb";
+    case 0x44:
+      return "normal-nc";
+    case 0x04:
+      return "device-ngnre";
+    case 0x00:
+      return "device-ngnrne";
+    default:
+      return "unknown";
+  }
 }
 
 }  // namespace arch

@@ -43,6 +43,21 @@ size_t direct_map_split_tables() {
   return g_split_tables.in_use();
 }
 
+// RISC-V has no break-before-make rule: the library changes a live entry in place (a large leaf
+// becomes a table of identical leaves, a 4 KiB leaf changes its PBMT field), each followed by
+// sfence.vma on every hart through the kernel hook (an SBI remote fence here). Another hart using
+// the rest of a 2 MiB / 1 GiB region never finds it unmapped, so nothing is split ahead.
+uint64_t direct_map_split_bytes(support::Span<const PhysRange>) {
+  return 0;
+}
+Result<size_t> split_direct_map_at_boot(support::Span<const PhysRange>, PhysRange) {
+  return size_t{0};
+}
+
+Result<const char*> translated_attribute(const void*) {
+  return ErrorCode::kNotSupported;
+}
+
 size_t cache_line_size() {
   return riscv::platform().cache_ops().block_size;
 }

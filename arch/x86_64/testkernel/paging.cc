@@ -416,4 +416,19 @@ size_t direct_map_split_tables() {
   return x86::g_split_tables.in_use();
 }
 
+// x86-64 has no break-before-make rule: the library changes a live entry in place (a large leaf
+// becomes a table of identical leaves, a 4 KiB leaf changes its PAT bits), each followed by TLB
+// invalidation on every CPU through the kernel hook (IPIs here). Another CPU using the rest of a
+// 2 MiB / 1 GiB region never finds it unmapped, so nothing is split ahead.
+uint64_t direct_map_split_bytes(support::Span<const PhysRange>) {
+  return 0;
+}
+Result<size_t> split_direct_map_at_boot(support::Span<const PhysRange>, PhysRange) {
+  return size_t{0};
+}
+
+Result<const char*> translated_attribute(const void*) {
+  return ErrorCode::kNotSupported;
+}
+
 }  // namespace arch
