@@ -35,6 +35,7 @@ struct PerCpu {
   unsigned index = 0;            // Position in the table, 0 = boot CPU; what cpu_index() says.
   uint64_t hw_id = 0;            // MPIDR affinity (AArch64), hart id (RISC-V), APIC id (x86).
   bool online = false;           // Set (release) by the CPU itself once it waits for work.
+  bool gave_up = false;          // Set (release) by secondary_give_up: it will never come online.
   // Architecture-private words (e.g. x86's per-CPU TSS pointer).
   uintptr_t arch[4] = {};
 
