@@ -2,6 +2,7 @@
 #include "dmakit/dma_debug.h"
 
 #include "dmakit/bounce_pool.h"
+#include "dmakit/kernel_hooks.h"
 #include "dmakit/support/spinlock.h"
 #include "support/report_line.h"
 
@@ -49,6 +50,8 @@ const char* dma_debug_kind_name(DmaDebugKind kind) {
       return "error-ignored";
     case DmaDebugKind::kTableFull:
       return "table-full";
+    case DmaDebugKind::kWrongContext:
+      return "wrong-context";
     case DmaDebugKind::kCount:
       break;
   }
@@ -600,6 +603,23 @@ void DmaDebug::on_error_ignored(const char* name, uint32_t device_id, const void
   l.str(" failed (").str(error_code_name(e.code)).str(") and the result was dropped unchecked");
   l.str("; expected ok(), code() or error() to be called on it");
   emit(DmaDebugKind::kErrorIgnored, l);
+}
+
+bool DmaDebug::thread_context_ok(const char* function, const char* name, uint32_t device_id) {
+  int (*in_interrupt)() = dma::kernel_hooks().in_interrupt;
+  if (in_interrupt == nullptr || in_interrupt() == 0) return true;
+  if (name == nullptr && device_id != 0) {
+    // A handle carries only the id: the name the device had when it mapped or allocated.
+    support::Guard<support::SpinLock> guard{&g_table.lock};
+    name = name_of(device_id);
+  }
+  Line l;
+  l.str("dma-debug: ").str(dma_debug_kind_name(DmaDebugKind::kWrongContext)).str(": ");
+  if (name != nullptr || device_id != 0) l.device(name, device_id).str(": ");
+  l.str(function).str(" called from an interrupt handler; it is thread only (it may edit page");
+  l.str(" tables and wait for other CPUs): refused");
+  emit(DmaDebugKind::kWrongContext, l);
+  return false;
 }
 
 #endif  // DMA_API_DEBUG_ENABLED

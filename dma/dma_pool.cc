@@ -11,6 +11,13 @@ constexpr uint8_t kPoison = 0xA5;
 // chunk record's bitmap tracks.
 constexpr size_t kMinStride = 8;
 
+// The misuse checker's context check (dmakit/dma_debug.h, kWrongContext) for the pool's
+// thread-only calls, which may grow the pool; a constant true in a release build.
+bool thread_context_ok(const char* function, const DeviceDma* dev) {
+  return DmaDebug::thread_context_ok(function, dev->constraints().name,
+                                     dev->constraints().device_id);
+}
+
 }  // namespace
 
 DmaPool::~DmaPool() {
@@ -38,6 +45,7 @@ DmaPool::~DmaPool() {
 Result<void> DmaPool::init(DeviceDma* dev, size_t block_size, size_t align, size_t boundary,
                            const char* name) {
   if (dev_ != nullptr || dev == nullptr) return ErrorCode::kInvalidArgument;
+  if (!thread_context_ok("DmaPool::init", dev)) return ErrorCode::kBusy;
   if (align == 0) align = 1;
   if (block_size == 0 || !support::is_pow2(align)) return ErrorCode::kLayoutError;
   if (boundary != 0 && !support::is_pow2(boundary)) return ErrorCode::kLayoutError;
@@ -159,6 +167,7 @@ DmaPoolBlock DmaPool::hand_out(const DmaPoolBlock& b) {
 
 Result<DmaPoolBlock> DmaPool::alloc() {
   if (dev_ == nullptr) return ErrorCode::kInvalidArgument;
+  if (!thread_context_ok("DmaPool::alloc", dev_)) return ErrorCode::kBusy;
   DmaPoolBlock b;
   size_t slot = 0;
   {
@@ -194,6 +203,7 @@ Result<DmaPoolBlock> DmaPool::try_alloc() {
 
 Result<void> DmaPool::reserve(size_t blocks) {
   if (dev_ == nullptr) return ErrorCode::kInvalidArgument;
+  if (!thread_context_ok("DmaPool::reserve", dev_)) return ErrorCode::kBusy;
   if (blocks > kMaxChunks * blocks_per_chunk_) return ErrorCode::kOutOfRange;
   uint64_t added = 0;
   Error failure(ErrorCode::kNoMemory);

@@ -163,6 +163,7 @@ DmaConstraints KernelDmaOp::default_constraints() const {
 }
 
 Result<void> KernelDmaOp::set_memory_attribute(void*, size_t, MemAttr) {
+  if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   return ErrorCode::kNotSupported;
 }
 
@@ -489,6 +490,9 @@ Result<void> KernelDmaOp::confirm_write(const DmaMapHandle& h, size_t offset, si
 }
 
 Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout layout) {
+  if (!c.coherent && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
+    return ErrorCode::kBusy;
+  }
   if (layout.size == 0) return ErrorCode::kLayoutError;
   if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
   unsigned order = PageFrameAllocator::order_for(layout.size);
@@ -555,6 +559,10 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
 }
 
 void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
+  if (!h.coherent_device &&
+      !DmaDebug::thread_context_ok("dealloc_coherent", nullptr, h.device_id)) {
+    return;  // Reported; the allocation stays live.
+  }
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
   if (h.remapped) {
     // The pages go back cacheable: the next owner expects the direct map's normal attribute. No

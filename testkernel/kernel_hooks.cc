@@ -1,6 +1,7 @@
-// The test kernel's dmakit hook table (dmakit/kernel_hooks.h): interrupt masking, the CPU index
-// and the cross-CPU operations, each from the architecture port (testkernel/arch.h) or the
-// per-CPU code (testkernel/percpu.h). A worked example of what a kernel provides.
+// The test kernel's dmakit hook table (dmakit/kernel_hooks.h): interrupt masking, the CPU index,
+// the cross-CPU operations and whether the caller is an interrupt handler, each from the
+// architecture port (testkernel/arch.h) or the per-CPU code (testkernel/percpu.h). A worked example
+// of what a kernel provides.
 #include "testkernel/kernel_hooks.h"
 
 #include "dmakit/kernel_hooks.h"
@@ -24,6 +25,9 @@ void hook_tlb_flush(uintptr_t va, size_t size) {
 void hook_on_each_cpu(void (*fn)(void*), void* arg) {
   run_on_all_cpus(fn, arg);
 }
+int hook_in_interrupt() {
+  return in_interrupt() ? 1 : 0;
+}
 
 }  // namespace
 
@@ -35,5 +39,6 @@ void install_kernel_hooks(unsigned max_cpus) {
   h.max_cpus = max_cpus;
   h.tlb_flush_kernel_range = &hook_tlb_flush;
   h.on_each_cpu = &hook_on_each_cpu;
+  h.in_interrupt = &hook_in_interrupt;
   dmakit_set_kernel_hooks(&h);
 }

@@ -35,6 +35,7 @@ struct PerCpu {
   unsigned index = 0;            // Position in the table, 0 = boot CPU; what cpu_index() says.
   uint64_t hw_id = 0;            // MPIDR affinity (AArch64), hart id (RISC-V), APIC id (x86).
   bool online = false;           // Set (release) by the CPU itself once it waits for work.
+  bool gave_up = false;          // Set (release) by secondary_give_up: it will never come online.
   // Architecture-private words (e.g. x86's per-CPU TSS pointer).
   uintptr_t arch[4] = {};
 
@@ -47,6 +48,9 @@ struct PerCpu {
   uint32_t done = 0;
   bool running = false;    // A work item is running (a wait inside it must not start it again).
   uint64_t works_run = 0;  // Work items this CPU ran from its slot (for tests and the report).
+  // Interrupt handlers this CPU is running (the arch's dispatch holds an IrqContext around each):
+  // non-zero exactly in interrupt context. Only its own CPU touches it.
+  unsigned irq_depth = 0;
 };
 
 // The per-architecture accessor: `PerCpu* arch_this_cpu()`, one register read. The header is
@@ -62,6 +66,27 @@ inline PerCpu* this_cpu() {
 // The calling CPU's index in [0, num_cpus()). Any context once this_cpu() is valid.
 inline unsigned cpu_index() {
   return this_cpu()->index;
+}
+
+// Marks the calling CPU as in interrupt context for its lifetime: each architecture's interrupt
+// dispatch holds one around everything it runs (handlers, timer ticks), so that in_interrupt()
+// (and the dmakit in_interrupt hook built on it) can tell a handler from thread code. Nests.
+class IrqContext {
+ public:
+  IrqContext() : cpu_(this_cpu()) { __atomic_add_fetch(&cpu_->irq_depth, 1u, __ATOMIC_RELAXED); }
+  ~IrqContext() { __atomic_sub_fetch(&cpu_->irq_depth, 1u, __ATOMIC_RELAXED); }
+  IrqContext(const IrqContext&) = delete;
+  IrqContext& operator=(const IrqContext&) = delete;
+
+ private:
+  PerCpu* cpu_;
+};
+
+// Whether the calling CPU is running an interrupt handler. Any context (false before the CPU's
+// per-CPU pointer is installed, when no interrupt can have been taken yet).
+inline bool in_interrupt() {
+  PerCpu* c = this_cpu();
+  return c != nullptr && __atomic_load_n(&c->irq_depth, __ATOMIC_RELAXED) != 0;
 }
 
 // Whether work waits in `cpu`'s slot. Any CPU, any context.

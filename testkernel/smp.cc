@@ -6,6 +6,7 @@
 #include "dmakit/support/assert.h"
 #include "testkernel/arch.h"
 #include "testkernel/kprintf.h"
+#include "testkernel/kstring.h"
 #include "testkernel/panic.h"
 
 namespace {
@@ -27,6 +28,21 @@ alignas(4096) uint8_t g_trap_stacks[kMaxCpus][kTrapStackSize];
 
 unsigned g_num_cpus = 1;
 unsigned g_num_online = 1;
+// The CPU that `smp_fail=<index>` on the command line makes give up on purpose (0: none; the
+// boot CPU cannot be made to fail), to exercise the path a CPU that fails to come up takes.
+unsigned g_smp_fail = 0;
+
+// `smp_fail=<index>` from the command line: the index, or 0 when absent or not a number.
+unsigned smp_fail_from(const char* cmdline) {
+  char v[16] = "";
+  if (cmdline == nullptr || !kstr::cmdline_value(cmdline, "smp_fail", v, sizeof(v))) return 0;
+  unsigned n = 0;
+  for (const char* p = v; *p != '\0'; ++p) {
+    if (*p < '0' || *p > '9' || n > kMaxCpus) return 0;
+    n = n * 10 + static_cast<unsigned>(*p - '0');
+  }
+  return n;
+}
 
 // Runs the work item in `c`'s slot if there is one and none is running; returns whether it ran
 // one. Only the CPU owning the slot calls it.
@@ -97,6 +113,8 @@ unsigned smp_prepare(const arch::BootInfo& info) {
     c.stack_top = reinterpret_cast<uintptr_t>(g_stacks[i] + kStackSize);
     c.trap_stack_top = reinterpret_cast<uintptr_t>(g_trap_stacks[i] + kTrapStackSize);
   }
+  g_smp_fail = smp_fail_from(info.cmdline);
+  if (g_smp_fail != 0) kprintf("smp: cpu %u is told to fail (smp_fail)\n", g_smp_fail);
   __atomic_store_n(&g_num_cpus, n, __ATOMIC_RELEASE);
   return n;
 }
@@ -110,10 +128,15 @@ unsigned smp_start_secondaries() {
       continue;
     }
     uint64_t deadline = arch::now_ns() + kOnlineTimeoutNs;
-    while (!__atomic_load_n(&c.online, __ATOMIC_ACQUIRE) && arch::now_ns() < deadline) {
+    while (!__atomic_load_n(&c.online, __ATOMIC_ACQUIRE) &&
+           !__atomic_load_n(&c.gave_up, __ATOMIC_ACQUIRE) && arch::now_ns() < deadline) {
       arch::cpu_relax();
     }
-    if (!__atomic_load_n(&c.online, __ATOMIC_ACQUIRE)) {
+    if (__atomic_load_n(&c.gave_up, __ATOMIC_ACQUIRE)) {
+      // It said why on the console; no need to wait out the timeout.
+      kprintf("smp: cpu %u (id 0x%llx) failed to come up; going on without it\n", i,
+              static_cast<unsigned long long>(c.hw_id));
+    } else if (!__atomic_load_n(&c.online, __ATOMIC_ACQUIRE)) {
       // If it still comes up later, it counts itself online and is used like the others.
       kprintf("smp: cpu %u (id 0x%llx) did not come online; going on without it\n", i,
               static_cast<unsigned long long>(c.hw_id));
@@ -125,6 +148,7 @@ unsigned smp_start_secondaries() {
 extern "C" void secondary_main(PerCpu* self) {
   // The arch entry code has set up this CPU's part of the interrupt controller. Its own periodic
   // timer (counting only), so that DMA calls running here are interrupted in the middle.
+  if (self->index == g_smp_fail) secondary_give_up(self, "told to fail by smp_fail=");
   Result<void> t = arch::timer_start_this_cpu(arch::kDefaultTimerPeriodNs, nullptr, nullptr);
   if (!t.ok()) kpanic("smp: cpu %u: timer: error %d", self->index, static_cast<int>(t.code()));
   __atomic_fetch_add(&g_num_online, 1, __ATOMIC_ACQ_REL);
@@ -143,6 +167,7 @@ extern "C" void secondary_main(PerCpu* self) {
 void secondary_give_up(PerCpu* self, const char* what) {
   kprintf("smp: cpu %u (id 0x%llx): %s; it stays offline\n", self->index,
           static_cast<unsigned long long>(self->hw_id), what);
+  __atomic_store_n(&self->gave_up, true, __ATOMIC_RELEASE);
   arch::irq_disable_local();
   for (;;) arch::idle_wait();
 }

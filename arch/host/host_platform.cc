@@ -11,6 +11,7 @@
 #include "dmakit/arch/aarch64_line_ops.h"
 #include "dmakit/arch/riscv64_line_ops.h"
 #include "dmakit/arch/x86_64_line_ops.h"
+#include "dmakit/dma_debug.h"
 #include "dmakit/support/bitops.h"
 
 static_assert(cache_range::InvalidatingLineOps<AArch64LineOps<ModelDcInsns>>);
@@ -59,6 +60,7 @@ void HostDmaOp::flush_invalidate(const void* addr, size_t size) {
 }
 
 Result<void> HostDmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
+  if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   if (!uncached_.supported) return ErrorCode::kNotSupported;
   auto p = reinterpret_cast<uintptr_t>(va);
   constexpr size_t kPage = CacheModel::kPageSize;

@@ -55,6 +55,16 @@
 //   kTableFull          no room left to track a new mapping: reported once (until reset()), and
 //                       the mapping is counted in untracked(). Nothing else changes: the mapping
 //                       itself succeeds, and the tracked ones are still checked.
+//   kWrongContext       a function documented "thread only" (dmakit/dma_op.h, Calling contexts)
+//                       called from an interrupt handler, as the kernel's in_interrupt hook
+//                       (dmakit/kernel_hooks.h) tells: KernelDmaOp::alloc_coherent and
+//                       dealloc_coherent for a device that is not coherent, the architectures'
+//                       set_memory_attribute, DmaPool::init, reserve and alloc. Refused before
+//                       anything else is looked at: the functions that return a Result return
+//                       kBusy (not from here; the same call from thread context may succeed),
+//                       dealloc_coherent does nothing (the allocation stays live, and is
+//                       reported as a leak at teardown if never freed from thread context).
+//                       Without the hook nothing is checked; a release build never checks.
 // A refused operation changes no accounting: the mapping or allocation stays live (and is
 // reported again at teardown if it is never released correctly).
 #pragma once
@@ -82,6 +92,7 @@ enum class DmaDebugKind : uint8_t {
   kWrongFreeType,
   kErrorIgnored,
   kTableFull,
+  kWrongContext,
   kCount,
 };
 
@@ -208,6 +219,11 @@ class DmaDebug {
   // A failed map's result was dropped unchecked.
   static void on_error_ignored(const char* name, uint32_t device_id, const void* addr, size_t size,
                                DmaDirection dir, Error e);
+  // Entry of a thread-only function (`function`, for the report) on behalf of a device (its name
+  // and id; null and 0 when the call concerns no device): true when the caller is allowed,
+  // false when it runs in an interrupt handler (reported as kWrongContext; the caller must then
+  // refuse, see kWrongContext above). Any context.
+  static bool thread_context_ok(const char* function, const char* name, uint32_t device_id);
 #else
   static Result<void> init(Entry* entries, size_t count) {
     if ((entries == nullptr) != (count == 0) || count > kMaxTableEntries) {
@@ -235,6 +251,7 @@ class DmaDebug {
   static void note_call_site(const void*, DmaAddr, uint32_t, DmaCallSite) {}
   static size_t check_device_teardown(const DmaConstraints&) { return 0; }
   static void on_op_destroyed(const void*) {}
+  static constexpr bool thread_context_ok(const char*, const char*, uint32_t) { return true; }
 #endif
 };
 

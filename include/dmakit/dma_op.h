@@ -21,8 +21,9 @@
 // holds). "Thread only" marks what edits the kernel's page tables and invalidates TLB entries on
 // every CPU (tlb_flush_kernel_range may need interrupts to reach the other CPUs): alloc_coherent
 // and dealloc_coherent for a device that is not coherent, and what may call them (DmaPool's
-// growth). A debug build does not detect a wrong context; its misuse checker reports only what
-// a mapping's own state shows.
+// growth). A DMA_API_DEBUG build refuses and reports a thread-only call made from an interrupt
+// handler when the kernel gives the in_interrupt hook (dmakit/dma_debug.h, kWrongContext); a
+// release build does not check.
 //
 // Contexts of the methods below: alloc_coherent and dealloc_coherent are thread only for a device
 // that is not coherent and any context for a coherent one (they zero the memory: keep large

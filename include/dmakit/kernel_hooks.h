@@ -3,11 +3,12 @@
  * every CPU, and how to run a function on every CPU. One table for the whole library, given once
  * at boot, in C or C++ (this header is both).
  *
- * Every member may be left null (or 0); the library then assumes the simplest kernel: one CPU,
- * no DMA call from an interrupt handler, TLB maintenance on the local CPU only. What each null
- * member rules out is said next to it. Which library functions may be called from which context
- * (thread, interrupts off, interrupt handler) with and without these hooks: dmakit/dma_op.h,
- * "Calling contexts".
+ * Every member may be left null (or 0), so a zeroed table is valid; the library then assumes the
+ * simplest kernel: one CPU, no DMA call from an interrupt handler, TLB maintenance on the local
+ * CPU only. What each null member rules out is said next to it. The member order is the ABI a
+ * built kernel and a built library share: members are only ever added, at the end. Which library
+ * functions may be called from which context (thread, interrupts off, interrupt handler) with and
+ * without these hooks: dmakit/dma_op.h, "Calling contexts".
  *
  * The test kernel's implementation (testkernel/kernel_hooks.cc and the per-architecture code it
  * calls) is the worked example. */
@@ -57,6 +58,14 @@ typedef struct dmakit_kernel_hooks {
    * contention), so a CPU that finds a pool exhausted takes the other CPUs' cached slots back
    * itself, without an IPI and without waiting for those CPUs to call in. */
   void (*on_each_cpu)(void (*fn)(void* arg), void* arg);
+
+  /* Non-zero when the calling CPU is running an interrupt handler (any nesting depth), zero in
+   * thread context (interrupts masked or not). Read only by the misuse checker of a
+   * DMA_API_DEBUG build, at the entry of every function documented "thread only": called from a
+   * handler, such a function is reported (kind wrong-context) and refused instead of editing
+   * page tables or waiting for other CPUs there (dmakit/dma_debug.h). A release build never
+   * calls it. Any context; must not take a lock or call the library. Null: no check. */
+  int (*in_interrupt)(void);
 } dmakit_kernel_hooks;
 
 /* Installs the hooks (the table is copied). Call once at boot, on one CPU, before any other CPU

@@ -29,6 +29,7 @@
 #include "arch/aarch64/dma/aarch64_page_format.h"
 #include "arch/aarch64/dma/aarch64_tlb.h"
 #include "dmakit/arch/aarch64_dma_op.h"
+#include "dmakit/dma_debug.h"
 #include "dmakit/kernel_hooks.h"
 #include "dmakit/support/utility.h"
 #include "mm/direct_map_attributes.h"
@@ -71,6 +72,7 @@ void AArch64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
 }
 
 Result<void> AArch64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
+  if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);

@@ -95,6 +95,7 @@ unsigned virt_timer_ppi(const Fdt& fdt) {
 }  // namespace
 
 extern "C" void aarch64_irq() {
+  IrqContext irq_context;
   for (;;) {
     const uint32_t iar = g_v3 ? aarch64::gicv3::ack() : aarch64::gic::ack();
     const uint32_t id = g_v3 ? iar : iar & 0x3FF;

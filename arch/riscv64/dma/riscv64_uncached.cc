@@ -23,6 +23,7 @@
 #include "arch/riscv64/dma/riscv64_page_format.h"
 #include "arch/riscv64/dma/riscv64_tlb.h"
 #include "dmakit/arch/riscv64_dma_op.h"
+#include "dmakit/dma_debug.h"
 #include "dmakit/kernel_hooks.h"
 #include "dmakit/support/utility.h"
 #include "mm/direct_map_attributes.h"
@@ -59,6 +60,7 @@ void Riscv64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
 }
 
 Result<void> Riscv64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
+  if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);

@@ -108,6 +108,7 @@ uint64_t timebase_hz(const Fdt& fdt) {
 namespace riscv {
 
 void irq_dispatch(uint64_t scause) {
+  IrqContext irq_context;
   const uint64_t code = scause & ~kScauseInterrupt;
   if (code == kCauseTimer) {
     timer_interrupt();

@@ -77,6 +77,7 @@ void append_dec(uint64_t v, size_t* n) {
 }  // namespace
 
 void irq_dispatch(uint64_t vector) {
+  IrqContext irq_context;
   if (vector == lapic::kSpuriousVector) {
     g_counters.count_spurious();  // No EOI for the spurious vector.
     return;

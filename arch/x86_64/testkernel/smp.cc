@@ -209,8 +209,10 @@ bool start_cpu(PerCpu& cpu) {
             static_cast<unsigned long long>(cpu.hw_id), cpu.index);
     return false;
   }
-  if (g_starting != nullptr && !cpu_online(g_starting->index)) {
+  if (g_starting != nullptr && !cpu_online(g_starting->index) &&
+      !__atomic_load_n(&g_starting->gave_up, __ATOMIC_ACQUIRE)) {
     // It may still read x86_ap_boot_percpu: starting another one would give both one PerCpu.
+    // (One that gave up did so in C++, long past reading it.)
     kprintf("x86_64: cpu %u is not up yet; cpu %u stays off\n", g_starting->index, cpu.index);
     return false;
   }
