@@ -62,6 +62,13 @@ run_part fuzz $MAKE --no-print-directory fuzz-smoke
 for a in $ARCHES; do
   run_part "qemu-$a" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP"
 done
+# A CPU that fails to come up (smp_fail=2: the third CPU gives up on purpose) is reported and
+# the kernel goes on with the others (tests/qemu/smp_fail_test.cc; only those tests, since the
+# other smp_ tests need every CPU).
+for a in $ARCHES; do
+  run_part "qemu-$a-smpfail" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP=4 \
+    QEMU_APPEND="smp_fail=2 ktest=smp_fail"
+done
 # The configuration kernels ship: the test kernel over the release library (its tests of debug
 # aids compile out), on another CPU count than above.
 for a in $ARCHES; do
