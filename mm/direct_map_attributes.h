@@ -70,6 +70,7 @@
 // interrupt context. Memory comes only from the kernel's alloc_table.
 #pragma once
 
+#include "dmakit/kernel_hooks.h"
 #include "dmakit/page_tables.h"
 #include "dmakit/support/assert.h"
 #include "dmakit/support/bitops.h"
@@ -90,6 +91,25 @@ inline bool page_tables_usable(const dmakit_page_tables* pt) {
   return pt != nullptr && (pt->levels == 3 || pt->levels == 4) && pt->root % 4096 == 0 &&
          pt->alloc_table != nullptr && pt->free_table != nullptr && pt->va_size != 0 &&
          support::is_aligned(pt->va_base, 4096) && support::is_aligned(pt->va_size, 4096);
+}
+
+// The entry update of an architecture that may change a live leaf in place (RISC-V, x86-64: no
+// break-before-make rule): store the new entry, then drop the old translation from every CPU
+// through the kernel's tlb_flush_kernel_range hook (dmakit/kernel_hooks.h), or, without it, from
+// this CPU only with `local_page(va)` for a page (level 0) and `local_all()` for a larger leaf or
+// a table (which also drops the walk caches). `span`: the bytes the entry maps.
+template <typename Pte, typename LocalPage, typename LocalAll>
+inline void replace_in_place(Pte* slot, Pte value, uintptr_t va, uint64_t span, int level,
+                             LocalPage local_page, LocalAll local_all) {
+  __atomic_store_n(slot, value, __ATOMIC_SEQ_CST);
+  const auto flush = dma::kernel_hooks().tlb_flush_kernel_range;
+  if (flush != nullptr) {
+    flush(va, static_cast<size_t>(span));
+  } else if (level == 0) {
+    local_page(va);
+  } else {
+    local_all();
+  }
 }
 
 template <typename Format>

@@ -34,15 +34,10 @@ struct Riscv64LiveFormat : Riscv64PageFormat {
   using Riscv64PageFormat::Riscv64PageFormat;
 
   void replace(Pte* slot, Pte value, uintptr_t va, int level) const {
-    __atomic_store_n(slot, value, __ATOMIC_SEQ_CST);
-    const auto flush = dma::kernel_hooks().tlb_flush_kernel_range;
-    if (flush != nullptr) {
-      flush(va, level_size(level));
-    } else if (level == 0) {
-      riscv64_dma::sfence_vma(va);
-    } else {
-      riscv64_dma::sfence_vma_all();
-    }
+    replace_in_place(
+        slot, value, va, level_size(level), level,
+        [](uintptr_t page) { riscv64_dma::sfence_vma(page); },
+        [] { riscv64_dma::sfence_vma_all(); });
   }
 };
 

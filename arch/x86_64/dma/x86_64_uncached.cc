@@ -36,15 +36,9 @@ struct X86LiveFormat : X86PageFormat {
   using X86PageFormat::X86PageFormat;
 
   void replace(Pte* slot, Pte value, uintptr_t va, int level) const {
-    __atomic_store_n(slot, value, __ATOMIC_SEQ_CST);
-    const auto flush = dma::kernel_hooks().tlb_flush_kernel_range;
-    if (flush != nullptr) {
-      flush(va, level_size(level));
-    } else if (level == 0) {
-      x86_64_dma::invlpg(va);
-    } else {
-      x86_64_dma::flush_tlb_all();
-    }
+    replace_in_place(
+        slot, value, va, level_size(level), level, [](uintptr_t page) { x86_64_dma::invlpg(page); },
+        [] { x86_64_dma::flush_tlb_all(); });
   }
 };
 
