@@ -490,7 +490,7 @@ Result<void> KernelDmaOp::confirm_write(const DmaMapHandle& h, size_t offset, si
 }
 
 Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout layout) {
-  if (!c.coherent && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
+  if (!coherent(c) && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
     return ErrorCode::kBusy;
   }
   if (layout.size == 0) return ErrorCode::kLayoutError;

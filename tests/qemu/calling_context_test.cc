@@ -92,7 +92,7 @@ KTEST(context_noncoherent_alloc_coherent_in_a_timer_interrupt_is_refused_and_rep
   static HandlerCall call;
   call = HandlerCall{};
   call.c = env.dma->default_constraints();
-  call.c.coherent = false;
+  call.c.coherence = DmaCoherence::kNonCoherent;
   call.c.name = "irq-test-nc";
   call.c.device_id = DmaDebug::new_device_id();
   {
@@ -132,7 +132,7 @@ KTEST(context_coherent_alloc_coherent_in_a_timer_interrupt_is_allowed) {
   static HandlerCall call;
   call = HandlerCall{};
   call.c = env.dma->default_constraints();
-  call.c.coherent = true;
+  call.c.coherence = DmaCoherence::kCoherent;
   call.c.name = "irq-test-coh";
   call.c.device_id = DmaDebug::new_device_id();
   {

@@ -49,7 +49,7 @@ class CallingContextTest : public testing::Test {
   DmaConstraints device(const char* name, bool coherent) {
     DmaConstraints c;
     c.dma_mask = 0xFFFF'FFFFull;
-    c.coherent = coherent;
+    c.coherence = dma_coherence(coherent);
     c.name = name;
     c.device_id = DmaDebug::new_device_id();
     return c;
