@@ -11,7 +11,13 @@
 //
 //   BM_BounceCopyRatio/<size>    the two above, batch against batch, alternating, in one loop:
 //                                bounce_copy_<size>_ratio is its median per-pair time ratio.
+//   BM_Bounce2ThreadRatio        4 KiB bounced map+unmap on ONE pool (per-CPU caches on), by one
+//                                thread alone and then by two at once, round after round:
+//                                bounce_2thread_ratio is the median per-round time ratio.
 #include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <thread>
 
 #include <algorithm>
 #include <chrono>
@@ -247,6 +253,112 @@ void BM_BounceCopyRatio(benchmark::State& state) {
   state.counters["pairs"] = static_cast<double>(ratios.size());
 }
 BENCHMARK(BM_BounceCopyRatio)->Arg(4096)->Arg(65536);
+
+// Two CPUs on one pool. Two worker threads live for the whole benchmark (each stands for one
+// CPU of the pool's per-CPU caches: HostPlatform::host_current_cpu numbers threads in the order
+// they first ask), each with its own ring of four 4 KiB buffers above the device's reach, so
+// that every map bounces. A round runs n map+unmap pairs on worker 0 alone, then n on each
+// worker at once; its ratio is the two-thread wall time over the one-thread wall time (both for
+// n operations per thread). With two idle cores a ratio of 1 means the threads never slow each
+// other (no shared lock, no false sharing); the figure is the median over the rounds.
+class TwoCpuBounce {
+ public:
+  static constexpr size_t kSize = 4096;
+  static constexpr size_t kRing = 4;
+  static constexpr uint64_t kLimit = 256 * bench::kMiB - 1;
+
+  TwoCpuBounce() {
+    HostPlatform::Options o;
+    o.ram.push_back(PhysRange{PhysAddr(0), 512 * bench::kMiB});
+    o.pools.push_back(HostPlatform::PoolSpec{64 * bench::kMiB, kLimit});
+    o.platform_coherent = true;
+    o.cpu_caches = 64;  // Every thread that ever asks gets a cache of its own.
+    plat_ = std::make_unique<HostPlatform>(o);
+    dev_.dma_mask = kLimit;
+    dev_.coherence = DmaCoherence::kCoherent;
+    dev_.name = "bench-2cpu";
+    for (auto& w : workers_) {
+      for (size_t i = 0; i < kRing; ++i) w.src[i] = plat_->buffer_above(kLimit + 1, kSize);
+    }
+    for (unsigned i = 0; i < 2; ++i) threads_[i] = std::thread([this, i] { loop(i); });
+  }
+  ~TwoCpuBounce() {
+    stop_.store(true);
+    round_.fetch_add(1, std::memory_order_release);
+    round_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  TwoCpuBounce(const TwoCpuBounce&) = delete;
+  TwoCpuBounce& operator=(const TwoCpuBounce&) = delete;
+
+  // Runs n pairs on each worker of `mask` (bit 0: worker 0, bit 1: worker 1) at once; returns the
+  // wall time in nanoseconds.
+  double run(unsigned mask, uint64_t n) {
+    using Clock = std::chrono::steady_clock;
+    ops_.store(n, std::memory_order_relaxed);
+    mask_.store(mask, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    Clock::time_point t0 = Clock::now();
+    round_.fetch_add(1, std::memory_order_release);
+    round_.notify_all();
+    // Blocking waits (futexes), not spinning: on a two-core machine a spinning third thread would
+    // take a core from the workers.
+    const auto want = static_cast<unsigned>(__builtin_popcount(mask));
+    for (unsigned d; (d = done_.load(std::memory_order_acquire)) != want;) done_.wait(d);
+    Clock::time_point t1 = Clock::now();
+    return std::chrono::duration<double, std::nano>(t1 - t0).count();
+  }
+
+ private:
+  struct alignas(64) Worker {
+    uint8_t* src[kRing] = {};
+  };
+  void loop(unsigned i) {
+    KernelDmaOp& op = plat_->op();
+    uint64_t last = 0;
+    for (;;) {
+      uint64_t r;
+      while ((r = round_.load(std::memory_order_acquire)) == last) round_.wait(last);
+      last = r;
+      if (stop_.load()) return;
+      if ((mask_.load(std::memory_order_relaxed) & (1u << i)) == 0) continue;
+      const uint64_t n = ops_.load(std::memory_order_relaxed);
+      Worker& w = workers_[i];
+      for (uint64_t k = 0; k < n; ++k) {
+        auto h = op.map_single(dev_, w.src[k % kRing], kSize, 0, DmaDirection::kToDevice);
+        if (!h.ok() || !h->bounced()) std::abort();
+        op.unmap_single(*h);
+      }
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      done_.notify_one();
+    }
+  }
+
+  std::unique_ptr<HostPlatform> plat_;
+  DmaConstraints dev_;
+  Worker workers_[2];
+  std::thread threads_[2];
+  alignas(64) std::atomic<uint64_t> round_{0};
+  std::atomic<unsigned> mask_{0};
+  std::atomic<uint64_t> ops_{0};
+  std::atomic<bool> stop_{false};
+  alignas(64) std::atomic<unsigned> done_{0};
+};
+
+void BM_Bounce2ThreadRatio(benchmark::State& state) {
+  constexpr uint64_t kOps = 20000;  // Some 3 ms a round: the futex wake-ups are noise.
+  TwoCpuBounce s;
+  std::vector<double> ratios;
+  for (auto _ : state) {
+    double one = s.run(1u, kOps);
+    double two = s.run(3u, kOps);
+    ratios.push_back(two / one);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  state.counters["ratio_median"] = ratios.empty() ? 0.0 : ratios[ratios.size() / 2];
+  state.counters["rounds"] = static_cast<double>(ratios.size());
+}
+BENCHMARK(BM_Bounce2ThreadRatio)->Iterations(100)->UseRealTime();
 
 }  // namespace
 

@@ -33,6 +33,7 @@ TARGETS = {
     "bounce_copy_4k_ratio": 1.15,
     "direct_map_unmap_ir": 50,
     "pfa_metadata_fraction": 0.001,
+    "bounce_2thread_ratio": 1.25,
 }
 
 
@@ -120,6 +121,13 @@ def main():
     with open(os.path.join(out, "metadata.txt")) as f:
         meta_value = float(f.read().split()[1])
     add("pfa_metadata_fraction", meta_value, "%.6f")
+    # Two threads on one pool against one (BM_Bounce2ThreadRatio in the timing run: the median of
+    # its 100 per-round ratios, one run).
+    with open(os.path.join(out, "timing.json")) as f:
+        timing = json.load(f)
+    two = [b for b in timing["benchmarks"] if b["name"].startswith("BM_Bounce2ThreadRatio")]
+    if two:
+        add("bounce_2thread_ratio", two[0]["ratio_median"], "%.3f")
 
     # More detail, same format.
     for occ in OCCUPANCIES:
