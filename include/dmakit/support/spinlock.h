@@ -15,11 +15,11 @@
 // interrupt (DirectMapAttributes: a TLB shootdown by IPI while it is held would deadlock against
 // a CPU spinning on it with interrupts masked).
 //
-// Spinning: between polls the CPU executes its spin-wait hint (support/cpu_relax.h).
+// Spinning: between polls the CPU executes its spin-wait hint (dmakit/arch/cpu_relax.h).
 #pragma once
 
+#include "dmakit/arch/cpu_relax.h"
 #include "dmakit/kernel_hooks.h"
-#include "dmakit/support/cpu_relax.h"
 #include "dmakit/support/thread_annotations.h"
 #include "dmakit/support/types.h"
 

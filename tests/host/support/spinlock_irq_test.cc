@@ -7,8 +7,8 @@
 
 #include <cstdint>
 
+#include "dmakit/arch/cpu_relax.h"
 #include "dmakit/kernel_hooks.h"
-#include "dmakit/support/cpu_relax.h"
 #include "dmakit/support/spinlock.h"
 
 namespace {

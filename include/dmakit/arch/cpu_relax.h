@@ -1,7 +1,7 @@
 // The spin-wait hint: what a CPU executes between two polls of a lock that another CPU holds.
 // It lets the core save power and give its pipeline to a sibling hardware thread, and on x86-64
-// avoids the memory-order machine clear when the lock is released. This header is the one place
-// in the support library that tests the compiler's target.
+// avoids the memory-order machine clear when the lock is released. Under include/dmakit/arch/:
+// the architecture conditionals of the support library's lock live here, not in support/.
 #pragma once
 
 // SUPPORT_PRESERVE_MOST: the calling convention of the spinlock's out-of-line paths (the ones
