@@ -58,6 +58,9 @@ ARCHES = {
         # default GICv2 + GICv2m).
         "args": ["-M", "virt,gic-version=3", "-cpu", "cortex-a72", "-nographic", "-semihosting"],
         "exit": "semihosting",
+        # --iommu: an SMMUv3 in front of the PCI host bridge (the device tree's iommu-map).
+        "iommu_machine": "iommu=smmuv3",
+        "iommu_args": [],
         "cache_ops": {
             "AArch64DmaOp::flush": ["dc cvac"],
             "AArch64DmaOp::invalidate": ["dc ivac", "dc civac"],
@@ -70,6 +73,9 @@ ARCHES = {
         "args": ["-M", "virt,aia=aplic-imsic", "-cpu", "rv64,zicbom=true,cbom_blocksize=64,svpbmt=true",
                  "-bios", "default", "-nographic"],
         "exit": "sifive_test",
+        # --iommu: the RISC-V IOMMU as a PCI device (class 08:06) on the root bus.
+        "iommu_machine": "",
+        "iommu_args": ["-device", "riscv-iommu-pci"],
         "cache_ops": {
             "Riscv64DmaOp::flush": ["cbo.clean"],
             "Riscv64DmaOp::invalidate": ["cbo.inval", "cbo.flush"],
@@ -83,6 +89,10 @@ ARCHES = {
         "args": ["-M", "q35", "-cpu", "max", "-nographic", "-no-reboot", "-nic", "none",
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
         "exit": "isa_debug_exit",
+        # --iommu: Intel VT-d (DMA remapping only; interrupt remapping needs a split irqchip),
+        # described by the ACPI DMAR table. QEMU wants it before the other PCI devices.
+        "iommu_machine": "",
+        "iommu_args": ["-device", "intel-iommu,intremap=off"],
         "cache_ops": {
             "X86DmaOp::flush": ["clwb|clflushopt", "clflush"],
             "X86DmaOp::invalidate": ["clflushopt", "clflush"],
@@ -220,13 +230,27 @@ def objdump_check(objdump, kernel, cache_ops):
                            for m, r in cache_ops.items())
 
 
-def build_command(arch, kernel, mode, mem, smp, extra, append, disk):
+def machine_args(spec, iommu):
+    """The arch's machine arguments, with its IOMMU added when `iommu` is set."""
+    args = list(spec["args"])
+    if iommu:
+        if spec["iommu_machine"]:
+            i = args.index("-M") + 1
+            args[i] += "," + spec["iommu_machine"]
+        args += spec["iommu_args"]
+    return args
+
+
+def build_command(arch, kernel, mode, mem, smp, extra, append, disk, iommu=False):
     spec = ARCHES[arch]
-    cmd = [spec["qemu"]] + list(spec["args"])
+    cmd = [spec["qemu"]] + machine_args(spec, iommu)
     cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
     dev_args, dev_cmdline = device_args(disk)
     cmd += dev_args
     cmdline = "mode=%s %s" % (mode, dev_cmdline)
+    if iommu:
+        # The kernel must find and enable the IOMMU; without this word it must find none.
+        cmdline += " iommu=on"
     if append:
         cmdline += " " + append
     cmd += ["-append", cmdline]
@@ -251,7 +275,7 @@ def run(args):
     make_disk_image(disk)
     guest_ranges = []
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
-                        args.append, disk)
+                        args.append, disk, args.iommu)
     print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
 
     failures = []
@@ -390,6 +414,9 @@ def main():
     p.add_argument("--timeout", type=int, default=120)
     p.add_argument("--extra", default="", help="more QEMU arguments (split with shlex)")
     p.add_argument("--append", default="", help="more kernel command-line words")
+    p.add_argument("--iommu", action="store_true",
+                   help="give the machine its IOMMU (SMMUv3, RISC-V IOMMU, VT-d) and pass "
+                        "iommu=on to the kernel")
     p.add_argument("--objdump", default="", help="objdump binary: check the cache instructions")
     p.add_argument("--log", default="", help="log file (default: next to the kernel)")
     p.add_argument("--debug", action="store_true",
@@ -415,7 +442,7 @@ def debug(args):
     disk = os.path.join(os.path.dirname(os.path.abspath(args.kernel)), "disk-%s.img" % args.mode)
     make_disk_image(disk)
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
-                        args.append, disk)
+                        args.append, disk, args.iommu)
     cmd += ["-S", "-gdb", "tcp::%d" % args.gdb_port]
     gdb = ["gdb-multiarch", "-q", "-ex", "set architecture %s" % GDB_ARCH[args.arch],
            "-ex", "target remote :%d" % args.gdb_port, os.path.abspath(args.kernel)]
