@@ -24,3 +24,4 @@ ARCH_ASM_SRCS := arch/aarch64/testkernel/entry.S
 ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_uncached.cc \
                  arch/aarch64/dma/aarch64_capi.cc
 LINKER_SCRIPT := linker/aarch64.ld
+ARCH_SRCS += arch/aarch64/testkernel/iommu.cc

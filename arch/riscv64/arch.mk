@@ -51,3 +51,4 @@ ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc \
                  arch/riscv64/dma/riscv64_capi.cc
 LINKER_SCRIPT := linker/riscv64.ld
+ARCH_SRCS += arch/riscv64/testkernel/iommu.cc

@@ -31,3 +31,4 @@ ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/x86_64/testkernel/percpu_arch
 ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc \
                  arch/x86_64/dma/x86_64_capi.cc
 LINKER_SCRIPT := linker/x86_64.ld
+ARCH_SRCS += arch/x86_64/testkernel/iommu.cc
