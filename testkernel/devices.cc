@@ -251,6 +251,11 @@ const Devices::Edu* Devices::edu_with_mask(uint64_t mask) const {
   return nullptr;
 }
 
+PciDevice* Devices::nvme(size_t i) const {
+  KASSERT(i < num_nvme_, "Devices::nvme index out of range");
+  return nvme_[i];
+}
+
 PciConfigAccess* Devices::port_config_access() const {
   // Reading the address latch has no side effect; it fails where there are no I/O ports.
   return arch::port_in(0xCF8, 4).ok() ? &g_port_access : nullptr;
@@ -339,6 +344,9 @@ Result<void> Devices::init(const KernelEnv& env) {
   virtio_blk_ = pci_.find(Devices::kVirtioVendor, Devices::kVirtioBlkModern);
   if (virtio_blk_ == nullptr) {
     virtio_blk_ = pci_.find(Devices::kVirtioVendor, Devices::kVirtioBlkTransitional);
+  }
+  for (size_t i = 0; i < pci_.num_devices() && num_nvme_ < kMaxNvme; ++i) {
+    if (pci_.device(i).class_code() == kNvmeClass) nvme_[num_nvme_++] = &pci_.device(i);
   }
   return support::ok();
 }

@@ -26,6 +26,9 @@ class Devices {
   static constexpr uint16_t kVirtioVendor = 0x1af4;
   static constexpr uint16_t kVirtioBlkModern = 0x1042;
   static constexpr uint16_t kVirtioBlkTransitional = 0x1001;
+  // NVMe controllers: PCI class 01:08:02 (mass storage, non-volatile memory, NVM Express).
+  static constexpr uint32_t kNvmeClass = 0x010802;
+  static constexpr size_t kMaxNvme = 4;
 
   struct Edu {
     PciDevice* dev = nullptr;
@@ -49,6 +52,10 @@ class Devices {
   const Edu* edu_with_mask(uint64_t mask) const;
   // The first virtio-blk function, or null.
   PciDevice* virtio_blk() const { return virtio_blk_; }
+  // The NVMe functions, in PCI address order.
+  size_t num_nvme() const { return num_nvme_; }
+  // Precondition: i < num_nvme().
+  PciDevice* nvme(size_t i) const;
 
   // The PC's legacy configuration mechanism (ports 0xCF8/0xCFC) when the architecture has I/O
   // ports (x86_64), else null. The enumeration uses it only when there is no ECAM; tests compare
@@ -69,6 +76,8 @@ class Devices {
   Edu edu_[kMaxEdu];
   size_t num_edu_ = 0;
   PciDevice* virtio_blk_ = nullptr;
+  PciDevice* nvme_[kMaxNvme] = {};
+  size_t num_nvme_ = 0;
 };
 
 // The disk image the QEMU runner attaches (tests/qemu/run_qemu.py builds it before each boot and

@@ -160,12 +160,88 @@ def check_disk_image(path, ranges):
         len(guest), ", ".join("%d..%d" % r for r in ranges) or "none", DISK_SECTORS - len(guest))
 
 
-def device_args(disk):
+# ---------------------------------------------------------------------------------------------
+# Two NVMe controllers (drivers/nvme/, tests/qemu/nvme_test.cc), each with its own image of
+# NVME_BLOCKS blocks of 512 bytes, made fresh before each boot: byte `pos` of controller c's image
+# holds nvme_byte(c, pos, guest=False). The guest writes nvme_byte(c, pos, guest=True) to the
+# blocks it announces with "nvme<c>: guest pattern in blocks A..B"; afterwards each image must hold
+# exactly that (one more test per image, "host_nvme<c>_image_check"). The formulas are the
+# guest's (tests/qemu/nvme_test.cc, nvme_pattern).
+NVME_SLOTS = ["16.0", "17.0"]
+NVME_BLOCKS = 2048
+NVME_BLOCK = 512
+NVME_RANGE_RE = re.compile(r"nvme(\d+): guest pattern in blocks (\d+)\.\.(\d+)")
+# Ranges an unfiltered test run must have written, per controller (first, last).
+EXPECTED_NVME_RANGES = {"test": {0: [(1024, 2047)], 1: [(1024, 2047)]}, "demo": {}}
+
+
+def nvme_bytes(ctrl, start, end, guest):
+    """Bytes [start, end) of controller `ctrl`'s image: the host's pattern or the guest's."""
+    m = 0xFFFFFFFF
+    if guest:
+        k1, k2, seed = 0x85EBCA6B, 0xC2B2AE35, (ctrl + 1) * 0x27D4EB2F
+    else:
+        k1, k2, seed = 0x9E3779B1, 0x7FEB352D, (ctrl + 1) * 0x165667B1
+    out = bytearray(end - start)
+    for i, pos in enumerate(range(start, end)):
+        x = (pos * k1 + seed) & m
+        x ^= x >> 15
+        x = (x * k2) & m
+        out[i] = x >> 24
+    return bytes(out)
+
+
+def nvme_image_paths(kernel, mode):
+    base = os.path.dirname(os.path.abspath(kernel))
+    return [os.path.join(base, "nvme%d-%s.img" % (i, mode)) for i in range(len(NVME_SLOTS))]
+
+
+def make_nvme_images(paths):
+    for c, path in enumerate(paths):
+        with open(path, "wb") as f:
+            f.write(nvme_bytes(c, 0, NVME_BLOCKS * NVME_BLOCK, guest=False))
+
+
+def check_nvme_image(ctrl, path, ranges):
+    """Returns (passed, message): `ranges` hold the guest pattern, every other block the host's."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return False, "cannot read %s: %s" % (path, e)
+    size = NVME_BLOCKS * NVME_BLOCK
+    if len(data) != size:
+        return False, "%s has %d bytes, expected %d" % (path, len(data), size)
+    guest = set()
+    for first, last in ranges:
+        guest.update(range(first, last + 1))
+    host_img = nvme_bytes(ctrl, 0, size, guest=False)
+    guest_img = nvme_bytes(ctrl, 0, size, guest=True) if guest else b""
+    bad = [b for b in range(NVME_BLOCKS)
+           if data[b * NVME_BLOCK:(b + 1) * NVME_BLOCK] !=
+           (guest_img if b in guest else host_img)[b * NVME_BLOCK:(b + 1) * NVME_BLOCK]]
+    if bad:
+        return False, "%d block(s) differ from what the guest wrote/left, first %d (%s)" % (
+            len(bad), bad[0], "guest pattern expected" if bad[0] in guest else "host pattern")
+    return True, "%d guest block(s) in %s as written, the other %d untouched" % (
+        len(guest), ", ".join("%d..%d" % r for r in ranges) or "none", NVME_BLOCKS - len(guest))
+
+
+def nvme_args(paths):
+    args = []
+    for i, (slot, path) in enumerate(zip(NVME_SLOTS, paths)):
+        args += ["-drive", "file=%s,if=none,id=nvme%d,format=raw" % (path, i),
+                 "-device", "nvme,serial=dmakit%d,drive=nvme%d,addr=%s" % (i, i, slot)]
+    return args
+
+
+def device_args(disk, nvme_images=()):
     args = []
     for slot, mask in EDU_DEVICES:
         args += ["-device", "edu,addr=%s,dma_mask=0x%x" % (slot, mask)]
     args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk,
              "-device", "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT]
+    args += nvme_args(nvme_images)
     masks = ",".join("%s:0x%x" % (slot.split(".")[0], mask) for slot, mask in EDU_DEVICES)
     return args, "edu_mask=" + masks
 
@@ -241,11 +317,12 @@ def machine_args(spec, iommu):
     return args
 
 
-def build_command(arch, kernel, mode, mem, smp, extra, append, disk, iommu=False):
+def build_command(arch, kernel, mode, mem, smp, extra, append, disk, iommu=False,
+                  nvme_images=()):
     spec = ARCHES[arch]
     cmd = [spec["qemu"]] + machine_args(spec, iommu)
     cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
-    dev_args, dev_cmdline = device_args(disk)
+    dev_args, dev_cmdline = device_args(disk, nvme_images)
     cmd += dev_args
     cmdline = "mode=%s %s" % (mode, dev_cmdline)
     if iommu:
@@ -273,9 +350,12 @@ def run(args):
 
     disk = os.path.join(os.path.dirname(os.path.abspath(args.kernel)), "disk-%s.img" % args.mode)
     make_disk_image(disk)
+    nvme_images = nvme_image_paths(args.kernel, args.mode)
+    make_nvme_images(nvme_images)
+    nvme_ranges = {c: [] for c in range(len(nvme_images))}
     guest_ranges = []
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
-                        args.append, disk, args.iommu)
+                        args.append, disk, args.iommu, nvme_images)
     print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
 
     failures = []
@@ -310,6 +390,9 @@ def run(args):
             m = GUEST_RANGE_RE.search(text)
             if m:
                 guest_ranges.append((int(m.group(1)), int(m.group(2))))
+            m = NVME_RANGE_RE.search(text)
+            if m and int(m.group(1)) in nvme_ranges:
+                nvme_ranges[int(m.group(1))].append((int(m.group(2)), int(m.group(3))))
 
         while True:
             remaining = args.timeout - (time.monotonic() - start)
@@ -385,6 +468,20 @@ def run(args):
         extra_disk = [disk_ok]
         if not disk_ok:
             failures.append("the disk image does not hold what the guest wrote")
+        for c, path in enumerate(nvme_images):
+            want = [] if "ktest=" in (args.append or "") else [
+                r for r in EXPECTED_NVME_RANGES[args.mode].get(c, []) if r not in nvme_ranges[c]]
+            ok, msg = check_nvme_image(c, path, nvme_ranges[c])
+            if want:
+                ok = False
+                msg = "the guest never reported writing blocks %s; %s" % (
+                    ", ".join("%d..%d" % r for r in want), msg)
+            print("[%s] host_nvme%d_image_check: %s" % ("PASS" if ok else "FAIL", c, msg),
+                  flush=True)
+            log.write("nvme%d image check: %s\n" % (c, msg))
+            extra_disk.append(ok)
+            if not ok:
+                failures.append("NVMe image %d does not hold what the guest wrote" % c)
         log.write("run_qemu: %s\n" % ("; ".join(failures) if failures else "pass"))
 
     for f in failures:
@@ -441,8 +538,10 @@ def debug(args):
     """The VM halted at its first instruction with a gdb stub; QEMU owns the terminal."""
     disk = os.path.join(os.path.dirname(os.path.abspath(args.kernel)), "disk-%s.img" % args.mode)
     make_disk_image(disk)
+    nvme_images = nvme_image_paths(args.kernel, args.mode)
+    make_nvme_images(nvme_images)
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
-                        args.append, disk, args.iommu)
+                        args.append, disk, args.iommu, nvme_images)
     cmd += ["-S", "-gdb", "tcp::%d" % args.gdb_port]
     gdb = ["gdb-multiarch", "-q", "-ex", "set architecture %s" % GDB_ARCH[args.arch],
            "-ex", "target remote :%d" % args.gdb_port, os.path.abspath(args.kernel)]
