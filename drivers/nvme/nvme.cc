@@ -153,7 +153,14 @@ void NvmeController::leak_queue(Queue* q) {
 }
 
 Result<void> NvmeController::setup_interrupts() {
-  TRY(msix_.init(pci_));
+  auto found = msix_.init(pci_);
+  if (!found.ok() && found.code() == ErrorCode::kNotFound) {
+    // No MSI-X capability: the polled fallback (INTx stays masked).
+    msix_ = pci::MsixTable();
+    completion_ = Completion::kPolled;
+    return support::ok();
+  }
+  TRY(found);
   if (msix_.size() < 2) return ErrorCode::kNotFound;
   const uint32_t rid = pci::requester_id(pci_->address());
   Queue* queues[] = {&admin_, &io_};

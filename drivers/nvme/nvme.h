@@ -37,8 +37,8 @@
 //     each message from arch::msi_alloc steered to CPU `irq_cpu`. The handler consumes the
 //     completion queue, unmaps each finished command's scatter-gather mapping (in interrupt
 //     context, as a real driver's completion path does), records the status and marks the slot
-//     done; the request call only waits for that. Without an MSI-X capability init fails with
-//     kNotFound (the caller may then bind with kPolled).
+//     done; the request call only waits for that. A controller without an MSI-X capability
+//     falls back to kPolled (completion() says which mode init chose).
 //
 // Threading: one command at a time per controller (the caller serializes); each call waits until
 // the command completes, bounded by a timeout, after which the controller is disabled and
@@ -129,7 +129,7 @@ class NvmeController {
   // Errors: kInvalidArgument (already bound, null device or DmaOp), kNotSupported (no NVM command
   // set, a minimum page size above 4 KiB, a namespace format with metadata or an LBA size not
   // between 512 bytes and 4 KiB), kNotFound (BAR0 too small, namespace 1 absent; with
-  // kInterrupt: no MSI-X capability or fewer than two table entries), kTimedOut (CSTS.RDY never
+  // kInterrupt: an MSI-X table of fewer than two entries), kTimedOut (CSTS.RDY never
   // reached the wanted value within CAP.TO), kIoError (controller fatal status, or an admin
   // command failed), coherent-allocation errors (kNoMemory, kDmaMaskNotMatch), PciDevice::enable
   // and map_bar errors, arch::msi_alloc's errors. On error the controller is left disabled and

@@ -17,7 +17,9 @@ The run fails on:
 Every VM gets the devices of testkernel/devices.h: two edu DMA engines (32-bit and 28-bit masks,
 announced to the guest as `edu_mask=` on its command line) and a virtio-blk disk whose image is
 made fresh next to the kernel before each boot (disk-<mode>.img, a known pattern) and checked from
-the host side afterwards; that check counts as one more test ("host_disk_image_check").
+the host side afterwards; that check counts as one more test ("host_disk_image_check"); and two
+NVMe controllers, each with its own image made and checked the same way ("host_nvme<c>_image_check",
+see NVME_SLOTS).
 With --objdump, the kernel ELF is disassembled first and the arch's DmaOp cache-maintenance
 methods must contain the expected instructions; that check counts as one more test.
 In test mode the last line printed is the summary "N passed, M failed" (guest tests plus the
