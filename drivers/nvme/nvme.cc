@@ -200,7 +200,8 @@ Result<void> NvmeController::identify() {
   TRY(execute(&admin_, cid, c, nullptr));
   const uint8_t mdts = byte(77);
   const uint64_t min_page = 1ull << (12 + ((cap_ >> 48) & 0xF));
-  mdts_bytes_ = mdts == 0 ? 0 : min_page << mdts;
+  // A limit beyond 4 GiB pages is no limit here (and would overflow the shift).
+  mdts_bytes_ = mdts == 0 || mdts >= 20 ? 0 : min_page << mdts;
   const uint64_t nn = le(516, 4);
   if (nn < kNsid) return ErrorCode::kNotFound;
 
@@ -262,8 +263,10 @@ void NvmeController::shutdown() {
     }
     stopped = disable().ok();
   }
-  pci_->disable();
+  // The controller sends no more messages once stopped; its MSI-X table is in a BAR, so this
+  // comes before decoding goes off.
   release_interrupts();
+  pci_->disable();
   if (stopped) {
     free_queue(&admin_);
     free_queue(&io_);
@@ -312,7 +315,7 @@ Result<uint32_t> NvmeController::execute(Queue* q, uint16_t cid, NvmeCommand cmd
   regs_.write32(sq_doorbell(q->qid), q->sq_tail);  // Ordered after the entry (MmioRegion).
   while (!__atomic_load_n(&s.done, __ATOMIC_ACQUIRE)) {
     if (completion_ == Completion::kPolled) {
-      process_completions(q);
+      process_completions(q, /*from_irq=*/false);
       if (__atomic_load_n(&s.done, __ATOMIC_ACQUIRE)) break;
     }
     if (arch::now_ns() - start > timeout_ns_) {
@@ -353,7 +356,7 @@ void NvmeController::timed_out(Queue* q, Slot* slot) {
   shutdown();
 }
 
-size_t NvmeController::process_completions(Queue* q) {
+size_t NvmeController::process_completions(Queue* q, bool from_irq) {
   size_t n = 0;
   for (;;) {
     const uint16_t st = q->cq.read_field(q->cq_head, &NvmeCompletion::status);
@@ -372,6 +375,8 @@ size_t NvmeController::process_completions(Queue* q) {
       ++stats_.unknown;
       continue;
     }
+    // Counted before the waiter can see the slot done and read the statistics.
+    if (from_irq) ++stats_.irq_completed;
     // The controller is done with the data: for a read, this is where the bytes reach the
     // caller's buffers (invalidate, or copy out of a bounce slot).
     SgMapping* m = __atomic_exchange_n(&s->mapping, nullptr, __ATOMIC_ACQ_REL);
@@ -388,7 +393,7 @@ void NvmeController::on_interrupt(void* ctx) {
   auto* q = static_cast<Queue*>(ctx);
   NvmeController* c = q->ctrl;
   ++c->stats_.interrupts;
-  c->stats_.irq_completed += c->process_completions(q);
+  (void)c->process_completions(q, /*from_irq=*/true);
 }
 
 Result<NvmeController::Request> NvmeController::read(uint64_t lba,
@@ -453,6 +458,7 @@ Result<NvmeController::Request> NvmeController::submit(bool write, uint64_t lba,
     if (e.size == 0 || (reinterpret_cast<uintptr_t>(e.addr) & 3) != 0) {
       return ErrorCode::kLayoutError;
     }
+    if (e.size > max_transfer_) return ErrorCode::kOutOfRange;  // Also keeps the sum small.
     total += e.size;
   }
   if (total % lba_size_ != 0) return ErrorCode::kLayoutError;

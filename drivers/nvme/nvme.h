@@ -228,8 +228,9 @@ class NvmeController {
   // Fills PRP1/PRP2 of `cmd` (and the PRP list of CID slot `cid`) from `segs`.
   Result<void> build_prps(support::Span<const DmaSegment> segs, size_t cid, NvmeCommand* cmd,
                           Request* req);
-  // Consumes every new completion of `q`; returns how many. Any context.
-  size_t process_completions(Queue* q);
+  // Consumes every new completion of `q` (counted in irq_completed when `from_irq`); returns how
+  // many. Any context.
+  size_t process_completions(Queue* q, bool from_irq);
   // The MSI-X handler of one queue (ctx: the Queue). Interrupt context.
   static void on_interrupt(void* ctx);
   void timed_out(Queue* q, Slot* slot);
