@@ -212,7 +212,7 @@ Result<void> NvmeController::identify() {
   const uint64_t nsze = le(0, 8);
   if (nsze == 0) return ErrorCode::kNotFound;  // Not an active namespace.
   const unsigned format = byte(26) & 0xF;
-  const uint64_t lbaf = le(128 + 4 * format, 4);
+  const uint64_t lbaf = le(128 + (4 * format), 4);
   const unsigned lbads = (lbaf >> 16) & 0xFF;
   if ((lbaf & 0xFFFF) != 0 || lbads < 9 || lbads > 12) return ErrorCode::kNotSupported;
   lba_size_ = 1u << lbads;
