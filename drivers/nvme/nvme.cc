@@ -174,6 +174,17 @@ Result<void> NvmeController::setup_interrupts() {
   return support::ok();
 }
 
+Result<void> NvmeController::mask_io_vector(bool masked) {
+  if (!bound() || completion_ != Completion::kInterrupt || !msix_.valid()) {
+    return ErrorCode::kInvalidArgument;
+  }
+  if (masked) {
+    msix_.mask(io_.qid);
+    return support::ok();
+  }
+  return msix_.set(io_.qid, io_.msi);
+}
+
 void NvmeController::release_interrupts() {
   if (msix_.valid()) msix_.disable();
   msix_ = pci::MsixTable();

@@ -175,6 +175,16 @@ class NvmeController {
   // snapshot.
   const Stats& stats() const { return stats_; }
 
+  // How long a command may take before the controller is declared hung (kTimedOut: disabled and
+  // unbound). Default kDefaultTimeoutNs. Any context; takes effect with the next command.
+  void set_timeout_ns(uint64_t ns) { timeout_ns_ = ns; }
+  uint64_t timeout_ns() const { return timeout_ns_; }
+  // Masks (or unmasks) the I/O queue's MSI-X entry: the controller then holds its completion
+  // messages pending (they are sent when unmasked), and a command waiting for one ends in
+  // kTimedOut. For a caller that wants to gather completions, and for tests of the timeout path.
+  // Errors: kInvalidArgument (not bound, or not in kInterrupt mode). Thread context.
+  Result<void> mask_io_vector(bool masked);
+
   // Shuts the controller down (CC.SHN normal shutdown, then CC.EN = 0: it stops using memory),
   // frees the queues, the PRP lists and the identify page, releases the MSI-X messages, checks
   // that no mapping or allocation of the device is left (DeviceDma::check_no_mappings reports

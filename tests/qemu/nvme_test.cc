@@ -13,6 +13,7 @@
 // they started.
 #include "drivers/nvme/nvme.h"
 #include "dmakit/support/mem.h"
+#include "testkernel/arch.h"
 #include "testkernel/devices.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
@@ -58,11 +59,13 @@ struct Snapshot {
   uint64_t pool_used[KernelDmaOp::kMaxPools] = {};
   uint64_t live_maps = 0;
   uint64_t coherent_live = 0;
+  uint64_t misuse_reports = 0;  // The misuse checker's (a teardown with live mappings, ...).
 
   static Snapshot take() {
     const KernelEnv& env = kernel_env();
     Snapshot s;
     s.free_pages = env.pfa->free_pages();
+    s.misuse_reports = DmaDebug::total();
     for (size_t i = 0; i < env.num_pools; ++i) s.pool_used[i] = env.pools[i]->stats().used_slots;
 #if DMA_STATS  // KernelDmaOp::stats() counts only with DMA_STATS.
     s.live_maps = env.dma->stats().live_maps;
@@ -80,6 +83,7 @@ struct Snapshot {
     }                                                        \
     KEXPECT_EQ((a).live_maps, (b).live_maps);                \
     KEXPECT_EQ((a).coherent_live, (b).coherent_live);        \
+    KEXPECT_EQ((a).misuse_reports, (b).misuse_reports);      \
   } while (0)
 
 // 2^order pages wholly above `floor`, freed by the destructor; !ok() when there are none.
@@ -513,4 +517,34 @@ KTEST(nvme_small_mask_controller_bounces_keeping_page_offsets) {
         static_cast<unsigned long long>(nvme_pattern::kGuestFirst),
         static_cast<unsigned long long>(nvme_pattern::kGuestFirst + nvme_pattern::kGuestCount - 1));
   }
+}
+
+KTEST(nvme_lost_completion_times_out_and_unbinds_without_leaks) {
+  const Snapshot s0 = Snapshot::take();
+  {
+    NvmeController c;
+    KREQUIRE_OK(bind(&c, 1, kMask32, NvmeController::Completion::kInterrupt, 0));
+    Pages buf(1);
+    KREQUIRE_TRUE(buf.ok());
+    // Bounced, so that the timeout path also gives a bounce slot back.
+    c.dma().set_force_bounce(true);
+    c.set_timeout_ns(200'000'000);
+    KREQUIRE_OK(c.mask_io_vector(true));
+    SgEntry e{buf.va() + 0x100, 4 * nvme_pattern::kBlock};
+    const uint64_t start = arch::now_ns();
+    KEXPECT_ERR(c.read(0, support::Span<const SgEntry>(&e, 1)), ErrorCode::kTimedOut);
+    KEXPECT_GE(arch::now_ns() - start, 200'000'000u);
+    KEXPECT_FALSE(c.bound());  // Disabled and unbound: nothing of it is left to use.
+    KEXPECT_ERR(c.read(0, support::Span<const SgEntry>(&e, 1)), ErrorCode::kInvalidArgument);
+    KEXPECT_ERR(c.mask_io_vector(false), ErrorCode::kInvalidArgument);
+  }
+  EXPECT_SNAPSHOT_EQ(Snapshot::take(), s0);
+  // The controller binds again afterwards and works.
+  NvmeController c;
+  KREQUIRE_OK(bind(&c, 1, ~0ull, NvmeController::Completion::kInterrupt, 0));
+  Pages buf(0);
+  KREQUIRE_TRUE(buf.ok());
+  SgEntry e{buf.va(), kPage};
+  KREQUIRE_OK(c.read(8, support::Span<const SgEntry>(&e, 1)));
+  KEXPECT_EQ(check(buf.va(), kPage, 1, 8 * nvme_pattern::kBlock, false), kPage);
 }
