@@ -329,8 +329,14 @@ Result<uint32_t> NvmeController::execute(Queue* q, uint16_t cid, NvmeCommand cmd
       process_completions(q, /*from_irq=*/false);
       if (__atomic_load_n(&s.done, __ATOMIC_ACQUIRE)) break;
     }
+    // A controller that reports a fatal error (or has gone from the bus) completes nothing more.
+    const uint32_t csts = regs_.read32(kRegCsts);
+    if (csts == kAllOnes || (csts & kCstsFatal) != 0) {
+      abandon(q, &s);
+      return ErrorCode::kIoError;
+    }
     if (arch::now_ns() - start > timeout_ns_) {
-      timed_out(q, &s);
+      abandon(q, &s);
       return ErrorCode::kTimedOut;
     }
     if (completion_ == Completion::kInterrupt) {
@@ -347,7 +353,7 @@ Result<uint32_t> NvmeController::execute(Queue* q, uint16_t cid, NvmeCommand cmd
   return dw0;
 }
 
-void NvmeController::timed_out(Queue* q, Slot* slot) {
+void NvmeController::abandon(Queue* q, Slot* slot) {
   // Stop the controller (reset; if even that fails, take it off the bus) before the buffers go
   // back to the caller.
   if (!disable().ok()) pci_->disable();

@@ -147,8 +147,9 @@ class NvmeController {
   // ending on one, after merging), kOutOfRange (beyond the namespace, more than kMaxBuffers
   // buffers, above max_transfer_bytes()), the mapping errors of SgMapping::map (kDmaMaskNotMatch,
   // kNoMemory, kLayoutError above max_mapping_size; the controller is not involved then),
-  // kIoError (the controller reported an error status), kTimedOut (no completion: the controller
-  // is disabled and unbound before the buffers are released).
+  // kIoError (the controller reported an error status for the command; or a fatal error, CSTS.CFS,
+  // after which it is disabled and unbound), kTimedOut (no completion: the controller is disabled
+  // and unbound before the buffers are released).
   Result<Request> read(uint64_t lba, support::Span<const SgEntry> bufs);
   // Writes `bufs` to the blocks starting at `lba`. Same preconditions and errors.
   Result<Request> write(uint64_t lba, support::Span<const SgEntry> bufs);
@@ -232,7 +233,8 @@ class NvmeController {
   Result<uint16_t> take_cid(Queue* q);
   // Submits `cmd` on `q` under `cid` (from take_cid; given back here), with `mapping` to unmap on
   // completion (may be null), and waits. Returns the completion's dword 0. Errors: kIoError
-  // (non-zero status), kTimedOut (the controller is then disabled and unbound).
+  // (non-zero status; or the controller reported a fatal error, CSTS.CFS, and is then disabled and
+  // unbound), kTimedOut (the controller is then disabled and unbound).
   Result<uint32_t> execute(Queue* q, uint16_t cid, NvmeCommand cmd, SgMapping* mapping);
   Result<Request> submit(bool write, uint64_t lba, support::Span<const SgEntry> bufs);
   // Fills PRP1/PRP2 of `cmd` (and the PRP list of CID slot `cid`) from `segs`.
@@ -243,7 +245,9 @@ class NvmeController {
   size_t process_completions(Queue* q, bool from_irq);
   // The MSI-X handler of one queue (ctx: the Queue). Interrupt context.
   static void on_interrupt(void* ctx);
-  void timed_out(Queue* q, Slot* slot);
+  // The command in `slot` will not complete: stops the controller, unmaps the command's data
+  // (unless the handler is doing so right now) and unbinds.
+  void abandon(Queue* q, Slot* slot);
   uint32_t sq_doorbell(uint16_t qid) const { return 0x1000 + (2u * qid) * doorbell_stride_; }
   uint32_t cq_doorbell(uint16_t qid) const { return 0x1000 + (2u * qid + 1) * doorbell_stride_; }
 
