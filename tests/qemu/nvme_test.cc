@@ -625,3 +625,36 @@ KTEST(nvme_two_controllers_on_two_cpus_at_once) {
   }
   EXPECT_SNAPSHOT_EQ(Snapshot::take(), s0);
 }
+KTEST(nvme_bounced_read_of_max_mapping_size_keeps_any_page_offset) {
+  const Snapshot s0 = Snapshot::take();
+  {
+    NvmeController c;
+    KREQUIRE_OK(bind(&c, 1, ~0ull, NvmeController::Completion::kInterrupt, 0));
+    c.dma().set_force_bounce(true);
+    const size_t mm = c.dma().max_mapping_size();
+    const size_t bytes = support::min(mm, c.max_transfer_bytes()) & ~(nvme_pattern::kBlock - 1);
+    KREQUIRE_TRUE(bytes >= nvme_pattern::kBlock);
+    Pages buf(8);
+    KREQUIRE_TRUE(buf.ok() && bytes + kPage <= buf.bytes());
+    const size_t offs[] = {0, 0x800, 0xFFC};
+    for (size_t off : offs) {
+      // The slot keeps the offset even for the largest mapping (the pool must find room for
+      // the offset in front of it).
+      {
+        auto m = c.dma().map(buf.va() + off, bytes, DmaDirection::kFromDevice);
+        KREQUIRE_OK(m);
+        KEXPECT_TRUE(m->bounced());
+        KEXPECT_EQ(m->dma_addr().value() & 0xFFF, off);
+      }
+      support::fill_bytes(buf.va(), kGuard, buf.bytes());
+      SgEntry e{buf.va() + off, bytes};
+      auto r = c.read(7, support::Span<const SgEntry>(&e, 1));
+      KREQUIRE_OK(r);
+      KEXPECT_EQ(r->bounced, 1u);
+      KEXPECT_EQ(r->prp_entries, pages_spanned(off, bytes));
+      KEXPECT_EQ(check(buf.va() + off, bytes, 1, 7 * nvme_pattern::kBlock, false), bytes);
+      KEXPECT_TRUE(guards_intact(buf.va() + off, bytes, 64, buf.va(), buf.va() + buf.bytes()));
+    }
+  }
+  EXPECT_SNAPSHOT_EQ(Snapshot::take(), s0);
+}
