@@ -162,8 +162,8 @@ class NvmeController {
   // MDTS in bytes (0: the controller sets no limit).
   uint64_t mdts_bytes() const { return mdts_bytes_; }
   // Largest request: MDTS, and what PRP1 plus one PRP list page can describe. This is the
-  // controller's limit on one streaming transfer; the lead wires it into the device's
-  // max_mapping_size once DeviceDma carries one.
+  // controller's limit on one transfer, held here because DeviceDma has no per-device mapping
+  // limit to carry it; callers size their requests with it.
   size_t max_transfer_bytes() const { return max_transfer_; }
   uint32_t lba_size() const { return lba_size_; }
   uint64_t namespace_blocks() const { return ns_blocks_; }
