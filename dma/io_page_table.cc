@@ -7,8 +7,12 @@
 
 namespace {
 
-uint64_t load_entry(const uint64_t* e) { return __atomic_load_n(e, __ATOMIC_ACQUIRE); }
-void store_entry(uint64_t* e, uint64_t v) { __atomic_store_n(e, v, __ATOMIC_RELEASE); }
+uint64_t load_entry(const uint64_t* e) {
+  return __atomic_load_n(e, __ATOMIC_ACQUIRE);
+}
+void store_entry(uint64_t* e, uint64_t v) {
+  __atomic_store_n(e, v, __ATOMIC_RELEASE);
+}
 
 }  // namespace
 

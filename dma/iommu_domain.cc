@@ -9,7 +9,9 @@ namespace {
 
 constexpr uint64_t kPage = IoPageTable::kPageSize;
 
-bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
+bool copies_out(DmaDirection d) {
+  return d != DmaDirection::kToDevice;
+}
 
 // The direction a sync acts on: the mapping's own, narrowed by a bidirectional mapping's
 // argument (the misuse checker reports a contradiction).
@@ -25,8 +27,8 @@ bool shares_cache_lines(const void* addr, size_t size, size_t line) {
 }  // namespace
 
 Result<void> IommuDomain::init(const Config& cfg) {
-  if (unit_ != nullptr || cfg.unit == nullptr || cfg.platform == nullptr ||
-      cfg.domain_id == 0 || cfg.domain_id > cfg.unit->max_domains() ||
+  if (unit_ != nullptr || cfg.unit == nullptr || cfg.platform == nullptr || cfg.domain_id == 0 ||
+      cfg.domain_id > cfg.unit->max_domains() ||
       cfg.num_reserved > sizeof(reserved_) / sizeof(reserved_[0]) ||
       (cfg.num_reserved > 0 && cfg.reserved == nullptr)) {
     return ErrorCode::kInvalidArgument;
@@ -82,7 +84,9 @@ Result<void> IommuDomain::attach(uint32_t device_id) {
   return unit_->attach(device_id, domain_id_, pt_.root());
 }
 
-void IommuDomain::detach(uint32_t device_id) { unit_->detach(device_id); }
+void IommuDomain::detach(uint32_t device_id) {
+  unit_->detach(device_id);
+}
 
 Result<void> IommuDomain::map_fixed(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
   if (size == 0 || !support::is_aligned(iova | pa.value() | size, kPage) ||
@@ -177,7 +181,9 @@ Result<DmaMapHandle> IommuDomain::map_single(const DmaConstraints& c, void* addr
   return h;
 }
 
-void IommuDomain::unmap_single(const DmaMapHandle& h) { unmap_sg(&h, 1); }
+void IommuDomain::unmap_single(const DmaMapHandle& h) {
+  unmap_sg(&h, 1);
+}
 
 Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
                                  size_t align, DmaDirection dir) {

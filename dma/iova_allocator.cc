@@ -66,8 +66,8 @@ Result<void> IovaAllocator::init(const Config& cfg) {
   support::fill_bytes(p, 0, cache_bytes);
   caches_ = reinterpret_cast<CpuCache*>(p);
   depots_ = reinterpret_cast<Depot*>(p + num_caches * sizeof(CpuCache));
-  auto* mags = reinterpret_cast<Magazine*>(p + num_caches * sizeof(CpuCache) +
-                                           kCacheOrders * sizeof(Depot));
+  auto* mags =
+      reinterpret_cast<Magazine*>(p + num_caches * sizeof(CpuCache) + kCacheOrders * sizeof(Depot));
   size_t next_mag = 0;
   for (size_t i = 0; i < num_caches; ++i) {
     CpuCache* c = new (&caches_[i]) CpuCache();

@@ -91,7 +91,9 @@ class IoPageTable {
 
  private:
   // The CPU pointer of the table at physical address `pa`.
-  uint64_t* table_at(uint64_t pa) const { return static_cast<uint64_t*>(pfa_->phys_to_virt(PhysAddr(pa))); }
+  uint64_t* table_at(uint64_t pa) const {
+    return static_cast<uint64_t*>(pfa_->phys_to_virt(PhysAddr(pa)));
+  }
   unsigned index(uint64_t iova, unsigned level) const {
     return static_cast<unsigned>((iova >> (12 + 9 * (levels_ - 1 - level))) & 511);
   }

@@ -150,9 +150,7 @@ class IommuDomain final : public DmaOp {
   void flush_invalidate(const void* addr, size_t size) override {
     platform_->flush_invalidate(addr, size);
   }
-  DmaConstraints default_constraints() const override {
-    return platform_->default_constraints();
-  }
+  DmaConstraints default_constraints() const override { return platform_->default_constraints(); }
   size_t cache_alignment() const override { return platform_->cache_alignment(); }
   // The largest IOVA range less one page, so that any in-page offset fits: just under 4 MiB.
   size_t max_mapping_size(const DmaConstraints& c) const override {
