@@ -153,7 +153,7 @@ class IommuDomain final : public DmaOp {
   DmaConstraints default_constraints() const override { return platform_->default_constraints(); }
   size_t cache_alignment() const override { return platform_->cache_alignment(); }
   // The largest IOVA range less one page, so that any in-page offset fits: just under 4 MiB.
-  size_t max_mapping_size(const DmaConstraints& c) const override {
+  size_t max_mapping_size(const DmaConstraints& /*c*/) const override {
     return IovaAllocator::kMaxSize - IoPageTable::kPageSize;
   }
 
