@@ -179,9 +179,10 @@ Result<DmaMapHandle> IommuDomain::map_single(const DmaConstraints& c, void* addr
   // a list of one piece.
   const PageFrameAllocator* pfa = platform_->config().pfa;
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - platform_->config().direct_map_offset;
-  if (align > 1 || !snoops(c) || c.dma_mask == 0 || c.bus_offset != 0 || addr == nullptr ||
-      size == 0 || p < pfa->lowest_address().value() || p >= pfa->highest_address().value() ||
-      size > pfa->highest_address().value() - p) [[unlikely]] {
+  if (align > 1 || !snoops(c) || c.force_bounce || c.dma_mask == 0 || c.bus_offset != 0 ||
+      addr == nullptr || size == 0 || p < pfa->lowest_address().value() ||
+      p >= pfa->highest_address().value() || size > pfa->highest_address().value() - p)
+      [[unlikely]] {
     DmaMapHandle h;
     h.cpu_addr = addr;
     h.size = size;
@@ -242,7 +243,7 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
     ErrorCode bad = check_request(c, addr, size, align, coherent);
     if (bad != ErrorCode::kOk) return bad;
     uint64_t p = 0;
-    if (!coherent && copies_out(dir) && shares_cache_lines(addr, size, line)) {
+    if (c.force_bounce || (!coherent && copies_out(dir) && shares_cache_lines(addr, size, line))) {
       DmaConstraints pc = c;
       pc.dma_mask = ~0ull;
       pc.force_bounce = true;
