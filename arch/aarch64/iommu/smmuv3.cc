@@ -58,6 +58,7 @@ constexpr uint32_t kGbpaAbort = 1u << 20;
 constexpr uint32_t kGbpaUpdate = 1u << 31;
 // SMMU_GERROR
 constexpr uint32_t kGerrorCmdqErr = 1u << 0;
+constexpr uint32_t kGerrorEventqAbt = 1u << 2;
 // Queue and stream table base registers
 constexpr uint64_t kBaseReadAlloc = 1ull << 62;  // RA (cmdq, strtab) / WA (eventq)
 constexpr uint64_t kAddrMask52 = 0x000F'FFFF'FFFF'FFFFull;
@@ -713,17 +714,26 @@ Result<void> Smmuv3::wait_consumed_locked(uint32_t index) {
 
 size_t Smmuv3::drain_faults(void (*sink)(void* ctx, const IommuFault& fault), void* ctx) {
   constexpr size_t kBatch = 8;
-  size_t total = 0;
+  size_t reported = 0;
+  IommuFault prev;
+  bool have_prev = false;
   for (;;) {
     Event batch[kBatch];
     size_t n = 0;
     {
       Guard guard{&evtq_lock_};
-      if (evtq_.va == nullptr) return total;
+      if (evtq_.va == nullptr) return reported;
       const uint32_t log2 = evtq_.log2_entries;
       const uint32_t prod_reg = read32(kEventqProd);
       const uint32_t prod = prod_reg & q_mask(log2);
       if (((prod_reg ^ read32(kEventqCons)) & kEventqOverflow) != 0) ++stats_evt_.overflows;
+      // An SMMU that cannot write a record (QEMU's, when the queue is full) flags
+      // SMMU_GERROR.EVENTQ_ABT_ERR instead: records were lost too. Acknowledged here.
+      const uint32_t pending = read32(kGerror) ^ read32(kGerrorn);
+      if ((pending & kGerrorEventqAbt) != 0) {
+        write32(kGerrorn, read32(kGerrorn) ^ kGerrorEventqAbt);
+        ++stats_evt_.overflows;
+      }
       barrier_load();  // The records up to PROD are read after PROD.
       while (evtq_.cons != prod && n < kBatch) {
         uint64_t* e = &evtq_.va[size_t{q_idx(evtq_.cons, log2)} * 4];
@@ -755,10 +765,16 @@ size_t Smmuv3::drain_faults(void (*sink)(void* ctx, const IommuFault& fault), vo
         default:
           break;  // configuration errors carry no input address
       }
+      // One faulting burst records an event per bus transaction: report the run once.
+      const bool repeat = have_prev && prev.device_id == f.device_id && prev.reason == f.reason &&
+                          prev.write == f.write && (prev.iova / kPage) == (f.iova / kPage);
+      prev = f;
+      have_prev = true;
+      if (repeat) continue;
+      ++reported;
       if (sink != nullptr) sink(ctx, f);
     }
-    total += n;
-    if (n < kBatch) return total;
+    if (n < kBatch) return reported;
   }
 }
 

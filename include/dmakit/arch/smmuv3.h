@@ -13,7 +13,7 @@
 // talks to the SMMU through a command queue in memory (CMD_CFGI_STE / CMD_CFGI_CD_ALL after an
 // STE or CD change, CMD_TLBI_NH_VA / CMD_TLBI_NH_ASID for the IOTLB, then CMD_SYNC, whose
 // consumption it polls), and reads faults from an event queue (F_TRANSLATION, F_PERMISSION, ...:
-// StreamID, input address, read or write).
+// StreamID, input address, read or write), polled: the unit's wired interrupts stay off.
 //
 // The I/O page tables are the AArch64 VMSAv8-64 stage-1 format with the 4 KiB granule, 4 levels:
 // table descriptors 0b11 with the next table's address; level-3 page descriptors 0b11 with
@@ -162,6 +162,10 @@ class Smmuv3 final : public IommuUnit {
   void detach(uint32_t device_id) override;
   void invalidate(uint32_t domain, uint64_t iova, uint64_t size) override;
   uint32_t max_domains() const override { return features_.asid16 ? 0xFFFFu : 0xFFu; }
+  // A device's faulting burst records one event per bus transaction (a 4 KiB DMA into an
+  // unmapped page: hundreds); consecutive records of the same stream, reason, direction and
+  // 4 KiB page are reported once, with the first record's address, and counted once. Records
+  // the SMMU could not queue are lost (Stats::overflows).
   size_t drain_faults(void (*sink)(void* ctx, const IommuFault& fault), void* ctx) override;
 
   // --- The page-table format (IoPageTableFormat's functions) ----------------------------------
