@@ -180,6 +180,15 @@ KTEST(smmuv3_discovery) {
   KEXPECT_EQ(u->attach(sid, u->max_domains() + 1, PhysAddr(0x4000'0000)).code(),
              ErrorCode::kInvalidArgument);
   KEXPECT_EQ(u->attach(sid, 1, PhysAddr(0x4000'0800)).code(), ErrorCode::kInvalidArgument);
+  // A configuration without registers, allocator or stream ranges is refused before any register
+  // is touched, with a reason.
+  Smmuv3 other;
+  Smmuv3::Config bad;
+  KEXPECT_ERR(other.init(bad), ErrorCode::kInvalidArgument);
+  KEXPECT_TRUE(kstr::equal(other.failure_reason(), "invalid configuration"));
+  KEXPECT_FALSE(other.enabled());
+  KEXPECT_FALSE(other.covers(sid));
+  KEXPECT_TRUE(u->enabled());
   PhysAddr msi[4];
   const size_t n = arch::iommu_msi_pages(msi, 4);
   KEXPECT_TRUE(n >= 1);  // the ITS's GITS_TRANSLATER page (gic-version=3)
