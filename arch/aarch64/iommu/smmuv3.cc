@@ -252,15 +252,15 @@ const char* Smmuv3::event_reason(uint8_t type) {
 // --- Registers and cache maintenance ------------------------------------------------------------
 
 uint32_t Smmuv3::read32(uint32_t off) const {
-  return *reinterpret_cast<volatile uint32_t*>(regs_ + off);
+  return *reinterpret_cast<volatile uint32_t*>(&regs_[off]);
 }
 
 void Smmuv3::write32(uint32_t off, uint32_t value) const {
-  *reinterpret_cast<volatile uint32_t*>(regs_ + off) = value;
+  *reinterpret_cast<volatile uint32_t*>(&regs_[off]) = value;
 }
 
 void Smmuv3::write64(uint32_t off, uint64_t value) const {
-  *reinterpret_cast<volatile uint64_t*>(regs_ + off) = value;
+  *reinterpret_cast<volatile uint64_t*>(&regs_[off]) = value;
 }
 
 void Smmuv3::clean(const void* va, size_t size) const {
@@ -291,7 +291,7 @@ void Smmuv3::set_global_bypass() {
 }
 
 void Smmuv3::disable() {
-  if (regs_ == 0) return;
+  if (regs_ == nullptr) return;
   // Errors are ignored: there is nothing better to do than to try to reach bypass.
   (void)write_cr0(0);
   write32(kIrqCtrl, 0);
@@ -343,7 +343,7 @@ Result<void> Smmuv3::init(const Config& config) {
       config.num_streams > kMaxStreamRanges || config.poll_limit == 0) {
     return fail("invalid configuration", ErrorCode::kInvalidArgument);
   }
-  regs_ = reinterpret_cast<uintptr_t>(config.regs);
+  regs_ = static_cast<volatile uint8_t*>(config.regs);
   pfa_ = config.pfa;
   cache_ = config.cache;
   poll_limit_ = config.poll_limit;
@@ -617,7 +617,7 @@ Result<Smmuv3::Attachment> Smmuv3::attachment(uint32_t sid) const {
 void Smmuv3::invalidate(uint32_t domain, uint64_t iova, uint64_t size) {
   if (!enabled_ || domain == 0 || domain > max_domains()) return;
   const uint64_t first = iova & ~(kPage - 1);
-  const uint64_t pages = size == 0 ? 0 : ((iova + size - 1) / kPage) - iova / kPage + 1;
+  const uint64_t pages = size == 0 ? 0 : ((iova + size - 1) / kPage) - (iova / kPage) + 1;
   uint64_t cmds[kMaxPageInvalidations][2];
   size_t n = 0;
   if (pages == 0 || pages > kMaxPageInvalidations) {

@@ -218,7 +218,7 @@ class Smmuv3 final : public IommuUnit {
   void recover_cmd_error_locked() TA_REQ(cmdq_lock_);
 
   IoPageTableFormat format_{};
-  uintptr_t regs_ = 0;
+  volatile uint8_t* regs_ = nullptr;
   PageFrameAllocator* pfa_ = nullptr;
   DmaOp* cache_ = nullptr;
   StreamRange streams_[kMaxStreamRanges] = {};
