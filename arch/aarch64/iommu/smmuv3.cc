@@ -683,10 +683,17 @@ void Smmuv3::recover_cmd_error_locked() {
   e[1] = 0;
   clean(e, 16);
   barrier_store();
-  const uint32_t gerror = read32(kGerror);
-  const uint32_t gerrorn = read32(kGerrorn);
-  write32(kGerrorn, (gerrorn & ~kGerrorCmdqErr) | (gerror & kGerrorCmdqErr));
+  ack_gerror(kGerrorCmdqErr);
   ++stats_cmd_.cmd_errors;
+}
+
+bool Smmuv3::ack_gerror(uint32_t bits) {
+  // SMMU_GERRORN is shared by the command and event queue paths: one read-modify-write at a time.
+  Guard guard{&gerror_lock_};
+  const uint32_t gerrorn = read32(kGerrorn);
+  const uint32_t active = (read32(kGerror) ^ gerrorn) & bits;
+  if (active != 0) write32(kGerrorn, gerrorn ^ active);
+  return active != 0;
 }
 
 Result<void> Smmuv3::wait_consumed_locked(uint32_t index) {
@@ -729,11 +736,7 @@ size_t Smmuv3::drain_faults(void (*sink)(void* ctx, const IommuFault& fault), vo
       if (((prod_reg ^ read32(kEventqCons)) & kEventqOverflow) != 0) ++stats_evt_.overflows;
       // An SMMU that cannot write a record (QEMU's, when the queue is full) flags
       // SMMU_GERROR.EVENTQ_ABT_ERR instead: records were lost too. Acknowledged here.
-      const uint32_t pending = read32(kGerror) ^ read32(kGerrorn);
-      if ((pending & kGerrorEventqAbt) != 0) {
-        write32(kGerrorn, read32(kGerrorn) ^ kGerrorEventqAbt);
-        ++stats_evt_.overflows;
-      }
+      if (ack_gerror(kGerrorEventqAbt)) ++stats_evt_.overflows;
       barrier_load();  // The records up to PROD are read after PROD.
       while (evtq_.cons != prod && n < kBatch) {
         uint64_t* e = &evtq_.va[size_t{q_idx(evtq_.cons, log2)} * 4];

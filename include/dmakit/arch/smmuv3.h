@@ -38,8 +38,8 @@
 //
 // Threading: attach/detach serialise on a configuration lock; the command queue and the event
 // queue each have their own spinlock (interrupts masked while held, through the kernel hooks).
-// Lock order: configuration, then command queue. The driver touches only the register frame it
-// was given and memory it allocated.
+// Lock order: configuration, then command queue; either queue's lock, then the global-error one.
+// The driver touches only the register frame it was given and memory it allocated.
 #pragma once
 
 #include "dmakit/dma_op.h"
@@ -216,6 +216,8 @@ class Smmuv3 final : public IommuUnit {
   Result<void> push_locked(const uint64_t cmd[2]) TA_REQ(cmdq_lock_);
   Result<void> wait_consumed_locked(uint32_t index) TA_REQ(cmdq_lock_);
   void recover_cmd_error_locked() TA_REQ(cmdq_lock_);
+  // Acknowledges the active global errors among `bits` (SMMU_GERRORN); true if any was active.
+  bool ack_gerror(uint32_t bits) TA_EXCL(gerror_lock_);
 
   IoPageTableFormat format_{};
   volatile uint8_t* regs_ = nullptr;
@@ -240,6 +242,7 @@ class Smmuv3 final : public IommuUnit {
   mutable support::SpinLock cfg_lock_;
   mutable support::SpinLock cmdq_lock_;
   mutable support::SpinLock evtq_lock_;
+  mutable support::SpinLock gerror_lock_;  // innermost: SMMU_GERRORN updates
   Queue cmdq_ TA_GUARDED(cmdq_lock_);
   Queue evtq_ TA_GUARDED(evtq_lock_);
   Stats stats_cmd_ TA_GUARDED(cmdq_lock_);
