@@ -281,22 +281,24 @@ Result<void> Smmuv3::write_cr0(uint32_t value) {
   return ErrorCode::kTimedOut;
 }
 
-void Smmuv3::set_global_bypass() {
+bool Smmuv3::set_global_bypass() {
   const uint32_t gbpa = read32(kGbpa);
-  if ((gbpa & kGbpaAbort) == 0) return;
+  if ((gbpa & kGbpaAbort) == 0) return true;
   write32(kGbpa, (gbpa & ~kGbpaAbort) | kGbpaUpdate);
-  for (uint32_t i = 0; i < poll_limit_ && (read32(kGbpa) & kGbpaUpdate) != 0; ++i) {
+  for (uint32_t i = 0; i < poll_limit_; ++i) {
+    if ((read32(kGbpa) & kGbpaUpdate) == 0) return (read32(kGbpa) & kGbpaAbort) == 0;
     support::cpu_relax();
   }
+  return false;
 }
 
-void Smmuv3::disable() {
-  if (regs_ == nullptr) return;
-  // Errors are ignored: there is nothing better to do than to try to reach bypass.
-  (void)write_cr0(0);
+bool Smmuv3::disable() {
+  if (regs_ == nullptr) return false;
+  enabled_ = false;  // covers() is false from now on: nothing attaches any more.
+  const bool off = write_cr0(0).ok();
   write32(kIrqCtrl, 0);
-  set_global_bypass();
-  enabled_ = false;
+  const bool bypass = set_global_bypass();
+  return off && bypass;
 }
 
 void Smmuv3::release_memory() {
@@ -519,7 +521,7 @@ Result<volatile uint64_t*> Smmuv3::ste(uint32_t sid, bool allocate) {
 }
 
 bool Smmuv3::covers(uint32_t device_id) const {
-  if (!initialised_ || device_id >= (1ull << features_.table_sid_bits)) return false;
+  if (!enabled_ || device_id >= (1ull << features_.table_sid_bits)) return false;
   for (size_t i = 0; i < num_streams_; ++i) {
     if (device_id >= streams_[i].base && device_id - streams_[i].base < streams_[i].count) {
       return true;

@@ -135,10 +135,6 @@ class Smmuv3 final : public IommuUnit {
   // kIoError (it refused a command).
   Result<void> init(const Config& config);
 
-  // Disables translation (SMMUEN = 0, global bypass) and the queues. For a failed init and for
-  // tests; the unit must not be used afterwards except through init's failure path. Thread only.
-  void disable();
-
   // A few words saying why init failed ("" after success or before init).
   const char* failure_reason() const { return failure_; }
   bool enabled() const { return enabled_; }
@@ -162,6 +158,11 @@ class Smmuv3 final : public IommuUnit {
   void detach(uint32_t device_id) override;
   void invalidate(uint32_t domain, uint64_t iova, uint64_t size) override;
   uint32_t max_domains() const override { return features_.asid16 ? 0xFFFFu : 0xFFu; }
+  // Turns translation and the queues off (SMMUEN = 0) with global bypass (SMMU_GBPA.ABORT
+  // clear): devices reach physical memory directly again, and covers() answers false from then
+  // on. False when the SMMU did not acknowledge it. The memory the unit holds is kept (the SMMU
+  // may still have fetched from it). Thread only.
+  bool disable() override;
   // A device's faulting burst records one event per bus transaction (a 4 KiB DMA into an
   // unmapped page: hundreds); consecutive records of the same stream, reason, direction and
   // 4 KiB page are reported once, with the first record's address, and counted once. Records
@@ -196,7 +197,7 @@ class Smmuv3 final : public IommuUnit {
   void write32(uint32_t off, uint32_t value) const;
   void write64(uint32_t off, uint64_t value) const;
   Result<void> write_cr0(uint32_t value);
-  void set_global_bypass();
+  bool set_global_bypass();
   void clean(const void* va, size_t size) const;
   void invalidate_cpu(const void* va, size_t size) const;
   void* virt(PhysAddr p) const { return pfa_->phys_to_virt(p); }
