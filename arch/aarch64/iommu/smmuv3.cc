@@ -633,7 +633,7 @@ void Smmuv3::invalidate(uint32_t domain, uint64_t iova, uint64_t size) {
       cmds[n][1] = first + p * kPage;
     }
   }
-  // A failure was counted (stats) by submit; the caller has no error to act on.
+  // A failure is counted (Stats::sync_failures); the caller has no error to act on.
   (void)submit(cmds, n);
 }
 
@@ -649,7 +649,9 @@ Result<void> Smmuv3::submit(const uint64_t (*cmds)[2], size_t n) {
   barrier_store();
   write32(kCmdqProd, cmdq_.prod);
   ++stats_cmd_.syncs;
-  return wait_consumed_locked(cmdq_.prod);
+  Result<void> r = wait_consumed_locked(cmdq_.prod);
+  if (!r.ok()) ++stats_cmd_.sync_failures;
+  return r;
 }
 
 Result<void> Smmuv3::push_locked(const uint64_t cmd[2]) {
@@ -789,6 +791,7 @@ Smmuv3::Stats Smmuv3::stats() const {
     Guard guard{&cmdq_lock_};
     s.commands = stats_cmd_.commands;
     s.syncs = stats_cmd_.syncs;
+    s.sync_failures = stats_cmd_.sync_failures;
     s.cmd_errors = stats_cmd_.cmd_errors;
     s.last_cmd_error = stats_cmd_.last_cmd_error;
   }

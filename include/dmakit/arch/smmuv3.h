@@ -104,10 +104,11 @@ class Smmuv3 final : public IommuUnit {
   struct Stats {
     uint64_t commands = 0;        // commands written to the queue (CMD_SYNC included)
     uint64_t syncs = 0;           // CMD_SYNCs waited for
+    uint64_t sync_failures = 0;   // waits that ended in a timeout or a refused command
     uint64_t cmd_errors = 0;      // commands the SMMU refused (SMMU_GERROR.CMDQ_ERR)
     uint32_t last_cmd_error = 0;  // SMMU_CMDQ_CONS.ERR of the last refusal (1: illegal command)
     uint64_t events = 0;          // event records read
-    uint64_t overflows = 0;       // times the event queue overflowed (records were lost)
+    uint64_t overflows = 0;       // times event records were lost (overflow, write abort)
     uint64_t l2_tables = 0;       // level-2 stream tables allocated
     uint64_t attached = 0;        // streams attached now
   };
