@@ -160,12 +160,17 @@ def check_disk_image(path, ranges):
         len(guest), ", ".join("%d..%d" % r for r in ranges) or "none", DISK_SECTORS - len(guest))
 
 
-def device_args(disk):
+def device_args(disk, iommu=False):
     args = []
     for slot, mask in EDU_DEVICES:
         args += ["-device", "edu,addr=%s,dma_mask=0x%x" % (slot, mask)]
-    args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk,
-             "-device", "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT]
+    # Behind an IOMMU a virtio device translates its DMA only when it offers
+    # VIRTIO_F_ACCESS_PLATFORM (QEMU's iommu_platform, modern devices only); otherwise QEMU lets
+    # it reach physical memory directly, past the IOMMU.
+    blk = "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT
+    if iommu:
+        blk += ",disable-legacy=on,iommu_platform=on"
+    args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk, "-device", blk]
     masks = ",".join("%s:0x%x" % (slot.split(".")[0], mask) for slot, mask in EDU_DEVICES)
     return args, "edu_mask=" + masks
 
@@ -245,7 +250,7 @@ def build_command(arch, kernel, mode, mem, smp, extra, append, disk, iommu=False
     spec = ARCHES[arch]
     cmd = [spec["qemu"]] + machine_args(spec, iommu)
     cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
-    dev_args, dev_cmdline = device_args(disk)
+    dev_args, dev_cmdline = device_args(disk, iommu)
     cmd += dev_args
     cmdline = "mode=%s %s" % (mode, dev_cmdline)
     if iommu:
