@@ -36,6 +36,12 @@ bool setup(const KernelEnv& env);
 
 // Whether setup() turned the IOMMU on.
 bool active();
+// Its negation, for KTEST_WHEN: the tests of the platform's direct and bounce paths (statistics
+// of KernelDmaOp, bounce decisions, pages all free) describe a boot without an IOMMU, where
+// devices take those paths.
+inline bool inactive() {
+  return !active();
+}
 // The unit, or null when not active.
 IommuUnit* unit();
 // The domain translating PCI function `bdf` (bus << 8 | device << 3 | function), or null.
