@@ -1,0 +1,28 @@
+// The x86-64 port's VT-d discovery (ACPI DMAR), for its boot code and its in-VM tests: which unit
+// arch::iommu_init (testkernel/iommu_arch.h) enabled and what the firmware described.
+#pragma once
+
+#include "arch/x86_64/testkernel/acpi.h"
+#include "dmakit/arch/vtd.h"
+#include "dmakit/support/types.h"
+
+namespace x86 {
+
+// The unit arch::iommu_init enabled, or null (not called, no DMAR, or it failed). Any context.
+VtdUnit* vtd_unit();
+
+// The DMAR table as parsed by arch::iommu_init (null before, or when there was none).
+const DmarInfo* vtd_dmar();
+
+// The requester-id ranges a DMAR device scope stands for (an endpoint: its own id; a PCI
+// sub-hierarchy: the bridge and its secondary to subordinate buses), resolved by walking the
+// scope's path through the bridges' configuration space. False for scopes that are not PCI
+// devices (I/O APIC, HPET, ACPI namespace) or whose path leads nowhere.
+bool vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange* out);
+
+// Turns the unit off again and forgets it (translation off, tables freed), so that a later
+// arch::iommu_init may enable it afresh. For in-VM tests that enabled the unit themselves on a
+// kernel whose boot did not. Boot CPU, thread context, no DMA of a covered device in flight.
+void vtd_shutdown();
+
+}  // namespace x86
