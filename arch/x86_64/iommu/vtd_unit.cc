@@ -184,20 +184,19 @@ bool VtdUnit::flush_write_buffer() {
   return wait32(kRegGsts, kGlobalWbf, 0);
 }
 
-bool VtdUnit::context_invalidate(uint64_t granularity, uint16_t source_id, uint16_t domain) {
+bool VtdUnit::context_invalidate(uint64_t type, uint16_t source_id, uint16_t did) {
   fence();
-  write64(kRegCcmd, kCcmdIcc | (granularity << kCcmdGranShift) |
-                        (static_cast<uint64_t>(source_id) << 16) | domain);
+  write64(kRegCcmd,
+          kCcmdIcc | (type << kCcmdGranShift) | (static_cast<uint64_t>(source_id) << 16) | did);
   if (!wait64_clear(kRegCcmd, kCcmdIcc)) return false;
   // Actual granularity 0: the unit did not perform the request.
   return ((read64(kRegCcmd) >> kCcmdActualShift) & 3) != 0;
 }
 
-bool VtdUnit::iotlb_invalidate(uint64_t granularity, uint16_t domain, uint64_t iva) {
+bool VtdUnit::iotlb_invalidate(uint64_t type, uint16_t did, uint64_t iva) {
   fence();
-  if (granularity == kIotlbPage) write64(iotlb_off_, iva);
-  uint64_t cmd =
-      kIotlbIvt | (granularity << kIotlbGranShift) | (static_cast<uint64_t>(domain) << 32);
+  if (type == kIotlbPage) write64(iotlb_off_, iva);
+  uint64_t cmd = kIotlbIvt | (type << kIotlbGranShift) | (static_cast<uint64_t>(did) << 32);
   if ((cap_ & kCapDrd) != 0) cmd |= kIotlbDr;
   if ((cap_ & kCapDwd) != 0) cmd |= kIotlbDw;
   write64(iotlb_off_ + 8, cmd);
@@ -207,10 +206,11 @@ bool VtdUnit::iotlb_invalidate(uint64_t granularity, uint16_t domain, uint64_t i
 
 void VtdUnit::clean(const void* p, size_t size) const {
   if (coherent_) return;
-  const uintptr_t start = reinterpret_cast<uintptr_t>(p) & ~(kLine - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + size;
-  for (uintptr_t a = start; a < end; a += kLine) {
-    asm volatile("clflush %0" : "+m"(*reinterpret_cast<volatile char*>(a)));
+  // Each line once, from the one holding p to the one holding its last byte.
+  const size_t head = reinterpret_cast<uintptr_t>(p) & (kLine - 1);
+  const auto* line = static_cast<const volatile char*>(p) - head;
+  for (size_t off = 0; off < head + size; off += kLine) {
+    asm volatile("clflush %0" ::"m"(line[off]));
   }
   fence();
 }
@@ -218,10 +218,10 @@ void VtdUnit::clean(const void* p, size_t size) const {
 volatile uint64_t* VtdUnit::context_entry(uint32_t device_id) const {
   if (root_table_.value() == 0 || device_id > 0xFFFF) return nullptr;
   const auto* root = static_cast<const volatile uint64_t*>(table_virt(root_table_.value()));
-  const uint64_t re = root[(device_id >> 8) * 2];
+  const uint64_t re = root[size_t{device_id >> 8} * 2];
   if ((re & kPresent) == 0) return nullptr;
   auto* ctx = static_cast<volatile uint64_t*>(table_virt(re & kAddrMask));
-  return ctx + (device_id & 0xFF) * 2;
+  return ctx + (size_t{device_id & 0xFF} * 2);
 }
 
 Result<void> VtdUnit::init(const Config& cfg) {
@@ -252,7 +252,7 @@ Result<void> VtdUnit::init(const Config& cfg) {
   } else {
     return ErrorCode::kNotSupported;
   }
-  const unsigned table_bits = 12 + 9 * levels;
+  const unsigned table_bits = 12 + (9 * levels);
   const unsigned mgaw = cap_mgaw(cap_);
   iova_bits_ = static_cast<uint8_t>(mgaw < table_bits ? mgaw : table_bits);
   // Domain id 0 is reserved when caching mode is on; the contract numbers domains from 1 anyway.
@@ -312,7 +312,7 @@ void VtdUnit::free_tables() {
   if (root_table_.value() == 0) return;
   const auto* root = static_cast<const volatile uint64_t*>(table_virt(root_table_.value()));
   for (unsigned bus = 0; bus < 256; ++bus) {
-    const uint64_t re = root[bus * 2];
+    const uint64_t re = root[size_t{bus} * 2];
     if ((re & kPresent) != 0) (void)pfa_->free(PhysAddr(re & kAddrMask), 0);
   }
   (void)pfa_->free(root_table_, 0);
@@ -346,13 +346,13 @@ Result<void> VtdUnit::attach(uint32_t device_id, uint32_t domain, PhysAddr root)
       root.value() == 0 || (root.value() & ~kAddrMask) != 0) {
     return ErrorCode::kInvalidArgument;
   }
-  const uint16_t sid = static_cast<uint16_t>(device_id);
+  const uint16_t requester = static_cast<uint16_t>(device_id);
   const unsigned bus = device_id >> 8;
   const auto* root_table = static_cast<volatile uint64_t*>(table_virt(root_table_.value()));
   // The bus's context table, allocated outside the lock (the allocator has its own); a racing
   // attach on the same bus may install its table first, and then this one goes back.
   PhysAddr fresh;
-  if ((root_table[bus * 2] & kPresent) == 0) {
+  if ((root_table[size_t{bus} * 2] & kPresent) == 0) {
     auto page = pfa_->alloc(0);
     if (!page.ok()) return ErrorCode::kNoMemory;
     fresh = *page;
@@ -363,7 +363,7 @@ Result<void> VtdUnit::attach(uint32_t device_id, uint32_t domain, PhysAddr root)
   bool used_fresh = false;
   {
     support::Guard guard{&lock_};
-    volatile uint64_t* re = const_cast<volatile uint64_t*>(root_table) + bus * 2;
+    volatile uint64_t* re = const_cast<volatile uint64_t*>(root_table) + (size_t{bus} * 2);
     if ((re[0] & kPresent) == 0) {
       re[1] = 0;
       re[0] = fresh.value() | kPresent;
@@ -376,7 +376,7 @@ Result<void> VtdUnit::attach(uint32_t device_id, uint32_t domain, PhysAddr root)
       const auto old_did = static_cast<uint16_t>(ce[1] >> kContextDidShift);
       ce[0] = 0;
       clean(const_cast<const uint64_t*>(ce), 16);
-      ok = context_invalidate(kCcmdDevice, sid, old_did) &&
+      ok = context_invalidate(kCcmdDevice, requester, old_did) &&
            iotlb_invalidate(kIotlbDomain, old_did, 0);
     }
     ce[1] = aw_ | (static_cast<uint64_t>(domain) << kContextDidShift);
@@ -387,7 +387,7 @@ Result<void> VtdUnit::attach(uint32_t device_id, uint32_t domain, PhysAddr root)
     // the unit may hold the not-present entry, tagged with domain id 0; and the domain id may
     // have served another page table before, so its IOTLB entries go too.
     const uint16_t ccdid = caching_mode() ? 0 : static_cast<uint16_t>(domain);
-    ok = ok && flush_write_buffer() && context_invalidate(kCcmdDevice, sid, ccdid) &&
+    ok = ok && flush_write_buffer() && context_invalidate(kCcmdDevice, requester, ccdid) &&
          iotlb_invalidate(kIotlbDomain, static_cast<uint16_t>(domain), 0);
   }
   if (!used_fresh && fresh.value() != 0) (void)pfa_->free(fresh, 0);
@@ -423,7 +423,7 @@ void VtdUnit::invalidate(uint32_t domain, uint64_t iova, uint64_t size) {
     while ((first >> am) != (last >> am)) ++am;
     if (am <= cap_mamv(cap_)) {
       const uint64_t base = (first >> am) << am;
-      if (iotlb_invalidate(kIotlbPage, did, base * kPage | am)) return;
+      if (iotlb_invalidate(kIotlbPage, did, (base * kPage) | am)) return;
     }
   }
   if (!iotlb_invalidate(kIotlbDomain, did, 0)) (void)iotlb_invalidate(kIotlbGlobal, 0, 0);
@@ -505,7 +505,7 @@ size_t VtdUnit::drain_faults(void (*sink)(void* ctx, const IommuFault& fault), v
     // record cleared out of order leaves a hole.
     uint32_t index = ((fsts >> 8) & 0xFF) % num_frcd_;
     for (uint32_t i = 0; i < num_frcd_; ++i, index = (index + 1) % num_frcd_) {
-      const uint32_t off = frcd_off_ + index * 16;
+      const uint32_t off = frcd_off_ + (index * 16);
       const uint64_t hi = read64(off + 8);
       if ((hi & kFrcdF) == 0) continue;
       const uint64_t lo = read64(off);

@@ -142,8 +142,10 @@ class VtdUnit final : public IommuUnit {
   // Issues a one-shot or enabling GCMD command and waits for its GSTS bit to read `want`.
   bool global_command(uint32_t cmd_bit, bool set, uint32_t status_bit) TA_REQ(lock_);
   bool flush_write_buffer() TA_REQ(lock_);
-  bool context_invalidate(uint64_t granularity, uint16_t source_id, uint16_t domain) TA_REQ(lock_);
-  bool iotlb_invalidate(uint64_t granularity, uint16_t domain, uint64_t iva) TA_REQ(lock_);
+  // One register-interface command of request granularity `type`; false when it timed out or
+  // the unit reports that it did not perform it.
+  bool context_invalidate(uint64_t type, uint16_t source_id, uint16_t did) TA_REQ(lock_);
+  bool iotlb_invalidate(uint64_t type, uint16_t did, uint64_t iva) TA_REQ(lock_);
   // Cleans [p, p + size) from the CPU caches when the unit's table walks do not snoop them.
   void clean(const void* p, size_t size) const;
   void* table_virt(uint64_t phys) const { return pfa_->phys_to_virt(PhysAddr(phys)); }
