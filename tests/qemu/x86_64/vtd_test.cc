@@ -10,6 +10,7 @@
 #include "dmakit/arch/vtd.h"
 #include "arch/x86_64/testkernel/vtd_platform.h"
 #include "arch/x86_64/testkernel/x86_64_platform.h"
+#include "dmakit/io_page_table.h"
 #include "testkernel/arch.h"
 #include "testkernel/devices.h"
 #include "testkernel/iommu_arch.h"
@@ -413,4 +414,62 @@ KTEST(vtd_edu_dma_through_a_hand_built_domain) {
 
   if (before.present) KEXPECT_OK(unit->attach(id, before.domain, before.root));
   KEXPECT_EQ(unit->timeouts(), 0u);
+}
+
+// The generic layer's IoPageTable (dmakit/io_page_table.h) in this unit's format drives the
+// hardware: a page it maps is reached by the edu, and once it unmaps the page and the unit
+// invalidates the range, the edu's write is blocked and reported.
+KTEST(vtd_io_page_table_in_the_unit_format) {
+  UnitSession s;
+  VtdUnit* unit = s.unit();
+  if (!iommu_requested()) {
+    KEXPECT_TRUE(unit == nullptr);
+    return;
+  }
+  KREQUIRE_TRUE(unit != nullptr);
+  RawEdu edu;
+  KREQUIRE_TRUE(edu.ok());
+  const uint32_t id = arch::iommu_device_id(edu.bdf());
+  const VtdUnit::Attachment before = unit->attachment(id);
+  Pages page(0);
+  KREQUIRE_TRUE(page.ok());
+  for (size_t i = 0; i < kPage; ++i) page.va()[i] = ktest_util::pattern_byte(2, i);
+  clean_lines(page.va(), kPage);
+
+  IoPageTable table;
+  IoPageTable::Config cfg;
+  cfg.format = &unit->format();
+  cfg.pfa = kernel_env().pfa;
+  cfg.cache_op = kernel_env().dma;
+  KREQUIRE_OK(table.init(cfg));
+  KEXPECT_OK(table.map(kIovaRw, page.phys(), kPage, kIommuRead | kIommuWrite));
+  (void)unit->drain_faults(nullptr, nullptr);
+  KREQUIRE_OK(unit->attach(id, unit->max_domains(), table.root()));
+
+  KEXPECT_TRUE(edu.dma(kIovaRw, kEduBuffer, 128, false));
+  KEXPECT_TRUE(edu.dma(kIovaRw + 1024, kEduBuffer, 128, true));
+  clean_lines(page.va(), kPage);
+  KEXPECT_EQ(__builtin_memcmp(page.va() + 1024, page.va(), 128), 0);
+  KEXPECT_EQ(unit->drain_faults(nullptr, nullptr), 0u);
+
+  KEXPECT_EQ(table.unmap(kIovaRw, kPage), 1u);
+  unit->invalidate(unit->max_domains(), kIovaRw, kPage);
+  __builtin_memset(page.va(), 0x3C, kPage);
+  clean_lines(page.va(), kPage);
+  Faults faults;
+  KEXPECT_TRUE(edu.dma(kIovaRw, kEduBuffer, 128, true));
+  clean_lines(page.va(), kPage);
+  KEXPECT_TRUE(filled(page.va(), kPage, 0x3C));
+  KEXPECT_EQ(unit->drain_faults(&Faults::sink, &faults), 1u);
+  KEXPECT_EQ(faults.f[0].device_id, id);
+  KEXPECT_EQ(faults.f[0].iova, kIovaRw);
+  KEXPECT_TRUE(faults.f[0].write);
+  KEXPECT_TRUE(kstr::equal(faults.f[0].reason, "not mapped"));
+
+  if (before.present) {
+    KEXPECT_OK(unit->attach(id, before.domain, before.root));
+  } else {
+    unit->detach(id);
+  }
+  table.destroy();
 }
