@@ -473,3 +473,54 @@ KTEST(vtd_io_page_table_in_the_unit_format) {
   }
   table.destroy();
 }
+
+// Attaching a device that is attached already switches it to the new table at once: the unit's
+// cached context and translations of the old one are gone. Both tables map the same I/O address
+// to different pages; the edu's writes land in the page of the table it is attached to.
+KTEST(vtd_reattach_switches_tables) {
+  UnitSession s;
+  VtdUnit* unit = s.unit();
+  if (!iommu_requested()) {
+    KEXPECT_TRUE(unit == nullptr);
+    return;
+  }
+  KREQUIRE_TRUE(unit != nullptr);
+  RawEdu edu;
+  KREQUIRE_TRUE(edu.ok());
+  const uint32_t id = arch::iommu_device_id(edu.bdf());
+  const VtdUnit::Attachment before = unit->attachment(id);
+  Pages a(0), b(0);
+  KREQUIRE_TRUE(a.ok() && b.ok());
+  for (size_t i = 0; i < kPage; ++i) a.va()[i] = ktest_util::pattern_byte(3, i);
+  __builtin_memset(b.va(), 0x11, kPage);
+  clean_lines(a.va(), kPage);
+  clean_lines(b.va(), kPage);
+  TestTable ta(unit->format()), tb(unit->format());
+  ta.map(kIovaRw, a.phys(), kIommuRead | kIommuWrite);
+  tb.map(kIovaRw, b.phys(), kIommuRead | kIommuWrite);
+  KREQUIRE_TRUE(ta.ok() && tb.ok());
+  const uint32_t da = unit->max_domains();
+  const uint32_t db = unit->max_domains() - 1;
+  (void)unit->drain_faults(nullptr, nullptr);
+
+  KREQUIRE_OK(unit->attach(id, da, ta.root()));
+  // Read page a into the device (caching a's translation), then switch to b and write it out.
+  KEXPECT_TRUE(edu.dma(kIovaRw, kEduBuffer, 64, false));
+  KREQUIRE_OK(unit->attach(id, db, tb.root()));
+  const VtdUnit::Attachment now = unit->attachment(id);
+  KEXPECT_EQ(now.domain, db);
+  KEXPECT_EQ(now.root.value(), tb.root().value());
+  KEXPECT_TRUE(edu.dma(kIovaRw, kEduBuffer, 64, true));
+  clean_lines(a.va(), kPage);
+  clean_lines(b.va(), kPage);
+  KEXPECT_EQ(__builtin_memcmp(b.va(), a.va(), 64), 0);
+  KEXPECT_TRUE(filled(b.va() + 64, kPage - 64, 0x11));
+  for (size_t i = 0; i < 64; ++i) KEXPECT_EQ(a.va()[i], ktest_util::pattern_byte(3, i));
+  KEXPECT_EQ(unit->drain_faults(nullptr, nullptr), 0u);
+
+  if (before.present) {
+    KEXPECT_OK(unit->attach(id, before.domain, before.root));
+  } else {
+    unit->detach(id);
+  }
+}
