@@ -141,6 +141,9 @@ IommuUnit* iommu_init(const BootInfo&) {
     return nullptr;
   }
   x86::g_enabled = true;
+  char scope_text[48];
+  ksnprintf(scope_text, sizeof(scope_text), "the %zu PCI device scope(s) of its DRHD",
+            cfg.num_scopes);
   kprintf(
       "iommu: vt-d %u.%u at %#llx: %u-level tables, %u-bit I/O addresses, %u domains, "
       "caching mode %s, %s table walks, register invalidation; translates %s\n",
@@ -148,7 +151,7 @@ IommuUnit* iommu_init(const BootInfo&) {
       static_cast<unsigned long long>(unit->base), g_vtd.format().levels, g_vtd.iova_bits(),
       g_vtd.max_domains(), g_vtd.caching_mode() ? "on" : "off",
       g_vtd.format().coherent_walk ? "coherent" : "non-coherent",
-      unit->include_pci_all ? "every PCI device of segment 0" : "the devices of its scope");
+      unit->include_pci_all ? "every PCI device of segment 0" : scope_text);
   for (size_t i = 0; i < g_dmar.num_rmrrs; ++i) {
     const x86::DmarInfo::Rmrr& rm = g_dmar.rmrrs[i];
     kprintf("iommu: vt-d RMRR [%#llx, %#llx] for %zu device(s): not mapped into their domains\n",
