@@ -17,6 +17,8 @@ constexpr uint32_t kRegRtaddr = 0x20;
 constexpr uint32_t kRegCcmd = 0x28;
 constexpr uint32_t kRegFsts = 0x34;
 constexpr uint32_t kRegFectl = 0x38;
+constexpr uint32_t kRegIqt = 0x88;
+constexpr uint32_t kRegIqa = 0x90;
 
 // GCMD / GSTS bits (the status bit sits at the command bit's position).
 constexpr uint32_t kGlobalTe = 1u << 31;    // translation enable
@@ -55,6 +57,7 @@ constexpr unsigned kSagaw48 = 1u << 2;  // 4-level tables
 
 // ECAP fields.
 constexpr uint64_t kEcapCoherent = 1ull << 0;
+constexpr uint64_t kEcapQi = 1ull << 1;
 constexpr uint32_t ecap_iro(uint64_t ecap) {
   return static_cast<uint32_t>((ecap >> 8) & 0x3FF);
 }
@@ -79,9 +82,26 @@ constexpr unsigned kIotlbActualShift = 57;
 constexpr uint64_t kIotlbDr = 1ull << 49;
 constexpr uint64_t kIotlbDw = 1ull << 48;
 
-// FSTS: primary fault overflow (0), primary pending fault (1), fault record index (8:15).
+// FSTS: primary fault overflow (0), primary pending fault (1), invalidation queue error (4),
+// fault record index (8:15).
 constexpr uint32_t kFstsPfo = 1u << 0;
 constexpr uint32_t kFstsPpf = 1u << 1;
+constexpr uint32_t kFstsIqe = 1u << 4;
+
+// Queued invalidation: 128-bit descriptors (IQA.DW = 0) in one 4 KiB page (IQA.QS = 0: 256 of
+// them); IQH / IQT hold the index in bits 18:4. Descriptor types (bits 3:0) and fields:
+// context-cache (1): granularity (5:4), domain id (31:16), source id (47:32), function mask
+// (49:48); IOTLB (2): granularity (5:4), drain writes (6), drain reads (7), domain id (31:16),
+// second word address (63:12) and address mask (5:0); wait (5): status write (5), fence (6),
+// status data (63:32), second word the status address (63:2).
+constexpr uint32_t kQiEntries = 256;
+constexpr uint64_t kQiContext = 1;
+constexpr uint64_t kQiIotlb = 2;
+constexpr uint64_t kQiWait = 5;
+constexpr uint64_t kQiIotlbDw = 1ull << 6;
+constexpr uint64_t kQiIotlbDr = 1ull << 7;
+constexpr uint64_t kQiWaitSw = 1ull << 5;
+constexpr uint64_t kQiWaitFn = 1ull << 6;
 // FECTL: interrupt mask.
 constexpr uint32_t kFectlIm = 1u << 31;
 // Fault recording register, upper 64 bits: fault (63, write 1 to clear), type (62: 1 read,
@@ -185,6 +205,11 @@ bool VtdUnit::flush_write_buffer() {
 }
 
 bool VtdUnit::context_invalidate(uint64_t type, uint16_t source_id, uint16_t did) {
+  if (qi_on_) {
+    const uint64_t desc[2] = {
+        kQiContext | (type << 4) | (uint64_t{did} << 16) | (uint64_t{source_id} << 32), 0};
+    return qi_submit(desc, 1);
+  }
   fence();
   write64(kRegCcmd,
           kCcmdIcc | (type << kCcmdGranShift) | (static_cast<uint64_t>(source_id) << 16) | did);
@@ -194,6 +219,13 @@ bool VtdUnit::context_invalidate(uint64_t type, uint16_t source_id, uint16_t did
 }
 
 bool VtdUnit::iotlb_invalidate(uint64_t type, uint16_t did, uint64_t iva) {
+  if (qi_on_) {
+    uint64_t lo = kQiIotlb | (type << 4) | (uint64_t{did} << 16);
+    if ((cap_ & kCapDrd) != 0) lo |= kQiIotlbDr;
+    if ((cap_ & kCapDwd) != 0) lo |= kQiIotlbDw;
+    const uint64_t desc[2] = {lo, type == kIotlbPage ? iva : 0};
+    return qi_submit(desc, 1);
+  }
   fence();
   if (type == kIotlbPage) write64(iotlb_off_, iva);
   uint64_t cmd = kIotlbIvt | (type << kIotlbGranShift) | (static_cast<uint64_t>(did) << 32);
@@ -202,6 +234,78 @@ bool VtdUnit::iotlb_invalidate(uint64_t type, uint16_t did, uint64_t iva) {
   write64(iotlb_off_ + 8, cmd);
   if (!wait64_clear(iotlb_off_ + 8, kIotlbIvt)) return false;
   return ((read64(iotlb_off_ + 8) >> kIotlbActualShift) & 3) != 0;
+}
+
+bool VtdUnit::qi_submit(const uint64_t* desc, size_t n) {
+  auto* queue = static_cast<volatile uint64_t*>(table_virt(qi_pages_.value()));
+  auto* status = static_cast<volatile uint32_t*>(table_virt(qi_pages_.value() + kPage));
+  // Every submission waits for its end, so the queue is empty here: n + 1 entries fit.
+  if (++qi_seq_ == 0) ++qi_seq_;  // 0 is the status before the unit writes
+  const uint32_t seq = qi_seq_;
+  *status = 0;
+  uint32_t tail = qi_tail_;
+  auto put = [&](uint64_t lo, uint64_t hi) {
+    queue[size_t{tail} * 2] = lo;
+    queue[(size_t{tail} * 2) + 1] = hi;
+    clean(const_cast<const uint64_t*>(queue + (size_t{tail} * 2)), 16);
+    tail = (tail + 1) % kQiEntries;
+  };
+  for (size_t i = 0; i < n; ++i) put(desc[2 * i], desc[(2 * i) + 1]);
+  put(kQiWait | kQiWaitSw | kQiWaitFn | (uint64_t{seq} << 32), qi_pages_.value() + kPage);
+  fence();
+  write64(kRegIqt, uint64_t{tail} << 4);
+  qi_tail_ = tail;
+  const uint64_t deadline = now_ns_() + timeout_ns_;
+  while (*status != seq) {
+    if ((read32(kRegFsts) & kFstsIqe) != 0) {
+      // A descriptor the unit refused: the head stays on it. Skip the rest of this batch (the
+      // head is moved to the tail by clearing the error and resetting the queue) and report.
+      write32(kRegFsts, kFstsIqe);
+      (void)qi_disable();
+      (void)qi_enable();
+      return false;
+    }
+    if (now_ns_() > deadline) {
+      __atomic_fetch_add(&timeouts_, 1, __ATOMIC_RELAXED);
+      return false;
+    }
+    support::cpu_relax();
+  }
+  return true;
+}
+
+bool VtdUnit::qi_enable() {
+  if (qi_pages_.value() == 0) {
+    auto pages = pfa_->alloc(1);
+    if (!pages.ok()) return false;
+    qi_pages_ = *pages;
+    support::fill_bytes(table_virt(qi_pages_.value()), 0, 2 * kPage);
+    clean(table_virt(qi_pages_.value()), 2 * kPage);
+  }
+  // The queue starts empty: IQT 0 (IQH is reset to 0 when the queue is enabled).
+  qi_tail_ = 0;
+  write64(kRegIqt, 0);
+  write64(kRegIqa, qi_pages_.value());  // 128-bit descriptors, one page
+  if (!global_command(kGlobalQie, true, kGlobalQie)) return false;
+  qi_on_ = true;
+  return true;
+}
+
+bool VtdUnit::qi_disable() {
+  qi_on_ = false;
+  if ((read32(kRegGsts) & kGlobalQie) == 0) return true;
+  return global_command(kGlobalQie, false, kGlobalQie);
+}
+
+Result<void> VtdUnit::set_queued_invalidation(bool on) {
+  if (!enabled_) return ErrorCode::kInvalidArgument;
+  if (on && (ecap_ & kEcapQi) == 0) return ErrorCode::kNotSupported;
+  support::Guard guard{&lock_};
+  if (on == qi_on_) return support::ok();
+  if (!on) return qi_disable() ? support::ok() : Result<void>(ErrorCode::kTimedOut);
+  if (qi_enable()) return support::ok();
+  (void)qi_disable();
+  return qi_pages_.value() == 0 ? ErrorCode::kNoMemory : ErrorCode::kTimedOut;
 }
 
 void VtdUnit::clean(const void* p, size_t size) const {
@@ -235,6 +339,7 @@ Result<void> VtdUnit::init(const Config& cfg) {
   now_ns_ = cfg.now_ns;
   timeout_ns_ = cfg.timeout_ns;
   include_all_ = cfg.include_pci_all;
+  want_qi_ = cfg.queued_invalidation;
   num_scopes_ = cfg.num_scopes;
   for (size_t i = 0; i < num_scopes_; ++i) scopes_[i] = cfg.scopes[i];
 
@@ -288,6 +393,9 @@ Result<void> VtdUnit::init(const Config& cfg) {
     if (ok) {
       root_table_ = *root;
       write64(kRegRtaddr, root->value());
+      // A unit with queued invalidation whose queue cannot be set up keeps the register
+      // interface.
+      if (want_qi_ && (ecap_ & kEcapQi) != 0 && !qi_enable()) (void)qi_disable();
       ok = global_command(kGlobalSrtp, true, kGlobalSrtp) &&
            context_invalidate(kCcmdGlobal, 0, 0) && iotlb_invalidate(kIotlbGlobal, 0, 0) &&
            flush_write_buffer() && global_command(kGlobalTe, true, kGlobalTe);
@@ -295,11 +403,14 @@ Result<void> VtdUnit::init(const Config& cfg) {
     if (!ok) {
       // Never half-enabled: translation off, whatever step failed.
       (void)global_command(kGlobalTe, false, kGlobalTe);
+      (void)qi_disable();
       root_table_ = PhysAddr();
     }
   }
   if (!ok) {
     (void)pfa_->free(*root, 0);
+    if (qi_pages_.value() != 0) (void)pfa_->free(qi_pages_, 1);
+    qi_pages_ = PhysAddr();
     return ErrorCode::kTimedOut;
   }
   enabled_ = true;
@@ -326,8 +437,11 @@ void VtdUnit::disable() {
     (void)global_command(kGlobalTe, false, kGlobalTe);
     (void)context_invalidate(kCcmdGlobal, 0, 0);
     (void)iotlb_invalidate(kIotlbGlobal, 0, 0);
+    (void)qi_disable();
     // The root table pointer stays programmed but unused while translation is off.
     free_tables();
+    if (qi_pages_.value() != 0) (void)pfa_->free(qi_pages_, 1);
+    qi_pages_ = PhysAddr();
   }
   enabled_ = false;
 }

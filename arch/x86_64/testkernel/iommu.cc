@@ -146,11 +146,12 @@ IommuUnit* iommu_init(const BootInfo&) {
             cfg.num_scopes);
   kprintf(
       "iommu: vt-d %u.%u at %#llx: %u-level tables, %u-bit I/O addresses, %u domains, "
-      "caching mode %s, %s table walks, register invalidation; translates %s\n",
+      "caching mode %s, %s table walks, %s invalidation; translates %s\n",
       (g_vtd.version() >> 4) & 0xF, g_vtd.version() & 0xF,
       static_cast<unsigned long long>(unit->base), g_vtd.format().levels, g_vtd.iova_bits(),
       g_vtd.max_domains(), g_vtd.caching_mode() ? "on" : "off",
       g_vtd.format().coherent_walk ? "coherent" : "non-coherent",
+      g_vtd.queued_invalidation() ? "queued" : "register",
       unit->include_pci_all ? "every PCI device of segment 0" : scope_text);
   for (size_t i = 0; i < g_dmar.num_rmrrs; ++i) {
     const x86::DmarInfo::Rmrr& rm = g_dmar.rmrrs[i];

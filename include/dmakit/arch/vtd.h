@@ -10,9 +10,12 @@
 // every request of it faults ("no context"). The unit is enabled (GCMD.TE) last, with every
 // context entry not present, so nothing the kernel did not attach reaches memory.
 //
-// Invalidation uses the register interface (CCMD for the context cache, the IOTLB registers at
-// ECAP.IRO), one command at a time under a lock, polled to completion: page-selective when CAP.PSI
-// allows the naturally aligned block covering the range, domain-selective otherwise. Context
+// Invalidation uses the queued invalidation interface where the unit has it (ECAP.QI): a 256-entry
+// queue of 128-bit descriptors (context-cache, IOTLB) closed by an invalidation wait descriptor
+// whose status write the CPU polls; otherwise the register interface (CCMD for the context cache,
+// the IOTLB registers at ECAP.IRO). Either way one request at a time under a lock, polled to
+// completion: page-selective when CAP.PSI allows the naturally aligned block covering the range,
+// domain-selective otherwise. Context
 // entries are invalidated whenever they change, including not-present to present, so caching
 // mode (CAP.CM, a virtual IOMMU that caches not-present entries) is handled for them; the page
 // tables are the generic layer's, and under caching mode it must also call invalidate() after
@@ -22,8 +25,9 @@
 // the fault-event interrupt stays masked (the kernel polls). Write-only mappings are supported
 // (second-level entries have independent read and write bits).
 //
-// Memory: the root table and one context table per bus in use, 4 KiB each, from the
-// PageFrameAllocator given to init, reached through its direct map; never freed while enabled.
+// Memory: the root table and one context table per bus in use, 4 KiB each, and with queued
+// invalidation 8 KiB for the queue and its wait status, from the PageFrameAllocator given to
+// init, reached through its direct map; never freed while enabled.
 //
 // Cost: attach/detach write one context entry and run two invalidation commands; invalidate runs
 // one IOTLB command (an MMIO write and a poll). The unit serves every CPU; its register commands
@@ -64,6 +68,8 @@ class VtdUnit final : public IommuUnit {
     uint64_t (*now_ns)() = nullptr;
     // How long one register command may take before the unit is declared dead.
     uint64_t timeout_ns = 100'000'000;
+    // Use the queued invalidation interface when the unit has it (else the register interface).
+    bool queued_invalidation = true;
   };
 
   // What a device is attached to (see attachment()).
@@ -94,6 +100,14 @@ class VtdUnit final : public IommuUnit {
   void disable();
 
   bool enabled() const { return enabled_; }
+
+  // Switches between the queued (true) and the register (false) invalidation interface, for
+  // tests of both on one unit. Thread context; no other method may run concurrently.
+  // Errors: kInvalidArgument (not enabled), kNotSupported (no ECAP.QI), kNoMemory (no pages for
+  // the queue), kTimedOut (the unit did not acknowledge the switch: the register interface stays).
+  Result<void> set_queued_invalidation(bool on);
+  // Whether invalidations go through the queue now.
+  bool queued_invalidation() const { return qi_on_; }
 
   // --- IommuUnit ---
   const char* name() const override { return "vt-d"; }
@@ -154,6 +168,12 @@ class VtdUnit final : public IommuUnit {
   // device's page table to tell "not mapped" from "permission").
   const char* fault_reason(uint8_t reason, uint16_t device_id, uint64_t iova, bool write) const;
   void free_tables();
+  // Queued invalidation: turns the queue on (allocating it once) or off.
+  bool qi_enable() TA_REQ(lock_);
+  bool qi_disable() TA_REQ(lock_);
+  // Queues `n` descriptors (two 64-bit words each) and an invalidation wait descriptor, and polls
+  // its status write; false on timeout or an invalidation queue error (FSTS.IQE).
+  bool qi_submit(const uint64_t* desc, size_t n) TA_REQ(lock_);
 
   volatile uint8_t* regs_ = nullptr;
   PhysAddr regs_phys_;
@@ -178,6 +198,11 @@ class VtdUnit final : public IommuUnit {
   IoPageTableFormat format_;
 
   PhysAddr root_table_;  // 0: none
+  bool want_qi_ = true;
+  bool qi_on_ = false;
+  PhysAddr qi_pages_;  // order 1: the queue, then the wait status dword; 0: none
+  uint32_t qi_tail_ = 0;
+  uint32_t qi_seq_ = 0;
   mutable support::SpinLock lock_;
   mutable support::SpinLock fault_lock_;
   mutable uint64_t timeouts_ = 0;

@@ -211,6 +211,30 @@ bool filled(const uint8_t* p, size_t n, uint8_t v) {
   return true;
 }
 
+// Runs checks(ktest_ctx, unit) on the unit with the queued (or the register) invalidation
+// interface, then puts the interface back.
+template <typename Checks>
+void with_interface(::ktest::Context& ktest_ctx, bool queued, Checks checks) {
+  UnitSession s;
+  VtdUnit* unit = s.unit();
+  if (!iommu_requested()) {
+    KEXPECT_TRUE(unit == nullptr);
+    return;
+  }
+  KREQUIRE_TRUE(unit != nullptr);
+  const bool was = unit->queued_invalidation();
+  constexpr uint64_t kEcapQi = 1ull << 1;
+  if (queued && (unit->ecap() & kEcapQi) == 0) {
+    KEXPECT_ERR(unit->set_queued_invalidation(true), ErrorCode::kNotSupported);
+    return;
+  }
+  KREQUIRE_OK(unit->set_queued_invalidation(queued));
+  KEXPECT_EQ(unit->queued_invalidation(), queued);
+  checks(ktest_ctx, unit);
+  KEXPECT_OK(unit->set_queued_invalidation(was));
+  KEXPECT_EQ(unit->timeouts(), 0u);
+}
+
 }  // namespace
 
 KTEST(vtd_dmar_describes_the_unit) {
@@ -302,14 +326,7 @@ KTEST(vtd_page_table_entry_format) {
 // the IOTLB invalidated) not at all, and nothing once detached. Each refused access is reported
 // by drain_faults with the edu's requester id, the address, the direction and the reason, and the
 // memory behind it is unchanged.
-KTEST(vtd_edu_dma_through_a_hand_built_domain) {
-  UnitSession s;
-  VtdUnit* unit = s.unit();
-  if (!iommu_requested()) {
-    KEXPECT_TRUE(unit == nullptr);
-    return;
-  }
-  KREQUIRE_TRUE(unit != nullptr);
+static void edu_domain_checks(::ktest::Context& ktest_ctx, VtdUnit* unit) {
   RawEdu edu;
   KREQUIRE_TRUE(edu.ok());
   const uint32_t id = arch::iommu_device_id(edu.bdf());
@@ -477,14 +494,7 @@ KTEST(vtd_io_page_table_in_the_unit_format) {
 // Attaching a device that is attached already switches it to the new table at once: the unit's
 // cached context and translations of the old one are gone. Both tables map the same I/O address
 // to different pages; the edu's writes land in the page of the table it is attached to.
-KTEST(vtd_reattach_switches_tables) {
-  UnitSession s;
-  VtdUnit* unit = s.unit();
-  if (!iommu_requested()) {
-    KEXPECT_TRUE(unit == nullptr);
-    return;
-  }
-  KREQUIRE_TRUE(unit != nullptr);
+static void reattach_checks(::ktest::Context& ktest_ctx, VtdUnit* unit) {
   RawEdu edu;
   KREQUIRE_TRUE(edu.ok());
   const uint32_t id = arch::iommu_device_id(edu.bdf());
@@ -523,4 +533,17 @@ KTEST(vtd_reattach_switches_tables) {
   } else {
     unit->detach(id);
   }
+}
+
+KTEST(vtd_edu_domain_queued_invalidation) {
+  with_interface(ktest_ctx, true, edu_domain_checks);
+}
+KTEST(vtd_edu_domain_register_invalidation) {
+  with_interface(ktest_ctx, false, edu_domain_checks);
+}
+KTEST(vtd_reattach_queued_invalidation) {
+  with_interface(ktest_ctx, true, reattach_checks);
+}
+KTEST(vtd_reattach_register_invalidation) {
+  with_interface(ktest_ctx, false, reattach_checks);
 }
