@@ -15,11 +15,10 @@
 // whose status write the CPU polls; otherwise the register interface (CCMD for the context cache,
 // the IOTLB registers at ECAP.IRO). Either way one request at a time under a lock, polled to
 // completion: page-selective when CAP.PSI allows the naturally aligned block covering the range,
-// domain-selective otherwise. Context
-// entries are invalidated whenever they change, including not-present to present, so caching
-// mode (CAP.CM, a virtual IOMMU that caches not-present entries) is handled for them; the page
-// tables are the generic layer's, and under caching mode it must also call invalidate() after
-// it makes an entry present (caching_mode() says when).
+// domain-selective otherwise. Context entries are invalidated whenever they change, including
+// not-present to present, so caching mode (CAP.CM, a virtual IOMMU that may cache not-present
+// entries) is handled for them; the page tables are the generic layer's, and under caching mode
+// it must also call invalidate() after it makes an entry present (caching_mode() says when).
 //
 // Faults: the fault recording registers (CAP.FRO, CAP.NFR + 1 of them) are read by drain_faults;
 // the fault-event interrupt stays masked (the kernel polls). Write-only mappings are supported
@@ -29,9 +28,10 @@
 // invalidation 8 KiB for the queue and its wait status, from the PageFrameAllocator given to
 // init, reached through its direct map; never freed while enabled.
 //
-// Cost: attach/detach write one context entry and run two invalidation commands; invalidate runs
-// one IOTLB command (an MMIO write and a poll). The unit serves every CPU; its register commands
-// are serialised by one lock.
+// Cost: attach/detach write one context entry and run two invalidation requests; invalidate runs
+// one IOTLB request (queued: two descriptors, a tail write and a poll of the status word;
+// register: an MMIO write and a poll). The unit serves every CPU; its requests are serialised by
+// one lock, held with interrupts masked.
 #pragma once
 
 #include "dmakit/iommu_unit.h"
@@ -89,9 +89,9 @@ class VtdUnit final : public IommuUnit {
   // firmware left translating is turned off first. Call once, thread context, boot CPU.
   // On error the unit is left with translation off and nothing allocated.
   // Errors: kInvalidArgument (null regs / pfa / now_ns, more than kMaxScopes scopes, called
-  // twice), kNotSupported (no 3- or 4-level second-level tables in CAP.SAGAW, or only the
-  // scalable mode), kNoMemory (no page for the root table), kTimedOut (a command did not
-  // complete).
+  // twice), kNotSupported (no 3- or 4-level second-level tables in CAP.SAGAW), kNoMemory (no
+  // page for the root table), kTimedOut (a command did not complete). A unit with ECAP.QI whose
+  // queue cannot be set up (no memory) falls back to the register interface, not an error.
   Result<void> init(const Config& cfg);
 
   // Turns translation off (every device's DMA goes untranslated again) and frees the root and
@@ -109,7 +109,12 @@ class VtdUnit final : public IommuUnit {
   // Whether invalidations go through the queue now.
   bool queued_invalidation() const { return qi_on_; }
 
-  // --- IommuUnit ---
+  // --- IommuUnit (dmakit/iommu_unit.h documents each) ---
+  // attach: also kInvalidArgument before init or for a root that is not 4 KiB aligned, and
+  // kNoMemory when the device's bus has no context table yet and no page is left for one.
+  // detach / invalidate: no-ops before init. drain_faults: `sink` may be null (the records are
+  // then cleared and counted only); the reason of a permission fault comes from a walk of the
+  // device's tables as they are when it is drained.
   const char* name() const override { return "vt-d"; }
   const IoPageTableFormat& format() const override { return format_; }
   uint8_t iova_bits() const override { return iova_bits_; }
