@@ -41,31 +41,30 @@ uint64_t now() {
 
 }  // namespace
 
-bool vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange* out) {
+size_t vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange out[2]) {
   if ((scope.type != kScopeEndpoint && scope.type != kScopeSubHierarchy) || scope.path_len == 0) {
-    return false;
+    return 0;
   }
   uint8_t bus = scope.start_bus;
   // Every step but the last is a bridge: its secondary bus is where the next step lives.
   for (size_t i = 0; i + 1 < scope.path_len; ++i) {
     const uint32_t buses = config_read32(bus, scope.device[i], scope.function[i], 0x18);
-    if (buses == ~0u) return false;
+    if (buses == ~0u) return 0;
     bus = static_cast<uint8_t>(buses >> 8);
   }
   const uint8_t dev = scope.device[scope.path_len - 1];
   const uint8_t fn = scope.function[scope.path_len - 1];
   const auto id = static_cast<uint16_t>(bus << 8 | (dev & 0x1F) << 3 | (fn & 7));
-  out->first = id;
-  out->last = id;
-  if (scope.type == kScopeSubHierarchy) {
-    const uint32_t buses = config_read32(bus, dev, fn, 0x18);
-    if (buses == ~0u) return false;
-    const auto secondary = static_cast<uint8_t>(buses >> 8);
-    const auto subordinate = static_cast<uint8_t>(buses >> 16);
-    // The bridge's own id lies below its secondary bus; the range takes it in with the buses.
-    if (subordinate >= secondary) out->last = static_cast<uint16_t>(subordinate << 8 | 0xFF);
-  }
-  return true;
+  out[0] = VtdUnit::IdRange{id, id};
+  if (scope.type == kScopeEndpoint) return 1;
+  const uint32_t buses = config_read32(bus, dev, fn, 0x18);
+  if (buses == ~0u) return 0;
+  const auto secondary = static_cast<uint8_t>(buses >> 8);
+  const auto subordinate = static_cast<uint8_t>(buses >> 16);
+  if (secondary == 0 || subordinate < secondary) return 1;  // no buses assigned below it
+  out[1] = VtdUnit::IdRange{static_cast<uint16_t>(secondary << 8),
+                            static_cast<uint16_t>(subordinate << 8 | 0xFF)};
+  return 2;
 }
 
 VtdUnit* vtd_unit() {
@@ -114,10 +113,11 @@ IommuUnit* iommu_init(const BootInfo&) {
   cfg.regs_phys = PhysAddr(unit->base);
   cfg.include_pci_all = unit->include_pci_all;
   for (size_t i = 0; i < unit->num_scopes; ++i) {
-    VtdUnit::IdRange r;
-    if (!x86::vtd_scope_ids(unit->scopes[i], &r)) continue;
-    if (cfg.num_scopes == VtdUnit::kMaxScopes) break;
-    cfg.scopes[cfg.num_scopes++] = r;
+    VtdUnit::IdRange r[2];
+    const size_t n = x86::vtd_scope_ids(unit->scopes[i], r);
+    for (size_t j = 0; j < n && cfg.num_scopes < VtdUnit::kMaxScopes; ++j) {
+      cfg.scopes[cfg.num_scopes++] = r[j];
+    }
   }
   cfg.pfa = kernel_env().pfa;
   cfg.now_ns = &x86::now;

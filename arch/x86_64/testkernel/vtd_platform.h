@@ -14,11 +14,12 @@ VtdUnit* vtd_unit();
 // The DMAR table as parsed by arch::iommu_init (null before, or when there was none).
 const DmarInfo* vtd_dmar();
 
-// The requester-id ranges a DMAR device scope stands for (an endpoint: its own id; a PCI
-// sub-hierarchy: the bridge and its secondary to subordinate buses), resolved by walking the
-// scope's path through the bridges' configuration space. False for scopes that are not PCI
-// devices (I/O APIC, HPET, ACPI namespace) or whose path leads nowhere.
-bool vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange* out);
+// The requester-id ranges a DMAR device scope stands for, resolved by walking the scope's path
+// through the bridges' configuration space: an endpoint is its own id; a PCI sub-hierarchy is the
+// bridge's id and, as a second range, every id of its secondary to subordinate buses. Stores up
+// to two ranges in out[0..1] and returns how many; 0 for scopes that are not PCI devices (I/O
+// APIC, HPET, ACPI namespace) or whose path leads nowhere.
+size_t vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange out[2]);
 
 // Turns the unit off again and forgets it (translation off, tables freed), so that a later
 // arch::iommu_init may enable it afresh. For in-VM tests that enabled the unit themselves on a

@@ -272,14 +272,20 @@ KTEST(vtd_dmar_describes_the_unit) {
   // lists each device of the root bus; the I/O APIC's scope is no PCI device).
   size_t pci_scopes = 0;
   for (size_t i = 0; i < u.num_scopes; ++i) {
-    VtdUnit::IdRange r;
-    if (!x86::vtd_scope_ids(u.scopes[i], &r)) {
+    VtdUnit::IdRange r[2];
+    const size_t n = x86::vtd_scope_ids(u.scopes[i], r);
+    if (n == 0) {
       KEXPECT_TRUE(u.scopes[i].type != 1 && u.scopes[i].type != 2);
       continue;
     }
     ++pci_scopes;
-    KEXPECT_TRUE(unit->covers(r.first));
-    KEXPECT_TRUE(unit->covers(r.last));
+    // An endpoint is one id; a bridge is its own id and then its buses.
+    KEXPECT_EQ(r[0].first, r[0].last);
+    KEXPECT_TRUE(n == 1 || u.scopes[i].type == 2);
+    for (size_t j = 0; j < n; ++j) {
+      KEXPECT_TRUE(unit->covers(r[j].first));
+      KEXPECT_TRUE(unit->covers(r[j].last));
+    }
   }
   KEXPECT_TRUE(u.include_pci_all || pci_scopes > 0);
   // Bus 0xFE exists on no q35 the runner builds: covered only by INCLUDE_PCI_ALL.
@@ -287,6 +293,10 @@ KTEST(vtd_dmar_describes_the_unit) {
   RawEdu edu;
   KREQUIRE_TRUE(edu.ok());
   KEXPECT_TRUE(unit->covers(arch::iommu_device_id(edu.bdf())));
+  // The edu is a single-function endpoint: its function 7 exists nowhere, and only
+  // INCLUDE_PCI_ALL covers it.
+  KEXPECT_EQ(unit->covers(arch::iommu_device_id(static_cast<uint16_t>(edu.bdf() | 7))),
+             u.include_pci_all);
   KEXPECT_EQ(arch::iommu_device_id(0x0880), 0x0880u);
   PhysAddr pages[2];
   KEXPECT_EQ(arch::iommu_msi_pages(pages, 2), 0u);
