@@ -211,6 +211,18 @@ bool filled(const uint8_t* p, size_t n, uint8_t v) {
   return true;
 }
 
+// Whether a scope of `u` directly on its start bus (a one-step path) names requester id `id`.
+bool listed(const x86::DmarInfo::Unit& u, uint16_t id) {
+  for (size_t i = 0; i < u.num_scopes; ++i) {
+    const x86::DmarInfo::Scope& sc = u.scopes[i];
+    if ((sc.type == 1 || sc.type == 2) && sc.path_len == 1 &&
+        (sc.start_bus << 8 | sc.device[0] << 3 | sc.function[0]) == id) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // Runs checks(ktest_ctx, unit) on the unit with the queued (or the register) invalidation
 // interface, then puts the interface back.
 template <typename Checks>
@@ -285,6 +297,11 @@ KTEST(vtd_dmar_describes_the_unit) {
     for (size_t j = 0; j < n; ++j) {
       KEXPECT_TRUE(unit->covers(r[j].first));
       KEXPECT_TRUE(unit->covers(r[j].last));
+    }
+    // A bridge covers its buses, not its neighbours on the parent bus.
+    const auto next = static_cast<uint16_t>(r[0].first + 1);
+    if (u.scopes[i].type == 2 && !u.include_pci_all && !listed(u, next)) {
+      KEXPECT_FALSE(unit->covers(next));
     }
   }
   KEXPECT_TRUE(u.include_pci_all || pci_scopes > 0);
