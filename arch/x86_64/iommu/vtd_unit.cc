@@ -430,20 +430,21 @@ void VtdUnit::free_tables() {
   root_table_ = PhysAddr();
 }
 
-void VtdUnit::disable() {
-  if (!enabled_) return;
-  {
-    support::Guard guard{&lock_};
-    (void)global_command(kGlobalTe, false, kGlobalTe);
-    (void)context_invalidate(kCcmdGlobal, 0, 0);
-    (void)iotlb_invalidate(kIotlbGlobal, 0, 0);
-    (void)qi_disable();
-    // The root table pointer stays programmed but unused while translation is off.
-    free_tables();
-    if (qi_pages_.value() != 0) (void)pfa_->free(qi_pages_, 1);
+bool VtdUnit::disable() {
+  if (!enabled_) return true;
+  support::Guard guard{&lock_};
+  // A unit that does not acknowledge may still walk the tables: they stay allocated then.
+  if (!global_command(kGlobalTe, false, kGlobalTe)) return false;
+  (void)context_invalidate(kCcmdGlobal, 0, 0);
+  (void)iotlb_invalidate(kIotlbGlobal, 0, 0);
+  // The root table pointer stays programmed but unused while translation is off.
+  free_tables();
+  if (qi_disable() && qi_pages_.value() != 0) {
+    (void)pfa_->free(qi_pages_, 1);
     qi_pages_ = PhysAddr();
   }
   enabled_ = false;
+  return true;
 }
 
 bool VtdUnit::covers(uint32_t device_id) const {

@@ -75,9 +75,10 @@ const DmarInfo* vtd_dmar() {
   return g_have_dmar ? &g_dmar : nullptr;
 }
 
-void vtd_shutdown() {
-  g_vtd.disable();
+bool vtd_shutdown() {
+  if (!g_vtd.disable()) return false;
   g_enabled = false;
+  return true;
 }
 
 }  // namespace x86

@@ -24,6 +24,7 @@ size_t vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange out[2]);
 // Turns the unit off again and forgets it (translation off, tables freed), so that a later
 // arch::iommu_init may enable it afresh. For in-VM tests that enabled the unit themselves on a
 // kernel whose boot did not. Boot CPU, thread context, no DMA of a covered device in flight.
-void vtd_shutdown();
+// False when the unit did not turn translation off (it stays the enabled unit).
+bool vtd_shutdown();
 
 }  // namespace x86

@@ -95,9 +95,12 @@ class VtdUnit final : public IommuUnit {
   Result<void> init(const Config& cfg);
 
   // Turns translation off (every device's DMA goes untranslated again) and frees the root and
-  // context tables. For a kernel that hands the unit over (kexec) and for tests that enabled it
-  // on their own. Idempotent. Thread context; no attach or invalidate may run concurrently.
-  void disable();
+  // context tables and the invalidation queue: after a failed set-up of the generic layer, for a
+  // kernel that hands the unit over (kexec), for tests that enabled it on their own. Returns
+  // true when translation is off afterwards (also when it was never on); false when the unit did
+  // not acknowledge (it may still translate, and the tables are then kept). Thread context; no
+  // attach or invalidate may run concurrently.
+  bool disable();
 
   bool enabled() const { return enabled_; }
 

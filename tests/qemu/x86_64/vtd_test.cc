@@ -53,7 +53,7 @@ class UnitSession {
     }
   }
   ~UnitSession() {
-    if (own_) x86::vtd_shutdown();
+    if (own_) KASSERT(x86::vtd_shutdown(), "vt-d: translation did not turn off");
   }
   UnitSession(const UnitSession&) = delete;
   UnitSession& operator=(const UnitSession&) = delete;
