@@ -68,7 +68,8 @@ size_t vtd_scope_ids(const DmarInfo::Scope& scope, VtdUnit::IdRange out[2]) {
 }
 
 VtdUnit* vtd_unit() {
-  return g_enabled ? &g_vtd : nullptr;
+  // The generic glue may have turned the unit off again (IommuUnit::disable).
+  return g_enabled && g_vtd.enabled() ? &g_vtd : nullptr;
 }
 
 const DmarInfo* vtd_dmar() {
@@ -88,7 +89,7 @@ namespace arch {
 IommuUnit* iommu_init(const BootInfo&) {
   using x86::g_dmar;
   using x86::g_vtd;
-  if (x86::g_enabled) return &g_vtd;
+  if (x86::vtd_unit() != nullptr) return &g_vtd;
   x86::g_have_dmar = x86::acpi_dmar_info(x86::pvh_info().rsdp_phys, &g_dmar);
   if (!x86::g_have_dmar || g_dmar.num_units == 0) {
     kprintf("iommu: no VT-d unit in the ACPI tables (no DMAR%s); devices use the direct path\n",
