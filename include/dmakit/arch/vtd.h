@@ -100,7 +100,7 @@ class VtdUnit final : public IommuUnit {
   // true when translation is off afterwards (also when it was never on); false when the unit did
   // not acknowledge (it may still translate, and the tables are then kept). Thread context; no
   // attach or invalidate may run concurrently.
-  bool disable();
+  bool disable() override;
 
   bool enabled() const { return enabled_; }
 
