@@ -545,9 +545,26 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
     IommuFault f;
     f.device_id = static_cast<uint32_t>((hdr >> kFqDidShift) & kFqDidMask);
     f.iova = iotval;
-    // Transaction types 3 and 7: untranslated / translated write or AMO; the write causes say so
-    // too (the type may be 0 for faults found before the request was decoded).
-    f.write = ttyp == 3 || ttyp == 7 || cause == 6 || cause == 7 || cause == 15 || cause == 23;
+    // The direction: from the cause where it names one (a read or write access or page fault),
+    // else from the transaction type (3 and 7: untranslated or translated write/AMO). The cause
+    // goes first because QEMU's model reports every blocked request as type 3.
+    switch (cause) {
+      case 4:
+      case 5:
+      case 13:
+      case 21:
+        f.write = false;
+        break;
+      case 6:
+      case 7:
+      case 15:
+      case 23:
+        f.write = true;
+        break;
+      default:
+        f.write = ttyp == 3 || ttyp == 7;
+        break;
+    }
     f.reason = cause_text(cause);
     if (cause == 13 || cause == 15) {
       f.reason = describe_unmapped(f.device_id, iotval) ? "not mapped" : "permission";
