@@ -6,6 +6,9 @@
 // With iommu=on missing from the command line (a run without QEMU_IOMMU=1) they check that no
 // IOMMU function is on the bus, which is what the runner promises.
 #include "dmakit/arch/riscv_iommu.h"
+#include "dmakit/device_dma.h"
+#include "dmakit/iommu.h"
+#include "drivers/edu/edu_device.h"
 #include "testkernel/devices.h"
 #include "testkernel/iommu_arch.h"
 #include "testkernel/kernel_env.h"
@@ -275,4 +278,76 @@ KTEST(riscv64_iommu_edu_dma_translated_blocked_and_reported) {
 
   if (before.ok()) KEXPECT_OK(u->attach(id, before->domain, before->root));
   KEXPECT_EQ(u->stats().fence_failures, uint64_t{0});
+}
+
+// The generic layer on this driver: an IommuDomain (IoPageTable + IOVA allocator) as the edu
+// device's DmaOp. The device's 28-bit mask reaches a buffer above 4 GiB without bouncing, at an
+// I/O address the domain chose, and after the transfer unmapped the address faults.
+constinit IommuDomain g_test_domain;
+
+KTEST(riscv64_iommu_domain_gives_edu_iovas_below_its_mask) {
+  if (!iommu_on()) {
+    KEXPECT_TRUE(iommu_function() == nullptr);
+    return;
+  }
+  RiscvIommu* u = unit();
+  KREQUIRE_TRUE(u != nullptr);
+  auto devs = devices_init(kernel_env());
+  KREQUIRE_OK(devs);
+  const Devices::Edu* e = (*devs)->edu_with_mask(Devices::kEduDefaultMask);
+  KREQUIRE_TRUE(e != nullptr);
+  const uint32_t id = arch::iommu_device_id(bdf(*e->dev));
+  auto before = u->attachment(id);
+  FaultLog stale;
+  u->drain_faults(&FaultLog::sink, &stale);
+
+  IommuDomain::Config cfg;
+  cfg.unit = u;
+  cfg.domain_id = u->max_domains() - 1;
+  cfg.platform = kernel_env().dma;
+  cfg.num_cpus = 1;
+  KREQUIRE_OK(g_test_domain.init(cfg));
+  KREQUIRE_OK(g_test_domain.attach(id));
+
+  // Far above the 28-bit mask (RAM starts at 2 GiB on QEMU virt).
+  Pages src(0), back(0);
+  KREQUIRE_TRUE(src.ok() && back.ok());
+  KEXPECT_GT(src.phys().value(), e->dma_mask);
+  ktest_util::fill_pattern(src.va(), kPage, 93);
+  support::fill_bytes(back.va(), 0, kPage);
+  {
+    EduDevice edu;
+    KREQUIRE_OK(edu.init(e->dev, DeviceDma(&g_test_domain, e->dma_mask)));
+    auto t1 = edu.copy_to_device(src.va(), kPage);
+    KEXPECT_OK(t1);
+    auto t2 = edu.copy_from_device(back.va(), kPage);
+    KEXPECT_OK(t2);
+    if (t1.ok() && t2.ok()) {
+      KEXPECT_FALSE(t1->bounced);
+      KEXPECT_FALSE(t2->bounced);
+      KEXPECT_LE(t1->dma_addr.value() + kPage - 1, e->dma_mask);
+      KEXPECT_LE(t2->dma_addr.value() + kPage - 1, e->dma_mask);
+    }
+    KEXPECT_EQ(ktest_util::check_pattern(back.va(), kPage, 93), size_t{kPage});
+    FaultLog none;
+    KEXPECT_EQ(u->drain_faults(&FaultLog::sink, &none), size_t{0});
+
+    // The receive mapping is gone: the device writing to its old I/O address is blocked.
+    if (t2.ok()) {
+      support::fill_bytes(back.va(), 0x77, kPage);
+      kernel_env().dma->flush(back.va(), kPage);
+      auto bar = e->dev->map_bar(0);
+      KREQUIRE_OK(bar);
+      KEXPECT_TRUE(edu_dma(*bar, t2->dma_addr.value(), 64, true));
+      FaultLog after;
+      KEXPECT_GE(u->drain_faults(&FaultLog::sink, &after), size_t{1});
+      KEXPECT_TRUE(after.all(id, t2->dma_addr.value(), 64, true, "not mapped"));
+      kernel_env().dma->invalidate(back.va(), kPage);
+      KEXPECT_EQ(back.va()[0], uint8_t{0x77});
+    }
+    edu.shutdown();
+  }
+  g_test_domain.detach(id);
+  KEXPECT_OK(g_test_domain.destroy());
+  if (before.ok()) KEXPECT_OK(u->attach(id, before->domain, before->root));
 }
