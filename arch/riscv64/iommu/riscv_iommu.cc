@@ -171,7 +171,7 @@ Result<void> RiscvIommu::init(const RiscvIommuConfig& cfg) {
   }
   // Sv39/Sv48 addresses are sign-extended from their top bit; the I/O address space is the
   // non-negative half.
-  iova_bits_ = static_cast<uint8_t>(12 + 9 * format_.levels - 1);
+  iova_bits_ = static_cast<uint8_t>(12 + (9 * format_.levels) - 1);
   format_.coherent_walk = true;
   format_.table_entry = &table_entry;
   format_.page_entry = &page_entry;
@@ -279,7 +279,7 @@ volatile uint64_t* RiscvIommu::dc_locked(uint32_t device_id, bool create, bool* 
   unsigned leaf_bits = dc_bytes_ == 64 ? 6 : 7;
   PhysAddr table = ddt_root_;
   for (unsigned level = ddt_levels_ - 1; level > 0; --level) {
-    unsigned shift = leaf_bits + 9 * (level - 1);
+    unsigned shift = leaf_bits + (9 * (level - 1));
     uint32_t index = (device_id >> shift) & 511u;
     volatile uint64_t* entries = static_cast<volatile uint64_t*>(va(table));
     uint64_t e = entries[index];
@@ -297,7 +297,7 @@ volatile uint64_t* RiscvIommu::dc_locked(uint32_t device_id, bool create, bool* 
     table = from_ppn_field(e);
   }
   uint32_t index = device_id & ((1u << leaf_bits) - 1);
-  return static_cast<volatile uint64_t*>(va(table)) + index * (dc_bytes_ / 8);
+  return static_cast<volatile uint64_t*>(va(table)) + (size_t{index} * (dc_bytes_ / 8));
 }
 
 bool RiscvIommu::queue_locked(uint64_t dword0, uint64_t dword1) {
@@ -312,7 +312,7 @@ bool RiscvIommu::queue_locked(uint64_t dword0, uint64_t dword1) {
     }
     support::cpu_relax();
   }
-  volatile uint64_t* slot = static_cast<volatile uint64_t*>(va(cq_page_)) + 2 * cq_tail_;
+  volatile uint64_t* slot = static_cast<volatile uint64_t*>(va(cq_page_)) + (size_t{2} * cq_tail_);
   slot[0] = dword0;
   slot[1] = dword1;
   cq_tail_ = next;
@@ -514,7 +514,7 @@ bool RiscvIommu::describe_unmapped(uint32_t device_id, uint64_t iova) {
     table = PhysAddr((dc[kDcFsc] & kAtpPpnMask) << 12);
   }
   for (unsigned level = format_.levels; level > 0; --level) {
-    unsigned shift = 12 + 9 * (level - 1);
+    unsigned shift = 12 + (9 * (level - 1));
     uint64_t e = static_cast<volatile uint64_t*>(va(table))[(iova >> shift) & 511u];
     if ((e & kPteV) == 0) return true;
     if ((e & (kPteR | kPteW | kPteX)) != 0) return false;  // a leaf
@@ -537,7 +537,8 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
   full_fence();  // The tail read before the records it covers.
   size_t n = 0;
   while (head != tail) {
-    const volatile uint64_t* rec = static_cast<const volatile uint64_t*>(va(fq_page_)) + 4 * head;
+    const volatile uint64_t* rec =
+        static_cast<const volatile uint64_t*>(va(fq_page_)) + (size_t{4} * head);
     uint64_t hdr = rec[0];
     uint64_t iotval = rec[2];
     uint32_t cause = static_cast<uint32_t>(hdr & kFqCauseMask);

@@ -205,7 +205,9 @@ KTEST(riscv64_iommu_edu_dma_translated_blocked_and_reported) {
   FaultLog stale;
   u->drain_faults(&FaultLog::sink, &stale);
 
-  Pages src(0), dst(0), ro(0);
+  Pages src(0);
+  Pages dst(0);
+  Pages ro(0);
   KREQUIRE_TRUE(src.ok() && dst.ok() && ro.ok());
   TestTable table(u->format());
   KREQUIRE_TRUE(table.ok());
@@ -310,7 +312,8 @@ KTEST(riscv64_iommu_domain_gives_edu_iovas_below_its_mask) {
   KREQUIRE_OK(g_test_domain.attach(id));
 
   // Far above the 28-bit mask (RAM starts at 2 GiB on QEMU virt).
-  Pages src(0), back(0);
+  Pages src(0);
+  Pages back(0);
   KREQUIRE_TRUE(src.ok() && back.ok());
   KEXPECT_GT(src.phys().value(), e->dma_mask);
   ktest_util::fill_pattern(src.va(), kPage, 93);
