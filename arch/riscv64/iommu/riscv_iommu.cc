@@ -385,11 +385,14 @@ void RiscvIommu::detach(uint32_t device_id) {
   bool no_memory = false;
   volatile uint64_t* dc = dc_locked(device_id, false, &no_memory);
   if (dc == nullptr || (dc[kDcTc] & kTcV) == 0) return;
+  uint64_t pscid = (dc[kDcTa] >> kTaPscidShift) & kMaxPscid;
   dc[kDcTc] = 0;
   full_fence();
-  // The IOTLB entries are tagged by the domain's PSCID, which other devices may still use; with
-  // its DC invalid this device reaches none of them, so only the DC cache is invalidated.
   inval_ddt_locked(device_id);
+  // The IOTLB entries are tagged by the domain's PSCID, not by device: with its DC invalid this
+  // device reaches none of them any more, but they are dropped too, so that nothing the device
+  // used outlives its attachment (the domain's other devices refill theirs on their next miss).
+  (void)queue_locked(kOpIotinval | kCmdPscv | (pscid << kCmdPscidShift), 0);
   (void)fence_locked();
 }
 
