@@ -55,6 +55,9 @@ constexpr unsigned kFqDidShift = 40;
 constexpr uint64_t kFqDidMask = 0xFFFFFF;
 
 constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+static_assert(RiscvIommu::kCqEntries * 16 == kPage, "the command queue is one page");
+static_assert(RiscvIommu::kFqEntries * 32 == kPage << RiscvIommu::kFqOrder,
+              "the fault queue fills its block");
 
 uint64_t ppn_field(PhysAddr p) {
   return (p.value() >> 12) << kPpnShift;
@@ -120,9 +123,9 @@ bool RiscvIommu::wait_bits32(uint32_t off, uint32_t mask, uint32_t want) const {
   }
 }
 
-Result<PhysAddr> RiscvIommu::alloc_zeroed_page() {
-  TRY_ASSIGN(PhysAddr p, pfa_->alloc(0));
-  support::fill_bytes(va(p), 0, kPage);
+Result<PhysAddr> RiscvIommu::alloc_zeroed_page(unsigned order) {
+  TRY_ASSIGN(PhysAddr p, pfa_->alloc(order));
+  support::fill_bytes(va(p), 0, kPage << order);
   return p;
 }
 
@@ -205,9 +208,9 @@ Result<void> RiscvIommu::init(const RiscvIommuConfig& cfg) {
     return e;
   };
   // The pages below are kept on failure too: a unit that failed may still have read them, and
-  // the boot-time loss is three or four pages.
+  // the boot-time loss is a few pages.
   auto cq = alloc_zeroed_page();
-  auto fq = alloc_zeroed_page();
+  auto fq = alloc_zeroed_page(kFqOrder);
   auto fence = alloc_zeroed_page();
   auto root = alloc_zeroed_page();
   if (!cq.ok() || !fq.ok() || !fence.ok() || !root.ok()) return fail(ErrorCode::kNoMemory);
@@ -530,11 +533,6 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
   if (!initialized_) return 0;
   support::Guard<support::SpinLock> guard{&fq_lock_};
   const uint32_t mask = kFqEntries - 1;
-  uint32_t csr = read32(kRegFqcsr);
-  if ((csr & kQueueOverflow) != 0) {
-    ++stats_.fault_overflows;
-    write32(kRegFqcsr, kQueueEnable | kQueueOverflow);  // FQOF is write-1-to-clear
-  }
   uint32_t head = read32(kRegFqh) & mask;
   uint32_t tail = read32(kRegFqt) & mask;
   full_fence();  // The tail read before the records it covers.
@@ -580,5 +578,11 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
   }
   full_fence();  // The records read before the head that gives their slots back.
   write32(kRegFqh, head);
+  // A full queue stops recording until FQOF is cleared (write 1): cleared once the slots are
+  // free again, so that recording resumes from here.
+  if ((read32(kRegFqcsr) & kQueueOverflow) != 0) {
+    ++stats_.fault_overflows;
+    write32(kRegFqcsr, kQueueEnable | kQueueOverflow);
+  }
   return n;
 }

@@ -27,9 +27,10 @@
 //
 // Commands go through the command queue (256 entries of 16 bytes); each batch ends with an
 // IOFENCE.C whose completion write (AV = 1) to a word in memory is polled, so invalidate() and
-// attach() return only once the unit has acted. Faults are read from the fault queue (128
-// records of 32 bytes) by drain_faults(). The unit's interrupts (fault and command queue) are
-// left off: the kernel polls drain_faults.
+// attach() return only once the unit has acted. Faults are read from the fault queue (2048
+// records of 32 bytes) by drain_faults(); records lost to a full queue are counted
+// (Stats::fault_overflows) and recording resumes at the next drain. The unit's interrupts (fault
+// and command queue) are left off: the kernel polls drain_faults.
 //
 // Memory: the DDT pages, the two queues and the fence word come from the PageFrameAllocator given
 // to init() and are never given back (the unit lives as long as the kernel). The unit's accesses
@@ -121,7 +122,11 @@ class RiscvIommu final : public IommuUnit {
   static constexpr uint64_t kPtePpnMask = (1ull << 44) - 1;
 
   static constexpr uint32_t kCqEntries = 256;  // 16-byte commands: one page
-  static constexpr uint32_t kFqEntries = 128;  // 32-byte records: one page
+  // 32-byte records: 64 KiB (2^kFqOrder pages, aligned to its size as the unit requires). A
+  // blocked transfer can be reported piece by piece (QEMU's model: one record per 4-byte access,
+  // so 1024 for a blocked 4 KiB transfer); the queue holds that without overflowing.
+  static constexpr uint32_t kFqEntries = 2048;
+  static constexpr unsigned kFqOrder = 4;
   static constexpr uint64_t kPollLimit = 10'000'000;
   static constexpr uint32_t kMaxDeviceId = 0xFFFF;
 
@@ -207,7 +212,7 @@ class RiscvIommu final : public IommuUnit {
   bool timed_out(uint64_t start, uint64_t polls) const;
   uint64_t now() const;
   void* va(PhysAddr p) const { return pfa_->phys_to_virt(p); }
-  Result<PhysAddr> alloc_zeroed_page();
+  Result<PhysAddr> alloc_zeroed_page(unsigned order = 0);
   Result<void> enable_queue(uint32_t base_reg, uint32_t csr_reg, PhysAddr page, uint32_t entries);
   void disable_queues();
 

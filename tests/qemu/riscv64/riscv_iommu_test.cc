@@ -269,6 +269,25 @@ KTEST(riscv64_iommu_edu_dma_translated_blocked_and_reported) {
   KEXPECT_EQ(dst.va()[0], uint8_t{0x5A});
   KEXPECT_EQ(dst.va()[63], uint8_t{0x5A});
 
+  // A whole blocked page: reported piece by piece, every record kept. Then more than the queue
+  // holds: the rest is lost and counted, and recording resumes after the drain.
+  KEXPECT_TRUE(edu_dma(*bar, kIovaUnmapped, kPage, true));
+  FaultLog page;
+  size_t records = u->drain_faults(&FaultLog::sink, &page);
+  KEXPECT_GE(records, size_t{1});
+  KEXPECT_TRUE(page.all(id, kIovaUnmapped, kPage, true, "not mapped"));
+  uint64_t overflows = u->stats().fault_overflows;
+  for (uint64_t i = 0; i * records < RiscvIommu::kFqEntries + records; ++i) {
+    KEXPECT_TRUE(edu_dma(*bar, kIovaUnmapped, kPage, true));
+  }
+  FaultLog flooded;
+  KEXPECT_EQ(u->drain_faults(&FaultLog::sink, &flooded), size_t{RiscvIommu::kFqEntries - 1});
+  KEXPECT_EQ(u->stats().fault_overflows, overflows + 1);
+  KEXPECT_TRUE(edu_dma(*bar, kIovaUnmapped + 256, 64, false));
+  FaultLog resumed;
+  KEXPECT_GE(u->drain_faults(&FaultLog::sink, &resumed), size_t{1});
+  KEXPECT_TRUE(resumed.all(id, kIovaUnmapped + 256, 64, false, "not mapped"));
+
   // Detached: no context at all.
   u->detach(id);
   KEXPECT_ERR(u->attachment(id), ErrorCode::kNotFound);
