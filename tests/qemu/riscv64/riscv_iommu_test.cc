@@ -159,6 +159,19 @@ KTEST(riscv64_iommu_discovery_follows_the_command_line) {
   // The IMSIC S-file of every hart is an MSI page the generic layer maps in every domain.
   PhysAddr pages[8];
   KEXPECT_GE(arch::iommu_msi_pages(pages, 8), size_t{1});
+  // A second driver on the same registers finds the unit translating through tables it does
+  // not own and refuses without writing a register (the live unit is used again below).
+  auto regs = fn->map_bar(0);
+  KREQUIRE_OK(regs);
+  RiscvIommu second;
+  RiscvIommuConfig cfg;
+  cfg.regs = regs->base();
+  cfg.pfa = kernel_env().pfa;
+  KEXPECT_ERR(second.init(cfg), ErrorCode::kBusy);
+  KEXPECT_FALSE(second.initialized());
+  KEXPECT_FALSE(second.covers(bdf(*(*devs)->edu(0).dev)));
+  cfg.regs = nullptr;
+  KEXPECT_ERR(second.init(cfg), ErrorCode::kInvalidArgument);
   // Bad arguments change nothing.
   KEXPECT_ERR(u->attach(bdf(*fn), 1, PhysAddr(0x80000000)), ErrorCode::kInvalidArgument);
   KEXPECT_ERR(u->attach(bdf(*(*devs)->edu(0).dev), 0, PhysAddr(0x80000000)),
