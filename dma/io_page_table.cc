@@ -7,8 +7,12 @@
 
 namespace {
 
-uint64_t load_entry(const uint64_t* e) { return __atomic_load_n(e, __ATOMIC_ACQUIRE); }
-void store_entry(uint64_t* e, uint64_t v) { __atomic_store_n(e, v, __ATOMIC_RELEASE); }
+uint64_t load_entry(const uint64_t* e) {
+  return __atomic_load_n(e, __ATOMIC_ACQUIRE);
+}
+void store_entry(uint64_t* e, uint64_t v) {
+  __atomic_store_n(e, v, __ATOMIC_RELEASE);
+}
 
 }  // namespace
 
@@ -67,14 +71,15 @@ void IoPageTable::destroy() {
   cache_op_ = nullptr;
   root_ = PhysAddr();
   table_pages_ = 0;
+  for (uint64_t& w : walk_cache_) w = 0;
 }
 
-uint64_t* IoPageTable::leaf_table(uint64_t iova, bool create) {
-  uint64_t* t = table_at(root_.value());
+uint64_t* IoPageTable::walk(uint64_t iova, bool create) {
+  uint64_t table = root_.value();
   for (unsigned level = 0; level + 1 < levels_; ++level) {
-    uint64_t* slot = &t[index(iova, level)];
+    uint64_t* slot = &table_at(table)[index(iova, level)];
     uint64_t e = load_entry(slot);
-    if (!fmt_->entry_valid(e)) {
+    if (e == 0) {
       if (!create) return nullptr;
       uint64_t fresh = new_table();
       if (fresh == 0) return nullptr;
@@ -88,9 +93,15 @@ uint64_t* IoPageTable::leaf_table(uint64_t iova, bool create) {
         KASSERT(pfa_->free(PhysAddr(fresh), 0).ok(), "IoPageTable: lost table not freed");
       }
     }
-    t = table_at(fmt_->entry_addr(e));
+    table = fmt_->entry_addr(e);
   }
-  return t;
+  uint64_t pfn = table >> 12;
+  if (pfn <= kPfnMask) {
+    uint64_t block = iova >> 21;
+    __atomic_store_n(&walk_cache_[block % kWalkCacheSize], (block << kTagShift) | (pfn << 1) | 1,
+                     __ATOMIC_RELAXED);
+  }
+  return table_at(table);
 }
 
 uint64_t* IoPageTable::leaf_table_const(uint64_t iova) const {
@@ -103,7 +114,7 @@ uint64_t* IoPageTable::leaf_table_const(uint64_t iova) const {
   return t;
 }
 
-Result<void> IoPageTable::map(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
+Result<void> IoPageTable::map_range(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
   if (size == 0 || !support::is_aligned(iova | pa.value() | size, kPageSize) ||
       support::add_overflows(iova, size) || support::add_overflows(pa.value(), size)) {
     return ErrorCode::kLayoutError;
@@ -127,7 +138,7 @@ Result<void> IoPageTable::map(uint64_t iova, PhysAddr pa, uint64_t size, unsigne
     unsigned i = 0;
     for (; i < n; ++i) {
       uint64_t* slot = &leaf[first + i];
-      if (fmt_->entry_valid(load_entry(slot))) break;
+      if (load_entry(slot) != 0) break;
       store_entry(slot, fmt_->page_entry(pa.value() + done + i * kPageSize, perm));
     }
     if (i > 0) clean(&leaf[first], i * sizeof(uint64_t));
@@ -144,7 +155,7 @@ Result<void> IoPageTable::map(uint64_t iova, PhysAddr pa, uint64_t size, unsigne
   return support::ok();
 }
 
-uint64_t IoPageTable::unmap(uint64_t iova, uint64_t size) {
+uint64_t IoPageTable::unmap_range(uint64_t iova, uint64_t size) {
   KDEBUG_ASSERT(support::is_aligned(iova | size, kPageSize) && iova + size <= span_,
                 "IoPageTable::unmap: misaligned or beyond the table");
   uint64_t cleared = 0;

@@ -9,7 +9,9 @@ namespace {
 
 constexpr uint64_t kPage = IoPageTable::kPageSize;
 
-bool copies_out(DmaDirection d) { return d != DmaDirection::kToDevice; }
+bool copies_out(DmaDirection d) {
+  return d != DmaDirection::kToDevice;
+}
 
 // The direction a sync acts on: the mapping's own, narrowed by a bidirectional mapping's
 // argument (the misuse checker reports a contradiction).
@@ -25,8 +27,8 @@ bool shares_cache_lines(const void* addr, size_t size, size_t line) {
 }  // namespace
 
 Result<void> IommuDomain::init(const Config& cfg) {
-  if (unit_ != nullptr || cfg.unit == nullptr || cfg.platform == nullptr ||
-      cfg.domain_id == 0 || cfg.domain_id > cfg.unit->max_domains() ||
+  if (unit_ != nullptr || cfg.unit == nullptr || cfg.platform == nullptr || cfg.domain_id == 0 ||
+      cfg.domain_id > cfg.unit->max_domains() ||
       cfg.num_reserved > sizeof(reserved_) / sizeof(reserved_[0]) ||
       (cfg.num_reserved > 0 && cfg.reserved == nullptr)) {
     return ErrorCode::kInvalidArgument;
@@ -82,7 +84,9 @@ Result<void> IommuDomain::attach(uint32_t device_id) {
   return unit_->attach(device_id, domain_id_, pt_.root());
 }
 
-void IommuDomain::detach(uint32_t device_id) { unit_->detach(device_id); }
+void IommuDomain::detach(uint32_t device_id) {
+  unit_->detach(device_id);
+}
 
 Result<void> IommuDomain::map_fixed(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
   if (size == 0 || !support::is_aligned(iova | pa.value() | size, kPage) ||
@@ -170,14 +174,52 @@ DmaMapHandle IommuDomain::platform_handle(const DmaMapHandle& h) const {
 
 Result<DmaMapHandle> IommuDomain::map_single(const DmaConstraints& c, void* addr, size_t size,
                                              size_t align, DmaDirection dir) {
+  // The common case in line: a device that snoops, no alignment, a buffer of the page-frame
+  // allocator's memory (reached through the direct map). Anything else is the general path,
+  // a list of one piece.
+  const PageFrameAllocator* pfa = platform_->config().pfa;
+  uint64_t p = reinterpret_cast<uintptr_t>(addr) - platform_->config().direct_map_offset;
+  if (align > 1 || !snoops(c) || c.force_bounce || c.dma_mask == 0 || c.bus_offset != 0 ||
+      addr == nullptr || size == 0 || p < pfa->lowest_address().value() ||
+      p >= pfa->highest_address().value() || size > pfa->highest_address().value() - p)
+      [[unlikely]] {
+    DmaMapHandle h;
+    h.cpu_addr = addr;
+    h.size = size;
+    TRY(map_sg(c, &h, 1, align, dir));
+    return h;
+  }
+  uint64_t off = p & (kPage - 1);
+  uint64_t span = support::align_up(off + size, kPage);
+  if (span > IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
+  TRY_ASSIGN(uint64_t iova, iova_.alloc(span, limit_of(c)));
+  auto r = pt_.map(iova, PhysAddr(p - off), span, perm_of(dir));
+  if (!r.ok()) [[unlikely]] {
+    iova_.free(iova, span);
+    return r.error();
+  }
   DmaMapHandle h;
   h.cpu_addr = addr;
+  h.dma_addr = DmaAddr(iova + off);
   h.size = size;
-  TRY(map_sg(c, &h, 1, align, dir));
+  h.device_id = c.device_id;
+  h.direction = dir;
+  h.coherent_device = true;
+  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
+  count_live(1);
   return h;
 }
 
-void IommuDomain::unmap_single(const DmaMapHandle& h) { unmap_sg(&h, 1); }
+void IommuDomain::unmap_single(const DmaMapHandle& h) {
+  if (h.bounced() || !h.coherent_device) [[unlikely]] {
+    unmap_sg(&h, 1);
+    return;
+  }
+  if (!DmaDebug::on_unmap(this, h)) return;  // Misuse, reported: refused.
+  uint64_t start = support::align_down(h.dma_addr.value(), kPage);
+  release(start, support::align_up(h.dma_addr.value() + h.size, kPage) - start);
+  count_live(-1);
+}
 
 Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
                                  size_t align, DmaDirection dir) {
@@ -201,7 +243,7 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
     ErrorCode bad = check_request(c, addr, size, align, coherent);
     if (bad != ErrorCode::kOk) return bad;
     uint64_t p = 0;
-    if (!coherent && copies_out(dir) && shares_cache_lines(addr, size, line)) {
+    if (c.force_bounce || (!coherent && copies_out(dir) && shares_cache_lines(addr, size, line))) {
       DmaConstraints pc = c;
       pc.dma_mask = ~0ull;
       pc.force_bounce = true;

@@ -7,14 +7,6 @@
 #include "dmakit/support/mem.h"
 #include "dmakit/support/utility.h"
 
-namespace {
-
-void add_relaxed(uint64_t* counter, uint64_t v) {
-  __atomic_fetch_add(counter, v, __ATOMIC_RELAXED);
-}
-
-}  // namespace
-
 Result<void> IovaAllocator::init(const Config& cfg) {
   if (pfa_ != nullptr || cfg.pfa == nullptr || cfg.base >= cfg.end ||
       !support::is_aligned(cfg.base | cfg.end, kPageSize) || cfg.num_cpus > kMaxCpus ||
@@ -66,8 +58,8 @@ Result<void> IovaAllocator::init(const Config& cfg) {
   support::fill_bytes(p, 0, cache_bytes);
   caches_ = reinterpret_cast<CpuCache*>(p);
   depots_ = reinterpret_cast<Depot*>(p + num_caches * sizeof(CpuCache));
-  auto* mags = reinterpret_cast<Magazine*>(p + num_caches * sizeof(CpuCache) +
-                                           kCacheOrders * sizeof(Depot));
+  auto* mags =
+      reinterpret_cast<Magazine*>(p + num_caches * sizeof(CpuCache) + kCacheOrders * sizeof(Depot));
   size_t next_mag = 0;
   for (size_t i = 0; i < num_caches; ++i) {
     CpuCache* c = new (&caches_[i]) CpuCache();
@@ -97,8 +89,7 @@ Result<void> IovaAllocator::init(const Config& cfg) {
   cache_pa_ = cache->value();
   cache_order_ = cache_order;
   num_cpus_ = cpus;
-  allocated_ = 0;
-  cached_ = 0;
+  buddy_pages_ = 0;
   return support::ok();
 }
 
@@ -113,13 +104,6 @@ Result<void> IovaAllocator::destroy() {
   caches_ = nullptr;
   depots_ = nullptr;
   return support::ok();
-}
-
-IovaAllocator::CpuCache* IovaAllocator::cache_of(unsigned order) {
-  const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
-  unsigned cpu = hooks.cpu_id != nullptr ? hooks.cpu_id() : 0;
-  if (cpu >= num_cpus_) return nullptr;
-  return &caches_[size_t{cpu} * kCacheOrders + order];
 }
 
 bool IovaAllocator::pop_under(Magazine* m, uint64_t limit, uint64_t size, uint64_t* iova) {
@@ -137,11 +121,9 @@ bool IovaAllocator::pop_under(Magazine* m, uint64_t limit, uint64_t size, uint64
   return false;
 }
 
-bool IovaAllocator::cache_alloc(unsigned order, uint64_t limit, uint64_t* iova) {
-  CpuCache* c = cache_of(order);
-  if (c == nullptr) return false;
+bool IovaAllocator::cache_alloc_locked(CpuCache* c, unsigned order, uint64_t limit,
+                                       uint64_t* iova) {
   uint64_t size = kPageSize << order;
-  support::Guard guard{&c->lock};
   if (pop_under(c->loaded, limit, size, iova)) return true;
   if (pop_under(c->prev, limit, size, iova)) {
     support::swap(c->loaded, c->prev);
@@ -160,79 +142,110 @@ bool IovaAllocator::cache_alloc(unsigned order, uint64_t limit, uint64_t* iova) 
   return pop_under(c->loaded, limit, size, iova);
 }
 
-bool IovaAllocator::cache_free(unsigned order, uint64_t iova) {
-  CpuCache* c = cache_of(order);
-  if (c == nullptr) return false;
-  support::Guard guard{&c->lock};
-  if (c->loaded->count == kMagazineSize) {
-    if (c->prev->count < kMagazineSize) {
-      support::swap(c->loaded, c->prev);
-    } else {
-      // Both full: the previous one goes to the depot in exchange for an empty one, or back to
-      // the buddy layer when the depot is full.
-      Depot* d = &depots_[order];
-      Magazine* empty = nullptr;
-      {
-        support::Guard dguard{&d->lock};
-        if (d->num_empty > 0) {
-          empty = d->empty[--d->num_empty];
-          d->full[d->num_full++] = c->prev;
-        }
+void IovaAllocator::cache_free_locked(CpuCache* c, unsigned order, uint64_t iova) {
+  if (c->prev->count < kMagazineSize) {
+    support::swap(c->loaded, c->prev);
+  } else {
+    // Both full: the previous one goes to the depot in exchange for an empty one, or back to
+    // the buddy layer when the depot is full.
+    Depot* d = &depots_[order];
+    Magazine* empty = nullptr;
+    {
+      support::Guard dguard{&d->lock};
+      if (d->num_empty > 0) {
+        empty = d->empty[--d->num_empty];
+        d->full[d->num_full++] = c->prev;
       }
-      if (empty != nullptr) {
-        c->prev = empty;
-      } else {
-        drain(c->prev, order);
-      }
-      support::swap(c->loaded, c->prev);
     }
+    if (empty != nullptr) {
+      c->prev = empty;
+    } else {
+      drain(c->prev, order);
+    }
+    support::swap(c->loaded, c->prev);
   }
   c->loaded->iova[c->loaded->count++] = iova;
-  return true;
 }
 
 void IovaAllocator::drain(Magazine* m, unsigned order) {
   for (uint32_t i = 0; i < m->count; ++i) {
     KASSERT(space_.free(PhysAddr(m->iova[i]), order).ok(), "IovaAllocator: cached range bad");
   }
-  add_relaxed(&cached_, ~((uint64_t{m->count} << order) - 1));  // Minus count << order.
+  __atomic_fetch_sub(&buddy_pages_, uint64_t{m->count} << order, __ATOMIC_RELAXED);
   m->count = 0;
 }
 
 Result<uint64_t> IovaAllocator::buddy_alloc(unsigned order, uint64_t limit) {
   auto a = space_.alloc(order, limit);
-  if (a.ok()) return a->value();
-  if (cached_pages() != 0) {
+  if (!a.ok() && cached_pages() != 0) {
     flush_caches();
     auto b = space_.alloc(order, limit);
-    if (b.ok()) return b->value();
+    if (!b.ok()) return ErrorCode::kNoMemory;
+    __atomic_fetch_add(&buddy_pages_, uint64_t{1} << order, __ATOMIC_RELAXED);
+    return b->value();
   }
-  return ErrorCode::kNoMemory;
+  if (!a.ok()) return ErrorCode::kNoMemory;
+  __atomic_fetch_add(&buddy_pages_, uint64_t{1} << order, __ATOMIC_RELAXED);
+  return a->value();
 }
 
-Result<uint64_t> IovaAllocator::alloc(uint64_t size, uint64_t limit) {
-  if (size == 0 || size > kMaxSize) return ErrorCode::kLayoutError;
+Result<uint64_t> IovaAllocator::alloc_slow(uint64_t size, uint64_t limit) {
+  if (size - 1 >= kMaxSize) return ErrorCode::kLayoutError;  // 0 wraps round.
   unsigned order = order_of(size);
-  uint64_t iova = 0;
-  if (order < kCacheOrders && cache_alloc(order, limit, &iova)) {
-    add_relaxed(&cached_, ~((uint64_t{1} << order) - 1));
-  } else {
-    TRY_ASSIGN(iova, buddy_alloc(order, limit));
+  if (order < kCacheOrders) {
+    CpuCache* c = cache_of(order);
+    if (c != nullptr) {
+      support::Guard guard{&c->lock};
+      // The common case first: the most recently freed range of the loaded magazine.
+      Magazine* m = c->loaded;
+      uint32_t n = m->count;
+      if (n != 0 && m->iova[n - 1] + ((kPageSize << order) - 1) <= limit) {
+        m->count = n - 1;
+        return m->iova[n - 1];
+      }
+      uint64_t iova = 0;
+      if (cache_alloc_locked(c, order, limit, &iova)) return iova;
+    }
   }
-  add_relaxed(&allocated_, uint64_t{1} << order);
-  return iova;
+  return buddy_alloc(order, limit);
 }
 
-void IovaAllocator::free(uint64_t iova, uint64_t size) {
+void IovaAllocator::free_slow(uint64_t iova, uint64_t size) {
   unsigned order = order_of(size);
   KDEBUG_ASSERT(order <= kMaxOrder && support::is_aligned(iova, kPageSize << order),
                 "IovaAllocator::free: not a range of this size");
-  add_relaxed(&allocated_, ~((uint64_t{1} << order) - 1));
-  if (order < kCacheOrders && cache_free(order, iova)) {
-    add_relaxed(&cached_, uint64_t{1} << order);
-    return;
+  if (order < kCacheOrders) {
+    CpuCache* c = cache_of(order);
+    if (c != nullptr) {
+      support::Guard guard{&c->lock};
+      Magazine* m = c->loaded;
+      if (m->count < kMagazineSize) {
+        m->iova[m->count++] = iova;
+        return;
+      }
+      cache_free_locked(c, order, iova);
+      return;
+    }
   }
   KASSERT(space_.free(PhysAddr(iova), order).ok(), "IovaAllocator::free: range not allocated");
+  __atomic_fetch_sub(&buddy_pages_, uint64_t{1} << order, __ATOMIC_RELAXED);
+}
+
+uint64_t IovaAllocator::cached_pages() const {
+  if (pfa_ == nullptr) return 0;
+  uint64_t pages = 0;
+  for (size_t i = 0; i < size_t{num_cpus_} * kCacheOrders; ++i) {
+    CpuCache* c = &caches_[i];
+    unsigned order = static_cast<unsigned>(i % kCacheOrders);
+    support::Guard guard{&c->lock};
+    pages += uint64_t{c->loaded->count + c->prev->count} << order;
+  }
+  for (unsigned o = 0; o < kCacheOrders; ++o) {
+    Depot* d = &depots_[o];
+    support::Guard guard{&d->lock};
+    for (unsigned i = 0; i < d->num_full; ++i) pages += uint64_t{d->full[i]->count} << o;
+  }
+  return pages;
 }
 
 void IovaAllocator::flush_caches() {

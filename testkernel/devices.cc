@@ -16,6 +16,7 @@
 
 #include "testkernel/arch_io.h"
 #include "testkernel/fdt.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 
@@ -341,6 +342,10 @@ Result<void> Devices::init(const KernelEnv& env) {
     virtio_blk_ = pci_.find(Devices::kVirtioVendor, Devices::kVirtioBlkTransitional);
   }
   return support::ok();
+}
+
+DmaOp* Devices::dma_op(const PciDevice* dev) const {
+  return iommu::dma_op_for(dev);
 }
 
 Result<Devices*> devices_init(const KernelEnv& env) {

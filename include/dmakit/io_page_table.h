@@ -13,9 +13,19 @@
 // hands out again reuses the same tables, so the table memory is bounded by the part of the I/O
 // address space in use at the busiest moment (one page per 2 MiB of it, plus the upper levels).
 //
-// Cost: map and unmap walk format.levels entries per 2 MiB of the range, then touch one entry
-// per page. A walker that does not snoop (!format.coherent_walk) costs a cache clean per changed
-// leaf table range and per new table.
+// Entries the generic code did not write are zero, and every valid entry of every supported
+// format is non-zero, so the walk tells a missing table or an unused leaf by a zero entry without
+// calling the format; format.entry_addr decodes the tables it follows.
+//
+// Walk cache: leaf tables are never freed while the table lives, so the CPU pointer of a leaf
+// table, once found, stays right. A small direct-mapped cache of (2 MiB block, leaf table)
+// pairs, each packed into one 64-bit word written and read atomically, lets map and unmap of a
+// recently used block skip the upper levels. A stale or missing word only costs a walk.
+//
+// Cost: map and unmap find the leaf table of each 2 MiB of the range (one load from the walk
+// cache, or a walk of format.levels - 1 entries), then touch one entry per page. A walker that does
+// not snoop (!format.coherent_walk) costs a cache clean per changed leaf table range and per new
+// table.
 //
 // Calling contexts (dmakit/dma_op.h): init and destroy are thread only; map, unmap and lookup are
 // any context (the page-frame allocator's allocation is any context).
@@ -73,14 +83,38 @@ class IoPageTable {
   // Errors: kLayoutError (misaligned, size 0, wraps), kOutOfRange (beyond span()), kInvalidArgument
   // (perm 0 or unknown bits, a page of the range already mapped: nothing changed), kNoMemory (no
   // page for an intermediate table).
-  Result<void> map(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm);
+  Result<void> map(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
+    // One page (a streaming mapping's common case) in line; anything else out of line.
+    if (size == kPageSize && ((iova | pa.value()) & (kPageSize - 1)) == 0 && iova < span_ &&
+        perm - 1 < (kIommuRead | kIommuWrite)) [[likely]] {
+      uint64_t* leaf = leaf_table(iova, /*create=*/true);
+      if (leaf == nullptr) return ErrorCode::kNoMemory;
+      uint64_t* slot = &leaf[index(iova, levels_ - 1)];
+      if (__atomic_load_n(slot, __ATOMIC_RELAXED) != 0) return ErrorCode::kInvalidArgument;
+      __atomic_store_n(slot, fmt_->page_entry(pa.value(), perm), __ATOMIC_RELEASE);
+      clean(slot, sizeof(*slot));
+      return support::ok();
+    }
+    return map_range(iova, pa, size, perm);
+  }
 
   // Clears the leaf entries of [iova, iova + size) (page aligned; pages not mapped are skipped)
   // and cleans them for a walker that does not snoop. The caller then invalidates the IOMMU's
   // cached translations (IommuUnit::invalidate) before it reuses the range or the pages. Any
   // context; concurrent calls must concern disjoint ranges. Returns the number of pages that
   // were mapped.
-  uint64_t unmap(uint64_t iova, uint64_t size);
+  uint64_t unmap(uint64_t iova, uint64_t size) {
+    if (size == kPageSize && iova < span_) [[likely]] {
+      uint64_t* leaf = leaf_table(iova, /*create=*/false);
+      if (leaf == nullptr) return 0;
+      uint64_t* slot = &leaf[index(iova, levels_ - 1)];
+      if (__atomic_load_n(slot, __ATOMIC_RELAXED) == 0) return 0;
+      __atomic_store_n(slot, uint64_t{0}, __ATOMIC_RELEASE);
+      clean(slot, sizeof(*slot));
+      return 1;
+    }
+    return unmap_range(iova, size);
+  }
 
   // The leaf entry of the page holding `iova` (0 when it is not mapped), for tests and reports.
   // Any context.
@@ -91,13 +125,25 @@ class IoPageTable {
 
  private:
   // The CPU pointer of the table at physical address `pa`.
-  uint64_t* table_at(uint64_t pa) const { return static_cast<uint64_t*>(pfa_->phys_to_virt(PhysAddr(pa))); }
+  uint64_t* table_at(uint64_t pa) const {
+    return static_cast<uint64_t*>(pfa_->phys_to_virt(PhysAddr(pa)));
+  }
   unsigned index(uint64_t iova, unsigned level) const {
     return static_cast<unsigned>((iova >> (12 + 9 * (levels_ - 1 - level))) & 511);
   }
   // The leaf table covering `iova`; null when `create` is false and it does not exist, or when
   // a table could not be allocated (kNoMemory for the caller).
-  uint64_t* leaf_table(uint64_t iova, bool create);
+  uint64_t* leaf_table(uint64_t iova, bool create) {
+    uint64_t block = iova >> 21;
+    uint64_t w = __atomic_load_n(&walk_cache_[block % kWalkCacheSize], __ATOMIC_RELAXED);
+    if ((w & 1) != 0 && (w >> kTagShift) == block) {
+      return table_at(((w >> 1) & kPfnMask) << 12);
+    }
+    return walk(iova, create);
+  }
+  uint64_t* walk(uint64_t iova, bool create);
+  Result<void> map_range(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm);
+  uint64_t unmap_range(uint64_t iova, uint64_t size);
   uint64_t* leaf_table_const(uint64_t iova) const;
   // A fresh zeroed (and cleaned) table, 0 if none.
   uint64_t new_table();
@@ -105,6 +151,13 @@ class IoPageTable {
   void clean(const void* p, size_t bytes) const {
     if (!coherent_walk_) cache_op_->flush(p, bytes);
   }
+
+  // Walk-cache words: valid bit 0, the leaf table's page frame number in bits 1-36, the 2 MiB
+  // block number (iova >> 21, at most 27 bits) from bit 37.
+  static constexpr unsigned kWalkCacheSize = 64;
+  static constexpr unsigned kTagShift = 37;
+  static constexpr uint64_t kPfnMask = (uint64_t{1} << 36) - 1;
+  uint64_t walk_cache_[kWalkCacheSize] = {};
 
   const IoPageTableFormat* fmt_ = nullptr;
   PageFrameAllocator* pfa_ = nullptr;

@@ -11,10 +11,10 @@
 //      maintenance available for a device that does not snoop);
 //   2. translate the buffer to physical addresses through the platform's DmaOp (virt_to_phys,
 //      every page; it must be physically contiguous, as for KernelDmaOp);
-//   3. a receive buffer of a device that does not snoop that shares a cache line with other
-//      data is bounced whole through the platform's bounce pool (the same reason as KernelDmaOp's:
-//      the unmap's invalidate would lose the neighbour's or the device's bytes); the slot is then
-//      what the IOMMU maps;
+//   3. a buffer of a device with DmaConstraints::force_bounce, and a receive buffer of a device
+//      that does not snoop that shares a cache line with other data, is bounced whole through
+//      the platform's bounce pool (the latter for KernelDmaOp's reason: the unmap's invalidate
+//      would lose the neighbour's or the device's bytes); the slot is then what the IOMMU maps;
 //   4. allocate an IOVA range under the device's mask (so a 28-bit device reaches any page of
 //      RAM without bouncing), map it with the direction's permissions (kToDevice: the device may
 //      read, kFromDevice: write, kBidirectional: both; a hardware without write-only entries
@@ -150,12 +150,10 @@ class IommuDomain final : public DmaOp {
   void flush_invalidate(const void* addr, size_t size) override {
     platform_->flush_invalidate(addr, size);
   }
-  DmaConstraints default_constraints() const override {
-    return platform_->default_constraints();
-  }
+  DmaConstraints default_constraints() const override { return platform_->default_constraints(); }
   size_t cache_alignment() const override { return platform_->cache_alignment(); }
   // The largest IOVA range less one page, so that any in-page offset fits: just under 4 MiB.
-  size_t max_mapping_size(const DmaConstraints& c) const override {
+  size_t max_mapping_size(const DmaConstraints& /*c*/) const override {
     return IovaAllocator::kMaxSize - IoPageTable::kPageSize;
   }
 

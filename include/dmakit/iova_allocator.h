@@ -32,7 +32,9 @@
 // the counters any context.
 #pragma once
 
+#include "dmakit/kernel_hooks.h"
 #include "dmakit/page_frame_allocator.h"
+#include "dmakit/support/bitops.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/spinlock.h"
 #include "dmakit/support/thread_annotations.h"
@@ -91,20 +93,52 @@ class IovaAllocator {
   // its first address. Any context.
   // Errors: kLayoutError (size 0 or above kMaxSize), kNoMemory (no free range under the limit:
   // the window is full, or the limit lies below it). The allocator is unchanged on error.
-  Result<uint64_t> alloc(uint64_t size, uint64_t limit);
+  Result<uint64_t> alloc(uint64_t size, uint64_t limit) {
+    // One page from the CPU's loaded magazine in line; everything else out of line.
+    if (size - 1 < kPageSize) [[likely]] {
+      if (CpuCache* c = cache_of(0); c != nullptr) [[likely]] {
+        c->lock.lock();
+        Magazine* m = c->loaded;
+        uint32_t n = m->count;
+        if (n != 0 && m->iova[n - 1] + (kPageSize - 1) <= limit) [[likely]] {
+          m->count = n - 1;
+          uint64_t iova = m->iova[n - 1];
+          c->lock.unlock();
+          return iova;
+        }
+        c->lock.unlock();
+      }
+    }
+    return alloc_slow(size, limit);
+  }
 
   // Returns a range from alloc, with the same size. Precondition: allocated and not freed (a
   // range that reaches the buddy layer is checked there, and a bad one panics). Any context.
-  void free(uint64_t iova, uint64_t size);
+  void free(uint64_t iova, uint64_t size) {
+    if (size - 1 < kPageSize) [[likely]] {
+      if (CpuCache* c = cache_of(0); c != nullptr) [[likely]] {
+        c->lock.lock();
+        Magazine* m = c->loaded;
+        if (m->count < kMagazineSize) [[likely]] {
+          m->iova[m->count++] = iova;
+          c->lock.unlock();
+          return;
+        }
+        c->lock.unlock();
+      }
+    }
+    free_slow(iova, size);
+  }
 
   // Returns every cached range to the buddy layer. Any context (O(CPUs * kCacheOrders) lock
   // pairs, up to all cached ranges freed).
   void flush_caches();
 
   // Pages callers hold now (allocations minus frees, in rounded pages), and pages sitting in the
-  // caches. Any context; exact when no call is in flight.
-  uint64_t allocated_pages() const { return __atomic_load_n(&allocated_, __ATOMIC_RELAXED); }
-  uint64_t cached_pages() const { return __atomic_load_n(&cached_, __ATOMIC_RELAXED); }
+  // caches. Any context; exact when no call is in flight. O(CPUs * kCacheOrders) lock pairs: the
+  // fast paths keep no counters, so these add up the magazines.
+  uint64_t allocated_pages() const { return buddy_pages() - cached_pages(); }
+  uint64_t cached_pages() const;
   // Free pages of the buddy layer (the window minus reserved pieces, allocated and cached
   // ranges). Any context.
   uint64_t free_pages() const { return space_.free_pages(); }
@@ -115,7 +149,7 @@ class IovaAllocator {
 
   // The order (log2 of pages) of a range of `size` bytes; kMaxOrder + 1 when it is too large.
   static unsigned order_of(uint64_t size) {
-    return PageFrameAllocator::order_for(size == 0 ? 1 : size);
+    return size <= kPageSize ? 0 : support::log2_ceil(size) - PageFrameAllocator::kPageShift;
   }
 
  private:
@@ -138,9 +172,21 @@ class IovaAllocator {
     unsigned num_empty TA_GUARDED(lock);
   };
 
-  CpuCache* cache_of(unsigned order);
-  bool cache_alloc(unsigned order, uint64_t limit, uint64_t* iova);
-  bool cache_free(unsigned order, uint64_t iova);
+  CpuCache* cache_of(unsigned order) const {
+    const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
+    unsigned cpu = hooks.cpu_id != nullptr ? hooks.cpu_id() : 0;
+    if (cpu >= num_cpus_) return nullptr;
+    return &caches_[size_t{cpu} * kCacheOrders + order];
+  }
+  Result<uint64_t> alloc_slow(uint64_t size, uint64_t limit);
+  void free_slow(uint64_t iova, uint64_t size);
+  // The magazines' slow paths, with the CPU cache's lock held: the previous magazine and the
+  // depot.
+  bool cache_alloc_locked(CpuCache* c, unsigned order, uint64_t limit, uint64_t* iova)
+      TA_REQ(c->lock);
+  void cache_free_locked(CpuCache* c, unsigned order, uint64_t iova) TA_REQ(c->lock);
+  // Pages allocated from the buddy layer (callers' and cached).
+  uint64_t buddy_pages() const { return __atomic_load_n(&buddy_pages_, __ATOMIC_RELAXED); }
   // Takes a range under `limit` out of `m`, or returns false.
   static bool pop_under(Magazine* m, uint64_t limit, uint64_t size, uint64_t* iova);
   // Returns the ranges of `m` to the buddy layer and empties it.
@@ -160,6 +206,5 @@ class IovaAllocator {
   CpuCache* caches_ = nullptr;  // num_cpus_ * kCacheOrders, CPU-major.
   Depot* depots_ = nullptr;     // kCacheOrders.
   unsigned num_cpus_ = 0;
-  uint64_t allocated_ = 0;  // Atomic.
-  uint64_t cached_ = 0;     // Atomic.
+  uint64_t buddy_pages_ = 0;  // Atomic.
 };

@@ -23,6 +23,7 @@
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
 #include "testkernel/split_table_pool.h"
+#include "testkernel/iommu.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
@@ -214,7 +215,7 @@ KTEST(coherent_data_written_uncached_is_in_memory) {
   Baseline b = Baseline::now();
   KREQUIRE_TRUE(b.uncached_live == 0);
   {
-    DeviceDma dma(env.dma, kMask32);
+    DeviceDma dma(iommu::dma_op_for(e->dev), kMask32);
     dma.set_name("edu-uncached");
     dma.set_coherent(false);
     EduDevice edu;

@@ -13,6 +13,7 @@
 #include "testkernel/arch_io.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
+#include "testkernel/iommu.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
@@ -81,7 +82,7 @@ Result<void> bind_edu(EduDevice* edu, uint64_t mask) {
   if (d == nullptr) return ErrorCode::kNotFound;
   const Devices::Edu* e = d->edu_with_mask(mask);
   if (e == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(kernel_env().dma, e->dma_mask);
+  DeviceDma dma(iommu::dma_op_for(e->dev), e->dma_mask);
   dma.set_name(mask == kMask32 ? "edu-32bit" : "edu-28bit");
   return edu->init(e->dev, dma);
 }
@@ -454,7 +455,7 @@ namespace {
 Result<void> bind_blk(VirtioBlk* blk) {
   Devices* d = devices();
   if (d == nullptr || d->virtio_blk() == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(kernel_env().dma, ~0ull);
+  DeviceDma dma(iommu::dma_op_for(d->virtio_blk()), ~0ull);
   dma.set_name("virtio-blk");
   return blk->init(d->virtio_blk(), dma);
 }

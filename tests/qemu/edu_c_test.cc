@@ -20,6 +20,7 @@
 #include "testkernel/devices.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
+#include "testkernel/iommu.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
@@ -61,6 +62,8 @@ class EduPci {
   EduPci(const EduPci&) = delete;
   EduPci& operator=(const EduPci&) = delete;
   bool ok() const { return bar_.valid(); }
+  // The DmaOp a DeviceDma of this function uses (its IOMMU domain when translated).
+  DmaOp* dma_op() const { return iommu::dma_op_for(pci_); }
   volatile void* base() const { return bar_.base(); }
   uint64_t size() const { return bar_.size(); }
 
@@ -106,7 +109,7 @@ void round_trips(ktest::Context& ktest_ctx, edu_c* edu, uint8_t* far, uint8_t* n
 KTEST(edu_c_driver_direct_and_bounced_on_the_kernel_device) {
   EduPci pci;
   KREQUIRE_TRUE(pci.ok());
-  DeviceDma cpp(kernel_env().dma, kMask32);
+  DeviceDma cpp(pci.dma_op(), kMask32);
   cpp.set_name("edu-c-32bit");
   dmakit_device dev;
   KREQUIRE_TRUE(dmakit_device_from_cpp(&dev, cpp) == DMAKIT_OK);
@@ -250,7 +253,7 @@ KTEST(edu_c_driver_28bit_mask_bounces_or_fails_cleanly) {
   const uint64_t mask = Devices::kEduDefaultMask;
   EduPci pci(mask);
   KREQUIRE_TRUE(pci.ok());
-  DeviceDma cpp(kernel_env().dma, mask);
+  DeviceDma cpp(pci.dma_op(), mask);
   cpp.set_name("edu-c-28bit");
   dmakit_device dev;
   KREQUIRE_TRUE(dmakit_device_from_cpp(&dev, cpp) == DMAKIT_OK);
