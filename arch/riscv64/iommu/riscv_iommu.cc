@@ -274,6 +274,23 @@ Result<void> RiscvIommu::release_to_bare(volatile void* regs, uint64_t (*now_ns)
   return support::ok();
 }
 
+bool RiscvIommu::disable() {
+  if (!initialized_) return false;
+  support::Guard<support::SpinLock> guard{&cq_lock_};
+  initialized_ = false;
+  write64(kRegDdtp, kDdtpModeBare);
+  uint64_t start = now();
+  for (uint64_t polls = 0; (read64(kRegDdtp) & kDdtpBusy) != 0; ++polls) {
+    if (timed_out(start, polls)) return false;
+    support::cpu_relax();
+  }
+  if ((read64(kRegDdtp) & kDdtpModeMask) != kDdtpModeBare) return false;
+  // Nothing cached from the tables may be used if translation is ever turned on again.
+  (void)(queue_locked(kOpIodir, 0) && queue_locked(kOpIotinval, 0) && fence_locked());
+  disable_queues();
+  return true;
+}
+
 bool RiscvIommu::covers(uint32_t device_id) const {
   return initialized_ && device_id <= kMaxDeviceId && device_id != own_device_id_;
 }

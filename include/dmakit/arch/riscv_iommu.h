@@ -183,6 +183,10 @@ class RiscvIommu final : public IommuUnit {
   void detach(uint32_t device_id) override;
   void invalidate(uint32_t domain, uint64_t iova, uint64_t size) override;
   uint32_t max_domains() const override { return kMaxPscid; }
+  // Puts ddtp in Bare mode (every device's DMA passes untranslated: the direct path), drops the
+  // unit's cached contexts and translations and turns the queues off; covers() is false from
+  // then on. False when the unit did not take Bare (devices then stay blocked). Thread only.
+  bool disable() override;
   size_t drain_faults(void (*sink)(void* ctx, const IommuFault& fault), void* ctx) override;
 
   // The attachment of `device_id`. Errors: kNotFound (not attached), kInvalidArgument (not
