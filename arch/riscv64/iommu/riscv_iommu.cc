@@ -126,6 +126,7 @@ bool RiscvIommu::wait_bits32(uint32_t off, uint32_t mask, uint32_t want) const {
 Result<PhysAddr> RiscvIommu::alloc_zeroed_page(unsigned order) {
   TRY_ASSIGN(PhysAddr p, pfa_->alloc(order));
   support::fill_bytes(va(p), 0, kPage << order);
+  __atomic_fetch_add(&stats_.pages, uint64_t{1} << order, __ATOMIC_RELAXED);
   return p;
 }
 
@@ -453,6 +454,7 @@ RiscvIommu::Stats RiscvIommu::stats() const {
   s.fence_failures = __atomic_load_n(&stats_.fence_failures, __ATOMIC_RELAXED);
   s.faults = __atomic_load_n(&stats_.faults, __ATOMIC_RELAXED);
   s.fault_overflows = __atomic_load_n(&stats_.fault_overflows, __ATOMIC_RELAXED);
+  s.pages = __atomic_load_n(&stats_.pages, __ATOMIC_RELAXED);
   return s;
 }
 

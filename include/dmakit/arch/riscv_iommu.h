@@ -150,6 +150,7 @@ class RiscvIommu final : public IommuUnit {
     uint64_t fence_failures = 0;   // a fence that timed out or a queue error (cqcsr) seen
     uint64_t faults = 0;           // fault records drained
     uint64_t fault_overflows = 0;  // fqcsr.FQOF seen (records were lost)
+    uint64_t pages = 0;  // pages taken from the allocator (queues, fence word, DDT), never freed
   };
 
   constexpr RiscvIommu() = default;
@@ -216,6 +217,7 @@ class RiscvIommu final : public IommuUnit {
   bool timed_out(uint64_t start, uint64_t polls) const;
   uint64_t now() const;
   void* va(PhysAddr p) const { return pfa_->phys_to_virt(p); }
+  // Thread only (init, attach).
   Result<PhysAddr> alloc_zeroed_page(unsigned order = 0);
   Result<void> enable_queue(uint32_t base_reg, uint32_t csr_reg, PhysAddr page, uint32_t entries);
   void disable_queues();

@@ -156,6 +156,8 @@ KTEST(riscv64_iommu_discovery_follows_the_command_line) {
   KEXPECT_FALSE(u->covers(0x10000));
   KEXPECT_EQ(u->format().levels == 3 ? 38u : 47u, unsigned{u->iova_bits()});
   KEXPECT_EQ(u->max_domains(), (1u << 20) - 1);
+  // Queues (1 + 16 pages), the fence word and at least the DDT root and one page per level.
+  KEXPECT_GE(u->stats().pages, uint64_t{18 + u->ddt_levels()});
   // The IMSIC S-file of every hart is an MSI page the generic layer maps in every domain.
   PhysAddr pages[8];
   KEXPECT_GE(arch::iommu_msi_pages(pages, 8), size_t{1});
