@@ -183,7 +183,7 @@ Result<void> RiscvIommu::init(const RiscvIommuConfig& cfg) {
   format_.entry_addr = &entry_addr;
   dc_bytes_ = (caps_ & kCapMsiFlat) != 0 ? 64 : 32;
   // Levels to index 16 requester-id bits: the leaf page takes log2(4096 / dc_bytes) bits, each
-  // level above 9.
+  // level above 9. A unit without that mode gets fewer levels (and covers fewer ids), below.
   unsigned leaf_bits = dc_bytes_ == 64 ? 6 : 7;
   ddt_levels_ = leaf_bits + 9 >= 16 ? 2 : 3;
 
@@ -232,17 +232,20 @@ Result<void> RiscvIommu::init(const RiscvIommuConfig& cfg) {
   }
 
   full_fence();
-  uint64_t want = kDdtpMode1Lvl + (ddt_levels_ - 1);
-  write64(kRegDdtp, ppn_field(ddt_root_) | want);
-  uint64_t start = now();
-  for (uint64_t polls = 0; (read64(kRegDdtp) & kDdtpBusy) != 0; ++polls) {
-    if (timed_out(start, polls)) return fail(ErrorCode::kTimedOut);
-    support::cpu_relax();
+  // The unit keeps its old mode when asked for one it does not support: then fewer levels.
+  for (;; --ddt_levels_) {
+    uint64_t want = kDdtpMode1Lvl + (ddt_levels_ - 1);
+    write64(kRegDdtp, ppn_field(ddt_root_) | want);
+    uint64_t start = now();
+    for (uint64_t polls = 0; (read64(kRegDdtp) & kDdtpBusy) != 0; ++polls) {
+      if (timed_out(start, polls)) return fail(ErrorCode::kTimedOut);
+      support::cpu_relax();
+    }
+    if ((read64(kRegDdtp) & kDdtpModeMask) == want) break;
+    if (ddt_levels_ == 1) return fail(ErrorCode::kNotSupported);
   }
-  if ((read64(kRegDdtp) & kDdtpModeMask) != want) {
-    // The unit does not support that many levels (it kept its old mode).
-    return fail(ErrorCode::kNotSupported);
-  }
+  unsigned id_bits = leaf_bits + (9 * (ddt_levels_ - 1));
+  max_device_id_ = id_bits >= 16 ? kMaxDeviceId : (1u << id_bits) - 1;
   // Anything the unit cached while in Bare mode goes.
   {
     support::Guard<support::SpinLock> guard{&cq_lock_};
@@ -293,7 +296,7 @@ bool RiscvIommu::disable() {
 }
 
 bool RiscvIommu::covers(uint32_t device_id) const {
-  return initialized_ && device_id <= kMaxDeviceId && device_id != own_device_id_;
+  return initialized_ && device_id <= max_device_id_ && device_id != own_device_id_;
 }
 
 volatile uint64_t* RiscvIommu::dc_locked(uint32_t device_id, bool create, bool* no_memory) {

@@ -6,9 +6,10 @@
 // pages, the leaf pages holding device contexts (DC: 32 bytes, or 64 in the extended format the
 // hardware uses when it has MSI page tables, capabilities.MSI_FLAT). init() picks the fewest
 // levels that index every 16-bit requester id (2 levels for base-format DCs, 3 for extended ones)
-// and allocates only the root; inner and leaf pages are allocated the first time a device under
-// them is attached and kept. Every DC starts invalid (tc.V = 0): the unit reports "DDT entry not
-// valid" and blocks the device's DMA until attach().
+// and allocates only the root (a unit without that mode gets the most levels it accepts, and
+// covers only the ids they index); inner and leaf pages are allocated the first time a device
+// under them is attached and kept. Every DC starts invalid (tc.V = 0): the unit reports "DDT entry
+// not valid" and blocks the device's DMA until attach().
 //
 // Translation: first stage only. A DC points its fsc (iosatp) at the domain's root table in Sv39
 // (or Sv48 when Sv39 is absent) with the domain id as its PSCID; iohgatp stays Bare and msiptp
@@ -163,8 +164,8 @@ class RiscvIommu final : public IommuUnit {
   // blocked). Boot CPU, thread context, once. On error nothing is left enabled: the queues are
   // off and ddtp is as found (Off or Bare); release_to_bare() then puts the unit in pass-through.
   // Errors: kInvalidArgument (null regs or pfa), kBusy (already initialised), kNotSupported
-  // (another major version, no Sv39/Sv48, big-endian only, no DDT mode that indexes 16-bit
-  // requester ids), kNoMemory (no pages for the tables), kTimedOut (a queue or ddtp did not
+  // (another major version, no Sv39/Sv48, big-endian only, no 1/2/3-level DDT mode),
+  // kNoMemory (no pages for the tables), kTimedOut (a queue or ddtp did not
   // settle), kIoError (a queue reported a memory fault on enable).
   Result<void> init(const RiscvIommuConfig& cfg);
 
@@ -242,6 +243,7 @@ class RiscvIommu final : public IommuUnit {
   uint8_t iova_bits_ = 0;
   uint64_t fsc_mode_ = 0;
   unsigned ddt_levels_ = 0;
+  uint32_t max_device_id_ = 0;  // the highest requester id the DDT indexes
   unsigned dc_bytes_ = 32;
   bool initialized_ = false;
 
