@@ -59,6 +59,11 @@ static_assert(RiscvIommu::kCqEntries * 16 == kPage, "the command queue is one pa
 static_assert(RiscvIommu::kFqEntries * 32 == kPage << RiscvIommu::kFqOrder,
               "the fault queue fills its block");
 
+// Counters are written under a lock but read without one (stats()).
+void bump(uint64_t& counter) {
+  __atomic_fetch_add(&counter, uint64_t{1}, __ATOMIC_RELAXED);
+}
+
 uint64_t ppn_field(PhysAddr p) {
   return (p.value() >> 12) << kPpnShift;
 }
@@ -226,6 +231,7 @@ Result<void> RiscvIommu::init(const RiscvIommuConfig& cfg) {
   {
     support::Guard<support::SpinLock> guard{&cq_lock_};
     cq_tail_ = read32(kRegCqt);
+    cq_published_ = cq_tail_;
   }
   if (auto r = enable_queue(kRegFqb, kRegFqcsr, fq_page_, kFqEntries); !r.ok()) {
     return fail(r.code());
@@ -328,10 +334,11 @@ bool RiscvIommu::queue_locked(uint64_t dword0, uint64_t dword1) {
   const uint32_t mask = kCqEntries - 1;
   uint32_t next = (cq_tail_ + 1) & mask;
   uint64_t start = now();
+  if (next == (read32(kRegCqh) & mask)) publish_locked();  // full: let the unit drain it
   for (uint64_t polls = 0; next == (read32(kRegCqh) & mask); ++polls) {
     if ((read32(kRegCqcsr) & (kQueueMemFault | kCqcsrCmdIllegal | kCqcsrCmdTimeout)) != 0 ||
         timed_out(start, polls)) {
-      ++stats_.fence_failures;
+      bump(stats_.fence_failures);
       return false;
     }
     support::cpu_relax();
@@ -340,10 +347,15 @@ bool RiscvIommu::queue_locked(uint64_t dword0, uint64_t dword1) {
   slot[0] = dword0;
   slot[1] = dword1;
   cq_tail_ = next;
-  full_fence();  // The command in memory before the tail that hands it to the unit.
-  write32(kRegCqt, cq_tail_);
-  ++stats_.commands;
+  bump(stats_.commands);
   return true;
+}
+
+void RiscvIommu::publish_locked() {
+  if (cq_published_ == cq_tail_) return;
+  full_fence();  // The commands in memory before the tail that hands them to the unit.
+  write32(kRegCqt, cq_tail_);
+  cq_published_ = cq_tail_;
 }
 
 bool RiscvIommu::fence_locked() {
@@ -354,12 +366,13 @@ bool RiscvIommu::fence_locked() {
   // (dword1 = ADDR[63:2]).
   uint64_t d0 = kOpIofence | kCmdAv | (uint64_t{seq} << kFenceDataShift);
   if (!queue_locked(d0, fence_page_.value() >> 2)) return false;
-  ++stats_.fences;
+  publish_locked();
+  bump(stats_.fences);
   uint64_t start = now();
   for (uint64_t polls = 0; *word != seq; ++polls) {
     if ((read32(kRegCqcsr) & (kQueueMemFault | kCqcsrCmdIllegal | kCqcsrCmdTimeout)) != 0 ||
         timed_out(start, polls)) {
-      ++stats_.fence_failures;
+      bump(stats_.fence_failures);
       return false;
     }
     support::cpu_relax();
@@ -595,7 +608,7 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
     }
     head = (head + 1) & mask;
     ++n;
-    ++stats_.faults;
+    bump(stats_.faults);
     if (sink != nullptr) sink(ctx, f);
   }
   full_fence();  // The records read before the head that gives their slots back.
@@ -603,7 +616,7 @@ size_t RiscvIommu::drain_faults(void (*sink)(void* ctx, const IommuFault& fault)
   // A full queue stops recording until FQOF is cleared (write 1): cleared once the slots are
   // free again, so that recording resumes from here.
   if ((read32(kRegFqcsr) & kQueueOverflow) != 0) {
-    ++stats_.fault_overflows;
+    bump(stats_.fault_overflows);
     write32(kRegFqcsr, kQueueEnable | kQueueOverflow);
   }
   return n;

@@ -38,9 +38,10 @@
 // to them are taken as cache coherent (the specification has no non-coherent mode; QEMU's model
 // is coherent), and so is its page-table walk (format().coherent_walk).
 //
-// Costs: invalidate() of n pages is n + 1 commands and one fence wait (a range over 64 pages, or
-// size 0, is one whole-PSCID command); attach()/detach() are a DDT walk, two fences and at most
-// three page allocations; drain_faults() is one MMIO read plus one record read per fault.
+// Costs: invalidate() of n pages is n + 1 commands, one tail write and one fence wait (a range
+// over 64 pages, or size 0, is one whole-PSCID command); attach()/detach() are a DDT walk, two
+// fences and at most three page allocations; drain_faults() is three MMIO reads plus one record
+// read per fault.
 //
 // Threading: attach and detach are thread only; invalidate and drain_faults any context. The
 // command queue and the DDT are serialised by one lock (interrupts masked), the fault queue by
@@ -226,8 +227,11 @@ class RiscvIommu final : public IommuUnit {
   // The DC of `device_id`, allocating the DDT pages on the way if `create`; null when absent
   // (or no memory: *no_memory set).
   volatile uint64_t* dc_locked(uint32_t device_id, bool create, bool* no_memory) TA_REQ(cq_lock_);
-  // Queues one command (waits while the queue is full). False on a queue error or timeout.
+  // Writes one command into the queue (waits while the queue is full); the unit sees it at the
+  // next publish_locked (fence_locked publishes). False on a queue error or timeout.
   bool queue_locked(uint64_t dword0, uint64_t dword1) TA_REQ(cq_lock_);
+  // Hands every command written so far to the unit (one tail write).
+  void publish_locked() TA_REQ(cq_lock_);
   // Queues IOFENCE.C and waits for its completion write. False on error or timeout.
   bool fence_locked() TA_REQ(cq_lock_);
   void inval_ddt_locked(uint32_t device_id) TA_REQ(cq_lock_);
@@ -250,7 +254,8 @@ class RiscvIommu final : public IommuUnit {
   support::SpinLock cq_lock_;
   PhysAddr ddt_root_;
   PhysAddr cq_page_;
-  uint32_t cq_tail_ TA_GUARDED(cq_lock_) = 0;
+  uint32_t cq_tail_ TA_GUARDED(cq_lock_) = 0;       // next slot to write
+  uint32_t cq_published_ TA_GUARDED(cq_lock_) = 0;  // the tail the unit was given
   PhysAddr fence_page_;
   uint32_t fence_seq_ TA_GUARDED(cq_lock_) = 0;
 
