@@ -10,9 +10,6 @@ namespace {
 uint64_t load_entry(const uint64_t* e) {
   return __atomic_load_n(e, __ATOMIC_ACQUIRE);
 }
-void store_entry(uint64_t* e, uint64_t v) {
-  __atomic_store_n(e, v, __ATOMIC_RELEASE);
-}
 
 }  // namespace
 
@@ -139,7 +136,8 @@ Result<void> IoPageTable::map_range(uint64_t iova, PhysAddr pa, uint64_t size, u
     for (; i < n; ++i) {
       uint64_t* slot = &leaf[first + i];
       if (load_entry(slot) != 0) break;
-      store_entry(slot, fmt_->page_entry(pa.value() + done + i * kPageSize, perm));
+      __atomic_store_n(slot, fmt_->page_entry(pa.value() + done + (i * kPageSize), perm),
+                       __ATOMIC_RELEASE);
     }
     if (i > 0) clean(&leaf[first], i * sizeof(uint64_t));
     done += uint64_t{i} * kPageSize;
@@ -170,7 +168,7 @@ uint64_t IoPageTable::unmap_range(uint64_t iova, uint64_t size) {
     for (uint64_t i = 0; i < n; ++i) {
       uint64_t* slot = &leaf[first + i];
       if (load_entry(slot) != 0) {
-        store_entry(slot, 0);
+        __atomic_store_n(slot, uint64_t{0}, __ATOMIC_RELEASE);
         ++cleared;
       }
     }

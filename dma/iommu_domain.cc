@@ -155,7 +155,8 @@ Result<uint64_t> IommuDomain::locate(const void* addr, size_t size) const {
   uintptr_t va = reinterpret_cast<uintptr_t>(addr);
   uintptr_t last = va + (size - 1);
   for (uintptr_t page = support::align_down(va, kPage) + kPage; page - 1 < last; page += kPage) {
-    TRY_ASSIGN(PhysAddr pp, platform_->virt_to_phys(reinterpret_cast<const void*>(page)));
+    TRY_ASSIGN(PhysAddr pp,
+               platform_->virt_to_phys(static_cast<const uint8_t*>(addr) + (page - va)));
     if (pp.value() != first.value() + (page - va)) {
       return Error(ErrorCode::kNotContiguous, page, 0);
     }
@@ -272,7 +273,9 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
   // Second pass: map each run of physically continuing pieces, and give each piece its address.
   const unsigned perm = perm_of(dir);
   uint64_t cursor = 0;  // Offset in the range of the next free page.
-  uint64_t run_iova = 0, run_pa = 0, run_end = 0;
+  uint64_t run_iova = 0;
+  uint64_t run_pa = 0;
+  uint64_t run_end = 0;
   bool have_run = false;
   prev_end = 0;
   size_t mapped_runs_end = 0;  // Bytes of the range mapped so far (from its start).

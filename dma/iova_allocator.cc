@@ -24,9 +24,10 @@ Result<void> IovaAllocator::init(const Config& cfg) {
   if (meta_order > PageFrameAllocator::kMaxOrder) return ErrorCode::kInvalidArgument;
 
   size_t num_caches = size_t{cpus} * kCacheOrders;
-  size_t num_mags = num_caches * 2 + size_t{kCacheOrders} * kDepotSize;
-  size_t cache_bytes =
-      num_caches * sizeof(CpuCache) + kCacheOrders * sizeof(Depot) + num_mags * sizeof(Magazine);
+  size_t num_mags = (num_caches * 2) + (size_t{kCacheOrders} * kDepotSize);
+  size_t caches_bytes = num_caches * sizeof(CpuCache);
+  size_t depots_bytes = kCacheOrders * sizeof(Depot);
+  size_t cache_bytes = caches_bytes + depots_bytes + (num_mags * sizeof(Magazine));
   unsigned cache_order = PageFrameAllocator::order_for(cache_bytes);
 
   // Reserved pieces, as physical ranges for the buddy layer (which rounds them outward).
@@ -57,9 +58,8 @@ Result<void> IovaAllocator::init(const Config& cfg) {
   auto* p = static_cast<uint8_t*>(cfg.pfa->phys_to_virt(*cache));
   support::fill_bytes(p, 0, cache_bytes);
   caches_ = reinterpret_cast<CpuCache*>(p);
-  depots_ = reinterpret_cast<Depot*>(p + num_caches * sizeof(CpuCache));
-  auto* mags =
-      reinterpret_cast<Magazine*>(p + num_caches * sizeof(CpuCache) + kCacheOrders * sizeof(Depot));
+  depots_ = reinterpret_cast<Depot*>(p + caches_bytes);
+  auto* mags = reinterpret_cast<Magazine*>(p + caches_bytes + depots_bytes);
   size_t next_mag = 0;
   for (size_t i = 0; i < num_caches; ++i) {
     CpuCache* c = new (&caches_[i]) CpuCache();

@@ -7,8 +7,8 @@
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
 #include "testkernel/devices.h"
-#include "testkernel/kprintf.h"
 #include "testkernel/iommu.h"
+#include "testkernel/kprintf.h"
 
 namespace {
 

@@ -106,8 +106,8 @@ Result<uint64_t> HostIommu::device_access(uint32_t device_id, uint64_t iova, boo
   uint64_t table = ctx.root;
   uint64_t e = 0;
   for (unsigned level = 0; level < opts_.levels; ++level) {
-    unsigned shift = 12 + 9 * (opts_.levels - 1 - level);
-    auto* t = reinterpret_cast<const uint64_t*>(platform_->phys_to_virt(table));
+    unsigned shift = 12 + (9 * (opts_.levels - 1 - level));
+    const auto* t = reinterpret_cast<const uint64_t*>(platform_->phys_to_virt(table));
     e = __atomic_load_n(&t[(iova >> shift) & 511], __ATOMIC_ACQUIRE);
     bool last = level + 1 == opts_.levels;
     if ((e & kValid) == 0 || ((e & kTable) != 0) == last) {

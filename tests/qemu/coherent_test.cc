@@ -20,10 +20,10 @@
 #include "testkernel/devices.h"
 #include "testkernel/dma_coherence.h"
 #include "testkernel/fdt.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
 #include "testkernel/split_table_pool.h"
-#include "testkernel/iommu.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 

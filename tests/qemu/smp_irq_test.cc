@@ -7,10 +7,10 @@
 #include "drivers/edu/edu_device.h"
 #include "testkernel/arch.h"
 #include "testkernel/devices.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/percpu.h"
-#include "testkernel/iommu.h"
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
