@@ -17,7 +17,7 @@ CXXFLAGS := -std=c++20 -Iinclude -I. $(WARNINGS) -fno-exceptions -fno-rtti -O2 -
 
 LIB_SRCS := $(wildcard support/*.cc) $(wildcard mm/*.cc) $(wildcard dma/*.cc) \
             $(wildcard arch/host/*.cc)
-COMMON_SRCS := bench/scenarios.cc bench/panic.cc
+COMMON_SRCS := bench/scenarios.cc bench/panic.cc bench/iommu_scenarios.cc bench/linux_iova.cc
 LIB_OBJS := $(patsubst %.cc,$(OBJ)/%.o,$(LIB_SRCS) $(COMMON_SRCS))
 
 all: $(OUT)/dma_bench $(OUT)/dma_ir

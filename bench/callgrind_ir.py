@@ -12,10 +12,12 @@ inlined into the benchmark's own loop:
   subsys  the DMA subsystem and its platform: files under support/, mm/, dma/, arch/
   copy    the C library's memcpy/memmove (the data copies of a bounced mapping)
   harness everything else: the benchmark's loop and bookkeeping (bench/, the C++ library)
-and, as a part of subsys, pool_code: the instructions compiled from mm/bounce_pool.{h,cc} (the
-bounce pool's share, inlined or not).
+and, as parts of subsys, pool_code: the instructions compiled from mm/bounce_pool.{h,cc} (the
+bounce pool's share, inlined or not), and model_code: those of the host IOMMU model
+(arch/host/iommu_model.{h,cc}: the simulated hardware's share of an IOMMU scenario).
 For every dump this prints one line:
-  <scenario> ops=<n> total=<x> subsys=<x> copy=<x> harness=<x> pool_code=<x> <entry>=<x> ...
+  <scenario> ops=<n> total=<x> subsys=<x> copy=<x> harness=<x> pool_code=<x> model_code=<x>
+  <entry>=<x> ...
 where every <x> is instructions per operation, and each <entry> is the inclusive cost (the
 function and everything it calls) of an out-of-line API function, for a finer breakdown; an
 entry the compiler inlined into the caller shows 0 there but is still counted in `subsys`.
@@ -38,15 +40,17 @@ TRIGGER = "desc: Trigger: Client Request: "
 
 
 POOL_FILES = ("include/dmakit/bounce_pool.h", "mm/bounce_pool.cc")
+# The host IOMMU model (the hardware's share of an IOMMU scenario: its IOTLB invalidation).
+MODEL_FILES = ("arch/host/iommu_model.h", "arch/host/iommu_model.cc")
 
 
-def is_pool_file(path, root):
+def is_pool_file(path, root, files=POOL_FILES):
     p = os.path.normpath(path)
     if os.path.isabs(p):
         if not p.startswith(root + os.sep):
             return False
         p = os.path.relpath(p, root)
-    return p in POOL_FILES
+    return p in files
 
 
 def classify(path, fn, root):
@@ -67,6 +71,7 @@ def parse(path, root):
     summary = None
     by_class = defaultdict(int)
     pool_code = [0]
+    model_code = [0]
     self_cost = defaultdict(int)
     call_cost = defaultdict(int)  # (caller, callee) -> inclusive cost of those calls
     fn = None
@@ -90,6 +95,8 @@ def parse(path, root):
                     by_class[classify(cur_file, fn, root)] += cost
                     if is_pool_file(cur_file, root):
                         pool_code[0] += cost
+                    if is_pool_file(cur_file, root, MODEL_FILES):
+                        model_code[0] += cost
             elif line.startswith(("fl=", "fi=", "fe=")):
                 cur_file = line[3:]
             elif line.startswith("fn="):
@@ -102,7 +109,7 @@ def parse(path, root):
                 trigger = line[len(TRIGGER):]
             elif line.startswith("summary:"):
                 summary = int(line.split()[1])
-    return trigger, summary, by_class, pool_code[0], self_cost, call_cost
+    return trigger, summary, by_class, pool_code[0], model_code[0], self_cost, call_cost
 
 
 def inclusive(name_prefix, self_cost, call_cost):
@@ -126,7 +133,7 @@ def main():
     if not paths:
         sys.exit("callgrind_ir.py: no dumps at %s.*" % prefix)
     for path in paths:
-        trigger, summary, by_class, pool_code, self_cost, call_cost = parse(path, root)
+        trigger, summary, by_class, pool_code, model_code, self_cost, call_cost = parse(path, root)
         if trigger is None:
             continue
         m = re.match(r"^(\S+) ops=(\d+)$", trigger)
@@ -141,6 +148,7 @@ def main():
         for cls in ("subsys", "copy", "harness"):
             fields.append("%s=%.2f" % (cls, by_class[cls] / ops))
         fields.append("pool_code=%.2f" % (pool_code / ops))
+        fields.append("model_code=%.2f" % (model_code / ops))
         for key, pfx in ENTRIES.items():
             fields.append("%s=%.2f" % (key, inclusive(pfx, self_cost, call_cost) / ops))
         print(" ".join(fields))

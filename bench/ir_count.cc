@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/iommu_scenarios.h"
 #include "bench/scenarios.h"
 
 namespace {
@@ -153,6 +154,32 @@ std::vector<Scenario> scenarios() {
                  m([&] { s.run(ops); });
                  return std::string("coherent=1");
                }});
+  // The IOMMU layer (issue 14) on the host model: strict map+unmap of 4 KiB, and the IOVA
+  // allocator's alloc+free pairs beside the model of Linux's (bench/linux_iova.h): 1 page (the
+  // per-CPU caches) and 64 pages (past them: the buddy layer, or Linux's red-black tree).
+  for (int occ : {1, 50, 95}) {
+    v.push_back({"iommu_map_unmap_4k_" + std::to_string(occ), 100'000,
+                 [occ](uint64_t ops, const Measure& m) {
+                   bench::IommuMapUnmap s(occ / 100.0, kSeed + 700 + static_cast<uint64_t>(occ));
+                   m([&] { s.run(ops); });
+                   return fmt("occupancy=%.4f", s.occupancy());
+                 }});
+    for (uint64_t pages : {uint64_t{1}, uint64_t{64}}) {
+      std::string suffix = (pages == 1 ? "" : "_64p") + std::string("_") + std::to_string(occ);
+      v.push_back(
+          {"iova_alloc_free" + suffix, 100'000, [occ, pages](uint64_t ops, const Measure& m) {
+             bench::IovaPair s(occ / 100.0, pages, kSeed + 800 + static_cast<uint64_t>(occ));
+             m([&] { s.run(ops); });
+             return fmt("occupancy=%.4f", s.occupancy());
+           }});
+      v.push_back(
+          {"linux_iova_alloc_free" + suffix, 100'000, [occ, pages](uint64_t ops, const Measure& m) {
+             bench::LinuxIovaPair s(occ / 100.0, pages, kSeed + 800 + static_cast<uint64_t>(occ));
+             m([&] { s.run(ops); });
+             return fmt("occupancy_nodes=%.4f", s.occupancy());
+           }});
+    }
+  }
   return v;
 }
 

@@ -67,11 +67,14 @@ status=0
 wait $pid_pfa || status=1
 wait $pid_map || status=1
 [ $status -eq 0 ] || exit 1
+# The IOMMU layer (issue 14) and the model of Linux's IOVA allocator.
+run_callgrind iommu iommu_ iova_ || exit 1
 {
   python3 bench/callgrind_ir.py "$CG/pfa.out"
   python3 bench/callgrind_ir.py "$CG/map.out"
+  python3 bench/callgrind_ir.py "$CG/iommu.out"
 } >"$OUT/ir.txt"
-cat "$CG/pfa.state" "$CG/map.state" >"$OUT/ir_state.txt"
+cat "$CG/pfa.state" "$CG/map.state" "$CG/iommu.state" >"$OUT/ir_state.txt"
 "$OUT/dma_ir" --metadata >"$OUT/metadata.txt"
 
 copy_run 3

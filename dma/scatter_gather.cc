@@ -65,9 +65,6 @@ Result<SgMapping> SgMapping::map(const DeviceDma& dev, support::Span<const SgEnt
   DmaOp* op = dev.op();
   const DmaConstraints& c = dev.constraints();
   size_t mapped = 0;
-  auto undo = support::defer([&] {
-    for (size_t i = 0; i < mapped; ++i) op->unmap_single(handles[i]);
-  });
   // Storage beyond one handle and one segment per buffer, spent on splitting.
   size_t spare_handles = handles.size() - entries.size();
   size_t spare_segments = segments.size() > entries.size() ? segments.size() - entries.size() : 0;
@@ -85,11 +82,14 @@ Result<SgMapping> SgMapping::map(const DeviceDma& dev, support::Span<const SgEnt
     spare_handles -= n - 1;
     spare_segments -= n - 1;
     for (size_t i = 0; i < n; ++i) {
-      TRY_ASSIGN(handles[mapped],
-                 op->map_single(c, pieces[i].addr, pieces[i].size, limits.align, dir));
+      handles[mapped] = DmaMapHandle{};
+      handles[mapped].cpu_addr = pieces[i].addr;
+      handles[mapped].size = pieces[i].size;
       ++mapped;
     }
   }
+  TRY(op->map_sg(c, handles.data(), mapped, limits.align, dir));
+  auto undo = support::defer([&] { op->unmap_sg(handles.data(), mapped); });
 
   // Emit segments: merge touching mappings, split at the size limit and at boundaries.
   size_t n = 0;
@@ -149,6 +149,24 @@ Result<void> SgMapping::sync_for_device() {
 
 void SgMapping::unmap() {
   if (op_ == nullptr) return;
-  for (size_t i = 0; i < num_handles_; ++i) op_->unmap_single(handles_[i]);
+  op_->unmap_sg(handles_.data(), num_handles_);
   op_ = nullptr;
+}
+
+Result<void> DmaOp::map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n, size_t align,
+                           DmaDirection dir) {
+  size_t mapped = 0;
+  auto undo = support::defer([&] {
+    for (size_t i = 0; i < mapped; ++i) unmap_single(handles[i]);
+  });
+  for (; mapped < n; ++mapped) {
+    TRY_ASSIGN(handles[mapped],
+               map_single(c, handles[mapped].cpu_addr, handles[mapped].size, align, dir));
+  }
+  undo.cancel();
+  return support::ok();
+}
+
+void DmaOp::unmap_sg(const DmaMapHandle* handles, size_t n) {
+  for (size_t i = 0; i < n; ++i) unmap_single(handles[i]);
 }

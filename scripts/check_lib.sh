@@ -273,9 +273,18 @@ EOF
     -o "$kdir/link-check.elf" "$stub.o" --whole-archive "$lib" >"$stub.log" 2>&1; then
     ok "$name: ld.lld links the whole archive at $addr"
     # The size: the same link without the invariant checkers (mm/*_check.cc), archive members a
-    # kernel's link takes only when it calls check_invariants.
+    # kernel's link takes only when it calls check_invariants, and without the IOMMU layer
+    # (dma/io_page_table.cc, iova_allocator.cc, iommu_domain.cc), which a kernel's link takes
+    # only when it builds an IommuDomain; its own size is printed beside.
     cp "$lib" "$kdir/libdma-nocheck.a"
-    llvm-ar-"$LLVM_VER" d "$kdir/libdma-nocheck.a" bounce_pool_check.o page_frame_allocator_check.o
+    llvm-ar-"$LLVM_VER" d "$kdir/libdma-nocheck.a" bounce_pool_check.o page_frame_allocator_check.o \
+      io_page_table.o iova_allocator.o iommu_domain.o
+    mkdir -p "$kdir/iommu-objs"
+    libabs=$(realpath "$lib")
+    (cd "$kdir/iommu-objs" && llvm-ar-"$LLVM_VER" x "$libabs" io_page_table.o iova_allocator.o \
+      iommu_domain.o 2>/dev/null &&
+      llvm-size-"$LLVM_VER" io_page_table.o iova_allocator.o iommu_domain.o |
+      awk 'NR > 1 { t += $1; d += $2 + $3 } END { printf "       IOMMU layer (not counted below): text %d, data+bss %d\n", t, d }')
     if $LD -static -nostdlib --no-relax -e link_check_entry --image-base="$addr" \
       -o "$kdir/link-size.elf" "$stub.o" --whole-archive "$kdir/libdma-nocheck.a" \
       >"$stub.log" 2>&1; then

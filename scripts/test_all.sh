@@ -3,7 +3,8 @@
 # C API from a C program (make test-capi), the library builds of every arch and ABI
 # (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), the kernel
 # contract (scripts/check_contract.sh: exactly the symbols of include/dmakit/kernel_contract.h,
-# the minimal bring-ups linked with no start-up code), then every architecture under QEMU. Each
+# the minimal bring-ups linked with no start-up code), then every architecture under QEMU, last
+# with its IOMMU on (QEMU_IOMMU=1). Each
 # part prints its own "N passed, N failed" line; this adds them up and ends with one line for
 # the whole run.
 # A part that crashes or prints no summary counts as one failure.
@@ -74,6 +75,13 @@ done
 for a in $ARCHES; do
   run_part "qemu-$a-release" $MAKE --no-print-directory test-qemu ARCH="$a" LIB_CONFIG=release \
     QEMU_SMP="$QEMU_SMP_RELEASE"
+done
+# Every arch with its IOMMU (QEMU_IOMMU=1: an SMMUv3 on aarch64, the RISC-V IOMMU on riscv64,
+# VT-d on x86_64, and iommu=on for the kernel): the whole suite with every PCI device in a
+# translation domain of its own, the iommu_ isolation tests and the SMP stress included.
+for a in $ARCHES; do
+  run_part "qemu-$a-iommu" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP" \
+    QEMU_IOMMU=1
 done
 
 [ "$total_fail" -ne 0 ] && status=1

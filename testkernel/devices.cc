@@ -16,6 +16,7 @@
 
 #include "testkernel/arch_io.h"
 #include "testkernel/fdt.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/kstring.h"
 
@@ -349,6 +350,10 @@ Result<void> Devices::init(const KernelEnv& env) {
     if (pci_.device(i).class_code() == kNvmeClass) nvme_[num_nvme_++] = &pci_.device(i);
   }
   return support::ok();
+}
+
+DmaOp* Devices::dma_op(const PciDevice* dev) const {
+  return iommu::dma_op_for(dev);
 }
 
 Result<Devices*> devices_init(const KernelEnv& env) {

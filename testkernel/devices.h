@@ -62,6 +62,10 @@ class Devices {
   // the two.
   PciConfigAccess* port_config_access() const;
 
+  // The DmaOp a driver of `dev` gives its DeviceDma: the device's IOMMU domain when the IOMMU
+  // translates it (testkernel/iommu.h), else the platform's. Any context.
+  DmaOp* dma_op(const PciDevice* dev) const;
+
   // Prints the host bridge, its windows and every function with its BARs.
   void print_report() const;
 

@@ -29,6 +29,7 @@
 #include "testkernel/boot_memory.h"
 #include "testkernel/cxx_runtime.h"
 #include "testkernel/demo.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kernel_hooks.h"
 #include "testkernel/kprintf.h"
@@ -290,6 +291,7 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
   setup_interrupts();
   smp_start_secondaries();
   print_report(info, mode);
+  iommu::setup(g_env);
 
   if (kstr::equal(mode, "test")) {
     // The demo kernel (make run) links the harness but no test.
@@ -300,6 +302,7 @@ extern "C" void kernel_main(const arch::BootInfo& info) {
     kprintf("running %zu in-VM tests%s%s\n", ktest::test_count(), filter[0] ? " matching " : "",
             filter);
     ktest::Summary s = ktest::run_all(filter);
+    iommu::poll_faults();  // Faults nobody expected, after the tests.
     // Some tests provoke misuse on purpose (out-of-range syncs) and check the error; the count
     // of checker reports is printed for the reader, the tests' own checks decide the outcome.
     kprintf("dma-debug: %llu misuse report(s) during the tests\n",

@@ -25,3 +25,4 @@ ARCH_DMA_SRCS := arch/aarch64/dma/aarch64_dma_op.cc arch/aarch64/dma/aarch64_unc
                  arch/aarch64/dma/aarch64_capi.cc
 LINKER_SCRIPT := linker/aarch64.ld
 ARCH_SRCS += arch/aarch64/testkernel/iommu.cc
+ARCH_DMA_SRCS += arch/aarch64/iommu/smmuv3.cc

@@ -50,5 +50,7 @@ ARCH_ASM_SRCS := arch/riscv64/testkernel/boot.S
 # riscv64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
 ARCH_DMA_SRCS := arch/riscv64/dma/riscv64_dma_op.cc arch/riscv64/dma/riscv64_uncached.cc \
                  arch/riscv64/dma/riscv64_capi.cc
+# The RISC-V IOMMU driver (dmakit/arch/riscv_iommu.h): library code, like the DmaOp.
+ARCH_DMA_SRCS += arch/riscv64/iommu/riscv_iommu.cc
 LINKER_SCRIPT := linker/riscv64.ld
 ARCH_SRCS += arch/riscv64/testkernel/iommu.cc

@@ -30,5 +30,7 @@ ARCH_CXXFLAGS += -DTESTKERNEL_PERCPU_ARCH_H='"arch/x86_64/testkernel/percpu_arch
 # x86_64_capi.cc builds that DmaOp for the C API's dmakit_platform_op_init (dma/capi.cc).
 ARCH_DMA_SRCS := arch/x86_64/dma/x86_64_dma_op.cc arch/x86_64/dma/x86_64_uncached.cc \
                  arch/x86_64/dma/x86_64_capi.cc
+# The Intel VT-d driver (dmakit/arch/vtd.h): library code, part of libdma.a for this arch.
+ARCH_DMA_SRCS += arch/x86_64/iommu/vtd_unit.cc
 LINKER_SCRIPT := linker/x86_64.ld
 ARCH_SRCS += arch/x86_64/testkernel/iommu.cc

@@ -135,6 +135,22 @@ class DmaOp {
   virtual Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
                                      DmaDirection dir) = 0;
 
+  // Maps the `n` pieces of a scatter-gather list at once (SgMapping::map calls it). On entry
+  // handles[i].cpu_addr and handles[i].size name piece i (the other fields are ignored); on
+  // success handles[i] is piece i's mapping, with map_single's contract for each piece. The
+  // default maps each piece with map_single; an IOMMU domain places all of them in one
+  // contiguous I/O address range instead (IommuDomain), so that pieces that end and start on
+  // page boundaries touch. Handles from map_sg are given back together with unmap_sg (an
+  // implementation may own their address range as one piece). Any context.
+  // Errors: map_single's, for the first piece that fails; on error nothing stays mapped and the
+  // handles' contents are unspecified.
+  virtual Result<void> map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
+                              size_t align, DmaDirection dir);
+
+  // Ends the `n` mappings of one map_sg call (all of them, as that call returned them). The
+  // default unmaps each with unmap_single. Any context.
+  virtual void unmap_sg(const DmaMapHandle* handles, size_t n);
+
   // The constraints used by the mask-only entry points, and what DmaCoherence::kPlatformDefault
   // stands for: the platform's coherence, stated explicitly (kCoherent or kNonCoherent, never
   // kPlatformDefault), no bus offset, a full mask.

@@ -90,6 +90,11 @@ class IommuUnit {
   // The number of domain ids, usable as 1 to max_domains(). Any context.
   virtual uint32_t max_domains() const = 0;
 
+  // Turns translation off for good, as before the driver enabled it (devices reach physical
+  // memory directly again), after a failed set-up of the generic layer; returns false when the
+  // driver cannot (its devices then stay blocked). The default cannot. Thread only.
+  virtual bool disable() { return false; }
+
   // Reads the faults the hardware recorded since the last call, calls `sink` once for each, and
   // returns how many there were. Any context (the kernel may call it from the unit's fault
   // interrupt, or poll it).

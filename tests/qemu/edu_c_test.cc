@@ -18,6 +18,7 @@
 #include "testkernel/arch.h"
 #include "testkernel/arch_io.h"
 #include "testkernel/devices.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
 #include "tests/qemu/ktest.h"
@@ -61,6 +62,8 @@ class EduPci {
   EduPci(const EduPci&) = delete;
   EduPci& operator=(const EduPci&) = delete;
   bool ok() const { return bar_.valid(); }
+  // The DmaOp a DeviceDma of this function uses (its IOMMU domain when translated).
+  DmaOp* dma_op() const { return iommu::dma_op_for(pci_); }
   volatile void* base() const { return bar_.base(); }
   uint64_t size() const { return bar_.size(); }
 
@@ -103,10 +106,10 @@ void round_trips(ktest::Context& ktest_ctx, edu_c* edu, uint8_t* far, uint8_t* n
 
 }  // namespace
 
-KTEST(edu_c_driver_direct_and_bounced_on_the_kernel_device) {
+KTEST_WHEN(edu_c_driver_direct_and_bounced_on_the_kernel_device, iommu::inactive) {
   EduPci pci;
   KREQUIRE_TRUE(pci.ok());
-  DeviceDma cpp(kernel_env().dma, kMask32);
+  DeviceDma cpp(pci.dma_op(), kMask32);
   cpp.set_name("edu-c-32bit");
   dmakit_device dev;
   KREQUIRE_TRUE(dmakit_device_from_cpp(&dev, cpp) == DMAKIT_OK);
@@ -152,7 +155,7 @@ KTEST(edu_c_driver_direct_and_bounced_on_the_kernel_device) {
   if (high.ok()) KEXPECT_TRUE(kernel_env().pfa->free(*high, 0).ok());
 }
 
-KTEST(edu_c_driver_direct_and_bounced_on_a_c_setup) {
+KTEST_WHEN(edu_c_driver_direct_and_bounced_on_a_c_setup, iommu::inactive) {
   EduPci pci;
   KREQUIRE_TRUE(pci.ok());
   // The C kernel's RAM: a 4 MiB block under 4 GiB (its first MiB the bounce pool) and, when the
@@ -246,11 +249,11 @@ KTEST(edu_c_driver_direct_and_bounced_on_a_c_setup) {
 // The edu device with its default 28-bit mask: where a bounce pool lies under 28 bits (x86 q35)
 // a buffer above goes through it; where no memory does (aarch64 and riscv64 virt), the mapping
 // fails with DMA_MASK and the device is never started.
-KTEST(edu_c_driver_28bit_mask_bounces_or_fails_cleanly) {
+KTEST_WHEN(edu_c_driver_28bit_mask_bounces_or_fails_cleanly, iommu::inactive) {
   const uint64_t mask = Devices::kEduDefaultMask;
   EduPci pci(mask);
   KREQUIRE_TRUE(pci.ok());
-  DeviceDma cpp(kernel_env().dma, mask);
+  DeviceDma cpp(pci.dma_op(), mask);
   cpp.set_name("edu-c-28bit");
   dmakit_device dev;
   KREQUIRE_TRUE(dmakit_device_from_cpp(&dev, cpp) == DMAKIT_OK);

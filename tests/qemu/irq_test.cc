@@ -10,6 +10,7 @@
 #include "drivers/virtio/virtio_blk.h"
 #include "testkernel/arch.h"
 #include "testkernel/devices.h"
+#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
 #include "tests/qemu/ktest.h"
@@ -171,7 +172,7 @@ Result<void> bind_edu(EduDevice* edu, uint64_t mask) {
   if (d == nullptr) return ErrorCode::kNotFound;
   const Devices::Edu* e = d->edu_with_mask(mask);
   if (e == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(kernel_env().dma, e->dma_mask);
+  DeviceDma dma(iommu::dma_op_for(e->dev), e->dma_mask);
   dma.set_name(mask == kMask32 ? "edu-32bit-irq" : "edu-28bit-irq");
   return edu->init(e->dev, dma);
 }
@@ -188,7 +189,7 @@ void edu_round_trip(ktest::Context& ktest_ctx, EduDevice& edu, uint8_t* src, uin
 
 }  // namespace
 
-KTEST(irq_edu_dma_completes_by_msi_and_unmaps_in_the_handler) {
+KTEST_WHEN(irq_edu_dma_completes_by_msi_and_unmaps_in_the_handler, iommu::inactive) {
   const uint64_t masks[] = {kMask32, Devices::kEduDefaultMask};
   for (uint64_t mask : masks) {
     EduDevice edu;
@@ -245,7 +246,7 @@ namespace {
 Result<void> bind_blk_irq(VirtioBlk* blk) {
   Devices* d = devices();
   if (d == nullptr || d->virtio_blk() == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(kernel_env().dma, ~0ull);
+  DeviceDma dma(iommu::dma_op_for(d->virtio_blk()), ~0ull);
   dma.set_name("virtio-blk-irq");
   return blk->init(d->virtio_blk(), dma, VirtioBlk::Completion::kInterrupt, 0);
 }

@@ -34,6 +34,7 @@ Summary run_all(const char* filter) {
   Summary s;
   for (const TestCase* t = __ktest_start; t != __ktest_end; ++t) {
     if (filter != nullptr && filter[0] != '\0' && !kstr::contains(t->name, filter)) continue;
+    if (t->applies != nullptr && !t->applies()) continue;
     Context ctx;
     t->fn(ctx);
     if (ctx.failed()) {

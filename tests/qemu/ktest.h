@@ -51,6 +51,9 @@ class Context {
 struct TestCase {
   const char* name;
   void (*fn)(Context&);
+  // Null, or whether the test applies to this boot (KTEST_WHEN): a test that does not is not
+  // run, printed or counted (an iommu_ test without an IOMMU).
+  bool (*applies)() = nullptr;
 };
 
 struct Summary {
@@ -96,6 +99,14 @@ const char* result_code_name(const R& r) {
   [[gnu::used, gnu::section(".ktest_registry"),                                          \
     gnu::aligned(8)]] static const ::ktest::TestCase KTEST_CONCAT(ktest_case_, name) = { \
       #name, &KTEST_CONCAT(ktest_fn_, name)};                                            \
+  static void KTEST_CONCAT(ktest_fn_, name)([[maybe_unused]] ::ktest::Context & ktest_ctx)
+
+// A test that exists only when `applies()` (a bool function) says so at run time.
+#define KTEST_WHEN(name, applies)                                                        \
+  static void KTEST_CONCAT(ktest_fn_, name)(::ktest::Context & ktest_ctx);               \
+  [[gnu::used, gnu::section(".ktest_registry"),                                          \
+    gnu::aligned(8)]] static const ::ktest::TestCase KTEST_CONCAT(ktest_case_, name) = { \
+      #name, &KTEST_CONCAT(ktest_fn_, name), (applies)};                                 \
   static void KTEST_CONCAT(ktest_fn_, name)([[maybe_unused]] ::ktest::Context & ktest_ctx)
 
 #define KEXPECT_TRUE(cond)                                                 \

@@ -237,12 +237,17 @@ def nvme_args(paths):
     return args
 
 
-def device_args(disk, nvme_images=()):
+def device_args(disk, nvme_images=(), iommu=False):
     args = []
     for slot, mask in EDU_DEVICES:
         args += ["-device", "edu,addr=%s,dma_mask=0x%x" % (slot, mask)]
-    args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk,
-             "-device", "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT]
+    # Behind an IOMMU a virtio device translates its DMA only when it offers
+    # VIRTIO_F_ACCESS_PLATFORM (QEMU's iommu_platform, modern devices only); otherwise QEMU lets
+    # it reach physical memory directly, past the IOMMU.
+    blk = "virtio-blk-pci,drive=d0,addr=%s" % DISK_SLOT
+    if iommu:
+        blk += ",disable-legacy=on,iommu_platform=on"
+    args += ["-drive", "file=%s,if=none,id=d0,format=raw" % disk, "-device", blk]
     args += nvme_args(nvme_images)
     masks = ",".join("%s:0x%x" % (slot.split(".")[0], mask) for slot, mask in EDU_DEVICES)
     return args, "edu_mask=" + masks
@@ -324,7 +329,7 @@ def build_command(arch, kernel, mode, mem, smp, extra, append, disk, iommu=False
     spec = ARCHES[arch]
     cmd = [spec["qemu"]] + machine_args(spec, iommu)
     cmd += ["-m", mem, "-smp", str(smp), "-d", "guest_errors", "-kernel", kernel]
-    dev_args, dev_cmdline = device_args(disk, nvme_images)
+    dev_args, dev_cmdline = device_args(disk, nvme_images, iommu)
     cmd += dev_args
     cmdline = "mode=%s %s" % (mode, dev_cmdline)
     if iommu:

@@ -143,6 +143,12 @@ bool irq_init_secondary(unsigned index) {
   return true;
 }
 
+size_t imsic_s_file_pages(PhysAddr* pages, size_t max) {
+  size_t n = g_imsic_base == 0 ? 0 : g_imsic_harts;
+  for (size_t i = 0; i < n && i < max; ++i) pages[i] = PhysAddr(g_imsic_base + i * g_imsic_stride);
+  return n;
+}
+
 }  // namespace riscv
 
 namespace arch {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "arch/riscv64/testkernel/trap.h"
+#include "dmakit/support/addr.h"
 #include "dmakit/support/types.h"
 
 namespace riscv {
@@ -18,5 +19,10 @@ void irq_dispatch(uint64_t scause);
 // of the S-level "riscv,imsics" node (QEMU virt lists the harts in hart-ID order). False when
 // out of range or irq_init was not done.
 bool irq_init_secondary(unsigned index);
+
+// The S-level interrupt-file page of every hart the IMSIC node lists (where a device writes an
+// MSI), at most `max` of them; returns how many there are (0 before irq_init found the IMSIC).
+// For the IOMMU, which must let every device write them. Any context.
+size_t imsic_s_file_pages(PhysAddr* pages, size_t max);
 
 }  // namespace riscv

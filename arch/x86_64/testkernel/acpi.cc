@@ -67,7 +67,7 @@ const SdtHeader* table_at(uint64_t phys) {
   return h;
 }
 
-const SdtHeader* find_madt(const Rsdp* rsdp) {
+const SdtHeader* find_table(const Rsdp* rsdp, const char* signature) {
   const bool use_xsdt = rsdp->revision >= 2 && rsdp->xsdt_address != 0;
   const SdtHeader* root = table_at(use_xsdt ? rsdp->xsdt_address : rsdp->rsdt_address);
   if (root == nullptr) return nullptr;
@@ -78,19 +78,24 @@ const SdtHeader* find_madt(const Rsdp* rsdp) {
     uint64_t phys = 0;
     __builtin_memcpy(&phys, entries + i * entry_size, entry_size);
     const SdtHeader* t = table_at(phys);
-    if (t != nullptr && same4(t->signature, "APIC")) return t;
+    if (t != nullptr && same4(t->signature, signature)) return t;
   }
   return nullptr;
 }
 
-const SdtHeader* madt_from_rsdp(uint64_t rsdp_phys) {
+// The table with `signature` reached from the RSDP at rsdp_phys, or null.
+const SdtHeader* table_from_rsdp(uint64_t rsdp_phys, const char* signature) {
   if (rsdp_phys == 0 || !mapped(rsdp_phys, sizeof(Rsdp))) return nullptr;
   const auto* rsdp = static_cast<const Rsdp*>(direct_map(rsdp_phys));
   if (!same4(rsdp->signature, "RSD ") || !same4(rsdp->signature + 4, "PTR ") ||
       !checksum_ok(rsdp, 20)) {
     return nullptr;
   }
-  const SdtHeader* madt = find_madt(rsdp);
+  return find_table(rsdp, signature);
+}
+
+const SdtHeader* madt_from_rsdp(uint64_t rsdp_phys) {
+  const SdtHeader* madt = table_from_rsdp(rsdp_phys, "APIC");
   if (madt == nullptr || madt->length < kMadtEntriesOffset) return nullptr;
   return madt;
 }
@@ -159,6 +164,100 @@ bool acpi_interrupt_info(uint64_t rsdp_phys, MadtInterruptInfo* out) {
       __builtin_memcpy(&addr, p + off + 4, 4);
       __builtin_memcpy(&io.gsi_base, p + off + 8, 4);
       io.phys = addr;
+    }
+    off += len;
+  }
+  return true;
+}
+
+namespace {
+
+// DMAR layout: the header, host address width (1 byte), flags (1), 10 reserved bytes, then the
+// remapping structures, each starting with a 2-byte type and a 2-byte length.
+constexpr size_t kDmarStructsOffset = sizeof(SdtHeader) + 12;
+constexpr uint16_t kDmarDrhd = 0;
+constexpr uint16_t kDmarRmrr = 1;
+constexpr size_t kDrhdScopesOffset = 16;  // type, length, flags, size, segment, register base
+constexpr size_t kRmrrScopesOffset = 24;  // type, length, reserved, segment, base, limit
+constexpr uint8_t kDrhdIncludePciAll = 1;
+
+uint16_t le16(const uint8_t* p) {
+  uint16_t v = 0;
+  __builtin_memcpy(&v, p, 2);
+  return v;
+}
+uint64_t le64(const uint8_t* p) {
+  uint64_t v = 0;
+  __builtin_memcpy(&v, p, 8);
+  return v;
+}
+
+// Parses the device scopes in [p, p + len) into scopes[], up to DmarInfo::kMaxScopes; sets
+// *truncated when some did not fit.
+size_t parse_scopes(const uint8_t* p, size_t len, DmarInfo::Scope* scopes, bool* truncated) {
+  size_t n = 0;
+  // A scope: type, length, 2 reserved, enumeration id, start bus, then 2-byte path entries.
+  for (size_t off = 0; off + 6 <= len;) {
+    const uint8_t slen = p[off + 1];
+    if (slen < 6 || off + slen > len) break;
+    if (n == DmarInfo::kMaxScopes) {
+      *truncated = true;
+      break;
+    }
+    DmarInfo::Scope& s = scopes[n++];
+    s.type = p[off];
+    s.enumeration_id = p[off + 4];
+    s.start_bus = p[off + 5];
+    const size_t steps = (slen - 6u) / 2;
+    if (steps > DmarInfo::kMaxPath) *truncated = true;
+    s.path_len = static_cast<uint8_t>(steps < DmarInfo::kMaxPath ? steps : DmarInfo::kMaxPath);
+    for (size_t i = 0; i < s.path_len; ++i) {
+      s.device[i] = p[off + 6 + 2 * i];
+      s.function[i] = p[off + 7 + 2 * i];
+    }
+    off += slen;
+  }
+  return n;
+}
+
+}  // namespace
+
+bool acpi_dmar_info(uint64_t rsdp_phys, DmarInfo* out) {
+  *out = DmarInfo{};
+  const SdtHeader* dmar = table_from_rsdp(rsdp_phys, "DMAR");
+  if (dmar == nullptr || dmar->length < kDmarStructsOffset) return false;
+  const auto* p = reinterpret_cast<const uint8_t*>(dmar);
+  out->host_address_width = static_cast<uint8_t>(p[sizeof(SdtHeader)] + 1);
+  out->flags = p[sizeof(SdtHeader) + 1];
+  for (size_t off = kDmarStructsOffset; off + 4 <= dmar->length;) {
+    const uint16_t type = le16(p + off);
+    const uint16_t len = le16(p + off + 2);
+    if (len < 4 || off + len > dmar->length) break;
+    const uint8_t* s = p + off;
+    if (type == kDmarDrhd && len >= kDrhdScopesOffset) {
+      if (out->num_units == DmarInfo::kMaxUnits) {
+        out->truncated = true;
+      } else {
+        DmarInfo::Unit& u = out->units[out->num_units++];
+        u.include_pci_all = (s[4] & kDrhdIncludePciAll) != 0;
+        // Size: 2^N pages of registers (0 in tables older than the field).
+        u.size = uint64_t{4096} << (s[5] & 0xF);
+        u.segment = le16(s + 6);
+        u.base = le64(s + 8);
+        u.num_scopes =
+            parse_scopes(s + kDrhdScopesOffset, len - kDrhdScopesOffset, u.scopes, &out->truncated);
+      }
+    } else if (type == kDmarRmrr && len >= kRmrrScopesOffset) {
+      if (out->num_rmrrs == DmarInfo::kMaxRmrrs) {
+        out->truncated = true;
+      } else {
+        DmarInfo::Rmrr& r = out->rmrrs[out->num_rmrrs++];
+        r.segment = le16(s + 6);
+        r.base = le64(s + 8);
+        r.limit = le64(s + 16);
+        r.num_scopes =
+            parse_scopes(s + kRmrrScopesOffset, len - kRmrrScopesOffset, r.scopes, &out->truncated);
+      }
     }
     off += len;
   }
