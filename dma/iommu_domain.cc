@@ -165,6 +165,14 @@ Result<uint64_t> IommuDomain::locate(const void* addr, size_t size) const {
   return first.value();
 }
 
+size_t IommuDomain::max_mapping_size(const DmaConstraints& c) const {
+  const size_t iova_max = IovaAllocator::kMaxSize - IoPageTable::kPageSize;
+  if (!c.force_bounce) return iova_max;
+  DmaConstraints pc = c;  // As map_sg asks the platform for a forced bounce.
+  pc.dma_mask = ~0ull;
+  return support::min(iova_max, platform_->max_mapping_size(pc));
+}
+
 DmaMapHandle IommuDomain::platform_handle(const DmaMapHandle& h) const {
   DmaMapHandle ph = h;
   auto pa = platform_->virt_to_phys(h.bounce_cpu);

@@ -152,10 +152,10 @@ class IommuDomain final : public DmaOp {
   }
   DmaConstraints default_constraints() const override { return platform_->default_constraints(); }
   size_t cache_alignment() const override { return platform_->cache_alignment(); }
-  // The largest IOVA range less one page, so that any in-page offset fits: just under 4 MiB.
-  size_t max_mapping_size(const DmaConstraints& /*c*/) const override {
-    return IovaAllocator::kMaxSize - IoPageTable::kPageSize;
-  }
+  // The largest IOVA range less one page, so that any in-page offset fits: just under 4 MiB; for a
+  // device that bounces every mapping (force_bounce) also no more than the platform's bounce pool
+  // takes (the bounce slot is what the domain maps).
+  size_t max_mapping_size(const DmaConstraints& c) const override;
 
   // Queries, for tests and reports. Any context.
   IommuUnit* unit() const { return unit_; }
