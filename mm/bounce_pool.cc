@@ -475,12 +475,11 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
 }
 
 // alloc's part under the lock: a block of n slots at the phase, marked used for `dev` with the data
-// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota).
-[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(uint64_t n, uint64_t phase,
-                                                               uint64_t period_mask,
-                                                               uint64_t offset, size_t size,
-                                                               const BounceDevice& dev,
-                                                               Refusal* why, uint64_t* held) {
+// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota). `may_drain`:
+// whether the shared cache may be given back to the free lists for one more try.
+[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(
+    uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset, size_t size,
+    const BounceDevice& dev, Refusal* why, uint64_t* held, bool may_drain) {
   QuotaCount* quota = nullptr;
   uint32_t quota_bit = 0;
   if (dev.quota != 0) [[unlikely]] {
@@ -519,7 +518,7 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
       meta_[start].size_free = static_cast<uint32_t>(n);
     }
   }
-  for (bool drained = false; start == num_slots_; drained = true) {
+  for (bool drained = !may_drain; start == num_slots_; drained = true) {
     start = carve(n, phase, period_mask);
     if (start != num_slots_) {
       // For the report's list of holders: recorded when a block comes from the free lists, not
@@ -599,10 +598,13 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
       support::Guard<support::SpinLock> guard{&lock_};
       const bool spread = small && last_small_cpu_ != cache_cpu;
       if (spread) {
-        start = take_locked(n, spread_phase, kSpreadSlots - 1, offset, size, dev, &why, &held);
+        // Without draining the shared cache: the unplaced attempt below may still use it.
+        start = take_locked(n, spread_phase, kSpreadSlots - 1, offset, size, dev, &why, &held,
+                            /*may_drain=*/false);
       }
       if (!spread || (start == num_slots_ && why == Refusal::kNoRoom)) {
-        start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
+        start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held,
+                            /*may_drain=*/true);
       }
       if (small && start != num_slots_) last_small_cpu_ = cache_cpu;
       if (start == num_slots_) [[unlikely]] {

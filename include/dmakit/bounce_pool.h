@@ -444,8 +444,8 @@ class BouncePool {
   // Why a request failed, for its report line.
   enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
   uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
-                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held)
-      TA_REQ(lock_);
+                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held,
+                       bool may_drain) TA_REQ(lock_);
   // Prints the line of the `failure`-th kNoMemory (only some are printed: see bounce_pool.cc).
   [[gnu::noinline, gnu::cold]] void report_no_memory(Refusal why, const BounceDevice& dev,
                                                      size_t size, uint64_t n, uint64_t held,
