@@ -93,7 +93,8 @@ class BouncePool {
   // Bytes of out-of-band metadata init needs for a pool of `bytes` bytes and this slot size
   // (20 bytes per slot, plus 20: the slot's record and the device holding it). Returns 0 when
   // slot_size is not a valid slot size. constexpr: a static buffer can be sized with it,
-  // `alignas(4) uint8_t meta[BouncePool::metadata_size(kPoolBytes)];`.
+  // `alignas(64) uint8_t meta[BouncePool::metadata_size(kPoolBytes)];` (4-byte alignment is
+  // enough; a cache line's keeps two CPUs' slot records in different lines: see "Per-CPU caches").
   static constexpr size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize) {
     if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
       return 0;
@@ -224,7 +225,10 @@ class BouncePool {
   // pool exhausted, it gives the shared cache back and, if that is not enough, every CPU's cache
   // (each under its lock, without that CPU's help) before it fails with kNoMemory: no slot stays
   // stranded in the cache of a CPU that stopped calling in. Lock order: a CPU cache's lock, then
-  // the pool's.
+  // the pool's. A block of fewer than four slots cut for one CPU's cache right after one for
+  // another CPU is placed so that the two blocks' 16-byte slot records are not in one 64-byte
+  // line of the metadata (each CPU writes its block's record on every map and unmap), if the pool
+  // has room so placed.
   static constexpr unsigned kMaxCpus = 64;
   static constexpr unsigned kCpuCacheDepth = 4;
   // Returns the index of the CPU that runs the caller; may be stale (see the contract below).
