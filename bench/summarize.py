@@ -3,7 +3,8 @@
 
 Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
 the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
-timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio) and timing.json (Google Benchmark). Writes summary.txt ("name value"), targets.txt ("name value target verdict")
+timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio) and timing.json (Google Benchmark).
+Writes summary.txt ("name value"), targets.txt ("name value target verdict")
 and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
@@ -179,8 +180,9 @@ def main():
         add("bounce_2thread_ratio_run%d" % n, run["2thread"]["ratio_median"], "%.3f")
         add("bounce_2thread_cpu_ratio_run%d" % n, run["2thread"]["cpu_ratio_median"], "%.3f")
     if two_runs:
-        add("bounce_2thread_ratio_min", min(r["2thread"]["ratio_median"] for r in two_runs), "%.3f")
-        add("bounce_2thread_ratio_max", max(r["2thread"]["ratio_median"] for r in two_runs), "%.3f")
+        values = [r["2thread"]["ratio_median"] for r in two_runs]
+        add("bounce_2thread_ratio_min", min(values), "%.3f")
+        add("bounce_2thread_ratio_max", max(values), "%.3f")
     add("pfa_metadata_bytes_16g", meta["pfa_metadata_fraction"]["metadata_bytes"], "%d")
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "bounce_4k_1",
               "bounce_4k_95", "bounce_64k_1", "bounce_64k_95"):
