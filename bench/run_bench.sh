@@ -20,21 +20,23 @@ mkdir -p "$OUT"
 echo "bench: building into $OUT"
 make --no-print-directory -s -f bench/bench.mk BUILD="$BUILD" -j"$JOBS"
 
-# ---- Time: the bounce-copy ratio (Google Benchmark) ---------------------------------------------
-# BM_BounceCopyRatio alternates batches of bounced map+unmap and of the two plain memcpys in one
-# loop, so that load from other processes falls on both alike. Load that shares the core (another
-# tenant on the sibling hardware thread of a virtual machine) still inflates the bounced side more
-# than the copies, for tens of seconds at a time: one process can measure 1.26 where the next
-# measures 1.04. So the ratio is measured by five processes spread over the run (two before the
-# callgrind counts, two after them, one at the end), each after a `sync` so that the write-back of
-# this script's own output does not run meanwhile, and the figure is the best of the five
-# medians: interference only ever raises it. summary.txt lists every run's value.
+# ---- Time: the bounce-copy ratios and the two-thread ratio (Google Benchmark) -------------------
+# BM_BounceCopyRatio alternates batches of bounced map+unmap and of the two plain copies (the same
+# copy routine at the same addresses) in one loop, so that load from other processes falls on both
+# alike; a run's figure is the median of its per-pair ratios. BM_Bounce2ThreadRatio runs one
+# thread, then two, round after round; a run's figure is the median per-round ratio. Load that
+# shares the core still moves a run's figure, for tens of seconds at a time, so each is measured
+# by five processes spread over the script (two before the callgrind counts, two after them, one
+# at the end), each after a `sync` so that the write-back of this script's own output does not
+# run meanwhile. The figure is the median of the five runs, never the best; summary.txt lists
+# every run's value and the spread (min-max).
 rm -f "$OUT"/copy-*.json "$OUT"/copy-*.txt
 copy_run() {
   local n=$1
-  echo "bench: timing the bounce copies against memcpy, run $n of 5 [${SECONDS}s]"
+  echo "bench: timing bounce copies against memcpy, two threads against one: run $n of 5 [${SECONDS}s]"
   sync
-  "$OUT/dma_bench" --benchmark_filter='BM_BounceCopyRatio/' --benchmark_min_time=3 \
+  "$OUT/dma_bench" --benchmark_filter='BM_BounceCopyRatio/|BM_Bounce2ThreadRatio' \
+    --benchmark_min_time=3 \
     --benchmark_out="$OUT/copy-$n.json" --benchmark_out_format=json >"$OUT/copy-$n.txt" 2>&1
 }
 copy_run 1
@@ -82,7 +84,8 @@ copy_run 4
 
 # ---- Time: every scenario (Google Benchmark, informative) ---------------------------------------
 echo "bench: timing every scenario (Google Benchmark) [${SECONDS}s]"
-"$OUT/dma_bench" --benchmark_filter='-BM_BounceCopyRatio/' --benchmark_min_time=0.2 \
+"$OUT/dma_bench" --benchmark_filter='-BM_BounceCopyRatio/|BM_Bounce2ThreadRatio' \
+  --benchmark_min_time=0.2 \
   --benchmark_out="$OUT/timing.json" --benchmark_out_format=json >"$OUT/timing.txt" 2>&1
 copy_run 5
 

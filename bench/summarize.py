@@ -3,7 +3,8 @@
 
 Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
 the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
-timing run of BM_BounceCopyRatio) and timing.json (Google Benchmark). Writes summary.txt ("name value"), targets.txt ("name value target verdict")
+timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio) and timing.json (Google Benchmark).
+Writes summary.txt ("name value"), targets.txt ("name value target verdict")
 and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
@@ -57,13 +58,18 @@ def read_kv_lines(path):
 
 
 def copy_ratios(path):
-    """size -> the counters of BM_BounceCopyRatio/<size> (Google Benchmark JSON)."""
+    """size -> the counters of BM_BounceCopyRatio/<size>, and "2thread" -> those of
+    BM_Bounce2ThreadRatio (Google Benchmark JSON)."""
     with open(path) as f:
         data = json.load(f)
     out = {}
     for b in data["benchmarks"]:
-        if b.get("run_type") == "iteration" and b["run_name"].startswith("BM_BounceCopyRatio/"):
+        if b.get("run_type") != "iteration":
+            continue
+        if b["run_name"].startswith("BM_BounceCopyRatio/"):
             out[int(b["run_name"].split("/")[1])] = b
+        elif b["run_name"].startswith("BM_Bounce2ThreadRatio"):
+            out["2thread"] = b
     return out
 
 
@@ -76,10 +82,11 @@ def copy_runs(out_dir):
     return [copy_ratios(p) for p in paths]
 
 
-def best_run(runs, size):
-    """The counters of the run with the lowest ratio_median (see run_bench.sh: interference from
-    other load only raises the ratio)."""
-    return min(runs, key=lambda r: r[size]["ratio_median"])[size]
+def median_run(runs, key):
+    """The counters of the run whose ratio_median is the median of the runs' (the lower middle
+    one for an even count): the figure, never the best run (run_bench.sh)."""
+    ordered = sorted((r for r in runs if key in r), key=lambda r: r[key]["ratio_median"])
+    return ordered[(len(ordered) - 1) // 2][key] if ordered else None
 
 
 def median_of_runs(runs, size):
@@ -115,7 +122,7 @@ def main():
             add("bounce_map_unmap_ir_%s_%d" % (size, occ), bounce("bounce_%s_%d" % (size, occ)))
 
     runs = copy_runs(out)
-    ratios = {size: best_run(runs, size) for size in (65536, 4096)}
+    ratios = {size: median_run(runs, size) for size in (65536, 4096)}
     for size, label in ((65536, "64k"), (4096, "4k")):
         add("bounce_copy_%s_ratio" % label, ratios[size]["ratio_median"], "%.3f")
 
@@ -130,13 +137,11 @@ def main():
     with open(os.path.join(out, "metadata.txt")) as f:
         meta_value = float(f.read().split()[1])
     add("pfa_metadata_fraction", meta_value, "%.6f")
-    # Two threads on one pool against one (BM_Bounce2ThreadRatio in the timing run: the median of
-    # its 100 per-round ratios, one run).
-    with open(os.path.join(out, "timing.json")) as f:
-        timing = json.load(f)
-    two = [b for b in timing["benchmarks"] if b["name"].startswith("BM_Bounce2ThreadRatio")]
-    if two:
-        add("bounce_2thread_ratio", two[0]["ratio_median"], "%.3f")
+    # Two threads on one pool against one (BM_Bounce2ThreadRatio in each timing run: the median
+    # of its 100 per-round ratios; the figure is the median of the runs).
+    two_runs = [r for r in runs if "2thread" in r]
+    if two_runs:
+        add("bounce_2thread_ratio", median_run(runs, "2thread")["ratio_median"], "%.3f")
 
     # More detail, same format.
     for occ in OCCUPANCIES:
@@ -192,6 +197,15 @@ def main():
         for n, run in enumerate(runs, 1):
             add("bounce_copy_%s_ratio_run%d" % (label, n), run[size]["ratio_median"], "%.3f")
         add("bounce_copy_%s_ratio_median_of_runs" % label, median_of_runs(runs, size), "%.3f")
+        add("bounce_copy_%s_ratio_min" % label, min(r[size]["ratio_median"] for r in runs), "%.3f")
+        add("bounce_copy_%s_ratio_max" % label, max(r[size]["ratio_median"] for r in runs), "%.3f")
+    for n, run in enumerate(two_runs, 1):
+        add("bounce_2thread_ratio_run%d" % n, run["2thread"]["ratio_median"], "%.3f")
+        add("bounce_2thread_cpu_ratio_run%d" % n, run["2thread"]["cpu_ratio_median"], "%.3f")
+    if two_runs:
+        values = [r["2thread"]["ratio_median"] for r in two_runs]
+        add("bounce_2thread_ratio_min", min(values), "%.3f")
+        add("bounce_2thread_ratio_max", max(values), "%.3f")
     add("pfa_metadata_bytes_16g", meta["pfa_metadata_fraction"]["metadata_bytes"], "%d")
     for s in ("pfa_order0_pair_10", "pfa_order0_pair_95", "pfa_mixed_op_50", "bounce_4k_1",
               "bounce_4k_95", "bounce_64k_1", "bounce_64k_95"):

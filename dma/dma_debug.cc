@@ -606,8 +606,9 @@ void DmaDebug::on_error_ignored(const char* name, uint32_t device_id, const void
 }
 
 bool DmaDebug::thread_context_ok(const char* function, const char* name, uint32_t device_id) {
-  int (*in_interrupt)() = dma::kernel_hooks().in_interrupt;
-  if (in_interrupt == nullptr || in_interrupt() == 0) return true;
+  const dmakit_kernel_hooks& hooks = dma::kernel_hooks();
+  const bool handler = hooks.in_interrupt != nullptr && hooks.in_interrupt() != 0;
+  if (!handler && (hooks.irqs_disabled == nullptr || hooks.irqs_disabled() == 0)) return true;
   if (name == nullptr && device_id != 0) {
     // A handle carries only the id: the name the device had when it mapped or allocated.
     support::Guard<support::SpinLock> guard{&g_table.lock};
@@ -616,7 +617,9 @@ bool DmaDebug::thread_context_ok(const char* function, const char* name, uint32_
   Line l;
   l.str("dma-debug: ").str(dma_debug_kind_name(DmaDebugKind::kWrongContext)).str(": ");
   if (name != nullptr || device_id != 0) l.device(name, device_id).str(": ");
-  l.str(function).str(" called from an interrupt handler; it is thread only (it may edit page");
+  l.str(function).str(handler ? " called from an interrupt handler"
+                              : " called with interrupts disabled");
+  l.str("; it is thread only (it may edit page");
   l.str(" tables and wait for other CPUs): refused");
   emit(DmaDebugKind::kWrongContext, l);
   return false;

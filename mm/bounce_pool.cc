@@ -414,6 +414,13 @@ SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cp
   num_slots_ = static_cast<uint32_t>(slots);
   cache_budget_ = num_slots_ / 32;
   meta_ = static_cast<SlotRecord*>(metadata);
+  {
+    auto at = reinterpret_cast<uintptr_t>(metadata);
+    record_phase_ = at % sizeof(SlotRecord) != 0
+                        ? 0
+                        : static_cast<uint32_t>((kCacheLineBytes - at % kCacheLineBytes) %
+                                                kCacheLineBytes / sizeof(SlotRecord));
+  }
   owners_ = reinterpret_cast<uint32_t*>(meta_ + num_slots_ + 1);
   uint32_t none = num_slots_;
   for (uint32_t i = 0; i <= num_slots_; ++i) {
@@ -439,6 +446,7 @@ SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cp
   last_reported_failure_ = 0;
   for (QuotaCount& q : quota_counts_) q = QuotaCount{0, 0};
   for (DeviceName& d : names_) d = DeviceName{0, nullptr};
+  last_small_cpu_ = kMaxCpus;
   initialized_ = true;
   if (poison_) support::fill_bytes(cpu_base_, kSlotPoison, bytes);
   return support::ok();
@@ -467,12 +475,11 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
 }
 
 // alloc's part under the lock: a block of n slots at the phase, marked used for `dev` with the data
-// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota).
-[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(uint64_t n, uint64_t phase,
-                                                               uint64_t period_mask,
-                                                               uint64_t offset, size_t size,
-                                                               const BounceDevice& dev,
-                                                               Refusal* why, uint64_t* held) {
+// at `offset`; or num_slots_ and why not (with dev's quota count for kOverQuota). `may_drain`:
+// whether the shared cache may be given back to the free lists for one more try.
+[[gnu::always_inline]] inline uint32_t BouncePool::take_locked(
+    uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset, size_t size,
+    const BounceDevice& dev, Refusal* why, uint64_t* held, bool may_drain) {
   QuotaCount* quota = nullptr;
   uint32_t quota_bit = 0;
   if (dev.quota != 0) [[unlikely]] {
@@ -511,7 +518,7 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
       meta_[start].size_free = static_cast<uint32_t>(n);
     }
   }
-  for (bool drained = false; start == num_slots_; drained = true) {
+  for (bool drained = !may_drain; start == num_slots_; drained = true) {
     start = carve(n, phase, period_mask);
     if (start != num_slots_) {
       // For the report's list of holders: recorded when a block comes from the free lists, not
@@ -540,8 +547,8 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
 }
 
 Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask,
-                                            size_t align, const BounceDevice& dev,
-                                            bool fault_point) {
+                                            size_t align, const BounceDevice& dev, bool fault_point,
+                                            unsigned cache_cpu) {
   // size - 1 wraps for 0; max_request_ is 0 before init.
   if (size - 1 >= max_request_) return ErrorCode::kLayoutError;
   uint64_t slot_mask = slot_size_ - 1;
@@ -575,12 +582,31 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
   uint64_t held = 0;
   uint64_t failure = 0;  // The failure's number when its line is due, else 0.
   uint64_t not_shown = 0;
+  // A small block for a CPU cache, cut after one for another CPU, ends where a record line ends
+  // if there is room for that (see kSpreadSlots): its first record then shares its line only with
+  // its own other records and with free slots (or with slots of a request that could not be
+  // placed so), not with the other CPU's block. Ending the line, rather than starting it, costs
+  // no room when the block is cut from the end of a free block that ends a line (the end of the
+  // pool, or where the last such cut began). Only the place of the first slot changes, never n or
+  // the data's offset.
+  const bool small = cache_cpu < kMaxCpus && n < kSpreadSlots;
+  const uint64_t spread_phase = (record_phase_ - n) & (kSpreadSlots - 1);
   uint32_t start = num_slots_;
   for (bool reclaimed = false;; reclaimed = true) {
     bool retry = false;
     {
       support::Guard<support::SpinLock> guard{&lock_};
-      start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held);
+      const bool spread = small && last_small_cpu_ != cache_cpu;
+      if (spread) {
+        // Without draining the shared cache: the unplaced attempt below may still use it.
+        start = take_locked(n, spread_phase, kSpreadSlots - 1, offset, size, dev, &why, &held,
+                            /*may_drain=*/false);
+      }
+      if (!spread || (start == num_slots_ && why == Refusal::kNoRoom)) {
+        start = take_locked(n, phase, period_mask, offset, size, dev, &why, &held,
+                            /*may_drain=*/true);
+      }
+      if (small && start != num_slots_) last_small_cpu_ = cache_cpu;
       if (start == num_slots_) [[unlikely]] {
         if (why == Refusal::kNoRoom && !reclaimed && cpu_cached_slots() != 0) {
           retry = true;

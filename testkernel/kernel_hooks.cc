@@ -28,6 +28,11 @@ void hook_on_each_cpu(void (*fn)(void*), void* arg) {
 int hook_in_interrupt() {
   return in_interrupt() ? 1 : 0;
 }
+// Masked interrupts matter only when another CPU is online: with one CPU (boot, before the
+// secondaries start) a TLB shootdown waits for nobody.
+int hook_irqs_disabled() {
+  return !arch::irq_enabled_local() && num_online_cpus() > 1 ? 1 : 0;
+}
 
 }  // namespace
 
@@ -40,5 +45,6 @@ void install_kernel_hooks(unsigned max_cpus) {
   h.tlb_flush_kernel_range = &hook_tlb_flush;
   h.on_each_cpu = &hook_on_each_cpu;
   h.in_interrupt = &hook_in_interrupt;
+  h.irqs_disabled = &hook_irqs_disabled;
   dmakit_set_kernel_hooks(&h);
 }

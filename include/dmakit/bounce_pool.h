@@ -93,7 +93,8 @@ class BouncePool {
   // Bytes of out-of-band metadata init needs for a pool of `bytes` bytes and this slot size
   // (20 bytes per slot, plus 20: the slot's record and the device holding it). Returns 0 when
   // slot_size is not a valid slot size. constexpr: a static buffer can be sized with it,
-  // `alignas(4) uint8_t meta[BouncePool::metadata_size(kPoolBytes)];`.
+  // `alignas(64) uint8_t meta[BouncePool::metadata_size(kPoolBytes)];` (4-byte alignment is
+  // enough; a cache line's keeps two CPUs' slot records in different lines: see "Per-CPU caches").
   static constexpr size_t metadata_size(size_t bytes, size_t slot_size = kDefaultSlotSize) {
     if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
       return 0;
@@ -169,9 +170,10 @@ class BouncePool {
       auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
       uint32_t first = cpu_cache_pop(cc, n);
       if (first != num_slots_) return claim(first, n, 0, size, dev.id);
-      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false);
+      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false,
+                          static_cast<unsigned>(cc - cpu_caches_));
     }
-    return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true);
+    return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true, kMaxCpus);
   }
 
   // Gives back an allocation: `slot` must be exactly what alloc returned (addr, first_slot,
@@ -223,7 +225,10 @@ class BouncePool {
   // pool exhausted, it gives the shared cache back and, if that is not enough, every CPU's cache
   // (each under its lock, without that CPU's help) before it fails with kNoMemory: no slot stays
   // stranded in the cache of a CPU that stopped calling in. Lock order: a CPU cache's lock, then
-  // the pool's.
+  // the pool's. A block of fewer than four slots cut for one CPU's cache right after one for
+  // another CPU is placed so that the two blocks' 16-byte slot records are not in one 64-byte
+  // line of the metadata (each CPU writes its block's record on every map and unmap), if the pool
+  // has room so placed.
   static constexpr unsigned kMaxCpus = 64;
   static constexpr unsigned kCpuCacheDepth = 4;
   // Returns the index of the CPU that runs the caller; may be stale (see the contract below).
@@ -320,6 +325,15 @@ class BouncePool {
   static constexpr uint32_t kQuotaBit = 0x8000'0000u;  // In a used head's link_next.
   static_assert(kMaxSlotSize < kQuotaBit, "offsets leave the quota bit clear");
   static_assert(sizeof(SlotRecord) == 16, "SlotRecord is four 32-bit words");
+  // Records per cache line. A block that cycles through a CPU cache has its first record written
+  // on every map and unmap (claim, cpu_cache_push). Two blocks of kSpreadSlots slots or more
+  // never have their first records in one line. A smaller one that is about to enter a CPU cache
+  // is cut, when the previous such block was cut for another CPU (last_small_cpu_), so that its
+  // last record ends a line (record_phase_), falling back to any place only when the pool has no
+  // room so placed: two CPUs' small blocks then do not take the line from each other on every
+  // operation (false sharing), and one CPU's small blocks still pack without gaps.
+  static constexpr size_t kCacheLineBytes = 64;
+  static constexpr uint32_t kSpreadSlots = kCacheLineBytes / sizeof(SlotRecord);
   static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
 
   // One CPU's cache: a small stack of freed blocks, guarded by its own lock, which its CPU takes
@@ -374,7 +388,12 @@ class BouncePool {
     r.link_next = static_cast<uint32_t>(offset);
     r.link_prev = static_cast<uint32_t>(size);
     // Read by device_slots and the kNoMemory report under the lock, while this CPU owns the block.
-    __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
+    // Sixteen owner words share a cache line, so blocks of several CPUs share one: stored only
+    // when it changes (a block reused by its CPU for the same device, the common case, leaves
+    // the line shared and clean instead of taking it from the other CPUs).
+    if (__atomic_load_n(&owners_[first], __ATOMIC_RELAXED) != owner) {
+      __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
+    }
     __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
     BounceSlot out;
     out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
@@ -420,14 +439,17 @@ class BouncePool {
   // fits.
   [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_REQ(cc->lock) TA_EXCL(lock_);
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
-  // still to be evaluated (alloc's fast path evaluates it itself).
+  // still to be evaluated (alloc's fast path evaluates it itself); `cache_cpu`: the CPU whose
+  // cache the request missed, so that the block will cycle through that cache (placed apart from
+  // other CPUs' blocks: see kSpreadSlots), or kMaxCpus.
   Result<BounceSlot> alloc_locked(size_t size, PhysAddr orig, uint64_t min_align_mask, size_t align,
-                                  const BounceDevice& dev, bool fault_point) TA_EXCL(lock_);
+                                  const BounceDevice& dev, bool fault_point, unsigned cache_cpu)
+      TA_EXCL(lock_);
   // Why a request failed, for its report line.
   enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
   uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
-                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held)
-      TA_REQ(lock_);
+                       size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held,
+                       bool may_drain) TA_REQ(lock_);
   // Prints the line of the `failure`-th kNoMemory (only some are printed: see bounce_pool.cc).
   [[gnu::noinline, gnu::cold]] void report_no_memory(Refusal why, const BounceDevice& dev,
                                                      size_t size, uint64_t n, uint64_t held,
@@ -498,9 +520,15 @@ class BouncePool {
   // Largest block one CPU's cache takes: min(kQuickSlots - 1, cpu_cache_budget_).
   uint32_t cpu_cache_max_block_ = 0;
   uint32_t cpu_cache_budget_ = 0;  // Most slots one CPU's cache may hold.
+  // Slot index modulo kSpreadSlots whose record starts a cache line (0 when the metadata is not
+  // 16-byte aligned: records then straddle lines and no placement keeps them apart).
+  uint32_t record_phase_ = 0;
   mutable support::SpinLock lock_;
   size_t bytes_ = 0;
   uint32_t cache_budget_ = 0;  // Most slots the shared cache may hold.
+  // The CPU for whose cache the last block of fewer than kSpreadSlots slots was cut (kMaxCpus:
+  // none yet).
+  unsigned last_small_cpu_ TA_GUARDED(lock_) = kMaxCpus;
   bool initialized_ = false;
   uint32_t fl_bitmap_ TA_GUARDED(lock_) = 0;
   uint32_t sl_bitmap_[kFlBits] TA_GUARDED(lock_) = {};

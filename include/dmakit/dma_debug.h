@@ -56,15 +56,17 @@
 //                       the mapping is counted in untracked(). Nothing else changes: the mapping
 //                       itself succeeds, and the tracked ones are still checked.
 //   kWrongContext       a function documented "thread only" (dmakit/dma_op.h, Calling contexts)
-//                       called from an interrupt handler, as the kernel's in_interrupt hook
-//                       (dmakit/kernel_hooks.h) tells: KernelDmaOp::alloc_coherent and
-//                       dealloc_coherent for a device that is not coherent, the architectures'
+//                       called from an interrupt handler, or with interrupts disabled, as the
+//                       kernel's in_interrupt and irqs_disabled hooks (dmakit/kernel_hooks.h)
+//                       tell: KernelDmaOp::alloc_coherent and dealloc_coherent for a device
+//                       that is not coherent, the architectures'
 //                       set_memory_attribute, DmaPool::init, reserve and alloc. Refused before
 //                       anything else is looked at: the functions that return a Result return
 //                       kBusy (not from here; the same call from thread context may succeed),
 //                       dealloc_coherent does nothing (the allocation stays live, and is
 //                       reported as a leak at teardown if never freed from thread context).
-//                       Without the hook nothing is checked; a release build never checks.
+//                       Without the hooks nothing is checked (each hook answers for its own
+//                       context); a release build never checks.
 // A refused operation changes no accounting: the mapping or allocation stays live (and is
 // reported again at teardown if it is never released correctly).
 #pragma once
@@ -221,8 +223,8 @@ class DmaDebug {
                                DmaDirection dir, Error e);
   // Entry of a thread-only function (`function`, for the report) on behalf of a device (its name
   // and id; null and 0 when the call concerns no device): true when the caller is allowed,
-  // false when it runs in an interrupt handler (reported as kWrongContext; the caller must then
-  // refuse, see kWrongContext above). Any context.
+  // false when it runs in an interrupt handler or with interrupts disabled (reported as
+  // kWrongContext; the caller must then refuse, see kWrongContext above). Any context.
   static bool thread_context_ok(const char* function, const char* name, uint32_t device_id);
 #else
   static Result<void> init(Entry* entries, size_t count) {

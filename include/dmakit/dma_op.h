@@ -22,8 +22,8 @@
 // every CPU (tlb_flush_kernel_range may need interrupts to reach the other CPUs): alloc_coherent
 // and dealloc_coherent for a device that is not coherent, and what may call them (DmaPool's
 // growth). A DMA_API_DEBUG build refuses and reports a thread-only call made from an interrupt
-// handler when the kernel gives the in_interrupt hook (dmakit/dma_debug.h, kWrongContext); a
-// release build does not check.
+// handler, or with interrupts disabled, when the kernel gives the in_interrupt and irqs_disabled
+// hooks (dmakit/dma_debug.h, kWrongContext); a release build does not check.
 //
 // Contexts of the methods below: alloc_coherent and dealloc_coherent are thread only for a device
 // that is not coherent and any context for a coherent one (they zero the memory: keep large

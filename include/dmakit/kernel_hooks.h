@@ -66,6 +66,17 @@ typedef struct dmakit_kernel_hooks {
    * page tables or waiting for other CPUs there (dmakit/dma_debug.h). A release build never
    * calls it. Any context; must not take a lock or call the library. Null: no check. */
   int (*in_interrupt)(void);
+
+  /* Non-zero when the calling CPU runs with interrupts masked outside an interrupt handler (under
+   * a kernel spinlock, say) at a time when a thread-only function must not run there: its TLB
+   * invalidation on every CPU may wait for IPIs that another CPU, spinning with interrupts masked
+   * itself, never answers. A kernel may answer 0 while its CPU is the only one running (early
+   * boot), when no other CPU is involved. Read only by the misuse checker of a DMA_API_DEBUG
+   * build, next to in_interrupt: such a call is reported (kind wrong-context) and refused. The
+   * library's own locks never mask interrupts around a thread-only function's work, so the
+   * answer reflects the kernel's state. A release build never calls it. Any context; must not
+   * take a lock or call the library. Null: no check. */
+  int (*irqs_disabled)(void);
 } dmakit_kernel_hooks;
 
 /* Installs the hooks (the table is copied). Call once at boot, on one CPU, before any other CPU

@@ -147,4 +147,71 @@ KTEST(context_coherent_alloc_coherent_in_a_timer_interrupt_is_allowed) {
   KEXPECT_EQ(env.pfa->free_pages(), free_before);
 }
 
+// Thread code with interrupts masked (under a kernel spinlock, say), not in a handler: with other
+// CPUs online the test kernel's irqs_disabled hook says so, and alloc_coherent and
+// dealloc_coherent for a non-coherent device are refused (their TLB shootdown may wait for IPIs)
+// with one wrong-context report each; nothing is allocated, remapped or lost. While this CPU is
+// the only one online the hook says 0 (nothing to wait for) and the calls go through.
+KTEST(context_noncoherent_alloc_coherent_with_interrupts_masked_is_refused_and_reported) {
+  KREQUIRE_TRUE(dma::kernel_hooks().irqs_disabled != nullptr);
+  KEXPECT_TRUE(!in_interrupt());
+  KEXPECT_TRUE(arch::irq_enabled_local());
+  KEXPECT_EQ(dma::kernel_hooks().irqs_disabled(), 0);
+  const KernelEnv& env = kernel_env();
+  const uint64_t free_before = env.pfa->free_pages();
+  const KernelDmaOp::Stats before = env.dma->stats();
+  const uint64_t reports_before = DmaDebug::count(DmaDebugKind::kWrongContext);
+  const bool checked = num_online_cpus() > 1;
+  kprintf("  %u CPUs online: the call is %s\n", num_online_cpus(), checked ? "refused" : "allowed");
+
+  DmaConstraints c = env.dma->default_constraints();
+  c.coherence = DmaCoherence::kNonCoherent;
+  c.name = "masked-nc";
+  c.device_id = DmaDebug::new_device_id();
+  // A live allocation to free with interrupts masked.
+  auto live = env.dma->alloc_coherent(c, Layout{4096, 4096});
+  KREQUIRE_OK(live);
+  const uint64_t free_with_live = env.pfa->free_pages();
+
+  int hook_masked = 0;
+  ErrorCode code = ErrorCode::kOk;
+  DmaHandle got;
+  {
+    CaptureSink sink;
+    uintptr_t s = arch::irq_save();
+    hook_masked = dma::kernel_hooks().irqs_disabled();
+    auto r = env.dma->alloc_coherent(c, Layout{4096, 4096});
+    code = r.code();
+    if (r.ok()) got = *r;
+    env.dma->dealloc_coherent(*live);
+    arch::irq_restore(s);
+    KEXPECT_EQ(g_captured.lines, checked ? 2u : 0u);
+    if (checked) {
+      kprintf("  report: %s\n", g_captured.line);
+      KEXPECT_TRUE(
+          kstr::starts_with(g_captured.line, "dma-debug: wrong-context: device 'masked-nc'"));
+      KEXPECT_TRUE(
+          kstr::contains(g_captured.line, "alloc_coherent called with interrupts disabled"));
+    }
+  }
+  KEXPECT_EQ(hook_masked, checked ? 1 : 0);
+  if (checked) {
+    KEXPECT_EQ(code, ErrorCode::kBusy);
+    KEXPECT_EQ(DmaDebug::count(DmaDebugKind::kWrongContext), reports_before + 2);
+    // Nothing allocated; the live allocation stayed live (and uncached) and is freed now.
+    KEXPECT_EQ(env.pfa->free_pages(), free_with_live);
+    KEXPECT_EQ(env.dma->stats().coherent_live, before.coherent_live + 1);
+    env.dma->dealloc_coherent(*live);
+  } else {
+    KEXPECT_EQ(code, ErrorCode::kOk);
+    if (code == ErrorCode::kOk) env.dma->dealloc_coherent(got);
+    KEXPECT_EQ(DmaDebug::count(DmaDebugKind::kWrongContext), reports_before);
+  }
+  KEXPECT_EQ(env.pfa->free_pages(), free_before);
+  KEXPECT_EQ(env.dma->stats().coherent_live, before.coherent_live);
+  KEXPECT_EQ(env.dma->stats().coherent_uncached_live, before.coherent_uncached_live);
+  // Remapped uncached ever: `live` only, the refused request never.
+  KEXPECT_EQ(env.dma->stats().coherent_uncached, before.coherent_uncached + (checked ? 1 : 2));
+}
+
 #endif  // DMA_API_DEBUG_ENABLED

@@ -19,9 +19,13 @@
 namespace {
 
 int g_in_interrupt;
+int g_irqs_disabled;
 
 int test_in_interrupt() {
   return g_in_interrupt;
+}
+int test_irqs_disabled() {
+  return g_irqs_disabled;
 }
 
 class CallingContextTest : public testing::Test {
@@ -33,11 +37,14 @@ class CallingContextTest : public testing::Test {
     DmaDebug::set_sink(&CallingContextTest::capture, this, &old_sink_, &old_ctx_);
     dmakit_kernel_hooks hooks{};
     hooks.in_interrupt = &test_in_interrupt;
+    hooks.irqs_disabled = &test_irqs_disabled;
     dmakit_set_kernel_hooks(&hooks);
     g_in_interrupt = 0;
+    g_irqs_disabled = 0;
   }
   void TearDown() override {
     g_in_interrupt = 0;
+    g_irqs_disabled = 0;
     dmakit_set_kernel_hooks(nullptr);
     DmaDebug::set_sink(old_sink_, old_ctx_);
     DmaDebug::reset();
@@ -125,6 +132,71 @@ TEST_F(CallingContextTest, SetMemoryAttributeFromAnInterruptHandlerIsRefused) {
   g_in_interrupt = 0;
   plat_.op().dealloc_coherent(*h);
   EXPECT_EQ(DmaDebug::count(DmaDebugKind::kWrongContext), 1u);
+}
+
+std::string refused_masked(const std::string& who, const char* function) {
+  return "dma-debug: wrong-context: " + who + function +
+         " called with interrupts disabled; it is thread only (it may edit page tables and wait "
+         "for other CPUs): refused";
+}
+
+// With interrupts masked (not in a handler), tlb_flush_kernel_range's IPIs may never be answered:
+// the thread-only calls are refused and reported as from a handler, nothing changes.
+TEST_F(CallingContextTest, ThreadOnlyCallsWithInterruptsDisabledAreRefused) {
+  DmaConstraints c = device("nic", false);
+  const std::string who = "device 'nic' (#" + std::to_string(c.device_id) + "): ";
+  const uint64_t free_before = plat_.pfa().free_pages();
+  g_irqs_disabled = 1;
+  auto r = plat_.op().alloc_coherent(c, Layout{4096, 4096});
+  EXPECT_EQ(r.code(), ErrorCode::kBusy);
+  expect_one_report(refused_masked(who, "alloc_coherent"));
+  EXPECT_EQ(plat_.pfa().free_pages(), free_before);
+  EXPECT_EQ(plat_.op().stats().coherent_live, 0u);
+  EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+  EXPECT_EQ(DmaDebug::live_entries(), 0u);
+
+  g_irqs_disabled = 0;
+  auto h = plat_.op().alloc_coherent(c, Layout{4096, 4096});
+  ASSERT_TRUE(h.ok());
+  EXPECT_TRUE(lines_.empty());
+
+  g_irqs_disabled = 1;
+  plat_.op().dealloc_coherent(*h);
+  expect_one_report(refused_masked(who, "dealloc_coherent"));
+  EXPECT_EQ(plat_.op().stats().coherent_live, 1u);
+  EXPECT_EQ(plat_.model().uncached_pages(), 1u);
+  EXPECT_EQ(
+      plat_.op().set_memory_attribute(h->cpu_addr, 4096, KernelDmaOp::MemAttr::kCached).code(),
+      ErrorCode::kBusy);
+  expect_one_report(refused_masked("", "set_memory_attribute"));
+  EXPECT_EQ(plat_.model().uncached_pages(), 1u);
+  // In a handler (interrupts masked there too) the report says handler.
+  g_in_interrupt = 1;
+  plat_.op().dealloc_coherent(*h);
+  expect_one_report(refused(who, "dealloc_coherent"));
+  g_in_interrupt = 0;
+
+  // Any-context calls with interrupts masked are not reported: a coherent device's memory, a
+  // streaming mapping.
+  DmaConstraints coh = device("ssd", true);
+  auto ch = plat_.op().alloc_coherent(coh, Layout{4096, 4096});
+  ASSERT_TRUE(ch.ok());
+  plat_.op().dealloc_coherent(*ch);
+  uint8_t* buf = plat_.buffer_above(0, 512);
+  ASSERT_NE(buf, nullptr);
+  auto m = plat_.op().map_single(c, buf, 512, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(m.ok());
+  plat_.op().unmap_single(*m);
+  plat_.release_buffer(buf);
+  EXPECT_TRUE(lines_.empty());
+
+  g_irqs_disabled = 0;
+  plat_.op().dealloc_coherent(*h);
+  EXPECT_TRUE(lines_.empty());
+  EXPECT_EQ(plat_.op().stats().coherent_live, 0u);
+  EXPECT_EQ(plat_.model().uncached_pages(), 0u);
+  EXPECT_EQ(plat_.pfa().free_pages(), free_before);
+  EXPECT_EQ(DmaDebug::count(DmaDebugKind::kWrongContext), 4u);
 }
 
 TEST_F(CallingContextTest, DmaPoolGrowthCallsFromAnInterruptHandlerAreRefused) {
