@@ -460,8 +460,45 @@ extern "C" {
 int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask) {
   auto* b = live<DeviceBox>(dev, kDeviceTag);
   if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
-  b->dev.set_dma_mask(dma_mask);
-  return DMAKIT_OK;
+  return status_of(b->dev.set_dma_mask(dma_mask));
+}
+
+int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_coherent_mask(dma_mask));
+}
+
+int dmakit_device_set_dma_mask_and_coherent(dmakit_device* dev, uint64_t dma_mask) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_dma_mask_and_coherent(dma_mask));
+}
+
+uint64_t dmakit_device_coherent_mask(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.coherent_mask();
+}
+
+uint64_t dmakit_device_required_mask(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.required_mask();
+}
+
+int dmakit_device_addressing_limited(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b != nullptr && b->dev.addressing_limited() ? 1 : 0;
+}
+
+size_t dmakit_device_opt_mapping_size(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.opt_mapping_size();
+}
+
+int dmakit_device_need_sync(const dmakit_device* dev, uint64_t dma_addr) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr) return 1;
+  return b->dev.need_sync(DmaAddr(dma_addr)) ? 1 : 0;
 }
 
 int dmakit_device_set_coherence(dmakit_device* dev, int coherence) {

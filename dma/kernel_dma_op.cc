@@ -250,6 +250,60 @@ size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
   return pools_[pi]->max_mapping_size();
 }
 
+KernelDmaOp::PhysWindow KernelDmaOp::ram_span() const {
+  // All memory a buffer may live in: the direct map's managed part and the pools, and every RAM
+  // range the kernel named. hi is one past the last byte.
+  PhysWindow r{dm_lo_, dm_hi_};
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    uint64_t base = cfg_.ram[i].base.value();
+    if (cfg_.ram[i].size == 0) continue;
+    r.lo = support::min(r.lo, base);
+    r.hi = support::max(r.hi, base + cfg_.ram[i].size);
+  }
+  return r;
+}
+
+bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
+  if (!coherent(c)) return true;
+  uint64_t p = addr.value() - c.bus_offset;
+  for (size_t i = 0; i < num_pools_; ++i) {
+    if (p - pool_first_[i] <= pool_last_[i] - pool_first_[i]) return true;
+  }
+  return false;
+}
+
+Result<void> KernelDmaOp::check_mask(const DmaConstraints& c, DmaMaskKind kind) const {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (kind == DmaMaskKind::kStreaming) {
+    PhysWindow ram = ram_span();
+    if (ram.hi > ram.lo && reachable(c, ram.lo, ram.hi - ram.lo)) return support::ok();
+    if (pick_pool(c) >= 0) return support::ok();
+    return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, ram.lo, kPage), c.dma_mask);
+  }
+  // Coherent memory comes from the allocator: at least one page of it must lie in the window.
+  uint64_t pfa_lo = cfg_.pfa->lowest_address().value();
+  uint64_t pfa_hi = cfg_.pfa->highest_address().value();
+  PhysWindow w = alloc_window(c);
+  uint64_t lo = support::max(w.lo, pfa_lo);
+  if (pfa_hi > pfa_lo && lo <= 0 - kPage) {
+    lo = support::align_up(lo, kPage);
+    uint64_t last = support::min(w.hi, pfa_hi - 1);
+    if (lo <= last && last - lo >= kPage - 1) return support::ok();
+  }
+  return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, pfa_lo, kPage), c.dma_mask);
+}
+
+uint64_t KernelDmaOp::required_mask(const DmaConstraints& c) const {
+  PhysWindow ram = ram_span();
+  if (ram.hi <= ram.lo) return ~0ull;
+  uint64_t first = ram.lo + c.bus_offset;
+  uint64_t last = ram.hi - 1 + c.bus_offset;
+  if (last < first) return ~0ull;  // RAM's device addresses wrap past 2^64.
+  unsigned bits = 64 - static_cast<unsigned>(__builtin_clzll(last | 1));
+  return bits >= 64 ? ~0ull : (uint64_t{1} << bits) - 1;
+}
+
 // ---- map_single: one validation, one decision, then the work ----
 //
 // map_checked is the whole of it, top to bottom: check the request (check_request); the injected
@@ -493,6 +547,18 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (!coherent(c) && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
     return ErrorCode::kBusy;
   }
+  return alloc_pages(c, layout, /*uncached=*/!coherent(c));
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_noncoherent(const DmaConstraints& c, Layout layout) {
+  return alloc_pages(c, layout, /*uncached=*/false);
+}
+
+void KernelDmaOp::dealloc_noncoherent(const DmaHandle& h) {
+  dealloc_coherent(h);
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, bool uncached) {
   if (layout.size == 0) return ErrorCode::kLayoutError;
   if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
   unsigned order = PageFrameAllocator::order_for(layout.size);
@@ -535,7 +601,13 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
-  if (!snoops) {
+  if (!snoops && !uncached) {
+    // Cacheable memory for a device that does not snoop: the zeroes go to memory now, so that the
+    // device never reads what the pages held before, and no dirty line is left to be evicted
+    // over what the device writes.
+    flush_invalidate(h.cpu_addr, bytes);
+  }
+  if (uncached) {
     // A device that does not snoop gets memory the CPU maps non-cacheable. First the zeroes must
     // reach memory and no dirty line may stay behind (one evicted later would overwrite what the
     // device writes); then the pages change attribute; then lines the old cacheable mapping may
@@ -559,8 +631,7 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
 }
 
 void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
-  if (!h.coherent_device &&
-      !DmaDebug::thread_context_ok("dealloc_coherent", nullptr, h.device_id)) {
+  if (h.remapped && !DmaDebug::thread_context_ok("dealloc_coherent", nullptr, h.device_id)) {
     return;  // Reported; the allocation stays live.
   }
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.

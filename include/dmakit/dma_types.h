@@ -37,6 +37,20 @@ constexpr DmaCoherence dma_coherence(bool coherent) {
 
 const char* dma_direction_name(DmaDirection dir);
 
+// Which of a device's two masks a check is about (DmaOp::check_mask): the streaming mask governs
+// map_single, the coherent mask alloc_coherent / alloc_noncoherent (Linux's dma_mask and
+// coherent_dma_mask).
+enum class DmaMaskKind : uint8_t {
+  kStreaming,
+  kCoherent,
+};
+
+// Which way ownership moves at a sync of cacheable DMA memory (DmaOp::sync_noncoherent).
+enum class DmaSyncTarget : uint8_t {
+  kForDevice,  // The CPU wrote; the device accesses next (Linux's dma_sync_*_for_device).
+  kForCpu,     // The device wrote; the CPU reads next (Linux's dma_sync_*_for_cpu).
+};
+
 // The DMA API's error: an `Error` (include/dmakit/support/result.h). DmaMaskNotMatch carries the
 // address that had to be reached and the mask.
 using DmaError = Error;

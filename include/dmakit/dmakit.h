@@ -379,10 +379,19 @@ typedef struct dmakit_device {
  * dmakit_coherence). */
 int dmakit_device_init(dmakit_device* dev, dmakit_platform_op* op, const dmakit_device_config* cfg);
 
+/* Mask negotiation at probe time (Linux's dma_set_mask, dma_set_coherent_mask,
+ * dma_set_mask_and_coherent): the streaming mask (dmakit_map) and the coherent mask
+ * (dmakit_alloc_coherent, dmakit_alloc_noncoherent) are taken only when the platform can serve
+ * them: the device reaches all RAM or a bounce pool lies under the streaming mask; some managed
+ * memory lies under the coherent one. A driver tries a wide mask and falls back to a narrower
+ * one. Errors: INVALID_ARGUMENT (uninitialised; mask 0), DMA_MASK (nothing serves it); on error
+ * both masks stay as they were (and_coherent checks both first). (DeviceDma::set_dma_mask ...) */
+int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask);
+int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask);
+int dmakit_device_set_dma_mask_and_coherent(dmakit_device* dev, uint64_t dma_mask);
 /* Changes to a live device (a driver that learns better, or a test); mappings made before keep
  * what they were made with. Call while no other CPU maps for the device. Errors: INVALID_ARGUMENT
- * (uninitialised; a mask of 0; a coherence that is not a dmakit_coherence). */
-int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask);
+ * (uninitialised; a coherence that is not a dmakit_coherence). */
 int dmakit_device_set_coherence(dmakit_device* dev, int coherence);
 int dmakit_device_set_force_bounce(dmakit_device* dev, int force);
 
@@ -394,6 +403,18 @@ uint64_t dmakit_device_dma_mask(const dmakit_device* dev);
 int dmakit_device_coherent(const dmakit_device* dev);
 size_t dmakit_device_max_mapping_size(const dmakit_device* dev);
 size_t dmakit_device_cache_alignment(const dmakit_device* dev);
+/* The coherent mask; the smallest 2^n - 1 mask reaching all RAM (Linux's
+ * dma_get_required_mask); whether the streaming mask is below it (1, Linux's
+ * dma_addressing_limited); the size to split large transfers at (Linux's dma_opt_mapping_size,
+ * at most dmakit_device_max_mapping_size). 0 for an uninitialised device. Any context. */
+uint64_t dmakit_device_coherent_mask(const dmakit_device* dev);
+uint64_t dmakit_device_required_mask(const dmakit_device* dev);
+int dmakit_device_addressing_limited(const dmakit_device* dev);
+size_t dmakit_device_opt_mapping_size(const dmakit_device* dev);
+/* Whether a streaming mapping of the device at dma_addr needs dmakit_prepare_read /
+ * dmakit_confirm_write (1) or not (0): 1 for a non-coherent device or a bounced mapping (Linux's
+ * dma_need_sync). 1 for an uninitialised device (always safe). Any context. */
+int dmakit_device_need_sync(const dmakit_device* dev, uint64_t dma_addr);
 
 /* Teardown check: with the misuse checker (debug builds), reports every mapping and coherent
  * allocation of the device still live and returns how many; 0 otherwise. */

@@ -146,6 +146,21 @@ class KernelDmaOp : public DmaOp {
   DmaConstraints default_constraints() const override;
   size_t cache_alignment() const override { return line_; }
   size_t max_mapping_size(const DmaConstraints& c) const override;
+  // True for a device that does not snoop, or an address (device address - bus_offset) inside a
+  // bounce pool.
+  bool need_sync(const DmaConstraints& c, DmaAddr addr) const override;
+  // Streaming: the device reaches all RAM (the allocator's, the pools, Config::ram), or some
+  // bounce pool lies wholly under its mask. Coherent: at least one page of the allocator's range
+  // lies in the device's window (holes in the range are not looked at: a later allocation may
+  // still fail with kDmaMaskNotMatch or kNoMemory).
+  Result<void> check_mask(const DmaConstraints& c, DmaMaskKind kind) const override;
+  // From the highest byte of RAM (the allocator's, the pools, Config::ram) plus c.bus_offset.
+  uint64_t required_mask(const DmaConstraints& c) const override;
+  // alloc_coherent's pages, left cacheable; for a device that does not snoop they are cleaned and
+  // invalidated once after zeroing. Any context (no remap). dealloc_noncoherent is
+  // dealloc_coherent (no remap to undo: any context).
+  Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) override;
+  void dealloc_noncoherent(const DmaHandle& handle) override;
 
   // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
   enum class MemAttr : uint8_t {
@@ -219,6 +234,10 @@ class KernelDmaOp : public DmaOp {
     uint64_t hi = 0;
   };
   PhysWindow alloc_window(const DmaConstraints& c) const;
+  // [lo, hi) spanning all RAM a buffer may live in (the allocator's, the pools, Config::ram).
+  PhysWindow ram_span() const;
+  // alloc_coherent and alloc_noncoherent: the pages, zeroed; remapped uncached when `uncached`.
+  Result<DmaHandle> alloc_pages(const DmaConstraints& c, Layout layout, bool uncached);
   // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
   // page translated. Errors: virt_to_phys's, kNotContiguous.
   Result<uint64_t> translate_buffer(const void* addr, size_t size) const;

@@ -387,6 +387,57 @@ static void errors(void) {
 
 /* Two pages, one under 4 GiB and one above, mapped in one call: two segments, the second
  * bounced; then one page split by a 1 KiB segment limit. */
+/* Items 2 and 4 of issue 15: the queries, and mask negotiation that leaves the masks and the
+ * accounting alone when it refuses. */
+static void device_queries(void) {
+  dmakit_device dev;
+  dmakit_device_config dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.dma_mask = ~0ull;
+  dc.coherence = DMAKIT_COHERENCE_COHERENT;
+  CHECK_STATUS(dmakit_device_init(&dev, &g_op, &dc), DMAKIT_OK);
+  /* RAM's last byte is 0x1'00FF'FFFF: 33 bits. */
+  CHECK(dmakit_device_required_mask(&dev) == 0x1FFFFFFFFull);
+  CHECK(dmakit_device_addressing_limited(&dev) == 0);
+  CHECK(dmakit_device_addressing_limited(&g_dev32) == 1);
+  CHECK(dmakit_device_opt_mapping_size(&g_dev32) == dmakit_device_max_mapping_size(&g_dev32));
+
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  CHECK_STATUS(dmakit_device_set_dma_mask(&dev, DMAKIT_DMA_BIT_MASK(28)), DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_coherent_mask(&dev, DMAKIT_DMA_BIT_MASK(28)), DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, DMAKIT_DMA_BIT_MASK(28)),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, 0), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK(dmakit_device_dma_mask(&dev) == ~0ull);
+  CHECK(dmakit_device_coherent_mask(&dev) == ~0ull);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, MASK32), DMAKIT_OK);
+  CHECK(dmakit_device_dma_mask(&dev) == MASK32);
+  CHECK(dmakit_device_coherent_mask(&dev) == MASK32);
+  CHECK(dmakit_device_addressing_limited(&dev) == 1);
+
+  /* need_sync: a direct mapping of a snooping device needs none; a bounced one does, and so does
+   * every mapping of a device that does not snoop. */
+  uint64_t phys;
+  uint8_t* low = page_under(MASK32, &phys);
+  if (low == NULL) return;
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map(&dev, low, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 0);
+  CHECK(dmakit_device_need_sync(&dev, dmakit_map_dma_addr(&h)) == 0);
+  CHECK(dmakit_device_need_sync(&g_dev32, dmakit_map_dma_addr(&h)) == 1);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  uint64_t high_phys;
+  uint8_t* high = high_page(1, &high_phys);
+  CHECK_STATUS(dmakit_map(&dev, high, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  CHECK(dmakit_device_need_sync(&dev, dmakit_map_dma_addr(&h)) == 1);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+}
+
 static void scatter_gather(void) {
   uint64_t lo_phys = 0, hi_phys = 0;
   uint8_t* lo = page_under(MASK32, &lo_phys);
@@ -520,6 +571,7 @@ int main(void) {
   bounced_mappings();
   translated_buffer();
   errors();
+  device_queries();
   scatter_gather();
   coherent_memory();
   strings();
