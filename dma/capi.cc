@@ -62,6 +62,7 @@ struct CoherentBox {
   uint32_t tag = kCoherentTag;
   DmaOp* op = nullptr;
   DmaHandle handle;
+  bool noncoherent = false;  // From alloc_noncoherent: freed by dealloc_noncoherent.
 };
 
 struct SgBox {
@@ -661,12 +662,41 @@ int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_
   auto* d = live<DeviceBox>(dev, kDeviceTag);
   if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
   DmaOp* op = d->dev.op();
-  Result<DmaHandle> r = op->alloc_coherent(d->dev.constraints(), Layout{size, align});
+  Result<DmaHandle> r = op->alloc_coherent(d->dev.coherent_constraints(), Layout{size, align});
   if (!r.ok()) return status(r.error().code);
   auto* b = new (out->opaque) CoherentBox;
   b->op = op;
   b->handle = *r;
   return DMAKIT_OK;
+}
+
+int dmakit_alloc_noncoherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out) {
+  auto* d = live<DeviceBox>(dev, kDeviceTag);
+  if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  DmaOp* op = d->dev.op();
+  Result<DmaHandle> r = op->alloc_noncoherent(d->dev.coherent_constraints(), Layout{size, align});
+  if (!r.ok()) return status(r.error().code);
+  auto* b = new (out->opaque) CoherentBox;
+  b->op = op;
+  b->handle = *r;
+  b->noncoherent = true;
+  return DMAKIT_OK;
+}
+
+int dmakit_noncoherent_sync_for_device(dmakit_coherent* c, size_t offset, size_t size, int dir) {
+  auto* b = live<CoherentBox>(c, kCoherentTag);
+  if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
+  if (!valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->op->sync_noncoherent(b->handle, offset, size, to_direction(dir),
+                                           DmaSyncTarget::kForDevice));
+}
+
+int dmakit_noncoherent_sync_for_cpu(dmakit_coherent* c, size_t offset, size_t size, int dir) {
+  auto* b = live<CoherentBox>(c, kCoherentTag);
+  if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
+  if (!valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(
+      b->op->sync_noncoherent(b->handle, offset, size, to_direction(dir), DmaSyncTarget::kForCpu));
 }
 
 void* dmakit_coherent_cpu_addr(const dmakit_coherent* c) {
@@ -687,7 +717,11 @@ size_t dmakit_coherent_size(const dmakit_coherent* c) {
 int dmakit_free_coherent(dmakit_coherent* c) {
   auto* b = live<CoherentBox>(c, kCoherentTag);
   if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
-  b->op->dealloc_coherent(b->handle);
+  if (b->noncoherent) {
+    b->op->dealloc_noncoherent(b->handle);
+  } else {
+    b->op->dealloc_coherent(b->handle);
+  }
   end(c, b);
   return DMAKIT_OK;
 }

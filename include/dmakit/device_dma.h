@@ -463,6 +463,8 @@ class DeviceDma {
   // alloc_noncoherent).
   uint64_t dma_mask() const { return c_.dma_mask; }
   uint64_t coherent_mask() const { return coherent_mask_; }
+  // The constraints coherent allocations are made with: constraints() with the coherent mask.
+  DmaConstraints coherent_constraints() const { return with_mask(coherent_mask_); }
 
   // Mask negotiation at probe time, as Linux's dma_set_mask / dma_set_coherent_mask /
   // dma_set_mask_and_coherent: the mask is taken only if the platform can serve it

@@ -517,7 +517,8 @@ typedef struct dmakit_coherent {
   DMAKIT_ALIGNAS(16) unsigned char opaque[96];
 } dmakit_coherent;
 
-/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches, aligned to
+/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches under its
+ * coherent mask (dmakit_device_set_coherent_mask), aligned to
  * max(align, 4096), that neither side needs cache maintenance for (uncached for a non-coherent
  * device), and describes it in *out. The caller owns it until dmakit_free_coherent. Not from
  * interrupt context (it may edit page tables).
@@ -527,12 +528,28 @@ typedef struct dmakit_coherent {
  * (DmaOp::alloc_coherent.) */
 int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out);
 
+/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches under its
+ * coherent mask, aligned to max(align, 4096), that the CPU keeps cached even for a non-coherent
+ * device (Linux's dma_alloc_noncoherent); the zeroes are in memory and the CPU owns it. Ownership
+ * moves by range: dmakit_noncoherent_sync_for_device before the device accesses bytes [offset,
+ * offset + size) (cleans them), dmakit_noncoherent_sync_for_cpu before the CPU reads what the
+ * device wrote (invalidates them for FROM_DEVICE / BIDIRECTIONAL); both are free for a coherent
+ * device. The accessors below and dmakit_free_coherent apply. Any context (nothing remapped).
+ * Errors: as dmakit_alloc_coherent's, without the remap's NO_MEMORY; NOT_SUPPORTED for a
+ * non-coherent device on a platform without cache maintenance. Syncs' errors: NOT_FOUND (not a
+ * live allocation), INVALID_ARGUMENT (dir not a dmakit_direction), OUT_OF_RANGE (range not
+ * inside the allocation). (DmaOp::alloc_noncoherent, ContiguousArray.) */
+int dmakit_alloc_noncoherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out);
+int dmakit_noncoherent_sync_for_device(dmakit_coherent* c, size_t offset, size_t size, int dir);
+int dmakit_noncoherent_sync_for_cpu(dmakit_coherent* c, size_t offset, size_t size, int dir);
+
 /* The CPU address, the device address and the size of a live allocation; null / 0 otherwise. */
 void* dmakit_coherent_cpu_addr(const dmakit_coherent* c);
 uint64_t dmakit_coherent_dma_addr(const dmakit_coherent* c);
 size_t dmakit_coherent_size(const dmakit_coherent* c);
 
-/* Frees a coherent allocation; `c` is no longer live. Not from interrupt context.
+/* Frees a coherent allocation (or a dmakit_alloc_noncoherent one: any context); `c` is no longer
+ * live. Not from interrupt context.
  * Errors: NOT_FOUND (not a live allocation; nothing happens). (DmaOp::dealloc_coherent.) */
 int dmakit_free_coherent(dmakit_coherent* c);
 
