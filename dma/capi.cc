@@ -92,6 +92,10 @@ static_assert(sizeof(SgEntry) == sizeof(dmakit_sg_entry));
 
 // The C status values are the ErrorCode values.
 static_assert(DMAKIT_OK == static_cast<int>(ErrorCode::kOk));
+static_assert(DMAKIT_ATTR_SKIP_CPU_SYNC == kDmaAttrSkipCpuSync);
+static_assert(DMAKIT_ATTR_WRITE_COMBINE == kDmaAttrWriteCombine);
+static_assert(DMAKIT_ATTR_NO_KERNEL_MAPPING == kDmaAttrNoKernelMapping);
+static_assert(DMAKIT_ATTR_WEAK_ORDERING == kDmaAttrWeakOrdering);
 static_assert(DMAKIT_ERR_NO_MEMORY == static_cast<int>(ErrorCode::kNoMemory));
 static_assert(DMAKIT_ERR_LAYOUT == static_cast<int>(ErrorCode::kLayoutError));
 static_assert(DMAKIT_ERR_DMA_MASK == static_cast<int>(ErrorCode::kDmaMaskNotMatch));
@@ -556,6 +560,17 @@ int dmakit_map(dmakit_device* dev, void* addr, size_t size, int dir, size_t alig
   return DMAKIT_OK;
 }
 
+int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
+                     uint32_t attrs, dmakit_map_handle* out) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || out == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  auto m = b->dev.map_attrs(addr, size, to_direction(dir), attrs, align);
+  if (!m.ok()) return status(m.error().code);
+  auto* h = new (out->opaque) MapBox;
+  h->mapping = support::move(*m);
+  return DMAKIT_OK;
+}
+
 uint64_t dmakit_map_dma_addr(const dmakit_map_handle* h) {
   const auto* b = live<MapBox>(h, kMapTag);
   return b == nullptr ? 0 : b->mapping.dma_addr().value();
@@ -663,6 +678,19 @@ int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_
   if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
   DmaOp* op = d->dev.op();
   Result<DmaHandle> r = op->alloc_coherent(d->dev.coherent_constraints(), Layout{size, align});
+  if (!r.ok()) return status(r.error().code);
+  auto* b = new (out->opaque) CoherentBox;
+  b->op = op;
+  b->handle = *r;
+  return DMAKIT_OK;
+}
+
+int dmakit_alloc_attrs(dmakit_device* dev, size_t size, size_t align, uint32_t attrs,
+                       dmakit_coherent* out) {
+  auto* d = live<DeviceBox>(dev, kDeviceTag);
+  if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  DmaOp* op = d->dev.op();
+  Result<DmaHandle> r = op->alloc_attrs(d->dev.coherent_constraints(), Layout{size, align}, attrs);
   if (!r.ok()) return status(r.error().code);
   auto* b = new (out->opaque) CoherentBox;
   b->op = op;

@@ -380,6 +380,18 @@ Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void
 
 Result<DmaMapHandle> KernelDmaOp::map_checked(const DmaConstraints& c, void* addr, size_t size,
                                               size_t align, DmaDirection dir) {
+  return map_decide(c, addr, size, align, dir, /*skip=*/false);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                   size_t align, DmaDirection dir, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsMap) != 0) return map_failed(ErrorCode::kInvalidArgument);
+  if ((attrs & kDmaAttrSkipCpuSync) == 0) return map_single(c, addr, size, align, dir);
+  return map_decide(c, addr, size, align, dir, /*skip=*/true);
+}
+
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_decide(
+    const DmaConstraints& c, void* addr, size_t size, size_t align, DmaDirection dir, bool skip) {
   const bool snoops = coherent(c);
   ErrorCode bad = check_request(c, addr, size, align, snoops);
   if (bad != ErrorCode::kOk) return map_failed(bad);
@@ -394,9 +406,9 @@ Result<DmaMapHandle> KernelDmaOp::map_checked(const DmaConstraints& c, void* add
   const bool usable = !c.force_bounce && reachable(c, p, size) && dma_aligned(c, p, align);
   const bool lines = !snoops && copies_out(dir) && shares_cache_lines(addr, size, line_);
   if (!usable || lines) {
-    return bounce(c, addr, p, size, align, dir, snoops, /*for_lines=*/usable);
+    return bounce(c, addr, p, size, align, dir, snoops, /*for_lines=*/usable, skip);
   }
-  return map_direct(c, addr, p, size, dir, snoops);
+  return map_direct(c, addr, p, size, dir, snoops, skip);
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
@@ -406,8 +418,9 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 
 // The device uses the buffer where it is: clean the caches over it unless the device snoops.
 [[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_direct(
-    const DmaConstraints& c, void* addr, uint64_t p, size_t size, DmaDirection dir, bool coherent) {
-  if (!coherent) flush(addr, size);
+    const DmaConstraints& c, void* addr, uint64_t p, size_t size, DmaDirection dir, bool coherent,
+    bool skip) {
+  if (!coherent && !skip) flush(addr, size);
   count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
@@ -416,6 +429,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   h.direction = dir;
   h.coherent_device = coherent;
   h.device_id = c.device_id;
+  h.skip_cpu_sync = skip;
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
@@ -426,7 +440,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 // missing pool is the buffer's layout (kLayoutError), not the mask (kDmaMaskNotMatch).
 [[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(
     const DmaConstraints& c, void* addr, uint64_t p, size_t size, size_t align, DmaDirection dir,
-    bool coherent, bool for_lines) {
+    bool coherent, bool for_lines, bool skip) {
   int pi = pick_pool(c);
   if (pi < 0) {
     if (for_lines) return map_failed(ErrorCode::kLayoutError);
@@ -453,7 +467,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   // the unmap's copy-out would hand to the CPU).
   support::copy_bytes(bounce_cpu, addr, size);
   note_bounced(pool, size);
-  if (!coherent) flush(bounce_cpu, size);
+  if (!coherent && !skip) flush(bounce_cpu, size);
   count_map(size, /*bounced=*/true);
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
@@ -467,6 +481,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   h.direction = dir;
   h.coherent_device = coherent;
   h.bounce_pool_index = static_cast<uint8_t>(pi);
+  h.skip_cpu_sync = skip;
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
@@ -486,7 +501,9 @@ void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
   if (!DmaDebug::on_unmap(this, h)) return;  // Misuse, reported: refused.
   if (!h.bounced()) {
-    if (copies_out(h.direction) && !h.coherent_device) invalidate(h.cpu_addr, h.size);
+    if (copies_out(h.direction) && !h.coherent_device && !h.skip_cpu_sync) {
+      invalidate(h.cpu_addr, h.size);
+    }
   } else {
     unmap_bounced(h);
   }
@@ -497,7 +514,7 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   // A bounced handle has a slot, hence a size: an empty (default) handle is not bounced.
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
   KASSERT(h.bounce_pool_index < num_pools_, "unmap_single: bad bounce pool index");
-  if (copies_out(h.direction)) {
+  if (copies_out(h.direction) && !h.skip_cpu_sync) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
@@ -547,18 +564,34 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (!coherent(c) && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
     return ErrorCode::kBusy;
   }
-  return alloc_pages(c, layout, /*uncached=*/!coherent(c));
+  return alloc_pages(c, layout, MemAttr::kUncached, /*remap=*/!coherent(c));
 }
 
 Result<DmaHandle> KernelDmaOp::alloc_noncoherent(const DmaConstraints& c, Layout layout) {
-  return alloc_pages(c, layout, /*uncached=*/false);
+  return alloc_pages(c, layout, MemAttr::kCached, /*remap=*/false);
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsAlloc) != 0) return ErrorCode::kInvalidArgument;
+  const bool wc = (attrs & kDmaAttrWriteCombine) != 0;
+  const bool no_mapping = (attrs & kDmaAttrNoKernelMapping) != 0;
+  if (wc && no_mapping) return ErrorCode::kInvalidArgument;
+  if (wc) {
+    if (!DmaDebug::thread_context_ok("alloc_attrs", c.name, c.device_id)) {
+      return ErrorCode::kBusy;
+    }
+    return alloc_pages(c, layout, MemAttr::kWriteCombine, /*remap=*/true);
+  }
+  if (no_mapping) return alloc_pages(c, layout, MemAttr::kCached, /*remap=*/false);
+  return alloc_coherent(c, layout);
 }
 
 void KernelDmaOp::dealloc_noncoherent(const DmaHandle& h) {
   dealloc_coherent(h);
 }
 
-Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, bool uncached) {
+Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
+                                           bool remap) {
   if (layout.size == 0) return ErrorCode::kLayoutError;
   if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
   unsigned order = PageFrameAllocator::order_for(layout.size);
@@ -566,7 +599,9 @@ Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layou
   if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
   PhysWindow w = alloc_window(c);
   const bool snoops = coherent(c);
-  if (!snoops && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
+  // Without cache maintenance neither a device that does not snoop nor a remap (whose lines must
+  // be written back first) can be served.
+  if ((!snoops || remap) && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;
   // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
@@ -601,26 +636,28 @@ Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layou
   h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
-  if (!snoops && !uncached) {
+  if (!snoops && !remap) {
     // Cacheable memory for a device that does not snoop: the zeroes go to memory now, so that the
     // device never reads what the pages held before, and no dirty line is left to be evicted
     // over what the device writes.
     flush_invalidate(h.cpu_addr, bytes);
   }
-  if (uncached) {
-    // A device that does not snoop gets memory the CPU maps non-cacheable. First the zeroes must
-    // reach memory and no dirty line may stay behind (one evicted later would overwrite what the
-    // device writes); then the pages change attribute; then lines the old cacheable mapping may
-    // have pulled in meanwhile (speculation) are dropped. A coherent device pays for none of it.
+  if (remap) {
+    // A device that does not snoop gets memory the CPU maps non-cacheable (or write-combining,
+    // when asked, for any device). First the zeroes must reach memory and no dirty line may stay
+    // behind (one evicted later would overwrite what the device writes); then the pages change
+    // attribute; then lines the old cacheable mapping may have pulled in meanwhile (speculation)
+    // are dropped. A coherent device pays for none of it unless it asked for write-combining.
     flush_invalidate(h.cpu_addr, bytes);
-    auto remap = set_memory_attribute(h.cpu_addr, bytes, MemAttr::kUncached);
-    if (!remap.ok()) {
+    auto changed = set_memory_attribute(h.cpu_addr, bytes, remap_to);
+    if (!changed.ok()) {
       auto undo = cfg_.pfa->free(*pa, order);
       KASSERT(undo.ok(), "alloc_coherent: cannot give back the pages of a failed remap");
-      return remap.error();
+      return changed.error();
     }
     flush_invalidate(h.cpu_addr, bytes);
     h.remapped = true;
+    h.write_combine = remap_to == MemAttr::kWriteCombine;
     add_relaxed(&stats_.coherent_uncached, uint64_t{1});
     add_relaxed(&stats_.coherent_uncached_live, uint64_t{1});
   }

@@ -519,6 +519,41 @@ class DeviceDma {
     return StreamingMapping(op_, *h);
   }
 
+  // map() with attributes (DmaOp::map_single_attrs): kDmaAttrSkipCpuSync (no cache maintenance
+  // or copy out at map and unmap: the driver syncs by range itself), kDmaAttrWeakOrdering
+  // (accepted). Errors: map()'s, kInvalidArgument for an attribute that is not a mapping's.
+  DmaMapResult<StreamingMapping> map_attrs(void* addr, size_t size, DmaDirection dir,
+                                           DmaAttrs attrs, size_t align = 0,
+                                           DmaCallSite site = DmaCallSite::current()) {
+    auto h = op_->map_single_attrs(c_, addr, size, align, dir, attrs);
+    if (!h.ok()) return dma_map_failure<StreamingMapping>(h.error(), c_, addr, size, dir);
+    DmaDebug::note_call_site(op_, h->dma_addr, c_.device_id, site);
+    return StreamingMapping(op_, *h);
+  }
+
+  // alloc_array with attributes (DmaOp::alloc_attrs): kDmaAttrWriteCombine, kDmaAttrNoKernelMapping
+  // (raw_data() is then a cookie, not to be dereferenced), kDmaAttrWeakOrdering. Errors:
+  // alloc_array's, kInvalidArgument (an attribute that is not an allocation's, write-combining
+  // with no kernel mapping), kNotSupported (no write-combining encoding on this platform).
+  // Context: thread only when the pages are remapped (write-combining, or a device that does not
+  // snoop without kDmaAttrNoKernelMapping).
+  template <typename T>
+  Result<DArray<T>> alloc_attrs(size_t count, DmaAttrs attrs, size_t align = alignof(T),
+                                DmaCallSite site = DmaCallSite::current()) {
+    if (count == 0 || count > ~size_t{0} / sizeof(T)) return ErrorCode::kLayoutError;
+    TRY_ASSIGN(DmaHandle h, op_->alloc_attrs(with_mask(coherent_mask_),
+                                             Layout{count * sizeof(T), align}, attrs));
+    DmaDebug::note_call_site(op_, h.dma_addr, c_.device_id, site);
+    return DArray<T>(op_, h, count);
+  }
+  // `count` zeroed objects of T in coherent memory the CPU maps write-combining (Linux's
+  // dma_alloc_wc): alloc_attrs(count, kDmaAttrWriteCombine). Thread only.
+  template <typename T>
+  Result<DArray<T>> alloc_wc(size_t count, size_t align = alignof(T),
+                             DmaCallSite site = DmaCallSite::current()) {
+    return alloc_attrs<T>(count, kDmaAttrWriteCombine, align, site);
+  }
+
   // `count` zeroed objects of T in coherent memory; see DmaOp::alloc_coherent for the errors
   // (plus kLayoutError when count * sizeof(T) overflows or count is 0).
   template <typename T>

@@ -77,6 +77,36 @@ class DmaOp {
     return map_single(c, addr, size, align, dir);
   }
 
+  // map_single with attributes (kDmaAttrsMap, dmakit/dma_types.h). kDmaAttrSkipCpuSync: no cache
+  // maintenance at map and unmap and no copy out at unmap (the handle records it); the decision
+  // (direct or bounced) and the copy into a bounce slot are unchanged. kDmaAttrWeakOrdering:
+  // accepted, no effect. Errors: map_single's, and kInvalidArgument for an attribute that is not
+  // a mapping's (nothing is mapped then). The default maps as map_single (with the syncs: always
+  // correct) after checking the attributes.
+  virtual Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                size_t align, DmaDirection dir, DmaAttrs attrs) {
+    if ((attrs & ~kDmaAttrsMap) != 0) return ErrorCode::kInvalidArgument;
+    return map_single(c, addr, size, align, dir);
+  }
+
+  // alloc_coherent with attributes (kDmaAttrsAlloc). kDmaAttrWriteCombine: the CPU maps the memory
+  // write-combining (for every device, coherent or not); kNotSupported where the platform has no
+  // such encoding. kDmaAttrNoKernelMapping: for a device that does not snoop, no uncached remap
+  // (the memory is cleaned and invalidated once; the CPU must not touch it). kDmaAttrWeakOrdering:
+  // accepted, no effect. Freed by dealloc_coherent. Errors: alloc_coherent's, kInvalidArgument for
+  // an attribute that is not an allocation's or for write-combining together with no kernel
+  // mapping, kNotSupported as said; nothing stays allocated on error. Context: alloc_coherent's
+  // (thread only when the pages are remapped). The default: alloc_coherent, and kNotSupported for
+  // write-combining.
+  virtual Result<DmaHandle> alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) {
+    if ((attrs & ~kDmaAttrsAlloc) != 0) return ErrorCode::kInvalidArgument;
+    if ((attrs & kDmaAttrWriteCombine) != 0) {
+      if ((attrs & kDmaAttrNoKernelMapping) != 0) return ErrorCode::kInvalidArgument;
+      return ErrorCode::kNotSupported;
+    }
+    return alloc_coherent(c, layout);
+  }
+
   // Ends a mapping: for kFromDevice / kBidirectional the CPU's view is made current (cache
   // invalidate, or copy out of the bounce slot), then the bounce slot is freed.
   // Precondition: `handle` came from map_single on this object and was not unmapped before (the

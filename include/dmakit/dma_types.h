@@ -45,6 +45,29 @@ enum class DmaMaskKind : uint8_t {
   kCoherent,
 };
 
+// Attributes of a mapping or an allocation (Linux's DMA_ATTR_*), OR-ed into a DmaAttrs.
+using DmaAttrs = uint32_t;
+// Mapping only: no cache maintenance at map and unmap, and no copy out of a bounce slot at unmap
+// (the copy into the slot at map still happens). For buffers the driver syncs by range itself
+// (page-pool recycling): it calls sync_for_device before the device reads and sync_for_cpu
+// before the CPU reads what the device wrote.
+inline constexpr DmaAttrs kDmaAttrSkipCpuSync = 1u << 0;
+// Allocation only: coherent memory the CPU maps write-combining (Linux's dma_alloc_wc): Normal
+// Non-cacheable on AArch64, Svpbmt NC on RISC-V; x86-64's PAT has no write-combining index in
+// dmakit_page_tables, so it is kNotSupported there. Stores may be merged and reach memory late:
+// a driver orders them before a doorbell with a write barrier.
+inline constexpr DmaAttrs kDmaAttrWriteCombine = 1u << 1;
+// Allocation only: the CPU will not touch the memory (buffers only devices use), so a device
+// that does not snoop gets it without the uncached remap; DmaHandle::cpu_addr is then a cookie
+// for dealloc, not to be dereferenced.
+inline constexpr DmaAttrs kDmaAttrNoKernelMapping = 1u << 2;
+// Either: the device may reorder its accesses to the memory (Linux's DMA_ATTR_WEAK_ORDERING); a
+// hint for the bus, accepted and without effect here.
+inline constexpr DmaAttrs kDmaAttrWeakOrdering = 1u << 3;
+inline constexpr DmaAttrs kDmaAttrsMap = kDmaAttrSkipCpuSync | kDmaAttrWeakOrdering;
+inline constexpr DmaAttrs kDmaAttrsAlloc =
+    kDmaAttrWriteCombine | kDmaAttrNoKernelMapping | kDmaAttrWeakOrdering;
+
 // Which way ownership moves at a sync of cacheable DMA memory (DmaOp::sync_noncoherent).
 enum class DmaSyncTarget : uint8_t {
   kForDevice,  // The CPU wrote; the device accesses next (Linux's dma_sync_*_for_device).
@@ -99,7 +122,8 @@ struct DmaHandle {
   // The pages were remapped uncached for a non-coherent device (KernelDmaOp::alloc_coherent);
   // dealloc_coherent restores them.
   bool remapped = false;
-  uint32_t device_id = 0;  // DmaConstraints::device_id of the allocating device.
+  uint32_t device_id = 0;      // DmaConstraints::device_id of the allocating device.
+  bool write_combine = false;  // Remapped write-combining (kDmaAttrWriteCombine).
 };
 
 // A streaming mapping (the crate's DmaMapHandle). Owned by the caller until unmap_single.
@@ -117,6 +141,7 @@ struct DmaMapHandle {
   DmaDirection direction = DmaDirection::kToDevice;
   bool coherent_device = false;
   uint8_t bounce_pool_index = 0;  // Bounced only: KernelDmaOp::Config::pools index.
+  bool skip_cpu_sync = false;     // Mapped with kDmaAttrSkipCpuSync: unmap does no CPU sync.
 
   bool bounced() const { return bounce_cpu != nullptr; }
 };

@@ -441,6 +441,18 @@ typedef struct dmakit_map_handle {
 int dmakit_map(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
                dmakit_map_handle* out);
 
+/* Attributes of dmakit_map_attrs and dmakit_alloc_attrs (kDmaAttr*, dmakit/dma_types.h). */
+#define DMAKIT_ATTR_SKIP_CPU_SYNC 0x1u     /* Map: no cache maintenance / copy out at map, unmap. */
+#define DMAKIT_ATTR_WRITE_COMBINE 0x2u     /* Alloc: CPU maps it write-combining. */
+#define DMAKIT_ATTR_NO_KERNEL_MAPPING 0x4u /* Alloc: CPU never touches it (no uncached remap). */
+#define DMAKIT_ATTR_WEAK_ORDERING 0x8u     /* Either: accepted, no effect. */
+
+/* dmakit_map with attributes (SKIP_CPU_SYNC: the driver syncs by range itself with
+ * dmakit_prepare_read / dmakit_confirm_write; WEAK_ORDERING). Errors: dmakit_map's, and
+ * INVALID_ARGUMENT for an attribute that is not a mapping's. (DeviceDma::map_attrs.) */
+int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
+                     uint32_t attrs, dmakit_map_handle* out);
+
 /* The address to give the device, the mapping's size, and whether it is bounced (1) or not (0).
  * 0 for a handle that is not a live mapping. Any context. */
 uint64_t dmakit_map_dma_addr(const dmakit_map_handle* h);
@@ -527,6 +539,16 @@ typedef struct dmakit_coherent {
  * NOT_SUPPORTED (a non-coherent device where memory cannot be mapped uncached).
  * (DmaOp::alloc_coherent.) */
 int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out);
+
+/* dmakit_alloc_coherent with attributes: WRITE_COMBINE (Normal-NC on AArch64, Svpbmt NC on
+ * RISC-V; NOT_SUPPORTED on x86-64 and where the page tables give no such encoding),
+ * NO_KERNEL_MAPPING (a non-coherent device's memory is not remapped; the CPU must not touch it),
+ * WEAK_ORDERING. Freed by dmakit_free_coherent. Errors: dmakit_alloc_coherent's, INVALID_ARGUMENT
+ * (an attribute that is not an allocation's; WRITE_COMBINE with NO_KERNEL_MAPPING),
+ * NOT_SUPPORTED. Not from interrupt context when the pages are remapped.
+ * (DeviceDma::alloc_attrs, alloc_wc.) */
+int dmakit_alloc_attrs(dmakit_device* dev, size_t size, size_t align, uint32_t attrs,
+                       dmakit_coherent* out);
 
 /* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches under its
  * coherent mask, aligned to max(align, 4096), that the CPU keeps cached even for a non-coherent

@@ -160,12 +160,20 @@ class KernelDmaOp : public DmaOp {
   // invalidated once after zeroing. Any context (no remap). dealloc_noncoherent is
   // dealloc_coherent (no remap to undo: any context).
   Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) override;
+  Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                        size_t align, DmaDirection dir, DmaAttrs attrs) override;
+  // Write-combining through set_memory_attribute(kWriteCombine): the architecture's DmaOp says
+  // whether it has the encoding (kNotSupported otherwise, nothing allocated).
+  Result<DmaHandle> alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) override;
   void dealloc_noncoherent(const DmaHandle& handle) override;
 
   // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
   enum class MemAttr : uint8_t {
     kCached,    // Write-back cacheable: the direct map's normal attribute.
     kUncached,  // Normal memory the CPU does not cache: its loads and stores go to memory.
+    // Not cached, stores may be buffered and merged (AArch64 Normal-NC and RISC-V Svpbmt NC, the
+    // same encoding as kUncached there; x86-64 would need a PAT WC index: not supported).
+    kWriteCombine,
   };
 
   // The hook alloc_coherent / dealloc_coherent use for a non-coherent device: gives the pages
@@ -237,10 +245,14 @@ class KernelDmaOp : public DmaOp {
   // [lo, hi) spanning all RAM a buffer may live in (the allocator's, the pools, Config::ram).
   PhysWindow ram_span() const;
   // alloc_coherent and alloc_noncoherent: the pages, zeroed; remapped uncached when `uncached`.
-  Result<DmaHandle> alloc_pages(const DmaConstraints& c, Layout layout, bool uncached);
+  Result<DmaHandle> alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
+                                bool remap);
   // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
   // page translated. Errors: virt_to_phys's, kNotContiguous.
   Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
+  // map_checked's body; `skip`: kDmaAttrSkipCpuSync.
+  Result<DmaMapHandle> map_decide(const DmaConstraints& c, void* addr, size_t size, size_t align,
+                                  DmaDirection dir, bool skip);
   // The map decision's predicates (kernel_dma_op.cc): whether the device snoops (its coherence,
   // or the platform's for kPlatformDefault); whether [p, p + size) lies in the fast path's window
   // (which also rules out size 0, a null addr and a wrapping range) or in the direct map.
@@ -269,10 +281,12 @@ class KernelDmaOp : public DmaOp {
   // The work of the two outcomes, once the decision is made: the buffer used where it is
   // (physical p), or bounced. `for_lines`: bounced only because it shares cache lines (a missing
   // pool is then kLayoutError, not kDmaMaskNotMatch).
+  // `skip`: kDmaAttrSkipCpuSync (no cache maintenance; recorded in the handle).
   Result<DmaMapHandle> map_direct(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                                  DmaDirection dir, bool coherent);
+                                  DmaDirection dir, bool coherent, bool skip = false);
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                              size_t align, DmaDirection dir, bool coherent, bool for_lines);
+                              size_t align, DmaDirection dir, bool coherent, bool for_lines,
+                              bool skip = false);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).

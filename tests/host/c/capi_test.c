@@ -571,6 +571,56 @@ static void noncoherent_memory(void) {
   CHECK(f1.free_pages == f0.free_pages);
 }
 
+/* Issue 15 item 5: attributes on a mapping and an allocation; refused ones leave nothing. */
+static void attributes(void) {
+  uint64_t phys;
+  uint8_t* buf = page_under(MASK32, &phys);
+  if (buf == NULL) return;
+  memset(buf, 0x66, 128); /* Dirty in the CPU's cache. */
+  dmakit_map_handle h;
+  CHECK_STATUS(
+      dmakit_map_attrs(&g_dev32, buf, 128, DMAKIT_TO_DEVICE, 0, DMAKIT_ATTR_WRITE_COMBINE, &h),
+      DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      dmakit_map_attrs(&g_dev32, buf, 128, DMAKIT_TO_DEVICE, 0, DMAKIT_ATTR_SKIP_CPU_SYNC, &h),
+      DMAKIT_OK);
+  uint8_t seen[128];
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] != 0x66); /* Not cleaned at map. */
+  CHECK_STATUS(dmakit_confirm_write(&h, 0, 128), DMAKIT_OK);
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] == 0x66 && seen[127] == 0x66);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  dmakit_coherent c;
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev32, PAGE, 0,
+                                  DMAKIT_ATTR_WRITE_COMBINE | DMAKIT_ATTR_NO_KERNEL_MAPPING, &c),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev32, PAGE, 0, DMAKIT_ATTR_SKIP_CPU_SYNC, &c),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev28, PAGE, 0, DMAKIT_ATTR_WRITE_COMBINE, &c),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev_coh, PAGE, 0, DMAKIT_ATTR_WRITE_COMBINE, &c), DMAKIT_OK);
+  uint8_t* p = dmakit_coherent_cpu_addr(&c);
+  if (p != NULL) {
+    p[5] = 0x99; /* Write-combining: not cached, so the device sees it without a clean. */
+    CHECK_STATUS(
+        dmakit_host_device_read(&g_op, &g_dev32, dmakit_coherent_dma_addr(&c) + 5, seen, 1),
+        DMAKIT_OK);
+    CHECK(seen[0] == 0x99);
+  }
+  CHECK_STATUS(dmakit_free_coherent(&c), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+}
+
 static void strings(void) {
   CHECK(strcmp(dmakit_strerror(DMAKIT_OK), "ok") == 0);
   CHECK(strcmp(dmakit_strerror(DMAKIT_ERR_DMA_MASK), "dma mask not match") == 0);
@@ -610,6 +660,7 @@ int main(void) {
   scatter_gather();
   coherent_memory();
   noncoherent_memory();
+  attributes();
   strings();
   tear_down();
   printf("capi: %d passed, %d failed\n", g_passed, g_failed);
