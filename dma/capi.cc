@@ -571,6 +571,36 @@ int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_
   return DMAKIT_OK;
 }
 
+int dmakit_map_page(dmakit_device* dev, uint64_t page, size_t offset, size_t size, int dir,
+                    dmakit_map_handle* out) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || out == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  auto m = b->dev.map_page(PhysAddr(page), offset, size, to_direction(dir));
+  if (!m.ok()) return status(m.error().code);
+  auto* h = new (out->opaque) MapBox;
+  h->mapping = support::move(*m);
+  return DMAKIT_OK;
+}
+
+int dmakit_map_resource(dmakit_device* dev, uint64_t phys, size_t size, int dir,
+                        uint64_t* dma_addr) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_addr == nullptr || !valid_direction(dir)) {
+    return DMAKIT_ERR_INVALID_ARGUMENT;
+  }
+  auto r = b->dev.map_resource(PhysAddr(phys), size, to_direction(dir));
+  if (!r.ok()) return status(r.error().code);
+  *dma_addr = r->value();
+  return DMAKIT_OK;
+}
+
+int dmakit_unmap_resource(dmakit_device* dev, uint64_t dma_addr, size_t size, int dir) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  b->dev.unmap_resource(DmaAddr(dma_addr), size, to_direction(dir));
+  return DMAKIT_OK;
+}
+
 uint64_t dmakit_map_dma_addr(const dmakit_map_handle* h) {
   const auto* b = live<MapBox>(h, kMapTag);
   return b == nullptr ? 0 : b->mapping.dma_addr().value();

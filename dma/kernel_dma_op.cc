@@ -263,6 +263,54 @@ KernelDmaOp::PhysWindow KernelDmaOp::ram_span() const {
   return r;
 }
 
+bool KernelDmaOp::overlaps_ram(uint64_t p, uint64_t size) const {
+  uint64_t last = p + (size - 1);
+  auto overlaps = [&](uint64_t lo, uint64_t bytes) {
+    return bytes != 0 && p <= lo + (bytes - 1) && lo <= last;
+  };
+  if (dm_hi_ > dm_lo_ && overlaps(dm_lo_, dm_hi_ - dm_lo_)) return true;
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    if (overlaps(cfg_.ram[i].base.value(), cfg_.ram[i].size)) return true;
+  }
+  return false;
+}
+
+bool KernelDmaOp::inside_ram(uint64_t p, uint64_t size) const {
+  if (in_direct_map(p, size)) return true;
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    uint64_t base = cfg_.ram[i].base.value();
+    if (p >= base && p - base < cfg_.ram[i].size && size <= cfg_.ram[i].size - (p - base)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_page(const DmaConstraints& c, PhysAddr page, size_t offset,
+                                           size_t size, DmaDirection dir) {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if ((page.value() & (kPage - 1)) != 0) return map_failed(ErrorCode::kInvalidArgument);
+  if (offset >= kPage || size > kPage - offset) return map_failed(ErrorCode::kOutOfRange);
+  if (size == 0) return map_failed(ErrorCode::kLayoutError);
+  if (!inside_ram(page.value(), kPage)) return map_failed(ErrorCode::kInvalidArgument);
+  // The page's direct-map address stands for the caller's missing one: a bounce copies through
+  // it, and unmap_single and the syncs work on the handle unchanged.
+  void* va = static_cast<uint8_t*>(phys_to_virt(page)) + offset;
+  return map_decide(c, va, size, /*align=*/0, dir, /*skip=*/false);
+}
+
+Result<DmaAddr> KernelDmaOp::map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                                          DmaDirection) {
+  uint64_t p = phys.value();
+  if (size == 0 || p + (size - 1) < p) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (overlaps_ram(p, size)) return ErrorCode::kInvalidArgument;
+  if (!reachable(c, p, size)) {
+    return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask);
+  }
+  return DmaAddr(p + c.bus_offset);
+}
+
 bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
   if (!coherent(c)) return true;
   uint64_t p = addr.value() - c.bus_offset;

@@ -531,6 +531,30 @@ class DeviceDma {
     return StreamingMapping(op_, *h);
   }
 
+  // Maps bytes [offset, offset + size) of the RAM page at physical `page` (page aligned) without a
+  // kernel virtual address (Linux's dma_map_page; DmaOp::map_page): map()'s decision and
+  // contract, bouncing through the page's direct map when needed. Errors: kInvalidArgument (page
+  // not aligned or not RAM), kOutOfRange (past the page), kLayoutError (size 0), and map()'s.
+  DmaMapResult<StreamingMapping> map_page(PhysAddr page, size_t offset, size_t size,
+                                          DmaDirection dir,
+                                          DmaCallSite site = DmaCallSite::current()) {
+    auto h = op_->map_page(c_, page, offset, size, dir);
+    if (!h.ok()) return dma_map_failure<StreamingMapping>(h.error(), c_, nullptr, size, dir);
+    DmaDebug::note_call_site(op_, h->dma_addr, c_.device_id, site);
+    return StreamingMapping(op_, *h);
+  }
+
+  // The device address of another device's MMIO range [phys, phys + size) for peer-to-peer DMA
+  // (Linux's dma_map_resource; DmaOp::map_resource): bus offset applied, never bounced. Errors:
+  // kLayoutError (size 0, wraps), kInvalidArgument (RAM), kDmaMaskNotMatch (beyond the mask).
+  // unmap_resource ends it (nothing to undo without an IOMMU). Any context.
+  Result<DmaAddr> map_resource(PhysAddr phys, size_t size, DmaDirection dir) {
+    return op_->map_resource(c_, phys, size, dir);
+  }
+  void unmap_resource(DmaAddr addr, size_t size, DmaDirection dir) {
+    op_->unmap_resource(c_, addr, size, dir);
+  }
+
   // alloc_array with attributes (DmaOp::alloc_attrs): kDmaAttrWriteCombine, kDmaAttrNoKernelMapping
   // (raw_data() is then a cookie, not to be dereferenced), kDmaAttrWeakOrdering. Errors:
   // alloc_array's, kInvalidArgument (an attribute that is not an allocation's, write-combining

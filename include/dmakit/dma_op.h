@@ -89,6 +89,46 @@ class DmaOp {
     return map_single(c, addr, size, align, dir);
   }
 
+  // Maps bytes [offset, offset + size) of the RAM page at physical address `page` for one transfer
+  // in `dir`, for a caller that has no kernel virtual address for it (Linux's dma_map_page): the
+  // same decision and contract as map_single, through the direct map of the page (a bounce copies
+  // through it). unmap_single and the syncs take the handle as usual.
+  // Errors: kInvalidArgument (page not page aligned, or not RAM this DmaOp maps), kOutOfRange
+  // (offset or offset + size past the page), kLayoutError (size 0), and map_single's; nothing is
+  // mapped then. The default knows no direct map: kNotSupported after checking the range.
+  virtual Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset,
+                                        size_t size, DmaDirection dir) {
+    (void)c;
+    (void)dir;
+    if ((page.value() & (page_size() - 1)) != 0) return ErrorCode::kInvalidArgument;
+    if (offset >= page_size() || size > page_size() - offset) return ErrorCode::kOutOfRange;
+    if (size == 0) return ErrorCode::kLayoutError;
+    return ErrorCode::kNotSupported;
+  }
+
+  // The device address at which this device reaches the MMIO range [phys, phys + size) of another
+  // device, for peer-to-peer DMA (Linux's dma_map_resource): physical + bus_offset, never bounced,
+  // no cache maintenance (MMIO is not cached). Errors: kLayoutError (size 0, range wraps),
+  // kInvalidArgument (the range overlaps RAM: map RAM with map_single / map_page),
+  // kDmaMaskNotMatch (beyond the device's mask; nothing to bounce into for MMIO). The default:
+  // kNotSupported after the layout check.
+  virtual Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                                       DmaDirection dir) {
+    (void)c;
+    (void)dir;
+    if (size == 0 || phys.value() + (size - 1) < phys.value()) return ErrorCode::kLayoutError;
+    return ErrorCode::kNotSupported;
+  }
+  // Ends a map_resource (Linux's dma_unmap_resource): nothing to undo without an IOMMU. An IOMMU
+  // DmaOp removes the translation. Precondition: the arguments of a live map_resource.
+  virtual void unmap_resource(const DmaConstraints& c, DmaAddr addr, size_t size,
+                              DmaDirection dir) {
+    (void)c;
+    (void)addr;
+    (void)size;
+    (void)dir;
+  }
+
   // alloc_coherent with attributes (kDmaAttrsAlloc). kDmaAttrWriteCombine: the CPU maps the memory
   // write-combining (for every device, coherent or not); kNotSupported where the platform has no
   // such encoding. kDmaAttrNoKernelMapping: for a device that does not snoop, no uncached remap

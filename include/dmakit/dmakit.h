@@ -453,6 +453,22 @@ int dmakit_map(dmakit_device* dev, void* addr, size_t size, int dir, size_t alig
 int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
                      uint32_t attrs, dmakit_map_handle* out);
 
+/* Maps bytes [offset, offset + size) of the RAM page at physical `page` (page aligned), for a
+ * caller without a virtual address for it (Linux's dma_map_page); otherwise as dmakit_map.
+ * Errors: INVALID_ARGUMENT (page not aligned or not RAM; dev, dir, out as dmakit_map),
+ * OUT_OF_RANGE (past the page), LAYOUT (size 0), and dmakit_map's. (DeviceDma::map_page.) */
+int dmakit_map_page(dmakit_device* dev, uint64_t page, size_t offset, size_t size, int dir,
+                    dmakit_map_handle* out);
+
+/* The device address, in *dma_addr, at which `dev` reaches another device's MMIO range [phys,
+ * phys + size) for peer-to-peer DMA (Linux's dma_map_resource): bus offset applied, never
+ * bounced. dmakit_unmap_resource ends it. Errors: INVALID_ARGUMENT (null or uninitialised dev,
+ * null dma_addr, bad dir, a range overlapping RAM), LAYOUT (size 0, wraps), DMA_MASK (beyond the
+ * mask). Any context. (DeviceDma::map_resource.) */
+int dmakit_map_resource(dmakit_device* dev, uint64_t phys, size_t size, int dir,
+                        uint64_t* dma_addr);
+int dmakit_unmap_resource(dmakit_device* dev, uint64_t dma_addr, size_t size, int dir);
+
 /* The address to give the device, the mapping's size, and whether it is bounced (1) or not (0).
  * 0 for a handle that is not a live mapping. Any context. */
 uint64_t dmakit_map_dma_addr(const dmakit_map_handle* h);

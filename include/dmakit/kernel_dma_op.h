@@ -165,6 +165,11 @@ class KernelDmaOp : public DmaOp {
   // Write-combining through set_memory_attribute(kWriteCombine): the architecture's DmaOp says
   // whether it has the encoding (kNotSupported otherwise, nothing allocated).
   Result<DmaHandle> alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) override;
+  // RAM: the allocator's range, the bounce pools and Config::ram, all in the direct map.
+  Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset, size_t size,
+                                DmaDirection dir) override;
+  Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                               DmaDirection dir) override;
   void dealloc_noncoherent(const DmaHandle& handle) override;
 
   // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
@@ -242,6 +247,10 @@ class KernelDmaOp : public DmaOp {
     uint64_t hi = 0;
   };
   PhysWindow alloc_window(const DmaConstraints& c) const;
+  // Whether [p, p + size) overlaps / lies inside RAM this object maps (allocator range, pools,
+  // Config::ram). Precondition: size >= 1, no wrap.
+  bool overlaps_ram(uint64_t p, uint64_t size) const;
+  bool inside_ram(uint64_t p, uint64_t size) const;
   // [lo, hi) spanning all RAM a buffer may live in (the allocator's, the pools, Config::ram).
   PhysWindow ram_span() const;
   // alloc_coherent and alloc_noncoherent: the pages, zeroed; remapped uncached when `uncached`.

@@ -621,6 +621,48 @@ static void attributes(void) {
   CHECK(f1.free_pages == f0.free_pages);
 }
 
+/* Issue 15 item 6: a page by physical address, and another device's MMIO range. */
+static void map_page_and_resource(void) {
+  dmakit_pfa_stats f0, f1;
+  dmakit_bounce_pool_stats p0, p1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p0), DMAKIT_OK);
+  uint64_t page;
+  uint8_t* cpu = high_page(2, &page); /* Above 4 GiB: the 32-bit device bounces it. */
+  memset(cpu, 0x4D, PAGE);
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, PAGE, 1, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_OUT_OF_RANGE);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, 100, PAGE, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_OUT_OF_RANGE);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page + 1, 0, 1, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p1), DMAKIT_OK);
+  CHECK(p1.used_slots == p0.used_slots);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, 64, 128, DMAKIT_TO_DEVICE, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  uint8_t seen[128];
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] == 0x4D && seen[127] == 0x4D);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+
+  uint64_t d = 0;
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x10000000ull, 0x1000, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_OK);
+  CHECK(d == 0x10000000ull);
+  CHECK_STATUS(dmakit_unmap_resource(&g_dev32, d, 0x1000, DMAKIT_TO_DEVICE), DMAKIT_OK);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, RAM_BASE + PAGE, 64, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x200000000ull, 64, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x10000000ull, 0, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_LAYOUT);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages && p1.used_slots == p0.used_slots);
+}
+
 static void strings(void) {
   CHECK(strcmp(dmakit_strerror(DMAKIT_OK), "ok") == 0);
   CHECK(strcmp(dmakit_strerror(DMAKIT_ERR_DMA_MASK), "dma mask not match") == 0);
@@ -661,6 +703,7 @@ int main(void) {
   coherent_memory();
   noncoherent_memory();
   attributes();
+  map_page_and_resource();
   strings();
   tear_down();
   printf("capi: %d passed, %d failed\n", g_passed, g_failed);
