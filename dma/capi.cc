@@ -89,6 +89,9 @@ static_assert(sizeof(DmaMapHandle) <= sizeof(dmakit_map_handle) &&
 static_assert(sizeof(DmaSegment) == sizeof(dmakit_sg_segment) &&
               alignof(DmaSegment) <= alignof(dmakit_sg_segment));
 static_assert(sizeof(SgEntry) == sizeof(dmakit_sg_entry));
+// A dmakit_dma_window array is read as DmaWindow in place.
+static_assert(sizeof(DmaWindow) == sizeof(dmakit_dma_window) &&
+              alignof(DmaWindow) <= alignof(dmakit_dma_window));
 
 // The C status values are the ErrorCode values.
 static_assert(DMAKIT_OK == static_cast<int>(ErrorCode::kOk));
@@ -466,6 +469,12 @@ int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask) {
   auto* b = live<DeviceBox>(dev, kDeviceTag);
   if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
   return status_of(b->dev.set_dma_mask(dma_mask));
+}
+
+int dmakit_device_set_dma_windows(dmakit_device* dev, const dmakit_dma_window* windows, size_t n) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_dma_windows(reinterpret_cast<const DmaWindow*>(windows), n));
 }
 
 int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask) {

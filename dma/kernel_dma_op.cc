@@ -37,19 +37,64 @@ void add_relaxed(T* counter, T v) {
 #endif
 }
 
-// Device address = physical + bus_offset (mod 2^64), and the device reaches [0, dma_mask]: it
-// reaches [p, p + size) when the device address d of p and d + size - 1 both lie there. Taken
-// modulo 2^64, a negative offset works (RAM at 0x3C00'0000 seen by the device from 0:
-// bus_offset = -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
-// Precondition: size >= 1.
-bool reachable(const DmaConstraints& c, uint64_t p, uint64_t size) {
-  uint64_t d = p + c.bus_offset;
+// The window of `c` that holds [p, p + size) wholly, or null. Precondition: size >= 1.
+const DmaWindow* window_of(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    uint64_t rel = p - w.cpu_base.value();
+    if (p >= w.cpu_base.value() && rel < w.size && size <= w.size - rel) return &w;
+  }
+  return nullptr;
+}
+
+// Device address = physical + offset (mod 2^64): the offset is bus_offset, or, for a device with
+// windows, that of the window holding [p, p + size) (false when none does). Taken modulo 2^64, a
+// negative offset works (RAM at 0x3C00'0000 seen by the device from 0: bus_offset =
+// -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
+[[gnu::always_inline]] inline bool dma_offset(const DmaConstraints& c, uint64_t p, uint64_t size,
+                                              uint64_t* off) {
+  if (c.num_windows == 0) [[likely]] {
+    *off = c.bus_offset;
+    return true;
+  }
+  const DmaWindow* w = window_of(c, p, size);
+  if (w == nullptr) return false;
+  *off = w->dma_base.value() - w->cpu_base.value();
+  return true;
+}
+
+// The device reaches DMA addresses [0, dma_mask]: it reaches [p, p + size) when the range has a
+// device address d (dma_offset) and d and d + size - 1 both lie there. Precondition: size >= 1.
+[[gnu::always_inline]] inline bool reachable(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  uint64_t off;
+  if (!dma_offset(c, p, size, &off)) return false;
+  uint64_t d = p + off;
   return d <= c.dma_mask && size - 1 <= c.dma_mask - d;
+}
+
+// The device address of [p, p + size): through its window, else (no window holds it, which only
+// error reports ask about) through bus_offset.
+uint64_t to_dma(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  uint64_t off = c.bus_offset;
+  if (!dma_offset(c, p, size, &off)) off = c.bus_offset;
+  return p + off;
+}
+
+// The windows are usable: at most kMaxDmaWindows, present when counted, none empty or wrapping.
+bool windows_ok(const DmaConstraints& c) {
+  if (c.num_windows == 0) return true;
+  if (c.num_windows > kMaxDmaWindows || c.windows == nullptr) return false;
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    if (w.size == 0 || w.cpu_base.value() + (w.size - 1) < w.cpu_base.value()) return false;
+    if (w.dma_base.value() + (w.size - 1) < w.dma_base.value()) return false;
+  }
+  return true;
 }
 
 // The device's address of physical p honours `align` (0 or 1: no demand).
 bool dma_aligned(const DmaConstraints& c, uint64_t p, size_t align) {
-  return align <= 1 || support::is_aligned(p + c.bus_offset, align);
+  return align <= 1 || support::is_aligned(to_dma(c, p, 1), align);
 }
 
 // A buffer the mapping layer can describe: not empty, not null, not wrapping past the end of the
@@ -63,7 +108,7 @@ bool layout_ok(const void* addr, size_t size, size_t align) {
 // The device address kDmaMaskNotMatch reports for [p, p + size): that of the last byte, or of
 // the first when the last one's wraps past 2^64 (both then lie beyond the mask).
 uint64_t unreachable_dma(const DmaConstraints& c, uint64_t p, size_t size) {
-  uint64_t d = p + c.bus_offset;
+  uint64_t d = to_dma(c, p, size);
   uint64_t last = d + (size - 1);
   return last < d ? d : last;
 }
@@ -208,6 +253,46 @@ int KernelDmaOp::pick_pool(const DmaConstraints& c) const {
   return -1;
 }
 
+size_t KernelDmaOp::alloc_windows(const DmaConstraints& c, PhysWindow* out) const {
+  if (c.num_windows == 0) {
+    out[0] = alloc_window(c);
+    return 1;
+  }
+  // Each window's part under the mask, as a physical interval.
+  size_t n = 0;
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    uint64_t d = w.dma_base.value();
+    if (d > c.dma_mask) continue;
+    uint64_t reach = support::min(w.size - 1, c.dma_mask - d);  // Last byte, relative.
+    out[n++] = PhysWindow{w.cpu_base.value(), w.cpu_base.value() + reach};
+  }
+  return n;
+}
+
+bool KernelDmaOp::covers(const DmaConstraints& c, uint64_t lo, uint64_t hi) const {
+  if (hi <= lo) return true;
+  if (c.num_windows == 0) return reachable(c, lo, hi - lo);
+  // Walk from lo: each step needs a window reaching the current byte; it advances to the end of
+  // that window's reach.
+  PhysWindow w[kMaxDmaWindows];
+  size_t n = alloc_windows(c, w);
+  uint64_t cur = lo;
+  for (size_t steps = 0; steps <= n; ++steps) {
+    bool advanced = false;
+    for (size_t i = 0; i < n; ++i) {
+      if (cur >= w[i].lo && cur <= w[i].hi) {
+        if (w[i].hi >= hi - 1) return true;
+        cur = w[i].hi + 1;
+        advanced = true;
+        break;
+      }
+    }
+    if (!advanced) return false;
+  }
+  return false;
+}
+
 KernelDmaOp::PhysWindow KernelDmaOp::alloc_window(const DmaConstraints& c) const {
   uint64_t lo = 0 - c.bus_offset;  // The physical address the device sees at 0.
   uint64_t hi;
@@ -243,7 +328,8 @@ size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
   if (c.dma_mask == 0) return 0;
   // A device that reaches all memory, snoops the caches and is not forced to bounce never
   // bounces: nothing limits its mappings. Any other may bounce, and is limited by its pool.
-  bool reaches_all = reachable(c, dm_lo_, dm_hi_ - dm_lo_);
+  if (!windows_ok(c)) return 0;
+  bool reaches_all = covers(c, dm_lo_, dm_hi_);
   if (reaches_all && coherent(c) && !c.force_bounce) return ~size_t{0};
   int pi = pick_pool(c);
   if (pi < 0) return c.force_bounce ? 0 : ~size_t{0};
@@ -303,17 +389,25 @@ Result<DmaAddr> KernelDmaOp::map_resource(const DmaConstraints& c, PhysAddr phys
                                           DmaDirection) {
   uint64_t p = phys.value();
   if (size == 0 || p + (size - 1) < p) return ErrorCode::kLayoutError;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
   if (overlaps_ram(p, size)) return ErrorCode::kInvalidArgument;
   if (!reachable(c, p, size)) {
     return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask);
   }
-  return DmaAddr(p + c.bus_offset);
+  return DmaAddr(to_dma(c, p, size));
 }
 
 bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
   if (!coherent(c)) return true;
   uint64_t p = addr.value() - c.bus_offset;
+  for (size_t i = 0; i < c.num_windows && c.windows != nullptr; ++i) {
+    const DmaWindow& w = c.windows[i];
+    if (i == 0) p = ~0ull;  // With windows, an address outside them is nobody's bounce slot.
+    if (addr.value() - w.dma_base.value() < w.size) {
+      p = addr.value() - w.dma_base.value() + w.cpu_base.value();
+      break;
+    }
+  }
   for (size_t i = 0; i < num_pools_; ++i) {
     if (p - pool_first_[i] <= pool_last_[i] - pool_first_[i]) return true;
   }
@@ -322,32 +416,47 @@ bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
 
 Result<void> KernelDmaOp::check_mask(const DmaConstraints& c, DmaMaskKind kind) const {
   constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
   if (kind == DmaMaskKind::kStreaming) {
     PhysWindow ram = ram_span();
-    if (ram.hi > ram.lo && reachable(c, ram.lo, ram.hi - ram.lo)) return support::ok();
+    if (ram.hi > ram.lo && covers(c, ram.lo, ram.hi)) return support::ok();
     if (pick_pool(c) >= 0) return support::ok();
     return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, ram.lo, kPage), c.dma_mask);
   }
   // Coherent memory comes from the allocator: at least one page of it must lie in the window.
   uint64_t pfa_lo = cfg_.pfa->lowest_address().value();
   uint64_t pfa_hi = cfg_.pfa->highest_address().value();
-  PhysWindow w = alloc_window(c);
-  uint64_t lo = support::max(w.lo, pfa_lo);
-  if (pfa_hi > pfa_lo && lo <= 0 - kPage) {
-    lo = support::align_up(lo, kPage);
-    uint64_t last = support::min(w.hi, pfa_hi - 1);
-    if (lo <= last && last - lo >= kPage - 1) return support::ok();
+  PhysWindow ws[kMaxDmaWindows];
+  size_t n = alloc_windows(c, ws);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t lo = support::max(ws[i].lo, pfa_lo);
+    if (pfa_hi > pfa_lo && lo <= 0 - kPage) {
+      lo = support::align_up(lo, kPage);
+      uint64_t last = support::min(ws[i].hi, pfa_hi - 1);
+      if (lo <= last && last - lo >= kPage - 1) return support::ok();
+    }
   }
   return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, pfa_lo, kPage), c.dma_mask);
 }
 
 uint64_t KernelDmaOp::required_mask(const DmaConstraints& c) const {
   PhysWindow ram = ram_span();
-  if (ram.hi <= ram.lo) return ~0ull;
-  uint64_t first = ram.lo + c.bus_offset;
-  uint64_t last = ram.hi - 1 + c.bus_offset;
-  if (last < first) return ~0ull;  // RAM's device addresses wrap past 2^64.
+  if (ram.hi <= ram.lo || !windows_ok(c)) return ~0ull;
+  uint64_t last = 0;
+  if (c.num_windows == 0) {
+    uint64_t first = ram.lo + c.bus_offset;
+    last = ram.hi - 1 + c.bus_offset;
+    if (last < first) return ~0ull;  // RAM's device addresses wrap past 2^64.
+  } else {
+    // The highest device address of RAM through any window.
+    for (size_t i = 0; i < c.num_windows; ++i) {
+      const DmaWindow& w = c.windows[i];
+      uint64_t lo = support::max(w.cpu_base.value(), ram.lo);
+      uint64_t hi = support::min(w.cpu_base.value() + (w.size - 1), ram.hi - 1);
+      if (lo > hi) continue;
+      last = support::max(last, hi - w.cpu_base.value() + w.dma_base.value());
+    }
+  }
   unsigned bits = 64 - static_cast<unsigned>(__builtin_clzll(last | 1));
   return bits >= 64 ? ~0ull : (uint64_t{1} << bits) - 1;
 }
@@ -387,7 +496,7 @@ inline bool KernelDmaOp::in_direct_map(uint64_t p, size_t size) const {
 inline ErrorCode KernelDmaOp::check_request(const DmaConstraints& c, const void* addr, size_t size,
                                             size_t align, bool coherent) const {
   if (!layout_ok(addr, size, align)) return ErrorCode::kLayoutError;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
   if (!coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   return ErrorCode::kOk;
 }
@@ -404,7 +513,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
                                              size_t align, DmaDirection dir) {
   // The device first, then the buffer: one test after another keeps few values live at once.
   // The hand-offs are guaranteed tail calls (same signature), so this needs no stack frame.
-  if (align > 1 || !coherent(c) || c.force_bounce) [[unlikely]] {
+  if (align > 1 || !coherent(c) || c.force_bounce || c.num_windows != 0) [[unlikely]] {
     SUPPORT_MUSTTAIL return map_checked(c, addr, size, align, dir);
   }
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
@@ -472,7 +581,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(p + c.bus_offset);
+  h.dma_addr = DmaAddr(to_dma(c, p, size));
   h.size = size;
   h.direction = dir;
   h.coherent_device = coherent;
@@ -500,7 +609,11 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   // the physical one, must be aligned). Where they overlap they must agree.
   uint64_t keep = c.min_align_mask;
   uint64_t align_mask = align > 1 ? align - 1 : 0;
-  uint64_t align_bits = (0 - c.bus_offset) & align_mask;
+  // The slot's device address goes through the window holding the pool (pick_pool chose a pool
+  // one window holds wholly).
+  uint64_t off = c.bus_offset;
+  (void)dma_offset(c, pool->base().value(), pool->bytes(), &off);
+  uint64_t align_bits = (0 - off) & align_mask;
   if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
     return map_failed(ErrorCode::kLayoutError);
   }
@@ -520,7 +633,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  h.dma_addr = DmaAddr(slot->addr.value() + off);
   h.size = size;
   h.bounce_cpu = bounce_cpu;
   h.bounce_first_slot = slot->first_slot;
@@ -638,22 +751,12 @@ void KernelDmaOp::dealloc_noncoherent(const DmaHandle& h) {
   dealloc_coherent(h);
 }
 
-Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
-                                           bool remap) {
-  if (layout.size == 0) return ErrorCode::kLayoutError;
-  if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
-  unsigned order = PageFrameAllocator::order_for(layout.size);
-  if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
-  PhysWindow w = alloc_window(c);
-  const bool snoops = coherent(c);
-  // Without cache maintenance neither a device that does not snoop nor a remap (whose lines must
-  // be written back first) can be served.
-  if ((!snoops || remap) && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
-  uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
+Result<PhysAddr> KernelDmaOp::alloc_in(const DmaConstraints& c, PhysWindow w, unsigned order,
+                                       uint64_t align) {
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;
   // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
-  // offset) also has a floor. No memory at all between floor and limit is a mask mismatch.
+  // offset, or a dma-ranges window) also has a floor. No memory at all between floor and limit
+  // is a mask mismatch.
   if (w.lo != 0 && (w.lo >= dm_hi_ || dm_hi_ - w.lo < bytes_needed)) {
     return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, dm_lo_, bytes_needed), c.dma_mask);
   }
@@ -668,15 +771,49 @@ Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layou
     }
     return e;
   }
-  if (pa->value() < w.lo) {
+  if (pa->value() < w.lo || pa->value() + (bytes_needed - 1) > w.hi) {
     // It prefers high memory, so a block below the floor means none is free above it now.
     auto undo = cfg_.pfa->free(*pa, order);
-    KASSERT(undo.ok(), "alloc_coherent: cannot give back a block below the device's window");
+    KASSERT(undo.ok(), "alloc_coherent: cannot give back a block outside the device's window");
     return ErrorCode::kNoMemory;
   }
+  return *pa;
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
+                                           bool remap) {
+  if (layout.size == 0) return ErrorCode::kLayoutError;
+  if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
+  unsigned order = PageFrameAllocator::order_for(layout.size);
+  if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
+  const bool snoops = coherent(c);
+  // Without cache maintenance neither a device that does not snoop nor a remap (whose lines must
+  // be written back first) can be served.
+  if ((!snoops || remap) && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
+  uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
+  // One window (bus_offset), or each of the device's windows in turn: the first that gives a
+  // block wins; otherwise the error of the last one, kNoMemory before kDmaMaskNotMatch (some
+  // window had memory, only not now).
+  PhysWindow ws[kMaxDmaWindows];
+  size_t nw = alloc_windows(c, ws);
+  Error best(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, dm_lo_, 1), c.dma_mask);
+  PhysAddr block;
+  bool got = false;
+  for (size_t i = 0; i < nw && !got; ++i) {
+    auto r = alloc_in(c, ws[i], order, align);
+    if (r.ok()) {
+      block = *r;
+      got = true;
+    } else if (best.code != ErrorCode::kNoMemory) {
+      best = r.error();
+    }
+  }
+  if (!got) return best;
+  const PhysAddr* pa = &block;
   DmaHandle h;
   h.phys = *pa;
-  h.dma_addr = DmaAddr(pa->value() + c.bus_offset);
+  h.dma_addr = DmaAddr(to_dma(c, pa->value(), PageFrameAllocator::kPageSize << order));
   h.cpu_addr = phys_to_virt(*pa);
   h.layout = layout;
   h.order = static_cast<uint8_t>(order);

@@ -503,6 +503,24 @@ class DeviceDma {
   void set_coherent(bool coherent) { c_.coherence = dma_coherence(coherent); }
   void set_force_bounce(bool force) { c_.force_bounce = force; }
   void set_min_align_mask(uint64_t m) { c_.min_align_mask = m; }
+  // The device's DMA windows (DmaConstraints::windows: `n` entries at `w`, owned by the caller
+  // and outliving the device and its copies; n 0 goes back to the single bus_offset). Errors:
+  // kInvalidArgument (n above kMaxDmaWindows, w null with n > 0, an empty or wrapping window);
+  // nothing changes then. Mappings made before keep what they were made with.
+  Result<void> set_dma_windows(const DmaWindow* w, size_t n) {
+    DmaConstraints c = c_;
+    c.windows = n == 0 ? nullptr : w;
+    c.num_windows = static_cast<uint8_t>(n <= kMaxDmaWindows ? n : 0);
+    if (n > kMaxDmaWindows || (n != 0 && w == nullptr)) return ErrorCode::kInvalidArgument;
+    for (size_t i = 0; i < n; ++i) {
+      if (w[i].size == 0 || w[i].cpu_base.value() + (w[i].size - 1) < w[i].cpu_base.value() ||
+          w[i].dma_base.value() + (w[i].size - 1) < w[i].dma_base.value()) {
+        return ErrorCode::kInvalidArgument;
+      }
+    }
+    c_ = c;
+    return support::ok();
+  }
   // The name diagnostics print (a string that outlives the device), may be null.
   void set_name(const char* name) { c_.name = name; }
   const char* name() const { return c_.name; }

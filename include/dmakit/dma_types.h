@@ -84,6 +84,17 @@ struct Layout {
   size_t align = 1;
 };
 
+// One DMA window of a device (a `dma-ranges` entry, Linux's bus_dma_region): the CPU's physical
+// range [cpu_base, cpu_base + size) appears to the device at [dma_base, dma_base + size).
+struct DmaWindow {
+  PhysAddr cpu_base;
+  DmaAddr dma_base;
+  uint64_t size = 0;
+};
+
+// Most windows DmaConstraints::windows may name.
+inline constexpr size_t kMaxDmaWindows = 8;
+
 // What the mapping layer must know about one device. `DeviceDma` (include/dmakit/device_dma.h)
 // holds one.
 struct DmaConstraints {
@@ -106,6 +117,14 @@ struct DmaConstraints {
   // pools' per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
   // every build), shared by its copies; 0 for an anonymous device (the mask-only entry points).
   uint32_t device_id = 0;
+  // Several DMA windows (num_windows of them at `windows`, caller-owned, outliving every copy of
+  // these constraints; at most kMaxDmaWindows): when given, a physical range is reachable only if
+  // one window holds it wholly and its device address (translated through that window) lies
+  // under dma_mask; bus_offset is then not used. Bounce slots and coherent memory are chosen in
+  // memory some window reaches. None (the default): the single bus_offset. A window of size 0 or
+  // one that wraps is refused (kInvalidArgument).
+  const DmaWindow* windows = nullptr;
+  uint8_t num_windows = 0;
   // Most bytes of a bounce pool this device may hold at once (BounceDevice::quota: whole slots,
   // rounded up; 0: no quota). A bounced mapping over it fails with kNoMemory.
   uint64_t bounce_quota = 0;

@@ -389,6 +389,20 @@ int dmakit_device_init(dmakit_device* dev, dmakit_platform_op* op, const dmakit_
 int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask);
 int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask);
 int dmakit_device_set_dma_mask_and_coherent(dmakit_device* dev, uint64_t dma_mask);
+/* One DMA window (a dma-ranges entry): CPU physical [cpu_base, cpu_base + size) appears to the
+ * device at [dma_base, dma_base + size). (DmaWindow.) */
+typedef struct dmakit_dma_window {
+  uint64_t cpu_base;
+  uint64_t dma_base;
+  uint64_t size;
+} dmakit_dma_window;
+
+/* Gives the device `n` DMA windows (at most 8; 0: back to the single bus_offset). `windows` stays
+ * the caller's and must outlive the device. Errors: INVALID_ARGUMENT (uninitialised; n above 8;
+ * null windows with n > 0; an empty or wrapping window); nothing changes then.
+ * (DeviceDma::set_dma_windows.) */
+int dmakit_device_set_dma_windows(dmakit_device* dev, const dmakit_dma_window* windows, size_t n);
+
 /* Changes to a live device (a driver that learns better, or a test); mappings made before keep
  * what they were made with. Call while no other CPU maps for the device. Errors: INVALID_ARGUMENT
  * (uninitialised; a coherence that is not a dmakit_coherence). */

@@ -247,6 +247,13 @@ class KernelDmaOp : public DmaOp {
     uint64_t hi = 0;
   };
   PhysWindow alloc_window(const DmaConstraints& c) const;
+  // Every interval the device reaches: alloc_window's one, or, for a device with DMA windows,
+  // each window's part under the mask (out has room for kMaxDmaWindows). Returns how many.
+  size_t alloc_windows(const DmaConstraints& c, PhysWindow* out) const;
+  // Whether the device reaches every byte of [lo, hi), through one window or several.
+  bool covers(const DmaConstraints& c, uint64_t lo, uint64_t hi) const;
+  // A block of 2^order pages inside w. Errors: kDmaMaskNotMatch, kNoMemory.
+  Result<PhysAddr> alloc_in(const DmaConstraints& c, PhysWindow w, unsigned order, uint64_t align);
   // Whether [p, p + size) overlaps / lies inside RAM this object maps (allocator range, pools,
   // Config::ram). Precondition: size >= 1, no wrap.
   bool overlaps_ram(uint64_t p, uint64_t size) const;

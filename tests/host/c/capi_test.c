@@ -663,6 +663,36 @@ static void map_page_and_resource(void) {
   CHECK(f1.free_pages == f0.free_pages && p1.used_slots == p0.used_slots);
 }
 
+/* Issue 15 item 3: a device seeing the low half of RAM through a window at device address 0. */
+static void dma_windows(void) {
+  static const dmakit_dma_window w[1] = {{RAM_BASE, 0, 16ull << 20}};
+  static const dmakit_dma_window bad[1] = {{RAM_BASE, 0, 0}};
+  dmakit_device dev;
+  dmakit_device_config dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.dma_mask = MASK32;
+  dc.coherence = DMAKIT_COHERENCE_COHERENT;
+  CHECK_STATUS(dmakit_device_init(&dev, &g_op, &dc), DMAKIT_OK);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, bad, 1), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, w, 9), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, w, 1), DMAKIT_OK);
+  uint64_t phys;
+  uint8_t* low = page_under(RAM_BASE + (16ull << 20) - 1, &phys);
+  if (low == NULL) return;
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map(&dev, low, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 0);
+  CHECK(dmakit_map_dma_addr(&h) == phys - RAM_BASE);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  uint64_t high_phys;
+  uint8_t* high = high_page(3, &high_phys); /* Outside the window: bounced into the pool. */
+  CHECK_STATUS(dmakit_map(&dev, high, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  CHECK(dmakit_map_dma_addr(&h) < POOL_BYTES);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+}
+
 static void strings(void) {
   CHECK(strcmp(dmakit_strerror(DMAKIT_OK), "ok") == 0);
   CHECK(strcmp(dmakit_strerror(DMAKIT_ERR_DMA_MASK), "dma mask not match") == 0);
@@ -704,6 +734,7 @@ int main(void) {
   noncoherent_memory();
   attributes();
   map_page_and_resource();
+  dma_windows();
   strings();
   tear_down();
   printf("capi: %d passed, %d failed\n", g_passed, g_failed);
