@@ -619,9 +619,20 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   }
   // A size above the pool's max_mapping_size() is refused by alloc with kLayoutError; a device
   // over its quota, like a full pool, gets kNoMemory.
-  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
-                          BounceDevice{c.device_id, c.name, c.bounce_quota});
-  if (!slot.ok()) return map_failed(slot.error());
+  auto first = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                           BounceDevice{c.device_id, c.name, c.bounce_quota});
+  BounceSlot s;
+  if (first.ok()) [[likely]] {
+    s = *first;
+  } else {
+    // Full (or the device's quota there spent): another pool under the mask may have room.
+    if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
+    int alt = alloc_fallback(c, p, size, keep, align_mask, pi, &s, &off);
+    if (alt < 0) return map_failed(first.error());
+    pi = alt;
+    pool = pools_[pi];
+  }
+  const BounceSlot* slot = &s;
   void* bounce_cpu = pool->cpu_addr(slot->addr);
   // Copied in for every direction, kFromDevice included: a device that writes less than the
   // whole buffer must leave the buffer's own bytes in the slot, never a previous mapping's (which
@@ -645,6 +656,29 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   h.skip_cpu_sync = skip;
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
+}
+
+int KernelDmaOp::alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                                uint64_t align_mask, int skip, BounceSlot* out, uint64_t* off) {
+  // The other pools the device reaches wholly, highest placed first, as pick_pool orders them.
+  for (size_t rank = 0; rank < num_pools_; ++rank) {
+    int pi = pool_order_[rank];
+    if (pi == skip) continue;
+    if (!reachable(c, pool_first_[rank], pool_last_[rank] - pool_first_[rank] + 1)) continue;
+    BouncePool* pool = pools_[pi];
+    uint64_t o = c.bus_offset;
+    (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
+    uint64_t align_bits = (0 - o) & align_mask;
+    if (((p ^ align_bits) & keep & align_mask) != 0) continue;
+    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                            BounceDevice{c.device_id, c.name, c.bounce_quota});
+    if (!slot.ok()) continue;
+    *out = *slot;
+    *off = o;
+    add_relaxed(&stats_.pool_fallbacks, uint64_t{1});
+    return pi;
+  }
+  return -1;
 }
 
 void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
@@ -883,5 +917,6 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
   s.live_maps = __atomic_load_n(&stats_.live_maps, __ATOMIC_RELAXED);
   s.coherent_uncached = __atomic_load_n(&stats_.coherent_uncached, __ATOMIC_RELAXED);
   s.coherent_uncached_live = __atomic_load_n(&stats_.coherent_uncached_live, __ATOMIC_RELAXED);
+  s.pool_fallbacks = __atomic_load_n(&stats_.pool_fallbacks, __ATOMIC_RELAXED);
   return s;
 }

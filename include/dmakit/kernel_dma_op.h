@@ -11,9 +11,11 @@
 //      that does not snoop would write a buffer that shares a cache line with other data (the
 //      unmap's invalidate would have to write the CPU's copy of that line back over the
 //      device's bytes): take a slot from the highest pool lying wholly inside the window
-//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size, kNoMemory
-//      if it is full) and copy the buffer in, for every direction (a device that writes less
-//      than the whole slot must leave the buffer's own bytes there, never a previous mapping's);
+//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size; when it is
+//      full, the next lower pool the device reaches is tried, kNoMemory if every one is full)
+//      and copy the buffer in, for every direction (a device that writes less than the whole
+//      slot must leave the buffer's own bytes there, never a previous mapping's). With DMA
+//      windows (DmaConstraints::windows), "the device's window" is any of them;
 //   4. clean the caches over what the device will read or write, unless the device snoops.
 // map_single is the same decision for the common case, inline: a device that snoops, no forced
 // bounce, no alignment, a buffer inside the direct map; anything else goes to map_checked as it
@@ -231,6 +233,9 @@ class KernelDmaOp : public DmaOp {
     uint64_t live_maps = 0;
     uint64_t coherent_uncached = 0;       // Coherent allocations remapped uncached, ever.
     uint64_t coherent_uncached_live = 0;  // ... and still live.
+    // Bounced maps that found the chosen pool full and took a slot in another pool under the
+    // device's mask.
+    uint64_t pool_fallbacks = 0;
   };
   Stats stats() const;
 
@@ -303,6 +308,12 @@ class KernelDmaOp : public DmaOp {
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
                               size_t align, DmaDirection dir, bool coherent, bool for_lines,
                               bool skip = false);
+  // A slot for [p, p + size) in another pool than `skip` that the device reaches, when the chosen
+  // one is full: the pool's index (the slot in *out, the pool's device-address offset in *off),
+  // or -1 when none has room.
+  [[gnu::noinline]] int alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size,
+                                       uint64_t keep, uint64_t align_mask, int skip,
+                                       BounceSlot* out, uint64_t* off);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).
