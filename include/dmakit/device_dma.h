@@ -6,7 +6,13 @@
 //   StreamingMapping -- a map_single; unmaps when destroyed (or at unmap()).
 //   DBox<T>          -- one T in coherent memory.
 //   DArray<T>        -- n Ts in coherent memory.
-//   DmaBufferPool    -- a fixed set of equal coherent buffers, lent out as PooledBuffer.
+//   ContiguousArray<T>, ContiguousBox<T> -- cacheable memory owned in turn through range syncs
+//                       (alloc_noncoherent; Linux's dma_alloc_noncoherent).
+//   DmaBufferPool    -- a fixed set of equal buffers, lent out as PooledBuffer.
+// DeviceDma also negotiates the streaming and coherent masks (set_dma_mask_and_coherent), answers
+// the sizing queries (max_mapping_size, opt_mapping_size, cache_alignment, need_sync,
+// required_mask, addressing_limited), maps with attributes (map_attrs), by physical page
+// (map_page) and another device's MMIO (map_resource), and holds DMA windows (set_dma_windows).
 // Ownership moves: the CPU owns a streaming buffer before map and after unmap; in between the
 // device does, except across sync_for_cpu (CPU may read) / sync_for_device (device may read again).
 //
