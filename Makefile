@@ -99,7 +99,9 @@ HOST_CXXFLAGS := $(COMMON_CXXFLAGS) -O1 -DDMA_DEBUG=1 -DDMA_API_DEBUG=1 -DDMA_FA
                  -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 HOST_LDFLAGS := -fsanitize=address,undefined -lgtest -lpthread
 HOST_BACKEND_SRCS := $(wildcard arch/host/*.cc)
-HOST_TEST_SRCS := $(wildcard tests/host/*.cc) $(wildcard tests/host/*/*.cc)
+# The test kernel's device-tree reader, for its host test on hand-built blobs.
+HOST_TEST_SRCS := $(wildcard tests/host/*.cc) $(wildcard tests/host/*/*.cc) testkernel/fdt.cc \
+                  testkernel/kstring.cc
 HOST_SRCS := $(LIBDMA_SRCS) $(HOST_BACKEND_SRCS) $(HOST_TEST_SRCS)
 HOST_OBJS := $(patsubst %.cc,$(HOST_DIR)/obj/%.o,$(HOST_SRCS))
 HOST_TEST_BIN := $(HOST_DIR)/dma_host_tests

@@ -62,6 +62,7 @@ struct CoherentBox {
   uint32_t tag = kCoherentTag;
   DmaOp* op = nullptr;
   DmaHandle handle;
+  bool noncoherent = false;  // From alloc_noncoherent: freed by dealloc_noncoherent.
 };
 
 struct SgBox {
@@ -88,9 +89,16 @@ static_assert(sizeof(DmaMapHandle) <= sizeof(dmakit_map_handle) &&
 static_assert(sizeof(DmaSegment) == sizeof(dmakit_sg_segment) &&
               alignof(DmaSegment) <= alignof(dmakit_sg_segment));
 static_assert(sizeof(SgEntry) == sizeof(dmakit_sg_entry));
+// A dmakit_dma_window array is read as DmaWindow in place.
+static_assert(sizeof(DmaWindow) == sizeof(dmakit_dma_window) &&
+              alignof(DmaWindow) <= alignof(dmakit_dma_window));
 
 // The C status values are the ErrorCode values.
 static_assert(DMAKIT_OK == static_cast<int>(ErrorCode::kOk));
+static_assert(DMAKIT_ATTR_SKIP_CPU_SYNC == kDmaAttrSkipCpuSync);
+static_assert(DMAKIT_ATTR_WRITE_COMBINE == kDmaAttrWriteCombine);
+static_assert(DMAKIT_ATTR_NO_KERNEL_MAPPING == kDmaAttrNoKernelMapping);
+static_assert(DMAKIT_ATTR_WEAK_ORDERING == kDmaAttrWeakOrdering);
 static_assert(DMAKIT_ERR_NO_MEMORY == static_cast<int>(ErrorCode::kNoMemory));
 static_assert(DMAKIT_ERR_LAYOUT == static_cast<int>(ErrorCode::kLayoutError));
 static_assert(DMAKIT_ERR_DMA_MASK == static_cast<int>(ErrorCode::kDmaMaskNotMatch));
@@ -460,8 +468,51 @@ extern "C" {
 int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask) {
   auto* b = live<DeviceBox>(dev, kDeviceTag);
   if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
-  b->dev.set_dma_mask(dma_mask);
-  return DMAKIT_OK;
+  return status_of(b->dev.set_dma_mask(dma_mask));
+}
+
+int dmakit_device_set_dma_windows(dmakit_device* dev, const dmakit_dma_window* windows, size_t n) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_dma_windows(reinterpret_cast<const DmaWindow*>(windows), n));
+}
+
+int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_coherent_mask(dma_mask));
+}
+
+int dmakit_device_set_dma_mask_and_coherent(dmakit_device* dev, uint64_t dma_mask) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_mask == 0) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->dev.set_dma_mask_and_coherent(dma_mask));
+}
+
+uint64_t dmakit_device_coherent_mask(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.coherent_mask();
+}
+
+uint64_t dmakit_device_required_mask(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.required_mask();
+}
+
+int dmakit_device_addressing_limited(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b != nullptr && b->dev.addressing_limited() ? 1 : 0;
+}
+
+size_t dmakit_device_opt_mapping_size(const dmakit_device* dev) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  return b == nullptr ? 0 : b->dev.opt_mapping_size();
+}
+
+int dmakit_device_need_sync(const dmakit_device* dev, uint64_t dma_addr) {
+  const auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr) return 1;
+  return b->dev.need_sync(DmaAddr(dma_addr)) ? 1 : 0;
 }
 
 int dmakit_device_set_coherence(dmakit_device* dev, int coherence) {
@@ -515,6 +566,47 @@ int dmakit_map(dmakit_device* dev, void* addr, size_t size, int dir, size_t alig
   if (!m.ok()) return status(m.error().code);
   auto* h = new (out->opaque) MapBox;
   h->mapping = support::move(*m);
+  return DMAKIT_OK;
+}
+
+int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
+                     uint32_t attrs, dmakit_map_handle* out) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || out == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  auto m = b->dev.map_attrs(addr, size, to_direction(dir), attrs, align);
+  if (!m.ok()) return status(m.error().code);
+  auto* h = new (out->opaque) MapBox;
+  h->mapping = support::move(*m);
+  return DMAKIT_OK;
+}
+
+int dmakit_map_page(dmakit_device* dev, uint64_t page, size_t offset, size_t size, int dir,
+                    dmakit_map_handle* out) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || out == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  auto m = b->dev.map_page(PhysAddr(page), offset, size, to_direction(dir));
+  if (!m.ok()) return status(m.error().code);
+  auto* h = new (out->opaque) MapBox;
+  h->mapping = support::move(*m);
+  return DMAKIT_OK;
+}
+
+int dmakit_map_resource(dmakit_device* dev, uint64_t phys, size_t size, int dir,
+                        uint64_t* dma_addr) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || dma_addr == nullptr || !valid_direction(dir)) {
+    return DMAKIT_ERR_INVALID_ARGUMENT;
+  }
+  auto r = b->dev.map_resource(PhysAddr(phys), size, to_direction(dir));
+  if (!r.ok()) return status(r.error().code);
+  *dma_addr = r->value();
+  return DMAKIT_OK;
+}
+
+int dmakit_unmap_resource(dmakit_device* dev, uint64_t dma_addr, size_t size, int dir) {
+  auto* b = live<DeviceBox>(dev, kDeviceTag);
+  if (b == nullptr || !valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  b->dev.unmap_resource(DmaAddr(dma_addr), size, to_direction(dir));
   return DMAKIT_OK;
 }
 
@@ -624,12 +716,54 @@ int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_
   auto* d = live<DeviceBox>(dev, kDeviceTag);
   if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
   DmaOp* op = d->dev.op();
-  Result<DmaHandle> r = op->alloc_coherent(d->dev.constraints(), Layout{size, align});
+  Result<DmaHandle> r = op->alloc_coherent(d->dev.coherent_constraints(), Layout{size, align});
   if (!r.ok()) return status(r.error().code);
   auto* b = new (out->opaque) CoherentBox;
   b->op = op;
   b->handle = *r;
   return DMAKIT_OK;
+}
+
+int dmakit_alloc_attrs(dmakit_device* dev, size_t size, size_t align, uint32_t attrs,
+                       dmakit_coherent* out) {
+  auto* d = live<DeviceBox>(dev, kDeviceTag);
+  if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  DmaOp* op = d->dev.op();
+  Result<DmaHandle> r = op->alloc_attrs(d->dev.coherent_constraints(), Layout{size, align}, attrs);
+  if (!r.ok()) return status(r.error().code);
+  auto* b = new (out->opaque) CoherentBox;
+  b->op = op;
+  b->handle = *r;
+  return DMAKIT_OK;
+}
+
+int dmakit_alloc_noncoherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out) {
+  auto* d = live<DeviceBox>(dev, kDeviceTag);
+  if (d == nullptr || out == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  DmaOp* op = d->dev.op();
+  Result<DmaHandle> r = op->alloc_noncoherent(d->dev.coherent_constraints(), Layout{size, align});
+  if (!r.ok()) return status(r.error().code);
+  auto* b = new (out->opaque) CoherentBox;
+  b->op = op;
+  b->handle = *r;
+  b->noncoherent = true;
+  return DMAKIT_OK;
+}
+
+int dmakit_noncoherent_sync_for_device(dmakit_coherent* c, size_t offset, size_t size, int dir) {
+  auto* b = live<CoherentBox>(c, kCoherentTag);
+  if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
+  if (!valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(b->op->sync_noncoherent(b->handle, offset, size, to_direction(dir),
+                                           DmaSyncTarget::kForDevice));
+}
+
+int dmakit_noncoherent_sync_for_cpu(dmakit_coherent* c, size_t offset, size_t size, int dir) {
+  auto* b = live<CoherentBox>(c, kCoherentTag);
+  if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
+  if (!valid_direction(dir)) return DMAKIT_ERR_INVALID_ARGUMENT;
+  return status_of(
+      b->op->sync_noncoherent(b->handle, offset, size, to_direction(dir), DmaSyncTarget::kForCpu));
 }
 
 void* dmakit_coherent_cpu_addr(const dmakit_coherent* c) {
@@ -650,7 +784,11 @@ size_t dmakit_coherent_size(const dmakit_coherent* c) {
 int dmakit_free_coherent(dmakit_coherent* c) {
   auto* b = live<CoherentBox>(c, kCoherentTag);
   if (b == nullptr) return DMAKIT_ERR_NOT_FOUND;
-  b->op->dealloc_coherent(b->handle);
+  if (b->noncoherent) {
+    b->op->dealloc_noncoherent(b->handle);
+  } else {
+    b->op->dealloc_coherent(b->handle);
+  }
   end(c, b);
   return DMAKIT_OK;
 }

@@ -13,10 +13,28 @@ PooledBuffer& PooledBuffer::operator=(PooledBuffer&& o) {
 }
 
 uint8_t* PooledBuffer::data() const {
-  return pool_->buffers_[index_].raw_data();
+  return static_cast<uint8_t*>(pool_->buffers_[index_].cpu_addr);
 }
 DmaAddr PooledBuffer::dma_addr() const {
-  return pool_->buffers_[index_].dma_addr();
+  return pool_->buffers_[index_].dma_addr;
+}
+
+Result<void> PooledBuffer::sync_for_device(size_t offset, size_t size) {
+  if (pool_ == nullptr) return ErrorCode::kInvalidArgument;
+  if (offset > pool_->buffer_size_ || size > pool_->buffer_size_ - offset) {
+    return ErrorCode::kOutOfRange;
+  }
+  return pool_->op_->sync_noncoherent(pool_->buffers_[index_], offset, size,
+                                      DmaDirection::kFromDevice, DmaSyncTarget::kForDevice);
+}
+
+Result<void> PooledBuffer::sync_for_cpu(size_t offset, size_t size) {
+  if (pool_ == nullptr) return ErrorCode::kInvalidArgument;
+  if (offset > pool_->buffer_size_ || size > pool_->buffer_size_ - offset) {
+    return ErrorCode::kOutOfRange;
+  }
+  return pool_->op_->sync_noncoherent(pool_->buffers_[index_], offset, size,
+                                      DmaDirection::kFromDevice, DmaSyncTarget::kForCpu);
 }
 size_t PooledBuffer::size() const {
   return pool_->buffer_size_;
@@ -36,17 +54,38 @@ DmaBufferPool::~DmaBufferPool() {
     KDEBUG_ASSERT(free_mask_ == all, "DmaBufferPool destroyed with buffers still lent out");
     (void)all;
   }
-  // buffers_ free themselves.
+  free_buffers(count_);
 }
 
-Result<void> DmaBufferPool::init(DeviceDma* dev, unsigned count, size_t buffer_size) {
+void DmaBufferPool::free_buffers(unsigned count) {
+  for (unsigned i = 0; i < count; ++i) {
+    if (buffers_[i].cpu_addr == nullptr) continue;
+    if (cacheable_) {
+      op_->dealloc_noncoherent(buffers_[i]);
+    } else {
+      op_->dealloc_coherent(buffers_[i]);
+    }
+    buffers_[i] = DmaHandle{};
+  }
+}
+
+Result<void> DmaBufferPool::init(DeviceDma* dev, unsigned count, size_t buffer_size,
+                                 DmaDirection dir) {
   if (count_ != 0) return ErrorCode::kInvalidArgument;
   if (count == 0 || count > kMaxBuffers || buffer_size == 0) return ErrorCode::kLayoutError;
-  auto undo = support::defer([this, count] {
-    for (unsigned i = 0; i < count; ++i) buffers_[i].reset();
-  });
+  op_ = dev->op();
+  // Receive buffers of a device that does not snoop: cacheable, synced by range. A coherent
+  // device gets coherent memory either way (it is cacheable already).
+  cacheable_ = dir == DmaDirection::kFromDevice && !dev->coherent();
+  auto undo = support::defer([this, count] { free_buffers(count); });
   for (unsigned i = 0; i < count; ++i) {
-    TRY_ASSIGN(buffers_[i], dev->alloc_array<uint8_t>(buffer_size, 64));
+    if (cacheable_) {
+      TRY_ASSIGN(ContiguousArray<uint8_t> a, dev->alloc_noncoherent<uint8_t>(buffer_size, 64));
+      buffers_[i] = a.release();
+    } else {
+      TRY_ASSIGN(DArray<uint8_t> a, dev->alloc_array<uint8_t>(buffer_size, 64));
+      buffers_[i] = a.release();
+    }
   }
   undo.cancel();
   count_ = count;

@@ -37,19 +37,64 @@ void add_relaxed(T* counter, T v) {
 #endif
 }
 
-// Device address = physical + bus_offset (mod 2^64), and the device reaches [0, dma_mask]: it
-// reaches [p, p + size) when the device address d of p and d + size - 1 both lie there. Taken
-// modulo 2^64, a negative offset works (RAM at 0x3C00'0000 seen by the device from 0:
-// bus_offset = -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
-// Precondition: size >= 1.
-bool reachable(const DmaConstraints& c, uint64_t p, uint64_t size) {
-  uint64_t d = p + c.bus_offset;
+// The window of `c` that holds [p, p + size) wholly, or null. Precondition: size >= 1.
+const DmaWindow* window_of(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    uint64_t rel = p - w.cpu_base.value();
+    if (p >= w.cpu_base.value() && rel < w.size && size <= w.size - rel) return &w;
+  }
+  return nullptr;
+}
+
+// Device address = physical + offset (mod 2^64): the offset is bus_offset, or, for a device with
+// windows, that of the window holding [p, p + size) (false when none does). Taken modulo 2^64, a
+// negative offset works (RAM at 0x3C00'0000 seen by the device from 0: bus_offset =
+// -0x3C00'0000), and so does a positive one (RAM seen higher on the bus).
+[[gnu::always_inline]] inline bool dma_offset(const DmaConstraints& c, uint64_t p, uint64_t size,
+                                              uint64_t* off) {
+  if (c.num_windows == 0) [[likely]] {
+    *off = c.bus_offset;
+    return true;
+  }
+  const DmaWindow* w = window_of(c, p, size);
+  if (w == nullptr) return false;
+  *off = w->dma_base.value() - w->cpu_base.value();
+  return true;
+}
+
+// The device reaches DMA addresses [0, dma_mask]: it reaches [p, p + size) when the range has a
+// device address d (dma_offset) and d and d + size - 1 both lie there. Precondition: size >= 1.
+[[gnu::always_inline]] inline bool reachable(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  uint64_t off;
+  if (!dma_offset(c, p, size, &off)) return false;
+  uint64_t d = p + off;
   return d <= c.dma_mask && size - 1 <= c.dma_mask - d;
+}
+
+// The device address of [p, p + size): through its window, else (no window holds it, which only
+// error reports ask about) through bus_offset.
+uint64_t to_dma(const DmaConstraints& c, uint64_t p, uint64_t size) {
+  uint64_t off = c.bus_offset;
+  if (!dma_offset(c, p, size, &off)) off = c.bus_offset;
+  return p + off;
+}
+
+// The windows are usable: at most kMaxDmaWindows, present when counted, none empty or wrapping.
+bool windows_ok(const DmaConstraints& c) {
+  if (c.num_windows == 0) return true;
+  if (c.num_windows > kMaxDmaWindows || c.windows == nullptr) return false;
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    if (w.size == 0 || w.cpu_base.value() + (w.size - 1) < w.cpu_base.value()) return false;
+    if (w.dma_base.value() + (w.size - 1) < w.dma_base.value()) return false;
+  }
+  return true;
 }
 
 // The device's address of physical p honours `align` (0 or 1: no demand).
 bool dma_aligned(const DmaConstraints& c, uint64_t p, size_t align) {
-  return align <= 1 || support::is_aligned(p + c.bus_offset, align);
+  return align <= 1 || support::is_aligned(to_dma(c, p, 1), align);
 }
 
 // A buffer the mapping layer can describe: not empty, not null, not wrapping past the end of the
@@ -63,7 +108,7 @@ bool layout_ok(const void* addr, size_t size, size_t align) {
 // The device address kDmaMaskNotMatch reports for [p, p + size): that of the last byte, or of
 // the first when the last one's wraps past 2^64 (both then lie beyond the mask).
 uint64_t unreachable_dma(const DmaConstraints& c, uint64_t p, size_t size) {
-  uint64_t d = p + c.bus_offset;
+  uint64_t d = to_dma(c, p, size);
   uint64_t last = d + (size - 1);
   return last < d ? d : last;
 }
@@ -208,6 +253,46 @@ int KernelDmaOp::pick_pool(const DmaConstraints& c) const {
   return -1;
 }
 
+size_t KernelDmaOp::alloc_windows(const DmaConstraints& c, PhysWindow* out) const {
+  if (c.num_windows == 0) {
+    out[0] = alloc_window(c);
+    return 1;
+  }
+  // Each window's part under the mask, as a physical interval.
+  size_t n = 0;
+  for (size_t i = 0; i < c.num_windows; ++i) {
+    const DmaWindow& w = c.windows[i];
+    uint64_t d = w.dma_base.value();
+    if (d > c.dma_mask) continue;
+    uint64_t reach = support::min(w.size - 1, c.dma_mask - d);  // Last byte, relative.
+    out[n++] = PhysWindow{w.cpu_base.value(), w.cpu_base.value() + reach};
+  }
+  return n;
+}
+
+bool KernelDmaOp::covers(const DmaConstraints& c, uint64_t lo, uint64_t hi) const {
+  if (hi <= lo) return true;
+  if (c.num_windows == 0) return reachable(c, lo, hi - lo);
+  // Walk from lo: each step needs a window reaching the current byte; it advances to the end of
+  // that window's reach.
+  PhysWindow w[kMaxDmaWindows];
+  size_t n = alloc_windows(c, w);
+  uint64_t cur = lo;
+  for (size_t steps = 0; steps <= n; ++steps) {
+    bool advanced = false;
+    for (size_t i = 0; i < n; ++i) {
+      if (cur >= w[i].lo && cur <= w[i].hi) {
+        if (w[i].hi >= hi - 1) return true;
+        cur = w[i].hi + 1;
+        advanced = true;
+        break;
+      }
+    }
+    if (!advanced) return false;
+  }
+  return false;
+}
+
 KernelDmaOp::PhysWindow KernelDmaOp::alloc_window(const DmaConstraints& c) const {
   uint64_t lo = 0 - c.bus_offset;  // The physical address the device sees at 0.
   uint64_t hi;
@@ -243,11 +328,137 @@ size_t KernelDmaOp::max_mapping_size(const DmaConstraints& c) const {
   if (c.dma_mask == 0) return 0;
   // A device that reaches all memory, snoops the caches and is not forced to bounce never
   // bounces: nothing limits its mappings. Any other may bounce, and is limited by its pool.
-  bool reaches_all = reachable(c, dm_lo_, dm_hi_ - dm_lo_);
+  if (!windows_ok(c)) return 0;
+  bool reaches_all = covers(c, dm_lo_, dm_hi_);
   if (reaches_all && coherent(c) && !c.force_bounce) return ~size_t{0};
   int pi = pick_pool(c);
   if (pi < 0) return c.force_bounce ? 0 : ~size_t{0};
   return pools_[pi]->max_mapping_size();
+}
+
+KernelDmaOp::PhysWindow KernelDmaOp::ram_span() const {
+  // All memory a buffer may live in: the direct map's managed part and the pools, and every RAM
+  // range the kernel named. hi is one past the last byte.
+  PhysWindow r{dm_lo_, dm_hi_};
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    uint64_t base = cfg_.ram[i].base.value();
+    if (cfg_.ram[i].size == 0) continue;
+    r.lo = support::min(r.lo, base);
+    r.hi = support::max(r.hi, base + cfg_.ram[i].size);
+  }
+  return r;
+}
+
+bool KernelDmaOp::overlaps_ram(uint64_t p, uint64_t size) const {
+  uint64_t last = p + (size - 1);
+  auto overlaps = [&](uint64_t lo, uint64_t bytes) {
+    return bytes != 0 && p <= lo + (bytes - 1) && lo <= last;
+  };
+  if (dm_hi_ > dm_lo_ && overlaps(dm_lo_, dm_hi_ - dm_lo_)) return true;
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    if (overlaps(cfg_.ram[i].base.value(), cfg_.ram[i].size)) return true;
+  }
+  return false;
+}
+
+bool KernelDmaOp::inside_ram(uint64_t p, uint64_t size) const {
+  if (in_direct_map(p, size)) return true;
+  for (size_t i = 0; i < cfg_.num_ram; ++i) {
+    uint64_t base = cfg_.ram[i].base.value();
+    if (p >= base && p - base < cfg_.ram[i].size && size <= cfg_.ram[i].size - (p - base)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_page(const DmaConstraints& c, PhysAddr page, size_t offset,
+                                           size_t size, DmaDirection dir) {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if ((page.value() & (kPage - 1)) != 0) return map_failed(ErrorCode::kInvalidArgument);
+  if (offset >= kPage || size > kPage - offset) return map_failed(ErrorCode::kOutOfRange);
+  if (size == 0) return map_failed(ErrorCode::kLayoutError);
+  if (!inside_ram(page.value(), kPage)) return map_failed(ErrorCode::kInvalidArgument);
+  // The page's direct-map address stands for the caller's missing one: a bounce copies through
+  // it, and unmap_single and the syncs work on the handle unchanged.
+  void* va = static_cast<uint8_t*>(phys_to_virt(page)) + offset;
+  return map_decide(c, va, size, /*align=*/0, dir, /*skip=*/false);
+}
+
+Result<DmaAddr> KernelDmaOp::map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                                          DmaDirection) {
+  uint64_t p = phys.value();
+  if (size == 0 || p + (size - 1) < p) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
+  if (overlaps_ram(p, size)) return ErrorCode::kInvalidArgument;
+  if (!reachable(c, p, size)) {
+    return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, p, size), c.dma_mask);
+  }
+  return DmaAddr(to_dma(c, p, size));
+}
+
+bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
+  if (!coherent(c)) return true;
+  uint64_t p = addr.value() - c.bus_offset;
+  for (size_t i = 0; i < c.num_windows && c.windows != nullptr; ++i) {
+    const DmaWindow& w = c.windows[i];
+    if (i == 0) p = ~0ull;  // With windows, an address outside them is nobody's bounce slot.
+    if (addr.value() - w.dma_base.value() < w.size) {
+      p = addr.value() - w.dma_base.value() + w.cpu_base.value();
+      break;
+    }
+  }
+  for (size_t i = 0; i < num_pools_; ++i) {
+    if (p - pool_first_[i] <= pool_last_[i] - pool_first_[i]) return true;
+  }
+  return false;
+}
+
+Result<void> KernelDmaOp::check_mask(const DmaConstraints& c, DmaMaskKind kind) const {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
+  if (kind == DmaMaskKind::kStreaming) {
+    PhysWindow ram = ram_span();
+    if (ram.hi > ram.lo && covers(c, ram.lo, ram.hi)) return support::ok();
+    if (pick_pool(c) >= 0) return support::ok();
+    return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, ram.lo, kPage), c.dma_mask);
+  }
+  // Coherent memory comes from the allocator: at least one page of it must lie in the window.
+  uint64_t pfa_lo = cfg_.pfa->lowest_address().value();
+  uint64_t pfa_hi = cfg_.pfa->highest_address().value();
+  PhysWindow ws[kMaxDmaWindows];
+  size_t n = alloc_windows(c, ws);
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t lo = support::max(ws[i].lo, pfa_lo);
+    if (pfa_hi > pfa_lo && lo <= 0 - kPage) {
+      lo = support::align_up(lo, kPage);
+      uint64_t last = support::min(ws[i].hi, pfa_hi - 1);
+      if (lo <= last && last - lo >= kPage - 1) return support::ok();
+    }
+  }
+  return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, pfa_lo, kPage), c.dma_mask);
+}
+
+uint64_t KernelDmaOp::required_mask(const DmaConstraints& c) const {
+  PhysWindow ram = ram_span();
+  if (ram.hi <= ram.lo || !windows_ok(c)) return ~0ull;
+  uint64_t last = 0;
+  if (c.num_windows == 0) {
+    uint64_t first = ram.lo + c.bus_offset;
+    last = ram.hi - 1 + c.bus_offset;
+    if (last < first) return ~0ull;  // RAM's device addresses wrap past 2^64.
+  } else {
+    // The highest device address of RAM through any window.
+    for (size_t i = 0; i < c.num_windows; ++i) {
+      const DmaWindow& w = c.windows[i];
+      uint64_t lo = support::max(w.cpu_base.value(), ram.lo);
+      uint64_t hi = support::min(w.cpu_base.value() + (w.size - 1), ram.hi - 1);
+      if (lo > hi) continue;
+      last = support::max(last, hi - w.cpu_base.value() + w.dma_base.value());
+    }
+  }
+  unsigned bits = 64 - static_cast<unsigned>(__builtin_clzll(last | 1));
+  return bits >= 64 ? ~0ull : (uint64_t{1} << bits) - 1;
 }
 
 // ---- map_single: one validation, one decision, then the work ----
@@ -285,7 +496,7 @@ inline bool KernelDmaOp::in_direct_map(uint64_t p, size_t size) const {
 inline ErrorCode KernelDmaOp::check_request(const DmaConstraints& c, const void* addr, size_t size,
                                             size_t align, bool coherent) const {
   if (!layout_ok(addr, size, align)) return ErrorCode::kLayoutError;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
   if (!coherent && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
   return ErrorCode::kOk;
 }
@@ -302,7 +513,7 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
                                              size_t align, DmaDirection dir) {
   // The device first, then the buffer: one test after another keeps few values live at once.
   // The hand-offs are guaranteed tail calls (same signature), so this needs no stack frame.
-  if (align > 1 || !coherent(c) || c.force_bounce) [[unlikely]] {
+  if (align > 1 || !coherent(c) || c.force_bounce || c.num_windows != 0) [[unlikely]] {
     SUPPORT_MUSTTAIL return map_checked(c, addr, size, align, dir);
   }
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
@@ -326,6 +537,18 @@ Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void
 
 Result<DmaMapHandle> KernelDmaOp::map_checked(const DmaConstraints& c, void* addr, size_t size,
                                               size_t align, DmaDirection dir) {
+  return map_decide(c, addr, size, align, dir, /*skip=*/false);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                   size_t align, DmaDirection dir, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsMap) != 0) return map_failed(ErrorCode::kInvalidArgument);
+  if ((attrs & kDmaAttrSkipCpuSync) == 0) return map_single(c, addr, size, align, dir);
+  return map_decide(c, addr, size, align, dir, /*skip=*/true);
+}
+
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_decide(
+    const DmaConstraints& c, void* addr, size_t size, size_t align, DmaDirection dir, bool skip) {
   const bool snoops = coherent(c);
   ErrorCode bad = check_request(c, addr, size, align, snoops);
   if (bad != ErrorCode::kOk) return map_failed(bad);
@@ -340,9 +563,9 @@ Result<DmaMapHandle> KernelDmaOp::map_checked(const DmaConstraints& c, void* add
   const bool usable = !c.force_bounce && reachable(c, p, size) && dma_aligned(c, p, align);
   const bool lines = !snoops && copies_out(dir) && shares_cache_lines(addr, size, line_);
   if (!usable || lines) {
-    return bounce(c, addr, p, size, align, dir, snoops, /*for_lines=*/usable);
+    return bounce(c, addr, p, size, align, dir, snoops, /*for_lines=*/usable, skip);
   }
-  return map_direct(c, addr, p, size, dir, snoops);
+  return map_direct(c, addr, p, size, dir, snoops, skip);
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
@@ -352,16 +575,18 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 
 // The device uses the buffer where it is: clean the caches over it unless the device snoops.
 [[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_direct(
-    const DmaConstraints& c, void* addr, uint64_t p, size_t size, DmaDirection dir, bool coherent) {
-  if (!coherent) flush(addr, size);
+    const DmaConstraints& c, void* addr, uint64_t p, size_t size, DmaDirection dir, bool coherent,
+    bool skip) {
+  if (!coherent && !skip) flush(addr, size);
   count_map(size, /*bounced=*/false);
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(p + c.bus_offset);
+  h.dma_addr = DmaAddr(to_dma(c, p, size));
   h.size = size;
   h.direction = dir;
   h.coherent_device = coherent;
   h.device_id = c.device_id;
+  h.skip_cpu_sync = skip;
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
 }
@@ -372,7 +597,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
 // missing pool is the buffer's layout (kLayoutError), not the mask (kDmaMaskNotMatch).
 [[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce(
     const DmaConstraints& c, void* addr, uint64_t p, size_t size, size_t align, DmaDirection dir,
-    bool coherent, bool for_lines) {
+    bool coherent, bool for_lines, bool skip) {
   int pi = pick_pool(c);
   if (pi < 0) {
     if (for_lines) return map_failed(ErrorCode::kLayoutError);
@@ -384,27 +609,42 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   // the physical one, must be aligned). Where they overlap they must agree.
   uint64_t keep = c.min_align_mask;
   uint64_t align_mask = align > 1 ? align - 1 : 0;
-  uint64_t align_bits = (0 - c.bus_offset) & align_mask;
+  // The slot's device address goes through the window holding the pool (pick_pool chose a pool
+  // one window holds wholly).
+  uint64_t off = c.bus_offset;
+  (void)dma_offset(c, pool->base().value(), pool->bytes(), &off);
+  uint64_t align_bits = (0 - off) & align_mask;
   if ((keep & (keep + 1)) != 0 || ((p ^ align_bits) & keep & align_mask) != 0) {
     return map_failed(ErrorCode::kLayoutError);
   }
   // A size above the pool's max_mapping_size() is refused by alloc with kLayoutError; a device
   // over its quota, like a full pool, gets kNoMemory.
-  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
-                          BounceDevice{c.device_id, c.name, c.bounce_quota});
-  if (!slot.ok()) return map_failed(slot.error());
+  auto first = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                           BounceDevice{c.device_id, c.name, c.bounce_quota});
+  BounceSlot s;
+  if (first.ok()) [[likely]] {
+    s = *first;
+  } else {
+    // Full (or the device's quota there spent): another pool under the mask may have room.
+    if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
+    int alt = alloc_fallback(c, p, size, keep, align_mask, pi, &s, &off);
+    if (alt < 0) return map_failed(first.error());
+    pi = alt;
+    pool = pools_[pi];
+  }
+  const BounceSlot* slot = &s;
   void* bounce_cpu = pool->cpu_addr(slot->addr);
   // Copied in for every direction, kFromDevice included: a device that writes less than the
   // whole buffer must leave the buffer's own bytes in the slot, never a previous mapping's (which
   // the unmap's copy-out would hand to the CPU).
   support::copy_bytes(bounce_cpu, addr, size);
   note_bounced(pool, size);
-  if (!coherent) flush(bounce_cpu, size);
+  if (!coherent && !skip) flush(bounce_cpu, size);
   count_map(size, /*bounced=*/true);
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(slot->addr.value() + c.bus_offset);
+  h.dma_addr = DmaAddr(slot->addr.value() + off);
   h.size = size;
   h.bounce_cpu = bounce_cpu;
   h.bounce_first_slot = slot->first_slot;
@@ -413,8 +653,32 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   h.direction = dir;
   h.coherent_device = coherent;
   h.bounce_pool_index = static_cast<uint8_t>(pi);
+  h.skip_cpu_sync = skip;
   DmaDebug::on_map(this, c, h, __builtin_return_address(0));
   return h;
+}
+
+int KernelDmaOp::alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                                uint64_t align_mask, int skip, BounceSlot* out, uint64_t* off) {
+  // The other pools the device reaches wholly, highest placed first, as pick_pool orders them.
+  for (size_t rank = 0; rank < num_pools_; ++rank) {
+    int pi = pool_order_[rank];
+    if (pi == skip) continue;
+    if (!reachable(c, pool_first_[rank], pool_last_[rank] - pool_first_[rank] + 1)) continue;
+    BouncePool* pool = pools_[pi];
+    uint64_t o = c.bus_offset;
+    (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
+    uint64_t align_bits = (0 - o) & align_mask;
+    if (((p ^ align_bits) & keep & align_mask) != 0) continue;
+    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                            BounceDevice{c.device_id, c.name, c.bounce_quota});
+    if (!slot.ok()) continue;
+    *out = *slot;
+    *off = o;
+    add_relaxed(&stats_.pool_fallbacks, uint64_t{1});
+    return pi;
+  }
+  return -1;
 }
 
 void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
@@ -432,7 +696,9 @@ void KernelDmaOp::copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t 
 void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
   if (!DmaDebug::on_unmap(this, h)) return;  // Misuse, reported: refused.
   if (!h.bounced()) {
-    if (copies_out(h.direction) && !h.coherent_device) invalidate(h.cpu_addr, h.size);
+    if (copies_out(h.direction) && !h.coherent_device && !h.skip_cpu_sync) {
+      invalidate(h.cpu_addr, h.size);
+    }
   } else {
     unmap_bounced(h);
   }
@@ -443,7 +709,7 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   // A bounced handle has a slot, hence a size: an empty (default) handle is not bounced.
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
   KASSERT(h.bounce_pool_index < num_pools_, "unmap_single: bad bounce pool index");
-  if (copies_out(h.direction)) {
+  if (copies_out(h.direction) && !h.skip_cpu_sync) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
@@ -493,18 +759,38 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   if (!coherent(c) && !DmaDebug::thread_context_ok("alloc_coherent", c.name, c.device_id)) {
     return ErrorCode::kBusy;
   }
-  if (layout.size == 0) return ErrorCode::kLayoutError;
-  if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
-  unsigned order = PageFrameAllocator::order_for(layout.size);
-  if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
-  if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
-  PhysWindow w = alloc_window(c);
-  const bool snoops = coherent(c);
-  if (!snoops && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
-  uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
+  return alloc_pages(c, layout, MemAttr::kUncached, /*remap=*/!coherent(c));
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_noncoherent(const DmaConstraints& c, Layout layout) {
+  return alloc_pages(c, layout, MemAttr::kCached, /*remap=*/false);
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsAlloc) != 0) return ErrorCode::kInvalidArgument;
+  const bool wc = (attrs & kDmaAttrWriteCombine) != 0;
+  const bool no_mapping = (attrs & kDmaAttrNoKernelMapping) != 0;
+  if (wc && no_mapping) return ErrorCode::kInvalidArgument;
+  if (wc) {
+    if (!DmaDebug::thread_context_ok("alloc_attrs", c.name, c.device_id)) {
+      return ErrorCode::kBusy;
+    }
+    return alloc_pages(c, layout, MemAttr::kWriteCombine, /*remap=*/true);
+  }
+  if (no_mapping) return alloc_pages(c, layout, MemAttr::kCached, /*remap=*/false);
+  return alloc_coherent(c, layout);
+}
+
+void KernelDmaOp::dealloc_noncoherent(const DmaHandle& h) {
+  dealloc_coherent(h);
+}
+
+Result<PhysAddr> KernelDmaOp::alloc_in(const DmaConstraints& c, PhysWindow w, unsigned order,
+                                       uint64_t align) {
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;
   // The allocator takes an upper limit only; a window that starts above 0 (a negative bus
-  // offset) also has a floor. No memory at all between floor and limit is a mask mismatch.
+  // offset, or a dma-ranges window) also has a floor. No memory at all between floor and limit
+  // is a mask mismatch.
   if (w.lo != 0 && (w.lo >= dm_hi_ || dm_hi_ - w.lo < bytes_needed)) {
     return Error(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, dm_lo_, bytes_needed), c.dma_mask);
   }
@@ -519,15 +805,49 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
     }
     return e;
   }
-  if (pa->value() < w.lo) {
+  if (pa->value() < w.lo || pa->value() + (bytes_needed - 1) > w.hi) {
     // It prefers high memory, so a block below the floor means none is free above it now.
     auto undo = cfg_.pfa->free(*pa, order);
-    KASSERT(undo.ok(), "alloc_coherent: cannot give back a block below the device's window");
+    KASSERT(undo.ok(), "alloc_coherent: cannot give back a block outside the device's window");
     return ErrorCode::kNoMemory;
   }
+  return *pa;
+}
+
+Result<DmaHandle> KernelDmaOp::alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
+                                           bool remap) {
+  if (layout.size == 0) return ErrorCode::kLayoutError;
+  if (layout.align > 1 && !support::is_pow2(layout.align)) return ErrorCode::kLayoutError;
+  unsigned order = PageFrameAllocator::order_for(layout.size);
+  if (order > PageFrameAllocator::kMaxOrder) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0 || !windows_ok(c)) return ErrorCode::kInvalidArgument;
+  const bool snoops = coherent(c);
+  // Without cache maintenance neither a device that does not snoop nor a remap (whose lines must
+  // be written back first) can be served.
+  if ((!snoops || remap) && !cfg_.cache_maintenance) return ErrorCode::kNotSupported;
+  uint64_t align = support::max<uint64_t>(layout.align, PageFrameAllocator::kPageSize);
+  // One window (bus_offset), or each of the device's windows in turn: the first that gives a
+  // block wins; otherwise the error of the last one, kNoMemory before kDmaMaskNotMatch (some
+  // window had memory, only not now).
+  PhysWindow ws[kMaxDmaWindows];
+  size_t nw = alloc_windows(c, ws);
+  Error best(ErrorCode::kDmaMaskNotMatch, unreachable_dma(c, dm_lo_, 1), c.dma_mask);
+  PhysAddr block;
+  bool got = false;
+  for (size_t i = 0; i < nw && !got; ++i) {
+    auto r = alloc_in(c, ws[i], order, align);
+    if (r.ok()) {
+      block = *r;
+      got = true;
+    } else if (best.code != ErrorCode::kNoMemory) {
+      best = r.error();
+    }
+  }
+  if (!got) return best;
+  const PhysAddr* pa = &block;
   DmaHandle h;
   h.phys = *pa;
-  h.dma_addr = DmaAddr(pa->value() + c.bus_offset);
+  h.dma_addr = DmaAddr(to_dma(c, pa->value(), PageFrameAllocator::kPageSize << order));
   h.cpu_addr = phys_to_virt(*pa);
   h.layout = layout;
   h.order = static_cast<uint8_t>(order);
@@ -535,20 +855,28 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
   h.device_id = c.device_id;
   size_t bytes = PageFrameAllocator::kPageSize << order;
   support::fill_bytes(h.cpu_addr, 0, bytes);
-  if (!snoops) {
-    // A device that does not snoop gets memory the CPU maps non-cacheable. First the zeroes must
-    // reach memory and no dirty line may stay behind (one evicted later would overwrite what the
-    // device writes); then the pages change attribute; then lines the old cacheable mapping may
-    // have pulled in meanwhile (speculation) are dropped. A coherent device pays for none of it.
+  if (!snoops && !remap) {
+    // Cacheable memory for a device that does not snoop: the zeroes go to memory now, so that the
+    // device never reads what the pages held before, and no dirty line is left to be evicted
+    // over what the device writes.
     flush_invalidate(h.cpu_addr, bytes);
-    auto remap = set_memory_attribute(h.cpu_addr, bytes, MemAttr::kUncached);
-    if (!remap.ok()) {
+  }
+  if (remap) {
+    // A device that does not snoop gets memory the CPU maps non-cacheable (or write-combining,
+    // when asked, for any device). First the zeroes must reach memory and no dirty line may stay
+    // behind (one evicted later would overwrite what the device writes); then the pages change
+    // attribute; then lines the old cacheable mapping may have pulled in meanwhile (speculation)
+    // are dropped. A coherent device pays for none of it unless it asked for write-combining.
+    flush_invalidate(h.cpu_addr, bytes);
+    auto changed = set_memory_attribute(h.cpu_addr, bytes, remap_to);
+    if (!changed.ok()) {
       auto undo = cfg_.pfa->free(*pa, order);
       KASSERT(undo.ok(), "alloc_coherent: cannot give back the pages of a failed remap");
-      return remap.error();
+      return changed.error();
     }
     flush_invalidate(h.cpu_addr, bytes);
     h.remapped = true;
+    h.write_combine = remap_to == MemAttr::kWriteCombine;
     add_relaxed(&stats_.coherent_uncached, uint64_t{1});
     add_relaxed(&stats_.coherent_uncached_live, uint64_t{1});
   }
@@ -559,8 +887,7 @@ Result<DmaHandle> KernelDmaOp::alloc_coherent(const DmaConstraints& c, Layout la
 }
 
 void KernelDmaOp::dealloc_coherent(const DmaHandle& h) {
-  if (!h.coherent_device &&
-      !DmaDebug::thread_context_ok("dealloc_coherent", nullptr, h.device_id)) {
+  if (h.remapped && !DmaDebug::thread_context_ok("dealloc_coherent", nullptr, h.device_id)) {
     return;  // Reported; the allocation stays live.
   }
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
@@ -590,5 +917,6 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
   s.live_maps = __atomic_load_n(&stats_.live_maps, __ATOMIC_RELAXED);
   s.coherent_uncached = __atomic_load_n(&stats_.coherent_uncached, __ATOMIC_RELAXED);
   s.coherent_uncached_live = __atomic_load_n(&stats_.coherent_uncached_live, __ATOMIC_RELAXED);
+  s.pool_fallbacks = __atomic_load_n(&stats_.pool_fallbacks, __ATOMIC_RELAXED);
   return s;
 }

@@ -379,6 +379,38 @@ Result<PhysRange> Fdt::reg(FdtNode n, size_t index) const {
   return r;
 }
 
+Result<size_t> Fdt::dma_ranges(FdtNode n, DmaWindow* out, size_t max) const {
+  FdtNode bus = n;
+  FdtProp p;
+  while (bus.valid()) {
+    p = prop(bus, "dma-ranges");
+    if (p.found()) break;
+    bus = parent(bus);
+  }
+  if (!p.found()) return ErrorCode::kNotFound;
+  FdtNode par = parent(bus);
+  uint32_t child_ac = address_cells(bus);
+  uint32_t parent_ac = par.valid() ? address_cells(par) : child_ac;
+  uint32_t sc = size_cells(bus);
+  if (child_ac > 2 || parent_ac > 2 || sc > 2 || sc == 0) return ErrorCode::kNotSupported;
+  uint32_t entry = 4 * (child_ac + parent_ac + sc);
+  if (p.len % entry != 0) return ErrorCode::kInvalidArgument;
+  size_t count = p.len / entry;
+  // Checked whole before anything is written: a bad entry leaves `out` untouched.
+  for (size_t i = 0; i < count; ++i) {
+    if (read_cells(p.data + i * entry + 4 * (child_ac + parent_ac), sc) == 0) {
+      return ErrorCode::kInvalidArgument;
+    }
+  }
+  for (size_t i = 0; i < count && i < max; ++i) {
+    const uint8_t* e = p.data + i * entry;
+    out[i].dma_base = DmaAddr(read_cells(e, child_ac));
+    out[i].cpu_base = PhysAddr(read_cells(e + 4 * child_ac, parent_ac));
+    out[i].size = read_cells(e + 4 * (child_ac + parent_ac), sc);
+  }
+  return count;
+}
+
 // --- Memory reservation block --------------------------------------------------------------------
 
 size_t Fdt::memreserve_count() const {

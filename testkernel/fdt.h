@@ -14,6 +14,7 @@
 // Threading: an Fdt is an immutable view; any number of CPUs may read it at once.
 #pragma once
 
+#include "dmakit/dma_types.h"
 #include "dmakit/support/addr.h"
 #include "dmakit/support/result.h"
 #include "dmakit/support/types.h"
@@ -111,6 +112,17 @@ class Fdt {
   Result<size_t> reg_count(FdtNode n) const;
   // The index-th "reg" entry of `n` as a physical range. Errors: as reg_count, plus kOutOfRange.
   Result<PhysRange> reg(FdtNode n, size_t index) const;
+
+  // The DMA windows of `n`'s bus: the "dma-ranges" of `n` or of its nearest ancestor that has
+  // one, each (child-bus-address, parent-bus-address, length) entry as a DmaWindow (dma_base =
+  // child address, the device's; cpu_base = parent address, taken as physical: one level of
+  // translation, as on QEMU's virt machines and the Raspberry Pi 4's SoC bus). Child addresses use
+  // the bus node's #address-cells, parent addresses its parent's, lengths the bus node's
+  // #size-cells. Writes at most `max`; returns how many entries exist (an empty "dma-ranges",
+  // identity, gives 0). Errors: kNotFound (no dma-ranges on the path to the root), kNotSupported
+  // (more than 2 cells per number), kInvalidArgument (length not a multiple of an entry, or an
+  // entry of length 0).
+  Result<size_t> dma_ranges(FdtNode n, DmaWindow* out, size_t max) const;
 
   // Reads `cells` (1 or 2; 0 yields 0) big-endian cells at `p`.
   static uint64_t read_cells(const uint8_t* p, uint32_t cells);

@@ -70,7 +70,8 @@ Result<void> HostDmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr att
     return ErrorCode::kInvalidArgument;
   }
   const size_t off = p - base;
-  const bool uncached = attr == MemAttr::kUncached;
+  if (attr == MemAttr::kWriteCombine && !uncached_.write_combine) return ErrorCode::kNotSupported;
+  const bool uncached = attr != MemAttr::kCached;
   // The budget: regions that would newly hold an uncached page.
   if (uncached) {
     size_t fresh = 0;

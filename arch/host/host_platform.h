@@ -35,6 +35,9 @@ class HostDmaOp final : public KernelDmaOp {
     // regions may hold uncached pages at once (a real port spends one split table per region,
     // mm/direct_map_attributes.h). One more is kNoMemory, with nothing changed.
     size_t region_budget = 64;
+    // False: a platform without a write-combining encoding (kWriteCombine is kNotSupported, as on
+    // x86-64); true: write-combining pages are modelled as uncached (AArch64, RISC-V).
+    bool write_combine = true;
   };
 
   HostDmaOp(const Config& cfg, CacheModel* model, uint8_t* arena, size_t arena_size,

@@ -1,5 +1,11 @@
-// DmaBufferPool: a fixed set of equal-sized coherent buffers, allocated once and lent out again
-// and again (receive rings, request buffers), so the I/O path never touches the page allocator.
+// DmaBufferPool: a fixed set of equal-sized DMA buffers, allocated once and lent out again and
+// again (receive rings, request buffers), so the I/O path never touches the page allocator.
+//
+// Memory: coherent (DeviceDma::alloc_array), except the receive buffers (kFromDevice) of a
+// device that does not snoop, which are cacheable (DeviceDma::alloc_noncoherent): the CPU reads
+// received data at cache speed instead of through an uncached mapping, and the driver moves each
+// buffer between device and CPU with PooledBuffer::sync_for_device / sync_for_cpu. Those syncs
+// are free on coherent buffers, so a driver calls them whatever the pool holds.
 //
 // Scheme: up to kMaxBuffers buffers, a 64-bit free mask under a spinlock; acquire takes the lowest
 // free bit, release sets it again. Both O(1). The pool must outlive every PooledBuffer it lent.
@@ -29,6 +35,14 @@ class PooledBuffer {
   DmaAddr dma_addr() const;
   size_t size() const;
   bool valid() const { return pool_ != nullptr; }
+  // Ownership moves of bytes [offset, offset + size) (ContiguousArray's syncs; nothing for
+  // coherent memory): sync_for_device before the device writes into the buffer (after the CPU
+  // last touched it), sync_for_cpu before the CPU reads what the device wrote.
+  // Errors: kOutOfRange (range not inside size()), kInvalidArgument (not valid()). Any context.
+  Result<void> sync_for_device(size_t offset, size_t size);
+  Result<void> sync_for_cpu(size_t offset, size_t size);
+  Result<void> sync_for_device() { return sync_for_device(0, valid() ? size() : 0); }
+  Result<void> sync_for_cpu() { return sync_for_cpu(0, valid() ? size() : 0); }
   // Returns the buffer to the pool now. Idempotent.
   void release();
 
@@ -48,11 +62,15 @@ class DmaBufferPool {
   // (KASSERT): their memory would be freed under the borrower.
   ~DmaBufferPool();
 
-  // Allocates `count` buffers of `buffer_size` bytes each for `dev`, all or none.
-  // Errors: kLayoutError (count 0 or above kMaxBuffers, buffer_size 0), kInvalidArgument (called
-  // twice), and whatever DeviceDma::alloc_array returns (kNoMemory, kDmaMaskNotMatch); on error
-  // nothing stays allocated.
-  Result<void> init(DeviceDma* dev, unsigned count, size_t buffer_size);
+  // Allocates `count` buffers of `buffer_size` bytes each for `dev`, all or none, for transfers in
+  // `dir`: kFromDevice buffers of a device that does not snoop are cacheable (see above), all
+  // others coherent. Errors: kLayoutError (count 0 or above kMaxBuffers, buffer_size 0),
+  // kInvalidArgument (called twice), and whatever DeviceDma::alloc_array / alloc_noncoherent
+  // return (kNoMemory, kDmaMaskNotMatch); on error nothing stays allocated.
+  Result<void> init(DeviceDma* dev, unsigned count, size_t buffer_size,
+                    DmaDirection dir = DmaDirection::kBidirectional);
+  // Whether the buffers are cacheable memory that needs the PooledBuffer syncs.
+  bool cacheable() const { return cacheable_; }
 
   // Lends a buffer. Errors: kNoMemory (all lent out). O(1); any context.
   Result<PooledBuffer> acquire() TA_EXCL(lock_);
@@ -65,7 +83,11 @@ class DmaBufferPool {
   friend class PooledBuffer;
   void give_back(unsigned index) TA_EXCL(lock_);
 
-  DArray<uint8_t> buffers_[kMaxBuffers];
+  void free_buffers(unsigned count);
+
+  DmaOp* op_ = nullptr;
+  DmaHandle buffers_[kMaxBuffers];
+  bool cacheable_ = false;
   unsigned count_ = 0;
   size_t buffer_size_ = 0;
   mutable support::SpinLock lock_;

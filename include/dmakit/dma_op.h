@@ -77,6 +77,76 @@ class DmaOp {
     return map_single(c, addr, size, align, dir);
   }
 
+  // map_single with attributes (kDmaAttrsMap, dmakit/dma_types.h). kDmaAttrSkipCpuSync: no cache
+  // maintenance at map and unmap and no copy out at unmap (the handle records it); the decision
+  // (direct or bounced) and the copy into a bounce slot are unchanged. kDmaAttrWeakOrdering:
+  // accepted, no effect. Errors: map_single's, and kInvalidArgument for an attribute that is not
+  // a mapping's (nothing is mapped then). The default maps as map_single (with the syncs: always
+  // correct) after checking the attributes.
+  virtual Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                size_t align, DmaDirection dir, DmaAttrs attrs) {
+    if ((attrs & ~kDmaAttrsMap) != 0) return ErrorCode::kInvalidArgument;
+    return map_single(c, addr, size, align, dir);
+  }
+
+  // Maps bytes [offset, offset + size) of the RAM page at physical address `page` for one transfer
+  // in `dir`, for a caller that has no kernel virtual address for it (Linux's dma_map_page): the
+  // same decision and contract as map_single, through the direct map of the page (a bounce copies
+  // through it). unmap_single and the syncs take the handle as usual.
+  // Errors: kInvalidArgument (page not page aligned, or not RAM this DmaOp maps), kOutOfRange
+  // (offset or offset + size past the page), kLayoutError (size 0), and map_single's; nothing is
+  // mapped then. The default knows no direct map: kNotSupported after checking the range.
+  virtual Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset,
+                                        size_t size, DmaDirection dir) {
+    (void)c;
+    (void)dir;
+    if ((page.value() & (page_size() - 1)) != 0) return ErrorCode::kInvalidArgument;
+    if (offset >= page_size() || size > page_size() - offset) return ErrorCode::kOutOfRange;
+    if (size == 0) return ErrorCode::kLayoutError;
+    return ErrorCode::kNotSupported;
+  }
+
+  // The device address at which this device reaches the MMIO range [phys, phys + size) of another
+  // device, for peer-to-peer DMA (Linux's dma_map_resource): physical + bus_offset, never bounced,
+  // no cache maintenance (MMIO is not cached). Errors: kLayoutError (size 0, range wraps),
+  // kInvalidArgument (the range overlaps RAM: map RAM with map_single / map_page),
+  // kDmaMaskNotMatch (beyond the device's mask; nothing to bounce into for MMIO). The default:
+  // kNotSupported after the layout check.
+  virtual Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                                       DmaDirection dir) {
+    (void)c;
+    (void)dir;
+    if (size == 0 || phys.value() + (size - 1) < phys.value()) return ErrorCode::kLayoutError;
+    return ErrorCode::kNotSupported;
+  }
+  // Ends a map_resource (Linux's dma_unmap_resource): nothing to undo without an IOMMU. An IOMMU
+  // DmaOp removes the translation. Precondition: the arguments of a live map_resource.
+  virtual void unmap_resource(const DmaConstraints& c, DmaAddr addr, size_t size,
+                              DmaDirection dir) {
+    (void)c;
+    (void)addr;
+    (void)size;
+    (void)dir;
+  }
+
+  // alloc_coherent with attributes (kDmaAttrsAlloc). kDmaAttrWriteCombine: the CPU maps the memory
+  // write-combining (for every device, coherent or not); kNotSupported where the platform has no
+  // such encoding. kDmaAttrNoKernelMapping: for a device that does not snoop, no uncached remap
+  // (the memory is cleaned and invalidated once; the CPU must not touch it). kDmaAttrWeakOrdering:
+  // accepted, no effect. Freed by dealloc_coherent. Errors: alloc_coherent's, kInvalidArgument for
+  // an attribute that is not an allocation's or for write-combining together with no kernel
+  // mapping, kNotSupported as said; nothing stays allocated on error. Context: alloc_coherent's
+  // (thread only when the pages are remapped). The default: alloc_coherent, and kNotSupported for
+  // write-combining.
+  virtual Result<DmaHandle> alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) {
+    if ((attrs & ~kDmaAttrsAlloc) != 0) return ErrorCode::kInvalidArgument;
+    if ((attrs & kDmaAttrWriteCombine) != 0) {
+      if ((attrs & kDmaAttrNoKernelMapping) != 0) return ErrorCode::kInvalidArgument;
+      return ErrorCode::kNotSupported;
+    }
+    return alloc_coherent(c, layout);
+  }
+
   // Ends a mapping: for kFromDevice / kBidirectional the CPU's view is made current (cache
   // invalidate, or copy out of the bounce slot), then the bounce slot is freed.
   // Precondition: `handle` came from map_single on this object and was not unmapped before (the
@@ -170,6 +240,82 @@ class DmaOp {
   // use; one that never bounces is not limited (SIZE_MAX). Larger requests fail with
   // kLayoutError. Any context.
   virtual size_t max_mapping_size(const DmaConstraints& c) const = 0;
+
+  // The largest streaming mapping that costs no more per byte than smaller ones (Linux's
+  // dma_opt_mapping_size): never above max_mapping_size(c). Drivers that split large transfers
+  // split at this size. The default is max_mapping_size(c); an IOMMU DmaOp whose IOVA cache
+  // serves only smaller ranges quickly says less. Any context.
+  virtual size_t opt_mapping_size(const DmaConstraints& c) const { return max_mapping_size(c); }
+
+  // Whether a streaming mapping of this device at device address `addr` needs the syncs
+  // (prepare_read / confirm_write) at all (Linux's dma_need_sync): true for a device that does
+  // not snoop the caches and for an address inside a bounce pool, false otherwise, so that a
+  // driver recycling buffers of a coherent device that are mapped directly may skip the calls.
+  // The default answers true (always safe). Any context.
+  virtual bool need_sync(const DmaConstraints& c, DmaAddr addr) const {
+    (void)c;
+    (void)addr;
+    return true;
+  }
+
+  // Whether a device with these constraints can be served when `kind` names c.dma_mask as its
+  // streaming mask (every buffer is reachable directly, or some bounce pool lies under the mask)
+  // or as its coherent mask (some managed memory lies under it): Linux's dma_supported, which
+  // dma_set_mask consults. Errors: kInvalidArgument (mask 0), kDmaMaskNotMatch (nothing can serve
+  // the mask; Error::addr is the lowest device address the device would have to reach, mask the
+  // mask). The default refuses only a mask of 0. Any context.
+  virtual Result<void> check_mask(const DmaConstraints& c, DmaMaskKind kind) const {
+    (void)kind;
+    if (c.dma_mask == 0) return ErrorCode::kInvalidArgument;
+    return support::ok();
+  }
+
+  // The smallest mask of the form 2^n - 1 that reaches every byte of RAM through this device's
+  // bus offset (Linux's dma_get_required_mask): a device whose mask is below it is addressing
+  // limited. The default is the full mask. Any context.
+  virtual uint64_t required_mask(const DmaConstraints& c) const {
+    (void)c;
+    return ~0ull;
+  }
+
+  // Allocates zeroed, physically contiguous memory the device reaches under c.dma_mask, aligned to
+  // max(layout.align, page size), that the CPU keeps mapped cacheable even for a device that does
+  // not snoop (Linux's dma_alloc_noncoherent, the crate's ContiguousArray): the CPU and the device
+  // own it in turn, through sync_noncoherent (clean before the device reads or writes, invalidate
+  // before the CPU reads what the device wrote). The memory comes back zeroed and clean (the
+  // zeroes are in memory); the CPU owns it. Ownership: the caller's until dealloc_noncoherent.
+  // Errors: alloc_coherent's, except that no remap happens (no kNoMemory for page tables, no
+  // kNotSupported for a platform that cannot map memory uncached); kNotSupported for a device
+  // that does not snoop on a platform without cache maintenance. Context: any (nothing is
+  // remapped). The default gives coherent memory (alloc_coherent, with its contexts), which
+  // needs the syncs no more than it is harmed by them.
+  virtual Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) {
+    return alloc_coherent(c, layout);
+  }
+  // Frees an allocation of alloc_noncoherent. Precondition: `handle` came from it on this object
+  // and was not freed before. Context: any unless the memory was remapped (handle.remapped, the
+  // default's coherent fallback), then dealloc_coherent's.
+  virtual void dealloc_noncoherent(const DmaHandle& handle) { dealloc_coherent(handle); }
+
+  // The syncs of an alloc_noncoherent allocation, over bytes [offset, offset + size) of it:
+  // kForDevice before the device accesses them (cleans the caches for every direction, so that no
+  // dirty line the CPU left is evicted over what the device writes), kForCpu before the CPU reads
+  // what the device wrote (invalidates for kFromDevice / kBidirectional; nothing for kToDevice).
+  // Nothing for a device that snoops or for memory mapped uncached. Errors: kOutOfRange (range
+  // not inside handle.layout.size), kInvalidArgument (empty handle). Any context.
+  Result<void> sync_noncoherent(const DmaHandle& h, size_t offset, size_t size, DmaDirection dir,
+                                DmaSyncTarget target) {
+    if (h.cpu_addr == nullptr) return ErrorCode::kInvalidArgument;
+    if (offset > h.layout.size || size > h.layout.size - offset) return ErrorCode::kOutOfRange;
+    if (h.coherent_device || h.remapped || size == 0) return support::ok();
+    void* p = static_cast<uint8_t*>(h.cpu_addr) + offset;
+    if (target == DmaSyncTarget::kForDevice) {
+      flush(p, size);
+    } else if (dir != DmaDirection::kToDevice) {
+      invalidate(p, size);
+    }
+    return support::ok();
+  }
 
  protected:
   constexpr DmaOp() = default;

@@ -37,6 +37,43 @@ constexpr DmaCoherence dma_coherence(bool coherent) {
 
 const char* dma_direction_name(DmaDirection dir);
 
+// Which of a device's two masks a check is about (DmaOp::check_mask): the streaming mask governs
+// map_single, the coherent mask alloc_coherent / alloc_noncoherent (Linux's dma_mask and
+// coherent_dma_mask).
+enum class DmaMaskKind : uint8_t {
+  kStreaming,
+  kCoherent,
+};
+
+// Attributes of a mapping or an allocation (Linux's DMA_ATTR_*), OR-ed into a DmaAttrs.
+using DmaAttrs = uint32_t;
+// Mapping only: no cache maintenance at map and unmap, and no copy out of a bounce slot at unmap
+// (the copy into the slot at map still happens). For buffers the driver syncs by range itself
+// (page-pool recycling): it calls sync_for_device before the device reads and sync_for_cpu
+// before the CPU reads what the device wrote.
+inline constexpr DmaAttrs kDmaAttrSkipCpuSync = 1u << 0;
+// Allocation only: coherent memory the CPU maps write-combining (Linux's dma_alloc_wc): Normal
+// Non-cacheable on AArch64, Svpbmt NC on RISC-V; x86-64's PAT has no write-combining index in
+// dmakit_page_tables, so it is kNotSupported there. Stores may be merged and reach memory late:
+// a driver orders them before a doorbell with a write barrier.
+inline constexpr DmaAttrs kDmaAttrWriteCombine = 1u << 1;
+// Allocation only: the CPU will not touch the memory (buffers only devices use), so a device
+// that does not snoop gets it without the uncached remap; DmaHandle::cpu_addr is then a cookie
+// for dealloc, not to be dereferenced.
+inline constexpr DmaAttrs kDmaAttrNoKernelMapping = 1u << 2;
+// Either: the device may reorder its accesses to the memory (Linux's DMA_ATTR_WEAK_ORDERING); a
+// hint for the bus, accepted and without effect here.
+inline constexpr DmaAttrs kDmaAttrWeakOrdering = 1u << 3;
+inline constexpr DmaAttrs kDmaAttrsMap = kDmaAttrSkipCpuSync | kDmaAttrWeakOrdering;
+inline constexpr DmaAttrs kDmaAttrsAlloc =
+    kDmaAttrWriteCombine | kDmaAttrNoKernelMapping | kDmaAttrWeakOrdering;
+
+// Which way ownership moves at a sync of cacheable DMA memory (DmaOp::sync_noncoherent).
+enum class DmaSyncTarget : uint8_t {
+  kForDevice,  // The CPU wrote; the device accesses next (Linux's dma_sync_*_for_device).
+  kForCpu,     // The device wrote; the CPU reads next (Linux's dma_sync_*_for_cpu).
+};
+
 // The DMA API's error: an `Error` (include/dmakit/support/result.h). DmaMaskNotMatch carries the
 // address that had to be reached and the mask.
 using DmaError = Error;
@@ -46,6 +83,17 @@ struct Layout {
   size_t size = 0;
   size_t align = 1;
 };
+
+// One DMA window of a device (a `dma-ranges` entry, Linux's bus_dma_region): the CPU's physical
+// range [cpu_base, cpu_base + size) appears to the device at [dma_base, dma_base + size).
+struct DmaWindow {
+  PhysAddr cpu_base;
+  DmaAddr dma_base;
+  uint64_t size = 0;
+};
+
+// Most windows DmaConstraints::windows may name.
+inline constexpr size_t kMaxDmaWindows = 8;
 
 // What the mapping layer must know about one device. `DeviceDma` (include/dmakit/device_dma.h)
 // holds one.
@@ -69,6 +117,14 @@ struct DmaConstraints {
   // pools' per-device accounting: a fresh id per constructed DeviceDma (DmaDebug::new_device_id, in
   // every build), shared by its copies; 0 for an anonymous device (the mask-only entry points).
   uint32_t device_id = 0;
+  // Several DMA windows (num_windows of them at `windows`, caller-owned, outliving every copy of
+  // these constraints; at most kMaxDmaWindows): when given, a physical range is reachable only if
+  // one window holds it wholly and its device address (translated through that window) lies
+  // under dma_mask; bus_offset is then not used. Bounce slots and coherent memory are chosen in
+  // memory some window reaches. None (the default): the single bus_offset. A window of size 0 or
+  // one that wraps is refused (kInvalidArgument).
+  const DmaWindow* windows = nullptr;
+  uint8_t num_windows = 0;
   // Most bytes of a bounce pool this device may hold at once (BounceDevice::quota: whole slots,
   // rounded up; 0: no quota). A bounced mapping over it fails with kNoMemory.
   uint64_t bounce_quota = 0;
@@ -85,7 +141,8 @@ struct DmaHandle {
   // The pages were remapped uncached for a non-coherent device (KernelDmaOp::alloc_coherent);
   // dealloc_coherent restores them.
   bool remapped = false;
-  uint32_t device_id = 0;  // DmaConstraints::device_id of the allocating device.
+  uint32_t device_id = 0;      // DmaConstraints::device_id of the allocating device.
+  bool write_combine = false;  // Remapped write-combining (kDmaAttrWriteCombine).
 };
 
 // A streaming mapping (the crate's DmaMapHandle). Owned by the caller until unmap_single.
@@ -103,6 +160,7 @@ struct DmaMapHandle {
   DmaDirection direction = DmaDirection::kToDevice;
   bool coherent_device = false;
   uint8_t bounce_pool_index = 0;  // Bounced only: KernelDmaOp::Config::pools index.
+  bool skip_cpu_sync = false;     // Mapped with kDmaAttrSkipCpuSync: unmap does no CPU sync.
 
   bool bounced() const { return bounce_cpu != nullptr; }
 };

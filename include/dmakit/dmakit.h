@@ -379,10 +379,33 @@ typedef struct dmakit_device {
  * dmakit_coherence). */
 int dmakit_device_init(dmakit_device* dev, dmakit_platform_op* op, const dmakit_device_config* cfg);
 
+/* Mask negotiation at probe time (Linux's dma_set_mask, dma_set_coherent_mask,
+ * dma_set_mask_and_coherent): the streaming mask (dmakit_map) and the coherent mask
+ * (dmakit_alloc_coherent, dmakit_alloc_noncoherent) are taken only when the platform can serve
+ * them: the device reaches all RAM or a bounce pool lies under the streaming mask; some managed
+ * memory lies under the coherent one. A driver tries a wide mask and falls back to a narrower
+ * one. Errors: INVALID_ARGUMENT (uninitialised; mask 0), DMA_MASK (nothing serves it); on error
+ * both masks stay as they were (and_coherent checks both first). (DeviceDma::set_dma_mask ...) */
+int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask);
+int dmakit_device_set_coherent_mask(dmakit_device* dev, uint64_t dma_mask);
+int dmakit_device_set_dma_mask_and_coherent(dmakit_device* dev, uint64_t dma_mask);
+/* One DMA window (a dma-ranges entry): CPU physical [cpu_base, cpu_base + size) appears to the
+ * device at [dma_base, dma_base + size). (DmaWindow.) */
+typedef struct dmakit_dma_window {
+  uint64_t cpu_base;
+  uint64_t dma_base;
+  uint64_t size;
+} dmakit_dma_window;
+
+/* Gives the device `n` DMA windows (at most 8; 0: back to the single bus_offset). `windows` stays
+ * the caller's and must outlive the device. Errors: INVALID_ARGUMENT (uninitialised; n above 8;
+ * null windows with n > 0; an empty or wrapping window); nothing changes then.
+ * (DeviceDma::set_dma_windows.) */
+int dmakit_device_set_dma_windows(dmakit_device* dev, const dmakit_dma_window* windows, size_t n);
+
 /* Changes to a live device (a driver that learns better, or a test); mappings made before keep
  * what they were made with. Call while no other CPU maps for the device. Errors: INVALID_ARGUMENT
- * (uninitialised; a mask of 0; a coherence that is not a dmakit_coherence). */
-int dmakit_device_set_dma_mask(dmakit_device* dev, uint64_t dma_mask);
+ * (uninitialised; a coherence that is not a dmakit_coherence). */
 int dmakit_device_set_coherence(dmakit_device* dev, int coherence);
 int dmakit_device_set_force_bounce(dmakit_device* dev, int force);
 
@@ -394,6 +417,18 @@ uint64_t dmakit_device_dma_mask(const dmakit_device* dev);
 int dmakit_device_coherent(const dmakit_device* dev);
 size_t dmakit_device_max_mapping_size(const dmakit_device* dev);
 size_t dmakit_device_cache_alignment(const dmakit_device* dev);
+/* The coherent mask; the smallest 2^n - 1 mask reaching all RAM (Linux's
+ * dma_get_required_mask); whether the streaming mask is below it (1, Linux's
+ * dma_addressing_limited); the size to split large transfers at (Linux's dma_opt_mapping_size,
+ * at most dmakit_device_max_mapping_size). 0 for an uninitialised device. Any context. */
+uint64_t dmakit_device_coherent_mask(const dmakit_device* dev);
+uint64_t dmakit_device_required_mask(const dmakit_device* dev);
+int dmakit_device_addressing_limited(const dmakit_device* dev);
+size_t dmakit_device_opt_mapping_size(const dmakit_device* dev);
+/* Whether a streaming mapping of the device at dma_addr needs dmakit_prepare_read /
+ * dmakit_confirm_write (1) or not (0): 1 for a non-coherent device or a bounced mapping (Linux's
+ * dma_need_sync). 1 for an uninitialised device (always safe). Any context. */
+int dmakit_device_need_sync(const dmakit_device* dev, uint64_t dma_addr);
 
 /* Teardown check: with the misuse checker (debug builds), reports every mapping and coherent
  * allocation of the device still live and returns how many; 0 otherwise. */
@@ -419,6 +454,34 @@ typedef struct dmakit_map_handle {
  * on a platform without cache maintenance). (DeviceDma::map.) */
 int dmakit_map(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
                dmakit_map_handle* out);
+
+/* Attributes of dmakit_map_attrs and dmakit_alloc_attrs (kDmaAttr*, dmakit/dma_types.h). */
+#define DMAKIT_ATTR_SKIP_CPU_SYNC 0x1u     /* Map: no cache maintenance / copy out at map, unmap. */
+#define DMAKIT_ATTR_WRITE_COMBINE 0x2u     /* Alloc: CPU maps it write-combining. */
+#define DMAKIT_ATTR_NO_KERNEL_MAPPING 0x4u /* Alloc: CPU never touches it (no uncached remap). */
+#define DMAKIT_ATTR_WEAK_ORDERING 0x8u     /* Either: accepted, no effect. */
+
+/* dmakit_map with attributes (SKIP_CPU_SYNC: the driver syncs by range itself with
+ * dmakit_prepare_read / dmakit_confirm_write; WEAK_ORDERING). Errors: dmakit_map's, and
+ * INVALID_ARGUMENT for an attribute that is not a mapping's. (DeviceDma::map_attrs.) */
+int dmakit_map_attrs(dmakit_device* dev, void* addr, size_t size, int dir, size_t align,
+                     uint32_t attrs, dmakit_map_handle* out);
+
+/* Maps bytes [offset, offset + size) of the RAM page at physical `page` (page aligned), for a
+ * caller without a virtual address for it (Linux's dma_map_page); otherwise as dmakit_map.
+ * Errors: INVALID_ARGUMENT (page not aligned or not RAM; dev, dir, out as dmakit_map),
+ * OUT_OF_RANGE (past the page), LAYOUT (size 0), and dmakit_map's. (DeviceDma::map_page.) */
+int dmakit_map_page(dmakit_device* dev, uint64_t page, size_t offset, size_t size, int dir,
+                    dmakit_map_handle* out);
+
+/* The device address, in *dma_addr, at which `dev` reaches another device's MMIO range [phys,
+ * phys + size) for peer-to-peer DMA (Linux's dma_map_resource): bus offset applied, never
+ * bounced. dmakit_unmap_resource ends it. Errors: INVALID_ARGUMENT (null or uninitialised dev,
+ * null dma_addr, bad dir, a range overlapping RAM), LAYOUT (size 0, wraps), DMA_MASK (beyond the
+ * mask). Any context. (DeviceDma::map_resource.) */
+int dmakit_map_resource(dmakit_device* dev, uint64_t phys, size_t size, int dir,
+                        uint64_t* dma_addr);
+int dmakit_unmap_resource(dmakit_device* dev, uint64_t dma_addr, size_t size, int dir);
 
 /* The address to give the device, the mapping's size, and whether it is bounced (1) or not (0).
  * 0 for a handle that is not a live mapping. Any context. */
@@ -496,7 +559,8 @@ typedef struct dmakit_coherent {
   DMAKIT_ALIGNAS(16) unsigned char opaque[96];
 } dmakit_coherent;
 
-/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches, aligned to
+/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches under its
+ * coherent mask (dmakit_device_set_coherent_mask), aligned to
  * max(align, 4096), that neither side needs cache maintenance for (uncached for a non-coherent
  * device), and describes it in *out. The caller owns it until dmakit_free_coherent. Not from
  * interrupt context (it may edit page tables).
@@ -506,12 +570,38 @@ typedef struct dmakit_coherent {
  * (DmaOp::alloc_coherent.) */
 int dmakit_alloc_coherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out);
 
+/* dmakit_alloc_coherent with attributes: WRITE_COMBINE (Normal-NC on AArch64, Svpbmt NC on
+ * RISC-V; NOT_SUPPORTED on x86-64 and where the page tables give no such encoding),
+ * NO_KERNEL_MAPPING (a non-coherent device's memory is not remapped; the CPU must not touch it),
+ * WEAK_ORDERING. Freed by dmakit_free_coherent. Errors: dmakit_alloc_coherent's, INVALID_ARGUMENT
+ * (an attribute that is not an allocation's; WRITE_COMBINE with NO_KERNEL_MAPPING),
+ * NOT_SUPPORTED. Not from interrupt context when the pages are remapped.
+ * (DeviceDma::alloc_attrs, alloc_wc.) */
+int dmakit_alloc_attrs(dmakit_device* dev, size_t size, size_t align, uint32_t attrs,
+                       dmakit_coherent* out);
+
+/* Allocates `size` bytes of zeroed, physically contiguous memory the device reaches under its
+ * coherent mask, aligned to max(align, 4096), that the CPU keeps cached even for a non-coherent
+ * device (Linux's dma_alloc_noncoherent); the zeroes are in memory and the CPU owns it. Ownership
+ * moves by range: dmakit_noncoherent_sync_for_device before the device accesses bytes [offset,
+ * offset + size) (cleans them), dmakit_noncoherent_sync_for_cpu before the CPU reads what the
+ * device wrote (invalidates them for FROM_DEVICE / BIDIRECTIONAL); both are free for a coherent
+ * device. The accessors below and dmakit_free_coherent apply. Any context (nothing remapped).
+ * Errors: as dmakit_alloc_coherent's, without the remap's NO_MEMORY; NOT_SUPPORTED for a
+ * non-coherent device on a platform without cache maintenance. Syncs' errors: NOT_FOUND (not a
+ * live allocation), INVALID_ARGUMENT (dir not a dmakit_direction), OUT_OF_RANGE (range not
+ * inside the allocation). (DmaOp::alloc_noncoherent, ContiguousArray.) */
+int dmakit_alloc_noncoherent(dmakit_device* dev, size_t size, size_t align, dmakit_coherent* out);
+int dmakit_noncoherent_sync_for_device(dmakit_coherent* c, size_t offset, size_t size, int dir);
+int dmakit_noncoherent_sync_for_cpu(dmakit_coherent* c, size_t offset, size_t size, int dir);
+
 /* The CPU address, the device address and the size of a live allocation; null / 0 otherwise. */
 void* dmakit_coherent_cpu_addr(const dmakit_coherent* c);
 uint64_t dmakit_coherent_dma_addr(const dmakit_coherent* c);
 size_t dmakit_coherent_size(const dmakit_coherent* c);
 
-/* Frees a coherent allocation; `c` is no longer live. Not from interrupt context.
+/* Frees a coherent allocation (or a dmakit_alloc_noncoherent one: any context); `c` is no longer
+ * live. Not from interrupt context.
  * Errors: NOT_FOUND (not a live allocation; nothing happens). (DmaOp::dealloc_coherent.) */
 int dmakit_free_coherent(dmakit_coherent* c);
 

@@ -11,9 +11,11 @@
 //      that does not snoop would write a buffer that shares a cache line with other data (the
 //      unmap's invalidate would have to write the CPU's copy of that line back over the
 //      device's bytes): take a slot from the highest pool lying wholly inside the window
-//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size, kNoMemory
-//      if it is full) and copy the buffer in, for every direction (a device that writes less
-//      than the whole slot must leave the buffer's own bytes there, never a previous mapping's);
+//      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size; when it is
+//      full, the next lower pool the device reaches is tried, kNoMemory if every one is full)
+//      and copy the buffer in, for every direction (a device that writes less than the whole
+//      slot must leave the buffer's own bytes there, never a previous mapping's). With DMA
+//      windows (DmaConstraints::windows), "the device's window" is any of them;
 //   4. clean the caches over what the device will read or write, unless the device snoops.
 // map_single is the same decision for the common case, inline: a device that snoops, no forced
 // bounce, no alignment, a buffer inside the direct map; anything else goes to map_checked as it
@@ -146,11 +148,39 @@ class KernelDmaOp : public DmaOp {
   DmaConstraints default_constraints() const override;
   size_t cache_alignment() const override { return line_; }
   size_t max_mapping_size(const DmaConstraints& c) const override;
+  // True for a device that does not snoop, or an address (device address - bus_offset) inside a
+  // bounce pool.
+  bool need_sync(const DmaConstraints& c, DmaAddr addr) const override;
+  // Streaming: the device reaches all RAM (the allocator's, the pools, Config::ram), or some
+  // bounce pool lies wholly under its mask. Coherent: at least one page of the allocator's range
+  // lies in the device's window (holes in the range are not looked at: a later allocation may
+  // still fail with kDmaMaskNotMatch or kNoMemory).
+  Result<void> check_mask(const DmaConstraints& c, DmaMaskKind kind) const override;
+  // From the highest byte of RAM (the allocator's, the pools, Config::ram) plus c.bus_offset.
+  uint64_t required_mask(const DmaConstraints& c) const override;
+  // alloc_coherent's pages, left cacheable; for a device that does not snoop they are cleaned and
+  // invalidated once after zeroing. Any context (no remap). dealloc_noncoherent is
+  // dealloc_coherent (no remap to undo: any context).
+  Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) override;
+  Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                        size_t align, DmaDirection dir, DmaAttrs attrs) override;
+  // Write-combining through set_memory_attribute(kWriteCombine): the architecture's DmaOp says
+  // whether it has the encoding (kNotSupported otherwise, nothing allocated).
+  Result<DmaHandle> alloc_attrs(const DmaConstraints& c, Layout layout, DmaAttrs attrs) override;
+  // RAM: the allocator's range, the bounce pools and Config::ram, all in the direct map.
+  Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset, size_t size,
+                                DmaDirection dir) override;
+  Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                               DmaDirection dir) override;
+  void dealloc_noncoherent(const DmaHandle& handle) override;
 
   // The CPU's memory attribute for pages of the direct map (set_memory_attribute).
   enum class MemAttr : uint8_t {
     kCached,    // Write-back cacheable: the direct map's normal attribute.
     kUncached,  // Normal memory the CPU does not cache: its loads and stores go to memory.
+    // Not cached, stores may be buffered and merged (AArch64 Normal-NC and RISC-V Svpbmt NC, the
+    // same encoding as kUncached there; x86-64 would need a PAT WC index: not supported).
+    kWriteCombine,
   };
 
   // The hook alloc_coherent / dealloc_coherent use for a non-coherent device: gives the pages
@@ -203,6 +233,9 @@ class KernelDmaOp : public DmaOp {
     uint64_t live_maps = 0;
     uint64_t coherent_uncached = 0;       // Coherent allocations remapped uncached, ever.
     uint64_t coherent_uncached_live = 0;  // ... and still live.
+    // Bounced maps that found the chosen pool full and took a slot in another pool under the
+    // device's mask.
+    uint64_t pool_fallbacks = 0;
   };
   Stats stats() const;
 
@@ -219,9 +252,28 @@ class KernelDmaOp : public DmaOp {
     uint64_t hi = 0;
   };
   PhysWindow alloc_window(const DmaConstraints& c) const;
+  // Every interval the device reaches: alloc_window's one, or, for a device with DMA windows,
+  // each window's part under the mask (out has room for kMaxDmaWindows). Returns how many.
+  size_t alloc_windows(const DmaConstraints& c, PhysWindow* out) const;
+  // Whether the device reaches every byte of [lo, hi), through one window or several.
+  bool covers(const DmaConstraints& c, uint64_t lo, uint64_t hi) const;
+  // A block of 2^order pages inside w. Errors: kDmaMaskNotMatch, kNoMemory.
+  Result<PhysAddr> alloc_in(const DmaConstraints& c, PhysWindow w, unsigned order, uint64_t align);
+  // Whether [p, p + size) overlaps / lies inside RAM this object maps (allocator range, pools,
+  // Config::ram). Precondition: size >= 1, no wrap.
+  bool overlaps_ram(uint64_t p, uint64_t size) const;
+  bool inside_ram(uint64_t p, uint64_t size) const;
+  // [lo, hi) spanning all RAM a buffer may live in (the allocator's, the pools, Config::ram).
+  PhysWindow ram_span() const;
+  // alloc_coherent and alloc_noncoherent: the pages, zeroed; remapped uncached when `uncached`.
+  Result<DmaHandle> alloc_pages(const DmaConstraints& c, Layout layout, MemAttr remap_to,
+                                bool remap);
   // Physical address of the contiguous buffer [addr, addr + size) outside the direct map: every
   // page translated. Errors: virt_to_phys's, kNotContiguous.
   Result<uint64_t> translate_buffer(const void* addr, size_t size) const;
+  // map_checked's body; `skip`: kDmaAttrSkipCpuSync.
+  Result<DmaMapHandle> map_decide(const DmaConstraints& c, void* addr, size_t size, size_t align,
+                                  DmaDirection dir, bool skip);
   // The map decision's predicates (kernel_dma_op.cc): whether the device snoops (its coherence,
   // or the platform's for kPlatformDefault); whether [p, p + size) lies in the fast path's window
   // (which also rules out size 0, a null addr and a wrapping range) or in the direct map.
@@ -250,10 +302,18 @@ class KernelDmaOp : public DmaOp {
   // The work of the two outcomes, once the decision is made: the buffer used where it is
   // (physical p), or bounced. `for_lines`: bounced only because it shares cache lines (a missing
   // pool is then kLayoutError, not kDmaMaskNotMatch).
+  // `skip`: kDmaAttrSkipCpuSync (no cache maintenance; recorded in the handle).
   Result<DmaMapHandle> map_direct(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                                  DmaDirection dir, bool coherent);
+                                  DmaDirection dir, bool coherent, bool skip = false);
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
-                              size_t align, DmaDirection dir, bool coherent, bool for_lines);
+                              size_t align, DmaDirection dir, bool coherent, bool for_lines,
+                              bool skip = false);
+  // A slot for [p, p + size) in another pool than `skip` that the device reaches, when the chosen
+  // one is full: the pool's index (the slot in *out, the pool's device-address offset in *off),
+  // or -1 when none has room.
+  [[gnu::noinline]] int alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size,
+                                       uint64_t keep, uint64_t align_mask, int skip,
+                                       BounceSlot* out, uint64_t* off);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
   // Statistics of a successful map (nothing without DMA_STATS).

@@ -573,7 +573,7 @@ KTEST(virtio_blk_bounced_data_reaches_the_disk_and_back) {
   const size_t bytes = disk_pattern::kTestBounceCount * disk_pattern::kSectorSize;
   // The data buffers as a 32-bit device would have to see them: above 4 GiB they bounce (the
   // rings and headers stay where they are: the real device reaches them).
-  blk.dma().set_dma_mask(kMask32);
+  KEXPECT_TRUE(blk.dma().set_dma_mask(kMask32).ok());
   PagesAbove high_out(1, kMask32);
   PagesAbove high_in(1, kMask32);
   Pages low_out(1);

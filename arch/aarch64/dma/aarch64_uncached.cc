@@ -71,11 +71,13 @@ void AArch64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
   new (attrs_) Attributes(page_tables, Aarch64LiveFormat(page_tables));
 }
 
+// kWriteCombine is Normal Non-cacheable too: AArch64's write-combining memory type (what Linux's
+// pgprot_writecombine gives), which allows stores to merge and be buffered.
 Result<void> AArch64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
   if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
-                    attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+                    attr == MemAttr::kCached ? PageAttr::kCached : PageAttr::kUncached);
 }
 
 Result<void> AArch64DmaOp::split_direct_map(void* va, size_t bytes) {

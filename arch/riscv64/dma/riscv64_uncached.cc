@@ -54,11 +54,13 @@ void Riscv64DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
       Attributes(usable ? page_tables : nullptr, Riscv64LiveFormat(page_tables, ops_.svpbmt));
 }
 
+// kWriteCombine is Svpbmt NC too: non-cacheable, idempotent main memory, which may combine
+// writes (what Linux's pgprot_writecombine gives on RISC-V).
 Result<void> Riscv64DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
   if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
-                    attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+                    attr == MemAttr::kCached ? PageAttr::kCached : PageAttr::kUncached);
 }
 
 size_t Riscv64DmaOp::split_tables() const {

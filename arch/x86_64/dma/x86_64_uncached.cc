@@ -54,6 +54,9 @@ void X86DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
 
 Result<void> X86DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
   if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
+  // dmakit_page_tables names no write-combining PAT index: the encoding is not the library's to
+  // choose (the kernel programs the PAT MSR).
+  if (attr == MemAttr::kWriteCombine) return ErrorCode::kNotSupported;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
   return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
                     attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);

@@ -387,6 +387,57 @@ static void errors(void) {
 
 /* Two pages, one under 4 GiB and one above, mapped in one call: two segments, the second
  * bounced; then one page split by a 1 KiB segment limit. */
+/* Items 2 and 4 of issue 15: the queries, and mask negotiation that leaves the masks and the
+ * accounting alone when it refuses. */
+static void device_queries(void) {
+  dmakit_device dev;
+  dmakit_device_config dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.dma_mask = ~0ull;
+  dc.coherence = DMAKIT_COHERENCE_COHERENT;
+  CHECK_STATUS(dmakit_device_init(&dev, &g_op, &dc), DMAKIT_OK);
+  /* RAM's last byte is 0x1'00FF'FFFF: 33 bits. */
+  CHECK(dmakit_device_required_mask(&dev) == 0x1FFFFFFFFull);
+  CHECK(dmakit_device_addressing_limited(&dev) == 0);
+  CHECK(dmakit_device_addressing_limited(&g_dev32) == 1);
+  CHECK(dmakit_device_opt_mapping_size(&g_dev32) == dmakit_device_max_mapping_size(&g_dev32));
+
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  CHECK_STATUS(dmakit_device_set_dma_mask(&dev, DMAKIT_DMA_BIT_MASK(28)), DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_coherent_mask(&dev, DMAKIT_DMA_BIT_MASK(28)), DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, DMAKIT_DMA_BIT_MASK(28)),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, 0), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK(dmakit_device_dma_mask(&dev) == ~0ull);
+  CHECK(dmakit_device_coherent_mask(&dev) == ~0ull);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+  CHECK_STATUS(dmakit_device_set_dma_mask_and_coherent(&dev, MASK32), DMAKIT_OK);
+  CHECK(dmakit_device_dma_mask(&dev) == MASK32);
+  CHECK(dmakit_device_coherent_mask(&dev) == MASK32);
+  CHECK(dmakit_device_addressing_limited(&dev) == 1);
+
+  /* need_sync: a direct mapping of a snooping device needs none; a bounced one does, and so does
+   * every mapping of a device that does not snoop. */
+  uint64_t phys;
+  uint8_t* low = page_under(MASK32, &phys);
+  if (low == NULL) return;
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map(&dev, low, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 0);
+  CHECK(dmakit_device_need_sync(&dev, dmakit_map_dma_addr(&h)) == 0);
+  CHECK(dmakit_device_need_sync(&g_dev32, dmakit_map_dma_addr(&h)) == 1);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  uint64_t high_phys;
+  uint8_t* high = high_page(1, &high_phys);
+  CHECK_STATUS(dmakit_map(&dev, high, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  CHECK(dmakit_device_need_sync(&dev, dmakit_map_dma_addr(&h)) == 1);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+}
+
 static void scatter_gather(void) {
   uint64_t lo_phys = 0, hi_phys = 0;
   uint8_t* lo = page_under(MASK32, &lo_phys);
@@ -485,6 +536,163 @@ static void coherent_memory(void) {
   CHECK(s1.coherent_live == 0 && s1.coherent_uncached_live == 0);
 }
 
+/* Issue 15 item 1: cacheable memory for a non-coherent device, owned in turn through range
+ * syncs; the data checked from the device's side of the cache model. */
+static void noncoherent_memory(void) {
+  dmakit_op_stats s0, s1;
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_op_stats_get(&g_op, &s0), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  dmakit_coherent c;
+  CHECK_STATUS(dmakit_alloc_noncoherent(&g_dev32, 8192, 0, &c), DMAKIT_OK);
+  uint8_t* p = dmakit_coherent_cpu_addr(&c);
+  uint64_t a = dmakit_coherent_dma_addr(&c);
+  CHECK(p != NULL && a % PAGE == 0 && a + 8191 <= MASK32 && dmakit_coherent_size(&c) == 8192);
+  if (p == NULL) return;
+  static uint8_t seen[8192];
+  fill(p, 8192, 21);
+  CHECK_STATUS(dmakit_noncoherent_sync_for_device(&c, 0, 8192, DMAKIT_TO_DEVICE), DMAKIT_OK);
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, a, seen, 8192), DMAKIT_OK);
+  CHECK(mismatches(seen, 8192, 21) == 0);
+  fill(seen, 512, 22);
+  CHECK_STATUS(dmakit_host_device_write(&g_op, &g_dev32, a + 1024, seen, 512), DMAKIT_OK);
+  CHECK_STATUS(dmakit_noncoherent_sync_for_cpu(&c, 1024, 512, DMAKIT_FROM_DEVICE), DMAKIT_OK);
+  CHECK(mismatches(p + 1024, 512, 22) == 0);
+  CHECK_STATUS(dmakit_noncoherent_sync_for_cpu(&c, 8000, 193, DMAKIT_FROM_DEVICE),
+               DMAKIT_ERR_OUT_OF_RANGE);
+  CHECK_STATUS(dmakit_noncoherent_sync_for_device(&c, 0, 1, 9), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_op_stats_get(&g_op, &s1), DMAKIT_OK);
+  CHECK(s1.coherent_uncached == s0.coherent_uncached); /* Never remapped. */
+  CHECK_STATUS(dmakit_free_coherent(&c), DMAKIT_OK);
+  CHECK_STATUS(dmakit_noncoherent_sync_for_cpu(&c, 0, 1, DMAKIT_FROM_DEVICE), DMAKIT_ERR_NOT_FOUND);
+  CHECK_STATUS(dmakit_alloc_noncoherent(&g_dev28, PAGE, 0, &c), DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_alloc_noncoherent(&g_dev32, 0, 0, &c), DMAKIT_ERR_LAYOUT);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+}
+
+/* Issue 15 item 5: attributes on a mapping and an allocation; refused ones leave nothing. */
+static void attributes(void) {
+  uint64_t phys;
+  uint8_t* buf = page_under(MASK32, &phys);
+  if (buf == NULL) return;
+  memset(buf, 0x66, 128); /* Dirty in the CPU's cache. */
+  dmakit_map_handle h;
+  CHECK_STATUS(
+      dmakit_map_attrs(&g_dev32, buf, 128, DMAKIT_TO_DEVICE, 0, DMAKIT_ATTR_WRITE_COMBINE, &h),
+      DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(
+      dmakit_map_attrs(&g_dev32, buf, 128, DMAKIT_TO_DEVICE, 0, DMAKIT_ATTR_SKIP_CPU_SYNC, &h),
+      DMAKIT_OK);
+  uint8_t seen[128];
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] != 0x66); /* Not cleaned at map. */
+  CHECK_STATUS(dmakit_confirm_write(&h, 0, 128), DMAKIT_OK);
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] == 0x66 && seen[127] == 0x66);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  dmakit_coherent c;
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev32, PAGE, 0,
+                                  DMAKIT_ATTR_WRITE_COMBINE | DMAKIT_ATTR_NO_KERNEL_MAPPING, &c),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev32, PAGE, 0, DMAKIT_ATTR_SKIP_CPU_SYNC, &c),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev28, PAGE, 0, DMAKIT_ATTR_WRITE_COMBINE, &c),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+  CHECK_STATUS(dmakit_alloc_attrs(&g_dev_coh, PAGE, 0, DMAKIT_ATTR_WRITE_COMBINE, &c), DMAKIT_OK);
+  uint8_t* p = dmakit_coherent_cpu_addr(&c);
+  if (p != NULL) {
+    p[5] = 0x99; /* Write-combining: not cached, so the device sees it without a clean. */
+    CHECK_STATUS(
+        dmakit_host_device_read(&g_op, &g_dev32, dmakit_coherent_dma_addr(&c) + 5, seen, 1),
+        DMAKIT_OK);
+    CHECK(seen[0] == 0x99);
+  }
+  CHECK_STATUS(dmakit_free_coherent(&c), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+}
+
+/* Issue 15 item 6: a page by physical address, and another device's MMIO range. */
+static void map_page_and_resource(void) {
+  dmakit_pfa_stats f0, f1;
+  dmakit_bounce_pool_stats p0, p1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p0), DMAKIT_OK);
+  uint64_t page;
+  uint8_t* cpu = high_page(2, &page); /* Above 4 GiB: the 32-bit device bounces it. */
+  memset(cpu, 0x4D, PAGE);
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, PAGE, 1, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_OUT_OF_RANGE);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, 100, PAGE, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_OUT_OF_RANGE);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page + 1, 0, 1, DMAKIT_TO_DEVICE, &h),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p1), DMAKIT_OK);
+  CHECK(p1.used_slots == p0.used_slots);
+  CHECK_STATUS(dmakit_map_page(&g_dev32, page, 64, 128, DMAKIT_TO_DEVICE, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  uint8_t seen[128];
+  CHECK_STATUS(dmakit_host_device_read(&g_op, &g_dev32, dmakit_map_dma_addr(&h), seen, 128),
+               DMAKIT_OK);
+  CHECK(seen[0] == 0x4D && seen[127] == 0x4D);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+
+  uint64_t d = 0;
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x10000000ull, 0x1000, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_OK);
+  CHECK(d == 0x10000000ull);
+  CHECK_STATUS(dmakit_unmap_resource(&g_dev32, d, 0x1000, DMAKIT_TO_DEVICE), DMAKIT_OK);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, RAM_BASE + PAGE, 64, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x200000000ull, 64, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_DMA_MASK);
+  CHECK_STATUS(dmakit_map_resource(&g_dev32, 0x10000000ull, 0, DMAKIT_TO_DEVICE, &d),
+               DMAKIT_ERR_LAYOUT);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_pool, &p1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages && p1.used_slots == p0.used_slots);
+}
+
+/* Issue 15 item 3: a device seeing the low half of RAM through a window at device address 0. */
+static void dma_windows(void) {
+  static const dmakit_dma_window w[1] = {{RAM_BASE, 0, 16ull << 20}};
+  static const dmakit_dma_window bad[1] = {{RAM_BASE, 0, 0}};
+  dmakit_device dev;
+  dmakit_device_config dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.dma_mask = MASK32;
+  dc.coherence = DMAKIT_COHERENCE_COHERENT;
+  CHECK_STATUS(dmakit_device_init(&dev, &g_op, &dc), DMAKIT_OK);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, bad, 1), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, w, 9), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_device_set_dma_windows(&dev, w, 1), DMAKIT_OK);
+  uint64_t phys;
+  uint8_t* low = page_under(RAM_BASE + (16ull << 20) - 1, &phys);
+  if (low == NULL) return;
+  dmakit_map_handle h;
+  CHECK_STATUS(dmakit_map(&dev, low, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 0);
+  CHECK(dmakit_map_dma_addr(&h) == phys - RAM_BASE);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  uint64_t high_phys;
+  uint8_t* high = high_page(3, &high_phys); /* Outside the window: bounced into the pool. */
+  CHECK_STATUS(dmakit_map(&dev, high, 64, DMAKIT_TO_DEVICE, 0, &h), DMAKIT_OK);
+  CHECK(dmakit_map_bounced(&h) == 1);
+  CHECK(dmakit_map_dma_addr(&h) < POOL_BYTES);
+  CHECK_STATUS(dmakit_unmap(&h), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, phys, 0), DMAKIT_OK);
+}
+
 static void strings(void) {
   CHECK(strcmp(dmakit_strerror(DMAKIT_OK), "ok") == 0);
   CHECK(strcmp(dmakit_strerror(DMAKIT_ERR_DMA_MASK), "dma mask not match") == 0);
@@ -520,8 +728,13 @@ int main(void) {
   bounced_mappings();
   translated_buffer();
   errors();
+  device_queries();
   scatter_gather();
   coherent_memory();
+  noncoherent_memory();
+  attributes();
+  map_page_and_resource();
+  dma_windows();
   strings();
   tear_down();
   printf("capi: %d passed, %d failed\n", g_passed, g_failed);

@@ -221,7 +221,7 @@ class PagedDmaOp final : public KernelDmaOp {
     if (it == pages_.end()) return ErrorCode::kInvalidArgument;
     return PhysAddr(it->second + (v & 4095));
   }
-  void map_page(size_t index, uint64_t phys) { pages_[index] = phys; }
+  void set_page(size_t index, uint64_t phys) { pages_[index] = phys; }
   void* window(size_t page, size_t offset = 0) {
     return reinterpret_cast<void*>(kWindow + page * 4096 + offset);
   }
@@ -245,9 +245,9 @@ TEST_F(OutsideDirectMapTest, ScatteredPagesAreRefusedNeverPartlyMapped) {
   uint64_t pp = phys_of(p);
   uint8_t* x = pages(4096);
   // Pages P, X, P + 2: contiguous virtually, not physically. The device would write P + 1.
-  paged_.map_page(0, pp);
-  paged_.map_page(1, phys_of(x));
-  paged_.map_page(2, pp + 2 * 4096);
+  paged_.set_page(0, pp);
+  paged_.set_page(1, phys_of(x));
+  paged_.set_page(2, pp + 2 * 4096);
   Counters s = counters();
   auto m = paged_.map_single(device(kMask64, true), paged_.window(0, 100), 2 * 4096 + 10, 0,
                              DmaDirection::kFromDevice);
@@ -257,8 +257,8 @@ TEST_F(OutsideDirectMapTest, ScatteredPagesAreRefusedNeverPartlyMapped) {
   expect_unchanged(s);
   EXPECT_EQ(paged_.stats().live_maps, 0u);
   // A hole (an untranslatable page) in the middle is refused too.
-  paged_.map_page(4, pp);
-  paged_.map_page(6, pp + 2 * 4096);
+  paged_.set_page(4, pp);
+  paged_.set_page(6, pp + 2 * 4096);
   EXPECT_EQ(
       paged_
           .map_single(device(kMask64, true), paged_.window(4), 3 * 4096, 0, DmaDirection::kToDevice)
@@ -269,7 +269,7 @@ TEST_F(OutsideDirectMapTest, ScatteredPagesAreRefusedNeverPartlyMapped) {
 TEST_F(OutsideDirectMapTest, ContiguousPagesOutsideTheDirectMapAreMapped) {
   uint8_t* p = pages(4 * 4096);
   uint64_t pp = phys_of(p);
-  for (size_t i = 0; i < 4; ++i) paged_.map_page(10 + i, pp + i * 4096);
+  for (size_t i = 0; i < 4; ++i) paged_.set_page(10 + i, pp + i * 4096);
   auto m = paged_.map_single(device(kMask64, true), paged_.window(10, 4000), 3 * 4096, 0,
                              DmaDirection::kToDevice);
   ASSERT_TRUE(m.ok());

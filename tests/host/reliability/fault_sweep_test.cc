@@ -43,14 +43,15 @@ const char* site_name(FaultSite s) {
   return "?";
 }
 
-// 128 MiB of RAM straddling 1 GiB and two bounce pools under 1 GiB (the mapping layer uses the
-// higher one; the other must stay untouched): a 30-bit device reaches the lower half of RAM
-// directly and bounces the upper half.
+// 128 MiB of RAM straddling 1 GiB, a bounce pool under 1 GiB and one above it (the mapping
+// layer uses the first; the second, out of the device's reach, must stay untouched even when the
+// first fails, since a full pool falls back only to pools the device reaches): a 30-bit device
+// reaches the lower half of RAM directly and bounces the upper half.
 HostPlatform::Options options() {
   HostPlatform::Options o;
   o.ram.push_back(PhysRange{PhysAddr(0x3C00'0000), 128ull << 20});
   o.pools.push_back(HostPlatform::PoolSpec{4ull << 20, kMask30});
-  o.pools.push_back(HostPlatform::PoolSpec{1ull << 20, kMask30, 512});
+  o.pools.push_back(HostPlatform::PoolSpec{1ull << 20, 0x7FFF'FFFFull, 512});
   return o;
 }
 
