@@ -66,7 +66,17 @@ def classify(path, fn, root):
     return "subsys" if p.startswith(SUBSYSTEM_DIRS) else "harness"
 
 
-def parse(path, root):
+# With --cache-sim=yes, the events whose sum is a last-level miss, and the first-level data misses.
+LL_EVENTS = ("ILmr", "DLmr", "DLmw")
+D1_EVENTS = ("D1mr", "D1mw")
+
+
+def parse(path, root, cache=None):
+    """`cache`, when given, receives per class the simulated misses of a dump made with
+    --cache-sim=yes: cache["ll"][cls] (last level: ILmr + DLmr + DLmw) and cache["d1"][cls]."""
+    events = ["Ir"]
+    ll_cols = []
+    d1_cols = []
     trigger = None
     summary = None
     by_class = defaultdict(int)
@@ -87,6 +97,14 @@ def parse(path, root):
             if c.isdigit() or c in "+-*":
                 parts = line.split()
                 cost = int(parts[1]) if len(parts) > 1 else 0
+                if cache is not None and ll_cols and not pending_call:
+                    cls = classify(cur_file, fn, root)
+                    for col in ll_cols:
+                        if col < len(parts):
+                            cache["ll"][cls] += int(parts[col])
+                    for col in d1_cols:
+                        if col < len(parts):
+                            cache["d1"][cls] += int(parts[col])
                 if pending_call:
                     call_cost[(fn, cfn)] += cost
                     pending_call = False
@@ -99,6 +117,10 @@ def parse(path, root):
                         model_code[0] += cost
             elif line.startswith(("fl=", "fi=", "fe=")):
                 cur_file = line[3:]
+            elif line.startswith("events:"):
+                events = line.split()[1:]
+                ll_cols = [1 + events.index(e) for e in LL_EVENTS if e in events]
+                d1_cols = [1 + events.index(e) for e in D1_EVENTS if e in events]
             elif line.startswith("fn="):
                 fn = line[3:]
             elif line.startswith("cfn="):
@@ -107,7 +129,12 @@ def parse(path, root):
                 pending_call = True
             elif line.startswith(TRIGGER):
                 trigger = line[len(TRIGGER):]
-            elif line.startswith("summary:"):
+            elif line.startswith("summary:") and summary is None:
+                summary = int(line.split()[1])
+            elif line.startswith("totals:"):
+                # With --cache-sim=yes the summary line can exceed the sum of the cost lines by
+                # the few instructions of the client request that dumped it; the totals line is
+                # that sum.
                 summary = int(line.split()[1])
     return trigger, summary, by_class, pool_code[0], model_code[0], self_cost, call_cost
 
@@ -133,7 +160,9 @@ def main():
     if not paths:
         sys.exit("callgrind_ir.py: no dumps at %s.*" % prefix)
     for path in paths:
-        trigger, summary, by_class, pool_code, model_code, self_cost, call_cost = parse(path, root)
+        cache = {"ll": defaultdict(int), "d1": defaultdict(int)}
+        trigger, summary, by_class, pool_code, model_code, self_cost, call_cost = parse(
+            path, root, cache)
         if trigger is None:
             continue
         m = re.match(r"^(\S+) ops=(\d+)$", trigger)
@@ -151,6 +180,11 @@ def main():
         fields.append("model_code=%.2f" % (model_code / ops))
         for key, pfx in ENTRIES.items():
             fields.append("%s=%.2f" % (key, inclusive(pfx, self_cost, call_cost) / ops))
+        if cache["ll"] or cache["d1"]:
+            # Simulated misses per operation (a dump with --cache-sim=yes), four decimals.
+            for kind in ("ll", "d1"):
+                for cls in ("subsys", "harness"):
+                    fields.append("%smiss_%s=%.4f" % (kind, cls, cache[kind][cls] / ops))
         print(" ".join(fields))
 
 

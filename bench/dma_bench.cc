@@ -97,6 +97,58 @@ void BM_PfaMixed(benchmark::State& state) {
 }
 BENCHMARK(BM_PfaMixed)->Arg(50);
 
+// The mixed workload of orders 0-4 at 50% over simulated RAM of 256 MiB, 1 GiB, 4 GiB and
+// 16 GiB, all four alive at once (the allocator never touches the simulated RAM, so 16 GiB of it
+// costs no host memory). Each iteration is a round: one batch of operations on every size, in an
+// order that rotates from round to round, each batch timed on its own, so that load from the rest
+// of the machine falls on every size alike. ns_<size> is the median of that size's per-batch
+// times per operation; ratio_16g_256m is the median over the rounds of the 16 GiB batch's time
+// over the 256 MiB batch's (pfa_mixed_ns_ratio_16g_256m).
+struct MixedSizes {
+  static constexpr size_t kSizes = 4;
+  static constexpr uint64_t kBytes[kSizes] = {256 * bench::kMiB, 1 * kGiB, 4 * kGiB, 16 * kGiB};
+  static constexpr const char* kLabels[kSizes] = {"256m", "1g", "4g", "16g"};
+  MixedSizes() {
+    for (size_t i = 0; i < kSizes; ++i) {
+      s[i] = std::make_unique<bench::PfaMixed>(0.5, kBytes[i], kSeed + 150, 4);
+    }
+  }
+  std::unique_ptr<bench::PfaMixed> s[kSizes];
+};
+
+void BM_PfaMixedSizes(benchmark::State& state) {
+  using Clock = std::chrono::steady_clock;
+  constexpr uint64_t kBatch = 2048;  // Some 100 us: the clock reads are noise.
+  auto& m = cached<MixedSizes>("mixed_sizes", [] { return std::make_shared<MixedSizes>(); });
+  std::vector<double> ns[MixedSizes::kSizes];
+  std::vector<double> ratios;
+  size_t first = 0;
+  for (auto _ : state) {
+    double t[MixedSizes::kSizes] = {};
+    for (size_t k = 0; k < MixedSizes::kSizes; ++k) {
+      size_t i = (first + k) % MixedSizes::kSizes;
+      Clock::time_point t0 = Clock::now();
+      m.s[i]->run(kBatch);
+      Clock::time_point t1 = Clock::now();
+      t[i] = std::chrono::duration<double, std::nano>(t1 - t0).count();
+      ns[i].push_back(t[i] / static_cast<double>(kBatch));
+    }
+    ratios.push_back(t[MixedSizes::kSizes - 1] / t[0]);
+    first = (first + 1) % MixedSizes::kSizes;
+  }
+  auto median = [](std::vector<double>& v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  for (size_t i = 0; i < MixedSizes::kSizes; ++i) {
+    state.counters[std::string("ns_") + MixedSizes::kLabels[i]] = median(ns[i]);
+  }
+  state.counters["ratio_16g_256m"] = median(ratios);
+  state.counters["rounds"] = static_cast<double>(ratios.size());
+}
+BENCHMARK(BM_PfaMixedSizes)->UseRealTime();
+
 void BM_PfaOrder9Frag(benchmark::State& state) {
   auto& s = cached<bench::PfaOrder9Frag>(
       "order9frag", [] { return std::make_shared<bench::PfaOrder9Frag>(kPfaRam, kSeed + 200); });

@@ -34,6 +34,12 @@ using bench::kKiB;
 constexpr uint64_t kPfaRam = 1 * kGiB;
 constexpr uint64_t kSeed = 0x5EED'0000'D1A7ull;
 const int kOccupancies[] = {1, 10, 25, 50, 75, 90, 95};
+struct SizeLabel {
+  const char* label;
+  uint64_t bytes;
+};
+const SizeLabel kMixedSizes[] = {
+    {"256m", 256 * bench::kMiB}, {"1g", kGiB}, {"4g", 4 * kGiB}, {"16g", 16 * kGiB}};
 
 struct Scenario {
   std::string name;
@@ -77,6 +83,23 @@ std::vector<Scenario> scenarios() {
            m([&] { s.run(ops); });
            return fmt("occupancy=%.4f", s.occupancy()) + " allocs=" + std::to_string(s.allocs()) +
                   " frees=" + std::to_string(s.frees()) +
+                  " failures=" + std::to_string(s.failures());
+         }});
+  }
+  // The mixed workload of orders 0-4 at 50% over RAM of growing size, for the cache simulation
+  // (pfa_mixed_llmiss_*): a warm-up of as many operations as are measured runs first, inside
+  // the instrumentation, so that the simulated caches hold the steady state's lines; then the
+  // statistics are zeroed and the measured loop counted.
+  for (const auto& [label, bytes] : kMixedSizes) {
+    v.push_back(
+        {std::string("pfa_mixed04_50_") + label, 200'000, [bytes](uint64_t ops, const Measure& m) {
+           bench::PfaMixed s(0.5, bytes, kSeed + 150, 4);
+           m([&] {
+             s.run(ops);
+             CALLGRIND_ZERO_STATS;
+             s.run(ops);
+           });
+           return fmt("occupancy=%.4f", s.occupancy()) + " allocs=" + std::to_string(s.allocs()) +
                   " failures=" + std::to_string(s.failures());
          }});
   }

@@ -79,12 +79,55 @@ run_callgrind iommu iommu_ iova_ || exit 1
 cat "$CG/pfa.state" "$CG/map.state" "$CG/iommu.state" >"$OUT/ir_state.txt"
 "$OUT/dma_ir" --metadata >"$OUT/metadata.txt"
 
+# ---- Cache misses of the page-frame allocator (callgrind's cache simulation) --------------------
+# The mixed workload of orders 0-4 at 50% over 256 MiB .. 16 GiB of simulated RAM (pfa_mixed04_*),
+# with a stated geometry, the same on every machine: 32 KiB 8-way first-level caches and a 32 MiB
+# 16-way last level (pfa_mixed_llmiss_*), and once more with a last level of 1 MiB, 16-way (the
+# private L2 of the development machine, whose share of its L3 is small: pfa_mixed_l2miss_*).
+# 64-byte lines throughout.
+PFA_CACHE_GEOMETRY="I1=32768,8,64 D1=32768,8,64 LL=33554432,16,64"
+PFA_L2_GEOMETRY="I1=32768,8,64 D1=32768,8,64 LL=1048576,16,64"
+run_cachesim() {
+  local tag=$1 geometry=$2
+  # shellcheck disable=SC2046  # one --XX=... option per word
+  valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no --compress-strings=no \
+    --compress-pos=no --cache-sim=yes $(printf -- '--%s ' $geometry) \
+    --callgrind-out-file="$CG/$tag.out" "$OUT/dma_ir" pfa_mixed04 \
+    >"$CG/$tag.state" 2>"$CG/$tag.log" || {
+    echo "bench: callgrind run '$tag' failed:" >&2
+    tail -n 20 "$CG/$tag.log" >&2
+    return 1
+  }
+}
+echo "bench: simulating the allocator's cache misses [${SECONDS}s]"
+run_cachesim llc "$PFA_CACHE_GEOMETRY" &
+pid_llc=$!
+run_cachesim l2 "$PFA_L2_GEOMETRY" &
+pid_l2=$!
+status=0
+wait $pid_llc || status=1
+wait $pid_l2 || status=1
+[ $status -eq 0 ] || exit 1
+{
+  echo "# geometry $PFA_CACHE_GEOMETRY"
+  python3 bench/callgrind_ir.py "$CG/llc.out"
+} >"$OUT/cachesim.txt"
+{
+  echo "# geometry $PFA_L2_GEOMETRY"
+  python3 bench/callgrind_ir.py "$CG/l2.out"
+} >"$OUT/cachesim_l2.txt"
+
+# ---- Time: the allocator at 256 MiB .. 16 GiB, interleaved in one process -----------------------
+echo "bench: timing the allocator from 256 MiB to 16 GiB [${SECONDS}s]"
+"$OUT/dma_bench" --benchmark_filter='BM_PfaMixedSizes' --benchmark_min_time=3 \
+  --benchmark_out="$OUT/pfa_sizes.json" --benchmark_out_format=json >"$OUT/pfa_sizes.txt" 2>&1
+
 copy_run 3
 copy_run 4
 
 # ---- Time: every scenario (Google Benchmark, informative) ---------------------------------------
 echo "bench: timing every scenario (Google Benchmark) [${SECONDS}s]"
-"$OUT/dma_bench" --benchmark_filter='-BM_BounceCopyRatio/|BM_Bounce2ThreadRatio' \
+"$OUT/dma_bench" --benchmark_filter='-BM_BounceCopyRatio/|BM_Bounce2ThreadRatio|BM_PfaMixedSizes' \
   --benchmark_min_time=0.2 \
   --benchmark_out="$OUT/timing.json" --benchmark_out_format=json >"$OUT/timing.txt" 2>&1
 copy_run 5

@@ -54,6 +54,24 @@ void shuffle(std::vector<T>& v, Rng& rng) {
   }
 }
 
+// A page-frame allocator over simulated RAM that is never mapped: the allocator keeps all its
+// bookkeeping out of band and never dereferences a managed page (the poisoning layer, which
+// would, is off), so `bytes` of RAM at physical `base` cost only the metadata. The metadata lives
+// in its own mapping on transparent huge pages, as a kernel's sits in a direct map of large pages.
+class PfaMemory {
+ public:
+  PfaMemory(uint64_t base, uint64_t bytes);
+  ~PfaMemory();
+  PfaMemory(const PfaMemory&) = delete;
+  PfaMemory& operator=(const PfaMemory&) = delete;
+  PageFrameAllocator& pfa() { return pfa_; }
+
+ private:
+  void* meta_map_ = nullptr;
+  size_t meta_map_bytes_ = 0;
+  PageFrameAllocator pfa_;
+};
+
 // Order-0 pairs: a fraction of `ram_bytes` allocated as single pages scattered at random (every
 // page taken one by one, then a random selection given back), part of it being a ring of 4096
 // pages. run(n): n times, allocate one page and free the oldest page of the ring (FIFO).
@@ -70,7 +88,7 @@ class PfaOrder0Ring {
   double occupancy() const;
 
  private:
-  std::unique_ptr<HostPlatform> plat_;
+  std::unique_ptr<PfaMemory> plat_;
   PageFrameAllocator* pfa_;
   uint64_t total_pages_ = 0;
   std::vector<PhysAddr> held_;  // The scattered background, in random order.
@@ -78,12 +96,13 @@ class PfaOrder0Ring {
   size_t head_ = 0;
 };
 
-// Mixed operations: blocks of random order 0-9, allocated or freed at random, memory kept around
-// `target` full. run(n): n operations, each one alloc or one free. Whether an operation allocates
-// is random (even odds) while occupancy is within 2% of the target, and corrective outside.
+// Mixed operations: blocks of random order 0-max_order (uniform), allocated or freed at random,
+// memory kept around `target` full. run(n): n operations, each one alloc or one free. Whether an
+// operation allocates is random (even odds) while occupancy is within 2% of the target, and
+// corrective outside.
 class PfaMixed {
  public:
-  PfaMixed(double target, uint64_t ram_bytes, uint64_t seed);
+  PfaMixed(double target, uint64_t ram_bytes, uint64_t seed, unsigned max_order = 9);
   ~PfaMixed();
   void run(uint64_t ops);
   double occupancy() const;
@@ -96,9 +115,15 @@ class PfaMixed {
     PhysAddr addr;
     unsigned order;
   };
-  std::unique_ptr<HostPlatform> plat_;
+  std::unique_ptr<PfaMemory> plat_;
   PageFrameAllocator* pfa_;
+  // Uniform in [0, n) from a random word, as Rng::below.
+  static size_t index_below(uint64_t draw, size_t n) {
+    return static_cast<size_t>((static_cast<unsigned __int128>(draw) * n) >> 64);
+  }
   Rng rng_;
+  uint64_t victim_draw_ = 0;  // The random word that picks the next free's victim.
+  unsigned orders_;           // max_order + 1.
   std::vector<Block> live_;
   uint64_t used_pages_ = 0;
   uint64_t target_pages_ = 0;
@@ -120,7 +145,7 @@ class PfaOrder9Frag {
   double occupancy() const;
 
  private:
-  std::unique_ptr<HostPlatform> plat_;
+  std::unique_ptr<PfaMemory> plat_;
   PageFrameAllocator* pfa_;
   std::vector<PhysAddr> held_;
   std::vector<PhysAddr> ring_;
@@ -146,7 +171,7 @@ class PfaOrder9Masked {
   double free_above_limit() const;
 
  private:
-  std::unique_ptr<HostPlatform> plat_;
+  std::unique_ptr<PfaMemory> plat_;
   PageFrameAllocator* pfa_;
   uint64_t limit_;
   std::vector<PhysAddr> ring_;

@@ -3,9 +3,10 @@
 
 Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
 the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
-timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio) and timing.json (Google Benchmark).
-Writes summary.txt ("name value"), targets.txt ("name value target verdict")
-and occupancy.dat (the plot's data).
+timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio), timing.json (Google Benchmark),
+cachesim.txt and cachesim_l2.txt (callgrind_ir.py over the allocator's cache simulations, each
+after a "# geometry" line) and pfa_sizes.json (BM_PfaMixedSizes). Writes summary.txt ("name
+value"), targets.txt ("name value target verdict") and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
 instructions executed in the subsystem's own source files (support/, mm/, dma/, arch/, inlined
@@ -38,7 +39,10 @@ TARGETS = {
     "iova_alloc_free_ir_95": 100,
     "pfa_metadata_fraction": 0.001,
     "bounce_2thread_ratio": 1.25,
+    "pfa_mixed_llmiss_16g": 0.25,
+    "pfa_mixed_ns_ratio_16g_256m": 1.5,
 }
+PFA_SIZES = ["256m", "1g", "4g", "16g"]
 
 
 def read_kv_lines(path):
@@ -94,6 +98,22 @@ def median_of_runs(runs, size):
     return ordered[(len(ordered) - 1) // 2]
 
 
+def cachesim(path):
+    """(geometry, rows) of a cachesim*.txt written by run_bench.sh: its "# geometry ..." line and
+    callgrind_ir.py's lines."""
+    geometry = ""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("# geometry "):
+                geometry = line[len("# geometry "):].strip()
+            elif line.strip():
+                parts = line.split()
+                rows[parts[0]] = {k: float(v) for k, eq, v in (p.partition("=") for p in parts[1:])
+                                  if eq}
+    return geometry, rows
+
+
 def main():
     out = sys.argv[1]
     ir = read_kv_lines(os.path.join(out, "ir.txt"))
@@ -142,6 +162,14 @@ def main():
     two_runs = [r for r in runs if "2thread" in r]
     if two_runs:
         add("bounce_2thread_ratio", median_run(runs, "2thread")["ratio_median"], "%.3f")
+    # The allocator's simulated last-level misses per operation (its own code's, the harness's
+    # excluded) and its time per operation from 256 MiB to 16 GiB.
+    geometry, llc = cachesim(os.path.join(out, "cachesim.txt"))
+    l2_geometry, l2 = cachesim(os.path.join(out, "cachesim_l2.txt"))
+    add("pfa_mixed_llmiss_16g", llc["pfa_mixed04_50_16g"]["llmiss_subsys"], "%.4f")
+    with open(os.path.join(out, "pfa_sizes.json")) as f:
+        sizes = [b for b in json.load(f)["benchmarks"] if b["name"].startswith("BM_PfaMixedSizes")]
+    add("pfa_mixed_ns_ratio_16g_256m", sizes[0]["ratio_16g_256m"], "%.3f")
 
     # More detail, same format.
     for occ in OCCUPANCIES:
@@ -212,10 +240,27 @@ def main():
         add("occupancy_reached_" + s, state[s]["occupancy"], "%.4f")
     add("free_above_4g_in_masked", state["pfa_order9_alloc_masked"]["free_above_4g"], "%.4f")
     add("pfa_mixed_op_50_failures", state["pfa_mixed_op_50"]["failures"], "%d")
+    for size in PFA_SIZES[:-1]:  # 16g is the issue's figure, above.
+        add("pfa_mixed_llmiss_" + size, llc["pfa_mixed04_50_" + size]["llmiss_subsys"], "%.4f")
+    for size in PFA_SIZES:
+        add("pfa_mixed_l2miss_" + size, l2["pfa_mixed04_50_" + size]["llmiss_subsys"], "%.4f")
+    for size in PFA_SIZES:
+        add("pfa_mixed_d1miss_" + size, llc["pfa_mixed04_50_" + size]["d1miss_subsys"], "%.4f")
+    for size in PFA_SIZES:
+        add("pfa_mixed_harness_llmiss_" + size, llc["pfa_mixed04_50_" + size]["llmiss_harness"],
+            "%.4f")
+    for size in PFA_SIZES:
+        add("pfa_mixed04_op_ir_" + size, ir["pfa_mixed04_50_" + size]["subsys"])
+    for size in PFA_SIZES:
+        add("pfa_mixed_ns_" + size, sizes[0]["ns_" + size], "%.1f")
+    add("pfa_mixed_ns_rounds", sizes[0]["rounds"], "%d")
 
     with open(os.path.join(out, "summary.txt"), "w") as f:
         for name, value, fmt in figures:
             f.write(("%s " + fmt + "\n") % (name, value))
+        # Not figures: the cache geometries the pfa_mixed_*miss_* figures were simulated with.
+        f.write("pfa_mixed_llmiss_geometry %s\n" % geometry.replace(" ", ";"))
+        f.write("pfa_mixed_l2miss_geometry %s\n" % l2_geometry.replace(" ", ";"))
     met = 0
     with open(os.path.join(out, "targets.txt"), "w") as f:
         f.write("%-28s %12s %10s  %s\n" % ("# name", "value", "target", "verdict"))
