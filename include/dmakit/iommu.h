@@ -156,6 +156,42 @@ class IommuDomain final : public DmaOp {
   // device that bounces every mapping (force_bounce) also no more than the platform's bounce pool
   // takes (the bounce slot is what the domain maps).
   size_t max_mapping_size(const DmaConstraints& c) const override;
+  // The page's direct-map address (KernelDmaOp::phys_to_virt) through map_single: the same
+  // decision, IOVA and bounce as a buffer there. Errors: kInvalidArgument (page not page aligned,
+  // not RAM of the platform, mask 0, bus_offset not 0), kOutOfRange (offset or offset + size
+  // past the page), kLayoutError (size 0), and map_single's. Any context.
+  Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset, size_t size,
+                                DmaDirection dir) override;
+  // An IOVA range under c.dma_mask mapping the pages of the MMIO range [phys, phys + size), the
+  // offset in the first page kept, with the direction's permissions (kToDevice: the device reads
+  // the peer, kFromDevice: writes it, kBidirectional: both). No cache maintenance, never bounced.
+  // Counted in live_mappings() until unmap_resource. Errors: kLayoutError (size 0, the range
+  // wraps, spans more than IovaAllocator::kMaxSize), kInvalidArgument (mask 0, bus_offset not 0,
+  // the range overlaps the platform's RAM), kNoMemory (no IOVA range under the mask, no table
+  // memory). On error nothing is mapped. Any context.
+  Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                               DmaDirection dir) override;
+  // Removes a map_resource mapping and invalidates the IOTLB before returning (strict in both
+  // modes: the peer's registers stop being reachable now). Precondition: addr and size of a live
+  // map_resource of this domain, unmapped once. Any context.
+  void unmap_resource(const DmaConstraints& c, DmaAddr addr, size_t size,
+                      DmaDirection dir) override;
+  // Both kinds: some page of the IOVA window lies under c.dma_mask (every mapping, bounce slot
+  // and coherent allocation gets an IOVA from it). Errors: kInvalidArgument (mask 0, bus_offset
+  // not 0), kDmaMaskNotMatch (the mask ends below the window's first page; Error::addr is the
+  // window's lowest address, mask the mask). Any context.
+  Result<void> check_mask(const DmaConstraints& c, DmaMaskKind kind) const override;
+  // The smallest 2^n - 1 covering the window's highest IOVA: whatever the physical address of
+  // RAM, a device needs no wider mask to get every IOVA. Any context.
+  uint64_t required_mask(const DmaConstraints& c) const override;
+  // False for a device that snoops when `addr` is a live IOVA of this domain that maps the
+  // buffer itself; true for a device that does not snoop, an IOVA that maps a bounce slot, and
+  // an address this domain does not map. Any context.
+  bool need_sync(const DmaConstraints& c, DmaAddr addr) const override;
+  // The largest range the IOVA allocator's per-CPU caches hold (2^(kCacheOrders - 1) pages),
+  // no more than max_mapping_size(c): a page-aligned buffer up to it takes and gives back its
+  // IOVA range without the shared lock. Any context.
+  size_t opt_mapping_size(const DmaConstraints& c) const override;
 
   // Queries, for tests and reports. Any context.
   IommuUnit* unit() const { return unit_; }
@@ -173,6 +209,8 @@ class IommuDomain final : public DmaOp {
     uint64_t size;
   };
   bool snoops(const DmaConstraints& c) const;
+  // Whether physical [p, p + size) overlaps the platform's RAM. Precondition: size > 0, no wrap.
+  bool overlaps_ram(uint64_t p, uint64_t size) const;
   // The highest IOVA a device with these constraints may be given.
   uint64_t limit_of(const DmaConstraints& c) const;
   ErrorCode check_request(const DmaConstraints& c, const void* addr, size_t size, size_t align,
