@@ -232,6 +232,22 @@ void IommuDomain::unmap_single(const DmaMapHandle& h) {
 
 Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
                                  size_t align, DmaDirection dir) {
+  return map_pieces(c, handles, n, align, dir, /*skip=*/false);
+}
+
+Result<DmaMapHandle> IommuDomain::map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                   size_t align, DmaDirection dir, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsMap) != 0) return ErrorCode::kInvalidArgument;
+  if ((attrs & kDmaAttrSkipCpuSync) == 0) return map_single(c, addr, size, align, dir);
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.size = size;
+  TRY(map_pieces(c, &h, 1, align, dir, /*skip=*/true));
+  return h;
+}
+
+Result<void> IommuDomain::map_pieces(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
+                                     size_t align, DmaDirection dir, bool skip) {
   if (n == 0) return ErrorCode::kLayoutError;
   const bool coherent = snoops(c);
   const size_t line = platform_->cache_alignment();
@@ -256,7 +272,8 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
       DmaConstraints pc = c;
       pc.dma_mask = ~0ull;
       pc.force_bounce = true;
-      TRY_ASSIGN(h, platform_->map_single(pc, addr, size, 0, dir));
+      TRY_ASSIGN(h, platform_->map_single_attrs(pc, addr, size, 0, dir,
+                                                skip ? kDmaAttrSkipCpuSync : DmaAttrs{0}));
       p = h.dma_addr.value();
     } else {
       TRY_ASSIGN(p, locate(addr, size));
@@ -327,7 +344,8 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
   unbounce.cancel();
   for (size_t i = 0; i < n; ++i) {
     DmaMapHandle& h = handles[i];
-    if (!coherent && !h.bounced()) platform_->flush(h.cpu_addr, h.size);
+    if (!coherent && !h.bounced() && !skip) platform_->flush(h.cpu_addr, h.size);
+    h.skip_cpu_sync = skip;
     h.device_id = c.device_id;
     h.direction = dir;
     h.coherent_device = coherent;
@@ -353,7 +371,7 @@ void IommuDomain::unmap_sg(const DmaMapHandle* handles, size_t n) {
     const DmaMapHandle& h = handles[i];
     if (h.bounced()) {
       platform_->unmap_single(platform_handle(h));
-    } else if (copies_out(h.direction) && !h.coherent_device) {
+    } else if (copies_out(h.direction) && !h.coherent_device && !h.skip_cpu_sync) {
       platform_->invalidate(h.cpu_addr, h.size);
     }
   }
@@ -390,12 +408,28 @@ size_t IommuDomain::deferred_pending() const {
 }
 
 Result<DmaHandle> IommuDomain::alloc_coherent(const DmaConstraints& c, Layout layout) {
+  return alloc_mapped(c, layout, /*noncoherent=*/false);
+}
+
+Result<DmaHandle> IommuDomain::alloc_noncoherent(const DmaConstraints& c, Layout layout) {
+  return alloc_mapped(c, layout, /*noncoherent=*/true);
+}
+
+Result<DmaHandle> IommuDomain::alloc_mapped(const DmaConstraints& c, Layout layout,
+                                            bool noncoherent) {
   if (c.dma_mask == 0 || c.bus_offset != 0) return ErrorCode::kInvalidArgument;
   DmaConstraints pc = c;
   pc.dma_mask = ~0ull;
-  TRY_ASSIGN(DmaHandle h, platform_->alloc_coherent(pc, layout));
+  TRY_ASSIGN(DmaHandle h, noncoherent ? platform_->alloc_noncoherent(pc, layout)
+                                      : platform_->alloc_coherent(pc, layout));
   uint64_t bytes = kPage << h.order;
-  auto give_back = support::defer([&] { platform_->dealloc_coherent(h); });
+  auto give_back = support::defer([&] {
+    if (noncoherent) {
+      platform_->dealloc_noncoherent(h);
+    } else {
+      platform_->dealloc_coherent(h);
+    }
+  });
   if (bytes > IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
   TRY_ASSIGN(uint64_t iova, iova_.alloc(bytes, limit_of(c)));
   auto r = pt_.map(iova, h.phys, bytes, kIommuRead | kIommuWrite);
@@ -411,6 +445,14 @@ Result<DmaHandle> IommuDomain::alloc_coherent(const DmaConstraints& c, Layout la
 }
 
 void IommuDomain::dealloc_coherent(const DmaHandle& h) {
+  dealloc_mapped(h, /*noncoherent=*/false);
+}
+
+void IommuDomain::dealloc_noncoherent(const DmaHandle& h) {
+  dealloc_mapped(h, /*noncoherent=*/true);
+}
+
+void IommuDomain::dealloc_mapped(const DmaHandle& h, bool noncoherent) {
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
   uint64_t bytes = kPage << h.order;
   // Strict in both modes: the pages go back to the allocator now.
@@ -419,7 +461,11 @@ void IommuDomain::dealloc_coherent(const DmaHandle& h) {
   iova_.free(h.dma_addr.value(), bytes);
   DmaHandle ph = h;
   ph.dma_addr = DmaAddr(h.phys.value());
-  platform_->dealloc_coherent(ph);
+  if (noncoherent) {
+    platform_->dealloc_noncoherent(ph);
+  } else {
+    platform_->dealloc_coherent(ph);
+  }
   count_live(-1);
 }
 

@@ -135,6 +135,21 @@ class IommuDomain final : public DmaOp {
   // IOVA range under the mask, no table memory).
   Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) override;
   void dealloc_coherent(const DmaHandle& handle) override;
+  // As alloc_coherent, with the platform's alloc_noncoherent pages (kept cacheable, never
+  // remapped; the caller syncs them with sync_noncoherent). Errors: the platform's
+  // alloc_noncoherent's, kInvalidArgument (mask 0, bus_offset not 0), kLayoutError (larger than
+  // max_mapping_size()), kNoMemory (no IOVA range under the mask, no table memory); nothing stays
+  // allocated on error. Any context. dealloc_noncoherent unmaps the IOVA (strict) and gives the
+  // pages back; any context.
+  Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) override;
+  void dealloc_noncoherent(const DmaHandle& handle) override;
+  // kDmaAttrSkipCpuSync: map_single's decision and IOVA, without the cache maintenance at map and
+  // unmap and without the bounce slot's copy out at unmap (recorded in the handle, as
+  // KernelDmaOp does); the copy into a bounce slot still happens. kDmaAttrWeakOrdering: no
+  // effect. Errors: map_single's, kInvalidArgument for an attribute that is not a mapping's
+  // (nothing mapped). Any context.
+  Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                        size_t align, DmaDirection dir, DmaAttrs attrs) override;
   Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
                             DmaDirection dir) override;
   Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
@@ -209,6 +224,12 @@ class IommuDomain final : public DmaOp {
     uint64_t size;
   };
   bool snoops(const DmaConstraints& c) const;
+  // map_sg's body; `skip`: kDmaAttrSkipCpuSync.
+  Result<void> map_pieces(const DmaConstraints& c, DmaMapHandle* handles, size_t n, size_t align,
+                          DmaDirection dir, bool skip);
+  // alloc_coherent's / alloc_noncoherent's body, and their frees.
+  Result<DmaHandle> alloc_mapped(const DmaConstraints& c, Layout layout, bool noncoherent);
+  void dealloc_mapped(const DmaHandle& h, bool noncoherent);
   // Whether physical [p, p + size) overlaps the platform's RAM. Precondition: size > 0, no wrap.
   bool overlaps_ram(uint64_t p, uint64_t size) const;
   // The highest IOVA a device with these constraints may be given.

@@ -781,4 +781,80 @@ TEST_F(NonCoherentIommuTest, AlignedReceiveBufferIsInvalidatedAtUnmap) {
   EXPECT_EQ(std::memcmp(buf, data.data(), 4096), 0);
 }
 
+TEST_F(NonCoherentIommuTest, SkipCpuSyncLeavesTheCachesAlone) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  uint8_t* buf = page();
+  std::memset(buf, 0x11, 4096);  // Dirty in the CPU's cache, memory still 0.
+  // Bad attribute: nothing mapped.
+  EXPECT_EQ(
+      dom_.map_single_attrs(c, buf, 4096, 0, DmaDirection::kFromDevice, kDmaAttrsAlloc).code(),
+      ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  auto h =
+      dom_.map_single_attrs(c, buf, 4096, 0, DmaDirection::kBidirectional, kDmaAttrSkipCpuSync);
+  ASSERT_TRUE(h.ok()) << error_code_name(h.code());
+  EXPECT_FALSE(h->bounced());
+  EXPECT_TRUE(h->skip_cpu_sync);
+  EXPECT_LE(h->dma_addr.value(), kMask28);
+  // No clean at map: the device reads memory without the CPU's bytes.
+  uint8_t seen = 0xff;
+  ASSERT_TRUE(unit_.device_read(kDev, h->dma_addr.value(), &seen, 1, false).ok());
+  EXPECT_EQ(seen, 0u);
+  std::vector<uint8_t> data(4096, 0x99);
+  ASSERT_TRUE(unit_.device_write(kDev, h->dma_addr.value(), data.data(), 4096, false).ok());
+  dom_.unmap_single(*h);
+  // No invalidate at unmap: the CPU still sees its cached bytes.
+  EXPECT_EQ(buf[0], 0x11);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+
+  // Bounced with the attribute: the slot gets the data, nothing is copied out at unmap.
+  DmaConstraints fb = c;
+  fb.force_bounce = true;
+  auto b = dom_.map_single_attrs(fb, buf, 64, 0, DmaDirection::kFromDevice, kDmaAttrSkipCpuSync);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(b->bounced());
+  EXPECT_TRUE(b->skip_cpu_sync);
+  std::vector<uint8_t> small(64, 0x77);
+  ASSERT_TRUE(unit_.device_write(kDev, b->dma_addr.value(), small.data(), 64, false).ok());
+  dom_.unmap_single(*b);
+  EXPECT_EQ(buf[0], 0x11);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+}
+
+TEST_F(NonCoherentIommuTest, AllocNoncoherentIsCachedAndMappedAtAnIova) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  // Pages held by the allocation or by the page tables (which keep what they grew).
+  auto held = [&] { return plat_.pfa().free_pages() + dom_.page_table().table_pages(); };
+  uint64_t free_pages = held();
+  EXPECT_EQ(dom_.alloc_noncoherent(c, Layout{0, 1}).code(), ErrorCode::kLayoutError);
+  DmaConstraints zero = c;
+  zero.dma_mask = 0;
+  EXPECT_EQ(dom_.alloc_noncoherent(zero, Layout{4096, 1}).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(held(), free_pages);
+  auto h = dom_.alloc_noncoherent(c, Layout{8192, 1});
+  ASSERT_TRUE(h.ok()) << error_code_name(h.code());
+  EXPECT_FALSE(h->remapped);  // Cacheable, unlike alloc_coherent's for this device.
+  EXPECT_LE(h->dma_addr.value() + 8191, kMask28);
+  EXPECT_EQ(dom_.live_mappings(), 1u);
+  auto* p = static_cast<uint8_t*>(h->cpu_addr);
+  EXPECT_EQ(p[0], 0u);
+  std::vector<uint8_t> data(8192, 0x3c);
+  ASSERT_TRUE(unit_.device_write(kDev, h->dma_addr.value(), data.data(), 8192, false).ok());
+  ASSERT_TRUE(
+      dom_.sync_noncoherent(*h, 0, 8192, DmaDirection::kFromDevice, DmaSyncTarget::kForCpu).ok());
+  EXPECT_EQ(std::memcmp(p, data.data(), 8192), 0);
+  uint64_t iova = h->dma_addr.value();
+  dom_.dealloc_noncoherent(*h);
+  EXPECT_FALSE(unit_.device_access(kDev, iova, /*write=*/false).ok());
+  faults();
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  EXPECT_EQ(held(), free_pages);
+}
+
 }  // namespace
