@@ -232,6 +232,22 @@ void IommuDomain::unmap_single(const DmaMapHandle& h) {
 
 Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
                                  size_t align, DmaDirection dir) {
+  return map_pieces(c, handles, n, align, dir, /*skip=*/false);
+}
+
+Result<DmaMapHandle> IommuDomain::map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                                   size_t align, DmaDirection dir, DmaAttrs attrs) {
+  if ((attrs & ~kDmaAttrsMap) != 0) return ErrorCode::kInvalidArgument;
+  if ((attrs & kDmaAttrSkipCpuSync) == 0) return map_single(c, addr, size, align, dir);
+  DmaMapHandle h;
+  h.cpu_addr = addr;
+  h.size = size;
+  TRY(map_pieces(c, &h, 1, align, dir, /*skip=*/true));
+  return h;
+}
+
+Result<void> IommuDomain::map_pieces(const DmaConstraints& c, DmaMapHandle* handles, size_t n,
+                                     size_t align, DmaDirection dir, bool skip) {
   if (n == 0) return ErrorCode::kLayoutError;
   const bool coherent = snoops(c);
   const size_t line = platform_->cache_alignment();
@@ -256,7 +272,8 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
       DmaConstraints pc = c;
       pc.dma_mask = ~0ull;
       pc.force_bounce = true;
-      TRY_ASSIGN(h, platform_->map_single(pc, addr, size, 0, dir));
+      TRY_ASSIGN(h, platform_->map_single_attrs(pc, addr, size, 0, dir,
+                                                skip ? kDmaAttrSkipCpuSync : DmaAttrs{0}));
       p = h.dma_addr.value();
     } else {
       TRY_ASSIGN(p, locate(addr, size));
@@ -327,7 +344,8 @@ Result<void> IommuDomain::map_sg(const DmaConstraints& c, DmaMapHandle* handles,
   unbounce.cancel();
   for (size_t i = 0; i < n; ++i) {
     DmaMapHandle& h = handles[i];
-    if (!coherent && !h.bounced()) platform_->flush(h.cpu_addr, h.size);
+    if (!coherent && !h.bounced() && !skip) platform_->flush(h.cpu_addr, h.size);
+    h.skip_cpu_sync = skip;
     h.device_id = c.device_id;
     h.direction = dir;
     h.coherent_device = coherent;
@@ -353,7 +371,7 @@ void IommuDomain::unmap_sg(const DmaMapHandle* handles, size_t n) {
     const DmaMapHandle& h = handles[i];
     if (h.bounced()) {
       platform_->unmap_single(platform_handle(h));
-    } else if (copies_out(h.direction) && !h.coherent_device) {
+    } else if (copies_out(h.direction) && !h.coherent_device && !h.skip_cpu_sync) {
       platform_->invalidate(h.cpu_addr, h.size);
     }
   }
@@ -390,12 +408,28 @@ size_t IommuDomain::deferred_pending() const {
 }
 
 Result<DmaHandle> IommuDomain::alloc_coherent(const DmaConstraints& c, Layout layout) {
+  return alloc_mapped(c, layout, /*noncoherent=*/false);
+}
+
+Result<DmaHandle> IommuDomain::alloc_noncoherent(const DmaConstraints& c, Layout layout) {
+  return alloc_mapped(c, layout, /*noncoherent=*/true);
+}
+
+Result<DmaHandle> IommuDomain::alloc_mapped(const DmaConstraints& c, Layout layout,
+                                            bool noncoherent) {
   if (c.dma_mask == 0 || c.bus_offset != 0) return ErrorCode::kInvalidArgument;
   DmaConstraints pc = c;
   pc.dma_mask = ~0ull;
-  TRY_ASSIGN(DmaHandle h, platform_->alloc_coherent(pc, layout));
+  TRY_ASSIGN(DmaHandle h, noncoherent ? platform_->alloc_noncoherent(pc, layout)
+                                      : platform_->alloc_coherent(pc, layout));
   uint64_t bytes = kPage << h.order;
-  auto give_back = support::defer([&] { platform_->dealloc_coherent(h); });
+  auto give_back = support::defer([&] {
+    if (noncoherent) {
+      platform_->dealloc_noncoherent(h);
+    } else {
+      platform_->dealloc_coherent(h);
+    }
+  });
   if (bytes > IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
   TRY_ASSIGN(uint64_t iova, iova_.alloc(bytes, limit_of(c)));
   auto r = pt_.map(iova, h.phys, bytes, kIommuRead | kIommuWrite);
@@ -411,6 +445,14 @@ Result<DmaHandle> IommuDomain::alloc_coherent(const DmaConstraints& c, Layout la
 }
 
 void IommuDomain::dealloc_coherent(const DmaHandle& h) {
+  dealloc_mapped(h, /*noncoherent=*/false);
+}
+
+void IommuDomain::dealloc_noncoherent(const DmaHandle& h) {
+  dealloc_mapped(h, /*noncoherent=*/true);
+}
+
+void IommuDomain::dealloc_mapped(const DmaHandle& h, bool noncoherent) {
   if (!DmaDebug::on_dealloc_coherent(this, h)) return;  // Misuse, reported: refused.
   uint64_t bytes = kPage << h.order;
   // Strict in both modes: the pages go back to the allocator now.
@@ -419,7 +461,11 @@ void IommuDomain::dealloc_coherent(const DmaHandle& h) {
   iova_.free(h.dma_addr.value(), bytes);
   DmaHandle ph = h;
   ph.dma_addr = DmaAddr(h.phys.value());
-  platform_->dealloc_coherent(ph);
+  if (noncoherent) {
+    platform_->dealloc_noncoherent(ph);
+  } else {
+    platform_->dealloc_coherent(ph);
+  }
   count_live(-1);
 }
 
@@ -445,4 +491,94 @@ Result<void> IommuDomain::confirm_write(const DmaMapHandle& h, size_t offset, si
   // over what the device writes.
   if (!h.coherent_device) platform_->flush(static_cast<uint8_t*>(h.cpu_addr) + offset, size);
   return support::ok();
+}
+
+bool IommuDomain::overlaps_ram(uint64_t p, uint64_t size) const {
+  // The platform refuses to give MMIO addresses for exactly the ranges that overlap its RAM; the
+  // probe has a full mask and no offset, so no other error can come back for a valid range.
+  DmaConstraints probe;
+  probe.dma_mask = ~0ull;
+  return platform_->map_resource(probe, PhysAddr(p), size, DmaDirection::kBidirectional).code() ==
+         ErrorCode::kInvalidArgument;
+}
+
+Result<DmaMapHandle> IommuDomain::map_page(const DmaConstraints& c, PhysAddr page, size_t offset,
+                                           size_t size, DmaDirection dir) {
+  if ((page.value() & (kPage - 1)) != 0) return ErrorCode::kInvalidArgument;
+  if (offset >= kPage || size > kPage - offset) return ErrorCode::kOutOfRange;
+  if (size == 0) return ErrorCode::kLayoutError;
+  if (!overlaps_ram(page.value(), kPage)) return ErrorCode::kInvalidArgument;
+  // The page's direct-map address stands for the caller's missing one, as for KernelDmaOp.
+  void* va = static_cast<uint8_t*>(platform_->phys_to_virt(page)) + offset;
+  return map_single(c, va, size, 0, dir);
+}
+
+Result<DmaAddr> IommuDomain::map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                                          DmaDirection dir) {
+  uint64_t p = phys.value();
+  if (size == 0 || support::add_overflows(p, uint64_t{size} - 1)) return ErrorCode::kLayoutError;
+  if (c.dma_mask == 0 || c.bus_offset != 0) return ErrorCode::kInvalidArgument;
+  if (overlaps_ram(p, size)) return ErrorCode::kInvalidArgument;
+  uint64_t first = support::align_down(p, kPage);
+  uint64_t last = p + (size - 1);
+  if (last - first >= IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
+  uint64_t span = support::align_down(last, kPage) + kPage - first;
+  TRY_ASSIGN(uint64_t iova, iova_.alloc(span, limit_of(c)));
+  auto r = pt_.map(iova, PhysAddr(first), span, perm_of(dir));
+  if (!r.ok()) {
+    iova_.free(iova, span);
+    return r.error();
+  }
+  count_live(1);
+  return DmaAddr(iova + (p - first));
+}
+
+void IommuDomain::unmap_resource(const DmaConstraints& c, DmaAddr addr, size_t size,
+                                 DmaDirection dir) {
+  (void)c;
+  (void)dir;
+  uint64_t first = support::align_down(addr.value(), kPage);
+  uint64_t end = support::align_down(addr.value() + (size - 1), kPage) + kPage;
+  // Strict in both modes: the peer's registers must not stay reachable after the return.
+  pt_.unmap(first, end - first);
+  unit_->invalidate(domain_id_, first, end - first);
+  iova_.free(first, end - first);
+  count_live(-1);
+}
+
+Result<void> IommuDomain::check_mask(const DmaConstraints& c, DmaMaskKind kind) const {
+  // Streaming buffers, bounce slots and coherent pages all get an IOVA: both kinds need one page
+  // of the window under the mask.
+  (void)kind;
+  if (c.dma_mask == 0 || c.bus_offset != 0) return ErrorCode::kInvalidArgument;
+  if (c.dma_mask < window_base_ + (kPage - 1)) {
+    return Error(ErrorCode::kDmaMaskNotMatch, window_base_, c.dma_mask);
+  }
+  return support::ok();
+}
+
+uint64_t IommuDomain::required_mask(const DmaConstraints& c) const {
+  (void)c;
+  uint64_t top = window_end_ - 1;
+  unsigned bits = 64 - static_cast<unsigned>(__builtin_clzll(top | 1));
+  return bits >= 64 ? ~0ull : (uint64_t{1} << bits) - 1;
+}
+
+bool IommuDomain::need_sync(const DmaConstraints& c, DmaAddr addr) const {
+  if (!snoops(c)) return true;
+  uint64_t pte = pt_.lookup(addr.value());
+  if (pte == 0) return true;  // Not a mapping of ours: the safe answer.
+  uint64_t pa = unit_->format().entry_addr(pte) | (addr.value() & (kPage - 1));
+  // The platform answers whether that page is a bounce slot's (a snooping device, no offset).
+  DmaConstraints pc;
+  pc.dma_mask = ~0ull;
+  pc.coherence = DmaCoherence::kCoherent;
+  return platform_->need_sync(pc, DmaAddr(pa));
+}
+
+size_t IommuDomain::opt_mapping_size(const DmaConstraints& c) const {
+  // The per-CPU caches hold ranges of up to 2^(kCacheOrders - 1) pages; a larger range takes the
+  // shared buddy layer's lock.
+  size_t cached = size_t{IovaAllocator::kPageSize} << (IovaAllocator::kCacheOrders - 1);
+  return support::min(cached, max_mapping_size(c));
 }

@@ -135,6 +135,21 @@ class IommuDomain final : public DmaOp {
   // IOVA range under the mask, no table memory).
   Result<DmaHandle> alloc_coherent(const DmaConstraints& c, Layout layout) override;
   void dealloc_coherent(const DmaHandle& handle) override;
+  // As alloc_coherent, with the platform's alloc_noncoherent pages (kept cacheable, never
+  // remapped; the caller syncs them with sync_noncoherent). Errors: the platform's
+  // alloc_noncoherent's, kInvalidArgument (mask 0, bus_offset not 0), kLayoutError (larger than
+  // max_mapping_size()), kNoMemory (no IOVA range under the mask, no table memory); nothing stays
+  // allocated on error. Any context. dealloc_noncoherent unmaps the IOVA (strict) and gives the
+  // pages back; any context.
+  Result<DmaHandle> alloc_noncoherent(const DmaConstraints& c, Layout layout) override;
+  void dealloc_noncoherent(const DmaHandle& handle) override;
+  // kDmaAttrSkipCpuSync: map_single's decision and IOVA, without the cache maintenance at map and
+  // unmap and without the bounce slot's copy out at unmap (recorded in the handle, as
+  // KernelDmaOp does); the copy into a bounce slot still happens. kDmaAttrWeakOrdering: no
+  // effect. Errors: map_single's, kInvalidArgument for an attribute that is not a mapping's
+  // (nothing mapped). Any context.
+  Result<DmaMapHandle> map_single_attrs(const DmaConstraints& c, void* addr, size_t size,
+                                        size_t align, DmaDirection dir, DmaAttrs attrs) override;
   Result<void> prepare_read(const DmaMapHandle& handle, size_t offset, size_t size,
                             DmaDirection dir) override;
   Result<void> confirm_write(const DmaMapHandle& handle, size_t offset, size_t size,
@@ -156,6 +171,42 @@ class IommuDomain final : public DmaOp {
   // device that bounces every mapping (force_bounce) also no more than the platform's bounce pool
   // takes (the bounce slot is what the domain maps).
   size_t max_mapping_size(const DmaConstraints& c) const override;
+  // The page's direct-map address (KernelDmaOp::phys_to_virt) through map_single: the same
+  // decision, IOVA and bounce as a buffer there. Errors: kInvalidArgument (page not page aligned,
+  // not RAM of the platform, mask 0, bus_offset not 0), kOutOfRange (offset or offset + size
+  // past the page), kLayoutError (size 0), and map_single's. Any context.
+  Result<DmaMapHandle> map_page(const DmaConstraints& c, PhysAddr page, size_t offset, size_t size,
+                                DmaDirection dir) override;
+  // An IOVA range under c.dma_mask mapping the pages of the MMIO range [phys, phys + size), the
+  // offset in the first page kept, with the direction's permissions (kToDevice: the device reads
+  // the peer, kFromDevice: writes it, kBidirectional: both). No cache maintenance, never bounced.
+  // Counted in live_mappings() until unmap_resource. Errors: kLayoutError (size 0, the range
+  // wraps, spans more than IovaAllocator::kMaxSize), kInvalidArgument (mask 0, bus_offset not 0,
+  // the range overlaps the platform's RAM), kNoMemory (no IOVA range under the mask, no table
+  // memory). On error nothing is mapped. Any context.
+  Result<DmaAddr> map_resource(const DmaConstraints& c, PhysAddr phys, size_t size,
+                               DmaDirection dir) override;
+  // Removes a map_resource mapping and invalidates the IOTLB before returning (strict in both
+  // modes: the peer's registers stop being reachable now). Precondition: addr and size of a live
+  // map_resource of this domain, unmapped once. Any context.
+  void unmap_resource(const DmaConstraints& c, DmaAddr addr, size_t size,
+                      DmaDirection dir) override;
+  // Both kinds: some page of the IOVA window lies under c.dma_mask (every mapping, bounce slot
+  // and coherent allocation gets an IOVA from it). Errors: kInvalidArgument (mask 0, bus_offset
+  // not 0), kDmaMaskNotMatch (the mask ends below the window's first page; Error::addr is the
+  // window's lowest address, mask the mask). Any context.
+  Result<void> check_mask(const DmaConstraints& c, DmaMaskKind kind) const override;
+  // The smallest 2^n - 1 covering the window's highest IOVA: whatever the physical address of
+  // RAM, a device needs no wider mask to get every IOVA. Any context.
+  uint64_t required_mask(const DmaConstraints& c) const override;
+  // False for a device that snoops when `addr` is a live IOVA of this domain that maps the
+  // buffer itself; true for a device that does not snoop, an IOVA that maps a bounce slot, and
+  // an address this domain does not map. Any context.
+  bool need_sync(const DmaConstraints& c, DmaAddr addr) const override;
+  // The largest range the IOVA allocator's per-CPU caches hold (2^(kCacheOrders - 1) pages),
+  // no more than max_mapping_size(c): a page-aligned buffer up to it takes and gives back its
+  // IOVA range without the shared lock. Any context.
+  size_t opt_mapping_size(const DmaConstraints& c) const override;
 
   // Queries, for tests and reports. Any context.
   IommuUnit* unit() const { return unit_; }
@@ -173,6 +224,14 @@ class IommuDomain final : public DmaOp {
     uint64_t size;
   };
   bool snoops(const DmaConstraints& c) const;
+  // map_sg's body; `skip`: kDmaAttrSkipCpuSync.
+  Result<void> map_pieces(const DmaConstraints& c, DmaMapHandle* handles, size_t n, size_t align,
+                          DmaDirection dir, bool skip);
+  // alloc_coherent's / alloc_noncoherent's body, and their frees.
+  Result<DmaHandle> alloc_mapped(const DmaConstraints& c, Layout layout, bool noncoherent);
+  void dealloc_mapped(const DmaHandle& h, bool noncoherent);
+  // Whether physical [p, p + size) overlaps the platform's RAM. Precondition: size > 0, no wrap.
+  bool overlaps_ram(uint64_t p, uint64_t size) const;
   // The highest IOVA a device with these constraints may be given.
   uint64_t limit_of(const DmaConstraints& c) const;
   ErrorCode check_request(const DmaConstraints& c, const void* addr, size_t size, size_t align,

@@ -575,6 +575,177 @@ TEST_F(IommuDomainTest, MisuseCheckerCoversDomainMappings) {
 }
 #endif
 
+// ---- The issue-15 calls behind an IOMMU ----
+
+constexpr uint64_t kMmio = 0x4000'0000ull;  // Below RAM: another device's registers.
+
+TEST_F(IommuDomainTest, MapPageGoesThroughTheDomain) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  uint8_t* buf = page();
+  uint64_t pa = pages_.back();
+  std::memset(buf, 0x11, 4096);
+  auto h = dom_.map_page(c, PhysAddr(pa), 100, 200, DmaDirection::kFromDevice);
+  ASSERT_TRUE(h.ok()) << error_code_name(h.code());
+  EXPECT_FALSE(h->bounced());
+  EXPECT_LE(h->dma_addr.value(), kMask28);  // An IOVA, not the page's high address.
+  EXPECT_EQ(h->dma_addr.value() & 4095, 100u);
+  EXPECT_EQ(dom_.live_mappings(), 1u);
+  auto seen = unit_.device_access(kDev, h->dma_addr.value(), /*write=*/true);
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(*seen, pa + 100);
+  std::vector<uint8_t> data(200, 0x5a);
+  ASSERT_TRUE(unit_.device_write(kDev, h->dma_addr.value(), data.data(), 200).ok());
+  dom_.unmap_single(*h);
+  EXPECT_EQ(buf[99], 0x11);
+  EXPECT_EQ(buf[100], 0x5a);
+  EXPECT_EQ(buf[299], 0x5a);
+  EXPECT_EQ(buf[300], 0x11);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+}
+
+TEST_F(IommuDomainTest, MapPageBadInputChangesNothing) {
+  DmaConstraints c = dom_.default_constraints();
+  page();
+  uint64_t pa = pages_.back();
+  uint64_t tables = dom_.page_table().table_pages();
+  auto dir = DmaDirection::kToDevice;
+  EXPECT_EQ(dom_.map_page(c, PhysAddr(pa + 8), 0, 8, dir).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.map_page(c, PhysAddr(pa), 4096, 1, dir).code(), ErrorCode::kOutOfRange);
+  EXPECT_EQ(dom_.map_page(c, PhysAddr(pa), 4000, 200, dir).code(), ErrorCode::kOutOfRange);
+  EXPECT_EQ(dom_.map_page(c, PhysAddr(pa), 0, 0, dir).code(), ErrorCode::kLayoutError);
+  // Not RAM: MMIO is mapped with map_resource.
+  EXPECT_EQ(dom_.map_page(c, PhysAddr(kMmio), 0, 8, dir).code(), ErrorCode::kInvalidArgument);
+  DmaConstraints zero = c;
+  zero.dma_mask = 0;
+  EXPECT_EQ(dom_.map_page(zero, PhysAddr(pa), 0, 8, dir).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  EXPECT_EQ(dom_.page_table().table_pages(), tables);
+}
+
+TEST_F(IommuDomainTest, MapResourceGivesThePeerAnIova) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  auto a = dom_.map_resource(c, PhysAddr(kMmio + 0x1100), 0x2000, DmaDirection::kToDevice);
+  ASSERT_TRUE(a.ok()) << error_code_name(a.code());
+  uint64_t iova = a->value();
+  EXPECT_LE(iova + 0x1fff, kMask28);
+  EXPECT_EQ(iova & 4095, 0x100u);
+  EXPECT_EQ(dom_.live_mappings(), 1u);
+  // Two pages span three: every byte of the range translates to its MMIO address.
+  for (uint64_t off : {uint64_t{0}, uint64_t{0xf00}, uint64_t{0x1fff}}) {
+    auto seen = unit_.device_access(kDev, iova + off, /*write=*/false);
+    ASSERT_TRUE(seen.ok()) << off;
+    EXPECT_EQ(*seen, kMmio + 0x1100 + off);
+  }
+  // kToDevice: the device reads the peer's registers, never writes them.
+  EXPECT_FALSE(unit_.device_access(kDev, iova, /*write=*/true).ok());
+  dom_.unmap_resource(c, *a, 0x2000, DmaDirection::kToDevice);
+  EXPECT_FALSE(unit_.device_access(kDev, iova, /*write=*/false).ok());  // Strict: gone now.
+  faults();
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  EXPECT_EQ(dom_.page_table().lookup(iova), 0u);
+
+  auto b = dom_.map_resource(c, PhysAddr(kMmio), 4096, DmaDirection::kBidirectional);
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(unit_.device_access(kDev, b->value(), /*write=*/true).ok());
+  EXPECT_TRUE(unit_.device_access(kDev, b->value(), /*write=*/false).ok());
+  dom_.unmap_resource(c, *b, 4096, DmaDirection::kBidirectional);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+}
+
+TEST_F(IommuDomainTest, MapResourceBadInputChangesNothing) {
+  DmaConstraints c = dom_.default_constraints();
+  uint64_t tables = dom_.page_table().table_pages();
+  auto dir = DmaDirection::kToDevice;
+  EXPECT_EQ(dom_.map_resource(c, PhysAddr(kMmio), 0, dir).code(), ErrorCode::kLayoutError);
+  EXPECT_EQ(dom_.map_resource(c, PhysAddr(~0ull - 10), 100, dir).code(), ErrorCode::kLayoutError);
+  // RAM, wholly or in part: map_single / map_page are for RAM.
+  EXPECT_EQ(dom_.map_resource(c, PhysAddr(kRamBase), 4096, dir).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.map_resource(c, PhysAddr(kRamBase - 4096), 8192, dir).code(),
+            ErrorCode::kInvalidArgument);
+  DmaConstraints zero = c;
+  zero.dma_mask = 0;
+  EXPECT_EQ(dom_.map_resource(zero, PhysAddr(kMmio), 4096, dir).code(),
+            ErrorCode::kInvalidArgument);
+  DmaConstraints offset = c;
+  offset.bus_offset = 0x1000;
+  EXPECT_EQ(dom_.map_resource(offset, PhysAddr(kMmio), 4096, dir).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.map_resource(c, PhysAddr(kMmio), IovaAllocator::kMaxSize + 1, dir).code(),
+            ErrorCode::kLayoutError);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  EXPECT_EQ(dom_.page_table().table_pages(), tables);
+}
+
+TEST_F(IommuDomainTest, CheckMaskAgainstTheWindow) {
+  // The window is [1 MiB, 65 MiB).
+  DmaConstraints c = dom_.default_constraints();
+  for (DmaMaskKind kind : {DmaMaskKind::kStreaming, DmaMaskKind::kCoherent}) {
+    c.dma_mask = kMask28;
+    EXPECT_TRUE(dom_.check_mask(c, kind).ok());
+    c.dma_mask = (1ull << 21) - 1;  // Reaches the window's first MiB.
+    EXPECT_TRUE(dom_.check_mask(c, kind).ok());
+    c.dma_mask = (1ull << 20) - 1;  // Ends just below the window.
+    auto r = dom_.check_mask(c, kind);
+    ASSERT_EQ(r.code(), ErrorCode::kDmaMaskNotMatch);
+    EXPECT_EQ(r.error().addr, IommuDomain::kDefaultWindowBase);
+    EXPECT_EQ(r.error().mask, c.dma_mask);
+    c.dma_mask = 0;
+    EXPECT_EQ(dom_.check_mask(c, kind).code(), ErrorCode::kInvalidArgument);
+  }
+  // What check_mask refuses, map_single cannot serve either.
+  c.dma_mask = (1ull << 20) - 1;
+  uint8_t* buf = page();
+  EXPECT_FALSE(dom_.map_single(c, buf, 8, 0, DmaDirection::kToDevice).ok());
+  // The window's top is 65 MiB - 1: 27 bits.
+  EXPECT_EQ(dom_.required_mask(dom_.default_constraints()), (1ull << 27) - 1);
+}
+
+TEST_F(IommuDomainTest, NeedSyncOnlyForBouncedIova) {
+  DmaConstraints c = dom_.default_constraints();
+  uint8_t* buf = page();
+  auto direct = dom_.map_single(c, buf, 4096, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(direct.ok());
+  EXPECT_FALSE(dom_.need_sync(c, direct->dma_addr));
+  DmaConstraints fb = c;
+  fb.force_bounce = true;
+  auto bounced = dom_.map_single(fb, buf, 64, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(bounced.ok());
+  ASSERT_TRUE(bounced->bounced());
+  EXPECT_TRUE(dom_.need_sync(c, bounced->dma_addr));
+  DmaConstraints nc = c;
+  nc.coherence = DmaCoherence::kNonCoherent;
+  EXPECT_TRUE(dom_.need_sync(nc, direct->dma_addr));
+  dom_.unmap_single(*bounced);
+  dom_.unmap_single(*direct);
+}
+
+TEST_F(IommuDomainTest, OptMappingSizeIsTheLargestCachedIovaRange) {
+  DmaConstraints c = dom_.default_constraints();
+  const size_t cached = size_t{IovaAllocator::kPageSize} << (IovaAllocator::kCacheOrders - 1);
+  EXPECT_EQ(dom_.opt_mapping_size(c), cached);
+  EXPECT_LE(dom_.opt_mapping_size(c), dom_.max_mapping_size(c));
+  // A page-aligned buffer of that size takes a range the caches hold: it comes back from them.
+  auto pa = plat_.pfa().alloc(IovaAllocator::kCacheOrders - 1);
+  ASSERT_TRUE(pa.ok());
+  uint8_t* buf = plat_.phys_to_virt(pa->value());
+  auto m = dom_.map_single(c, buf, cached, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(m.ok());
+  uint64_t iova = m->dma_addr.value();
+  dom_.unmap_single(*m);
+  auto again = dom_.map_single(c, buf, cached, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->dma_addr.value(), iova);
+  dom_.unmap_single(*again);
+  EXPECT_TRUE(plat_.pfa().free(*pa, IovaAllocator::kCacheOrders - 1).ok());
+}
+
 class NonCoherentIommuTest : public IommuDomainTest {
  protected:
   NonCoherentIommuTest() : IommuDomainTest(/*coherent=*/false) {}
@@ -608,6 +779,82 @@ TEST_F(NonCoherentIommuTest, AlignedReceiveBufferIsInvalidatedAtUnmap) {
   ASSERT_TRUE(unit_.device_write(kDev, m->dma_addr().value(), data.data(), 4096, false).ok());
   m->unmap();
   EXPECT_EQ(std::memcmp(buf, data.data(), 4096), 0);
+}
+
+TEST_F(NonCoherentIommuTest, SkipCpuSyncLeavesTheCachesAlone) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  uint8_t* buf = page();
+  std::memset(buf, 0x11, 4096);  // Dirty in the CPU's cache, memory still 0.
+  // Bad attribute: nothing mapped.
+  EXPECT_EQ(
+      dom_.map_single_attrs(c, buf, 4096, 0, DmaDirection::kFromDevice, kDmaAttrsAlloc).code(),
+      ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  auto h =
+      dom_.map_single_attrs(c, buf, 4096, 0, DmaDirection::kBidirectional, kDmaAttrSkipCpuSync);
+  ASSERT_TRUE(h.ok()) << error_code_name(h.code());
+  EXPECT_FALSE(h->bounced());
+  EXPECT_TRUE(h->skip_cpu_sync);
+  EXPECT_LE(h->dma_addr.value(), kMask28);
+  // No clean at map: the device reads memory without the CPU's bytes.
+  uint8_t seen = 0xff;
+  ASSERT_TRUE(unit_.device_read(kDev, h->dma_addr.value(), &seen, 1, false).ok());
+  EXPECT_EQ(seen, 0u);
+  std::vector<uint8_t> data(4096, 0x99);
+  ASSERT_TRUE(unit_.device_write(kDev, h->dma_addr.value(), data.data(), 4096, false).ok());
+  dom_.unmap_single(*h);
+  // No invalidate at unmap: the CPU still sees its cached bytes.
+  EXPECT_EQ(buf[0], 0x11);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+
+  // Bounced with the attribute: the slot gets the data, nothing is copied out at unmap.
+  DmaConstraints fb = c;
+  fb.force_bounce = true;
+  auto b = dom_.map_single_attrs(fb, buf, 64, 0, DmaDirection::kFromDevice, kDmaAttrSkipCpuSync);
+  ASSERT_TRUE(b.ok());
+  ASSERT_TRUE(b->bounced());
+  EXPECT_TRUE(b->skip_cpu_sync);
+  std::vector<uint8_t> small(64, 0x77);
+  ASSERT_TRUE(unit_.device_write(kDev, b->dma_addr.value(), small.data(), 64, false).ok());
+  dom_.unmap_single(*b);
+  EXPECT_EQ(buf[0], 0x11);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+}
+
+TEST_F(NonCoherentIommuTest, AllocNoncoherentIsCachedAndMappedAtAnIova) {
+  DmaConstraints c = dom_.default_constraints();
+  c.dma_mask = kMask28;
+  // Pages held by the allocation or by the page tables (which keep what they grew).
+  auto held = [&] { return plat_.pfa().free_pages() + dom_.page_table().table_pages(); };
+  uint64_t free_pages = held();
+  EXPECT_EQ(dom_.alloc_noncoherent(c, Layout{0, 1}).code(), ErrorCode::kLayoutError);
+  DmaConstraints zero = c;
+  zero.dma_mask = 0;
+  EXPECT_EQ(dom_.alloc_noncoherent(zero, Layout{4096, 1}).code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(held(), free_pages);
+  auto h = dom_.alloc_noncoherent(c, Layout{8192, 1});
+  ASSERT_TRUE(h.ok()) << error_code_name(h.code());
+  EXPECT_FALSE(h->remapped);  // Cacheable, unlike alloc_coherent's for this device.
+  EXPECT_LE(h->dma_addr.value() + 8191, kMask28);
+  EXPECT_EQ(dom_.live_mappings(), 1u);
+  auto* p = static_cast<uint8_t*>(h->cpu_addr);
+  EXPECT_EQ(p[0], 0u);
+  std::vector<uint8_t> data(8192, 0x3c);
+  ASSERT_TRUE(unit_.device_write(kDev, h->dma_addr.value(), data.data(), 8192, false).ok());
+  ASSERT_TRUE(
+      dom_.sync_noncoherent(*h, 0, 8192, DmaDirection::kFromDevice, DmaSyncTarget::kForCpu).ok());
+  EXPECT_EQ(std::memcmp(p, data.data(), 8192), 0);
+  uint64_t iova = h->dma_addr.value();
+  dom_.dealloc_noncoherent(*h);
+  EXPECT_FALSE(unit_.device_access(kDev, iova, /*write=*/false).ok());
+  faults();
+  EXPECT_EQ(dom_.live_mappings(), 0u);
+  EXPECT_EQ(dom_.iova_allocator().allocated_pages(), 0u);
+  EXPECT_EQ(held(), free_pages);
 }
 
 }  // namespace
