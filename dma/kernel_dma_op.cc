@@ -547,7 +547,8 @@ Result<DmaMapHandle> KernelDmaOp::map_single_attrs(const DmaConstraints& c, void
   return map_decide(c, addr, size, align, dir, /*skip=*/true);
 }
 
-[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::map_decide(
+// One copy of the decision, out of line: map_checked, map_page and map_single_attrs share it.
+[[gnu::noinline]] Result<DmaMapHandle> KernelDmaOp::map_decide(
     const DmaConstraints& c, void* addr, size_t size, size_t align, DmaDirection dir, bool skip) {
   const bool snoops = coherent(c);
   ErrorCode bad = check_request(c, addr, size, align, snoops);

@@ -36,8 +36,13 @@ CXX=clang++-$LLVM_VER
 BUILD=${BUILD:-build}
 MAKE=${MAKE:-make -j$(nproc)}
 
-# Release limits (issue 12, item 9), bytes.
-TEXT_LIMIT=40960
+# Release limits, bytes. Issue 12 (item 9) set 40 KiB of text for the library as it was then
+# (streaming and coherent mappings, bounce pools, the allocator, pools, scatter-gather). Issue 15's
+# calls (map_page, map_resource, the attributes, DMA windows, non-coherent memory, mask
+# negotiation, pool fallback) added about 8 KiB, all of it reachable from KernelDmaOp's vtable, so
+# a kernel links it whether it calls them or not: 50 KiB. The IOMMU layer and drivers are not
+# counted (a kernel links them only when it builds a domain or a driver).
+TEXT_LIMIT=51200
 STATIC_LIMIT=16384
 # The debug library's misuse checker (dma/dma_debug.o): its default table, hash buckets and device
 # names; the table a kernel needs comes from DmaDebug::init.
@@ -274,17 +279,30 @@ EOF
     ok "$name: ld.lld links the whole archive at $addr"
     # The size: the same link without the invariant checkers (mm/*_check.cc), archive members a
     # kernel's link takes only when it calls check_invariants, and without the IOMMU layer
-    # (dma/io_page_table.cc, iova_allocator.cc, iommu_domain.cc), which a kernel's link takes
-    # only when it builds an IommuDomain; its own size is printed beside.
+    # (dma/io_page_table.cc, iova_allocator.cc, iommu_domain.cc) and the arch's IOMMU driver
+    # (arch/<a>/iommu/), which a kernel's link takes only when it builds an IommuDomain or the
+    # driver; their own sizes are printed beside.
     cp "$lib" "$kdir/libdma-nocheck.a"
+    iommu_objs="io_page_table.o iova_allocator.o iommu_domain.o"
+    driver_objs=""
+    for f in arch/"$arch"/iommu/*.cc; do
+      [ -e "$f" ] && driver_objs="$driver_objs $(basename "${f%.cc}").o"
+    done
+    # shellcheck disable=SC2086 # word splitting of the member lists is meant
     llvm-ar-"$LLVM_VER" d "$kdir/libdma-nocheck.a" bounce_pool_check.o page_frame_allocator_check.o \
-      io_page_table.o iova_allocator.o iommu_domain.o
+      $iommu_objs $driver_objs
     mkdir -p "$kdir/iommu-objs"
     libabs=$(realpath "$lib")
-    (cd "$kdir/iommu-objs" && llvm-ar-"$LLVM_VER" x "$libabs" io_page_table.o iova_allocator.o \
-      iommu_domain.o 2>/dev/null &&
-      llvm-size-"$LLVM_VER" io_page_table.o iova_allocator.o iommu_domain.o |
+    # shellcheck disable=SC2086
+    (cd "$kdir/iommu-objs" && llvm-ar-"$LLVM_VER" x "$libabs" $iommu_objs 2>/dev/null &&
+      llvm-size-"$LLVM_VER" $iommu_objs |
       awk 'NR > 1 { t += $1; d += $2 + $3 } END { printf "       IOMMU layer (not counted below): text %d, data+bss %d\n", t, d }')
+    if [ -n "$driver_objs" ]; then
+      # shellcheck disable=SC2086
+      (cd "$kdir/iommu-objs" && llvm-ar-"$LLVM_VER" x "$libabs" $driver_objs 2>/dev/null &&
+        llvm-size-"$LLVM_VER" $driver_objs |
+        awk 'NR > 1 { t += $1; d += $2 + $3 } END { printf "       IOMMU driver (not counted below): text %d, data+bss %d\n", t, d }')
+    fi
     if $LD -static -nostdlib --no-relax -e link_check_entry --image-base="$addr" \
       -o "$kdir/link-size.elf" "$stub.o" --whole-archive "$kdir/libdma-nocheck.a" \
       >"$stub.log" 2>&1; then
