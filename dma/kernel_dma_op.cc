@@ -548,8 +548,9 @@ Result<DmaMapHandle> KernelDmaOp::map_single_attrs(const DmaConstraints& c, void
 }
 
 // One copy of the decision, out of line: map_checked, map_page and map_single_attrs share it.
-[[gnu::noinline]] Result<DmaMapHandle> KernelDmaOp::map_decide(
-    const DmaConstraints& c, void* addr, size_t size, size_t align, DmaDirection dir, bool skip) {
+[[gnu::noinline]] Result<DmaMapHandle> KernelDmaOp::map_decide(const DmaConstraints& c, void* addr,
+                                                               size_t size, size_t align,
+                                                               DmaDirection dir, bool skip) {
   const bool snoops = coherent(c);
   ErrorCode bad = check_request(c, addr, size, align, snoops);
   if (bad != ErrorCode::kOk) return map_failed(bad);
@@ -786,6 +787,8 @@ void KernelDmaOp::dealloc_noncoherent(const DmaHandle& h) {
   dealloc_coherent(h);
 }
 
+// Not const although it touches no member: it takes pages from the allocator this object owns.
+// NOLINTNEXTLINE(readability-make-member-function-const)
 Result<PhysAddr> KernelDmaOp::alloc_in(const DmaConstraints& c, PhysWindow w, unsigned order,
                                        uint64_t align) {
   uint64_t bytes_needed = PageFrameAllocator::kPageSize << order;

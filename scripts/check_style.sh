@@ -20,10 +20,10 @@ else
   echo "[FAIL] clang-tidy"
   fail=$((fail + 1))
 fi
-# The library (dma/ mm/ support/ arch/*/dma/ include/) is linked into kernels that have no test
+# The library (dma/ mm/ support/ arch/*/dma/ arch/*/iommu/ include/) is linked into kernels that have no test
 # kernel: it may not include testkernel/ or arch/<arch>/testkernel/ headers.
 cd "$(dirname "$0")/.." || exit 1
-lib_files=$(find dma mm support include arch/*/dma -type f \( -name '*.h' -o -name '*.cc' -o -name '*.c' -o -name '*.S' \) 2>/dev/null | sort)
+lib_files=$(find dma mm support include arch/*/dma arch/*/iommu -type f \( -name '*.h' -o -name '*.cc' -o -name '*.c' -o -name '*.S' \) 2>/dev/null | sort)
 # shellcheck disable=SC2086
 bad=$(grep -nE '^[[:space:]]*#[[:space:]]*include[[:space:]]*[<"]([.][.]/)*(testkernel/|arch/[^/"]+/testkernel/)' $lib_files)
 if [ -z "$bad" ]; then

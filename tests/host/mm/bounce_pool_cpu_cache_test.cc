@@ -771,7 +771,7 @@ TEST_F(BouncePoolCpuCache, DestroyingAPoolWithBlocksOnlyInCpuCachesIsFine) {
   ASSERT_EQ(p.stats().cached_slots, 4u);
   ASSERT_EQ(p.stats().used_slots, 0u);
   ASSERT_EQ(p.free_block_count(), free_blocks);  // Nothing merged back.
-  t.reset();                            // Must not assert.
+  t.reset();                                     // Must not assert.
   SUCCEED();
 }
 
