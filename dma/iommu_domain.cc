@@ -102,7 +102,7 @@ Result<void> IommuDomain::map_fixed(uint64_t iova, PhysAddr pa, uint64_t size, u
     }
     if (!inside) return ErrorCode::kInvalidArgument;
   }
-  return pt_.map(iova, pa, size, perm);
+  return map_pages(iova, pa, size, perm);
 }
 
 void IommuDomain::unmap_fixed(uint64_t iova, uint64_t size) {
@@ -202,7 +202,7 @@ Result<DmaMapHandle> IommuDomain::map_single(const DmaConstraints& c, void* addr
   uint64_t span = support::align_up(off + size, kPage);
   if (span > IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
   TRY_ASSIGN(uint64_t iova, iova_.alloc(span, limit_of(c)));
-  auto r = pt_.map(iova, PhysAddr(p - off), span, perm_of(dir));
+  auto r = map_pages(iova, PhysAddr(p - off), span, perm_of(dir));
   if (!r.ok()) [[unlikely]] {
     iova_.free(iova, span);
     return r.error();
@@ -312,7 +312,7 @@ Result<void> IommuDomain::map_pieces(const DmaConstraints& c, DmaMapHandle* hand
     uint64_t first = support::align_down(run_pa, kPage);
     uint64_t bytes = support::align_up(run_end, kPage) - first;
     uint64_t at = support::align_down(run_iova, kPage);
-    TRY(pt_.map(at, PhysAddr(first), bytes, perm));
+    TRY(map_pages(at, PhysAddr(first), bytes, perm));
     mapped_runs_end = at + bytes - iova;
     return support::ok();
   };
@@ -432,7 +432,7 @@ Result<DmaHandle> IommuDomain::alloc_mapped(const DmaConstraints& c, Layout layo
   });
   if (bytes > IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
   TRY_ASSIGN(uint64_t iova, iova_.alloc(bytes, limit_of(c)));
-  auto r = pt_.map(iova, h.phys, bytes, kIommuRead | kIommuWrite);
+  auto r = map_pages(iova, h.phys, bytes, kIommuRead | kIommuWrite);
   if (!r.ok()) {
     iova_.free(iova, bytes);
     return r.error();
@@ -524,7 +524,7 @@ Result<DmaAddr> IommuDomain::map_resource(const DmaConstraints& c, PhysAddr phys
   if (last - first >= IovaAllocator::kMaxSize) return ErrorCode::kLayoutError;
   uint64_t span = support::align_down(last, kPage) + kPage - first;
   TRY_ASSIGN(uint64_t iova, iova_.alloc(span, limit_of(c)));
-  auto r = pt_.map(iova, PhysAddr(first), span, perm_of(dir));
+  auto r = map_pages(iova, PhysAddr(first), span, perm_of(dir));
   if (!r.ok()) {
     iova_.free(iova, span);
     return r.error();

@@ -93,6 +93,10 @@ Result<uint64_t> HostIommu::device_access(uint32_t device_id, uint64_t iova, boo
   uint64_t need = write ? kWrite : kRead;
   TlbEntry& slot = tlb_[tlb_index(ctx.domain, page)];
   if (slot.valid && slot.domain == ctx.domain && slot.page == page) {
+    if (slot.perm == 0) {  // A cached walk that found nothing (caching mode).
+      fault(device_id, iova, write, "not mapped");
+      return ErrorCode::kNotFound;
+    }
     if ((slot.perm & need) == 0) {
       fault(device_id, iova, write, "permission");
       return ErrorCode::kInvalidArgument;
@@ -111,6 +115,7 @@ Result<uint64_t> HostIommu::device_access(uint32_t device_id, uint64_t iova, boo
     e = __atomic_load_n(&t[(iova >> shift) & 511], __ATOMIC_ACQUIRE);
     bool last = level + 1 == opts_.levels;
     if ((e & kValid) == 0 || ((e & kTable) != 0) == last) {
+      if (opts_.caching_mode) slot = TlbEntry{true, ctx.domain, page, 0, 0};
       fault(device_id, iova, write, "not mapped");
       return ErrorCode::kNotFound;
     }

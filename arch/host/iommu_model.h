@@ -34,6 +34,9 @@ class HostIommu final : public IommuUnit {
     bool write_only = true;
     uint32_t max_domains = 256;
     size_t iotlb_entries = 512;  // A power of two.
+    // VT-d's caching mode: a walk that finds no translation is cached too (a negative entry,
+    // faulting until invalidated), and invalidate_on_map() says so.
+    bool caching_mode = false;
   };
 
   static constexpr uint64_t kValid = 1;
@@ -54,6 +57,7 @@ class HostIommu final : public IommuUnit {
   void detach(uint32_t device_id) override;
   void invalidate(uint32_t domain, uint64_t iova, uint64_t size) override;
   uint32_t max_domains() const override { return opts_.max_domains; }
+  bool invalidate_on_map() const override { return opts_.caching_mode; }
   size_t drain_faults(void (*sink)(void* ctx, const IommuFault& fault), void* ctx) override;
 
   // Makes covers() false for `device_id` (attach then fails with kInvalidArgument).
@@ -87,7 +91,7 @@ class HostIommu final : public IommuUnit {
     uint32_t domain;
     uint64_t page;  // iova >> 12
     uint64_t pa;    // page address
-    uint64_t perm;  // kRead | kWrite
+    uint64_t perm;  // kRead | kWrite; 0 with pa 0: a cached "not mapped" (caching mode)
   };
   size_t tlb_index(uint32_t domain, uint64_t page) const {
     return static_cast<size_t>((page ^ (uint64_t{domain} * 0x9E37'79B9ull)) & (tlb_.size() - 1));

@@ -224,6 +224,13 @@ class IommuDomain final : public DmaOp {
     uint64_t size;
   };
   bool snoops(const DmaConstraints& c) const;
+  // IoPageTable::map, then the invalidation a unit that caches non-present entries needs
+  // (IommuUnit::invalidate_on_map).
+  Result<void> map_pages(uint64_t iova, PhysAddr pa, uint64_t size, unsigned perm) {
+    TRY(pt_.map(iova, pa, size, perm));
+    if (unit_->invalidate_on_map()) unit_->invalidate(domain_id_, iova, size);
+    return support::ok();
+  }
   // map_sg's body; `skip`: kDmaAttrSkipCpuSync.
   Result<void> map_pieces(const DmaConstraints& c, DmaMapHandle* handles, size_t n, size_t align,
                           DmaDirection dir, bool skip);

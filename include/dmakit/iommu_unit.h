@@ -90,6 +90,12 @@ class IommuUnit {
   // The number of domain ids, usable as 1 to max_domains(). Any context.
   virtual uint32_t max_domains() const = 0;
 
+  // Whether the unit may cache "not present" results of its walks (VT-d's caching mode, which
+  // QEMU's intel-iommu offers as caching-mode=on and virtualised IOMMUs use), so that an entry made
+  // present must be invalidated too before a device may use it. IommuDomain then invalidates each
+  // range it maps, as it does each range it unmaps. The default: no. Any context.
+  virtual bool invalidate_on_map() const { return false; }
+
   // Turns translation off for good, as before the driver enabled it (devices reach physical
   // memory directly again), after a failed set-up of the generic layer; returns false when the
   // driver cannot (its devices then stay blocked). The default cannot. Thread only.

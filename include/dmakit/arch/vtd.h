@@ -101,6 +101,8 @@ class VtdUnit final : public IommuUnit {
   // not acknowledge (it may still translate, and the tables are then kept). Thread context; no
   // attach or invalidate may run concurrently.
   bool disable() override;
+  // Caching mode (CAP.CM): non-present entries may be cached, so maps are invalidated too.
+  bool invalidate_on_map() const override { return caching_mode(); }
 
   bool enabled() const { return enabled_; }
 

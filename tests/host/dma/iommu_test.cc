@@ -340,6 +340,39 @@ TEST_F(IommuDomainTest, StrictUnmapRemovesTheIotlbEntry) {
   EXPECT_STREQ(f[0].reason, "not mapped");
 }
 
+// A unit in caching mode (VT-d's CAP.CM) caches the walks that found nothing: an address a device
+// touched while unmapped stays unreachable after it is mapped, unless the map invalidates it.
+class CachingModeIommuTest : public IommuDomainTest {
+ protected:
+  static HostIommu::Options caching() {
+    HostIommu::Options o;
+    o.caching_mode = true;
+    return o;
+  }
+  CachingModeIommuTest() : IommuDomainTest(/*coherent=*/true, caching()) {}
+};
+
+TEST_F(CachingModeIommuTest, AMappingIsReachableAfterAFaultCachedTheAddress) {
+  DeviceDma dev(&dom_, ~0ull);
+  uint8_t* buf = page();
+  uint64_t iova = 0;
+  {
+    auto m = dev.map(buf, 4096, DmaDirection::kFromDevice);
+    ASSERT_TRUE(m.ok());
+    iova = m->dma_addr().value();
+  }
+  // Unmapped now: the device's access faults, and the unit caches that it found nothing.
+  uint8_t b = 0;
+  EXPECT_FALSE(unit_.device_write(kDev, iova, &b, 1).ok());
+  ASSERT_EQ(faults().size(), 1u);
+  auto m = dev.map(buf, 4096, DmaDirection::kFromDevice);
+  ASSERT_TRUE(m.ok());
+  ASSERT_EQ(m->dma_addr().value(), iova);  // The per-CPU cache hands the same range back.
+  uint8_t data[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_TRUE(unit_.device_write(kDev, iova, data, sizeof(data)).ok());
+  EXPECT_TRUE(faults().empty());
+}
+
 TEST_F(IommuDomainTest, NeverMappedAddressFaults) {
   uint8_t b = 0;
   EXPECT_FALSE(unit_.device_read(kDev, 0x1234'5000, &b, 1).ok());
