@@ -596,7 +596,8 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
     bool retry = false;
     {
       support::Guard<support::SpinLock> guard{&lock_};
-      const bool spread = small && last_small_cpu_ != cache_cpu;
+      // Only after another CPU's block: the first small block of all has no neighbour to avoid.
+      const bool spread = small && last_small_cpu_ < kMaxCpus && last_small_cpu_ != cache_cpu;
       if (spread) {
         // Without draining the shared cache: the unplaced attempt below may still use it.
         start = take_locked(n, spread_phase, kSpreadSlots - 1, offset, size, dev, &why, &held,

@@ -272,7 +272,15 @@ void exercise_writes(::ktest::Context& ktest_ctx, NvmeController& c, unsigned id
     fill(buf + 4 * kPage, kPage, idx, pos + 0x200 + kPage, true);
     auto w = c.write(slba, we);
     KREQUIRE_OK(w);
-    KEXPECT_EQ(w->segments, iommu::active() ? 1u : 3u);
+    if (iommu::active()) {
+      KEXPECT_EQ(w->segments, 1u);  // One I/O range for the list.
+    } else if (w->bounced == 0) {
+      KEXPECT_EQ(w->segments, 3u);
+    } else {
+      // Bounce slots taken one after the other may sit side by side and merge.
+      KEXPECT_GE(w->segments, 1u);
+      KEXPECT_LE(w->segments, 3u);
+    }
     KEXPECT_EQ(w->prp_entries, 3u);
     KEXPECT_TRUE(w->prp_list);
     support::fill_bytes(in, kGuard, 8 * kPage);
