@@ -174,7 +174,8 @@ KTEST(coherent_write_combining_allocations_are_write_combining) {
   Baseline b = Baseline::now();
   KREQUIRE_TRUE(b.uncached_live == 0);
   const size_t sizes[] = {64, 4096, 3 * 4096 + 5, (2u << 20) + 1};
-  for (bool coherent : {true, false}) {
+  const bool coherences[] = {true, false};
+  for (bool coherent : coherences) {
     DeviceDma dev(op, ~0ull);
     dev.set_coherent(coherent);
     for (size_t size : sizes) {
