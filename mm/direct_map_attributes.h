@@ -54,7 +54,11 @@
 //   uint64_t table_phys(Pte e)        physical address of the table a table entry points at
 //   Pte table_entry(uint64_t phys)    the entry pointing at the table at `phys` (a split table)
 //   PageAttr attr_of(Pte leaf, int level)
-//   Pte with_attr(Pte leaf, int level, PageAttr attr)      attr is kCached or kUncached
+//   Pte with_attr(Pte leaf, int level, PageAttr attr)      attr is kCached or kUncached, or
+//                                     kWriteCombine when write_combine() says so
+//   bool write_combine()              optional: the description has a write-combining encoding
+//                                     (a Format without this method has none: set() answers
+//                                     kNotSupported to kWriteCombine)
 //   Pte split_leaf(Pte leaf, int level, size_t i)          the i-th level-1 piece of a leaf
 //   Pte hw_bits()                     leaf bits the hardware may set on its own (A/D)
 //   void replace(Pte* slot, Pte value, uintptr_t va, int level)
@@ -80,9 +84,10 @@
 
 // What a leaf's memory attribute is, as far as the direct map is concerned.
 enum class PageAttr : uint8_t {
-  kCached,    // The direct map's normal attribute (write-back cacheable).
-  kUncached,  // Normal memory, not cacheable (AArch64 Normal-NC, Svpbmt NC, x86 PAT UC-).
-  kOther,     // Anything else (device memory): never changed here.
+  kCached,        // The direct map's normal attribute (write-back cacheable).
+  kUncached,      // Normal memory, not cacheable (AArch64 Normal-NC, Svpbmt NC, x86 PAT UC-).
+  kWriteCombine,  // Not cacheable, stores combined (x86 PAT WC); only a Format that has it.
+  kOther,         // Anything else (device memory): never changed here.
 };
 
 // Whether a description has everything DirectMapAttributes needs (the arch-specific encodings
@@ -134,16 +139,20 @@ class DirectMapAttributes {
 
   bool usable() const { return usable_; }
 
-  // Gives every 4 KiB page of [va, va + bytes) the attribute `attr` (kCached or kUncached); see
+  // Gives every 4 KiB page of [va, va + bytes) the attribute `attr` (kCached, kUncached, or
+  // kWriteCombine where the Format has it); see
   // the scheme above. va and bytes must be page aligned. The caller owns the pages and does not
   // access them during the call; the cache maintenance that an attribute change needs is the
   // caller's (clean and invalidate before and after making pages uncached).
-  // Errors: kNotSupported (no usable description), kLayoutError (misaligned, empty or wrapping
+  // Errors: kNotSupported (no usable description; kWriteCombine without an encoding for it:
+  // nothing changed), kLayoutError (misaligned, empty or wrapping
   // range, attr kOther), kInvalidArgument (outside the described direct map, or a page is
   // unmapped or device memory; nothing changed), kNoMemory (no table for a split; nothing
-  // changed). Restoring kCached over a range this object made kUncached never fails.
+  // changed). Restoring kCached over a range this object made kUncached or kWriteCombine never
+  // fails.
   Result<void> set(uintptr_t va, uint64_t bytes, PageAttr attr) TA_EXCL(lock_) {
     if (attr == PageAttr::kOther) return ErrorCode::kLayoutError;
+    if (attr == PageAttr::kWriteCombine && !has_write_combine()) return ErrorCode::kNotSupported;
     TRY(check_request(va, bytes));
     support::Guard<support::RawSpinLock> guard{&lock_};
     const uintptr_t end = va + bytes;
@@ -212,6 +221,14 @@ class DirectMapAttributes {
   }
 
  private:
+  bool has_write_combine() const {
+    if constexpr (requires(const Format& f) { f.write_combine(); }) {
+      return format_.write_combine();
+    } else {
+      return false;
+    }
+  }
+
   struct Record {
     uint64_t table;  // Physical address of the split table.
     Pte leaf;        // The leaf it replaced.
@@ -232,7 +249,8 @@ class DirectMapAttributes {
     return reinterpret_cast<Pte*>(static_cast<uintptr_t>(phys) + pt_.table_offset);
   }
 
-  // Errors: kNotSupported (no usable description), kLayoutError (misaligned, empty or
+  // Errors: kNotSupported (no usable description; kWriteCombine without an encoding for it:
+  // nothing changed), kLayoutError (misaligned, empty or
   // wrapping), kInvalidArgument (outside the described direct map).
   Result<void> check_request(uintptr_t va, uint64_t bytes) const {
     if (!usable_) return ErrorCode::kNotSupported;

@@ -37,14 +37,23 @@ typedef struct dmakit_page_tables_aarch64 {
   uint8_t mair_nc; /* Normal memory, inner and outer non-cacheable (MAIR value 0x44). */
 } dmakit_page_tables_aarch64;
 
-/* x86-64: the PAT indices (0..7, i.e. PAT:PCD:PWT) of the two memory types. The library places
- * the PAT bit where each level's entry has it (bit 7 in a 4 KiB entry, bit 12 in a large one). */
+/* x86-64: the PAT indices (0..7, i.e. PAT:PCD:PWT) of the memory types. The library places the
+ * PAT bit where each level's entry has it (bit 7 in a 4 KiB entry, bit 12 in a large one). */
 typedef struct dmakit_page_tables_x86_64 {
   uint8_t pat_wb; /* Write-back (index 0 with the power-on PAT). */
   uint8_t pat_uc; /* UC- or UC (index 2 or 3 with the power-on PAT). Not WC: coherent memory
                      holds rings both sides update, and write-combined stores would wait in
                      buffers until a fence the drivers do not issue. */
+  /* WC, for write-combining allocations (alloc_attrs with kDmaAttrWriteCombine, alloc_wc). The
+   * power-on PAT has no WC entry: a kernel that does not program one into IA32_PAT sets
+   * DMAKIT_X86_PAT_NONE, and write-combining allocations fail with kNotSupported. An index
+   * above 7, or equal to pat_wb or pat_uc (as a zero-initialized field usually is), names no WC
+   * entry either. */
+  uint8_t pat_wc;
 } dmakit_page_tables_x86_64;
+
+/* dmakit_page_tables_x86_64.pat_wc of a PAT without a write-combining entry. */
+#define DMAKIT_X86_PAT_NONE 0xFF
 
 typedef struct dmakit_page_tables {
   /* Physical address of the root table of the translation that holds the direct map (TTBR1_EL1,

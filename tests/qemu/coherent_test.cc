@@ -37,6 +37,13 @@ bool is_uncached_name(const char* a) {
                           kstr::equal(a, "uc-") || kstr::equal(a, "uc") || kstr::equal(a, "wc"));
 }
 
+// Each architecture's write-combining type as mapping_attribute names it: PAT WC on x86-64;
+// AArch64 and RISC-V have no type of their own and use Normal-NC and Svpbmt NC.
+bool is_write_combining_name(const char* a) {
+  return a != nullptr &&
+         (kstr::equal(a, "wc") || kstr::equal(a, "normal-nc") || kstr::equal(a, "nc"));
+}
+
 // The direct map's name for cacheable RAM, read from a page of the allocator.
 const char* cached_name() {
   ktest_util::Pages p(0);
@@ -155,6 +162,52 @@ KTEST(coherent_device_allocations_stay_cacheable) {
   }
   KEXPECT_EQ(op->stats().coherent_uncached, remaps);
   KEXPECT_BASELINE(b);
+}
+
+// alloc_wc (Linux's dma_alloc_wc) maps its pages write-combining in the direct map, whether the
+// device snoops or not, and gives them back cacheable with the split tables, free pages and
+// counters where they were.
+KTEST(coherent_write_combining_allocations_are_write_combining) {
+  KernelDmaOp* op = kernel_env().dma;
+  const char* cached = cached_name();
+  KREQUIRE_TRUE(cached != nullptr && !is_write_combining_name(cached));
+  Baseline b = Baseline::now();
+  KREQUIRE_TRUE(b.uncached_live == 0);
+  const size_t sizes[] = {64, 4096, 3 * 4096 + 5, (2u << 20) + 1};
+  const bool coherences[] = {true, false};
+  for (bool coherent : coherences) {
+    DeviceDma dev(op, ~0ull);
+    dev.set_coherent(coherent);
+    for (size_t size : sizes) {
+      {
+        auto a = dev.alloc_wc<uint8_t>(size);
+        KREQUIRE_OK(a);
+        KEXPECT_TRUE(a->handle().remapped);
+        KEXPECT_TRUE(a->handle().write_combine);
+        const size_t bytes = block_bytes(size);
+        size_t not_wc = 0;
+        for (size_t off = 0; off < bytes; off += kPage) {
+          not_wc += is_write_combining_name(arch::mapping_attribute(a->raw_data() + off)) ? 0 : 1;
+        }
+        KEXPECT_EQ(not_wc, 0u);
+        // What the MMU uses, where the architecture can report it (AArch64).
+        auto t = arch::translated_attribute(a->raw_data() + bytes - 1);
+        if (t.ok()) {
+          KEXPECT_TRUE(is_write_combining_name(*t));
+        } else {
+          KEXPECT_EQ(t.code(), ErrorCode::kNotSupported);
+        }
+        KEXPECT_TRUE(neighbours_untouched(a->raw_data(), bytes));
+        KEXPECT_EQ(op->stats().coherent_uncached_live, b.uncached_live + 1);
+        // Zeroed, and the stores reach the page once fenced.
+        KEXPECT_EQ(a->raw_data()[size - 1], 0);
+        support::fill_bytes(a->raw_data(), 0x5A, size);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        KEXPECT_EQ(a->raw_data()[size / 2], 0x5A);
+      }
+      KEXPECT_BASELINE(b);
+    }
+  }
 }
 
 KTEST(coherent_uncached_pages_of_one_region_come_back_independently) {

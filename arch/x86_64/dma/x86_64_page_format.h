@@ -3,9 +3,9 @@
 //
 // Entry bits used: [0] P, [1] R/W, [3] PWT, [4] PCD, [5] A, [6] D (leaves), [7] PS in a PDPT or
 // PD entry and PAT in a 4 KiB PTE, [12] PAT in a 1 GiB / 2 MiB leaf, [51:12] the address.
-// PAT:PCD:PWT form the PAT index (0..7); which index means write-back and which uncached is the
-// kernel's (dmakit_page_tables.x86_64). Everything else (U/S, G, NX, protection keys, software
-// bits) is carried unchanged.
+// PAT:PCD:PWT form the PAT index (0..7); which index means write-back, which uncached and which
+// write-combining is the kernel's (dmakit_page_tables.x86_64). Everything else (U/S, G, NX,
+// protection keys, software bits) is carried unchanged.
 #pragma once
 
 #include "dmakit/page_tables.h"
@@ -29,10 +29,13 @@ class X86PageFormat {
   explicit X86PageFormat(const dmakit_page_tables* pt)
       : levels_(pt != nullptr ? pt->levels : 0),
         wb_(pt != nullptr ? pt->x86_64.pat_wb : 0),
-        uc_(pt != nullptr ? pt->x86_64.pat_uc : 0) {}
+        uc_(pt != nullptr ? pt->x86_64.pat_uc : 0),
+        wc_(pt != nullptr ? pt->x86_64.pat_wc : DMAKIT_X86_PAT_NONE) {}
 
   // Two distinct PAT indices, 4-level paging.
   bool usable() const { return wb_ < 8 && uc_ < 8 && wb_ != uc_ && levels_ == 4; }
+  // A third index, distinct from both, for write-combining (dmakit_page_tables_x86_64.pat_wc).
+  bool write_combine() const { return usable() && wc_ < 8 && wc_ != wb_ && wc_ != uc_; }
   int top_level() const { return static_cast<int>(levels_) - 1; }
   bool present(Pte e) const { return (e & kPresent) != 0; }
   bool is_leaf(Pte e, int level) const { return level == 0 || (level <= 2 && (e & kLarge) != 0); }
@@ -43,10 +46,13 @@ class X86PageFormat {
     const unsigned idx = pat_index(e, level);
     if (idx == wb_) return PageAttr::kCached;
     if (idx == uc_) return PageAttr::kUncached;
+    if (idx == wc_ && write_combine()) return PageAttr::kWriteCombine;
     return PageAttr::kOther;
   }
   Pte with_attr(Pte e, int level, PageAttr attr) const {
-    const unsigned idx = attr == PageAttr::kUncached ? uc_ : wb_;
+    const unsigned idx = attr == PageAttr::kUncached       ? uc_
+                         : attr == PageAttr::kWriteCombine ? wc_
+                                                           : wb_;
     e &= ~(kPwt | kPcd | pat_bit(level));
     if ((idx & 1) != 0) e |= kPwt;
     if ((idx & 2) != 0) e |= kPcd;
@@ -78,4 +84,5 @@ class X86PageFormat {
   unsigned levels_;
   uint8_t wb_;
   uint8_t uc_;
+  uint8_t wc_;
 };

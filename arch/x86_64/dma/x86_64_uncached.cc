@@ -1,12 +1,13 @@
 // Uncached coherent memory on x86-64: X86DmaOp::set_memory_attribute, which changes direct-map
-// pages between the kernel's write-back PAT index and its UC- (or UC) index in place through
+// pages between the kernel's write-back PAT index and its UC- (or UC) index (or its WC index,
+// for write-combining allocations, when the kernel's PAT has one) in place through
 // DirectMapAttributes (mm/direct_map_attributes.h: the split/merge scheme and its cost), over the
 // 4-level tables the kernel described (dmakit/page_tables.h).
 //
-// Why UC rather than write-combining: coherent memory holds descriptors and rings that the
-// driver and a device both update, and the contract is that neither side needs maintenance or
-// flushing. UC- loads and stores reach memory in program order; WC stores would sit in
-// write-combining buffers until a fence, which the drivers do not issue for coherent memory.
+// Why UC rather than write-combining for alloc_coherent: coherent memory holds descriptors and
+// rings that the driver and a device both update, and the contract is that neither side needs
+// maintenance or flushing. UC- loads and stores reach memory in program order; WC stores would sit
+// in write-combining buffers until a fence, which the drivers do not issue for coherent memory.
 // (x86 DMA snoops the caches, so this path only serves devices explicitly marked non-coherent
 // and the tests.)
 //
@@ -54,12 +55,14 @@ void X86DmaOp::init_attributes(const dmakit_page_tables* page_tables) {
 
 Result<void> X86DmaOp::set_memory_attribute(void* va, size_t bytes, MemAttr attr) {
   if (!DmaDebug::thread_context_ok("set_memory_attribute", nullptr, 0)) return ErrorCode::kBusy;
-  // dmakit_page_tables names no write-combining PAT index: the encoding is not the library's to
-  // choose (the kernel programs the PAT MSR).
-  if (attr == MemAttr::kWriteCombine) return ErrorCode::kNotSupported;
+  // Write-combining takes the kernel's WC index (dmakit_page_tables_x86_64.pat_wc); without one
+  // set() answers kNotSupported: the encoding is not the library's to choose (the kernel
+  // programs IA32_PAT).
+  const PageAttr page_attr = attr == MemAttr::kUncached       ? PageAttr::kUncached
+                             : attr == MemAttr::kWriteCombine ? PageAttr::kWriteCombine
+                                                              : PageAttr::kCached;
   auto* attrs = reinterpret_cast<Attributes*>(attrs_);
-  return attrs->set(reinterpret_cast<uintptr_t>(va), bytes,
-                    attr == MemAttr::kUncached ? PageAttr::kUncached : PageAttr::kCached);
+  return attrs->set(reinterpret_cast<uintptr_t>(va), bytes, page_attr);
 }
 
 size_t X86DmaOp::split_tables() const {

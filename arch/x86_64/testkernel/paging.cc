@@ -404,6 +404,8 @@ const dmakit_page_tables* direct_map_tables() {
   pt.va_size = 1ull << 46;
   pt.x86_64.pat_wb = static_cast<uint8_t>(pat_index(MemType::kWriteBack));
   pt.x86_64.pat_uc = static_cast<uint8_t>(pat_index(MemType::kUncachedMinus));
+  // init_pat programs kPatLayout, which has WC at this index.
+  pt.x86_64.pat_wc = static_cast<uint8_t>(pat_index(MemType::kWriteCombining));
   g_split_tables.describe(kKernelVma, &pt);
   return &pt;
 }

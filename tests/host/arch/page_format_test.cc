@@ -98,8 +98,8 @@ struct X86 {
   static constexpr Pte kKeep = (1ull << 1) | (1ull << 5) | (1ull << 8) | (1ull << 63);  // W A G NX
   static constexpr Pte kHw = 1ull << 6;                                                 // D
   static Format format(const dmakit_page_tables* pt) { return Format(pt); }
-  static void encode(dmakit_page_tables* pt) { pt->x86_64 = {kWb, kUc}; }
-  static void break_encoding(dmakit_page_tables* pt) { pt->x86_64 = {kWb, 8}; }
+  static void encode(dmakit_page_tables* pt) { pt->x86_64 = {kWb, kUc, DMAKIT_X86_PAT_NONE}; }
+  static void break_encoding(dmakit_page_tables* pt) { pt->x86_64 = {kWb, 8, DMAKIT_X86_PAT_NONE}; }
   static Pte pat_bit(int level) { return level == 0 ? 1ull << 7 : 1ull << 12; }
   static Pte leaf(uint64_t pa, int level, unsigned attr) {
     Pte e = pa | 1 | kKeep | (level > 0 ? 1ull << 7 : 0);
@@ -412,7 +412,7 @@ TEST(X86PageFormat, ThePatBitMovesBetweenLargeAndSmallEntries) {
   const dmakit_page_tables pt = [] {
     dmakit_page_tables p = {};
     p.levels = 4;
-    p.x86_64 = {0, 6};
+    p.x86_64 = {0, 6, DMAKIT_X86_PAT_NONE};
     return p;
   }();
   const X86PageFormat f(&pt);
@@ -424,6 +424,73 @@ TEST(X86PageFormat, ThePatBitMovesBetweenLargeAndSmallEntries) {
   EXPECT_EQ(f.attr_of(small, 0), PageAttr::kUncached);
   EXPECT_EQ(f.with_attr(small, 0, PageAttr::kCached), X86::leaf(k1G + 3 * kPage, 0, 0));
   EXPECT_EQ(f.with_attr(X86::leaf(k1G, 1, 0), 1, PageAttr::kUncached), large);
+}
+
+// The test layout's WC entry (index 4: the PAT bit alone) in a 4 KiB page split out of a 1 GiB
+// leaf, and in a whole 2 MiB leaf (the PAT bit at bit 12); both restore to the boot tables.
+TEST(X86PageFormat, WriteCombineUsesTheKernelsWcIndex) {
+  constexpr unsigned kWc = 4;
+  for (uintptr_t off : {uintptr_t{0}, X86::kUpperBase}) {
+    SCOPED_TRACE(testing::Message() << "offset 0x" << std::hex << off);
+    Machine<X86> m(off);
+    m.pt().x86_64.pat_wc = kWc;
+    const std::vector<Pte> before = m.dump_all();
+    DirectMapAttributes<X86::Format> attrs(&m.pt(), X86::format(&m.pt()));
+    ASSERT_TRUE(attrs.usable());
+    const uint64_t pa = 5 * k2M + 3 * kPage;
+    ASSERT_TRUE(attrs.set(m.va(pa), 3 * kPage, PageAttr::kWriteCombine).ok());
+    m.expect_pages(pa, 3 * kPage, kWc);
+    m.expect_pages(pa - 4 * kPage, 4 * kPage, X86::kWb);
+    m.expect_pages(pa + 3 * kPage, 4 * kPage, X86::kWb);
+    const uint64_t big = k1G + 3 * k2M;
+    ASSERT_TRUE(attrs.set(m.va(big), k2M, PageAttr::kWriteCombine).ok());
+    EXPECT_EQ(X86::attr(*m.slot(big, 1), 1), kWc);
+    EXPECT_NE(*m.slot(big, 1) & (1ull << 12), 0u);
+    // A write-combining page may become uncached and back without passing through cached.
+    ASSERT_TRUE(attrs.set(m.va(pa), kPage, PageAttr::kUncached).ok());
+    m.expect_pages(pa, kPage, X86::kUc);
+    ASSERT_TRUE(attrs.set(m.va(pa), 3 * kPage, PageAttr::kCached).ok());
+    ASSERT_TRUE(attrs.set(m.va(big), k2M, PageAttr::kCached).ok());
+    EXPECT_EQ(attrs.tables_in_use(), 0u);
+    EXPECT_EQ(m.pool().in_use(), 0u);
+    EXPECT_EQ(m.dump_all(), before);
+  }
+}
+
+// A kernel whose PAT has no WC entry says so with DMAKIT_X86_PAT_NONE (and an index that is the
+// write-back or the uncached one names no WC entry either): write-combining is kNotSupported,
+// nothing changes, and the other attributes still work.
+TEST(X86PageFormat, WithoutAWcIndexWriteCombineIsNotSupported) {
+  for (uint8_t wc :
+       {uint8_t{DMAKIT_X86_PAT_NONE}, uint8_t{X86::kWb}, uint8_t{X86::kUc}, uint8_t{8}}) {
+    SCOPED_TRACE(testing::Message() << "pat_wc " << unsigned{wc});
+    Machine<X86> m(0);
+    m.pt().x86_64.pat_wc = wc;
+    const std::vector<Pte> before = m.dump_all();
+    DirectMapAttributes<X86::Format> attrs(&m.pt(), X86::format(&m.pt()));
+    ASSERT_TRUE(attrs.usable());
+    EXPECT_EQ(attrs.set(m.va(5 * k2M), kPage, PageAttr::kWriteCombine).code(),
+              ErrorCode::kNotSupported);
+    EXPECT_EQ(m.pool().in_use(), 0u);
+    EXPECT_EQ(m.dump_all(), before);
+    ASSERT_TRUE(attrs.set(m.va(5 * k2M), kPage, PageAttr::kUncached).ok());
+    m.expect_pages(5 * k2M, kPage, X86::kUc);
+    ASSERT_TRUE(attrs.set(m.va(5 * k2M), kPage, PageAttr::kCached).ok());
+    EXPECT_EQ(m.dump_all(), before);
+  }
+}
+
+// The other formats have no write-combining encoding of their own (their DmaOps use the
+// uncached one for it): DirectMapAttributes refuses it rather than writing a cached entry.
+TYPED_TEST(PageFormatTest, WriteCombineWithoutAnEncodingChangesNothing) {
+  using A = TypeParam;
+  Machine<A> m(0);
+  const std::vector<Pte> before = m.dump_all();
+  DirectMapAttributes<typename A::Format> attrs(&m.pt(), A::format(&m.pt()));
+  ASSERT_TRUE(attrs.usable());
+  EXPECT_EQ(attrs.set(m.va(5 * k2M), kPage, PageAttr::kWriteCombine).code(),
+            ErrorCode::kNotSupported);
+  EXPECT_EQ(m.dump_all(), before);
 }
 
 }  // namespace
