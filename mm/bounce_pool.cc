@@ -589,7 +589,8 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
   // no room when the block is cut from the end of a free block that ends a line (the end of the
   // pool, or where the last such cut began). Only the place of the first slot changes, never n or
   // the data's offset.
-  const bool small = cache_cpu < kMaxCpus && n < kSpreadSlots;
+  // Only a block the CPU caches may keep (a per-CPU budget of 0 keeps none: nothing to spread).
+  const bool small = cache_cpu < kMaxCpus && n < kSpreadSlots && n <= cpu_cache_max_block_;
   const uint64_t spread_phase = (record_phase_ - n) & (kSpreadSlots - 1);
   uint32_t start = num_slots_;
   for (bool reclaimed = false;; reclaimed = true) {

@@ -64,10 +64,15 @@ struct TestPool {
       : TestPool(bytes, slot_options(slot_size), base) {}
   TestPool(size_t bytes, const BouncePool::Options& options, uint64_t base = kBase)
       : mem(bytes),
-        meta(BouncePool::metadata_size(bytes, options.slot_size) / sizeof(uint64_t) + 1),
+        meta(BouncePool::metadata_size(bytes, options.slot_size) / sizeof(uint64_t) + 1 + 8),
         pool(*new(storage) BouncePool) {
-    auto r = pool.init(PhysAddr(base), bytes, mem.data(), meta.data(),
-                       meta.size() * sizeof(uint64_t), options);
+    // The metadata starts on a cache line, as a kernel's static buffer would: where the pool
+    // places a CPU cache's small blocks depends on the record lines, so the tests' slot numbers
+    // must not depend on where the heap put the vector.
+    auto at = reinterpret_cast<uintptr_t>(meta.data());
+    size_t skip = ((64 - at % 64) % 64) / sizeof(uint64_t);
+    auto r = pool.init(PhysAddr(base), bytes, mem.data(), meta.data() + skip,
+                       (meta.size() - skip) * sizeof(uint64_t), options);
     EXPECT_TRUE(r.ok()) << error_code_name(r.code());
   }
   ~TestPool() {
