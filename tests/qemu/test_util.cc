@@ -13,27 +13,34 @@ BouncePool* pool_named(const char* name) {
 }
 
 Result<PhysAddr> alloc_above(unsigned order, uint64_t floor) {
+  // The allocator hands out blocks from wherever its hint points (low memory after a burst of
+  // frees there, as IOMMU page tables and set-up leave behind), so take blocks until one lies
+  // above the floor or the allocator runs dry. The blocks below are chained through their own
+  // first bytes (direct map) and all given back.
   PageFrameAllocator* pfa = kernel_env().pfa;
-  static PhysAddr tried[64];
-  size_t n = 0;
-  bool found = false;
-  PhysAddr result;
-  while (n < 64 && !found) {
+  constexpr uint64_t kNone = ~0ull;
+  uint64_t chain = kNone;
+  PhysAddr found;
+  bool ok = false;
+  for (;;) {
     auto r = pfa->alloc(order);
     if (!r.ok()) break;
     if (r->value() > floor) {
-      result = *r;
-      found = true;
-    } else {
-      tried[n++] = *r;
+      found = *r;
+      ok = true;
+      break;
     }
+    *static_cast<uint64_t*>(kernel_env().phys_to_virt(*r)) = chain;
+    chain = r->value();
   }
-  for (size_t i = 0; i < n; ++i) {
-    auto f = pfa->free(tried[i], order);
+  while (chain != kNone) {
+    uint64_t next = *static_cast<uint64_t*>(kernel_env().phys_to_virt(PhysAddr(chain)));
+    auto f = pfa->free(PhysAddr(chain), order);
     KASSERT(f.ok(), "alloc_above: freeing a block it took failed");
+    chain = next;
   }
-  if (!found) return ErrorCode::kNoMemory;
-  return result;
+  if (!ok) return ErrorCode::kNoMemory;
+  return found;
 }
 
 }  // namespace ktest_util

@@ -80,8 +80,8 @@ inline uint64_t ram_top() {
 }
 
 // A block of 2^order pages starting above `floor` (the allocator has no lower bound of its own: it
-// prefers high address bands, not the highest block). Takes up to 64 blocks until one fits and
-// gives the others back. The caller frees the result. Errors: kNoMemory (none found).
+// prefers high address bands, not the highest block). Takes blocks until one fits or none is left
+// and gives the others back. The caller frees the result. Errors: kNoMemory (none found).
 Result<PhysAddr> alloc_above(unsigned order, uint64_t floor);
 
 // The bounce pool with the given name, or null.
