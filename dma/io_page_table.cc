@@ -95,8 +95,10 @@ uint64_t* IoPageTable::walk(uint64_t iova, bool create) {
   uint64_t pfn = table >> 12;
   if (pfn <= kPfnMask) {
     uint64_t block = iova >> 21;
+    // Release, paired with leaf_table's acquire: a CPU that finds the table through the cache
+    // must also see it zeroed (the fill of new_table), as one that walks to it through the CAS.
     __atomic_store_n(&walk_cache_[block % kWalkCacheSize], (block << kTagShift) | (pfn << 1) | 1,
-                     __ATOMIC_RELAXED);
+                     __ATOMIC_RELEASE);
   }
   return table_at(table);
 }

@@ -135,7 +135,7 @@ class IoPageTable {
   // a table could not be allocated (kNoMemory for the caller).
   uint64_t* leaf_table(uint64_t iova, bool create) {
     uint64_t block = iova >> 21;
-    uint64_t w = __atomic_load_n(&walk_cache_[block % kWalkCacheSize], __ATOMIC_RELAXED);
+    uint64_t w = __atomic_load_n(&walk_cache_[block % kWalkCacheSize], __ATOMIC_ACQUIRE);
     if ((w & 1) != 0 && (w >> kTagShift) == block) {
       return table_at(((w >> 1) & kPfnMask) << 12);
     }

@@ -10,6 +10,7 @@
 #include "testkernel/kernel_env.h"
 #include "testkernel/kstring.h"
 #include "tests/qemu/ktest.h"
+#include "tests/qemu/test_util.h"
 
 namespace {
 
@@ -52,8 +53,9 @@ struct Page {
   PhysAddr pa;
   uint8_t* va = nullptr;
   bool ok = false;
-  Page(uint64_t limit, uint8_t fill) {
-    auto p = kernel_env().pfa->alloc(0, limit);
+  // A page under `limit`, or (floor != 0) one above `floor`.
+  Page(uint64_t limit, uint8_t fill, uint64_t floor = 0) {
+    auto p = floor != 0 ? ktest_util::alloc_above(0, floor) : kernel_env().pfa->alloc(0, limit);
     if (!p.ok()) return;
     pa = *p;
     va = static_cast<uint8_t*>(kernel_env().phys_to_virt(pa));
@@ -201,9 +203,9 @@ KTEST_WHEN(iommu_edu_28bit_reaches_high_ram_without_bouncing, iommu_on) {
   KREQUIRE_TRUE(e != nullptr);
   IommuDomain* dom = iommu::domain_of(iommu::bdf_of(e->dev));
   KREQUIRE_TRUE(dom != nullptr);
-  // The highest page the allocator has: above the mask on every machine the suite boots.
-  Page src(~0ull, 0);
-  Page dst(~0ull, 0);
+  // Pages above the mask (the allocator's hint may sit low: ask for them explicitly).
+  Page src(~0ull, 0, kMask28);
+  Page dst(~0ull, 0, kMask28);
   KREQUIRE_TRUE(src.ok && dst.ok);
   KEXPECT_GT(src.pa.value(), kMask28);
   for (uint64_t i = 0; i < kPage; ++i) src.va[i] = static_cast<uint8_t>(i * 7 + 1);
