@@ -230,7 +230,12 @@ def main():
     for n, run in enumerate(two_runs, 1):
         add("bounce_2thread_ratio_run%d" % n, run["2thread"]["ratio_median"], "%.3f")
         add("bounce_2thread_cpu_ratio_run%d" % n, run["2thread"]["cpu_ratio_median"], "%.3f")
+        # The control: the same two threads on private platforms (nothing of the library shared).
+        add("bounce_2thread_private_ratio_run%d" % n, run["2thread"]["private_ratio_median"],
+            "%.3f")
     if two_runs:
+        controls = sorted(r["2thread"]["private_ratio_median"] for r in two_runs)
+        add("bounce_2thread_private_ratio_median_of_runs", controls[len(controls) // 2], "%.3f")
         values = [r["2thread"]["ratio_median"] for r in two_runs]
         add("bounce_2thread_ratio_min", min(values), "%.3f")
         add("bounce_2thread_ratio_max", max(values), "%.3f")
