@@ -100,9 +100,15 @@ class PfaOrder0Ring {
 // memory kept around `target` full. run(n): n operations, each one alloc or one free. Whether an
 // operation allocates is random (even odds) while occupancy is within 2% of the target, and
 // corrective outside.
+//
+// With `stand_in`, the allocator is set up and filled alike, but run() then calls a stand-in
+// instead of it (an alloc hands out fresh fake addresses, a free does nothing): the harness's own
+// cost at this size (its table of live blocks grows with RAM), which BM_PfaMixedSizes reports
+// beside the allocator's.
 class PfaMixed {
  public:
-  PfaMixed(double target, uint64_t ram_bytes, uint64_t seed, unsigned max_order = 9);
+  PfaMixed(double target, uint64_t ram_bytes, uint64_t seed, unsigned max_order = 9,
+           bool stand_in = false);
   ~PfaMixed();
   void run(uint64_t ops);
   double occupancy() const;
@@ -113,10 +119,15 @@ class PfaMixed {
  private:
   struct Block {
     PhysAddr addr;
-    unsigned order;
+    unsigned order;  // kStandInBit: made by the stand-in, never given to the allocator.
   };
+  static constexpr unsigned kStandInBit = 0x100;
+  template <bool kStandIn>
+  void run_loop(uint64_t ops);
   std::unique_ptr<PfaMemory> plat_;
   PageFrameAllocator* pfa_;
+  bool stand_in_ = false;
+  uint64_t stand_in_next_ = 0;
   // Uniform in [0, n) from a random word, as Rng::below.
   static size_t index_below(uint64_t draw, size_t n) {
     return static_cast<size_t>((static_cast<unsigned __int128>(draw) * n) >> 64);

@@ -258,6 +258,11 @@ def main():
         add("pfa_mixed04_op_ir_" + size, ir["pfa_mixed04_50_" + size]["subsys"])
     for size in PFA_SIZES:
         add("pfa_mixed_ns_" + size, sizes[0]["ns_" + size], "%.1f")
+    # The harness alone at each size (a stand-in allocator), and the ratio without it.
+    for size in PFA_SIZES:
+        add("pfa_mixed_harness_ns_" + size, sizes[0]["harness_ns_" + size], "%.1f")
+    add("pfa_mixed_ns_ratio_less_harness_16g_256m", sizes[0]["ratio_less_harness_16g_256m"],
+        "%.3f")
     add("pfa_mixed_ns_rounds", sizes[0]["rounds"], "%d")
 
     with open(os.path.join(out, "summary.txt"), "w") as f:
