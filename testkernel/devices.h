@@ -128,6 +128,9 @@ constexpr uint64_t kTestBounceFirst = 128;
 constexpr uint64_t kTestBounceCount = 16;
 constexpr uint64_t kDemoFirst = 256;
 constexpr uint64_t kDemoCount = 8;
+// Written by the dmawin_ tests (a run with dma-ranges, run_qemu.py --dma-ranges).
+constexpr uint64_t kTestWindowFirst = 384;
+constexpr uint64_t kTestWindowCount = 16;
 inline uint8_t host_byte(uint64_t sector, uint64_t j) {
   return static_cast<uint8_t>((sector * 131 + j * 7 + 0x3C) & 0xFF);
 }
