@@ -86,19 +86,32 @@ Range gap_outside_windows(support::Span<const DmaWindow> ws, uint64_t limit) {
 }
 
 // A block of 2^order pages inside [lo, hi), freed by the destructor; !ok() when none is free
-// there. (The allocator hands out the highest suitable block under its limit.)
+// there. The allocator takes the highest block of the smallest order that has one under its
+// limit, which may lie below `lo`: such blocks are held (chained through their first bytes) until
+// one fits or none is left, then given back, as ktest_util::alloc_above does.
 class PagesIn {
  public:
   PagesIn(unsigned order, Range r) : order_(order) {
     if (r.hi - r.lo < (kPage << order)) return;
-    auto a = kernel_env().pfa->alloc(order, r.hi - 1);
-    if (!a.ok()) return;
-    if (a->value() < r.lo) {
-      KASSERT(kernel_env().pfa->free(*a, order).ok(), "PagesIn: freeing its own block failed");
-      return;
+    PageFrameAllocator* pfa = kernel_env().pfa;
+    constexpr uint64_t kNone = ~0ull;
+    uint64_t chain = kNone;
+    for (;;) {
+      auto a = pfa->alloc(order, r.hi - 1);
+      if (!a.ok()) break;
+      if (a->value() >= r.lo) {
+        phys_ = *a;
+        ok_ = true;
+        break;
+      }
+      *static_cast<uint64_t*>(kernel_env().phys_to_virt(*a)) = chain;
+      chain = a->value();
     }
-    phys_ = *a;
-    ok_ = true;
+    while (chain != kNone) {
+      uint64_t next = *static_cast<uint64_t*>(kernel_env().phys_to_virt(PhysAddr(chain)));
+      KASSERT(pfa->free(PhysAddr(chain), order).ok(), "PagesIn: giving a block back failed");
+      chain = next;
+    }
   }
   ~PagesIn() {
     if (ok_) KASSERT(kernel_env().pfa->free(phys_, order_).ok(), "PagesIn freed twice");
