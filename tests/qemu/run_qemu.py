@@ -22,7 +22,7 @@ NVMe controllers, each with its own image made and checked the same way ("host_n
 see NVME_SLOTS).
 With --dma-ranges (aarch64, riscv64), the machine's own device tree is dumped with the run's very
 options (-machine ...,dumpdtb=), decompiled with dtc, given a `dma-ranges` property on the PCIe
-host bridge (DMA_WINDOWS: identity windows over parts of RAM, so that memory outside them must
+host bridge (dma_windows_for: identity windows over parts of RAM, so that memory outside them must
 bounce) and recompiled; the VM boots with it (-dtb). QEMU's devices ignore dma-ranges (they DMA to
 the address they are given), hence identity windows: the kernel's choice of address is what the
 in-VM dmawin_ tests check.
@@ -260,13 +260,23 @@ def device_args(disk, nvme_images=(), iommu=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# --dma-ranges: the windows added to the PCIe host bridge, as (offset from the start of RAM, size),
-# identity (bus address = CPU address). The first holds the kernel image and the bounce pool
+# --dma-ranges: the windows added to the PCIe host bridge, identity (bus address = CPU address).
+# The first covers the start of RAM: the kernel image and the bounce pool
 # testkernel/kernel_main.cc places lowest in RAM (at or above 256 MiB physical: on these machines
-# RAM starts at 1 GiB / 2 GiB, so right above the kernel), and leaves room there for coherent
-# memory; the second, disjoint, lies in the middle of RAM (only when RAM is large enough), so that
-# a buffer there maps direct through it while one between the windows bounces into the first.
-DMA_WINDOWS = [(0, 256 << 20), ("half", 64 << 20)]
+# RAM starts at 1 GiB / 2 GiB, so right above the kernel), with room left for coherent memory.
+# The second, disjoint from it, lies in the middle of RAM when RAM is large enough, so that a
+# buffer there maps direct through it while one between the windows bounces into the first.
+def dma_windows_for(ram_size):
+    """[(offset from the start of RAM, size)] for a RAM of `ram_size` bytes."""
+    mib = 1 << 20
+    first = min(256 * mib, (ram_size // 4) & ~(2 * mib - 1))
+    windows = [(0, first)]
+    half = (ram_size // 2) & ~(2 * mib - 1)
+    if half >= first + 64 * mib and half + 64 * mib <= ram_size:
+        windows.append((half, 64 * mib))
+    return windows
+
+
 DMA_RANGES_ARCHES = ("aarch64", "riscv64")
 
 
@@ -303,8 +313,8 @@ def dts_cells(value):
 
 
 def add_dma_ranges(dts_text):
-    """Returns (new text, description): `dts_text` with a dma-ranges property on the enabled
-    pci-host-ecam-generic node, identity windows over DMA_WINDOWS of the first RAM range."""
+    """Returns (new text, description): `dts_text` with a dma-ranges property on the first
+    pci-host-ecam-generic node, identity windows (dma_windows_for) over the lowest RAM range."""
     lines = dts_text.split("\n")
     nodes = dts_nodes(lines)
     by_path = {n[0]: n for n in nodes}
@@ -345,11 +355,7 @@ def add_dma_ranges(dts_text):
 
     entries = []
     windows = []
-    for off, size in DMA_WINDOWS:
-        if off == "half":
-            off = (ram_size // 2) & ~((2 << 20) - 1)
-        if off + size > ram_size or (off != 0 and off < DMA_WINDOWS[0][1]):
-            continue  # Too little RAM for this window.
+    for off, size in dma_windows_for(ram_size):
         base = ram_base + off
         # phys.hi: 32-bit or 64-bit memory space, by where the bus address lies.
         space = 0x02000000 if base + size <= (1 << 32) else 0x03000000
@@ -681,7 +687,7 @@ def main():
                         "iommu=on to the kernel")
     p.add_argument("--dma-ranges", action="store_true",
                    help="(aarch64, riscv64) boot with the machine's device tree plus a "
-                        "dma-ranges on the PCIe host bridge (DMA_WINDOWS; needs dtc)")
+                        "dma-ranges on the PCIe host bridge (dma_windows_for; needs dtc)")
     p.add_argument("--objdump", default="", help="objdump binary: check the cache instructions")
     p.add_argument("--log", default="", help="log file (default: next to the kernel)")
     p.add_argument("--debug", action="store_true",
