@@ -53,6 +53,9 @@ QEMU_EXTRA ?=
 QEMU_TIMEOUT ?= 120
 # 1: the machine gets its IOMMU (SMMUv3 / RISC-V IOMMU / VT-d) and the kernel is told iommu=on.
 QEMU_IOMMU ?= 0
+# 1 (aarch64, riscv64): the PCIe host bridge gets dma-ranges (identity windows over parts of RAM,
+# tests/qemu/run_qemu.py --dma-ranges), so the devices bounce whatever lies outside them.
+QEMU_DMA_RANGES ?= 0
 LLVM_VER ?= 19
 
 HOST_CXX := clang++-$(LLVM_VER)
@@ -307,7 +310,8 @@ QEMU_APPEND ?=
 RUN_QEMU := python3 tests/qemu/run_qemu.py --arch $(ARCH) --kernel $(KERNEL_ELF) \
             --mem $(QEMU_MEM) --smp $(QEMU_SMP) --timeout $(QEMU_TIMEOUT) \
             --extra '$(QEMU_EXTRA)' --append '$(QEMU_APPEND)' \
-            $(if $(filter 1,$(QEMU_IOMMU)),--iommu)
+            $(if $(filter 1,$(QEMU_IOMMU)),--iommu) \
+            $(if $(filter 1,$(QEMU_DMA_RANGES)),--dma-ranges)
 
 # The flags of the last build in $(KDIR): rewritten (so newer than every object) only when they
 # change, so that `make lib RISCV_ABI=lp64d` after an lp64 build, or DEBUG_INFO=0 after a build

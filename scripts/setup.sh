@@ -27,7 +27,7 @@ if [ "$mode" = lib ]; then
   PKGS_BP=(clang-19 lld-19 llvm-19)
 else
   PKGS_MAIN=(make python3 valgrind gnuplot-nox libgtest-dev libbenchmark-dev clang-format-19 clang-tidy-19
-    util-linux xxd g++)
+    util-linux xxd g++ device-tree-compiler)
   PKGS_BP=(clang-19 lld-19 llvm-19 libclang-rt-19-dev qemu-system-arm qemu-system-misc qemu-system-x86
     qemu-system-riscv opensbi qemu-system-data)
 fi

@@ -3,9 +3,9 @@
 # C API from a C program (make test-capi), the library builds of every arch and ABI
 # (scripts/check_lib.sh: no floating point, the ABI flags, debug info, a test link), the kernel
 # contract (scripts/check_contract.sh: exactly the symbols of include/dmakit/kernel_contract.h,
-# the minimal bring-ups linked with no start-up code), then every architecture under QEMU, last
-# with its IOMMU on (QEMU_IOMMU=1). Each
-# part prints its own "N passed, N failed" line; this adds them up and ends with one line for
+# the minimal bring-ups linked with no start-up code), then every architecture under QEMU, then
+# with its IOMMU on (QEMU_IOMMU=1), last aarch64 and riscv64 with dma-ranges (QEMU_DMA_RANGES=1).
+# Each part prints its own "N passed, N failed" line; this adds them up and ends with one line for
 # the whole run.
 # A part that crashes or prints no summary counts as one failure.
 set -uo pipefail
@@ -82,6 +82,14 @@ done
 for a in $ARCHES; do
   run_part "qemu-$a-iommu" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP="$QEMU_SMP" \
     QEMU_IOMMU=1
+done
+# The device-tree machines with dma-ranges on their PCIe host bridge (QEMU_DMA_RANGES=1: identity
+# windows over parts of RAM, tests/qemu/run_qemu.py --dma-ranges): only the dmawin_ tests, which
+# need the windows (buffers outside them bounce, coherent memory comes from inside them).
+for a in $ARCHES; do
+  case $a in aarch64 | riscv64) ;; *) continue ;; esac
+  run_part "qemu-$a-dmawin" $MAKE --no-print-directory test-qemu ARCH="$a" QEMU_SMP=2 \
+    QEMU_DMA_RANGES=1 QEMU_APPEND=ktest=dmawin
 done
 
 [ "$total_fail" -ne 0 ] && status=1

@@ -7,7 +7,6 @@
 #include "drivers/edu/edu_device.h"
 #include "drivers/virtio/virtio_blk.h"
 #include "testkernel/devices.h"
-#include "testkernel/iommu.h"
 #include "testkernel/kprintf.h"
 
 namespace {
@@ -68,7 +67,7 @@ bool edu_demo(const KernelEnv& env, Devices& devs) {
     return false;
   }
   EduDevice edu;
-  DeviceDma dma(iommu::dma_op_for(e->dev), e->dma_mask);
+  DeviceDma dma = devs.device_dma(e->dev, e->dma_mask);
   dma.set_name("edu");
   auto r = edu.init(e->dev, dma);
   if (!r.ok()) {
@@ -119,7 +118,7 @@ bool edu_demo(const KernelEnv& env, Devices& devs) {
   const Devices::Edu* e28 = devs.edu_with_mask(Devices::kEduDefaultMask);
   if (e28 != nullptr) {
     EduDevice edu28;
-    DeviceDma dma28(iommu::dma_op_for(e28->dev), e28->dma_mask);
+    DeviceDma dma28 = devs.device_dma(e28->dev, e28->dma_mask);
     dma28.set_name("edu-28bit");
     auto block28 = pages_above(env, 0, e28->dma_mask);
     if (block28.ok() && edu28.init(e28->dev, dma28).ok()) {
@@ -155,7 +154,7 @@ bool blk_demo(const KernelEnv& env, Devices& devs) {
     return false;
   }
   VirtioBlk blk;
-  DeviceDma dma(iommu::dma_op_for(devs.virtio_blk()), ~0ull);
+  DeviceDma dma = devs.device_dma(devs.virtio_blk(), ~0ull);
   dma.set_name("virtio-blk");
   auto r = blk.init(devs.virtio_blk(), dma);
   if (!r.ok()) {

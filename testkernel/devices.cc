@@ -6,6 +6,12 @@
 //   ranges     -- windows: child address (3 cells: phys.hi flags with the space code in bits
 //                 25:24 -- 1 I/O, 2 32-bit memory, 3 64-bit memory -- and prefetchable in bit 30;
 //                 then the 64-bit bus address), parent (CPU) address, size.
+//   dma-ranges -- the bridge's DMA windows (Fdt::dma_ranges; on the node or an ancestor bus): which
+//                 physical memory a device below the bridge reaches at which bus address. None
+//                 (the QEMU default) means the device reaches all of memory at its physical
+//                 address. A dma-ranges the kernel cannot read is reported and ignored, as if
+//                 absent: the devices still work where memory is identity-mapped, which is the
+//                 best guess left.
 // Without a device tree (x86_64): arch::pci_host_fallback() describes the q35 host bridge.
 //
 // The bridge's "dma-coherent" flag is reported but not applied: the DeviceDma objects keep the
@@ -75,7 +81,38 @@ struct HostDesc {
   size_t num_windows = 0;
   bool dma_coherent = false;
   const char* source = "";
+  DmaWindow dma_windows[kMaxDmaWindows];
+  size_t num_dma_windows = 0;  // How many were kept (at most kMaxDmaWindows).
+  size_t dt_dma_windows = 0;   // How many the device tree has.
+  ErrorCode dma_ranges_error = ErrorCode::kOk;
 };
+
+// A window whose CPU or bus range runs past 2^64 (DeviceDma::set_dma_windows refuses it).
+bool window_wraps(const DmaWindow& w) {
+  return w.cpu_base.value() + (w.size - 1) < w.cpu_base.value() ||
+         w.dma_base.value() + (w.size - 1) < w.dma_base.value();
+}
+
+// The bridge's dma-ranges into `d`; kNotFound is "no windows", any other error is kept in
+// d->dma_ranges_error (reported, the windows ignored).
+void dma_ranges_from_fdt(const Fdt& fdt, FdtNode bridge, HostDesc* d) {
+  auto n = fdt.dma_ranges(bridge, d->dma_windows, kMaxDmaWindows);
+  if (!n.ok()) {
+    if (n.code() != ErrorCode::kNotFound) d->dma_ranges_error = n.code();
+    return;
+  }
+  size_t kept = *n < kMaxDmaWindows ? *n : kMaxDmaWindows;
+  for (size_t i = 0; i < kept; ++i) {
+    if (window_wraps(d->dma_windows[i])) {
+      d->dma_ranges_error = ErrorCode::kInvalidArgument;
+      return;
+    }
+  }
+  // Beyond kMaxDmaWindows the rest are dropped: a device then reaches less memory than the tree
+  // says and bounces more, which is safe.
+  d->dt_dma_windows = *n;
+  d->num_dma_windows = kept;
+}
 
 Result<HostDesc> host_from_fdt(const Fdt& fdt) {
   FdtNode n;
@@ -103,6 +140,7 @@ Result<HostDesc> host_from_fdt(const Fdt& fdt) {
     d.bus_end = static_cast<uint8_t>(d.bus_start + ecam_buses - 1);
   }
   d.dma_coherent = fdt.has_prop(n, "dma-coherent");
+  dma_ranges_from_fdt(fdt, n, &d);
 
   FdtProp ranges = fdt.prop(n, "ranges");
   uint32_t child_cells = fdt.address_cells(n);
@@ -272,6 +310,7 @@ void Devices::print_report() const {
     kprintf("; config through ports 0xCF8/0xCFC");
   }
   kprintf("%s\n", dt_dma_coherent_ ? "; dma-coherent in the device tree" : "");
+  print_dma_ranges();
   for (size_t i = 0; i < pci_.num_windows(); ++i) {
     const PciWindow& w = pci_.window(i);
     kprintf("  window %-5s%s cpu 0x%llx -> bus 0x%llx, %s\n", window_kind_name(w.kind),
@@ -327,6 +366,10 @@ Result<void> Devices::init(const KernelEnv& env) {
   source_ = host.source;
   ecam_ = host.ecam;
   dt_dma_coherent_ = host.dma_coherent;
+  for (size_t i = 0; i < host.num_dma_windows; ++i) dma_windows_[i] = host.dma_windows[i];
+  num_dma_windows_ = host.num_dma_windows;
+  dt_dma_windows_ = host.dt_dma_windows;
+  dma_ranges_error_ = host.dma_ranges_error;
 
   const char* cmdline =
       env.boot != nullptr && env.boot->cmdline != nullptr ? env.boot->cmdline : "";
@@ -354,6 +397,45 @@ Result<void> Devices::init(const KernelEnv& env) {
 
 DmaOp* Devices::dma_op(const PciDevice* dev) const {
   return iommu::dma_op_for(dev);
+}
+
+DeviceDma Devices::device_dma(const PciDevice* dev, uint64_t dma_mask) const {
+  DeviceDma dma(dma_op(dev), dma_mask);
+  // Behind an IOMMU domain the device's DMA addresses are I/O virtual addresses that the domain
+  // allocates and translates itself; the bridge's windows describe which physical memory a bus
+  // address reaches without translation, so they do not apply to the domain's mappings. (Where
+  // the windows also limit the bus addresses a device may emit, the domain's I/O virtual
+  // addresses would have to avoid the gaps between them, as Linux reserves them in its DMA
+  // domains; this kernel's domains do not, and QEMU's IOMMUs translate every address.)
+  if (num_dma_windows_ != 0 && iommu::domain_of(iommu::bdf_of(dev)) == nullptr) {
+    auto r = dma.set_dma_windows(dma_windows_, num_dma_windows_);
+    // The windows were checked at init (none empty, none wrapping, at most kMaxDmaWindows).
+    KASSERT(r.ok(), "the bridge's DMA windows were refused");
+  }
+  return dma;
+}
+
+void Devices::print_dma_ranges() const {
+  if (dma_ranges_error_ != ErrorCode::kOk) {
+    kprintf("pci: dma-ranges: not used (%s)\n", error_code_name(dma_ranges_error_));
+    return;
+  }
+  if (num_dma_windows_ == 0) {
+    kprintf("pci: dma-ranges: none\n");
+    return;
+  }
+  kprintf("pci: dma-ranges: %zu window%s", num_dma_windows_, num_dma_windows_ == 1 ? "" : "s");
+  if (dt_dma_windows_ > num_dma_windows_) kprintf(" (of %zu in the device tree)", dt_dma_windows_);
+  kprintf("\n");
+  char sz[32];
+  for (size_t i = 0; i < num_dma_windows_; ++i) {
+    const DmaWindow& w = dma_windows_[i];
+    kprintf("  dma window cpu [0x%llx, 0x%llx) -> bus 0x%llx, %s\n",
+            static_cast<unsigned long long>(w.cpu_base.value()),
+            static_cast<unsigned long long>(w.cpu_base.value() + w.size),
+            static_cast<unsigned long long>(w.dma_base.value()),
+            format_size(sz, sizeof(sz), w.size));
+  }
 }
 
 Result<Devices*> devices_init(const KernelEnv& env) {

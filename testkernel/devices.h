@@ -11,7 +11,9 @@
 // devices; it is not safe to race with itself.
 #pragma once
 
+#include "dmakit/device_dma.h"
 #include "dmakit/support/result.h"
+#include "dmakit/support/span.h"
 #include "drivers/pci/pci_host_bridge.h"
 #include "testkernel/kernel_env.h"
 
@@ -66,6 +68,28 @@ class Devices {
   // translates it (testkernel/iommu.h), else the platform's. Any context.
   DmaOp* dma_op(const PciDevice* dev) const;
 
+  // The host bridge's DMA windows: its device-tree "dma-ranges" (Fdt::dma_ranges, read on the
+  // bridge node or inherited from an ancestor bus), at most kMaxDmaWindows of them. Empty when
+  // there is none (QEMU's virt machines, x86_64 without a device tree), when the property is
+  // empty (identity), or when it could not be used (dma_ranges_error() says why). The storage
+  // lives as long as the kernel, so DeviceDma objects may point at it.
+  support::Span<const DmaWindow> dma_windows() const {
+    return support::Span<const DmaWindow>(dma_windows_, num_dma_windows_);
+  }
+  // Why the bridge's dma-ranges were not used (kOk when they were, or when there are none):
+  // Fdt::dma_ranges's errors, or kInvalidArgument for a window that wraps.
+  ErrorCode dma_ranges_error() const { return dma_ranges_error_; }
+  // Prints the one line of the report about the bridge's dma-ranges ("pci: dma-ranges: 2 windows"
+  // then one line per window, "none", or "not used (reason)").
+  void print_dma_ranges() const;
+
+  // The DeviceDma every driver of a function on this bridge starts from: the op from the IOMMU
+  // glue (dma_op) with `dma_mask` as both masks, and, when the device has no IOMMU domain, the
+  // bridge's DMA windows (dma_windows). The caller may adjust it further (name, coherence) before
+  // handing it to its driver. Precondition: dev is one of this bridge's functions; dma_mask != 0.
+  // Ownership: the result points at this object's windows, which outlive it. Any context.
+  DeviceDma device_dma(const PciDevice* dev, uint64_t dma_mask) const;
+
   // Prints the host bridge, its windows and every function with its BARs.
   void print_report() const;
 
@@ -77,6 +101,11 @@ class Devices {
   const char* source_ = "";
   PhysRange ecam_;
   bool dt_dma_coherent_ = false;
+  DmaWindow dma_windows_[kMaxDmaWindows];
+  size_t num_dma_windows_ = 0;
+  // How many entries the bridge's dma-ranges has (may exceed kMaxDmaWindows).
+  size_t dt_dma_windows_ = 0;
+  ErrorCode dma_ranges_error_ = ErrorCode::kOk;
   Edu edu_[kMaxEdu];
   size_t num_edu_ = 0;
   PciDevice* virtio_blk_ = nullptr;
@@ -99,6 +128,9 @@ constexpr uint64_t kTestBounceFirst = 128;
 constexpr uint64_t kTestBounceCount = 16;
 constexpr uint64_t kDemoFirst = 256;
 constexpr uint64_t kDemoCount = 8;
+// Written by the dmawin_ tests (a run with dma-ranges, run_qemu.py --dma-ranges).
+constexpr uint64_t kTestWindowFirst = 384;
+constexpr uint64_t kTestWindowCount = 16;
 inline uint8_t host_byte(uint64_t sector, uint64_t j) {
   return static_cast<uint8_t>((sector * 131 + j * 7 + 0x3C) & 0xFF);
 }

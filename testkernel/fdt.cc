@@ -379,6 +379,11 @@ Result<PhysRange> Fdt::reg(FdtNode n, size_t index) const {
   return r;
 }
 
+bool Fdt::is_pci_bus(FdtNode n) const {
+  const char* dt = prop_string(n, "device_type");
+  return dt != nullptr && (kstr::equal(dt, "pci") || kstr::equal(dt, "pciex"));
+}
+
 Result<size_t> Fdt::dma_ranges(FdtNode n, DmaWindow* out, size_t max) const {
   FdtNode bus = n;
   FdtProp p;
@@ -392,7 +397,17 @@ Result<size_t> Fdt::dma_ranges(FdtNode n, DmaWindow* out, size_t max) const {
   uint32_t child_ac = address_cells(bus);
   uint32_t parent_ac = par.valid() ? address_cells(par) : child_ac;
   uint32_t sc = size_cells(bus);
-  if (child_ac > 2 || parent_ac > 2 || sc > 2 || sc == 0) return ErrorCode::kNotSupported;
+  // A PCI bus address is three cells: phys.hi (space code, prefetchable and relocatable flags),
+  // then the 64-bit bus address. The DMA address is the low two; phys.hi says which address space
+  // the device targets, and only memory space is ever DMA'd to, so it is skipped (as Linux's
+  // of_dma_get_range does). Three cells on any other bus have no known meaning.
+  uint32_t skip = 0;
+  if (child_ac == 3 && is_pci_bus(bus)) {
+    skip = 1;
+  } else if (child_ac > 2) {
+    return ErrorCode::kNotSupported;
+  }
+  if (parent_ac > 2 || sc > 2 || sc == 0) return ErrorCode::kNotSupported;
   uint32_t entry = 4 * (child_ac + parent_ac + sc);
   if (p.len % entry != 0) return ErrorCode::kInvalidArgument;
   size_t count = p.len / entry;
@@ -404,7 +419,7 @@ Result<size_t> Fdt::dma_ranges(FdtNode n, DmaWindow* out, size_t max) const {
   }
   for (size_t i = 0; i < count && i < max; ++i) {
     const uint8_t* e = p.data + i * entry;
-    out[i].dma_base = DmaAddr(read_cells(e, child_ac));
+    out[i].dma_base = DmaAddr(read_cells(e + 4 * skip, child_ac - skip));
     out[i].cpu_base = PhysAddr(read_cells(e + 4 * child_ac, parent_ac));
     out[i].size = read_cells(e + 4 * (child_ac + parent_ac), sc);
   }

@@ -118,11 +118,18 @@ class Fdt {
   // child address, the device's; cpu_base = parent address, taken as physical: one level of
   // translation, as on QEMU's virt machines and the Raspberry Pi 4's SoC bus). Child addresses use
   // the bus node's #address-cells, parent addresses its parent's, lengths the bus node's
-  // #size-cells. Writes at most `max`; returns how many entries exist (an empty "dma-ranges",
+  // #size-cells. A PCI bus (is_pci_bus: a host bridge such as the Raspberry Pi 4's
+  // pcie@7d500000 or QEMU's pcie@10000000) has 3-cell child addresses, phys.hi then the 64-bit bus
+  // address: dma_base is the bus address and phys.hi (the space code and flags) is not
+  // interpreted. Writes at most `max`; returns how many entries exist (an empty "dma-ranges",
   // identity, gives 0). Errors: kNotFound (no dma-ranges on the path to the root), kNotSupported
-  // (more than 2 cells per number), kInvalidArgument (length not a multiple of an entry, or an
-  // entry of length 0).
+  // (more than 2 cells per number, except a PCI bus's 3-cell child address), kInvalidArgument
+  // (length not a multiple of an entry, or an entry of length 0).
   Result<size_t> dma_ranges(FdtNode n, DmaWindow* out, size_t max) const;
+  // Whether `n` is a PCI bus: its device_type is "pci" (the PCI bus binding) or "pciex" (the PCI
+  // Express spelling some older trees use). The node's #address-cells alone does not say: other
+  // buses may use 3 cells with another meaning.
+  bool is_pci_bus(FdtNode n) const;
 
   // Reads `cells` (1 or 2; 0 yields 0) big-endian cells at `p`.
   static uint64_t read_cells(const uint8_t* p, uint32_t cells);

@@ -278,7 +278,7 @@ KTEST(coherent_data_written_uncached_is_in_memory) {
   Baseline b = Baseline::now();
   KREQUIRE_TRUE(b.uncached_live == 0);
   {
-    DeviceDma dma(iommu::dma_op_for(e->dev), kMask32);
+    DeviceDma dma = (*d)->device_dma(e->dev, kMask32);
     dma.set_name("edu-uncached");
     dma.set_coherent(false);
     EduDevice edu;

@@ -172,7 +172,7 @@ Result<void> bind_edu(EduDevice* edu, uint64_t mask) {
   if (d == nullptr) return ErrorCode::kNotFound;
   const Devices::Edu* e = d->edu_with_mask(mask);
   if (e == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(iommu::dma_op_for(e->dev), e->dma_mask);
+  DeviceDma dma = d->device_dma(e->dev, e->dma_mask);
   dma.set_name(mask == kMask32 ? "edu-32bit-irq" : "edu-28bit-irq");
   return edu->init(e->dev, dma);
 }
@@ -246,7 +246,7 @@ namespace {
 Result<void> bind_blk_irq(VirtioBlk* blk) {
   Devices* d = devices();
   if (d == nullptr || d->virtio_blk() == nullptr) return ErrorCode::kNotFound;
-  DeviceDma dma(iommu::dma_op_for(d->virtio_blk()), ~0ull);
+  DeviceDma dma = d->device_dma(d->virtio_blk(), ~0ull);
   dma.set_name("virtio-blk-irq");
   return blk->init(d->virtio_blk(), dma, VirtioBlk::Completion::kInterrupt, 0);
 }

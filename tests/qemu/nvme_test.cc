@@ -134,7 +134,7 @@ Result<void> bind(NvmeController* c, size_t idx, uint64_t mask,
                   NvmeController::Completion completion, unsigned cpu) {
   Devices* d = devices();
   if (d == nullptr || d->num_nvme() <= idx) return ErrorCode::kNotFound;
-  DeviceDma dma(iommu::dma_op_for(d->nvme(idx)), mask);
+  DeviceDma dma = d->device_dma(d->nvme(idx), mask);
   dma.set_name(idx == 0 ? "nvme0" : "nvme1");
   return c->init(d->nvme(idx), dma, completion, cpu);
 }

@@ -20,6 +20,12 @@ made fresh next to the kernel before each boot (disk-<mode>.img, a known pattern
 the host side afterwards; that check counts as one more test ("host_disk_image_check"); and two
 NVMe controllers, each with its own image made and checked the same way ("host_nvme<c>_image_check",
 see NVME_SLOTS).
+With --dma-ranges (aarch64, riscv64), the machine's own device tree is dumped with the run's very
+options (-machine ...,dumpdtb=), decompiled with dtc, given a `dma-ranges` property on the PCIe
+host bridge (dma_windows_for: identity windows over parts of RAM, so that memory outside them must
+bounce) and recompiled; the VM boots with it (-dtb). QEMU's devices ignore dma-ranges (they DMA to
+the address they are given), hence identity windows: the kernel's choice of address is what the
+in-VM dmawin_ tests check.
 With --objdump, the kernel ELF is disassembled first and the arch's DmaOp cache-maintenance
 methods must contain the expected instructions; that check counts as one more test.
 In test mode the last line printed is the summary "N passed, M failed" (guest tests plus the
@@ -253,6 +259,154 @@ def device_args(disk, nvme_images=(), iommu=False):
     return args, "edu_mask=" + masks
 
 
+# ---------------------------------------------------------------------------------------------
+# --dma-ranges: the windows added to the PCIe host bridge, identity (bus address = CPU address).
+# The first covers the start of RAM: the kernel image and the bounce pool
+# testkernel/kernel_main.cc places lowest in RAM (at or above 256 MiB physical: on these machines
+# RAM starts at 1 GiB / 2 GiB, so right above the kernel), with room left for coherent memory.
+# The second, disjoint from it, lies in the middle of RAM when RAM is large enough, so that a
+# buffer there maps direct through it while one between the windows bounces into the first.
+def dma_windows_for(ram_size):
+    """[(offset from the start of RAM, size)] for a RAM of `ram_size` bytes."""
+    mib = 1 << 20
+    first = min(256 * mib, (ram_size // 4) & ~(2 * mib - 1))
+    windows = [(0, first)]
+    half = (ram_size // 2) & ~(2 * mib - 1)
+    if half >= first + 64 * mib and half + 64 * mib <= ram_size:
+        windows.append((half, 64 * mib))
+    return windows
+
+
+DMA_RANGES_ARCHES = ("aarch64", "riscv64")
+
+
+def dts_nodes(lines):
+    """Parses dtc's output: yields (path, first line index, props {name: value text}, parent
+    path) for every node. dtc prints one node opening ("name {") or property per line."""
+    stack = []  # [path, first line, props]
+    nodes = []
+    for i, raw in enumerate(lines):
+        line = raw.strip()
+        if line.endswith("{"):
+            name = line[:-1].strip()
+            if ":" in name:  # A label ("intc: interrupt-controller@...").
+                name = name.split(":", 1)[1].strip()
+            parent = stack[-1][0] if stack else None
+            path = "/" if name == "/" else (parent.rstrip("/") + "/" + name)
+            stack.append([path, i, {}, parent])
+        elif line == "};":
+            if stack:
+                nodes.append(tuple(stack.pop()))
+        elif stack and line.endswith(";"):
+            body = line[:-1]
+            if "=" in body:
+                k, v = body.split("=", 1)
+                stack[-1][2][k.strip()] = v.strip()
+            else:
+                stack[-1][2][body.strip()] = ""
+    return nodes
+
+
+def dts_cells(value):
+    """'<0x02 0x40000000>' -> [2, 0x40000000]."""
+    return [int(x, 0) for x in value.strip("<>").split()]
+
+
+def add_dma_ranges(dts_text):
+    """Returns (new text, description): `dts_text` with a dma-ranges property on the first
+    pci-host-ecam-generic node, identity windows (dma_windows_for) over the lowest RAM range."""
+    lines = dts_text.split("\n")
+    nodes = dts_nodes(lines)
+    by_path = {n[0]: n for n in nodes}
+
+    def cells(path, prop, default):
+        n = by_path.get(path)
+        if n is None or prop not in n[2]:
+            return default
+        return dts_cells(n[2][prop])[0]
+
+    ram = []
+    for path, _, props, parent in nodes:
+        if props.get("device_type") == '"memory"' and "reg" in props and parent == "/":
+            ac, sc = cells("/", "#address-cells", 2), cells("/", "#size-cells", 1)
+            reg = dts_cells(props["reg"])
+            for j in range(0, len(reg) - ac - sc + 1, ac + sc):
+                base = sum(c << (32 * (ac - 1 - k)) for k, c in enumerate(reg[j:j + ac]))
+                size = sum(c << (32 * (sc - 1 - k)) for k, c in enumerate(reg[j + ac:j + ac + sc]))
+                ram.append((base, size))
+    if not ram:
+        raise RuntimeError("no memory node in the machine's device tree")
+    ram.sort()
+    ram_base, ram_size = ram[0]
+    bridge = [n for n in nodes if '"pci-host-ecam-generic"' in n[2].get("compatible", "")]
+    if not bridge:
+        raise RuntimeError("no pci-host-ecam-generic node in the machine's device tree")
+    path, first, props, parent = bridge[0]
+    if "dma-ranges" in props:
+        raise RuntimeError("%s already has dma-ranges" % path)
+    child_ac = cells(path, "#address-cells", 2)
+    parent_ac = cells(parent, "#address-cells", 2)
+    sc = cells(path, "#size-cells", 1)
+    if child_ac != 3 or parent_ac not in (1, 2) or sc not in (1, 2):
+        raise RuntimeError("%s: unexpected cell counts %d/%d/%d" % (path, child_ac, parent_ac, sc))
+
+    def split(v, n):
+        return ["0x%x" % ((v >> (32 * (n - 1 - k))) & 0xFFFFFFFF) for k in range(n)]
+
+    entries = []
+    windows = []
+    for off, size in dma_windows_for(ram_size):
+        base = ram_base + off
+        # phys.hi: 32-bit or 64-bit memory space, by where the bus address lies.
+        space = 0x02000000 if base + size <= (1 << 32) else 0x03000000
+        entries.append(" ".join(["0x%x" % space] + split(base, 2) + split(base, parent_ac) +
+                                split(size, sc)))
+        windows.append((base, size))
+    indent = lines[first][:len(lines[first]) - len(lines[first].lstrip())] + "\t"
+    lines.insert(first + 1, "%sdma-ranges = <%s>;" % (indent, " ".join(entries)))
+    desc = "%s: %s" % (path, ", ".join("[0x%x, 0x%x)" % (b, b + s) for b, s in windows))
+    return "\n".join(lines), desc
+
+
+def make_dma_ranges_dtb(cmd, work_dir):
+    """Dumps the device tree of the machine `cmd` starts, adds the dma-ranges and compiles it.
+    Returns (path of the .dtb, description). Raises RuntimeError on any failure."""
+    raw = os.path.join(work_dir, "machine.dtb")
+    edited_dts = os.path.join(work_dir, "machine-dma-ranges.dts")
+    out = os.path.join(work_dir, "machine-dma-ranges.dtb")
+    dump = list(cmd)
+    i = dump.index("-M") + 1
+    dump[i] += ",dumpdtb=" + raw
+    for path in (raw, out):
+        if os.path.exists(path):
+            os.remove(path)
+    try:
+        r = subprocess.run(dump, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60, check=False)
+        if not os.path.isfile(raw):
+            raise RuntimeError("QEMU did not dump its device tree (exit %d): %s" % (
+                r.returncode, r.stdout.decode("utf-8", "replace").strip()[-300:]))
+        dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts", raw], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, timeout=60, check=False, text=True)
+        if dts.returncode != 0:
+            raise RuntimeError("dtc could not decompile %s: %s" % (raw, dts.stderr.strip()[:300]))
+        text, desc = add_dma_ranges(dts.stdout)
+        with open(edited_dts, "w", encoding="utf-8") as f:
+            f.write(text)
+        dtb = subprocess.run(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", out, edited_dts],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                             check=False, text=True)
+        if dtb.returncode != 0:
+            raise RuntimeError("dtc could not compile %s: %s" % (edited_dts,
+                                                                 dtb.stderr.strip()[:300]))
+    except OSError as e:
+        raise RuntimeError("cannot run %s: %s (install device-tree-compiler: scripts/setup.sh)" % (
+            e.filename or "dtc", e))
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError("%s timed out" % e.cmd[0])
+    return out, desc
+
+
 def decode_exit(kind, status):
     """Returns (passed, description) for QEMU's exit status under the arch's convention."""
     if kind == "semihosting":
@@ -363,6 +517,16 @@ def run(args):
     guest_ranges = []
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
                         args.append, disk, args.iommu, nvme_images)
+    if args.dma_ranges:
+        try:
+            dtb, desc = make_dma_ranges_dtb(cmd, os.path.dirname(os.path.abspath(args.kernel)))
+        except RuntimeError as e:
+            print("run_qemu: --dma-ranges: %s" % e, flush=True)
+            if args.mode == "test":
+                print("0 passed, 1 failed", flush=True)
+            return 1
+        print("run_qemu: dma-ranges on %s" % desc, flush=True)
+        cmd += ["-dtb", dtb]
     print("run_qemu: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
 
     failures = []
@@ -521,6 +685,9 @@ def main():
     p.add_argument("--iommu", action="store_true",
                    help="give the machine its IOMMU (SMMUv3, RISC-V IOMMU, VT-d) and pass "
                         "iommu=on to the kernel")
+    p.add_argument("--dma-ranges", action="store_true",
+                   help="(aarch64, riscv64) boot with the machine's device tree plus a "
+                        "dma-ranges on the PCIe host bridge (dma_windows_for; needs dtc)")
     p.add_argument("--objdump", default="", help="objdump binary: check the cache instructions")
     p.add_argument("--log", default="", help="log file (default: next to the kernel)")
     p.add_argument("--debug", action="store_true",
@@ -530,6 +697,12 @@ def main():
     args = p.parse_args()
     if not os.path.isfile(args.kernel):
         print("run_qemu: no kernel at %s" % args.kernel, flush=True)
+        if args.mode == "test":
+            print("0 passed, 1 failed", flush=True)
+        return 1
+    if args.dma_ranges and args.arch not in DMA_RANGES_ARCHES:
+        print("run_qemu: --dma-ranges needs a device-tree machine (%s), not %s" % (
+            ", ".join(DMA_RANGES_ARCHES), args.arch), flush=True)
         if args.mode == "test":
             print("0 passed, 1 failed", flush=True)
         return 1
@@ -549,6 +722,14 @@ def debug(args):
     make_nvme_images(nvme_images)
     cmd = build_command(args.arch, args.kernel, args.mode, args.mem, args.smp, args.extra,
                         args.append, disk, args.iommu, nvme_images)
+    if args.dma_ranges:
+        try:
+            dtb, desc = make_dma_ranges_dtb(cmd, os.path.dirname(os.path.abspath(args.kernel)))
+        except RuntimeError as e:
+            print("run_qemu: --dma-ranges: %s" % e, flush=True)
+            return 1
+        print("run_qemu: dma-ranges on %s" % desc, flush=True)
+        cmd += ["-dtb", dtb]
     cmd += ["-S", "-gdb", "tcp::%d" % args.gdb_port]
     gdb = ["gdb-multiarch", "-q", "-ex", "set architecture %s" % GDB_ARCH[args.arch],
            "-ex", "target remote :%d" % args.gdb_port, os.path.abspath(args.kernel)]

@@ -7,7 +7,6 @@
 #include "drivers/edu/edu_device.h"
 #include "testkernel/arch.h"
 #include "testkernel/devices.h"
-#include "testkernel/iommu.h"
 #include "testkernel/kernel_env.h"
 #include "testkernel/kprintf.h"
 #include "testkernel/percpu.h"
@@ -57,7 +56,7 @@ KTEST(smp_irq_edu_msi_steered_to_every_cpu_completes_there) {
   for (unsigned cpu = 0; cpu < num_cpus(); ++cpu) {
     if (!cpu_online(cpu)) continue;
     EduDevice edu;
-    DeviceDma dma(iommu::dma_op_for(e->dev), e->dma_mask);
+    DeviceDma dma = d->device_dma(e->dev, e->dma_mask);
     dma.set_name("edu-smp-irq");
     KREQUIRE_OK(edu.init(e->dev, dma));
     KREQUIRE_OK(edu.enable_interrupts(cpu));

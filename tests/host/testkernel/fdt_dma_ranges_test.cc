@@ -1,6 +1,6 @@
 // The test kernel's dma-ranges parsing (Fdt::dma_ranges, issue 15 item 3) on a device tree blob
 // built here by hand: several windows with different cell counts, inheritance from the bus, an
-// empty (identity) property, and malformed ones.
+// empty (identity) property, malformed ones, and PCI host bridges (3-cell child addresses).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -24,6 +24,9 @@ class FdtBuilder {
     std::vector<uint8_t> v;
     for (uint32_t c : cells) u32(&v, c);
     prop_bytes(name, v);
+  }
+  void prop_string(const char* name, const char* value) {
+    prop_bytes(name, std::vector<uint8_t>(value, value + std::strlen(value) + 1));
   }
   void prop_bytes(const char* name, const std::vector<uint8_t>& v) {
     u32(&structure_, 3);
@@ -117,9 +120,36 @@ class FdtDmaRangesTest : public testing::Test {
     b.prop("dma-ranges", {0x0, 0x0, 0x4000'0000, 0x0});
     b.end_node();
     b.begin_node("wide");
+    b.prop("#address-cells", {4});
+    b.prop("#size-cells", {2});
+    b.prop("dma-ranges", {0, 0, 0, 0, 0, 0, 0, 1});
+    b.end_node();
+    // The Raspberry Pi 4's PCIe host bridge shape: a PCI bus (3-cell child addresses: phys.hi,
+    // then the 64-bit bus address) whose one 32-bit memory-space window maps bus 0 to CPU 0 over
+    // the low 3 GiB.
+    b.begin_node("pcie@7d500000");
+    b.prop_string("device_type", "pci");
     b.prop("#address-cells", {3});
     b.prop("#size-cells", {2});
-    b.prop("dma-ranges", {0, 0, 0, 0, 0, 0, 1});
+    b.prop("dma-ranges", {0x0200'0000, 0x0, 0x0, 0x0, 0x0, 0x0, 0xC000'0000});
+    b.end_node();
+    // Two windows, neither of them identity, with flags in phys.hi (prefetchable 32-bit, 64-bit)
+    // and a device below the bridge.
+    b.begin_node("pcie@10000000");
+    b.prop_string("device_type", "pci");
+    b.prop("#address-cells", {3});
+    b.prop("#size-cells", {2});
+    b.prop("dma-ranges", {0x4200'0000, 0x0, 0x8000'0000, 0x0, 0x4000'0000, 0x0, 0x1000'0000,  //
+                          0x0300'0000, 0x1, 0x0, 0x2, 0x0, 0x1, 0x0});
+    b.begin_node("ethernet@1,0");
+    b.prop("reg", {0x0800, 0, 0, 0, 0});
+    b.end_node();
+    b.end_node();
+    // Three address cells on a bus that is not PCI: what the third cell means is unknown.
+    b.begin_node("three-cells");
+    b.prop("#address-cells", {3});
+    b.prop("#size-cells", {2});
+    b.prop("dma-ranges", {0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x1000});
     b.end_node();
     b.end_node();
     blob_ = b.finish();
@@ -179,6 +209,45 @@ TEST_F(FdtDmaRangesTest, MalformedPropertiesAreRefusedAndWriteNothing) {
             ErrorCode::kInvalidArgument);
   EXPECT_EQ(fdt_.dma_ranges(fdt_.find_path("/wide"), w, 1).code(), ErrorCode::kNotSupported);
   EXPECT_EQ(w[0].size, 5u);
+}
+
+TEST_F(FdtDmaRangesTest, APciBridgesOneWindowSkipsPhysHi) {
+  DmaWindow w[2];
+  auto n = fdt_.dma_ranges(fdt_.find_path("/pcie@7d500000"), w, 2);
+  ASSERT_TRUE(n.ok()) << error_code_name(n.code());
+  ASSERT_EQ(*n, 1u);
+  EXPECT_EQ(w[0].dma_base.value(), 0x0u);
+  EXPECT_EQ(w[0].cpu_base.value(), 0x0u);
+  EXPECT_EQ(w[0].size, 0xC000'0000u);
+}
+
+TEST_F(FdtDmaRangesTest, APciBridgesTwoWindowsTakeTheLowTwoCellsAsTheBusAddress) {
+  DmaWindow w[4];
+  auto n = fdt_.dma_ranges(fdt_.find_path("/pcie@10000000"), w, 4);
+  ASSERT_TRUE(n.ok()) << error_code_name(n.code());
+  ASSERT_EQ(*n, 2u);
+  EXPECT_EQ(w[0].dma_base.value(), 0x8000'0000u);
+  EXPECT_EQ(w[0].cpu_base.value(), 0x4000'0000u);
+  EXPECT_EQ(w[0].size, 0x1000'0000u);
+  EXPECT_EQ(w[1].dma_base.value(), 0x1'0000'0000u);
+  EXPECT_EQ(w[1].cpu_base.value(), 0x2'0000'0000u);
+  EXPECT_EQ(w[1].size, 0x1'0000'0000u);
+}
+
+TEST_F(FdtDmaRangesTest, ADeviceUnderAPciBridgeInheritsItsWindows) {
+  DmaWindow w[4];
+  auto n = fdt_.dma_ranges(fdt_.find_path("/pcie@10000000/ethernet@1,0"), w, 4);
+  ASSERT_TRUE(n.ok()) << error_code_name(n.code());
+  ASSERT_EQ(*n, 2u);
+  EXPECT_EQ(w[0].dma_base.value(), 0x8000'0000u);
+  EXPECT_EQ(w[1].cpu_base.value(), 0x2'0000'0000u);
+}
+
+TEST_F(FdtDmaRangesTest, ThreeCellsOnABusThatIsNotPciAreNotSupported) {
+  DmaWindow w[1] = {};
+  w[0].size = 9;
+  EXPECT_EQ(fdt_.dma_ranges(fdt_.find_path("/three-cells"), w, 1).code(), ErrorCode::kNotSupported);
+  EXPECT_EQ(w[0].size, 9u);
 }
 
 }  // namespace
