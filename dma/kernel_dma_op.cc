@@ -130,11 +130,7 @@ bool shares_cache_lines(const void* addr, size_t size, size_t line) {
 
 // The growth limits fit together (all zero: growth off).
 bool growth_config_ok(const KernelDmaOp::Config& cfg) {
-  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
-  if (cfg.max_grown_pools == 0 && cfg.grow_limit == 0 && cfg.grow_step == 0) return true;
-  if (cfg.max_grown_pools == 0 || cfg.max_grown_pools > KernelDmaOp::kMaxGrownPools) return false;
-  if (cfg.grow_step < kPage || !support::is_pow2(cfg.grow_step) ||
-      cfg.grow_step > (kPage << PageFrameAllocator::kMaxOrder) || cfg.grow_step > cfg.grow_limit) {
+  if (!KernelDmaOp::growth_limits_ok(cfg.max_grown_pools, cfg.grow_limit, cfg.grow_step)) {
     return false;
   }
   for (size_t g = 0; g < cfg.max_grown_pools; ++g) {
@@ -151,6 +147,15 @@ bool growth_config_ok(const KernelDmaOp::Config& cfg) {
 }
 
 }  // namespace
+
+bool KernelDmaOp::growth_limits_ok(size_t max_grown_pools, uint64_t grow_limit,
+                                   uint64_t grow_step) {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if (max_grown_pools == 0 && grow_limit == 0 && grow_step == 0) return true;
+  if (max_grown_pools == 0 || max_grown_pools > kMaxGrownPools) return false;
+  return grow_step >= kPage && support::is_pow2(grow_step) &&
+         grow_step <= (kPage << PageFrameAllocator::kMaxOrder) && grow_step <= grow_limit;
+}
 
 KernelDmaOp::KernelDmaOp(const Config& cfg) {
   Result<void> r = init(cfg);

@@ -154,6 +154,10 @@ class KernelDmaOp : public DmaOp {
   // grown pools, a null or already initialised one among the first max_grown_pools, some but not
   // all of max_grown_pools / grow_limit / grow_step zero); the object is unchanged then.
   Result<void> init(const Config& cfg);
+  // Whether these growth limits fit together (init's test of them, without the pool objects'):
+  // all zero, or max_grown_pools in [1, kMaxGrownPools] and grow_step a power-of-two number of
+  // pages, at most 2^kMaxOrder pages and at most grow_limit. Any context.
+  static bool growth_limits_ok(size_t max_grown_pools, uint64_t grow_limit, uint64_t grow_step);
   // The same in one step, for an object that is not a static: panics where init() returns an
   // error.
   explicit KernelDmaOp(const Config& cfg);
