@@ -375,12 +375,17 @@ SUPPORT_COLD Result<void> BouncePool::retire() {
   // counts in used_slots_ (cached blocks do), so the test below sees it: kBusy, never a retired
   // pool with a block in some CPU's cache. Once retired_ is set under the lock, every allocation
   // goes to take_locked (the CPU caches are empty and only a live allocation, which the pool no
-  // longer hands out, could refill them), which refuses it.
+  // longer hands out, could refill them), which finds no free block.
   reclaim_cpu_caches();
   support::Guard<support::SpinLock> guard{&lock_};
   if (!initialized_ || retired_) return ErrorCode::kInvalidArgument;
   if (used_slots_ != 0) return ErrorCode::kBusy;
   drain_locked();
+  // No free block any more: the locked path finds no room (carve and the shared cache stop at the
+  // bitmaps and the cache heads, before any record), so it needs no test of its own for this.
+  fl_bitmap_ = 0;
+  for (uint32_t& m : sl_bitmap_) m = 0;
+  for (uint32_t& h : heads_) h = num_slots_;
   retired_ = true;
   return support::ok();
 }
@@ -525,12 +530,6 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
 [[gnu::always_inline]] inline uint32_t BouncePool::take_locked(
     uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset, size_t size,
     const BounceDevice& dev, Refusal* why, uint64_t* held, bool may_drain) {
-  // A retired pool's memory may already be someone else's: nothing is taken, whatever the caches
-  // (retire() left them empty) or the free lists say.
-  if (retired_) [[unlikely]] {
-    *why = Refusal::kRetired;
-    return num_slots_;
-  }
   QuotaCount* quota = nullptr;
   uint32_t quota_bit = 0;
   if (dev.quota != 0) [[unlikely]] {
@@ -663,7 +662,10 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
       if (start == num_slots_) [[unlikely]] {
         if (why == Refusal::kNoRoom && !reclaimed && cpu_cached_slots() != 0) {
           retry = true;
-        } else if (why != Refusal::kRetired) {  // A retired pool's refusals are not failures.
+        } else if (retired_) {
+          // Not the pool's failure: it has no memory any more (no count, no report line, which
+          // would read the records).
+        } else {
           ++failures_;
           if (why != Refusal::kNoRoom) ++quota_failures_;
           if (report_due(failures_)) {

@@ -258,10 +258,11 @@ class BouncePool {
   // (KernelDmaOp's grown pools): gives every CPU's cache and the shared cache back, then, if no
   // slot is in use, marks the pool retired, atomically with respect to every alloc and free under
   // the pool's lock. A retired pool refuses every allocation with kNoMemory (not counted as a
-  // failure, no report line) and never reads or writes its memory or metadata again, so both may
-  // be handed to someone else as soon as this returns; a caller that loaded a pointer to the pool
-  // before may still call alloc safely. Only init makes it usable again. O(CPUs) lock pairs and the
-  // drain; any context, as alloc.
+  // failure, no report line) without reading or writing its memory or metadata, so both may be
+  // handed to someone else as soon as this returns; a caller that loaded a pointer to the pool
+  // before may still call alloc safely. (A free of a retired pool's slot is a double free the
+  // pool cannot refuse without its records: a precondition violation.) Only init makes the pool
+  // usable again. O(CPUs) lock pairs and the drain; any context, as alloc.
   // Errors: kBusy (slots in use: nothing changes but the caches, which were given back),
   // kInvalidArgument (not initialised, or retired already).
   Result<void> retire() TA_EXCL(lock_);
@@ -467,7 +468,7 @@ class BouncePool {
                                   const BounceDevice& dev, bool fault_point, unsigned cache_cpu)
       TA_EXCL(lock_);
   // Why a request failed, for its report line.
-  enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull, kRetired };
+  enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
   // init's part for a retired pool: CPU caches off and their counters cleared.
   void reset_cpu_caches() TA_EXCL(lock_);
   uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
