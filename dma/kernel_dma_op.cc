@@ -133,12 +133,10 @@ bool growth_config_ok(const KernelDmaOp::Config& cfg) {
   if (!KernelDmaOp::growth_limits_ok(cfg.max_grown_pools, cfg.grow_limit, cfg.grow_step)) {
     return false;
   }
+  // Each present, not initialised (so no fixed pool either), and given once.
   for (size_t g = 0; g < cfg.max_grown_pools; ++g) {
     const BouncePool* pool = cfg.grow_pools[g];
-    if (pool == nullptr || pool->bytes() != 0) return false;  // Missing, or initialised already.
-    for (size_t i = 0; i < cfg.num_pools; ++i) {
-      if (cfg.pools[i] == pool) return false;
-    }
+    if (pool == nullptr || pool->bytes() != 0) return false;
     for (size_t h = 0; h < g; ++h) {
       if (cfg.grow_pools[h] == pool) return false;
     }
@@ -706,16 +704,7 @@ int KernelDmaOp::alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size
     int pi = pool_order_[rank];
     if (pi == skip) continue;
     if (!reachable(c, pool_first_[rank], pool_last_[rank] - pool_first_[rank] + 1)) continue;
-    BouncePool* pool = pools_[pi];
-    uint64_t o = c.bus_offset;
-    (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
-    uint64_t align_bits = (0 - o) & align_mask;
-    if (((p ^ align_bits) & keep & align_mask) != 0) continue;
-    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
-                            BounceDevice{c.device_id, c.name, c.bounce_quota});
-    if (!slot.ok()) continue;
-    *out = *slot;
-    *off = o;
+    if (!take_slot(pools_[pi], c, p, size, keep, align_mask, out, off)) continue;
     add_relaxed(&stats_.pool_fallbacks, uint64_t{1});
     return pi;
   }
@@ -1013,6 +1002,22 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
 // from has min(g's bytes, half its own bytes) free; otherwise it stays for the next burst, until
 // such an unmap or trim_bounce_pools().
 
+bool KernelDmaOp::take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size,
+                            uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
+  // The pool's device-address offset: through the window that holds it wholly (the callers
+  // checked that one does), else bus_offset.
+  uint64_t o = c.bus_offset;
+  (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
+  uint64_t align_bits = (0 - o) & align_mask;
+  if (((p ^ align_bits) & keep & align_mask) != 0) return false;
+  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                          BounceDevice{c.device_id, c.name, c.bounce_quota});
+  if (!slot.ok()) return false;
+  *out = *slot;
+  *off = o;
+  return true;
+}
+
 int KernelDmaOp::try_grown(size_t g, const DmaConstraints& c, uint64_t p, size_t size,
                            uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
   GrownPool& e = grown_[g];
@@ -1022,20 +1027,10 @@ int KernelDmaOp::try_grown(size_t g, const DmaConstraints& c, uint64_t p, size_t
   if (__atomic_load_n(&e.state, __ATOMIC_SEQ_CST) == kGrownLive) {
     uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
     uint64_t bytes = __atomic_load_n(&e.last, __ATOMIC_RELAXED) - first + 1;
-    uint64_t o = c.bus_offset;
-    if (reachable(c, first, bytes) && dma_offset(c, first, bytes, &o)) {
-      uint64_t align_bits = (0 - o) & align_mask;
-      if (((p ^ align_bits) & keep & align_mask) == 0) {
-        auto slot =
-            pools_[kMaxPools + g]->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask,
-                                         0, BounceDevice{c.device_id, c.name, c.bounce_quota});
-        if (slot.ok()) {
-          __atomic_fetch_add(&e.live, uint64_t{1}, __ATOMIC_RELAXED);
-          *out = *slot;
-          *off = o;
-          result = static_cast<int>(kMaxPools + g);
-        }
-      }
+    if (reachable(c, first, bytes) &&
+        take_slot(pools_[kMaxPools + g], c, p, size, keep, align_mask, out, off)) {
+      __atomic_fetch_add(&e.live, uint64_t{1}, __ATOMIC_RELAXED);
+      result = static_cast<int>(kMaxPools + g);
     }
   }
   __atomic_fetch_sub(&e.users, 1u, __ATOMIC_RELEASE);
@@ -1088,73 +1083,45 @@ int KernelDmaOp::grow(const DmaConstraints& c, uint64_t p, size_t size, uint64_t
   if (g == max_grown_) return -1;  // Every entry in use.
   GrownPool& e = grown_[g];
   BouncePool* pool = pools_[kMaxPools + g];
-  auto give_up = [&e] {
-    __atomic_store_n(&e.state, uint32_t{kGrownFree}, __ATOMIC_RELEASE);
-    return -1;
-  };
 
-  // The block under the device's mask (through any of its windows), the records anywhere.
+  // The block under the device's mask (through any of its windows), the records anywhere. Every
+  // way out after a failure gives back what was taken (undo_growth) and frees the entry.
   const auto order = static_cast<unsigned>(support::log2_floor(bytes / kPage));
+  const unsigned meta_order = PageFrameAllocator::order_for(BouncePool::metadata_size(bytes, slot));
   PhysWindow ws[kMaxDmaWindows];
   size_t nw = alloc_windows(c, ws);
   PhysAddr block;
   bool got = false;
   for (size_t i = 0; i < nw && !got; ++i) {
     auto r = alloc_in(c, ws[i], order, kPage);
-    if (r.ok()) {
-      block = *r;
-      got = true;
-    }
+    if (r.ok()) block = *r;
+    got = r.ok();
   }
-  if (!got) return give_up();
-  const size_t meta_bytes = BouncePool::metadata_size(bytes, slot);
-  const unsigned meta_order = PageFrameAllocator::order_for(meta_bytes);
-  auto meta = meta_order <= PageFrameAllocator::kMaxOrder ? cfg_.pfa->alloc(meta_order)
-                                                          : Result<PhysAddr>(ErrorCode::kNoMemory);
-  if (!meta.ok()) {
-    auto undo = cfg_.pfa->free(block, order);
-    KASSERT(undo.ok(), "bounce pool growth: cannot give back its block");
-    return give_up();
-  }
-  auto release_memory = [&] {
-    auto undo = cfg_.pfa->free(block, order);
-    auto undo_meta = cfg_.pfa->free(*meta, meta_order);
-    KASSERT(undo.ok() && undo_meta.ok(), "bounce pool growth: cannot give back its memory");
-  };
+  if (!got) return undo_growth(g, block, 0, block, 0, 0);
+  auto meta = alloc_in(c, PhysWindow{0, ~0ull}, meta_order, kPage);
+  if (!meta.ok()) return undo_growth(g, block, order, PhysAddr(0), 0, 1);
 
   BouncePool::Options o;
   o.slot_size = slot;
   o.max_mapping = support::min<uint64_t>(fixed->max_mapping_size(), bytes);
   o.name = fixed->name();
-  auto set_up = pool->init(block, bytes, phys_to_virt(block), phys_to_virt(*meta),
-                           size_t{kPage} << meta_order, o);
-  if (!set_up.ok()) {
-    release_memory();
-    return give_up();
-  }
-  // From here on the object is initialised: every way out retires it, so that it can be set up
-  // again.
-  auto abandon = [&] {
-    auto retired = pool->retire();
-    KASSERT(retired.ok(), "bounce pool growth: cannot retire an unused pool");
-    release_memory();
-    return give_up();
-  };
-  if (fixed->cpu_cache_fn() != nullptr &&
-      !pool->enable_cpu_caches(fixed->cpu_cache_fn(), fixed->cpu_cache_cpus()).ok()) {
-    return abandon();
+  if (!pool->init(block, bytes, phys_to_virt(block), phys_to_virt(*meta),
+                  size_t{kPage} << meta_order, o)
+           .ok()) {
+    return undo_growth(g, block, order, *meta, meta_order, 2);
   }
   // The request's slot, before anyone else can see the pool.
-  uint64_t o_dma = c.bus_offset;
-  if (!dma_offset(c, block.value(), bytes, &o_dma)) return abandon();
-  uint64_t align_bits = (0 - o_dma) & align_mask;
-  if (((p ^ align_bits) & keep & align_mask) != 0) return abandon();
-  auto s = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
-                       BounceDevice{c.device_id, c.name, c.bounce_quota});
-  if (!s.ok()) return abandon();  // A quota smaller than the request, say.
+  uint64_t o_dma = 0;
+  BounceSlot s;
+  if ((fixed->cpu_cache_fn() != nullptr &&
+       !pool->enable_cpu_caches(fixed->cpu_cache_fn(), fixed->cpu_cache_cpus()).ok()) ||
+      !take_slot(pool, c, p, size, keep, align_mask, &s, &o_dma)) {  // A small quota, say.
+    return undo_growth(g, block, order, *meta, meta_order, 3);
+  }
+  const PhysAddr base = block;
 
-  __atomic_store_n(&e.first, block.value(), __ATOMIC_RELAXED);
-  __atomic_store_n(&e.last, block.value() + (bytes - 1), __ATOMIC_RELAXED);
+  __atomic_store_n(&e.first, base.value(), __ATOMIC_RELAXED);
+  __atomic_store_n(&e.last, base.value() + (bytes - 1), __ATOMIC_RELAXED);
   e.meta = meta->value();
   e.order = static_cast<uint8_t>(order);
   e.meta_order = static_cast<uint8_t>(meta_order);
@@ -1167,9 +1134,20 @@ int KernelDmaOp::grow(const DmaConstraints& c, uint64_t p, size_t size, uint64_t
     __atomic_store_n(&stats_.grown_bytes_high_water, grown_bytes_, __ATOMIC_RELAXED);
   }
   __atomic_fetch_add(&stats_.grow_events, uint64_t{1}, __ATOMIC_RELAXED);
-  *out = *s;
+  *out = s;
   *off = o_dma;
   return static_cast<int>(kMaxPools + g);
+}
+
+int KernelDmaOp::undo_growth(size_t g, PhysAddr block, unsigned order, PhysAddr meta,
+                             unsigned meta_order, unsigned taken) {
+  // An initialised pool is retired, so that its object can be set up again.
+  bool ok = taken < 3 || pools_[kMaxPools + g]->retire().ok();
+  if (taken >= 1) ok = cfg_.pfa->free(block, order).ok() && ok;
+  if (taken >= 2) ok = cfg_.pfa->free(meta, meta_order).ok() && ok;
+  KASSERT(ok, "bounce pool growth: cannot give its memory back");
+  __atomic_store_n(&grown_[g].state, uint32_t{kGrownFree}, __ATOMIC_RELEASE);
+  return -1;
 }
 
 bool KernelDmaOp::retire_grown(size_t g) {
@@ -1183,9 +1161,9 @@ bool KernelDmaOp::retire_grown(size_t g) {
   // The pool refuses everything now and never touches its memory again.
   uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
   uint64_t bytes = __atomic_load_n(&e.last, __ATOMIC_RELAXED) - first + 1;
-  auto r = cfg_.pfa->free(PhysAddr(first), e.order);
-  auto rm = cfg_.pfa->free(PhysAddr(e.meta), e.meta_order);
-  KASSERT(r.ok() && rm.ok(), "bounce pool shrink: its memory is not the allocator's");
+  bool freed = cfg_.pfa->free(PhysAddr(first), e.order).ok();
+  freed = cfg_.pfa->free(PhysAddr(e.meta), e.meta_order).ok() && freed;
+  KASSERT(freed, "bounce pool growth: cannot give its memory back");
   grown_bytes_ -= bytes;
   __atomic_store_n(&stats_.grown_bytes, grown_bytes_, __ATOMIC_RELAXED);
   __atomic_fetch_add(&stats_.shrink_events, uint64_t{1}, __ATOMIC_RELAXED);

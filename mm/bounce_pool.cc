@@ -390,19 +390,11 @@ SUPPORT_COLD Result<void> BouncePool::retire() {
   return support::ok();
 }
 
-bool BouncePool::retired() const {
-  support::Guard<support::SpinLock> guard{&lock_};
-  return retired_;
-}
-
-// Precondition (init of a retired pool): nobody calls into the pool, every CPU cache is empty.
+// Precondition (init of a retired pool): nobody calls into the pool; retire() emptied the CPU
+// caches.
 void BouncePool::reset_cpu_caches() {
   for (unsigned c = 0; c < num_cpu_caches_; ++c) {
-    CpuCache& cc = cpu_caches_[c];
-    support::Guard<support::SpinLock> cache_guard{&cc.lock};
-    KASSERT(cc.count == 0, "bounce pool set up again with blocks in a CPU cache");
-    __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
-    __atomic_store_n(&cc.allocations, uint64_t{0}, __ATOMIC_RELAXED);
+    __atomic_store_n(&cpu_caches_[c].allocations, uint64_t{0}, __ATOMIC_RELAXED);
   }
   current_cpu_ = nullptr;
   num_cpu_caches_ = 0;

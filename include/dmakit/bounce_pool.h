@@ -266,8 +266,6 @@ class BouncePool {
   // Errors: kBusy (slots in use: nothing changes but the caches, which were given back),
   // kInvalidArgument (not initialised, or retired already).
   Result<void> retire() TA_EXCL(lock_);
-  // Whether retire() retired the pool (and init has not set it up again). Takes the lock.
-  bool retired() const TA_EXCL(lock_);
   // The CPU-cache set-up enable_cpu_caches made (null / 0: caches off), so that another pool can
   // be given the same.
   CurrentCpuFn cpu_cache_fn() const { return current_cpu_; }

@@ -257,7 +257,7 @@ int dmakit_bounce_pool_destroy(dmakit_bounce_pool* pool);
 /* ---- The platform's DMA operations ----------------------------------------------------------- */
 
 #define DMAKIT_MAX_POOLS 4
-#define DMAKIT_MAX_GROWN_POOLS 8 /* Spare pool objects one op may grow into. */
+#define DMAKIT_MAX_GROWN_POOLS 4 /* Spare pool objects one op may grow into. */
 
 /* dmakit_platform_config.cache_flags: what the kernel tells the library about the CPU's cache
  * instructions (the library executes none it was not told about). Flags of another architecture

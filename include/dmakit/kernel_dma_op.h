@@ -12,7 +12,8 @@
 //      unmap's invalidate would have to write the CPU's copy of that line back over the
 //      device's bytes): take a slot from the highest pool lying wholly inside the window
 //      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size; when it is
-//      full, the next lower pool the device reaches is tried, kNoMemory if every one is full)
+//      full, the next lower pool the device reaches is tried, then a grown pool or a new one
+//      (growth, below), kNoMemory if none of that gives a slot)
 //      and copy the buffer in, for every direction (a device that writes less than the whole
 //      slot must leave the buffer's own bytes there, never a previous mapping's). With DMA
 //      windows (DmaConstraints::windows), "the device's window" is any of them;
@@ -87,7 +88,7 @@ class KernelDmaOp : public DmaOp {
  public:
   static constexpr size_t kMaxPools = 4;
   // Most grown pools at once (Config::max_grown_pools).
-  static constexpr size_t kMaxGrownPools = 8;
+  static constexpr size_t kMaxGrownPools = 4;
 
   struct Config {
     PageFrameAllocator* pfa = nullptr;  // Backs alloc_coherent. Required.
@@ -393,6 +394,15 @@ class KernelDmaOp : public DmaOp {
   [[gnu::noinline]] int alloc_grown(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
                                     uint64_t align_mask, int parent, BounceSlot* out,
                                     uint64_t* off);
+  // A slot in `pool` (one the device reaches wholly) for alloc_fallback's request; the pool's
+  // device-address offset in *off. False: no room, or the pool's offset contradicts the request.
+  bool take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                 uint64_t align_mask, BounceSlot* out, uint64_t* off);
+  // grow's way out: gives back what it took by `taken` (0 nothing, 1 the block, 2 also the
+  // records, 3 also an initialised pool, which is retired), frees entry g, returns -1. Called
+  // with grow_lock_ held.
+  int undo_growth(size_t g, PhysAddr block, unsigned order, PhysAddr meta, unsigned meta_order,
+                  unsigned taken) TA_REQ(grow_lock_);
   // The slot from grown pool g if it is live and the device reaches it wholly, else -1.
   int try_grown(size_t g, const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
                 uint64_t align_mask, BounceSlot* out, uint64_t* off);
