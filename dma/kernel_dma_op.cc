@@ -994,9 +994,9 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
 // only after the memory is freed; its object is set up again only once no reader is announced.
 //
 // Unmap needs no announcement: its live slot keeps the pool from retiring, and it reads what it
-// needs of grown_[g] before the free. Handles of grown pool g carry bounce_pool_index kMaxPools +
-// g, where pools_ holds the object, so copies and syncs find it as for a fixed pool, and
-// unmap_bounced sends every index past the fixed pools to unmap_grown.
+// needs of grown_[g] (and counts itself out of `live`) before the free. Handles of grown pool g
+// carry bounce_pool_index kMaxPools + g, where pools_ holds the object, so copies and syncs find it
+// as for a fixed pool, and unmap_bounced sends every index past the fixed pools to unmap_grown.
 //
 // Hysteresis: an unmap that leaves grown pool g empty gives it back only if the fixed pool it grew
 // from has min(g's bytes, half its own bytes) free; otherwise it stays for the next burst, until
@@ -1180,12 +1180,14 @@ void KernelDmaOp::unmap_grown(const DmaMapHandle& h) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  // Read while the slot keeps this set-up of the pool alive.
+  // Read and counted while the slot keeps this set-up of the pool alive (after the free the
+  // entry may be retired and set up again for another block at any moment).
   const BouncePool* fixed = pools_[e.parent];
   const uint64_t bytes = pools_[idx]->bytes();
+  const bool emptied = __atomic_sub_fetch(&e.live, uint64_t{1}, __ATOMIC_ACQ_REL) == 0;
   auto r = pools_[idx]->free_data(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size);
   KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
-  if (__atomic_sub_fetch(&e.live, uint64_t{1}, __ATOMIC_ACQ_REL) != 0) return;
+  if (!emptied) return;
   // Empty: given back only when the fixed pool it grew from has recovered (the hysteresis).
   BouncePool::Stats fs = fixed->stats();
   uint64_t free_bytes = (fs.total_slots - fs.used_slots) * fixed->slot_size();
