@@ -45,6 +45,9 @@ struct OpBox {
   void* translate_ctx = nullptr;
   // Config::ram must outlive the op: the caller's ranges, copied.
   PhysRange ram[DMAKIT_MAX_RAM_RANGES];
+  // The config's grow_pools, whose PoolBoxes the op built and ends again at destroy.
+  dmakit_bounce_pool* grow[DMAKIT_MAX_GROWN_POOLS] = {};
+  size_t num_grow = 0;
   alignas(dmakit_capi::kArchOpAlign) unsigned char arch_storage[dmakit_capi::kArchOpBytes];
 };
 
@@ -319,6 +322,17 @@ int dmakit_bounce_pool_destroy(dmakit_bounce_pool* pool) {
 
 // ---- The platform's DMA operations ----
 
+namespace {
+// Ends the PoolBoxes the op built in the config's grow_pools (their memory is the allocator's
+// again by then: the op's shutdown trimmed them, or they never grew).
+void end_grow_pools(OpBox* b) {
+  for (size_t g = 0; g < b->num_grow; ++g) {
+    end(b->grow[g], live<PoolBox>(b->grow[g], kPoolTag));
+  }
+  b->num_grow = 0;
+}
+}  // namespace
+
 int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config* cfg) {
   if (op == nullptr || cfg == nullptr || tag_of(op->opaque) == kOpTag) {
     return DMAKIT_ERR_INVALID_ARGUMENT;
@@ -337,6 +351,20 @@ int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config
     c.pools[i] = &pool->pool;
   }
   c.num_pools = cfg->num_pools;
+  static_assert(DMAKIT_MAX_GROWN_POOLS == KernelDmaOp::kMaxGrownPools);
+  if (!KernelDmaOp::growth_limits_ok(cfg->max_grown_pools, cfg->grow_limit, cfg->grow_step)) {
+    return DMAKIT_ERR_INVALID_ARGUMENT;
+  }
+  for (size_t g = 0; g < cfg->max_grown_pools; ++g) {
+    dmakit_bounce_pool* spare = cfg->grow_pools[g];
+    if (spare == nullptr || tag_of(spare->opaque) == kPoolTag) return DMAKIT_ERR_INVALID_ARGUMENT;
+    for (size_t h = 0; h < g; ++h) {
+      if (cfg->grow_pools[h] == spare) return DMAKIT_ERR_INVALID_ARGUMENT;
+    }
+  }
+  c.max_grown_pools = cfg->max_grown_pools;
+  c.grow_limit = cfg->grow_limit;
+  c.grow_step = cfg->grow_step;
   c.direct_map_offset = cfg->direct_map_offset;
   c.platform_coherent = cfg->coherence == DMAKIT_COHERENCE_COHERENT;
   c.cache_maintenance = (cfg->cache_flags & DMAKIT_CACHE_NO_MAINTENANCE) == 0;
@@ -348,6 +376,11 @@ int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config
 
   auto* b = new (op->opaque) OpBox;
   for (size_t i = 0; i < cfg->num_ram; ++i) b->ram[i] = ram[i];
+  for (size_t g = 0; g < cfg->max_grown_pools; ++g) {
+    b->grow[g] = cfg->grow_pools[g];
+    c.grow_pools[g] = &(new (b->grow[g]->opaque) PoolBox)->pool;
+  }
+  b->num_grow = cfg->max_grown_pools;
   c.ram = cfg->num_ram > 0 ? b->ram : nullptr;
   c.num_ram = cfg->num_ram;
   if (cfg->translate != nullptr) {
@@ -362,7 +395,10 @@ int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config
   arch.cache_flags = cfg->cache_flags;
   arch.page_tables = cfg->page_tables;
   Result<void> built = dmakit_capi::construct_arch_op(b->arch_storage, c, arch, &b->op);
-  if (!built.ok()) end(op, b);
+  if (!built.ok()) {
+    end_grow_pools(b);
+    end(op, b);
+  }
   return status_of(built);
 }
 
@@ -408,6 +444,20 @@ int dmakit_op_stats_get(const dmakit_platform_op* op, dmakit_op_stats* out) {
   out->live_maps = s.live_maps;
   out->coherent_uncached = s.coherent_uncached;
   out->coherent_uncached_live = s.coherent_uncached_live;
+  out->pool_fallbacks = s.pool_fallbacks;
+  out->grow_events = s.grow_events;
+  out->shrink_events = s.shrink_events;
+  out->grown_bytes = s.grown_bytes;
+  out->grown_bytes_high_water = s.grown_bytes_high_water;
+  return DMAKIT_OK;
+}
+
+int dmakit_trim_bounce_pools(dmakit_platform_op* op, size_t* freed) {
+  KernelDmaOp* k = live_op(op);
+  if (k == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
+  auto r = k->trim_bounce_pools();
+  if (!r.ok()) return status(r.error().code);
+  if (freed != nullptr) *freed = *r;
   return DMAKIT_OK;
 }
 
@@ -416,6 +466,7 @@ int dmakit_platform_op_destroy(dmakit_platform_op* op) {
   if (b == nullptr) return DMAKIT_ERR_INVALID_ARGUMENT;
   b->op->shutdown();  // The misuse checker's report of what is still mapped (DMA_API_DEBUG).
   dmakit_capi::destroy_arch_op(b->arch_storage);
+  end_grow_pools(b);
   end(op, b);
   return DMAKIT_OK;
 }

@@ -128,7 +128,32 @@ bool shares_cache_lines(const void* addr, size_t size, size_t line) {
   return ((va | (va + size)) & (line - 1)) != 0;
 }
 
+// The growth limits fit together (all zero: growth off).
+bool growth_config_ok(const KernelDmaOp::Config& cfg) {
+  if (!KernelDmaOp::growth_limits_ok(cfg.max_grown_pools, cfg.grow_limit, cfg.grow_step)) {
+    return false;
+  }
+  // Each present, not initialised (so no fixed pool either), and given once.
+  for (size_t g = 0; g < cfg.max_grown_pools; ++g) {
+    const BouncePool* pool = cfg.grow_pools[g];
+    if (pool == nullptr || pool->bytes() != 0) return false;
+    for (size_t h = 0; h < g; ++h) {
+      if (cfg.grow_pools[h] == pool) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
+
+bool KernelDmaOp::growth_limits_ok(size_t max_grown_pools, uint64_t grow_limit,
+                                   uint64_t grow_step) {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  if (max_grown_pools == 0 && grow_limit == 0 && grow_step == 0) return true;
+  if (max_grown_pools == 0 || max_grown_pools > kMaxGrownPools) return false;
+  return grow_step >= kPage && support::is_pow2(grow_step) &&
+         grow_step <= (kPage << PageFrameAllocator::kMaxOrder) && grow_step <= grow_limit;
+}
 
 KernelDmaOp::KernelDmaOp(const Config& cfg) {
   Result<void> r = init(cfg);
@@ -145,11 +170,14 @@ Result<void> KernelDmaOp::init(const Config& cfg) {
   for (size_t i = 0; i < cfg.num_pools; ++i) {
     if (cfg.pools[i] == nullptr) return ErrorCode::kInvalidArgument;
   }
+  if (!growth_config_ok(cfg)) return ErrorCode::kInvalidArgument;
   dm_offset_ = cfg.direct_map_offset;
   num_pools_ = cfg.num_pools;
   cfg_ = cfg;
   line_ = cfg.cache_line_size;
   for (size_t i = 0; i < cfg_.num_pools; ++i) pools_[i] = cfg_.pools[i];
+  max_grown_ = cfg_.max_grown_pools;
+  for (size_t g = 0; g < max_grown_; ++g) pools_[kMaxPools + g] = cfg_.grow_pools[g];
   dm_lo_ = cfg_.pfa->lowest_address().value();
   dm_hi_ = cfg_.pfa->highest_address().value();
   // Bounce pools may lie outside the allocator's ranges (carved before it was built).
@@ -199,6 +227,7 @@ DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_o
 
 void KernelDmaOp::shutdown() {
   DmaDebug::on_op_destroyed(this);
+  if (initialized_) (void)trim_bounce_pools();
 }
 
 DmaConstraints KernelDmaOp::default_constraints() const {
@@ -410,6 +439,13 @@ bool KernelDmaOp::need_sync(const DmaConstraints& c, DmaAddr addr) const {
   }
   for (size_t i = 0; i < num_pools_; ++i) {
     if (p - pool_first_[i] <= pool_last_[i] - pool_first_[i]) return true;
+  }
+  for (size_t g = 0; g < max_grown_; ++g) {
+    const GrownPool& e = grown_[g];
+    if (__atomic_load_n(&e.state, __ATOMIC_ACQUIRE) != kGrownLive) continue;
+    uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
+    uint64_t last = __atomic_load_n(&e.last, __ATOMIC_RELAXED);
+    if (p - first <= last - first) return true;
   }
   return false;
 }
@@ -629,6 +665,7 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   } else {
     // Full (or the device's quota there spent): another pool under the mask may have room.
     if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
+    // Then a grown pool, or a new one (alloc_fallback's business too: out of this path).
     int alt = alloc_fallback(c, p, size, keep, align_mask, pi, &s, &off);
     if (alt < 0) return map_failed(first.error());
     pi = alt;
@@ -667,20 +704,14 @@ int KernelDmaOp::alloc_fallback(const DmaConstraints& c, uint64_t p, size_t size
     int pi = pool_order_[rank];
     if (pi == skip) continue;
     if (!reachable(c, pool_first_[rank], pool_last_[rank] - pool_first_[rank] + 1)) continue;
-    BouncePool* pool = pools_[pi];
-    uint64_t o = c.bus_offset;
-    (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
-    uint64_t align_bits = (0 - o) & align_mask;
-    if (((p ^ align_bits) & keep & align_mask) != 0) continue;
-    auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
-                            BounceDevice{c.device_id, c.name, c.bounce_quota});
-    if (!slot.ok()) continue;
-    *out = *slot;
-    *off = o;
+    if (!take_slot(pools_[pi], c, p, size, keep, align_mask, out, off)) continue;
     add_relaxed(&stats_.pool_fallbacks, uint64_t{1});
     return pi;
   }
-  return -1;
+  if (max_grown_ == 0) return -1;
+  int gi = alloc_grown(c, p, size, keep, align_mask, skip, out, off);
+  if (gi >= 0) add_relaxed(&stats_.pool_fallbacks, uint64_t{1});
+  return gi;
 }
 
 void KernelDmaOp::copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size) {
@@ -710,7 +741,11 @@ void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
 void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   // A bounced handle has a slot, hence a size: an empty (default) handle is not bounced.
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
-  KASSERT(h.bounce_pool_index < num_pools_, "unmap_single: bad bounce pool index");
+  // Any index past the fixed pools: a grown pool's, or a bad one (unmap_grown checks which).
+  if (h.bounce_pool_index >= num_pools_) [[unlikely]] {
+    unmap_grown(h);
+    return;
+  }
   if (copies_out(h.direction) && !h.skip_cpu_sync) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
@@ -922,5 +957,253 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
   s.coherent_uncached = __atomic_load_n(&stats_.coherent_uncached, __ATOMIC_RELAXED);
   s.coherent_uncached_live = __atomic_load_n(&stats_.coherent_uncached_live, __ATOMIC_RELAXED);
   s.pool_fallbacks = __atomic_load_n(&stats_.pool_fallbacks, __ATOMIC_RELAXED);
+  s.grow_events = __atomic_load_n(&stats_.grow_events, __ATOMIC_RELAXED);
+  s.shrink_events = __atomic_load_n(&stats_.shrink_events, __ATOMIC_RELAXED);
+  s.grown_bytes = __atomic_load_n(&stats_.grown_bytes, __ATOMIC_RELAXED);
+  s.grown_bytes_high_water = __atomic_load_n(&stats_.grown_bytes_high_water, __ATOMIC_RELAXED);
   return s;
+}
+
+// ---- Grown pools ----
+//
+// Config::grow_pools[g] is a pool object that is never destroyed; grown_[g] says what it is now:
+//   kGrownFree      no memory; nobody but a grower may touch the object;
+//   kGrownSetup     a grower (holding grow_lock_) is setting it up over a new block;
+//   kGrownLive      published: mappings may take slots from it;
+//   kGrownRetiring  a retirer (holding grow_lock_) is taking it back.
+// Growth and retirement are serialised by grow_lock_; a mapping path takes it only to grow.
+//
+// Readers. A map that found the fixed pools full reads the table without a lock (try_grown): it
+// announces itself in `users` (seq_cst), then reads the state again (seq_cst), and only if that
+// says kGrownLive does it read first/last and call the pool. A grower moves a kGrownFree entry to
+// kGrownSetup (seq_cst) and then reads `users` (seq_cst); if a reader is announced it leaves the
+// entry (tries the next one). Of these two store-then-load pairs one always sees the other's
+// store: either the reader sees a state other than kGrownLive and backs off without touching the
+// object, or the grower sees the reader and does not touch the object. So a pool object is never
+// set up again (BouncePool::init over another block) while a reader may be inside it, and a
+// reader that saw kGrownLive (acquire) checks its device's reach against the first/last of the
+// very set-up whose pool it calls: a mapping never lands in memory its device cannot reach,
+// however long the reader was delayed.
+//
+// Retirement does not wait for readers: it sets kGrownRetiring (later readers go elsewhere) and
+// calls BouncePool::retire, which takes back the CPU caches and then, under the pool's own lock,
+// refuses if a slot is in use, or else makes the pool refuse every later allocation, before the
+// memory goes back to the allocator. A reader already inside the pool is either before that
+// point under the pool's lock (its slot makes retire refuse: the entry goes back to kGrownLive)
+// or after it (its allocation is refused and it goes on to grow). The entry becomes kGrownFree
+// only after the memory is freed; its object is set up again only once no reader is announced.
+//
+// Unmap needs no announcement: its live slot keeps the pool from retiring, and it reads what it
+// needs of grown_[g] (and counts itself out of `live`) before the free. Handles of grown pool g
+// carry bounce_pool_index kMaxPools + g, where pools_ holds the object, so copies and syncs find it
+// as for a fixed pool, and unmap_bounced sends every index past the fixed pools to unmap_grown.
+//
+// Hysteresis: an unmap that leaves grown pool g empty gives it back only if the fixed pool it grew
+// from has min(g's bytes, half its own bytes) free; otherwise it stays for the next burst, until
+// such an unmap or trim_bounce_pools().
+
+bool KernelDmaOp::take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size,
+                            uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
+  // The pool's device-address offset: through the window that holds it wholly (the callers
+  // checked that one does), else bus_offset.
+  uint64_t o = c.bus_offset;
+  (void)dma_offset(c, pool->base().value(), pool->bytes(), &o);
+  uint64_t align_bits = (0 - o) & align_mask;
+  if (((p ^ align_bits) & keep & align_mask) != 0) return false;
+  auto slot = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
+                          BounceDevice{c.device_id, c.name, c.bounce_quota});
+  if (!slot.ok()) return false;
+  *out = *slot;
+  *off = o;
+  return true;
+}
+
+int KernelDmaOp::try_grown(size_t g, const DmaConstraints& c, uint64_t p, size_t size,
+                           uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
+  GrownPool& e = grown_[g];
+  if (__atomic_load_n(&e.state, __ATOMIC_RELAXED) != kGrownLive) return -1;
+  __atomic_fetch_add(&e.users, 1u, __ATOMIC_SEQ_CST);
+  int result = -1;
+  if (__atomic_load_n(&e.state, __ATOMIC_SEQ_CST) == kGrownLive) {
+    uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
+    uint64_t bytes = __atomic_load_n(&e.last, __ATOMIC_RELAXED) - first + 1;
+    if (reachable(c, first, bytes) &&
+        take_slot(pools_[kMaxPools + g], c, p, size, keep, align_mask, out, off)) {
+      __atomic_fetch_add(&e.live, uint64_t{1}, __ATOMIC_RELAXED);
+      result = static_cast<int>(kMaxPools + g);
+    }
+  }
+  __atomic_fetch_sub(&e.users, 1u, __ATOMIC_RELEASE);
+  return result;
+}
+
+int KernelDmaOp::alloc_grown(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                             uint64_t align_mask, int parent, BounceSlot* out, uint64_t* off) {
+  for (size_t g = 0; g < max_grown_; ++g) {
+    int r = try_grown(g, c, p, size, keep, align_mask, out, off);
+    if (r >= 0) return r;
+  }
+  support::Guard<support::SpinLock> guard{&grow_lock_};
+  // Another CPU may have grown while this one waited for the lock: its pool first.
+  for (size_t g = 0; g < max_grown_; ++g) {
+    int r = try_grown(g, c, p, size, keep, align_mask, out, off);
+    if (r >= 0) return r;
+  }
+  return grow(c, p, size, keep, align_mask, parent, out, off);
+}
+
+int KernelDmaOp::grow(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                      uint64_t align_mask, int parent, BounceSlot* out, uint64_t* off) {
+  constexpr uint64_t kPage = PageFrameAllocator::kPageSize;
+  constexpr uint64_t kMaxBlock = kPage << PageFrameAllocator::kMaxOrder;
+  const BouncePool* fixed = pools_[parent];
+  const uint64_t slot = fixed->slot_size();
+  // The slots the request needs at worst: its data behind the largest offset the preserved bits
+  // can give it in its first slot, plus the slack of the alignment period (bounce_pool.cc).
+  const uint64_t low = keep | align_mask;
+  if (size > kMaxBlock || low >= kMaxBlock) return -1;
+  const uint64_t n = ((low & (slot - 1)) + size + slot - 1) / slot;
+  const uint64_t period = low >= slot ? (low + 1) / slot : 1;
+  const uint64_t need = (n + period - 1) * slot;
+  uint64_t bytes = support::max<uint64_t>(cfg_.grow_step, slot);
+  while (bytes < need && bytes <= kMaxBlock) bytes <<= 1;
+  if (bytes > kMaxBlock || bytes > cfg_.grow_limit - grown_bytes_) return -1;  // Over the limit.
+
+  // A free entry no reader is looking at (see "Grown pools").
+  size_t g = 0;
+  for (; g < max_grown_; ++g) {
+    uint32_t expect = kGrownFree;
+    if (!__atomic_compare_exchange_n(&grown_[g].state, &expect, uint32_t{kGrownSetup}, false,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+      continue;
+    }
+    if (__atomic_load_n(&grown_[g].users, __ATOMIC_SEQ_CST) == 0) break;
+    __atomic_store_n(&grown_[g].state, uint32_t{kGrownFree}, __ATOMIC_RELEASE);
+  }
+  if (g == max_grown_) return -1;  // Every entry in use.
+  GrownPool& e = grown_[g];
+  BouncePool* pool = pools_[kMaxPools + g];
+
+  // The block under the device's mask (through any of its windows), the records anywhere. Every
+  // way out after a failure gives back what was taken (undo_growth) and frees the entry.
+  const auto order = static_cast<unsigned>(support::log2_floor(bytes / kPage));
+  const unsigned meta_order = PageFrameAllocator::order_for(BouncePool::metadata_size(bytes, slot));
+  PhysWindow ws[kMaxDmaWindows];
+  size_t nw = alloc_windows(c, ws);
+  PhysAddr block;
+  bool got = false;
+  for (size_t i = 0; i < nw && !got; ++i) {
+    auto r = alloc_in(c, ws[i], order, kPage);
+    if (r.ok()) block = *r;
+    got = r.ok();
+  }
+  if (!got) return undo_growth(g, block, 0, block, 0, 0);
+  auto meta = alloc_in(c, PhysWindow{0, ~0ull}, meta_order, kPage);
+  if (!meta.ok()) return undo_growth(g, block, order, PhysAddr(0), 0, 1);
+
+  BouncePool::Options o;
+  o.slot_size = slot;
+  o.max_mapping = support::min<uint64_t>(fixed->max_mapping_size(), bytes);
+  o.name = fixed->name();
+  if (!pool->init(block, bytes, phys_to_virt(block), phys_to_virt(*meta),
+                  size_t{kPage} << meta_order, o)
+           .ok()) {
+    return undo_growth(g, block, order, *meta, meta_order, 2);
+  }
+  // The request's slot, before anyone else can see the pool.
+  uint64_t o_dma = 0;
+  BounceSlot s;
+  if ((fixed->cpu_cache_fn() != nullptr &&
+       !pool->enable_cpu_caches(fixed->cpu_cache_fn(), fixed->cpu_cache_cpus()).ok()) ||
+      !take_slot(pool, c, p, size, keep, align_mask, &s, &o_dma)) {  // A small quota, say.
+    return undo_growth(g, block, order, *meta, meta_order, 3);
+  }
+  const PhysAddr base = block;
+
+  __atomic_store_n(&e.first, base.value(), __ATOMIC_RELAXED);
+  __atomic_store_n(&e.last, base.value() + (bytes - 1), __ATOMIC_RELAXED);
+  e.meta = meta->value();
+  e.order = static_cast<uint8_t>(order);
+  e.meta_order = static_cast<uint8_t>(meta_order);
+  e.parent = static_cast<uint8_t>(parent);
+  __atomic_store_n(&e.live, uint64_t{1}, __ATOMIC_RELAXED);
+  __atomic_store_n(&e.state, uint32_t{kGrownLive}, __ATOMIC_RELEASE);  // Published.
+  grown_bytes_ += bytes;
+  __atomic_store_n(&stats_.grown_bytes, grown_bytes_, __ATOMIC_RELAXED);
+  if (grown_bytes_ > __atomic_load_n(&stats_.grown_bytes_high_water, __ATOMIC_RELAXED)) {
+    __atomic_store_n(&stats_.grown_bytes_high_water, grown_bytes_, __ATOMIC_RELAXED);
+  }
+  __atomic_fetch_add(&stats_.grow_events, uint64_t{1}, __ATOMIC_RELAXED);
+  *out = s;
+  *off = o_dma;
+  return static_cast<int>(kMaxPools + g);
+}
+
+int KernelDmaOp::undo_growth(size_t g, PhysAddr block, unsigned order, PhysAddr meta,
+                             unsigned meta_order, unsigned taken) {
+  // An initialised pool is retired, so that its object can be set up again.
+  bool ok = taken < 3 || pools_[kMaxPools + g]->retire().ok();
+  if (taken >= 1) ok = cfg_.pfa->free(block, order).ok() && ok;
+  if (taken >= 2) ok = cfg_.pfa->free(meta, meta_order).ok() && ok;
+  KASSERT(ok, "bounce pool growth: cannot give its memory back");
+  __atomic_store_n(&grown_[g].state, uint32_t{kGrownFree}, __ATOMIC_RELEASE);
+  return -1;
+}
+
+bool KernelDmaOp::retire_grown(size_t g) {
+  GrownPool& e = grown_[g];
+  if (__atomic_load_n(&e.state, __ATOMIC_RELAXED) != kGrownLive) return false;
+  __atomic_store_n(&e.state, uint32_t{kGrownRetiring}, __ATOMIC_SEQ_CST);
+  if (!pools_[kMaxPools + g]->retire().ok()) {
+    __atomic_store_n(&e.state, uint32_t{kGrownLive}, __ATOMIC_RELEASE);  // Still in use.
+    return false;
+  }
+  // The pool refuses everything now and never touches its memory again.
+  uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
+  uint64_t bytes = __atomic_load_n(&e.last, __ATOMIC_RELAXED) - first + 1;
+  bool freed = cfg_.pfa->free(PhysAddr(first), e.order).ok();
+  freed = cfg_.pfa->free(PhysAddr(e.meta), e.meta_order).ok() && freed;
+  KASSERT(freed, "bounce pool growth: cannot give its memory back");
+  grown_bytes_ -= bytes;
+  __atomic_store_n(&stats_.grown_bytes, grown_bytes_, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&stats_.shrink_events, uint64_t{1}, __ATOMIC_RELAXED);
+  __atomic_store_n(&e.state, uint32_t{kGrownFree}, __ATOMIC_RELEASE);
+  return true;
+}
+
+void KernelDmaOp::unmap_grown(const DmaMapHandle& h) {
+  const size_t idx = h.bounce_pool_index;
+  KASSERT(idx >= kMaxPools && idx < kMaxPools + max_grown_, "unmap_single: bad bounce pool index");
+  const size_t g = idx - kMaxPools;
+  GrownPool& e = grown_[g];
+  if (copies_out(h.direction) && !h.skip_cpu_sync) {
+    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
+    copy_from_bounce(h, 0, h.size);
+  }
+  // Read and counted while the slot keeps this set-up of the pool alive (after the free the
+  // entry may be retired and set up again for another block at any moment).
+  const BouncePool* fixed = pools_[e.parent];
+  const uint64_t bytes = pools_[idx]->bytes();
+  const bool emptied = __atomic_sub_fetch(&e.live, uint64_t{1}, __ATOMIC_ACQ_REL) == 0;
+  auto r = pools_[idx]->free_data(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size);
+  KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+  if (!emptied) return;
+  // Empty: given back only when the fixed pool it grew from has recovered (the hysteresis).
+  BouncePool::Stats fs = fixed->stats();
+  uint64_t free_bytes = (fs.total_slots - fs.used_slots) * fixed->slot_size();
+  if (free_bytes < support::min<uint64_t>(bytes, fixed->bytes() / 2)) return;
+  support::Guard<support::SpinLock> guard{&grow_lock_};
+  // Whatever set-up g has by now: given back only if it is live and empty.
+  (void)retire_grown(g);
+}
+
+Result<size_t> KernelDmaOp::trim_bounce_pools() {
+  if (!initialized_) return ErrorCode::kInvalidArgument;
+  size_t freed = 0;
+  support::Guard<support::SpinLock> guard{&grow_lock_};
+  for (size_t g = 0; g < max_grown_; ++g) {
+    uint64_t before = grown_bytes_;
+    if (retire_grown(g)) freed += static_cast<size_t>(before - grown_bytes_);
+  }
+  return freed;
 }

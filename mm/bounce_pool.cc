@@ -369,6 +369,40 @@ void BouncePool::make_room(CpuCache* cc, uint32_t n) {
   __atomic_store_n(&cc->held, cc->held - freed, __ATOMIC_RELAXED);
 }
 
+SUPPORT_COLD Result<void> BouncePool::retire() {
+  // The CPU caches first, each under its own lock (which comes before the pool's); then, under
+  // the pool's lock, nothing may be left in use. A block a CPU caches again after the reclaim
+  // counts in used_slots_ (cached blocks do), so the test below sees it: kBusy, never a retired
+  // pool with a block in some CPU's cache. Once retired_ is set under the lock, every allocation
+  // goes to take_locked (the CPU caches are empty and only a live allocation, which the pool no
+  // longer hands out, could refill them), which finds no free block.
+  reclaim_cpu_caches();
+  support::Guard<support::SpinLock> guard{&lock_};
+  if (!initialized_ || retired_) return ErrorCode::kInvalidArgument;
+  if (used_slots_ != 0) return ErrorCode::kBusy;
+  drain_locked();
+  // No free block any more: the locked path finds no room (carve and the shared cache stop at the
+  // bitmaps and the cache heads, before any record), so it needs no test of its own for this.
+  fl_bitmap_ = 0;
+  for (uint32_t& m : sl_bitmap_) m = 0;
+  for (uint32_t& h : heads_) h = num_slots_;
+  retired_ = true;
+  return support::ok();
+}
+
+// Precondition (init of a retired pool): nobody calls into the pool; retire() emptied the CPU
+// caches.
+void BouncePool::reset_cpu_caches() {
+  for (unsigned c = 0; c < num_cpu_caches_; ++c) {
+    __atomic_store_n(&cpu_caches_[c].allocations, uint64_t{0}, __ATOMIC_RELAXED);
+  }
+  current_cpu_ = nullptr;
+  num_cpu_caches_ = 0;
+  cpu_cache_budget_ = 0;
+  cpu_cache_max_block_ = 0;
+  __atomic_store_n(&bytes_bounced_, uint64_t{0}, __ATOMIC_RELAXED);
+}
+
 uint64_t BouncePool::cpu_cached_slots() const {
   uint64_t n = 0;
   for (unsigned i = 0; i < num_cpu_caches_; ++i) {
@@ -381,7 +415,13 @@ SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cp
                                            void* metadata, size_t metadata_bytes,
                                            const Options& options) {
   size_t slot_size = options.slot_size;
-  if (initialized_) return ErrorCode::kInvalidArgument;
+  bool reuse = false;
+  if (initialized_) {
+    // Only a retired pool may be set up again (over new memory).
+    support::Guard<support::SpinLock> guard{&lock_};
+    if (!retired_) return ErrorCode::kInvalidArgument;
+    reuse = true;
+  }
   if (!support::is_pow2(slot_size) || slot_size < kMinSlotSize || slot_size > kMaxSlotSize) {
     return ErrorCode::kInvalidArgument;
   }
@@ -403,7 +443,9 @@ SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cp
     return ErrorCode::kNoMemory;
   }
 
+  if (reuse) reset_cpu_caches();
   support::Guard<support::SpinLock> guard{&lock_};
+  retired_ = false;
   base_ = base;
   bytes_ = bytes;
   cpu_base_ = cpu_base;
@@ -612,6 +654,9 @@ Result<BounceSlot> BouncePool::alloc_locked(size_t size, PhysAddr orig, uint64_t
       if (start == num_slots_) [[unlikely]] {
         if (why == Refusal::kNoRoom && !reclaimed && cpu_cached_slots() != 0) {
           retry = true;
+        } else if (retired_) {
+          // Not the pool's failure: it has no memory any more (no count, no report line, which
+          // would read the records).
         } else {
           ++failures_;
           if (why != Refusal::kNoRoom) ++quota_failures_;

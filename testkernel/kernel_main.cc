@@ -53,6 +53,12 @@ BootMemory g_mem;
 // constructors or destructors are involved, and they are never destroyed.
 alignas(PageFrameAllocator) unsigned char g_pfa_storage[sizeof(PageFrameAllocator)];
 alignas(BouncePool) unsigned char g_pool_storage[KernelDmaOp::kMaxPools][sizeof(BouncePool)];
+// The spare pool objects the DmaOp grows into (KernelDmaOp::Config::grow_pools): a modest limit,
+// so that a device that fills the fixed pools gets a little more before kNoMemory.
+constexpr size_t kGrownPools = 2;
+constexpr uint64_t kGrowStep = 256 * 1024;
+constexpr uint64_t kGrowLimit = 2 * kMiB;
+constinit BouncePool g_grown_pools[kGrownPools];
 
 void print_range(const char* label, const PhysRange& r) {
   char sz[32];
@@ -194,6 +200,10 @@ void setup_memory(const arch::BootInfo& info) {
   cfg.pfa = pfa;
   for (size_t i = 0; i < g_env.num_pools; ++i) cfg.pools[i] = g_env.pools[i];
   cfg.num_pools = g_env.num_pools;
+  for (size_t g = 0; g < kGrownPools; ++g) cfg.grow_pools[g] = &g_grown_pools[g];
+  cfg.max_grown_pools = kGrownPools;
+  cfg.grow_limit = kGrowLimit;
+  cfg.grow_step = kGrowStep;
   cfg.direct_map_offset = info.direct_map_offset;
   // All RAM the firmware described is translatable through the direct map, not only what the
   // allocator manages (the boot info lives as long as the kernel).
@@ -212,6 +222,7 @@ void setup_memory(const arch::BootInfo& info) {
 
 void print_report(const arch::BootInfo& info, const char* mode) {
   char sz[32];
+  char limit_sz[32];
   kprintf("memory map (from the firmware):\n");
   for (size_t i = 0; i < info.num_ram; ++i) print_range("ram", info.ram[i]);
   kprintf("reserved (never given to the allocator):\n");
@@ -238,6 +249,9 @@ void print_report(const arch::BootInfo& info, const char* mode) {
             static_cast<unsigned long long>(p->stats().total_slots));
   }
   if (g_env.num_pools == 0) kprintf("bounce pools: none\n");
+  kprintf("bounce pools grow on demand: %s at a time, at most %s in %zu pools\n",
+          format_size(sz, sizeof(sz), kGrowStep),
+          format_size(limit_sz, sizeof(limit_sz), kGrowLimit), kGrownPools);
   kprintf("cache: line %zu bytes; %s\n", arch::cache_line_size(), arch::cache_features());
   kprintf("dma: platform %s; direct map at offset 0x%llx\n",
           g_env.dma->default_constraints().coherence == DmaCoherence::kCoherent ? "coherent"

@@ -208,6 +208,13 @@ HostPlatform::HostPlatform(const Options& opts) : opts_(opts) {
     cfg.pools[cfg.num_pools++] = pool.get();
     pools_.push_back(std::move(pool));
   }
+  for (size_t g = 0; g < opts_.grown_pools; ++g) {
+    grown_pools_.push_back(std::make_unique<BouncePool>());
+    if (g < KernelDmaOp::kMaxGrownPools) cfg.grow_pools[g] = grown_pools_.back().get();
+  }
+  cfg.max_grown_pools = opts_.grown_pools;
+  cfg.grow_limit = opts_.grow_limit;
+  cfg.grow_step = opts_.grow_step;
   op_ = std::make_unique<HostDmaOp>(cfg, model_.get(), arena_, arena_size_, opts_.uncached,
                                     opts_.cache_policy);
 }
@@ -225,7 +232,7 @@ HostPlatform::~HostPlatform() {
   // The library's objects have trivial destructors; their end-of-life checks (the misuse
   // checker's leak report, the allocators' debug "everything given back") run here, in the order
   // the members are destroyed.
-  if (op_ != nullptr) op_->shutdown();
+  if (op_ != nullptr) op_->shutdown();  // Gives the grown pools back (trim_bounce_pools).
   for (auto& p : pools_) p->shutdown();
   pfa_.shutdown();
 }

@@ -131,6 +131,11 @@ class HostPlatform {
     // Per-CPU bounce-slot caches (BouncePool::enable_cpu_caches) for this many CPUs, each host
     // thread standing for one CPU (the first thread to use a pool is CPU 0, and so on); 0: off.
     unsigned cpu_caches = 0;
+    // Bounce-pool growth (KernelDmaOp::Config::max_grown_pools, grow_limit, grow_step): this many
+    // spare pool objects, owned by the platform; 0: no growth.
+    size_t grown_pools = 0;
+    uint64_t grow_limit = 0;
+    uint64_t grow_step = 0;
   };
 
   // The CPU index host_current_cpu gives the calling thread: 0, 1, ... in the order threads
@@ -148,6 +153,8 @@ class HostPlatform {
   PageFrameAllocator& pfa() { return pfa_; }
   BouncePool& pool(size_t i) { return *pools_[i]; }
   size_t num_pools() const { return pools_.size(); }
+  // The spare pool objects growth sets up (Options::grown_pools).
+  BouncePool& grown_pool(size_t i) { return *grown_pools_[i]; }
   CacheModel& model() { return *model_; }
   uintptr_t direct_map_offset() const { return direct_map_offset_; }
   // CPU pointer for a physical address inside RAM.
@@ -181,6 +188,7 @@ class HostPlatform {
   PageFrameAllocator pfa_;
   std::vector<std::vector<uint8_t>> pool_meta_;  // Before pools_: outlives them.
   std::vector<std::unique_ptr<BouncePool>> pools_;
+  std::vector<std::unique_ptr<BouncePool>> grown_pools_;  // Options::grown_pools spare objects.
   std::unique_ptr<HostDmaOp> op_;
   struct Held {
     uint8_t* ptr;

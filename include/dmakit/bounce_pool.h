@@ -119,10 +119,13 @@ class BouncePool {
   // least metadata_size(bytes, slot_size) bytes, 4-byte aligned) stays owned by the caller and
   // must outlive the pool; the pool's memory itself is never written. Call once, before any other
   // method, without concurrent callers; thread or interrupts off.
+  // A pool that retire() retired may be set up again over new memory (KernelDmaOp's grown pools
+  // are): the caller guarantees that nobody calls into the pool during that call; its CPU caches
+  // are off again until enable_cpu_caches.
   // Errors: kInvalidArgument (bad slot size, misaligned region, null cpu_base or metadata,
-  // misaligned metadata, called twice, region of more than kMaxSlots slots, options.max_mapping
-  // neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0), kNoMemory (metadata buffer
-  // too small). On error the pool stays uninitialised.
+  // misaligned metadata, called twice on a pool that is not retired, region of more than kMaxSlots
+  // slots, options.max_mapping neither 0 nor in [slot_size, bytes]), kLayoutError (bytes == 0),
+  // kNoMemory (metadata buffer too small). On error the pool stays uninitialised.
   Result<void> init(PhysAddr base, size_t bytes, void* cpu_base, void* metadata,
                     size_t metadata_bytes, const Options& options);
   // The same with default options but for the slot size.
@@ -250,6 +253,23 @@ class BouncePool {
   // is one free block. O(CPUs) lock pairs and at most kQuickSlots * kQuickDepth +
   // kCpuCacheDepth * CPUs blocks; any context, as alloc.
   void drain_cache() TA_EXCL(lock_);
+
+  // Ends the pool's use of its memory, for a pool whose memory goes back to its owner
+  // (KernelDmaOp's grown pools): gives every CPU's cache and the shared cache back, then, if no
+  // slot is in use, marks the pool retired, atomically with respect to every alloc and free under
+  // the pool's lock. A retired pool refuses every allocation with kNoMemory (not counted as a
+  // failure, no report line) without reading or writing its memory or metadata, so both may be
+  // handed to someone else as soon as this returns; a caller that loaded a pointer to the pool
+  // before may still call alloc safely. (A free of a retired pool's slot is a double free the
+  // pool cannot refuse without its records: a precondition violation.) Only init makes the pool
+  // usable again. O(CPUs) lock pairs and the drain; any context, as alloc.
+  // Errors: kBusy (slots in use: nothing changes but the caches, which were given back),
+  // kInvalidArgument (not initialised, or retired already).
+  Result<void> retire() TA_EXCL(lock_);
+  // The CPU-cache set-up enable_cpu_caches made (null / 0: caches off), so that another pool can
+  // be given the same.
+  CurrentCpuFn cpu_cache_fn() const { return current_cpu_; }
+  unsigned cpu_cache_cpus() const { return num_cpu_caches_; }
 
   // Records bytes copied through the pool (statistics only). Lock-free.
   void note_bounced(uint64_t bytes) {
@@ -447,6 +467,8 @@ class BouncePool {
       TA_EXCL(lock_);
   // Why a request failed, for its report line.
   enum class Refusal : uint8_t { kNoRoom, kOverQuota, kQuotaTableFull };
+  // init's part for a retired pool: CPU caches off and their counters cleared.
+  void reset_cpu_caches() TA_EXCL(lock_);
   uint32_t take_locked(uint64_t n, uint64_t phase, uint64_t period_mask, uint64_t offset,
                        size_t size, const BounceDevice& dev, Refusal* why, uint64_t* held,
                        bool may_drain) TA_REQ(lock_);
@@ -530,6 +552,7 @@ class BouncePool {
   // none yet).
   unsigned last_small_cpu_ TA_GUARDED(lock_) = kMaxCpus;
   bool initialized_ = false;
+  bool retired_ TA_GUARDED(lock_) = false;  // See retire().
   uint32_t fl_bitmap_ TA_GUARDED(lock_) = 0;
   uint32_t sl_bitmap_[kFlBits] TA_GUARDED(lock_) = {};
   uint32_t heads_[kClasses] TA_GUARDED(lock_) = {};  // Free-list heads by class (set by init).

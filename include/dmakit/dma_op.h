@@ -62,7 +62,9 @@ class DmaOp {
   // kInvalidArgument (mask 0, addr not translatable), kNotContiguous (the buffer's pages are not
   // physically contiguous; Error::addr says where), kDmaMaskNotMatch (not reachable and no bounce
   // pool lies under the mask; addr is the device address beyond the mask, mask the mask),
-  // kNoMemory (bounce pool exhausted right now), kNotSupported (a non-coherent device on a
+  // kNoMemory (every bounce pool the device reaches exhausted right now, and, on an op that grows
+  // its pools (KernelDmaOp::Config::grow_pools), no growth possible: its limit reached, or no
+  // free memory under the mask), kNotSupported (a non-coherent device on a
   // platform without cache maintenance). On error nothing is mapped and no counter but the
   // failure statistics changes.
   virtual Result<DmaMapHandle> map_single(const DmaConstraints& c, void* addr, size_t size,

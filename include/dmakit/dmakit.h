@@ -257,6 +257,7 @@ int dmakit_bounce_pool_destroy(dmakit_bounce_pool* pool);
 /* ---- The platform's DMA operations ----------------------------------------------------------- */
 
 #define DMAKIT_MAX_POOLS 4
+#define DMAKIT_MAX_GROWN_POOLS 4 /* Spare pool objects one op may grow into. */
 
 /* dmakit_platform_config.cache_flags: what the kernel tells the library about the CPU's cache
  * instructions (the library executes none it was not told about). Flags of another architecture
@@ -306,6 +307,19 @@ typedef struct dmakit_platform_config {
    * for a non-coherent device can be remapped uncached. Null: such allocations are
    * NOT_SUPPORTED. Ignored by the host backend. */
   const dmakit_page_tables* page_tables;
+  /* Bounce pools that grow on demand (KernelDmaOp::Config, dmakit/kernel_dma_op.h): when every
+   * pool a device reaches is full, the op takes grow_step bytes (a power-of-two number of pages,
+   * at most 4 MiB and at most grow_limit) from the allocator under the device's mask and bounces
+   * into a pool set up there, up to grow_limit bytes and max_grown_pools pools at once; an empty
+   * grown pool goes back to the allocator by a hysteresis or dmakit_trim_bounce_pools. The
+   * grow_pools are spare, never initialised pool objects (zeroed static storage will do) that
+   * the op uses from dmakit_platform_op_init until dmakit_platform_op_destroy; do not init or
+   * destroy them (dmakit_bounce_pool_stats_get works on them). All 0 (a zeroed config): no
+   * growth. */
+  dmakit_bounce_pool* grow_pools[DMAKIT_MAX_GROWN_POOLS];
+  size_t max_grown_pools;
+  uint64_t grow_limit;
+  uint64_t grow_step;
 } dmakit_platform_config;
 
 typedef struct dmakit_platform_op {
@@ -315,10 +329,13 @@ typedef struct dmakit_platform_op {
 /* Builds the platform's DMA operations in `op`: the DmaOp of the architecture the library was
  * built for (AArch64DmaOp, Riscv64DmaOp, X86DmaOp; the cache-model HostDmaOp in host builds),
  * over the allocator and pools of `cfg`. Call once, at boot, after the allocator and pools. On
- * error `op` stays uninitialised.
+ * error `op` stays uninitialised (and the grow_pools untouched).
  * Errors: INVALID_ARGUMENT (null op or cfg, op already initialised, pfa or a pool null or not
  * initialised, more than DMAKIT_MAX_POOLS pools or DMAKIT_MAX_RAM_RANGES RAM ranges, ram null
- * with num_ram > 0, coherence not a dmakit_coherence, cache_line_size not a power of two). */
+ * with num_ram > 0, coherence not a dmakit_coherence, cache_line_size not a power of two; growth
+ * limits that do not fit together: grow_step not a power-of-two number of pages, above 4 MiB or
+ * above grow_limit, more than DMAKIT_MAX_GROWN_POOLS grow_pools, one of them null, initialised
+ * or given twice, some but not all of max_grown_pools / grow_limit / grow_step 0). */
 int dmakit_platform_op_init(dmakit_platform_op* op, const dmakit_platform_config* cfg);
 
 /* Cache maintenance over the CPU range [va, va + size), any alignment, size may be 0: flush
@@ -346,7 +363,17 @@ typedef struct dmakit_op_stats {
   uint64_t live_maps;
   uint64_t coherent_uncached;      /* Coherent allocations remapped uncached, ever. */
   uint64_t coherent_uncached_live; /* ... and still live. */
+  uint64_t pool_fallbacks;         /* Bounced maps served by another pool than the chosen one. */
+  uint64_t grow_events;            /* Bounce pools grown so far (see grow_pools). */
+  uint64_t shrink_events;          /* Grown pools given back so far. */
+  uint64_t grown_bytes;            /* Bounce memory grown now (slot records not counted). */
+  uint64_t grown_bytes_high_water; /* The most ever grown at once. */
 } dmakit_op_stats;
+
+/* Gives every grown bounce pool that holds no mapping back to the page-frame allocator now (a
+ * kernel's memory-pressure path); stores the bytes given back in *freed when freed is not null.
+ * Errors: INVALID_ARGUMENT (uninitialised op). (KernelDmaOp::trim_bounce_pools.) */
+int dmakit_trim_bounce_pools(dmakit_platform_op* op, size_t* freed);
 
 /* The op's counters. They are kept only by libraries built with statistics (DMA_STATS, on in
  * debug builds): elsewhere this returns NOT_SUPPORTED. Errors: INVALID_ARGUMENT (uninitialised,

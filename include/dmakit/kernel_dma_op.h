@@ -12,7 +12,8 @@
 //      unmap's invalidate would have to write the CPU's copy of that line back over the
 //      device's bytes): take a slot from the highest pool lying wholly inside the window
 //      (kDmaMaskNotMatch if none does, kLayoutError over the pool's max_mapping_size; when it is
-//      full, the next lower pool the device reaches is tried, kNoMemory if every one is full)
+//      full, the next lower pool the device reaches is tried, then a grown pool or a new one
+//      (growth, below), kNoMemory if none of that gives a slot)
 //      and copy the buffer in, for every direction (a device that writes less than the whole
 //      slot must leave the buffer's own bytes there, never a previous mapping's). With DMA
 //      windows (DmaConstraints::windows), "the device's window" is any of them;
@@ -26,6 +27,18 @@
 // Coherence: DmaConstraints::coherence, where kPlatformDefault (the default) means
 // Config::platform_coherent, on every entry point.
 //
+// Growth (off unless Config::max_grown_pools is set): when step 3 finds every pool the device
+// reaches full, the op takes a block of Config::grow_step bytes (more, a power of two, if one
+// request needs more) from the page-frame allocator under the device's mask, sets up one of the
+// kernel's spare pool objects (Config::grow_pools) over it, publishes it and bounces into it.
+// Later mappings that find the fixed pools full use grown pools before growing again. A grown
+// pool is given back to the allocator when an unmap leaves it empty while the fixed pool it grew
+// from has recovered (at least min(the grown pool's bytes, half its own) free: the hysteresis,
+// so that a workload at the edge of the fixed pool keeps its grown pool instead of growing and
+// shrinking on every map), and by trim_bounce_pools() whenever it is empty. Fixed pools never
+// shrink. The protocol between lock-free readers and growth/retirement: kernel_dma_op.cc, "Grown
+// pools".
+//
 // Coherent memory: pages from the page-frame allocator under the mask, zeroed, reached through
 // the direct map. For a device that snoops the caches that is all. For one that does not, the
 // pages are cleaned and invalidated and their direct-map mapping becomes non-cacheable
@@ -34,9 +47,12 @@
 // back to the allocator.
 //
 // Calling contexts (dmakit/dma_op.h): the constructor and destructor are thread only (boot and
-// teardown); the DmaOp methods have DmaOp's contexts (alloc_coherent and dealloc_coherent thread
-// only for a device that is not coherent); set_memory_attribute is thread only; virt_to_phys,
-// phys_to_virt, config, with_line_size and stats are any context.
+// teardown); the DmaOp methods have DmaOp's contexts (growth and shrink too: they take only
+// interrupt-masking spinlocks and the page-frame allocator, whose lock masks interrupts; a growth
+// costs the allocator calls plus O(grow_step / slot size) to set the pool up, once per step)
+// (alloc_coherent and dealloc_coherent thread only for a device that is not coherent);
+// set_memory_attribute is thread only; virt_to_phys, phys_to_virt, config, with_line_size and stats
+// are any context.
 #pragma once
 
 #include "dmakit/bounce_pool.h"
@@ -71,6 +87,8 @@ DirectWindow fast_direct_window(uint64_t lo, uint64_t hi, uintptr_t direct_map_o
 class KernelDmaOp : public DmaOp {
  public:
   static constexpr size_t kMaxPools = 4;
+  // Most grown pools at once (Config::max_grown_pools).
+  static constexpr size_t kMaxGrownPools = 4;
 
   struct Config {
     PageFrameAllocator* pfa = nullptr;  // Backs alloc_coherent. Required.
@@ -104,6 +122,21 @@ class KernelDmaOp : public DmaOp {
     // cache_alignment(): the largest cache line the maintenance acts on (a power of two; the
     // architecture's DmaOp sets it from the hardware).
     size_t cache_line_size = 64;
+    // Growth of the bounce pools on demand (see above); all zero (the default): no growth.
+    // max_grown_pools (at most kMaxGrownPools) spare pool objects, default-constructed and not
+    // initialised, owned by the caller, outliving this object and used by nothing else: the op
+    // sets them up over grown memory and retires them again (a BouncePool is 7.5 KiB, too large
+    // to hold several inside every op; static storage is the usual place). grow_limit: the most
+    // bytes of bounce memory grown at once (the pools' slot records come on top: 20 bytes per
+    // slot, in whole pages from the allocator, anywhere). grow_step: the bytes of one growth, a
+    // power-of-two number of pages, at most grow_limit and 2^PageFrameAllocator::kMaxOrder pages;
+    // a request that needs more (with its alignment slack) grows by the next power of two that
+    // holds it, still within grow_limit. A grown pool has the slot size, the CPU-cache set-up
+    // and at most the max_mapping_size of the fixed pool the device bounced into.
+    BouncePool* grow_pools[kMaxGrownPools] = {};
+    size_t max_grown_pools = 0;
+    uint64_t grow_limit = 0;
+    uint64_t grow_step = 0;
   };
 
   // Static storage, the way a kernel without C++ start-up code holds it: the default constructor
@@ -117,8 +150,15 @@ class KernelDmaOp : public DmaOp {
   // once, on one CPU, before any other method; may be called with interrupts off.
   // Errors: kInvalidArgument (cfg.pfa null, more than kMaxPools pools or a null one among the
   // first num_pools, num_ram without ram, cache_line_size not a power of two or larger than a
-  // page, called twice); the object is unchanged then.
+  // page, called twice; growth limits that do not fit together: grow_step not a power-of-two
+  // number of pages or above 2^kMaxOrder pages or above grow_limit, more than kMaxGrownPools
+  // grown pools, a null or already initialised one among the first max_grown_pools, some but not
+  // all of max_grown_pools / grow_limit / grow_step zero); the object is unchanged then.
   Result<void> init(const Config& cfg);
+  // Whether these growth limits fit together (init's test of them, without the pool objects'):
+  // all zero, or max_grown_pools in [1, kMaxGrownPools] and grow_step a power-of-two number of
+  // pages, at most 2^kMaxOrder pages and at most grow_limit. Any context.
+  static bool growth_limits_ok(size_t max_grown_pools, uint64_t grow_limit, uint64_t grow_step);
   // The same in one step, for an object that is not a static: panics where init() returns an
   // error.
   explicit KernelDmaOp(const Config& cfg);
@@ -128,8 +168,18 @@ class KernelDmaOp : public DmaOp {
   // Ends the object's use before its storage is reused (a static never needs this): with the
   // misuse checker (DMA_API_DEBUG), reports every mapping and coherent allocation of this object
   // that is still live and forgets them, so that another object built at the same address does
-  // not inherit them. Nothing else changes. Thread context, no DMA call of this object in flight.
+  // not inherit them, and gives every empty grown pool back (trim_bounce_pools). Nothing else
+  // changes. Thread context, no DMA call of this object in flight.
   void shutdown();
+
+  // Gives every grown pool that holds no mapping back to the page-frame allocator now, whatever
+  // the hysteresis says (a kernel's memory-pressure path): each pool's CPU caches and shared
+  // cache are taken back first, then the pool is retired (it refuses allocations under its own
+  // lock) and its block and slot records are freed. Pools with live mappings stay. Returns the
+  // bytes of bounce memory given back (slot records not counted). Any context; O(grown pools x
+  // CPUs) lock pairs plus the allocator's frees.
+  // Errors: kInvalidArgument (not initialised).
+  Result<size_t> trim_bounce_pools();
 
   size_t page_size() const override { return PageFrameAllocator::kPageSize; }
   using DmaOp::alloc_coherent;
@@ -234,8 +284,14 @@ class KernelDmaOp : public DmaOp {
     uint64_t coherent_uncached = 0;       // Coherent allocations remapped uncached, ever.
     uint64_t coherent_uncached_live = 0;  // ... and still live.
     // Bounced maps that found the chosen pool full and took a slot in another pool under the
-    // device's mask.
+    // device's mask (a fixed or a grown one).
     uint64_t pool_fallbacks = 0;
+    // Growth (kept in every build, not only with DMA_STATS): pools grown and given back so far,
+    // bytes of bounce memory grown now (slot records not counted), and the most ever at once.
+    uint64_t grow_events = 0;
+    uint64_t shrink_events = 0;
+    uint64_t grown_bytes = 0;
+    uint64_t grown_bytes_high_water = 0;
   };
   Stats stats() const;
 
@@ -316,6 +372,47 @@ class KernelDmaOp : public DmaOp {
                                        BounceSlot* out, uint64_t* off);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
+  // ---- Grown pools (kernel_dma_op.cc, "Grown pools") ----
+  // One spare pool object's state. The pool object itself is Config::grow_pools[g] (pools_[
+  // kMaxPools + g], the index handles carry); this is the op's record of it.
+  enum GrownState : uint32_t { kGrownFree = 0, kGrownSetup, kGrownLive, kGrownRetiring };
+  struct GrownPool {
+    uint32_t state = kGrownFree;  // GrownState; atomics.
+    uint32_t users = 0;           // Mapping paths looking at the pool now; atomics.
+    uint64_t live = 0;            // Mappings in the pool now; atomics.
+    // Written while kGrownSetup (nobody reads them then), read after seeing kGrownLive (acquire).
+    uint64_t first = 0;  // First and last byte of the pool's memory.
+    uint64_t last = 0;
+    uint64_t meta = 0;       // Physical address of the slot records' block.
+    uint8_t order = 0;       // The pool's block: 2^order pages at `first`.
+    uint8_t meta_order = 0;  // The records' block.
+    uint8_t parent = 0;      // Index of the fixed pool the device had bounced into.
+  };
+  // A slot in a grown pool for the request alloc_fallback could not place (same arguments;
+  // `parent`: the fixed pool pick_pool chose): an existing grown pool, else a new one. Returns
+  // the pool's index in pools_ (kMaxPools + g), or -1: nothing held then.
+  [[gnu::noinline]] int alloc_grown(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                                    uint64_t align_mask, int parent, BounceSlot* out,
+                                    uint64_t* off);
+  // A slot in `pool` (one the device reaches wholly) for alloc_fallback's request; the pool's
+  // device-address offset in *off. False: no room, or the pool's offset contradicts the request.
+  bool take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                 uint64_t align_mask, BounceSlot* out, uint64_t* off);
+  // grow's way out: gives back what it took by `taken` (0 nothing, 1 the block, 2 also the
+  // records, 3 also an initialised pool, which is retired), frees entry g, returns -1. Called
+  // with grow_lock_ held.
+  int undo_growth(size_t g, PhysAddr block, unsigned order, PhysAddr meta, unsigned meta_order,
+                  unsigned taken) TA_REQ(grow_lock_);
+  // The slot from grown pool g if it is live and the device reaches it wholly, else -1.
+  int try_grown(size_t g, const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep,
+                uint64_t align_mask, BounceSlot* out, uint64_t* off);
+  // A new grown pool for the request, or -1. Called with grow_lock_ held.
+  int grow(const DmaConstraints& c, uint64_t p, size_t size, uint64_t keep, uint64_t align_mask,
+           int parent, BounceSlot* out, uint64_t* off) TA_REQ(grow_lock_);
+  // unmap_bounced of a slot in a grown pool (index >= num_pools_): the same, then the shrink test.
+  [[gnu::noinline]] void unmap_grown(const DmaMapHandle& h);
+  // Retires grown pool g and frees its memory if it is live and empty; true if it did.
+  bool retire_grown(size_t g) TA_REQ(grow_lock_);
   // Statistics of a successful map (nothing without DMA_STATS).
   void count_map(size_t bytes, bool bounced);
   void note_bounced(BouncePool* pool, size_t bytes);
@@ -334,8 +431,9 @@ class KernelDmaOp : public DmaOp {
   // pools_.
   uint64_t pool_last_[kMaxPools] = {};
   uint64_t pool_first_[kMaxPools] = {};
-  BouncePool* pools_[kMaxPools] = {};  // cfg_.pools.
-  size_t num_pools_ = 0;               // cfg_.num_pools.
+  // cfg_.pools, then (from kMaxPools on) cfg_.grow_pools: a handle's bounce_pool_index.
+  BouncePool* pools_[kMaxPools + kMaxGrownPools] = {};
+  size_t num_pools_ = 0;  // cfg_.num_pools.
   uint8_t pool_order_[kMaxPools] = {};
   Config cfg_;
   size_t line_ = 64;  // cfg_.cache_line_size.
@@ -344,6 +442,11 @@ class KernelDmaOp : public DmaOp {
   uint64_t dm_hi_ = 0;
   mutable Stats stats_;
   bool initialized_ = false;
+  size_t max_grown_ = 0;  // cfg_.max_grown_pools.
+  // Serialises growth and retirement (never taken on a path that finds room in a pool).
+  support::SpinLock grow_lock_;
+  uint64_t grown_bytes_ TA_GUARDED(grow_lock_) = 0;
+  GrownPool grown_[kMaxGrownPools];
 
  protected:
   // Not virtual (see DmaOp): a platform's DmaOp is trivially destructible.

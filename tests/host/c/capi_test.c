@@ -701,6 +701,95 @@ static void strings(void) {
   CHECK(strcmp(dmakit_strerror(-1), "unknown error") == 0);
 }
 
+/* A second op over the same allocator whose bounce pool grows: a 64 KiB pool under 4 GiB, one
+ * spare pool object, growth by 64 KiB up to 64 KiB. A full pool grows, the statistics say so,
+ * the data goes through, and the growth goes back to the allocator. */
+static dmakit_bounce_pool g_small_pool;
+static dmakit_bounce_pool g_spare_pool;
+static dmakit_platform_op g_grow_op;
+static void growth(void) {
+  const size_t kPoolBytes = 64u * 1024u;
+  uint64_t pool_phys = 0;
+  CHECK_STATUS(dmakit_pfa_alloc(&g_pfa, 4, MASK32, &pool_phys), DMAKIT_OK);
+  size_t meta_bytes = dmakit_bounce_pool_metadata_size(kPoolBytes, 0);
+  void* meta = malloc(meta_bytes);
+  CHECK_STATUS(dmakit_bounce_pool_init(&g_small_pool, pool_phys, kPoolBytes, ram_at(pool_phys),
+                                       meta, meta_bytes, NULL),
+               DMAKIT_OK);
+  dmakit_platform_config cfg;
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.pfa = &g_pfa;
+  cfg.pools[0] = &g_small_pool;
+  cfg.num_pools = 1;
+  cfg.direct_map_offset = (uintptr_t)g_ram - (uintptr_t)RAM_BASE;
+  const dmakit_phys_range ram[1] = {{RAM_BASE, RAM_BYTES}};
+  cfg.ram = ram;
+  cfg.num_ram = 1;
+  cfg.grow_pools[0] = &g_spare_pool;
+  cfg.max_grown_pools = 1;
+  cfg.grow_limit = kPoolBytes;
+  cfg.grow_step = 3 * PAGE; /* Not a power of two of pages: refused, nothing built. */
+  CHECK_STATUS(dmakit_platform_op_init(&g_grow_op, &cfg), DMAKIT_ERR_INVALID_ARGUMENT);
+  cfg.grow_pools[0] = &g_small_pool; /* An initialised pool is no spare. */
+  cfg.grow_step = kPoolBytes;
+  CHECK_STATUS(dmakit_platform_op_init(&g_grow_op, &cfg), DMAKIT_ERR_INVALID_ARGUMENT);
+  cfg.grow_pools[0] = &g_spare_pool;
+  CHECK_STATUS(dmakit_platform_op_init(&g_grow_op, &cfg), DMAKIT_OK);
+
+  dmakit_device dev;
+  dmakit_device_config dc;
+  memset(&dc, 0, sizeof(dc));
+  dc.dma_mask = MASK32;
+  dc.coherence = DMAKIT_COHERENCE_COHERENT;
+  dc.force_bounce = 1;
+  dc.name = "capi-grow";
+  CHECK_STATUS(dmakit_device_init(&dev, &g_grow_op, &dc), DMAKIT_OK);
+  dmakit_pfa_stats f0, f1;
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f0), DMAKIT_OK);
+  uint64_t phys = 0;
+  uint8_t* a_buf = high_page(512, &phys);
+  uint8_t* b_buf = high_page(600, &phys);
+  fill(b_buf, 4 * PAGE, 9);
+  dmakit_map_handle a, b;
+  CHECK_STATUS(dmakit_map(&dev, a_buf, kPoolBytes, DMAKIT_TO_DEVICE, 0, &a), DMAKIT_OK);
+  CHECK(dmakit_map_dma_addr(&a) >= pool_phys && dmakit_map_dma_addr(&a) < pool_phys + kPoolBytes);
+  CHECK_STATUS(dmakit_map(&dev, b_buf, 4 * PAGE, DMAKIT_TO_DEVICE, 0, &b), DMAKIT_OK);
+  uint64_t gb = dmakit_map_dma_addr(&b);
+  CHECK(gb + 4 * PAGE - 1 <= MASK32);
+  CHECK(gb < pool_phys || gb >= pool_phys + kPoolBytes);
+  CHECK(mismatches(ram_at(gb), 4 * PAGE, 9) == 0);
+  dmakit_op_stats s;
+  CHECK_STATUS(dmakit_op_stats_get(&g_grow_op, &s), DMAKIT_OK);
+  CHECK(s.grow_events == 1 && s.grown_bytes == kPoolBytes &&
+        s.grown_bytes_high_water == kPoolBytes);
+  CHECK(s.pool_fallbacks == 1);
+  dmakit_bounce_pool_stats ps;
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_spare_pool, &ps), DMAKIT_OK);
+  CHECK(ps.used_slots == 4 * PAGE / 2048 && ps.total_slots == kPoolBytes / 2048);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f0.free_pages - f1.free_pages == kPoolBytes / PAGE + 1); /* The block, its records. */
+  /* The limit is spent: the next full-pool map is NO_MEMORY and takes nothing. */
+  dmakit_map_handle c;
+  CHECK_STATUS(dmakit_map(&dev, a_buf, kPoolBytes, DMAKIT_TO_DEVICE, 0, &c), DMAKIT_ERR_NO_MEMORY);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f0.free_pages - f1.free_pages == kPoolBytes / PAGE + 1);
+  CHECK_STATUS(dmakit_unmap(&b), DMAKIT_OK);
+  CHECK_STATUS(dmakit_unmap(&a), DMAKIT_OK);
+  size_t freed = 0;
+  CHECK_STATUS(dmakit_trim_bounce_pools(&g_grow_op, &freed), DMAKIT_OK);
+  CHECK(freed == kPoolBytes);
+  CHECK_STATUS(dmakit_op_stats_get(&g_grow_op, &s), DMAKIT_OK);
+  CHECK(s.shrink_events == 1 && s.grown_bytes == 0);
+  CHECK_STATUS(dmakit_pfa_stats_get(&g_pfa, &f1), DMAKIT_OK);
+  CHECK(f1.free_pages == f0.free_pages);
+  CHECK_STATUS(dmakit_trim_bounce_pools(NULL, &freed), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_platform_op_destroy(&g_grow_op), DMAKIT_OK);
+  CHECK_STATUS(dmakit_bounce_pool_stats_get(&g_spare_pool, &ps), DMAKIT_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(dmakit_bounce_pool_destroy(&g_small_pool), DMAKIT_OK);
+  CHECK_STATUS(dmakit_pfa_free(&g_pfa, pool_phys, 4), DMAKIT_OK);
+  free(meta);
+}
+
 static void tear_down(void) {
   CHECK(dmakit_device_check_no_mappings(&g_dev32) == 0);
   CHECK(dmakit_device_check_no_mappings(&g_dev_coh) == 0);
@@ -735,6 +824,7 @@ int main(void) {
   attributes();
   map_page_and_resource();
   dma_windows();
+  growth();
   strings();
   tear_down();
   printf("capi: %d passed, %d failed\n", g_passed, g_failed);
