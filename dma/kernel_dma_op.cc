@@ -1086,7 +1086,7 @@ int KernelDmaOp::grow(const DmaConstraints& c, uint64_t p, size_t size, uint64_t
 
   // The block under the device's mask (through any of its windows), the records anywhere. Every
   // way out after a failure gives back what was taken (undo_growth) and frees the entry.
-  const auto order = static_cast<unsigned>(support::log2_floor(bytes / kPage));
+  const unsigned order = support::log2_floor(bytes / kPage);
   const unsigned meta_order = PageFrameAllocator::order_for(BouncePool::metadata_size(bytes, slot));
   PhysWindow ws[kMaxDmaWindows];
   size_t nw = alloc_windows(c, ws);
