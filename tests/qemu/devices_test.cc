@@ -17,6 +17,8 @@
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
+using ktest_util::check_disk;
+using ktest_util::fill_guest;
 using ktest_util::Pages;
 
 namespace {
@@ -458,25 +460,6 @@ Result<void> bind_blk(VirtioBlk* blk) {
   DeviceDma dma = d->device_dma(d->virtio_blk(), ~0ull);
   dma.set_name("virtio-blk");
   return blk->init(d->virtio_blk(), dma);
-}
-
-// Fills `n` bytes that start at byte `pos` of the disk with the guest pattern.
-void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    p[i] =
-        disk_pattern::guest_byte(pos / disk_pattern::kSectorSize, pos % disk_pattern::kSectorSize);
-  }
-}
-// Offset of the first byte that is not the guest (or host) pattern, or n.
-size_t check_disk(const uint8_t* p, size_t n, uint64_t pos, bool guest) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    uint64_t s = pos / disk_pattern::kSectorSize;
-    uint64_t j = pos % disk_pattern::kSectorSize;
-    if (p[i] != (guest ? disk_pattern::guest_byte(s, j) : disk_pattern::host_byte(s, j))) {
-      return i;
-    }
-  }
-  return n;
 }
 
 }  // namespace

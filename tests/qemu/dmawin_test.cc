@@ -19,6 +19,9 @@
 #include "tests/qemu/ktest.h"
 #include "tests/qemu/test_util.h"
 
+using ktest_util::check_disk;
+using ktest_util::fill_guest;
+
 namespace {
 
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
@@ -133,25 +136,6 @@ Range window_range(const DmaWindow& w, uint64_t limit) {
   uint64_t hi = window_end(w);
   if (limit != ~0ull && hi > limit + 1) hi = limit + 1;
   return Range{w.cpu_base.value(), hi > w.cpu_base.value() ? hi : w.cpu_base.value()};
-}
-
-void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    p[i] =
-        disk_pattern::guest_byte(pos / disk_pattern::kSectorSize, pos % disk_pattern::kSectorSize);
-  }
-}
-
-// Offset of the first byte that is not the guest (or host) pattern, or n.
-size_t check_disk(const uint8_t* p, size_t n, uint64_t pos, bool guest) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    uint64_t s = pos / disk_pattern::kSectorSize;
-    uint64_t j = pos % disk_pattern::kSectorSize;
-    if (p[i] != (guest ? disk_pattern::guest_byte(s, j) : disk_pattern::host_byte(s, j))) {
-      return i;
-    }
-  }
-  return n;
 }
 
 }  // namespace

@@ -18,6 +18,9 @@
 
 using ktest_util::Pages;
 
+using ktest_util::check_disk;
+using ktest_util::fill_guest;
+
 namespace {
 
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
@@ -249,24 +252,6 @@ Result<void> bind_blk_irq(VirtioBlk* blk) {
   DeviceDma dma = d->device_dma(d->virtio_blk(), ~0ull);
   dma.set_name("virtio-blk-irq");
   return blk->init(d->virtio_blk(), dma, VirtioBlk::Completion::kInterrupt, 0);
-}
-
-size_t check_disk(const uint8_t* p, size_t n, uint64_t pos, bool guest) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    const uint64_t s = pos / disk_pattern::kSectorSize;
-    const uint64_t j = pos % disk_pattern::kSectorSize;
-    if (p[i] != (guest ? disk_pattern::guest_byte(s, j) : disk_pattern::host_byte(s, j))) {
-      return i;
-    }
-  }
-  return n;
-}
-
-void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
-  for (size_t i = 0; i < n; ++i, ++pos) {
-    p[i] =
-        disk_pattern::guest_byte(pos / disk_pattern::kSectorSize, pos % disk_pattern::kSectorSize);
-  }
 }
 
 }  // namespace

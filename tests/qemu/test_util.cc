@@ -1,5 +1,6 @@
 #include "tests/qemu/test_util.h"
 
+#include "testkernel/devices.h"
 #include "testkernel/kstring.h"
 
 namespace ktest_util {
@@ -10,6 +11,24 @@ BouncePool* pool_named(const char* name) {
     if (kstr::equal(env.pool_names[i], name)) return env.pools[i];
   }
   return nullptr;
+}
+
+void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
+  for (size_t i = 0; i < n; ++i, ++pos) {
+    p[i] =
+        disk_pattern::guest_byte(pos / disk_pattern::kSectorSize, pos % disk_pattern::kSectorSize);
+  }
+}
+
+size_t check_disk(const uint8_t* p, size_t n, uint64_t pos, bool guest) {
+  for (size_t i = 0; i < n; ++i, ++pos) {
+    const uint64_t s = pos / disk_pattern::kSectorSize;
+    const uint64_t j = pos % disk_pattern::kSectorSize;
+    if (p[i] != (guest ? disk_pattern::guest_byte(s, j) : disk_pattern::host_byte(s, j))) {
+      return i;
+    }
+  }
+  return n;
 }
 
 Result<PhysAddr> alloc_above(unsigned order, uint64_t floor) {

@@ -87,4 +87,11 @@ Result<PhysAddr> alloc_above(unsigned order, uint64_t floor);
 // The bounce pool with the given name, or null.
 BouncePool* pool_named(const char* name);
 
+// Fills `n` bytes that start at byte `pos` of the test disk with the guest pattern
+// (disk_pattern in testkernel/devices.h).
+void fill_guest(uint8_t* p, size_t n, uint64_t pos);
+// Offset of the first of `n` bytes, starting at byte `pos` of the disk, that is not the guest
+// pattern (`guest`) or the host's, or n when all are.
+size_t check_disk(const uint8_t* p, size_t n, uint64_t pos, bool guest);
+
 }  // namespace ktest_util
