@@ -753,6 +753,9 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   auto r = pools_[h.bounce_pool_index]->free_data(h.bounce_first_slot, h.bounce_num_slots,
                                                   h.bounce_cpu, h.size);
   KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+  if (__atomic_load_n(&idle_grown_, __ATOMIC_RELAXED) != 0) [[unlikely]] {
+    sweep_idle_grown();
+  }
 }
 
 Result<void> KernelDmaOp::prepare_read(const DmaMapHandle& h, size_t offset, size_t size,
@@ -999,8 +1002,12 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
 // as for a fixed pool, and unmap_bounced sends every index past the fixed pools to unmap_grown.
 //
 // Hysteresis: an unmap that leaves grown pool g empty gives it back only if the fixed pool it grew
-// from has min(g's bytes, half its own bytes) free; otherwise it stays for the next burst, until
-// such an unmap or trim_bounce_pools().
+// from has min(g's bytes, half its own bytes) free (parent_recovered, from the pool's lock-free
+// use estimate); otherwise it stays for the next burst and its bit is set in idle_grown_. While
+// any bit is set, every unmap from a fixed pool calls sweep_idle_grown, which (if grow_lock_ is
+// free) gives back the idle pools whose fixed pool has recovered and clears the bits of those in
+// use again; with no bit set that costs the unmap one load. trim_bounce_pools() gives back every
+// empty grown pool whatever the hysteresis says.
 
 bool KernelDmaOp::take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size,
                             uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
@@ -1158,6 +1165,7 @@ bool KernelDmaOp::retire_grown(size_t g) {
     __atomic_store_n(&e.state, uint32_t{kGrownLive}, __ATOMIC_RELEASE);  // Still in use.
     return false;
   }
+  __atomic_fetch_and(&idle_grown_, ~(uint32_t{1} << g), __ATOMIC_RELAXED);
   // The pool refuses everything now and never touches its memory again.
   uint64_t first = __atomic_load_n(&e.first, __ATOMIC_RELAXED);
   uint64_t bytes = __atomic_load_n(&e.last, __ATOMIC_RELAXED) - first + 1;
@@ -1180,21 +1188,50 @@ void KernelDmaOp::unmap_grown(const DmaMapHandle& h) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  // Read and counted while the slot keeps this set-up of the pool alive (after the free the
-  // entry may be retired and set up again for another block at any moment).
-  const BouncePool* fixed = pools_[e.parent];
-  const uint64_t bytes = pools_[idx]->bytes();
+  // Counted out while the slot keeps this set-up of the pool alive (after the free the entry may
+  // be retired and set up again for another block at any moment).
   const bool emptied = __atomic_sub_fetch(&e.live, uint64_t{1}, __ATOMIC_ACQ_REL) == 0;
   auto r = pools_[idx]->free_data(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size);
   KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
   if (!emptied) return;
-  // Empty: given back only when the fixed pool it grew from has recovered (the hysteresis).
-  BouncePool::Stats fs = fixed->stats();
-  uint64_t free_bytes = (fs.total_slots - fs.used_slots) * fixed->slot_size();
-  if (free_bytes < support::min<uint64_t>(bytes, fixed->bytes() / 2)) return;
+  // Empty: given back only when the fixed pool it grew from has recovered (the hysteresis);
+  // otherwise marked idle, and the fixed pools' unmaps give it back once it has.
   support::Guard<support::SpinLock> guard{&grow_lock_};
   // Whatever set-up g has by now: given back only if it is live and empty.
-  (void)retire_grown(g);
+  if (__atomic_load_n(&e.state, __ATOMIC_RELAXED) != kGrownLive ||
+      __atomic_load_n(&e.live, __ATOMIC_RELAXED) != 0) {
+    return;
+  }
+  if (!parent_recovered(g) || !retire_grown(g)) {
+    __atomic_fetch_or(&idle_grown_, uint32_t{1} << g, __ATOMIC_RELAXED);
+  }
+}
+
+bool KernelDmaOp::parent_recovered(size_t g) const {
+  const BouncePool* fixed = pools_[grown_[g].parent];
+  const uint64_t bytes = pools_[kMaxPools + g]->bytes();
+  uint64_t used = fixed->used_slots_estimate();
+  uint64_t total = fixed->bytes() / fixed->slot_size();
+  uint64_t free_bytes = used < total ? (total - used) * fixed->slot_size() : 0;
+  return free_bytes >= support::min<uint64_t>(bytes, fixed->bytes() / 2);
+}
+
+void KernelDmaOp::sweep_idle_grown() {
+  if (!grow_lock_.try_lock()) return;
+  uint32_t idle = __atomic_load_n(&idle_grown_, __ATOMIC_RELAXED);
+  for (size_t g = 0; g < max_grown_; ++g) {
+    const uint32_t bit = uint32_t{1} << g;
+    if ((idle & bit) == 0) continue;
+    GrownPool& e = grown_[g];
+    if (__atomic_load_n(&e.state, __ATOMIC_RELAXED) != kGrownLive ||
+        __atomic_load_n(&e.live, __ATOMIC_RELAXED) != 0) {
+      // In use again (its next emptying marks it again), or already gone.
+      __atomic_fetch_and(&idle_grown_, ~bit, __ATOMIC_RELAXED);
+      continue;
+    }
+    if (parent_recovered(g)) (void)retire_grown(g);  // Clears the bit when it succeeds.
+  }
+  grow_lock_.unlock();
 }
 
 Result<size_t> KernelDmaOp::trim_bounce_pools() {

@@ -336,7 +336,7 @@ SUPPORT_COLD uint64_t BouncePool::reclaim_cpu_caches() {
     if (cc.count == 0) continue;
     support::Guard<support::SpinLock> guard{&lock_};
     for (uint32_t i = 0; i < cc.count; ++i) {
-      used_slots_ -= cc.slots[i];
+      store_used(used_slots_ - cc.slots[i]);
       reclaimed += cc.slots[i];
       release(cc.first[i], cc.slots[i]);
     }
@@ -355,7 +355,7 @@ void BouncePool::make_room(CpuCache* cc, uint32_t n) {
   uint32_t drop = 0;
   uint32_t freed = 0;
   while (drop < cc->count) {
-    used_slots_ -= cc->slots[drop];
+    store_used(used_slots_ - cc->slots[drop]);
     // Into the shared cache if it has room (any CPU may take it from there), else merged.
     stash_or_release(cc->first[drop], cc->slots[drop]);
     freed += cc->slots[drop];
@@ -479,7 +479,7 @@ SUPPORT_COLD Result<void> BouncePool::init(PhysAddr base, size_t bytes, void* cp
   meta_[0].size_free = num_slots_ | kFreeBit;
   insert_free(0, size_class(num_slots_));
   meta_[num_slots_].prev_phys = 0;
-  used_slots_ = 0;
+  store_used(0);
   high_water_ = 0;
   allocations_ = 0;
   failures_ = 0;
@@ -582,7 +582,7 @@ BouncePool::QuotaCount* BouncePool::quota_count(uint32_t id, bool claim) {
   r.link_prev = static_cast<uint32_t>(size);
   __atomic_store_n(&owners_[start], dev.id, __ATOMIC_RELAXED);
   if (quota != nullptr) quota->slots += static_cast<uint32_t>(n);
-  used_slots_ += n;
+  store_used(used_slots_ + n);
   if (used_slots_ > high_water_) high_water_ = used_slots_;
   ++allocations_;
   return start;
@@ -705,7 +705,7 @@ Result<void> BouncePool::free_block(uint32_t first, uint32_t slots, uint64_t off
           KASSERT(q != nullptr && q->slots >= slots, "bounce pool: quota count lost");
           q->slots -= slots;
         }
-        used_slots_ -= slots;
+        store_used(used_slots_ - slots);
         // See set_poisoning. The mapping layer always fills a slot before a device sees it, so
         // the poison never reaches a device.
         if (KDEBUG_ENABLED && poison_)

@@ -290,6 +290,12 @@ class BouncePool {
   size_t max_mapping_size() const { return max_request_; }
   // Options::name, or null.
   const char* name() const { return name_; }
+  // Slots out of the free structure now (in use or held by CPU caches), read without the lock: a
+  // hint for policies (KernelDmaOp's grown-pool give-back), stale as soon as it returns. Any
+  // context.
+  uint64_t used_slots_estimate() const TA_NO_THREAD_SAFETY_ANALYSIS {
+    return __atomic_load_n(&used_slots_, __ATOMIC_RELAXED);
+  }
 
   // A snapshot of the counters. Any context, as alloc.
   Stats stats() const TA_EXCL(lock_);
@@ -373,6 +379,7 @@ class BouncePool {
   // (a neighbour's merge test under the lock only reads size_free, atomically); the lock
   // guards everything else.
   SlotRecord& owned_record(uint32_t first) TA_NO_THREAD_SAFETY_ANALYSIS { return meta_[first]; }
+  void store_used(uint64_t v) TA_REQ(lock_) { __atomic_store_n(&used_slots_, v, __ATOMIC_RELAXED); }
 
   // This CPU's cache, or null when caching is off for it.
   [[gnu::always_inline]] CpuCache* my_cpu_cache() {
@@ -561,6 +568,8 @@ class BouncePool {
   uint8_t cache_count_[kQuickSlots] TA_GUARDED(lock_) = {};
   uint32_t cached_slots_ TA_GUARDED(lock_) = 0;
   uint32_t cached_blocks_ TA_GUARDED(lock_) = 0;
+  // Written under the lock with relaxed atomic stores (store_used), so that used_slots_estimate may
+  // read it without the lock.
   uint64_t used_slots_ TA_GUARDED(lock_) = 0;
   uint64_t high_water_ TA_GUARDED(lock_) = 0;
   uint64_t allocations_ TA_GUARDED(lock_) = 0;

@@ -32,10 +32,12 @@
 // request needs more) from the page-frame allocator under the device's mask, sets up one of the
 // kernel's spare pool objects (Config::grow_pools) over it, publishes it and bounces into it.
 // Later mappings that find the fixed pools full use grown pools before growing again. A grown
-// pool is given back to the allocator when an unmap leaves it empty while the fixed pool it grew
-// from has recovered (at least min(the grown pool's bytes, half its own) free: the hysteresis,
-// so that a workload at the edge of the fixed pool keeps its grown pool instead of growing and
-// shrinking on every map), and by trim_bounce_pools() whenever it is empty. Fixed pools never
+// pool is given back to the allocator when it is empty and the fixed pool it grew from has
+// recovered (at least min(the grown pool's bytes, half its own) free: the hysteresis, so that a
+// workload at the edge of the fixed pool keeps its grown pool instead of growing and shrinking
+// on every map): by the unmap that empties it, or, when the fixed pool recovers only later, by
+// an unmap from a fixed pool then (so idle growth goes back without a call); and by
+// trim_bounce_pools() whenever it is empty. Fixed pools never
 // shrink. The protocol between lock-free readers and growth/retirement: kernel_dma_op.cc, "Grown
 // pools".
 //
@@ -413,6 +415,13 @@ class KernelDmaOp : public DmaOp {
   [[gnu::noinline]] void unmap_grown(const DmaMapHandle& h);
   // Retires grown pool g and frees its memory if it is live and empty; true if it did.
   bool retire_grown(size_t g) TA_REQ(grow_lock_);
+  // Whether grown pool g, empty, may go back now: its fixed pool has min(g's bytes, half its own)
+  // free (the hysteresis; a lock-free estimate of the fixed pool's use).
+  bool parent_recovered(size_t g) const TA_REQ(grow_lock_);
+  // An unmap from a fixed pool found idle_grown_ set: gives back each idle grown pool whose fixed
+  // pool has recovered, and forgets those that are in use again. Skipped when another CPU holds
+  // grow_lock_ (it is growing, retiring or sweeping).
+  [[gnu::noinline]] void sweep_idle_grown();
   // Statistics of a successful map (nothing without DMA_STATS).
   void count_map(size_t bytes, bool bounced);
   void note_bounced(BouncePool* pool, size_t bytes);
@@ -434,6 +443,11 @@ class KernelDmaOp : public DmaOp {
   // cfg_.pools, then (from kMaxPools on) cfg_.grow_pools: a handle's bounce_pool_index.
   BouncePool* pools_[kMaxPools + kMaxGrownPools] = {};
   size_t num_pools_ = 0;  // cfg_.num_pools.
+  // Grown pools that an unmap left empty while their fixed pool had not recovered (bit g: grown
+  // pool g; atomics): while any is set, unmaps from fixed pools look whether it can go back now
+  // (sweep_idle_grown), so that idle growth is given back without trim_bounce_pools. Next to
+  // num_pools_, which the same unmaps read.
+  uint32_t idle_grown_ = 0;
   uint8_t pool_order_[kMaxPools] = {};
   Config cfg_;
   size_t line_ = 64;  // cfg_.cache_line_size.
