@@ -18,6 +18,7 @@
 #include "tests/qemu/test_util.h"
 
 using ktest_util::check_disk;
+using ktest_util::devices;
 using ktest_util::fill_guest;
 using ktest_util::Pages;
 
@@ -25,11 +26,6 @@ namespace {
 
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
 constexpr uint64_t kPage = ktest_util::kPage;
-
-Devices* devices() {
-  auto d = devices_init(kernel_env());
-  return d.ok() ? *d : nullptr;
-}
 
 // A block of 2^order pages wholly above `floor`, freed by the destructor; !ok() when the machine
 // has no free memory there.

@@ -20,17 +20,13 @@
 #include "tests/qemu/test_util.h"
 
 using ktest_util::check_disk;
+using ktest_util::devices;
 using ktest_util::fill_guest;
 
 namespace {
 
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
 constexpr uint64_t kPage = ktest_util::kPage;
-
-Devices* devices() {
-  auto d = devices_init(kernel_env());
-  return d.ok() ? *d : nullptr;
-}
 
 bool windows_apply() {
   Devices* d = devices();

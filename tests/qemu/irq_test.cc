@@ -19,6 +19,7 @@
 using ktest_util::Pages;
 
 using ktest_util::check_disk;
+using ktest_util::devices;
 using ktest_util::fill_guest;
 
 namespace {
@@ -26,11 +27,6 @@ namespace {
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
 constexpr uint64_t kPage = ktest_util::kPage;
 constexpr uint64_t kSecond = 1'000'000'000;
-
-Devices* devices() {
-  auto d = devices_init(kernel_env());
-  return d.ok() ? *d : nullptr;
-}
 
 // Waits (interrupts unmasked) until `*counter` reaches `target` or `max_ns` pass.
 template <typename T>

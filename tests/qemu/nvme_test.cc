@@ -42,17 +42,13 @@ inline uint8_t byte(unsigned ctrl, uint64_t pos, bool guest) {
 }
 
 }  // namespace nvme_pattern
+using ktest_util::devices;
 
 namespace {
 
 constexpr uint64_t kPage = ktest_util::kPage;
 constexpr uint64_t kMask32 = 0xFFFF'FFFFull;
 constexpr uint8_t kGuard = 0xEE;
-
-Devices* devices() {
-  auto d = devices_init(kernel_env());
-  return d.ok() ? *d : nullptr;
-}
 
 // What must be back where it was once a controller is shut down.
 struct Snapshot {

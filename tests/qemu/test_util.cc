@@ -13,6 +13,11 @@ BouncePool* pool_named(const char* name) {
   return nullptr;
 }
 
+Devices* devices() {
+  auto d = devices_init(kernel_env());
+  return d.ok() ? *d : nullptr;
+}
+
 void fill_guest(uint8_t* p, size_t n, uint64_t pos) {
   for (size_t i = 0; i < n; ++i, ++pos) {
     p[i] =

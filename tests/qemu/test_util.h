@@ -5,6 +5,7 @@
 
 #include "dmakit/support/mem.h"
 #include "dmakit/support/types.h"
+#include "testkernel/devices.h"
 #include "testkernel/kernel_env.h"
 
 namespace ktest_util {
@@ -83,6 +84,9 @@ inline uint64_t ram_top() {
 // prefers high address bands, not the highest block). Takes blocks until one fits or none is left
 // and gives the others back. The caller frees the result. Errors: kNoMemory (none found).
 Result<PhysAddr> alloc_above(unsigned order, uint64_t floor);
+
+// The test kernel's PCI devices (set up on first use), or null when that failed.
+Devices* devices();
 
 // The bounce pool with the given name, or null.
 BouncePool* pool_named(const char* name);
