@@ -1002,12 +1002,14 @@ KernelDmaOp::Stats KernelDmaOp::stats() const {
 // as for a fixed pool, and unmap_bounced sends every index past the fixed pools to unmap_grown.
 //
 // Hysteresis: an unmap that leaves grown pool g empty gives it back only if the fixed pool it grew
-// from has min(g's bytes, half its own bytes) free (parent_recovered, from the pool's lock-free
-// use estimate); otherwise it stays for the next burst and its bit is set in idle_grown_. While
-// any bit is set, every unmap from a fixed pool calls sweep_idle_grown, which (if grow_lock_ is
-// free) gives back the idle pools whose fixed pool has recovered and clears the bits of those in
-// use again; with no bit set that costs the unmap one load. trim_bounce_pools() gives back every
-// empty grown pool whatever the hysteresis says.
+// from has min(g's bytes, half its own bytes) free (slots_needed, against the pool's lock-free
+// use estimate); otherwise it stays for the next burst, its need and parent are stored and its
+// bit is set in idle_grown_. While any bit is set, every unmap from a fixed pool calls
+// sweep_idle_grown, which tests without a lock whether an idle pool could go
+// back now, and only then (if grow_lock_ is free) gives back the idle pools whose fixed pool has
+// recovered and clears the bits of those in use again. With no bit set that costs the unmap one
+// load; with a grown pool idle while its fixed pool stays busy, a few loads. trim_bounce_pools()
+// gives back every empty grown pool whatever the hysteresis says.
 
 bool KernelDmaOp::take_slot(BouncePool* pool, const DmaConstraints& c, uint64_t p, size_t size,
                             uint64_t keep, uint64_t align_mask, BounceSlot* out, uint64_t* off) {
@@ -1202,23 +1204,39 @@ void KernelDmaOp::unmap_grown(const DmaMapHandle& h) {
       __atomic_load_n(&e.live, __ATOMIC_RELAXED) != 0) {
     return;
   }
-  if (!parent_recovered(g) || !retire_grown(g)) {
-    __atomic_fetch_or(&idle_grown_, uint32_t{1} << g, __ATOMIC_RELAXED);
-  }
+  const uint64_t need = slots_needed(g);
+  if (free_slots_estimate(e.parent) >= need && retire_grown(g)) return;
+  __atomic_store_n(&e.idle_need, need, __ATOMIC_RELAXED);
+  __atomic_store_n(&e.idle_parent, uint32_t{e.parent}, __ATOMIC_RELAXED);
+  __atomic_fetch_or(&idle_grown_, uint32_t{1} << g, __ATOMIC_RELEASE);
 }
 
-bool KernelDmaOp::parent_recovered(size_t g) const {
+uint64_t KernelDmaOp::slots_needed(size_t g) const {
   const BouncePool* fixed = pools_[grown_[g].parent];
-  const uint64_t bytes = pools_[kMaxPools + g]->bytes();
-  uint64_t used = fixed->used_slots_estimate();
-  uint64_t total = fixed->bytes() / fixed->slot_size();
-  uint64_t free_bytes = used < total ? (total - used) * fixed->slot_size() : 0;
-  return free_bytes >= support::min<uint64_t>(bytes, fixed->bytes() / 2);
+  const uint64_t bytes = support::min<uint64_t>(pools_[kMaxPools + g]->bytes(), fixed->bytes() / 2);
+  return (bytes + fixed->slot_size() - 1) / fixed->slot_size();
+}
+
+uint64_t KernelDmaOp::free_slots_estimate(size_t i) const {
+  const BouncePool* pool = pools_[i];
+  const uint64_t total = pool->bytes() / pool->slot_size();
+  const uint64_t used = pool->used_slots_estimate();
+  return used < total ? total - used : 0;
 }
 
 void KernelDmaOp::sweep_idle_grown() {
-  if (!grow_lock_.try_lock()) return;
-  uint32_t idle = __atomic_load_n(&idle_grown_, __ATOMIC_RELAXED);
+  // Without the lock first: does an idle pool look ready to go (its fixed pool recovered)? Its bit
+  // was set after its idle_need and idle_parent were stored: acquire.
+  uint32_t idle = __atomic_load_n(&idle_grown_, __ATOMIC_ACQUIRE);
+  bool ready = false;
+  for (size_t g = 0; g < max_grown_ && !ready; ++g) {
+    if ((idle & (uint32_t{1} << g)) == 0) continue;
+    const GrownPool& e = grown_[g];
+    ready = free_slots_estimate(__atomic_load_n(&e.idle_parent, __ATOMIC_RELAXED)) >=
+            __atomic_load_n(&e.idle_need, __ATOMIC_RELAXED);
+  }
+  if (!ready || !grow_lock_.try_lock()) return;
+  idle = __atomic_load_n(&idle_grown_, __ATOMIC_RELAXED);
   for (size_t g = 0; g < max_grown_; ++g) {
     const uint32_t bit = uint32_t{1} << g;
     if ((idle & bit) == 0) continue;
@@ -1229,7 +1247,8 @@ void KernelDmaOp::sweep_idle_grown() {
       __atomic_fetch_and(&idle_grown_, ~bit, __ATOMIC_RELAXED);
       continue;
     }
-    if (parent_recovered(g)) (void)retire_grown(g);  // Clears the bit when it succeeds.
+    // Clears the bit when it succeeds.
+    if (free_slots_estimate(e.parent) >= slots_needed(g)) (void)retire_grown(g);
   }
   grow_lock_.unlock();
 }

@@ -389,6 +389,11 @@ class KernelDmaOp : public DmaOp {
     uint8_t order = 0;       // The pool's block: 2^order pages at `first`.
     uint8_t meta_order = 0;  // The records' block.
     uint8_t parent = 0;      // Index of the fixed pool the device had bounced into.
+    // While its idle_grown_ bit is set: the free slots its fixed pool (idle_parent) must have
+    // before it goes back. Stored under grow_lock_ before the bit is set, read without the lock
+    // by sweep_idle_grown's test (atomics).
+    uint64_t idle_need = 0;
+    uint32_t idle_parent = 0;
   };
   // A slot in a grown pool for the request alloc_fallback could not place (same arguments;
   // `parent`: the fixed pool pick_pool chose): an existing grown pool, else a new one. Returns
@@ -415,12 +420,15 @@ class KernelDmaOp : public DmaOp {
   [[gnu::noinline]] void unmap_grown(const DmaMapHandle& h);
   // Retires grown pool g and frees its memory if it is live and empty; true if it did.
   bool retire_grown(size_t g) TA_REQ(grow_lock_);
-  // Whether grown pool g, empty, may go back now: its fixed pool has min(g's bytes, half its own)
-  // free (the hysteresis; a lock-free estimate of the fixed pool's use).
-  bool parent_recovered(size_t g) const TA_REQ(grow_lock_);
-  // An unmap from a fixed pool found idle_grown_ set: gives back each idle grown pool whose fixed
-  // pool has recovered, and forgets those that are in use again. Skipped when another CPU holds
-  // grow_lock_ (it is growing, retiring or sweeping).
+  // The free slots grown pool g's fixed pool must have before g, empty, may go back: min(g's
+  // bytes, half the fixed pool's) in the fixed pool's slots (the hysteresis).
+  uint64_t slots_needed(size_t g) const TA_REQ(grow_lock_);
+  // Free slots of fixed pool i now, from its lock-free use estimate.
+  uint64_t free_slots_estimate(size_t i) const;
+  // An unmap from a fixed pool found idle_grown_ set: if an idle grown pool could go back (a
+  // lock-free test of its fixed pool's use: the common case while that pool stays busy costs no
+  // lock), gives back each idle grown pool whose fixed pool has recovered and forgets those in
+  // use again. Skipped when another CPU holds grow_lock_ (it is growing, retiring or sweeping).
   [[gnu::noinline]] void sweep_idle_grown();
   // Statistics of a successful map (nothing without DMA_STATS).
   void count_map(size_t bytes, bool bounced);

@@ -119,6 +119,32 @@ TEST_F(BounceGrowthTest, AnEmptyGrownPoolGoesBackOnceTheFixedPoolHasRecovered) {
   EXPECT_EQ(free_pages(), pages + kChunk / kPage + 1);
 }
 
+TEST_F(BounceGrowthTest, AnIdleGrownPoolWaitsUntilTheFixedPoolsUnmapsFreeHalfOfIt) {
+  // The fixed pool in four quarters, then a mapping that grows.
+  std::vector<StreamingMapping> quarters;
+  for (int i = 0; i < 4; ++i) {
+    auto q = dev_.map(buffer(kChunk / 4), kChunk / 4, DmaDirection::kToDevice);
+    ASSERT_TRUE(q.ok());
+    ASSERT_TRUE(plat_.pool(0).contains(PhysAddr(q->dma_addr().value())));
+    quarters.push_back(std::move(*q));
+  }
+  auto b = dev_.map(buffer(4096), 4096, DmaDirection::kToDevice);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(stats().grow_events, 1u);
+  b->unmap();  // Empty while the fixed pool is full: kept, idle.
+  EXPECT_EQ(stats().shrink_events, 0u);
+  quarters[0].unmap();  // A quarter free: less than half, still kept.
+  EXPECT_EQ(stats().shrink_events, 0u);
+  EXPECT_EQ(stats().grown_bytes, kChunk);
+  quarters[1].unmap();  // Half free: this unmap gives the idle growth back.
+  EXPECT_EQ(stats().shrink_events, 1u);
+  EXPECT_EQ(stats().grown_bytes, 0u);
+  quarters[2].unmap();
+  quarters[3].unmap();
+  EXPECT_EQ(stats().shrink_events, 1u);
+  EXPECT_EQ(*plat_.op().trim_bounce_pools(), 0u);
+}
+
 TEST_F(BounceGrowthTest, AWorkloadAtTheEdgeReusesItsGrownPool) {
   auto a = dev_.map(buffer(), kChunk, DmaDirection::kToDevice);
   ASSERT_TRUE(a.ok());
