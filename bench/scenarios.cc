@@ -132,8 +132,12 @@ PfaMixed::PfaMixed(double target, uint64_t ram_bytes, uint64_t seed, unsigned ma
                    bool stand_in)
     : plat_(pfa_platform(kPfaRamBase, ram_bytes)),
       pfa_(&plat_->pfa()),
+      base_(kPfaRamBase),
       rng_(seed),
       orders_(max_order + 1) {
+  if (max_order >= kStandInBit || (ram_bytes / kPage) >= kStandInPages) {
+    die("mixed: too many orders or pages for the live-block table's entries");
+  }
   uint64_t total = pfa_->free_pages();
   target_pages_ = static_cast<uint64_t>(std::llround(target * static_cast<double>(total)));
   slack_pages_ = total / 50;
@@ -142,20 +146,45 @@ PfaMixed::PfaMixed(double target, uint64_t ram_bytes, uint64_t seed, unsigned ma
     auto order = static_cast<unsigned>(rng_.below(orders_));
     auto r = pfa_->alloc(order);
     if (!r.ok()) die("mixed fill failed");
-    live_.push_back(Block{*r, order});
+    live_.push_back(make_block(*r, order, false));
     used_pages_ += 1ull << order;
   }
-  victim_draw_ = rng_.next();
+  for (size_t& v : ahead_) v = draw_victim();
   run(200'000);
   allocs_ = frees_ = failures_ = 0;
   // The stand-in's fake addresses lie above the simulated RAM.
   stand_in_ = stand_in;
-  stand_in_next_ = kPfaRamBase + ram_bytes;
+  stand_in_next_ = 0;
+}
+
+size_t PfaMixed::draw_victim() {
+  size_t k = index_below(rng_.next(), live_.size());
+  __builtin_prefetch(&live_[k], 1);
+  return k;
+}
+
+size_t PfaMixed::next_victim() {
+  size_t k = ahead_[ahead_head_];
+  // Drawn when the table was up to kAhead entries longer: past its end now (rarely, at 16 GiB
+  // about once in 20,000 frees), the last entry is the victim.
+  if (k >= live_.size()) k = live_.size() - 1;
+  ahead_[ahead_head_] = draw_victim();
+  ahead_head_ = (ahead_head_ + 1) % kAhead;
+  return k;
+}
+
+PfaMixed::Block PfaMixed::make_block(PhysAddr a, unsigned order, bool stand_in) const {
+  uint64_t page = (a.value() - base_) / kPage;
+  return static_cast<Block>((page << kPageNumberShift) | (stand_in ? kStandInBit : 0) | order);
+}
+
+PhysAddr PfaMixed::block_addr(Block b) const {
+  return PhysAddr(base_ + (uint64_t{b >> kPageNumberShift} * kPage));
 }
 
 PfaMixed::~PfaMixed() {
-  for (const Block& b : live_) {
-    if ((b.order & kStandInBit) == 0) free_or_die(pfa_, b.addr, b.order);
+  for (Block b : live_) {
+    if ((b & kStandInBit) == 0) free_or_die(pfa_, block_addr(b), block_order(b));
   }
 }
 
@@ -170,10 +199,6 @@ void PfaMixed::run(uint64_t ops) {
 template <bool kStandIn>
 void PfaMixed::run_loop(uint64_t ops) {
   for (uint64_t i = 0; i < ops; ++i) {
-    // The next free's victim is drawn one free ahead and its entry fetched now: the table of
-    // live blocks grows with RAM, and the harness's own cache misses on it are not the
-    // allocator's cost.
-    if (!live_.empty()) __builtin_prefetch(&live_[index_below(victim_draw_, live_.size())], 1);
     bool alloc;
     if (live_.empty() || used_pages_ + slack_pages_ < target_pages_) {
       alloc = true;
@@ -186,8 +211,8 @@ void PfaMixed::run_loop(uint64_t ops) {
       auto order = static_cast<unsigned>(rng_.below(orders_));
       auto r = [&]() -> Result<PhysAddr> {
         if constexpr (kStandIn) {
-          PhysAddr a(stand_in_next_);
-          stand_in_next_ += kPage << order;
+          PhysAddr a(base_ + (stand_in_next_ * kPage));
+          stand_in_next_ = (stand_in_next_ + (1ull << order)) & (kStandInPages - 1);
           return a;
         } else {
           return pfa_->alloc(order);
@@ -195,21 +220,20 @@ void PfaMixed::run_loop(uint64_t ops) {
       }();
       ++allocs_;
       if (r.ok()) {
-        live_.push_back(Block{*r, kStandIn ? order | kStandInBit : order});
+        live_.push_back(make_block(*r, order, kStandIn));
         used_pages_ += 1ull << order;
       } else {
         ++failures_;
       }
     } else {
-      size_t k = index_below(victim_draw_, live_.size());
-      victim_draw_ = rng_.next();
+      size_t k = next_victim();
       Block b = live_[k];
       live_[k] = live_.back();
       live_.pop_back();
-      unsigned order = b.order & ~kStandInBit;
+      unsigned order = block_order(b);
       if (kStandIn) {
-        benchmark_keep(b.addr.value());
-      } else if (!pfa_->free(b.addr, order).ok()) {
+        benchmark_keep(block_addr(b).value());
+      } else if (!pfa_->free(block_addr(b), order).ok()) {
         die("mixed free failed");
       }
       ++frees_;
