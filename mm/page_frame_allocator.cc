@@ -11,17 +11,21 @@
 // steer it (the free lists of a classic buddy allocator live in the free pages: a stale DMA
 // descriptor that writes after free plants a pointer the next allocation writes through).
 //
-// State bytes. One byte per page: kStateFree|k heads a free block of 2^k pages, kStateAllocated|k
-// heads an allocated one, kStateInterior is any other page of a block, kStateReserved a page that
-// is not managed. Only block heads carry a head marker, so splitting and merging rewrite one byte
-// each, and free() checks its argument exactly: the byte at addr must be kStateAllocated|order.
-// Merging asks the buddy's byte whether it is free with the same order.
+// Slots. For each order k, the slots are the places a block of 2^k pages can lie, numbered
+// through the ranges in ascending address order (range r's slots from base[r] on, with slot =
+// (pfn >> k) - delta[r]), so slot order is address order across all ranges. Each range's first
+// slot has the parity of its first block's number, and an unused slot lies before and after each
+// range: a block and its buddy are then the two bits of an aligned pair, and a buddy outside the
+// range, or a block that would run past its end, is an unused slot, never set.
 //
-// Free-block bitmaps. For each order k, the slots are the places a block of 2^k pages can lie,
-// numbered through the ranges in ascending address order (range r's slots from base[r] on, with
-// slot = (pfn >> k) - delta[r]), so slot order is address order across all ranges. Level 0 has a
-// bit per slot, set when a free block lies there; level l + 1 has a bit per word of level l (a
-// summary bit); the top level is a single word, kept in this object next to the other orders'.
+// Level 0 has two words per 64 slots, side by side: a free bit per slot (a free block lies there)
+// and an allocated bit (an allocated block does). Nothing else records a page's state: free()
+// checks its argument exactly (its allocated bit at its order must be set), merging asks the
+// buddy's free bit, splitting sets the free bits of the upper halves. A free, its merges and its
+// check touch one word pair per order involved: one cache line each, of metadata that is about
+// half a byte per page (2 MiB for 16 GiB), where a state byte per page alone was twice that, and
+// a free list's links are a random line anywhere in RAM. Level l + 1 has a bit per free word of
+// level l (a summary bit); the top level is a single word, kept in this object.
 // A search for the highest set bit at or below slot q masks q's word at level 0; when that is
 // empty it goes up to the summary bits at or below the word before, and once a level has a bit it
 // goes down, one find-last-set (clz) and one load per level: at most twice the number of levels.
@@ -44,10 +48,10 @@
 // A request under a limit turns it into a slot bound for each order it tries (the highest slot
 // whose block's kept piece ends at or below the limit: a scan of the ranges from the top), so
 // every limit is exact: alloc fails only when nothing suitable is free.
-// The bitmaps take about two bits per page (a bit per page for order 0, half that for order 1,
-// and so on) plus 1/63 of that for the summaries; with the state bytes, about 1.3 bytes per page,
-// and 7 bytes of alignment slack. Bitmaps of 64 slots or fewer are their top word: tiny memory
-// costs its state bytes only.
+// The bitmaps take about four bits per page (two bits per slot, a slot per page for order 0,
+// half that for order 1, and so on) plus 1/127 of that for the summaries, 3 unused slots per
+// range and order, and 63 bytes to start at a cache line. Bitmaps of 64 slots or fewer are their
+// top word pair, in this object: tiny memory uses none of the buffer.
 //
 // alloc(order, limit, align): need = max(order, log2(align) - 12). For k from need up to
 // kMaxOrder, the highest free block of order k whose lowest 2^order pages end at or below the
@@ -56,20 +60,20 @@
 // lowest piece (aligned to 2^k >= 2^need pages) and freeing the upper halves.
 //
 // free(addr, order): find the range (one unsigned compare per range, at most kMaxRanges), check
-// the state byte, then merge upwards while the buddy is a free block of the same order in the
-// same range, each merge clearing the buddy's bit.
+// and clear the allocated bit, then merge upwards while the buddy is a free block of the same
+// order (in the same range: see the unused slots), each merge clearing the buddy's free bit.
 //
 // Costs: alloc without a limit, when the hint's word of the request's order has a block: a load,
-// a find-last-set, the slot's range (one compare for the top range, then one per range below), a
-// store to the bitmap and one to the state byte. Otherwise, per order tried, the window's words
+// a find-last-set, the slot's range (one compare for the top range, then one per range below),
+// and a store to each word of the pair. Otherwise, per order tried, the window's words
 // and a search (O(levels), plus one step per stale summary bit met); per split, a bit set (O(1)
 // in the window, O(levels) at worst elsewhere). Under a limit, per order tried, a scan of the
-// ranges and a bounded search. free: the range (the top one first, then O(kMaxRanges)), then
-// per merge a state byte test and a bit cleared, and one bit set. Levels = ceil(log64(slots)) - 1
-// below the top word: 3 for order 0 of 64 GiB. init O(pages); stats, check_invariants and
-// free_blocks O(pages); free_pages O(ranges). A block taken or freed touches its state byte, one
-// bitmap word per order split or merged and rarely a summary word: a few lines of the metadata,
-// which is about 1/3000 of the memory, rather than a random line of RAM per list operation. The
+// ranges and a bounded search. free: the range (the top one first, then O(kMaxRanges)), a bit
+// test, then per merge a bit test and a bit cleared, and one bit set. Levels =
+// ceil(log64(slots)) - 1 below the top word: 3 for order 0 of 64 GiB. init O(pages + ranges *
+// reserved^2); stats and free_blocks O(pages); check_invariants O(pages * orders); free_pages
+// O(1). A block taken or freed touches one word pair per order split or merged and rarely a
+// summary word: a few lines of the metadata, which is about 1/8000 of the memory. The
 // common cases return a plain register (the header's inline alloc/free build the Result in the
 // caller); splitting, merging, searching, alignment and errors are out of line.
 #include "dmakit/page_frame_allocator.h"
@@ -155,7 +159,7 @@ SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange
   size_t need = metadata_size(ranges);
   if (metadata_bytes < need || (need > 0 && metadata == nullptr)) return ErrorCode::kNoMemory;
 
-  // Ranges, trimmed to pages, each with its slice of the state bytes, all pages "interior".
+  // Ranges, trimmed to pages.
   auto* meta = static_cast<uint8_t*>(metadata);
   num_ranges_ = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -166,70 +170,65 @@ SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange
     Range& r = ranges_[num_ranges_++];
     r.start_pfn = s;
     r.pages = e - s;
-    r.state = meta;
     r.index = static_cast<uint32_t>(num_ranges_ - 1);
     managed_per_range_[r.index] = 0;
-    support::fill_bytes(meta, kStateInterior, static_cast<size_t>(r.pages));
-    meta += r.pages;
   }
 
-  // The bitmaps, word aligned, after the state bytes: for each order its levels from 0 up, each
-  // zeroed; the top word is top_words_[o].
+  // The bitmaps, from a cache-line boundary: first every order's level 0 (pairs of words, so no
+  // pair straddles two lines), then every order's summary levels from 1 up, each zeroed; the top
+  // word (with, for a top level 0, its allocated word) is top_words_[o].
   auto* words = reinterpret_cast<uint64_t*>(
-      meta + (support::align_up(reinterpret_cast<uintptr_t>(meta), sizeof(uint64_t)) -
+      meta + (support::align_up(reinterpret_cast<uintptr_t>(meta), kMetaAlign) -
               reinterpret_cast<uintptr_t>(meta)));
+  uint64_t* const first_word = words;
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     OrderMap& m = maps_[o];
     m = OrderMap{};
-    uint64_t slots = 0;
+    uint64_t slots = 1;  // Slot 0 is unused: the one before the first range.
     for (size_t i = 0; i < num_ranges_; ++i) {
-      const Range& r = ranges_[i];
-      m.base[i] = slots;
+      Range& r = ranges_[i];
       m.first[i] = first_block(r.start_pfn, o);
       m.count[i] = blocks_in(r.start_pfn, r.start_pfn + r.pages, o);
-      m.delta[i] = m.first[i] - slots;
-      slots += m.count[i];
+      // After the unused slot that ends the previous range, one more if the parity of the first
+      // slot and block differ; one unused slot after the range.
+      uint64_t lo = slots;
+      m.base[i] = lo + ((m.first[i] - lo) & 1);
+      m.delta[i] = m.first[i] - m.base[i];
+      r.delta[o] = m.delta[i];
+      r.base[o] = m.base[i];
+      slots = m.base[i] + m.count[i] + 1;
     }
     m.slots = slots;
-    uint64_t in_buffer = bitmap_words(slots, &m.top);
-    support::fill_bytes(words, 0, static_cast<size_t>(in_buffer * sizeof(uint64_t)));
-    uint64_t bits = slots;
-    for (unsigned l = 0; l < m.top; ++l) {
+    (void)bitmap_words(slots, &m.top);
+    if (m.top > 0) {
+      m.level[0] = words;
+      words += 2 * ((slots + 63) / 64);
+    }
+    level0_[o] = m.level[0];
+  }
+  for (unsigned o = 0; o <= kMaxOrder; ++o) {
+    OrderMap& m = maps_[o];
+    uint64_t bits = (m.slots + 63) / 64;
+    for (unsigned l = 1; l < m.top; ++l) {
       m.level[l] = words;
       bits = (bits + 63) / 64;
       words += bits;
     }
-    top_words_[o] = 0;
+    top_words_[o][0] = 0;
+    top_words_[o][1] = 0;
     hint_[o] = 0;
     prev_[o] = kNoPrev;
-    m.level[m.top] = &top_words_[o];
+    m.level[m.top] = &top_words_[o][0];
+    if (m.top == 0) level0_[o] = m.level[0];
   }
-
-  // Reserved pieces, trimmed outward.
-  for (const PhysRange& res : reserved) {
-    if (res.size == 0) continue;
-    uint64_t base = res.base.value();
-    uint64_t rs = base >> kPageShift;
-    uint64_t re = kPfnLimit;
-    if (!support::add_overflows(base, res.size)) {
-      uint64_t end = base + res.size;
-      re = (end >> kPageShift) + ((end & kPageMask) != 0 ? 1 : 0);
-    }
-    for (size_t i = 0; i < num_ranges_; ++i) {
-      Range& r = ranges_[i];
-      uint64_t lo = support::max(rs, r.start_pfn);
-      uint64_t hi = support::min(re, r.start_pfn + r.pages);
-      if (lo < hi) {
-        support::fill_bytes(r.state + (lo - r.start_pfn), kStateReserved,
-                            static_cast<size_t>(hi - lo));
-      }
-    }
+  if (words != first_word) {
+    support::fill_bytes(first_word, 0, static_cast<size_t>(words - first_word) * sizeof(uint64_t));
   }
 
   direct_map_offset_ = direct_map_offset;
-  for (uint64_t& f : free_per_range_) f = 0;
 
-  // Each run of unreserved pages becomes the largest naturally aligned blocks that fit.
+  // Each run of pages between reserved pieces (trimmed outward) becomes the largest naturally
+  // aligned blocks that fit.
   uint64_t lowest = 0;
   uint64_t highest = 0;
   uint64_t managed = 0;
@@ -238,12 +237,26 @@ SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange
     uint64_t p = r.start_pfn;
     uint64_t end = r.start_pfn + r.pages;
     while (p < end) {
-      if (r.state[p - r.start_pfn] == kStateReserved) {
-        ++p;
+      // The end of the reserved pieces covering p, and the start of the next one above it.
+      uint64_t covered = p;
+      uint64_t next = end;
+      for (const PhysRange& res : reserved) {
+        if (res.size == 0) continue;
+        uint64_t base = res.base.value();
+        uint64_t rs = base >> kPageShift;
+        uint64_t re = kPfnLimit;
+        if (!support::add_overflows(base, res.size)) {
+          uint64_t e = base + res.size;
+          re = (e >> kPageShift) + ((e & kPageMask) != 0 ? 1 : 0);
+        }
+        if (rs <= p && p < re) covered = support::max(covered, re);
+        if (rs > p) next = support::min(next, rs);
+      }
+      if (covered > p) {
+        p = covered;
         continue;
       }
-      uint64_t q = p;
-      while (q < end && r.state[q - r.start_pfn] != kStateReserved) ++q;
+      uint64_t q = next;
       if (managed == 0) lowest = p;
       highest = q;
       managed += q - p;
@@ -252,19 +265,18 @@ SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange
         unsigned order = kMaxOrder;
         if (p != 0) order = support::min(order, support::ctz(p));
         order = support::min(order, support::log2_floor(q - p));
-        r.state[p - r.start_pfn] = state_byte(kStateFree, order);
-        set_slot(order, (p >> order) - maps_[order].delta[i]);
+        set_slot(order, (p >> order) - r.delta[order]);
         poison_.on_free(phys_to_virt(PhysAddr(p << kPageShift)), kPageSize << order);
         p += 1ull << order;
       }
     }
-    free_per_range_[i] = managed_per_range_[i];
   }
   if (num_ranges_ != 0) {
     top_index_ = static_cast<uint32_t>(num_ranges_ - 1);
     top_range_ = &ranges_[top_index_];
   }
   managed_pages_ = managed;
+  free_pages_ = managed;
   lowest_ = PhysAddr(lowest << kPageShift);
   highest_ = PhysAddr(highest << kPageShift);
   metadata_bytes_ = need;
@@ -277,7 +289,7 @@ SUPPORT_COLD Result<void> PageFrameAllocator::init(support::Span<const PhysRange
 inline void PageFrameAllocator::set_summary(unsigned o, unsigned l, uint64_t pos) {
   const OrderMap& m = maps_[o];
   for (; l <= m.top; ++l) {
-    uint64_t* w = &m.level[l][pos >> 6];
+    uint64_t* w = level_word(m, l, pos >> 6);
     uint64_t old = *w;
     *w = old | (1ull << (pos & 63));
     if (old != 0) return;  // A non-zero word already has its bit in the level above.
@@ -286,26 +298,63 @@ inline void PageFrameAllocator::set_summary(unsigned o, unsigned l, uint64_t pos
 }
 
 inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
-  const OrderMap& m = maps_[o];
+  uint64_t* l0 = level0_[o];
   uint64_t i = pos >> 6;
-  uint64_t* w = &m.level[0][i];
+  uint64_t* w = &l0[2 * i];
   uint64_t old = *w;
   *w = old | (1ull << (pos & 63));
   uint64_t h = hint_[o];
   if (__builtin_expect(h - i < kWindow, 1)) {  // In the window (i > h wraps: not).
     // When the words above it in the window are empty, the hint comes down to this word, so
     // that the next allocation finds this block in one load.
-    if (i != h && m.level[0][h] == 0 && (i + 1 == h || m.level[0][h - 1] == 0)) hint_[o] = i;
+    if (i != h && l0[2 * h] == 0 && (i + 1 == h || l0[2 * (h - 1)] == 0)) hint_[o] = i;
     return;
   }
   if (i > h) {
-    raise_hint(o, i);
+    if (i - h >= kWindow && far_[o] == kNoFar) {
+      far_[o] = pos;  // Far above, and the first there: the far block.
+    } else {
+      free_above(o, pos, old == 0);
+    }
     return;
   }
+  place_below(o, i, old == 0);
+}
+
+// Word i (below the window) has just had a bit set; was_empty: it had none before.
+void PageFrameAllocator::place_below(unsigned o, uint64_t i, bool was_empty) {
   // Between the previous hint and the window, which is empty: the previous hint moves up to it
   // (the words it passes are empty; the ones it leaves below have their summary bits).
   if (i > prev_[o]) prev_[o] = i;
-  if (old == 0) set_summary(o, 1, i);
+  if (was_empty) set_summary(o, 1, i);
+}
+
+// Slot pos, above the hint's word, has just been set, and is not the far block (see far_): it
+// lies just above the window, or there is a far block already.
+[[gnu::noinline]] void PageFrameAllocator::free_above(unsigned o, uint64_t pos, bool was_empty) {
+  // A second block above the hint: the far one settles (the hint rises to its word), and this
+  // one is placed against the new hint.
+  settle_far(o);
+  uint64_t i = pos >> 6;
+  uint64_t h = hint_[o];
+  if (h - i < kWindow) return;  // In the window (f's word or just below it).
+  if (i > h) {
+    if (i - h < kWindow) {
+      raise_hint(o, i);
+    } else {
+      far_[o] = pos;
+    }
+    return;
+  }
+  place_below(o, i, was_empty);  // Between the old hint and the far block's word.
+}
+
+// The far block, if any, joins the rest: the hint rises to its word.
+void PageFrameAllocator::settle_far(unsigned o) {
+  uint64_t f = far_[o];
+  if (f == kNoFar) return;
+  far_[o] = kNoFar;
+  raise_hint(o, f >> 6);
 }
 
 // The hint rises to word i: the words of the old window that the new one leaves get their
@@ -313,8 +362,11 @@ inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
 [[gnu::noinline]] void PageFrameAllocator::raise_hint(unsigned o, uint64_t i) {
   const OrderMap& m = maps_[o];
   uint64_t h = hint_[o];
-  for (uint64_t j = h >= kWindow - 1 ? h - (kWindow - 1) : 0; j <= h && j + kWindow <= i; ++j) {
-    if (m.level[0][j] != 0) set_summary(o, 1, j);
+  if (i >= kWindow) {
+    uint64_t last = support::min(h, i - kWindow);
+    for (uint64_t j = h >= kWindow - 1 ? h - (kWindow - 1) : 0; j <= last; ++j) {
+      if (*free_word(m, j) != 0) set_summary(o, 1, j);
+    }
   }
   // Far up, the old hint is remembered (nothing lies between); just above, the words the window
   // left may hold something.
@@ -324,16 +376,21 @@ inline void PageFrameAllocator::set_slot(unsigned o, uint64_t pos) {
 
 // Summary bits are cleared lazily, by the searches: clearing a block's bit never goes up.
 inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
-  maps_[o].level[0][pos >> 6] &= ~(1ull << (pos & 63));
+  *pair_of(o, pos) &= ~(1ull << (pos & 63));
 }
 
 uint64_t PageFrameAllocator::highest_slot(unsigned o) {
+  uint64_t f = far_[o];
+  if (f != kNoFar) {  // Above everything else.
+    far_[o] = kNoFar;
+    return f;
+  }
   const OrderMap& m = maps_[o];
   // The window first: nothing lies above the hint's word.
   uint64_t h = hint_[o];
   uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
   for (uint64_t i = h;; --i) {
-    uint64_t w = m.level[0][i];
+    uint64_t w = *free_word(m, i);
     if (w != 0) {
       hint_[o] = i;  // Lowers the hint: the words it passes are empty.
       return (i << 6) | support::log2_floor(w);
@@ -347,7 +404,7 @@ uint64_t PageFrameAllocator::highest_slot(unsigned o) {
   if (p < low) {  // Else the window has come down to it or below: nothing to add.
     low = p >= kWindow - 1 ? p - (kWindow - 1) : 0;
     for (uint64_t i = p;; --i) {
-      uint64_t w = m.level[0][i];
+      uint64_t w = *free_word(m, i);
       if (w != 0) {
         hint_[o] = i;
         return (i << 6) | support::log2_floor(w);
@@ -362,6 +419,7 @@ uint64_t PageFrameAllocator::highest_slot(unsigned o) {
 }
 
 uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
+  settle_far(o);
   const OrderMap& m = maps_[o];
   uint64_t h = hint_[o];
   uint64_t low = h >= kWindow - 1 ? h - (kWindow - 1) : 0;
@@ -369,7 +427,7 @@ uint64_t PageFrameAllocator::highest_slot_at_or_below(unsigned o, uint64_t q) {
   if (qi < low) return search_below(o, q);
   // Nothing lies above the hint's word; the window's words are read directly.
   for (uint64_t i = support::min(qi, h);; --i) {
-    uint64_t w = m.level[0][i];
+    uint64_t w = *free_word(m, i);
     if (i == qi) w &= bits_up_to(q & 63);
     if (w != 0) return (i << 6) | support::log2_floor(w);
     if (i == low) break;
@@ -385,7 +443,7 @@ uint64_t PageFrameAllocator::search_below(unsigned o, uint64_t q) {
     // Up: at level l, the highest set bit at or below `pos`; when its word has none, the bits of
     // the level above at or below the word before it (a clear summary bit always means an empty
     // word here, so nothing is skipped).
-    uint64_t w = m.level[l][pos >> 6] & bits_up_to(pos & 63);
+    uint64_t w = *level_word(m, l, pos >> 6) & bits_up_to(pos & 63);
     if (w == 0) {
       if (l == m.top || (pos >> 6) == 0) return kNoSlot;
       pos = (pos >> 6) - 1;
@@ -395,7 +453,7 @@ uint64_t PageFrameAllocator::search_below(unsigned o, uint64_t q) {
     pos = (pos & ~63ull) | support::log2_floor(w);
     // Down: the highest set bit of each word below.
     for (; l > 0; --l) {
-      uint64_t below = m.level[l - 1][pos];
+      uint64_t below = *level_word(m, l - 1, pos);
       if (__builtin_expect(below == 0, 0)) break;
       pos = (pos << 6) | support::log2_floor(below);
     }
@@ -425,32 +483,34 @@ uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t lim
 // Takes the block (see the header). Splitting is the uncommon case: out of line.
 inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
   if (__builtin_expect(have != order, 0)) return take_and_split(have, pos, order);
-  const OrderMap& m = maps_[order];
-  clear_slot(order, pos);
-  uint32_t ri = range_of_slot(m, pos);
-  uint64_t pfn = (pos + m.delta[ri]) << order;
-  const Range& r = ranges_[ri];
-  r.state[pfn - r.start_pfn] = state_byte(kStateAllocated, order);
-  free_per_range_[ri] -= 1ull << order;
-  return pfn << kPageShift;
+  uint64_t* w = pair_of(order, pos);
+  uint64_t bit = 1ull << (pos & 63);
+  w[0] &= ~bit;
+  w[1] |= bit;  // Its allocated word.
+  // The top range first (alloc prefers high memory).
+  const Range* r = top_range_;
+  if (__builtin_expect(pos < r->base[order], 0)) {
+    r = &ranges_[range_of_slot(maps_[order], pos)];
+  }
+  free_pages_ -= 1ull << order;
+  return ((pos + r->delta[order]) << order) << kPageShift;
 }
 
 [[gnu::noinline]] uint64_t PageFrameAllocator::take_and_split(unsigned have, uint64_t pos,
                                                               unsigned order) {
   const OrderMap& m = maps_[have];
   uint32_t ri = range_of_slot(m, pos);
-  uint64_t pfn = (pos + m.delta[ri]) << have;
-  clear_slot(have, pos);
   const Range& r = ranges_[ri];
-  uint8_t* st = r.state + (pfn - r.start_pfn);
+  uint64_t pfn = (pos + r.delta[have]) << have;
+  clear_slot(have, pos);
   while (have > order) {
     --have;
     uint64_t half = 1ull << have;
-    st[half] = state_byte(kStateFree, have);
-    set_slot(have, ((pfn + half) >> have) - maps_[have].delta[ri]);
+    set_slot(have, ((pfn + half) >> have) - r.delta[have]);
   }
-  *st = state_byte(kStateAllocated, order);
-  free_per_range_[ri] -= 1ull << order;
+  uint64_t p = (pfn >> order) - r.delta[order];
+  pair_of(order, p)[1] |= 1ull << (p & 63);
+  free_pages_ -= 1ull << order;
   return pfn << kPageShift;
 }
 
@@ -458,10 +518,16 @@ inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned o
 // own order. It locks by hand so that everything else is a tail call that unlocks.
 uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
   lock_.lock();
-  uint64_t i = hint_[order];
-  uint64_t w = maps_[order].level[0][i];
-  if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
-  uint64_t a = take(order, (i << 6) | support::log2_floor(w), order);
+  uint64_t pos = far_[order];
+  if (__builtin_expect(pos != kNoFar, 0)) {
+    far_[order] = kNoFar;  // Above everything else.
+  } else {
+    uint64_t i = hint_[order];
+    uint64_t w = level0_[order][2 * i];
+    if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
+    pos = (i << 6) | support::log2_floor(w);
+  }
+  uint64_t a = take(order, pos, order);
   lock_.unlock();
   poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
   return a;
@@ -547,52 +613,56 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
   // Ranges are immutable after init: found without the lock, one unsigned compare per range,
   // from the top down because alloc prefers high memory.
   const Range* r = top_range_;
-  uint64_t off = pfn - r->start_pfn;  // Wraps to a huge value below the range.
-  if (__builtin_expect(off >= r->pages, 0)) {
+  if (__builtin_expect(pfn - r->start_pfn >= r->pages, 0)) {  // Wraps below the range.
     r = lower_range(pfn);
     if (r == nullptr) return false;
-    off = pfn - r->start_pfn;
   }
-  // One compare for both: misaligned (some low bit set) or order > kMaxOrder.
-  if ((((a & kPageMask) << 8) | order) > kMaxOrder) return false;
-  uint8_t* state = r->state;
+  // Aligned to the block (which includes the page). A block that runs past the range's end has
+  // the slot after the range's last, which is never set.
+  if (order > kMaxOrder || (a & ((kPageSize << order) - 1)) != 0) return false;
 
   lock_.lock();
-  if (state[off] != state_byte(kStateAllocated, order)) {
+  // (Computed under the lock, so that little need survive the kernel's irq_save hook.)
+  uint64_t pos = (pfn >> order) - r->delta[order];
+  uint64_t bit = 1ull << (pos & 63);
+  uint64_t* w = pair_of(order, pos);
+  uint64_t allocated = w[1];
+  if ((allocated & bit) == 0) {  // Not an allocated block of this order.
     lock_.unlock();
     return false;
   }
+  w[1] = allocated ^ bit;
   // The block is ours again; the poisoning layer fills it before anyone can take it.
-  uint64_t pages = 1ull << order;
   poison_.on_free(phys_to_virt(PhysAddr(a)), kPageSize << order);
-  free_per_range_[r->index] += pages;
-  uint64_t boff = (pfn ^ pages) - r->start_pfn;  // Wraps to a huge value below the range.
-  if (boff < r->pages && state[boff] == state_byte(kStateFree, order) && order < kMaxOrder) {
+  free_pages_ += 1ull << order;
+  // The block's and its buddy's bits (slots have the parity of their block numbers, so buddies
+  // are the aligned bit pairs of a word); the buddy's stays clear when it lies outside the range.
+  // The block's own free bit is clear: any bit of the pair is the buddy's.
+  // (At kMaxOrder, merge_and_unlock merges nothing.)
+  if (((w[0] >> (pos & 62)) & 3) != 0) {
     return merge_and_unlock(pfn, order, *r);
   }
-  state[off] = state_byte(kStateFree, order);
-  set_slot(order, (pfn >> order) - maps_[order].delta[r->index]);
+  set_slot(order, pos);
   lock_.unlock();
   return true;
 }
 
-// Frees the block at pfn (its state still says allocated) whose buddy of the same order is free:
-// merges upwards while the buddy is a free block of the current order in the same range.
+// Frees the block at pfn (its allocated bit already cleared) whose buddy of the same order is
+// free: merges upwards while the buddy is a free block of the current order (a buddy outside
+// the range has a slot that is never set).
 [[gnu::noinline]] bool PageFrameAllocator::merge_and_unlock(uint64_t pfn, unsigned order,
                                                             const Range& r) {
-  uint8_t* state = r.state;
-  uint64_t start = r.start_pfn;
   while (order < kMaxOrder) {
-    uint64_t bit = 1ull << order;
-    uint64_t boff = (pfn ^ bit) - start;
-    if (boff >= r.pages || state[boff] != state_byte(kStateFree, order)) break;
-    clear_slot(order, ((pfn ^ bit) >> order) - maps_[order].delta[r.index]);
-    state[(pfn | bit) - start] = kStateInterior;  // The upper of the two heads.
-    pfn &= ~bit;
+    uint64_t bpos = ((pfn >> order) ^ 1) - r.delta[order];
+    uint64_t* w = pair_of(order, bpos);
+    uint64_t mask = 1ull << (bpos & 63);
+    if ((*w & mask) == 0) break;
+    *w &= ~mask;
+    if (bpos == far_[order]) far_[order] = kNoFar;  // The far block was the buddy.
+    pfn &= ~(1ull << order);
     ++order;
   }
-  state[pfn - start] = state_byte(kStateFree, order);
-  set_slot(order, (pfn >> order) - maps_[order].delta[r.index]);
+  set_slot(order, (pfn >> order) - r.delta[order]);
   lock_.unlock();
   return true;
 }
@@ -600,9 +670,7 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
 // ---- Statistics and checks ----
 
 uint64_t PageFrameAllocator::free_pages_locked() const {
-  uint64_t total = 0;
-  for (uint64_t f : free_per_range_) total += f;
-  return total;
+  return free_pages_;
 }
 
 SUPPORT_COLD PageFrameAllocator::Stats PageFrameAllocator::stats() const {
@@ -610,24 +678,23 @@ SUPPORT_COLD PageFrameAllocator::Stats PageFrameAllocator::stats() const {
   support::Guard guard{&lock_};
   s.managed_pages = managed_pages_;
   s.free_pages = free_pages_locked();
-  for (size_t i = 0; i < num_ranges_; ++i) {
-    s.free_pages_per_range[i] = free_per_range_[i];
-    s.managed_pages_per_range[i] = managed_per_range_[i];
-  }
-  count_free_per_band(s.free_pages_per_band);
+  for (size_t i = 0; i < num_ranges_; ++i) s.managed_pages_per_range[i] = managed_per_range_[i];
+  count_free(s.free_pages_per_range, s.free_pages_per_band);
   s.num_ranges = num_ranges_;
   s.metadata_bytes = metadata_bytes_;
   return s;
 }
 
 // Every free block is a set bit of level 0 of its order's map.
-void PageFrameAllocator::count_free_per_band(uint64_t* per_band) const {
+void PageFrameAllocator::count_free(uint64_t* per_range, uint64_t* per_band) const {
   for (unsigned o = 0; o <= kMaxOrder; ++o) {
     const OrderMap& m = maps_[o];
     for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
-      for (uint64_t w = m.level[0][i]; w != 0; w &= w - 1) {
+      for (uint64_t w = *free_word(m, i); w != 0; w &= w - 1) {
         uint64_t pos = (i * 64) + support::ctz(w);
-        uint64_t pfn = (pos + m.delta[range_of_slot(m, pos)]) << o;
+        uint32_t r = range_of_slot(m, pos);
+        uint64_t pfn = (pos + m.delta[r]) << o;
+        per_range[r] += 1ull << o;
         per_band[band_of_pfn(pfn)] += 1ull << o;
       }
     }
@@ -646,7 +713,7 @@ uint64_t PageFrameAllocator::free_blocks(unsigned order) const {
   const OrderMap& m = maps_[order];
   uint64_t count = 0;
   for (uint64_t i = 0; i < (m.slots + 63) / 64; ++i) {
-    count += static_cast<uint64_t>(__builtin_popcountll(m.level[0][i]));
+    count += static_cast<uint64_t>(__builtin_popcountll(*free_word(m, i)));
   }
   return count;
 }

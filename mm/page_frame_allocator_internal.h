@@ -1,21 +1,10 @@
-// What mm/page_frame_allocator.cc and mm/page_frame_allocator_check.cc share: the encoding of a
-// page's state byte and bit helpers. Library-internal.
+// What mm/page_frame_allocator.cc and mm/page_frame_allocator_check.cc share: bit helpers.
+// Library-internal.
 #pragma once
 
 #include "dmakit/page_frame_allocator.h"
 
 namespace pfa_internal {
-
-constexpr uint8_t kStateInterior = 0x00;
-constexpr uint8_t kStateFree = 0x40;
-constexpr uint8_t kStateAllocated = 0x80;
-constexpr uint8_t kStateReserved = 0xff;
-constexpr uint8_t kStateKindMask = 0xc0;
-constexpr uint8_t kStateOrderMask = 0x3f;
-
-constexpr uint8_t state_byte(uint8_t kind, unsigned order) {
-  return static_cast<uint8_t>(kind | order);
-}
 
 constexpr uint64_t kPageMask = PageFrameAllocator::kPageSize - 1;
 // One past the last page frame of the 64-bit address space.

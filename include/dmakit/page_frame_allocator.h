@@ -4,13 +4,16 @@
 // The scheme (the implementation file opens with the details and the cost of each operation):
 // a binary buddy allocator over several physical ranges with holes and reserved pieces, whose
 // bookkeeping lives entirely out of band, in a caller-provided buffer that is not managed memory.
-// One state byte per page records whether the page heads a free block and of which order, heads
-// an allocated block, or lies inside one (free() checks its argument against it). The free
-// blocks of each order are a bitmap, one bit per place a block of that order can lie, over all
-// ranges in address order, with a summary above it (one bit per non-zero 64-bit word, level by
-// level up to a single word), so that "the highest free block of order k at or below an address"
-// is a few find-last-set steps. The allocator never reads or writes the pages it manages: a
-// device that writes into a page after it was freed cannot plant anything the allocator trusts.
+// For each order there are two bits per place a block of that order can lie (a slot), over all
+// ranges in address order: one set when a free block lies there, one set when an allocated block
+// does (free() checks its argument against it). The two words of 64 slots sit side by side, so
+// that checking, freeing and merging a block at one order touches one cache line of metadata;
+// about half a byte per page in all, which stays cache-resident for far more memory than the
+// pages themselves. The free bits have a summary above them (one bit per non-zero 64-bit word,
+// level by level up to a single word), so that "the highest free block of order k at or below an
+// address" is a few find-last-set steps. The allocator never reads or writes the pages it
+// manages: a device that writes into a page after it was freed cannot plant anything the
+// allocator trusts.
 //
 // Debug page poisoning (PagePoisonChecker, below) is a layer beside the allocator: it fills
 // blocks when they become free and checks the fill when they are handed out again, through the
@@ -94,7 +97,10 @@ class PageFrameAllocator {
   // constexpr, and the destructor trivial, so that a kernel without C++ start-up code can hold
   // the allocator as a static: `constinit PageFrameAllocator g_pfa;` runs no code before init().
   constexpr PageFrameAllocator() {
-    for (unsigned o = 0; o <= kMaxOrder; ++o) maps_[o].level[0] = &top_words_[o];
+    for (unsigned o = 0; o <= kMaxOrder; ++o) {
+      maps_[o].level[0] = &top_words_[o][0];
+      level0_[o] = &top_words_[o][0];
+    }
   }
   PageFrameAllocator(const PageFrameAllocator&) = delete;
   PageFrameAllocator& operator=(const PageFrameAllocator&) = delete;
@@ -106,8 +112,10 @@ class PageFrameAllocator {
   void shutdown() const TA_EXCL(lock_);
 
   // Bytes of metadata `init` needs for these RAM ranges (after trimming inward to page
-  // boundaries): one byte per page, the free-block bitmaps (about two bits per page), and a few
-  // bytes to align the buffer. At most 0.1% of the memory described. Any alignment will do.
+  // boundaries): the free and allocated bitmaps of every order (about four bits per page) with
+  // the free bitmaps' summaries, and a few bytes to align the buffer (so never 0 for ranges that
+  // hold a page, even when every order's bitmaps fit in the allocator object). At most 0.1% of
+  // the memory described, for 1 MiB or more. Any alignment will do.
   // constexpr: a kernel with a fixed RAM layout sizes a static buffer with it,
   // `alignas(8) uint8_t meta[PageFrameAllocator::metadata_size(kRam)];` (kRam a constexpr array).
   static constexpr size_t metadata_size(support::Span<const PhysRange> ranges) {
@@ -116,9 +124,9 @@ class PageFrameAllocator {
     for (const PhysRange& r : ranges) {
       uint64_t s = 0;
       uint64_t e = 0;
-      if (!trim_inward(r, &s, &e)) continue;
+      if (!trim_inward(r, &s, &e) || s == e) continue;
       pages += e - s;
-      for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o);
+      for (unsigned o = 0; o <= kMaxOrder; ++o) slots[o] += blocks_in(s, e, o) + kRangeSlack;
     }
     uint64_t words = 0;
     for (uint64_t n : slots) {
@@ -126,7 +134,7 @@ class PageFrameAllocator {
       words += bitmap_words(n, &top);
     }
     if (pages == 0) return 0;
-    return static_cast<size_t>(pages + kAlignSlack + (words * sizeof(uint64_t)));
+    return static_cast<size_t>(kAlignSlack + (words * sizeof(uint64_t)));
   }
 
   // Turns the debug poisoning layer off (or on again, where the build has it: DMA_PAGE_POISON).
@@ -179,7 +187,8 @@ class PageFrameAllocator {
 
   // Returns a block from alloc with the same order. Coalesces with free buddies (never across
   // ranges). Writes nothing into the block (only the poisoning layer does). Cost: a scan of the
-  // (at most kMaxRanges) ranges, then per merge a state-byte test and a bitmap update.
+  // (at most kMaxRanges) ranges, a bit test, then per merge a bit test and a bit cleared in the
+  // next order's bitmap, and one bit set.
   // Errors: kNotFound (addr is not the head of an allocated block of that order: never allocated,
   // already freed, wrong order, inside a block, outside every range); the allocator is unchanged
   // then. Checked in every build.
@@ -204,10 +213,10 @@ class PageFrameAllocator {
   size_t num_ranges() const { return num_ranges_; }
   PhysRange range(size_t i) const;
 
-  // A snapshot of the counters. The free pages per band are counted from the bitmaps:
-  // O(pages / 64); for reports and tests, not for hot paths.
+  // A snapshot of the counters. The free pages per range and per band are counted from the
+  // bitmaps: O(pages / 64); for reports and tests, not for hot paths.
   Stats stats() const TA_EXCL(lock_);
-  // Free pages overall (the sum of the per-range counters). O(ranges).
+  // Free pages overall (a counter). O(1).
   uint64_t free_pages() const TA_EXCL(lock_);
 
   // Number of free blocks of exactly `order` (0 if order > kMaxOrder): a population count of
@@ -215,15 +224,15 @@ class PageFrameAllocator {
   uint64_t free_blocks(unsigned order) const TA_EXCL(lock_);
 
   // Checks every internal invariant (a non-zero word has its summary bit set, bits past the end
-  // are clear, every set bit is a block whose state byte says free of that
-  // order and vice versa, blocks lie in one range and do not overlap, buddies are fully
-  // coalesced, counters equal the sums). O(pages). For tests; returns false and stops at the
-  // first violation.
+  // are clear, no slot is both free and allocated, the blocks lie in one range each, do not
+  // overlap and cover exactly the managed pages, buddies are fully coalesced, counters equal the
+  // sums). O(pages * orders). For tests; returns false and stops at the first violation.
   bool check_invariants() const TA_EXCL(lock_);
 
  private:
-  // Slack for aligning the bitmaps in a buffer of any alignment.
-  static constexpr uint64_t kAlignSlack = sizeof(uint64_t) - 1;
+  // The bitmaps start at a cache-line boundary, whatever the buffer's alignment.
+  static constexpr uint64_t kMetaAlign = 64;
+  static constexpr uint64_t kAlignSlack = kMetaAlign - 1;
   // Pages of `r` after trimming inward to page boundaries: [*start, *end), possibly empty.
   // Returns false when the range wraps past 2^64.
   static constexpr bool trim_inward(const PhysRange& r, uint64_t* start, uint64_t* end) {
@@ -234,6 +243,9 @@ class PageFrameAllocator {
     if (*end < *start) *end = *start;
     return true;
   }
+  // Slots of each order a range may take beyond its blocks (see OrderMap): one unused before
+  // it, one to give its first slot the parity of its first block, one unused after it.
+  static constexpr uint64_t kRangeSlack = 3;
   // Blocks of 2^order pages that fit in pages [start, end): the first one's number, and how many.
   static constexpr uint64_t first_block(uint64_t start, unsigned order) {
     return (start + (1ull << order) - 1) >> order;
@@ -243,15 +255,17 @@ class PageFrameAllocator {
     uint64_t last = end >> order;  // One past the last block.
     return last > first ? last - first : 0;
   }
-  // Words of a bitmap of `slots` bits with its summary levels, the single top word excluded (it
-  // lives in the allocator object); *top receives the index of the top level.
+  // Words of one order's bitmaps for `slots` slots: level 0 (two words per 64 slots, the free
+  // and the allocated bits) and the free bits' summary levels, the top level excluded (it lives
+  // in the allocator object, and when it is level 0 its allocated word does too); *top receives
+  // the index of the top level.
   static constexpr uint64_t bitmap_words(uint64_t slots, unsigned* top) {
     uint64_t words = 0;
     uint64_t bits = slots;
     unsigned level = 0;
     while (bits > 64) {
       uint64_t w = (bits + 63) / 64;
-      words += w;
+      words += level == 0 ? 2 * w : w;
       bits = w;
       ++level;
     }
@@ -263,16 +277,27 @@ class PageFrameAllocator {
   struct Range {
     uint64_t start_pfn = 0;
     uint64_t pages = 0;
-    uint8_t* state = nullptr;  // One byte per page of [start_pfn, start_pfn + pages).
-    uint32_t index = 0;        // Its own index in ranges_ (cheaper than pointer arithmetic).
+    uint32_t index = 0;  // Its own index in ranges_ (cheaper than pointer arithmetic).
+    // Per order, block number (pfn >> order) minus slot: the same as maps_[order].delta[index],
+    // kept here so that free reads one line for its range.
+    uint64_t delta[kMaxOrder + 1] = {};
+    // Per order, the range's first slot: maps_[order].base[index], kept here so that alloc tells
+    // whether a slot lies in the top range without reaching into the order's map.
+    uint64_t base[kMaxOrder + 1] = {};
   };
   // 64^9 > 2^52 bits, more than the blocks of any order in a 64-bit address space.
   static constexpr unsigned kMaxLevels = 9;
-  // The free blocks of one order. A slot is a place a block of this order can lie (naturally
+  // The blocks of one order. A slot is a place a block of this order can lie (naturally
   // aligned, wholly inside one range); slots are numbered through the ranges in address order,
-  // range r's from base[r] on. Bit p of level 0 is set when slot p holds a free block; bit i of
-  // level l + 1 summarises word i of level l (see set_slot); level `top` is one word
-  // (top_words_[order]).
+  // range r's from base[r] on, with base[r] of the parity of its first block's number and at
+  // least one unused slot before and after each range. So a block and its buddy are always the
+  // two bits of an aligned pair in one word, and a buddy outside the range, or a block that runs
+  // past its end, falls on a slot that is never set: free and merge test bits without checking
+  // the range's bounds. Level 0 holds two words per 64 slots, side by side: in word 2i,
+  // bit p % 64 of slot p = 64i + p % 64 is set when a free block lies there, in word 2i + 1 when
+  // an allocated one does (free_word / alloc_word). Bit i of level l + 1 summarises free word i
+  // of level l (see set_slot); level `top` is one word (top_words_[order][0]; when that is level
+  // 0, its allocated word is top_words_[order][1]).
   // The pointers and numbers are fixed by init; the words they point to are guarded by lock_.
   struct OrderMap {
     uint64_t* level[kMaxLevels] = {};
@@ -301,6 +326,16 @@ class PageFrameAllocator {
     }
     return r;
   }
+  static uint64_t* free_word(const OrderMap& m, uint64_t i) { return &m.level[0][2 * i]; }
+  // The free word of the word pair holding slot `pos` of order o (level0_: no OrderMap access).
+  uint64_t* pair_of(unsigned o, uint64_t pos) const TA_REQ(lock_) {
+    return level0_[o] + 2 * (pos >> 6);
+  }
+  static uint64_t* alloc_word(const OrderMap& m, uint64_t i) { return &m.level[0][(2 * i) + 1]; }
+  // Word i of level l: a free word at level 0, a summary word above.
+  static uint64_t* level_word(const OrderMap& m, unsigned l, uint64_t i) {
+    return &m.level[l][i << (l == 0 ? 1 : 0)];
+  }
   // Bitmap operations on order o's map. The hint (hint_[o]) is a word of level 0 above which no
   // bit is set, and the window is the kWindow words ending at it. A summary bit is set when the
   // word below becomes non-empty, except for a level-0 word in the window (set when the window
@@ -313,6 +348,17 @@ class PageFrameAllocator {
   // nothing lies between it and the window: once the high block is taken again, highest_slot
   // reads the words ending at prev_[o] before it climbs the summary levels.
   static constexpr uint64_t kNoPrev = ~0ull;
+  // The far block: a free block of order o above the hint's word, the only one there, left out
+  // of the hint and the window (far_[o] is its slot, kNoFar when there is none). A block freed
+  // above the hint becomes it, where raising the hint to it would cost the old window's summary
+  // bits, and taking it again a search back down to the previous hint; the next allocation of
+  // its order takes it, and the one after finds the hint's word as it was. A second block freed
+  // above the hint, a search under a limit, or a merge that takes the far block in settles it:
+  // the hint rises to it as before.
+  static constexpr uint64_t kNoFar = ~0ull;
+  void free_above(unsigned o, uint64_t pos, bool was_empty) TA_REQ(lock_);
+  void settle_far(unsigned o) TA_REQ(lock_);
+  void place_below(unsigned o, uint64_t i, bool was_empty) TA_REQ(lock_);
   void set_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   void set_summary(unsigned o, unsigned level, uint64_t pos) TA_REQ(lock_);
   void raise_hint(unsigned o, uint64_t i) TA_REQ(lock_);
@@ -346,9 +392,11 @@ class PageFrameAllocator {
   bool free_block(uint64_t addr, unsigned order) TA_EXCL(lock_);
   bool merge_and_unlock(uint64_t pfn, unsigned order, const Range& r) TA_REL(lock_);
   uint64_t free_pages_locked() const TA_REQ(lock_);
-  bool check_maps(uint64_t* per_range, uint64_t* blocks) const TA_REQ(lock_);
-  void count_free_per_band(uint64_t* per_band) const TA_REQ(lock_);
-  bool check_states(const uint64_t* per_range, uint64_t blocks) const TA_REQ(lock_);
+  bool check_maps() const TA_REQ(lock_);
+  void count_free(uint64_t* per_range, uint64_t* per_band) const TA_REQ(lock_);
+  bool check_blocks() const TA_REQ(lock_);
+  // Whether slot `pos` of order o holds a free (or, with `allocated`, an allocated) block.
+  bool slot_bit(unsigned o, uint64_t pos, bool allocated) const TA_REQ(lock_);
 
   mutable support::SpinLock lock_;
   Range ranges_[kMaxRanges];
@@ -364,16 +412,20 @@ class PageFrameAllocator {
   uint64_t managed_per_range_[kMaxRanges] = {};
   uint64_t metadata_bytes_ = 0;
   PagePoisonChecker poison_;
-  // The top word of each order's map, side by side: finding the first order with a free block
-  // reads one cache line.
-  uint64_t top_words_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
+  // The top word of each order's map (and, when the top is level 0, its allocated word).
+  uint64_t top_words_[kMaxOrder + 1][2] TA_GUARDED(lock_) = {};
+  // Each order's level 0 (maps_[o].level[0]), side by side for the hot paths.
+  uint64_t* level0_[kMaxOrder + 1] = {};
   // For each order, a word of level 0 above which no bit is set (raised by set_slot, lowered by
   // a search that finds it empty): the highest free block is usually found in one load.
   uint64_t hint_[kMaxOrder + 1] TA_GUARDED(lock_) = {};
+  uint64_t far_[kMaxOrder + 1] TA_GUARDED(lock_) = {kNoFar, kNoFar, kNoFar, kNoFar, kNoFar, kNoFar,
+                                                    kNoFar, kNoFar, kNoFar, kNoFar, kNoFar};
   uint64_t prev_[kMaxOrder + 1] TA_GUARDED(lock_) = {kNoPrev, kNoPrev, kNoPrev, kNoPrev,
                                                      kNoPrev, kNoPrev, kNoPrev, kNoPrev,
                                                      kNoPrev, kNoPrev, kNoPrev};
-  // Free pages per range (free_pages() is their sum; per band, stats() counts them).
-  uint64_t free_per_range_[kMaxRanges] TA_GUARDED(lock_) = {};
+  // Free pages overall (per range and per band, stats() counts them from the bitmaps: one
+  // counter is all the hot paths update).
+  uint64_t free_pages_ TA_GUARDED(lock_) = 0;
   OrderMap maps_[kMaxOrder + 1];
 };

@@ -341,10 +341,17 @@ TEST(PageFrameAllocatorTest, OrderForRoundsUpToWholeBlocks) {
 TEST(PageFrameAllocatorTest, MetadataSizeCountsWholePagesOfEachRange) {
   std::vector<PhysRange> ranges = {R(0x1000, 0x3000), R(0x10'0800, 0x2000), R(0x20'0000, 0x800),
                                    R(0x40'0000, 0)};
-  // 3 pages, then [0x100800, 0x102800) holds one whole page, then nothing, then nothing: a state
-  // byte each, and 7 bytes to align the bitmaps (a bitmap of at most 64 blocks is one word, which
-  // the allocator object holds).
-  EXPECT_EQ(Pfa::metadata_size(span_of(ranges)), 4u + 7u);
+  // 3 pages, then [0x100800, 0x102800) holds one whole page, then nothing, then nothing: every
+  // order has at most 64 slots (the blocks and three unused slots per range), so every bitmap is
+  // its top word pair, which the allocator object holds; what remains is the alignment slack, so
+  // that a static buffer sized by it is never an array of 0 bytes.
+  EXPECT_EQ(Pfa::metadata_size(span_of(ranges)), 63u);
+  // 4096 pages: a buffer from here on. Order 0 has 4096 + 3 slots: 65 word pairs and 2 summary
+  // words; orders 1..6 have 33, 17, 9, 5, 3 and 2 pairs (order 1's summary is its top word);
+  // order 7 (35 slots) and up fit the object. Plus 63 bytes to start at a cache line.
+  std::vector<PhysRange> big = {R(1 * kGiB, 16 * kMiB)};
+  EXPECT_EQ(Pfa::metadata_size(span_of(big)),
+            (130u + 2u + 66u + 34u + 18u + 10u + 6u + 4u) * 8u + 63u);
   EXPECT_EQ(Pfa::metadata_size(support::Span<const PhysRange>()), 0u);
 }
 
@@ -356,10 +363,22 @@ TEST(PageFrameAllocatorTest, MetadataUnderOneThousandthOf16GiB) {
   for (const PhysRange& r : ranges) managed += r.size;
   size_t meta = Pfa::metadata_size(span_of(ranges));
   EXPECT_LE(static_cast<double>(meta) / static_cast<double>(managed), 0.001);
-  // A state byte per page and about two bits of bitmaps (1 + 1/2 + 1/4 + ...), with summaries.
+  // Two bits per slot (free, allocated), about two slots per page over the orders (1 + 1/2 +
+  // 1/4 + ...): half a byte per page, with the summaries about 1/256 of a byte more.
   uint64_t pages = managed / kPage;
-  EXPECT_GE(meta, pages + pages / 4);
-  EXPECT_LE(meta, pages + pages / 4 + pages / 128 + 1000);
+  EXPECT_GE(meta, pages / 2 - pages / 1024);
+  EXPECT_LE(meta, pages / 2 + pages / 128 + 1000);
+}
+
+// What an operation touches has to stay in the cache when RAM is large: the metadata is about
+// half a byte per page (a state byte per page alone was twice that), i.e. 2 MiB for 16 GiB.
+TEST(PageFrameAllocatorOutOfBandTest, MetadataIsHalfAByteAPage) {
+  for (uint64_t bytes : {256 * kMiB, 1 * kGiB, 16 * kGiB}) {
+    std::vector<PhysRange> ranges = {R(4 * kGiB, bytes)};
+    uint64_t pages = bytes / kPage;
+    EXPECT_LE(Pfa::metadata_size(span_of(ranges)), pages / 2 + pages / 64)
+        << "bytes 0x" << std::hex << bytes;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,9 +410,8 @@ TEST(PageFrameAllocatorTest, InitSingleRangeBuildsMaximalBlocks) {
   EXPECT_EQ(s.num_ranges, 1u);
   EXPECT_EQ(s.managed_pages_per_range[0], 4096u);
   EXPECT_EQ(s.free_pages_per_range[0], 4096u);
-  // 4096 state bytes, 7 of alignment slack, and the bitmaps of orders 0..5 (64 + 32 + ... + 2
-  // words; a bitmap of 64 blocks or fewer is held by the allocator object).
-  EXPECT_EQ(s.metadata_bytes, 4096u + 7u + 126u * 8u);
+  // See MetadataSizeCountsWholePagesOfEachRange.
+  EXPECT_EQ(s.metadata_bytes, (130u + 2u + 66u + 34u + 18u + 10u + 6u + 4u) * 8u + 63u);
   EXPECT_EQ(s.metadata_bytes, Pfa::metadata_size(span_of(l.ranges)));
   EXPECT_EQ(s.free_pages_per_band[band_of(1 * kGiB)], 4096u);
   EXPECT_EQ(pfa.free_blocks(Pfa::kMaxOrder), 4u);
@@ -406,6 +424,37 @@ TEST(PageFrameAllocatorTest, InitSingleRangeBuildsMaximalBlocks) {
   EXPECT_EQ(pfa.range(0).size, 16 * kMiB);
   EXPECT_EQ(pfa.direct_map_offset(), h.mem().offset());
   EXPECT_EQ(pfa.phys_to_virt(PhysAddr(1 * kGiB + 0x5000)), h.mem().virt(1 * kGiB + 0x5000));
+}
+
+// Buddies across a range's edge: a block's buddy outside its range, and a block that would run
+// past the range's end, fall on unused slots; blocks never merge into the next range however its
+// slots line up with this one's. Ranges of 3 pages, 2 pages apart: [P, P+3) and [P+5, P+8).
+TEST(PageFrameAllocatorTest, NoMergeOrFreeAcrossARangeEdge) {
+  constexpr uint64_t kBase = 1 * kGiB;
+  Layout l{"edges", kBase, 1 * kMiB, {R(kBase, 3 * kPage), R(kBase + 5 * kPage, 3 * kPage)}, {}};
+  Harness h(l);
+  ASSERT_TRUE(h.init().ok());
+  Pfa& pfa = h.pfa();
+  std::vector<PhysAddr> pages;
+  for (int i = 0; i < 6; ++i) {
+    auto r = pfa.alloc(0);
+    ASSERT_TRUE(r.ok());
+    pages.push_back(*r);
+  }
+  EXPECT_EQ(pfa.alloc(0).code(), ErrorCode::kNoMemory);
+  // Pages P+2 and P+6 are order-0 blocks whose order-1 blocks would reach outside their range
+  // (P+2, P+3) or hold an allocated page of another block (P+6, P+7).
+  EXPECT_EQ(pfa.free(PhysAddr(kBase + 2 * kPage), 1).code(), ErrorCode::kNotFound);
+  EXPECT_EQ(pfa.free(PhysAddr(kBase + 6 * kPage), 1).code(), ErrorCode::kNotFound);
+  EXPECT_TRUE(pfa.check_invariants());
+  for (PhysAddr a : pages) ASSERT_TRUE(pfa.free(a, 0).ok());
+  EXPECT_TRUE(pfa.check_invariants());
+  // [P, P+2) and [P+6, P+8) merged; P+2 and P+5 stay single pages (their buddies P+3 and P+4
+  // are outside both ranges).
+  EXPECT_EQ(pfa.free_blocks(0), 2u);
+  EXPECT_EQ(pfa.free_blocks(1), 2u);
+  for (unsigned o = 2; o <= Pfa::kMaxOrder; ++o) EXPECT_EQ(pfa.free_blocks(o), 0u);
+  EXPECT_EQ(pfa.free_pages(), 6u);
 }
 
 TEST(PageFrameAllocatorTest, InitTrimsRangesInwardAndReservedOutward) {
@@ -692,6 +741,50 @@ TEST(PageFrameAllocatorTest, UnconstrainedAllocationPrefersHighMemory) {
   EXPECT_EQ(band_of(mid->value()), band_of(0x1'3FF0'0800));
   for (auto* p : {&r, &low, &mid}) ASSERT_TRUE(h.pfa().free(**p, 0).ok());
   EXPECT_TRUE(h.pfa().check_invariants());
+}
+
+// A page freed far above the others sends the next searches back to the blocks below it, whose
+// bitmap words the allocator may have left without summary bits while it remembered where it
+// came from: both an unconstrained search and one under a limit must still find them.
+TEST(PageFrameAllocatorTest, BlocksBelowAFarFreeAreFoundAgain) {
+  for (bool limited : {false, true}) {
+    SCOPED_TRACE(limited ? "under a limit" : "no limit");
+    Harness h({"plain_16m", 1 * kGiB, 16 * kMiB, {R(1 * kGiB, 16 * kMiB)}, {}});
+    ASSERT_TRUE(h.init().ok());
+    Model m(h.layout());
+    for (;;) {
+      auto r = h.pfa().alloc(0);
+      if (!r.ok()) break;
+      m.on_alloc(r->value(), 0);
+    }
+    // Page 10 of bitmap word w (the range starts on a word boundary); its buddy stays allocated.
+    auto page = [](uint64_t w) { return (1 * kGiB) + (((64 * w) + 10) * kPage); };
+    auto give_back = [&](uint64_t a) {
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), 0).ok());
+      m.on_free(a);
+    };
+    auto take = [&](uint64_t limit) -> uint64_t {
+      auto r = h.pfa().alloc(0, limit);
+      if (!r.ok()) return 0;
+      m.on_alloc(r->value(), 0);
+      return r->value();
+    };
+    constexpr uint64_t kL = 40;
+    uint64_t limit = limited ? page(kL + 3) : kNoLimit;
+    give_back(page(kL - 2));  // The block to be found again.
+    give_back(page(kL));
+    EXPECT_EQ(take(limit), page(kL));
+    give_back(page(kL + 4));  // Far above.
+    if (!limited) {
+      EXPECT_EQ(take(limit), page(kL + 4));
+      give_back(page(kL + 2));
+      EXPECT_EQ(take(limit), page(kL + 2));
+    }
+    EXPECT_TRUE(h.pfa().check_invariants());
+    EXPECT_EQ(take(limit), page(kL - 2));
+    EXPECT_TRUE(h.pfa().check_invariants());
+    free_all(h.pfa(), m);
+  }
 }
 
 // Allocates under `limit` until the allocator says no; checks every block and that nothing
@@ -1316,32 +1409,44 @@ TEST(PageFrameAllocatorTest, CheckInvariantsDetectsCorruption) {
   ASSERT_TRUE(pfa.check_invariants());
   uint64_t first_pfn = pfa.range(0).base.value() / kPage;
   std::vector<uint8_t>& meta = h.meta();
-  // An interior page of an allocated block claiming to head one.
-  size_t idx = static_cast<size_t>(b->value() / kPage + 1 - first_pfn);
-  uint8_t saved = meta[idx];
-  meta[idx] = meta[static_cast<size_t>(a->value() / kPage - first_pfn)];
+  // Order 0's level 0 starts the buffer (from its first cache line): a free and an allocated
+  // word per 64 slots. Slot 0 is unused, then the range's pages from the slot of their parity.
+  auto* words =
+      reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(meta.data()) + 63) & ~uintptr_t{63});
+  uint64_t base = 1 + ((first_pfn - 1) & 1);
+  auto flip = [&](uint64_t pfn, bool allocated) {
+    uint64_t pos = pfn - first_pfn + base;
+    words[(2 * (pos >> 6)) + (allocated ? 1 : 0)] ^= 1ull << (pos & 63);
+  };
+  // A page inside an allocated block claiming to head one, as allocated or as free.
+  for (bool allocated : {true, false}) {
+    flip(b->value() / kPage + 1, allocated);
+    EXPECT_FALSE(pfa.check_invariants()) << allocated;
+    flip(b->value() / kPage + 1, allocated);
+    ASSERT_TRUE(pfa.check_invariants());
+  }
+  // An allocated block claiming to be free too, or not allocated any more.
+  flip(a->value() / kPage, false);
   EXPECT_FALSE(pfa.check_invariants());
-  meta[idx] = saved;
+  flip(a->value() / kPage, false);
+  flip(a->value() / kPage, true);
+  EXPECT_FALSE(pfa.check_invariants());
+  flip(a->value() / kPage, true);
   ASSERT_TRUE(pfa.check_invariants());
-  // Any bit of the free-block bitmaps flipped. The bitmaps follow the state bytes, word aligned:
-  // order 0's level 0 first (64 words for these 4096 pages; its summary, one word, is in the
-  // allocator object), then order 1's level 0 (32 words).
-  auto* bitmaps = reinterpret_cast<uint64_t*>(
-      (reinterpret_cast<uintptr_t>(meta.data()) + pfa.range(0).size / kPage + 7) & ~uintptr_t{7});
-  for (uint64_t* w : {&bitmaps[0], &bitmaps[1], &bitmaps[63], &bitmaps[64]}) {
+  // Any bit of order 0's first and last word pairs flipped (4096 + 3 slots: 65 pairs), the
+  // unused slots and the bits past the end included.
+  for (uint64_t* w : {&words[0], &words[1], &words[128], &words[129]}) {
     for (unsigned bit = 0; bit < 64; ++bit) {
       *w ^= 1ull << bit;
-      EXPECT_FALSE(pfa.check_invariants()) << "word " << (w - bitmaps) << " bit " << bit;
+      EXPECT_FALSE(pfa.check_invariants()) << "word " << (w - words) << " bit " << bit;
       *w ^= 1ull << bit;
     }
   }
   ASSERT_TRUE(pfa.check_invariants());
-  // A reserved page turned into an allocated head.
-  idx = 0;  // The device-tree page at the base is reserved.
-  saved = meta[idx];
-  meta[idx] = 0x80;
+  // A reserved page turned into an allocated head: the device-tree page at the base is reserved.
+  flip(first_pfn, true);
   EXPECT_FALSE(pfa.check_invariants());
-  meta[idx] = saved;
+  flip(first_pfn, true);
   EXPECT_TRUE(pfa.check_invariants());
   ASSERT_TRUE(pfa.free(*a, 0).ok());
   ASSERT_TRUE(pfa.free(*b, 2).ok());
