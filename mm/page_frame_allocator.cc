@@ -41,10 +41,16 @@
 //   - The previous hint: when a block freed far above the window raises the hint, the word it
 //     left is remembered (nothing lies between the two), so that once that block is taken
 //     again the search reads the words there instead of climbing the summary levels.
-//   - Lazy clearing: taking a block clears its bit in level 0 only. A summary bit may then be
-//     stale (its word below empty); a search that meets one clears it and goes on from the next
-//     lower bit of its word, so each costs one step, once. A clear summary bit always means an
-//     empty word (outside the window), which is all a search needs to skip nothing.
+//   - The far block: a block freed more than the window above the hint is kept aside (one per
+//     order) rather than raising the hint: it is the highest free block, the next allocation of
+//     its order takes it, and the one after finds the hint's word as it was, where raising the
+//     hint would have cost the old window's summary bits and a search back down. A second block
+//     freed above the hint, or a search under a limit, settles it (the hint rises to it).
+//   - Exact summaries: a level-0 word that empties (a block taken or merged away) clears its
+//     summary bit at once, and so on up while a summary word empties. So a set summary bit always
+//     means a non-empty word and a search never goes down into an empty one: its cost does not
+//     grow with the number of words that emptied since the last search, which on a large memory
+//     was most of it. Words of the window, and the far block's, may lack their bits.
 // A request under a limit turns it into a slot bound for each order it tries (the highest slot
 // whose block's kept piece ends at or below the limit: a scan of the ranges from the top), so
 // every limit is exact: alloc fails only when nothing suitable is free.
@@ -66,7 +72,7 @@
 // Costs: alloc without a limit, when the hint's word of the request's order has a block: a load,
 // a find-last-set, the slot's range (one compare for the top range, then one per range below),
 // and a store to each word of the pair. Otherwise, per order tried, the window's words
-// and a search (O(levels), plus one step per stale summary bit met); per split, a bit set (O(1)
+// and a search (O(levels)); per split, a bit set (O(1)
 // in the window, O(levels) at worst elsewhere). Under a limit, per order tried, a scan of the
 // ranges and a bounded search. free: the range (the top one first, then O(kMaxRanges)), a bit
 // test, then per merge a bit test and a bit cleared, and one bit set. Levels =
@@ -374,9 +380,26 @@ void PageFrameAllocator::settle_far(unsigned o) {
   hint_[o] = i;
 }
 
-// Summary bits are cleared lazily, by the searches: clearing a block's bit never goes up.
 inline void PageFrameAllocator::clear_slot(unsigned o, uint64_t pos) {
-  *pair_of(o, pos) &= ~(1ull << (pos & 63));
+  uint64_t* w = pair_of(o, pos);
+  uint64_t left = *w & ~(1ull << (pos & 63));
+  *w = left;
+  if (left == 0) clear_summary(o, pos >> 6);
+}
+
+// Word i of order o's level 0 has just become empty: its summary bit goes (a word of the window
+// may have none), and each summary word that empties takes its own bit with it.
+[[gnu::noinline]] void PageFrameAllocator::clear_summary(unsigned o, uint64_t i) {
+  const OrderMap& m = maps_[o];
+  for (unsigned l = 1; l <= m.top; ++l) {
+    uint64_t* s = &m.level[l][i >> 6];
+    uint64_t old = *s;
+    uint64_t left = old & ~(1ull << (i & 63));
+    if (left == old) return;  // The bit was clear: the summaries above are as they were.
+    *s = left;
+    if (left != 0) return;
+    i >>= 6;
+  }
 }
 
 uint64_t PageFrameAllocator::highest_slot(unsigned o) {
@@ -439,31 +462,25 @@ uint64_t PageFrameAllocator::search_below(unsigned o, uint64_t q) {
   const OrderMap& m = maps_[o];
   uint64_t pos = q;
   unsigned l = 0;
+  // Up: at level l, the highest set bit at or below `pos`; when its word has none, the bits of
+  // the level above at or below the word before it (below the window, a clear summary bit means
+  // an empty word, so nothing is skipped).
+  uint64_t w;
   for (;;) {
-    // Up: at level l, the highest set bit at or below `pos`; when its word has none, the bits of
-    // the level above at or below the word before it (a clear summary bit always means an empty
-    // word here, so nothing is skipped).
-    uint64_t w = *level_word(m, l, pos >> 6) & bits_up_to(pos & 63);
-    if (w == 0) {
-      if (l == m.top || (pos >> 6) == 0) return kNoSlot;
-      pos = (pos >> 6) - 1;
-      ++l;
-      continue;
-    }
-    pos = (pos & ~63ull) | support::log2_floor(w);
-    // Down: the highest set bit of each word below.
-    for (; l > 0; --l) {
-      uint64_t below = *level_word(m, l - 1, pos);
-      if (__builtin_expect(below == 0, 0)) break;
-      pos = (pos << 6) | support::log2_floor(below);
-    }
-    if (__builtin_expect(l == 0, 1)) return pos;
-    // Bit pos of level l is stale (its word below is empty): drop it and go on from the bits of
-    // level l below it.
-    m.level[l][pos >> 6] &= ~(1ull << (pos & 63));
-    if (pos == 0) return kNoSlot;
-    --pos;
+    w = *level_word(m, l, pos >> 6) & bits_up_to(pos & 63);
+    if (w != 0) break;
+    if (l == m.top || (pos >> 6) == 0) return kNoSlot;
+    pos = (pos >> 6) - 1;
+    ++l;
   }
+  pos = (pos & ~63ull) | support::log2_floor(w);
+  // Down: the highest set bit of each word below (a set summary bit means a non-empty word).
+  for (; l > 0; --l) {
+    uint64_t below = *level_word(m, l - 1, pos);
+    KDEBUG_ASSERT(below != 0, "page-frame allocator: summary bit over an empty word");
+    pos = (pos << 6) | support::log2_floor(below);
+  }
+  return pos;
 }
 
 uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t limit) const {
@@ -481,12 +498,15 @@ uint64_t PageFrameAllocator::slot_limit(unsigned o, unsigned order, uint64_t lim
 // ---- alloc ----
 
 // Takes the block (see the header). Splitting is the uncommon case: out of line.
-inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order) {
+inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned order,
+                                         bool summarized) {
   if (__builtin_expect(have != order, 0)) return take_and_split(have, pos, order);
   uint64_t* w = pair_of(order, pos);
   uint64_t bit = 1ull << (pos & 63);
-  w[0] &= ~bit;
+  uint64_t left = w[0] & ~bit;
+  w[0] = left;
   w[1] |= bit;  // Its allocated word.
+  if (__builtin_expect(left == 0, 0) && summarized) clear_summary(order, pos >> 6);
   // The top range first (alloc prefers high memory).
   const Range* r = top_range_;
   if (__builtin_expect(pos < r->base[order], 0)) {
@@ -519,7 +539,8 @@ inline uint64_t PageFrameAllocator::take(unsigned have, uint64_t pos, unsigned o
 uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
   lock_.lock();
   uint64_t pos = far_[order];
-  if (__builtin_expect(pos != kNoFar, 0)) {
+  bool far = pos != kNoFar;
+  if (__builtin_expect(far, 0)) {
     far_[order] = kNoFar;  // Above everything else.
   } else {
     uint64_t i = hint_[order];
@@ -527,7 +548,7 @@ uint64_t PageFrameAllocator::alloc_highest(unsigned order) {
     if (__builtin_expect(w == 0, 0)) return alloc_search_and_unlock(order);
     pos = (i << 6) | support::log2_floor(w);
   }
-  uint64_t a = take(order, pos, order);
+  uint64_t a = take(order, pos, order, !far);  // The far block's word has no summary bit.
   lock_.unlock();
   poison_.on_alloc(phys_to_virt(PhysAddr(a)), kPageSize << order);
   return a;
@@ -656,8 +677,10 @@ bool PageFrameAllocator::free_block(uint64_t a, unsigned order) {
     uint64_t bpos = ((pfn >> order) ^ 1) - r.delta[order];
     uint64_t* w = pair_of(order, bpos);
     uint64_t mask = 1ull << (bpos & 63);
-    if ((*w & mask) == 0) break;
-    *w &= ~mask;
+    uint64_t v = *w;
+    if ((v & mask) == 0) break;
+    *w = v & ~mask;
+    if ((v & ~mask) == 0) clear_summary(order, bpos >> 6);
     if (bpos == far_[order]) far_[order] = kNoFar;  // The far block was the buddy.
     pfn &= ~(1ull << order);
     ++order;

@@ -55,13 +55,14 @@ SUPPORT_COLD bool PageFrameAllocator::check_maps() const {
           uint64_t a = *alloc_word(m, i);
           if ((a & ~valid) != 0 || (a & w) != 0) return false;
         }
-        // A non-empty word has its summary bit (a set one may be stale, see clear_slot), unless
-        // it is a level-0 word of the window.
         bool window = l == 0 && ((i <= hint_[o] && hint_[o] - i < kWindow) ||
                                  (far != kNoFar && i == (far >> 6)));
-        if (l < m.top && w != 0 && !window &&
-            ((*level_word(m, l + 1, i >> 6) >> (i & 63)) & 1) == 0) {
-          return false;
+        if (l < m.top) {
+          bool summary = ((*level_word(m, l + 1, i >> 6) >> (i & 63)) & 1) != 0;
+          // A summary bit is set exactly when the word below is non-empty, except that a word of
+          // the window, or the far block's, may be non-empty without it.
+          if (summary && w == 0) return false;
+          if (!summary && w != 0 && !window) return false;
         }
       }
       bits = words;

@@ -339,9 +339,9 @@ class PageFrameAllocator {
   // Bitmap operations on order o's map. The hint (hint_[o]) is a word of level 0 above which no
   // bit is set, and the window is the kWindow words ending at it. A summary bit is set when the
   // word below becomes non-empty, except for a level-0 word in the window (set when the window
-  // moves off it), and cleared only when a search finds the word below empty. So a block freed
+  // moves off it), and cleared when the word below empties (clear_summary). So a block freed
   // and taken again near the top of the free memory, the common case, costs one word each way,
-  // and below the window a clear summary bit always means an empty word.
+  // and below the window a summary bit says exactly whether the word below is empty.
   static constexpr uint64_t kWindow = 3;
   // When a block freed far above the window raised the hint, prev_[o] is the word the hint left
   // (kNoPrev otherwise; a block freed between the two moves it up to that block's word), and
@@ -353,8 +353,8 @@ class PageFrameAllocator {
   // above the hint becomes it, where raising the hint to it would cost the old window's summary
   // bits, and taking it again a search back down to the previous hint; the next allocation of
   // its order takes it, and the one after finds the hint's word as it was. A second block freed
-  // above the hint, a search under a limit, or a merge that takes the far block in settles it:
-  // the hint rises to it as before.
+  // above the hint, or a search under a limit, settles it: the hint rises to it as before. A
+  // merge that takes it in ends it (the merged block is placed as any freed block is).
   static constexpr uint64_t kNoFar = ~0ull;
   void free_above(unsigned o, uint64_t pos, bool was_empty) TA_REQ(lock_);
   void settle_far(unsigned o) TA_REQ(lock_);
@@ -364,8 +364,7 @@ class PageFrameAllocator {
   void raise_hint(unsigned o, uint64_t i) TA_REQ(lock_);
   void clear_slot(unsigned o, uint64_t pos) TA_REQ(lock_);
   // The highest set slot (at or below slot q), or kNoSlot: the window's words one by one, then
-  // search_below, which climbs the summary levels from q and goes down again; a stale summary bit
-  // met on the way down is cleared and the search goes on from the next lower bit of its word.
+  // search_below, which climbs the summary levels from q and goes down again.
   uint64_t highest_slot(unsigned o) TA_REQ(lock_);
   uint64_t highest_slot_at_or_below(unsigned o, uint64_t q) TA_REQ(lock_);
   uint64_t search_below(unsigned o, uint64_t q) TA_REQ(lock_);
@@ -382,7 +381,9 @@ class PageFrameAllocator {
   uint64_t alloc_under(unsigned order, unsigned need, uint64_t limit) TA_EXCL(lock_);
   // Takes the free block in slot `pos` of order `have`, splits it down to 2^order pages keeping
   // the lowest piece, marks that piece allocated and returns its address.
-  uint64_t take(unsigned have, uint64_t pos, unsigned order) TA_REQ(lock_);
+  // summarized: the word may have a summary bit (false for the far block's).
+  uint64_t take(unsigned have, uint64_t pos, unsigned order, bool summarized = true) TA_REQ(lock_);
+  void clear_summary(unsigned o, uint64_t i) TA_REQ(lock_);
   uint64_t take_and_split(unsigned have, uint64_t pos, unsigned order) TA_REQ(lock_);
   // The error of a valid request under `limit` that found nothing: kDmaMaskNotMatch when no
   // block of 2^order pages aligned to 2^need pages could ever lie under it, else kNoMemory.
