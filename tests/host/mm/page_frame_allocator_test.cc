@@ -787,6 +787,77 @@ TEST(PageFrameAllocatorTest, BlocksBelowAFarFreeAreFoundAgain) {
   }
 }
 
+// Blocks freed far above the allocator's hint are kept aside as its far block. Every path that
+// meets one must still give out the highest free block of the smallest fitting order: the far
+// block itself, a second block freed above it or between it and the hint, the far block merged
+// away by its buddy, and a search under a limit below it.
+TEST(PageFrameAllocatorTest, BlocksFreedFarAboveAreTakenHighestFirst) {
+  // Page 10 (or 11, its buddy) of bitmap word w: the range starts on a word boundary.
+  auto page = [](uint64_t w, uint64_t p = 10) { return (1 * kGiB) + (((64 * w) + p) * kPage); };
+  struct Step {
+    const char* name;
+    std::vector<uint64_t> freed;  // Order-0 pages given back, in this order.
+    unsigned order;               // Then alloc(order, limit) until the expected list is done.
+    uint64_t limit;
+    std::vector<uint64_t> expected;
+  };
+  const std::vector<Step> steps = {
+      {"one far block", {page(40)}, 0, kNoLimit, {page(40), page(11), page(10)}},
+      {"a second one above it", {page(40), page(50)}, 0, kNoLimit, {page(50), page(40)}},
+      {"a second one below it", {page(40), page(30)}, 0, kNoLimit, {page(40), page(30)}},
+      {"one just above the hint", {page(12), page(40)}, 0, kNoLimit, {page(40), page(12)}},
+      {"the far block merged with its buddy",
+       {page(40), page(40, 11)},
+       0,
+       kNoLimit,
+       {page(11), page(10)}},
+      {"under a limit below it", {page(40)}, 0, page(30), {page(11), page(10)}},
+      {"under a limit above it", {page(40)}, 0, page(45), {page(40), page(11), page(10)}},
+  };
+  for (const Step& st : steps) {
+    SCOPED_TRACE(st.name);
+    Harness h({"plain_16m", 1 * kGiB, 16 * kMiB, {R(1 * kGiB, 16 * kMiB)}, {}});
+    ASSERT_TRUE(h.init().ok());
+    Model m(h.layout());
+    for (;;) {
+      auto r = h.pfa().alloc(0);
+      if (!r.ok()) break;
+      m.on_alloc(r->value(), 0);
+    }
+    for (uint64_t a : {page(10), page(11)}) {  // The hint's words.
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), 0).ok());
+      m.on_free(a);
+    }
+    for (uint64_t a : st.freed) {
+      ASSERT_TRUE(h.pfa().free(PhysAddr(a), 0).ok());
+      m.on_free(a);
+      ASSERT_TRUE(h.pfa().check_invariants());
+    }
+    for (uint64_t want : st.expected) {
+      auto r = h.pfa().alloc(st.order, st.limit);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->value(), want) << std::hex << r->value() << " != " << want;
+      m.on_alloc(r->value(), st.order);
+      ASSERT_TRUE(h.pfa().check_invariants());
+    }
+    if (st.limit < page(40)) {  // What the limit left is still there, the far block first.
+      auto r = h.pfa().alloc(0);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->value(), page(40));
+      m.on_alloc(r->value(), 0);
+    }
+    if (st.freed.size() == 2 && st.freed[1] == page(40, 11)) {  // The merged pair, whole.
+      auto r = h.pfa().alloc(1);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->value(), page(40));
+      m.on_alloc(r->value(), 1);
+    }
+    expect_stats_match(h.pfa(), m);
+    EXPECT_TRUE(h.pfa().check_invariants());
+    free_all(h.pfa(), m);
+  }
+}
+
 // Allocates under `limit` until the allocator says no; checks every block and that nothing
 // suitable was left behind; frees everything and checks the state returned to `initial`.
 void exhaust_under_limit(Harness& h, uint64_t limit, unsigned order, uint64_t align,
