@@ -147,7 +147,7 @@ typedef struct dmakit_pfa {
   DMAKIT_ALIGNAS(16) unsigned char opaque[12288];
 } dmakit_pfa;
 
-/* Bytes of metadata dmakit_pfa_init needs for these RAM ranges (about 1.3 bytes per page); 0 for
+/* Bytes of metadata dmakit_pfa_init needs for these RAM ranges (about half a byte per page); 0 for
  * more than DMAKIT_MAX_RAM_RANGES ranges or a null `ranges` with n > 0. Any context.
  * (PageFrameAllocator::metadata_size.) */
 size_t dmakit_pfa_metadata_size(const dmakit_phys_range* ranges, size_t n);

@@ -73,7 +73,7 @@ class IommuDomain final : public DmaOp {
     KernelDmaOp* platform = nullptr;
     bool deferred = false;  // Batched invalidation (see the file comment); false: strict.
     // The IOVA window mappings are allocated from, clipped to the unit's I/O address space.
-    // Its bookkeeping takes about 1.3 bytes per 4 KiB page of it.
+    // Its bookkeeping takes about half a byte per 4 KiB page of it.
     uint64_t window_base = kDefaultWindowBase;
     uint64_t window_size = kDefaultWindowSize;
     // IOVA ranges inside the window never allocated: where map_fixed will map (MSI doorbells).

@@ -25,7 +25,7 @@
 //
 // Cost: a cached allocation or free is a lock pair and a magazine push or pop (a pop under a
 // limit may look through one magazine for a range under it); the buddy layer's is the page-frame
-// allocator's. Memory: the buddy bookkeeping (about 1.3 bytes per page of window) and
+// allocator's. Memory: the buddy bookkeeping (about half a byte per page of window) and
 // num_cpus * kCacheOrders * 2 + kCacheOrders * kDepotSize magazines of kMagazineSize entries.
 //
 // Calling contexts (dmakit/dma_op.h): init and destroy thread only; alloc, free, flush_caches and
