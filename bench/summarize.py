@@ -5,8 +5,8 @@ Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dm
 the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
 timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio), timing.json (Google Benchmark),
 cachesim.txt and cachesim_l2.txt (callgrind_ir.py over the allocator's cache simulations, each
-after a "# geometry" line) and pfa_sizes.json (BM_PfaMixedSizes, BM_PfaMixedHarness). Writes summary.txt ("name
-value"), targets.txt ("name value target verdict") and occupancy.dat (the plot's data).
+after a "# geometry" line) and pfa_sizes.json (BM_PfaMixedSizes, BM_PfaMixedHarness). Writes
+summary.txt ("name value"), targets.txt ("name value target verdict") and occupancy.dat (the plot's data).
 
 How each figure is derived is documented in BENCHMARKS.md; in short, instruction figures are the
 instructions executed in the subsystem's own source files (support/, mm/, dma/, arch/, inlined
