@@ -153,7 +153,7 @@ class PfaMixed {
   size_t next_victim();  // The index of the next free's victim; draws the one kAhead later.
   size_t ahead_[kAhead] = {};
   size_t ahead_head_ = 0;
-  unsigned orders_;           // max_order + 1.
+  unsigned orders_;  // max_order + 1.
   std::vector<Block> live_;
   uint64_t used_pages_ = 0;
   uint64_t target_pages_ = 0;
