@@ -743,6 +743,15 @@ TEST(PageFrameAllocatorTest, UnconstrainedAllocationPrefersHighMemory) {
   EXPECT_TRUE(h.pfa().check_invariants());
 }
 
+// Allocates single pages until the allocator says no, recording each in the model.
+void take_every_page(Harness& h, Model& m) {
+  for (;;) {
+    auto r = h.pfa().alloc(0);
+    if (!r.ok()) break;
+    m.on_alloc(r->value(), 0);
+  }
+}
+
 // A page freed far above the others sends the next searches back to the blocks below it, whose
 // bitmap words the allocator may have left without summary bits while it remembered where it
 // came from: both an unconstrained search and one under a limit must still find them.
@@ -752,11 +761,7 @@ TEST(PageFrameAllocatorTest, BlocksBelowAFarFreeAreFoundAgain) {
     Harness h({"plain_16m", 1 * kGiB, 16 * kMiB, {R(1 * kGiB, 16 * kMiB)}, {}});
     ASSERT_TRUE(h.init().ok());
     Model m(h.layout());
-    for (;;) {
-      auto r = h.pfa().alloc(0);
-      if (!r.ok()) break;
-      m.on_alloc(r->value(), 0);
-    }
+    take_every_page(h, m);
     // Page 10 of bitmap word w (the range starts on a word boundary); its buddy stays allocated.
     auto page = [](uint64_t w) { return (1 * kGiB) + (((64 * w) + 10) * kPage); };
     auto give_back = [&](uint64_t a) {
@@ -819,11 +824,7 @@ TEST(PageFrameAllocatorTest, BlocksFreedFarAboveAreTakenHighestFirst) {
     Harness h({"plain_16m", 1 * kGiB, 16 * kMiB, {R(1 * kGiB, 16 * kMiB)}, {}});
     ASSERT_TRUE(h.init().ok());
     Model m(h.layout());
-    for (;;) {
-      auto r = h.pfa().alloc(0);
-      if (!r.ok()) break;
-      m.on_alloc(r->value(), 0);
-    }
+    take_every_page(h, m);
     for (uint64_t a : {page(10), page(11)}) {  // The hint's words.
       ASSERT_TRUE(h.pfa().free(PhysAddr(a), 0).ok());
       m.on_free(a);
