@@ -162,19 +162,13 @@ class BouncePool {
                                                   const BounceDevice& dev = BounceDevice{})
       TA_EXCL(lock_) {
     // With CPU caches on, an unconstrained request first looks in this CPU's cache, under that
-    // cache's own lock (uncontended unless another CPU is reclaiming it). The CPU is asked first,
-    // so that little is live across that call. A device with a quota always takes the pool's
-    // lock: its count must be exact when the quota is checked.
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    // cache's own lock (uncontended unless another CPU is reclaiming it). A device with a quota
+    // always takes the pool's lock: its count must be exact when the quota is checked.
     // align 1, like 0, asks for nothing.
-    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0 &&
-        size - 1 < max_request_) {
-      if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
-      auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
-      uint32_t first = cpu_cache_pop(cc, n);
-      if (first != num_slots_) return claim(first, n, 0, size, dev.id);
-      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false,
-                          static_cast<unsigned>(cc - cpu_caches_));
+    if ((min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0) {
+      Cached got = alloc_cached(size, dev.id);
+      if (got.slots != 0) return describe(got.first, got.slots, 0, size);
+      return alloc_missed(size, dev, got.first);
     }
     return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true, kMaxCpus);
   }
@@ -212,6 +206,63 @@ class BouncePool {
       return support::ok();
     }
     return free_block(first_slot, num_slots, offset, size);
+  }
+
+  // ---- The cached fast path (KernelDmaOp's bounced map and unmap) ----
+  // alloc() and free_data() for the commonest request, split so that a caller can keep the
+  // allocation in registers: alloc_cached is alloc(size) of a request without min_align_mask,
+  // alignment or quota as far as this CPU's cache answers it, alloc_missed the rest of that
+  // alloc() when it declined; free_cached is free_data() into this CPU's cache, and a caller
+  // goes on to free_data() when it declines. Any context, as alloc.
+  struct Cached {
+    // First slot of the block (the BounceSlot's first_slot). When declined (slots 0): the CPU
+    // whose cache had no block of the size (kMaxCpus: none looked, caching off or the size over
+    // max_mapping_size()), or kCachedFault: the kBounceSlot fault point fired (alloc() returns
+    // kNoMemory). alloc_missed takes it as it is.
+    uint32_t first;
+    uint32_t slots;  // Its slot count (the BounceSlot's num_slots); 0: declined.
+  };
+  static constexpr uint32_t kCachedFault = ~0u;
+  // A block of this CPU's cache for `size` bytes, claimed for the device `owner` (BounceDevice::id)
+  // with the data at the start of its first slot, exactly as alloc(size, PhysAddr(0), 0, 0,
+  // BounceDevice{owner}) would have taken it from there. The block's data is at slot_phys(first),
+  // slot_cpu(first). Cost: the CPU's id, one cache pop.
+  [[gnu::always_inline]] Cached alloc_cached(size_t size, uint32_t owner) TA_EXCL(lock_) {
+    // The CPU is asked first, so that little is live across that call.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    if (cc == nullptr || size - 1 >= max_request_) return Cached{kMaxCpus, 0};
+    if (FAULT_POINT(kBounceSlot)) return Cached{kCachedFault, 0};
+    auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+    uint32_t first = cpu_cache_pop(cc, n);
+    if (first == num_slots_) [[unlikely]] {
+      return Cached{static_cast<uint32_t>(cc - cpu_caches_), 0};
+    }
+    claim_record(first, n, 0, size, owner);
+    return Cached{first, n};
+  }
+  // The rest of alloc(size, PhysAddr(0), 0, 0, dev) after alloc_cached(size, dev.id) declined
+  // with `missed` (its Cached::first); dev has no quota. alloc()'s result, errors and cost.
+  Result<BounceSlot> alloc_missed(size_t size, const BounceDevice& dev, uint32_t missed)
+      TA_EXCL(lock_) {
+    if (missed == kCachedFault) return ErrorCode::kNoMemory;
+    // The fault point is still to be evaluated when no cache was looked at.
+    return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed >= kMaxCpus, missed);
+  }
+  // Puts the block free_data(first_slot, num_slots, data, size) describes into this CPU's cache if
+  // it is a live allocation exactly so described that the cache may hold (a full cache first
+  // sends its blocks back, as free_data's does); true if it did. False: nothing changed (call
+  // free_data(), which also reports a bad description).
+  [[gnu::always_inline]] bool free_cached(uint32_t first_slot, uint32_t num_slots, const void* data,
+                                          size_t size) TA_EXCL(lock_) {
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                      (uint64_t{first_slot} << slot_shift_);
+    return cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size);
+  }
+  // Physical and CPU address of slot `first` (alloc_cached's answer).
+  PhysAddr slot_phys(uint32_t first) const { return base_ + (uint64_t{first} << slot_shift_); }
+  void* slot_cpu(uint32_t first) const {
+    return static_cast<uint8_t*>(cpu_base_) + (size_t{first} << slot_shift_);
   }
 
   // ---- Per-CPU caches ----
@@ -324,9 +375,6 @@ class BouncePool {
  private:
   static constexpr uint8_t kSlotPoison = 0x5B;
   bool poison_ = KDEBUG_ENABLED;
-  void* slot_cpu(uint32_t slot) const {
-    return static_cast<uint8_t*>(cpu_base_) + (size_t{slot} << slot_shift_);
-  }
   void check_poison(uint32_t first, uint32_t slots) const;
   // Out-of-band record of one slot; meaningful only for the first slot of a block.
   struct SlotRecord {
@@ -408,9 +456,9 @@ class BouncePool {
     return first;
   }
   // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
-  // slot (plus kQuotaBit), made for the device `owner`, and describes it.
-  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset, size_t size,
-                                          uint32_t owner) {
+  // slot (plus kQuotaBit), made for the device `owner`.
+  [[gnu::always_inline]] void claim_record(uint32_t first, uint32_t n, uint64_t offset, size_t size,
+                                           uint32_t owner) {
     SlotRecord& r = owned_record(first);
     r.link_next = static_cast<uint32_t>(offset);
     r.link_prev = static_cast<uint32_t>(size);
@@ -422,6 +470,10 @@ class BouncePool {
       __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
     }
     __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
+  }
+  // The description of the block [first, first + n) holding `size` bytes at `offset`.
+  [[gnu::always_inline]] BounceSlot describe(uint32_t first, uint32_t n, uint64_t offset,
+                                             size_t size) const {
     BounceSlot out;
     out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
     out.first_slot = first;
