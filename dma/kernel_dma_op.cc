@@ -704,9 +704,9 @@ Result<DmaMapHandle> KernelDmaOp::bounce_elsewhere(const DmaConstraints& c, void
                  s.first_slot, s.num_slots, off, caller);
 }
 
-Result<DmaMapHandle> KernelDmaOp::bounce_missed(const DmaConstraints& c, void* addr, size_t size,
-                                                DmaDirection dir, int pi, uint32_t missed,
-                                                const void* caller) {
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce_missed(
+    const DmaConstraints& c, void* addr, size_t size, DmaDirection dir, int pi, uint32_t missed,
+    const void* caller) {
   BouncePool* pool = pools_[pi];
   auto first = pool->alloc_missed(size, BounceDevice{c.device_id, c.name, 0}, missed);
   if (!first.ok()) [[unlikely]] {

@@ -233,9 +233,28 @@ class BouncePool {
     if (cc == nullptr || size - 1 >= max_request_) return Cached{kMaxCpus, 0};
     if (FAULT_POINT(kBounceSlot)) return Cached{kCachedFault, 0};
     auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
-    uint32_t first = cpu_cache_pop(cc, n);
-    if (first == num_slots_) [[unlikely]] {
-      return Cached{static_cast<uint32_t>(cc - cpu_caches_), 0};
+    // The newest block, if it has n slots and no count is waiting to be added (one test: the
+    // flush bit lies in the compared bits), taken by one compare-and-swap that also counts the
+    // request; anything else (or a lost race) takes the cache's lock.
+    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+    uint32_t first;
+    if (((hot >> kHotSlotsShift) & ((kHotFlushBit >> kHotSlotsShift) | kHotSlotsMask)) == n &&
+        __atomic_compare_exchange_n(&cc->hot, &hot, ((hot >> kHotCountShift) + 1) << kHotCountShift,
+                                    false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) [[likely]] {
+      first = static_cast<uint32_t>(hot);
+      // The block is the caller's now (in no cache, still marked cached until claim).
+      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
+    } else {
+      first = num_slots_;
+      // Whether `hot` (a lost race, or a count to add) or the stack may hold one.
+      const uint64_t sizes =
+          __atomic_load_n(&cc->sizes, __ATOMIC_RELAXED) | (uint64_t{1} << hot_slots(hot));
+      if (n < kQuickSlots && ((sizes >> n) & 1) != 0) {
+        first = cpu_cache_pop(cc, n);
+      }
+      if (first == num_slots_) [[unlikely]] {
+        return Cached{static_cast<uint32_t>(cc - cpu_caches_), 0};
+      }
     }
     claim_record(first, n, 0, size, owner);
     return Cached{first, n};
@@ -410,17 +429,47 @@ class BouncePool {
   static constexpr uint32_t kSpreadSlots = kCacheLineBytes / sizeof(SlotRecord);
   static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
 
-  // One CPU's cache: a small stack of freed blocks, guarded by its own lock, which its CPU takes
-  // for every push and pop and another CPU takes to reclaim the blocks. The counters are written
-  // under the lock and read without it by stats (relaxed atomics). One cache line per CPU.
+  // One CPU's cache: its newest block in `hot`, which its CPU takes and gives without a lock (one
+  // compare-and-swap each, atomic with respect to an interrupt on that CPU and to a caller that
+  // was preempted or migrated mid-call), and a small stack of older blocks guarded by the cache's
+  // own lock, which its CPU takes when `hot` does not serve (another size, or a push that finds
+  // `hot` taken moves that block onto the stack) and another CPU takes to reclaim the blocks
+  // (`hot` too, by compare-and-swap). Newest first overall: `hot`, then the stack from its top.
+  // At most kCpuCacheDepth blocks in all. One cache line per CPU.
+  //
+  // `hot`: bits 0-31 the block's first slot, kHotSlotsShift on its slot count (0: no block, so
+  // that an empty cache is all zeroes), kHotCountShift on the requests it served since they
+  // were last added to `allocations` (counted by the same compare-and-swap that takes the
+  // block; when the count reaches 1024, kHotFlushBit, the next request takes the lock, which
+  // adds it).
   struct alignas(64) CpuCache {
+    uint64_t hot;  // Atomics only.
     mutable support::SpinLock lock;
-    uint32_t first[kCpuCacheDepth] TA_GUARDED(lock);  // First slot of each cached block.
-    uint32_t slots[kCpuCacheDepth] TA_GUARDED(lock);  // Its size in slots.
-    uint32_t count TA_GUARDED(lock);                  // Blocks held.
-    uint32_t held;                                    // Slots held.
-    uint64_t allocations;                             // Requests served from this cache.
+    uint32_t first[kCpuCacheDepth - 1] TA_GUARDED(lock);  // First slot of each stacked block.
+    // Slots on the stack: written under the lock, read without it (a push's budget test, stats)
+    // with relaxed atomics.
+    uint32_t held;
+    // Requests served from this cache, but for those still counted in `hot`: written under the
+    // lock, read by stats under it.
+    uint64_t allocations;
+    // Bit n set when the stack holds a block of n slots: written under the lock, read without it
+    // (relaxed atomics) so that a request neither `hot` nor the stack can serve misses without
+    // the lock (a stale answer only sends a request to the pool's lock, or to this one).
+    uint64_t sizes;
+    uint8_t slots[kCpuCacheDepth - 1] TA_GUARDED(lock);  // Each stacked block's slot count.
+    uint8_t count TA_GUARDED(lock);                      // Blocks on the stack.
   };
+  static constexpr unsigned kHotSlotsShift = 32;
+  static constexpr uint64_t kHotSlotsMask = kQuickSlots - 1;  // After the shift.
+  static constexpr unsigned kHotCountShift = 38;
+  static constexpr uint64_t kHotBlockMask = (uint64_t{1} << kHotCountShift) - 1;
+  static constexpr uint64_t kHotFlushBit = uint64_t{1} << 48;
+  static_assert(kMaxSlots < (uint64_t{1} << kHotSlotsShift), "a first slot fits below the count");
+  static_assert(kQuickSlots == 64, "a hot block's slot count fits its six bits");
+  // The slot count of a `hot` word's block (0: none).
+  static constexpr uint32_t hot_slots(uint64_t hot) {
+    return static_cast<uint32_t>((hot >> kHotSlotsShift) & kHotSlotsMask);
+  }
 
   // The record of a block the caller owns: a live allocation it was given, or a block in its
   // CPU's cache. Its owner reads and writes size_free, link_next and link_prev without the lock
@@ -434,26 +483,26 @@ class BouncePool {
     unsigned cpu = current_cpu_();
     return cpu < num_cpu_caches_ ? &cpu_caches_[cpu] : nullptr;
   }
-  // Takes a cached block of exactly n slots from this CPU's cache `cc`, or returns num_slots_.
-  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock) {
-    uint32_t first = num_slots_;
-    {
-      support::Guard<support::SpinLock> guard{&cc->lock};
-      for (uint32_t i = cc->count; i-- > 0;) {
-        if (cc->slots[i] != n) continue;
-        first = cc->first[i];
-        uint32_t top = --cc->count;
-        cc->first[i] = cc->first[top];
-        cc->slots[i] = cc->slots[top];
-        __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
-        __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
-        break;
-      }
-    }
-    // The block is the caller's now (in no cache, still marked cached until claim): checked
-    // with interrupts back on.
-    if (KDEBUG_ENABLED && poison_ && first != num_slots_) check_poison(first, n);
-    return first;
+  // Takes a cached block of exactly n slots from this CPU's cache `cc`, newest first, under the
+  // cache's lock, or returns num_slots_.
+  [[gnu::noinline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock);
+  // Under cc's lock: adds the requests `hot` counted to `allocations` and, when its block has
+  // `n` slots (0: any), takes the block too. Returns the block taken as a `hot` word without
+  // count (0: none).
+  uint64_t hot_collect(CpuCache* cc, uint32_t n) TA_REQ(cc->lock);
+  // Under cc's lock: `block` (a `hot` word without count) onto the stack, which has room.
+  void stack_push(CpuCache* cc, uint64_t block) TA_REQ(cc->lock) {
+    cc->first[cc->count] = static_cast<uint32_t>(block);
+    cc->slots[cc->count] = static_cast<uint8_t>(hot_slots(block));
+    ++cc->count;
+    __atomic_store_n(&cc->held, cc->held + hot_slots(block), __ATOMIC_RELAXED);
+    stack_sizes(cc);
+  }
+  // Under cc's lock: `sizes` from the stack.
+  static void stack_sizes(CpuCache* cc) TA_REQ(cc->lock) {
+    uint64_t sizes = 0;
+    for (uint32_t i = 0; i < cc->count; ++i) sizes |= uint64_t{1} << cc->slots[i];
+    __atomic_store_n(&cc->sizes, sizes, __ATOMIC_RELAXED);
   }
   // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
   // slot (plus kQuotaBit), made for the device `owner`.
@@ -486,37 +535,47 @@ class BouncePool {
   // reports a bad description).
   [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
                                              uint64_t offset, size_t size) TA_EXCL(cc->lock) {
-    if (n > cpu_cache_max_block_ || first >= num_slots_ || n > num_slots_ - first) {
-      return false;
-    }
+    // n in [1, cpu_cache_max_block_] (one unsigned test) and first inside the pool; the record
+    // test below then also bounds the block (a used head of n slots lies inside the pool).
+    if (n - 1 >= cpu_cache_max_block_ || first >= num_slots_) return false;
     SlotRecord& r = owned_record(first);
     // The block is the caller's, if the free is right: nobody else writes these fields while it is
     // used. A double free may be looking at a block that another CPU holds in its cache (and marks
     // used again at any moment): the size word is read atomically, and anything but a used head
     // of this size goes to the locked path, which reports it. A block of a device with a quota
     // (kQuotaBit in link_next) goes there too.
-    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || n == 0 || offset != r.link_next ||
+    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || offset != r.link_next ||
         size != r.link_prev) {
       return false;
     }
-    // Still the caller's block: poisoned before the cache's lock masks interrupts.
+    // Still the caller's block: poisoned before it is published.
     if (KDEBUG_ENABLED && poison_) {
       support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
     }
-    support::Guard<support::SpinLock> guard{&cc->lock};
-    // Full (depth or budget): every cached block goes back, under the pool's lock (make_room).
-    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
-    __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
-    cc->first[cc->count] = first;
-    cc->slots[cc->count] = n;
-    ++cc->count;
-    __atomic_store_n(&cc->held, cc->held + n, __ATOMIC_RELAXED);
+    // Into `hot` if it is empty and the stack leaves the budget room: marked cached first, then
+    // published by one compare-and-swap (which keeps the count).
+    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+    if (hot_slots(hot) == 0 &&
+        __atomic_load_n(&cc->held, __ATOMIC_RELAXED) + n <= cpu_cache_budget_) [[likely]] {
+      __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
+      if (__atomic_compare_exchange_n(&cc->hot, &hot, hot | first | (uint64_t{n} << kHotSlotsShift),
+                                      false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) [[likely]] {
+        return true;
+      }
+      __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);  // Not published: still the caller's.
+    }
+    cpu_cache_push_locked(cc, first, n);
     return true;
   }
-  // Gives every block of this CPU's cache back, oldest first (to the shared cache while it has
-  // room, else merged into the free lists), so that a block of n slots (n <= cpu_cache_budget_)
-  // fits.
-  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_REQ(cc->lock) TA_EXCL(lock_);
+  // cpu_cache_push's way when `hot` is taken or the budget is reached, under the cache's lock:
+  // the new block takes `hot`'s place (one compare-and-swap) and `hot`'s block moves onto the
+  // stack; a stack that is full (depth or budget) sends every block back, `hot`'s last
+  // (make_room).
+  [[gnu::noinline]] void cpu_cache_push_locked(CpuCache* cc, uint32_t first, uint32_t n)
+      TA_EXCL(cc->lock);
+  // Gives every block of this CPU's stack back, oldest first, then `extra` (a `hot` word without
+  // count, 0: none): to the shared cache while it has room, else merged into the free lists.
+  [[gnu::noinline]] void make_room(CpuCache* cc, uint64_t extra) TA_REQ(cc->lock) TA_EXCL(lock_);
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
   // still to be evaluated (alloc's fast path evaluates it itself); `cache_cpu`: the CPU whose
   // cache the request missed, so that the block will cycle through that cache (placed apart from

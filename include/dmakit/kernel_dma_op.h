@@ -375,9 +375,8 @@ class KernelDmaOp : public DmaOp {
                                                           const void* caller);
   // map_out_of_reach's bounce into pool `pi` when the pool's alloc_cached declined with `missed`
   // (BouncePool::Cached::first): the rest of the pool's alloc(), then as bounce().
-  [[gnu::noinline]] Result<DmaMapHandle> bounce_missed(const DmaConstraints& c, void* addr,
-                                                       size_t size, DmaDirection dir, int pi,
-                                                       uint32_t missed, const void* caller);
+  Result<DmaMapHandle> bounce_missed(const DmaConstraints& c, void* addr, size_t size,
+                                     DmaDirection dir, int pi, uint32_t missed, const void* caller);
   // The bounce's work once slot `first_slot` (num_slots of them) of pool `pi` is taken: `slot`
   // and `slot_cpu` its data's physical and CPU address, `off` its device-address offset.
   Result<DmaMapHandle> bounced(const DmaConstraints& c, void* addr, size_t size, DmaDirection dir,
