@@ -261,8 +261,8 @@ class BouncePool {
   }
   // The rest of alloc(size, PhysAddr(0), 0, 0, dev) after alloc_cached(size, dev.id) declined
   // with `missed` (its Cached::first); dev has no quota. alloc()'s result, errors and cost.
-  Result<BounceSlot> alloc_missed(size_t size, const BounceDevice& dev, uint32_t missed)
-      TA_EXCL(lock_) {
+  [[gnu::always_inline]] Result<BounceSlot> alloc_missed(size_t size, const BounceDevice& dev,
+                                                         uint32_t missed) TA_EXCL(lock_) {
     if (missed == kCachedFault) return ErrorCode::kNoMemory;
     // The fault point is still to be evaluated when no cache was looked at.
     return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed >= kMaxCpus, missed);
@@ -496,7 +496,7 @@ class BouncePool {
     cc->slots[cc->count] = static_cast<uint8_t>(hot_slots(block));
     ++cc->count;
     __atomic_store_n(&cc->held, cc->held + hot_slots(block), __ATOMIC_RELAXED);
-    stack_sizes(cc);
+    __atomic_store_n(&cc->sizes, cc->sizes | (uint64_t{1} << hot_slots(block)), __ATOMIC_RELAXED);
   }
   // Under cc's lock: `sizes` from the stack.
   static void stack_sizes(CpuCache* cc) TA_REQ(cc->lock) {
