@@ -45,19 +45,24 @@
 // TLSF split and merge. When the free lists cannot satisfy a request, alloc gives the whole cache
 // back to them (merging each block) and tries again, so the cache never causes a kNoMemory.
 //
-// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache,
-// each CPU's under a lock of its own that its CPU takes without contention (so an interrupt or a
-// migration in the middle of a push or pop cannot hand one block to two callers). They hold
-// blocks marked kCachedBit like the shared cache's. A request that still finds no room after the
-// shared cache went back takes every CPU's cache back too (each under its lock, then the pool's
-// lock) and tries once more: a CPU cache never causes a kNoMemory either, whether or not its CPU
-// calls in again.
+// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache.
+// The newest is in a word of its own (`hot`: first slot, slot count, and a count of the requests
+// it served) that a pop takes and a push fills with one compare-and-swap each, so that an
+// interrupt or a migration in the middle of a push or pop cannot hand one block to two callers
+// without any lock; the others are on a stack under a lock of the cache's own that its CPU takes
+// without contention, only when `hot` does not serve (a request of another size that the stack
+// may hold, per a lock-free bitmap of its sizes; a push that finds `hot` taken moves that block
+// onto the stack). They hold blocks marked kCachedBit like the shared cache's. A request that still
+// finds no room after the shared cache went back takes every CPU's cache back too (each under its
+// lock, then the pool's lock) and tries once more: a CPU cache never causes a kNoMemory either,
+// whether or not its CPU calls in again.
 //
 // Costs, with S slots and C CPUs with caches: init O(S) (clears the records); alloc O(1): a cache
 // pop, or a few bit scans and at most one list move and one insertion (plus, only before a
 // kNoMemory, one drain of at most kQuickSlots * kQuickDepth blocks, and of the C CPU caches); free
 // O(1): validation, then a cache push, or at most two merges with physical neighbours, one removal
-// and one list move or insertion; drain_cache O(C); stats O(C); check_invariants O(S);
+// and one list move or insertion; drain_cache O(C); stats O(C) (a lock pair per CPU cache);
+// check_invariants O(S);
 // free_block_count O(free blocks). No operation walks the slots or a free list on the alloc/free
 // path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
 //

@@ -288,13 +288,16 @@ class BouncePool {
   // Off unless enable_cpu_caches is called. When on, each CPU keeps up to kCpuCacheDepth blocks
   // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
   // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
-  // unconstrained requests of the same slot count, without taking the pool's lock. Each cache has
-  // a lock of its own (an interrupt-masking support::SpinLock, in the cache's own cache line):
-  // its CPU takes it with no contention, so that the push and pop are atomic with respect to an
-  // interrupt on that CPU and to a caller that was preempted or migrated mid-call, and another
-  // CPU takes it to reclaim the cache. A free that finds its CPU's cache full sends the whole
-  // cache back (into the shared cache while it has room) under the pool's lock, so a CPU whose
-  // sizes do not repeat pays one pool lock per kCpuCacheDepth frees. When a request finds the
+  // unconstrained requests of the same slot count, newest first, without taking the pool's lock.
+  // The newest block sits in one word that its CPU takes and gives by a compare-and-swap, with
+  // no lock (a map and unmap that reuse one size cost one atomic instruction each); the older
+  // ones are on a small stack under a lock of the cache's own (an interrupt-masking
+  // support::SpinLock, in the cache's own cache line), which its CPU takes only when the newest
+  // block does not serve. Either way the push and pop are atomic with respect to an interrupt on
+  // that CPU and to a caller that was preempted or migrated mid-call, and another CPU takes the
+  // lock (and the word) to reclaim the cache. A free that finds its CPU's cache full sends the
+  // whole cache back (into the shared cache while it has room) under the pool's lock, so a CPU
+  // whose sizes do not repeat pays one pool lock per kCpuCacheDepth frees. When a request finds the
   // pool exhausted, it gives the shared cache back and, if that is not enough, every CPU's cache
   // (each under its lock, without that CPU's help) before it fails with kNoMemory: no slot stays
   // stranded in the cache of a CPU that stopped calling in. Lock order: a CPU cache's lock, then
