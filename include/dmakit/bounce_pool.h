@@ -315,7 +315,8 @@ class BouncePool {
   // hooks' max_cpus (1 if 0), at most kMaxCpus. Call once, after init, before any concurrent use;
   // thread context or interrupts off. No contract on later calls beyond the pool's own: an answer
   // of current_cpu that is stale by the time it is used (the caller preempted and migrated) only
-  // costs speed, since the cache it names is locked.
+  // costs speed, since every push and pop of the cache it names is atomic (a compare-and-swap of
+  // its newest block, or the cache's lock).
   // Errors: kInvalidArgument (an explicit num_cpus above kMaxCpus, not initialised, or called
   // twice).
   Result<void> enable_cpu_caches(CurrentCpuFn current_cpu = nullptr, unsigned num_cpus = 0)
