@@ -567,6 +567,27 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
 
 Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void* addr, size_t size,
                                                    size_t, DmaDirection dir) {
+  // The commonest bounce, in registers: besides what map_single ruled out (windows, alignment,
+  // forced bounces, devices that do not snoop), no bus offset, no min_align_mask and no quota
+  // (one test). Then the pool pick_pool would choose is the highest placed whose last byte lies
+  // under the mask (every pool's first byte lies below its last), the slot needs no offset, and
+  // this CPU's cache of that pool may have one of the size (alloc_cached; when it has none, the
+  // pool's alloc goes on in bounce_missed). Any other request goes to bounce(), which decides it
+  // all again.
+  if ((c.bus_offset | c.min_align_mask | c.bounce_quota) == 0) [[likely]] {
+    for (size_t rank = 0; rank < num_pools_; ++rank) {
+      if (pool_last_[rank] > c.dma_mask) continue;
+      const int pi = pool_order_[rank];
+      BouncePool* pool = pools_[pi];
+      const BouncePool::Cached got = pool->alloc_cached(size, c.device_id);
+      if (got.slots != 0) [[likely]] {
+        return bounced(c, addr, size, dir, /*coherent=*/true, /*skip=*/false, pi,
+                       pool->slot_phys(got.first), pool->slot_cpu(got.first), got.first, got.slots,
+                       /*off=*/0, __builtin_return_address(0));
+      }
+      return bounce_missed(c, addr, size, dir, pi, got.first, __builtin_return_address(0));
+    }
+  }
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   return bounce(c, addr, p, size, /*align=*/0, dir, /*coherent=*/true, /*for_lines=*/false);
 }
@@ -659,41 +680,74 @@ Result<DmaMapHandle> KernelDmaOp::map_failed(Error e) {
   // over its quota, like a full pool, gets kNoMemory.
   auto first = pool->alloc(size, PhysAddr((p & keep) | align_bits), keep | align_mask, 0,
                            BounceDevice{c.device_id, c.name, c.bounce_quota});
-  BounceSlot s;
-  if (first.ok()) [[likely]] {
-    s = *first;
-  } else {
-    // Full (or the device's quota there spent): another pool under the mask may have room.
+  if (!first.ok()) [[unlikely]] {
     if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
-    // Then a grown pool, or a new one (alloc_fallback's business too: out of this path).
-    int alt = alloc_fallback(c, p, size, keep, align_mask, pi, &s, &off);
-    if (alt < 0) return map_failed(first.error());
-    pi = alt;
-    pool = pools_[pi];
+    return bounce_elsewhere(c, addr, p, size, keep, align_mask, dir, coherent, skip, pi,
+                            __builtin_return_address(0));
   }
-  const BounceSlot* slot = &s;
-  void* bounce_cpu = pool->cpu_addr(slot->addr);
+  const BounceSlot& s = *first;
+  return bounced(c, addr, size, dir, coherent, skip, pi, s.addr, pool->cpu_addr(s.addr),
+                 s.first_slot, s.num_slots, off, __builtin_return_address(0));
+}
+
+Result<DmaMapHandle> KernelDmaOp::bounce_elsewhere(const DmaConstraints& c, void* addr, uint64_t p,
+                                                   size_t size, uint64_t keep, uint64_t align_mask,
+                                                   DmaDirection dir, bool coherent, bool skip,
+                                                   int full, const void* caller) {
+  // Full (or the device's quota there spent): another pool under the mask may have room, then a
+  // grown pool, or a new one (alloc_fallback).
+  BounceSlot s;
+  uint64_t off = 0;
+  int pi = alloc_fallback(c, p, size, keep, align_mask, full, &s, &off);
+  if (pi < 0) return map_failed(ErrorCode::kNoMemory);
+  return bounced(c, addr, size, dir, coherent, skip, pi, s.addr, pools_[pi]->cpu_addr(s.addr),
+                 s.first_slot, s.num_slots, off, caller);
+}
+
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce_missed(
+    const DmaConstraints& c, void* addr, size_t size, DmaDirection dir, int pi, uint32_t missed,
+    const void* caller) {
+  BouncePool* pool = pools_[pi];
+  auto first = pool->alloc_missed(size, BounceDevice{c.device_id, c.name, 0}, missed);
+  if (!first.ok()) [[unlikely]] {
+    if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
+    return bounce_elsewhere(c, addr, reinterpret_cast<uintptr_t>(addr) - dm_offset_, size,
+                            /*keep=*/0, /*align_mask=*/0, dir, /*coherent=*/true, /*skip=*/false,
+                            pi, caller);
+  }
+  const BounceSlot& s = *first;
+  return bounced(c, addr, size, dir, /*coherent=*/true, /*skip=*/false, pi, s.addr,
+                 pool->cpu_addr(s.addr), s.first_slot, s.num_slots, /*off=*/0, caller);
+}
+
+// The work once the slot is taken (slot_cpu: its CPU address, off: its device-address offset):
+// the data copied in, the caches cleaned for a device that does not snoop, the handle.
+[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounced(
+    const DmaConstraints& c, void* addr, size_t size, DmaDirection dir, bool coherent, bool skip,
+    int pi, PhysAddr slot, void* slot_cpu, uint32_t first_slot, uint32_t num_slots, uint64_t off,
+    const void* caller) {
   // Copied in for every direction, kFromDevice included: a device that writes less than the
   // whole buffer must leave the buffer's own bytes in the slot, never a previous mapping's (which
   // the unmap's copy-out would hand to the CPU).
-  support::copy_bytes(bounce_cpu, addr, size);
-  note_bounced(pool, size);
-  if (!coherent && !skip) flush(bounce_cpu, size);
+  support::copy_bytes(slot_cpu, addr, size);
+  note_bounced(pools_[pi], size);
+  if (!coherent && !skip) flush(slot_cpu, size);
   count_map(size, /*bounced=*/true);
   // Built last, after the calls, so that it goes straight into the result.
   DmaMapHandle h;
   h.cpu_addr = addr;
-  h.dma_addr = DmaAddr(slot->addr.value() + off);
+  h.dma_addr = DmaAddr(slot.value() + off);
   h.size = size;
-  h.bounce_cpu = bounce_cpu;
-  h.bounce_first_slot = slot->first_slot;
-  h.bounce_num_slots = slot->num_slots;
+  h.bounce_cpu = slot_cpu;
+  h.bounce_first_slot = first_slot;
+  h.bounce_num_slots = num_slots;
   h.device_id = c.device_id;
   h.direction = dir;
   h.coherent_device = coherent;
   h.bounce_pool_index = static_cast<uint8_t>(pi);
   h.skip_cpu_sync = skip;
-  DmaDebug::on_map(this, c, h, __builtin_return_address(0));
+  DmaDebug::on_map(this, c, h, caller);
+  (void)caller;
   return h;
 }
 
@@ -750,9 +804,12 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  auto r = pools_[h.bounce_pool_index]->free_data(h.bounce_first_slot, h.bounce_num_slots,
-                                                  h.bounce_cpu, h.size);
-  KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+  BouncePool* pool = pools_[h.bounce_pool_index];
+  if (!pool->free_cached(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size))
+      [[unlikely]] {
+    auto r = pool->free_data(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size);
+    KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+  }
   if (__atomic_load_n(&idle_grown_, __ATOMIC_RELAXED) != 0) [[unlikely]] {
     sweep_idle_grown();
   }

@@ -45,19 +45,24 @@
 // TLSF split and merge. When the free lists cannot satisfy a request, alloc gives the whole cache
 // back to them (merging each block) and tries again, so the cache never causes a kNoMemory.
 //
-// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache,
-// each CPU's under a lock of its own that its CPU takes without contention (so an interrupt or a
-// migration in the middle of a push or pop cannot hand one block to two callers). They hold
-// blocks marked kCachedBit like the shared cache's. A request that still finds no room after the
-// shared cache went back takes every CPU's cache back too (each under its lock, then the pool's
-// lock) and tries once more: a CPU cache never causes a kNoMemory either, whether or not its CPU
-// calls in again.
+// Per-CPU caches (optional, bounce_pool.h): a few blocks per CPU in front of the shared cache.
+// The newest is in a word of its own (`hot`: first slot, slot count, and a count of the requests
+// it served) that a pop takes and a push fills with one compare-and-swap each, so that an
+// interrupt or a migration in the middle of a push or pop cannot hand one block to two callers
+// without any lock; the others are on a stack under a lock of the cache's own that its CPU takes
+// without contention, only when `hot` does not serve (a request of another size that the stack
+// may hold, per a lock-free bitmap of its sizes; a push that finds `hot` taken moves that block
+// onto the stack). They hold blocks marked kCachedBit like the shared cache's. A request that still
+// finds no room after the shared cache went back takes every CPU's cache back too (each under its
+// lock, then the pool's lock) and tries once more: a CPU cache never causes a kNoMemory either,
+// whether or not its CPU calls in again.
 //
 // Costs, with S slots and C CPUs with caches: init O(S) (clears the records); alloc O(1): a cache
 // pop, or a few bit scans and at most one list move and one insertion (plus, only before a
 // kNoMemory, one drain of at most kQuickSlots * kQuickDepth blocks, and of the C CPU caches); free
 // O(1): validation, then a cache push, or at most two merges with physical neighbours, one removal
-// and one list move or insertion; drain_cache O(C); stats O(C); check_invariants O(S);
+// and one list move or insertion; drain_cache O(C); stats O(C) (a lock pair per CPU cache);
+// check_invariants O(S);
 // free_block_count O(free blocks). No operation walks the slots or a free list on the alloc/free
 // path, so the cost does not depend on occupancy (Linux's swiotlb scans its slot array).
 //
@@ -333,40 +338,114 @@ SUPPORT_COLD uint64_t BouncePool::reclaim_cpu_caches() {
   for (unsigned c = 0; c < num_cpu_caches_; ++c) {
     CpuCache& cc = cpu_caches_[c];
     support::Guard<support::SpinLock> cache_guard{&cc.lock};
-    if (cc.count == 0) continue;
+    uint64_t hot = hot_collect(&cc, 0);
+    if (cc.count == 0 && hot == 0) continue;
     support::Guard<support::SpinLock> guard{&lock_};
     for (uint32_t i = 0; i < cc.count; ++i) {
       store_used(used_slots_ - cc.slots[i]);
       reclaimed += cc.slots[i];
       release(cc.first[i], cc.slots[i]);
     }
+    if (hot != 0) {
+      store_used(used_slots_ - hot_slots(hot));
+      reclaimed += hot_slots(hot);
+      release(static_cast<uint32_t>(hot), hot_slots(hot));
+    }
     cc.count = 0;
     __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
+    __atomic_store_n(&cc.sizes, uint64_t{0}, __ATOMIC_RELAXED);
   }
   return reclaimed;
 }
 
-void BouncePool::make_room(CpuCache* cc, uint32_t n) {
+uint64_t BouncePool::hot_collect(CpuCache* cc, uint32_t n) {
+  uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+  for (;;) {
+    const uint32_t slots = hot_slots(hot);
+    const bool take = slots != 0 && (n == 0 || slots == n);
+    if (!take && (hot >> kHotCountShift) == 0) return 0;
+    // Only this CPU's lock-free pop and push change `hot` besides the lock's holder: a lost race
+    // reloads it and decides again.
+    if (__atomic_compare_exchange_n(&cc->hot, &hot, take ? 0 : hot & kHotBlockMask, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+      __atomic_store_n(&cc->allocations, cc->allocations + (hot >> kHotCountShift),
+                       __ATOMIC_RELAXED);
+      return take ? hot & kHotBlockMask : 0;
+    }
+  }
+}
+
+uint32_t BouncePool::cpu_cache_pop(CpuCache* cc, uint32_t n) {
+  uint32_t first = num_slots_;
+  {
+    support::Guard<support::SpinLock> guard{&cc->lock};
+    // `hot` first: it holds the newest block.
+    uint64_t hot = hot_collect(cc, n);
+    if (hot != 0) {
+      first = static_cast<uint32_t>(hot);
+    } else {
+      for (uint32_t i = cc->count; i-- > 0;) {
+        if (cc->slots[i] != n) continue;
+        first = cc->first[i];
+        uint32_t top = --cc->count;
+        for (; i < top; ++i) {  // Keeps the stack in age order.
+          cc->first[i] = cc->first[i + 1];
+          cc->slots[i] = cc->slots[i + 1];
+        }
+        __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
+        stack_sizes(cc);
+        break;
+      }
+    }
+    if (first != num_slots_) {
+      __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
+    }
+  }
+  // The block is the caller's now (in no cache, still marked cached until claim): checked
+  // with interrupts back on.
+  if (KDEBUG_ENABLED && poison_ && first != num_slots_) check_poison(first, n);
+  return first;
+}
+
+void BouncePool::cpu_cache_push_locked(CpuCache* cc, uint32_t first, uint32_t n) {
+  SlotRecord& r = owned_record(first);
+  support::Guard<support::SpinLock> guard{&cc->lock};
+  // Published in `hot` at once, with `hot`'s count kept; what it held goes onto the stack, or, if
+  // the stack has no room for it (depth or budget), back with the whole stack (the oldest
+  // first). Until then the cache may hold more than its limits, which only this lock's holder
+  // can see.
+  __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
+  uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+  while (!__atomic_compare_exchange_n(
+      &cc->hot, &hot, (hot & ~kHotBlockMask) | first | (uint64_t{n} << kHotSlotsShift), false,
+      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+  }
+  const uint64_t old = hot_slots(hot) != 0 ? hot & kHotBlockMask : 0;
+  if ((old != 0 && cc->count == kCpuCacheDepth - 1) ||
+      cc->held + hot_slots(old) + n > cpu_cache_budget_) {
+    make_room(cc, old);
+  } else if (old != 0) {
+    stack_push(cc, old);
+  }
+}
+
+void BouncePool::make_room(CpuCache* cc, uint64_t extra) {
   support::Guard<support::SpinLock> guard{&lock_};
   // Everything goes back, oldest first, once the lock is taken anyway: a CPU whose frees keep
   // filling its cache with sizes it does not ask for again (random sizes) then pays one lock per
   // kCpuCacheDepth frees, and one that reuses its sizes refills the cache at once.
-  (void)n;
-  uint32_t drop = 0;
-  uint32_t freed = 0;
-  while (drop < cc->count) {
-    store_used(used_slots_ - cc->slots[drop]);
+  for (uint32_t i = 0; i < cc->count; ++i) {
+    store_used(used_slots_ - cc->slots[i]);
     // Into the shared cache if it has room (any CPU may take it from there), else merged.
-    stash_or_release(cc->first[drop], cc->slots[drop]);
-    freed += cc->slots[drop];
-    ++drop;
+    stash_or_release(cc->first[i], cc->slots[i]);
   }
-  for (uint32_t i = drop; i < cc->count; ++i) {
-    cc->first[i - drop] = cc->first[i];
-    cc->slots[i - drop] = cc->slots[i];
+  cc->count = 0;
+  __atomic_store_n(&cc->held, 0u, __ATOMIC_RELAXED);
+  __atomic_store_n(&cc->sizes, uint64_t{0}, __ATOMIC_RELAXED);
+  if (extra != 0) {
+    store_used(used_slots_ - hot_slots(extra));
+    stash_or_release(static_cast<uint32_t>(extra), hot_slots(extra));
   }
-  cc->count -= drop;
-  __atomic_store_n(&cc->held, cc->held - freed, __ATOMIC_RELAXED);
 }
 
 SUPPORT_COLD Result<void> BouncePool::retire() {
@@ -394,7 +473,10 @@ SUPPORT_COLD Result<void> BouncePool::retire() {
 // caches.
 void BouncePool::reset_cpu_caches() {
   for (unsigned c = 0; c < num_cpu_caches_; ++c) {
-    __atomic_store_n(&cpu_caches_[c].allocations, uint64_t{0}, __ATOMIC_RELAXED);
+    CpuCache& cc = cpu_caches_[c];
+    support::Guard<support::SpinLock> cache_guard{&cc.lock};
+    __atomic_store_n(&cc.hot, uint64_t{0}, __ATOMIC_RELAXED);
+    __atomic_store_n(&cc.allocations, uint64_t{0}, __ATOMIC_RELAXED);
   }
   current_cpu_ = nullptr;
   num_cpu_caches_ = 0;
@@ -406,7 +488,8 @@ void BouncePool::reset_cpu_caches() {
 uint64_t BouncePool::cpu_cached_slots() const {
   uint64_t n = 0;
   for (unsigned i = 0; i < num_cpu_caches_; ++i) {
-    n += __atomic_load_n(&cpu_caches_[i].held, __ATOMIC_RELAXED);
+    n += __atomic_load_n(&cpu_caches_[i].held, __ATOMIC_RELAXED) +
+         hot_slots(__atomic_load_n(&cpu_caches_[i].hot, __ATOMIC_RELAXED));
   }
   return n;
 }
@@ -872,6 +955,14 @@ void BouncePool::drain_cache() {
 
 SUPPORT_COLD BouncePool::Stats BouncePool::stats() const {
   Stats s;
+  // Requests the CPU caches served, each under its lock (which comes before the pool's), so that
+  // a count moving from `hot` to `allocations` is seen once.
+  for (unsigned i = 0; i < num_cpu_caches_; ++i) {
+    const CpuCache& cc = cpu_caches_[i];
+    support::Guard<support::SpinLock> cache_guard{&cc.lock};
+    s.allocations += __atomic_load_n(&cc.allocations, __ATOMIC_RELAXED) +
+                     (__atomic_load_n(&cc.hot, __ATOMIC_RELAXED) >> kHotCountShift);
+  }
   {
     support::Guard<support::SpinLock> guard{&lock_};
     // Blocks in CPU caches are counted in used_slots_ (they are out of the free structure)
@@ -880,10 +971,7 @@ SUPPORT_COLD BouncePool::Stats BouncePool::stats() const {
     s.total_slots = num_slots_;
     s.used_slots = used_slots_ - in_cpu_caches;
     s.high_water_slots = high_water_;
-    s.allocations = allocations_;
-    for (unsigned i = 0; i < num_cpu_caches_; ++i) {
-      s.allocations += __atomic_load_n(&cpu_caches_[i].allocations, __ATOMIC_RELAXED);
-    }
+    s.allocations += allocations_;
     s.failures = failures_;
     s.quota_failures = quota_failures_;
     s.invalid_frees = invalid_frees_;

@@ -29,7 +29,7 @@ bool BouncePool::check_cpu_caches(uint64_t* slots, uint64_t* blocks) const {
   uint64_t cpu_blocks = 0;
   for (unsigned c = 0; c < num_cpu_caches_; ++c) {
     const CpuCache& cc = cpu_caches_[c];
-    if (cc.count > kCpuCacheDepth) return false;
+    if (cc.count > kCpuCacheDepth - 1) return false;
     uint64_t held = 0;
     for (uint32_t i = 0; i < cc.count; ++i) {
       uint32_t b = cc.first[i];
@@ -39,9 +39,21 @@ bool BouncePool::check_cpu_caches(uint64_t* slots, uint64_t* blocks) const {
       }
       held += cc.slots[i];
     }
-    if (held != cc.held || held > cpu_cache_budget_) return false;
+    if (held != cc.held) return false;
+    // `hot` changes without the lock; the caller checks a pool nobody uses.
+    uint64_t hot = __atomic_load_n(&cc.hot, __ATOMIC_RELAXED);
+    uint32_t hot_n = hot_slots(hot);
+    if (hot_n != 0) {
+      uint32_t b = static_cast<uint32_t>(hot);
+      if (b >= num_slots_ || hot_n > cpu_cache_max_block_ ||
+          meta_[b].size_free != (hot_n | kCachedBit)) {
+        return false;
+      }
+      held += hot_n;
+    }
+    if (held > cpu_cache_budget_) return false;
     cpu_slots += held;
-    cpu_blocks += cc.count;
+    cpu_blocks += cc.count + (hot_n != 0 ? 1 : 0);
   }
   *slots = cpu_slots;
   *blocks = cpu_blocks;

@@ -162,19 +162,13 @@ class BouncePool {
                                                   const BounceDevice& dev = BounceDevice{})
       TA_EXCL(lock_) {
     // With CPU caches on, an unconstrained request first looks in this CPU's cache, under that
-    // cache's own lock (uncontended unless another CPU is reclaiming it). The CPU is asked first,
-    // so that little is live across that call. A device with a quota always takes the pool's
-    // lock: its count must be exact when the quota is checked.
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    // cache's own lock (uncontended unless another CPU is reclaiming it). A device with a quota
+    // always takes the pool's lock: its count must be exact when the quota is checked.
     // align 1, like 0, asks for nothing.
-    if (cc != nullptr && (min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0 &&
-        size - 1 < max_request_) {
-      if (FAULT_POINT(kBounceSlot)) return ErrorCode::kNoMemory;
-      auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
-      uint32_t first = cpu_cache_pop(cc, n);
-      if (first != num_slots_) return claim(first, n, 0, size, dev.id);
-      return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/false,
-                          static_cast<unsigned>(cc - cpu_caches_));
+    if ((min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0) {
+      Cached got = alloc_cached(size, dev.id);
+      if (got.slots != 0) return describe(got.first, got.slots, 0, size);
+      return alloc_missed(size, dev, got.first);
     }
     return alloc_locked(size, orig, min_align_mask, align, dev, /*fault_point=*/true, kMaxCpus);
   }
@@ -214,17 +208,96 @@ class BouncePool {
     return free_block(first_slot, num_slots, offset, size);
   }
 
+  // ---- The cached fast path (KernelDmaOp's bounced map and unmap) ----
+  // alloc() and free_data() for the commonest request, split so that a caller can keep the
+  // allocation in registers: alloc_cached is alloc(size) of a request without min_align_mask,
+  // alignment or quota as far as this CPU's cache answers it, alloc_missed the rest of that
+  // alloc() when it declined; free_cached is free_data() into this CPU's cache, and a caller
+  // goes on to free_data() when it declines. Any context, as alloc.
+  struct Cached {
+    // First slot of the block (the BounceSlot's first_slot). When declined (slots 0): the CPU
+    // whose cache had no block of the size (kMaxCpus: none looked, caching off or the size over
+    // max_mapping_size()), or kCachedFault: the kBounceSlot fault point fired (alloc() returns
+    // kNoMemory). alloc_missed takes it as it is.
+    uint32_t first;
+    uint32_t slots;  // Its slot count (the BounceSlot's num_slots); 0: declined.
+  };
+  static constexpr uint32_t kCachedFault = ~0u;
+  // A block of this CPU's cache for `size` bytes, claimed for the device `owner` (BounceDevice::id)
+  // with the data at the start of its first slot, exactly as alloc(size, PhysAddr(0), 0, 0,
+  // BounceDevice{owner}) would have taken it from there. The block's data is at slot_phys(first),
+  // slot_cpu(first). Cost: the CPU's id, one cache pop.
+  [[gnu::always_inline]] Cached alloc_cached(size_t size, uint32_t owner) TA_EXCL(lock_) {
+    // The CPU is asked first, so that little is live across that call.
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    if (cc == nullptr || size - 1 >= max_request_) return Cached{kMaxCpus, 0};
+    if (FAULT_POINT(kBounceSlot)) return Cached{kCachedFault, 0};
+    auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+    // The newest block, if it has n slots and no count is waiting to be added (one test: the
+    // flush bit lies in the compared bits), taken by one compare-and-swap that also counts the
+    // request; anything else (or a lost race) takes the cache's lock.
+    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+    uint32_t first;
+    if (((hot >> kHotSlotsShift) & ((kHotFlushBit >> kHotSlotsShift) | kHotSlotsMask)) == n &&
+        __atomic_compare_exchange_n(&cc->hot, &hot, ((hot >> kHotCountShift) + 1) << kHotCountShift,
+                                    false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) [[likely]] {
+      first = static_cast<uint32_t>(hot);
+      // The block is the caller's now (in no cache, still marked cached until claim).
+      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
+    } else {
+      first = num_slots_;
+      // Whether `hot` (a lost race, or a count to add) or the stack may hold one.
+      const uint64_t sizes =
+          __atomic_load_n(&cc->sizes, __ATOMIC_RELAXED) | (uint64_t{1} << hot_slots(hot));
+      if (n < kQuickSlots && ((sizes >> n) & 1) != 0) {
+        first = cpu_cache_pop(cc, n);
+      }
+      if (first == num_slots_) [[unlikely]] {
+        return Cached{static_cast<uint32_t>(cc - cpu_caches_), 0};
+      }
+    }
+    claim_record(first, n, 0, size, owner);
+    return Cached{first, n};
+  }
+  // The rest of alloc(size, PhysAddr(0), 0, 0, dev) after alloc_cached(size, dev.id) declined
+  // with `missed` (its Cached::first); dev has no quota. alloc()'s result, errors and cost.
+  [[gnu::always_inline]] Result<BounceSlot> alloc_missed(size_t size, const BounceDevice& dev,
+                                                         uint32_t missed) TA_EXCL(lock_) {
+    if (missed == kCachedFault) return ErrorCode::kNoMemory;
+    // The fault point is still to be evaluated when no cache was looked at.
+    return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed >= kMaxCpus, missed);
+  }
+  // Puts the block free_data(first_slot, num_slots, data, size) describes into this CPU's cache if
+  // it is a live allocation exactly so described that the cache may hold (a full cache first
+  // sends its blocks back, as free_data's does); true if it did. False: nothing changed (call
+  // free_data(), which also reports a bad description).
+  [[gnu::always_inline]] bool free_cached(uint32_t first_slot, uint32_t num_slots, const void* data,
+                                          size_t size) TA_EXCL(lock_) {
+    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                      (uint64_t{first_slot} << slot_shift_);
+    return cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size);
+  }
+  // Physical and CPU address of slot `first` (alloc_cached's answer).
+  PhysAddr slot_phys(uint32_t first) const { return base_ + (uint64_t{first} << slot_shift_); }
+  void* slot_cpu(uint32_t first) const {
+    return static_cast<uint8_t*>(cpu_base_) + (size_t{first} << slot_shift_);
+  }
+
   // ---- Per-CPU caches ----
   // Off unless enable_cpu_caches is called. When on, each CPU keeps up to kCpuCacheDepth blocks
   // it freed (fewer than kQuickSlots slots each, at most cache_budget / num_cpus slots in all, so
   // all CPUs together hold at most 1/32 of the pool) and hands them out again to its own
-  // unconstrained requests of the same slot count, without taking the pool's lock. Each cache has
-  // a lock of its own (an interrupt-masking support::SpinLock, in the cache's own cache line):
-  // its CPU takes it with no contention, so that the push and pop are atomic with respect to an
-  // interrupt on that CPU and to a caller that was preempted or migrated mid-call, and another
-  // CPU takes it to reclaim the cache. A free that finds its CPU's cache full sends the whole
-  // cache back (into the shared cache while it has room) under the pool's lock, so a CPU whose
-  // sizes do not repeat pays one pool lock per kCpuCacheDepth frees. When a request finds the
+  // unconstrained requests of the same slot count, newest first, without taking the pool's lock.
+  // The newest block sits in one word that its CPU takes and gives by a compare-and-swap, with
+  // no lock (a map and unmap that reuse one size cost one atomic instruction each); the older
+  // ones are on a small stack under a lock of the cache's own (an interrupt-masking
+  // support::SpinLock, in the cache's own cache line), which its CPU takes only when the newest
+  // block does not serve. Either way the push and pop are atomic with respect to an interrupt on
+  // that CPU and to a caller that was preempted or migrated mid-call, and another CPU takes the
+  // lock (and the word) to reclaim the cache. A free that finds its CPU's cache full sends the
+  // whole cache back (into the shared cache while it has room) under the pool's lock, so a CPU
+  // whose sizes do not repeat pays one pool lock per kCpuCacheDepth frees. When a request finds the
   // pool exhausted, it gives the shared cache back and, if that is not enough, every CPU's cache
   // (each under its lock, without that CPU's help) before it fails with kNoMemory: no slot stays
   // stranded in the cache of a CPU that stopped calling in. Lock order: a CPU cache's lock, then
@@ -242,7 +315,8 @@ class BouncePool {
   // hooks' max_cpus (1 if 0), at most kMaxCpus. Call once, after init, before any concurrent use;
   // thread context or interrupts off. No contract on later calls beyond the pool's own: an answer
   // of current_cpu that is stale by the time it is used (the caller preempted and migrated) only
-  // costs speed, since the cache it names is locked.
+  // costs speed, since every push and pop of the cache it names is atomic (a compare-and-swap of
+  // its newest block, or the cache's lock).
   // Errors: kInvalidArgument (an explicit num_cpus above kMaxCpus, not initialised, or called
   // twice).
   Result<void> enable_cpu_caches(CurrentCpuFn current_cpu = nullptr, unsigned num_cpus = 0)
@@ -324,9 +398,6 @@ class BouncePool {
  private:
   static constexpr uint8_t kSlotPoison = 0x5B;
   bool poison_ = KDEBUG_ENABLED;
-  void* slot_cpu(uint32_t slot) const {
-    return static_cast<uint8_t*>(cpu_base_) + (size_t{slot} << slot_shift_);
-  }
   void check_poison(uint32_t first, uint32_t slots) const;
   // Out-of-band record of one slot; meaningful only for the first slot of a block.
   struct SlotRecord {
@@ -362,17 +433,47 @@ class BouncePool {
   static constexpr uint32_t kSpreadSlots = kCacheLineBytes / sizeof(SlotRecord);
   static_assert(kMaxSlots <= kSizeMask, "slot indices and the sentinel fit the size field");
 
-  // One CPU's cache: a small stack of freed blocks, guarded by its own lock, which its CPU takes
-  // for every push and pop and another CPU takes to reclaim the blocks. The counters are written
-  // under the lock and read without it by stats (relaxed atomics). One cache line per CPU.
+  // One CPU's cache: its newest block in `hot`, which its CPU takes and gives without a lock (one
+  // compare-and-swap each, atomic with respect to an interrupt on that CPU and to a caller that
+  // was preempted or migrated mid-call), and a small stack of older blocks guarded by the cache's
+  // own lock, which its CPU takes when `hot` does not serve (another size, or a push that finds
+  // `hot` taken moves that block onto the stack) and another CPU takes to reclaim the blocks
+  // (`hot` too, by compare-and-swap). Newest first overall: `hot`, then the stack from its top.
+  // At most kCpuCacheDepth blocks in all. One cache line per CPU.
+  //
+  // `hot`: bits 0-31 the block's first slot, kHotSlotsShift on its slot count (0: no block, so
+  // that an empty cache is all zeroes), kHotCountShift on the requests it served since they
+  // were last added to `allocations` (counted by the same compare-and-swap that takes the
+  // block; when the count reaches 1024, kHotFlushBit, the next request takes the lock, which
+  // adds it).
   struct alignas(64) CpuCache {
+    uint64_t hot;  // Atomics only.
     mutable support::SpinLock lock;
-    uint32_t first[kCpuCacheDepth] TA_GUARDED(lock);  // First slot of each cached block.
-    uint32_t slots[kCpuCacheDepth] TA_GUARDED(lock);  // Its size in slots.
-    uint32_t count TA_GUARDED(lock);                  // Blocks held.
-    uint32_t held;                                    // Slots held.
-    uint64_t allocations;                             // Requests served from this cache.
+    uint32_t first[kCpuCacheDepth - 1] TA_GUARDED(lock);  // First slot of each stacked block.
+    // Slots on the stack: written under the lock, read without it (a push's budget test, stats)
+    // with relaxed atomics.
+    uint32_t held;
+    // Requests served from this cache, but for those still counted in `hot`: written under the
+    // lock, read by stats under it.
+    uint64_t allocations;
+    // Bit n set when the stack holds a block of n slots: written under the lock, read without it
+    // (relaxed atomics) so that a request neither `hot` nor the stack can serve misses without
+    // the lock (a stale answer only sends a request to the pool's lock, or to this one).
+    uint64_t sizes;
+    uint8_t slots[kCpuCacheDepth - 1] TA_GUARDED(lock);  // Each stacked block's slot count.
+    uint8_t count TA_GUARDED(lock);                      // Blocks on the stack.
   };
+  static constexpr unsigned kHotSlotsShift = 32;
+  static constexpr uint64_t kHotSlotsMask = kQuickSlots - 1;  // After the shift.
+  static constexpr unsigned kHotCountShift = 38;
+  static constexpr uint64_t kHotBlockMask = (uint64_t{1} << kHotCountShift) - 1;
+  static constexpr uint64_t kHotFlushBit = uint64_t{1} << 48;
+  static_assert(kMaxSlots < (uint64_t{1} << kHotSlotsShift), "a first slot fits below the count");
+  static_assert(kQuickSlots == 64, "a hot block's slot count fits its six bits");
+  // The slot count of a `hot` word's block (0: none).
+  static constexpr uint32_t hot_slots(uint64_t hot) {
+    return static_cast<uint32_t>((hot >> kHotSlotsShift) & kHotSlotsMask);
+  }
 
   // The record of a block the caller owns: a live allocation it was given, or a block in its
   // CPU's cache. Its owner reads and writes size_free, link_next and link_prev without the lock
@@ -386,31 +487,31 @@ class BouncePool {
     unsigned cpu = current_cpu_();
     return cpu < num_cpu_caches_ ? &cpu_caches_[cpu] : nullptr;
   }
-  // Takes a cached block of exactly n slots from this CPU's cache `cc`, or returns num_slots_.
-  [[gnu::always_inline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock) {
-    uint32_t first = num_slots_;
-    {
-      support::Guard<support::SpinLock> guard{&cc->lock};
-      for (uint32_t i = cc->count; i-- > 0;) {
-        if (cc->slots[i] != n) continue;
-        first = cc->first[i];
-        uint32_t top = --cc->count;
-        cc->first[i] = cc->first[top];
-        cc->slots[i] = cc->slots[top];
-        __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
-        __atomic_store_n(&cc->allocations, cc->allocations + 1, __ATOMIC_RELAXED);
-        break;
-      }
-    }
-    // The block is the caller's now (in no cache, still marked cached until claim): checked
-    // with interrupts back on.
-    if (KDEBUG_ENABLED && poison_ && first != num_slots_) check_poison(first, n);
-    return first;
+  // Takes a cached block of exactly n slots from this CPU's cache `cc`, newest first, under the
+  // cache's lock, or returns num_slots_.
+  [[gnu::noinline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock);
+  // Under cc's lock: adds the requests `hot` counted to `allocations` and, when its block has
+  // `n` slots (0: any), takes the block too. Returns the block taken as a `hot` word without
+  // count (0: none).
+  uint64_t hot_collect(CpuCache* cc, uint32_t n) TA_REQ(cc->lock);
+  // Under cc's lock: `block` (a `hot` word without count) onto the stack, which has room.
+  void stack_push(CpuCache* cc, uint64_t block) TA_REQ(cc->lock) {
+    cc->first[cc->count] = static_cast<uint32_t>(block);
+    cc->slots[cc->count] = static_cast<uint8_t>(hot_slots(block));
+    ++cc->count;
+    __atomic_store_n(&cc->held, cc->held + hot_slots(block), __ATOMIC_RELAXED);
+    __atomic_store_n(&cc->sizes, cc->sizes | (uint64_t{1} << hot_slots(block)), __ATOMIC_RELAXED);
+  }
+  // Under cc's lock: `sizes` from the stack.
+  static void stack_sizes(CpuCache* cc) TA_REQ(cc->lock) {
+    uint64_t sizes = 0;
+    for (uint32_t i = 0; i < cc->count; ++i) sizes |= uint64_t{1} << cc->slots[i];
+    __atomic_store_n(&cc->sizes, sizes, __ATOMIC_RELAXED);
   }
   // Marks the block [first, first + n) used by a request of `size` bytes at `offset` in its first
-  // slot (plus kQuotaBit), made for the device `owner`, and describes it.
-  [[gnu::always_inline]] BounceSlot claim(uint32_t first, uint32_t n, uint64_t offset, size_t size,
-                                          uint32_t owner) {
+  // slot (plus kQuotaBit), made for the device `owner`.
+  [[gnu::always_inline]] void claim_record(uint32_t first, uint32_t n, uint64_t offset, size_t size,
+                                           uint32_t owner) {
     SlotRecord& r = owned_record(first);
     r.link_next = static_cast<uint32_t>(offset);
     r.link_prev = static_cast<uint32_t>(size);
@@ -422,6 +523,10 @@ class BouncePool {
       __atomic_store_n(&owners_[first], owner, __ATOMIC_RELAXED);
     }
     __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);
+  }
+  // The description of the block [first, first + n) holding `size` bytes at `offset`.
+  [[gnu::always_inline]] BounceSlot describe(uint32_t first, uint32_t n, uint64_t offset,
+                                             size_t size) const {
     BounceSlot out;
     out.addr = base_ + ((uint64_t{first} << slot_shift_) + offset);
     out.first_slot = first;
@@ -434,37 +539,47 @@ class BouncePool {
   // reports a bad description).
   [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
                                              uint64_t offset, size_t size) TA_EXCL(cc->lock) {
-    if (n > cpu_cache_max_block_ || first >= num_slots_ || n > num_slots_ - first) {
-      return false;
-    }
+    // n in [1, cpu_cache_max_block_] (one unsigned test) and first inside the pool; the record
+    // test below then also bounds the block (a used head of n slots lies inside the pool).
+    if (n - 1 >= cpu_cache_max_block_ || first >= num_slots_) return false;
     SlotRecord& r = owned_record(first);
     // The block is the caller's, if the free is right: nobody else writes these fields while it is
     // used. A double free may be looking at a block that another CPU holds in its cache (and marks
     // used again at any moment): the size word is read atomically, and anything but a used head
     // of this size goes to the locked path, which reports it. A block of a device with a quota
     // (kQuotaBit in link_next) goes there too.
-    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || n == 0 || offset != r.link_next ||
+    if (__atomic_load_n(&r.size_free, __ATOMIC_RELAXED) != n || offset != r.link_next ||
         size != r.link_prev) {
       return false;
     }
-    // Still the caller's block: poisoned before the cache's lock masks interrupts.
+    // Still the caller's block: poisoned before it is published.
     if (KDEBUG_ENABLED && poison_) {
       support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
     }
-    support::Guard<support::SpinLock> guard{&cc->lock};
-    // Full (depth or budget): every cached block goes back, under the pool's lock (make_room).
-    if (cc->count == kCpuCacheDepth || cc->held + n > cpu_cache_budget_) make_room(cc, n);
-    __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
-    cc->first[cc->count] = first;
-    cc->slots[cc->count] = n;
-    ++cc->count;
-    __atomic_store_n(&cc->held, cc->held + n, __ATOMIC_RELAXED);
+    // Into `hot` if it is empty and the stack leaves the budget room: marked cached first, then
+    // published by one compare-and-swap (which keeps the count).
+    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+    if (hot_slots(hot) == 0 &&
+        __atomic_load_n(&cc->held, __ATOMIC_RELAXED) + n <= cpu_cache_budget_) [[likely]] {
+      __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
+      if (__atomic_compare_exchange_n(&cc->hot, &hot, hot | first | (uint64_t{n} << kHotSlotsShift),
+                                      false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) [[likely]] {
+        return true;
+      }
+      __atomic_store_n(&r.size_free, n, __ATOMIC_RELAXED);  // Not published: still the caller's.
+    }
+    cpu_cache_push_locked(cc, first, n);
     return true;
   }
-  // Gives every block of this CPU's cache back, oldest first (to the shared cache while it has
-  // room, else merged into the free lists), so that a block of n slots (n <= cpu_cache_budget_)
-  // fits.
-  [[gnu::noinline]] void make_room(CpuCache* cc, uint32_t n) TA_REQ(cc->lock) TA_EXCL(lock_);
+  // cpu_cache_push's way when `hot` is taken or the budget is reached, under the cache's lock:
+  // the new block takes `hot`'s place (one compare-and-swap) and `hot`'s block moves onto the
+  // stack; a stack that is full (depth or budget) sends every block back, `hot`'s last
+  // (make_room).
+  [[gnu::noinline]] void cpu_cache_push_locked(CpuCache* cc, uint32_t first, uint32_t n)
+      TA_EXCL(cc->lock);
+  // Gives every block of this CPU's stack back, oldest first, then `extra` (a `hot` word without
+  // count, 0: none): to the shared cache while it has room, else merged into the free lists.
+  [[gnu::noinline]] void make_room(CpuCache* cc, uint64_t extra) TA_REQ(cc->lock) TA_EXCL(lock_);
   // alloc's general path, under the lock; `fault_point`: whether the kBounceSlot fault point is
   // still to be evaluated (alloc's fast path evaluates it itself); `cache_cpu`: the CPU whose
   // cache the request missed, so that the block will cycle through that cache (placed apart from

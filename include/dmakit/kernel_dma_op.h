@@ -20,7 +20,10 @@
 //   4. clean the caches over what the device will read or write, unless the device snoops.
 // map_single is the same decision for the common case, inline: a device that snoops, no forced
 // bounce, no alignment, a buffer inside the direct map; anything else goes to map_checked as it
-// came, so map_single has no error of its own to report.
+// came, so map_single has no error of its own to report. Its bounce (map_out_of_reach) has a
+// common case too: a device without bus offset, min_align_mask or quota takes the highest pool
+// whose last byte lies under its mask and a slot from this CPU's cache of that pool
+// (BouncePool::alloc_cached), kept in registers up to the handle; anything else is step 3 in full.
 // Unmap reverses it: invalidate (device does not snoop), copy out for kFromDevice /
 // kBidirectional, free the slot. Syncs act on the mapping's own direction, which their argument
 // may only narrow.
@@ -366,6 +369,23 @@ class KernelDmaOp : public DmaOp {
   Result<DmaMapHandle> bounce(const DmaConstraints& c, void* addr, uint64_t p, size_t size,
                               size_t align, DmaDirection dir, bool coherent, bool for_lines,
                               bool skip = false);
+  // bounce's way on when the pool `full` it chose said kNoMemory: a slot from alloc_fallback, or
+  // kNoMemory. `caller`: the driver's call site, for the misuse checker.
+  [[gnu::noinline]] Result<DmaMapHandle> bounce_elsewhere(const DmaConstraints& c, void* addr,
+                                                          uint64_t p, size_t size, uint64_t keep,
+                                                          uint64_t align_mask, DmaDirection dir,
+                                                          bool coherent, bool skip, int full,
+                                                          const void* caller);
+  // map_out_of_reach's bounce into pool `pi` when the pool's alloc_cached declined with `missed`
+  // (BouncePool::Cached::first): the rest of the pool's alloc(), then as bounce().
+  Result<DmaMapHandle> bounce_missed(const DmaConstraints& c, void* addr, size_t size,
+                                     DmaDirection dir, int pi, uint32_t missed, const void* caller);
+  // The bounce's work once slot `first_slot` (num_slots of them) of pool `pi` is taken: `slot`
+  // and `slot_cpu` its data's physical and CPU address, `off` its device-address offset.
+  Result<DmaMapHandle> bounced(const DmaConstraints& c, void* addr, size_t size, DmaDirection dir,
+                               bool coherent, bool skip, int pi, PhysAddr slot, void* slot_cpu,
+                               uint32_t first_slot, uint32_t num_slots, uint64_t off,
+                               const void* caller);
   // A slot for [p, p + size) in another pool than `skip` that the device reaches, when the chosen
   // one is full: the pool's index (the slot in *out, the pool's device-address offset in *off),
   // or -1 when none has room.

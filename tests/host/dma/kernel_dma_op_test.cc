@@ -645,6 +645,121 @@ TEST(KernelDmaOpCpuCaches, BouncedMapReusesTheSlotOfThisCpu) {
   p.release_buffer(buf);
 }
 
+// Two pools, both with CPU caches: the cached path (a device without bus offset, min_align_mask
+// or quota) takes the highest pool under the mask, as the general path does, and its slot comes
+// back from this CPU's cache of that pool; a mask that reaches only the lower pool stays there.
+TEST(KernelDmaOpCpuCaches, TheCachedPathUsesTheHighestPoolUnderTheMask) {
+  HostPlatform::Options o = straddling_options();
+  o.pools.push_back(HostPlatform::PoolSpec{1ull << 20, 0x3CFF'FFFF});  // Pool 1, below pool 0.
+  o.cpu_caches = 1;
+  HostPlatform p(o);
+  ASSERT_LT(p.pool(1).base().value(), p.pool(0).base().value());
+  uint8_t* buf = p.buffer_above(1ull << 30, 4096);
+  auto in_pool = [&](const DmaMapHandle& h, size_t i) {
+    uint64_t d = h.dma_addr.value() - p.pool(i).base().value();
+    return h.bounce_pool_index == i && d < p.pool(i).bytes();
+  };
+  for (uint64_t mask : {kMask30, uint64_t{0x3CFF'FFFF}}) {
+    const size_t want = mask == kMask30 ? 0 : 1;
+    DmaConstraints c;
+    c.dma_mask = mask;
+    c.coherence = DmaCoherence::kCoherent;
+    const uint64_t other_allocations = p.pool(1 - want).stats().allocations;
+    uint64_t first_dma = 0;
+    for (int round = 0; round < 3; ++round) {
+      std::memset(buf, 0x40 + round, 4096);
+      auto h = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
+      ASSERT_TRUE(h.ok()) << mask;
+      EXPECT_TRUE(in_pool(*h, want)) << mask << " round " << round;
+      if (round == 0) first_dma = h->dma_addr.value();
+      EXPECT_EQ(h->dma_addr.value(), first_dma) << round;  // The cached slot, every time.
+      EXPECT_EQ(std::memcmp(h->bounce_cpu, buf, 4096), 0);
+      std::memset(h->bounce_cpu, 0x70 + round, 4096);  // The device writes the slot.
+      p.op().unmap_single(*h);
+      EXPECT_EQ(buf[0], 0x70 + round);  // Copied out.
+      EXPECT_EQ(buf[4095], 0x70 + round);
+    }
+    EXPECT_EQ(p.pool(want).stats().cached_slots, 2u);
+    EXPECT_EQ(p.pool(want).stats().allocations, 3u);
+    EXPECT_EQ(p.pool(1 - want).stats().allocations, other_allocations);
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    p.pool(i).drain_cache();
+    EXPECT_TRUE(p.pool(i).check_invariants());
+    EXPECT_EQ(p.pool(i).free_block_count(), 1u);
+  }
+  p.release_buffer(buf);
+}
+
+// Devices that the cached path does not serve (a bus offset, min_align_mask, a quota) still
+// bounce through a pool with CPU caches, each with its own constraint kept.
+TEST(KernelDmaOpCpuCaches, ConstrainedDevicesBounceThroughTheGeneralPath) {
+  HostPlatform::Options o = straddling_options();
+  o.cpu_caches = 1;
+  HostPlatform p(o);
+  uint8_t* buf = p.buffer_above(1ull << 30, 8192);
+  DmaConstraints plain;
+  plain.dma_mask = kMask30;
+  plain.coherence = DmaCoherence::kCoherent;
+  DmaConstraints keep = plain;
+  keep.min_align_mask = 0xFFF;
+  DmaConstraints quota = plain;
+  quota.bounce_quota = 8192;
+  quota.device_id = 7;
+  DmaConstraints offset = plain;
+  offset.bus_offset = 0x1000'0000;
+  offset.dma_mask = kMask30 + 0x1000'0000;
+  for (int round = 0; round < 3; ++round) {
+    auto k = p.op().map_single(keep, buf + 0x234, 100, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(k.ok());
+    EXPECT_EQ(k->dma_addr.value() & 0xFFF, 0x234u);
+    auto q = p.op().map_single(quota, buf, 4096, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(q.ok());
+    EXPECT_EQ(p.op().map_single(quota, buf, 4097, 0, DmaDirection::kToDevice).code(),
+              ErrorCode::kNoMemory);  // 4096 + 4097 bytes: five slots over a quota of four.
+    auto f = p.op().map_single(offset, buf, 4096, 0, DmaDirection::kToDevice);
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ(f->dma_addr.value() - 0x1000'0000 - p.pool(0).base().value() < p.pool(0).bytes(),
+              true);
+    for (const DmaMapHandle& h : {*k, *q, *f}) p.op().unmap_single(h);
+  }
+  EXPECT_EQ(p.pool(0).stats().used_slots, 0u);
+  p.pool(0).drain_cache();
+  EXPECT_TRUE(p.pool(0).check_invariants());
+  EXPECT_EQ(p.pool(0).free_block_count(), 1u);
+  p.release_buffer(buf);
+}
+
+#if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
+// The kBounceSlot fault on the cached path is one kNoMemory from the pool (evaluated once, the
+// cached slot left where it was), after which the map goes to the other pools like any full
+// pool's: none here, so the map fails; the next one takes the cached slot.
+TEST(KernelDmaOpCpuCaches, ASlotFaultOnTheCachedPathIsOneFullPool) {
+  HostPlatform::Options o = straddling_options();
+  o.cpu_caches = 1;
+  HostPlatform p(o);
+  uint8_t* buf = p.buffer_above(1ull << 30, 4096);
+  DmaConstraints c;
+  c.dma_mask = kMask30;
+  c.coherence = DmaCoherence::kCoherent;
+  auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(a.ok());
+  p.op().unmap_single(*a);
+  ASSERT_EQ(p.pool(0).stats().cached_slots, 2u);
+  support::FaultInjector::fail_nth(support::FaultSite::kBounceSlot, 1);
+  EXPECT_EQ(p.op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice).code(),
+            ErrorCode::kNoMemory);
+  EXPECT_EQ(support::FaultInjector::hits(support::FaultSite::kBounceSlot), 1u);
+  EXPECT_EQ(p.pool(0).stats().cached_slots, 2u);
+  auto b = p.op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->dma_addr.value(), a->dma_addr.value());
+  p.op().unmap_single(*b);
+  support::FaultInjector::disarm_all();
+  p.release_buffer(buf);
+}
+#endif  // DMA_FAULT_INJECTION
+
 // ---- alloc_coherent ----
 
 TEST_F(KernelDmaOpTest, CoherentAllocationIsZeroedReachableAndAligned) {

@@ -234,6 +234,43 @@ TEST_F(BouncePoolCpuCache, AFreedBlockComesBackToTheSameCpuForTheSameSlotCount) 
   expect_all_free(p, {0});
 }
 
+// The newest cached block is handed out again without the cache's lock, the request counted in
+// the same step and added to the pool's count every 1024 requests: stats().allocations stays
+// exact across those additions, and across blocks of other sizes moving between `hot` and the
+// stack.
+TEST_F(BouncePoolCpuCache, RequestsServedWithoutTheLockAreCountedExactly) {
+  TestPool t(1 * kMiB, 2);
+  BouncePool& p = t.pool;
+  BounceSlot a = must_alloc(p, kSlot);
+  BounceSlot b = must_alloc(p, 3 * kSlot);
+  uint64_t allocations = 2;
+  for (int i = 0; i < 3000; ++i) {
+    BounceSlot old = a;
+    must_free(p, a);
+    a = must_alloc(p, 100 + static_cast<size_t>(i % 7));
+    EXPECT_EQ(a.first_slot, old.first_slot);
+    ++allocations;
+    if (i % 250 == 0) {
+      // Another size through the stack: b's block goes in after a's, and comes back first.
+      must_free(p, a);
+      must_free(p, b);
+      b = must_alloc(p, 3 * kSlot);
+      a = must_alloc(p, kSlot);
+      EXPECT_EQ(a.first_slot, old.first_slot);
+      allocations += 2;
+      EXPECT_EQ(p.stats().allocations, allocations) << i;
+      EXPECT_TRUE(p.check_invariants());
+    }
+  }
+  EXPECT_EQ(p.stats().allocations, allocations);
+  must_free(p, a);
+  must_free(p, b);
+  EXPECT_EQ(p.stats().allocations, allocations);
+  EXPECT_EQ(p.stats().cached_slots, 4u);
+  expect_all_free(p, {0});
+  EXPECT_EQ(p.stats().allocations, allocations);
+}
+
 // A request of another slot count, or from another CPU, does not take a cached block.
 TEST_F(BouncePoolCpuCache, OtherSizesAndOtherCpusDoNotTakeACachedBlock) {
   TestPool t(1 * kMiB, 2);
