@@ -3,7 +3,8 @@
 
 Reads, in the output directory: ir.txt (bench/callgrind_ir.py), ir_state.txt (dma_ir's stdout:
 the state each scenario reached), metadata.txt (dma_ir --metadata), copy-<n>.json (one per
-timing run of BM_BounceCopyRatio and BM_Bounce2ThreadRatio), timing.json (Google Benchmark),
+timing run of BM_BounceCopyRatio, BM_Bounce2ThreadRatio and BM_PfaMixedSizes), timing.json
+(Google Benchmark),
 cachesim.txt and cachesim_l2.txt (callgrind_ir.py over the allocator's cache simulations, each
 after a "# geometry" line) and pfa_sizes.json (BM_PfaMixedSizes, BM_PfaMixedHarness). Writes
 summary.txt ("name value"), targets.txt ("name value target verdict") and occupancy.dat (the plot's data).
@@ -74,6 +75,8 @@ def copy_ratios(path):
             out[int(b["run_name"].split("/")[1])] = b
         elif b["run_name"].startswith("BM_Bounce2ThreadRatio"):
             out["2thread"] = b
+        elif b["run_name"].startswith("BM_PfaMixedSizes"):
+            out["pfa"] = dict(b, ratio_median=b["ratio_16g_256m"])
     return out
 
 
@@ -171,7 +174,9 @@ def main():
         size_runs = json.load(f)["benchmarks"]
     sizes = [b for b in size_runs if b["name"].startswith("BM_PfaMixedSizes")]
     harness = [b for b in size_runs if b["name"].startswith("BM_PfaMixedHarness")]
-    add("pfa_mixed_ns_ratio_16g_256m", sizes[0]["ratio_16g_256m"], "%.3f")
+    # The allocator's time at 16 GiB over 256 MiB: the median of the timing runs' (each the median
+    # of its rounds), as the copy ratios.
+    add("pfa_mixed_ns_ratio_16g_256m", median_run(runs, "pfa")["ratio_median"], "%.3f")
 
     # More detail, same format.
     for occ in OCCUPANCIES:
@@ -269,6 +274,13 @@ def main():
         add("pfa_mixed_ns_ratio_less_harness_16g_256m",
             (sizes[0]["ns_16g"] - harness[0]["harness_ns_16g"]) / lo, "%.3f")
     add("pfa_mixed_ns_rounds", sizes[0]["rounds"], "%d")
+    pfa_runs = [r["pfa"]["ratio_median"] for r in runs if "pfa" in r]
+    for n, value in enumerate(pfa_runs, 1):
+        add("pfa_mixed_ns_ratio_16g_256m_run%d" % n, value, "%.3f")
+    add("pfa_mixed_ns_ratio_16g_256m_min", min(pfa_runs), "%.3f")
+    add("pfa_mixed_ns_ratio_16g_256m_max", max(pfa_runs), "%.3f")
+    # The dedicated run's own ratio (the one pfa_mixed_ns_<size> above come from).
+    add("pfa_mixed_ns_ratio_16g_256m_sizes_run", sizes[0]["ratio_16g_256m"], "%.3f")
 
     with open(os.path.join(out, "summary.txt"), "w") as f:
         for name, value, fmt in figures:
