@@ -616,15 +616,26 @@ TEST(KernelDmaOpFastWindow, LeavesOutPageZeroAndTheNullPage) {
   EXPECT_EQ(w.span, 0u);
 }
 
-// With per-CPU slot caches on, a bounced unmap + map of the same size reuses the slot.
-TEST(KernelDmaOpCpuCaches, BouncedMapReusesTheSlotOfThisCpu) {
+// The straddling layout with one CPU's slot caches on.
+HostPlatform::Options cpu_cache_options() {
   HostPlatform::Options o = straddling_options();
   o.cpu_caches = 1;
-  HostPlatform p(o);
-  uint8_t* buf = p.buffer_above(1ull << 30, 4096);
+  return o;
+}
+
+// A coherent device with a 30-bit mask: every buffer above 1 GiB bounces.
+DmaConstraints coherent_30bit() {
   DmaConstraints c;
   c.dma_mask = kMask30;
   c.coherence = DmaCoherence::kCoherent;
+  return c;
+}
+
+// With per-CPU slot caches on, a bounced unmap + map of the same size reuses the slot.
+TEST(KernelDmaOpCpuCaches, BouncedMapReusesTheSlotOfThisCpu) {
+  HostPlatform p(cpu_cache_options());
+  uint8_t* buf = p.buffer_above(1ull << 30, 4096);
+  DmaConstraints c = coherent_30bit();
   std::memset(buf, 0x3C, 4096);
   auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
   ASSERT_TRUE(a.ok());
@@ -694,13 +705,9 @@ TEST(KernelDmaOpCpuCaches, TheCachedPathUsesTheHighestPoolUnderTheMask) {
 // Devices that the cached path does not serve (a bus offset, min_align_mask, a quota) still
 // bounce through a pool with CPU caches, each with its own constraint kept.
 TEST(KernelDmaOpCpuCaches, ConstrainedDevicesBounceThroughTheGeneralPath) {
-  HostPlatform::Options o = straddling_options();
-  o.cpu_caches = 1;
-  HostPlatform p(o);
+  HostPlatform p(cpu_cache_options());
   uint8_t* buf = p.buffer_above(1ull << 30, 8192);
-  DmaConstraints plain;
-  plain.dma_mask = kMask30;
-  plain.coherence = DmaCoherence::kCoherent;
+  DmaConstraints plain = coherent_30bit();
   DmaConstraints keep = plain;
   keep.min_align_mask = 0xFFF;
   DmaConstraints quota = plain;
@@ -735,13 +742,9 @@ TEST(KernelDmaOpCpuCaches, ConstrainedDevicesBounceThroughTheGeneralPath) {
 // cached slot left where it was), after which the map goes to the other pools like any full
 // pool's: none here, so the map fails; the next one takes the cached slot.
 TEST(KernelDmaOpCpuCaches, ASlotFaultOnTheCachedPathIsOneFullPool) {
-  HostPlatform::Options o = straddling_options();
-  o.cpu_caches = 1;
-  HostPlatform p(o);
+  HostPlatform p(cpu_cache_options());
   uint8_t* buf = p.buffer_above(1ull << 30, 4096);
-  DmaConstraints c;
-  c.dma_mask = kMask30;
-  c.coherence = DmaCoherence::kCoherent;
+  DmaConstraints c = coherent_30bit();
   auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
   ASSERT_TRUE(a.ok());
   p.op().unmap_single(*a);
