@@ -640,17 +640,23 @@ Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr
                         self->count_map(h->size, /*bounced=*/true);
                         DmaDebug::on_map(self, c, *h, __builtin_return_address(0));
                       };
-    const BouncePool::Cached got = pool->alloc_cached(cpu, h->size, h->device_id);
+    BouncePool::Cached got = pool->alloc_cached(cpu, h->size, h->device_id);
     if (got.slots != 0) [[likely]] {
       finish(pool, got.first, got.slots);
       return r;
     }
-    // The rest of the pool's alloc(): the cache's older blocks, or the pool's lock.
-    auto s = pool->alloc_missed(
+    // The rest of the pool's alloc(): the cache's older blocks, or the pool's lock. After each
+    // call, what is needed is read back again.
+    got = pool->alloc_stacked(got.first, h->size, h->device_id);
+    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
+    if (got.slots != 0) {
+      finish(self->pools_[h->bounce_pool_index], got.first, got.slots);
+      return r;
+    }
+    auto s = self->pools_[h->bounce_pool_index]->alloc_unstacked(
         h->size,
         BounceDevice{h->device_id, static_cast<const DmaConstraints*>(h->bounce_cpu)->name, 0},
         got.first);
-    // Read back again after those calls.
     self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
     if (s.ok()) {
       finish(self->pools_[h->bounce_pool_index], s->first_slot, s->num_slots);

@@ -290,6 +290,13 @@ class BouncePool {
       if (got.slots != 0) return describe(got.first, got.slots, 0, size);
       missed = got.first;
     }
+    return alloc_unstacked(size, dev, missed);
+  }
+  // alloc_missed's last step, when no CPU cache has a block (`missed`: alloc_stacked's, or
+  // alloc_cached's when that looked at no cache): the pool's lock.
+  [[gnu::always_inline]] Result<BounceSlot> alloc_unstacked(size_t size, const BounceDevice& dev,
+                                                            uint32_t missed) TA_EXCL(lock_) {
+    if (missed == kCachedFault) return ErrorCode::kNoMemory;
     // The fault point is still to be evaluated when no cache was looked at.
     return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed == kMaxCpus,
                         missed & ~kStackMissed);
