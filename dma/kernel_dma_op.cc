@@ -144,6 +144,16 @@ bool growth_config_ok(const KernelDmaOp::Config& cfg) {
   return true;
 }
 
+// `p`, with the optimiser told nothing about where it points (an empty asm statement "changes"
+// it): what the caller stored through p is read back from memory afterwards instead of being
+// kept in callee-saved registers across the calls in between (each of those costs a save, a
+// restore and a move; a load is one instruction).
+template <typename T>
+[[gnu::always_inline]] inline T* reread(T* p) {
+  asm("" : "+r"(p));
+  return p;
+}
+
 }  // namespace
 
 bool KernelDmaOp::growth_limits_ok(size_t max_grown_pools, uint64_t grow_limit,
@@ -566,28 +576,112 @@ Result<DmaMapHandle> KernelDmaOp::map_single(const DmaConstraints& c, void* addr
 }
 
 Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void* addr, size_t size,
-                                                   size_t, DmaDirection dir) {
-  // The commonest bounce, in registers: besides what map_single ruled out (windows, alignment,
-  // forced bounces, devices that do not snoop), no bus offset, no min_align_mask and no quota
-  // (one test). Then the pool pick_pool would choose is the highest placed whose last byte lies
-  // under the mask (every pool's first byte lies below its last), the slot needs no offset, and
-  // this CPU's cache of that pool may have one of the size (alloc_cached; when it has none, the
-  // pool's alloc goes on in bounce_missed). Any other request goes to bounce(), which decides it
-  // all again.
-  if ((c.bus_offset | c.min_align_mask | c.bounce_quota) == 0) [[likely]] {
-    for (size_t rank = 0; rank < num_pools_; ++rank) {
-      if (pool_last_[rank] > c.dma_mask) continue;
-      const int pi = pool_order_[rank];
-      BouncePool* pool = pools_[pi];
-      const BouncePool::Cached got = pool->alloc_cached(size, c.device_id);
-      if (got.slots != 0) [[likely]] {
-        return bounced(c, addr, size, dir, /*coherent=*/true, /*skip=*/false, pi,
-                       pool->slot_phys(got.first), pool->slot_cpu(got.first), got.first, got.slots,
-                       /*off=*/0, __builtin_return_address(0));
-      }
-      return bounce_missed(c, addr, size, dir, pi, got.first, __builtin_return_address(0));
-    }
+                                                   size_t align, DmaDirection dir) {
+  // The commonest bounce: besides what map_single ruled out (windows, alignment, forced bounces,
+  // devices that do not snoop), no bus offset, no min_align_mask and no quota (one test). Then
+  // the pool pick_pool would choose is the highest placed whose last byte lies under the mask
+  // (every pool's first byte lies below its last), the slot needs no offset, and this CPU's
+  // cache of that pool may have a block of the size (map_cached). Anything else goes to
+  // bounce_unreachable, which decides it all again, and a pool without CPU caches straight to
+  // bounce_missed. No stack frame: every way out is a tail call.
+  if ((c.bus_offset | c.min_align_mask | c.bounce_quota) != 0) [[unlikely]] {
+    SUPPORT_MUSTTAIL return bounce_unreachable(c, addr, size, align, dir);
   }
+  // The highest pool under the mask (pool_last_ ends with a 0: the search stops there).
+  size_t rank = 0;
+  if (pool_last_[0] > c.dma_mask) [[unlikely]] {
+    do ++rank;
+    while (pool_last_[rank] > c.dma_mask);
+  }
+  if (rank >= num_pools_) [[unlikely]] {
+    SUPPORT_MUSTTAIL return bounce_unreachable(c, addr, size, align, dir);
+  }
+  const uint8_t pi = pool_order_[rank];
+  if (!pools_[pi]->cpu_caches_on()) [[unlikely]] {
+    SUPPORT_MUSTTAIL return bounce_missed(c, addr, size, miss_route(pi, BouncePool::kMaxCpus), dir);
+  }
+  SUPPORT_MUSTTAIL return map_cached(c, addr, size, /*pi=*/pi, dir);
+}
+
+Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr, size_t size,
+                                             size_t pi, DmaDirection dir) {
+  // The handle goes into the result at once, all but the slot, whose fields keep this object and
+  // the constraints until the slot is known: across the calls (the CPU's id, the copy; a missed
+  // cache's), only the result's address then has to survive (everything is read back from it).
+  KernelDmaOp* self;
+  DmaMapHandle refused;
+  uint32_t code;
+  {
+    // Returned only from inside this block, so that it is built where the result goes.
+    Result<DmaMapHandle> r{DmaMapHandle{.cpu_addr = addr,
+                                        .dma_addr = DmaAddr(reinterpret_cast<uintptr_t>(this)),
+                                        .size = size,
+                                        .bounce_cpu = const_cast<DmaConstraints*>(&c),
+                                        .device_id = c.device_id,
+                                        .direction = dir,
+                                        .coherent_device = true,
+                                        .bounce_pool_index = static_cast<uint8_t>(pi)}};
+    DmaMapHandle* h = &*r;
+    const unsigned cpu = pools_[pi]->cache_cpu_on();
+    h = reread(h);
+    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
+    BouncePool* pool = self->pools_[h->bounce_pool_index];
+    // The slot is the block of `slots` slots at `first` of `pool`, data at its start: the rest of
+    // the handle, the copy in (for every direction: see bounced()).
+    auto finish = [&](BouncePool* into, uint32_t first, uint32_t slots)
+                      __attribute__((always_inline)) {
+                        void* slot_cpu = into->slot_cpu(first);
+                        h->dma_addr = DmaAddr(into->slot_phys(first).value());
+                        h->bounce_cpu = slot_cpu;
+                        h->bounce_first_slot = first;
+                        h->bounce_num_slots = slots;
+                        support::copy_bytes(slot_cpu, h->cpu_addr, h->size);
+                        self->note_bounced(into, h->size);
+                        self->count_map(h->size, /*bounced=*/true);
+                        DmaDebug::on_map(self, c, *h, __builtin_return_address(0));
+                      };
+    BouncePool::Cached got = pool->alloc_cached(cpu, h->size, h->device_id);
+    if (got.slots != 0) [[likely]] {
+      finish(pool, got.first, got.slots);
+      return r;
+    }
+    // The rest of the pool's alloc(): the cache's older blocks, or the pool's lock. After each
+    // call, what is needed is read back again.
+    got = pool->alloc_stacked(got.first, h->size, h->device_id);
+    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
+    if (got.slots != 0) {
+      finish(self->pools_[h->bounce_pool_index], got.first, got.slots);
+      return r;
+    }
+    auto s = self->pools_[h->bounce_pool_index]->alloc_unstacked(
+        h->size,
+        BounceDevice{h->device_id, static_cast<const DmaConstraints*>(h->bounce_cpu)->name, 0},
+        got.first);
+    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
+    if (s.ok()) {
+      finish(self->pools_[h->bounce_pool_index], s->first_slot, s->num_slots);
+      return r;
+    }
+    refused = *h;
+    code = static_cast<uint32_t>(s.code());
+  }
+  SUPPORT_MUSTTAIL return self->bounce_refused(
+      *static_cast<const DmaConstraints*>(refused.bounce_cpu), refused.cpu_addr, refused.size,
+      miss_route(refused.bounce_pool_index, code), refused.direction);
+}
+
+Result<DmaMapHandle> KernelDmaOp::bounce_refused(const DmaConstraints& c, void* addr, size_t size,
+                                                 size_t route, DmaDirection dir) {
+  const auto pi = static_cast<uint8_t>(route);
+  const auto code = static_cast<ErrorCode>(route >> 8);
+  if (code != ErrorCode::kNoMemory) return map_failed(code);
+  return bounce_elsewhere(c, addr, reinterpret_cast<uintptr_t>(addr) - dm_offset_, size,
+                          /*keep=*/0, /*align_mask=*/0, dir, /*coherent=*/true, /*skip=*/false, pi,
+                          __builtin_return_address(0));
+}
+
+Result<DmaMapHandle> KernelDmaOp::bounce_unreachable(const DmaConstraints& c, void* addr,
+                                                     size_t size, size_t, DmaDirection dir) {
   uint64_t p = reinterpret_cast<uintptr_t>(addr) - dm_offset_;
   return bounce(c, addr, p, size, /*align=*/0, dir, /*coherent=*/true, /*for_lines=*/false);
 }
@@ -704,20 +798,22 @@ Result<DmaMapHandle> KernelDmaOp::bounce_elsewhere(const DmaConstraints& c, void
                  s.first_slot, s.num_slots, off, caller);
 }
 
-[[gnu::always_inline]] inline Result<DmaMapHandle> KernelDmaOp::bounce_missed(
-    const DmaConstraints& c, void* addr, size_t size, DmaDirection dir, int pi, uint32_t missed,
-    const void* caller) {
+Result<DmaMapHandle> KernelDmaOp::bounce_missed(const DmaConstraints& c, void* addr, size_t size,
+                                                size_t route, DmaDirection dir) {
+  const auto pi = static_cast<uint8_t>(route);
   BouncePool* pool = pools_[pi];
-  auto first = pool->alloc_missed(size, BounceDevice{c.device_id, c.name, 0}, missed);
+  auto first = pool->alloc_missed(size, BounceDevice{c.device_id, c.name, 0},
+                                  static_cast<uint32_t>(route >> 8));
   if (!first.ok()) [[unlikely]] {
     if (first.code() != ErrorCode::kNoMemory) return map_failed(first.error());
     return bounce_elsewhere(c, addr, reinterpret_cast<uintptr_t>(addr) - dm_offset_, size,
                             /*keep=*/0, /*align_mask=*/0, dir, /*coherent=*/true, /*skip=*/false,
-                            pi, caller);
+                            pi, __builtin_return_address(0));
   }
   const BounceSlot& s = *first;
   return bounced(c, addr, size, dir, /*coherent=*/true, /*skip=*/false, pi, s.addr,
-                 pool->cpu_addr(s.addr), s.first_slot, s.num_slots, /*off=*/0, caller);
+                 pool->cpu_addr(s.addr), s.first_slot, s.num_slots, /*off=*/0,
+                 __builtin_return_address(0));
 }
 
 // The work once the slot is taken (slot_cpu: its CPU address, off: its device-address offset):
@@ -797,19 +893,40 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
   // Any index past the fixed pools: a grown pool's, or a bad one (unmap_grown checks which).
   if (h.bounce_pool_index >= num_pools_) [[unlikely]] {
-    unmap_grown(h);
-    return;
+    SUPPORT_MUSTTAIL return unmap_grown(h);
+  }
+  BouncePool* pool = pools_[h.bounce_pool_index];
+  if (!pool->cpu_caches_on()) [[unlikely]] {
+    SUPPORT_MUSTTAIL return unmap_uncached(h);
   }
   if (copies_out(h.direction) && !h.skip_cpu_sync) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  BouncePool* pool = pools_[h.bounce_pool_index];
-  if (!pool->free_cached(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size))
+  // The CPU first: the handle is read after that call, so that only it, the pool and this object
+  // live across it.
+  const unsigned cpu = pool->cache_cpu_on();
+  if (!pool->free_cached(cpu, h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size))
       [[unlikely]] {
-    auto r = pool->free_data(h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size);
-    KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
+    SUPPORT_MUSTTAIL return unmap_declined(h);
   }
+  if (__atomic_load_n(&idle_grown_, __ATOMIC_RELAXED) != 0) [[unlikely]] {
+    sweep_idle_grown();
+  }
+}
+
+void KernelDmaOp::unmap_uncached(const DmaMapHandle& h) {
+  if (copies_out(h.direction) && !h.skip_cpu_sync) {
+    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
+    copy_from_bounce(h, 0, h.size);
+  }
+  SUPPORT_MUSTTAIL return unmap_declined(h);
+}
+
+void KernelDmaOp::unmap_declined(const DmaMapHandle& h) {
+  auto r = pools_[h.bounce_pool_index]->free_uncached(h.bounce_first_slot, h.bounce_num_slots,
+                                                      h.bounce_cpu, h.size);
+  KASSERT(r.ok(), "unmap_single: the bounce slot was not live (double unmap?)");
   if (__atomic_load_n(&idle_grown_, __ATOMIC_RELAXED) != 0) [[unlikely]] {
     sweep_idle_grown();
   }

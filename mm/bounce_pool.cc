@@ -328,6 +328,7 @@ SUPPORT_COLD Result<void> BouncePool::enable_cpu_caches(CurrentCpuFn current_cpu
   }
   cpu_cache_budget_ = cache_budget_ / num_cpus;
   cpu_cache_max_block_ = support::min(kQuickSlots - 1, cpu_cache_budget_);
+  for (unsigned c = 0; c < num_cpus; ++c) set_held(&cpu_caches_[c], 0);
   num_cpu_caches_ = num_cpus;
   current_cpu_ = current_cpu;
   return support::ok();
@@ -352,7 +353,7 @@ SUPPORT_COLD uint64_t BouncePool::reclaim_cpu_caches() {
       release(static_cast<uint32_t>(hot), hot_slots(hot));
     }
     cc.count = 0;
-    __atomic_store_n(&cc.held, 0u, __ATOMIC_RELAXED);
+    set_held(&cc, 0);
     __atomic_store_n(&cc.sizes, uint64_t{0}, __ATOMIC_RELAXED);
   }
   return reclaimed;
@@ -375,6 +376,13 @@ uint64_t BouncePool::hot_collect(CpuCache* cc, uint32_t n) {
   }
 }
 
+BouncePool::Cached BouncePool::pop_stacked(unsigned cpu, uint32_t n, size_t size, uint32_t owner) {
+  const uint32_t first = cpu_cache_pop(&cpu_caches_[cpu], n);
+  if (first == num_slots_) return Cached{cpu | kStackMissed, 0};
+  claim_record(first, n, 0, size, owner);
+  return Cached{first, n};
+}
+
 uint32_t BouncePool::cpu_cache_pop(CpuCache* cc, uint32_t n) {
   uint32_t first = num_slots_;
   {
@@ -392,7 +400,7 @@ uint32_t BouncePool::cpu_cache_pop(CpuCache* cc, uint32_t n) {
           cc->first[i] = cc->first[i + 1];
           cc->slots[i] = cc->slots[i + 1];
         }
-        __atomic_store_n(&cc->held, cc->held - n, __ATOMIC_RELAXED);
+        set_held(cc, cc->held - n);
         stack_sizes(cc);
         break;
       }
@@ -440,7 +448,7 @@ void BouncePool::make_room(CpuCache* cc, uint64_t extra) {
     stash_or_release(cc->first[i], cc->slots[i]);
   }
   cc->count = 0;
-  __atomic_store_n(&cc->held, 0u, __ATOMIC_RELAXED);
+  set_held(cc, 0);
   __atomic_store_n(&cc->sizes, uint64_t{0}, __ATOMIC_RELAXED);
   if (extra != 0) {
     store_used(used_slots_ - hot_slots(extra));

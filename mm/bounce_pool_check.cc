@@ -40,6 +40,9 @@ bool BouncePool::check_cpu_caches(uint64_t* slots, uint64_t* blocks) const {
       held += cc.slots[i];
     }
     if (held != cc.held) return false;
+    // `room` follows `held` (set_held).
+    const uint32_t left = cc.held < cpu_cache_budget_ ? cpu_cache_budget_ - cc.held : 0;
+    if (cc.room != support::min(cpu_cache_max_block_, left)) return false;
     // `hot` changes without the lock; the caller checks a pool nobody uses.
     uint64_t hot = __atomic_load_n(&cc.hot, __ATOMIC_RELAXED);
     uint32_t hot_n = hot_slots(hot);

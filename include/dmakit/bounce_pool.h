@@ -166,7 +166,7 @@ class BouncePool {
     // always takes the pool's lock: its count must be exact when the quota is checked.
     // align 1, like 0, asks for nothing.
     if ((min_align_mask | (align > 1 ? align : 0) | dev.quota) == 0) {
-      Cached got = alloc_cached(size, dev.id);
+      Cached got = alloc_cached(cache_cpu(), size, dev.id);
       if (got.slots != 0) return describe(got.first, got.slots, 0, size);
       return alloc_missed(size, dev, got.first);
     }
@@ -185,10 +185,11 @@ class BouncePool {
   // handed out again) is checked without the lock and can be missed.
   Result<void> free(const BounceSlot& slot) TA_EXCL(lock_) {
     // An address below the first slot makes the offset huge: rejected like any other mismatch.
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
     uint64_t offset =
         slot.addr.value() - base_.value() - (uint64_t{slot.first_slot} << slot_shift_);
-    if (cc != nullptr && cpu_cache_push(cc, slot.first_slot, slot.num_slots, offset, slot.size)) {
+    const unsigned cpu = cache_cpu();
+    if (cpu < num_cpu_caches_ &&
+        cpu_cache_push(&cpu_caches_[cpu], slot.first_slot, slot.num_slots, offset, slot.size)) {
       return support::ok();
     }
     return free_block(slot.first_slot, slot.num_slots, offset, slot.size);
@@ -199,84 +200,125 @@ class BouncePool {
   // the requested size. Checked as strictly as free(); same errors and cost.
   [[gnu::always_inline]] Result<void> free_data(uint32_t first_slot, uint32_t num_slots,
                                                 const void* data, size_t size) TA_EXCL(lock_) {
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
-    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
-                      (uint64_t{first_slot} << slot_shift_);
-    if (cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size)) {
-      return support::ok();
-    }
-    return free_block(first_slot, num_slots, offset, size);
+    if (free_cached(cache_cpu(), first_slot, num_slots, data, size)) return support::ok();
+    return free_uncached(first_slot, num_slots, data, size);
   }
 
   // ---- The cached fast path (KernelDmaOp's bounced map and unmap) ----
   // alloc() and free_data() for the commonest request, split so that a caller can keep the
-  // allocation in registers: alloc_cached is alloc(size) of a request without min_align_mask,
-  // alignment or quota as far as this CPU's cache answers it, alloc_missed the rest of that
-  // alloc() when it declined; free_cached is free_data() into this CPU's cache, and a caller
-  // goes on to free_data() when it declines. Any context, as alloc.
+  // allocation in registers and ask for the CPU before it holds much: cache_cpu asks the kernel
+  // which CPU runs the caller (the one call of the fast path); alloc_cached is alloc(size) of a
+  // request without min_align_mask, alignment or quota as far as the newest block of that CPU's
+  // cache answers it, alloc_missed the rest of that alloc() when it declined (the cache's older
+  // blocks, then the pool's lock); free_cached is free_data() into that CPU's cache, and a caller
+  // goes on to free_uncached() when it declines. Any context, as alloc. The CPU may be stale by
+  // the time it is used (the caller preempted and migrated): every push and pop of the cache it
+  // names is atomic, so that costs only speed.
   struct Cached {
     // First slot of the block (the BounceSlot's first_slot). When declined (slots 0): the CPU
-    // whose cache had no block of the size (kMaxCpus: none looked, caching off or the size over
-    // max_mapping_size()), or kCachedFault: the kBounceSlot fault point fired (alloc() returns
-    // kNoMemory). alloc_missed takes it as it is.
+    // whose cache had no block of the size in `hot` (kMaxCpus: none looked, caching off or the
+    // size over max_mapping_size()), or kCachedFault: the kBounceSlot fault point fired (alloc()
+    // returns kNoMemory). alloc_missed takes it as it is.
     uint32_t first;
     uint32_t slots;  // Its slot count (the BounceSlot's num_slots); 0: declined.
   };
   static constexpr uint32_t kCachedFault = ~0u;
-  // A block of this CPU's cache for `size` bytes, claimed for the device `owner` (BounceDevice::id)
-  // with the data at the start of its first slot, exactly as alloc(size, PhysAddr(0), 0, 0,
-  // BounceDevice{owner}) would have taken it from there. The block's data is at slot_phys(first),
-  // slot_cpu(first). Cost: the CPU's id, one cache pop.
-  [[gnu::always_inline]] Cached alloc_cached(size_t size, uint32_t owner) TA_EXCL(lock_) {
-    // The CPU is asked first, so that little is live across that call.
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
-    if (cc == nullptr || size - 1 >= max_request_) return Cached{kMaxCpus, 0};
+  // Whether enable_cpu_caches turned the caches on.
+  bool cpu_caches_on() const { return current_cpu_ != nullptr; }
+  // cache_cpu() of a pool whose caches are on (cpu_caches_on(); they stay on unless retire() and
+  // init() set the pool up again).
+  [[gnu::always_inline]] unsigned cache_cpu_on() const { return current_cpu_(); }
+  // The CPU running the caller (the kernel's answer, any value), or kMaxCpus when the caches are
+  // off. alloc_cached and free_cached treat a CPU at or above cpu_cache_cpus() as "no cache".
+  [[gnu::always_inline]] unsigned cache_cpu() const {
+    return current_cpu_ != nullptr ? current_cpu_() : kMaxCpus;
+  }
+  // The newest block of CPU `cpu`'s cache (cache_cpu()'s answer) if it has the slots for `size`
+  // bytes, claimed for the device `owner` (BounceDevice::id) with the data at the start of its
+  // first slot, exactly as alloc(size, PhysAddr(0), 0, 0, BounceDevice{owner}) would have taken
+  // it from there. The block's data is at slot_phys(first), slot_cpu(first). Cost: one
+  // compare-and-swap.
+  [[gnu::always_inline]] Cached alloc_cached(unsigned cpu, size_t size, uint32_t owner)
+      TA_EXCL(lock_) {
+    if (cpu >= num_cpu_caches_ || size - 1 >= max_request_) return Cached{kMaxCpus, 0};
     if (FAULT_POINT(kBounceSlot)) return Cached{kCachedFault, 0};
     auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+    if (n == 0) __builtin_unreachable();  // size >= 1, and far below 2^32 slots.
+    CpuCache* cc = &cpu_caches_[cpu];
     // The newest block, if it has n slots and no count is waiting to be added (one test: the
     // flush bit lies in the compared bits), taken by one compare-and-swap that also counts the
-    // request; anything else (or a lost race) takes the cache's lock.
+    // request; anything else (or a lost race) is alloc_missed's, which looks at the stack under
+    // the cache's lock.
     uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
-    uint32_t first;
-    if (((hot >> kHotSlotsShift) & ((kHotFlushBit >> kHotSlotsShift) | kHotSlotsMask)) == n &&
-        __atomic_compare_exchange_n(&cc->hot, &hot, ((hot >> kHotCountShift) + 1) << kHotCountShift,
-                                    false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) [[likely]] {
-      first = static_cast<uint32_t>(hot);
-      // The block is the caller's now (in no cache, still marked cached until claim).
-      if (KDEBUG_ENABLED && poison_) check_poison(first, n);
-    } else {
-      first = num_slots_;
-      // Whether `hot` (a lost race, or a count to add) or the stack may hold one.
-      const uint64_t sizes =
-          __atomic_load_n(&cc->sizes, __ATOMIC_RELAXED) | (uint64_t{1} << hot_slots(hot));
-      if (n < kQuickSlots && ((sizes >> n) & 1) != 0) {
-        first = cpu_cache_pop(cc, n);
-      }
-      if (first == num_slots_) [[unlikely]] {
-        return Cached{static_cast<uint32_t>(cc - cpu_caches_), 0};
-      }
+    if (((hot >> kHotSlotsShift) & ((kHotFlushBit >> kHotSlotsShift) | kHotSlotsMask)) != n ||
+        !__atomic_compare_exchange_n(&cc->hot, &hot, (hot & ~kHotBlockMask) + kHotCountOne, false,
+                                     __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) [[unlikely]] {
+      return Cached{cpu, 0};
     }
+    const auto first = static_cast<uint32_t>(hot);
+    // The block is the caller's now (in no cache, still marked cached until claim).
+    if (KDEBUG_ENABLED && poison_) check_poison(first, n);
     claim_record(first, n, 0, size, owner);
     return Cached{first, n};
   }
-  // The rest of alloc(size, PhysAddr(0), 0, 0, dev) after alloc_cached(size, dev.id) declined
-  // with `missed` (its Cached::first); dev has no quota. alloc()'s result, errors and cost.
+  // After alloc_cached(cpu, size, owner) declined with `missed` (its Cached::first): the same
+  // request from the older blocks of that CPU's cache (its stack, under the cache's lock), if
+  // the lock-free bitmap of their sizes says one may fit. Declines with `missed` as it came when
+  // alloc_cached looked at no cache, else with missed | kStackMissed.
+  [[gnu::always_inline]] Cached alloc_stacked(uint32_t missed, size_t size, uint32_t owner)
+      TA_EXCL(lock_) {
+    if (missed >= kMaxCpus) return Cached{missed, 0};
+    CpuCache* cc = &cpu_caches_[missed];
+    const auto n = static_cast<uint32_t>((size + slot_size_ - 1) >> slot_shift_);
+    // `hot` counts too: a lost race, or a count to add, left the block there.
+    const uint64_t sizes = __atomic_load_n(&cc->sizes, __ATOMIC_RELAXED) |
+                           (uint64_t{1} << hot_slots(__atomic_load_n(&cc->hot, __ATOMIC_RELAXED)));
+    if (n >= kQuickSlots || ((sizes >> n) & 1) == 0) return Cached{missed | kStackMissed, 0};
+    return pop_stacked(missed, n, size, owner);
+  }
+  // Cached::first of a request that neither the CPU's `hot` nor its stack answered (or'ed with
+  // the CPU; kMaxCpus has not this bit).
+  static constexpr uint32_t kStackMissed = 0x100;
+  // The rest of alloc(size, PhysAddr(0), 0, 0, dev) after alloc_cached(cpu, size, dev.id), and
+  // maybe alloc_stacked, declined with `missed` (its Cached::first); dev has no quota. alloc()'s
+  // result, errors and cost.
   [[gnu::always_inline]] Result<BounceSlot> alloc_missed(size_t size, const BounceDevice& dev,
                                                          uint32_t missed) TA_EXCL(lock_) {
     if (missed == kCachedFault) return ErrorCode::kNoMemory;
-    // The fault point is still to be evaluated when no cache was looked at.
-    return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed >= kMaxCpus, missed);
+    if (missed < kMaxCpus) {
+      const Cached got = alloc_stacked(missed, size, dev.id);
+      if (got.slots != 0) return describe(got.first, got.slots, 0, size);
+      missed = got.first;
+    }
+    return alloc_unstacked(size, dev, missed);
   }
-  // Puts the block free_data(first_slot, num_slots, data, size) describes into this CPU's cache if
-  // it is a live allocation exactly so described that the cache may hold (a full cache first
-  // sends its blocks back, as free_data's does); true if it did. False: nothing changed (call
-  // free_data(), which also reports a bad description).
-  [[gnu::always_inline]] bool free_cached(uint32_t first_slot, uint32_t num_slots, const void* data,
-                                          size_t size) TA_EXCL(lock_) {
-    CpuCache* cc = current_cpu_ != nullptr ? my_cpu_cache() : nullptr;
+  // alloc_missed's last step, when no CPU cache has a block (`missed`: alloc_stacked's, or
+  // alloc_cached's when that looked at no cache): the pool's lock.
+  [[gnu::always_inline]] Result<BounceSlot> alloc_unstacked(size_t size, const BounceDevice& dev,
+                                                            uint32_t missed) TA_EXCL(lock_) {
+    if (missed == kCachedFault) return ErrorCode::kNoMemory;
+    // The fault point is still to be evaluated when no cache was looked at.
+    return alloc_locked(size, PhysAddr(0), 0, 0, dev, /*fault_point=*/missed == kMaxCpus,
+                        missed & ~kStackMissed);
+  }
+  // Puts the block free_data(first_slot, num_slots, data, size) describes into CPU `cpu`'s cache
+  // (cache_cpu()'s answer) if it is a live allocation exactly so described that the cache may
+  // hold (a full cache first sends its blocks back, as free_data's does); true if it did. False:
+  // nothing changed (call free_uncached(), which also reports a bad description).
+  [[gnu::always_inline]] bool free_cached(unsigned cpu, uint32_t first_slot, uint32_t num_slots,
+                                          const void* data, size_t size) TA_EXCL(lock_) {
+    if (cpu >= num_cpu_caches_) return false;
     uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
                       (uint64_t{first_slot} << slot_shift_);
-    return cc != nullptr && cpu_cache_push(cc, first_slot, num_slots, offset, size);
+    return cpu_cache_push(&cpu_caches_[cpu], first_slot, num_slots, offset, size);
+  }
+  // free_data() without the CPU caches (under the pool's lock): what a caller whose free_cached
+  // declined goes on with. Same checks, errors and report.
+  Result<void> free_uncached(uint32_t first_slot, uint32_t num_slots, const void* data, size_t size)
+      TA_EXCL(lock_) {
+    uint64_t offset = reinterpret_cast<uintptr_t>(data) - reinterpret_cast<uintptr_t>(cpu_base_) -
+                      (uint64_t{first_slot} << slot_shift_);
+    return free_block(first_slot, num_slots, offset, size);
   }
   // Physical and CPU address of slot `first` (alloc_cached's answer).
   PhysAddr slot_phys(uint32_t first) const { return base_ + (uint64_t{first} << slot_shift_); }
@@ -307,6 +349,7 @@ class BouncePool {
   // has room so placed.
   static constexpr unsigned kMaxCpus = 64;
   static constexpr unsigned kCpuCacheDepth = 4;
+  static_assert(kMaxCpus < kStackMissed, "a CPU index leaves kStackMissed clear");
   // Returns the index of the CPU that runs the caller; may be stale (see the contract below).
   using CurrentCpuFn = unsigned (*)();
   // Turns the caches on for CPUs 0 .. num_cpus - 1 (a CPU whose index is num_cpus or more always
@@ -462,12 +505,18 @@ class BouncePool {
     uint64_t sizes;
     uint8_t slots[kCpuCacheDepth - 1] TA_GUARDED(lock);  // Each stacked block's slot count.
     uint8_t count TA_GUARDED(lock);                      // Blocks on the stack.
+    // The largest block `hot` may take without the lock: min(the largest block a CPU cache takes,
+    // the budget left beside the stack's `held`). Written with `held` (set_held), read the same
+    // way. Last, in what the fields above leave of the line.
+    uint32_t room;
   };
+  static_assert(sizeof(CpuCache) == 64, "one cache line per CPU");
   static constexpr unsigned kHotSlotsShift = 32;
   static constexpr uint64_t kHotSlotsMask = kQuickSlots - 1;  // After the shift.
   static constexpr unsigned kHotCountShift = 38;
   static constexpr uint64_t kHotBlockMask = (uint64_t{1} << kHotCountShift) - 1;
   static constexpr uint64_t kHotFlushBit = uint64_t{1} << 48;
+  static constexpr uint64_t kHotCountOne = uint64_t{1} << kHotCountShift;
   static_assert(kMaxSlots < (uint64_t{1} << kHotSlotsShift), "a first slot fits below the count");
   static_assert(kQuickSlots == 64, "a hot block's slot count fits its six bits");
   // The slot count of a `hot` word's block (0: none).
@@ -482,11 +531,9 @@ class BouncePool {
   SlotRecord& owned_record(uint32_t first) TA_NO_THREAD_SAFETY_ANALYSIS { return meta_[first]; }
   void store_used(uint64_t v) TA_REQ(lock_) { __atomic_store_n(&used_slots_, v, __ATOMIC_RELAXED); }
 
-  // This CPU's cache, or null when caching is off for it.
-  [[gnu::always_inline]] CpuCache* my_cpu_cache() {
-    unsigned cpu = current_cpu_();
-    return cpu < num_cpu_caches_ ? &cpu_caches_[cpu] : nullptr;
-  }
+  // alloc_stacked's pop: a block of n slots from CPU `cpu`'s cache for `size` bytes, claimed for
+  // `owner` as alloc_cached's, or Cached{cpu | kStackMissed, 0}.
+  [[gnu::noinline]] Cached pop_stacked(unsigned cpu, uint32_t n, size_t size, uint32_t owner);
   // Takes a cached block of exactly n slots from this CPU's cache `cc`, newest first, under the
   // cache's lock, or returns num_slots_.
   [[gnu::noinline]] uint32_t cpu_cache_pop(CpuCache* cc, uint32_t n) TA_EXCL(cc->lock);
@@ -494,12 +541,18 @@ class BouncePool {
   // `n` slots (0: any), takes the block too. Returns the block taken as a `hot` word without
   // count (0: none).
   uint64_t hot_collect(CpuCache* cc, uint32_t n) TA_REQ(cc->lock);
+  // Under cc's lock (or before the cache is used): the stack holds `held` slots now.
+  void set_held(CpuCache* cc, uint32_t held) TA_NO_THREAD_SAFETY_ANALYSIS {
+    const uint32_t left = held < cpu_cache_budget_ ? cpu_cache_budget_ - held : 0;
+    __atomic_store_n(&cc->held, held, __ATOMIC_RELAXED);
+    __atomic_store_n(&cc->room, support::min(cpu_cache_max_block_, left), __ATOMIC_RELAXED);
+  }
   // Under cc's lock: `block` (a `hot` word without count) onto the stack, which has room.
   void stack_push(CpuCache* cc, uint64_t block) TA_REQ(cc->lock) {
     cc->first[cc->count] = static_cast<uint32_t>(block);
     cc->slots[cc->count] = static_cast<uint8_t>(hot_slots(block));
     ++cc->count;
-    __atomic_store_n(&cc->held, cc->held + hot_slots(block), __ATOMIC_RELAXED);
+    set_held(cc, cc->held + hot_slots(block));
     __atomic_store_n(&cc->sizes, cc->sizes | (uint64_t{1} << hot_slots(block)), __ATOMIC_RELAXED);
   }
   // Under cc's lock: `sizes` from the stack.
@@ -539,9 +592,9 @@ class BouncePool {
   // reports a bad description).
   [[gnu::always_inline]] bool cpu_cache_push(CpuCache* cc, uint32_t first, uint32_t n,
                                              uint64_t offset, size_t size) TA_EXCL(cc->lock) {
-    // n in [1, cpu_cache_max_block_] (one unsigned test) and first inside the pool; the record
-    // test below then also bounds the block (a used head of n slots lies inside the pool).
-    if (n - 1 >= cpu_cache_max_block_ || first >= num_slots_) return false;
+    // first inside the pool; the record test below then also bounds the block (a used head of n
+    // slots lies inside the pool).
+    if (first >= num_slots_) return false;
     SlotRecord& r = owned_record(first);
     // The block is the caller's, if the free is right: nobody else writes these fields while it is
     // used. A double free may be looking at a block that another CPU holds in its cache (and marks
@@ -552,15 +605,19 @@ class BouncePool {
         size != r.link_prev) {
       return false;
     }
+    // Into `hot` if it is empty and n in [1, room] (one unsigned test: n at most the largest
+    // block a CPU cache takes, and the stack leaves the budget room for it): marked cached first,
+    // then published by one compare-and-swap (which keeps the count). Otherwise under the lock,
+    // if the cache takes such a block at all (n 0 is no block: a slot that is not a head).
+    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
+    const bool lock_free =
+        hot_slots(hot) == 0 && n - 1 < __atomic_load_n(&cc->room, __ATOMIC_RELAXED);
+    if (!lock_free && n - 1 >= cpu_cache_max_block_) return false;
     // Still the caller's block: poisoned before it is published.
     if (KDEBUG_ENABLED && poison_) {
       support::fill_bytes(slot_cpu(first), kSlotPoison, size_t{n} << slot_shift_);
     }
-    // Into `hot` if it is empty and the stack leaves the budget room: marked cached first, then
-    // published by one compare-and-swap (which keeps the count).
-    uint64_t hot = __atomic_load_n(&cc->hot, __ATOMIC_RELAXED);
-    if (hot_slots(hot) == 0 &&
-        __atomic_load_n(&cc->held, __ATOMIC_RELAXED) + n <= cpu_cache_budget_) [[likely]] {
+    if (lock_free) [[likely]] {
       __atomic_store_n(&r.size_free, n | kCachedBit, __ATOMIC_RELAXED);
       if (__atomic_compare_exchange_n(&cc->hot, &hot, hot | first | (uint64_t{n} << kHotSlotsShift),
                                       false, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) [[likely]] {

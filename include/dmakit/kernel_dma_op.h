@@ -22,8 +22,9 @@
 // bounce, no alignment, a buffer inside the direct map; anything else goes to map_checked as it
 // came, so map_single has no error of its own to report. Its bounce (map_out_of_reach) has a
 // common case too: a device without bus offset, min_align_mask or quota takes the highest pool
-// whose last byte lies under its mask and a slot from this CPU's cache of that pool
-// (BouncePool::alloc_cached), kept in registers up to the handle; anything else is step 3 in full.
+// whose last byte lies under its mask and a slot from this CPU's cache of that pool (map_cached:
+// BouncePool::alloc_cached, the handle built in the result before the CPU is asked, so that only
+// the result's address lives across the calls); anything else is step 3 in full.
 // Unmap reverses it: invalidate (device does not snoop), copy out for kFromDevice /
 // kBidirectional, free the slot. Syncs act on the mapping's own direction, which their argument
 // may only narrow.
@@ -358,6 +359,12 @@ class KernelDmaOp : public DmaOp {
   [[gnu::noinline]] Result<DmaMapHandle> map_out_of_reach(const DmaConstraints& c, void* addr,
                                                           size_t size, size_t align,
                                                           DmaDirection dir);
+  // map_out_of_reach's bounce through this CPU's cache of pool `pi` (pools_ index; its CPU caches
+  // on), for a device also without bus offset, min_align_mask or quota, `pi` the highest pool
+  // under its mask. Goes on in bounce_missed when the cache has no block of the size.
+  // map_single's signature (`pi` in place of the alignment), for the tail call.
+  [[gnu::noinline]] Result<DmaMapHandle> map_cached(const DmaConstraints& c, void* addr,
+                                                    size_t size, size_t pi, DmaDirection dir);
   // Counts a failed map and returns its error.
   Result<DmaMapHandle> map_failed(Error e);
   // The work of the two outcomes, once the decision is made: the buffer used where it is
@@ -376,10 +383,29 @@ class KernelDmaOp : public DmaOp {
                                                           uint64_t align_mask, DmaDirection dir,
                                                           bool coherent, bool skip, int full,
                                                           const void* caller);
-  // map_out_of_reach's bounce into pool `pi` when the pool's alloc_cached declined with `missed`
-  // (BouncePool::Cached::first): the rest of the pool's alloc(), then as bounce().
-  Result<DmaMapHandle> bounce_missed(const DmaConstraints& c, void* addr, size_t size,
-                                     DmaDirection dir, int pi, uint32_t missed, const void* caller);
+  // map_out_of_reach's request that map_cached does not cover (a bus offset, min_align_mask, a
+  // quota, no pool wholly under the mask): bounce() of it. map_single's signature, for
+  // the tail call.
+  [[gnu::noinline]] Result<DmaMapHandle> bounce_unreachable(const DmaConstraints& c, void* addr,
+                                                            size_t size, size_t align,
+                                                            DmaDirection dir);
+  // map_out_of_reach's bounce where this CPU's cache of the pool did not answer (or the pool's
+  // CPU caches are off): the rest of the pool's alloc(), then as bounce(). map_single's signature,
+  // for the tail calls; `route` says which pool and why (miss_route).
+  [[gnu::noinline]] Result<DmaMapHandle> bounce_missed(const DmaConstraints& c, void* addr,
+                                                       size_t size, size_t route, DmaDirection dir);
+  // map_cached's way out when the pool refused the request (`route`: the pool's index in bits
+  // 0-7, the ErrorCode from bit 8 on): map_failed, or for kNoMemory the other pools
+  // (bounce_elsewhere). map_single's signature, for the tail call.
+  [[gnu::noinline]] Result<DmaMapHandle> bounce_refused(const DmaConstraints& c, void* addr,
+                                                        size_t size, size_t route,
+                                                        DmaDirection dir);
+  // bounce_missed's `route`: the pool's index in pools_ (bits 0-7) and alloc_cached's answer
+  // (BouncePool::Cached::first: the CPU whose cache missed, kMaxCpus for none looked at, or
+  // kCachedFault; bits 8-39).
+  static constexpr size_t miss_route(unsigned pi, uint32_t missed) {
+    return size_t{pi} | (size_t{missed} << 8);
+  }
   // The bounce's work once slot `first_slot` (num_slots of them) of pool `pi` is taken: `slot`
   // and `slot_cpu` its data's physical and CPU address, `off` its device-address offset.
   Result<DmaMapHandle> bounced(const DmaConstraints& c, void* addr, size_t size, DmaDirection dir,
@@ -394,6 +420,12 @@ class KernelDmaOp : public DmaOp {
                                        BounceSlot* out, uint64_t* off);
   // unmap_single of a bounced mapping: copy out if the direction asks for it, free the slot.
   [[gnu::noinline]] void unmap_bounced(const DmaMapHandle& h);
+  // unmap_bounced of a slot in a fixed pool without CPU caches: copy out if the direction asks
+  // for it, then unmap_declined.
+  [[gnu::noinline]] void unmap_uncached(const DmaMapHandle& h);
+  // unmap_bounced's free of the slot in its fixed pool when no CPU cache took it: under the pool's
+  // lock, which also finds a handle that is not a live mapping (a panic then).
+  [[gnu::noinline]] void unmap_declined(const DmaMapHandle& h);
   // ---- Grown pools (kernel_dma_op.cc, "Grown pools") ----
   // One spare pool object's state. The pool object itself is Config::grow_pools[g] (pools_[
   // kMaxPools + g], the index handles carry); this is the op's record of it.
@@ -466,7 +498,9 @@ class KernelDmaOp : public DmaOp {
   uint64_t fast_span_ = 0;
   // The first and last byte of each pool, from the highest-placed pool down, and its index in
   // pools_.
-  uint64_t pool_last_[kMaxPools] = {};
+  // pool_last_ has a 0 after the last pool, where map_out_of_reach's search for the first pool
+  // under a mask stops (a mask is at least 1 there).
+  uint64_t pool_last_[kMaxPools + 1] = {};
   uint64_t pool_first_[kMaxPools] = {};
   // cfg_.pools, then (from kMaxPools on) cfg_.grow_pools: a handle's bounce_pool_index.
   BouncePool* pools_[kMaxPools + kMaxGrownPools] = {};

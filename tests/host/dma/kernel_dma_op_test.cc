@@ -737,6 +737,89 @@ TEST(KernelDmaOpCpuCaches, ConstrainedDevicesBounceThroughTheGeneralPath) {
   p.release_buffer(buf);
 }
 
+// Every way through the cached path gives the same handle and data as the general path: the
+// newest block of this CPU's cache, an older block from the cache's stack, a block from the pool's
+// lock (the cache has none of the size), and a refusal (a size over max_mapping_size, a full pool)
+// with the general path's error and nothing held.
+TEST(KernelDmaOpCpuCaches, EveryWayThroughTheCachedPathBuildsTheSameHandle) {
+  HostPlatform p(cpu_cache_options());
+  BouncePool& pool = p.pool(0);
+  uint8_t* buf = p.buffer_above(1ull << 30, 8192);
+  DmaConstraints c = coherent_30bit();
+  c.device_id = 5;
+  auto expect_handle = [&](const DmaMapHandle& h, size_t size, DmaDirection dir) {
+    EXPECT_EQ(h.cpu_addr, buf);
+    EXPECT_EQ(h.size, size);
+    EXPECT_EQ(h.device_id, 5u);
+    EXPECT_EQ(h.direction, dir);
+    EXPECT_TRUE(h.coherent_device);
+    EXPECT_FALSE(h.skip_cpu_sync);
+    EXPECT_EQ(h.bounce_pool_index, 0u);
+    EXPECT_EQ(h.bounce_num_slots, (size + pool.slot_size() - 1) / pool.slot_size());
+    EXPECT_EQ(h.dma_addr.value(),
+              pool.base().value() + uint64_t{h.bounce_first_slot} * pool.slot_size());
+    EXPECT_EQ(h.bounce_cpu, pool.cpu_addr(PhysAddr(h.dma_addr.value())));
+    EXPECT_EQ(std::memcmp(h.bounce_cpu, buf, size), 0);  // Copied in.
+  };
+  std::memset(buf, 0x11, 8192);
+  // The cache is empty: the pool's lock.
+  auto a = p.op().map_single(c, buf, 4096, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(a.ok());
+  expect_handle(*a, 4096, DmaDirection::kToDevice);
+  p.op().unmap_single(*a);  // Into `hot`.
+  // Another size: `hot` does not serve, nor the stack (empty): the pool's lock again.
+  std::memset(buf, 0x22, 8192);
+  auto b = p.op().map_single(c, buf, 2048, 0, DmaDirection::kFromDevice);
+  ASSERT_TRUE(b.ok());
+  expect_handle(*b, 2048, DmaDirection::kFromDevice);
+  EXPECT_NE(b->bounce_first_slot, a->bounce_first_slot);
+  std::memset(b->bounce_cpu, 0x33, 2048);  // The device writes.
+  p.op().unmap_single(*b);                 // Into `hot`; a's block onto the stack.
+  EXPECT_EQ(buf[0], 0x33);
+  EXPECT_EQ(buf[2047], 0x33);
+  EXPECT_EQ(buf[2048], 0x22);
+  // a's size again: `hot` holds b's block, the stack a's: taken from the stack.
+  std::memset(buf, 0x44, 8192);
+  auto c2 = p.op().map_single(c, buf, 4096, 0, DmaDirection::kBidirectional);
+  ASSERT_TRUE(c2.ok());
+  expect_handle(*c2, 4096, DmaDirection::kBidirectional);
+  EXPECT_EQ(c2->dma_addr.value(), a->dma_addr.value());
+  // b's size again: the newest block, `hot`.
+  auto d = p.op().map_single(c, buf, 2000, 0, DmaDirection::kToDevice);
+  ASSERT_TRUE(d.ok());
+  expect_handle(*d, 2000, DmaDirection::kToDevice);
+  EXPECT_EQ(d->dma_addr.value(), b->dma_addr.value());
+  EXPECT_TRUE(pool.check_invariants());
+  // Refused: over max_mapping_size (the general path's kLayoutError), nothing held.
+  const uint64_t used = pool.stats().used_slots;
+  uint8_t* big = p.buffer_above(1ull << 30, pool.max_mapping_size() + 1);
+  EXPECT_EQ(
+      p.op().map_single(c, big, pool.max_mapping_size() + 1, 0, DmaDirection::kToDevice).code(),
+      ErrorCode::kLayoutError);
+  EXPECT_EQ(pool.stats().used_slots, used);
+  // Refused: the pool full (kNoMemory, no other pool to fall back to), nothing held.
+  std::vector<DmaMapHandle> all;
+  for (;;) {
+    auto h = p.op().map_single(c, big, pool.max_mapping_size(), 0, DmaDirection::kToDevice);
+    if (!h.ok()) {
+      EXPECT_EQ(h.code(), ErrorCode::kNoMemory);
+      break;
+    }
+    all.push_back(*h);
+  }
+  EXPECT_FALSE(all.empty());
+  for (const DmaMapHandle& h : all) p.op().unmap_single(h);
+  EXPECT_EQ(pool.stats().used_slots, used);
+  p.op().unmap_single(*c2);
+  p.op().unmap_single(*d);
+  EXPECT_EQ(pool.stats().used_slots, 0u);
+  pool.drain_cache();
+  EXPECT_TRUE(pool.check_invariants());
+  EXPECT_EQ(pool.free_block_count(), 1u);
+  p.release_buffer(big);
+  p.release_buffer(buf);
+}
+
 #if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
 // The kBounceSlot fault on the cached path is one kNoMemory from the pool (evaluated once, the
 // cached slot left where it was), after which the map goes to the other pools like any full
