@@ -605,16 +605,16 @@ Result<DmaMapHandle> KernelDmaOp::map_out_of_reach(const DmaConstraints& c, void
 
 Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr, size_t size,
                                              size_t pi, DmaDirection dir) {
-  // The handle goes into the result at once, all but the slot, whose fields keep this object and
-  // the constraints until the slot is known: across the calls (the CPU's id, the copy; a missed
-  // cache's), only the result's address then has to survive (everything is read back from it).
-  KernelDmaOp* self;
+  // The handle goes into the result at once, all but the slot, whose bounce_cpu field keeps the
+  // constraints until the slot is known: across the calls (the CPU's id, the copy; a missed
+  // cache's), only the result's address and this object then have to survive (everything else is
+  // read back from the result).
   DmaMapHandle refused;
   uint32_t code;
   {
     // Returned only from inside this block, so that it is built where the result goes.
     Result<DmaMapHandle> r{DmaMapHandle{.cpu_addr = addr,
-                                        .dma_addr = DmaAddr(reinterpret_cast<uintptr_t>(this)),
+                                        .dma_addr = DmaAddr(0),
                                         .size = size,
                                         .bounce_cpu = const_cast<DmaConstraints*>(&c),
                                         .device_id = c.device_id,
@@ -624,8 +624,7 @@ Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr
     DmaMapHandle* h = &*r;
     const unsigned cpu = pools_[pi]->cache_cpu_on();
     h = reread(h);
-    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
-    BouncePool* pool = self->pools_[h->bounce_pool_index];
+    BouncePool* pool = pools_[h->bounce_pool_index];
     // The slot is the block of `slots` slots at `first` of `pool`, data at its start: the rest of
     // the handle, the copy in (for every direction: see bounced()).
     auto finish = [&](BouncePool* into, uint32_t first, uint32_t slots)
@@ -636,9 +635,9 @@ Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr
                         h->bounce_first_slot = first;
                         h->bounce_num_slots = slots;
                         support::copy_bytes(slot_cpu, h->cpu_addr, h->size);
-                        self->note_bounced(into, h->size);
-                        self->count_map(h->size, /*bounced=*/true);
-                        DmaDebug::on_map(self, c, *h, __builtin_return_address(0));
+                        note_bounced(into, h->size);
+                        count_map(h->size, /*bounced=*/true);
+                        DmaDebug::on_map(this, c, *h, __builtin_return_address(0));
                       };
     BouncePool::Cached got = pool->alloc_cached(cpu, h->size, h->device_id);
     if (got.slots != 0) [[likely]] {
@@ -648,24 +647,22 @@ Result<DmaMapHandle> KernelDmaOp::map_cached(const DmaConstraints& c, void* addr
     // The rest of the pool's alloc(): the cache's older blocks, or the pool's lock. After each
     // call, what is needed is read back again.
     got = pool->alloc_stacked(got.first, h->size, h->device_id);
-    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
     if (got.slots != 0) {
-      finish(self->pools_[h->bounce_pool_index], got.first, got.slots);
+      finish(pools_[h->bounce_pool_index], got.first, got.slots);
       return r;
     }
-    auto s = self->pools_[h->bounce_pool_index]->alloc_unstacked(
+    auto s = pools_[h->bounce_pool_index]->alloc_unstacked(
         h->size,
         BounceDevice{h->device_id, static_cast<const DmaConstraints*>(h->bounce_cpu)->name, 0},
         got.first);
-    self = reinterpret_cast<KernelDmaOp*>(h->dma_addr.value());
     if (s.ok()) {
-      finish(self->pools_[h->bounce_pool_index], s->first_slot, s->num_slots);
+      finish(pools_[h->bounce_pool_index], s->first_slot, s->num_slots);
       return r;
     }
     refused = *h;
     code = static_cast<uint32_t>(s.code());
   }
-  SUPPORT_MUSTTAIL return self->bounce_refused(
+  SUPPORT_MUSTTAIL return bounce_refused(
       *static_cast<const DmaConstraints*>(refused.bounce_cpu), refused.cpu_addr, refused.size,
       miss_route(refused.bounce_pool_index, code), refused.direction);
 }
@@ -893,11 +890,13 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
   // Any index past the fixed pools: a grown pool's, or a bad one (unmap_grown checks which).
   if (h.bounce_pool_index >= num_pools_) [[unlikely]] {
-    SUPPORT_MUSTTAIL return unmap_grown(h);
+    unmap_grown(h);
+    return;
   }
   BouncePool* pool = pools_[h.bounce_pool_index];
   if (!pool->cpu_caches_on()) [[unlikely]] {
-    SUPPORT_MUSTTAIL return unmap_uncached(h);
+    unmap_uncached(h);
+    return;
   }
   if (copies_out(h.direction) && !h.skip_cpu_sync) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
@@ -908,7 +907,8 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   const unsigned cpu = pool->cache_cpu_on();
   if (!pool->free_cached(cpu, h.bounce_first_slot, h.bounce_num_slots, h.bounce_cpu, h.size))
       [[unlikely]] {
-    SUPPORT_MUSTTAIL return unmap_declined(h);
+    unmap_declined(h);
+    return;
   }
   if (__atomic_load_n(&idle_grown_, __ATOMIC_RELAXED) != 0) [[unlikely]] {
     sweep_idle_grown();
@@ -920,7 +920,7 @@ void KernelDmaOp::unmap_uncached(const DmaMapHandle& h) {
     if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
     copy_from_bounce(h, 0, h.size);
   }
-  SUPPORT_MUSTTAIL return unmap_declined(h);
+  unmap_declined(h);
 }
 
 void KernelDmaOp::unmap_declined(const DmaMapHandle& h) {

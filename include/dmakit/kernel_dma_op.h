@@ -24,7 +24,7 @@
 // common case too: a device without bus offset, min_align_mask or quota takes the highest pool
 // whose last byte lies under its mask and a slot from this CPU's cache of that pool (map_cached:
 // BouncePool::alloc_cached, the handle built in the result before the CPU is asked, so that only
-// the result's address lives across the calls); anything else is step 3 in full.
+// the result's address and the op live across the calls); anything else is step 3 in full.
 // Unmap reverses it: invalidate (device does not snoop), copy out for kFromDevice /
 // kBidirectional, free the slot. Syncs act on the mapping's own direction, which their argument
 // may only narrow.
