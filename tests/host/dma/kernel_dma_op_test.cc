@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
+#include <random>
+#include <thread>
 #include <vector>
 
 #include "arch/host/host_platform.h"
@@ -818,6 +821,103 @@ TEST(KernelDmaOpCpuCaches, EveryWayThroughTheCachedPathBuildsTheSameHandle) {
   EXPECT_EQ(pool.free_block_count(), 1u);
   p.release_buffer(big);
   p.release_buffer(buf);
+}
+
+// The CPU a caller of the test below runs on: set by the caller itself before each call, so that
+// it moves between CPUs as a preempted thread of a real kernel does.
+thread_local unsigned t_test_cpu = 0;
+unsigned test_cpu() {
+  return t_test_cpu;
+}
+
+// Callers that move between two CPUs between any two calls, four of them at once (so that two
+// share a CPU index at the same moment, as a handler and the code it interrupted do), bounce
+// through the cached path of KernelDmaOp (map_cached and unmap_bounced: the newest block, the
+// stack, the pool's lock): every mapping's slot holds its own caller's bytes from map to unmap,
+// every unmap copies back what the device wrote, and afterwards every slot is back.
+TEST(KernelDmaOpCpuCaches, ConcurrentCallersMovingBetweenCpusKeepTheirBytesApart) {
+  constexpr unsigned kThreads = 4;
+  constexpr unsigned kCpus = 2;
+  constexpr size_t kBuf = 8192;
+  constexpr int kOps = 6000;
+  HostPlatform p(straddling_options());
+  BouncePool& pool = p.pool(0);
+  ASSERT_TRUE(pool.enable_cpu_caches(&test_cpu, kCpus).ok());
+  ASSERT_LE(3 * pool.slot_size(), kBuf);
+  std::vector<uint8_t*> bufs;
+  for (unsigned t = 0; t < 2 * kThreads; ++t) bufs.push_back(p.buffer_above(1ull << 30, kBuf));
+  std::atomic<int> bad_map{0};
+  std::atomic<int> bad_slot{0};
+  std::atomic<int> bad_copy_back{0};
+  std::atomic<int> bounced{0};
+  std::vector<std::thread> threads;
+  for (unsigned id = 0; id < kThreads; ++id) {
+    threads.emplace_back([&, id] {
+      std::mt19937 rng(700 + id);
+      DmaConstraints c = coherent_30bit();
+      c.device_id = id + 1;
+      struct Live {
+        DmaMapHandle h;
+        uint8_t* buf = nullptr;
+        uint8_t tag = 0;
+      };
+      Live live[2];  // Two at a time: a second size keeps the stack of the CPU caches busy.
+      for (int op = 0; op < kOps; ++op) {
+        Live& l = live[rng() % 2];
+        if (l.buf != nullptr) {
+          t_test_cpu = static_cast<unsigned>(rng() % kCpus);
+          const size_t size = l.h.size;
+          std::memset(l.h.bounce_cpu, static_cast<uint8_t>(~l.tag), size);  // The device writes.
+          p.op().unmap_single(l.h);
+          for (size_t i = 0; i < size; ++i) {
+            if (l.buf[i] != static_cast<uint8_t>(~l.tag)) {
+              bad_copy_back.fetch_add(1);
+              break;
+            }
+          }
+          l.buf = nullptr;
+          continue;
+        }
+        uint8_t* buf = bufs[(2 * id) + static_cast<size_t>(&l - live)];
+        // Three sizes (one, two and three slots' worth) so that the newest block often has
+        // another size than the next request, and the stack and the pool's lock answer it.
+        const size_t size = (1 + rng() % 3) * pool.slot_size() - rng() % 64;
+        const auto tag = static_cast<uint8_t>(rng());
+        std::memset(buf, tag, size);
+        t_test_cpu = static_cast<unsigned>(rng() % kCpus);
+        auto m = p.op().map_single(c, buf, size, 0, DmaDirection::kBidirectional);
+        if (!m.ok() || !m->bounced() || m->size != size) {
+          bad_map.fetch_add(1);
+          continue;
+        }
+        bounced.fetch_add(1);
+        if (rng() % 4 == 0) std::this_thread::yield();
+        const auto* slot = static_cast<const uint8_t*>(m->bounce_cpu);
+        for (size_t i = 0; i < size; ++i) {
+          if (slot[i] != tag) {
+            bad_slot.fetch_add(1);
+            break;
+          }
+        }
+        l = Live{*m, buf, tag};
+      }
+      for (Live& l : live) {
+        if (l.buf != nullptr) p.op().unmap_single(l.h);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(bad_map.load(), 0);
+  EXPECT_EQ(bad_slot.load(), 0);
+  EXPECT_EQ(bad_copy_back.load(), 0);
+  EXPECT_GT(bounced.load(), 0);
+  EXPECT_EQ(p.op().stats().live_maps, 0u);
+  EXPECT_EQ(pool.stats().used_slots, 0u);
+  pool.drain_cache();
+  EXPECT_TRUE(pool.check_invariants());
+  EXPECT_EQ(pool.stats().cached_slots, 0u);
+  EXPECT_EQ(pool.free_block_count(), 1u);
+  for (uint8_t* b : bufs) p.release_buffer(b);
 }
 
 #if DMA_FAULT_INJECTION  // Fault injection: debug builds only.
