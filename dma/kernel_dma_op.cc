@@ -885,6 +885,13 @@ void KernelDmaOp::unmap_single(const DmaMapHandle& h) {
   add_relaxed(&stats_.live_maps, ~uint64_t{0});  // Minus one.
 }
 
+[[gnu::always_inline]] inline void KernelDmaOp::copy_out_at_unmap(const DmaMapHandle& h) {
+  if (copies_out(h.direction) && !h.skip_cpu_sync) {
+    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
+    copy_from_bounce(h, 0, h.size);
+  }
+}
+
 void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
   // A bounced handle has a slot, hence a size: an empty (default) handle is not bounced.
   KDEBUG_ASSERT(h.size != 0 && h.cpu_addr != nullptr, "unmap_single of an empty handle");
@@ -898,10 +905,7 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
     unmap_uncached(h);
     return;
   }
-  if (copies_out(h.direction) && !h.skip_cpu_sync) {
-    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
-    copy_from_bounce(h, 0, h.size);
-  }
+  copy_out_at_unmap(h);
   // The CPU first: the handle is read after that call, so that only it, the pool and this object
   // live across it.
   const unsigned cpu = pool->cache_cpu_on();
@@ -916,10 +920,7 @@ void KernelDmaOp::unmap_bounced(const DmaMapHandle& h) {
 }
 
 void KernelDmaOp::unmap_uncached(const DmaMapHandle& h) {
-  if (copies_out(h.direction) && !h.skip_cpu_sync) {
-    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
-    copy_from_bounce(h, 0, h.size);
-  }
+  copy_out_at_unmap(h);
   unmap_declined(h);
 }
 
@@ -1360,10 +1361,7 @@ void KernelDmaOp::unmap_grown(const DmaMapHandle& h) {
   KASSERT(idx >= kMaxPools && idx < kMaxPools + max_grown_, "unmap_single: bad bounce pool index");
   const size_t g = idx - kMaxPools;
   GrownPool& e = grown_[g];
-  if (copies_out(h.direction) && !h.skip_cpu_sync) {
-    if (!h.coherent_device) invalidate(h.bounce_cpu, h.size);
-    copy_from_bounce(h, 0, h.size);
-  }
+  copy_out_at_unmap(h);
   // Counted out while the slot keeps this set-up of the pool alive (after the free the entry may
   // be retired and set up again for another block at any moment).
   const bool emptied = __atomic_sub_fetch(&e.live, uint64_t{1}, __ATOMIC_ACQ_REL) == 0;

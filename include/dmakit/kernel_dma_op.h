@@ -487,6 +487,9 @@ class KernelDmaOp : public DmaOp {
   void note_bounced(BouncePool* pool, size_t bytes);
   void copy_to_bounce(const DmaMapHandle& h, size_t offset, size_t size);
   void copy_from_bounce(const DmaMapHandle& h, size_t offset, size_t size);
+  // Unmap's copy back of a bounced mapping: for kFromDevice / kBidirectional unless skip_cpu_sync,
+  // after an invalidate of the slot for a device that does not snoop.
+  void copy_out_at_unmap(const DmaMapHandle& h);
 
   // What the streaming paths read, first and together (with the vtable pointer, the fast direct
   // path reads one cache line of this object; a bounced map or unmap, two):
